@@ -1,0 +1,23 @@
+"""bitladder: take a PyTorch model down the precision ladder, fp64 to 1 bit, and measure every rung."""
+
+from bitladder.errors import BitladderError
+from bitladder.methods.quantize.api import plan, quantize
+from bitladder.methods.quantize.configs import Binary, Float, Int, Ternary, config_from_dict
+
+__all__ = ["BitladderError", "Binary", "Float", "Int", "Ternary", "config_from_dict", "plan", "quantize",
+           "save", "load"]
+__version__ = "0.1.0"
+
+
+def save(model, path, source=None, config=None):
+    """Write a model (quantised or not) as a safetensors artifact; see :mod:`bitladder.io.artifact`."""
+    from bitladder.io.artifact import save as _save
+
+    return _save(model, path, source=source, config=config)
+
+
+def load(path, model=None):
+    """Load an artifact written by :func:`save`; see :mod:`bitladder.io.artifact`."""
+    from bitladder.io.artifact import load as _load
+
+    return _load(path, model=model)

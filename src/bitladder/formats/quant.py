@@ -1,0 +1,125 @@
+"""Pure quantisation primitives on the block view of :mod:`bitladder.formats.layout`.
+
+``choose_qparams`` picks scales (and zero points), ``quantize`` rounds to nearest with saturation
+and *counts* what it had to clip, ``dequantize`` inverts. Codes are signed integers in
+``[qtype.qmin, qtype.qmax]`` (binary: -1/+1; ternary: -1/0/+1); floats are torch float tensors.
+
+>>> import torch
+>>> from bitladder.formats.qtypes import QTYPES
+>>> xb = torch.tensor([[[-1.0, 0.5, 0.25, 1.0]]])
+>>> s, z = choose_qparams(xb, QTYPES["int8"])
+>>> q, clipped = quantize(xb, s, z, QTYPES["int8"])
+>>> q.tolist(), clipped
+([[[-127, 64, 32, 127]]], 0)
+>>> float((dequantize(q, s, z, QTYPES["int8"]) - xb).abs().max()) <= float(s) / 2
+True
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bitladder.formats.qtypes import QType
+
+# fp16 scales are clamped to the smallest normal fp16 so that storing them never flushes to zero
+_FP16_TINY = float(torch.finfo(torch.float16).tiny)
+
+
+def choose_qparams(
+    xb: torch.Tensor, qtype: QType, symmetric: bool = True, scale_dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Scale (C, nb, 1) and integer zero point (or None) for each block of ``xb`` (C, nb, B).
+
+    int, symmetric: ``scale = amax / qmax`` (zero point none). int, asymmetric (use an unsigned
+    qtype): the range is widened to include zero, ``scale = (max - min) / (qmax - qmin)``.
+    float: plain casts for fp16 and wider (no scale); fp8 gets ``scale = amax / fmax``.
+    ternary and binary: ``scale = mean |x|`` (absmean, as BitNet b1.58 and XNOR-Net).
+    The returned scale is already rounded to ``scale_dtype`` (and returned as float32), so
+    quantising with it is exactly what dequantising from storage will see.
+    """
+    x = xb.float()
+    if qtype.kind == "float":
+        if qtype.bits >= 16:
+            return None, None
+        scale = x.abs().amax(dim=-1, keepdim=True) / qtype.fmax
+    elif qtype.kind in ("ternary", "binary"):
+        scale = x.abs().mean(dim=-1, keepdim=True)
+    elif symmetric:
+        scale = x.abs().amax(dim=-1, keepdim=True) / qtype.qmax
+    else:
+        mn = x.amin(dim=-1, keepdim=True).clamp(max=0)
+        mx = x.amax(dim=-1, keepdim=True).clamp(min=0)
+        scale = (mx - mn) / (qtype.qmax - qtype.qmin)
+        scale = _store(scale, scale_dtype)
+        zp = torch.round(qtype.qmin - mn / scale).clamp(qtype.qmin, qtype.qmax)
+        return scale, zp.to(torch.int32)
+    return _store(scale, scale_dtype), None
+
+
+def _store(scale: torch.Tensor, scale_dtype: torch.dtype) -> torch.Tensor:
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero block: any scale works
+    if scale_dtype == torch.float16:
+        scale = scale.clamp(_FP16_TINY, float(torch.finfo(torch.float16).max))
+    stored = scale.to(scale_dtype)
+    # round up, never down: a scale rounded down would clip the largest value of its block
+    low = stored.float() < scale
+    if bool(low.any()):
+        stored = torch.where(low, torch.nextafter(stored, torch.full_like(stored, float("inf"))), stored)
+    return stored.float()
+
+
+def quantize(
+    xb: torch.Tensor, scale: torch.Tensor | None, zero_point: torch.Tensor | None, qtype: QType
+) -> tuple[torch.Tensor, int]:
+    """Round to nearest with saturation. Returns (codes, number of values clipped)."""
+    x = xb.float() if qtype.kind != "float" or qtype.bits <= 32 else xb.double()
+    v = x if scale is None else x / scale
+    if qtype.kind == "float":
+        # a relative slack of 2**-20 absorbs the division's own rounding at the block maximum
+        clipped = int((v.abs() > qtype.fmax * (1 + 2**-20)).sum())
+        return v.clamp(-qtype.fmax, qtype.fmax).to(qtype.dtype), clipped
+    if qtype.kind == "binary":
+        return torch.where(v >= 0, 1, -1).to(torch.int8), 0
+    v = torch.round(v)
+    if zero_point is not None:
+        v = v + zero_point
+    clipped = int(((v < qtype.qmin) | (v > qtype.qmax)).sum())
+    return v.clamp(qtype.qmin, qtype.qmax).to(torch.int32), clipped
+
+
+def dequantize(
+    q: torch.Tensor,
+    scale: torch.Tensor | None,
+    zero_point: torch.Tensor | None,
+    qtype: QType,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Inverse of :func:`quantize` (up to the rounding it did)."""
+    if qtype.kind == "float" and scale is None:
+        return q.to(dtype)
+    v = q.to(torch.float32)
+    if zero_point is not None:
+        v = v - zero_point.to(torch.float32)
+    return (v * scale).to(dtype)
+
+
+def to_unsigned(q: torch.Tensor, qtype: QType) -> torch.Tensor:
+    """Signed codes -> unsigned codes for the packers (binary: -1/+1 -> 0/1)."""
+    if qtype.kind == "binary":
+        return ((q.to(torch.int16) + 1) // 2).to(torch.uint8)
+    return (q.to(torch.int16) - qtype.qmin).to(torch.uint8)
+
+
+def from_unsigned(u: torch.Tensor, qtype: QType) -> torch.Tensor:
+    if qtype.kind == "binary":
+        return u.to(torch.int8) * 2 - 1
+    return u.to(torch.int16) + qtype.qmin
+
+
+def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-quantisation-noise ratio in dB (inf when exact)."""
+    ref = ref.double()
+    noise = (ref - approx.double()).pow(2).sum()
+    if float(noise) == 0.0:
+        return float("inf")
+    return float(10 * torch.log10(ref.pow(2).sum() / noise))

@@ -1,0 +1,137 @@
+"""Artifacts: one safetensors file, tensors + JSON metadata. Never pickle.
+
+Metadata key ``bitladder`` holds JSON: ``format_version``, ``source`` (how to rebuild the float
+model: a built-in name), ``config`` (the quantisation config), and ``layers``: for each quantised
+layer its handler, float module type, format, shape and layout. Writes go to a temporary file in
+the same folder and are renamed into place, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from bitladder.errors import BitladderError
+from bitladder.nn.base import QuantModule
+from bitladder.nn.registry import HANDLERS, HandlerRegistry
+
+FORMAT_VERSION = 1
+_PICKLE_MAGICS = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+, torch.save zip container
+
+
+def save(model: nn.Module, path: str | os.PathLike, source: str | None = None, config: dict | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically; returns the path."""
+    path = Path(path)
+    layers = {name: {"handler": type(m).__name__, **m.qmeta}
+              for name, m in model.named_modules() if isinstance(m, QuantModule)}
+    meta = {"format_version": FORMAT_VERSION, "source": source, "config": config, "layers": layers}
+    seen: dict[int, str] = {}
+    tensors = {}
+    for k, t in model.state_dict().items():
+        tensors[k] = t.detach().contiguous().clone() if t.data_ptr() in seen else t.detach().contiguous()
+        seen[t.data_ptr()] = k
+    if not path.parent.exists():
+        raise BitladderError(f"output folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"bitladder": json.dumps(meta, sort_keys=True)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict, dict]:
+    """(bitladder metadata, {tensor name: {dtype, shape, nbytes}}) after validating the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise BitladderError(f"artifact {path} does not exist or is not a file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if head.startswith(_PICKLE_MAGICS):
+            raise BitladderError(f"{path} is a pickle / torch.save file; bitladder loads only safetensors "
+                                 "artifacts (pickles can execute code when loaded)")
+        if len(head) < 8:
+            raise BitladderError(f"{path} is truncated: {size} bytes, not a safetensors artifact")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8:
+            raise BitladderError(f"{path} is truncated or not a safetensors file (header of {n} bytes "
+                                 f"in a {size}-byte file)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise BitladderError(f"{path} is corrupt: its safetensors header is not valid JSON") from None
+    info = {}
+    end = 0
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        try:
+            lo, hi = v["data_offsets"]
+            info[k] = {"dtype": v["dtype"], "shape": v["shape"], "nbytes": hi - lo}
+            end = max(end, hi)
+        except (KeyError, TypeError, ValueError):
+            raise BitladderError(f"{path} is corrupt: bad header entry for {k!r}") from None
+    if 8 + n + end != size:
+        raise BitladderError(f"{path} is truncated or corrupt: tensors need {8 + n + end} bytes, file has {size}")
+    raw = (header.get("__metadata__") or {}).get("bitladder")
+    if raw is None:
+        raise BitladderError(f"{path} is a safetensors file but not a bitladder artifact (no 'bitladder' metadata)")
+    meta = json.loads(raw)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise BitladderError(f"{path}: artifact format version {meta.get('format_version')!r} is not supported "
+                             f"(this build reads {FORMAT_VERSION})")
+    return meta, info
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None,
+         handlers: HandlerRegistry = HANDLERS) -> nn.Module:
+    """Load an artifact into ``model`` (the float architecture), or rebuild a built-in model by name.
+
+    The float model's layers named in the metadata are replaced by their quantised handlers, then
+    every tensor is loaded strictly: a missing, extra or mis-shaped tensor is an error.
+    """
+    meta, _ = read_header(path)
+    if model is None:
+        from bitladder.zoo.registry import build_builtin
+
+        model = build_builtin(meta.get("source"))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        raise BitladderError(f"{path} is corrupt: {e}") from None
+    for name, lm in meta["layers"].items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise BitladderError(f"artifact layer {name!r} does not exist in the given model") from None
+        handler = handlers.lookup(module)
+        if handler is None or handler.__name__ != lm["handler"]:
+            raise BitladderError(f"artifact layer {name!r} was {lm['handler']}, the model has "
+                                 f"{type(module).__name__} there")
+        parts = {p: tensors[f"{name}.weight_{p}"] for p in ("packed", "scale", "zero_point")
+                 if f"{name}.weight_{p}" in tensors}
+        try:
+            new = handler.skeleton(module, lm, parts)
+        except (ValueError, KeyError) as e:
+            raise BitladderError(f"artifact layer {name!r} is inconsistent: {e}") from None
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise BitladderError(f"artifact does not match the model: {' '.join(first[:3])[:400]}") from None
+    return model.eval()

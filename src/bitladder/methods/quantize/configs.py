@@ -1,0 +1,165 @@
+"""One config per rung family. Each validates on construction and serialises with a version.
+
+The configs describe *what* a weight becomes (format, scale layout); :func:`bitladder.quantize`
+applies one to a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
+
+from bitladder.errors import BitladderError
+from bitladder.formats.layout import GRANULARITIES, Layout
+from bitladder.tensor.quantized import SCALE_DTYPES
+
+FLOAT_FORMATS = ("fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
+
+
+def _check_common(cfg, allowed_gran=GRANULARITIES) -> None:
+    if cfg.group is not None:
+        if not isinstance(cfg.group, int) or cfg.group < 1:
+            raise BitladderError(f"group must be a positive integer, got {cfg.group!r}")
+        object.__setattr__(cfg, "granularity", "group")
+    if cfg.granularity not in allowed_gran:
+        raise BitladderError(f"granularity must be one of {allowed_gran}, got {cfg.granularity!r}")
+    if cfg.granularity == "group" and cfg.group is None:
+        raise BitladderError("granularity='group' needs group=<size>, e.g. group=64")
+    if cfg.scale_dtype not in SCALE_DTYPES:
+        raise BitladderError(f"scale_dtype must be one of {tuple(SCALE_DTYPES)}, got {cfg.scale_dtype!r}")
+
+
+class _Config:
+    version: ClassVar[int] = 1
+
+    def layout(self, axis: int = 0) -> Layout:
+        return Layout(self.granularity, axis, self.group)
+
+    def to_dict(self) -> dict:
+        return {"type": type(self).__name__, "version": self.version, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Float(_Config):
+    """Store weights in a float format: fp64, fp32, fp16, bf16, fp8_e4m3 or fp8_e5m2.
+
+    fp16 and wider are plain casts; fp8 carries one scale per output channel (``amax / fmax``).
+
+    >>> import torch, bitladder
+    >>> m = bitladder.quantize(torch.nn.Linear(8, 4), Float("bf16"))
+    >>> m.qweight.qtype.name, m.qweight.nbytes
+    ('bf16', 64)
+    """
+
+    format: str = "fp16"
+    granularity: str = "channel"
+    group: int | None = None
+    scale_dtype: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.format not in FLOAT_FORMATS:
+            raise BitladderError(f"unknown float format {self.format!r}; accepted: {', '.join(FLOAT_FORMATS)}")
+        _check_common(self)
+
+    @property
+    def qtype(self) -> str:
+        return self.format
+
+    @property
+    def symmetric(self) -> bool:
+        return True
+
+    def layout(self, axis: int = 0) -> Layout:
+        if self.format in ("fp8_e4m3", "fp8_e5m2"):
+            return super().layout(axis)
+        return Layout("tensor")
+
+
+@dataclass(frozen=True)
+class Int(_Config):
+    """Integer weights of 2 to 8 bits, round-to-nearest, symmetric or asymmetric.
+
+    ``group=G`` gives one scale per G consecutive input elements; otherwise ``granularity`` is
+    "channel" (one scale per output channel, the default) or "tensor".
+
+    >>> import torch, bitladder
+    >>> m = bitladder.quantize(torch.nn.Linear(64, 32), Int(bits=4, group=32))
+    >>> m.qweight.qtype.name, m.qweight.bits_per_weight
+    ('int4', 4.5)
+    """
+
+    bits: int = 8
+    group: int | None = None
+    granularity: str = "channel"
+    symmetric: bool = True
+    scale_dtype: str = "fp16"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+            raise BitladderError(f"Int bits must be an integer in 2..8, got {self.bits!r} (1 bit: use Binary)")
+        _check_common(self)
+
+    @property
+    def qtype(self) -> str:
+        return f"int{self.bits}" if self.symmetric else f"uint{self.bits}"
+
+
+@dataclass(frozen=True)
+class Ternary(_Config):
+    """Weights in {-1, 0, +1} times an absmean scale (BitNet b1.58), packed 5 per byte.
+
+    >>> import torch, bitladder
+    >>> m = bitladder.quantize(torch.nn.Linear(40, 8), Ternary())
+    >>> sorted(set(m.qweight.codes().flatten().tolist())) <= [-1, 0, 1]
+    True
+    """
+
+    granularity: str = "channel"
+    group: int | None = None
+    scale_dtype: str = "fp16"
+    qtype: ClassVar[str] = "ternary"
+    symmetric: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+
+
+@dataclass(frozen=True)
+class Binary(_Config):
+    """Weights in {-1, +1} times an absmean scale per channel (XNOR-Net), one bit each.
+
+    >>> import torch, bitladder
+    >>> m = bitladder.quantize(torch.nn.Linear(64, 8), Binary())
+    >>> m.qweight.nbytes    # 64*8 bits + 8 fp16 scales
+    80
+    """
+
+    granularity: str = "channel"
+    group: int | None = None
+    scale_dtype: str = "fp16"
+    qtype: ClassVar[str] = "binary"
+    symmetric: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+
+
+CONFIG_TYPES = {c.__name__: c for c in (Float, Int, Ternary, Binary)}
+QuantConfig = Float | Int | Ternary | Binary
+
+
+def config_from_dict(d: dict) -> QuantConfig:
+    """Rebuild a config written by ``to_dict`` (unknown types, versions or fields are errors)."""
+    d = dict(d)
+    kind = d.pop("type", None)
+    version = d.pop("version", None)
+    if kind not in CONFIG_TYPES:
+        raise BitladderError(f"unknown config type {kind!r}; known: {', '.join(CONFIG_TYPES)}")
+    cls = CONFIG_TYPES[kind]
+    if version != cls.version:
+        raise BitladderError(f"{kind} config version {version!r} is not supported (this build reads {cls.version})")
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise BitladderError(f"unknown {kind} fields: {sorted(unknown)}; accepted: {sorted(names)}")
+    return cls(**d)

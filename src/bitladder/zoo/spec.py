@@ -1,0 +1,51 @@
+"""What the ladder needs to know about a model: how to build it, what to feed it, how to score it."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+METRICS = ("accuracy", "cosine")
+
+
+@dataclass
+class ModelSpec:
+    """A float model with its evaluation data.
+
+    ``eval_batches``: inputs (a tensor, or a dict of tensors passed as keywords), one per batch.
+    ``targets``: class labels for ``metric="accuracy"``; for ``metric="cosine"`` fidelity is the
+    cosine of each output row to the fp32 model's (embedders: mean, min and top-10 neighbour
+    agreement). ``latency_batch`` is the input timed for the latency ratio.
+    """
+
+    name: str
+    model: nn.Module
+    metric: str
+    eval_batches: list[Any]
+    latency_batch: Any
+    targets: torch.Tensor | None = None
+    calib_batches: list[Any] = field(default_factory=list)
+    default_rungs: list[str] = field(default_factory=list)
+    source: str | None = None  # a built-in name that rebuilds ``model`` when an artifact is loaded
+    factory: Callable[[], nn.Module] | None = None
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.metric == "accuracy" and self.targets is None:
+            raise ValueError("metric 'accuracy' needs targets")
+        self.model.eval()
+
+    def fresh_model(self) -> nn.Module:
+        """A new float model of the same architecture (for loading an artifact into)."""
+        return self.factory().eval() if self.factory else copy.deepcopy(self.model)
+
+
+def run(model: nn.Module, batch: Any) -> torch.Tensor:
+    """Call a model on one batch: a tensor positionally, a dict as keywords."""
+    return model(**batch) if isinstance(batch, dict) else model(batch)
