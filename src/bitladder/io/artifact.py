@@ -58,16 +58,15 @@ def read_header(path: str | os.PathLike) -> tuple[dict, dict]:
         raise BitladderError(f"artifact {path} does not exist or is not a file")
     size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(8)
-        if head.startswith(_PICKLE_MAGICS):
-            raise BitladderError(f"{path} is a pickle / torch.save file; bitladder loads only safetensors "
-                                 "artifacts (pickles can execute code when loaded)")
-        if len(head) < 8:
-            raise BitladderError(f"{path} is truncated: {size} bytes, not a safetensors artifact")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8:
-            raise BitladderError(f"{path} is truncated or not a safetensors file (header of {n} bytes "
-                                 f"in a {size}-byte file)")
+        head = f.read(9)
+        n = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else -1
+        if not (len(head) == 9 and head[8:9] == b"{" and 0 < n <= size - 8):
+            if head.startswith(_PICKLE_MAGICS[1]) or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"):
+                raise BitladderError(f"{path} is a pickle / torch.save file; bitladder loads only safetensors "
+                                     "artifacts (pickles can execute code when loaded)")
+            raise BitladderError(f"{path} is truncated or not a safetensors artifact ({size} bytes, no valid "
+                                 "safetensors header)")
+        f.seek(8)
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):

@@ -91,6 +91,6 @@ def spec() -> ModelSpec:
         eval_batches=[data["x_test"]], targets=data["y_test"], latency_batch=data["x_test"],
         calib_batches=[data["x_train"][:256]],
         default_rungs=["fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4-g32",
-                       "int3-g32", "int2-g32", "ternary", "binary"],
+                       "int3-g32-asym", "int2-g32-asym", "ternary", "binary"],
         source="digits", factory=DigitsCNN,
     )

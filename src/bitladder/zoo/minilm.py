@@ -75,6 +75,6 @@ def spec() -> ModelSpec:
         latency_batch=tokenize(corpus.eval_sentences(32), batch=32)[0],
         calib_batches=tokenize(corpus.calibration_sentences(CALIB_SENTENCES)),
         default_rungs=["fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4-g64",
-                       "int3-g64", "int2-g64", "ternary", "binary"],
+                       "int3-g64-asym", "int2-g64-asym", "ternary", "binary"],
         source="minilm", factory=build,
     )

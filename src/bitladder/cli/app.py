@@ -1,0 +1,93 @@
+"""The ``bitladder`` command: ladder, inspect. User errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bitladder.errors import BitladderError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Take a PyTorch model down the precision ladder and measure every rung.")
+console = Console() if sys.stdout.isatty() else Console(width=170)
+
+
+@app.command()
+def ladder(
+    model: str = typer.Option("digits", help="digits, minilm, or a factory 'package.module:function'"),
+    rungs: str = typer.Option("", help="comma-separated rungs, e.g. fp16,int8,int4-g64 (default: the model's)"),
+    out: Path = typer.Option(Path("runs/ladder"), help="folder for artifacts, results.json and report.html"),
+    repeats: int = typer.Option(10, min=1, help="timed runs per rung (median; interleaved with fp32)"),
+) -> None:
+    """Quantise to each rung, save, reload, and measure fidelity, size and speed."""
+    from bitladder.pipeline.ladder import check_out_dir, run_ladder
+    from bitladder.pipeline.report import write_report
+    from bitladder.pipeline.rungs import parse_rung
+    from bitladder.zoo.registry import resolve
+
+    names = [r.strip() for r in rungs.split(",") if r.strip()]
+    for r in names:
+        parse_rung(r)
+    check_out_dir(out)
+    with console.status(f"loading {model}"):
+        spec = resolve(model)
+    names = names or spec.default_rungs
+    from bitladder.cli.table import ladder_table
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(f"{spec.name} ladder", total=len(names))
+
+        def on_rung(rung: str, row: dict | None) -> None:
+            if row is None:
+                bar.update(task, description=f"{spec.name}: {rung}")
+            else:
+                bar.advance(task)
+
+        results = run_ladder(spec, names, out, repeats=repeats, on_rung=on_rung)
+    report = write_report(results, out / "report.html")
+    console.print(ladder_table(results))
+    console.print(f"wall time {results['wall_s']:.1f} s; results: {out / 'results.json'}; report: {report}")
+
+
+@app.command()
+def inspect(artifact: Path = typer.Argument(..., help="a .safetensors artifact written by bitladder")) -> None:
+    """Per-layer format, shape and bytes of an artifact (reads the header only)."""
+    from bitladder.cli.table import inspect_table
+    from bitladder.io.artifact import read_header
+
+    meta, info = read_header(artifact)
+    console.print(inspect_table(artifact, meta, info))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        app(argv, standalone_mode=False)
+    except BitladderError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # click's usage errors carry their own exit codes
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Rich tables for the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+
+def ladder_table(results: dict) -> Table:
+    cos = results["metric"] == "cosine"
+    t = Table(title=f"bitladder ladder: {results['model']} ({results['metric']})")
+    for c in ("rung", "fidelity", "drop pt", *(("cos min", "kNN@10") if cos else ()), "disk bytes",
+              "quant bytes", "theory bytes", "bits/w", "x fp32 speed", "warnings"):
+        t.add_column(c, justify="left" if c in ("rung", "warnings") else "right")
+    for r in results["rungs"]:
+        extra = (f"{r['cos_min']:.4f}", f"{r['knn10']:.3f}") if cos else ()
+        t.add_row(r["rung"], f"{r['fidelity']:.4f}", f"{r['fidelity_drop_pt']:.2f}", *extra,
+                  f"{r['bytes_on_disk']:,}", f"{r['quantized_bytes']:,}", f"{r['theoretical_bytes']:,.0f}",
+                  f"{r['bits_per_weight']:.2f}", f"{r['latency_ratio']:.2f}", str(len(r["warnings"])))
+    return t
+
+
+def inspect_table(path: Path, meta: dict, info: dict) -> Table:
+    t = Table(title=f"{path} (source: {meta.get('source')}, config: {(meta.get('config') or {}).get('type')})")
+    for c in ("layer", "handler", "format", "shape", "layout", "bytes"):
+        t.add_column(c, justify="right" if c == "bytes" else "left")
+    total = 0
+    for name, lm in sorted(meta["layers"].items()):
+        nbytes = sum(v["nbytes"] for k, v in info.items() if k.startswith(f"{name}.weight_"))
+        total += nbytes
+        lay = lm["layout"]
+        desc = lay["granularity"] + (f" {lay['group']}" if lay["granularity"] == "group" else "")
+        t.add_row(name, lm["handler"], lm["qtype"], "x".join(map(str, lm["shape"])), desc, f"{nbytes:,}")
+    other = sum(v["nbytes"] for v in info.values()) - total
+    t.add_row("(quantised layers)", "", "", "", "", f"{total:,}")
+    t.add_row("(other tensors)", "", "", "", "", f"{other:,}")
+    return t

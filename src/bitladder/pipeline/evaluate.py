@@ -1,0 +1,73 @@
+"""Fidelity, size and speed of one model against its fp32 reference."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from bitladder.formats.quant import sqnr_db
+from bitladder.nn.base import QuantModule
+from bitladder.zoo.spec import ModelSpec, run
+
+
+@torch.inference_mode()
+def outputs(model: nn.Module, batches: list[Any]) -> torch.Tensor:
+    return torch.cat([run(model, b).float() for b in batches])
+
+
+def knn_agreement(ref: torch.Tensor, out: torch.Tensor, k: int = 10) -> float:
+    """Mean overlap of each row's top-k cosine neighbours (itself excluded) under ref and out."""
+    def topk(e: torch.Tensor) -> torch.Tensor:
+        e = nn.functional.normalize(e.float(), dim=-1)
+        sim = e @ e.T
+        sim.fill_diagonal_(-float("inf"))
+        return sim.topk(min(k, len(e) - 1), dim=1).indices
+
+    a, b = topk(ref), topk(out)
+    hits = (a.unsqueeze(2) == b.unsqueeze(1)).any(dim=2).float().sum(dim=1)
+    return float(hits.mean() / a.shape[1])
+
+
+def fidelity(spec: ModelSpec, out: torch.Tensor, ref: torch.Tensor) -> dict:
+    """accuracy -> {fidelity}; cosine -> {fidelity: mean cosine, cos_min, knn10} against ``ref``."""
+    if spec.metric == "accuracy":
+        acc = float((out.argmax(dim=-1) == spec.targets).float().mean())
+        return {"fidelity": acc, "cos_min": None, "knn10": None}
+    cos = nn.functional.cosine_similarity(out.flatten(1).double(), ref.flatten(1).double(), dim=-1)
+    return {"fidelity": float(cos.mean()), "cos_min": float(cos.min()), "knn10": knn_agreement(ref, out)}
+
+
+@torch.inference_mode()
+def paired_latency(ref: nn.Module, model: nn.Module, batch: Any, repeats: int, warmup: int = 2) -> tuple[float, float]:
+    """Median seconds of ``ref`` and ``model`` on the same batch, runs interleaved to share noise."""
+    for _ in range(warmup):
+        run(ref, batch), run(model, batch)
+    ta, tb = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(ref, batch)
+        t1 = time.perf_counter()
+        run(model, batch)
+        t2 = time.perf_counter()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def layer_stats(float_model: nn.Module, qmodel: nn.Module) -> dict[str, dict]:
+    """Per quantised layer: format, weight SQNR (dB), bytes, theoretical bytes, clipped count, kernel."""
+    stats = {}
+    for name, m in qmodel.named_modules():
+        if not isinstance(m, QuantModule):
+            continue
+        qt = m.qweight
+        w = float_model.get_submodule(name).weight.detach()
+        stats[name] = {"format": qt.qtype.name, "shape": list(qt.shape), "numel": qt.numel,
+                       "sqnr_db": round(sqnr_db(w, qt.dequantize(torch.float64)), 3),
+                       "bytes": qt.nbytes, "theoretical_bytes": qt.theoretical_nbytes,
+                       "clipped": m.n_clipped, "kernel": m.kernel}
+    return stats

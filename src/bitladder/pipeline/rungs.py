@@ -1,0 +1,45 @@
+"""Rung names -> configs.
+
+Grammar: ``BASE[-gN|-pc|-pt][-sym|-asym]``. BASE is one of fp64 fp32 fp16 bf16 fp8_e4m3 fp8_e5m2
+int8..int2 ternary binary. ``-gN`` groups of N input elements, ``-pc`` per output channel (the
+default), ``-pt`` per tensor; integers are symmetric unless ``-asym``.
+
+>>> parse_rung("int4-g64")
+Int(bits=4, group=64, granularity='group', symmetric=True, scale_dtype='fp16')
+>>> parse_rung("int2-g32-asym").qtype
+'uint2'
+"""
+
+from __future__ import annotations
+
+import re
+
+from bitladder.errors import BitladderError
+from bitladder.methods.quantize.configs import FLOAT_FORMATS, Binary, Float, Int, QuantConfig, Ternary
+
+BASES = (*FLOAT_FORMATS, "int8", "int7", "int6", "int5", "int4", "int3", "int2", "ternary", "binary")
+_RUNG = re.compile(r"^(?P<base>[a-z0-9_]+?)(?:-(?P<gran>g\d+|pc|pt))?(?:-(?P<sym>sym|asym))?$")
+ACCEPTED = f"{' '.join(BASES)}, optionally followed by -gN (group size), -pc or -pt, then -sym or -asym"
+
+
+def parse_rung(name: str) -> QuantConfig:
+    m = _RUNG.match(name.strip())
+    if not m or m["base"] not in BASES:
+        raise BitladderError(f"unknown rung {name!r}; accepted: {ACCEPTED}")
+    base, gran, sym = m["base"], m["gran"], m["sym"]
+    kw: dict = {}
+    if gran == "pt":
+        kw["granularity"] = "tensor"
+    elif gran and gran.startswith("g"):
+        kw["group"] = int(gran[1:])
+        if kw["group"] < 1:
+            raise BitladderError(f"rung {name!r}: group size must be at least 1")
+    if base in FLOAT_FORMATS:
+        if sym:
+            raise BitladderError(f"rung {name!r}: -sym/-asym apply to integer rungs only")
+        return Float(base, **kw)
+    if base.startswith("int"):
+        return Int(bits=int(base[3:]), symmetric=sym != "asym", **kw)
+    if sym:
+        raise BitladderError(f"rung {name!r}: -sym/-asym apply to integer rungs only")
+    return Ternary(**kw) if base == "ternary" else Binary(**kw)
