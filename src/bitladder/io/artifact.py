@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from bitladder.atomic import atomic_path
 from bitladder.errors import BitladderError
 from bitladder.nn.base import QuantModule
 from bitladder.nn.registry import HANDLERS, HandlerRegistry
@@ -40,14 +39,8 @@ def save(model: nn.Module, path: str | os.PathLike, source: str | None = None, c
         seen[t.data_ptr()] = k
     if not path.parent.exists():
         raise BitladderError(f"output folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"bitladder": json.dumps(meta, sort_keys=True)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"bitladder": json.dumps(meta, sort_keys=True)})
     return path
 
 

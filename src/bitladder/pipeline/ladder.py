@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from bitladder.atomic import atomic_path
 from bitladder.errors import BitladderError
 from bitladder.io.artifact import load, read_header, save
 from bitladder.methods.quantize.api import plan, quantize
@@ -37,10 +38,8 @@ def check_out_dir(out: Path) -> Path:
 
 
 def write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
 
 
 def _warnings(stats: dict, kept: dict, ratio: float) -> list[str]:

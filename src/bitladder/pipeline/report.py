@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from pathlib import Path
+
+from bitladder.atomic import atomic_path
 
 
 def _png(fig) -> str:
@@ -83,8 +83,6 @@ Latency ratio = fp32 latency / rung latency, interleaved runs, same inputs.</p>
 
 
 def write_report(results: dict, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(render(results))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(render(results), encoding="utf-8")
     return path

@@ -6,13 +6,11 @@ Train/test split: stratified, 25 % test (450 images), ``random_state=0``.
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from bitladder.atomic import atomic_path
 from bitladder.zoo.cache import cache_dir
 from bitladder.zoo.spec import ModelSpec
 
@@ -77,10 +75,8 @@ def pretrained(data: dict[str, torch.Tensor] | None = None) -> DigitsCNN:
         except Exception:  # a damaged cache is retrained, not trusted
             path.unlink(missing_ok=True)
     model = train(data or load_data())
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     return model
 
 

@@ -1,0 +1,83 @@
+import pytest
+import torch
+from torch import nn
+
+import bitladder
+from bitladder.nn.base import QuantModule
+from bitladder.nn.registry import HANDLERS, HandlerRegistry
+
+
+def rel_err(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("module,x", [
+    (nn.Linear(48, 24), torch.randn(5, 48)),
+    (nn.Conv1d(6, 12, 3, stride=2, padding=1), torch.randn(2, 6, 17)),
+    (nn.Conv2d(8, 16, 3, padding=1, groups=2), torch.randn(2, 8, 9, 9)),
+    (nn.Conv2d(3, 5, (3, 1), stride=(2, 1), dilation=(1, 2), bias=False), torch.randn(1, 3, 11, 7)),
+])
+def test_int8_layers_track_float(module, x):
+    q = bitladder.quantize(module, bitladder.Int(8))
+    assert isinstance(q, QuantModule)
+    assert rel_err(q(x), module(x)) < 0.01
+    assert rel_err(bitladder.quantize(module, bitladder.Int(4, group=8))(x), module(x)) < 0.15
+
+
+def test_embedding_keeps_padding_idx():
+    emb = nn.Embedding(50, 16, padding_idx=0)
+    q = bitladder.quantize(emb, bitladder.Int(8))
+    idx = torch.tensor([[0, 3, 49]])
+    assert rel_err(q(idx), emb(idx)) < 0.01
+    assert q.padding_idx == 0
+
+
+def test_hf_conv1d_uses_output_axis():
+    from transformers.pytorch_utils import Conv1D
+
+    conv = Conv1D(12, 20)  # weight (20, 12): in x out
+    q = bitladder.quantize(conv, bitladder.Int(8))
+    assert q.qweight.scale.shape == (12, 1)
+    x = torch.randn(3, 20)
+    assert rel_err(q(x), conv(x)) < 0.01
+
+
+def test_non_zero_padding_conv_stays_float():
+    model = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"))
+    q = bitladder.quantize(model, bitladder.Int(8))
+    assert isinstance(q[0], nn.Conv2d)
+
+
+def test_user_layer_registers_like_builtins():
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 4))
+
+        def forward(self, x):
+            return x @ self.weight
+
+    registry = HANDLERS.copy()
+
+    @registry.register(Scale)
+    class QuantScale(QuantModule):
+        @classmethod
+        def from_float(cls, module, qweight):
+            return cls(qweight)
+
+        def forward(self, x):
+            return x @ self.weight()
+
+    model = nn.Sequential(Scale())
+    assert bitladder.plan(model).skipped == {"0": "no handler for Scale"}
+    q = bitladder.quantize(model, bitladder.Int(8), handlers=registry)
+    assert isinstance(q[0], QuantScale)
+    x = torch.randn(2, 4)
+    assert rel_err(q(x), model(x)) < 0.01
+    assert Scale not in HANDLERS  # the default registry was not touched
+
+
+def test_registry_lookup_by_name_string():
+    r = HandlerRegistry()
+    r.register("torch.nn.modules.linear.Linear")(int)
+    assert r.lookup(nn.Linear(1, 1)) is int

@@ -1,0 +1,67 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bitladder.formats.layout import Layout
+from bitladder.formats.qtypes import QTYPES
+from bitladder.formats.quant import sqnr_db
+from bitladder.tensor.quantized import QuantizedTensor
+
+ALL = ["fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "uint8", "int4", "uint4", "int3",
+       "uint3", "int2", "uint2", "ternary", "binary"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(name=st.sampled_from(ALL), rows=st.integers(1, 9), cols=st.integers(1, 70),
+       gran=st.sampled_from(["tensor", "channel", "group"]), group=st.integers(1, 40))
+def test_measured_bytes_match_theory_and_round_trip(name, rows, cols, gran, group):
+    w = torch.randn(rows, cols)
+    lay = Layout(gran, 0, group if gran == "group" else None)
+    qt = QuantizedTensor.from_float(w, name, lay, symmetric=not name.startswith("u"))
+    # packed codes are exact up to the last partial byte of each packed stream
+    assert qt.theoretical_nbytes <= qt.nbytes < qt.theoretical_nbytes + 2
+    back = QuantizedTensor.from_parts(qt.tensors(), qt.meta())
+    assert torch.equal(back.dequantize(), qt.dequantize())
+    assert qt.dequantize().shape == w.shape
+
+
+def test_group_scales_are_per_group_and_sqnr_improves_with_bits():
+    w = torch.randn(32, 256)
+    dbs = [sqnr_db(w, QuantizedTensor.from_float(w, f"int{b}", Layout("group", group=64)).dequantize())
+           for b in (2, 3, 4, 8)]
+    assert dbs == sorted(dbs)
+    qt = QuantizedTensor.from_float(w, "int4", Layout("group", group=64))
+    assert qt.scale.shape == (32, 4) and qt.scale.dtype == torch.float16
+
+
+def test_channel_axis_one_for_transposed_weights():
+    w = torch.randn(8, 3) * torch.tensor([1.0, 100.0, 0.01])  # columns of very different range
+    per_col = QuantizedTensor.from_float(w, "int8", Layout("channel", axis=1))
+    per_row = QuantizedTensor.from_float(w, "int8", Layout("channel", axis=0))
+    assert per_col.scale.shape == (3, 1)
+    assert sqnr_db(w[:, 2], per_col.dequantize()[:, 2]) > sqnr_db(w[:, 2], per_row.dequantize()[:, 2]) + 20
+
+
+def test_fp64_keeps_the_double_exactly():
+    w = torch.randn(4, 4, dtype=torch.float64)
+    qt = QuantizedTensor.from_float(w, "fp64", Layout("tensor"))
+    assert torch.equal(qt.dequantize(torch.float64), w) and qt.nbytes == 16 * 8
+
+
+def test_inconsistent_parts_are_rejected():
+    qt = QuantizedTensor.from_float(torch.randn(4, 32), "int4", Layout("group", group=8))
+    t = qt.tensors()
+    t["packed"] = t["packed"][:-1]
+    with pytest.raises(ValueError, match="packed codes"):
+        QuantizedTensor.from_parts(t, qt.meta())
+    t = qt.tensors()
+    t["scale"] = t["scale"][:, :2]
+    with pytest.raises(ValueError, match="scale shape"):
+        QuantizedTensor.from_parts(t, qt.meta())
+
+
+def test_asymmetric_zero_points_are_packed_at_the_format_width():
+    qt = QuantizedTensor.from_float(torch.rand(16, 64) + 1, "uint4", Layout("group", group=16), symmetric=False)
+    assert qt.zero_point.numel() == 16 * 4 // 2
+    assert QTYPES["uint4"].qmin == 0
