@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bitladder.errors import BitladderError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Take a PyTorch model down the precision ladder and measure every rung.")
 console = Console() if sys.stdout.isatty() else Console(width=170)
 
@@ -78,13 +78,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except Exception as e:  # click's usage errors carry their own exit codes
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:
+        # usage errors from typer's click carry their own message and exit code (2)
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int) and not debug:
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "Abort":
             sys.exit(130)
         raise
 

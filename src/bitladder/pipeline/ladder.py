@@ -23,6 +23,7 @@ from bitladder.zoo.spec import ModelSpec
 
 SCHEMA = "bitladder.ladder/1"
 CLIP_WARN_FRACTION = 1e-3
+SLOW_MARGIN = 0.95  # latency ratios within 5 % of fp32 are timing noise on a shared 2-core machine
 
 
 def check_out_dir(out: Path) -> Path:
@@ -44,7 +45,7 @@ def write_json(path: Path, data: dict) -> None:
 
 def _warnings(stats: dict, kept: dict, ratio: float) -> list[str]:
     out = []
-    if ratio < 1.0:
+    if ratio < SLOW_MARGIN:
         slow = sorted({s["kernel"] for s in stats.values()})
         out.append(f"slower than fp32 (latency ratio {ratio:.2f}); compute paths: {', '.join(slow)}")
     for name, s in stats.items():

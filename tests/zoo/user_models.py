@@ -1,0 +1,20 @@
+"""Factories used by the tests, written the way a user would write them."""
+
+import torch
+from torch import nn
+
+
+def classifier():
+    torch.manual_seed(0)
+    x = torch.randn(64, 10)
+    y = (x[:, 0] > 0).long()
+    return nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 2)), x, y
+
+
+def regressor():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(10, 32), nn.GELU(), nn.Linear(32, 8)), torch.randn(64, 10)
+
+
+def bad_return():
+    return 42
