@@ -81,3 +81,14 @@ def test_registry_lookup_by_name_string():
     r = HandlerRegistry()
     r.register("torch.nn.modules.linear.Linear")(int)
     assert r.lookup(nn.Linear(1, 1)) is int
+
+
+@pytest.mark.parametrize("cfg", [bitladder.Int(4, group=16), bitladder.Int(3, group=8, symmetric=False),
+                                 bitladder.Int(2), bitladder.Ternary(), bitladder.Binary(group=8),
+                                 bitladder.Float("fp8_e5m2"), bitladder.Float("fp16"), bitladder.Int(3),
+                                 bitladder.Ternary(group=3)])
+def test_embedding_row_gather_equals_full_dequantisation(cfg):
+    emb = nn.Embedding(37, 40)
+    q = bitladder.quantize(emb, cfg)
+    idx = torch.tensor([[5, 0, 5, 36], [1, 2, 3, 4]])
+    assert torch.equal(q(idx), nn.functional.embedding(idx, q.weight().float()))

@@ -86,6 +86,8 @@ def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
 
 
 _POW3 = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int16)
+# byte -> its five base-3 digits: unpacking is one table lookup per byte
+_TERNARY_LUT = ((torch.arange(243, dtype=torch.int16)[:, None] // _POW3) % 3).to(torch.uint8)
 
 
 def pack_ternary(codes: torch.Tensor) -> torch.Tensor:
@@ -100,5 +102,7 @@ def unpack_ternary(packed: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of :func:`pack_ternary`: the first ``n`` codes, as uint8."""
     if packed.numel() != ternary_nbytes(n):
         raise ValueError(f"{packed.numel()} packed bytes cannot hold {n} ternary codes")
-    p = packed.reshape(-1).to(torch.int16)
-    return ((p[:, None] // _POW3) % 3).reshape(-1)[:n].to(torch.uint8)
+    p = packed.reshape(-1).to(torch.int64)
+    if p.numel() and int(p.max()) > 242:
+        raise ValueError("byte values above 242 are not valid ternary packing")
+    return _TERNARY_LUT[p].reshape(-1)[:n]

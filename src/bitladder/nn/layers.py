@@ -75,7 +75,10 @@ class QuantConv2d(_QuantConvNd):
 
 @HANDLERS.register(nn.Embedding)
 class QuantEmbedding(QuantModule):
-    """Rows are the channels (one scale per token vector, or per group within it)."""
+    """Rows are the channels (one scale per token vector, or per group within it).
+
+    Lookups unpack only the rows they touch (``gather-dequant`` when rows are byte-aligned).
+    """
 
     @classmethod
     def from_float(cls, module: nn.Embedding, qweight: QuantizedTensor):
@@ -83,7 +86,12 @@ class QuantEmbedding(QuantModule):
             return None  # max_norm renormalises weights in place; not meaningful for packed storage
         qm = cls(qweight)
         qm.padding_idx = module.padding_idx
+        aligned = qweight.layout.granularity != "tensor" and qweight._row_bytes(qweight.shape[1]) is not None
+        if aligned and qm.kernel != "fp64":
+            qm.kernel = "gather-dequant-fp32"
         return qm
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return F.embedding(idx, self.weight().float(), self.padding_idx)
+        # unpack only the distinct rows looked up, then gather: the table is never dequantised whole
+        uniq, inverse = torch.unique(idx, return_inverse=True)
+        return self.qweight.dequantize_rows(uniq, torch.float32)[inverse]

@@ -115,6 +115,32 @@ class QuantizedTensor:
             zp = _unpack(self.zero_point, self.qtype, c * nb).reshape(c, nb, 1)
         return self.layout.from_blocks(dequantize(qb, scale, zp, self.qtype, dtype), self.shape)
 
+    def _row_bytes(self, n: int) -> int | None:
+        """Bytes per row of ``n`` codes if rows start on byte boundaries in the packed stream."""
+        if self.qtype.kind == "float":
+            return n * int(self.qtype.bits) // 8
+        if self.qtype.kind == "ternary":
+            return n // 5 if n % 5 == 0 else None
+        return n * self.qtype.pack_bits // 8 if (n * self.qtype.pack_bits) % 8 == 0 else None
+
+    def dequantize_rows(self, index: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``dequantize()[index]`` for channel axis 0, unpacking only the rows asked for.
+
+        Used by embeddings: a lookup touches a few rows of a large table. Falls back to the full
+        dequantisation when rows do not start on byte boundaries.
+        """
+        c, k, nb, b = self.layout.dims(self.shape)
+        rb = self._row_bytes(k)
+        zb = self._row_bytes(nb) if self.zero_point is not None else 0
+        if self.layout.axis != 0 or self.layout.granularity == "tensor" or rb is None or zb is None:
+            return self.dequantize(dtype)[index]
+        rows = index.reshape(-1)
+        packed = self.packed.view(c, rb)[rows].reshape(-1)
+        sub = QuantizedTensor(packed, None if self.scale is None else self.scale[rows],
+                              None if self.zero_point is None else self.zero_point.view(c, zb)[rows].reshape(-1),
+                              self.qtype, (rows.numel(), *self.shape[1:]), self.layout)
+        return sub.dequantize(dtype).reshape(*index.shape, *self.shape[1:])
+
     # ---- sizes --------------------------------------------------------------------------
     @property
     def nbytes(self) -> int:
