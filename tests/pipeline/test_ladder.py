@@ -41,6 +41,8 @@ def test_fidelity_targets(digits_results):
 def test_sizes_are_real(digits_results):
     res, _ = digits_results
     rows = {r["rung"]: r for r in res["rungs"]}
+    assert rows["int8"]["layers"]["features.0"]["sqnr_db"] > 35  # weights keep ~6 dB per bit
+    assert rows["binary"]["layers"]["features.0"]["sqnr_db"] < 10
     for r in res["rungs"]:
         assert abs(r["quantized_bytes"] - r["theoretical_bytes"]) <= 0.01 * r["theoretical_bytes"], r["rung"]
     assert rows["fp32"]["quantized_bytes"] / rows["binary"]["quantized_bytes"] >= 25
@@ -56,3 +58,4 @@ def test_report_is_self_contained(digits_results, tmp_path):
     assert html.count("data:image/png;base64,") == 2
     assert "http://" not in html and "https://" not in html
     assert "int4-g32" in html
+    assert "Per-layer weight SQNR" in html and "classifier.3" in html

@@ -91,6 +91,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None,
          handlers: HandlerRegistry = HANDLERS) -> nn.Module:
     """Load an artifact into ``model`` (the float architecture), or rebuild a built-in model by name.
 
+    Like ``load_state_dict``, a given ``model`` is modified in place (its layers are swapped) and
+    returned; pass a fresh instance to keep the original.
+
     The float model's layers named in the metadata are replaced by their quantised handlers, then
     every tensor is loaded strictly: a missing, extra or mis-shaped tensor is an error.
     """

@@ -64,6 +64,20 @@ COLUMNS = ("rung", "fidelity", "fidelity_drop_pt", "cos_min", "knn10", "bytes_on
            "theoretical_bytes", "bits_per_weight", "latency_ratio")
 
 
+def sqnr_table(results: dict) -> str:
+    """Per-layer weight SQNR (dB), layers down, rungs across."""
+    rungs = [r for r in results["rungs"] if r.get("layers")]
+    layers = list(dict.fromkeys(n for r in rungs for n in r["layers"]))
+    if not layers:
+        return ""
+    head = "<th>layer</th>" + "".join(f"<th>{html.escape(r['rung'])}</th>" for r in rungs)
+    rows = []
+    for n in layers:
+        cells = "".join(f"<td>{_fmt(r['layers'].get(n, {}).get('sqnr_db'))}</td>" for r in rungs)
+        rows.append(f"<tr><td style='text-align:left'>{html.escape(n)}</td>{cells}</tr>")
+    return f"<h2>Per-layer weight SQNR (dB)</h2><table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
 def render(results: dict) -> str:
     imgs = plots(results)
     head = "".join(f"<th>{c}</th>" for c in COLUMNS)
@@ -79,7 +93,8 @@ padding:3px 8px;text-align:right}}figure{{display:inline-block;margin:1em}}</sty
 <p>metric: {html.escape(results['metric'])}; fp32 fidelity {results['fp32_fidelity']:.4f};
 torch threads {results.get('torch_threads')}; wall time {results.get('wall_s', 0):.1f} s.
 Latency ratio = fp32 latency / rung latency, interleaved runs, same inputs.</p>
-<table><tr>{head}</tr>{body}</table>{figs}<h2>Warnings</h2><ul>{warn or '<li>none</li>'}</ul></body></html>"""
+<table><tr>{head}</tr>{body}</table>{figs}<h2>Warnings</h2><ul>{warn or '<li>none</li>'}</ul>
+{sqnr_table(results)}</body></html>"""
 
 
 def write_report(results: dict, path: Path) -> Path:
