@@ -16,7 +16,8 @@ class QuantModule(nn.Module):
     """A layer whose weight is a :class:`QuantizedTensor`.
 
     Subclasses set ``weight_axis`` (the output-channel axis of the float weight) and implement
-    ``from_float(module, qweight)`` and ``forward``. ``kernel`` names the compute path actually
+    ``forward`` (and ``from_float(module, qweight)`` when the default, which keeps the bias, is not
+    enough). ``kernel`` names the compute path actually
     used; the ladder report shows it per layer.
     """
 
@@ -50,6 +51,14 @@ class QuantModule(nn.Module):
     def _bias(self) -> torch.Tensor | None:
         b = getattr(self, "bias", None)
         return None if b is None else b.to(self.compute_dtype)
+
+    @classmethod
+    def from_float(cls, module: nn.Module, qweight: QuantizedTensor) -> "QuantModule | None":
+        """Build from the float module; the default keeps its bias. Return None to leave it in float."""
+        qm = cls(qweight)
+        b = getattr(module, "bias", None)
+        qm.bias = None if b is None else nn.Parameter(b.detach().clone(), requires_grad=False)
+        return qm
 
     @classmethod
     def skeleton(cls, module: nn.Module, meta: dict, tensors: dict[str, torch.Tensor]) -> "QuantModule":

@@ -11,19 +11,8 @@ from bitladder.nn.registry import HANDLERS
 from bitladder.tensor.quantized import QuantizedTensor
 
 
-def _keep_bias(qm: QuantModule, module: nn.Module) -> None:
-    b = getattr(module, "bias", None)
-    qm.bias = None if b is None else nn.Parameter(b.detach().clone(), requires_grad=False)
-
-
 @HANDLERS.register(nn.Linear)
 class QuantLinear(QuantModule):
-    @classmethod
-    def from_float(cls, module: nn.Linear, qweight: QuantizedTensor) -> "QuantLinear":
-        qm = cls(qweight)
-        _keep_bias(qm, module)
-        return qm
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(self.compute_dtype), self.weight(), self._bias()).to(x.dtype)
 
@@ -33,12 +22,6 @@ class QuantHFConv1D(QuantModule):
     """transformers' GPT-2 style Conv1D: weight (in, out), so the output channel is axis 1."""
 
     weight_axis = 1
-
-    @classmethod
-    def from_float(cls, module: nn.Module, qweight: QuantizedTensor) -> "QuantHFConv1D":
-        qm = cls(qweight)
-        _keep_bias(qm, module)
-        return qm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x.to(self.compute_dtype) @ self.weight()
@@ -52,8 +35,7 @@ class _QuantConvNd(QuantModule):
     def from_float(cls, module: nn.Module, qweight: QuantizedTensor):
         if module.padding_mode != "zeros":
             return None  # reported as skipped: only zero padding is handled
-        qm = cls(qweight)
-        _keep_bias(qm, module)
+        qm = super().from_float(module, qweight)
         qm.stride, qm.padding, qm.dilation, qm.groups = module.stride, module.padding, module.dilation, module.groups
         return qm
 
