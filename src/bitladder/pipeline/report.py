@@ -28,9 +28,9 @@ def plots(results: dict) -> dict[str, str]:
     fig, ax = plt.subplots(figsize=(6.4, 4))
     xs, ys = [r["bits_per_weight"] for r in rows], [r["fidelity"] for r in rows]
     ax.plot(xs, ys, "o")
-    for r in rows:
+    for i, r in enumerate(rows):  # staggered labels: neighbouring rungs often share a point
         ax.annotate(r["rung"], (r["bits_per_weight"], r["fidelity"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8)
+                    xytext=(4, 4 - 11 * (i % 3)), fontsize=8)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("effective bits per weight (scales counted)")
     ax.set_ylabel(label)
