@@ -72,23 +72,36 @@ class QuantizedTensor:
         layout: Layout | None = None,
         symmetric: bool = True,
         scale_dtype: str = "fp16",
+        qparams: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     ) -> "QuantizedTensor":
+        """Round-to-nearest. ``qparams`` (scale, zero point) in block shape (C, nb, 1) overrides the
+        default choice (methods that search scales pass theirs); scales are rounded to storage."""
         qtype = get_qtype(qtype) if isinstance(qtype, str) else qtype
         layout = layout or Layout("channel")
-        w = w.detach()
-        xb = layout.to_blocks(w)
-        scale, zp = choose_qparams(xb, qtype, symmetric, SCALE_DTYPES[scale_dtype])
-        q, clipped = quantize(xb, scale, zp, qtype)
-        shape = tuple(w.shape)
-        c, k, nb, _ = layout.dims(shape)
-        if qtype.kind == "float":
-            rows = q.reshape(c, -1)[:, :k].contiguous()
-            packed = rows.view(torch.uint8).reshape(-1).clone()
+        xb = layout.to_blocks(w.detach())
+        if qparams is None:
+            scale, zp = choose_qparams(xb, qtype, symmetric, SCALE_DTYPES[scale_dtype])
         else:
-            packed = _pack(q.reshape(c, -1)[:, :k], qtype)
+            scale, zp = qparams
+            scale = None if scale is None else scale.to(SCALE_DTYPES[scale_dtype]).float()
+        q, clipped = quantize(xb, scale, zp, qtype)
+        return cls.from_codes(q, scale, zp, qtype, tuple(w.shape), layout, scale_dtype, clipped)
+
+    @classmethod
+    def from_codes(
+        cls, q: torch.Tensor, scale: torch.Tensor | None, zp: torch.Tensor | None, qtype: QType,
+        shape: tuple[int, ...], layout: Layout, scale_dtype: str = "fp16", n_clipped: int = 0,
+    ) -> "QuantizedTensor":
+        """Pack codes already chosen (block shape (C, nb, B) or row shape (C, K)) with their qparams."""
+        c, k, nb, _ = layout.dims(shape)
+        rows = q.reshape(c, -1)[:, :k]
+        if qtype.kind == "float":
+            packed = rows.contiguous().view(torch.uint8).reshape(-1).clone()
+        else:
+            packed = _pack(rows, qtype)
         s = None if scale is None else scale.reshape(c, nb).to(SCALE_DTYPES[scale_dtype])
-        z = None if zp is None else _pack(zp.reshape(-1), qtype)
-        return cls(packed, s, z, qtype, shape, layout, clipped)
+        z = None if zp is None else _pack(zp.reshape(-1).to(torch.int32), qtype)
+        return cls(packed, s, z, qtype, tuple(shape), layout, n_clipped)
 
     # ---- reading back -------------------------------------------------------------------
     @property

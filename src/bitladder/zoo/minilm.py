@@ -17,7 +17,7 @@ from bitladder.zoo import corpus
 from bitladder.zoo.spec import ModelSpec
 
 EVAL_SENTENCES = 256
-CALIB_SENTENCES = 128
+CALIB_SENTENCES = 512
 BATCH = 64
 MAX_LENGTH = 128
 

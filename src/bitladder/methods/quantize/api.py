@@ -7,17 +7,20 @@ import fnmatch
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from bitladder.errors import BitladderError
 from bitladder.formats.qtypes import get_qtype
+from bitladder.methods.quantize.clip import search_qparams
 from bitladder.methods.quantize.configs import QuantConfig
+from bitladder.methods.quantize.methods import RTN
 from bitladder.nn import layers as _builtin_layers  # noqa: F401  (fills HANDLERS)
 from bitladder.nn.base import QuantModule
 from bitladder.nn.registry import HANDLERS, HandlerRegistry
-from bitladder.tensor.quantized import QuantizedTensor
+from bitladder.tensor.quantized import SCALE_DTYPES, QuantizedTensor
 
 log = logging.getLogger("bitladder")
 
@@ -68,39 +71,105 @@ def check_finite(model: nn.Module, names: Sequence[str]) -> None:
 
 
 def quantize(model: nn.Module, config: QuantConfig, include: Selector = None, exclude: Selector = None,
-             handlers: HandlerRegistry = HANDLERS, inplace: bool = False) -> nn.Module:
+             calib: Sequence[Any] | None = None, handlers: HandlerRegistry = HANDLERS,
+             inplace: bool = False) -> nn.Module:
     """Replace every selected layer that has a handler by its quantised counterpart.
 
     ``include``/``exclude`` are glob patterns over module names (``"encoder.*.query"``) or a
     function ``(name, module) -> bool``. Layers with a weight but no handler stay in float and are
-    logged; :func:`plan` lists them. A model that is itself one layer is returned quantised.
+    logged; :func:`plan` lists them. ``calib`` is a list of input batches (tensors, or dicts of
+    tensors passed as keywords) for methods that need data. A model that is itself one layer is
+    returned quantised.
     """
     if not hasattr(config, "qtype") or not hasattr(config, "layout"):
         raise BitladderError(f"config must be one of Float, Int, Ternary, Binary; got {type(config).__name__}")
+    method = getattr(config, "method", None) or RTN()
+    if method.needs_data:
+        check_calibration(calib, method)
     model = model if inplace else copy.deepcopy(model)
     if handlers.lookup(model) is not None and not list(model.children()):
+        if method.needs_data:
+            holder = nn.Sequential(model)
+            _quantize_with_data(holder, {"0": handlers.lookup(model)}, config, method, calib)
+            return holder[0]
         return _swap(model, config, handlers.lookup(model), "<model>") or model
     p = plan(model, include, exclude, handlers)
     check_finite(model, list(p.targets))
     for name, reason in p.skipped.items():
         log.info("kept in float: %s (%s)", name, reason)
-    for name, handler in p.targets.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        new = _swap(getattr(parent, child), config, handler, name)
-        if new is not None:
-            setattr(parent, child, new)
+    targets = dict(p.targets)
+    if method.needs_data:
+        targets = _quantize_with_data(model, targets, config, method, calib)
+    for name, handler in targets.items():
+        _replace(model, name, _swap(model.get_submodule(name), config, handler, name))
     return model
 
 
-def _swap(module: nn.Module, config: QuantConfig, handler: type, name: str) -> nn.Module | None:
+def _replace(model: nn.Module, name: str, new: nn.Module | None) -> None:
+    if new is not None:
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def _count(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.dim() else 0
+    if isinstance(batch, dict) and batch:
+        first = next(iter(batch.values()))
+        return first.shape[0] if isinstance(first, torch.Tensor) and first.dim() else 0
+    raise BitladderError(f"calibration batches must be tensors or dicts of tensors, got {type(batch).__name__}")
+
+
+def check_calibration(calib: Sequence[Any] | None, method) -> None:
+    name = type(method).__name__
+    if calib is None or len(calib) == 0:
+        raise BitladderError(f"{name} needs calibration data: pass calib=[batch, ...] with at least "
+                             f"{method.min_samples} samples")
+    n = sum(_count(b) for b in calib)
+    if n < method.min_samples:
+        raise BitladderError(f"{name} needs at least {method.min_samples} calibration samples, got {n}")
+
+
+def _data_ready(module: nn.Module) -> bool:
+    """Layers whose inputs map onto weight columns (grouped convolutions and embeddings do not)."""
+    if isinstance(module, nn.Embedding):
+        return False
+    return getattr(module, "groups", 1) == 1
+
+
+def _quantize_with_data(model: nn.Module, targets: dict[str, type], config, method, calib) -> dict[str, type]:
+    """Run the calibrated method on every layer it applies to; returns the layers left for RTN."""
+    from bitladder.methods.quantize.dispatch import calibrated_swap
+
+    data_layers = [n for n in targets if _data_ready(model.get_submodule(n))]
+    idle = calibrated_swap(model, data_layers, targets, config, method, calib)
+    rest = {n: h for n, h in targets.items() if n not in data_layers or n in idle}
+    for n in rest:
+        log.info("%s: %s does not apply (no usable inputs); round-to-nearest instead", n, type(method).__name__)
+    return rest
+
+
+def _swap(module: nn.Module, config: QuantConfig, handler: type, name: str, qt: QuantizedTensor | None = None,
+          method_name: str = "rtn") -> nn.Module | None:
     if not torch.isfinite(module.weight).all():
         raise BitladderError(f"NaN or Inf weights in layer(s): {name}; fix or exclude them")
-    w = module.weight.detach()
-    w = w.double() if get_qtype(config.qtype).bits > 32 else w.float()
-    qt = QuantizedTensor.from_float(w, config.qtype, config.layout(handler.weight_axis), config.symmetric,
-                                    config.scale_dtype)
+    if qt is None:
+        w = module.weight.detach()
+        w = w.double() if get_qtype(config.qtype).bits > 32 else w.float()
+        qt = rtn_tensor(w, config, handler.weight_axis)
     new = handler.from_float(module, qt)
     if new is None:
         log.info("kept in float: %s (its configuration is not handled by %s)", name, handler.__name__)
+    else:
+        new._qmeta["method"] = method_name
     return new
+
+
+def rtn_tensor(w: torch.Tensor, config: QuantConfig, axis: int) -> QuantizedTensor:
+    layout = config.layout(axis)
+    method = getattr(config, "method", None)
+    if getattr(method, "clip_search", False) and get_qtype(config.qtype).kind == "int":
+        xb = layout.to_blocks(w)
+        qp = search_qparams(xb, get_qtype(config.qtype), config.symmetric, SCALE_DTYPES[config.scale_dtype])
+        return QuantizedTensor.from_float(w, config.qtype, layout, config.symmetric, config.scale_dtype, qparams=qp)
+    return QuantizedTensor.from_float(w, config.qtype, layout, config.symmetric, config.scale_dtype)

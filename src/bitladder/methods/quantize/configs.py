@@ -6,11 +6,12 @@ applies one to a model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
 from bitladder.errors import BitladderError
 from bitladder.formats.layout import GRANULARITIES, Layout
+from bitladder.methods.quantize.methods import RTN, _Method, method_from_dict
 from bitladder.tensor.quantized import SCALE_DTYPES
 
 FLOAT_FORMATS = ("fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
@@ -36,7 +37,10 @@ class _Config:
         return Layout(self.granularity, axis, self.group)
 
     def to_dict(self) -> dict:
-        return {"type": type(self).__name__, "version": self.version, **asdict(self)}
+        d = {"type": type(self).__name__, "version": self.version, **asdict(self)}
+        if isinstance(getattr(self, "method", None), _Method):
+            d["method"] = self.method.to_dict()
+        return d
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,8 @@ class Int(_Config):
     """Integer weights of 2 to 8 bits, round-to-nearest, symmetric or asymmetric.
 
     ``group=G`` gives one scale per G consecutive input elements; otherwise ``granularity`` is
-    "channel" (one scale per output channel, the default) or "tensor".
+    "channel" (one scale per output channel, the default) or "tensor". ``method`` chooses the
+    codes: ``RTN()`` (default, data-free) or a calibrated method such as ``GPTQ()``.
 
     >>> import torch, bitladder
     >>> m = bitladder.quantize(torch.nn.Linear(64, 32), Int(bits=4, group=32))
@@ -93,10 +98,15 @@ class Int(_Config):
     granularity: str = "channel"
     symmetric: bool = True
     scale_dtype: str = "fp16"
+    method: _Method = field(default_factory=RTN)
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise BitladderError(f"Int bits must be an integer in 2..8, got {self.bits!r} (1 bit: use Binary)")
+        if isinstance(self.method, dict):
+            object.__setattr__(self, "method", method_from_dict(self.method))
+        if not isinstance(self.method, _Method):
+            raise BitladderError(f"method must be a method config such as RTN() or GPTQ(), got {self.method!r}")
         _check_common(self)
 
     @property

@@ -1,0 +1,153 @@
+"""Calibration: feed data block by block and collect what each layer sees.
+
+The repeated blocks of a model (the children of its longest ``nn.ModuleList``, e.g. transformer
+layers) are processed one at a time: the block's inputs are captured once, its layers are
+quantised group by group (layers fed the same tensor — q, k, v — form one group; each group sees
+the outputs of the already-quantised groups before it), then the quantised block's outputs become
+the next block's inputs. Peak memory is one block's activations, not the model's. A model without
+repeated blocks is one block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from bitladder.zoo.spec import run
+
+
+class _Stop(Exception):
+    pass
+
+
+def find_blocks(model: nn.Module) -> list[str]:
+    """Names of the repeated blocks: the children of the longest ModuleList (none: [])."""
+    best: tuple[int, str] = (0, "")
+    for name, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) > best[0]:
+            best = (len(m), name)
+    if best[0] < 2:
+        return []
+    return [f"{best[1]}.{i}" for i in range(best[0])]
+
+
+def row_mask(batch: Any) -> torch.Tensor | None:
+    """The attention mask of a tokenised batch: rows of padding are left out of statistics."""
+    return batch.get("attention_mask") if isinstance(batch, dict) else None
+
+
+@torch.no_grad()
+def capture_inputs(model: nn.Module, block: nn.Module, batches: list[Any]) -> list[tuple[tuple, dict]]:
+    """The (args, kwargs) ``block`` is called with for each calibration batch."""
+    got: list[tuple[tuple, dict]] = []
+
+    def hook(_m, args, kwargs):
+        got.append((args, kwargs))
+        raise _Stop
+
+    h = block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for b in batches:
+            try:
+                run(model, b)
+            except _Stop:
+                pass
+    finally:
+        h.remove()
+    return got
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+def _advance(inp: tuple[tuple, dict], out: torch.Tensor) -> tuple[tuple, dict]:
+    args, kwargs = inp
+    if args:
+        return (out, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": out}
+
+
+class Collector:
+    """Accumulates what one layer receives; subclasses keep the statistic a method needs."""
+
+    def update(self, x: torch.Tensor) -> None:  # x: (rows, K) with padding rows removed
+        raise NotImplementedError
+
+
+def layer_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as rows matching the weight's (C, K) view (convolutions unfolded)."""
+    if isinstance(module, nn.Conv2d):
+        cols = nn.functional.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    if isinstance(module, nn.Conv1d):
+        cols = nn.functional.unfold(x.unsqueeze(-1), (module.kernel_size[0], 1), (module.dilation[0], 1),
+                                    (module.padding[0], 0), (module.stride[0], 1))
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+def blockwise(model: nn.Module, names: list[str], batches: list[Any],
+              make: Callable[[str, nn.Module], Collector], apply: Callable[[str, nn.Module, Collector], None]) -> list[str]:
+    """Collect for every layer in ``names`` and call ``apply`` once its inputs are final.
+
+    Returns the layers that never received input (they are left to the caller).
+    """
+    blocks = find_blocks(model)
+    in_block = {b: [n for n in names if n.startswith(b + ".")] for b in blocks}
+    outside = [n for n in names if not any(n in v for v in in_block.values())]
+    if blocks and any(in_block.values()):
+        inputs = capture_inputs(model, model.get_submodule(blocks[0]), batches)
+        masks = [row_mask(b) for b in batches]
+        for b in blocks:
+            block = model.get_submodule(b)
+            _groups(block, in_block[b], inputs, masks, make, apply, prefix=b + ".")
+            with torch.no_grad():
+                inputs = [_advance(i, _first(block(*i[0], **i[1]))) for i in inputs]
+    idle = []
+    if outside:
+        whole = [((bt,), {}) if not isinstance(bt, dict) else ((), bt) for bt in batches]
+        idle = _groups(model, outside, whole, [row_mask(b) for b in batches], make, apply, prefix="")
+    return idle
+
+
+def _groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefix: str) -> list[str]:
+    """Quantise ``names`` (inside ``root``) group by group, re-running ``root`` between groups."""
+    pending = list(names)
+    while pending:
+        modules = {n: root.get_submodule(n[len(prefix):]) for n in pending}
+        collectors = {n: make(n, m) for n, m in modules.items()}
+        calls: list[tuple[int, str, int]] = []  # (batch index, layer, id of its input)
+        state = {"batch": 0, "mask": None}
+
+        def hook_for(n: str, module: nn.Module):
+            def hook(_m, args):
+                x = args[0]
+                calls.append((state["batch"], n, id(x)))
+                rows = layer_rows(module, x)
+                m = state["mask"]
+                if m is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(m.shape):
+                    rows = rows[m.reshape(-1).bool()]
+                collectors[n].update(rows.float())
+            return hook
+
+        hooks = [m.register_forward_pre_hook(hook_for(n, m)) for n, m in modules.items()]
+        try:
+            with torch.no_grad():
+                for i, ((args, kwargs), m) in enumerate(zip(inputs, masks)):
+                    state["batch"], state["mask"] = i, m
+                    root(*args, **kwargs)
+        finally:
+            for h in hooks:
+                h.remove()
+        if not calls:
+            return pending  # none of these layers is reached by the data
+        first = calls[0]
+        group = list(dict.fromkeys(n for b, n, i in calls if b == first[0] and i == first[2]))
+        for n in group:
+            apply(n, modules[n], collectors[n])
+        pending = [n for n in pending if n not in group]
+    return []

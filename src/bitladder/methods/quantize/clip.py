@@ -1,0 +1,51 @@
+"""Weight clipping search: the scale per block that minimises the block's squared error.
+
+Round-to-nearest with ``scale = amax / qmax`` wastes levels on rare large weights; shrinking the
+range (and clipping those weights) lowers the mean error at 2-4 bits. The search tries ``grid``
+shrink factors from 1 down to ``min_ratio`` and keeps the best per block (the MSE observer for weights).
+
+>>> import torch
+>>> from bitladder.formats.qtypes import QTYPES
+>>> from bitladder.formats.quant import choose_qparams, dequantize, quantize
+>>> xb = torch.randn(8, 4, 64)
+>>> s0, z0 = choose_qparams(xb, QTYPES["int3"])
+>>> s1, z1 = search_qparams(xb, QTYPES["int3"], symmetric=True)
+>>> err = lambda s, z: float((dequantize(quantize(xb, s, z, QTYPES["int3"])[0], s, z, QTYPES["int3"]) - xb).pow(2).sum())
+>>> err(s1, z1) <= err(s0, z0)
+True
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bitladder.formats.qtypes import QType
+from bitladder.formats.quant import choose_qparams, dequantize, quantize
+
+
+def search_qparams(xb: torch.Tensor, qtype: QType, symmetric: bool, scale_dtype: torch.dtype = torch.float16,
+                   grid: int = 20, min_ratio: float = 0.5, weight: torch.Tensor | None = None):
+    """Best (scale, zero point) per block of ``xb`` (C, nb, B) over shrink factors of the range.
+
+    ``weight`` (broadcastable to ``xb``) weights each element's squared error, e.g. by the mean
+    square of the activation it multiplies (activation-aware clipping).
+    """
+    x = xb.float()
+    best_s, best_z = choose_qparams(x, qtype, symmetric, scale_dtype)
+    if qtype.kind != "int":
+        return best_s, best_z
+    best_err = torch.full(x.shape[:-1] + (1,), float("inf"))
+    for i in range(grid):
+        ratio = 1.0 - (1.0 - min_ratio) * i / max(grid - 1, 1)
+        s, z = choose_qparams(x * ratio, qtype, symmetric, scale_dtype)  # range shrunk by `ratio`
+        q, _ = quantize(x, s, z, qtype)
+        e = (dequantize(q, s, z, qtype) - x).pow(2)
+        if weight is not None:
+            e = e * weight
+        e = e.sum(dim=-1, keepdim=True)
+        better = e < best_err
+        best_err = torch.where(better, e, best_err)
+        best_s = torch.where(better, s, best_s)
+        if best_z is not None:
+            best_z = torch.where(better, z, best_z)
+    return best_s, best_z

@@ -1,0 +1,49 @@
+"""Calibrated methods, keyed by their config type: collect per layer, then build the weight."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from bitladder.formats.layout import Layout
+from bitladder.formats.qtypes import get_qtype
+from bitladder.methods.quantize.calibrate import blockwise
+from bitladder.methods.quantize.gptq import HessianCollector, gptq_rows
+from bitladder.methods.quantize.methods import GPTQ
+from bitladder.tensor.quantized import SCALE_DTYPES, QuantizedTensor
+
+
+def _gptq(config, method: GPTQ, module: nn.Module, handler: type, collector: HessianCollector) -> QuantizedTensor:
+    layout = config.layout(handler.weight_axis)
+    by_channel = Layout("channel", handler.weight_axis)  # GPTQ sweeps (out, in) rows whatever the scales
+    w = module.weight.detach().float()
+    qtype = get_qtype(config.qtype)
+    codes, scale, zp = gptq_rows(by_channel.rows(w), collector.hessian, qtype, layout, config.symmetric,
+                                 SCALE_DTYPES[config.scale_dtype], method.damp, method.act_order,
+                                 method.block_size, method.clip_search)
+    codes = layout.rows(by_channel.unrows(codes, tuple(w.shape)))
+    return QuantizedTensor.from_codes(codes, scale, zp, qtype, tuple(w.shape), layout, config.scale_dtype)
+
+
+METHODS = {GPTQ: (lambda module: HessianCollector(_in_features(module)), _gptq)}
+
+
+def _in_features(module: nn.Module) -> int:
+    w = module.weight
+    if type(module).__name__ == "Conv1D":  # transformers' Conv1D: weight (in, out)
+        return w.shape[0]
+    return w[0].numel()
+
+
+def calibrated_swap(model: nn.Module, names: list[str], targets: dict[str, type], config, method,
+                    calib: list[Any]) -> list[str]:
+    from bitladder.methods.quantize.api import _replace, _swap
+
+    make_collector, build = METHODS[type(method)]
+
+    def apply(name: str, module: nn.Module, collector) -> None:
+        qt = build(config, method, module, targets[name], collector)
+        _replace(model, name, _swap(module, config, targets[name], name, qt=qt, method_name=method.name))
+
+    return blockwise(model, names, calib, lambda n, m: make_collector(m), apply)
