@@ -22,6 +22,7 @@ class QuantModule(nn.Module):
     """
 
     weight_axis: int = 0
+    in_channel_dim: int = -1  # where the input channels sit in the layer's input (convolutions: 1)
 
     def __init__(self, qweight: QuantizedTensor) -> None:
         super().__init__()
@@ -60,10 +61,41 @@ class QuantModule(nn.Module):
         qm.bias = None if b is None else nn.Parameter(b.detach().clone(), requires_grad=False)
         return qm
 
+    # ---- input transforms: per-channel input scale (AWQ, SmoothQuant), activation quantisation ----
+    def set_in_scale(self, s: torch.Tensor) -> None:
+        """Multiply inputs by ``s`` per input channel (the weight was divided accordingly)."""
+        self.register_buffer("in_scale", s.detach().float().clone())
+        self._qmeta["in_scale"] = int(s.numel())
+
+    def set_act(self, qtype: str, scale: torch.Tensor, zero_point: torch.Tensor, observer: str) -> None:
+        """Quantise inputs statically to ``qtype`` with a calibrated scale and zero point."""
+        self.register_buffer("act_scale", scale.detach().float().reshape(1).clone())
+        self.register_buffer("act_zero_point", zero_point.detach().float().reshape(1).clone())
+        self._qmeta["act"] = {"qtype": qtype, "observer": observer}
+        self.kernel = f"{self.kernel}+act-{qtype}-fakequant"
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        if "in_scale" in self._qmeta:
+            shape = [1] * x.dim()
+            shape[self.in_channel_dim] = -1
+            x = x * self.in_scale.reshape(shape)
+        if "act" in self._qmeta:
+            qt = get_qtype(self._qmeta["act"]["qtype"])
+            s, z = self.act_scale, self.act_zero_point
+            x = (torch.clamp(torch.round(x / s) + z, qt.qmin, qt.qmax) - z) * s
+        return x
+
     @classmethod
     def skeleton(cls, module: nn.Module, meta: dict, tensors: dict[str, torch.Tensor]) -> "QuantModule":
         """Rebuild from stored parts (used when loading an artifact)."""
-        return cls.from_float(module, QuantizedTensor.from_parts(tensors, meta))
+        qm = cls.from_float(module, QuantizedTensor.from_parts(tensors, meta))
+        if "in_scale" in meta:
+            qm.set_in_scale(torch.ones(meta["in_scale"]))
+        if "act" in meta:
+            qm.set_act(meta["act"]["qtype"], torch.ones(1), torch.zeros(1), meta["act"]["observer"])
+        if "method" in meta:
+            qm._qmeta["method"] = meta["method"]
+        return qm
 
     def extra_repr(self) -> str:
         m = self._qmeta

@@ -14,7 +14,7 @@ from bitladder.tensor.quantized import QuantizedTensor
 @HANDLERS.register(nn.Linear)
 class QuantLinear(QuantModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(self.compute_dtype), self.weight(), self._bias()).to(x.dtype)
+        return F.linear(self.prepare_input(x.to(self.compute_dtype)), self.weight(), self._bias()).to(x.dtype)
 
 
 @HANDLERS.register("transformers.pytorch_utils.Conv1D")
@@ -24,12 +24,13 @@ class QuantHFConv1D(QuantModule):
     weight_axis = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.to(self.compute_dtype) @ self.weight()
+        y = self.prepare_input(x.to(self.compute_dtype)) @ self.weight()
         return (y if self.bias is None else y + self._bias()).to(x.dtype)
 
 
 class _QuantConvNd(QuantModule):
     _conv = staticmethod(F.conv2d)
+    in_channel_dim = 1
 
     @classmethod
     def from_float(cls, module: nn.Module, qweight: QuantizedTensor):
@@ -40,7 +41,7 @@ class _QuantConvNd(QuantModule):
         return qm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._conv(x.to(self.compute_dtype), self.weight(), self._bias(), self.stride, self.padding,
+        y = self._conv(self.prepare_input(x.to(self.compute_dtype)), self.weight(), self._bias(), self.stride, self.padding,
                        self.dilation, self.groups)
         return y.to(x.dtype)
 

@@ -84,24 +84,35 @@ def quantize(model: nn.Module, config: QuantConfig, include: Selector = None, ex
     if not hasattr(config, "qtype") or not hasattr(config, "layout"):
         raise BitladderError(f"config must be one of Float, Int, Ternary, Binary; got {type(config).__name__}")
     method = getattr(config, "method", None) or RTN()
-    if method.needs_data:
-        check_calibration(calib, method)
+    act = getattr(config, "act", None)
+    for m in (method, act):
+        if m is not None and m.needs_data:
+            check_calibration(calib, m)
     model = model if inplace else copy.deepcopy(model)
     if handlers.lookup(model) is not None and not list(model.children()):
-        if method.needs_data:
-            holder = nn.Sequential(model)
-            _quantize_with_data(holder, {"0": handlers.lookup(model)}, config, method, calib)
-            return holder[0]
-        return _swap(model, config, handlers.lookup(model), "<model>") or model
+        holder = quantize(nn.Sequential(model), config, calib=calib, handlers=handlers, inplace=True)
+        return holder[0]
     p = plan(model, include, exclude, handlers)
     check_finite(model, list(p.targets))
     for name, reason in p.skipped.items():
         log.info("kept in float: %s (%s)", name, reason)
     targets = dict(p.targets)
-    if method.needs_data:
-        targets = _quantize_with_data(model, targets, config, method, calib)
-    for name, handler in targets.items():
+    in_scales = {}
+    if act is not None and act.smoothquant is not None:
+        from bitladder.methods.quantize.activation import smooth
+
+        in_scales = smooth(model, list(targets), calib, act.smoothquant, act.bits,
+                           lambda w: rtn_tensor(w, config, 0).dequantize())
+    rest = _quantize_with_data(model, targets, config, method, calib) if method.needs_data else targets
+    for name, handler in rest.items():
         _replace(model, name, _swap(model.get_submodule(name), config, handler, name))
+    for name, s in in_scales.items():
+        if isinstance(model.get_submodule(name), QuantModule):
+            model.get_submodule(name).set_in_scale(s)
+    if act is not None:
+        from bitladder.methods.quantize.activation import calibrate_activations
+
+        calibrate_activations(model, list(targets), act, calib)
     return model
 
 

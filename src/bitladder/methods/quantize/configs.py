@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from bitladder.errors import BitladderError
 from bitladder.formats.layout import GRANULARITIES, Layout
-from bitladder.methods.quantize.methods import RTN, _Method, method_from_dict
+from bitladder.methods.quantize.methods import RTN, Act, _Method, method_from_dict
 from bitladder.tensor.quantized import SCALE_DTYPES
 
 FLOAT_FORMATS = ("fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
@@ -38,8 +38,9 @@ class _Config:
 
     def to_dict(self) -> dict:
         d = {"type": type(self).__name__, "version": self.version, **asdict(self)}
-        if isinstance(getattr(self, "method", None), _Method):
-            d["method"] = self.method.to_dict()
+        for key in ("method", "act"):
+            if isinstance(getattr(self, key, None), _Method):
+                d[key] = getattr(self, key).to_dict()
         return d
 
 
@@ -85,7 +86,8 @@ class Int(_Config):
 
     ``group=G`` gives one scale per G consecutive input elements; otherwise ``granularity`` is
     "channel" (one scale per output channel, the default) or "tensor". ``method`` chooses the
-    codes: ``RTN()`` (default, data-free) or a calibrated method such as ``GPTQ()``.
+    codes: ``RTN()`` (default, data-free) or a calibrated method such as ``GPTQ()``. ``act=Act(...)``
+    adds static activation quantisation (calibrated).
 
     >>> import torch, bitladder
     >>> m = bitladder.quantize(torch.nn.Linear(64, 32), Int(bits=4, group=32))
@@ -99,14 +101,19 @@ class Int(_Config):
     symmetric: bool = True
     scale_dtype: str = "fp16"
     method: _Method = field(default_factory=RTN)
+    act: Act | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise BitladderError(f"Int bits must be an integer in 2..8, got {self.bits!r} (1 bit: use Binary)")
         if isinstance(self.method, dict):
             object.__setattr__(self, "method", method_from_dict(self.method))
-        if not isinstance(self.method, _Method):
+        if not isinstance(self.method, _Method) or isinstance(self.method, Act):
             raise BitladderError(f"method must be a method config such as RTN() or GPTQ(), got {self.method!r}")
+        if isinstance(self.act, dict):
+            object.__setattr__(self, "act", method_from_dict(self.act))
+        if self.act is not None and not isinstance(self.act, Act):
+            raise BitladderError(f"act must be an Act(...) config or None, got {self.act!r}")
         _check_common(self)
 
     @property

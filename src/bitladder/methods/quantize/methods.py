@@ -68,7 +68,47 @@ class GPTQ(_Method):
             raise BitladderError(f"GPTQ block_size must be positive, got {self.block_size}")
 
 
-METHOD_TYPES = {c.__name__: c for c in (RTN, GPTQ)}
+OBSERVER_NAMES = ("minmax", "ema", "percentile", "mse", "kl")
+
+
+@dataclass(frozen=True)
+class Act(_Method):
+    """Static activation quantisation of each quantised layer's input (W8A8 and lower).
+
+    ``observer`` picks the calibrated range (minmax, ema, percentile, mse, kl); ``smoothquant``
+    (alpha in [0, 1], Xiao et al. 2022) first moves activation outliers into the weights with a
+    per-input-channel scale ``s = max|x|^alpha / max|w|^(1-alpha)`` (Linear layers); ``"auto"``
+    searches alpha per layer for the smallest output error of the quantised layer on calibration rows.
+
+    >>> import torch, bitladder
+    >>> lin = torch.nn.Linear(16, 4)
+    >>> q = bitladder.quantize(lin, bitladder.Int(8, act=Act(observer="percentile")), calib=[torch.randn(64, 16)])
+    >>> q.qmeta["act"]
+    {'qtype': 'uint8', 'observer': 'percentile'}
+    """
+
+    bits: int = 8
+    observer: str = "minmax"
+    symmetric: bool = False
+    smoothquant: float | str | None = None
+    needs_data: ClassVar[bool] = True
+    min_samples: ClassVar[int] = 8
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+            raise BitladderError(f"Act bits must be an integer in 2..8, got {self.bits!r}")
+        if self.observer not in OBSERVER_NAMES:
+            raise BitladderError(f"unknown observer {self.observer!r}; accepted: {', '.join(OBSERVER_NAMES)}")
+        sq = self.smoothquant
+        if sq is not None and sq != "auto" and not (isinstance(sq, int | float) and 0 <= sq <= 1):
+            raise BitladderError(f"smoothquant must be an alpha in [0, 1] or 'auto', got {sq!r}")
+
+    @property
+    def qtype(self) -> str:
+        return f"int{self.bits}" if self.symmetric else f"uint{self.bits}"
+
+
+METHOD_TYPES = {c.__name__: c for c in (RTN, GPTQ, Act)}
 
 
 def method_from_dict(d: dict) -> _Method:

@@ -1,0 +1,105 @@
+import pytest
+import torch
+from torch import nn
+
+import bitladder
+from bitladder import BitladderError, Int
+from bitladder.formats.qtypes import QTYPES
+from bitladder.methods.quantize.methods import Act, GPTQ
+from bitladder.methods.quantize.observers import OBSERVERS, make_observer
+
+
+def outlier_data(n=512, k=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, k, generator=g)
+    x[:, 3] *= 40.0  # one outlier channel, as in transformer activations
+    return x
+
+
+@pytest.mark.parametrize("name", sorted(OBSERVERS))
+def test_observers_cover_the_bulk_of_the_data(name):
+    obs = make_observer(name)
+    x = torch.randn(10_000)
+    for part in x.split(1000):
+        obs.update(part)
+    s, z = obs.qparams(QTYPES["uint8"], symmetric=False)
+    lo, hi = (QTYPES["uint8"].qmin - z) * s, (QTYPES["uint8"].qmax - z) * s
+    assert float(lo) <= -2.0 and float(hi) >= 2.0  # at least ±2 sigma representable
+    assert float(hi - lo) <= 2.2 * float(x.abs().max())
+
+
+def test_percentile_and_kl_clip_outliers_minmax_does_not():
+    x = torch.cat([torch.randn(100_000), torch.tensor([1000.0])])
+    ranges = {}
+    for name in ("minmax", "percentile", "kl"):
+        obs = make_observer(name)
+        obs.update(x)
+        s, _ = obs.qparams(QTYPES["int8"], symmetric=True)
+        ranges[name] = float(s) * 127
+    assert ranges["minmax"] >= 1000 > 10 * ranges["percentile"] and ranges["kl"] < 100
+
+
+def test_static_w8a8_tracks_float_and_is_saved(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8))
+    x = torch.randn(512, 32)
+    q = bitladder.quantize(model, Int(8, act=Act(observer="minmax")), calib=[x[:256]])
+    assert q[0].qmeta["act"] == {"qtype": "uint8", "observer": "minmax"}
+    assert "act-uint8" in q[0].kernel
+    rel = float((q(x[256:]) - model(x[256:])).norm() / model(x[256:]).norm())
+    assert rel < 0.02
+    back = bitladder.load(bitladder.save(q, tmp_path / "a.safetensors"), model=model)
+    assert torch.equal(back(x), q(x))
+
+
+def test_smoothquant_moves_outliers_into_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64))
+    x = outlier_data()
+    plain = bitladder.quantize(model, Int(8, act=Act(bits=4)), calib=[x[:256]])
+    smooth = bitladder.quantize(model, Int(8, act=Act(bits=4, smoothquant="auto")), calib=[x[:256]])
+    assert "in_scale" in smooth[0].qmeta
+    with torch.no_grad():
+        ref = model(x[256:])
+        e_plain = float((plain(x[256:]) - ref).pow(2).mean())
+        e_smooth = float((smooth(x[256:]) - ref).pow(2).mean())
+    assert e_smooth < 0.5 * e_plain
+
+
+def test_smoothquant_with_gptq_sees_smoothed_inputs(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 8))
+    x = outlier_data()
+    q = bitladder.quantize(model, Int(4, group=16, method=GPTQ(), act=Act(smoothquant=0.5)), calib=[x[:256]])
+    rel = float((q(x[256:]) - model(x[256:])).norm() / model(x[256:]).norm())
+    assert rel < 0.1
+    back = bitladder.load(bitladder.save(q, tmp_path / "s.safetensors"), model=model)
+    assert torch.equal(back(x), q(x))
+
+
+@pytest.mark.parametrize("bad,msg", [
+    (lambda: Act(observer="max"), "accepted: minmax"), (lambda: Act(bits=1), "2..8"),
+    (lambda: Act(smoothquant=2.0), "alpha in"), (lambda: make_observer("x"), "accepted"),
+    (lambda: Int(8, act="uint8"), "act must be"), (lambda: Int(8, method=Act()), "method must be"),
+])
+def test_bad_activation_configs(bad, msg):
+    with pytest.raises(BitladderError, match=msg):
+        bad()
+
+
+def test_act_needs_calibration():
+    with pytest.raises(BitladderError, match="Act needs calibration data"):
+        bitladder.quantize(nn.Linear(4, 4), Int(8, act=Act()))
+
+
+def test_digits_static_int8_and_w4a8(digits_spec):
+    from bitladder.pipeline.evaluate import fidelity, outputs
+
+    ref = outputs(digits_spec.model, digits_spec.eval_batches)
+    base = fidelity(digits_spec, ref, ref)["fidelity"]
+    cal = digits_spec.calib_batches
+    w8a8 = bitladder.quantize(digits_spec.model, Int(8, act=Act()), calib=cal)
+    w4a8 = bitladder.quantize(digits_spec.model, Int(4, group=32, method=GPTQ(), act=Act()), calib=cal)
+    for model, budget in ((w8a8, 0.3), (w4a8, 1.0)):
+        drop = 100 * (base - fidelity(digits_spec, outputs(model, digits_spec.eval_batches), ref)["fidelity"])
+        assert drop <= budget
