@@ -23,6 +23,7 @@ class QuantModule(nn.Module):
 
     weight_axis: int = 0
     in_channel_dim: int = -1  # where the input channels sit in the layer's input (convolutions: 1)
+    in_axis: int = 1  # the weight's input-channel axis
 
     def __init__(self, qweight: QuantizedTensor) -> None:
         super().__init__()
@@ -48,6 +49,15 @@ class QuantModule(nn.Module):
     def weight(self) -> torch.Tensor:  # noqa: D401 - a method, not a Parameter, on purpose
         """The dequantised weight, in the compute dtype."""
         return self.qweight.dequantize(self.compute_dtype)
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the layer applies to its raw input: dequantised, input scale folded back in."""
+        w = self.qweight.dequantize(torch.float64)
+        if "in_scale" in self._qmeta:
+            shape = [1] * w.dim()
+            shape[self.in_axis] = -1
+            w = w * self.in_scale.double().reshape(shape)
+        return w
 
     def _bias(self) -> torch.Tensor | None:
         b = getattr(self, "bias", None)

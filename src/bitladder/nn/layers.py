@@ -22,6 +22,7 @@ class QuantHFConv1D(QuantModule):
     """transformers' GPT-2 style Conv1D: weight (in, out), so the output channel is axis 1."""
 
     weight_axis = 1
+    in_axis = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.prepare_input(x.to(self.compute_dtype)) @ self.weight()
@@ -38,6 +39,7 @@ class _QuantConvNd(QuantModule):
             return None  # reported as skipped: only zero padding is handled
         qm = super().from_float(module, qweight)
         qm.stride, qm.padding, qm.dilation, qm.groups = module.stride, module.padding, module.dilation, module.groups
+        qm.kernel_size = module.kernel_size
         return qm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

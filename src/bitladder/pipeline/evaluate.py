@@ -67,7 +67,7 @@ def layer_stats(float_model: nn.Module, qmodel: nn.Module) -> dict[str, dict]:
         qt = m.qweight
         w = float_model.get_submodule(name).weight.detach()
         stats[name] = {"format": qt.qtype.name, "shape": list(qt.shape), "numel": qt.numel,
-                       "sqnr_db": round(sqnr_db(w, qt.dequantize(torch.float64)), 3),
+                       "sqnr_db": round(sqnr_db(w, m.effective_weight()), 3),
                        "bytes": qt.nbytes, "theoretical_bytes": qt.theoretical_nbytes,
-                       "clipped": m.n_clipped, "kernel": m.kernel}
+                       "clipped": m.n_clipped, "kernel": m.kernel, "method": m.qmeta.get("method", "rtn")}
     return stats

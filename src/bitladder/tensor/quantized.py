@@ -100,7 +100,10 @@ class QuantizedTensor:
         else:
             packed = _pack(rows, qtype)
         s = None if scale is None else scale.reshape(c, nb).to(SCALE_DTYPES[scale_dtype])
-        z = None if zp is None else _pack(zp.reshape(-1).to(torch.int32), qtype)
+        if zp is not None and zp.is_floating_point():  # fractional zero points (HQQ) stay fp16
+            z = zp.reshape(c, nb).to(torch.float16)
+        else:
+            z = None if zp is None else _pack(zp.reshape(-1).to(torch.int32), qtype)
         return cls(packed, s, z, qtype, tuple(shape), layout, n_clipped)
 
     # ---- reading back -------------------------------------------------------------------
@@ -124,7 +127,9 @@ class QuantizedTensor:
         qb = torch.nn.functional.pad(q, (0, pad)).reshape(c, nb, b) if pad else q.reshape(c, nb, b)
         scale = self.scale.float().reshape(c, nb, 1)
         zp = None
-        if self.zero_point is not None:
+        if self.zero_point is not None and self.zero_point.is_floating_point():
+            zp = self.zero_point.float().reshape(c, nb, 1)
+        elif self.zero_point is not None:
             zp = _unpack(self.zero_point, self.qtype, c * nb).reshape(c, nb, 1)
         return self.layout.from_blocks(dequantize(qb, scale, zp, self.qtype, dtype), self.shape)
 
@@ -144,13 +149,15 @@ class QuantizedTensor:
         """
         c, k, nb, b = self.layout.dims(self.shape)
         rb = self._row_bytes(k)
-        zb = self._row_bytes(nb) if self.zero_point is not None else 0
+        zfloat = self.zero_point is not None and self.zero_point.is_floating_point()
+        zb = self._row_bytes(nb) if self.zero_point is not None and not zfloat else 0
         if self.layout.axis != 0 or self.layout.granularity == "tensor" or rb is None or zb is None:
             return self.dequantize(dtype)[index]
         rows = index.reshape(-1)
         packed = self.packed.view(c, rb)[rows].reshape(-1)
         sub = QuantizedTensor(packed, None if self.scale is None else self.scale[rows],
-                              None if self.zero_point is None else self.zero_point.view(c, zb)[rows].reshape(-1),
+                              None if self.zero_point is None else (
+                                  self.zero_point[rows] if zfloat else self.zero_point.view(c, zb)[rows].reshape(-1)),
                               self.qtype, (rows.numel(), *self.shape[1:]), self.layout)
         return sub.dequantize(dtype).reshape(*index.shape, *self.shape[1:])
 
@@ -171,7 +178,8 @@ class QuantizedTensor:
         if self.scale is not None:
             bits += self.scale.numel() * torch.finfo(self.scale.dtype).bits
             if self.zero_point is not None:
-                bits += self.scale.numel() * self.qtype.bits
+                zp_bits = 16 if self.zero_point.is_floating_point() else self.qtype.bits
+                bits += self.scale.numel() * zp_bits
         return bits / 8
 
     @property
@@ -206,7 +214,10 @@ class QuantizedTensor:
             raise ValueError(f"packed codes hold {self.packed.numel()} bytes, metadata implies {want}")
         if self.scale is not None and tuple(self.scale.shape) != (c, nb):
             raise ValueError(f"scale shape {tuple(self.scale.shape)} != expected {(c, nb)}")
-        if self.zero_point is not None and self.zero_point.numel() != packed_size(self.qtype, c * nb):
+        if self.zero_point is not None and self.zero_point.is_floating_point():
+            if tuple(self.zero_point.shape) != (c, nb):
+                raise ValueError(f"zero-point shape {tuple(self.zero_point.shape)} != expected {(c, nb)}")
+        elif self.zero_point is not None and self.zero_point.numel() != packed_size(self.qtype, c * nb):
             raise ValueError("zero-point bytes do not match the metadata")
 
     def __repr__(self) -> str:

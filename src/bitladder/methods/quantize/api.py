@@ -88,6 +88,8 @@ def quantize(model: nn.Module, config: QuantConfig, include: Selector = None, ex
     for m in (method, act):
         if m is not None and m.needs_data:
             check_calibration(calib, m)
+    if getattr(config, "bias_correction", False) and not calib:
+        raise BitladderError("bias_correction needs calibration data: pass calib=[batch, ...]")
     model = model if inplace else copy.deepcopy(model)
     if handlers.lookup(model) is not None and not list(model.children()):
         holder = quantize(nn.Sequential(model), config, calib=calib, handlers=handlers, inplace=True)
@@ -97,6 +99,11 @@ def quantize(model: nn.Module, config: QuantConfig, include: Selector = None, ex
     for name, reason in p.skipped.items():
         log.info("kept in float: %s (%s)", name, reason)
     targets = dict(p.targets)
+    if getattr(config, "equalize", False):
+        from bitladder.methods.quantize.cle import equalize
+
+        log.info("cross-layer equalisation: %d layer pairs", equalize(model))
+    float_model = copy.deepcopy(model) if getattr(config, "bias_correction", False) else None
     in_scales = {}
     if act is not None and act.smoothquant is not None:
         from bitladder.methods.quantize.activation import smooth
@@ -109,6 +116,10 @@ def quantize(model: nn.Module, config: QuantConfig, include: Selector = None, ex
     for name, s in in_scales.items():
         if isinstance(model.get_submodule(name), QuantModule):
             model.get_submodule(name).set_in_scale(s)
+    if float_model is not None:
+        from bitladder.methods.quantize.bias_correction import correct_biases
+
+        correct_biases(float_model, model, list(targets), calib)
     if act is not None:
         from bitladder.methods.quantize.activation import calibrate_activations
 
@@ -172,13 +183,21 @@ def _swap(module: nn.Module, config: QuantConfig, handler: type, name: str, qt: 
     if new is None:
         log.info("kept in float: %s (its configuration is not handled by %s)", name, handler.__name__)
     else:
-        new._qmeta["method"] = method_name
+        new._qmeta["method"] = method_name if method_name != "rtn" else getattr(
+            getattr(config, "method", None), "name", "rtn")
     return new
 
 
 def rtn_tensor(w: torch.Tensor, config: QuantConfig, axis: int) -> QuantizedTensor:
+    """The data-free weight of a layer: round to nearest (with clip search if asked), or HQQ."""
     layout = config.layout(axis)
     method = getattr(config, "method", None)
+    if type(method).__name__ == "HQQ":
+        from bitladder.methods.quantize.hqq import hqq_blocks
+
+        qtype = get_qtype(config.qtype)
+        q, s, z = hqq_blocks(layout.to_blocks(w), qtype, method.iters, method.lp, method.beta, method.kappa)
+        return QuantizedTensor.from_codes(q, s, z, qtype, tuple(w.shape), layout, config.scale_dtype)
     if getattr(method, "clip_search", False) and get_qtype(config.qtype).kind == "int":
         xb = layout.to_blocks(w)
         qp = search_qparams(xb, get_qtype(config.qtype), config.symmetric, SCALE_DTYPES[config.scale_dtype])

@@ -80,10 +80,11 @@ class Collector:
 
 def layer_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as rows matching the weight's (C, K) view (convolutions unfolded)."""
-    if isinstance(module, nn.Conv2d):
+    kernel = getattr(module, "kernel_size", None)  # float or quantised convolutions
+    if kernel is not None and len(kernel) == 2:
         cols = nn.functional.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    if isinstance(module, nn.Conv1d):
+    if kernel is not None and len(kernel) == 1:
         cols = nn.functional.unfold(x.unsqueeze(-1), (module.kernel_size[0], 1), (module.dilation[0], 1),
                                     (module.padding[0], 0), (module.stride[0], 1))
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
@@ -151,3 +152,37 @@ def _groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefi
             apply(n, modules[n], collectors[n])
         pending = [n for n in pending if n not in group]
     return []
+
+
+class SampleCollector(Collector):
+    """A strided sample of input rows (at most ``keep``) plus per-column mean |x|, mean x and mean x²."""
+
+    def __init__(self, keep: int = 2048) -> None:
+        self.keep, self.rows, self.n = keep, [], 0
+        self.abs_sum = self.sum = self.sq_sum = None
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.float()
+        a, s, q = x.abs().sum(0), x.sum(0), x.pow(2).sum(0)
+        if self.sum is None:
+            self.abs_sum, self.sum, self.sq_sum = a, s, q
+        else:
+            self.abs_sum, self.sum, self.sq_sum = self.abs_sum + a, self.sum + s, self.sq_sum + q
+        self.n += x.shape[0]
+        self.rows.append(x[:: max(1, x.shape[0] // 512)])
+
+    def sample(self) -> torch.Tensor:
+        r = torch.cat(self.rows)
+        return r[:: max(1, -(-r.shape[0] // self.keep))]
+
+    @property
+    def mean_abs(self) -> torch.Tensor:
+        return self.abs_sum / max(self.n, 1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / max(self.n, 1)
+
+    @property
+    def mean_sq(self) -> torch.Tensor:
+        return self.sq_sum / max(self.n, 1)

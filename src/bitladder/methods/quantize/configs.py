@@ -87,7 +87,8 @@ class Int(_Config):
     ``group=G`` gives one scale per G consecutive input elements; otherwise ``granularity`` is
     "channel" (one scale per output channel, the default) or "tensor". ``method`` chooses the
     codes: ``RTN()`` (default, data-free) or a calibrated method such as ``GPTQ()``. ``act=Act(...)``
-    adds static activation quantisation (calibrated).
+    adds static activation quantisation (calibrated). ``equalize`` applies cross-layer equalisation
+    first (data-free); ``bias_correction`` re-centres each layer's output on calibration data.
 
     >>> import torch, bitladder
     >>> m = bitladder.quantize(torch.nn.Linear(64, 32), Int(bits=4, group=32))
@@ -102,6 +103,8 @@ class Int(_Config):
     scale_dtype: str = "fp16"
     method: _Method = field(default_factory=RTN)
     act: Act | None = None
+    bias_correction: bool = False
+    equalize: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
@@ -110,6 +113,8 @@ class Int(_Config):
             object.__setattr__(self, "method", method_from_dict(self.method))
         if not isinstance(self.method, _Method) or isinstance(self.method, Act):
             raise BitladderError(f"method must be a method config such as RTN() or GPTQ(), got {self.method!r}")
+        if type(self.method).__name__ == "HQQ" and self.symmetric:
+            raise BitladderError("HQQ optimises zero points: use an asymmetric format (symmetric=False)")
         if isinstance(self.act, dict):
             object.__setattr__(self, "act", method_from_dict(self.act))
         if self.act is not None and not isinstance(self.act, Act):

@@ -8,9 +8,11 @@ from torch import nn
 
 from bitladder.formats.layout import Layout
 from bitladder.formats.qtypes import get_qtype
-from bitladder.methods.quantize.calibrate import blockwise
+from bitladder.methods.quantize.adaround import adaround_rows
+from bitladder.methods.quantize.awq import awq_tensor
+from bitladder.methods.quantize.calibrate import SampleCollector, blockwise
 from bitladder.methods.quantize.gptq import HessianCollector, gptq_rows
-from bitladder.methods.quantize.methods import GPTQ
+from bitladder.methods.quantize.methods import AWQ, GPTQ, AdaRound
 from bitladder.tensor.quantized import SCALE_DTYPES, QuantizedTensor
 
 
@@ -26,7 +28,29 @@ def _gptq(config, method: GPTQ, module: nn.Module, handler: type, collector: Hes
     return QuantizedTensor.from_codes(codes, scale, zp, qtype, tuple(w.shape), layout, config.scale_dtype)
 
 
-METHODS = {GPTQ: (lambda module: HessianCollector(_in_features(module)), _gptq)}
+def _awq(config, method: AWQ, module: nn.Module, handler: type, collector: SampleCollector):
+    if getattr(handler, "in_channel_dim", -1) != -1:  # convolutions: inputs are not per weight column
+        return None
+    return awq_tensor(module.weight.detach(), handler.weight_axis, collector, config, method)
+
+
+def _adaround(config, method: AdaRound, module: nn.Module, handler: type, collector: SampleCollector):
+    layout = config.layout(handler.weight_axis)
+    by_channel = Layout("channel", handler.weight_axis)
+    w = module.weight.detach().float()
+    qtype = get_qtype(config.qtype)
+    codes, scale, zp = adaround_rows(by_channel.rows(w), collector.sample(), qtype, layout, config.symmetric,
+                                     SCALE_DTYPES[config.scale_dtype], method.iters, method.lr, method.reg,
+                                     method.batch)
+    codes = layout.rows(by_channel.unrows(codes, tuple(w.shape)))
+    return QuantizedTensor.from_codes(codes, scale, zp, qtype, tuple(w.shape), layout, config.scale_dtype)
+
+
+METHODS = {
+    GPTQ: (lambda module: HessianCollector(_in_features(module)), _gptq),
+    AWQ: (lambda module: SampleCollector(), _awq),
+    AdaRound: (lambda module: SampleCollector(keep=4096), _adaround),
+}
 
 
 def _in_features(module: nn.Module) -> int:
@@ -43,7 +67,14 @@ def calibrated_swap(model: nn.Module, names: list[str], targets: dict[str, type]
     make_collector, build = METHODS[type(method)]
 
     def apply(name: str, module: nn.Module, collector) -> None:
-        qt = build(config, method, module, targets[name], collector)
-        _replace(model, name, _swap(module, config, targets[name], name, qt=qt, method_name=method.name))
+        built = build(config, method, module, targets[name], collector)
+        if built is None:  # the method does not apply to this layer: round to nearest
+            _replace(model, name, _swap(module, config, targets[name], name))
+            return
+        qt, in_scale = built if isinstance(built, tuple) else (built, None)
+        new = _swap(module, config, targets[name], name, qt=qt, method_name=method.name)
+        if new is not None and in_scale is not None:
+            new.set_in_scale(in_scale)
+        _replace(model, name, new)
 
     return blockwise(model, names, calib, lambda n, m: make_collector(m), apply)

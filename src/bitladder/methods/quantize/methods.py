@@ -68,6 +68,75 @@ class GPTQ(_Method):
             raise BitladderError(f"GPTQ block_size must be positive, got {self.block_size}")
 
 
+@dataclass(frozen=True)
+class AWQ(_Method):
+    """AWQ (Lin et al., 2023): activation-aware channel scaling searched on ``grid`` exponents,
+    then activation-weighted clipping. Linear-like layers; others fall back to round-to-nearest.
+
+    >>> import torch, bitladder
+    >>> lin = torch.nn.Linear(32, 8)
+    >>> q = bitladder.quantize(lin, bitladder.Int(4, group=16, method=AWQ()), calib=[torch.randn(64, 32)])
+    >>> q.qmeta["method"], "in_scale" in q.qmeta
+    ('awq', True)
+    """
+
+    grid: int = 20
+    clip_search: bool = True
+    needs_data: ClassVar[bool] = True
+    min_samples: ClassVar[int] = 16
+
+    def __post_init__(self) -> None:
+        if self.grid < 1:
+            raise BitladderError(f"AWQ grid must be positive, got {self.grid}")
+
+
+@dataclass(frozen=True)
+class HQQ(_Method):
+    """HQQ (Badri & Shaji, 2023): data-free zero-point optimisation with a sparse (l_p) error model.
+    Needs an asymmetric format (``symmetric=False``); zero points are stored as fp16.
+
+    >>> import torch, bitladder
+    >>> q = bitladder.quantize(torch.nn.Linear(64, 8), bitladder.Int(3, group=32, symmetric=False, method=HQQ()))
+    >>> q.qmeta["method"], q.qweight.zero_point.dtype
+    ('hqq', torch.float16)
+    """
+
+    iters: int = 20
+    lp: float = 0.7
+    beta: float = 10.0
+    kappa: float = 1.01
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lp <= 1:
+            raise BitladderError(f"HQQ lp must be in (0, 1], got {self.lp}")
+        if self.iters < 1:
+            raise BitladderError(f"HQQ iters must be positive, got {self.iters}")
+
+
+@dataclass(frozen=True)
+class AdaRound(_Method):
+    """AdaRound (Nagel et al., 2020): learned up/down rounding per weight, ``iters`` Adam steps on
+    calibration rows of each layer's input (block by block, after the layers before it).
+
+    >>> import torch, bitladder
+    >>> lin = torch.nn.Linear(32, 8)
+    >>> q = bitladder.quantize(lin, bitladder.Int(3, method=AdaRound(iters=50)), calib=[torch.randn(64, 32)])
+    >>> q.qmeta["method"]
+    'adaround'
+    """
+
+    iters: int = 500
+    lr: float = 1e-2
+    reg: float = 0.01
+    batch: int = 256
+    needs_data: ClassVar[bool] = True
+    min_samples: ClassVar[int] = 16
+
+    def __post_init__(self) -> None:
+        if self.iters < 1 or self.lr <= 0 or self.reg < 0 or self.batch < 1:
+            raise BitladderError("AdaRound needs iters >= 1, lr > 0, reg >= 0 and batch >= 1")
+
+
 OBSERVER_NAMES = ("minmax", "ema", "percentile", "mse", "kl")
 
 
@@ -108,7 +177,7 @@ class Act(_Method):
         return f"int{self.bits}" if self.symmetric else f"uint{self.bits}"
 
 
-METHOD_TYPES = {c.__name__: c for c in (RTN, GPTQ, Act)}
+METHOD_TYPES = {c.__name__: c for c in (RTN, GPTQ, AWQ, HQQ, AdaRound, Act)}
 
 
 def method_from_dict(d: dict) -> _Method:
