@@ -2,10 +2,11 @@
 
 from bitladder.errors import BitladderError
 from bitladder.methods.quantize.api import plan, quantize
-from bitladder.methods.quantize.configs import Binary, Float, Int, Ternary, config_from_dict
+from bitladder.methods.quantize.configs import Binary, Codebook, Float, Int, Ternary, config_from_dict
+from bitladder.methods.quantize.methods import AWQ, GPTQ, HQQ, RTN, Act, AdaRound
 
-__all__ = ["BitladderError", "Binary", "Float", "Int", "Ternary", "config_from_dict", "plan", "quantize",
-           "save", "load"]
+__all__ = ["AWQ", "Act", "AdaRound", "BitladderError", "Binary", "Codebook", "Float", "GPTQ", "HQQ", "Int", "RTN",
+           "Ternary", "config_from_dict", "plan", "quantize", "save", "load"]
 __version__ = "0.1.0"
 
 

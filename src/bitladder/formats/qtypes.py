@@ -26,7 +26,8 @@ class QType:
     """One number format.
 
     kind: "float" (stored as a torch float dtype), "int" (integer codes in [qmin, qmax]),
-    "ternary" (codes -1, 0, 1 packed five to a byte) or "binary" (signs, one bit each).
+    "ternary" (codes -1, 0, 1 packed five to a byte), "binary" (signs, one bit each) or
+    "codebook" (indices into a learned table of 2**bits values, ``cbN``).
     """
 
     name: str
@@ -52,7 +53,7 @@ class QType:
     @property
     def pack_bits(self) -> int:
         """Width of one code in the bit-stream packer (ternary uses its own base-3 packer)."""
-        return int(self.bits) if self.kind in ("int", "binary") else 0
+        return int(self.bits) if self.kind in ("int", "binary", "codebook") else 0
 
 
 def _float(name: str, dtype: torch.dtype) -> QType:
@@ -74,6 +75,7 @@ _ROWS = [
     _float("fp8_e5m2", torch.float8_e5m2),
     *[_int(b, s) for b in (8, 7, 6, 5, 4, 3, 2) for s in (True, False)],
     QType("ternary", "ternary", 1.6, True, -1, 1),
+    *[QType(f"cb{b}", "codebook", b, False, 0, 2**b - 1) for b in range(1, 9)],
     QType("binary", "binary", 1, True, -1, 1),
 ]
 

@@ -116,12 +116,16 @@ def load(path: str | os.PathLike, model: nn.Module | None = None,
         if handler is None or handler.__name__ != lm["handler"]:
             raise BitladderError(f"artifact layer {name!r} was {lm['handler']}, the model has "
                                  f"{type(module).__name__} there")
-        parts = {p: tensors[f"{name}.weight_{p}"] for p in ("packed", "scale", "zero_point")
-                 if f"{name}.weight_{p}" in tensors}
+        prefix = f"{name}." if name else ""
+        parts = {p: tensors[f"{prefix}weight_{p}"] for p in ("packed", "scale", "zero_point", "table")
+                 if f"{prefix}weight_{p}" in tensors}
         try:
             new = handler.skeleton(module, lm, parts)
         except (ValueError, KeyError) as e:
             raise BitladderError(f"artifact layer {name!r} is inconsistent: {e}") from None
+        if not name:  # the model is itself one quantised layer
+            model = new
+            continue
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
     try:

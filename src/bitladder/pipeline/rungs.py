@@ -1,13 +1,13 @@
 """Rung names -> configs.
 
 Grammar: ``BASE[-gN|-pc|-pt][-sym|-asym]``. BASE is one of fp64 fp32 fp16 bf16 fp8_e4m3 fp8_e5m2
-int8..int2 ternary binary. ``-gN`` groups of N input elements, ``-pc`` per output channel (the
+int8..int2 ternary binary, or cb1..cb8 (a k-means codebook of 2**N values per channel). ``-gN`` groups of N input elements, ``-pc`` per output channel (the
 default), ``-pt`` per tensor; integers are symmetric unless ``-asym``.
 
->>> parse_rung("int4-g64")
-Int(bits=4, group=64, granularity='group', symmetric=True, scale_dtype='fp16')
->>> parse_rung("int2-g32-asym").qtype
-'uint2'
+>>> parse_rung("int4-g64") == Int(bits=4, group=64)
+True
+>>> parse_rung("int2-g32-asym").qtype, parse_rung("cb4").qtype
+('uint2', 'cb4')
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from __future__ import annotations
 import re
 
 from bitladder.errors import BitladderError
-from bitladder.methods.quantize.configs import FLOAT_FORMATS, Binary, Float, Int, QuantConfig, Ternary
+from bitladder.methods.quantize.configs import FLOAT_FORMATS, Binary, Codebook, Float, Int, QuantConfig, Ternary
 
-BASES = (*FLOAT_FORMATS, "int8", "int7", "int6", "int5", "int4", "int3", "int2", "ternary", "binary")
+BASES = (*FLOAT_FORMATS, "int8", "int7", "int6", "int5", "int4", "int3", "int2", "ternary", "binary",
+         *(f"cb{b}" for b in range(1, 9)))
 _RUNG = re.compile(r"^(?P<base>[a-z0-9_]+?)(?:-(?P<gran>g\d+|pc|pt))?(?:-(?P<sym>sym|asym))?$")
 ACCEPTED = f"{' '.join(BASES)}, optionally followed by -gN (group size), -pc or -pt, then -sym or -asym"
 
@@ -42,4 +43,8 @@ def parse_rung(name: str) -> QuantConfig:
         return Int(bits=int(base[3:]), symmetric=sym != "asym", **kw)
     if sym:
         raise BitladderError(f"rung {name!r}: -sym/-asym apply to integer rungs only")
+    if base.startswith("cb"):
+        if "group" in kw:
+            raise BitladderError(f"rung {name!r}: codebooks are per channel (-pc) or per tensor (-pt)")
+        return Codebook(bits=int(base[2:]), **kw)
     return Ternary(**kw) if base == "ternary" else Binary(**kw)

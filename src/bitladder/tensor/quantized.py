@@ -62,6 +62,7 @@ class QuantizedTensor:
     shape: tuple[int, ...]
     layout: Layout
     n_clipped: int = field(default=0, compare=False)
+    table: torch.Tensor | None = None  # codebook formats: (C, 2**bits) values, per table row
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -121,6 +122,8 @@ class QuantizedTensor:
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         c, k, nb, b = self.layout.dims(self.shape)
         q = self.codes()
+        if self.table is not None:
+            return self.layout.unrows(torch.gather(self.table.to(dtype), 1, q.long()), self.shape)
         if self.scale is None:
             return self.layout.unrows(q.to(dtype), self.shape)
         pad = nb * b - k
@@ -158,7 +161,8 @@ class QuantizedTensor:
         sub = QuantizedTensor(packed, None if self.scale is None else self.scale[rows],
                               None if self.zero_point is None else (
                                   self.zero_point[rows] if zfloat else self.zero_point.view(c, zb)[rows].reshape(-1)),
-                              self.qtype, (rows.numel(), *self.shape[1:]), self.layout)
+                              self.qtype, (rows.numel(), *self.shape[1:]), self.layout,
+                              table=None if self.table is None else self.table[rows])
         return sub.dequantize(dtype).reshape(*index.shape, *self.shape[1:])
 
     # ---- sizes --------------------------------------------------------------------------
@@ -166,7 +170,7 @@ class QuantizedTensor:
     def nbytes(self) -> int:
         """Bytes actually held: packed codes + scales + zero points."""
         n = self.packed.numel() * self.packed.element_size()
-        for t in (self.scale, self.zero_point):
+        for t in (self.scale, self.zero_point, self.table):
             if t is not None:
                 n += t.numel() * t.element_size()
         return n
@@ -175,6 +179,8 @@ class QuantizedTensor:
     def theoretical_nbytes(self) -> float:
         """bits x elements + scale bits x scales + zero-point bits x zero points, over 8."""
         bits = self.numel * self.qtype.bits
+        if self.table is not None:
+            bits += self.table.numel() * torch.finfo(self.table.dtype).bits
         if self.scale is not None:
             bits += self.scale.numel() * torch.finfo(self.scale.dtype).bits
             if self.zero_point is not None:
@@ -193,6 +199,8 @@ class QuantizedTensor:
             out["scale"] = self.scale
         if self.zero_point is not None:
             out["zero_point"] = self.zero_point
+        if self.table is not None:
+            out["table"] = self.table
         return out
 
     def meta(self) -> dict:
@@ -202,7 +210,7 @@ class QuantizedTensor:
     @classmethod
     def from_parts(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "QuantizedTensor":
         qt = cls(tensors["packed"], tensors.get("scale"), tensors.get("zero_point"), get_qtype(meta["qtype"]),
-                 tuple(meta["shape"]), Layout(**meta["layout"]))
+                 tuple(meta["shape"]), Layout(**meta["layout"]), table=tensors.get("table"))
         qt.validate()
         return qt
 
@@ -212,6 +220,10 @@ class QuantizedTensor:
         want = packed_size(self.qtype, self.numel)
         if self.packed.dtype != torch.uint8 or self.packed.numel() != want:
             raise ValueError(f"packed codes hold {self.packed.numel()} bytes, metadata implies {want}")
+        if (self.qtype.kind == "codebook") != (self.table is not None):
+            raise ValueError("codebook formats need a table, and only they have one")
+        if self.table is not None and tuple(self.table.shape) != (c, self.qtype.levels):
+            raise ValueError(f"table shape {tuple(self.table.shape)} != expected {(c, self.qtype.levels)}")
         if self.scale is not None and tuple(self.scale.shape) != (c, nb):
             raise ValueError(f"scale shape {tuple(self.scale.shape)} != expected {(c, nb)}")
         if self.zero_point is not None and self.zero_point.is_floating_point():

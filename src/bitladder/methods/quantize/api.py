@@ -82,7 +82,8 @@ def quantize(model: nn.Module, config: QuantConfig, include: Selector = None, ex
     returned quantised.
     """
     if not hasattr(config, "qtype") or not hasattr(config, "layout"):
-        raise BitladderError(f"config must be one of Float, Int, Ternary, Binary; got {type(config).__name__}")
+        raise BitladderError(f"config must be one of Float, Int, Ternary, Binary, Codebook; got "
+                             f"{type(config).__name__}")
     method = getattr(config, "method", None) or RTN()
     act = getattr(config, "act", None)
     for m in (method, act):
@@ -179,19 +180,29 @@ def _swap(module: nn.Module, config: QuantConfig, handler: type, name: str, qt: 
         w = module.weight.detach()
         w = w.double() if get_qtype(config.qtype).bits > 32 else w.float()
         qt = rtn_tensor(w, config, handler.weight_axis)
+        method_name = data_free_name(config)
     new = handler.from_float(module, qt)
     if new is None:
         log.info("kept in float: %s (its configuration is not handled by %s)", name, handler.__name__)
     else:
-        new._qmeta["method"] = method_name if method_name != "rtn" else getattr(
-            getattr(config, "method", None), "name", "rtn")
+        new._qmeta["method"] = method_name
     return new
+
+
+def data_free_name(config: QuantConfig) -> str:
+    if type(config).__name__ == "Codebook":
+        return "kmeans"
+    return "hqq" if type(getattr(config, "method", None)).__name__ == "HQQ" else "rtn"
 
 
 def rtn_tensor(w: torch.Tensor, config: QuantConfig, axis: int) -> QuantizedTensor:
     """The data-free weight of a layer: round to nearest (with clip search if asked), or HQQ."""
     layout = config.layout(axis)
     method = getattr(config, "method", None)
+    if type(config).__name__ == "Codebook":
+        from bitladder.methods.quantize.codebook import codebook_tensor
+
+        return codebook_tensor(w, config.bits, layout, config.iters)
     if type(method).__name__ == "HQQ":
         from bitladder.methods.quantize.hqq import hqq_blocks
 

@@ -166,8 +166,37 @@ class Binary(_Config):
         _check_common(self)
 
 
-CONFIG_TYPES = {c.__name__: c for c in (Float, Int, Ternary, Binary)}
-QuantConfig = Float | Int | Ternary | Binary
+@dataclass(frozen=True)
+class Codebook(_Config):
+    """Non-uniform weights: k-means centroids (``2**bits`` of them, per output channel or per
+    tensor) in an fp16 table, each weight an index of ``bits`` bits.
+
+    >>> import torch, bitladder
+    >>> m = bitladder.quantize(torch.nn.Linear(64, 8), Codebook(bits=3))
+    >>> m.qweight.nbytes     # 512 indices x 3 bits + 8 rows x 8 fp16 centroids
+    320
+    """
+
+    bits: int = 4
+    granularity: str = "channel"
+    iters: int = 25
+    group: ClassVar[None] = None
+    scale_dtype: ClassVar[str] = "fp16"
+    symmetric: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
+            raise BitladderError(f"Codebook bits must be an integer in 1..8, got {self.bits!r}")
+        if self.granularity not in ("tensor", "channel"):
+            raise BitladderError(f"Codebook granularity must be 'tensor' or 'channel', got {self.granularity!r}")
+
+    @property
+    def qtype(self) -> str:
+        return f"cb{self.bits}"
+
+
+CONFIG_TYPES = {c.__name__: c for c in (Float, Int, Ternary, Binary, Codebook)}
+QuantConfig = Float | Int | Ternary | Binary | Codebook
 
 
 def config_from_dict(d: dict) -> QuantConfig:

@@ -1,12 +1,12 @@
 """HQQ (Badri & Shaji, 2023): data-free, optimises each group's zero point so that the rounding
 error is sparse, with a half-quadratic solver on an l_p (p < 1) loss.
 
-Codes are unsigned, the scale is the min-max scale, and the fractional zero point is stored as
+Codes are unsigned, the scale is the round-to-nearest scale, and the fractional zero point is stored as
 fp16 (16 bits per group). Alternating steps: shrink the residual ``W - dequant(W_q)`` with a
 generalised soft threshold, then set the zero point to the mean that explains the rest. Of the
 iterates, each group keeps the zero point with the smallest *squared* error (HQQ keeps the last
 or the smallest mean absolute error): the l_p steps propose, the l_2 error decides, so the result is
-never worse than the starting min-max point.
+never worse than the round-to-nearest starting point (HQQ starts from min-max; see the comment).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from bitladder.formats.qtypes import QType
+from bitladder.formats.quant import choose_qparams
 
 
 def _shrink(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
@@ -24,10 +25,10 @@ def hqq_blocks(xb: torch.Tensor, qtype: QType, iters: int = 20, p: float = 0.7, 
                kappa: float = 1.01) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Codes, scale (C, nb, 1) and float zero point (C, nb, 1) for the block view ``xb``."""
     x = xb.float()
-    mn, mx = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
-    scale = ((mx - mn) / (qtype.qmax - qtype.qmin)).clamp(min=1e-8)
-    scale = scale.to(torch.float16).float()  # quantise with the stored scale
-    z = qtype.qmin - mn / scale
+    # start from the round-to-nearest point (zero-inclusive range, integer zero point): with heavy
+    # tails, a min-max grid that misses zero costs more than the solver recovers in 20 steps
+    scale, z = choose_qparams(x, qtype, symmetric=False, scale_dtype=torch.float16)
+    z = z.float()
     best_err, best_z = torch.full_like(z, float("inf")), z.clone()
     for _ in range(iters):
         q = torch.clamp(torch.round(x / scale + z), qtype.qmin, qtype.qmax)
