@@ -81,3 +81,16 @@ def test_debug_shows_traceback(tmp_path):
 def test_usage_errors_exit_nonzero():
     res = cli("ladder", "--repeats", "0")
     assert res.returncode == 2
+
+
+def test_mixed_precision_command(tmp_path):
+    out = tmp_path / "mixed"
+    res = cli("mixed", "--model", "digits", "--budget", "3.0", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    import json
+
+    data = json.loads((out / "mixed.json").read_text())
+    assert data["bits_per_weight"] <= 3.0 and data["fidelity_drop_pt"] <= 2.0
+    assert (out / "sensitivity.png").stat().st_size > 1000
+    assert "data:image/png;base64," in (out / "mixed.html").read_text()
+    one_line_error(cli("mixed", "--budget", "0.5", "--out", str(tmp_path / "m2")), "lowest reachable")

@@ -17,3 +17,16 @@ def test_parse(name, cfg):
 def test_unknown_rungs_say_what_is_accepted(bad):
     with pytest.raises(BitladderError, match="accepted|at least 1|integer rungs"):
         parse_rung(bad)
+
+
+def test_method_and_activation_suffixes():
+    from bitladder.methods.quantize.methods import AWQ, GPTQ, HQQ, RTN, Act
+
+    assert parse_rung("int4-g64-gptq") == Int(4, group=64, method=GPTQ())
+    assert parse_rung("int3-g64-asym-hqq") == Int(3, group=64, symmetric=False, method=HQQ())
+    assert parse_rung("int4-g32-awq-a8") == Int(4, group=32, method=AWQ(), act=Act(bits=8))
+    assert parse_rung("int4-g32-clip") == Int(4, group=32, method=RTN(clip_search=True))
+    with pytest.raises(BitladderError, match="integer rungs only"):
+        parse_rung("fp16-gptq")
+    with pytest.raises(BitladderError, match="asymmetric"):
+        parse_rung("int4-hqq")

@@ -56,6 +56,37 @@ def ladder(
 
 
 @app.command()
+def mixed(
+    model: str = typer.Option("digits", help="digits, minilm, or a factory 'package.module:function'"),
+    rungs: str = typer.Option("int8,int4-g32,int2-g32-asym", help="candidate rungs per layer"),
+    budget: float = typer.Option(3.0, help="average bits per weight (scales counted) to meet"),
+    out: Path = typer.Option(Path("runs/mixed"), help="folder for the artifact, mixed.json, heatmap"),
+) -> None:
+    """Per-layer sensitivity, then a per-layer format meeting a bits-per-weight budget."""
+    from bitladder.pipeline.ladder import check_out_dir
+    from bitladder.pipeline.mixed_run import run_mixed
+    from bitladder.pipeline.rungs import parse_rung
+    from bitladder.zoo.registry import resolve
+
+    names = [r.strip() for r in rungs.split(",") if r.strip()]
+    for r in names:
+        parse_rung(r)
+    if not 0 < budget <= 64:
+        raise BitladderError(f"budget must be in (0, 64] bits per weight, got {budget}")
+    check_out_dir(out)
+    with console.status(f"loading {model}"):
+        spec = resolve(model)
+    with console.status("measuring per-layer sensitivity"):
+        res = run_mixed(spec, names, budget, out)
+    from collections import Counter
+
+    counts = ", ".join(f"{n} x {r}" for r, n in Counter(res["assignment"].values()).items())
+    console.print(f"{spec.name}: {res['bits_per_weight']:.3f} bits per weight ({counts}); fidelity "
+                  f"{res['fidelity']:.4f}, drop {res['fidelity_drop_pt']:.2f} pt; {res['bytes_on_disk']:,} bytes; "
+                  f"report: {out / 'mixed.html'}")
+
+
+@app.command()
 def inspect(artifact: Path = typer.Argument(..., help="a .safetensors artifact written by bitladder")) -> None:
     """Per-layer format, shape and bytes of an artifact (reads the header only)."""
     from bitladder.cli.table import inspect_table

@@ -62,7 +62,10 @@ def run_rung(spec: ModelSpec, rung: str, out: Path, ref: torch.Tensor, base: flo
     cfg = parse_rung(rung)
     p = plan(spec.model)
     t0 = time.perf_counter()
-    qmodel = quantize(spec.model, cfg)
+    needs = any(getattr(getattr(cfg, k, None), "needs_data", False) for k in ("method", "act"))
+    if needs and not spec.calib_batches:
+        raise BitladderError(f"rung {rung!r} needs calibration data and model {spec.name!r} has none")
+    qmodel = quantize(spec.model, cfg, calib=spec.calib_batches if needs else None)
     quant_s = time.perf_counter() - t0
     path = save(qmodel, out / f"{spec.name}-{rung}.safetensors", source=spec.source, config=cfg.to_dict())
     reloaded = load(path, model=spec.fresh_model())
