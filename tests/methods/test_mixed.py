@@ -2,7 +2,6 @@ import pytest
 import torch
 from torch import nn
 
-import bitladder
 from bitladder import BitladderError
 from bitladder.methods.quantize.mixed import allocate, apply_assignment, sensitivity
 from bitladder.pipeline.rungs import parse_rung
