@@ -26,6 +26,7 @@ binary-xnor            binary weights x sign(x) (XNOR-Net: per-token scale mean|
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -180,8 +181,11 @@ class FbgemmW8A8Kernel(LinearKernel):
         self = cls()
         self.n, self.k = qt.shape
         s = scale[:, 0].double()
-        wq = torch._make_per_channel_quantized_tensor(codes.to(torch.int8), s, torch.zeros_like(s, dtype=torch.long), 0)
-        self._packed = torch.ops.quantized.linear_prepack(wq, None)
+        with warnings.catch_warnings():  # quantized tensor creation is deprecated, fbgemm is not
+            warnings.simplefilter("ignore")
+            wq = torch._make_per_channel_quantized_tensor(codes.to(torch.int8), s, torch.zeros_like(s, dtype=torch.long),
+                                                          0)
+            self._packed = torch.ops.quantized.linear_prepack(wq, None)
         self._bytes = self.n * self.k + self.n * 8
         return self
 
