@@ -9,7 +9,7 @@ weight                     1024² M=1    1024² M=64  4096² M=1   4096² M=64  
 =========================  ===========  ==========  ==========  ==========  =========================
 int8 per-channel, W8A8     fbgemm 7.9x  fbgemm 3.9x fbgemm 4.6x fbgemm 3.5x int8-w8a8-fbgemm (any M)
 int8 weight-only           numba 0.1x*  numba 0.1x* numba 0.2x* numba 0.1x* (slower than ort-w8a8)
-int4 g64                   ort 6.0x     ort 0.25x   ort 3.6x    ort 1.2x    ort (M<4 or N*K>=2^22)
+int4 g64                   ort 6.0x     ort 0.25x   ort 3.6x    ort 1.2x    ort-nbits (any M)
 int3 g64 (as 4-bit)        ort 1.6x     ort 0.7x    ort 3.6x    ort 1.2x    same
 int2 g64                   ort 5.8x     ort 0.2x    ort 3.7x    ort 1.1x    same
 ternary (as 2-bit)         ort 1.8x     ort 0.4x    ort 4.3x    ort 1.7x    same
@@ -19,9 +19,10 @@ binary x binary act.       xnor 8.5x    xnor 0.3x   xnor 10.4x  xnor 1.2x   bina
 
 (*) numba with its OpenMP layer fighting torch's; with the workqueue layer (now the default here)
 the numba GEMV is 2-4x faster than fp32 at 4096² M=1 but still 2x behind onnxruntime, and its
-tile-dequant + BLAS path for M>=4 is ~0.5x fp32 at 1024² M=64. Small batched layers
-(M>=4, N*K<2^22) therefore go to the numba tile path, which beats ``dequant-fp32`` (that one also
-re-runs the torch unpacking on every call) without claiming to beat fp32.
+tile-dequant + BLAS path for M>=4 is 0.5x fp32 at 1024² M=64 and 0.1x at 4096² M=64 (numba's and
+torch's thread pools alternate per tile). So: onnxruntime wherever MatMulNBits takes the group
+size, numba where it does not (groups that are multiples of 8), ``dequant-fp32`` otherwise.
+Batched small layers (1024² M=64) lose to fp32 with every low-bit kernel except fbgemm int8.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ from bitladder.formats.layout import Layout
 from bitladder.formats.qtypes import QType, get_qtype
 
 ORT_GROUPS = (16, 32, 64, 128, 256)
-SMALL_BATCH = 4  # below: GEMV-shaped calls
-BIG_LAYER = 1 << 22  # N*K from which onnxruntime also wins batched calls
 
 
 def _groups(layout: Layout, k: int) -> int | None:
@@ -60,13 +59,9 @@ def select_kernel(qtype: QType | str, layout: Layout, m: int, n: int, k: int,
         return "int8-w8a8-fbgemm"
     ort_ok = OrtNBitsKernel.available() and (g is None or g in ORT_GROUPS)
     numba_ok = NumbaLowbitKernel.available() and (g is None or g % 8 == 0)
-    if ort_ok and (m < SMALL_BATCH or n * k >= BIG_LAYER):
-        return "ort-nbits"
-    if numba_ok:
-        return "numba"
     if ort_ok:
         return "ort-nbits"
-    return "dequant-fp32"
+    return "numba" if numba_ok else "dequant-fp32"
 
 
 def build_kernel(qt, m: int = 1, binary_activations: bool = False):
