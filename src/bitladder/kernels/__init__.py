@@ -1,0 +1,28 @@
+"""Low-bit CPU kernels for quantised Linear layers (see :mod:`bitladder.kernels.linear`)."""
+
+from bitladder.kernels.linear import (
+    KERNELS,
+    DequantKernel,
+    FbgemmW8A8Kernel,
+    KernelUnsupported,
+    LinearKernel,
+    NumbaLowbitKernel,
+    OrtNBitsKernel,
+    XnorKernel,
+    reference_linear,
+)
+from bitladder.kernels.select import build_kernel, select_kernel
+
+__all__ = [
+    "KERNELS",
+    "DequantKernel",
+    "FbgemmW8A8Kernel",
+    "KernelUnsupported",
+    "LinearKernel",
+    "NumbaLowbitKernel",
+    "OrtNBitsKernel",
+    "XnorKernel",
+    "build_kernel",
+    "reference_linear",
+    "select_kernel",
+]

@@ -1,0 +1,432 @@
+"""Linear kernels: ``y = x @ W.T`` straight from a packed :class:`QuantizedTensor`.
+
+Each kernel is built once from the weight (``Kernel.from_qtensor(qt)``), repacks it into its own
+runtime layout (still low-bit: no fp32 copy of the weight is kept) and is then called with a float32
+activation ``x`` of shape (M, K), returning (M, N) float32. ``reference_linear`` (dequantise +
+matmul) is what every kernel is tested against.
+
+=====================  ==========================================================================
+name                   what it does
+=====================  ==========================================================================
+dequant-fp32           reference / fallback: dequantise the whole weight, ``F.linear``
+int8-w8a8-fbgemm       int8 per-channel symmetric weights, activation quantised per call
+                       (per tensor, reduce_range) and an integer GEMM: torch's fbgemm
+                       ``quantized.linear_dynamic``
+ort-w{2,4,8}a8         onnxruntime ``MatMulNBits`` (accuracy_level 4: int8 activations per
+                       block, VNNI/AVX2 integer dots); int3 runs as 4-bit, ternary/binary as 2-bit
+numba-w{b}             weight-only (fp32 activations): GEMV from the packed bit planes (int3 = a
+                       2-bit + a 1-bit plane, ternary = 2-bit, binary = 1-bit sign-add), code
+                       offsets folded into per-group sums of x; for M >= 4 it dequantises row
+                       tiles (<= 4 MiB) in numba and calls the BLAS matmul on each tile
+binary-xnor            binary weights x sign(x) (XNOR-Net: per-token scale mean|x|), 64 weights
+                       per uint64 word, XOR + popcount
+=====================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bitladder.errors import BitladderError
+from bitladder.kernels import numba_ops, onnx_nbits
+from bitladder.kernels.packrows import pack_rows
+from bitladder.tensor.quantized import QuantizedTensor, _unpack
+
+
+class KernelUnsupported(BitladderError):
+    """This kernel cannot run this weight (format, layout, group size or missing backend)."""
+
+
+def reference_linear(qt: QuantizedTensor, x: torch.Tensor) -> torch.Tensor:
+    """The ground truth: dequantise to fp32 and matmul."""
+    return F.linear(x.float(), qt.dequantize(torch.float32))
+
+
+# ---- weight normalisation --------------------------------------------------------------------------
+def _weight_parts(qt: QuantizedTensor):
+    """(codes (N, K) int32, scale (N, nb) fp32, zero point (N, nb) int32 or None, group G).
+
+    Tensor and channel granularities become one group per row of length K.
+    """
+    if qt.qtype.kind == "float":
+        raise KernelUnsupported(f"{qt.qtype.name} is a float format")
+    if len(qt.shape) != 2:
+        raise KernelUnsupported(f"Linear weights are 2-D, got shape {qt.shape}")
+    n, k = qt.shape
+    lay = qt.layout
+    if lay.granularity != "tensor" and lay.axis % 2 != 0:
+        raise KernelUnsupported("the output channel must be axis 0")
+    c, _, nb, b = lay.dims(qt.shape)
+    codes = qt.codes().reshape(n, k).to(torch.int32)
+    scale = qt.scale.float().reshape(c, nb)
+    zp = None
+    if qt.zero_point is not None:
+        zp = _unpack(qt.zero_point, qt.qtype, c * nb).reshape(c, nb).to(torch.int32)
+    if lay.granularity == "tensor":
+        scale = scale.expand(n, 1)
+        zp = None if zp is None else zp.expand(n, 1)
+        g = k
+    elif lay.granularity == "channel":
+        g = k
+    else:
+        g = b
+    return codes, scale.contiguous(), None if zp is None else zp.contiguous(), g
+
+
+def _unsigned(qt: QuantizedTensor, codes: torch.Tensor, zp: torch.Tensor | None):
+    """Unsigned codes ``u``, multiplier and offset with ``w = s * (mult * u - off)``.
+
+    Returns (u, mult, off) where ``off`` is a python int or an (N, nb) tensor.
+    """
+    q = qt.qtype
+    if q.kind == "binary":
+        return (codes + 1) // 2, 2, 1
+    if q.kind == "ternary":
+        return codes + 1, 1, 1
+    if q.signed:
+        return codes - q.qmin, 1, -q.qmin
+    return codes, 1, zp
+
+
+def _as_x(x: torch.Tensor, k: int) -> torch.Tensor:
+    if x.dim() != 2 or x.shape[1] != k:
+        raise ValueError(f"expected x of shape (M, {k}), got {tuple(x.shape)}")
+    return x.detach().float().contiguous()
+
+
+class LinearKernel:
+    """Base class: ``from_qtensor`` builds, calling runs, ``nbytes`` is the memory it holds."""
+
+    name = "kernel"
+
+    n: int
+    k: int
+
+    @classmethod
+    def available(cls) -> bool:
+        return True
+
+    @classmethod
+    def from_qtensor(cls, qt: QuantizedTensor) -> "LinearKernel":
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = _as_x(x, self.k)
+        if x.shape[0] == 0:
+            return torch.zeros(0, self.n)
+        return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name}, N={self.n}, K={self.k}, nbytes={self.nbytes})"
+
+
+def _nbytes(*arrays) -> int:
+    total = 0
+    for a in arrays:
+        if a is None:
+            continue
+        total += a.numel() * a.element_size() if isinstance(a, torch.Tensor) else a.nbytes
+    return total
+
+
+class DequantKernel(LinearKernel):
+    """The fallback: what QuantLinear does today (dequantise every call)."""
+
+    name = "dequant-fp32"
+
+    def __init__(self, qt: QuantizedTensor) -> None:
+        self.qt = qt
+        self.n, self.k = qt.shape
+
+    @classmethod
+    def from_qtensor(cls, qt: QuantizedTensor) -> "DequantKernel":
+        return cls(qt)
+
+    def _run(self, x):
+        return reference_linear(self.qt, x)
+
+    @property
+    def nbytes(self) -> int:
+        return self.qt.nbytes
+
+
+class FbgemmW8A8Kernel(LinearKernel):
+    """int8 symmetric per-channel (or per-tensor) weights through fbgemm's dynamic linear."""
+
+    name = "int8-w8a8-fbgemm"
+
+    @classmethod
+    def available(cls) -> bool:
+        return any(e in torch.backends.quantized.supported_engines for e in ("fbgemm", "x86"))
+
+    @classmethod
+    def from_qtensor(cls, qt: QuantizedTensor) -> "FbgemmW8A8Kernel":
+        if not cls.available():
+            raise KernelUnsupported("torch has no fbgemm/x86 quantized engine")
+        if qt.qtype.name != "int8" or qt.layout.granularity == "group" and qt.scale.shape[1] != 1:
+            raise KernelUnsupported("fbgemm needs int8 symmetric per-channel or per-tensor weights")
+        codes, scale, _, _ = _weight_parts(qt)
+        self = cls()
+        self.n, self.k = qt.shape
+        s = scale[:, 0].double()
+        with warnings.catch_warnings():  # quantized tensor creation is deprecated, fbgemm is not
+            warnings.simplefilter("ignore")
+            wq = torch._make_per_channel_quantized_tensor(codes.to(torch.int8), s, torch.zeros_like(s, dtype=torch.long),
+                                                          0)
+            self._packed = torch.ops.quantized.linear_prepack(wq, None)
+        self._bytes = self.n * self.k + self.n * 8
+        return self
+
+    def _run(self, x):
+        # reduce_range: 7-bit activations keep vpmaddubsw from saturating on CPUs without VNNI
+        return torch.ops.quantized.linear_dynamic(x, self._packed, True)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+_ORT_BITS = {8: 8, 7: 8, 6: 8, 5: 8, 4: 4, 3: 4, 2: 2}
+
+
+class OrtNBitsKernel(LinearKernel):
+    """onnxruntime MatMulNBits, W{2,4,8} with int8 activations (see :mod:`onnx_nbits`)."""
+
+    name = "ort-nbits"
+
+    @classmethod
+    def available(cls) -> bool:
+        return onnx_nbits.HAVE_ORT
+
+    @classmethod
+    def from_qtensor(cls, qt: QuantizedTensor, threads: int | None = None) -> "OrtNBitsKernel":
+        if not cls.available():
+            raise KernelUnsupported("onnx / onnxruntime are not installed")
+        codes, scale, zp, g = _weight_parts(qt)
+        q = qt.qtype
+        bits = 2 if q.kind in ("binary", "ternary") else _ORT_BITS.get(int(q.bits))
+        if bits is None:
+            raise KernelUnsupported(f"no MatMulNBits width for {q.name}")
+        n, k = qt.shape
+        if scale.shape[1] > 1:
+            if g not in (16, 32, 64, 128, 256):
+                raise KernelUnsupported(f"MatMulNBits needs a power-of-two group in 16..256, got {g}")
+            block = g
+        else:  # one scale per row: replicate it over blocks of 128
+            block = 128
+            nb = math.ceil(k / block)
+            scale = scale[:, :1].expand(n, nb).contiguous()
+            zp = None if zp is None else zp[:, :1].expand(n, nb).contiguous()
+        if q.kind in ("binary", "ternary") or q.signed:
+            u = codes + 2 ** (bits - 1)  # onnxruntime's default zero point is 2**(bits-1)
+            zarr = None
+        else:
+            u = codes
+            zarr = zp.numpy().astype(np.uint8)
+        self = cls()
+        self.n, self.k = n, k
+        self.bits = bits
+        self.name = f"ort-w{bits}a8"
+        self._sess = onnx_nbits.build_session(u.numpy().astype(np.uint8), scale.numpy(), zarr, bits, block,
+                                              threads or torch.get_num_threads())
+        self._bytes = n * math.ceil(k / block) * (block * bits // 8 + 4 + (0 if zarr is None else 1))
+        return self
+
+    def _run(self, x):
+        return torch.from_numpy(self._sess.run(None, {"x": x.numpy()})[0])
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+def _planes(width: int) -> list[int]:
+    """Bit planes a code of ``width`` bits is split into (widest first)."""
+    if width in (1, 2, 4, 8):
+        return [width]
+    out, left = [], width
+    for p in (4, 2, 1):
+        if left >= p:
+            out.append(p)
+            left -= p
+    return out
+
+
+class NumbaLowbitKernel(LinearKernel):
+    """Weight-only kernel for int2..int8 / uint2..uint8 / ternary / binary, fp32 activations.
+
+    Runtime layout: rows padded to ``nb`` groups of ``gp`` (a multiple of 8) codes, the unsigned code
+    split into bit planes of width 4/2/1 (8 stays whole) with ``w = s * (sum_p mult_p u_p - off)``.
+    ``y = sum_p mult_p GEMV_p(x) - xsum @ (s*off).T``: one pass per plane, the offset from the
+    per-group sums of ``x``.
+    """
+
+    name = "numba"
+    tile_from_batch = 4  # M at and above which row tiles are dequantised and handed to BLAS
+    tile_floats = 1 << 20  # 4 MiB fp32 tiles
+
+    @classmethod
+    def available(cls) -> bool:
+        return numba_ops.HAVE_NUMBA
+
+    @classmethod
+    def from_qtensor(cls, qt: QuantizedTensor) -> "NumbaLowbitKernel":
+        if not cls.available():
+            raise KernelUnsupported("numba is not installed")
+        codes, scale, zp, g = _weight_parts(qt)
+        n, k = qt.shape
+        nb = scale.shape[1]
+        if nb > 1 and g % 8:
+            raise KernelUnsupported(f"group size {g} is not a multiple of 8")
+        gp = g if nb > 1 else -(-max(k, 1) // 8) * 8
+        kp = nb * gp
+        u, mult, off = _unsigned(qt, codes, zp)
+        width = 1 if qt.qtype.kind == "binary" else 2 if qt.qtype.kind == "ternary" else int(qt.qtype.bits)
+        self = cls()
+        self.n, self.k, self.nb, self.gp, self.kp = n, k, nb, gp, kp
+        self.name = f"numba-{qt.qtype.name}"
+        up = np.zeros((n, kp), np.int16)
+        up[:, :k] = u.numpy()
+        self.planes = []  # (bits, packed rows, multiplier)
+        if width == 8 and qt.qtype.signed:
+            w8 = np.zeros((n, kp), np.int8)
+            w8[:, :k] = codes.numpy()
+            self.planes.append((8, w8, float(mult)))
+            off = 0
+        else:
+            shift = width
+            for p in _planes(width):
+                shift -= p
+                plane = (up >> shift) & ((1 << p) - 1)
+                self.planes.append((p, pack_rows(plane, p) if p < 8 else plane.astype(np.uint8),
+                                    float(mult * (1 << shift))))
+        self.s = np.ascontiguousarray(scale.numpy(), dtype=np.float32)
+        if isinstance(off, torch.Tensor):
+            self.so = (scale * off.float()).numpy().astype(np.float32)
+        else:
+            self.so = (self.s * np.float32(off)).astype(np.float32) if off else None
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(*(p[1] for p in self.planes), self.s, self.so)
+
+    def _pad(self, x: torch.Tensor) -> np.ndarray:
+        xn = x.numpy()
+        if self.kp == self.k:
+            return xn
+        xp = np.zeros((xn.shape[0], self.kp), np.float32)
+        xp[:, : self.k] = xn
+        return xp
+
+    def _run(self, x):
+        xp = self._pad(x)
+        m = xp.shape[0]
+        if m >= self.tile_from_batch:
+            return self._run_tiles(xp)
+        if self.so is None:
+            out = np.zeros((m, self.n), np.float32)
+        else:
+            xsum = xp.reshape(m, self.nb, self.gp).sum(-1, dtype=np.float32)
+            out = -(xsum @ self.so.T)
+        for bits, w, mult in self.planes:
+            if bits == 8:
+                xl = xp
+            else:
+                per = 8 // bits
+                xl = np.ascontiguousarray(xp.reshape(m, self.kp // per, per).transpose(0, 2, 1))
+            numba_ops.GEMV[bits](w, xl, self.s, np.float32(mult), self.gp, out)
+        return torch.from_numpy(out)
+
+    def _run_tiles(self, xp: np.ndarray) -> torch.Tensor:
+        rows = max(16, min(self.n, self.tile_floats // max(self.kp, 1)))
+        tile = np.empty((rows, self.kp), np.float32)
+        so = self.so if self.so is not None else np.zeros_like(self.s)
+        xt = torch.from_numpy(xp)
+        out_t = torch.empty(self.n, xp.shape[0])
+        tt = torch.from_numpy(tile)
+        for n0 in range(0, self.n, rows):
+            n1 = min(self.n, n0 + rows)
+            for i, (bits, w, mult) in enumerate(self.planes):
+                if bits == 8:
+                    numba_ops.dequant_rows_b8(w, n0, n1, tile)
+                else:
+                    numba_ops.dequant_rows(w, bits, np.float32(mult), n0, n1, tile, i == 0)
+            numba_ops.scale_rows(tile, self.s, so, n0, n1, self.gp)
+            torch.mm(tt[: n1 - n0], xt.T, out=out_t[n0:n1])
+        return out_t.T.contiguous()
+
+
+class XnorKernel(LinearKernel):
+    """Binary weights x binary activations: ``beta[m] * s[n] * (K - 2 popcount(w ^ sign(x)))``.
+
+    This is XNOR-Net's approximation, not the weight-only product: the activation is replaced by
+    ``sign(x) * mean|x|`` per token. Groups must be whole 64-bit words (G % 64 == 0) or one per row.
+    """
+
+    name = "binary-xnor"
+
+    @classmethod
+    def available(cls) -> bool:
+        return numba_ops.HAVE_NUMBA
+
+    @classmethod
+    def from_qtensor(cls, qt: QuantizedTensor) -> "XnorKernel":
+        if not cls.available():
+            raise KernelUnsupported("numba is not installed")
+        if qt.qtype.kind != "binary":
+            raise KernelUnsupported("XNOR-popcount needs binary weights")
+        codes, scale, _, g = _weight_parts(qt)
+        n, k = qt.shape
+        nb = scale.shape[1]
+        if nb > 1 and g % 64:
+            raise KernelUnsupported(f"XNOR groups must be multiples of 64, got {g}")
+        gp = g if nb > 1 else -(-max(k, 1) // 64) * 64
+        self = cls()
+        self.n, self.k, self.nb, self.gwords = n, k, nb, gp // 64
+        up = np.zeros((n, nb * gp), np.uint8)
+        up[:, :k] = ((codes + 1) // 2).numpy()
+        self.wb = pack_rows(up, 1).view(np.uint64)
+        self.s = np.ascontiguousarray(scale.numpy(), dtype=np.float32)
+        return self
+
+    @staticmethod
+    def binarize(x: torch.Tensor) -> torch.Tensor:
+        """The activation this kernel effectively uses: sign(x) (+1 at 0) times mean|x| per row."""
+        beta = x.abs().mean(dim=1, keepdim=True)
+        return torch.where(x >= 0, 1.0, -1.0) * beta
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(self.wb, self.s)
+
+    def _run(self, x):
+        xn = x.numpy()
+        m = xn.shape[0]
+        xb = np.empty((m, self.wb.shape[1]), np.uint64)
+        numba_ops.pack_signs(xn, self.wb.shape[1], xb)
+        beta = np.abs(xn).mean(axis=1, dtype=np.float32)
+        out = np.empty((m, self.n), np.float32)
+        numba_ops.xnor_gemm(self.wb, xb, self.s, beta, self.gwords, self.k, out)
+        return torch.from_numpy(out)
+
+
+KERNELS: dict[str, type[LinearKernel]] = {
+    "dequant-fp32": DequantKernel,
+    "int8-w8a8-fbgemm": FbgemmW8A8Kernel,
+    "ort-nbits": OrtNBitsKernel,
+    "numba": NumbaLowbitKernel,
+    "binary-xnor": XnorKernel,
+}

@@ -1,0 +1,72 @@
+"""Pick the fastest kernel for a Linear weight from (qtype, layout, M, N, K).
+
+Rules from ``benchmarks/bench_linear.py`` on a 2-core Xeon (Emerald Rapids, AVX-512 VNNI), torch 2.13,
+onnxruntime 1.31, numba 0.68; ratio = fp32 ``F.linear`` latency / kernel latency, same run
+(the machine was shared, so these are one noisy run, not a law; see the report in the commit log):
+
+=========================  ===========  ==========  ==========  ==========  =========================
+weight                     1024² M=1    1024² M=64  4096² M=1   4096² M=64  pick
+=========================  ===========  ==========  ==========  ==========  =========================
+int8 per-channel, W8A8     fbgemm 7.9x  fbgemm 3.9x fbgemm 4.6x fbgemm 3.5x int8-w8a8-fbgemm (any M)
+int8 weight-only           numba 0.1x*  numba 0.1x* numba 0.2x* numba 0.1x* (slower than ort-w8a8)
+int4 g64                   ort 6.0x     ort 0.25x   ort 3.6x    ort 1.2x    ort-nbits (any M)
+int3 g64 (as 4-bit)        ort 1.6x     ort 0.7x    ort 3.6x    ort 1.2x    same
+int2 g64                   ort 5.8x     ort 0.2x    ort 3.7x    ort 1.1x    same
+ternary (as 2-bit)         ort 1.8x     ort 0.4x    ort 4.3x    ort 1.7x    same
+binary, weight-only        ort 7.1x     ort 0.3x    ort 5.0x    ort 1.4x    same
+binary x binary act.       xnor 8.5x    xnor 0.3x   xnor 10.4x  xnor 1.2x   binary-xnor (opt-in)
+=========================  ===========  ==========  ==========  ==========  =========================
+
+(*) numba with its OpenMP layer fighting torch's; with the workqueue layer (now the default here)
+the numba GEMV is 2-4x faster than fp32 at 4096² M=1 but still 2x behind onnxruntime, and its
+tile-dequant + BLAS path for M>=4 is 0.5x fp32 at 1024² M=64 and 0.1x at 4096² M=64 (numba's and
+torch's thread pools alternate per tile). So: onnxruntime wherever MatMulNBits takes the group
+size, numba where it does not (groups that are multiples of 8), ``dequant-fp32`` otherwise.
+Batched small layers (1024² M=64) lose to fp32 with every low-bit kernel except fbgemm int8.
+"""
+
+from __future__ import annotations
+
+from bitladder.formats.layout import Layout
+from bitladder.formats.qtypes import QType, get_qtype
+
+ORT_GROUPS = (16, 32, 64, 128, 256)
+
+
+def _groups(layout: Layout, k: int) -> int | None:
+    """Group length along K, or None for one scale per row (channel / tensor / a group >= K)."""
+    if layout.granularity != "group" or layout.group >= k:
+        return None
+    return layout.group
+
+
+def select_kernel(qtype: QType | str, layout: Layout, m: int, n: int, k: int,
+                  binary_activations: bool = False) -> str:
+    """Name (a key of ``KERNELS``) of the kernel to use; ``"dequant-fp32"`` when none applies.
+
+    ``binary_activations`` opts binary weights into XNOR-popcount, which also binarises ``x``
+    (XNOR-Net); without it every kernel keeps the weight-only meaning up to activation rounding.
+    """
+    from bitladder.kernels.linear import FbgemmW8A8Kernel, NumbaLowbitKernel, OrtNBitsKernel, XnorKernel
+
+    q = get_qtype(qtype) if isinstance(qtype, str) else qtype
+    if q.kind == "float" or (layout.granularity != "tensor" and layout.axis % 2 != 0):
+        return "dequant-fp32"
+    g = _groups(layout, k)
+    if q.kind == "binary" and binary_activations and XnorKernel.available() and (g is None or g % 64 == 0):
+        return "binary-xnor"
+    if q.name == "int8" and g is None and FbgemmW8A8Kernel.available():
+        return "int8-w8a8-fbgemm"
+    ort_ok = OrtNBitsKernel.available() and (g is None or g in ORT_GROUPS)
+    numba_ok = NumbaLowbitKernel.available() and (g is None or g % 8 == 0)
+    if ort_ok:
+        return "ort-nbits"
+    return "numba" if numba_ok else "dequant-fp32"
+
+
+def build_kernel(qt, m: int = 1, binary_activations: bool = False):
+    """Build the kernel ``select_kernel`` picks for this weight and batch size."""
+    from bitladder.kernels.linear import KERNELS
+
+    name = select_kernel(qt.qtype, qt.layout, m, *qt.shape, binary_activations=binary_activations)
+    return KERNELS[name].from_qtensor(qt)

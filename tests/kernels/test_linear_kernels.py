@@ -1,0 +1,157 @@
+"""Every kernel against its pure-PyTorch reference (dequantise + matmul), odd shapes included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bitladder.formats.layout import Layout
+from bitladder.kernels import (
+    KERNELS,
+    DequantKernel,
+    FbgemmW8A8Kernel,
+    KernelUnsupported,
+    NumbaLowbitKernel,
+    OrtNBitsKernel,
+    XnorKernel,
+    build_kernel,
+    reference_linear,
+    select_kernel,
+)
+from bitladder.tensor.quantized import QuantizedTensor
+
+# (N, K, M): K and N off every multiple of 8/32/64, batch 1, empty batch, a batch on the tile path
+SHAPES = [(37, 200, 3), (33, 130, 1), (16, 64, 0), (40, 300, 7), (5, 96, 1)]
+QTYPES = ["int8", "uint8", "int4", "uint4", "int3", "uint3", "int2", "uint2", "int6", "ternary", "binary"]
+LAYOUTS = [Layout("group", group=64), Layout("group", group=32), Layout("channel"), Layout("tensor")]
+
+
+def _qt(qname: str, layout: Layout, n: int, k: int, seed: int = 0) -> QuantizedTensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g)
+    return QuantizedTensor.from_float(w, qname, layout, symmetric=not qname.startswith("u"))
+
+
+def _x(m: int, k: int) -> torch.Tensor:
+    return torch.randn(m, k, generator=torch.Generator().manual_seed(1))
+
+
+def _relerr(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+def _check(kern, qt, x, ref, tol):
+    y = kern(x)
+    assert y.dtype == torch.float32 and y.shape == (x.shape[0], qt.shape[0])
+    if x.shape[0]:
+        assert _relerr(y, ref) <= tol, (kern.name, _relerr(y, ref))
+
+
+@pytest.mark.skipif(not NumbaLowbitKernel.available(), reason="numba not installed")
+@pytest.mark.parametrize("qname", QTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: f"{l.granularity}{l.group or ''}")
+def test_numba_weight_only_matches_reference(qname, layout):
+    # weight-only: the activation stays fp32, so only float summation order differs
+    for n, k, m in SHAPES:
+        qt = _qt(qname, layout, n, k)
+        x = _x(m, k)
+        kern = NumbaLowbitKernel.from_qtensor(qt)
+        _check(kern, qt, x, reference_linear(qt, x), 1e-5)
+
+
+@pytest.mark.skipif(not NumbaLowbitKernel.available(), reason="numba not installed")
+def test_numba_gemv_and_tile_paths_agree():
+    qt = _qt("int3", Layout("group", group=64), 70, 192)
+    kern = NumbaLowbitKernel.from_qtensor(qt)
+    x = _x(kern.tile_from_batch, 192)
+    tiled = kern(x)
+    rows = torch.cat([kern(x[i : i + 1]) for i in range(x.shape[0])])
+    torch.testing.assert_close(tiled, rows, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not NumbaLowbitKernel.available(), reason="numba not installed")
+def test_numba_exact_on_integer_activations():
+    # integer x and unit scales: every partial sum is an exactly representable integer
+    qt = _qt("int4", Layout("group", group=32), 21, 96)
+    qt.scale.fill_(1.0)
+    x = torch.randint(-3, 4, (2, 96)).float()
+    assert torch.equal(NumbaLowbitKernel.from_qtensor(qt)(x), reference_linear(qt, x))
+
+
+@pytest.mark.skipif(not XnorKernel.available(), reason="numba not installed")
+@pytest.mark.parametrize("layout", [Layout("channel"), Layout("group", group=64), Layout("group", group=128)],
+                         ids=["channel", "g64", "g128"])
+def test_xnor_popcount_exact(layout):
+    for n, k, m in SHAPES + [(9, 1000, 2)]:
+        qt = _qt("binary", layout, n, k)
+        qt.scale.fill_(1.0)  # then the output is beta * an exact integer
+        x = _x(m, k)
+        y = XnorKernel.from_qtensor(qt)(x)
+        signs = torch.where(x >= 0, 1.0, -1.0)
+        dots = (signs.double() @ qt.dequantize().double().T)  # exact integers
+        beta = x.abs().mean(dim=1, keepdim=True).double()
+        assert y.shape == (m, n)
+        if m:
+            torch.testing.assert_close(y.double() / beta, dots, rtol=0, atol=1e-4)
+            _check(XnorKernel.from_qtensor(_qt("binary", layout, n, k)), qt, x,
+                   reference_linear(_qt("binary", layout, n, k), XnorKernel.binarize(x)), 1e-5)
+
+
+def test_xnor_rejects_non_binary_and_odd_groups():
+    with pytest.raises(KernelUnsupported):
+        XnorKernel.from_qtensor(_qt("int2", Layout("channel"), 4, 64))
+    with pytest.raises(KernelUnsupported):
+        XnorKernel.from_qtensor(_qt("binary", Layout("group", group=32), 4, 128))
+
+
+@pytest.mark.skipif(not FbgemmW8A8Kernel.available(), reason="no fbgemm engine")
+@pytest.mark.parametrize("layout", [Layout("channel"), Layout("tensor")], ids=["channel", "tensor"])
+def test_fbgemm_w8a8_close_to_reference(layout):
+    for n, k, m in SHAPES:
+        qt = _qt("int8", layout, n, k)
+        x = _x(m, k)
+        # the activation is quantised to 7 bits per tensor: ~1 % error
+        _check(FbgemmW8A8Kernel.from_qtensor(qt), qt, x, reference_linear(qt, x), 3e-2)
+    with pytest.raises(KernelUnsupported):
+        FbgemmW8A8Kernel.from_qtensor(_qt("int4", Layout("channel"), 4, 64))
+    with pytest.raises(KernelUnsupported):
+        FbgemmW8A8Kernel.from_qtensor(_qt("int8", Layout("group", group=32), 4, 64))
+
+
+@pytest.mark.skipif(not OrtNBitsKernel.available(), reason="onnxruntime not installed")
+@pytest.mark.parametrize("qname", ["int8", "uint8", "int4", "uint4", "int3", "int2", "uint2", "ternary", "binary"])
+def test_ort_nbits_close_to_reference(qname):
+    for layout in (Layout("group", group=64), Layout("group", group=32), Layout("channel")):
+        for n, k, m in SHAPES:
+            qt = _qt(qname, layout, n, k)
+            x = _x(m, k)
+            # int8 activations per block: ~1 % error
+            _check(OrtNBitsKernel.from_qtensor(qt, threads=1), qt, x, reference_linear(qt, x), 3e-2)
+
+
+def test_unsupported_inputs():
+    with pytest.raises(KernelUnsupported):
+        NumbaLowbitKernel.from_qtensor(_qt("fp8_e4m3", Layout("channel"), 4, 64))
+    with pytest.raises(KernelUnsupported):
+        NumbaLowbitKernel.from_qtensor(_qt("int4", Layout("group", group=12), 4, 64))
+    kern = DequantKernel.from_qtensor(_qt("int4", Layout("channel"), 4, 64))
+    with pytest.raises(ValueError):
+        kern(torch.zeros(2, 63))
+
+
+@pytest.mark.parametrize("qname", ["int8", "int4", "int3", "int2", "uint4", "ternary", "binary", "int6"])
+@pytest.mark.parametrize("m", [1, 64])
+def test_selected_kernel_builds_and_is_close(qname, m):
+    qt = _qt(qname, Layout("group", group=64) if qname not in ("ternary", "binary", "int8") else Layout("channel"),
+             48, 256)
+    name = select_kernel(qt.qtype, qt.layout, m, 48, 256)
+    assert name in KERNELS
+    kern = build_kernel(qt, m)
+    x = _x(m, 256)
+    ref = reference_linear(qt, XnorKernel.binarize(x) if name == "binary-xnor" else x)
+    _check(kern, qt, x, ref, 3e-2)
+
+
+def test_selection_falls_back_when_unsupported():
+    assert select_kernel("fp16", Layout("channel"), 1, 64, 64) == "dequant-fp32"
+    assert select_kernel("int4", Layout("group", group=12), 1, 64, 64) == "dequant-fp32"
