@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import torch
@@ -20,6 +19,7 @@ import bitladder
 from bitladder import Int
 from bitladder.methods.quantize.methods import AWQ, GPTQ, HQQ, RTN, Act, AdaRound
 from bitladder.pipeline.evaluate import fidelity, outputs
+from bitladder.pipeline.memory import PeakMemory
 from bitladder.zoo.registry import resolve
 
 
@@ -61,7 +61,7 @@ def main() -> None:
     base = fidelity(spec, ref, ref)["fidelity"]
     minilm = spec.name == "minilm"
     exclude = ["*embeddings*"] if minilm else None
-    rows = list(weight_rows(64 if minilm else 32, 200 if minilm else 500)) + list(act_rows())
+    rows = list(weight_rows(64 if minilm else 32, 100 if minilm else 500)) + list(act_rows())
     if args.only:
         keep = set(args.only.split(","))
         rows = [r for r in rows if r[1] in keep]
@@ -69,20 +69,23 @@ def main() -> None:
     if minilm:
         start = bitladder.quantize(spec.model, Int(8), include=["*embeddings*"])
     results = []
-    print(f"{'rung':24s} {'method':34s} {'fidelity':>9s} {'drop pt':>8s} {'cos min':>8s} {'kNN10':>6s} {'time s':>7s}")
+    print(f"{'rung':24s} {'method':34s} {'fidelity':>9s} {'drop pt':>8s} {'cos min':>8s} {'kNN10':>6s} {'time s':>7s} "
+          f"{'peak MB':>8s}")
     for rung, method, cfg in rows:
-        t0 = time.perf_counter()
-        q = bitladder.quantize(start, cfg, exclude=exclude, calib=spec.calib_batches)
-        dt = time.perf_counter() - t0
+        with PeakMemory() as pm:
+            t0 = time.perf_counter()
+            q = bitladder.quantize(start, cfg, exclude=exclude, calib=spec.calib_batches)
+            dt = time.perf_counter() - t0
         f = fidelity(spec, outputs(q, spec.eval_batches), ref)
         row = {"model": spec.name, "rung": rung, "method": method, **f,
                "fidelity_drop_pt": 100 * (base - f["fidelity"]), "time_s": dt,
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+               "peak_rss_mb": pm.peak_mb}
         results.append(row)
         cm = "" if f["cos_min"] is None else f"{f['cos_min']:.4f}"
         kn = "" if f["knn10"] is None else f"{f['knn10']:.3f}"
+        pk = "" if pm.peak_mb is None else f"{pm.peak_mb:.0f}"
         print(f"{rung:24s} {method:34s} {f['fidelity']:9.4f} {row['fidelity_drop_pt']:8.2f} {cm:>8s} {kn:>6s} "
-              f"{dt:7.1f}", flush=True)
+              f"{dt:7.1f} {pk:>8s}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"schema": "bitladder.ptq-methods/1", "model": spec.name, "fp32_fidelity": base,

@@ -93,3 +93,9 @@ def test_singular_hessian_is_damped(caplog):
 def test_method_round_trips_through_config_dict():
     cfg = Int(3, group=64, symmetric=False, method=GPTQ(damp=0.05, act_order=False))
     assert bitladder.config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_mismatched_calibration_data_is_one_clear_error():
+    model = nn.Sequential(nn.Linear(8, 4))
+    with pytest.raises(BitladderError, match="calibration batch 0 does not fit the model"):
+        bitladder.quantize(model, Int(4, method=GPTQ()), calib=[torch.randn(32, 5)])

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bitladder.errors import BitladderError
 from bitladder.zoo.spec import run
 
 
@@ -50,14 +51,20 @@ def capture_inputs(model: nn.Module, block: nn.Module, batches: list[Any]) -> li
 
     h = block.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        for b in batches:
+        for i, b in enumerate(batches):
             try:
                 run(model, b)
             except _Stop:
                 pass
+            except Exception as e:  # shapes or dtypes the model does not accept
+                raise BitladderError(f"calibration batch {i} does not fit the model: {_short(e)}") from None
     finally:
         h.remove()
     return got
+
+
+def _short(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def _first(out: Any) -> torch.Tensor:
@@ -140,7 +147,10 @@ def _groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefi
             with torch.no_grad():
                 for i, ((args, kwargs), m) in enumerate(zip(inputs, masks)):
                     state["batch"], state["mask"] = i, m
-                    root(*args, **kwargs)
+                    try:
+                        root(*args, **kwargs)
+                    except Exception as e:
+                        raise BitladderError(f"calibration batch {i} does not fit the model: {_short(e)}") from None
         finally:
             for h in hooks:
                 h.remove()

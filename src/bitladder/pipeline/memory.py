@@ -1,0 +1,37 @@
+"""Peak resident memory of this process over a stretch of work (Linux: VmHWM, reset via clear_refs).
+
+>>> with PeakMemory() as pm:
+...     _ = bytearray(50 * 2**20)
+>>> pm.peak_mb is None or pm.peak_mb >= 50
+True
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _hwm_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """``with PeakMemory() as pm: ...`` then ``pm.peak_mb`` (None where the OS cannot tell)."""
+
+    def __enter__(self) -> "PeakMemory":
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets the high-water mark to current RSS
+            self.reset = True
+        except OSError:
+            self.reset = False
+        self.peak_mb = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.peak_mb = _hwm_mb() if self.reset else None
