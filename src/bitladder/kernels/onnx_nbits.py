@@ -49,6 +49,8 @@ def build_session(u: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, bits:
     so.intra_op_num_threads = max(1, threads)
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    # no busy-waiting between calls: torch runs the ops around this layer on the same cores
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 

@@ -50,7 +50,7 @@ def select_kernel(qtype: QType | str, layout: Layout, m: int, n: int, k: int,
     from bitladder.kernels.linear import FbgemmW8A8Kernel, NumbaLowbitKernel, OrtNBitsKernel, XnorKernel
 
     q = get_qtype(qtype) if isinstance(qtype, str) else qtype
-    if q.kind == "float" or (layout.granularity != "tensor" and layout.axis % 2 != 0):
+    if q.kind in ("float", "codebook") or (layout.granularity != "tensor" and layout.axis % 2 != 0):
         return "dequant-fp32"
     g = _groups(layout, k)
     if q.kind == "binary" and binary_activations and XnorKernel.available() and (g is None or g % 64 == 0):
@@ -62,6 +62,32 @@ def select_kernel(qtype: QType | str, layout: Layout, m: int, n: int, k: int,
     if ort_ok:
         return "ort-nbits"
     return "numba" if numba_ok else "dequant-fp32"
+
+
+#: kernel policies a config may name (``Int(..., kernel=...)``); "auto" applies :func:`choose`
+POLICIES = ("auto", "dequant-fp32", "int8-w8a8-fbgemm", "ort-nbits", "numba", "binary-xnor")
+ORT_MAX_ROWS = 16  # above this many rows MatMulNBits loses to fp32 BLAS here (0.72x at 4096^2, M=64)
+NUMBA_MAX_ROWS = 1  # the numba GEMV; its tiled path for M > 1 is slower than fp32
+
+
+def choose(qt, m: int, policy: str = "auto") -> str:
+    """The kernel for this weight at ``m`` rows under ``policy`` (auto: fastest measured, else fallback)."""
+    if policy != "auto":
+        return policy
+    if qt.zero_point is not None and qt.zero_point.is_floating_point():
+        return "dequant-fp32"  # fractional zero points (HQQ) have no integer kernel here
+    name = select_kernel(qt.qtype, qt.layout, m, *qt.shape)
+    if name == "int8-w8a8-fbgemm":
+        # fbgemm's dynamic activation scale is one per call (7-bit with reduce_range): MiniLM keeps
+        # a mean cosine of only 0.974 through it. onnxruntime quantises activations per row and block.
+        from bitladder.kernels.linear import OrtNBitsKernel
+
+        name = "ort-nbits" if OrtNBitsKernel.available() else "dequant-fp32"
+    if name == "ort-nbits" and m > ORT_MAX_ROWS:
+        return "dequant-fp32"
+    if name == "numba" and m > NUMBA_MAX_ROWS:
+        return "dequant-fp32"
+    return name
 
 
 def build_kernel(qt, m: int = 1, binary_activations: bool = False):

@@ -12,6 +12,16 @@ from bitladder.tensor.quantized import QuantizedTensor
 _PARTS = ("packed", "scale", "zero_point", "table")
 
 
+class KernelCache(dict):
+    """Built kernels of one layer (sessions, prepacked weights): never copied, pickled or saved."""
+
+    def __deepcopy__(self, memo) -> "KernelCache":
+        return KernelCache()
+
+    def __reduce__(self):
+        return (KernelCache, ())
+
+
 class QuantModule(nn.Module):
     """A layer whose weight is a :class:`QuantizedTensor`.
 
@@ -35,6 +45,36 @@ class QuantModule(nn.Module):
         self.compute_dtype = torch.float64 if qweight.qtype.name == "fp64" else torch.float32
         self.kernel = "fp64" if qweight.qtype.name == "fp64" else (
             "fp32" if qweight.qtype.name == "fp32" else "dequant-fp32")
+        self._dequant_label = self.kernel
+
+    # ---- compute kernels (Linear-like layers) ------------------------------------------------
+    kernel_policy: str = "dequant-fp32"
+
+    def set_kernel_policy(self, policy: str) -> None:
+        self.kernel_policy = policy
+        self._qmeta["kernel"] = policy
+        self._kernels = KernelCache()
+
+    def _load_from_state_dict(self, *args, **kwargs):  # new weights: built kernels are stale
+        self._kernels = KernelCache()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _kernel_for(self, rows: int):
+        """The kernel object for a call with ``rows`` input rows, or None for the dequant path."""
+        if self.kernel_policy == "dequant-fp32" or "act" in self._qmeta or self.compute_dtype != torch.float32:
+            return None
+        from bitladder.kernels.select import choose
+
+        qt = self.qweight
+        name = choose(qt, rows, self.kernel_policy)
+        if name == "dequant-fp32":
+            return None
+        cache = self.__dict__.setdefault("_kernels", KernelCache())
+        if name not in cache:
+            from bitladder.kernels import KERNELS
+
+            cache[name] = KERNELS[name].from_qtensor(qt)
+        return cache[name]
 
     @property
     def qweight(self) -> QuantizedTensor:
@@ -83,7 +123,7 @@ class QuantModule(nn.Module):
         self.register_buffer("act_scale", scale.detach().float().reshape(1).clone())
         self.register_buffer("act_zero_point", zero_point.detach().float().reshape(1).clone())
         self._qmeta["act"] = {"qtype": qtype, "observer": observer}
-        self.kernel = f"{self.kernel}+act-{qtype}-fakequant"
+        self.kernel = self._dequant_label = f"{self._dequant_label}+act-{qtype}-fakequant"
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         if "in_scale" in self._qmeta:
@@ -106,6 +146,8 @@ class QuantModule(nn.Module):
             qm.set_act(meta["act"]["qtype"], torch.ones(1), torch.zeros(1), meta["act"]["observer"])
         if "method" in meta:
             qm._qmeta["method"] = meta["method"]
+        if "kernel" in meta:
+            qm.set_kernel_policy(meta["kernel"])
         return qm
 
     def extra_repr(self) -> str:

@@ -13,8 +13,23 @@ from bitladder.tensor.quantized import QuantizedTensor
 
 @HANDLERS.register(nn.Linear)
 class QuantLinear(QuantModule):
+    """Linear. With a kernel policy other than dequant-fp32, calls run on a low-bit kernel chosen by
+    format and row count (:func:`bitladder.kernels.select.choose`); ``kernel`` names the last one used."""
+
+    kernel_policy = "auto"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.prepare_input(x.to(self.compute_dtype)), self.weight(), self._bias()).to(x.dtype)
+        xin = self.prepare_input(x.to(self.compute_dtype))
+        rows = xin.reshape(-1, xin.shape[-1])
+        kern = self._kernel_for(rows.shape[0])
+        if kern is None:
+            self.kernel = self._dequant_label
+            return F.linear(xin, self.weight(), self._bias()).to(x.dtype)
+        self.kernel = kern.name
+        y = kern(rows.contiguous()).reshape(*xin.shape[:-1], -1)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype)
 
 
 @HANDLERS.register("transformers.pytorch_utils.Conv1D")

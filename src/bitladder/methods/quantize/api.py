@@ -186,6 +186,8 @@ def _swap(module: nn.Module, config: QuantConfig, handler: type, name: str, qt: 
         log.info("kept in float: %s (its configuration is not handled by %s)", name, handler.__name__)
     else:
         new._qmeta["method"] = method_name
+        if "kernel_policy" in type(new).__dict__:  # layers with low-bit kernels (Linear)
+            new.set_kernel_policy(getattr(config, "kernel", "auto"))
     return new
 
 

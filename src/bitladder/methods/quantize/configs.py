@@ -17,6 +17,14 @@ from bitladder.tensor.quantized import SCALE_DTYPES
 FLOAT_FORMATS = ("fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
 
 
+KERNEL_POLICIES = ("auto", "dequant-fp32", "int8-w8a8-fbgemm", "ort-nbits", "numba", "binary-xnor")
+
+
+def _check_kernel(cfg) -> None:
+    if cfg.kernel not in KERNEL_POLICIES:
+        raise BitladderError(f"unknown kernel {cfg.kernel!r}; accepted: {', '.join(KERNEL_POLICIES)}")
+
+
 def _check_common(cfg, allowed_gran=GRANULARITIES) -> None:
     if cfg.group is not None:
         if not isinstance(cfg.group, int) or cfg.group < 1:
@@ -89,6 +97,9 @@ class Int(_Config):
     codes: ``RTN()`` (default, data-free) or a calibrated method such as ``GPTQ()``. ``act=Act(...)``
     adds static activation quantisation (calibrated). ``equalize`` applies cross-layer equalisation
     first (data-free); ``bias_correction`` re-centres each layer's output on calibration data.
+    ``kernel`` picks the compute path of Linear layers: "auto" (fastest measured for the format and
+    row count, see :mod:`bitladder.kernels.select`), "dequant-fp32" (exact weight-only reference), or
+    a named kernel. fbgemm and onnxruntime kernels quantise activations to 8 bits per call.
 
     >>> import torch, bitladder
     >>> m = bitladder.quantize(torch.nn.Linear(64, 32), Int(bits=4, group=32))
@@ -105,12 +116,14 @@ class Int(_Config):
     act: Act | None = None
     bias_correction: bool = False
     equalize: bool = False
+    kernel: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise BitladderError(f"Int bits must be an integer in 2..8, got {self.bits!r} (1 bit: use Binary)")
         if isinstance(self.method, dict):
             object.__setattr__(self, "method", method_from_dict(self.method))
+        _check_kernel(self)
         if not isinstance(self.method, _Method) or isinstance(self.method, Act):
             raise BitladderError(f"method must be a method config such as RTN() or GPTQ(), got {self.method!r}")
         if type(self.method).__name__ == "HQQ" and self.symmetric:
@@ -139,11 +152,13 @@ class Ternary(_Config):
     granularity: str = "channel"
     group: int | None = None
     scale_dtype: str = "fp16"
+    kernel: str = "auto"
     qtype: ClassVar[str] = "ternary"
     symmetric: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_common(self)
+        _check_kernel(self)
 
 
 @dataclass(frozen=True)
@@ -159,11 +174,13 @@ class Binary(_Config):
     granularity: str = "channel"
     group: int | None = None
     scale_dtype: str = "fp16"
+    kernel: str = "auto"
     qtype: ClassVar[str] = "binary"
     symmetric: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_common(self)
+        _check_kernel(self)
 
 
 @dataclass(frozen=True)
