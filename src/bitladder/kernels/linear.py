@@ -25,6 +25,7 @@ binary-xnor            binary weights x sign(x) (XNOR-Net: per-token scale mean|
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -36,6 +37,17 @@ from bitladder.errors import BitladderError
 from bitladder.kernels import numba_ops, onnx_nbits
 from bitladder.kernels.packrows import pack_rows
 from bitladder.tensor.quantized import QuantizedTensor, _unpack
+
+
+@functools.lru_cache(maxsize=1)
+def _has_vnni() -> bool:
+    """Whether this CPU has VNNI (read once from /proc/cpuinfo; False where it cannot tell)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 class KernelUnsupported(BitladderError):
@@ -190,8 +202,9 @@ class FbgemmW8A8Kernel(LinearKernel):
         return self
 
     def _run(self, x):
-        # reduce_range: 7-bit activations keep vpmaddubsw from saturating on CPUs without VNNI
-        return torch.ops.quantized.linear_dynamic(x, self._packed, True)
+        # reduce_range (7-bit activations) keeps vpmaddubsw from saturating on CPUs without VNNI;
+        # with VNNI the full 8 bits are safe
+        return torch.ops.quantized.linear_dynamic(x, self._packed, not _has_vnni())
 
     @property
     def nbytes(self) -> int:

@@ -27,9 +27,10 @@ BASES = (*FLOAT_FORMATS, "int8", "int7", "int6", "int5", "int4", "int3", "int2",
 METHODS = {"rtn": RTN, "clip": lambda: RTN(clip_search=True), "gptq": GPTQ, "awq": AWQ, "hqq": HQQ,
            "adaround": AdaRound}
 _RUNG = re.compile(r"^(?P<base>[a-z0-9_]+?)(?:-(?P<gran>g\d+|pc|pt))?(?:-(?P<sym>sym|asym))?"
-                   r"(?:-(?P<method>rtn|clip|gptq|awq|hqq|adaround))?(?:-a(?P<act>[2-8]))?$")
+                   r"(?:-(?P<method>rtn|clip|gptq|awq|hqq|adaround))?(?:-a(?P<act>[2-8])(?P<dyn>d)?)?$")
 ACCEPTED = (f"{' '.join(BASES)}, optionally followed by -gN (group size), -pc or -pt, then -sym or -asym, "
-            f"then a method ({', '.join(METHODS)}), then -a8 (static 8-bit activations)")
+            f"then a method ({', '.join(METHODS)}), then -a8 (static 8-bit activations) or -a8d (dynamic, "
+            "int8 activations quantised per call by the fbgemm kernel)")
 
 
 def parse_rung(name: str) -> QuantConfig:
@@ -53,7 +54,9 @@ def parse_rung(name: str) -> QuantConfig:
     if base.startswith("int"):
         if method:
             kw["method"] = METHODS[method]()
-        if act:
+        if act and m["dyn"]:
+            kw["act"] = Act(bits=int(act), dynamic=True)
+        elif act:
             kw["act"] = Act(bits=int(act))
         return Int(bits=int(base[3:]), symmetric=sym != "asym", **kw)
     if sym:

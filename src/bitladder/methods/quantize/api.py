@@ -87,8 +87,10 @@ def quantize(model: nn.Module, config: QuantConfig, include: Selector = None, ex
     method = getattr(config, "method", None) or RTN()
     act = getattr(config, "act", None)
     for m in (method, act):
-        if m is not None and m.needs_data:
+        if m is not None and m.needs_data and not (m is act and act.dynamic and act.smoothquant is None):
             check_calibration(calib, m)
+    if act is not None and act.dynamic and (config.qtype != "int8" or config.layout(0).granularity == "group"):
+        raise BitladderError("dynamic W8A8 needs int8 symmetric weights per channel or per tensor")
     if getattr(config, "bias_correction", False) and not calib:
         raise BitladderError("bias_correction needs calibration data: pass calib=[batch, ...]")
     model = model if inplace else copy.deepcopy(model)
@@ -121,7 +123,12 @@ def quantize(model: nn.Module, config: QuantConfig, include: Selector = None, ex
         from bitladder.methods.quantize.bias_correction import correct_biases
 
         correct_biases(float_model, model, list(targets), calib)
-    if act is not None:
+    if act is not None and act.dynamic:
+        for name in targets:
+            m = model.get_submodule(name)
+            if isinstance(m, QuantModule) and "kernel_policy" in type(m).__dict__:
+                m.set_kernel_policy("int8-w8a8-fbgemm")
+    elif act is not None:
         from bitladder.methods.quantize.activation import calibrate_activations
 
         calibrate_activations(model, list(targets), act, calib)

@@ -148,6 +148,8 @@ class Act(_Method):
     (alpha in [0, 1], Xiao et al. 2022) first moves activation outliers into the weights with a
     per-input-channel scale ``s = max|x|^alpha / max|w|^(1-alpha)`` (Linear layers); ``"auto"``
     searches alpha per layer for the smallest output error of the quantised layer on calibration rows.
+    ``dynamic=True`` calibrates no static scale: the int8 kernel (fbgemm) quantises each call's
+    activations itself, after the SmoothQuant scaling (int8 weights per channel only).
 
     >>> import torch, bitladder
     >>> lin = torch.nn.Linear(16, 4)
@@ -160,6 +162,7 @@ class Act(_Method):
     observer: str = "minmax"
     symmetric: bool = False
     smoothquant: float | str | None = None
+    dynamic: bool = False
     needs_data: ClassVar[bool] = True
     min_samples: ClassVar[int] = 8
 
@@ -168,6 +171,8 @@ class Act(_Method):
             raise BitladderError(f"Act bits must be an integer in 2..8, got {self.bits!r}")
         if self.observer not in OBSERVER_NAMES:
             raise BitladderError(f"unknown observer {self.observer!r}; accepted: {', '.join(OBSERVER_NAMES)}")
+        if self.dynamic and self.bits != 8:
+            raise BitladderError("dynamic activation quantisation runs on the int8 kernel: bits must be 8")
         sq = self.smoothquant
         if sq is not None and sq != "auto" and not (isinstance(sq, int | float) and 0 <= sq <= 1):
             raise BitladderError(f"smoothquant must be an alpha in [0, 1] or 'auto', got {sq!r}")

@@ -1,0 +1,69 @@
+"""Quantised Linear layers run on the kernels their policy picks, and agree with the reference."""
+
+import pytest
+import torch
+from torch import nn
+
+import bitladder
+from bitladder import BitladderError, Int
+from bitladder.kernels import OrtNBitsKernel
+from bitladder.methods.quantize.methods import Act
+
+needs_ort = pytest.mark.skipif(not OrtNBitsKernel.available(), reason="onnxruntime not installed")
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@needs_ort
+@pytest.mark.parametrize("cfg", [Int(8), Int(4, group=64), Int(2, group=32), bitladder.Ternary(),
+                                 bitladder.Binary()])
+def test_auto_uses_a_low_bit_kernel_for_few_rows_and_matches_reference(cfg):
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 96)
+    q = bitladder.quantize(lin, cfg)
+    ref = bitladder.quantize(lin, type(cfg)(**{**cfg.__dict__, "kernel": "dequant-fp32"}))
+    x = torch.randn(3, 256)
+    y = q(x)
+    assert q.kernel.startswith("ort-w")
+    assert ref.kernel == "dequant-fp32"
+    assert rel(y, ref(x)) < 0.02  # the kernel quantises activations per row and block to 8 bits
+
+
+@needs_ort
+def test_many_rows_fall_back_to_dequant_and_kernel_is_reported():
+    q = bitladder.quantize(nn.Linear(64, 32), Int(4, group=32))
+    q(torch.randn(1, 64))
+    assert q.kernel.startswith("ort-w")
+    q(torch.randn(300, 64))
+    assert q.kernel == "dequant-fp32"
+
+
+def test_named_kernel_and_dynamic_w8a8():
+    torch.manual_seed(0)
+    lin = nn.Linear(128, 64)
+    q = bitladder.quantize(lin, Int(8, act=Act(dynamic=True)))
+    x = torch.randn(20, 128)
+    assert rel(q(x), lin(x)) < 0.03 and q.kernel == "int8-w8a8-fbgemm"
+    with pytest.raises(BitladderError, match="int8 symmetric weights per channel"):
+        bitladder.quantize(lin, Int(4, group=32, act=Act(dynamic=True)))
+    with pytest.raises(BitladderError, match="unknown kernel"):
+        Int(4, kernel="cuda")
+
+
+@needs_ort
+def test_kernel_policy_survives_save_load_and_deepcopy(tmp_path):
+    import copy
+
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    q = bitladder.quantize(model, Int(4, group=32, kernel="dequant-fp32"))
+    x = torch.randn(2, 64)
+    q(x)
+    back = bitladder.load(bitladder.save(q, tmp_path / "k.safetensors"), model=model)
+    back(x)
+    assert back[0].kernel == "dequant-fp32"
+    auto = bitladder.quantize(model, Int(4, group=32))
+    auto(x)  # builds onnxruntime sessions
+    clone = copy.deepcopy(auto)  # sessions are not copied, they are rebuilt on use
+    assert torch.allclose(clone(x), auto(x))
