@@ -94,3 +94,16 @@ def test_mixed_precision_command(tmp_path):
     assert (out / "sensitivity.png").stat().st_size > 1000
     assert "data:image/png;base64," in (out / "mixed.html").read_text()
     one_line_error(cli("mixed", "--budget", "0.5", "--out", str(tmp_path / "m2")), "lowest reachable")
+
+
+def test_export_and_run_a_fresh_process(tmp_path):
+    out = tmp_path / "run"
+    assert cli("ladder", "--rungs", "int4-g32", "--out", str(out), "--repeats", "1").returncode == 0
+    art = out / "digits-int4-g32.safetensors"
+    res = cli("run", str(art))
+    assert res.returncode == 0 and "accuracy 0.9" in res.stdout, res.stderr
+    res = cli("export", str(art), "--out", str(tmp_path / "d.onnx"))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "d.onnx").stat().st_size < 40_000
+    one_line_error(cli("export", str(art), "--out", str(tmp_path / "e.onnx"), "--opset", "17"), "opset >= 21")
+    assert not (tmp_path / "e.onnx").exists()

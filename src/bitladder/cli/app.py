@@ -87,6 +87,86 @@ def mixed(
 
 
 @app.command()
+def bench(
+    suite: str = typer.Option("linear", help="linear, minilm or all"),
+    json_out: Path = typer.Option(None, "--json", help="write the rows (schema bitladder.bench/1) here"),
+    repeats: int = typer.Option(10, min=1, help="MiniLM: timed runs per variant"),
+    only: str = typer.Option("", help="MiniLM: comma-separated substrings of the variants to run"),
+) -> None:
+    """Latency (and fidelity) of every kernel and rung against fp32 and the peers, one run."""
+    from bitladder.pipeline.ladder import write_json
+
+    if suite not in ("linear", "minilm", "all"):
+        raise BitladderError(f"unknown suite {suite!r}; accepted: linear, minilm, all")
+    if json_out is not None:
+        check_parent(json_out)
+    rows: list[dict] = []
+    if suite in ("linear", "all"):
+        from bitladder.pipeline.bench_linear import linear_rows
+
+        with console.status("timing Linear kernels"):
+            rows += linear_rows()
+    if suite in ("minilm", "all"):
+        from bitladder.pipeline.bench_minilm import minilm_rows
+
+        with console.status("timing MiniLM variants"):
+            rows += minilm_rows(repeats, [o for o in only.split(",") if o] or None)
+    from bitladder.cli.table import bench_table
+
+    console.print(bench_table(rows))
+    if json_out is not None:
+        write_json(json_out, {"schema": "bitladder.bench/1", "torch_threads": __import__("torch").get_num_threads(),
+                              "rows": rows})
+        console.print(f"rows: {json_out}")
+
+
+def check_parent(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise BitladderError(f"cannot write {path}: folder {path.parent} does not exist")
+
+
+@app.command()
+def export(
+    artifact: Path = typer.Argument(..., help="a .safetensors artifact of a built-in model"),
+    out: Path = typer.Option(..., "--out", help="the .onnx file to write"),
+    opset: int = typer.Option(21, help="ONNX opset (21 for 4-bit weights)"),
+) -> None:
+    """Export an artifact to ONNX with standard operators (DequantizeLinear), runnable in onnxruntime."""
+    from bitladder.io.artifact import load, read_header
+    from bitladder.io.onnx_export import export_onnx
+    from bitladder.zoo.registry import resolve
+
+    meta, _ = read_header(artifact)
+    model = load(artifact)
+    spec = resolve(meta["source"])
+    batch = spec.latency_batch
+    example = {k: v[:2] for k, v in batch.items()} if isinstance(batch, dict) else batch[:2]
+    path = export_onnx(model, example, out, opset)
+    console.print(f"wrote {path} ({path.stat().st_size:,} bytes, opset {opset})")
+
+
+@app.command(name="run")
+def run_artifact(
+    artifact: Path = typer.Argument(..., help="a .safetensors artifact (built-in model) or an .onnx export"),
+) -> None:
+    """Load an artifact in this fresh process and run it on sample inputs of its model."""
+    from bitladder.io.artifact import load, read_header
+    from bitladder.pipeline.evaluate import fidelity, outputs
+    from bitladder.zoo.registry import resolve
+
+    if artifact.suffix == ".onnx":
+        raise BitladderError("run takes a .safetensors artifact; run .onnx files with onnxruntime directly")
+    meta, _ = read_header(artifact)
+    model = load(artifact)
+    spec = resolve(meta["source"])
+    ref = outputs(spec.model, spec.eval_batches)
+    fid = fidelity(spec, outputs(model, spec.eval_batches), ref)
+    extra = "" if fid["cos_min"] is None else f", cos min {fid['cos_min']:.4f}, kNN@10 {fid['knn10']:.3f}"
+    n = sum(len(next(iter(b.values()))) if isinstance(b, dict) else len(b) for b in spec.eval_batches)
+    console.print(f"{artifact}: {meta['source']} ran on {n} inputs; {spec.metric} {fid['fidelity']:.4f}{extra}")
+
+
+@app.command()
 def inspect(artifact: Path = typer.Argument(..., help="a .safetensors artifact written by bitladder")) -> None:
     """Per-layer format, shape and bytes of an artifact (reads the header only)."""
     from bitladder.cli.table import inspect_table

@@ -1,0 +1,93 @@
+"""Linear latency: fp32 F.linear vs every bitladder kernel vs torch.ao dynamic int8.
+
+    bitladder bench --suite linear [--json out.json]      (or python benchmarks/bench_linear.py)
+
+All variants of one (shape, batch) case are timed interleaved in the same rounds (each round runs
+every variant ``inner`` times back to back), after a warm-up; the latency is the median over rounds,
+so background load hits all variants alike. ``ratio_vs_fp32`` = fp32 latency / variant latency.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from bitladder.formats.layout import Layout
+from bitladder.kernels import (
+    KERNELS,
+    FbgemmW8A8Kernel,
+    KernelUnsupported,
+    NumbaLowbitKernel,
+    OrtNBitsKernel,
+    XnorKernel,
+    select_kernel,
+)
+from bitladder.tensor.quantized import QuantizedTensor
+
+RUNGS = [  # (label, qtype, layout, kernel classes to try)
+    ("int8 W8A8", "int8", Layout("channel"), [FbgemmW8A8Kernel, OrtNBitsKernel]),
+    ("int8 W8", "int8", Layout("channel"), [NumbaLowbitKernel]),
+    ("int4 g64", "int4", Layout("group", group=64), [OrtNBitsKernel, NumbaLowbitKernel]),
+    ("int3 g64", "int3", Layout("group", group=64), [OrtNBitsKernel, NumbaLowbitKernel]),
+    ("int2 g64", "int2", Layout("group", group=64), [OrtNBitsKernel, NumbaLowbitKernel]),
+    ("ternary", "ternary", Layout("channel"), [OrtNBitsKernel, NumbaLowbitKernel]),
+    ("binary", "binary", Layout("channel"), [XnorKernel, OrtNBitsKernel, NumbaLowbitKernel]),
+]
+
+
+def timed(fns: dict, rounds: int, inner: int) -> dict[str, float]:
+    for f in fns.values():  # warm-up (and numba compile / cache load)
+        for _ in range(3):
+            f()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            for _ in range(inner):
+                f()
+            samples[k].append((time.perf_counter() - t) / inner)
+    return {k: sorted(v)[len(v) // 2] * 1e3 for k, v in samples.items()}
+
+
+def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
+    torch.manual_seed(0)
+    w = torch.randn(n, k) / k**0.5
+    x = torch.randn(m, k)
+    fns = {"fp32 F.linear": lambda: F.linear(x, w)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lin = torch.nn.Linear(k, n, bias=False)
+        lin.weight.data = w.clone()
+        ao = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
+    fns["torch.ao quantize_dynamic int8"] = lambda: ao(x)
+    selected = set()
+    for label, qname, layout, classes in RUNGS:
+        qt = QuantizedTensor.from_float(w, qname, layout)
+        pick = select_kernel(qt.qtype, qt.layout, m, n, k)
+        for cls in classes:
+            try:
+                kern = cls.from_qtensor(qt)
+            except KernelUnsupported:
+                continue
+            variant = f"bitladder {label} [{kern.name}]"
+            fns[variant] = (lambda kern=kern: kern(x))
+            if KERNELS.get(pick) is cls:
+                selected.add(variant)
+    flops = n * k * max(m, 1)
+    inner = max(1, min(20, int(2e8 / flops)))
+    with torch.no_grad():
+        lat = timed(fns, rounds, inner)
+    base = lat["fp32 F.linear"]
+    rows = []
+    for variant, ms in lat.items():
+        rows.append({"case": "linear", "shape": [n, k], "batch": m, "variant": variant, "latency_ms": round(ms, 4),
+                     "ratio_vs_fp32": round(base / ms, 3), "peak_rss_mb": None, "cos_mean": None, "cos_min": None,
+                     "knn10": None, "selected": variant in selected})
+    return rows
+
+
+def linear_rows(sizes=(1024, 4096), batches=(1, 64), rounds: int = 25) -> list[dict]:
+    return [r for n in sizes for m in batches for r in run_case(n, n, m, rounds)]

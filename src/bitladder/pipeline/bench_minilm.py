@@ -1,0 +1,137 @@
+"""MiniLM encode throughput and fidelity: fp32, bitladder rungs, and the peers, side by side.
+
+Batch 32 sentences from the docstring corpus (max length 128) is timed, interleaved with the fp32
+model on the same batch (median of ``repeats``); fidelity is measured on the 256 evaluation
+sentences against fp32 embeddings. Peers that are not installed (the ``bench`` extra) are listed
+with the reason instead of a number.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import bitladder
+from bitladder import GPTQ, Act, Int
+from bitladder.pipeline.evaluate import fidelity, outputs, paired_latency
+from bitladder.pipeline.memory import PeakMemory
+from bitladder.zoo import minilm
+
+
+class _Fn(nn.Module):
+    """Wrap a callable (an onnxruntime session) so the evaluation helpers can call it like a model."""
+
+    def __init__(self, fn: Callable) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, **batch):
+        return self.fn(batch)
+
+
+def _bitladder(spec, cfg, calib=None):
+    base = bitladder.quantize(spec.model, Int(8), include=["*embeddings*"])
+    return bitladder.quantize(base, cfg, exclude=["*embeddings*"], calib=calib)
+
+
+def _torch_ao(spec):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(spec.model), {nn.Linear}, dtype=torch.qint8)
+
+
+def _onnx(spec, quantised: bool, folder: Path):
+    import onnxruntime as ort
+
+    path = folder / "minilm.onnx"
+    if not path.exists():
+        b = spec.latency_batch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(spec.model, (), str(path), kwargs=dict(b), dynamo=False, opset_version=17,
+                              input_names=list(b), output_names=["emb"],
+                              dynamic_axes={k: {0: "batch", 1: "seq"} for k in b})
+    use = path
+    if quantised:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        use = folder / "minilm-int8.onnx"
+        quantize_dynamic(str(path), str(use), weight_type=QuantType.QInt8)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(str(use), so, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    return _Fn(lambda b: torch.from_numpy(sess.run(None, {k: v.numpy() for k, v in b.items() if k in names})[0]))
+
+
+def _quanto(spec, weights: str):
+    from optimum.quanto import freeze, qint4, qint8, quantize
+
+    m = copy.deepcopy(spec.model)
+    quantize(m, weights={"int8": qint8, "int4": qint4}[weights])
+    freeze(m)
+    return m
+
+
+def _hqq(spec):
+    from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+
+    m = copy.deepcopy(spec.model)
+    cfg = BaseQuantizeConfig(nbits=4, group_size=64)
+    for name, mod in list(m.named_modules()):
+        if isinstance(mod, nn.Linear) and "embeddings" not in name:
+            parent, _, child = name.rpartition(".")
+            setattr(m.get_submodule(parent), child,
+                    HQQLinear(mod, cfg, compute_dtype=torch.float32, device="cpu"))
+    return m
+
+
+def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
+    calib = spec.calib_batches
+    return {
+        "fp32 torch": lambda: spec.model,
+        "bitladder W8A8 dynamic (fbgemm)": lambda: _bitladder(spec, Int(8, act=Act(dynamic=True))),
+        "bitladder W8 weight-only": lambda: _bitladder(spec, Int(8)),
+        "bitladder W4 g64 gptq": lambda: _bitladder(spec, Int(4, group=64, method=GPTQ()), calib),
+        "torch.ao quantize_dynamic int8": lambda: _torch_ao(spec),
+        "onnxruntime fp32": lambda: _onnx(spec, False, folder),
+        "onnxruntime quantize_dynamic int8": lambda: _onnx(spec, True, folder),
+        "optimum-quanto W8": lambda: _quanto(spec, "int8"),
+        "optimum-quanto W4": lambda: _quanto(spec, "int4"),
+        "hqq W4 g64": lambda: _hqq(spec),
+    }
+
+
+def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
+    spec = minilm.spec()
+    ref = outputs(spec.model, spec.eval_batches)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, build in variants(spec, Path(tmp)).items():
+            if only and not any(o in name for o in only):
+                continue
+            row = {"case": "minilm", "batch": 32, "variant": name}
+            try:
+                with PeakMemory() as pm:
+                    model = build()
+                    out = outputs(model, spec.eval_batches)
+                    fp32_s, s = paired_latency(spec.model, model, spec.latency_batch, repeats)
+            except ImportError as e:
+                rows.append({**row, "latency_ms": None, "ratio_vs_fp32": None, "peak_rss_mb": None, "cos_mean": None,
+                             "cos_min": None, "knn10": None, "error": f"not installed: {e.name}"})
+                continue
+            except Exception as e:  # a peer that fails here is reported, not fatal
+                rows.append({**row, "latency_ms": None, "ratio_vs_fp32": None, "peak_rss_mb": None, "cos_mean": None,
+                             "cos_min": None, "knn10": None, "error": f"{type(e).__name__}: {str(e)[:160]}"})
+                continue
+            fid = fidelity(spec, out, ref)
+            rows.append({**row, "latency_ms": round(s * 1e3, 2), "fp32_latency_ms": round(fp32_s * 1e3, 2),
+                         "ratio_vs_fp32": round(fp32_s / s, 3), "peak_rss_mb": pm.peak_mb,
+                         "cos_mean": fid["fidelity"], "cos_min": fid["cos_min"], "knn10": fid["knn10"]})
+    return rows
