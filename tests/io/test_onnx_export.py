@@ -50,3 +50,18 @@ def test_export_errors_name_the_layer(digits_spec, tmp_path):
     with pytest.raises(BitladderError, match="codebook"):
         export_onnx(cb, x, tmp_path / "cb.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_dynamic_int8_uses_integer_matmul_and_stays_close(digits_spec, tmp_path):
+    x = digits_spec.eval_batches[0]
+    q = bitladder.quantize(digits_spec.model, parse_rung("int8"))
+    path = export_onnx(q, x[:2], tmp_path / "dyn.onnx", activations="dynamic")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("MatMulInteger") == 2  # the two Linear layers; convolutions stay weight-only
+    y = run_onnx(path, x)
+    with torch.no_grad():
+        ref = q(x)
+    assert float((y - ref).norm() / ref.norm()) < 0.02
+    assert float((y.argmax(1) == digits_spec.targets).float().mean()) >= 0.97
+    with pytest.raises(BitladderError, match="activations must be"):
+        export_onnx(q, x[:2], tmp_path / "bad.onnx", activations="int4")

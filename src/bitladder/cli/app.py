@@ -130,6 +130,7 @@ def export(
     artifact: Path = typer.Argument(..., help="a .safetensors artifact of a built-in model"),
     out: Path = typer.Option(..., "--out", help="the .onnx file to write"),
     opset: int = typer.Option(21, help="ONNX opset (21 for 4-bit weights)"),
+    activations: str = typer.Option("float", help="float (weight-only) or dynamic (int8 MatMulInteger)"),
 ) -> None:
     """Export an artifact to ONNX with standard operators (DequantizeLinear), runnable in onnxruntime."""
     from bitladder.io.artifact import load, read_header
@@ -141,7 +142,7 @@ def export(
     spec = resolve(meta["source"])
     batch = spec.latency_batch
     example = {k: v[:2] for k, v in batch.items()} if isinstance(batch, dict) else batch[:2]
-    path = export_onnx(model, example, out, opset)
+    path = export_onnx(model, example, out, opset, activations)
     console.print(f"wrote {path} ({path.stat().st_size:,} bytes, opset {opset})")
 
 

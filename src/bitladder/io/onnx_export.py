@@ -12,6 +12,8 @@ Any layer without a rule is named in the error.
 from __future__ import annotations
 
 import copy
+import inspect
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,11 @@ from torch import nn
 
 from bitladder.atomic import atomic_path
 from bitladder.errors import BitladderError
+from bitladder.io.onnx_dynamic import dynamic_int8_eligible, rewrite
 from bitladder.nn.base import QuantModule
 from bitladder.tensor.quantized import QuantizedTensor, _unpack
+
+log = logging.getLogger("bitladder")
 
 MIN_OPSET = {8: 13, 4: 21, "fp8": 19, "float": 13}
 
@@ -144,8 +149,15 @@ def _dq_nodes(name: str, m: QuantModule, opset: int):
     return inits, nodes, out
 
 
-def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 21) -> Path:
-    """Export ``model`` (quantised or not) called on ``example`` (a tensor or a dict of tensors)."""
+def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 21,
+                activations: str = "float") -> Path:
+    """Export ``model`` (quantised or not) called on ``example`` (a tensor or a dict of tensors).
+
+    ``activations="dynamic"``: int8 Linear layers run as DynamicQuantizeLinear + MatMulInteger
+    (faster in onnxruntime, one activation scale per call); "float" keeps weight-only semantics.
+    """
+    if activations not in ("float", "dynamic"):
+        raise BitladderError(f"activations must be 'float' or 'dynamic', got {activations!r}")
     try:
         import onnx
         from onnx import helper, numpy_helper
@@ -158,6 +170,10 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
         raise BitladderError(f"cannot write {path}: folder {path.parent} does not exist")
     quantised = {n: m for n, m in model.named_modules() if isinstance(m, QuantModule)}
     twin = _float_twin(model)
+    if isinstance(example, dict):  # only the inputs forward() names: the exporter maps names by position
+        params = inspect.signature(model.forward).parameters
+        named = [k for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        example = {k: v for k, v in example.items() if k in named} or example
     names = list(example) if isinstance(example, dict) else ["input"]
     args, kwargs = ((), dict(example)) if isinstance(example, dict) else ((example,), {})
     with atomic_path(path) as tmp, warnings.catch_warnings():
@@ -172,7 +188,13 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
         for name, m in quantised.items():
             wname = f"{name}.weight" if name else "weight"
             if wname not in inits:
-                raise BitladderError(f"layer {name!r}: its weight was not found in the exported graph")
+                if any(wname in n.input for n in proto.graph.node):
+                    raise BitladderError(f"layer {name!r}: its weight is not a plain initializer in the graph")
+                log.info("layer %s is not used by the traced forward; left out of the ONNX file", name)
+                continue
+            if activations == "dynamic" and dynamic_int8_eligible(m) and rewrite(proto, wname, m):
+                proto.graph.initializer.remove(inits[wname])
+                continue
             proto.graph.initializer.remove(inits[wname])
             extra, nodes, out = _dq_nodes(wname, m, opset)
             proto.graph.initializer.extend(extra)
