@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -49,7 +50,7 @@ def bench_table(rows: list[dict]) -> Table:
     for r in rows:
         shape = "x".join(map(str, r["shape"])) if r.get("shape") else ""
         variant = r["variant"] + (" *" if r.get("selected") else "") + (f" ({r['error']})" if r.get("error") else "")
-        t.add_row(r["case"], shape, str(r.get("batch", "")), variant, f(r.get("latency_ms"), ".3f"),
+        t.add_row(r["case"], shape, str(r.get("batch", "")), escape(variant), f(r.get("latency_ms"), ".3f"),
                   f(r.get("ratio_vs_fp32"), ".2f"), f(r.get("cos_mean"), ".4f"), f(r.get("cos_min"), ".4f"),
                   f(r.get("knn10"), ".3f"), f(r.get("peak_rss_mb"), ".0f"))
     return t

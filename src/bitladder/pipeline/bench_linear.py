@@ -23,8 +23,8 @@ from bitladder.kernels import (
     NumbaLowbitKernel,
     OrtNBitsKernel,
     XnorKernel,
-    select_kernel,
 )
+from bitladder.kernels.select import choose
 from bitladder.tensor.quantized import QuantizedTensor
 
 RUNGS = [  # (label, qtype, layout, kernel classes to try)
@@ -66,7 +66,7 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
     selected = set()
     for label, qname, layout, classes in RUNGS:
         qt = QuantizedTensor.from_float(w, qname, layout)
-        pick = select_kernel(qt.qtype, qt.layout, m, n, k)
+        pick = choose(qt, m)  # what QuantLinear's "auto" policy runs for this batch
         for cls in classes:
             try:
                 kern = cls.from_qtensor(qt)
@@ -76,6 +76,11 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
             fns[variant] = (lambda kern=kern: kern(x))
             if KERNELS.get(pick) is cls:
                 selected.add(variant)
+        if pick == "dequant-fp32":
+            dq = KERNELS["dequant-fp32"].from_qtensor(qt)
+            variant = f"bitladder {label} [dequant-fp32]"
+            fns[variant] = (lambda dq=dq: dq(x))
+            selected.add(variant)
     flops = n * k * max(m, 1)
     inner = max(1, min(20, int(2e8 / flops)))
     with torch.no_grad():
