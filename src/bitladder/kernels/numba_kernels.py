@@ -1,0 +1,200 @@
+"""numba kernels: weight-only GEMV from bit planes (int2..int8, ternary, binary) and XNOR-popcount.
+
+See the table in :mod:`bitladder.kernels.linear` for what each does and when it is picked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bitladder.kernels import numba_ops
+from bitladder.kernels.linear import KernelUnsupported, LinearKernel, _nbytes, _weight_parts
+from bitladder.kernels.packrows import pack_rows
+from bitladder.tensor.quantized import QuantizedTensor
+
+
+def _unsigned(qt: QuantizedTensor, codes: torch.Tensor, zp: torch.Tensor | None):
+    """Unsigned codes ``u``, multiplier and offset with ``w = s * (mult * u - off)``.
+
+    Returns (u, mult, off) where ``off`` is a python int or an (N, nb) tensor.
+    """
+    q = qt.qtype
+    if q.kind == "binary":
+        return (codes + 1) // 2, 2, 1
+    if q.kind == "ternary":
+        return codes + 1, 1, 1
+    if q.signed:
+        return codes - q.qmin, 1, -q.qmin
+    return codes, 1, zp
+
+
+def _planes(width: int) -> list[int]:
+    """Bit planes a code of ``width`` bits is split into (widest first)."""
+    if width in (1, 2, 4, 8):
+        return [width]
+    out, left = [], width
+    for p in (4, 2, 1):
+        if left >= p:
+            out.append(p)
+            left -= p
+    return out
+
+
+class NumbaLowbitKernel(LinearKernel):
+    """Weight-only kernel for int2..int8 / uint2..uint8 / ternary / binary, fp32 activations.
+
+    Runtime layout: rows padded to ``nb`` groups of ``gp`` (a multiple of 8) codes, the unsigned code
+    split into bit planes of width 4/2/1 (8 stays whole) with ``w = s * (sum_p mult_p u_p - off)``.
+    ``y = sum_p mult_p GEMV_p(x) - xsum @ (s*off).T``: one pass per plane, the offset from the
+    per-group sums of ``x``.
+    """
+
+    name = "numba"
+    tile_from_batch = 4  # M at and above which row tiles are dequantised and handed to BLAS
+    tile_floats = 1 << 20  # 4 MiB fp32 tiles
+
+    @classmethod
+    def available(cls) -> bool:
+        return numba_ops.HAVE_NUMBA
+
+    @classmethod
+    def from_qtensor(cls, qt: QuantizedTensor) -> "NumbaLowbitKernel":
+        if not cls.available():
+            raise KernelUnsupported("numba is not installed")
+        codes, scale, zp, g = _weight_parts(qt)
+        n, k = qt.shape
+        nb = scale.shape[1]
+        if nb > 1 and g % 8:
+            raise KernelUnsupported(f"group size {g} is not a multiple of 8")
+        gp = g if nb > 1 else -(-max(k, 1) // 8) * 8
+        kp = nb * gp
+        u, mult, off = _unsigned(qt, codes, zp)
+        width = 1 if qt.qtype.kind == "binary" else 2 if qt.qtype.kind == "ternary" else int(qt.qtype.bits)
+        self = cls()
+        self.n, self.k, self.nb, self.gp, self.kp = n, k, nb, gp, kp
+        self.name = f"numba-{qt.qtype.name}"
+        up = np.zeros((n, kp), np.int16)
+        up[:, :k] = u.numpy()
+        self.planes = []  # (bits, packed rows, multiplier)
+        if width == 8 and qt.qtype.signed:
+            w8 = np.zeros((n, kp), np.int8)
+            w8[:, :k] = codes.numpy()
+            self.planes.append((8, w8, float(mult)))
+            off = 0
+        else:
+            shift = width
+            for p in _planes(width):
+                shift -= p
+                plane = (up >> shift) & ((1 << p) - 1)
+                self.planes.append((p, pack_rows(plane, p) if p < 8 else plane.astype(np.uint8),
+                                    float(mult * (1 << shift))))
+        self.s = np.ascontiguousarray(scale.numpy(), dtype=np.float32)
+        if isinstance(off, torch.Tensor):
+            self.so = (scale * off.float()).numpy().astype(np.float32)
+        else:
+            self.so = (self.s * np.float32(off)).astype(np.float32) if off else None
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(*(p[1] for p in self.planes), self.s, self.so)
+
+    def _pad(self, x: torch.Tensor) -> np.ndarray:
+        xn = x.numpy()
+        if self.kp == self.k:
+            return xn
+        xp = np.zeros((xn.shape[0], self.kp), np.float32)
+        xp[:, : self.k] = xn
+        return xp
+
+    def _run(self, x):
+        xp = self._pad(x)
+        m = xp.shape[0]
+        if m >= self.tile_from_batch:
+            return self._run_tiles(xp)
+        if self.so is None:
+            out = np.zeros((m, self.n), np.float32)
+        else:
+            xsum = xp.reshape(m, self.nb, self.gp).sum(-1, dtype=np.float32)
+            out = -(xsum @ self.so.T)
+        for bits, w, mult in self.planes:
+            if bits == 8:
+                xl = xp
+            else:
+                per = 8 // bits
+                xl = np.ascontiguousarray(xp.reshape(m, self.kp // per, per).transpose(0, 2, 1))
+            numba_ops.GEMV[bits](w, xl, self.s, np.float32(mult), self.gp, out)
+        return torch.from_numpy(out)
+
+    def _run_tiles(self, xp: np.ndarray) -> torch.Tensor:
+        rows = max(16, min(self.n, self.tile_floats // max(self.kp, 1)))
+        tile = np.empty((rows, self.kp), np.float32)
+        so = self.so if self.so is not None else np.zeros_like(self.s)
+        xt = torch.from_numpy(xp)
+        out_t = torch.empty(self.n, xp.shape[0])
+        tt = torch.from_numpy(tile)
+        for n0 in range(0, self.n, rows):
+            n1 = min(self.n, n0 + rows)
+            for i, (bits, w, mult) in enumerate(self.planes):
+                if bits == 8:
+                    numba_ops.dequant_rows_b8(w, n0, n1, tile)
+                else:
+                    numba_ops.dequant_rows(w, bits, np.float32(mult), n0, n1, tile, i == 0)
+            numba_ops.scale_rows(tile, self.s, so, n0, n1, self.gp)
+            torch.mm(tt[: n1 - n0], xt.T, out=out_t[n0:n1])
+        return out_t.T.contiguous()
+
+
+class XnorKernel(LinearKernel):
+    """Binary weights x binary activations: ``beta[m] * s[n] * (K - 2 popcount(w ^ sign(x)))``.
+
+    This is XNOR-Net's approximation, not the weight-only product: the activation is replaced by
+    ``sign(x) * mean|x|`` per token. Groups must be whole 64-bit words (G % 64 == 0) or one per row.
+    """
+
+    name = "binary-xnor"
+
+    @classmethod
+    def available(cls) -> bool:
+        return numba_ops.HAVE_NUMBA
+
+    @classmethod
+    def from_qtensor(cls, qt: QuantizedTensor) -> "XnorKernel":
+        if not cls.available():
+            raise KernelUnsupported("numba is not installed")
+        if qt.qtype.kind != "binary":
+            raise KernelUnsupported("XNOR-popcount needs binary weights")
+        codes, scale, _, g = _weight_parts(qt)
+        n, k = qt.shape
+        nb = scale.shape[1]
+        if nb > 1 and g % 64:
+            raise KernelUnsupported(f"XNOR groups must be multiples of 64, got {g}")
+        gp = g if nb > 1 else -(-max(k, 1) // 64) * 64
+        self = cls()
+        self.n, self.k, self.nb, self.gwords = n, k, nb, gp // 64
+        up = np.zeros((n, nb * gp), np.uint8)
+        up[:, :k] = ((codes + 1) // 2).numpy()
+        self.wb = pack_rows(up, 1).view(np.uint64)
+        self.s = np.ascontiguousarray(scale.numpy(), dtype=np.float32)
+        return self
+
+    @staticmethod
+    def binarize(x: torch.Tensor) -> torch.Tensor:
+        """The activation this kernel effectively uses: sign(x) (+1 at 0) times mean|x| per row."""
+        beta = x.abs().mean(dim=1, keepdim=True)
+        return torch.where(x >= 0, 1.0, -1.0) * beta
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(self.wb, self.s)
+
+    def _run(self, x):
+        xn = x.numpy()
+        m = xn.shape[0]
+        xb = np.empty((m, self.wb.shape[1]), np.uint64)
+        numba_ops.pack_signs(xn, self.wb.shape[1], xb)
+        beta = np.abs(xn).mean(axis=1, dtype=np.float32)
+        out = np.empty((m, self.n), np.float32)
+        numba_ops.xnor_gemm(self.wb, xb, self.s, beta, self.gwords, self.k, out)
+        return torch.from_numpy(out)
