@@ -24,6 +24,9 @@ def test_schema(digits_results):
     assert [r["rung"] for r in on_disk["rungs"]] == [r["rung"] for r in res["rungs"]]
     for r in on_disk["rungs"]:
         assert KEYS <= set(r)
+        assert all(layer["latency_ratio"] > 0 for layer in r["layers"].values())
+        slow = [n for n, layer in r["layers"].items() if layer["latency_ratio"] < 0.95]
+        assert bool(slow) == any("layers slower than fp32" in w for w in r["warnings"])
         assert r["reload_identical"]
         assert (out / r["artifact"]).stat().st_size == r["bytes_on_disk"]
 

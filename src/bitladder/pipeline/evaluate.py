@@ -71,3 +71,31 @@ def layer_stats(float_model: nn.Module, qmodel: nn.Module) -> dict[str, dict]:
                        "bytes": qt.nbytes, "theoretical_bytes": qt.theoretical_nbytes,
                        "clipped": m.n_clipped, "kernel": m.kernel, "method": m.qmeta.get("method", "rtn")}
     return stats
+
+
+@torch.inference_mode()
+def layer_latency(float_model: nn.Module, qmodel: nn.Module, batch: Any, repeats: int = 5) -> dict[str, float]:
+    """Per quantised layer: fp32 layer latency / quantised layer latency, on the input it receives
+    from ``batch`` (captured once), runs interleaved."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda _m, args, n=n: seen.setdefault(n, args[0]))
+             for n, m in qmodel.named_modules() if isinstance(m, QuantModule)]
+    try:
+        run(qmodel, batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    ratios = {}
+    for name, x in seen.items():
+        f, q = float_model.get_submodule(name), qmodel.get_submodule(name)
+        f(x), q(x)
+        tf, tq = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f(x)
+            t1 = time.perf_counter()
+            q(x)
+            tf.append(t1 - t0)
+            tq.append(time.perf_counter() - t1)
+        ratios[name] = statistics.median(tf) / max(statistics.median(tq), 1e-9)
+    return ratios

@@ -17,7 +17,7 @@ from bitladder.errors import BitladderError
 from bitladder.io.artifact import load, read_header, save
 from bitladder.methods.quantize.api import plan, quantize
 from bitladder.nn.base import QuantModule
-from bitladder.pipeline.evaluate import fidelity, layer_stats, outputs, paired_latency
+from bitladder.pipeline.evaluate import fidelity, layer_latency, layer_stats, outputs, paired_latency
 from bitladder.pipeline.rungs import parse_rung
 from bitladder.zoo.spec import ModelSpec
 
@@ -48,6 +48,10 @@ def _warnings(stats: dict, kept: dict, ratio: float) -> list[str]:
     if ratio < SLOW_MARGIN:
         slow = sorted({s["kernel"] for s in stats.values()})
         out.append(f"slower than fp32 (latency ratio {ratio:.2f}); compute paths: {', '.join(slow)}")
+    slow = [n for n, s in stats.items() if s.get("latency_ratio", 1.0) < SLOW_MARGIN]
+    if slow:
+        shown = ", ".join(f"{n} ({stats[n]['kernel']}, {stats[n]['latency_ratio']:.2f}x)" for n in slow[:6])
+        out.append(f"{len(slow)} of {len(stats)} layers slower than fp32: {shown}{', ...' if len(slow) > 6 else ''}")
     for name, s in stats.items():
         frac = s["clipped"] / max(s["numel"], 1)
         if s["format"] not in ("ternary", "binary") and frac > CLIP_WARN_FRACTION:
@@ -74,6 +78,8 @@ def run_rung(spec: ModelSpec, rung: str, out: Path, ref: torch.Tensor, base: flo
     fid = fidelity(spec, out_disk, ref)
     fp32_s, rung_s = paired_latency(spec.model, reloaded, spec.latency_batch, repeats)
     stats = layer_stats(spec.model, reloaded)
+    for name, r in layer_latency(spec.model, reloaded, spec.latency_batch).items():
+        stats[name]["latency_ratio"] = r
     _, info = read_header(path)
     qbytes = sum(v["nbytes"] for k, v in info.items()
                  if k.rpartition(".")[0] in stats and k.rpartition(".")[2].startswith("weight_"))
