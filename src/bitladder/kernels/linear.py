@@ -25,6 +25,7 @@ binary-xnor            binary weights x sign(x) (XNOR-Net: per-token scale mean|
 
 from __future__ import annotations
 
+import abc
 import functools
 import math
 import warnings
@@ -95,7 +96,7 @@ def _as_x(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.detach().float().contiguous()
 
 
-class LinearKernel:
+class LinearKernel(abc.ABC):
     """Base class: ``from_qtensor`` builds, calling runs, ``nbytes`` is the memory it holds."""
 
     name = "kernel"
@@ -108,8 +109,9 @@ class LinearKernel:
         return True
 
     @classmethod
+    @abc.abstractmethod
     def from_qtensor(cls, qt: QuantizedTensor) -> "LinearKernel":
-        raise NotImplementedError
+        """Build (and repack once) from a quantised weight; raise KernelUnsupported if it cannot."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = _as_x(x, self.k)
@@ -117,8 +119,9 @@ class LinearKernel:
             return torch.zeros(0, self.n)
         return self._run(x)
 
+    @abc.abstractmethod
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """(M, K) float32 with M > 0 -> (M, N) float32."""
 
     @property
     def nbytes(self) -> int:

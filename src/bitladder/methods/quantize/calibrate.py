@@ -10,6 +10,7 @@ repeated blocks is one block.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -78,11 +79,12 @@ def _advance(inp: tuple[tuple, dict], out: torch.Tensor) -> tuple[tuple, dict]:
     return args, {**kwargs, "hidden_states": out}
 
 
-class Collector:
+class Collector(abc.ABC):
     """Accumulates what one layer receives; subclasses keep the statistic a method needs."""
 
+    @abc.abstractmethod
     def update(self, x: torch.Tensor) -> None:  # x: (rows, K) with padding rows removed
-        raise NotImplementedError
+        """Take one batch of input rows."""
 
 
 def layer_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

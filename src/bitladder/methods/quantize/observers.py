@@ -16,6 +16,7 @@ symmetric)``. ``minmax`` (running extremes), ``ema`` (moving average of per-batc
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -40,14 +41,16 @@ def _range_qparams(lo: float, hi: float, qtype: QType, symmetric: bool) -> tuple
     return torch.tensor(scale, dtype=torch.float32), torch.tensor(float(zp))
 
 
-class Observer:
+class Observer(abc.ABC):
     name = "base"
 
+    @abc.abstractmethod
     def update(self, x: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Take one batch of activations."""
 
     def range(self) -> tuple[float, float]:
-        raise NotImplementedError
+        """The (low, high) range to cover; observers that override ``qparams`` need not define it."""
+        raise BitladderError(f"observer {self.name!r} chooses its qparams directly")
 
     def qparams(self, qtype: QType, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = self.range()
