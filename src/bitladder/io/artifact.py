@@ -117,7 +117,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None,
             raise BitladderError(f"artifact layer {name!r} was {lm['handler']}, the model has "
                                  f"{type(module).__name__} there")
         prefix = f"{name}." if name else ""
-        parts = {p: tensors[f"{prefix}weight_{p}"] for p in ("packed", "scale", "zero_point", "table")
+        parts = {p: tensors[f"{prefix}weight_{p}"] for p in ("packed", "scale", "zero_point", "table", "mask")
                  if f"{prefix}weight_{p}" in tensors}
         try:
             new = handler.skeleton(module, lm, parts)

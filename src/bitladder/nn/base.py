@@ -9,7 +9,7 @@ from bitladder.formats.layout import Layout
 from bitladder.formats.qtypes import get_qtype
 from bitladder.tensor.quantized import QuantizedTensor
 
-_PARTS = ("packed", "scale", "zero_point", "table")
+_PARTS = ("packed", "scale", "zero_point", "table", "mask")
 
 
 class KernelCache(dict):
@@ -81,7 +81,7 @@ class QuantModule(nn.Module):
         t = {p: getattr(self, f"weight_{p}") for p in _PARTS if hasattr(self, f"weight_{p}")}
         return QuantizedTensor(t["packed"], t.get("scale"), t.get("zero_point"), get_qtype(self._qmeta["qtype"]),
                                tuple(self._qmeta["shape"]), Layout(**self._qmeta["layout"]), self.n_clipped,
-                               t.get("table"))
+                               t.get("table"), t.get("mask"))
 
     @property
     def qmeta(self) -> dict:

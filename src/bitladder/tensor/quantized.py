@@ -21,6 +21,7 @@ from bitladder.formats import packing
 from bitladder.formats.layout import Layout
 from bitladder.formats.qtypes import QType, get_qtype
 from bitladder.formats.quant import choose_qparams, dequantize, from_unsigned, quantize, to_unsigned
+from bitladder.tensor.sparse import pack_mask, pays_off, unpack_mask
 
 SCALE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -63,6 +64,7 @@ class QuantizedTensor:
     layout: Layout
     n_clipped: int = field(default=0, compare=False)
     table: torch.Tensor | None = None  # codebook formats: (C, 2**bits) values, per table row
+    mask: torch.Tensor | None = None  # sparse storage: packed bitmask of kept weights (tensor/sparse.py)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -74,9 +76,11 @@ class QuantizedTensor:
         symmetric: bool = True,
         scale_dtype: str = "fp16",
         qparams: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+        sparse: bool | None = None,
     ) -> "QuantizedTensor":
         """Round-to-nearest. ``qparams`` (scale, zero point) in block shape (C, nb, 1) overrides the
-        default choice (methods that search scales pass theirs); scales are rounded to storage."""
+        default choice (methods that search scales pass theirs); scales are rounded to storage.
+        ``sparse``: store exact zeros as a bitmask (None: only where that is smaller)."""
         qtype = get_qtype(qtype) if isinstance(qtype, str) else qtype
         layout = layout or Layout("channel")
         xb = layout.to_blocks(w.detach())
@@ -86,16 +90,25 @@ class QuantizedTensor:
             scale, zp = qparams
             scale = None if scale is None else scale.to(SCALE_DTYPES[scale_dtype]).float()
         q, clipped = quantize(xb, scale, zp, qtype)
-        return cls.from_codes(q, scale, zp, qtype, tuple(w.shape), layout, scale_dtype, clipped)
+        mask = layout.rows(w.detach() != 0)
+        can = qtype.kind not in ("binary", "codebook") and not (zp is not None and zp.is_floating_point())
+        if sparse is None:
+            sparse = can and pays_off(mask.numel(), int(mask.sum()), qtype.bits)
+        return cls.from_codes(q, scale, zp, qtype, tuple(w.shape), layout, scale_dtype, clipped,
+                              mask=mask if sparse and can else None)
 
     @classmethod
     def from_codes(
         cls, q: torch.Tensor, scale: torch.Tensor | None, zp: torch.Tensor | None, qtype: QType,
         shape: tuple[int, ...], layout: Layout, scale_dtype: str = "fp16", n_clipped: int = 0,
+        mask: torch.Tensor | None = None,
     ) -> "QuantizedTensor":
-        """Pack codes already chosen (block shape (C, nb, B) or row shape (C, K)) with their qparams."""
+        """Pack codes already chosen (block shape (C, nb, B) or row shape (C, K)) with their qparams;
+        with ``mask`` ((C, K) bool), only the kept codes are stored, plus the packed mask."""
         c, k, nb, _ = layout.dims(shape)
         rows = q.reshape(c, -1)[:, :k]
+        if mask is not None:
+            rows = rows[mask.reshape(c, k)]
         if qtype.kind == "float":
             packed = rows.contiguous().view(torch.uint8).reshape(-1).clone()
         else:
@@ -105,19 +118,38 @@ class QuantizedTensor:
             z = zp.reshape(c, nb).to(torch.float16)
         else:
             z = None if zp is None else _pack(zp.reshape(-1).to(torch.int32), qtype)
-        return cls(packed, s, z, qtype, tuple(shape), layout, n_clipped)
+        m = None if mask is None else pack_mask(mask.reshape(c, k))
+        return cls(packed, s, z, qtype, tuple(shape), layout, n_clipped, mask=m)
 
     # ---- reading back -------------------------------------------------------------------
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def nnz(self) -> int:
+        """Stored weights (all of them unless the storage is sparse)."""
+        if self.mask is None:
+            return self.numel
+        c, k, _, _ = self.layout.dims(self.shape)
+        return int(unpack_mask(self.mask, c, k).sum())
+
     def codes(self) -> torch.Tensor:
-        """Integer codes (or float values) in the (C, K) row layout."""
-        c, k, nb, _ = self.layout.dims(self.shape)
+        """Integer codes (or float values) in the (C, K) row layout (dense, zeros filled in)."""
+        c, k, nb, b = self.layout.dims(self.shape)
+        n = self.nnz
         if self.qtype.kind == "float":
-            return self.packed.view(self.qtype.dtype).reshape(c, k)
-        return _unpack(self.packed, self.qtype, self.numel).reshape(c, k)
+            vals = self.packed.view(self.qtype.dtype)
+        else:
+            vals = _unpack(self.packed, self.qtype, n)
+        if self.mask is None:
+            return vals.reshape(c, k)
+        full = torch.zeros(c, k, dtype=vals.dtype)
+        if self.zero_point is not None:  # the code that dequantises to exactly 0 is the zero point
+            zp = _unpack(self.zero_point, self.qtype, c * nb).reshape(c, nb)
+            full = zp[:, torch.arange(k) // b].to(vals.dtype)
+        full[unpack_mask(self.mask, c, k)] = vals
+        return full
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         c, k, nb, b = self.layout.dims(self.shape)
@@ -154,7 +186,8 @@ class QuantizedTensor:
         rb = self._row_bytes(k)
         zfloat = self.zero_point is not None and self.zero_point.is_floating_point()
         zb = self._row_bytes(nb) if self.zero_point is not None and not zfloat else 0
-        if self.layout.axis != 0 or self.layout.granularity == "tensor" or rb is None or zb is None:
+        if (self.layout.axis != 0 or self.layout.granularity == "tensor" or rb is None or zb is None
+                or self.mask is not None):
             return self.dequantize(dtype)[index]
         rows = index.reshape(-1)
         packed = self.packed.view(c, rb)[rows].reshape(-1)
@@ -170,7 +203,7 @@ class QuantizedTensor:
     def nbytes(self) -> int:
         """Bytes actually held: packed codes + scales + zero points."""
         n = self.packed.numel() * self.packed.element_size()
-        for t in (self.scale, self.zero_point, self.table):
+        for t in (self.scale, self.zero_point, self.table, self.mask):
             if t is not None:
                 n += t.numel() * t.element_size()
         return n
@@ -178,7 +211,7 @@ class QuantizedTensor:
     @property
     def theoretical_nbytes(self) -> float:
         """bits x elements + scale bits x scales + zero-point bits x zero points, over 8."""
-        bits = self.numel * self.qtype.bits
+        bits = self.nnz * self.qtype.bits + (self.numel if self.mask is not None else 0)
         if self.table is not None:
             bits += self.table.numel() * torch.finfo(self.table.dtype).bits
         if self.scale is not None:
@@ -201,6 +234,8 @@ class QuantizedTensor:
             out["zero_point"] = self.zero_point
         if self.table is not None:
             out["table"] = self.table
+        if self.mask is not None:
+            out["mask"] = self.mask
         return out
 
     def meta(self) -> dict:
@@ -210,14 +245,16 @@ class QuantizedTensor:
     @classmethod
     def from_parts(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "QuantizedTensor":
         qt = cls(tensors["packed"], tensors.get("scale"), tensors.get("zero_point"), get_qtype(meta["qtype"]),
-                 tuple(meta["shape"]), Layout(**meta["layout"]), table=tensors.get("table"))
+                 tuple(meta["shape"]), Layout(**meta["layout"]), table=tensors.get("table"), mask=tensors.get("mask"))
         qt.validate()
         return qt
 
     def validate(self) -> None:
         """Check that the stored tensors have exactly the sizes the metadata implies."""
         c, k, nb, _ = self.layout.dims(self.shape)
-        want = packed_size(self.qtype, self.numel)
+        if self.mask is not None and self.mask.numel() != packing.packed_nbytes(c * k, 1):
+            raise ValueError(f"sparsity mask holds {self.mask.numel()} bytes, the shape needs {-(-c * k // 8)}")
+        want = packed_size(self.qtype, self.nnz)
         if self.packed.dtype != torch.uint8 or self.packed.numel() != want:
             raise ValueError(f"packed codes hold {self.packed.numel()} bytes, metadata implies {want}")
         if (self.qtype.kind == "codebook") != (self.table is not None):
