@@ -1,0 +1,103 @@
+"""Low-rank factorisation of Linear layers by truncated SVD: ``W ~ B @ A`` with ``A = sqrt(S) V^T``
+(r x in) and ``B = U sqrt(S)`` (out x r), as two real Linear layers (so they quantise like any other).
+
+The rank is chosen per layer by the energy kept (``sum S[:r]^2 / sum S^2 >= energy``) or by a parameter
+budget (``param_ratio`` of the dense layer's weights). Layers where the factorisation would not save
+parameters are left dense (and logged).
+
+>>> import torch
+>>> lin = torch.nn.Linear(64, 64)
+>>> lin.weight.data = torch.randn(64, 4) @ torch.randn(4, 64)   # rank 4
+>>> f = factorize(lin, LowRank(energy=0.999))
+>>> f.rank, torch.allclose(f(torch.ones(2, 64)), lin(torch.ones(2, 64)), atol=1e-3)
+(4, True)
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from bitladder.errors import BitladderError
+from bitladder.methods.quantize.api import Selector, _selected
+
+log = logging.getLogger("bitladder")
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """Truncated-SVD factorisation; give ``energy`` (fraction of squared singular values kept, 0.9 by
+    default) or ``param_ratio`` (parameters of the factors / parameters of the dense weight)."""
+
+    energy: float | None = None
+    param_ratio: float | None = None
+    version: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        if self.energy is None and self.param_ratio is None:
+            object.__setattr__(self, "energy", 0.9)  # the default: keep 90 % of the energy
+        if self.energy is not None and self.param_ratio is not None:
+            raise BitladderError("LowRank needs exactly one of energy= or param_ratio=")
+        if self.energy is not None and not 0 < self.energy <= 1:
+            raise BitladderError(f"energy must be in (0, 1], got {self.energy}")
+        if self.param_ratio is not None and not 0 < self.param_ratio < 1:
+            raise BitladderError(f"param_ratio must be in (0, 1), got {self.param_ratio}")
+
+    def to_dict(self) -> dict:
+        return {"type": "LowRank", "version": self.version, **asdict(self)}
+
+    def rank(self, s: torch.Tensor, out_f: int, in_f: int) -> int:
+        if self.param_ratio is not None:
+            return max(1, int(self.param_ratio * out_f * in_f / (out_f + in_f)))
+        e = torch.cumsum(s.double() ** 2, 0) / (s.double() ** 2).sum().clamp(min=1e-30)
+        return int(torch.searchsorted(e, torch.tensor(self.energy, dtype=torch.float64) - 1e-12)) + 1
+
+
+class FactorizedLinear(nn.Module):
+    """``second(first(x))``: in -> rank -> out."""
+
+    def __init__(self, in_f: int, out_f: int, rank: int, bias: bool) -> None:
+        super().__init__()
+        self.rank = rank
+        self.first = nn.Linear(in_f, rank, bias=False)
+        self.second = nn.Linear(rank, out_f, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+
+def factorize(model: nn.Module, config: LowRank, include: Selector = None, exclude: Selector = None,
+              inplace: bool = False) -> nn.Module:
+    """Replace selected Linear layers by their rank-r factors where that saves parameters."""
+    model = model if inplace else copy.deepcopy(model)
+    if isinstance(model, nn.Linear):
+        return _factor(model, config, "<model>") or model
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.Linear) and name and _selected(name, m, include, exclude):
+            new = _factor(m, config, name)
+            if new is not None:
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, child, new)
+    return model
+
+
+@torch.no_grad()
+def _factor(lin: nn.Linear, config: LowRank, name: str) -> FactorizedLinear | None:
+    w = lin.weight.detach().double()
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    r = min(config.rank(s, *w.shape), s.numel())
+    if r * (w.shape[0] + w.shape[1]) >= w.numel():
+        log.info("low-rank: %s kept dense (rank %d saves nothing)", name, r)
+        return None
+    root = s[:r].sqrt()
+    f = FactorizedLinear(w.shape[1], w.shape[0], r, lin.bias is not None)
+    f.first.weight.copy_((root[:, None] * vh[:r]).float())
+    f.second.weight.copy_((u[:, :r] * root[None, :]).float())
+    if lin.bias is not None:
+        f.second.bias.copy_(lin.bias)
+    return f
