@@ -39,7 +39,8 @@ WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 @dataclass(frozen=True)
 class ChannelPrune:
-    """Remove ``ratio`` of the output channels of every prunable Conv/Linear (L1 or L2 importance)."""
+    """Remove ``ratio`` of the output channels of every prunable Conv/Linear. Importance: "l1", "l2"
+    (weight norms) or "taylor" (|sum over the channel of w * dL/dw| on a labelled batch, Molchanov 2019)."""
 
     ratio: float = 0.5
     importance: str = "l1"
@@ -48,8 +49,8 @@ class ChannelPrune:
     def __post_init__(self) -> None:
         if not 0 <= self.ratio < 1:
             raise BitladderError(f"ratio must be in [0, 1), got {self.ratio}")
-        if self.importance not in ("l1", "l2"):
-            raise BitladderError(f"importance must be 'l1' or 'l2', got {self.importance!r}")
+        if self.importance not in ("l1", "l2", "taylor"):
+            raise BitladderError(f"importance must be 'l1', 'l2' or 'taylor', got {self.importance!r}")
 
 
 def _consumers(gm: fx.GraphModule, node: fx.Node, mods: dict) -> tuple[list, list, str | None]:
@@ -91,16 +92,29 @@ def _flat_factor(node: fx.Node) -> int:
     return int(torch.tensor(shape[2:]).prod()) if len(shape) > 2 else 1
 
 
-def prune_channels(model: nn.Module, config: ChannelPrune, example: torch.Tensor):
+def _taylor_scores(model: nn.Module, example: torch.Tensor, target: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    if target is None:
+        raise BitladderError("taylor importance needs labels: pass target= (class indices for the example)")
+    model.zero_grad()
+    nn.functional.cross_entropy(model(example), target).backward()
+    scores = {n: (m.weight * m.weight.grad).detach().reshape(m.weight.shape[0], -1).sum(1).abs()
+              for n, m in model.named_modules() if isinstance(m, WEIGHTED) and m.weight.grad is not None}
+    model.zero_grad()
+    return scores
+
+
+def prune_channels(model: nn.Module, config: ChannelPrune, example: torch.Tensor,
+                   target: torch.Tensor | None = None):
     """A copy of ``model`` with channels removed, and a report {"pruned": {name: (before, after)},
-    "skipped": {name: reason}}."""
+    "skipped": {name: reason}}. ``target``: labels for ``example`` (taylor importance only)."""
     model = copy.deepcopy(model).eval()
+    taylor = _taylor_scores(model, example, target) if config.importance == "taylor" else {}
     try:
         gm = fx.symbolic_trace(model)
     except Exception as e:
         raise BitladderError(f"cannot trace the model with torch.fx ({type(e).__name__}: {str(e)[:120]}); "
                              "structured pruning needs a traceable forward") from None
-    ShapeProp(gm).propagate(example)
+    ShapeProp(gm).propagate(example.detach())
     mods = dict(gm.named_modules())
     report: dict = {"pruned": {}, "skipped": {}}
     for node in list(gm.graph.nodes):
@@ -112,7 +126,10 @@ def prune_channels(model: nn.Module, config: ChannelPrune, example: torch.Tensor
             report["skipped"][name] = reason or "no consumer"
             continue
         w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
-        score = w.abs().sum(1) if config.importance == "l1" else w.pow(2).sum(1)
+        if config.importance == "taylor":
+            score = taylor[name]
+        else:
+            score = w.abs().sum(1) if config.importance == "l1" else w.pow(2).sum(1)
         n = w.shape[0]
         keep_n = max(1, n - int(config.ratio * n))
         keep = score.topk(keep_n).indices.sort().values
