@@ -1,0 +1,49 @@
+"""QAT with learned steps and distillation, on the real digits model, converted to packed modules."""
+
+import pytest
+import torch
+from torch import nn
+
+import bitladder
+from bitladder import BitladderError
+from bitladder.methods.train.distill import distill_loss, train_classifier
+from bitladder.methods.train.qat import QAT, FakeQuantLayer, convert, prepare_qat
+from bitladder.pipeline.evaluate import fidelity, outputs
+
+
+@pytest.mark.parametrize("bits,budget", [(2, 3.0), ("ternary", 2.0)])
+def test_digits_qat_meets_the_budget_and_converts_exactly(digits_spec, bits, budget, tmp_path):
+    from bitladder.zoo import digits
+
+    d = digits.load_data()
+    ref = outputs(digits_spec.model, digits_spec.eval_batches)
+    base = fidelity(digits_spec, ref, ref)["fidelity"]
+    m = prepare_qat(digits_spec.model, QAT(bits=bits))
+    train_classifier(m, d["x_train"], d["y_train"], teacher=digits_spec.model, epochs=30, lr=1e-3)
+    q = convert(m)
+    assert not any(isinstance(x, FakeQuantLayer) for x in q.modules())
+    drop = 100 * (base - fidelity(digits_spec, outputs(q, digits_spec.eval_batches), ref)["fidelity"])
+    assert drop <= budget
+    with torch.no_grad():  # the packed model computes what the fake-quantised one trained
+        x = digits_spec.eval_batches[0]
+        assert (q(x).argmax(1) == m(x).argmax(1)).float().mean() >= 0.99
+    back = bitladder.load(bitladder.save(q, tmp_path / "qat.safetensors"), model=digits.DigitsCNN())
+    assert torch.equal(back(x), q(x))
+
+
+def test_qat_naive_rtn_is_worse_than_qat(digits_spec):
+    rtn = bitladder.quantize(digits_spec.model, bitladder.Int(2))
+    ref = outputs(digits_spec.model, digits_spec.eval_batches)
+    assert fidelity(digits_spec, outputs(rtn, digits_spec.eval_batches), ref)["fidelity"] < 0.9
+
+
+def test_keep_first_last_and_bad_inputs():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    m = prepare_qat(model, QAT(bits=2, keep_first_last=True))
+    assert [x.qtype for x in m.modules() if isinstance(x, FakeQuantLayer)] == ["int8", "int2", "int8"]
+    with pytest.raises(BitladderError, match="2..8 or 'ternary'"):
+        QAT(bits=1)
+    with pytest.raises(BitladderError, match="temperature must be > 0"):
+        distill_loss(torch.zeros(2, 3), torch.zeros(2, 3), None, temperature=0)
+    with pytest.raises(BitladderError, match="do not match the teacher"):
+        distill_loss(torch.zeros(2, 3), torch.zeros(2, 4), None)
