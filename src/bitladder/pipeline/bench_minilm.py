@@ -70,13 +70,25 @@ def _onnx(spec, quantised: bool, folder: Path):
     return _Fn(lambda b: torch.from_numpy(sess.run(None, {k: v.numpy() for k, v in b.items() if k in names})[0]))
 
 
+class _NoInferenceMode(nn.Module):
+    """optimum-quanto's int4 path cannot run under torch.inference_mode: run it under no_grad."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch):
+        with torch.inference_mode(False), torch.no_grad():
+            return self.model(**{k: v.clone() for k, v in batch.items()})
+
+
 def _quanto(spec, weights: str):
     from optimum.quanto import freeze, qint4, qint8, quantize
 
     m = copy.deepcopy(spec.model)
     quantize(m, weights={"int8": qint8, "int4": qint4}[weights])
     freeze(m)
-    return m
+    return _NoInferenceMode(m)
 
 
 def _hqq(spec):
