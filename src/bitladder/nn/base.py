@@ -125,11 +125,23 @@ class QuantModule(nn.Module):
         self._qmeta["act"] = {"qtype": qtype, "observer": observer}
         self.kernel = self._dequant_label = f"{self._dequant_label}+act-{qtype}-fakequant"
 
+    def set_binary_act(self, shift: torch.Tensor) -> None:
+        """Binarise inputs: sign(x - shift) * mean|x - shift| per sample (a trained binary network)."""
+        self.register_buffer("act_shift", shift.detach().float().clone())
+        self._qmeta["act"] = {"qtype": "binary", "observer": "learned-shift", "channels": int(shift.numel())}
+        self.kernel = self._dequant_label = f"{self._dequant_label}+act-binary"
+
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         if "in_scale" in self._qmeta:
             shape = [1] * x.dim()
             shape[self.in_channel_dim] = -1
             x = x * self.in_scale.reshape(shape)
+        if "act" in self._qmeta and self._qmeta["act"]["qtype"] == "binary":
+            shape = [1] * x.dim()
+            shape[self.in_channel_dim] = -1
+            d = x - self.act_shift.reshape(shape)
+            beta = d.abs().mean(dim=tuple(range(1, x.dim())), keepdim=True)
+            return torch.where(d >= 0, 1.0, -1.0).to(x.dtype) * beta
         if "act" in self._qmeta:
             qt = get_qtype(self._qmeta["act"]["qtype"])
             s, z = self.act_scale, self.act_zero_point
@@ -142,7 +154,9 @@ class QuantModule(nn.Module):
         qm = cls.from_float(module, QuantizedTensor.from_parts(tensors, meta))
         if "in_scale" in meta:
             qm.set_in_scale(torch.ones(meta["in_scale"]))
-        if "act" in meta:
+        if "act" in meta and meta["act"]["qtype"] == "binary":
+            qm.set_binary_act(torch.zeros(meta["act"]["channels"]))
+        elif "act" in meta:
             qm.set_act(meta["act"]["qtype"], torch.ones(1), torch.zeros(1), meta["act"]["observer"])
         if "method" in meta:
             qm._qmeta["method"] = meta["method"]

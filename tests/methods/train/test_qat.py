@@ -41,9 +41,29 @@ def test_keep_first_last_and_bad_inputs():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     m = prepare_qat(model, QAT(bits=2, keep_first_last=True))
     assert [x.qtype for x in m.modules() if isinstance(x, FakeQuantLayer)] == ["int8", "int2", "int8"]
-    with pytest.raises(BitladderError, match="2..8 or 'ternary'"):
+    with pytest.raises(BitladderError, match="2..8, .ternary. or .binary."):
         QAT(bits=1)
     with pytest.raises(BitladderError, match="temperature must be > 0"):
         distill_loss(torch.zeros(2, 3), torch.zeros(2, 3), None, temperature=0)
     with pytest.raises(BitladderError, match="do not match the teacher"):
         distill_loss(torch.zeros(2, 3), torch.zeros(2, 4), None)
+
+
+def test_digits_binary_weights_and_activations_with_distillation(digits_spec, tmp_path):
+    from bitladder.zoo import digits
+
+    d = digits.load_data()
+    ref = outputs(digits_spec.model, digits_spec.eval_batches)
+    base = fidelity(digits_spec, ref, ref)["fidelity"]
+    m = prepare_qat(digits_spec.model, QAT(bits="binary", keep_first_last=True, binary_act=True))
+    train_classifier(m, d["x_train"], d["y_train"], teacher=digits_spec.model, epochs=100, lr=1e-2, alpha=0.9)
+    q = convert(m)
+    kinds = [(x.qweight.qtype.name, x.qmeta.get("act", {}).get("qtype")) for x in q.modules() if hasattr(x, "qweight")]
+    assert kinds == [("int8", None), ("binary", "binary"), ("binary", "binary"), ("binary", "binary"), ("int8", None)]
+    drop = 100 * (base - fidelity(digits_spec, outputs(q, digits_spec.eval_batches), ref)["fidelity"])
+    assert drop <= 4.0
+    back = bitladder.load(bitladder.save(q, tmp_path / "bnn.safetensors"), model=digits.DigitsCNN())
+    x = digits_spec.eval_batches[0]
+    assert torch.equal(back(x), q(x))
+    with pytest.raises(BitladderError, match="binary_act needs bits='binary'"):
+        QAT(bits=2, binary_act=True)

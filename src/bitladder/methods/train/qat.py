@@ -34,13 +34,18 @@ class QAT:
 
     bits: int | str = 4
     keep_first_last: bool = False
+    binary_act: bool = False
     version: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
-        if self.bits != "ternary" and not (isinstance(self.bits, int) and 2 <= self.bits <= 8):
-            raise BitladderError(f"QAT bits must be 2..8 or 'ternary', got {self.bits!r}")
+        if self.bits not in ("ternary", "binary") and not (isinstance(self.bits, int) and 2 <= self.bits <= 8):
+            raise BitladderError(f"QAT bits must be 2..8, 'ternary' or 'binary', got {self.bits!r}")
+        if self.binary_act and self.bits != "binary":
+            raise BitladderError("binary_act needs bits='binary' (XNOR layers)")
 
     def range(self, bits: int | str) -> tuple[int, int, str]:
+        if bits == "binary":
+            return -1, 1, "binary"
         if bits == "ternary":
             return -1, 1, "ternary"
         return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1, f"int{bits}"
@@ -50,19 +55,41 @@ def _round_ste(x: torch.Tensor) -> torch.Tensor:
     return (torch.round(x) - x).detach() + x
 
 
+def _sign_ste(x: torch.Tensor, window: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """sign (x >= 0 -> +1) forward; identity gradient inside |x| <= window, zero outside (clipped STE)."""
+    clipped = torch.clamp(x / window, -1, 1)
+    return (torch.where(x >= 0, 1.0, -1.0) - clipped).detach() + clipped
+
+
+def binarize_input(x: torch.Tensor, shift: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """sign(x - shift) * mean|x - shift| per sample (XNOR-Net's scale, ReActNet's learnable threshold)."""
+    shape = [1] * x.dim()
+    shape[channel_dim] = -1
+    d = x - shift.reshape(shape)
+    beta = d.abs().mean(dim=tuple(range(1, x.dim())), keepdim=True)
+    return _sign_ste(d, 3 * beta.detach().clamp(min=1e-6)) * beta
+
+
 class FakeQuantLayer(nn.Module):
     """A float Linear/Conv whose weight passes through an LSQ quantiser in forward."""
 
-    def __init__(self, layer: nn.Module, qmin: int, qmax: int, qtype: str) -> None:
+    def __init__(self, layer: nn.Module, qmin: int, qmax: int, qtype: str, binary_act: bool = False) -> None:
         super().__init__()
         self.layer, self.qmin, self.qmax, self.qtype = layer, qmin, qmax, qtype
         w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
         init = 2 * w.abs().mean(1) / max(qmax, 1) ** 0.5  # LSQ's initial step
         self.step = nn.Parameter(init.clamp(min=1e-8))
+        self.channel_dim = -1 if isinstance(layer, nn.Linear) else 1
+        n_in = layer.weight.shape[1]
+        self.act_shift = nn.Parameter(torch.zeros(n_in)) if binary_act else None
+        self.shift_ready = False
 
     def quantized_weight(self) -> torch.Tensor:
         w = self.layer.weight
         shape = [-1] + [1] * (w.dim() - 1)
+        if self.qtype == "binary":  # XNOR-Net: sign(w) * mean|w| per output channel
+            alpha = w.detach().abs().reshape(w.shape[0], -1).mean(1).reshape(shape)
+            return _sign_ste(w) * alpha
         g = 1.0 / (w[0].numel() * max(self.qmax, 1)) ** 0.5  # LSQ gradient scale
         s = self.step * g + (self.step - self.step * g).detach()
         q = _round_ste(torch.clamp(w / s.reshape(shape), self.qmin, self.qmax))
@@ -70,6 +97,13 @@ class FakeQuantLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
+        if self.act_shift is not None:
+            if not self.shift_ready:  # start the threshold at each channel's mean input
+                with torch.no_grad():
+                    dims = [d for d in range(x.dim()) if d != self.channel_dim % x.dim()]
+                    self.act_shift.copy_(x.detach().mean(dim=dims))
+                self.shift_ready = True
+            x = binarize_input(x, self.act_shift, self.channel_dim)
         if isinstance(layer, nn.Linear):
             return nn.functional.linear(x, self.quantized_weight(), layer.bias)
         return layer._conv_forward(x, self.quantized_weight(), layer.bias)
@@ -86,7 +120,7 @@ def prepare_qat(model: nn.Module, config: QAT, include: Selector = None, exclude
         qmin, qmax, qtype = config.range(8 if edge else config.bits)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child,
-                FakeQuantLayer(model.get_submodule(name), qmin, qmax, qtype))
+                FakeQuantLayer(model.get_submodule(name), qmin, qmax, qtype, config.binary_act and not edge))
     return model
 
 
@@ -101,9 +135,14 @@ def convert(model: nn.Module) -> nn.Module:
         lay = Layout("channel", 0)
         c = w.shape[0]
         step = m.step.detach().abs().clamp(min=1e-8).reshape(c, 1, 1)
-        qt = QuantizedTensor.from_float(w, m.qtype, lay, True, "fp16", qparams=(step, None), sparse=False)
+        if m.qtype == "binary":  # scale = mean|w| per channel, exactly as trained
+            qt = QuantizedTensor.from_float(w, "binary", lay, True, "fp32", sparse=False)
+        else:
+            qt = QuantizedTensor.from_float(w, m.qtype, lay, True, "fp16", qparams=(step, None), sparse=False)
         new = HANDLERS.lookup(m.layer).from_float(m.layer, qt)
-        new._qmeta["method"] = "qat-lsq"
+        new._qmeta["method"] = "qat-xnor" if m.qtype == "binary" else "qat-lsq"
+        if m.act_shift is not None:
+            new.set_binary_act(m.act_shift.detach())
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
     return model
