@@ -41,7 +41,20 @@ def _planes(width: int) -> list[int]:
     return out
 
 
-class NumbaLowbitKernel(LinearKernel):
+class _NumbaKernel(LinearKernel):
+    """Kernels compiled by numba: available only where numba is installed."""
+
+    @classmethod
+    def available(cls) -> bool:
+        return numba_ops.HAVE_NUMBA
+
+    @classmethod
+    def _require(cls) -> None:
+        if not cls.available():
+            raise KernelUnsupported("numba is not installed")
+
+
+class NumbaLowbitKernel(_NumbaKernel):
     """Weight-only kernel for int2..int8 / uint2..uint8 / ternary / binary, fp32 activations.
 
     Runtime layout: rows padded to ``nb`` groups of ``gp`` (a multiple of 8) codes, the unsigned code
@@ -55,13 +68,8 @@ class NumbaLowbitKernel(LinearKernel):
     tile_floats = 1 << 20  # 4 MiB fp32 tiles
 
     @classmethod
-    def available(cls) -> bool:
-        return numba_ops.HAVE_NUMBA
-
-    @classmethod
     def from_qtensor(cls, qt: QuantizedTensor) -> "NumbaLowbitKernel":
-        if not cls.available():
-            raise KernelUnsupported("numba is not installed")
+        cls._require()
         codes, scale, zp, g = _weight_parts(qt)
         n, k = qt.shape
         nb = scale.shape[1]
@@ -146,7 +154,7 @@ class NumbaLowbitKernel(LinearKernel):
         return out_t.T.contiguous()
 
 
-class XnorKernel(LinearKernel):
+class XnorKernel(_NumbaKernel):
     """Binary weights x binary activations: ``beta[m] * s[n] * (K - 2 popcount(w ^ sign(x)))``.
 
     This is XNOR-Net's approximation, not the weight-only product: the activation is replaced by
@@ -156,13 +164,8 @@ class XnorKernel(LinearKernel):
     name = "binary-xnor"
 
     @classmethod
-    def available(cls) -> bool:
-        return numba_ops.HAVE_NUMBA
-
-    @classmethod
     def from_qtensor(cls, qt: QuantizedTensor) -> "XnorKernel":
-        if not cls.available():
-            raise KernelUnsupported("numba is not installed")
+        cls._require()
         if qt.qtype.kind != "binary":
             raise KernelUnsupported("XNOR-popcount needs binary weights")
         codes, scale, _, g = _weight_parts(qt)

@@ -137,18 +137,19 @@ class QuantizedTensor:
     def codes(self) -> torch.Tensor:
         """Integer codes (or float values) in the (C, K) row layout (dense, zeros filled in)."""
         c, k, nb, b = self.layout.dims(self.shape)
-        n = self.nnz
+        mask = None if self.mask is None else unpack_mask(self.mask, c, k)
+        n = self.numel if mask is None else int(mask.sum())
         if self.qtype.kind == "float":
             vals = self.packed.view(self.qtype.dtype)
         else:
             vals = _unpack(self.packed, self.qtype, n)
-        if self.mask is None:
+        if mask is None:
             return vals.reshape(c, k)
         full = torch.zeros(c, k, dtype=vals.dtype)
         if self.zero_point is not None:  # the code that dequantises to exactly 0 is the zero point
             zp = _unpack(self.zero_point, self.qtype, c * nb).reshape(c, nb)
             full = zp[:, torch.arange(k) // b].to(vals.dtype)
-        full[unpack_mask(self.mask, c, k)] = vals
+        full[mask] = vals
         return full
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:

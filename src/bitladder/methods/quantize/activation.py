@@ -8,28 +8,10 @@ import torch
 from torch import nn
 
 from bitladder.formats.qtypes import get_qtype
-from bitladder.methods.quantize.calibrate import Collector, blockwise
+from bitladder.methods.quantize.calibrate import Collector, SampleCollector, blockwise
 from bitladder.methods.quantize.methods import Act
 from bitladder.methods.quantize.observers import make_observer
 from bitladder.nn.base import QuantModule
-
-
-class AbsMaxCollector(Collector):
-    """Per input channel max |x| (Linear-like layers: rows are (N, K)), and a strided row sample."""
-
-    def __init__(self, keep: int = 0) -> None:
-        self.amax: torch.Tensor | None = None
-        self.keep, self.rows = keep, []
-
-    def update(self, x: torch.Tensor) -> None:
-        a = x.abs().amax(dim=0)
-        self.amax = a if self.amax is None else torch.maximum(self.amax, a)
-        if self.keep:
-            self.rows.append(x[:: max(1, x.shape[0] // 256)])
-
-    def sample(self) -> torch.Tensor:
-        r = torch.cat(self.rows)
-        return r[:: max(1, r.shape[0] // self.keep)]
 
 
 def _fake_act(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -80,7 +62,7 @@ def smooth(model: nn.Module, names: list[str], calib: list[Any], alpha: float | 
     names = [n for n in names if linear_like(model.get_submodule(n))]
     out: dict[str, torch.Tensor] = {}
 
-    def apply(name: str, module: nn.Module, c: AbsMaxCollector) -> None:
+    def apply(name: str, module: nn.Module, c: SampleCollector) -> None:
         if c.amax is None:
             return
         in_axis = 0 if type(module).__name__ == "Conv1D" else 1
@@ -98,7 +80,7 @@ def smooth(model: nn.Module, names: list[str], calib: list[Any], alpha: float | 
         inv = (1.0 / s).to(module.weight.dtype)
         module.register_forward_pre_hook(lambda _m, args: (args[0] * inv, *args[1:]))
 
-    blockwise(model, names, calib, lambda n, m: AbsMaxCollector(2048 if alpha == "auto" else 0), apply)
+    blockwise(model, names, calib, lambda n, m: SampleCollector(2048), apply)
     return out
 
 

@@ -167,19 +167,21 @@ def _groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefi
 
 
 class SampleCollector(Collector):
-    """A strided sample of input rows (at most ``keep``) plus per-column mean |x|, mean x and mean x²."""
+    """A strided sample of input rows (at most ``keep``) plus per-column max |x|, mean |x|, mean x and
+    mean x²."""
 
     def __init__(self, keep: int = 2048) -> None:
         self.keep, self.rows, self.n = keep, [], 0
-        self.abs_sum = self.sum = self.sq_sum = None
+        self.abs_sum = self.sum = self.sq_sum = self.amax = None
 
     def update(self, x: torch.Tensor) -> None:
         x = x.float()
-        a, s, q = x.abs().sum(0), x.sum(0), x.pow(2).sum(0)
+        a, s, q, mx = x.abs().sum(0), x.sum(0), x.pow(2).sum(0), x.abs().amax(0)
         if self.sum is None:
-            self.abs_sum, self.sum, self.sq_sum = a, s, q
+            self.abs_sum, self.sum, self.sq_sum, self.amax = a, s, q, mx
         else:
             self.abs_sum, self.sum, self.sq_sum = self.abs_sum + a, self.sum + s, self.sq_sum + q
+            self.amax = torch.maximum(self.amax, mx)
         self.n += x.shape[0]
         self.rows.append(x[:: max(1, x.shape[0] // 512)])
 
