@@ -80,12 +80,19 @@ def pretrained(data: dict[str, torch.Tensor] | None = None) -> DigitsCNN:
     return model
 
 
+def train_batches(data: dict[str, torch.Tensor], batch: int = 64) -> tuple[list, list]:
+    perm = torch.randperm(len(data["y_train"]), generator=torch.Generator().manual_seed(1))
+    idx = [perm[i : i + batch] for i in range(0, len(perm), batch)]
+    return [data["x_train"][i] for i in idx], [data["y_train"][i] for i in idx]
+
+
 def spec() -> ModelSpec:
     data = load_data()
+    xs, ys = train_batches(data)
     return ModelSpec(
         name="digits", model=pretrained(data), metric="accuracy",
         eval_batches=[data["x_test"]], targets=data["y_test"], latency_batch=data["x_test"],
-        calib_batches=[data["x_train"][:256]],
+        calib_batches=[data["x_train"][:256]], train_batches=xs, train_targets=ys,
         default_rungs=["fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4-g32",
                        "int3-g32-asym", "int2-g32-asym", "ternary", "binary"],
         source="digits", factory=DigitsCNN,

@@ -18,6 +18,7 @@ from bitladder.zoo.spec import ModelSpec
 
 EVAL_SENTENCES = 256
 CALIB_SENTENCES = 512
+TRAIN_SENTENCES = 1024  # distillation data: the calibration half of the corpus, never the eval slice
 BATCH = 64
 MAX_LENGTH = 128
 
@@ -74,6 +75,7 @@ def spec() -> ModelSpec:
         name="minilm", model=build(), metric="cosine", eval_batches=evals,
         latency_batch=tokenize(corpus.eval_sentences(32), batch=32)[0],
         calib_batches=tokenize(corpus.calibration_sentences(CALIB_SENTENCES)),
+        train_batches=tokenize(corpus.calibration_sentences(TRAIN_SENTENCES), batch=32),
         default_rungs=["fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4-g64",
                        "int3-g64-asym", "int2-g64-asym", "ternary", "binary"],
         source="minilm", factory=build,

@@ -20,7 +20,8 @@ class ModelSpec:
     ``eval_batches``: inputs (a tensor, or a dict of tensors passed as keywords), one per batch.
     ``targets``: class labels for ``metric="accuracy"``; for ``metric="cosine"`` fidelity is the
     cosine of each output row to the fp32 model's (embedders: mean, min and top-10 neighbour
-    agreement). ``latency_batch`` is the input timed for the latency ratio.
+    agreement). ``latency_batch`` is the input timed for the latency ratio. ``train_batches`` (and
+``train_targets`` for classifiers) feed fine-tuning and distillation; they never overlap the eval data.
     """
 
     name: str
@@ -30,6 +31,8 @@ class ModelSpec:
     latency_batch: Any
     targets: torch.Tensor | None = None
     calib_batches: list[Any] = field(default_factory=list)
+    train_batches: list[Any] = field(default_factory=list)  # for fine-tuning / distillation steps
+    train_targets: list[torch.Tensor] | None = None  # labels per train batch (classifiers)
     default_rungs: list[str] = field(default_factory=list)
     source: str | None = None  # a built-in name that rebuilds ``model`` when an artifact is loaded
     factory: Callable[[], nn.Module] | None = None
