@@ -26,12 +26,16 @@ FORMAT_VERSION = 1
 _PICKLE_MAGICS = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+, torch.save zip container
 
 
-def save(model: nn.Module, path: str | os.PathLike, source: str | None = None, config: dict | None = None) -> Path:
-    """Write ``model`` to ``path`` atomically; returns the path."""
+def save(model: nn.Module, path: str | os.PathLike, source: str | None = None, config: dict | None = None,
+         structure: list[dict] | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically; returns the path. ``structure``: modules that pruning or
+    factorisation reshaped (:func:`bitladder.io.structure.describe`), rebuilt before loading."""
     path = Path(path)
     layers = {name: {"handler": type(m).__name__, **m.qmeta}
               for name, m in model.named_modules() if isinstance(m, QuantModule)}
     meta = {"format_version": FORMAT_VERSION, "source": source, "config": config, "layers": layers}
+    if structure:
+        meta["structure"] = structure
     seen: dict[int, str] = {}
     tensors = {}
     for k, t in model.state_dict().items():
@@ -102,6 +106,10 @@ def load(path: str | os.PathLike, model: nn.Module | None = None,
         from bitladder.zoo.registry import build_builtin
 
         model = build_builtin(meta.get("source"))
+    if meta.get("structure"):
+        from bitladder.io.structure import rebuild
+
+        model = rebuild(model, meta["structure"])
     try:
         with safe_open(str(path), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}

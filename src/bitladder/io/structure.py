@@ -1,0 +1,96 @@
+"""The shape of a model that pruning or factorisation changed, recorded as data so that loading an
+artifact can rebuild it from the model's factory: no pickled code, only constructor arguments.
+
+``describe(model, reference)`` lists each top-most module whose type or parameter shapes differ from
+the factory's ``reference``; ``rebuild(reference, records)`` swaps those modules in. Supported:
+Linear, Conv1d/2d, BatchNorm1d/2d, LayerNorm, Embedding and FactorizedLinear; anything else that
+differs is named in the error.
+
+>>> from torch import nn
+>>> ref = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+>>> small = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
+>>> recs = describe(small, ref)
+>>> [r["name"] for r in recs], rebuild(ref, recs)[0].out_features
+(['0', '2'], 6)
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from bitladder.errors import BitladderError
+
+
+def _args(m: nn.Module) -> tuple[str, dict]:
+    from bitladder.methods.lowrank.svd import FactorizedLinear
+
+    if isinstance(m, FactorizedLinear):
+        return "FactorizedLinear", {"in_f": m.first.in_features, "out_f": m.second.out_features, "rank": m.rank,
+                                    "bias": m.second.bias is not None}
+    if isinstance(m, nn.Linear):
+        return "Linear", {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
+    if isinstance(m, nn.Conv1d | nn.Conv2d):
+        return type(m).__name__, {"in_channels": m.in_channels, "out_channels": m.out_channels,
+                                  "kernel_size": list(m.kernel_size), "stride": list(m.stride),
+                                  "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
+                                  "dilation": list(m.dilation), "groups": m.groups, "bias": m.bias is not None,
+                                  "padding_mode": m.padding_mode}
+    if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+        return type(m).__name__, {"num_features": m.num_features, "eps": m.eps, "momentum": m.momentum,
+                                  "affine": m.affine, "track_running_stats": m.track_running_stats}
+    if isinstance(m, nn.LayerNorm):
+        return "LayerNorm", {"normalized_shape": list(m.normalized_shape), "eps": m.eps,
+                             "elementwise_affine": m.elementwise_affine}
+    if isinstance(m, nn.Embedding):
+        return "Embedding", {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim,
+                             "padding_idx": m.padding_idx}
+    raise BitladderError(f"cannot record the changed structure of {type(m).__name__}; supported: Linear, Conv1d, "
+                         "Conv2d, BatchNorm1d/2d, LayerNorm, Embedding, FactorizedLinear")
+
+
+def _build(kind: str, args: dict) -> nn.Module:
+    from bitladder.methods.lowrank.svd import FactorizedLinear
+
+    kinds = {"Linear": nn.Linear, "Conv1d": nn.Conv1d, "Conv2d": nn.Conv2d, "BatchNorm1d": nn.BatchNorm1d,
+             "BatchNorm2d": nn.BatchNorm2d, "LayerNorm": nn.LayerNorm, "Embedding": nn.Embedding,
+             "FactorizedLinear": FactorizedLinear}
+    if kind not in kinds:
+        raise BitladderError(f"artifact structure names an unknown module type {kind!r}")
+    return kinds[kind](**args)
+
+
+def _shapes(m: nn.Module) -> dict:
+    return {k: tuple(v.shape) for k, v in m.state_dict().items()}
+
+
+def describe(model: nn.Module, reference: nn.Module) -> list[dict]:
+    """Records of the top-most modules of ``model`` that differ from ``reference`` (same names)."""
+    ref = dict(reference.named_modules())
+    out: list[dict] = []
+    for name, m in model.named_modules():
+        if not name or any(name.startswith(r["name"] + ".") for r in out):
+            continue
+        other = ref.get(name)
+        own = {k: v for k, v in _shapes(m).items() if "." not in k}
+        theirs = {} if other is None else {k: v for k, v in _shapes(other).items() if "." not in k}
+        if other is not None and type(other) is type(m) and own == theirs:
+            continue
+        kind, args = _args(m)
+        out.append({"name": name, "type": kind, "args": args})
+    return out
+
+
+def rebuild(model: nn.Module, records: list[dict]) -> nn.Module:
+    """Swap in the recorded modules (fresh weights: the artifact's tensors are loaded after this)."""
+    for r in records:
+        name = r["name"]
+        parent, _, child = name.rpartition(".")
+        try:
+            owner = model.get_submodule(parent) if parent else model
+        except AttributeError:
+            raise BitladderError(f"artifact structure names {name!r}, which the model does not have") from None
+        try:
+            setattr(owner, child, _build(r["type"], r["args"]))
+        except TypeError as e:
+            raise BitladderError(f"artifact structure for {name!r} is invalid: {e}") from None
+    return model
