@@ -58,7 +58,8 @@ def test_sizes_are_real(digits_results):
 def test_report_is_self_contained(digits_results, tmp_path):
     res, _ = digits_results
     html = write_report(res, tmp_path / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2
+    assert html.count("data:image/png;base64,") == 4
+    assert "Pareto front: fidelity vs size" in html and "Pareto front: fidelity vs latency" in html
     assert "http://" not in html and "https://" not in html
     assert "int4-g32" in html
     assert "Per-layer weight SQNR" in html and "classifier.3" in html

@@ -5,37 +5,16 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from pathlib import Path
 
 from bitladder.atomic import atomic_path
 from bitladder.io.artifact import load, save
 from bitladder.methods.quantize.mixed import allocate, apply_assignment, sensitivity
 from bitladder.pipeline.evaluate import fidelity, outputs
+from bitladder.pipeline.figures import heatmap
 from bitladder.pipeline.ladder import check_out_dir, write_json
 from bitladder.pipeline.rungs import parse_rung
 from bitladder.zoo.spec import ModelSpec
-
-
-def heatmap_png(table: dict, rungs: list[str], key: str = "divergence") -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    layers = list(table)
-    data = np.array([[table[n][r][key] for r in rungs] for n in layers])
-    fig, ax = plt.subplots(figsize=(1.2 * len(rungs) + 3, 0.28 * len(layers) + 1.5))
-    im = ax.imshow(np.log10(np.maximum(data, 1e-12)), aspect="auto", cmap="viridis")
-    ax.set_xticks(range(len(rungs)), rungs, rotation=30)
-    ax.set_yticks(range(len(layers)), layers, fontsize=7)
-    fig.colorbar(im, ax=ax, label=f"log10 {key} (relative output error)")
-    ax.set_title("per-layer sensitivity (calibration data)")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def run_mixed(spec: ModelSpec, rungs: list[str], budget: float, out: Path) -> dict:
@@ -57,7 +36,7 @@ def run_mixed(spec: ModelSpec, rungs: list[str], budget: float, out: Path) -> di
               "cos_min": fid["cos_min"], "knn10": fid["knn10"], "bytes_on_disk": path.stat().st_size,
               "assignment": assign, "sensitivity": table}
     write_json(out / "mixed.json", result)
-    png = heatmap_png(table, rungs)
+    png = base64.b64decode(heatmap(table))
     with atomic_path(out / "sensitivity.png") as tmp:
         tmp.write_bytes(png)
     rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{html.escape(r)}</td></tr>" for n, r in assign.items())

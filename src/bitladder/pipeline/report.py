@@ -1,55 +1,23 @@
-"""A self-contained HTML report of a ladder run: table + plots embedded as PNG (no network needed)."""
+"""One self-contained HTML report (figures embedded as PNG, no network) of a ladder, a recipe run or
+a tune study: the table, fidelity/size plots and Pareto fronts, the per-layer sensitivity heatmap, a
+before/after model summary, robustness under perturbed inputs, and every warning.
+
+A small script marks ``<body data-figures="loaded/total">`` once the page has decoded its images, so a
+headless browser can check that the figures render.
+"""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 
 from bitladder.atomic import atomic_path
+from bitladder.pipeline import figures
 
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def plots(results: dict) -> dict[str, str]:
-    """Base64 PNGs: fidelity against bits per weight, and bytes per rung."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = results["rungs"]
-    label = "accuracy" if results["metric"] == "accuracy" else "mean cosine to fp32"
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    xs, ys = [r["bits_per_weight"] for r in rows], [r["fidelity"] for r in rows]
-    ax.plot(xs, ys, "o")
-    for i, r in enumerate(rows):  # staggered labels: neighbouring rungs often share a point
-        ax.annotate(r["rung"], (r["bits_per_weight"], r["fidelity"]), textcoords="offset points",
-                    xytext=(4, 4 - 11 * (i % 3)), fontsize=8)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("effective bits per weight (scales counted)")
-    ax.set_ylabel(label)
-    ax.set_title(f"{results['model']}: fidelity against bits per weight")
-    ax.grid(alpha=0.3)
-    out = {"fidelity_vs_bits": _png(fig)}
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    names = [r["rung"] for r in rows]
-    ax.bar(names, [r["bytes_on_disk"] for r in rows], label="artifact on disk")
-    ax.bar(names, [r["quantized_bytes"] for r in rows], label="quantised layers", alpha=0.7)
-    ax.set_yscale("log")
-    ax.set_ylabel("bytes")
-    ax.set_title(f"{results['model']}: bytes per rung")
-    ax.tick_params(axis="x", rotation=45)
-    ax.legend()
-    out["bytes_per_rung"] = _png(fig)
-    plt.close(fig)
-    return out
+COLUMNS = ("rung", "fidelity", "fidelity_drop_pt", "cos_min", "knn10", "bytes_on_disk", "quantized_bytes",
+           "theoretical_bytes", "bits_per_weight", "latency_ratio")
+_CHECK = ("<script>window.addEventListener('load',()=>{const i=[...document.images];document.body.dataset.figures="
+          "i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>")
 
 
 def _fmt(v) -> str:
@@ -57,44 +25,92 @@ def _fmt(v) -> str:
         return "–"
     if isinstance(v, float):
         return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
+    if isinstance(v, int):
+        return f"{v:,}"
     return html.escape(str(v))
 
 
-COLUMNS = ("rung", "fidelity", "fidelity_drop_pt", "cos_min", "knn10", "bytes_on_disk", "quantized_bytes",
-           "theoretical_bytes", "bits_per_weight", "latency_ratio")
+def table(rows: list[dict], cols: tuple[str, ...] | list[str], title: str = "") -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"{f'<h2>{html.escape(title)}</h2>' if title else ''}<table><tr>{head}</tr>{body}</table>"
 
 
 def sqnr_table(results: dict) -> str:
     """Per-layer weight SQNR (dB), layers down, rungs across."""
     rungs = [r for r in results["rungs"] if r.get("layers")]
     layers = list(dict.fromkeys(n for r in rungs for n in r["layers"]))
-    if not layers:
-        return ""
-    head = "<th>layer</th>" + "".join(f"<th>{html.escape(r['rung'])}</th>" for r in rungs)
-    rows = []
-    for n in layers:
-        cells = "".join(f"<td>{_fmt(r['layers'].get(n, {}).get('sqnr_db'))}</td>" for r in rungs)
-        rows.append(f"<tr><td style='text-align:left'>{html.escape(n)}</td>{cells}</tr>")
-    return f"<h2>Per-layer weight SQNR (dB)</h2><table><tr>{head}</tr>{''.join(rows)}</table>"
+    rows = [{"layer": n, **{r["rung"]: r["layers"].get(n, {}).get("sqnr_db") for r in rungs}} for n in layers]
+    return table(rows, ["layer"] + [r["rung"] for r in rungs], "Per-layer weight SQNR (dB)")
+
+
+def _points(results: dict) -> list[dict]:
+    """Points for the Pareto fronts: tune trials if any, else the rungs (plus fp32 as the reference)."""
+    if results.get("trials"):
+        return [{**t, "label": f"#{t['number']}"} for t in results["trials"]]
+    pts = [{"label": r["rung"], "fidelity": r["fidelity"], "bytes_on_disk": r["bytes_on_disk"],
+            "latency_ms": r["latency_ms"]} for r in results["rungs"] if r.get("latency_ms")]
+    first = next((r for r in results["rungs"] if r.get("fp32_latency_ms")), None)
+    if first and not any(p["label"] == "fp32" for p in pts) and first.get("fp32_bytes"):
+        pts.append({"label": "fp32", "fidelity": results["fp32_fidelity"], "bytes_on_disk": first["fp32_bytes"],
+                    "latency_ms": first["fp32_latency_ms"]})
+    return pts
+
+
+def render_figures(results: dict) -> dict[str, str]:
+    rows, model = results["rungs"], results["model"]
+    label = "accuracy" if results["metric"] == "accuracy" else "mean cosine to fp32"
+    out = {}
+    if len(rows) > 1 or not results.get("trials"):
+        out["fidelity vs bits per weight"] = figures.fidelity_vs_bits(rows, model, label)
+        out["bytes per rung"] = figures.bytes_per_rung(rows, model)
+    pts = _points(results)
+    if pts:
+        out["Pareto front: fidelity vs size"] = figures.pareto_plot(
+            pts, "bytes_on_disk", "bytes on disk", label, f"{model}: fidelity against size")
+        out["Pareto front: fidelity vs latency"] = figures.pareto_plot(
+            pts, "latency_ms", "latency (ms, median)", label, f"{model}: fidelity against latency")
+    if results.get("sensitivity"):
+        out["per-layer sensitivity"] = figures.heatmap(results["sensitivity"])
+    return out
+
+
+def _warnings(results: dict) -> str:
+    items = [f"<li><b>{html.escape(r['rung'])}</b>: {html.escape(w)}</li>" for r in results["rungs"]
+             for w in r.get("warnings", [])]
+    items += [f"<li>{html.escape(w)}</li>" for w in results.get("warnings", [])]
+    return f"<h2>Warnings</h2><ul>{''.join(items) or '<li>none</li>'}</ul>"
 
 
 def render(results: dict) -> str:
-    imgs = plots(results)
-    head = "".join(f"<th>{c}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in COLUMNS) + "</tr>" for r in results["rungs"])
-    warn = "".join(f"<li><b>{html.escape(r['rung'])}</b>: {html.escape(w)}</li>"
-                   for r in results["rungs"] for w in r["warnings"])
-    figs = "".join(f'<figure><img alt="{k}" src="data:image/png;base64,{v}"><figcaption>{k}</figcaption></figure>'
-                   for k, v in imgs.items())
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>bitladder: {html.escape(results['model'])}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
-padding:3px 8px;text-align:right}}figure{{display:inline-block;margin:1em}}</style></head><body>
-<h1>bitladder ladder: {html.escape(results['model'])}</h1>
-<p>metric: {html.escape(results['metric'])}; fp32 fidelity {results['fp32_fidelity']:.4f};
-torch threads {results.get('torch_threads')}; wall time {results.get('wall_s', 0):.1f} s.
-Latency ratio = fp32 latency / rung latency, interleaved runs, same inputs.</p>
-<table><tr>{head}</tr>{body}</table>{figs}<h2>Warnings</h2><ul>{warn or '<li>none</li>'}</ul>
-{sqnr_table(results)}</body></html>"""
+    imgs = render_figures(results)
+    figs = "".join(f'<figure><img alt="{html.escape(k)}" src="data:image/png;base64,{v}">'
+                   f"<figcaption>{html.escape(k)}</figcaption></figure>" for k, v in imgs.items())
+    kind = "tune" if results.get("trials") else "recipe" if results.get("steps") is not None else "ladder"
+    best = results.get("best")
+    parts = [
+        table(results["rungs"], COLUMNS, "Best configuration" if kind == "tune" else "Results"),
+        figs, _warnings(results),
+        table(results.get("steps", []), ("step", "line", "seconds", "fidelity", "params"), "Steps"),
+        table(results.get("summary", []), ("layer", "params_before", "params_after", "bytes_before",
+                                           "bytes_after", "format_after"), "Model before / after"),
+        table(results.get("robustness", []), ("kind", "level", "fp32_fidelity", "fidelity", "cos_min"),
+              "Robustness (same perturbed inputs for fp32 and the compressed model)"),
+        table(results.get("trials", []), ("number", "state", "bits_per_weight", "fidelity", "fidelity_drop_pt",
+                                          "bytes_on_disk", "latency_ms", "feasible"), "Trials"),
+        sqnr_table(results),
+    ]
+    intro = (f"metric: {html.escape(results['metric'])}; fp32 fidelity {results['fp32_fidelity']:.4f}; "
+             f"torch threads {results.get('torch_threads')}; wall time {results.get('wall_s', 0):.1f} s. "
+             "Latency ratio = fp32 latency / this latency, interleaved runs, same inputs.")
+    if best:
+        intro += f" Best trial: #{best['number']} ({html.escape(str(best.get('summary', '')))})."
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>bitladder {kind}: {html.escape(results['model'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:1em}}td,th{{border:1px solid #ccc;
+padding:3px 8px;text-align:right}}figure{{display:inline-block;margin:1em}}</style>{_CHECK}</head><body>
+<h1>bitladder {kind}: {html.escape(results['model'])}</h1><p>{intro}</p>{''.join(parts)}</body></html>"""
 
 
 def write_report(results: dict, path: Path) -> Path:
