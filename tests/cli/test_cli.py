@@ -107,3 +107,22 @@ def test_export_and_run_a_fresh_process(tmp_path):
     assert (tmp_path / "d.onnx").stat().st_size < 40_000
     one_line_error(cli("export", str(art), "--out", str(tmp_path / "e.onnx"), "--opset", "17"), "opset >= 21")
     assert not (tmp_path / "e.onnx").exists()
+
+
+def test_compress_runs_the_digits_example(tmp_path):
+    from pathlib import Path
+
+    example = Path(__file__).parents[2] / "examples" / "digits.yaml"
+    res = cli("compress", str(example), "--out", str(tmp_path / "c"))
+    assert res.returncode == 0, res.stderr
+    assert "bitladder recipe: digits" in res.stdout and "smaller than fp32" in res.stdout
+    names = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert names == ["digits-prune-int4-lowbit.onnx", "digits-prune-int4-lowbit.safetensors", "report.html",
+                     "results.json"]
+
+
+def test_compress_bad_recipe_is_one_line(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("model: digits\nsteps:\n  - quantize: {rung: int8}\n  - prune: {sparsity: 0.5}\n")
+    one_line_error(cli("compress", str(bad), "--out", str(tmp_path / "o")), "line 4", "prune cannot follow quantize")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

@@ -56,6 +56,47 @@ def ladder(
 
 
 @app.command()
+def compress(
+    recipe: Path = typer.Argument(..., help="a YAML recipe (see examples/)"),
+    out: Path = typer.Option(None, help="folder for the artifact, results.json and report.html (default: the "
+                                        "recipe's 'out', else runs/NAME)"),
+) -> None:
+    """Run a recipe: prune, quantise, train low-bit layers, distil, export and evaluate, in one go."""
+    from bitladder.pipeline.compress import run_recipe
+    from bitladder.pipeline.ladder import check_out_dir
+    from bitladder.pipeline.recipe import load_recipe
+    from bitladder.pipeline.report import write_report
+    from bitladder.zoo.registry import resolve
+
+    parsed = load_recipe(recipe)
+    out = out or Path(parsed.out or f"runs/{parsed.name}")
+    check_out_dir(out)
+    with console.status(f"loading {parsed.model}"):
+        spec = resolve(parsed.model)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(parsed.name, total=len(parsed.steps))
+
+        def on_step(kind: str, rec: dict | None) -> None:
+            if rec is None:
+                bar.update(task, description=f"{parsed.name}: {kind}")
+            else:
+                bar.advance(task)
+                console.print(f"  {kind:9s} {rec['seconds']:7.1f} s  fidelity {rec['fidelity']:.4f}  "
+                              f"params {rec['params']:,}")
+
+        res = run_recipe(parsed, spec, out, on_step=on_step)
+    report = write_report(res, out / "report.html")
+    from bitladder.cli.table import ladder_table
+
+    console.print(ladder_table(res))
+    row = res["rungs"][0]
+    console.print(f"{row['bytes_on_disk']:,} bytes ({row['fp32_bytes'] / row['bytes_on_disk']:.1f}x smaller than "
+                  f"fp32); params {row['params']:,} of {row['fp32_params']:,}; MACs {row['macs']:,} of "
+                  f"{row['fp32_macs']:,}; wall {res['wall_s']:.1f} s; report: {report}")
+
+
+@app.command()
 def mixed(
     model: str = typer.Option("digits", help="digits, minilm, or a factory 'package.module:function'"),
     rungs: str = typer.Option("int8,int4-g32,int2-g32-asym", help="candidate rungs per layer"),

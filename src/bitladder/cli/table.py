@@ -10,7 +10,8 @@ from rich.table import Table
 
 def ladder_table(results: dict) -> Table:
     cos = results["metric"] == "cosine"
-    t = Table(title=f"bitladder ladder: {results['model']} ({results['metric']})")
+    kind = "recipe" if "recipe" in results else "ladder"
+    t = Table(title=f"bitladder {kind}: {results['model']} ({results['metric']})")
     for c in ("rung", "fidelity", "drop pt", *(("cos min", "kNN@10") if cos else ()), "disk bytes",
               "quant bytes", "theory bytes", "bits/w", "x fp32 speed", "warnings"):
         t.add_column(c, justify="left" if c in ("rung", "warnings") else "right")

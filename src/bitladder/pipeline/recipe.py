@@ -88,7 +88,7 @@ def _fail(source: str, root: yaml.Node | None, loc: tuple, msg: str) -> Bitladde
 
 
 def _pydantic_msg(e: ValidationError) -> tuple[tuple, str]:
-    err = e.errors()[0]
+    err = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")[0]  # a typo explains "missing"
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
