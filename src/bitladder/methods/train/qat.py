@@ -82,7 +82,8 @@ class FakeQuantLayer(nn.Module):
         self.channel_dim = -1 if isinstance(layer, nn.Linear) else 1
         n_in = layer.weight.shape[1]
         self.act_shift = nn.Parameter(torch.zeros(n_in)) if binary_act else None
-        self.shift_ready = False
+        # a buffer, so that a training checkpoint records whether the threshold was initialised
+        self.register_buffer("shift_ready", torch.tensor(False) if binary_act else None)
 
     def quantized_weight(self) -> torch.Tensor:
         w = self.layer.weight
@@ -102,7 +103,7 @@ class FakeQuantLayer(nn.Module):
                 with torch.no_grad():
                     dims = [d for d in range(x.dim()) if d != self.channel_dim % x.dim()]
                     self.act_shift.copy_(x.detach().mean(dim=dims))
-                self.shift_ready = True
+                    self.shift_ready.fill_(True)
             x = binarize_input(x, self.act_shift, self.channel_dim)
         if isinstance(layer, nn.Linear):
             return nn.functional.linear(x, self.quantized_weight(), layer.bias)

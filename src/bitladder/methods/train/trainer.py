@@ -6,6 +6,12 @@ distilled with ``1 - cos(student, teacher)`` per row. Weights that are exactly z
 (pruned) stay zero. Packed quantised layers are frozen and computed on the dequantised weight so the
 gradient reaches the layers before them.
 
+Run options on :class:`Train`: ``log_dir`` writes TensorBoard scalars (loss and lr per step, epoch loss);
+``checkpoint`` writes the whole training state after every epoch (safetensors, atomically) and
+``resume=True`` continues from it when the file exists (a fresh start otherwise, so the same command
+restarts a killed job); the resumed run ends with exactly the weights of an uninterrupted one. Under
+``torchrun`` the same call trains with DistributedDataParallel (see :mod:`.ddp`).
+
 >>> import torch
 >>> m = torch.nn.Linear(4, 3)
 >>> x, y = [torch.randn(32, 4)], [torch.randint(0, 3, (32,))]
@@ -15,24 +21,31 @@ True
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from bitladder.errors import BitladderError
+from bitladder.methods.train import checkpoint as ckpt
+from bitladder.methods.train import ddp
 from bitladder.methods.train.distill import distill_loss
+from bitladder.methods.train.progress import Progress
 from bitladder.zoo.spec import run
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
+RUN_FIELDS = ("log_dir", "checkpoint", "resume")  # where a run writes, not what it computes
 
 
 @dataclass(frozen=True)
 class Train:
-    """Epochs over the given batches, optimiser, learning rate, schedule, seed, distillation knobs."""
+    """Epochs over the given batches, optimiser, learning rate, schedule, seed, distillation knobs; where
+    to log (TensorBoard folder), checkpoint, and whether to resume."""
 
     epochs: int = 10
     lr: float = 1e-3
@@ -42,6 +55,9 @@ class Train:
     temperature: float = 4.0
     alpha: float = 0.7  # weight of the soft (teacher) loss against the hard labels
     seed: int = 0
+    log_dir: str | None = None
+    checkpoint: str | None = None
+    resume: bool = False
     version: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -57,9 +73,21 @@ class Train:
             raise BitladderError(f"temperature must be > 0, got {self.temperature}")
         if not 0 <= self.alpha <= 1:
             raise BitladderError(f"alpha must be in [0, 1], got {self.alpha}")
+        for name in ("log_dir", "checkpoint"):
+            value = getattr(self, name)
+            if value is not None:
+                if not isinstance(value, str | os.PathLike) or not str(value):
+                    raise BitladderError(f"{name} must be a path, got {value!r}")
+                object.__setattr__(self, name, str(value))
+        if self.resume and self.checkpoint is None:
+            raise BitladderError("resume=True needs checkpoint=PATH (the file to resume from)")
 
     def to_dict(self) -> dict:
         return {"type": "Train", "version": self.version, **asdict(self)}
+
+    def settings(self) -> dict:
+        """What determines the trained weights (a checkpoint must agree on these to be resumed)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_FIELDS}
 
 
 def loss_for(metric: str, out: torch.Tensor, soft: torch.Tensor | None, target: torch.Tensor | None,
@@ -94,45 +122,72 @@ def _freeze_packed(model: nn.Module) -> None:
             m.set_kernel_policy("dequant-fp32")  # autograd flows through x; the packed weight is fixed
 
 
+def _optimizer(params: list[nn.Parameter], config: Train) -> tuple[torch.optim.Optimizer, Any]:
+    opt = (torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay) if config.optimizer == "adamw"
+           else torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay))
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs) if config.schedule == "cosine"
+             else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0))
+    return opt, sched
+
+
 def fit(student: nn.Module, batches: list[Any], targets: list[torch.Tensor] | None, config: Train,
         teacher: nn.Module | None = None, metric: str = "accuracy",
         on_epoch: Callable[[int, float], None] | None = None) -> nn.Module:
-    """Train ``student`` in place on ``batches`` (with ``targets`` for classifiers); returns it in eval mode."""
+    """Train ``student`` in place on ``batches`` (with ``targets`` for classifiers); returns it in eval mode.
+
+    ``on_epoch(epoch, mean_loss)`` is called after each epoch (on every rank, with the loss over all ranks).
+    """
     if not batches:
         raise BitladderError("no training batches")
     if targets is not None and len(targets) != len(batches):
         raise BitladderError(f"{len(batches)} training batches but {len(targets)} target batches")
+    w = ddp.world()
+    batches = ddp.shard(batches, w)
+    targets = None if targets is None else ddp.shard(targets, w)
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed)
     _freeze_packed(student)
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
         raise BitladderError("the model has no trainable parameters (every layer is packed)")
-    opt = (torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay) if config.optimizer == "adamw"
-           else torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay))
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs) if config.schedule == "cosine"
-             else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0))
+    opt, sched = _optimizer(params, config)
     masks = _zero_masks(student)
+    start = 0
+    if config.resume and Path(config.checkpoint).exists():
+        start = ckpt.load(config.checkpoint, student, opt, sched, g, config.settings())
     if teacher is not None:
         teacher.eval()
     student.train()
-    for epoch in range(config.epochs):
-        total = 0.0
-        for i in torch.randperm(len(batches), generator=g).tolist():
-            out = run(student, batches[i])
-            soft = None
-            if teacher is not None:
-                with torch.no_grad():
-                    soft = run(teacher, batches[i])
-            loss = loss_for(metric, out, soft, None if targets is None else targets[i], config)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss)
-            with torch.no_grad():
-                for n, mk in masks.items():
-                    student.get_submodule(n).weight.mul_(mk)
-        sched.step()
-        if on_epoch:
-            on_epoch(epoch, total / len(batches))
+    model = ddp.wrap(student, w, batches[0])
+    log = Progress(config.log_dir, write=w.main)
+    try:
+        for epoch in range(start, config.epochs):
+            total = 0.0
+            with ddp.join(model):
+                for step, i in enumerate(torch.randperm(len(batches), generator=g).tolist()):
+                    out = run(model, batches[i])
+                    soft = None
+                    if teacher is not None:
+                        with torch.no_grad():
+                            soft = run(teacher, batches[i])
+                    loss = loss_for(metric, out, soft, None if targets is None else targets[i], config)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    value = float(loss.detach())
+                    total += value
+                    log.step(epoch * len(batches) + step, value, opt.param_groups[0]["lr"])
+                    with torch.no_grad():
+                        for n, mk in masks.items():
+                            student.get_submodule(n).weight.mul_(mk)
+            sched.step()
+            mean = ddp.mean(total, len(batches), w)
+            log.epoch(epoch, mean)
+            if config.checkpoint and w.main:
+                ckpt.save(config.checkpoint, student, opt, sched, g, epoch + 1, config.settings())
+            if on_epoch:
+                on_epoch(epoch, mean)
+    finally:
+        log.close()
+    del model
     return student.eval()

@@ -1,0 +1,99 @@
+"""Multi-process training: the trainer runs unchanged under ``torchrun --nproc-per-node N``.
+
+When ``torch.distributed`` is initialised, or the environment says ``WORLD_SIZE > 1`` (torchrun sets it;
+the process group is then started here: gloo on CPU, nccl on GPU), the student is wrapped in
+DistributedDataParallel, rank ``r`` trains on ``batches[r::N]`` (uneven shards are handled with DDP's
+``join``), gradients are averaged across ranks, and only rank 0 writes checkpoints and logs.
+Outside torchrun everything here is a no-op.
+
+>>> w = world()
+>>> (w.rank, w.size, w.main), shard([1, 2, 3], w)
+((0, 1, True), [1, 2, 3])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from bitladder.errors import BitladderError
+from bitladder.zoo.spec import run
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def world() -> World:
+    """This process's rank and the number of processes; starts the process group under torchrun."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size())
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        size = int(raw)
+    except ValueError:
+        raise BitladderError(f"WORLD_SIZE must be an integer, got {raw!r}") from None
+    if size <= 1:
+        return World()
+    if not dist.is_available():
+        raise BitladderError(f"WORLD_SIZE={size} but this PyTorch build has no torch.distributed")
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return World(dist.get_rank(), dist.get_world_size())
+
+
+def shard(items: Sequence[Any], w: World) -> list[Any]:
+    """Rank ``r``'s share: ``items[r::size]``."""
+    if w.size > 1 and len(items) < w.size:
+        raise BitladderError(f"{len(items)} training batches cannot be shared by {w.size} processes")
+    return list(items[w.rank :: w.size])
+
+
+def _prime(model: nn.Module, batch: Any) -> None:
+    """Layers that initialise themselves on their first forward (QAT activation thresholds) do so now,
+    so that DDP's start-up broadcast gives every rank rank 0's values."""
+    from bitladder.methods.train.qat import FakeQuantLayer
+
+    lazy = [m for m in model.modules() if isinstance(m, FakeQuantLayer) and m.shift_ready is not None]
+    if any(not bool(m.shift_ready) for m in lazy):
+        with torch.no_grad():
+            run(model, batch)
+
+
+def wrap(model: nn.Module, w: World, first_batch: Any) -> nn.Module:
+    """The model to call in the training loop: ``model`` itself, or a DDP wrapper around it."""
+    if w.size == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    _prime(model, first_batch)
+    return DistributedDataParallel(model)
+
+
+def join(model: nn.Module) -> contextlib.AbstractContextManager:
+    """DDP's context for ranks with different numbers of batches (a null context otherwise)."""
+    return model.join() if hasattr(model, "join") and hasattr(model, "module") else contextlib.nullcontext()
+
+
+def mean(total: float, count: int, w: World) -> float:
+    """``total / count`` summed over all ranks."""
+    if w.size == 1:
+        return total / count
+    import torch.distributed as dist
+
+    t = torch.tensor([total, float(count)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t[0] / t[1])
