@@ -80,7 +80,9 @@ def wrap(model: nn.Module, w: World, first_batch: Any) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     _prime(model, first_batch)
-    return DistributedDataParallel(model)
+    # some trainable parameters may take no part in the loss (a binary QAT layer's unused step, a head
+    # the loss skips); DDP must be told, or it waits for their gradients forever
+    return DistributedDataParallel(model, find_unused_parameters=True)
 
 
 def join(model: nn.Module) -> contextlib.AbstractContextManager:
