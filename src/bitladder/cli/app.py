@@ -97,6 +97,42 @@ def compress(
 
 
 @app.command()
+def tune(
+    model: str = typer.Option("digits", help="digits, minilm, or a factory 'package.module:function'"),
+    max_drop: float = typer.Option(1.0, help="fidelity drop budget in points (accuracy %, or cosine x 100)"),
+    objective: str = typer.Option("size", help="size (bits per weight) or latency"),
+    trials: int = typer.Option(60, help="complete trials the study should hold (a resumed study counts its own)"),
+    workers: int = typer.Option(1, help="local worker processes on the same study"),
+    storage: str = typer.Option(None, help="study database URL (default: sqlite file OUT/study.db; PostgreSQL "
+                                           "URLs let workers on many machines share one study)"),
+    study: str = typer.Option(None, help="study name (default: MODEL-OBJECTIVE-dropMAX)"),
+    timeout: float = typer.Option(None, help="stop each worker after this many seconds"),
+    out: Path = typer.Option(Path("runs/tune"), help="folder for study.db, the best artifact, results.json, report"),
+) -> None:
+    """Search formats per layer, sparsity and rank for the smallest (or fastest) model within a drop budget."""
+    from bitladder.pipeline.report import write_report
+    from bitladder.pipeline.tune import TuneConfig
+    from bitladder.pipeline.tune_run import run_tune
+
+    config = TuneConfig(max_drop=max_drop, objective=objective, trials=trials)
+    with console.status(f"tuning {model}: {trials} trials, {workers} worker(s)"):
+        try:
+            res = run_tune(model, config, out, storage=storage, study_name=study, workers=workers, timeout=timeout)
+        finally:
+            import json
+
+            if (out / "results.json").exists():
+                part = json.loads((out / "results.json").read_text())
+                if part.get("trials") and part.get("metric"):
+                    write_report(part, out / "report.html")
+    row = res["rungs"][0]
+    console.print(f"best: trial #{res['best']['number']} of {len(res['trials'])}: {row['bits_per_weight']:.2f} bits "
+                  f"per weight, {row['fidelity']:.4f} ({row['fidelity_drop_pt']:.2f} pt drop; held-out half "
+                  f"{row['heldout_fidelity_drop_pt']:.2f} pt), {row['bytes_on_disk']:,} bytes, speed x "
+                  f"{row['latency_ratio']:.2f}; wall {res['wall_s']:.0f} s; report: {out / 'report.html'}")
+
+
+@app.command()
 def mixed(
     model: str = typer.Option("digits", help="digits, minilm, or a factory 'package.module:function'"),
     rungs: str = typer.Option("int8,int4-g32,int2-g32-asym", help="candidate rungs per layer"),
