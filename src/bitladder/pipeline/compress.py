@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bitladder.io.artifact import load, read_header, save
+from bitladder.io.artifact import load, save
 from bitladder.pipeline.compress_steps import RUNNERS, State, finalize
 from bitladder.nn.base import QuantModule
 from bitladder.pipeline.evaluate import fidelity, outputs, paired_latency
