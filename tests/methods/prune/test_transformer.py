@@ -82,6 +82,10 @@ def test_taylor_uses_the_distillation_loss_and_falls_back_without_dropout():
     p, rep = prune_heads_ffn(tiny(), HeadFFNPrune(importance="taylor", batches=2), data)
     assert rep["importance"] == "taylor" and not p.training
     assert all(par.grad is None for par in p.parameters())
+    state = torch.random.get_rng_state()
+    again, _ = prune_heads_ffn(tiny(), HeadFFNPrune(importance="taylor", batches=2), data)
+    assert torch.equal(torch.random.get_rng_state(), state)  # seeded dropout draws, global RNG untouched
+    assert all(torch.equal(x, y) for x, y in zip(p.state_dict().values(), again.state_dict().values()))
     _, rep = prune_heads_ffn(tiny(dropout=0.0), HeadFFNPrune(importance="taylor"), data)
     assert rep["importance"].startswith("l1")
     with pytest.raises(BitladderError, match="needs training batches"):

@@ -44,12 +44,14 @@ IMPORTANCE = ("l1", "l2", "taylor")
 @dataclass(frozen=True)
 class HeadFFNPrune:
     """Remove ``heads`` of each layer's attention heads and ``ffn`` of its FFN neurons (fractions in
-    [0, 1)), least important first by ``importance``; "taylor" uses ``batches`` training batches."""
+    [0, 1)), least important first by ``importance``; "taylor" uses ``batches`` training batches
+    and ``seed`` for the dropout draws."""
 
     heads: float = 0.25
     ffn: float = 0.25
     importance: str = "l1"
     batches: int = 4
+    seed: int = 0  # taylor: the dropout draws (the global RNG is left as it was)
     version: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -117,7 +119,8 @@ def _taylor(model: nn.Module, layers: list, batches: list[Any], config: HeadFFNP
     teacher = copy.deepcopy(model).eval()
     totals: dict[str, list[torch.Tensor]] = {}
     model.train()
-    try:
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
         for b in batches[: config.batches]:
             model.zero_grad()
             with torch.no_grad():
@@ -128,9 +131,8 @@ def _taylor(model: nn.Module, layers: list, batches: list[Any], config: HeadFFNP
                     h, f = _scores(layer, lambda lin: lin.weight * lin.weight.grad)
                     prev = totals.get(name, [0, 0])
                     totals[name] = [prev[0] + h.abs(), prev[1] + f.abs()]
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.eval()
+    model.zero_grad(set_to_none=True)
+    model.eval()
     return {n: (h, f) for n, (h, f) in totals.items()}
 
 
