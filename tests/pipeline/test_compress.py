@@ -42,9 +42,10 @@ def test_sparse_int8_recipe_shrinks_and_keeps_accuracy(sparse_run):
 def test_report_has_every_section(sparse_run):
     page = render(sparse_run[0])
     for needle in ("Pareto front: fidelity vs size", "Pareto front: fidelity vs latency", "per-layer sensitivity",
+                   "bytes per layer, before and after",
                    "Model before / after", "Robustness", "Steps", "Warnings", "dataset.figures"):
         assert needle in page
-    assert page.count("data:image/png;base64,") == 5 and "https://" not in page
+    assert page.count("data:image/png;base64,") == 4 and "https://" not in page
 
 
 def test_channel_pruned_recipe_is_smaller_in_params_and_macs_and_reloads(digits_spec, tmp_path):

@@ -77,13 +77,32 @@ def pareto_plot(points: list[dict], x: str, xlabel: str, label: str, title: str,
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "o-", c="C3", label="Pareto front")
     for i in front:
         ax.annotate(points[i].get("label", ""), pts[i], textcoords="offset points", xytext=(4, 4), fontsize=7)
-    if log:
+    xs = [p[0] for p in pts]
+    if log and min(xs) > 0 and max(xs) / min(xs) > 10:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(label)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return png(fig)
+
+
+def bytes_per_layer(summary: list[dict], model: str) -> str:
+    """Bytes of each weighted layer before (fp32) and after compression, side by side."""
+    import numpy as np
+
+    plt = _plt()
+    names = [r["layer"] for r in summary]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.35 * len(names) + 2), 4))
+    ax.bar(x - 0.2, [r["bytes_before"] for r in summary], 0.4, label="before")
+    ax.bar(x + 0.2, [r["bytes_after"] for r in summary], 0.4, label="after")
+    ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("bytes")
+    ax.set_title(f"{model}: bytes per layer, before and after")
+    ax.legend()
     return png(fig)
 
 

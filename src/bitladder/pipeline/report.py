@@ -63,15 +63,17 @@ def render_figures(results: dict) -> dict[str, str]:
     rows, model = results["rungs"], results["model"]
     label = "accuracy" if results["metric"] == "accuracy" else "mean cosine to fp32"
     out = {}
-    if len(rows) > 1 or not results.get("trials"):
+    if len(rows) > 1:
         out["fidelity vs bits per weight"] = figures.fidelity_vs_bits(rows, model, label)
         out["bytes per rung"] = figures.bytes_per_rung(rows, model)
+    if results.get("summary"):
+        out["bytes per layer, before and after"] = figures.bytes_per_layer(results["summary"], model)
     pts = _points(results)
     if pts:
         out["Pareto front: fidelity vs size"] = figures.pareto_plot(
             pts, "bytes_on_disk", "bytes on disk", label, f"{model}: fidelity against size")
         out["Pareto front: fidelity vs latency"] = figures.pareto_plot(
-            pts, "latency_ms", "latency (ms, median)", label, f"{model}: fidelity against latency")
+            pts, "latency_ms", "latency (ms, median)", label, f"{model}: fidelity against latency", log=False)
     if results.get("sensitivity"):
         out["per-layer sensitivity"] = figures.heatmap(results["sensitivity"])
     return out
