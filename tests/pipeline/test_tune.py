@@ -37,6 +37,8 @@ def test_two_workers_share_one_sqlite_study_and_resume(tmp_path):
     res = run_tune("digits", cfg, tmp_path, workers=2)
     done = [t for t in res["trials"] if t["state"] == "COMPLETE"]
     assert len(done) >= 4 and len(res["workers"]) == 2  # trials came from two processes
+    firsts = [{v for k, v in t["params"].items() if k.startswith("fmt:")} for t in res["trials"][:3]]
+    assert sorted(f.pop() for f in firsts if len(f) == 1) == sorted(FAST["formats"])  # warm start: the ladder
     best = res["rungs"][0]
     assert (tmp_path / best["artifact"]).exists() and (tmp_path / "study.db").exists()
     assert best["bits_per_weight"] == pytest.approx(min(t["bits_per_weight"] for t in done), rel=1e-6)

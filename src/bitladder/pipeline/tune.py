@@ -2,7 +2,9 @@
 
 Each trial picks a format per layer (fp16 down to binary; GPTQ-calibrated at 2-3 bits), a global
 magnitude sparsity and a low-rank energy for Linear layers, compresses a copy of the model and scores
-it on the *search* half of the evaluation data. The objective is the smallest size (average bits per
+it on the *search* half of the evaluation data. The first trials are the ladder itself (every layer at
+one format), so TPE starts from the uniform answers and looks for better mixes; a proposal already
+measured is not recomputed. The objective is the smallest size (average bits per
 original weight, every stored tensor of the compressed layers counted) or the lowest latency, with
 the constraint ``fidelity drop <= max_drop`` handed to TPE as a constraint. The best feasible trial is
 rebuilt, saved as an artifact and measured on the *held-out* half as well, so the reported drop is not
@@ -35,6 +37,7 @@ FORMATS = ("fp16", "int8", "int4-g64", "int3-g128-asym-gptq", "int2-g128-asym-gp
 SPARSITY = (0.0, 0.25, 0.5)
 ENERGY = (1.0, 0.98, 0.95)
 OBJECTIVES = ("size", "latency")
+ROW_KEYS = ("fidelity", "fidelity_drop_pt", "bits_per_weight", "model_bytes", "latency_ms", "latency_ratio")
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,13 @@ def suggest(trial, config: TuneConfig, names: list[str]) -> dict[str, Any]:
     if len(config.energy) > 1:
         p["energy"] = trial.suggest_categorical("energy", list(config.energy))
     return p
+
+
+def warm_start(config: TuneConfig, names: list[str]) -> list[dict[str, Any]]:
+    """The ladder as first trials: every layer at one format, no sparsity, no factorisation."""
+    extra = {**({"sparsity": 0.0} if len(config.sparsity) > 1 else {}),
+             **({"energy": 1.0} if len(config.energy) > 1 else {})}
+    return [{**{f"fmt:{n}": f for n in names}, **extra} for f in config.formats]
 
 
 def objective_value(row: dict, config: TuneConfig) -> float:

@@ -79,7 +79,12 @@ def run_worker(model: str, storage: str, name: str, config: T.TuneConfig, thread
 
     def objective(trial) -> float:
         params = T.suggest(trial, cfg, names)
-        row = T.score(search, T.build(search, params, names), ref, base, names, numel, cfg.repeats)
+        same = next((t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                     if t.params == params and "fidelity" in t.user_attrs), None)
+        if same is not None:  # TPE proposes repeats; reuse the measurement instead of recomputing it
+            row = {k: same.user_attrs[k] for k in T.ROW_KEYS}
+        else:
+            row = T.score(search, T.build(search, params, names), ref, base, names, numel, cfg.repeats)
         for k, v in row.items():
             trial.set_user_attr(k, v)
         trial.set_user_attr("violation", row["fidelity_drop_pt"] - cfg.max_drop)
@@ -100,7 +105,12 @@ def run_tune(model: str, config: T.TuneConfig, out: Path, storage: str | None = 
         raise BitladderError(f"workers must be >= 1, got {workers}")
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     name = study_name or f"{model}-{config.objective}-drop{config.max_drop:g}"
-    open_study(storage, name, config)  # fail fast on a bad URL or a mismatched study
+    study = open_study(storage, name, config)  # fail fast on a bad URL or a mismatched study
+    if not study.trials:
+        from bitladder.zoo.registry import resolve
+
+        for params in T.warm_start(config, T.layers_of(resolve(model).model)):
+            study.enqueue_trial(params)
     t0 = time.perf_counter()
     threads = max(1, torch.get_num_threads() // workers)
     if workers == 1:
