@@ -126,3 +126,9 @@ def test_compress_bad_recipe_is_one_line(tmp_path):
     bad.write_text("model: digits\nsteps:\n  - quantize: {rung: int8}\n  - prune: {sparsity: 0.5}\n")
     one_line_error(cli("compress", str(bad), "--out", str(tmp_path / "o")), "line 4", "prune cannot follow quantize")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_tune_bad_input_is_one_line(tmp_path):
+    one_line_error(cli("tune", "--objective", "fastest", "--out", str(tmp_path / "t")), "unknown objective", "size")
+    one_line_error(cli("tune", "--storage", "nosuchdb://x", "--trials", "1", "--out", str(tmp_path / "t")),
+                   "cannot open study storage")

@@ -70,3 +70,17 @@ def test_training_steps_need_data_and_labels(tmp_path):
     spec.train_batches = [x]
     with pytest.raises(BitladderError, match="finetune needs labels"):
         run_recipe(recipe("finetune: {epochs: 1}"), spec, tmp_path)
+
+
+@pytest.mark.slow
+def test_minilm_example_recipe_end_to_end(minilm_spec, tmp_path):
+    from pathlib import Path
+
+    from bitladder.pipeline.recipe import load_recipe
+
+    r = load_recipe(Path(__file__).parents[2] / "examples" / "minilm.yaml")
+    res = run_recipe(r, minilm_spec, tmp_path)
+    row = res["rungs"][0]
+    assert row["fidelity"] >= 0.99 and row["knn10"] >= 0.85
+    assert row["bytes_on_disk"] * 3 < row["fp32_bytes"] and row["reload_identical"]
+    assert "per-layer sensitivity" in render(res)
