@@ -46,9 +46,29 @@ def _torch_ao(spec):
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(spec.model), {nn.Linear}, dtype=torch.qint8)
 
 
-def _onnx(spec, quantised: bool, folder: Path):
+def _session(path: Path) -> nn.Module:
     import onnxruntime as ort
 
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    fn = _Fn(lambda b: torch.from_numpy(sess.run(None, {k: v.numpy() for k, v in b.items() if k in names})[0]))
+    fn.file_bytes = path.stat().st_size
+    return fn
+
+
+def _bitladder_onnx(spec, cfg, activations: str, folder: Path, calib=None) -> nn.Module:
+    """A bitladder model exported with standard operators (DequantizeLinear / MatMulInteger), run in ORT."""
+    from bitladder.io.onnx_export import export_onnx
+
+    b = spec.latency_batch
+    path = folder / f"bitladder-{cfg.qtype}-{activations}.onnx"
+    export_onnx(_bitladder(spec, cfg, calib), {k: v[:2] for k, v in b.items()}, path, 21, activations)
+    return _session(path)
+
+
+def _onnx(spec, quantised: bool, folder: Path):
     path = folder / "minilm.onnx"
     if not path.exists():
         b = spec.latency_batch
@@ -63,11 +83,7 @@ def _onnx(spec, quantised: bool, folder: Path):
 
         use = folder / "minilm-int8.onnx"
         quantize_dynamic(str(path), str(use), weight_type=QuantType.QInt8)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = torch.get_num_threads()
-    sess = ort.InferenceSession(str(use), so, providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
-    return _Fn(lambda b: torch.from_numpy(sess.run(None, {k: v.numpy() for k, v in b.items() if k in names})[0]))
+    return _session(use)
 
 
 class _NoInferenceMode(nn.Module):
@@ -114,6 +130,10 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
         "torch.ao quantize_dynamic int8": lambda: _torch_ao(spec),
         "onnxruntime fp32": lambda: _onnx(spec, False, folder),
         "onnxruntime quantize_dynamic int8": lambda: _onnx(spec, True, folder),
+        "bitladder ONNX W8 (DequantizeLinear)": lambda: _bitladder_onnx(spec, Int(8), "float", folder),
+        "bitladder ONNX W8A8 dynamic (MatMulInteger)": lambda: _bitladder_onnx(spec, Int(8), "dynamic", folder),
+        "bitladder ONNX W4 g64 gptq (blocked DQ)": lambda: _bitladder_onnx(
+            spec, Int(4, group=64, method=GPTQ()), "float", folder, calib),
         "optimum-quanto W8": lambda: _quanto(spec, "int8"),
         "optimum-quanto W4": lambda: _quanto(spec, "int4"),
         "hqq W4 g64": lambda: _hqq(spec),
@@ -145,5 +165,6 @@ def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
             fid = fidelity(spec, out, ref)
             rows.append({**row, "latency_ms": round(s * 1e3, 2), "fp32_latency_ms": round(fp32_s * 1e3, 2),
                          "ratio_vs_fp32": round(fp32_s / s, 3), "peak_rss_mb": pm.peak_mb,
-                         "cos_mean": fid["fidelity"], "cos_min": fid["cos_min"], "knn10": fid["knn10"]})
+                         "cos_mean": fid["fidelity"], "cos_min": fid["cos_min"], "knn10": fid["knn10"],
+                         "onnx_bytes": getattr(model, "file_bytes", None)})
     return rows
