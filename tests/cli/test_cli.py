@@ -132,3 +132,14 @@ def test_tune_bad_input_is_one_line(tmp_path):
     one_line_error(cli("tune", "--objective", "fastest", "--out", str(tmp_path / "t")), "unknown objective", "size")
     one_line_error(cli("tune", "--storage", "nosuchdb://x", "--trials", "1", "--out", str(tmp_path / "t")),
                    "cannot open study storage")
+
+
+def test_run_a_user_model_artifact_with_its_factory(tmp_path):
+    out = tmp_path / "u"
+    user = "tests.zoo.user_models:classifier"
+    assert cli("ladder", "--model", user, "--rungs", "int4-g32", "--out", str(out), "--repeats", "1").returncode == 0
+    art = next(out.glob("*.safetensors"))
+    res = cli("run", str(art), "--model", user)
+    assert res.returncode == 0 and "ran on 64 inputs" in res.stdout and "accuracy" in res.stdout, res.stderr
+    one_line_error(cli("run", str(art)), "not of a built-in model", "--model")
+    one_line_error(cli("run", str(art), "--model", "tests.zoo.user_models:regressor"), "does not match the model")

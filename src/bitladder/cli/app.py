@@ -225,23 +225,28 @@ def export(
 
 @app.command(name="run")
 def run_artifact(
-    artifact: Path = typer.Argument(..., help="a .safetensors artifact (built-in model) or an .onnx export"),
+    artifact: Path = typer.Argument(..., help="a .safetensors artifact written by bitladder"),
+    model: str = typer.Option(None, help="the model's factory 'package.module:function' (artifacts of a "
+                                         "built-in model need none)"),
 ) -> None:
     """Load an artifact in this fresh process and run it on sample inputs of its model."""
     from bitladder.io.artifact import load, read_header
     from bitladder.pipeline.evaluate import fidelity, outputs
-    from bitladder.zoo.registry import resolve
+    from bitladder.zoo.registry import BUILTINS, resolve
 
     if artifact.suffix == ".onnx":
         raise BitladderError("run takes a .safetensors artifact; run .onnx files with onnxruntime directly")
     meta, _ = read_header(artifact)
-    model = load(artifact)
-    spec = resolve(meta["source"])
+    source = model or meta.get("source")
+    if source not in BUILTINS and model is None:
+        raise BitladderError(f"{artifact} is not of a built-in model; pass its factory: --model package.module:function")
+    spec = resolve(source)
+    loaded = load(artifact, model=spec.fresh_model())
     ref = outputs(spec.model, spec.eval_batches)
-    fid = fidelity(spec, outputs(model, spec.eval_batches), ref)
+    fid = fidelity(spec, outputs(loaded, spec.eval_batches), ref)
     extra = "" if fid["cos_min"] is None else f", cos min {fid['cos_min']:.4f}, kNN@10 {fid['knn10']:.3f}"
     n = sum(len(next(iter(b.values()))) if isinstance(b, dict) else len(b) for b in spec.eval_batches)
-    console.print(f"{artifact}: {meta['source']} ran on {n} inputs; {spec.metric} {fid['fidelity']:.4f}{extra}")
+    console.print(f"{artifact}: {source} ran on {n} inputs; {spec.metric} {fid['fidelity']:.4f}{extra}")
 
 
 @app.command()
