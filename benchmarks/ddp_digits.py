@@ -62,8 +62,7 @@ def main() -> None:
                           "accuracy": accuracy(q, data["x_test"], data["y_test"]),
                           "train_seconds": round(seconds, 2), "test_images": len(data["y_test"]),
                           "replicas_identical": same}), flush=True)
-    if w.size > 1:
-        torch.distributed.destroy_process_group()
+    ddp.close(w)
 
 
 if __name__ == "__main__":

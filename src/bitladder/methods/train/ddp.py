@@ -4,7 +4,8 @@ When ``torch.distributed`` is initialised, or the environment says ``WORLD_SIZE 
 the process group is then started here: gloo on CPU, nccl on GPU), the student is wrapped in
 DistributedDataParallel, rank ``r`` trains on ``batches[r::N]`` (uneven shards are handled with DDP's
 ``join``), gradients are averaged across ranks, and only rank 0 writes checkpoints and logs.
-Outside torchrun everything here is a no-op.
+Outside torchrun everything here is a no-op. A script ends with :func:`close` (barrier, then destroy the
+process group): a rank that exits while another still talks to it can abort.
 
 >>> w = world()
 >>> (w.rank, w.size, w.main), shard([1, 2, 3], w)
@@ -99,3 +100,12 @@ def mean(total: float, count: int, w: World) -> float:
     t = torch.tensor([total, float(count)], dtype=torch.float64)
     dist.all_reduce(t)
     return float(t[0] / t[1])
+
+
+def close(w: World) -> None:
+    """Wait for every rank, then end the process group (a no-op in one process)."""
+    if w.size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
