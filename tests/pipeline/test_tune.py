@@ -45,6 +45,8 @@ def test_two_workers_share_one_sqlite_study_and_resume(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["best"]["number"] == res["best"]["number"]
     page = render(res)
     assert "Pareto front: fidelity vs size" in page and "Trials" in page
+    for section in ("per-layer sensitivity", "Model before / after", "Robustness"):
+        assert section in page
     again = run_tune("digits", T.TuneConfig(max_drop=100.0, trials=len(done) + 2, **FAST), tmp_path)
     numbers = [t["number"] for t in again["trials"] if t["state"] == "COMPLETE"]
     assert len(numbers) >= len(done) + 2 and set(t["number"] for t in done) <= set(numbers)

@@ -48,13 +48,14 @@ def sqnr_table(results: dict) -> str:
 
 def _points(results: dict) -> list[dict]:
     """Points for the Pareto fronts: tune trials if any, else the rungs (plus fp32 as the reference)."""
-    if results.get("trials"):
-        return [{**t, "label": f"#{t['number']}"} for t in results["trials"]]
-    pts = [{"label": r["rung"], "fidelity": r["fidelity"], "bytes_on_disk": r["bytes_on_disk"],
+    if results.get("trials"):  # size of a trial: bytes of its compressed layers (no artifact is written per trial)
+        return [{**t, "label": f"#{t['number']}", "size": t["model_bytes"]} for t in results["trials"]
+                if t.get("fidelity") is not None]
+    pts = [{"label": r["rung"], "fidelity": r["fidelity"], "size": r["bytes_on_disk"],
             "latency_ms": r["latency_ms"]} for r in results["rungs"] if r.get("latency_ms")]
     first = next((r for r in results["rungs"] if r.get("fp32_latency_ms")), None)
     if first and not any(p["label"] == "fp32" for p in pts) and first.get("fp32_bytes"):
-        pts.append({"label": "fp32", "fidelity": results["fp32_fidelity"], "bytes_on_disk": first["fp32_bytes"],
+        pts.append({"label": "fp32", "fidelity": results["fp32_fidelity"], "size": first["fp32_bytes"],
                     "latency_ms": first["fp32_latency_ms"]})
     return pts
 
@@ -70,8 +71,9 @@ def render_figures(results: dict) -> dict[str, str]:
         out["bytes per layer, before and after"] = figures.bytes_per_layer(results["summary"], model)
     pts = _points(results)
     if pts:
+        xlabel = "bytes of the compressed layers" if results.get("trials") else "bytes on disk (whole artifact)"
         out["Pareto front: fidelity vs size"] = figures.pareto_plot(
-            pts, "bytes_on_disk", "bytes on disk", label, f"{model}: fidelity against size")
+            pts, "size", xlabel, label, f"{model}: fidelity against size")
         out["Pareto front: fidelity vs latency"] = figures.pareto_plot(
             pts, "latency_ms", "latency (ms, median)", label, f"{model}: fidelity against latency", log=False)
     if results.get("sensitivity"):
@@ -101,7 +103,7 @@ def render(results: dict) -> str:
         table(results.get("robustness", []), ("kind", "level", "fp32_fidelity", "fidelity", "cos_min"),
               "Robustness (same perturbed inputs for fp32 and the compressed model)"),
         table(results.get("trials", []), ("number", "state", "bits_per_weight", "fidelity", "fidelity_drop_pt",
-                                          "bytes_on_disk", "latency_ms", "feasible"), "Trials"),
+                                          "model_bytes", "latency_ms", "feasible", "worker"), "Trials"),
         sqnr_table(results),
     ]
     intro = (f"metric: {html.escape(results['metric'])}; fp32 fidelity {results['fp32_fidelity']:.4f}; "

@@ -3,8 +3,8 @@
 Each trial picks a format per layer (fp16 down to binary; GPTQ-calibrated at 2-3 bits), a global
 magnitude sparsity and a low-rank energy for Linear layers, compresses a copy of the model and scores
 it on the *search* half of the evaluation data. The first trials are the ladder itself (every layer at
-one format), so TPE starts from the uniform answers and looks for better mixes; a proposal already
-measured is not recomputed. The objective is the smallest size (average bits per
+one format) and greedy mixed-precision assignments from per-layer sensitivity at a few budgets, so TPE
+starts from good answers and looks for better mixes; a proposal already measured is not recomputed. The objective is the smallest size (average bits per
 original weight, every stored tensor of the compressed layers counted) or the lowest latency, with
 the constraint ``fidelity drop <= max_drop`` handed to TPE as a constraint. The best feasible trial is
 rebuilt, saved as an artifact and measured on the *held-out* half as well, so the reported drop is not
@@ -158,6 +158,33 @@ def warm_start(config: TuneConfig, names: list[str]) -> list[dict[str, Any]]:
     extra = {**({"sparsity": 0.0} if len(config.sparsity) > 1 else {}),
              **({"energy": 1.0} if len(config.energy) > 1 else {})}
     return [{**{f"fmt:{n}": f for n in names}, **extra} for f in config.formats]
+
+
+GUIDED_BUDGETS = (2.0, 2.25, 2.5, 3.0, 4.0)
+GUIDED_MAX_RUNS = 200  # layer x format quantisations the sensitivity pass may take
+
+
+def guided_start(spec: ModelSpec, config: TuneConfig, names: list[str]) -> tuple[list[dict[str, Any]], dict]:
+    """Greedy mixed-precision assignments (per-layer sensitivity, cheapest error per saved bit) at a few
+    budgets: good first guesses that TPE then refines; and the sensitivity table. Skipped ([], {}) for
+    models with many layers."""
+    from bitladder.methods.quantize.mixed import allocate, sensitivity
+
+    if len(names) * len(config.formats) > GUIDED_MAX_RUNS or not spec.calib_batches:
+        return [], {}
+    table = sensitivity(spec.model, {f: parse_rung(f) for f in config.formats}, spec.calib_batches[:1], names)
+    extra = {**({"sparsity": 0.0} if len(config.sparsity) > 1 else {}),
+             **({"energy": 1.0} if len(config.energy) > 1 else {})}
+    out = []
+    for budget in GUIDED_BUDGETS:
+        try:
+            pick = allocate(table, budget)
+        except BitladderError:
+            continue
+        params = {**{f"fmt:{n}": pick[n] for n in names}, **extra}
+        if params not in out:
+            out.append(params)
+    return out, table
 
 
 def objective_value(row: dict, config: TuneConfig) -> float:

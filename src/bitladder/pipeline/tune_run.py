@@ -109,8 +109,13 @@ def run_tune(model: str, config: T.TuneConfig, out: Path, storage: str | None = 
     if not study.trials:
         from bitladder.zoo.registry import resolve
 
-        for params in T.warm_start(config, T.layers_of(resolve(model).model)):
-            study.enqueue_trial(params)
+        spec = resolve(model)
+        names = T.layers_of(spec.model)
+        guided, table = T.guided_start(spec, config, names)
+        for params in T.warm_start(config, names) + guided:
+            study.enqueue_trial(params, skip_if_exists=True)
+        if table:
+            study.set_user_attr("sensitivity", table)
     t0 = time.perf_counter()
     threads = max(1, torch.get_num_threads() // workers)
     if workers == 1:
@@ -170,7 +175,11 @@ def _measure_best(model: str, params: dict, out: Path, name: str) -> dict:
                 "latency_ratio": fp32_s / got_s, "latency_ms": 1e3 * got_s, "fp32_latency_ms": 1e3 * fp32_s,
                 "kernels": {n: m.kernel for n, m in back.named_modules() if hasattr(m, "kernel")},
                 "warnings": [], "metric": spec.metric})
-    return row
+    from bitladder.pipeline.robustness import robustness
+    from bitladder.pipeline.summary import summarize as layer_summary
+
+    extras = {"summary": layer_summary(spec.model, back), "robustness": robustness(spec, back, [0.1, 0.25, 0.5])}
+    return row, extras
 
 
 def summarize(model: str, config: T.TuneConfig, storage: str, name: str, out: Path, wall: float) -> dict:
@@ -188,14 +197,15 @@ def summarize(model: str, config: T.TuneConfig, storage: str, name: str, out: Pa
                "trials": rows, "rungs": [], "workers": sorted({r["worker"] for r in done if r["worker"]})}
     if feasible:
         best = min(feasible, key=lambda r: r[key])
-        row = _measure_best(model, best["params"], out, f"{model}-tuned-{best['number']}")
+        row, extras = _measure_best(model, best["params"], out, f"{model}-tuned-{best['number']}")
+        results.update(extras)
         results.update({"metric": row.pop("metric"), "fp32_fidelity": row.pop("fp32_fidelity"), "rungs": [row]})
         results["search_fp32_fidelity"] = study.user_attrs.get("fp32_fidelity")
         results["best"] = {"number": best["number"], "params": best["params"], "summary":
                            f"{row['bits_per_weight']:.2f} bits per weight, drop {row['fidelity_drop_pt']:.2f} pt "
                            f"(held-out half {row['heldout_fidelity_drop_pt']:.2f} pt)"}
-    for r in rows:
-        r["bytes_on_disk"] = r["model_bytes"]
+    if study.user_attrs.get("sensitivity"):
+        results["sensitivity"] = study.user_attrs["sensitivity"]
     write_json(out / "results.json", results)
     if not feasible:
         if not done:
