@@ -31,6 +31,7 @@ def test_sparse_int8_recipe_shrinks_and_keeps_accuracy(sparse_run):
     assert json.loads((out / "results.json").read_text())["schema"] == "bitladder.ladder/1"
     assert [s["step"] for s in res["steps"]] == ["prune", "finetune", "quantize"]
     assert res["steps"][1]["fidelity"] > res["steps"][0]["fidelity"] - 0.005  # fine-tuning recovers
+    assert res["steps"][0]["nonzero"] < 0.35 * res["steps"][0]["params"]  # 70 % of the weights are zeros
     assert row["fidelity_drop_pt"] <= 1.0
     assert row["bytes_on_disk"] * 4 < row["fp32_bytes"]  # int8 + 70 % zeros in a bitmask
     assert row["reload_identical"] and set(row["kernels"]) == set(row["formats"])

@@ -83,7 +83,7 @@ def compress(
             else:
                 bar.advance(task)
                 console.print(f"  {kind:9s} {rec['seconds']:7.1f} s  fidelity {rec['fidelity']:.4f}  "
-                              f"params {rec['params']:,}")
+                              f"params {rec['params']:,}  nonzero {rec['nonzero']:,}")
 
         res = run_recipe(parsed, spec, out, on_step=on_step)
     report = write_report(res, out / "report.html")

@@ -31,6 +31,18 @@ def _params(model: torch.nn.Module) -> int:
     return sum(r["params_after"] for r in summarize(model, model))
 
 
+@torch.no_grad()
+def _nonzero(model: torch.nn.Module) -> int:
+    """Nonzero weights of the weighted layers (what unstructured pruning lowers; params does not change)."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, QuantModule):
+            total += int(torch.count_nonzero(m.effective_weight()))
+        elif isinstance(m, torch.nn.Linear | torch.nn.Conv1d | torch.nn.Conv2d | torch.nn.Embedding):
+            total += int(torch.count_nonzero(m.weight))
+    return total
+
+
 def _sensitivity(spec: ModelSpec, rungs: list[str]) -> dict:
     from bitladder.methods.quantize.mixed import sensitivity
     from bitladder.pipeline.rungs import parse_rung
@@ -72,7 +84,7 @@ def run_recipe(recipe, spec: ModelSpec, out: Path, on_step: Callable[[str, dict 
         RUNNERS[step.kind](st, step.body)
         fid = fidelity(spec, outputs(st.model, spec.eval_batches), ref)
         rec = {"step": step.kind, "line": step.line, "seconds": time.perf_counter() - t0,
-               "fidelity": fid["fidelity"], "params": _params(st.model)}
+               "fidelity": fid["fidelity"], "params": _params(st.model), "nonzero": _nonzero(st.model)}
         history.append(rec)
         if on_step:
             on_step(step.kind, rec)

@@ -97,7 +97,7 @@ def render(results: dict) -> str:
     parts = [
         table(results["rungs"], COLUMNS, "Best configuration" if kind == "tune" else "Results"),
         figs, _warnings(results),
-        table(results.get("steps", []), ("step", "line", "seconds", "fidelity", "params"), "Steps"),
+        table(results.get("steps", []), ("step", "line", "seconds", "fidelity", "params", "nonzero"), "Steps"),
         table(results.get("summary", []), ("layer", "params_before", "params_after", "bytes_before",
                                            "bytes_after", "format_after"), "Model before / after"),
         table(results.get("robustness", []), ("kind", "level", "fp32_fidelity", "fidelity", "cos_min"),
