@@ -118,3 +118,21 @@ def test_pruned_then_quantised_round_trips_through_an_artifact(tmp_path):
     x = batch()
     assert torch.equal(back(**x), q(**x))
     assert back.encoder.encoder.layer[1].attention.self.key.qmeta["shape"] == [16, 32]
+
+
+@pytest.mark.slow
+def test_minilm_pruned_quantised_reloads_from_the_builtin_factory(minilm_spec, tmp_path):
+    from bitladder.io.artifact import load, save
+    from bitladder.io.structure import describe
+    from bitladder.pipeline.evaluate import fidelity, outputs
+
+    spec = minilm_spec
+    p, rep = prune_heads_ffn(spec.model, HeadFFNPrune(importance="taylor", batches=2), spec.train_batches)
+    assert set(rep["heads"].values()) == {(12, 9)} and set(rep["ffn"].values()) == {(1536, 1152)}
+    ref, out = outputs(spec.model, spec.eval_batches[:1]), outputs(p, spec.eval_batches[:1])
+    assert fidelity(spec, out, ref)["fidelity"] > 0.7  # before any distillation
+    q = bitladder.quantize(p, Int(bits=8))
+    path = save(q, tmp_path / "m.safetensors", source="minilm", structure=describe(p, spec.fresh_model()))
+    back = load(path)  # the built-in factory + the recorded structure, nothing else
+    x = spec.eval_batches[0]
+    assert torch.equal(back(**x), q(**x))
