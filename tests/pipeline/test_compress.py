@@ -85,3 +85,12 @@ def test_minilm_example_recipe_end_to_end(minilm_spec, tmp_path):
     assert row["fidelity"] >= 0.975 and row["knn10"] >= 0.8  # measured 0.982 after one epoch of distillation
     assert row["bytes_on_disk"] * 3 < row["fp32_bytes"] and row["reload_identical"]
     assert "per-layer sensitivity" in render(res)
+
+
+def test_separable_substitution_recipe(digits_spec, tmp_path):
+    r = recipe("lowrank: {conv: separable, include: ['features.2', 'features.5']}", "distill: {epochs: 3, lr: 2.0e-3}",
+               "quantize: {rung: int8}", "evaluate: {repeats: 2, robustness: false}")
+    res = run_recipe(r, digits_spec, tmp_path)
+    row = res["rungs"][0]
+    assert row["macs"] < 0.3 * row["fp32_macs"] and row["reload_identical"]
+    assert load(tmp_path / "t.safetensors").features[2].kind == "separable"

@@ -3,8 +3,8 @@ artifact can rebuild it from the model's factory: no pickled code, only construc
 
 ``describe(model, reference)`` lists each top-most module whose type or parameter shapes differ from
 the factory's ``reference``; ``rebuild(reference, records)`` swaps those modules in. Supported:
-Linear, Conv1d/2d, BatchNorm1d/2d, LayerNorm, Embedding and FactorizedLinear; anything else that
-differs is named in the error.
+Linear, Conv1d/2d, BatchNorm1d/2d, LayerNorm, Embedding, FactorizedLinear and FactorizedConv2d;
+anything else that differs is named in the error.
 
 >>> from torch import nn
 >>> ref = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
@@ -22,8 +22,11 @@ from bitladder.errors import BitladderError
 
 
 def _args(m: nn.Module) -> tuple[str, dict]:
+    from bitladder.methods.lowrank.conv import FactorizedConv2d
     from bitladder.methods.lowrank.svd import FactorizedLinear
 
+    if isinstance(m, FactorizedConv2d):
+        return "FactorizedConv2d", m.args()
     if isinstance(m, FactorizedLinear):
         return "FactorizedLinear", {"in_f": m.first.in_features, "out_f": m.second.out_features, "rank": m.rank,
                                     "bias": m.second.bias is not None}
@@ -45,15 +48,16 @@ def _args(m: nn.Module) -> tuple[str, dict]:
         return "Embedding", {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim,
                              "padding_idx": m.padding_idx}
     raise BitladderError(f"cannot record the changed structure of {type(m).__name__}; supported: Linear, Conv1d, "
-                         "Conv2d, BatchNorm1d/2d, LayerNorm, Embedding, FactorizedLinear")
+                         "Conv2d, BatchNorm1d/2d, LayerNorm, Embedding, FactorizedLinear, FactorizedConv2d")
 
 
 def _build(kind: str, args: dict) -> nn.Module:
+    from bitladder.methods.lowrank.conv import FactorizedConv2d
     from bitladder.methods.lowrank.svd import FactorizedLinear
 
     kinds = {"Linear": nn.Linear, "Conv1d": nn.Conv1d, "Conv2d": nn.Conv2d, "BatchNorm1d": nn.BatchNorm1d,
              "BatchNorm2d": nn.BatchNorm2d, "LayerNorm": nn.LayerNorm, "Embedding": nn.Embedding,
-             "FactorizedLinear": FactorizedLinear}
+             "FactorizedLinear": FactorizedLinear, "FactorizedConv2d": FactorizedConv2d}
     if kind not in kinds:
         raise BitladderError(f"artifact structure names an unknown module type {kind!r}")
     return kinds[kind](**args)

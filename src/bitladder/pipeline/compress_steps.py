@@ -52,10 +52,12 @@ def _prune(st: State, body) -> None:
 
 
 def _lowrank(st: State, body) -> None:
+    from bitladder.methods.lowrank.conv import factorize_convs
     from bitladder.methods.lowrank.svd import factorize
 
     cfg = body.config()
-    st.model = factorize(st.model, cfg, include=body.include, exclude=body.exclude)
+    fn = factorize_convs if body.conv != "none" else factorize
+    st.model = fn(st.model, cfg, include=body.include, exclude=body.exclude)
     st.configs.append(cfg.to_dict())
 
 

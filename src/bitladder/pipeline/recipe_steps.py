@@ -45,12 +45,19 @@ class Prune(Selected):
 
 
 class LowRankStep(Selected):
+    """SVD of Linear layers; with ``conv``: Tucker-2 or depthwise-separable substitution of Conv2d layers."""
+
     energy: float | None = None
     param_ratio: float | None = None
+    conv: Literal["none", "tucker2", "separable"] = "none"
 
     def config(self):
+        from bitladder.methods.lowrank.conv import ConvFactor
         from bitladder.methods.lowrank.svd import LowRank
 
+        if self.conv != "none":
+            return ConvFactor(kind=self.conv, energy=0.9 if self.energy is None else self.energy,
+                              param_ratio=self.param_ratio)
         return LowRank(energy=self.energy, param_ratio=self.param_ratio)
 
     def check(self) -> None:
