@@ -2,8 +2,9 @@
 
     python benchmarks/prune_methods.py [--json runs/prune-digits.json]
 
-Every pruned model is fine-tuned (15-20 epochs, zeros held at zero), then saved as fp32 and as
-int4-g32 artifacts; "bytes" is the whole artifact on disk.
+Every pruned model is fine-tuned (15-20 epochs, zeros held at zero), factorised convs are distilled from
+the fp32 model (30 epochs), then each is saved as fp32 and as int4-g32 artifacts; "bytes" is the whole
+artifact on disk.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import bitladder
 from bitladder import NM, Float, Int, LowRank, Magnitude, factorize
+from bitladder.methods.lowrank.conv import ConvFactor, factorize_convs
 from bitladder.methods.prune.finetune import finetune_classifier
 from bitladder.methods.prune.structured import ChannelPrune, prune_channels
 from bitladder.pipeline.evaluate import fidelity, outputs, paired_latency
+from bitladder.methods.train.trainer import Train, fit
 from bitladder.pipeline.macs import count_macs
 from bitladder.zoo import digits
 
@@ -34,6 +37,10 @@ def main() -> None:
     def ft(m, epochs=15):
         return finetune_classifier(m, data["x_train"], data["y_train"], epochs=epochs)
 
+    def distil(m, epochs=30):
+        return fit(m, spec.train_batches, spec.train_targets, Train(epochs=epochs, lr=2e-3), teacher=spec.model)
+
+    convs = ["features.2", "features.5"]
     variants = {
         "dense fp32": lambda: spec.model,
         "unstructured 80% global": lambda: ft(bitladder.prune(spec.model, Magnitude(0.8, scope="global"))),
@@ -41,6 +48,10 @@ def main() -> None:
         "N:M 2:4": lambda: ft(bitladder.prune(spec.model, NM(2, 4))),
         "channels 50% (L1)": lambda: ft(prune_channels(spec.model, ChannelPrune(0.5), x[:2])[0], 20),
         "low-rank Linear 50% params": lambda: ft(factorize(spec.model, LowRank(param_ratio=0.5))),
+        "Tucker-2 convs 50% params": lambda: distil(factorize_convs(spec.model, ConvFactor(param_ratio=0.5),
+                                                                    include=convs)),
+        "depthwise-separable convs": lambda: distil(factorize_convs(spec.model, ConvFactor(kind="separable"),
+                                                                    include=convs)),
     }
     rows = []
     print(f"{'variant':28s} {'params':>8s} {'MACs':>9s} {'fp32 B':>8s} {'int4 B':>8s} {'x fp32':>7s} {'acc':>7s} "
