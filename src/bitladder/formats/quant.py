@@ -123,3 +123,12 @@ def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
     if float(noise) == 0.0:
         return float("inf")
     return float(10 * torch.log10(ref.pow(2).sum() / noise))
+
+
+def fake_quant_per_token(x: torch.Tensor, bits: int = 8, dim: int = -1) -> torch.Tensor:
+    """Symmetric absmax quantise-dequantise with one scale per token: every slice along ``dim`` (the
+    channel axis) gets ``max|x| / qmax`` (BitNet b1.58's activation quantiser). Scales are computed per
+    call, never stored."""
+    qmax = 2 ** (bits - 1) - 1
+    s = x.abs().amax(dim=dim, keepdim=True).clamp(min=1e-5) / qmax
+    return torch.clamp(torch.round(x / s), -qmax - 1, qmax) * s

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from bitladder.formats.layout import Layout
+from bitladder.formats.quant import fake_quant_per_token
 from bitladder.formats.qtypes import get_qtype
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -131,6 +132,13 @@ class QuantModule(nn.Module):
         self._qmeta["act"] = {"qtype": "binary", "observer": "learned-shift", "channels": int(shift.numel())}
         self.kernel = self._dequant_label = f"{self._dequant_label}+act-binary"
 
+    def set_token_act(self, bits: int = 8) -> None:
+        """Quantise inputs per token (absmax over the input channels, a scale per row computed at each
+        call: BitNet b1.58). Simulated: the quantised inputs are dequantised and multiply the dequantised
+        weight in fp32 (the storage is packed, the compute is not low-bit)."""
+        self._qmeta["act"] = {"qtype": f"int{bits}", "observer": "per-token-absmax", "dynamic": "token"}
+        self.kernel = self._dequant_label = f"{self._dequant_label}+act-int{bits}-per-token-fakequant"
+
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         if "in_scale" in self._qmeta:
             shape = [1] * x.dim()
@@ -142,6 +150,8 @@ class QuantModule(nn.Module):
             d = x - self.act_shift.reshape(shape)
             beta = d.abs().mean(dim=tuple(range(1, x.dim())), keepdim=True)
             return torch.where(d >= 0, 1.0, -1.0).to(x.dtype) * beta
+        if "act" in self._qmeta and self._qmeta["act"].get("dynamic") == "token":
+            return fake_quant_per_token(x, get_qtype(self._qmeta["act"]["qtype"]).bits, self.in_channel_dim)
         if "act" in self._qmeta:
             qt = get_qtype(self._qmeta["act"]["qtype"])
             s, z = self.act_scale, self.act_zero_point
@@ -156,6 +166,8 @@ class QuantModule(nn.Module):
             qm.set_in_scale(torch.ones(meta["in_scale"]))
         if "act" in meta and meta["act"]["qtype"] == "binary":
             qm.set_binary_act(torch.zeros(meta["act"]["channels"]))
+        elif "act" in meta and meta["act"].get("dynamic") == "token":
+            qm.set_token_act(get_qtype(meta["act"]["qtype"]).bits)
         elif "act" in meta:
             qm.set_act(meta["act"]["qtype"], torch.ones(1), torch.zeros(1), meta["act"]["observer"])
         if "method" in meta:
