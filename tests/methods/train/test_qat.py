@@ -67,3 +67,50 @@ def test_digits_binary_weights_and_activations_with_distillation(digits_spec, tm
     assert torch.equal(back(x), q(x))
     with pytest.raises(BitladderError, match="binary_act needs bits='binary'"):
         QAT(bits=2, binary_act=True)
+
+
+@pytest.mark.parametrize("cfg,epochs,budget", [
+    (QAT(bits=8, act_bits=8), 5, 0.5),   # measured: 0.00 pt drop
+    (QAT(bits=4, act_bits=4), 30, 1.5),  # measured: 0.22 pt drop
+    (QAT(bits="ternary", bitnet=True), 30, 2.5),  # measured: 1.11 pt drop
+])
+def test_digits_activation_qat_converts_to_the_same_function(digits_spec, cfg, epochs, budget, tmp_path):
+    from bitladder.zoo import digits
+
+    d = digits.load_data()
+    ref = outputs(digits_spec.model, digits_spec.eval_batches)
+    base = fidelity(digits_spec, ref, ref)["fidelity"]
+    m = prepare_qat(digits_spec.model, cfg)
+    train_classifier(m, d["x_train"], d["y_train"], teacher=digits_spec.model, epochs=epochs, lr=1e-3)
+    q = convert(m)
+    acts = [x.qmeta["act"] for x in q.modules() if hasattr(x, "qweight")]
+    assert len(acts) == 5 and all(a["observer"] == ("per-token-absmax" if cfg.bitnet else "lsq") for a in acts)
+    # the packed model computes exactly what the fake-quantised one trained (steps rounded as stored)
+    assert torch.equal(outputs(q, digits_spec.eval_batches), outputs(m, digits_spec.eval_batches))
+    drop = 100 * (base - fidelity(digits_spec, outputs(q, digits_spec.eval_batches), ref)["fidelity"])
+    assert drop <= budget
+    x = digits_spec.eval_batches[0]
+    back = bitladder.load(bitladder.save(q, tmp_path / "qat-act.safetensors"), model=digits.DigitsCNN())
+    assert torch.equal(back(x), q(x))
+
+
+def test_first_act_batch_picks_unsigned_after_relu_and_edges_stay_at_8_bits():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    m = prepare_qat(model, QAT(bits=3, act_bits=3, keep_first_last=True))
+    m(torch.randn(16, 4))
+    assert [x.act.qtype for x in m.modules() if isinstance(x, FakeQuantLayer)] == ["int8", "uint3", "uint8"]
+    b = prepare_qat(model, QAT(bits="ternary", bitnet=True, keep_first_last=True))
+    assert [(x.qtype, x.bitnet) for x in b.modules() if isinstance(x, FakeQuantLayer)] == [
+        ("int8", False), ("ternary", True), ("int8", False)]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"act_bits": 1}, r"act_bits must be None or 2..8, got 1"),
+    ({"act_bits": 9}, r"act_bits must be None or 2..8, got 9"),
+    ({"bits": 4, "bitnet": True}, "bitnet=True needs bits='ternary'"),
+    ({"bits": "ternary", "bitnet": True, "act_bits": 8}, "act_bits does not combine with binary_act or bitnet"),
+    ({"bits": "binary", "binary_act": True, "act_bits": 4}, "act_bits does not combine"),
+])
+def test_bad_activation_settings(kwargs, message):
+    with pytest.raises(BitladderError, match=message):
+        QAT(**kwargs)

@@ -66,10 +66,12 @@ def shard(items: Sequence[Any], w: World) -> list[Any]:
 def _prime(model: nn.Module, batch: Any) -> None:
     """Layers that initialise themselves on their first forward (QAT activation thresholds) do so now,
     so that DDP's start-up broadcast gives every rank rank 0's values."""
+    from bitladder.methods.train.act_quant import LSQAct
     from bitladder.methods.train.qat import FakeQuantLayer
 
-    lazy = [m for m in model.modules() if isinstance(m, FakeQuantLayer) and m.shift_ready is not None]
-    if any(not bool(m.shift_ready) for m in lazy):
+    pending = [m for m in model.modules() if (isinstance(m, FakeQuantLayer) and m.shift_ready is not None
+                                               and not bool(m.shift_ready)) or (isinstance(m, LSQAct) and not bool(m.ready))]
+    if pending:
         with torch.no_grad():
             run(model, batch)
 
