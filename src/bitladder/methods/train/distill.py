@@ -1,5 +1,6 @@
 """Knowledge distillation: soft-target KL at temperature T (scaled by T^2, Hinton et al. 2015) plus
-the hard-label loss, and a small trainer for classifiers (fixed seed, AdamW, cosine schedule).
+the hard-label loss, and a small trainer for classifiers (fixed seed, AdamW, cosine schedule); a hint
+loss on intermediate hidden states (FitNets, Romero et al. 2015) captured by forward hooks.
 
 >>> import torch
 >>> t = torch.tensor([[2.0, 0.0]])
@@ -8,6 +9,9 @@ the hard-label loss, and a small trainer for classifiers (fixed seed, AdamW, cos
 """
 
 from __future__ import annotations
+
+import fnmatch
+import functools
 
 import torch
 from torch import nn
@@ -56,3 +60,33 @@ def train_classifier(student: nn.Module, x: torch.Tensor, y: torch.Tensor, teach
             opt.step()
         sched.step()
     return student.eval()
+
+
+class Hints:
+    """Outputs of the modules whose names match ``patterns`` (fnmatch globs), kept by forward hooks at
+    every call (the first element when a module returns a tuple); ``close()`` removes the hooks."""
+
+    def __init__(self, model: nn.Module, patterns: tuple[str, ...]) -> None:
+        names = [n for n, _ in model.named_modules() if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        if not names:
+            raise BitladderError(f"hint_layers {list(patterns)} match no module of {type(model).__name__}")
+        self.out: dict[str, torch.Tensor] = {}
+        self._hooks = [model.get_submodule(n).register_forward_hook(functools.partial(self._keep, n))
+                       for n in names]
+
+    def _keep(self, name: str, _module: nn.Module, _args: tuple, out) -> None:
+        self.out[name] = out[0] if isinstance(out, tuple) else out
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+
+def hint_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over layers of the MSE between hidden states, each divided by the teacher's mean square
+    (scale-free, so layers with large activations do not dominate)."""
+    if student.keys() != teacher.keys():
+        raise BitladderError(f"hint layers differ: student {sorted(student)}, teacher {sorted(teacher)}")
+    terms = [nn.functional.mse_loss(student[k], teacher[k]) / teacher[k].pow(2).mean().clamp(min=1e-12)
+             for k in teacher]
+    return torch.stack(terms).mean()

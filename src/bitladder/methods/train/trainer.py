@@ -2,7 +2,9 @@
 
 The loss follows the model's metric: classifiers use cross-entropy, or soft-target KL at temperature T
 (scaled by T^2) mixed with the hard labels when a teacher is given; embedders (metric "cosine") are
-distilled with ``1 - cos(student, teacher)`` per row. Weights that are exactly zero when training starts
+distilled with ``1 - cos(student, teacher)`` per row. ``hint > 0`` adds that weight times a hint loss on
+the outputs of the modules named by ``hint_layers`` (globs; same names in student and teacher), e.g. every
+transformer block's hidden states. Weights that are exactly zero when training starts
 (pruned) stay zero. Packed quantised layers are frozen and computed on the dequantised weight so the
 gradient reaches the layers before them.
 
@@ -33,7 +35,7 @@ from torch import nn
 from bitladder.errors import BitladderError
 from bitladder.methods.train import checkpoint as ckpt
 from bitladder.methods.train import ddp
-from bitladder.methods.train.distill import distill_loss
+from bitladder.methods.train.distill import Hints, distill_loss, hint_loss
 from bitladder.methods.train.progress import Progress
 from bitladder.zoo.spec import run
 
@@ -55,6 +57,8 @@ class Train:
     temperature: float = 4.0
     alpha: float = 0.7  # weight of the soft (teacher) loss against the hard labels
     seed: int = 0
+    hint: float = 0.0  # weight of the hidden-state hint loss (0: none)
+    hint_layers: tuple[str, ...] = ()
     log_dir: str | None = None
     checkpoint: str | None = None
     resume: bool = False
@@ -73,6 +77,11 @@ class Train:
             raise BitladderError(f"temperature must be > 0, got {self.temperature}")
         if not 0 <= self.alpha <= 1:
             raise BitladderError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not self.hint >= 0:
+            raise BitladderError(f"hint must be >= 0, got {self.hint}")
+        object.__setattr__(self, "hint_layers", tuple(self.hint_layers))
+        if self.hint > 0 and not self.hint_layers:
+            raise BitladderError("hint > 0 needs hint_layers (globs naming the modules to match)")
         for name in ("log_dir", "checkpoint"):
             value = getattr(self, name)
             if value is not None:
@@ -83,7 +92,10 @@ class Train:
             raise BitladderError("resume=True needs checkpoint=PATH (the file to resume from)")
 
     def to_dict(self) -> dict:
-        return {"type": "Train", "version": self.version, **asdict(self)}
+        d = {"type": "Train", "version": self.version, **asdict(self), "hint_layers": list(self.hint_layers)}
+        if self.hint == 0:  # no hint: the same dict as before the option existed (old checkpoints resume)
+            del d["hint"], d["hint_layers"]
+        return d
 
     def settings(self) -> dict:
         """What determines the trained weights (a checkpoint must agree on these to be resumed)."""
@@ -157,10 +169,16 @@ def fit(student: nn.Module, batches: list[Any], targets: list[torch.Tensor] | No
         start = ckpt.load(config.checkpoint, student, opt, sched, g, config.settings())
     if teacher is not None:
         teacher.eval()
+    elif config.hint > 0:
+        raise BitladderError("hint > 0 needs a teacher")
     student.train()
     model = ddp.wrap(student, w, batches[0])
     log = Progress(config.log_dir, write=w.main)
+    hints: list[Hints] = []
     try:
+        if config.hint > 0:  # one at a time, so that hooks already placed are removed if the next fails
+            hints.append(Hints(student, config.hint_layers))
+            hints.append(Hints(teacher, config.hint_layers))
         for epoch in range(start, config.epochs):
             total = 0.0
             with ddp.join(model):
@@ -171,6 +189,8 @@ def fit(student: nn.Module, batches: list[Any], targets: list[torch.Tensor] | No
                         with torch.no_grad():
                             soft = run(teacher, batches[i])
                     loss = loss_for(metric, out, soft, None if targets is None else targets[i], config)
+                    if hints:
+                        loss = loss + config.hint * hint_loss(hints[0].out, hints[1].out)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
@@ -189,5 +209,7 @@ def fit(student: nn.Module, batches: list[Any], targets: list[torch.Tensor] | No
                 on_epoch(epoch, mean)
     finally:
         log.close()
+        for h in hints:
+            h.close()
     del model
     return student.eval()
