@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/bitladder ladder --model digits --out runs/digits
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
