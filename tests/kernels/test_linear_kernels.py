@@ -10,6 +10,7 @@ from bitladder.kernels import (
     KERNELS,
     DequantKernel,
     FbgemmW8A8Kernel,
+    FbgemmW8A8TokenKernel,
     KernelUnsupported,
     NumbaLowbitKernel,
     OrtNBitsKernel,
@@ -116,6 +117,23 @@ def test_fbgemm_w8a8_close_to_reference(layout):
         FbgemmW8A8Kernel.from_qtensor(_qt("int4", Layout("channel"), 4, 64))
     with pytest.raises(KernelUnsupported):
         FbgemmW8A8Kernel.from_qtensor(_qt("int8", Layout("group", group=32), 4, 64))
+
+
+@pytest.mark.skipif(not FbgemmW8A8Kernel.available(), reason="no fbgemm engine")
+def test_fbgemm_per_token_close_to_reference_and_keeps_small_rows():
+    for n, k, m in SHAPES:
+        qt = _qt("int8", Layout("channel"), n, k)
+        x = _x(m, k)
+        _check(FbgemmW8A8TokenKernel.from_qtensor(qt), qt, x, reference_linear(qt, x), 3e-2)
+    # rows 10^6 apart in magnitude: one scale per call flattens the small rows to zero, one per token does not
+    qt = _qt("int8", Layout("channel"), 24, 96)
+    x = _x(6, 96) * torch.tensor([1e3, 1e-3, 1.0, 1e3, 1e-3, 0.0])[:, None]
+    ref = reference_linear(qt, x)
+    small = [1, 4]
+    tok = FbgemmW8A8TokenKernel.from_qtensor(qt)(x)
+    ten = FbgemmW8A8Kernel.from_qtensor(qt)(x)
+    assert _relerr(tok[small], ref[small]) < 3e-2 < _relerr(ten[small], ref[small])
+    assert torch.equal(tok[5], torch.zeros(24))  # an all-zero row stays exactly zero
 
 
 @pytest.mark.skipif(not OrtNBitsKernel.available(), reason="onnxruntime not installed")

@@ -45,7 +45,11 @@ def test_named_kernel_and_dynamic_w8a8():
     lin = nn.Linear(128, 64)
     q = bitladder.quantize(lin, Int(8, act=Act(dynamic=True)))
     x = torch.randn(20, 128)
+    assert rel(q(x), lin(x)) < 0.03 and q.kernel == "int8-w8a8-fbgemm-token"
+    q = bitladder.quantize(lin, Int(8, act=Act(dynamic="tensor")))
     assert rel(q(x), lin(x)) < 0.03 and q.kernel == "int8-w8a8-fbgemm"
+    with pytest.raises(BitladderError, match="dynamic must be False, 'token' or 'tensor'"):
+        Act(dynamic="row")
     with pytest.raises(BitladderError, match="int8 symmetric weights per channel"):
         bitladder.quantize(lin, Int(4, group=32, act=Act(dynamic=True)))
     with pytest.raises(BitladderError, match="unknown kernel"):

@@ -207,7 +207,8 @@ def export(
     artifact: Path = typer.Argument(..., help="a .safetensors artifact of a built-in model"),
     out: Path = typer.Option(..., "--out", help="the .onnx file to write"),
     opset: int = typer.Option(21, help="ONNX opset (21 for 4-bit weights)"),
-    activations: str = typer.Option("float", help="float (weight-only) or dynamic (int8 MatMulInteger)"),
+    activations: str = typer.Option("float", help="float (weight-only), dynamic (int8 MatMulInteger, "
+                                    "a scale per token) or dynamic-tensor (one scale per call)"),
 ) -> None:
     """Export an artifact to ONNX with standard operators (DequantizeLinear), runnable in onnxruntime."""
     from bitladder.io.artifact import load, read_header

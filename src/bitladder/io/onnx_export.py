@@ -149,15 +149,19 @@ def _dq_nodes(name: str, m: QuantModule, opset: int):
     return inits, nodes, out
 
 
+ACTIVATIONS = ("float", "dynamic", "dynamic-tensor")
+
+
 def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 21,
                 activations: str = "float") -> Path:
     """Export ``model`` (quantised or not) called on ``example`` (a tensor or a dict of tensors).
 
     ``activations="dynamic"``: int8 Linear layers run as DynamicQuantizeLinear + MatMulInteger
-    (faster in onnxruntime, one activation scale per call); "float" keeps weight-only semantics.
+    (faster in onnxruntime) with one activation scale per token; "dynamic-tensor": one scale per call
+    (what onnxruntime's own quantize_dynamic does); "float" keeps weight-only semantics.
     """
-    if activations not in ("float", "dynamic"):
-        raise BitladderError(f"activations must be 'float' or 'dynamic', got {activations!r}")
+    if activations not in ACTIVATIONS:
+        raise BitladderError(f"activations must be one of {', '.join(ACTIVATIONS)}; got {activations!r}")
     try:
         import onnx
         from onnx import helper, numpy_helper
@@ -192,7 +196,8 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
                     raise BitladderError(f"layer {name!r}: its weight is not a plain initializer in the graph")
                 log.info("layer %s is not used by the traced forward; left out of the ONNX file", name)
                 continue
-            if activations == "dynamic" and dynamic_int8_eligible(m) and rewrite(proto, wname, m):
+            if activations != "float" and dynamic_int8_eligible(m) \
+                    and rewrite(proto, wname, m, per_token=activations == "dynamic"):
                 proto.graph.initializer.remove(inits[wname])
                 continue
             proto.graph.initializer.remove(inits[wname])

@@ -10,8 +10,11 @@ name                   what it does
 =====================  ==========================================================================
 dequant-fp32           reference / fallback: dequantise the whole weight, ``F.linear``
 int8-w8a8-fbgemm       int8 per-channel symmetric weights, activation quantised per call
-                       (per tensor, reduce_range) and an integer GEMM: torch's fbgemm
+                       (per tensor; 7-bit without VNNI) and an integer GEMM: torch's fbgemm
                        ``quantized.linear_dynamic``
+int8-w8a8-fbgemm-token the same GEMM with one activation scale per row (token): each row is
+                       divided by its absmax, quantised on the [-1, 1] grid, and the integer
+                       result multiplied back by the row's absmax
 ort-w{2,4,8}a8         onnxruntime ``MatMulNBits`` (accuracy_level 4: int8 activations per
                        block, VNNI/AVX2 integer dots); int3 runs as 4-bit, ternary/binary as 2-bit
 numba-w{b}             weight-only (fp32 activations): GEMV from the packed bit planes (int3 = a
@@ -198,6 +201,23 @@ class FbgemmW8A8Kernel(LinearKernel):
         return self._bytes
 
 
+class FbgemmW8A8TokenKernel(FbgemmW8A8Kernel):
+    """Per-token dynamic int8 activations on fbgemm's integer GEMM.
+
+    fbgemm's dynamic linear takes one activation scale per call; dividing each row by its absmax first
+    makes that one grid [-1, 1] serve every row at full resolution, i.e. a scale per token
+    (``absmax_row / 127``), and the row's absmax multiplies the integer result back. MiniLM: mean cosine
+    0.9977 per token against 0.9930 per tensor (0.9991 with SmoothQuant alpha 0.5 on top).
+    """
+
+    name = "int8-w8a8-fbgemm-token"
+
+    def _run(self, x):
+        # max(max, -min) runs ~2x faster than abs().amax() here, and 20x faster than vector_norm(inf)
+        r = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_()).clamp_(min=1e-30)
+        return torch.ops.quantized.linear_dynamic(x / r, self._packed, not _has_vnni()).mul_(r)
+
+
 _ORT_BITS = {8: 8, 7: 8, 6: 8, 5: 8, 4: 4, 3: 4, 2: 2}
 
 
@@ -257,6 +277,7 @@ from bitladder.kernels.numba_kernels import NumbaLowbitKernel, XnorKernel  # noq
 KERNELS: dict[str, type[LinearKernel]] = {
     "dequant-fp32": DequantKernel,
     "int8-w8a8-fbgemm": FbgemmW8A8Kernel,
+    "int8-w8a8-fbgemm-token": FbgemmW8A8TokenKernel,
     "ort-nbits": OrtNBitsKernel,
     "numba": NumbaLowbitKernel,
     "binary-xnor": XnorKernel,

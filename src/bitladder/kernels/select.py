@@ -65,7 +65,7 @@ def select_kernel(qtype: QType | str, layout: Layout, m: int, n: int, k: int,
 
 
 #: kernel policies a config may name (``Int(..., kernel=...)``); "auto" applies :func:`choose`
-POLICIES = ("auto", "dequant-fp32", "int8-w8a8-fbgemm", "ort-nbits", "numba", "binary-xnor")
+POLICIES = ("auto", "dequant-fp32", "int8-w8a8-fbgemm", "int8-w8a8-fbgemm-token", "ort-nbits", "numba", "binary-xnor")
 ORT_MAX_ROWS = 16  # above this many rows MatMulNBits loses to fp32 BLAS here (0.72x at 4096^2, M=64)
 NUMBA_MAX_ROWS = 1  # the numba GEMV; its tiled path for M > 1 is slower than fp32
 

@@ -28,7 +28,7 @@ class QuantLinear(QuantModule):
         self.kernel = kern.name
         y = kern(rows.contiguous()).reshape(*xin.shape[:-1], -1)
         if self.bias is not None:
-            y = y + self.bias
+            y = y + self.bias if y.requires_grad else y.add_(self.bias)  # kernel output is ours
         return y.to(x.dtype)
 
 

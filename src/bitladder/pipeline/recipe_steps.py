@@ -120,7 +120,7 @@ class Distill(Finetune):
 class Export(StepBody):
     onnx: bool = False
     opset: int = 21
-    activations: Literal["float", "dynamic"] = "float"
+    activations: Literal["float", "dynamic", "dynamic-tensor"] = "float"
 
     def check(self) -> None:
         from bitladder.errors import BitladderError

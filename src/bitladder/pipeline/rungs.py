@@ -30,7 +30,7 @@ _RUNG = re.compile(r"^(?P<base>[a-z0-9_]+?)(?:-(?P<gran>g\d+|pc|pt))?(?:-(?P<sym
                    r"(?:-(?P<method>rtn|clip|gptq|awq|hqq|adaround))?(?:-a(?P<act>[2-8])(?P<dyn>d)?)?$")
 ACCEPTED = (f"{' '.join(BASES)}, optionally followed by -gN (group size), -pc or -pt, then -sym or -asym, "
             f"then a method ({', '.join(METHODS)}), then -a8 (static 8-bit activations) or -a8d (dynamic, "
-            "int8 activations quantised per call by the fbgemm kernel)")
+            "int8 activations quantised per token at each call, on the fbgemm kernel)")
 
 
 def parse_rung(name: str) -> QuantConfig:

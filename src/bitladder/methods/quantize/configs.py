@@ -11,13 +11,14 @@ from typing import ClassVar
 
 from bitladder.errors import BitladderError
 from bitladder.formats.layout import GRANULARITIES, Layout
+from bitladder.kernels.select import POLICIES
 from bitladder.methods.quantize.methods import RTN, Act, _Method, method_from_dict
 from bitladder.tensor.quantized import SCALE_DTYPES
 
 FLOAT_FORMATS = ("fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
 
 
-KERNEL_POLICIES = ("auto", "dequant-fp32", "int8-w8a8-fbgemm", "ort-nbits", "numba", "binary-xnor")
+KERNEL_POLICIES = POLICIES
 
 
 def _check_kernel(cfg) -> None:

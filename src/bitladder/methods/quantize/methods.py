@@ -148,8 +148,10 @@ class Act(_Method):
     (alpha in [0, 1], Xiao et al. 2022) first moves activation outliers into the weights with a
     per-input-channel scale ``s = max|x|^alpha / max|w|^(1-alpha)`` (Linear layers); ``"auto"``
     searches alpha per layer for the smallest output error of the quantised layer on calibration rows.
-    ``dynamic=True`` calibrates no static scale: the int8 kernel (fbgemm) quantises each call's
-    activations itself, after the SmoothQuant scaling (int8 weights per channel only).
+    ``dynamic="token"`` (or ``True``) calibrates no static scale: the int8 kernel (fbgemm) quantises
+    each call's activations itself, one scale per row (token), after the SmoothQuant scaling (int8
+    weights per channel only); ``dynamic="tensor"`` uses one scale per call (faster by a few per cent,
+    less faithful: MiniLM 0.993 mean cosine against 0.998 per token, 0.999 with ``smoothquant=0.5``).
 
     >>> import torch, bitladder
     >>> lin = torch.nn.Linear(16, 4)
@@ -162,7 +164,7 @@ class Act(_Method):
     observer: str = "minmax"
     symmetric: bool = False
     smoothquant: float | str | None = None
-    dynamic: bool = False
+    dynamic: bool | str = False
     needs_data: ClassVar[bool] = True
     min_samples: ClassVar[int] = 8
 
@@ -171,6 +173,10 @@ class Act(_Method):
             raise BitladderError(f"Act bits must be an integer in 2..8, got {self.bits!r}")
         if self.observer not in OBSERVER_NAMES:
             raise BitladderError(f"unknown observer {self.observer!r}; accepted: {', '.join(OBSERVER_NAMES)}")
+        if self.dynamic not in (False, True, "token", "tensor"):
+            raise BitladderError(f"dynamic must be False, 'token' or 'tensor', got {self.dynamic!r}")
+        if self.dynamic is True:
+            object.__setattr__(self, "dynamic", "token")
         if self.dynamic and self.bits != 8:
             raise BitladderError("dynamic activation quantisation runs on the int8 kernel: bits must be 8")
         sq = self.smoothquant
