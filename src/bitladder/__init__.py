@@ -14,11 +14,12 @@ __all__ = ["LowRank", "factorize", "Magnitude", "NM", "prune", "AWQ", "Act", "Ad
 __version__ = "0.1.0"
 
 
-def save(model, path, source=None, config=None):
-    """Write a model (quantised or not) as a safetensors artifact; see :mod:`bitladder.io.artifact`."""
+def save(model, path, source=None, config=None, structure=None):
+    """Write a model (quantised or not) as a safetensors artifact; see :mod:`bitladder.io.artifact`.
+    ``structure``: :func:`bitladder.io.structure.describe` of a reshaped model against its factory's."""
     from bitladder.io.artifact import save as _save
 
-    return _save(model, path, source=source, config=config)
+    return _save(model, path, source=source, config=config, structure=structure)
 
 
 def load(path, model=None):

@@ -3,8 +3,8 @@ artifact can rebuild it from the model's factory: no pickled code, only construc
 
 ``describe(model, reference)`` lists each top-most module whose type or parameter shapes differ from
 the factory's ``reference``; ``rebuild(reference, records)`` swaps those modules in. Supported:
-Linear, Conv1d/2d, BatchNorm1d/2d, LayerNorm, Embedding, FactorizedLinear and FactorizedConv2d;
-anything else that differs is named in the error.
+Linear, Conv1d/2d, BatchNorm1d/2d, LayerNorm, Embedding, FactorizedLinear, FactorizedConv2d and
+RealShortcut (around any of these); anything else that differs is named in the error.
 
 >>> from torch import nn
 >>> ref = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
@@ -19,45 +19,40 @@ from __future__ import annotations
 from torch import nn
 
 from bitladder.errors import BitladderError
+from bitladder.nn.base import QuantModule
+from bitladder.nn.records import LAYERS, build_layer, layer_args
 
 
 def _args(m: nn.Module) -> tuple[str, dict]:
     from bitladder.methods.lowrank.conv import FactorizedConv2d
     from bitladder.methods.lowrank.svd import FactorizedLinear
+    from bitladder.methods.train.shortcut import RealShortcut
 
+    if isinstance(m, RealShortcut):  # the record was taken from the float layer it wraps
+        return "RealShortcut", m.record
     if isinstance(m, FactorizedConv2d):
         return "FactorizedConv2d", m.args()
     if isinstance(m, FactorizedLinear):
         return "FactorizedLinear", {"in_f": m.first.in_features, "out_f": m.second.out_features, "rank": m.rank,
                                     "bias": m.second.bias is not None}
-    if isinstance(m, nn.Linear):
-        return "Linear", {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
-    if isinstance(m, nn.Conv1d | nn.Conv2d):
-        return type(m).__name__, {"in_channels": m.in_channels, "out_channels": m.out_channels,
-                                  "kernel_size": list(m.kernel_size), "stride": list(m.stride),
-                                  "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
-                                  "dilation": list(m.dilation), "groups": m.groups, "bias": m.bias is not None,
-                                  "padding_mode": m.padding_mode}
-    if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-        return type(m).__name__, {"num_features": m.num_features, "eps": m.eps, "momentum": m.momentum,
-                                  "affine": m.affine, "track_running_stats": m.track_running_stats}
-    if isinstance(m, nn.LayerNorm):
-        return "LayerNorm", {"normalized_shape": list(m.normalized_shape), "eps": m.eps,
-                             "elementwise_affine": m.elementwise_affine}
-    if isinstance(m, nn.Embedding):
-        return "Embedding", {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim,
-                             "padding_idx": m.padding_idx}
-    raise BitladderError(f"cannot record the changed structure of {type(m).__name__}; supported: Linear, Conv1d, "
-                         "Conv2d, BatchNorm1d/2d, LayerNorm, Embedding, FactorizedLinear, FactorizedConv2d")
+    plain = layer_args(m)
+    if plain is None:
+        raise BitladderError(f"cannot record the changed structure of {type(m).__name__}; supported: Linear, "
+                             "Conv1d, Conv2d, BatchNorm1d/2d, LayerNorm, Embedding, FactorizedLinear, "
+                             "FactorizedConv2d, RealShortcut")
+    return plain
 
 
 def _build(kind: str, args: dict) -> nn.Module:
     from bitladder.methods.lowrank.conv import FactorizedConv2d
     from bitladder.methods.lowrank.svd import FactorizedLinear
+    from bitladder.methods.train.shortcut import RealShortcut
 
-    kinds = {"Linear": nn.Linear, "Conv1d": nn.Conv1d, "Conv2d": nn.Conv2d, "BatchNorm1d": nn.BatchNorm1d,
-             "BatchNorm2d": nn.BatchNorm2d, "LayerNorm": nn.LayerNorm, "Embedding": nn.Embedding,
-             "FactorizedLinear": FactorizedLinear, "FactorizedConv2d": FactorizedConv2d}
+    if kind == "RealShortcut":
+        return RealShortcut(_build(args["inner"]["type"], args["inner"]["args"]), args)
+    kinds = {"FactorizedLinear": FactorizedLinear, "FactorizedConv2d": FactorizedConv2d}
+    if kind in LAYERS:
+        return build_layer(kind, args)
     if kind not in kinds:
         raise BitladderError(f"artifact structure names an unknown module type {kind!r}")
     return kinds[kind](**args)
@@ -75,6 +70,8 @@ def describe(model: nn.Module, reference: nn.Module) -> list[dict]:
         if not name or any(name.startswith(r["name"] + ".") for r in out):
             continue
         other = ref.get(name)
+        if isinstance(m, QuantModule) and tuple(m.qmeta["shape"]) == tuple(getattr(other, "weight", m).shape):
+            continue  # quantised in place, same shape: the artifact's own metadata rebuilds it
         own = {k: v for k, v in _shapes(m).items() if "." not in k}
         theirs = {} if other is None else {k: v for k, v in _shapes(other).items() if "." not in k}
         if other is not None and type(other) is type(m) and own == theirs:

@@ -30,6 +30,7 @@ from bitladder.errors import BitladderError
 from bitladder.formats.layout import Layout
 from bitladder.methods.quantize.api import Selector, plan
 from bitladder.methods.train.act_quant import TINY, LSQAct, absmean_scale, absmean_ternary, grad_scale, token_act
+from bitladder.methods.train.shortcut import RealShortcut, shortcut_mode, shortcut_record
 from bitladder.nn.registry import HANDLERS
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -39,13 +40,15 @@ class QAT:
     """Weights at ``bits`` (2..8), "ternary" or "binary"; per output channel learned steps;
     ``keep_first_last`` leaves the first and last layer at 8 bits (weights and activations; the report
     lists them). ``act_bits`` (2..8): LSQ activations; ``binary_act``: XNOR inputs (binary weights);
-    ``bitnet``: BitNet b1.58 (ternary absmean weights, per-token int8 activations)."""
+    ``bitnet``: BitNet b1.58 (ternary absmean weights, per-token int8 activations); ``shortcut``: Bi-Real
+    real-valued shortcuts around the low-bit layers whose shapes allow one (:mod:`.shortcut`)."""
 
     bits: int | str = 4
     keep_first_last: bool = False
     binary_act: bool = False
     act_bits: int | None = None
     bitnet: bool = False
+    shortcut: bool = False
     version: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -147,8 +150,11 @@ def prepare_qat(model: nn.Module, config: QAT, include: Selector = None, exclude
         edge = config.keep_first_last and i in (0, len(names) - 1)
         qmin, qmax, qtype = config.range(8 if edge else config.bits)
         act_bits = 8 if edge and config.act_bits else config.act_bits
-        layer = FakeQuantLayer(model.get_submodule(name), qmin, qmax, qtype, config.binary_act and not edge,
+        float_layer = model.get_submodule(name)
+        layer = FakeQuantLayer(float_layer, qmin, qmax, qtype, config.binary_act and not edge,
                                act_bits, config.bitnet and not edge)
+        if config.shortcut and not edge and shortcut_mode(float_layer) is not None:
+            layer = RealShortcut(layer, shortcut_record(float_layer))
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, layer)
     return model
