@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitladder.nn.base import QuantModule
+from bitladder.nn.base import KernelCache, QuantModule
 from bitladder.nn.registry import HANDLERS
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -18,7 +18,28 @@ class QuantLinear(QuantModule):
 
     kernel_policy = "auto"
 
+    def _xnor(self, x: torch.Tensor):
+        """The XNOR-popcount kernel for a trained binary layer (binary weights and inputs) on a batch of
+        vectors: per-sample mean|x - shift| is then per row, exactly the kernel's scale."""
+        if x.dim() != 2 or self._qmeta.get("act", {}).get("qtype") != "binary" or "in_scale" in self._qmeta \
+                or self.qweight.qtype.name != "binary" or self.kernel_policy not in ("auto", "binary-xnor"):
+            return None
+        from bitladder.kernels import KERNELS, KernelUnsupported
+
+        cache = self.__dict__.setdefault("_kernels", KernelCache())
+        if "binary-xnor" not in cache:
+            try:
+                cache["binary-xnor"] = KERNELS["binary-xnor"].from_qtensor(self.qweight)
+            except KernelUnsupported:
+                cache["binary-xnor"] = None
+        return cache["binary-xnor"]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xnor = self._xnor(x)
+        if xnor is not None:  # sign(x - shift) against the weights' sign bits
+            self.kernel = xnor.name
+            y = xnor((x.to(self.compute_dtype) - self.act_shift).contiguous())
+            return (y if self.bias is None else y.add_(self.bias)).to(x.dtype)
         xin = self.prepare_input(x.to(self.compute_dtype))
         rows = xin.reshape(-1, xin.shape[-1])
         kern = self._kernel_for(rows.shape[0])

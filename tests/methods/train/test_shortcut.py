@@ -56,3 +56,28 @@ def test_digits_binary_network_with_shortcuts_trains_packs_and_reloads(digits_sp
     x = digits_spec.eval_batches[0]
     assert [n for n, x in back.named_modules() if isinstance(x, RealShortcut)] == wrapped
     assert torch.equal(back(x), q(x))
+
+
+def test_trained_binary_linear_runs_on_the_xnor_kernel_and_matches_its_training():
+    """A converted binary-weight, binary-input Linear computes sign(x - shift) . sign(w) by XOR and
+    popcount: the same values as the fake-quantised layer that was trained (float rounding apart)."""
+    from bitladder.kernels import XnorKernel
+
+    if not XnorKernel.available():
+        pytest.skip("numba not installed")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 70), nn.ReLU(), nn.Linear(70, 70), nn.ReLU(), nn.Linear(70, 5))
+    m = prepare_qat(model, QAT(bits="binary", binary_act=True, keep_first_last=True))
+    x = torch.randn(9, 100)
+    with torch.no_grad():
+        trained = m(x)
+        q = convert(m)
+        for edge in (q[0], q[4]):  # the int8 edges on their exact path (auto picks int8-activation kernels)
+            edge.set_kernel_policy("dequant-fp32")
+        y = q(x)
+    assert q[2].kernel == "binary-xnor" and q[0].kernel != "binary-xnor"
+    torch.testing.assert_close(y, trained, rtol=1e-4, atol=1e-4)
+    q[2].set_kernel_policy("dequant-fp32")  # the override: the reference path, same function
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), y, rtol=1e-4, atol=1e-4)
+    assert q[2].kernel != "binary-xnor"
