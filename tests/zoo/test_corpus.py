@@ -1,3 +1,5 @@
+import pytest
+
 from bitladder.zoo import corpus
 
 
@@ -8,3 +10,16 @@ def test_real_sentences_disjoint_and_deterministic():
     assert not set(ev) & set(cal)
     assert ev == corpus.eval_sentences(256)
     assert all(x[0].isupper() and x[-1] in ".!?" and len(x.split()) >= 6 for x in ev)
+
+
+def test_training_sentences_larger_disjoint_and_deterministic():
+    train = corpus.training_sentences()
+    assert len(train) >= 5 * len(corpus.all_sentences())  # far more text than the 1,024 of the spec
+    assert len(set(train)) == len(train)
+    s = corpus.all_sentences()
+    assert not set(train) & set(s[: len(s) // 2])  # the half every eval slice comes from
+    assert not set(train) & set(corpus.eval_sentences(256))
+    assert corpus.training_sentences(100) == train[:100] == corpus.training_sentences(100)
+    assert all(x[0].isupper() and x[-1] in ".!?" and 6 <= len(x.split()) <= 40 for x in train)
+    with pytest.raises(ValueError):
+        corpus.training_sentences(len(train) + 1)

@@ -2,7 +2,9 @@
 
 Deterministic for a given Python version: a fixed list of modules, their public members' docstrings,
 the first sentence of each paragraph, cleaned and de-duplicated, then ordered by a content hash.
-The evaluation and calibration slices are disjoint by construction.
+The evaluation and calibration slices are disjoint by construction. :func:`training_sentences` is a
+larger pool for distillation (which needs inputs only): every sentence of every docstring in the
+standard library's source files, minus the half of :func:`all_sentences` that evaluation slices come from.
 
 >>> ev, cal = eval_sentences(64), calibration_sentences(32)
 >>> len(ev), len(cal), bool(set(ev) & set(cal))
@@ -11,11 +13,14 @@ The evaluation and calibration slices are disjoint by construction.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import inspect
 import re
+import sysconfig
 from functools import lru_cache
+from pathlib import Path
 
 MODULES = (
     "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "collections", "concurrent.futures",
@@ -31,6 +36,7 @@ MODULES = (
 )
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _OK = re.compile(r"^[A-Z][A-Za-z0-9 ,;:'()\-/.]+[.!?]$")
+_LOOSE = re.compile(r"^[A-Z][^>\n]*[.!?]$")  # training text: any punctuation, no doctest prompts
 
 
 def _docstrings(mod) -> list[str]:
@@ -78,3 +84,43 @@ def calibration_sentences(n: int = 128) -> list[str]:
     if n > len(s) - half:
         raise ValueError(f"at most {len(s) - half} calibration sentences exist, asked for {n}")
     return list(s[half : half + n])
+
+
+def _hash_order(sentences) -> tuple[str, ...]:
+    return tuple(sorted(sentences, key=lambda s: hashlib.sha256(s.encode()).hexdigest()))
+
+
+@lru_cache(maxsize=1)
+def _stdlib_docstring_sentences() -> tuple[str, ...]:
+    """Every 6-40 word sentence of every module/class/function docstring in the standard library's
+    ``.py`` files (parsed with :mod:`ast`, never imported; site-packages left out), in hash order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    found: set[str] = set()
+    for path in sorted(root.rglob("*.py")):
+        if {"site-packages", "__pycache__"} & set(path.relative_to(root).parts):
+            continue
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError):  # a few test files are deliberately broken
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                for para in (ast.get_docstring(node) or "").split("\n\n"):
+                    for sent in _SENT.split(" ".join(para.split())):
+                        if 6 <= len(sent.split()) <= 40 and _LOOSE.match(sent):
+                            found.add(sent)
+    return _hash_order(found)
+
+
+def training_sentences(n: int | None = None) -> list[str]:
+    """Up to ``n`` (all when None) training sentences, in hash order: the standard library's docstring
+    sentences that are not in the first half of :func:`all_sentences` (where every evaluation slice
+    lies), so they never overlap :func:`eval_sentences`; the calibration half may recur among them.
+    Deterministic for a given Python version (about 14,000 sentences on CPython 3.11)."""
+    s = all_sentences()
+    held_out = set(s[: len(s) // 2])
+    pool = [x for x in _stdlib_docstring_sentences() if x not in held_out]
+    assert not held_out & set(pool), "training sentences overlap the evaluation half"
+    if n is not None and n > len(pool):
+        raise ValueError(f"at most {len(pool)} training sentences exist, asked for {n}")
+    return pool if n is None else pool[:n]
