@@ -1,0 +1,32 @@
+"""MiniLM exported with per-token dynamic int8 activations (SmoothQuant 0.5): standard operators, plain
+onnxruntime, the issue's fidelity floor. Slow (quantise + export + 256 sentences in onnxruntime)."""
+
+import onnx
+import pytest
+import torch
+
+from bitladder.io.onnx_export import export_onnx
+from bitladder.pipeline.bench_minilm import W8A8_SQ, _bitladder, _session
+from bitladder.pipeline.evaluate import fidelity, outputs
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.slow
+def test_minilm_w8a8_per_token_onnx_keeps_cosine_0999(tmp_path):
+    from bitladder.zoo import minilm
+
+    spec = minilm.spec()
+    ref = outputs(spec.model, spec.eval_batches)
+    q = _bitladder(spec, W8A8_SQ, spec.calib_batches)
+    b = spec.latency_batch
+    path = export_onnx(q, {k: v[:2] for k, v in b.items()}, tmp_path / "w8a8.onnx", 21, "dynamic")
+    graph = onnx.load(str(path)).graph
+    # 6 blocks x (q, k, v, attention out, FFN up, FFN down); the pooler is unused and not exported
+    assert [n.op_type for n in graph.node].count("MatMulInteger") == 36 and not any(n.domain for n in graph.node)
+    fid = fidelity(spec, outputs(_session(path), spec.eval_batches), ref)
+    assert fid["fidelity"] >= 0.999 and fid["cos_min"] >= 0.995  # measured 0.9991 / 0.9975
+    assert path.stat().st_size < 0.26 * 4 * sum(p.numel() for p in spec.model.parameters())
+    with torch.no_grad():  # torch's fbgemm kernel and the file agree
+        tq = fidelity(spec, outputs(q, spec.eval_batches), ref)
+    assert abs(tq["fidelity"] - fid["fidelity"]) < 5e-4
