@@ -40,17 +40,15 @@ class QuantLinear(QuantModule):
             self.kernel = xnor.name
             y = xnor((x.to(self.compute_dtype) - self.act_shift).contiguous())
             return (y if self.bias is None else y.add_(self.bias)).to(x.dtype)
-        xin = self.prepare_input(x.to(self.compute_dtype))
-        rows = xin.reshape(-1, xin.shape[-1])
-        kern = self._kernel_for(rows.shape[0])
+        xin = x.to(self.compute_dtype)
+        kern = self._kernel_for(xin.numel() // max(xin.shape[-1], 1))
         if kern is None:
             self.kernel = self._dequant_label
-            return F.linear(xin, self.weight(), self._bias()).to(x.dtype)
-        self.kernel = kern.name
-        y = kern(rows.contiguous()).reshape(*xin.shape[:-1], -1)
-        if self.bias is not None:
-            y = y + self.bias if y.requires_grad else y.add_(self.bias)  # kernel output is ours
-        return y.to(x.dtype)
+            return F.linear(self.prepare_input(xin), self.weight(), self._bias()).to(x.dtype)
+        self.kernel = kern.name  # kernels run only without activation quantisation: the input scale is all
+        in_scale = self.in_scale if "in_scale" in self._qmeta else None
+        y = kern(xin.reshape(-1, xin.shape[-1]), self.bias, in_scale)
+        return y.reshape(*xin.shape[:-1], -1).to(x.dtype)
 
 
 @HANDLERS.register("transformers.pytorch_utils.Conv1D")
