@@ -166,13 +166,21 @@ def dequant_rows_b8(w, n0, n1, tile):  # pragma: no cover - compiled
 
 
 # ---- XNOR-popcount: binary weights x binary activations ------------------------------------------
-@njit(cache=True)
-def _popcount64(v):  # pragma: no cover - compiled
-    # the SWAR idiom; LLVM recognises it and emits popcnt / vpopcntq
-    v = v - ((v >> np.uint64(1)) & np.uint64(0x5555555555555555))
-    v = (v & np.uint64(0x3333333333333333)) + ((v >> np.uint64(2)) & np.uint64(0x3333333333333333))
-    v = (v + (v >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    return np.int64((v * np.uint64(0x0101010101010101)) >> np.uint64(56))
+if HAVE_NUMBA:
+    from numba import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _popcount64(typingctx, v):  # pragma: no cover - compiled
+        """LLVM's ctpop: one popcnt (vpopcntq once the loop vectorises) where the SWAR idiom took ~12
+        instructions that LLVM did not fold back (0.44 ms -> 0.05 ms for 4096 x 64 words)."""
+        def codegen(context, builder, signature, args):
+            return builder.ctpop(args[0])
+
+        return types.uint64(types.uint64), codegen
+else:  # pragma: no cover - without numba the kernels are unavailable
+    def _popcount64(v):
+        return bin(int(v)).count("1")
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -185,26 +193,39 @@ def xnor_gemm(wb, xb, s, beta, gwords, k_valid, out):  # pragma: no cover - comp
     n_out = wb.shape[0]
     m_in = xb.shape[0]
     nb = s.shape[1]
+    nw = wb.shape[1]
     for n in prange(n_out):
         wr = wb[n]
         for m in range(m_in):
             xr = xb[m]
+            if nb == 1:  # one scale per row: a single reduction over the row, which LLVM vectorises
+                pc1 = np.uint64(0)
+                for j in range(nw):
+                    pc1 += _popcount64(wr[j] ^ xr[j])
+                out[m, n] = beta[m] * s[n, 0] * np.float32(k_valid - 2 * np.int64(pc1))
+                continue
             tot = np.float32(0.0)
             for g in range(nb):
-                pc = np.int64(0)
+                pc = np.uint64(0)
                 for j in range(g * gwords, g * gwords + gwords):
                     pc += _popcount64(wr[j] ^ xr[j])
                 kg = min(64 * gwords, k_valid - 64 * gwords * g)
-                tot += s[n, g] * np.float32(kg - 2 * pc)
+                tot += s[n, g] * np.float32(kg - 2 * np.int64(pc))
             out[m, n] = beta[m] * tot
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)  # serial: a parallel launch costs ~30 us, more than packing 64 rows of 4096
 def pack_signs(x, nwords, out):  # pragma: no cover - compiled
     """Bit k of word k // 64 of row m is 1 where x[m, k] >= 0 (the sign(+1) convention)."""
     m_in, k_in = x.shape
-    for m in prange(m_in):
-        for j in range(nwords):
+    full = k_in // 64
+    for m in range(m_in):
+        for j in range(full):  # branch-free: LLVM turns the 64 compares into mask operations
+            word = np.uint64(0)
+            for i in range(64):
+                word |= np.uint64(x[m, 64 * j + i] >= 0) << np.uint64(i)
+            out[m, j] = word
+        for j in range(full, nwords):  # the partial last word, then zero padding
             word = np.uint64(0)
             for i in range(64):
                 k = 64 * j + i
