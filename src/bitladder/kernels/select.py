@@ -66,11 +66,12 @@ def select_kernel(qtype: QType | str, layout: Layout, m: int, n: int, k: int,
 
 #: kernel policies a config may name (``Int(..., kernel=...)``); "auto" applies :func:`choose`
 POLICIES = ("auto", "dequant-fp32", "int8-w8a8-fbgemm", "int8-w8a8-fbgemm-token", "ort-nbits", "numba", "binary-xnor")
-# MatMulNBits at any row count: above 16 rows it can lose to fp32 BLAS on a *resident* fp32 weight (0.72x at
-# 4096^2, M=64 on a Xeon), but the alternative here is dequantising the weight at every call, which it beat at
-# every shape measured on an EPYC (1 thread; ms): 4096^2 int4 g64 M=64 15 vs 157, M=1300 319 vs 643;
-# 1536x384 int4 M=1300 13.2 vs 18.2; 384x1536 int2 M=1300 15.2 vs 27.6; binary 1536x384 M=1300 13.1 vs 19.5.
-ORT_MAX_ROWS = None
+# Above 16 rows auto dequantises (exact weight-only numerics) rather than running MatMulNBits, whose int8
+# activations cost MiniLM's int8 weight-only rung 0.9995 -> 0.998 mean cosine. On speed alone MatMulNBits
+# wins at every shape measured on an EPYC (1 thread; ms, ort vs dequant-fp32): 4096^2 int4 g64 M=64 15 vs
+# 157, M=1300 319 vs 643; 1536x384 int4 M=1300 13.2 vs 18.2; 384x1536 int2 M=1300 15.2 vs 27.6; so
+# ``kernel="ort-nbits"`` is the choice for batched throughput where W4A8-style numerics are acceptable.
+ORT_MAX_ROWS = 16
 NUMBA_MAX_ROWS = 1  # the numba GEMV; its tiled path for M > 1 is slower than fp32
 
 
@@ -87,7 +88,7 @@ def choose(qt, m: int, policy: str = "auto") -> str:
         from bitladder.kernels.linear import OrtNBitsKernel
 
         name = "ort-nbits" if OrtNBitsKernel.available() else "dequant-fp32"
-    if name == "ort-nbits" and ORT_MAX_ROWS is not None and m > ORT_MAX_ROWS:
+    if name == "ort-nbits" and m > ORT_MAX_ROWS:
         return "dequant-fp32"
     if name == "numba" and m > NUMBA_MAX_ROWS:
         return "dequant-fp32"
