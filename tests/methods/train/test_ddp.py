@@ -106,3 +106,58 @@ def test_lazy_thresholds_are_set_before_ddp_broadcasts_rank0s_state():
     ddp._prime(m, torch.randn(16, 4) + 5)  # already set: left alone
     assert torch.allclose(layer.act_shift, x.mean(0))
     assert "0.shift_ready" in m.state_dict()  # so a training checkpoint records it
+
+
+RESUME = """
+import json, sys, torch
+from bitladder.methods.train import ddp
+from bitladder.methods.train.trainer import Train, fit
+out, stop = sys.argv[1], int(sys.argv[2])
+g = torch.Generator().manual_seed(0)
+xs = [torch.randn(8, 4, generator=g) for _ in range(6)]
+ys = [torch.randint(0, 3, (8,), generator=g) for _ in range(6)]
+torch.manual_seed(0)
+m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+class Stop(Exception):
+    pass
+
+epochs = []
+
+def on_epoch(e, loss):
+    epochs.append(e)
+    if e + 1 == stop:  # every rank stops after this epoch; its checkpoint is already written
+        raise Stop
+
+w = ddp.world()
+try:
+    fit(m, xs, ys, Train(epochs=4, seed=3, checkpoint=out + "/ck.safetensors", resume=True), on_epoch=on_epoch)
+    done = True
+except Stop:
+    done = False
+if w.main:
+    print(json.dumps({"done": done, "epochs": epochs, "w": [p.detach().reshape(-1).tolist() for p in m.parameters()]}))
+ddp.close(w)
+"""
+
+
+def test_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+
+    def launch(folder: Path, stop: int) -> dict:
+        folder.mkdir(exist_ok=True)
+        out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              str(script), str(folder), str(stop)], env=env, capture_output=True, text=True,
+                             timeout=300, check=False)
+        assert out.returncode == 0, _why(out)
+        return [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")][0]
+
+    whole = launch(tmp_path / "whole", 0)
+    assert whole["done"] and whole["epochs"] == [0, 1, 2, 3]
+    assert not launch(tmp_path / "cut", 2)["done"]  # killed after epoch 2 of 4
+    resumed = launch(tmp_path / "cut", 0)
+    assert resumed["epochs"] == [2, 3]  # it picked up rank 0's checkpoint
+    assert resumed["done"] and resumed["w"] == whole["w"]  # bit-identical to the uninterrupted run
