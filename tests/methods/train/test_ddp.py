@@ -136,7 +136,8 @@ try:
 except Stop:
     done = False
 if w.main:
-    print(json.dumps({"done": done, "epochs": epochs, "w": [p.detach().reshape(-1).tolist() for p in m.parameters()]}))
+    weights = [p.detach().reshape(-1).tolist() for p in m.parameters()]
+    print(json.dumps({"done": done, "epochs": epochs, "w": weights}))
 ddp.close(w)
 """
 
