@@ -232,27 +232,3 @@ def pack_signs(x, nwords, out):  # pragma: no cover - compiled
                 if k < k_in and x[m, k] >= 0:
                     word |= np.uint64(1) << np.uint64(i)
             out[m, j] = word
-
-
-def set_threads(n: int) -> None:
-    """Use at most ``n`` of numba's threads in the next parallel loops (of this thread)."""
-    if HAVE_NUMBA:
-        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-
-
-# ---- per-token activation rows for the int8 GEMM ---------------------------------------------------
-@njit(parallel=True, fastmath=True, cache=True)
-def token_rows(x, s, out, r):  # pragma: no cover - compiled
-    """r[m] = max(max_k |x[m, k] * s[k]|, tiny); out[m] = x[m] * s / r[m]: one pass over each row
-    (which stays in L1), where torch needs five over the whole input."""
-    m_in, k_in = x.shape
-    for m in prange(m_in):
-        mx = np.float32(0.0)
-        for k in range(k_in):
-            v = abs(x[m, k] * s[k])
-            mx = max(mx, v)
-        mx = max(mx, np.float32(1e-30))
-        r[m] = mx
-        inv = np.float32(1.0) / mx
-        for k in range(k_in):
-            out[m, k] = x[m, k] * s[k] * inv
