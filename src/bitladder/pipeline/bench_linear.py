@@ -19,6 +19,7 @@ from bitladder.formats.layout import Layout
 from bitladder.kernels import (
     KERNELS,
     FbgemmW8A8Kernel,
+    FbgemmW8A8TokenKernel,
     KernelUnsupported,
     NumbaLowbitKernel,
     OrtNBitsKernel,
@@ -27,14 +28,15 @@ from bitladder.kernels import (
 from bitladder.kernels.select import choose
 from bitladder.tensor.quantized import QuantizedTensor
 
-RUNGS = [  # (label, qtype, layout, kernel classes to try)
-    ("int8 W8A8", "int8", Layout("channel"), [FbgemmW8A8Kernel, OrtNBitsKernel]),
-    ("int8 W8", "int8", Layout("channel"), [NumbaLowbitKernel]),
-    ("int4 g64", "int4", Layout("group", group=64), [OrtNBitsKernel, NumbaLowbitKernel]),
-    ("int3 g64", "int3", Layout("group", group=64), [OrtNBitsKernel, NumbaLowbitKernel]),
-    ("int2 g64", "int2", Layout("group", group=64), [OrtNBitsKernel, NumbaLowbitKernel]),
-    ("ternary", "ternary", Layout("channel"), [OrtNBitsKernel, NumbaLowbitKernel]),
-    ("binary", "binary", Layout("channel"), [XnorKernel, OrtNBitsKernel, NumbaLowbitKernel]),
+RUNGS = [  # (label, qtype, layout, kernel classes to try, the policy a quantised layer of this rung has)
+    ("int8 W8A8", "int8", Layout("channel"), [FbgemmW8A8TokenKernel, FbgemmW8A8Kernel, OrtNBitsKernel],
+     "int8-w8a8-fbgemm-token"),
+    ("int8 W8", "int8", Layout("channel"), [NumbaLowbitKernel], "auto"),
+    ("int4 g64", "int4", Layout("group", group=64), [OrtNBitsKernel, NumbaLowbitKernel], "auto"),
+    ("int3 g64", "int3", Layout("group", group=64), [OrtNBitsKernel, NumbaLowbitKernel], "auto"),
+    ("int2 g64", "int2", Layout("group", group=64), [OrtNBitsKernel, NumbaLowbitKernel], "auto"),
+    ("ternary", "ternary", Layout("channel"), [OrtNBitsKernel, NumbaLowbitKernel], "auto"),
+    ("binary", "binary", Layout("channel"), [XnorKernel, OrtNBitsKernel, NumbaLowbitKernel], "auto"),
 ]
 
 
@@ -64,9 +66,9 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
         ao = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
     fns["torch.ao quantize_dynamic int8"] = lambda: ao(x)
     selected = set()
-    for label, qname, layout, classes in RUNGS:
+    for label, qname, layout, classes, policy in RUNGS:
         qt = QuantizedTensor.from_float(w, qname, layout)
-        pick = choose(qt, m)  # what QuantLinear's "auto" policy runs for this batch
+        pick = choose(qt, m, policy)  # what a QuantLinear of this rung runs for this batch
         for cls in classes:
             try:
                 kern = cls.from_qtensor(qt)
