@@ -1,21 +1,32 @@
 """MiniLM compressed by structure, recovered by distillation: one run, one table.
 
-    python benchmarks/minilm_compress.py [--epochs 8] [--lr 2e-4] [--out docs/results/minilm-compress]
+    python benchmarks/minilm_compress.py [--epochs 5] [--lr 2e-4] [--train 0] [--hint 1] [--out docs/results/minilm-compress]
 
-Rows: fp32; 25 % of the attention heads and FFN neurons of every layer removed (Taylor importance),
-without and with distillation, and the distilled one quantised to int8; the FFN factorised by SVD to
-half its parameters, without and with distillation. Distillation: the trainer's cosine loss against
-the fp32 model (its outputs computed once) on the 1,024 training sentences (disjoint from the 256 eval sentences). Every row is
-saved as an artifact (with its recorded structure), loaded back from the built-in factory alone and
-evaluated from the loaded copy: "bytes" is that file. MACs count Linear layers on the latency batch
-(32 sentences; attention score products are not Linear and are not counted). Latency ratio: fp32 /
-this, medians of interleaved runs on the latency batch.
+Rows: fp32; 25 % of the attention heads and FFN neurons of every layer removed (Taylor importance, on the
+1,024 calibration-half training sentences of the spec), without and with distillation, and the distilled
+one quantised to int8; the FFN factorised by SVD to half its parameters (rank by that budget), without
+and with distillation; the same ranks re-factored data-aware ("whitened", see :func:`whiten`, on the
+spec's 512 calibration sentences), without and with distillation.
+
+Distillation: the trainer's cosine loss against the fp32 model, plus (``--hint``) its hint loss on every
+transformer block's hidden states (pruning and SVD keep the hidden size, so they line up), on
+``corpus.training_sentences`` (standard-library docstring sentences, disjoint from the 256 eval
+sentences; ``--train N`` takes the first N, 0 all). Training batches hold 32 sentences of similar length
+(sorted by token count, cut at ``--max-length``; the trainer shuffles the batch order every epoch). The
+teacher's outputs and hidden states are computed once (stored in fp16). The student trains without
+dropout and with its word-embedding table frozen (neither compression touches it).
+
+Every row is saved as an artifact (with its recorded structure), loaded back from the built-in factory
+alone and evaluated from the loaded copy: "MB" is that file. MACs count Linear layers on the latency
+batch (32 sentences; attention score products are not Linear and are not counted). Latency ratio:
+fp32 / this, medians of interleaved runs on the latency batch.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import sys
 import tempfile
@@ -29,65 +40,165 @@ import bitladder
 from bitladder import Int, LowRank, factorize
 from bitladder.io.artifact import load, save
 from bitladder.io.structure import describe
+from bitladder.methods.lowrank.svd import FactorizedLinear
 from bitladder.methods.prune.transformer import HeadFFNPrune, prune_heads_ffn
+from bitladder.methods.train.distill import Hints
 from bitladder.methods.train.trainer import Train, fit
 from bitladder.pipeline.evaluate import fidelity, outputs, paired_latency
 from bitladder.pipeline.macs import count_macs
-from bitladder.zoo import minilm
+from bitladder.zoo import corpus, minilm
 from bitladder.zoo.spec import run
 
 FFN = ["*.intermediate.dense", "*.layer.*.output.dense"]
+HINT_LAYERS = ("encoder.encoder.layer.[0-9]",)  # each block's output (hidden states)
+
+
+def length_batches(sentences: list[str], max_length: int, batch: int = 32) -> list[dict]:
+    """Sentences sorted by token count, then cut into batches (little padding: about 3x faster)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm.model_dir())
+    ids = tok(sentences, truncation=True, max_length=max_length)["input_ids"]
+    order = sorted(range(len(sentences)), key=lambda i: (len(ids[i]), i))
+    out = []
+    for i in range(0, len(order), batch):
+        enc = tok([sentences[j] for j in order[i : i + batch]], padding=True, truncation=True,
+                  max_length=max_length, return_tensors="pt")
+        out.append({k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
+    return out
 
 
 class Precomputed(nn.Module):
-    """The teacher's outputs on the training batches, computed once (the trainer asks per step)."""
+    """The teacher's outputs (and the hidden states of ``hint_layers``) on the training batches, computed
+    once; replayed through identity modules of the same names, so the trainer's hint hooks see them."""
 
-    def __init__(self, teacher: nn.Module, batches: list[dict]) -> None:
+    def __init__(self, teacher: nn.Module, batches: list[dict], hint_layers: tuple[str, ...] = ()) -> None:
         super().__init__()
-        with torch.inference_mode():
-            self.table = {b["input_ids"].data_ptr(): run(teacher, b).clone() for b in batches}
+        self.table: dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+        hints = Hints(teacher, hint_layers) if hint_layers else None
+        try:
+            with torch.no_grad():
+                for b in batches:
+                    out = run(teacher, b).clone()
+                    hidden = {k: v.to(torch.float16) for k, v in hints.out.items()} if hints else {}
+                    self.table[b["input_ids"].data_ptr()] = (out, hidden)
+        finally:
+            if hints:
+                hints.close()
+        for name in next(iter(self.table.values()))[1]:
+            parent = self
+            for part in name.split(".")[:-1]:
+                if part not in parent._modules:
+                    parent.add_module(part, nn.Module())
+                parent = parent._modules[part]
+            parent.add_module(name.split(".")[-1], nn.Identity())
 
     def forward(self, input_ids: torch.Tensor, **_) -> torch.Tensor:
-        return self.table[input_ids.data_ptr()]
+        out, hidden = self.table[input_ids.data_ptr()]
+        for name, h in hidden.items():
+            self.get_submodule(name)(h.float())
+        return out
+
+
+@torch.no_grad()
+def whiten(svd: nn.Module, teacher: nn.Module, batches: list[dict]) -> nn.Module:
+    """Re-factor each ``FactorizedLinear`` of ``svd`` (same rank) to minimise the error of its *outputs*
+    on the inputs the fp32 layer sees on ``batches`` rather than the error of its weight: with the input
+    Gram matrix ``X^T X = L L^T``, the truncated SVD of ``W L`` gives ``W ~ (U sqrt(S)) (sqrt(S) V^T L^-1)``
+    (data-aware SVD as in SVD-LLM, Wang et al. 2024). Padding tokens are left out."""
+    names = [n for n, m in svd.named_modules() if isinstance(m, FactorizedLinear)]
+    gram: dict[str, torch.Tensor] = {}
+    keep: list[torch.Tensor] = []
+
+    def hook(name, _mod, args, _out):
+        x = args[0][keep[0]].double()
+        gram[name] = gram.get(name, 0) + x.T @ x
+
+    hooks = [teacher.get_submodule(n).register_forward_hook(functools.partial(hook, n)) for n in names]
+    try:
+        for b in batches:
+            keep[:] = [b["attention_mask"].bool()]
+            run(teacher, b)
+    finally:
+        for h in hooks:
+            h.remove()
+    for n in names:
+        f, w, g = svd.get_submodule(n), teacher.get_submodule(n).weight.double(), gram[n]
+        chol = torch.linalg.cholesky(g + 1e-6 * g.diagonal().mean() * torch.eye(len(g), dtype=g.dtype))
+        u, s, vh = torch.linalg.svd(w @ chol, full_matrices=False)
+        root = s[: f.rank].sqrt()
+        first = torch.linalg.solve_triangular(chol, root[:, None] * vh[: f.rank], upper=False, left=False)
+        f.first.weight.copy_(first.float())
+        f.second.weight.copy_((u[:, : f.rank] * root).float())
+    return svd
+
+
+def prepare(student: nn.Module) -> nn.Module:
+    """No dropout (the teacher is deterministic) and the word embeddings frozen."""
+    for m in student.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    student.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+    return student
+
+
+def distil(student: nn.Module, batches: list[dict], teacher: nn.Module, train: Train) -> tuple[nn.Module, float]:
+    t0 = time.perf_counter()
+    fit(prepare(student), batches, None, train, teacher=teacher, metric="cosine",
+        on_epoch=lambda e, loss: print(f"  epoch {e}: loss {loss:.4f}, {time.perf_counter() - t0:.0f} s",
+                                       file=sys.stderr, flush=True))
+    return student, time.perf_counter() - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--hint", type=float, default=1.0, help="weight of the hidden-state hint loss (0: none)")
+    ap.add_argument("--train", type=int, default=0, help="training sentences (0: all of corpus.training_sentences)")
+    ap.add_argument("--max-length", type=int, default=64, help="tokens per training sentence")
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--limit", type=int, default=0, help="use only the first N training batches (smoke runs)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (training time is reported on one)")
+    ap.add_argument("--skip-plain-svd", action="store_true", help="distil only the whitened SVD")
     ap.add_argument("--out", default="docs/results/minilm-compress", help="writes OUT.json and OUT.txt")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     spec = minilm.spec()
     ref = outputs(spec.model, spec.eval_batches)
-    train = Train(epochs=args.epochs, lr=args.lr)
+    hint_layers = HINT_LAYERS if args.hint > 0 else ()
+    train = Train(epochs=args.epochs, lr=args.lr, hint=args.hint, hint_layers=hint_layers)
     prune_cfg = HeadFFNPrune(heads=0.25, ffn=0.25, importance="taylor", batches=8)
     fresh = spec.fresh_model()
 
-    batches = spec.train_batches[: args.limit] if args.limit else spec.train_batches
-    teacher = Precomputed(spec.model, batches)
-
-    def distil(m):
-        t0 = time.perf_counter()
-        fit(m, batches, None, train, teacher=teacher, metric="cosine",
-            on_epoch=lambda e, loss: print(f"  epoch {e}: loss {loss:.4f}, {time.perf_counter() - t0:.0f} s",
-                                           file=sys.stderr, flush=True))
-        return m, time.perf_counter() - t0
+    sentences = corpus.training_sentences(args.train or None)
+    batches = length_batches(sentences, args.max_length)
+    t0 = time.perf_counter()
+    teacher = Precomputed(spec.model, batches, hint_layers)
+    teacher_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    pruned, report = prune_heads_ffn(spec.model, prune_cfg, batches)
+    pruned, report = prune_heads_ffn(spec.model, prune_cfg, spec.train_batches)
     prune_s = time.perf_counter() - t0
     head = (f"{'variant':32s} {'params':>9s} {'GMACs':>7s} {'MB':>7s} {'x fp32':>7s} {'cos mean':>8s} "
             f"{'cos min':>8s} {'kNN@10':>7s} {'train s':>8s}")
     lines, rows = [head], []
     print(head, flush=True)
+    data = {"sentences": len(sentences), "batches": len(batches), "batch": 32, "max_length": args.max_length,
+            "source": "corpus.training_sentences", "teacher_s": teacher_s,
+            "threads": torch.get_num_threads()}
     result = {"schema": "bitladder.compress/1", "model": "minilm", "metric": "cosine",
               "prune": prune_cfg.to_dict(), "prune_s": prune_s, "lowrank": LowRank(param_ratio=0.5).to_dict(),
-              "train": train.to_dict(), "train_batches": len(batches), "rows": rows}
+              "train": train.to_dict(), "train_data": data, "rows": rows}
     foot = [f"pruning: {prune_cfg.to_dict()}, {prune_s:.0f} s; (heads, FFN neurons) per layer before/after: "
             f"{sorted(set(report['heads'].values()))} / {sorted(set(report['ffn'].values()))}",
-            f"distillation: {train.to_dict()} on {len(batches)} batches of 32 sentences"]
+            f"distillation: {train.to_dict()}; no dropout, word embeddings frozen",
+            f"training data: {len(sentences)} sentences (corpus.training_sentences, disjoint from the 256 eval "
+            f"sentences) in {len(batches)} length-sorted batches of 32, <= {args.max_length} tokens, "
+            f"{args.epochs} epochs; teacher outputs{' and hidden states' if hint_layers else ''} computed once "
+            f"in {teacher_s:.0f} s (not in 'train s'); {torch.get_num_threads()} torch thread(s)",
+            "whitened: the plain SVD's ranks, factors from the SVD of W L where X^T X = L L^T over the FFN inputs "
+            "of the fp32 model on the 512 calibration sentences (no training)",
+            "latency ratios are noisy: the 2-core machine was shared with other timing jobs during this run"]
     out = Path(args.out)
     with tempfile.TemporaryDirectory() as tmp:
 
@@ -111,13 +222,20 @@ def main() -> None:
 
         measure("fp32", spec.model)
         measure("heads+FFN -25% (taylor)", pruned)
-        pruned_d, secs = distil(copy.deepcopy(pruned))
+        pruned_d, secs = distil(copy.deepcopy(pruned), batches, teacher, train)
         measure("heads+FFN -25% + distil", pruned_d, train_s=secs)
         measure("heads+FFN -25% + distil + int8", pruned_d, bitladder.quantize(pruned_d, Int(bits=8)), secs)
         svd = factorize(spec.model, LowRank(param_ratio=0.5), include=FFN, exclude=["*.attention.*"])
         measure("SVD FFN 1/2", svd)
-        svd_d, secs = distil(copy.deepcopy(svd))
-        measure("SVD FFN 1/2 + distil", svd_d, train_s=secs)
+        t0 = time.perf_counter()
+        wsvd = whiten(copy.deepcopy(svd), spec.model, spec.calib_batches)  # same ranks, data-aware factors
+        result["whiten_s"] = time.perf_counter() - t0
+        measure("SVD FFN 1/2 whitened", wsvd)
+        wsvd_d, secs = distil(copy.deepcopy(wsvd), batches, teacher, train)
+        measure("SVD FFN 1/2 whitened + distil", wsvd_d, train_s=secs)
+        if not args.skip_plain_svd:
+            svd_d, secs = distil(copy.deepcopy(svd), batches, teacher, train)
+            measure("SVD FFN 1/2 + distil", svd_d, train_s=secs)
     print(*foot, sep="\n")
 
 
