@@ -154,6 +154,9 @@ class NumbaLowbitKernel(_NumbaKernel):
         return out_t.T.contiguous()
 
 
+XNOR_PARALLEL_WORDS = 1 << 22  # word operations (rows x weight words) from which threads pay off
+
+
 class XnorKernel(_NumbaKernel):
     """Binary weights x binary activations: ``beta[m] * s[n] * (K - 2 popcount(w ^ sign(x)))``.
 
@@ -199,5 +202,6 @@ class XnorKernel(_NumbaKernel):
         numba_ops.pack_signs(xn, self.wb.shape[1], xb)
         beta = np.abs(xn).mean(axis=1, dtype=np.float32)
         out = np.empty((m, self.n), np.float32)
-        numba_ops.xnor_gemm(self.wb, xb, self.s, beta, self.gwords, self.k, out)
+        gemm = numba_ops.xnor_gemm if m * self.wb.size > XNOR_PARALLEL_WORDS else numba_ops.xnor_gemm_serial
+        gemm(self.wb, xb, self.s, beta, self.gwords, self.k, out)
         return torch.from_numpy(out)
