@@ -211,5 +211,7 @@ def fit(student: nn.Module, batches: list[Any], targets: list[torch.Tensor] | No
         log.close()
         for h in hints:
             h.close()
-    del model
+        # drop the DDP wrapper here, also when training stops on an exception: a traceback would keep it
+        # alive past the process group's end, and its destructor then aborts the process (SIGABRT)
+        model = None  # noqa: F841
     return student.eval()
