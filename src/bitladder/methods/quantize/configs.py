@@ -18,12 +18,9 @@ from bitladder.tensor.quantized import SCALE_DTYPES
 FLOAT_FORMATS = ("fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
 
 
-KERNEL_POLICIES = POLICIES
-
-
 def _check_kernel(cfg) -> None:
-    if cfg.kernel not in KERNEL_POLICIES:
-        raise BitladderError(f"unknown kernel {cfg.kernel!r}; accepted: {', '.join(KERNEL_POLICIES)}")
+    if cfg.kernel not in POLICIES:
+        raise BitladderError(f"unknown kernel {cfg.kernel!r}; accepted: {', '.join(POLICIES)}")
 
 
 def _check_common(cfg, allowed_gran=GRANULARITIES) -> None:
