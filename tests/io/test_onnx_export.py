@@ -69,7 +69,7 @@ def test_dynamic_int8_uses_integer_matmul_and_stays_close(digits_spec, tmp_path)
 
 @pytest.mark.parametrize("acts", ["dynamic", "dynamic-tensor"])
 def test_dynamic_export_matches_the_torch_kernel_with_smoothquant(digits_spec, tmp_path, acts):
-    """Per-token (ReduceMax(Abs) -> Div -> DynamicQuantizeLinear) or per-call activation scales, a
+    """Per-token (row range -> blocked QuantizeLinear) or per-call (DynamicQuantizeLinear) activation scales, a
     SmoothQuant input scale in front: the file computes what the torch fbgemm kernel computes."""
     x = digits_spec.eval_batches[0]
     act = bitladder.Act(dynamic="token" if acts == "dynamic" else "tensor", smoothquant=0.5)
@@ -80,7 +80,10 @@ def test_dynamic_export_matches_the_torch_kernel_with_smoothquant(digits_spec, t
     path = export_onnx(q, x[:2], tmp_path / "dyn.onnx", activations=acts)
     graph = onnx.load(str(path)).graph
     ops = [n.op_type for n in graph.node]
-    assert ops.count("MatMulInteger") == 2 and ops.count("ReduceMax") == (2 if acts == "dynamic" else 0)
+    assert ops.count("MatMulInteger") == 2 and ops.count("DynamicQuantizeLinear") == (0 if acts == "dynamic" else 2)
+    blocked = [n for n in graph.node if n.op_type == "QuantizeLinear" and
+               any(a.name == "block_size" for a in n.attribute)]
+    assert len(blocked) == (2 if acts == "dynamic" else 0)  # per token: one block per row
     assert not any(n.domain for n in graph.node)
     y = run_onnx(path, x)
     with torch.no_grad():

@@ -1,15 +1,25 @@
 """Integer MatMul paths for int8 Linear weights in an exported graph (standard operators only).
 
-``MatMul(x, Transpose(W))`` and ``Gemm(x, W, transB=1)`` become
-``DynamicQuantizeLinear(x) -> MatMulInteger(x_q, W_q^T, x_zp) -> Cast -> Mul(x_scale * w_scale)``
-(``+ bias`` for Gemm): onnxruntime runs these with its integer GEMM (it fuses the chain into one
-kernel). DynamicQuantizeLinear has one activation scale per call, which costs fidelity on transformers
-with outlier channels; ``per_token=True`` first divides each row by its absmax (``ReduceMax(Abs(x))``),
-so the one uint8 grid spans [-1, 1] for every row, and multiplies the result back by it: a scale per
-token on the same fast uint8 x int8 GEMM. A SmoothQuant input scale becomes a ``Mul`` in front.
+``MatMul(x, Transpose(W))`` and ``Gemm(x, W, transB=1)`` become an integer GEMM on the quantised
+input: ``MatMulInteger(x_q, W_q^T, x_zp) -> Cast -> Mul(x_scale * w_scale)`` (``+ bias``), which
+onnxruntime fuses into one kernel.
+
+* per tensor (what onnxruntime's own quantize_dynamic does): ``DynamicQuantizeLinear(x)``, one
+  scale per call, which costs fidelity on transformers whose tokens differ in range;
+* per token: ``a = max(ReduceMax(x), -ReduceMin(x))`` per row, and a blocked ``QuantizeLinear``
+  (opset 21: one block per row, step ``a/127``, zero point 128, uint8 so the fast u8 x s8 GEMM
+  applies; before opset 21 a ``Div`` by the step and one fixed grid); the GEMM's input scale is the
+  largest step (a runtime scalar, so onnxruntime still fuses the chain), and each row is multiplied
+  by its own share of it. No float copy of ``|x|`` and no second pass over ``x``.
+
+A SmoothQuant / AWQ input scale becomes a ``Mul`` in front. Layers that read the same tensor with the
+same input scale (attention's query, key and value) share one preparation: the input is scaled,
+measured and quantised once, and each layer only runs its GEMM.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 from torch import nn
@@ -24,79 +34,147 @@ def dynamic_int8_eligible(m: nn.Module) -> bool:
             and qt.mask is None and qt.zero_point is None)
 
 
-def _row_absmax(proto, x: str, p: str) -> list:
-    """Nodes computing ``x / r`` and ``r = max(absmax over the last axis, tiny)``: ``{p}__xn``, ``{p}__r``."""
-    from onnx import helper, numpy_helper
+def _const(proto, name: str, value) -> str:
+    from onnx import numpy_helper
 
-    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=13)
-    proto.graph.initializer.append(numpy_helper.from_array(np.array(1e-30, np.float32), f"{p}__tiny"))
-    if opset >= 18:
-        proto.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), f"{p}__ax"))
-        reduce = helper.make_node("ReduceMax", [f"{p}__abs", f"{p}__ax"], [f"{p}__rm"], keepdims=1)
+    if not any(i.name == name for i in proto.graph.initializer):
+        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    return name
+
+
+def _opset(proto) -> int:
+    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=13)
+
+
+def _reduce(proto, op: str, x: str, out: str):
+    from onnx import helper
+
+    if _opset(proto) >= 18:
+        return helper.make_node(op, [x, _const(proto, "bl__last_axis", np.array([-1], np.int64))], [out],
+                                keepdims=1)
+    return helper.make_node(op, [x], [out], axes=[-1], keepdims=1)
+
+
+def _prepare(proto, x: str, m: QuantModule, per_token: bool, p: str) -> tuple[list, dict]:
+    """Nodes quantising input ``x`` of layer ``m`` and the names they produce (``xq``, ``xz``, ``xs``,
+    and ``r`` per token: the row scale that multiplies the GEMM result)."""
+    from onnx import TensorProto, helper
+
+    nodes = []
+    if "in_scale" in m.qmeta:  # SmoothQuant / AWQ: the stored weight expects x * in_scale
+        nodes.append(helper.make_node("Mul", [x, _const(proto, f"{p}__in", m.in_scale.float().numpy())],
+                                      [f"{p}__xs_in"]))
+        x = f"{p}__xs_in"
+    if not per_token:
+        nodes.append(helper.make_node("DynamicQuantizeLinear", [x], [f"{p}__xq", f"{p}__xs", f"{p}__xz"]))
+        return nodes, {"xq": f"{p}__xq", "xs": f"{p}__xs", "xz": f"{p}__xz"}
+
+    def c(name: str, v: float) -> str:
+        return _const(proto, f"bl__{name}", np.array(v, np.float32))
+
+    def op(kind: str, ins: list, out: str, **kw):
+        nodes.append(helper.make_node(kind, ins, [f"{p}__{out}"], **kw))
+        return f"{p}__{out}"
+
+    hi, lo = f"{p}__hi", f"{p}__lo"
+    nodes += [_reduce(proto, "ReduceMax", x, hi), _reduce(proto, "ReduceMin", x, lo)]
+    amax = op("Max", [hi, op("Neg", [lo], "nlo"), c("tiny", 1e-30)], "amax")
+    # one grid for all rows in units of each row's absmax, asymmetric like DynamicQuantizeLinear:
+    # [L, H] = the extreme normalised values over the call (0 included), 255 steps, one zero point
+    top = op("Max", [op("ReduceMax", [op("Div", [hi, amax], "nhi")], "H", keepdims=0), c("zero", 0.0)], "top")
+    bot = op("Min", [op("ReduceMin", [op("Div", [lo, amax], "nlo2")], "L", keepdims=0), c("zero", 0.0)], "bot")
+    unit = op("Max", [op("Div", [op("Sub", [top, bot], "span"), c("levels", 255.0)], "unit0"), c("tiny", 1e-30)],
+              "unit")
+    zp = op("Cast", [op("Clip", [op("Round", [op("Div", [op("Neg", [bot], "nbot"), unit], "zf")], "zr"),
+                                 c("zero", 0.0), c("levels", 255.0)], "zc")], "zp", to=TensorProto.UINT8)
+    step = op("Mul", [amax, unit], "step")
+    if _opset(proto) >= 21:  # blocked QuantizeLinear: one block per row, its own step
+        zrow = op("Add", [op("Mul", [amax, c("zero", 0.0)], "z0"), op("Cast", [zp], "zpf", to=TensorProto.FLOAT)],
+                  "z1")
+        op("QuantizeLinear", [x, step, op("Cast", [zrow], "zrow", to=TensorProto.UINT8)], "xq", axis=-1,
+           block_size=int(m.qweight.shape[1]))
     else:
-        reduce = helper.make_node("ReduceMax", [f"{p}__abs"], [f"{p}__rm"], axes=[-1], keepdims=1)
-    return [
-        helper.make_node("Abs", [x], [f"{p}__abs"]), reduce,
-        helper.make_node("Max", [f"{p}__rm", f"{p}__tiny"], [f"{p}__r"]),
-        helper.make_node("Div", [x, f"{p}__r"], [f"{p}__xn"]),
-    ]
+        op("QuantizeLinear", [op("Div", [x, amax], "xn"), unit, zp], "xq")
+    # the GEMM's input scale is the largest row step (a runtime scalar, so onnxruntime still fuses
+    # MatMulInteger -> Cast -> Mul into one kernel); each row is then multiplied by its share of it
+    xs = op("ReduceMax", [step], "xs", keepdims=0)
+    op("Div", [step, xs], "r")
+    return nodes, {"xq": f"{p}__xq", "xs": xs, "xz": zp, "r": f"{p}__r"}
 
 
-def rewrite(proto, wname: str, m: QuantModule, per_token: bool = True) -> bool:
-    """Replace the float path of weight ``wname`` by the integer one; False if the pattern is absent."""
-    from onnx import TensorProto, helper, numpy_helper
+def _match(nodes: list, wname: str):
+    """(nodes to drop, input, output, bias) of the float path using weight ``wname``, or None."""
+    from onnx import helper
 
-    nodes = list(proto.graph.node)
     users = [n for n in nodes if wname in n.input]
     if len(users) != 1:
-        return False
+        return None
     first = users[0]
     if first.op_type == "Transpose":
         mm = [n for n in nodes if first.output[0] in n.input]
         if len(mm) != 1 or mm[0].op_type != "MatMul":
-            return False
-        drop, x, out, bias = [first, mm[0]], mm[0].input[0], mm[0].output[0], None
-    elif first.op_type == "Gemm" and first.input[1] == wname:
+            return None
+        return [first, mm[0]], mm[0].input[0], mm[0].output[0], None
+    if first.op_type == "Gemm" and first.input[1] == wname:
         attrs = {a.name: helper.get_attribute_value(a) for a in first.attribute}
         if attrs.get("transB") != 1 or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0:
-            return False
-        drop, x, out = [first], first.input[0], first.output[0]
-        bias = first.input[2] if len(first.input) > 2 else None
-    else:
+            return None
+        return [first], first.input[0], first.output[0], (first.input[2] if len(first.input) > 2 else None)
+    return None
+
+
+def rewrite(proto, wname: str, m: QuantModule, per_token: bool = True, shared: dict | None = None) -> bool:
+    """Replace the float path of weight ``wname`` by the integer one; False if the pattern is absent.
+
+    ``shared`` (one dict per export) remembers each prepared input so that sibling layers reuse it.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = list(proto.graph.node)
+    found = _match(nodes, wname)
+    if found is None:
         return False
+    drop, x, out, bias = found
     qt = m.qweight
     n, k = qt.shape
     codes = qt.codes().reshape(n, k).numpy().astype(np.int8)
-    scale = qt.scale.float().numpy().reshape(-1)
-    scale = np.broadcast_to(scale, (n,)).astype(np.float32)
+    scale = np.broadcast_to(qt.scale.float().numpy().reshape(-1), (n,)).astype(np.float32)
     p = wname.replace(".", "_")
-    proto.graph.initializer.extend([
-        numpy_helper.from_array(np.ascontiguousarray(codes.T), f"{p}__qT"),
-        numpy_helper.from_array(scale, f"{p}__ws"),
-    ])
-    new = []
-    if "in_scale" in m.qmeta:  # SmoothQuant / AWQ: the stored weight expects x * in_scale
-        proto.graph.initializer.append(numpy_helper.from_array(m.in_scale.float().numpy(), f"{p}__in"))
-        new.append(helper.make_node("Mul", [x, f"{p}__in"], [f"{p}__xs_in"]))
-        x = f"{p}__xs_in"
-    if per_token:
-        new += _row_absmax(proto, x, p)
-        x = f"{p}__xn"
+    proto.graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(codes.T), f"{p}__qT"),
+                                    numpy_helper.from_array(scale, f"{p}__ws")])
+    in_key = hashlib.sha1(m.in_scale.float().numpy().tobytes()).hexdigest() if "in_scale" in m.qmeta else ""
+    key = (x, in_key, per_token)
+    shared = {} if shared is None else shared
+    prep = []
+    if key not in shared:
+        prep, shared[key] = _prepare(proto, x, m, per_token, p)
+    q = shared[key]
     y = out if bias is None and not per_token else f"{p}__y"
-    new += [
-        helper.make_node("DynamicQuantizeLinear", [x], [f"{p}__xq", f"{p}__xs", f"{p}__xz"]),
-        helper.make_node("MatMulInteger", [f"{p}__xq", f"{p}__qT", f"{p}__xz"], [f"{p}__acc"]),
+    new = [
+        helper.make_node("MatMulInteger", [q["xq"], f"{p}__qT", q["xz"]], [f"{p}__acc"]),
         helper.make_node("Cast", [f"{p}__acc"], [f"{p}__accf"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", [f"{p}__xs", f"{p}__ws"], [f"{p}__sc"]),
+        helper.make_node("Mul", [q["xs"], f"{p}__ws"], [f"{p}__sc"]),
         helper.make_node("Mul", [f"{p}__accf", f"{p}__sc"], [y]),
     ]
     if per_token:
-        new.append(helper.make_node("Mul", [y, f"{p}__r"], [out if bias is None else f"{p}__yr"]))
+        new.append(helper.make_node("Mul", [y, q["r"]], [out if bias is None else f"{p}__yr"]))
         y = f"{p}__yr"
     if bias is not None:
         new.append(helper.make_node("Add", [y, bias], [out]))
+    # the preparation goes right after the node producing x (before every sibling), the GEMM in place
+    made = [i for i, nd in enumerate(nodes) if x in nd.output]
+    at_prep = made[0] + 1 if made else 0
     at = nodes.index(drop[-1])
-    kept = [nd for nd in nodes[:at] if nd not in drop] + new + [nd for nd in nodes[at + 1:] if nd not in drop]
+    kept = []
+    for i, nd in enumerate(nodes):
+        if i == at_prep:
+            kept += prep
+        if i == at:
+            kept += new
+        if nd not in drop:
+            kept.append(nd)
+    if at_prep >= len(nodes):
+        kept += prep
     del proto.graph.node[:]
     proto.graph.node.extend(kept)
     return True

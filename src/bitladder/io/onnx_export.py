@@ -25,6 +25,7 @@ from torch import nn
 from bitladder.atomic import atomic_path
 from bitladder.errors import BitladderError
 from bitladder.io.onnx_dynamic import dynamic_int8_eligible, rewrite
+from bitladder.io.onnx_gather import gather_eligible, rewrite_gather
 from bitladder.nn.base import QuantModule
 from bitladder.tensor.quantized import QuantizedTensor, _unpack
 
@@ -188,7 +189,7 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
                                         for n in names} | {"output": {0: "batch"}})
         proto = onnx.load(str(tmp))
         inits = {i.name: i for i in proto.graph.initializer}
-        new_nodes = []
+        new_nodes, shared = [], {}
         for name, m in quantised.items():
             wname = f"{name}.weight" if name else "weight"
             if wname not in inits:
@@ -197,7 +198,10 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
                 log.info("layer %s is not used by the traced forward; left out of the ONNX file", name)
                 continue
             if activations != "float" and dynamic_int8_eligible(m) \
-                    and rewrite(proto, wname, m, per_token=activations == "dynamic"):
+                    and rewrite(proto, wname, m, activations == "dynamic", shared):
+                proto.graph.initializer.remove(inits[wname])
+                continue
+            if gather_eligible(m) and rewrite_gather(proto, wname, m):
                 proto.graph.initializer.remove(inits[wname])
                 continue
             proto.graph.initializer.remove(inits[wname])
