@@ -1,0 +1,71 @@
+"""Per-token integer GEMMs in exported graphs: siblings share one prepared input, every row keeps its
+own range, the pre-opset-21 form computes the same, and the file runs in plain onnxruntime."""
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import bitladder
+from bitladder.io.onnx_export import export_onnx
+
+ort = pytest.importorskip("onnxruntime")
+
+
+class Siblings(nn.Module):
+    """Two layers reading one tensor (like attention's query and key), and one reading another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = (nn.Linear(48, 24, bias=False), nn.Linear(48, 24, bias=False),
+                                  nn.Linear(24, 8, bias=False))
+
+    def forward(self, x):
+        return self.c(torch.relu(self.a(x) * self.b(x)))
+
+
+def _run(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
+
+
+@pytest.fixture
+def quantised():
+    torch.manual_seed(0)
+    model = Siblings().eval()
+    return model, bitladder.quantize(model, bitladder.Int(8, act=bitladder.Act(dynamic="token")))
+
+
+@pytest.mark.parametrize("opset", [21, 17])
+def test_siblings_share_one_quantised_input_and_rows_keep_their_range(quantised, tmp_path, opset):
+    model, q = quantised
+    x = torch.randn(64, 48) * torch.logspace(-3, 3, 64).unsqueeze(1)  # rows 10^6 apart in magnitude
+    path = export_onnx(q, x[:2], tmp_path / "sib.onnx", opset, "dynamic")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("MatMulInteger") == 3 and ops.count("QuantizeLinear") == 2  # a and b share one
+    assert "DynamicQuantizeLinear" not in ops
+    y = _run(path, x)
+    with torch.no_grad():
+        ref, fp = q(x), model(x)
+    row_err = (y - fp).norm(dim=1) / fp.norm(dim=1)
+    assert float(row_err.max()) < 0.05  # per token: the small rows are as accurate as the large ones
+    assert float((y - ref).norm() / ref.norm()) < 0.01  # and the file computes what the torch kernel does
+
+
+def test_per_tensor_loses_the_small_rows_that_per_token_keeps(quantised, tmp_path):
+    model, q = quantised
+    x = torch.randn(64, 48) * torch.logspace(-3, 3, 64).unsqueeze(1)
+    y = _run(export_onnx(q, x[:2], tmp_path / "t.onnx", 21, "dynamic-tensor"), x)
+    with torch.no_grad():
+        fp = model(x)
+    assert float(((y[:8] - fp[:8]).norm(dim=1) / fp[:8].norm(dim=1)).min()) > 0.5
+
+
+def test_zero_rows_stay_zero(quantised, tmp_path):
+    model, q = quantised
+    x = torch.randn(6, 48)
+    x[2] = 0.0
+    y = _run(export_onnx(q, x[:2], tmp_path / "z.onnx", 21, "dynamic"), x)
+    with torch.no_grad():
+        fp = model(x)
+    assert torch.isfinite(y).all() and torch.allclose(y[2], fp[2], atol=1e-3)
