@@ -60,21 +60,39 @@ class QuantModule(nn.Module):
         self._kernels = KernelCache()
         return super()._load_from_state_dict(*args, **kwargs)
 
-    def _kernel_for(self, rows: int):
-        """The kernel object for a call with ``rows`` input rows, or None for the dequant path."""
-        if self.kernel_policy == "dequant-fp32" or "act" in self._qmeta or self.compute_dtype != torch.float32:
-            return None
-        from bitladder.kernels.select import choose
+    def _kernel_for(self, rows: int, binary_rows: bool = False):
+        """The kernel object for a call with ``rows`` input rows, or None for the dequant path.
 
-        qt = self.qweight
-        name = choose(qt, rows, self.kernel_policy)
-        if name == "dequant-fp32":
+        Layers that quantise their activations have none, except trained binary layers (binary
+        weights, binarised inputs) called with ``binary_rows``: their per-sample input scale is then per
+        row, exactly what the XNOR-popcount kernel computes.
+        """
+        if self.kernel_policy == "dequant-fp32" or self.compute_dtype != torch.float32:
             return None
+        qt = self.qweight
+        act = self._qmeta.get("act")
+        if act is not None:
+            xnor = (binary_rows and act.get("qtype") == "binary" and qt.qtype.name == "binary"
+                    and "in_scale" not in self._qmeta and self.kernel_policy in ("auto", "binary-xnor"))
+            if not xnor:
+                return None
+            name = "binary-xnor"
+        else:
+            from bitladder.kernels.select import choose
+
+            name = choose(qt, rows, self.kernel_policy)
+            if name == "dequant-fp32":
+                return None
         cache = self.__dict__.setdefault("_kernels", KernelCache())
         if name not in cache:
-            from bitladder.kernels import KERNELS
+            from bitladder.kernels import KERNELS, KernelUnsupported
 
-            cache[name] = KERNELS[name].from_qtensor(qt)
+            try:
+                cache[name] = KERNELS[name].from_qtensor(qt)
+            except KernelUnsupported:
+                if act is None:
+                    raise
+                cache[name] = None  # no popcount kernel here (numba missing): the dequant path
         return cache[name]
 
     @property

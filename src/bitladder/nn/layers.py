@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitladder.nn.base import KernelCache, QuantModule
+from bitladder.nn.base import QuantModule
 from bitladder.nn.registry import HANDLERS
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -18,35 +18,16 @@ class QuantLinear(QuantModule):
 
     kernel_policy = "auto"
 
-    def _xnor(self, x: torch.Tensor):
-        """The XNOR-popcount kernel for a trained binary layer (binary weights and inputs) on a batch of
-        vectors: per-sample mean|x - shift| is then per row, exactly the kernel's scale."""
-        if x.dim() != 2 or self._qmeta.get("act", {}).get("qtype") != "binary" or "in_scale" in self._qmeta \
-                or self.qweight.qtype.name != "binary" or self.kernel_policy not in ("auto", "binary-xnor"):
-            return None
-        from bitladder.kernels import KERNELS, KernelUnsupported
-
-        cache = self.__dict__.setdefault("_kernels", KernelCache())
-        if "binary-xnor" not in cache:
-            try:
-                cache["binary-xnor"] = KERNELS["binary-xnor"].from_qtensor(self.qweight)
-            except KernelUnsupported:
-                cache["binary-xnor"] = None
-        return cache["binary-xnor"]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xnor = self._xnor(x)
-        if xnor is not None:  # sign(x - shift) against the weights' sign bits
-            self.kernel = xnor.name
-            y = xnor((x.to(self.compute_dtype) - self.act_shift).contiguous())
-            return (y if self.bias is None else y.add_(self.bias)).to(x.dtype)
         xin = x.to(self.compute_dtype)
-        kern = self._kernel_for(xin.numel() // max(xin.shape[-1], 1))
+        kern = self._kernel_for(xin.numel() // max(xin.shape[-1], 1), binary_rows=x.dim() == 2)
         if kern is None:
             self.kernel = self._dequant_label
             return F.linear(self.prepare_input(xin), self.weight(), self._bias()).to(x.dtype)
-        self.kernel = kern.name  # kernels run only without activation quantisation: the input scale is all
-        in_scale = self.in_scale if "in_scale" in self._qmeta else None
+        self.kernel = kern.name
+        if "act" in self._qmeta:  # a trained binary layer: sign(x - shift) against the weights' sign bits
+            return kern((xin - self.act_shift).contiguous(), self.bias).to(x.dtype)
+        in_scale = self.in_scale if "in_scale" in self._qmeta else None  # no activation quantisation here
         y = kern(xin.reshape(-1, xin.shape[-1]), self.bias, in_scale)
         return y.reshape(*xin.shape[:-1], -1).to(x.dtype)
 

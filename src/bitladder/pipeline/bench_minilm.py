@@ -140,6 +140,8 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
         "bitladder ONNX W8 (DequantizeLinear)": lambda: _bitladder_onnx(spec, Int(8), "float", folder),
         "bitladder ONNX W8A8 per-token + SmoothQuant 0.5 (MatMulInteger)": lambda: _bitladder_onnx(
             spec, W8A8_SQ, "dynamic", folder, calib),
+        "bitladder ONNX W8A8 per-token (MatMulInteger)": lambda: _bitladder_onnx(
+            spec, Int(8, act=Act(dynamic="token")), "dynamic", folder),
         "bitladder ONNX W8A8 per-tensor (MatMulInteger)": lambda: _bitladder_onnx(spec, Int(8), "dynamic-tensor",
                                                                                  folder),
         "bitladder ONNX W4 g64 gptq (blocked DQ)": lambda: _bitladder_onnx(
