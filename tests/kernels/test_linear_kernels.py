@@ -13,6 +13,7 @@ from bitladder.kernels import (
     FbgemmW8A8TokenKernel,
     KernelUnsupported,
     NumbaLowbitKernel,
+    OrtNBitsFp32Kernel,
     OrtNBitsKernel,
     XnorKernel,
     build_kernel,
@@ -145,6 +146,33 @@ def test_ort_nbits_close_to_reference(qname):
             x = _x(m, k)
             # int8 activations per block: ~1 % error
             _check(OrtNBitsKernel.from_qtensor(qt, threads=1), qt, x, reference_linear(qt, x), 3e-2)
+
+
+@pytest.mark.skipif(not OrtNBitsKernel.available(), reason="onnxruntime not installed")
+@pytest.mark.parametrize("qname", ["int4", "uint4", "int3", "uint3", "int2", "uint2", "ternary", "binary"])
+def test_ort_nbits_fp32_activations_are_exact_weight_only(qname):
+    """fp32 activations: the reference within float rounding, where the int8-activation path is ~1 % off."""
+    for layout in (Layout("group", group=64), Layout("group", group=32), Layout("channel"), Layout("tensor")):
+        for n, k, m in SHAPES + [(24, 256, 40)]:
+            qt = _qt(qname, layout, n, k)
+            kern = OrtNBitsFp32Kernel.from_qtensor(qt, threads=1)
+            assert kern.name == "ort-w4-fp32"  # every width of 4 bits or fewer is stored as 4-bit blocks
+            _check(kern, qt, _x(m, k), reference_linear(qt, _x(m, k)), 1e-5)
+    with pytest.raises(KernelUnsupported):
+        OrtNBitsFp32Kernel.from_qtensor(_qt("int8", Layout("channel"), 8, 64))
+
+
+def test_auto_keeps_exact_numerics_above_16_rows():
+    from bitladder.kernels.select import ORT_FP32_MAX_ROWS, ORT_MAX_ROWS, choose
+
+    if not OrtNBitsKernel.available():
+        pytest.skip("onnxruntime not installed")
+    int4, int8 = _qt("int4", Layout("group", group=64), 32, 256), _qt("int8", Layout("channel"), 32, 256)
+    assert choose(int4, ORT_MAX_ROWS) == "ort-nbits" and choose(int4, ORT_MAX_ROWS + 1) == "ort-nbits-fp32"
+    assert choose(_qt("binary", Layout("channel"), 32, 256), 64) == "ort-nbits-fp32"
+    assert choose(int4, ORT_FP32_MAX_ROWS + 1) == "dequant-fp32"  # large batches: the dequantisation amortises
+    assert choose(int8, 64) == "dequant-fp32"  # no fast fp32-activation path for 8-bit weights
+    assert choose(int4, 64, "ort-nbits") == "ort-nbits"  # the W4A8 path stays an explicit choice
 
 
 def test_unsupported_inputs():

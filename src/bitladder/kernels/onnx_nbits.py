@@ -5,7 +5,8 @@ initializer: ``B`` (N, nblocks, G*bits/8) uint8 (the FORMATS.md bit stream, each
 own), ``scales`` (N*nblocks) fp32 and, for asymmetric formats only, ``zero_points`` packed at
 ``bits`` per value; without them onnxruntime uses ``2**(bits-1)``, which is exactly our symmetric
 offset. ``accuracy_level=4`` makes onnxruntime quantise the activation to int8 per block and use
-integer dot products (AVX-512 VNNI / AVX2 where the CPU has them, portable code elsewhere).
+integer dot products (AVX-512 VNNI / AVX2 where the CPU has them, portable code elsewhere);
+``accuracy_level=0`` keeps fp32 activations and dequantises 4-bit blocks inside the GEMM.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ except ImportError:  # pragma: no cover - only where onnx/onnxruntime are absent
 
 
 def build_session(u: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, bits: int, block: int,
-                  threads: int) -> "ort.InferenceSession":
-    """u: (N, K) unsigned codes, scale: (N, nblocks) fp32, zp: (N, nblocks) ints or None."""
+                  threads: int, accuracy_level: int = 4) -> "ort.InferenceSession":
+    """u: (N, K) unsigned codes, scale: (N, nblocks) fp32, zp: (N, nblocks) ints or None.
+
+    ``accuracy_level`` 4 quantises activations to int8 per block; 0 keeps them fp32 (exact weight-only
+    numerics; onnxruntime has a fast fp32 path for 4-bit weights only).
+    """
     n, k = u.shape
     nb = scale.shape[1]
     up = np.zeros((n, nb * block), np.uint8)
@@ -38,7 +43,7 @@ def build_session(u: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, bits:
         inits.append(numpy_helper.from_array(_pack(zp, bits), "Z"))
         inputs.append("Z")
     node = helper.make_node("MatMulNBits", inputs, ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
-                            block_size=block, accuracy_level=4)
+                            block_size=block, accuracy_level=accuracy_level)
     graph = helper.make_graph([node], "bitladder_linear",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],

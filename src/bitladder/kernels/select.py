@@ -65,13 +65,21 @@ def select_kernel(qtype: QType | str, layout: Layout, m: int, n: int, k: int,
 
 
 #: kernel policies a config may name (``Int(..., kernel=...)``); "auto" applies :func:`choose`
-POLICIES = ("auto", "dequant-fp32", "int8-w8a8-fbgemm", "int8-w8a8-fbgemm-token", "ort-nbits", "numba", "binary-xnor")
-# Above 16 rows auto dequantises (exact weight-only numerics) rather than running MatMulNBits, whose int8
-# activations cost MiniLM's int8 weight-only rung 0.9995 -> 0.998 mean cosine. On speed alone MatMulNBits
-# wins at every shape measured on an EPYC (1 thread; ms, ort vs dequant-fp32): 4096^2 int4 g64 M=64 15 vs
-# 157, M=1300 319 vs 643; 1536x384 int4 M=1300 13.2 vs 18.2; 384x1536 int2 M=1300 15.2 vs 27.6; so
-# ``kernel="ort-nbits"`` is the choice for batched throughput where W4A8-style numerics are acceptable.
+POLICIES = ("auto", "dequant-fp32", "int8-w8a8-fbgemm", "int8-w8a8-fbgemm-token", "ort-nbits", "ort-nbits-fp32",
+            "numba", "binary-xnor")
+# Above 16 rows auto keeps exact weight-only numerics rather than running MatMulNBits with int8 activations,
+# which cost MiniLM's int8 weight-only rung 0.9995 -> 0.998 mean cosine. Up to 512 rows that is MatMulNBits
+# with fp32 activations for 4 bits and fewer (``ort-nbits-fp32``, codes widened to 4-bit blocks), above it
+# dequantise + fp32 GEMM. Measured on a 2-core EPYC, 2 threads, int4 g64, inside a model (Linear, GELU,
+# LayerNorm x4: torch's and onnxruntime's thread pools take turns), ratio to fp32 (fp32-activation
+# MatMulNBits / dequant-fp32 / int8-activation MatMulNBits): 4096^2 M=64 1.22 / 0.21 / 1.88; M=512 1.11 /
+# 0.63 / 1.71; 1024^2 M=64 0.52 / 0.44 / 1.13; M=1504 0.71 / 0.91 / 0.97; 384^2 M=1504 0.65 / 0.85 / 0.60.
+# Alone (no torch ops between calls) the fp32-activation path is faster still (4096^2 M=64 1.34-1.42,
+# 384x1536 M=4096 1.37). int8 weights have no fast fp32 MatMulNBits path (0.08x at M=1, 0.47x at M=64) and
+# dequantise. ``kernel="ort-nbits"`` stays the choice for batched throughput where W4A8-style numerics are
+# acceptable.
 ORT_MAX_ROWS = 16
+ORT_FP32_MAX_ROWS = 512
 NUMBA_MAX_ROWS = 1  # the numba GEMV; its tiled path for M > 1 is slower than fp32
 
 
@@ -89,7 +97,10 @@ def choose(qt, m: int, policy: str = "auto") -> str:
 
         name = "ort-nbits" if OrtNBitsKernel.available() else "dequant-fp32"
     if name == "ort-nbits" and m > ORT_MAX_ROWS:
-        return "dequant-fp32"
+        from bitladder.kernels.linear import OrtNBitsFp32Kernel
+
+        exact = m <= ORT_FP32_MAX_ROWS and OrtNBitsFp32Kernel._bits(qt.qtype)
+        return "ort-nbits-fp32" if exact else "dequant-fp32"
     if name == "numba" and m > NUMBA_MAX_ROWS:
         return "dequant-fp32"
     return name
