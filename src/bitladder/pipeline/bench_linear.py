@@ -22,6 +22,7 @@ from bitladder.kernels import (
     FbgemmW8A8TokenKernel,
     KernelUnsupported,
     NumbaLowbitKernel,
+    OrtNBitsFp32Kernel,
     OrtNBitsKernel,
     XnorKernel,
 )
@@ -32,11 +33,12 @@ RUNGS = [  # (label, qtype, layout, kernel classes to try, the policy a quantise
     ("int8 W8A8", "int8", Layout("channel"), [FbgemmW8A8TokenKernel, FbgemmW8A8Kernel, OrtNBitsKernel],
      "int8-w8a8-fbgemm-token"),
     ("int8 W8", "int8", Layout("channel"), [NumbaLowbitKernel], "auto"),
-    ("int4 g64", "int4", Layout("group", group=64), [OrtNBitsKernel, NumbaLowbitKernel], "auto"),
-    ("int3 g64", "int3", Layout("group", group=64), [OrtNBitsKernel, NumbaLowbitKernel], "auto"),
-    ("int2 g64", "int2", Layout("group", group=64), [OrtNBitsKernel, NumbaLowbitKernel], "auto"),
-    ("ternary", "ternary", Layout("channel"), [OrtNBitsKernel, NumbaLowbitKernel], "auto"),
-    ("binary", "binary", Layout("channel"), [XnorKernel, OrtNBitsKernel, NumbaLowbitKernel], "auto"),
+    ("int4 g64", "int4", Layout("group", group=64), [OrtNBitsKernel, OrtNBitsFp32Kernel, NumbaLowbitKernel], "auto"),
+    ("int3 g64", "int3", Layout("group", group=64), [OrtNBitsKernel, OrtNBitsFp32Kernel, NumbaLowbitKernel], "auto"),
+    ("int2 g64", "int2", Layout("group", group=64), [OrtNBitsKernel, OrtNBitsFp32Kernel, NumbaLowbitKernel], "auto"),
+    ("ternary", "ternary", Layout("channel"), [OrtNBitsKernel, OrtNBitsFp32Kernel, NumbaLowbitKernel], "auto"),
+    ("binary", "binary", Layout("channel"), [XnorKernel, OrtNBitsKernel, OrtNBitsFp32Kernel, NumbaLowbitKernel],
+     "auto"),
 ]
 
 
