@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import bitladder
@@ -32,11 +33,17 @@ def test_auto_uses_a_low_bit_kernel_for_few_rows_and_matches_reference(cfg):
 
 
 @needs_ort
-def test_many_rows_fall_back_to_dequant_and_kernel_is_reported():
+def test_many_rows_keep_exact_numerics_and_kernel_is_reported():
+    torch.manual_seed(0)
     q = bitladder.quantize(nn.Linear(64, 32), Int(4, group=32))
     q(torch.randn(1, 64))
-    assert q.kernel.startswith("ort-w")
-    q(torch.randn(300, 64))  # many rows: exact weight-only numerics (MatMulNBits would quantise activations)
+    assert q.kernel == "ort-w4a8"  # few rows: int8 activations per block
+    x = torch.randn(300, 64)
+    y = q(x)  # more rows: exact weight-only numerics, fp32 activations
+    assert q.kernel == "ort-w4-fp32"
+    with torch.no_grad():
+        assert torch.allclose(y, F.linear(x, q.weight(), q.bias), atol=1e-5)
+    q(torch.randn(600, 64))  # many rows: dequantising once per call amortises
     assert q.kernel == "dequant-fp32"
     odd = bitladder.quantize(nn.Linear(72, 32), Int(4, group=24))  # a group onnxruntime does not take
     odd(torch.randn(1, 72))
