@@ -1,9 +1,11 @@
 """MiniLM encode throughput and fidelity: fp32, bitladder rungs, and the peers, side by side.
 
-Batch 32 sentences from the docstring corpus (max length 128) is timed, interleaved with the fp32
-model on the same batch (median of ``repeats``); fidelity is measured on the 256 evaluation
+Batch 32 sentences from the docstring corpus (max length 128) is timed for every variant in the same
+rounds (median of ``repeats``), so every ratio (to fp32 torch, and for ONNX files to the fp32 ONNX
+file) compares runs made under the same machine load; fidelity is measured on the 256 evaluation
 sentences against fp32 embeddings. Peers that are not installed (the ``bench`` extra) are listed
-with the reason instead of a number.
+with the reason instead of a number. onnxruntime sessions do not spin between runs, so they do not
+steal the cores of the variant timed after them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import nn
 
 import bitladder
 from bitladder import GPTQ, Act, Int
-from bitladder.pipeline.evaluate import fidelity, outputs, paired_latency
+from bitladder.pipeline.evaluate import fidelity, interleaved_latency, outputs
 from bitladder.pipeline.memory import PeakMemory
 from bitladder.zoo import minilm
 
@@ -51,6 +53,7 @@ def _session(path: Path) -> nn.Module:
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = torch.get_num_threads()
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     fn = _Fn(lambda b: torch.from_numpy(sess.run(None, {k: v.numpy() for k, v in b.items() if k in names})[0]))
@@ -152,38 +155,35 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
     }
 
 
-def _vs_fp32_onnx(spec, model: nn.Module, folder: Path, repeats: int) -> float:
-    ref_s, s = paired_latency(_onnx(spec, False, folder), model, spec.latency_batch, repeats)
-    return round(ref_s / s, 3)
-
-
 def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
     spec = minilm.spec()
     ref = outputs(spec.model, spec.eval_batches)
-    rows = []
+    rows, models = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, build in variants(spec, Path(tmp)).items():
-            if only and not any(o in name for o in only):
+            base = name in ("fp32 torch", "onnxruntime fp32")  # the references every ratio needs
+            if only and not base and not any(o in name for o in only):
                 continue
             row = {"case": "minilm", "batch": 32, "variant": name}
             try:
                 with PeakMemory() as pm:
                     model = build()
                     out = outputs(model, spec.eval_batches)
-                    fp32_s, s = paired_latency(spec.model, model, spec.latency_batch, repeats)
-            except ImportError as e:
-                rows.append({**row, "latency_ms": None, "ratio_vs_fp32": None, "peak_rss_mb": None, "cos_mean": None,
-                             "cos_min": None, "knn10": None, "error": f"not installed: {e.name}"})
-                continue
-            except Exception as e:  # a peer that fails here is reported, not fatal
-                rows.append({**row, "latency_ms": None, "ratio_vs_fp32": None, "peak_rss_mb": None, "cos_mean": None,
-                             "cos_min": None, "knn10": None, "error": f"{type(e).__name__}: {str(e)[:160]}"})
+            except Exception as e:  # a peer that is missing or fails here is reported, not fatal
+                why = (f"not installed: {e.name}" if isinstance(e, ImportError)
+                       else f"{type(e).__name__}: {str(e)[:160]}")
+                rows[name] = {**row, "latency_ms": None, "ratio_vs_fp32": None, "peak_rss_mb": None, "cos_mean": None,
+                              "cos_min": None, "knn10": None, "error": why}
                 continue
             fid = fidelity(spec, out, ref)
-            if getattr(model, "file_bytes", None):  # an ONNX file: also timed against the fp32 ONNX file
-                row["ratio_vs_fp32_onnx"] = _vs_fp32_onnx(spec, model, Path(tmp), repeats)
-            rows.append({**row, "latency_ms": round(s * 1e3, 2), "fp32_latency_ms": round(fp32_s * 1e3, 2),
-                         "ratio_vs_fp32": round(fp32_s / s, 3), "peak_rss_mb": pm.peak_mb,
-                         "cos_mean": fid["fidelity"], "cos_min": fid["cos_min"], "knn10": fid["knn10"],
-                         "onnx_bytes": getattr(model, "file_bytes", None)})
-    return rows
+            models[name] = model
+            rows[name] = {**row, "peak_rss_mb": pm.peak_mb, "cos_mean": fid["fidelity"], "cos_min": fid["cos_min"],
+                          "knn10": fid["knn10"], "onnx_bytes": getattr(model, "file_bytes", None)}
+        lat = interleaved_latency(models, spec.latency_batch, repeats)
+    fp32, fp32_onnx = lat["fp32 torch"], lat.get("onnxruntime fp32")
+    for name, s in lat.items():
+        rows[name].update({"latency_ms": round(s * 1e3, 2), "fp32_latency_ms": round(fp32 * 1e3, 2),
+                           "ratio_vs_fp32": round(fp32 / s, 3)})
+        if getattr(models[name], "file_bytes", None) and fp32_onnx:
+            rows[name]["ratio_vs_fp32_onnx"] = round(fp32_onnx / s, 3)
+    return list(rows.values())
