@@ -6,11 +6,13 @@ onnxruntime fuses into one kernel.
 
 * per tensor (what onnxruntime's own quantize_dynamic does): ``DynamicQuantizeLinear(x)``, one
   scale per call, which costs fidelity on transformers whose tokens differ in range;
-* per token: ``a = max(ReduceMax(x), -ReduceMin(x))`` per row, and a blocked ``QuantizeLinear``
-  (opset 21: one block per row, step ``a/127``, zero point 128, uint8 so the fast u8 x s8 GEMM
-  applies; before opset 21 a ``Div`` by the step and one fixed grid); the GEMM's input scale is the
-  largest step (a runtime scalar, so onnxruntime still fuses the chain), and each row is multiplied
-  by its own share of it. No float copy of ``|x|`` and no second pass over ``x``.
+* per token: ``a = max(ReduceMax(x), -ReduceMin(x))`` per row; in units of its own ``a`` every row
+  shares one asymmetric uint8 grid over [L, H] (the extreme normalised values of the call, as
+  DynamicQuantizeLinear would pick for ``x / a``) and its one zero point, which is all onnxruntime's
+  MatMulInteger takes. A blocked ``QuantizeLinear`` (opset 21: one block per row, step
+  ``a (H - L) / 255``) quantises ``x`` in one pass; before opset 21, ``x / a`` and a plain one. The
+  GEMM's input scale is the largest step (a runtime scalar, so onnxruntime still fuses the chain), and
+  each row is multiplied by its own share of it. No float copy of ``|x|`` or ``x / a`` at opset 21.
 
 A SmoothQuant / AWQ input scale becomes a ``Mul`` in front. Layers that read the same tensor with the
 same input scale (attention's query, key and value) share one preparation: the input is scaled,

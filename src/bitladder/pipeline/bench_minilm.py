@@ -4,8 +4,10 @@ Batch 32 sentences from the docstring corpus (max length 128) is timed for every
 rounds (median of ``repeats``), so every ratio (to fp32 torch, and for ONNX files to the fp32 ONNX
 file) compares runs made under the same machine load; fidelity is measured on the 256 evaluation
 sentences against fp32 embeddings. Peers that are not installed (the ``bench`` extra) are listed
-with the reason instead of a number. onnxruntime sessions do not spin between runs, so they do not
-steal the cores of the variant timed after them.
+with the reason instead of a number. Runs are 50 ms apart (untimed), so a thread pool still spinning
+after one run does not take the cores of the next. All models stay loaded for the timing, so a row's
+``peak_rss_mb`` is the process's resident memory before any variant was built plus how far the
+peak rose while this variant was built and evaluated.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 import bitladder
 from bitladder import GPTQ, Act, Int
 from bitladder.pipeline.evaluate import fidelity, interleaved_latency, outputs
-from bitladder.pipeline.memory import PeakMemory
+from bitladder.pipeline.memory import PeakMemory, rss_mb
 from bitladder.zoo import minilm
 
 
@@ -53,7 +55,6 @@ def _session(path: Path) -> nn.Module:
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = torch.get_num_threads()
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     fn = _Fn(lambda b: torch.from_numpy(sess.run(None, {k: v.numpy() for k, v in b.items() if k in names})[0]))
@@ -159,6 +160,7 @@ def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
     spec = minilm.spec()
     ref = outputs(spec.model, spec.eval_batches)
     rows, models = {}, {}
+    base_mb = rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
         for name, build in variants(spec, Path(tmp)).items():
             base = name in ("fp32 torch", "onnxruntime fp32")  # the references every ratio needs
@@ -177,7 +179,8 @@ def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
                 continue
             fid = fidelity(spec, out, ref)
             models[name] = model
-            rows[name] = {**row, "peak_rss_mb": pm.peak_mb, "cos_mean": fid["fidelity"], "cos_min": fid["cos_min"],
+            peak = None if pm.grown_mb is None or base_mb is None else round(base_mb + pm.grown_mb, 1)
+            rows[name] = {**row, "peak_rss_mb": peak, "cos_mean": fid["fidelity"], "cos_min": fid["cos_min"],
                           "knn10": fid["knn10"], "onnx_bytes": getattr(model, "file_bytes", None)}
         lat = interleaved_latency(models, spec.latency_batch, repeats)
     fp32, fp32_onnx = lat["fp32 torch"], lat.get("onnxruntime fp32")
