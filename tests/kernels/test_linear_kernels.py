@@ -11,6 +11,7 @@ from bitladder.kernels import (
     DequantKernel,
     FbgemmW8A8Kernel,
     FbgemmW8A8TokenKernel,
+    Fp16CodesKernel,
     KernelUnsupported,
     NumbaLowbitKernel,
     OrtNBitsFp32Kernel,
@@ -162,6 +163,21 @@ def test_ort_nbits_fp32_activations_are_exact_weight_only(qname):
         OrtNBitsFp32Kernel.from_qtensor(_qt("int8", Layout("channel"), 8, 64))
 
 
+@pytest.mark.parametrize("qname", QTYPES)
+def test_fp16_codes_are_exact_weight_only(qname):
+    """Integer codes are exact in fp16: fbgemm's fp16-weight GEMM times the channel scale is the reference
+    to fp32 rounding, for every integer-like format with channel or tensor scales."""
+    if not Fp16CodesKernel.available():
+        pytest.skip("torch has no fbgemm fp16 linear")
+    for layout in (Layout("channel"), Layout("tensor")):
+        for n, k, m in SHAPES:
+            qt = _qt(qname, layout, n, k)
+            _check(Fp16CodesKernel.from_qtensor(qt), qt, _x(m, k), reference_linear(qt, _x(m, k)), 1e-5)
+    assert not Fp16CodesKernel.applies(_qt(qname, Layout("group", group=32), 8, 64))  # group scales: no
+    with pytest.raises(KernelUnsupported, match="one scale per output channel"):
+        Fp16CodesKernel.from_qtensor(_qt("fp8_e4m3", Layout("channel"), 8, 64))
+
+
 def test_auto_keeps_exact_numerics_above_16_rows():
     from bitladder.kernels.select import ORT_FP32_MAX_ROWS, ORT_MAX_ROWS, choose
 
@@ -169,9 +185,10 @@ def test_auto_keeps_exact_numerics_above_16_rows():
         pytest.skip("onnxruntime not installed")
     int4, int8 = _qt("int4", Layout("group", group=64), 32, 256), _qt("int8", Layout("channel"), 32, 256)
     assert choose(int4, ORT_MAX_ROWS) == "ort-nbits" and choose(int4, ORT_MAX_ROWS + 1) == "ort-nbits-fp32"
-    assert choose(_qt("binary", Layout("channel"), 32, 256), 64) == "ort-nbits-fp32"
     assert choose(int4, ORT_FP32_MAX_ROWS + 1) == "dequant-fp32"  # large batches: the dequantisation amortises
-    assert choose(int8, 64) == "dequant-fp32"  # no fast fp32-activation path for 8-bit weights
+    # one scale per output channel: the codes themselves as fp16 weights, at any batch above 16 rows
+    assert choose(_qt("binary", Layout("channel"), 32, 256), 64) == "fbgemm-fp16-codes"
+    assert choose(int8, 64) == choose(int8, 5000) == "fbgemm-fp16-codes"
     assert choose(int4, 64, "ort-nbits") == "ort-nbits"  # the W4A8 path stays an explicit choice
 
 

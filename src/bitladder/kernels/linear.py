@@ -303,6 +303,7 @@ class OrtNBitsFp32Kernel(OrtNBitsKernel):
         return 4 if q.kind in ("binary", "ternary") or q.bits <= 4 else None
 
 
+from bitladder.kernels.fp16_codes import Fp16CodesKernel  # noqa: E402
 from bitladder.kernels.numba_kernels import NumbaLowbitKernel, XnorKernel  # noqa: E402
 
 KERNELS: dict[str, type[LinearKernel]] = {
@@ -311,6 +312,7 @@ KERNELS: dict[str, type[LinearKernel]] = {
     "int8-w8a8-fbgemm-token": FbgemmW8A8TokenKernel,
     "ort-nbits": OrtNBitsKernel,
     "ort-nbits-fp32": OrtNBitsFp32Kernel,
+    "fbgemm-fp16-codes": Fp16CodesKernel,
     "numba": NumbaLowbitKernel,
     "binary-xnor": XnorKernel,
 }

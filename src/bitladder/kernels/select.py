@@ -66,7 +66,7 @@ def select_kernel(qtype: QType | str, layout: Layout, m: int, n: int, k: int,
 
 #: kernel policies a config may name (``Int(..., kernel=...)``); "auto" applies :func:`choose`
 POLICIES = ("auto", "dequant-fp32", "int8-w8a8-fbgemm", "int8-w8a8-fbgemm-token", "ort-nbits", "ort-nbits-fp32",
-            "numba", "binary-xnor")
+            "fbgemm-fp16-codes", "numba", "binary-xnor")
 # Above 16 rows auto keeps exact weight-only numerics rather than running MatMulNBits with int8 activations,
 # which cost MiniLM's int8 weight-only rung 0.9995 -> 0.998 mean cosine. Up to 512 rows that is MatMulNBits
 # with fp32 activations for 4 bits and fewer (``ort-nbits-fp32``, codes widened to 4-bit blocks), above it
@@ -96,14 +96,25 @@ def choose(qt, m: int, policy: str = "auto") -> str:
         from bitladder.kernels.linear import OrtNBitsKernel
 
         name = "ort-nbits" if OrtNBitsKernel.available() else "dequant-fp32"
-    if name == "ort-nbits" and m > ORT_MAX_ROWS:
-        from bitladder.kernels.linear import OrtNBitsFp32Kernel
-
-        exact = m <= ORT_FP32_MAX_ROWS and OrtNBitsFp32Kernel._bits(qt.qtype)
-        return "ort-nbits-fp32" if exact else "dequant-fp32"
-    if name == "numba" and m > NUMBA_MAX_ROWS:
-        return "dequant-fp32"
+    batched = (name == "ort-nbits" and m > ORT_MAX_ROWS) or (name == "numba" and m > NUMBA_MAX_ROWS)
+    if batched or name == "dequant-fp32":
+        return _exact(qt, m)
     return name
+
+
+def _exact(qt, m: int) -> str:
+    """The fastest exact weight-only path for ``m`` rows (fp32 activations): fp16-packed codes where each
+    output channel has one scale, MatMulNBits' fp32 path for 4-bit-or-narrower groups up to 512 rows,
+    else dequantise + fp32 GEMM."""
+    from bitladder.kernels.linear import Fp16CodesKernel, OrtNBitsFp32Kernel
+
+    if Fp16CodesKernel.applies(qt):
+        return "fbgemm-fp16-codes"
+    g = _groups(qt.layout, qt.shape[1])
+    if (m > ORT_MAX_ROWS and m <= ORT_FP32_MAX_ROWS and OrtNBitsFp32Kernel.available()
+            and OrtNBitsFp32Kernel._bits(qt.qtype) and (g is None or g in ORT_GROUPS)):
+        return "ort-nbits-fp32"
+    return "dequant-fp32"
 
 
 def build_kernel(qt, m: int = 1, binary_activations: bool = False):
