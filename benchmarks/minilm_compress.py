@@ -5,7 +5,7 @@
 Rows: fp32; 25 % of the attention heads and FFN neurons of every layer removed (Taylor importance, on the
 1,024 calibration-half training sentences of the spec), without and with distillation, and the distilled
 one quantised to int8; the FFN factorised by SVD to half its parameters (rank by that budget), without
-and with distillation; the same ranks re-factored data-aware ("whitened", see :func:`whiten`, on the
+and with distillation; the same ranks re-factored data-aware ("whitened": ``factorize(..., calib=)``, on the
 spec's 512 calibration sentences), without and with distillation.
 
 Distillation: the trainer's cosine loss against the fp32 model, plus (``--hint``) its hint loss on every
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
 import sys
 import tempfile
@@ -40,7 +39,6 @@ import bitladder
 from bitladder import Int, LowRank, factorize
 from bitladder.io.artifact import load, save
 from bitladder.io.structure import describe
-from bitladder.methods.lowrank.svd import FactorizedLinear
 from bitladder.methods.prune.transformer import HeadFFNPrune, prune_heads_ffn
 from bitladder.methods.train.distill import Hints
 from bitladder.methods.train.trainer import Train, fit
@@ -101,38 +99,6 @@ class Precomputed(nn.Module):
 
 
 @torch.no_grad()
-def whiten(svd: nn.Module, teacher: nn.Module, batches: list[dict]) -> nn.Module:
-    """Re-factor each ``FactorizedLinear`` of ``svd`` (same rank) to minimise the error of its *outputs*
-    on the inputs the fp32 layer sees on ``batches`` rather than the error of its weight: with the input
-    Gram matrix ``X^T X = L L^T``, the truncated SVD of ``W L`` gives ``W ~ (U sqrt(S)) (sqrt(S) V^T L^-1)``
-    (data-aware SVD as in SVD-LLM, Wang et al. 2024). Padding tokens are left out."""
-    names = [n for n, m in svd.named_modules() if isinstance(m, FactorizedLinear)]
-    gram: dict[str, torch.Tensor] = {}
-    keep: list[torch.Tensor] = []
-
-    def hook(name, _mod, args, _out):
-        x = args[0][keep[0]].double()
-        gram[name] = gram.get(name, 0) + x.T @ x
-
-    hooks = [teacher.get_submodule(n).register_forward_hook(functools.partial(hook, n)) for n in names]
-    try:
-        for b in batches:
-            keep[:] = [b["attention_mask"].bool()]
-            run(teacher, b)
-    finally:
-        for h in hooks:
-            h.remove()
-    for n in names:
-        f, w, g = svd.get_submodule(n), teacher.get_submodule(n).weight.double(), gram[n]
-        chol = torch.linalg.cholesky(g + 1e-6 * g.diagonal().mean() * torch.eye(len(g), dtype=g.dtype))
-        u, s, vh = torch.linalg.svd(w @ chol, full_matrices=False)
-        root = s[: f.rank].sqrt()
-        first = torch.linalg.solve_triangular(chol, root[:, None] * vh[: f.rank], upper=False, left=False)
-        f.first.weight.copy_(first.float())
-        f.second.weight.copy_((u[:, : f.rank] * root).float())
-    return svd
-
-
 def prepare(student: nn.Module) -> nn.Module:
     """No dropout (the teacher is deterministic) and the word embeddings frozen."""
     for m in student.modules():
@@ -228,7 +194,8 @@ def main() -> None:
         svd = factorize(spec.model, LowRank(param_ratio=0.5), include=FFN, exclude=["*.attention.*"])
         measure("SVD FFN 1/2", svd)
         t0 = time.perf_counter()
-        wsvd = whiten(copy.deepcopy(svd), spec.model, spec.calib_batches)  # same ranks, data-aware factors
+        wsvd = factorize(spec.model, LowRank(param_ratio=0.5), include=FFN, exclude=["*.attention.*"],
+                         calib=spec.calib_batches)  # same ranks, data-aware factors
         result["whiten_s"] = time.perf_counter() - t0
         measure("SVD FFN 1/2 whitened", wsvd)
         wsvd_d, secs = distil(copy.deepcopy(wsvd), batches, teacher, train)
