@@ -59,8 +59,14 @@ def _done(study) -> int:
 
 
 def run_worker(model: str, storage: str, name: str, config: T.TuneConfig, threads: int, timeout: float | None,
-               seed_offset: int = 0) -> None:
-    """One worker: optimise until the study holds ``config.trials`` complete trials (or ``timeout``)."""
+               seed_offset: int = 0, ready=None) -> None:
+    """One worker: optimise until the study holds ``config.trials`` complete trials (or ``timeout``).
+
+    ``ready`` (a barrier shared by local workers) holds each one after its set-up until all are set up,
+    so the queued first trials are shared out instead of going to whichever process started first.
+    """
+    import threading
+
     import optuna
 
     from bitladder.zoo.registry import resolve
@@ -92,10 +98,24 @@ def run_worker(model: str, storage: str, name: str, config: T.TuneConfig, thread
         trial.set_user_attr("worker", T.worker_label())
         return T.objective_value(row, cfg)
 
-    left = config.trials - _done(study)
-    if left > 0:
-        stop = optuna.study.MaxTrialsCallback(config.trials, states=(optuna.trial.TrialState.COMPLETE,))
-        study.optimize(objective, n_trials=left, timeout=timeout, callbacks=[stop], catch=(BitladderError,))
+    if ready is not None:
+        try:
+            ready.wait(timeout=600)
+        except threading.BrokenBarrierError:  # a peer failed during its set-up: go on alone
+            pass
+    stop = optuna.study.MaxTrialsCallback(config.trials, states=(optuna.trial.TrialState.COMPLETE,))
+    end = None if timeout is None else time.monotonic() + timeout
+    while (left := config.trials - _done(study)) > 0 and (end is None or time.monotonic() < end):
+        try:
+            study.optimize(objective, n_trials=left, timeout=None if end is None else end - time.monotonic(),
+                           callbacks=[stop], catch=(BitladderError,))
+        except ValueError as e:
+            # two workers popped the same queued trial from SQLite and the other one told it first:
+            # the trial is done (by the other), so this worker just carries on
+            if "Cannot tell a COMPLETE trial" not in str(e):
+                raise
+            continue
+        break
 
 
 def run_tune(model: str, config: T.TuneConfig, out: Path, storage: str | None = None, study_name: str | None = None,
@@ -122,7 +142,8 @@ def run_tune(model: str, config: T.TuneConfig, out: Path, storage: str | None = 
         run_worker(model, storage, name, config, threads, timeout)
     else:
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=run_worker, args=(model, storage, name, config, threads, timeout, i))
+        ready = ctx.Barrier(workers)
+        procs = [ctx.Process(target=run_worker, args=(model, storage, name, config, threads, timeout, i, ready))
                  for i in range(workers)]
         for p in procs:
             p.start()
