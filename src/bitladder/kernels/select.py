@@ -71,8 +71,9 @@ POLICIES = ("auto", "dequant-fp32", "int8-w8a8-fbgemm", "int8-w8a8-fbgemm-token"
 # which cost MiniLM's int8 weight-only rung 0.9995 -> 0.998 mean cosine (:func:`_exact`): the codes as fp16
 # weights in fbgemm where each output channel has one scale (see ``fp16_codes``; 1.16-1.67x fp32 at
 # M=64..1504), else up to 512 rows MatMulNBits with fp32 activations for 4 bits and fewer
-# (``ort-nbits-fp32``, codes widened to 4-bit blocks), else dequantise + fp32 GEMM. Measured on a 2-core EPYC, 2 threads, int4 g64, inside a model (Linear, GELU,
-# LayerNorm x4: torch's and onnxruntime's thread pools take turns), ratio to fp32 (fp32-activation
+# (``ort-nbits-fp32``, codes widened to 4-bit blocks), else dequantise + fp32 GEMM. Measured on a 2-core
+# EPYC, 2 threads, int4 g64, inside a model (Linear, GELU, LayerNorm x4: torch's and onnxruntime's thread
+# pools take turns), ratio to fp32 (fp32-activation
 # MatMulNBits / dequant-fp32 / int8-activation MatMulNBits): 4096^2 M=64 1.22 / 0.21 / 1.88; M=512 1.11 /
 # 0.63 / 1.71; 1024^2 M=64 0.52 / 0.44 / 1.13; M=1504 0.71 / 0.91 / 0.97; 384^2 M=1504 0.65 / 0.85 / 0.60.
 # Alone (no torch ops between calls) the fp32-activation path is faster still (4096^2 M=64 1.34-1.42,
