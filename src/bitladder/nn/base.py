@@ -69,10 +69,9 @@ class QuantModule(nn.Module):
         """
         if self.kernel_policy == "dequant-fp32" or self.compute_dtype != torch.float32:
             return None
-        qt = self.qweight
         act = self._qmeta.get("act")
         if act is not None:
-            xnor = (binary_rows and act.get("qtype") == "binary" and qt.qtype.name == "binary"
+            xnor = (binary_rows and act.get("qtype") == "binary" and self._qmeta["qtype"] == "binary"
                     and "in_scale" not in self._qmeta and self.kernel_policy in ("auto", "binary-xnor"))
             if not xnor:
                 return None
@@ -80,7 +79,7 @@ class QuantModule(nn.Module):
         else:
             from bitladder.kernels.select import choose
 
-            name = choose(qt, rows, self.kernel_policy)
+            name = choose(self.qweight, rows, self.kernel_policy)
             if name == "dequant-fp32":
                 return None
         cache = self.__dict__.setdefault("_kernels", KernelCache())
@@ -88,7 +87,7 @@ class QuantModule(nn.Module):
             from bitladder.kernels import KERNELS, KernelUnsupported
 
             try:
-                cache[name] = KERNELS[name].from_qtensor(qt)
+                cache[name] = KERNELS[name].from_qtensor(self.qweight)
             except KernelUnsupported:
                 if act is None:
                     raise

@@ -89,12 +89,10 @@ def factorize(model: nn.Module, config: LowRank, include: Selector = None, exclu
              if isinstance(m, nn.Linear) and n and _selected(n, m, include, exclude)]
     grams = input_grams(model, names, calib) if calib else {}
     for name in names:
-        m = model.get_submodule(name)
-        if isinstance(m, nn.Linear):
-            new = _factor(m, config, name, grams.get(name))
-            if new is not None:
-                parent, _, child = name.rpartition(".")
-                setattr(model.get_submodule(parent) if parent else model, child, new)
+        new = _factor(model.get_submodule(name), config, name, grams.get(name))
+        if new is not None:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, new)
     return model
 
 
