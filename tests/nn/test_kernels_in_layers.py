@@ -7,7 +7,8 @@ from torch import nn
 
 import bitladder
 from bitladder import BitladderError, Int
-from bitladder.kernels import OrtNBitsKernel
+from bitladder.kernels import OnednnW8A8Kernel, OrtNBitsKernel
+from bitladder.kernels.select import ONEDNN_MIN_ROWS
 from bitladder.methods.quantize.methods import Act
 
 needs_ort = pytest.mark.skipif(not OrtNBitsKernel.available(), reason="onnxruntime not installed")
@@ -58,8 +59,12 @@ def test_named_kernel_and_dynamic_w8a8():
     q = bitladder.quantize(lin, Int(8, act=Act(dynamic=True)))
     x = torch.randn(20, 128)
     assert rel(q(x), lin(x)) < 0.03 and q.kernel == "int8-w8a8-fbgemm-token"
+    many = torch.randn(ONEDNN_MIN_ROWS, 128)  # from here on oneDNN's GEMM, where torch has it
+    backend = "onednn" if OnednnW8A8Kernel.available() else "fbgemm"
+    assert rel(q(many), lin(many)) < 0.03 and q.kernel == f"int8-w8a8-{backend}-token"
     q = bitladder.quantize(lin, Int(8, act=Act(dynamic="tensor")))
     assert rel(q(x), lin(x)) < 0.03 and q.kernel == "int8-w8a8-fbgemm"
+    assert rel(q(many), lin(many)) < 0.03 and q.kernel == f"int8-w8a8-{backend}"
     with pytest.raises(BitladderError, match="dynamic must be False, 'token' or 'tensor'"):
         Act(dynamic="row")
     with pytest.raises(BitladderError, match="int8 symmetric weights per channel"):

@@ -15,6 +15,8 @@ int8-w8a8-fbgemm       int8 per-channel symmetric weights, activation quantised 
 int8-w8a8-fbgemm-token the same GEMM with one activation scale per row (token): each row is
                        divided by its absmax, quantised on the [-1, 1] grid, and the integer
                        result multiplied back by the row's absmax
+int8-w8a8-onednn[-token] the same numerics on oneDNN's u8 x s8 GEMM (``onednn.qlinear_pointwise``;
+                       faster from ~256 rows, see ``onednn_w8a8``)
 ort-w{2,4,8}a8         onnxruntime ``MatMulNBits`` (accuracy_level 4: int8 activations per
                        block, VNNI/AVX2 integer dots); int3 runs as 4-bit, ternary/binary as 2-bit
 numba-w{b}             weight-only (fp32 activations): GEMV from the packed bit planes (int3 = a
@@ -305,11 +307,14 @@ class OrtNBitsFp32Kernel(OrtNBitsKernel):
 
 from bitladder.kernels.fp16_codes import Fp16CodesKernel  # noqa: E402
 from bitladder.kernels.numba_kernels import NumbaLowbitKernel, XnorKernel  # noqa: E402
+from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel, OnednnW8A8TokenKernel  # noqa: E402
 
 KERNELS: dict[str, type[LinearKernel]] = {
     "dequant-fp32": DequantKernel,
     "int8-w8a8-fbgemm": FbgemmW8A8Kernel,
     "int8-w8a8-fbgemm-token": FbgemmW8A8TokenKernel,
+    "int8-w8a8-onednn": OnednnW8A8Kernel,
+    "int8-w8a8-onednn-token": OnednnW8A8TokenKernel,
     "ort-nbits": OrtNBitsKernel,
     "ort-nbits-fp32": OrtNBitsFp32Kernel,
     "fbgemm-fp16-codes": Fp16CodesKernel,

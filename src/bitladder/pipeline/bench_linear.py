@@ -23,6 +23,8 @@ from bitladder.kernels import (
     Fp16CodesKernel,
     KernelUnsupported,
     NumbaLowbitKernel,
+    OnednnW8A8Kernel,
+    OnednnW8A8TokenKernel,
     OrtNBitsFp32Kernel,
     OrtNBitsKernel,
     XnorKernel,
@@ -31,8 +33,8 @@ from bitladder.kernels.select import choose
 from bitladder.tensor.quantized import QuantizedTensor
 
 RUNGS = [  # (label, qtype, layout, kernel classes to try, the policy a quantised layer of this rung has)
-    ("int8 W8A8", "int8", Layout("channel"), [FbgemmW8A8TokenKernel, FbgemmW8A8Kernel, OrtNBitsKernel],
-     "int8-w8a8-fbgemm-token"),
+    ("int8 W8A8", "int8", Layout("channel"), [FbgemmW8A8TokenKernel, OnednnW8A8TokenKernel, FbgemmW8A8Kernel,
+                                               OnednnW8A8Kernel, OrtNBitsKernel], "int8-w8a8-token"),
     ("int8 W8", "int8", Layout("channel"), [OrtNBitsKernel, Fp16CodesKernel, NumbaLowbitKernel], "auto"),
     ("int4 g64", "int4", Layout("group", group=64), [OrtNBitsKernel, OrtNBitsFp32Kernel, NumbaLowbitKernel], "auto"),
     ("int3 g64", "int3", Layout("group", group=64), [OrtNBitsKernel, OrtNBitsFp32Kernel, NumbaLowbitKernel], "auto"),

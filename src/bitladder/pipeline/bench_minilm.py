@@ -44,6 +44,16 @@ def _bitladder(spec, cfg, calib=None):
     return bitladder.quantize(base, cfg, exclude=["*embeddings*"], calib=calib)
 
 
+def _backend(model: nn.Module, backend: str) -> nn.Module:
+    """Pin a dynamic W8A8 model's layers to one integer GEMM (``fbgemm`` / ``onednn``) at every batch size."""
+    from bitladder.nn.base import QuantModule
+
+    for m in model.modules():
+        if isinstance(m, QuantModule) and m.kernel_policy.startswith("int8-w8a8"):
+            m.set_kernel_policy(m.kernel_policy.replace("w8a8", f"w8a8-{backend}"))
+    return model
+
+
 def _torch_ao(spec):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -133,9 +143,11 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
     calib = spec.calib_batches
     return {
         "fp32 torch": lambda: spec.model,
-        "bitladder W8A8 dynamic per-token + SmoothQuant 0.5 (fbgemm)": lambda: _bitladder(spec, W8A8_SQ, calib),
-        "bitladder W8A8 dynamic per-token (fbgemm)": lambda: _bitladder(spec, Int(8, act=Act(dynamic="token"))),
-        "bitladder W8A8 dynamic per-tensor (fbgemm)": lambda: _bitladder(spec, Int(8, act=Act(dynamic="tensor"))),
+        "bitladder W8A8 dynamic per-token + SmoothQuant 0.5 (oneDNN)": lambda: _bitladder(spec, W8A8_SQ, calib),
+        "bitladder W8A8 dynamic per-token + SmoothQuant 0.5 (fbgemm only)": lambda: _backend(
+            _bitladder(spec, W8A8_SQ, calib), "fbgemm"),
+        "bitladder W8A8 dynamic per-token (oneDNN)": lambda: _bitladder(spec, Int(8, act=Act(dynamic="token"))),
+        "bitladder W8A8 dynamic per-tensor (oneDNN)": lambda: _bitladder(spec, Int(8, act=Act(dynamic="tensor"))),
         "bitladder W8 weight-only": lambda: _bitladder(spec, Int(8)),
         "bitladder W4 g64 gptq": lambda: _bitladder(spec, Int(4, group=64, method=GPTQ()), calib),
         "torch.ao quantize_dynamic int8": lambda: _torch_ao(spec),

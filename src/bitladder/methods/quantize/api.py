@@ -127,7 +127,7 @@ def quantize(model: nn.Module, config: QuantConfig, include: Selector = None, ex
         for name in targets:
             m = model.get_submodule(name)
             if isinstance(m, QuantModule) and "kernel_policy" in type(m).__dict__:
-                m.set_kernel_policy("int8-w8a8-fbgemm" + ("-token" if act.dynamic == "token" else ""))
+                m.set_kernel_policy("int8-w8a8" + ("-token" if act.dynamic == "token" else ""))
     elif act is not None:
         from bitladder.methods.quantize.activation import calibrate_activations
 
