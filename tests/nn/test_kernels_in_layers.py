@@ -7,7 +7,7 @@ from torch import nn
 
 import bitladder
 from bitladder import BitladderError, Int
-from bitladder.kernels import OnednnW8A8Kernel, OrtNBitsKernel
+from bitladder.kernels import Int4PackBf16Kernel, OnednnW8A8Kernel, OrtNBitsKernel
 from bitladder.kernels.select import ONEDNN_MIN_ROWS
 from bitladder.methods.quantize.methods import Act
 
@@ -36,7 +36,7 @@ def test_auto_uses_a_low_bit_kernel_for_few_rows_and_matches_reference(cfg):
 @needs_ort
 def test_many_rows_keep_exact_numerics_and_kernel_is_reported():
     torch.manual_seed(0)
-    q = bitladder.quantize(nn.Linear(64, 32), Int(4, group=32))
+    q = bitladder.quantize(nn.Linear(64, 40), Int(4, group=32))  # 40 outputs: not for the packed-int4 GEMM
     q(torch.randn(1, 64))
     assert q.kernel == "ort-w4a8"  # few rows: int8 activations per block
     x = torch.randn(300, 64)
@@ -46,6 +46,14 @@ def test_many_rows_keep_exact_numerics_and_kernel_is_reported():
         assert torch.allclose(y, F.linear(x, q.weight(), q.bias), atol=1e-5)
     q(torch.randn(600, 64))  # many rows: dequantising once per call amortises
     assert q.kernel == "dequant-fp32"
+    if Int4PackBf16Kernel.available():  # 32 outputs: torch's packed-int4 GEMM, bf16 activations, any batch
+        packed = bitladder.quantize(nn.Linear(64, 32), Int(4, group=32))
+        for rows in (300, 600):
+            x = torch.randn(rows, 64)
+            y = packed(x)
+            assert packed.kernel == "torch-int4pack-bf16"
+            with torch.no_grad():
+                assert rel(y, F.linear(x, packed.weight(), packed.bias)) < 5e-3
     odd = bitladder.quantize(nn.Linear(72, 32), Int(4, group=24))  # a group onnxruntime does not take
     odd(torch.randn(1, 72))
     assert odd.kernel == "numba-int4"

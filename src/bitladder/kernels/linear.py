@@ -306,6 +306,7 @@ class OrtNBitsFp32Kernel(OrtNBitsKernel):
 
 
 from bitladder.kernels.fp16_codes import Fp16CodesKernel  # noqa: E402
+from bitladder.kernels.int4pack import Int4PackBf16Kernel  # noqa: E402
 from bitladder.kernels.numba_kernels import NumbaLowbitKernel, XnorKernel  # noqa: E402
 from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel, OnednnW8A8TokenKernel  # noqa: E402
 
@@ -318,6 +319,7 @@ KERNELS: dict[str, type[LinearKernel]] = {
     "ort-nbits": OrtNBitsKernel,
     "ort-nbits-fp32": OrtNBitsFp32Kernel,
     "fbgemm-fp16-codes": Fp16CodesKernel,
+    "torch-int4pack-bf16": Int4PackBf16Kernel,
     "numba": NumbaLowbitKernel,
     "binary-xnor": XnorKernel,
 }

@@ -66,8 +66,8 @@ def select_kernel(qtype: QType | str, layout: Layout, m: int, n: int, k: int,
 
 #: kernel policies a config may name (``Int(..., kernel=...)``); "auto" applies :func:`choose`
 POLICIES = ("auto", "dequant-fp32", "int8-w8a8", "int8-w8a8-token", "int8-w8a8-fbgemm", "int8-w8a8-fbgemm-token",
-            "int8-w8a8-onednn", "int8-w8a8-onednn-token", "ort-nbits", "ort-nbits-fp32", "fbgemm-fp16-codes", "numba",
-            "binary-xnor")
+            "int8-w8a8-onednn", "int8-w8a8-onednn-token", "ort-nbits", "ort-nbits-fp32", "fbgemm-fp16-codes",
+            "torch-int4pack-bf16", "numba", "binary-xnor")
 # Dynamic W8A8 ("int8-w8a8[-token]", what ``Act(dynamic=...)`` sets) picks its integer GEMM by rows: fbgemm's
 # below ONEDNN_MIN_ROWS, oneDNN's from there on. oneDNN / fbgemm latency, 2-core EPYC (VNNI), 2 threads, per
 # tensor (per token within +-0.1): 1024^2 M=16 1.45, M=128 0.99, M=512 0.96; 4096^2 M=16 1.15, M=256 0.93,
@@ -117,13 +117,16 @@ def choose(qt, m: int, policy: str = "auto") -> str:
 
 
 def _exact(qt, m: int) -> str:
-    """The fastest exact weight-only path for ``m`` rows (fp32 activations): fp16-packed codes where each
-    output channel has one scale, MatMulNBits' fp32 path for 4-bit-or-narrower groups up to 512 rows,
-    else dequantise + fp32 GEMM."""
-    from bitladder.kernels.linear import Fp16CodesKernel, OrtNBitsFp32Kernel
+    """The fastest weight-only path for ``m`` rows that keeps float activations: fp16-packed codes where
+    each output channel has one scale (exact); group-scaled codes of 4 bits or fewer on torch's packed-int4
+    GEMM where the CPU has bf16 dot products (bf16 activations: 0.3 % output rounding); else MatMulNBits'
+    fp32 path for them up to 512 rows (exact); else dequantise + fp32 GEMM."""
+    from bitladder.kernels.linear import Fp16CodesKernel, Int4PackBf16Kernel, OrtNBitsFp32Kernel
 
     if Fp16CodesKernel.applies(qt):
         return "fbgemm-fp16-codes"
+    if Int4PackBf16Kernel.applies(qt):
+        return "torch-int4pack-bf16"
     g = _groups(qt.layout, qt.shape[1])
     if (m > ORT_MAX_ROWS and m <= ORT_FP32_MAX_ROWS and OrtNBitsFp32Kernel.available()
             and OrtNBitsFp32Kernel._bits(qt.qtype) and (g is None or g in ORT_GROUPS)):
