@@ -74,10 +74,12 @@ POLICIES = ("auto", "dequant-fp32", "int8-w8a8", "int8-w8a8-token", "int8-w8a8-f
 # M=512 0.87, M=1504 0.84; 384x1536 M=16 1.69, M=512 1.01; 1536x384 M=256 0.91, M=1504 0.84. MiniLM per token
 # + SmoothQuant (1504 rows): 121.8 ms against 136.0 on fbgemm alone (torch.ao quantize_dynamic 121.8).
 ONEDNN_MIN_ROWS = 256
-# Above 16 rows auto keeps exact weight-only numerics rather than running MatMulNBits with int8 activations,
+# Above 16 rows auto keeps float activations rather than running MatMulNBits with int8 activations,
 # which cost MiniLM's int8 weight-only rung 0.9995 -> 0.998 mean cosine (:func:`_exact`): the codes as fp16
 # weights in fbgemm where each output channel has one scale (see ``fp16_codes``; 1.16-1.67x fp32 at
-# M=64..1504), else up to 512 rows MatMulNBits with fp32 activations for 4 bits and fewer
+# M=64..1504), group-scaled 4-bit-or-narrower codes on torch's packed-int4 GEMM with bf16 activations where
+# it applies (see ``int4pack``: faster than the two paths below at every batch measured inside a model),
+# else up to 512 rows MatMulNBits with fp32 activations for 4 bits and fewer
 # (``ort-nbits-fp32``, codes widened to 4-bit blocks), else dequantise + fp32 GEMM. Measured on a 2-core
 # EPYC, 2 threads, int4 g64, inside a model (Linear, GELU, LayerNorm x4: torch's and onnxruntime's thread
 # pools take turns), ratio to fp32 (fp32-activation
