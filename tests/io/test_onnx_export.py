@@ -1,5 +1,7 @@
 """ONNX export with standard operators: runs in plain onnxruntime, matches torch, bytes reflect bits."""
 
+import copy
+
 import onnx
 import pytest
 import torch
@@ -7,6 +9,7 @@ import torch
 import bitladder
 from bitladder import BitladderError
 from bitladder.io.onnx_export import export_onnx
+from bitladder.nn.base import QuantModule
 from bitladder.pipeline.rungs import parse_rung
 
 ort = pytest.importorskip("onnxruntime")
@@ -23,8 +26,15 @@ def test_digits_exports_run_and_match(digits_spec, tmp_path, rung):
     x = digits_spec.eval_batches[0]
     q = bitladder.quantize(digits_spec.model, parse_rung(rung), calib=digits_spec.calib_batches)
     path = export_onnx(q, x[:2], tmp_path / f"{rung}.onnx")
+    exact = copy.deepcopy(q)  # the file holds the dequantised arithmetic: the reference kernel computes exactly that
+    for m in exact.modules():
+        if isinstance(m, QuantModule):
+            m.set_kernel_policy("dequant-fp32")
     with torch.no_grad():
-        assert torch.allclose(run_onnx(path, x), q(x), atol=1e-4, rtol=1e-4)
+        got = run_onnx(path, x)
+        assert torch.allclose(got, exact(x), atol=1e-4, rtol=1e-4)
+        # the kernels torch picks may round activations (bf16 for packed int4): within 1 % of the logits
+        assert float((got - q(x)).norm() / got.norm()) < 1e-2
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert not any(n.domain for n in onnx.load(str(path)).graph.node)  # standard operators only
     if rung.startswith("int") or rung in ("ternary", "binary"):
