@@ -56,9 +56,16 @@ def _lowrank(st: State, body) -> None:
     from bitladder.methods.lowrank.svd import factorize
 
     cfg = body.config()
-    fn = factorize_convs if body.conv != "none" else factorize
-    st.model = fn(st.model, cfg, include=body.include, exclude=body.exclude)
-    st.configs.append(cfg.to_dict())
+    if body.conv != "none":
+        st.model = factorize_convs(st.model, cfg, include=body.include, exclude=body.exclude)
+        st.configs.append(cfg.to_dict())
+        return
+    calib = st.spec.calib_batches if body.data_aware is not False else None
+    if body.data_aware and not calib:
+        raise BitladderError(f"lowrank data_aware: model {st.spec.name!r} has no calibration data "
+                             "(data_aware: false factors the weights alone)")
+    st.model = factorize(st.model, cfg, include=body.include, exclude=body.exclude, calib=calib or None)
+    st.configs.append({**cfg.to_dict(), "data_aware": bool(calib)})
 
 
 def _quantize(st: State, body) -> None:

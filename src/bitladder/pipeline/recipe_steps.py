@@ -45,11 +45,17 @@ class Prune(Selected):
 
 
 class LowRankStep(Selected):
-    """SVD of Linear layers; with ``conv``: Tucker-2 or depthwise-separable substitution of Conv2d layers."""
+    """SVD of Linear layers; with ``conv``: Tucker-2 or depthwise-separable substitution of Conv2d layers.
+
+    ``data_aware`` (Linear only) whitens each layer by its calibration inputs first (SVD of ``W L``,
+    ``X^T X = L L^T``): unset, whenever the model has calibration data; true, required; false, the SVD
+    of the weight alone.
+    """
 
     energy: float | None = None
     param_ratio: float | None = None
     conv: Literal["none", "tucker2", "separable"] = "none"
+    data_aware: bool | None = None
 
     def config(self):
         from bitladder.methods.lowrank.conv import ConvFactor
@@ -61,6 +67,10 @@ class LowRankStep(Selected):
         return LowRank(energy=self.energy, param_ratio=self.param_ratio)
 
     def check(self) -> None:
+        if self.conv != "none" and self.data_aware:
+            from bitladder.errors import BitladderError
+
+            raise BitladderError("lowrank: data_aware applies to Linear factors only (conv: none)")
         self.config()
 
 
