@@ -103,3 +103,42 @@ def test_digits_static_int8_and_w4a8(digits_spec):
     for model, budget in ((w8a8, 0.3), (w4a8, 1.0)):
         drop = 100 * (base - fidelity(digits_spec, outputs(model, digits_spec.eval_batches), ref)["fidelity"])
         assert drop <= budget
+
+
+class _NormFed(nn.Module):
+    """LayerNorm -> two siblings (q, k) -> GELU -> fc: only q and k read the norm's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln, self.q, self.k, self.fc = nn.LayerNorm(32), nn.Linear(32, 16), nn.Linear(32, 16), nn.Linear(16, 8)
+        with torch.no_grad():
+            self.ln.weight[3] = 40.0  # an outlier channel, as transformers' LayerNorms make
+
+    def forward(self, x):
+        h = self.ln(x)
+        return self.fc(nn.functional.gelu(self.q(h) + self.k(h)))
+
+
+def test_smoothquant_goes_where_the_paper_puts_it_and_siblings_share_a_scale():
+    from bitladder.methods.quantize.activation import norm_fed
+
+    torch.manual_seed(0)
+    model, x = _NormFed().eval(), torch.randn(256, 32)
+    assert norm_fed(model, ["q", "k", "fc"], x) == {"q", "k"}
+    q = bitladder.quantize(model, Int(8, act=Act(dynamic="token", smoothquant=0.5)), calib=[x])
+    assert "in_scale" not in q.fc.qmeta  # GELU output: not smoothed under "auto"
+    assert torch.equal(q.q.in_scale, q.k.in_scale)  # one scale for the tensor both read
+    assert q.q.in_scale.max() / q.q.in_scale.min() > 2  # and it does move the outlier channel
+    with torch.no_grad():
+        assert float((q(x) - model(x)).norm() / model(x).norm()) < 0.02
+    every = bitladder.quantize(model, Int(8, act=Act(dynamic="token", smoothquant=0.5, smooth_layers="all")),
+                               calib=[x])
+    assert "in_scale" in every.fc.qmeta and torch.equal(every.q.in_scale, every.k.in_scale)
+
+
+def test_smoothquant_without_norms_smooths_every_layer_and_rejects_unknown_placements():
+    model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
+    q = bitladder.quantize(model, Int(8, act=Act(dynamic="token", smoothquant=0.5)), calib=[outlier_data()])
+    assert "in_scale" in q[0].qmeta and "in_scale" in q[2].qmeta
+    with pytest.raises(BitladderError, match="smooth_layers must be 'auto' or 'all'"):
+        Act(smoothquant=0.5, smooth_layers="norm")

@@ -51,36 +51,72 @@ def linear_like(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
-def smooth(model: nn.Module, names: list[str], calib: list[Any], alpha: float | str, bits: int = 8,
-           fake_w=None) -> dict[str, torch.Tensor]:
-    """SmoothQuant on the float layers in ``names`` (Linear-like only): scales weights in place and
-    returns the per-channel input multiplier ``1/s`` for each layer.
+def _is_norm(m: nn.Module) -> bool:
+    return (isinstance(m, nn.LayerNorm | nn.GroupNorm) or (hasattr(nn, "RMSNorm") and isinstance(m, nn.RMSNorm))
+            or type(m).__name__.endswith(("LayerNorm", "RMSNorm")))
 
+
+def norm_fed(model: nn.Module, names: list[str], batch: Any) -> set[str]:
+    """The layers in ``names`` whose input is the output of a normalisation layer (one forward pass)."""
+    produced: dict[int, torch.Tensor] = {}  # the outputs are kept so that their ids stay unique
+    fed: set[str] = set()
+    hooks = [m.register_forward_hook(lambda _m, _a, out: produced.__setitem__(id(out), out))
+             for m in model.modules() if _is_norm(m)]
+    for n in names:
+        hooks.append(model.get_submodule(n).register_forward_pre_hook(
+            lambda _m, args, n=n: fed.add(n) if args and id(args[0]) in produced else None))
+    try:
+        with torch.no_grad():
+            model(**batch) if isinstance(batch, dict) else model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return fed
+
+
+def smooth(model: nn.Module, names: list[str], calib: list[Any], alpha: float | str, bits: int = 8,
+           fake_w=None, layers: str = "auto") -> dict[str, torch.Tensor]:
+    """SmoothQuant on the float layers in ``names`` (Linear-like only): scales weights in place and
+    returns the per-channel input multiplier ``1/s`` for each smoothed layer.
+
+    ``layers="auto"`` smooths, as the paper does, the layers that read a normalisation layer's output
+    (attention's q/k/v, the first FFN layer) when the model has any, else every selected layer;
+    ``"all"`` smooths every selected layer. Layers reading the same tensor share one scale (from the
+    largest weight of each input channel among them), so they can share one quantised input.
     Until the layer is swapped for its quantised version, a forward pre-hook applies ``1/s`` to its
     input, so the float model computes the same function and later calibration sees smoothed inputs.
     """
     names = [n for n in names if linear_like(model.get_submodule(n))]
+    targets = set(names)
+    if layers == "auto" and names and calib:
+        fed = norm_fed(model, names, calib[0])
+        targets = fed or targets
     out: dict[str, torch.Tensor] = {}
 
-    def apply(name: str, module: nn.Module, c: SampleCollector) -> None:
-        if c.amax is None:
+    def apply(group: list) -> None:
+        group = [(n, m, c) for n, m, c in group if n in targets and c.amax is not None]
+        if not group:
             return
-        in_axis = 0 if type(module).__name__ == "Conv1D" else 1
+        axes = [0 if type(m).__name__ == "Conv1D" else 1 for _, m, _ in group]
+        ws = [m.weight.detach().float() if a == 1 else m.weight.detach().float().T for (_, m, _), a in zip(group, axes)]
+        w = torch.cat(ws)
+        amax = torch.stack([c.amax for _, _, c in group]).amax(0)
         if alpha == "auto":
-            w = module.weight.detach().float()
-            _, s = search_alpha(w if in_axis == 1 else w.T, c.sample(), c.amax, fake_w, bits)
+            _, s = search_alpha(w, group[0][2].sample(), amax, fake_w, bits)
         else:
-            wmax = module.weight.detach().abs().amax(dim=1 - in_axis).clamp(min=1e-5)
-            s = (c.amax.clamp(min=1e-5).pow(alpha) / wmax.pow(1 - alpha)).clamp(min=1e-5)
-        with torch.no_grad():
-            shape = [1, 1]
-            shape[in_axis] = -1
-            module.weight.mul_(s.reshape(shape).to(module.weight.dtype))
-        out[name] = 1.0 / s
-        inv = (1.0 / s).to(module.weight.dtype)
-        module.register_forward_pre_hook(lambda _m, args: (args[0] * inv, *args[1:]))
+            wmax = w.abs().amax(dim=0).clamp(min=1e-5)
+            s = (amax.clamp(min=1e-5).pow(alpha) / wmax.pow(1 - alpha)).clamp(min=1e-5)
+        inv = 1.0 / s
+        for (name, module, _), in_axis in zip(group, axes):
+            with torch.no_grad():
+                shape = [1, 1]
+                shape[in_axis] = -1
+                module.weight.mul_(s.reshape(shape).to(module.weight.dtype))
+            out[name] = inv
+            x_inv = inv.to(module.weight.dtype)
+            module.register_forward_pre_hook(lambda _m, args, x_inv=x_inv: (args[0] * x_inv, *args[1:]))
 
-    blockwise(model, names, calib, lambda n, m: SampleCollector(2048), apply)
+    blockwise(model, names, calib, lambda n, m: SampleCollector(2048), apply, group=True)
     return out
 
 

@@ -101,10 +101,14 @@ def layer_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def blockwise(model: nn.Module, names: list[str], batches: list[Any],
-              make: Callable[[str, nn.Module], Collector], apply: Callable[[str, nn.Module, Collector], None]) -> list[str]:
-    """Collect for every layer in ``names`` and call ``apply`` once its inputs are final.
+              make: Callable[[str, nn.Module], Collector], apply: Callable, group: bool = False) -> list[str]:
+    """Collect for every layer in ``names`` and call ``apply(name, module, collector)`` once its inputs
+    are final.
 
-    Returns the layers that never received input (they are left to the caller).
+    Layers that read the same input tensor (attention's q, k, v) are collected and applied together, one
+    after the other; with ``group`` ``apply`` is instead called once per such group, with the list of
+    ``(name, module, collector)``. Returns the layers that never received input (they are left to the
+    caller).
     """
     blocks = find_blocks(model)
     in_block = {b: [n for n in names if n.startswith(b + ".")] for b in blocks}
@@ -114,29 +118,32 @@ def blockwise(model: nn.Module, names: list[str], batches: list[Any],
         masks = [row_mask(b) for b in batches]
         for b in blocks:
             block = model.get_submodule(b)
-            _groups(block, in_block[b], inputs, masks, make, apply, prefix=b + ".")
+            _groups(block, in_block[b], inputs, masks, make, apply, b + ".", group)
             with torch.no_grad():
                 inputs = [_advance(i, _first(block(*i[0], **i[1]))) for i in inputs]
     idle = []
     if outside:
         whole = [((bt,), {}) if not isinstance(bt, dict) else ((), bt) for bt in batches]
-        idle = _groups(model, outside, whole, [row_mask(b) for b in batches], make, apply, prefix="")
+        idle = _groups(model, outside, whole, [row_mask(b) for b in batches], make, apply, "", group)
     return idle
 
 
-def _groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefix: str) -> list[str]:
+def _groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefix: str, group: bool) -> list[str]:
     """Quantise ``names`` (inside ``root``) group by group, re-running ``root`` between groups."""
     pending = list(names)
     while pending:
         modules = {n: root.get_submodule(n[len(prefix):]) for n in pending}
         collectors = {n: make(n, m) for n, m in modules.items()}
         calls: list[tuple[int, str, int]] = []  # (batch index, layer, id of its input)
+        alive: list[torch.Tensor] = []
         state = {"batch": 0, "mask": None}
 
         def hook_for(n: str, module: nn.Module):
             def hook(_m, args):
                 x = args[0]
                 calls.append((state["batch"], n, id(x)))
+                if state["batch"] == 0:
+                    alive.append(x)  # ids of the first batch's inputs stay unique while they are compared
                 rows = layer_rows(module, x)
                 m = state["mask"]
                 if m is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(m.shape):
@@ -159,10 +166,13 @@ def _groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefi
         if not calls:
             return pending  # none of these layers is reached by the data
         first = calls[0]
-        group = list(dict.fromkeys(n for b, n, i in calls if b == first[0] and i == first[2]))
-        for n in group:
-            apply(n, modules[n], collectors[n])
-        pending = [n for n in pending if n not in group]
+        siblings = list(dict.fromkeys(n for b, n, i in calls if b == first[0] and i == first[2]))
+        if group:
+            apply([(n, modules[n], collectors[n]) for n in siblings])
+        else:
+            for n in siblings:
+                apply(n, modules[n], collectors[n])
+        pending = [n for n in pending if n not in siblings]
     return []
 
 
