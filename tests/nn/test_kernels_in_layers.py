@@ -96,3 +96,37 @@ def test_kernel_policy_survives_save_load_and_deepcopy(tmp_path):
     auto(x)  # builds onnxruntime sessions
     clone = copy.deepcopy(auto)  # sessions are not copied, they are rebuilt on use
     assert torch.allclose(clone(x), auto(x))
+
+
+@pytest.mark.parametrize("rows", [8, ONEDNN_MIN_ROWS])
+def test_siblings_share_one_quantised_input(rows, monkeypatch):
+    from bitladder.kernels import FbgemmW8A8TokenKernel, OnednnW8A8TokenKernel
+
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"ln": nn.LayerNorm(32), "q": nn.Linear(32, 16), "k": nn.Linear(32, 16)})
+    calib = torch.randn(64, 32)
+    x = torch.randn(rows, 32)
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln, self.q, self.k = model["ln"], model["q"], model["k"]
+
+        def forward(self, t):
+            h = self.ln(t)
+            return self.q(h), self.k(h)
+
+    q = bitladder.quantize(Two(), Int(8, act=Act(dynamic="token", smoothquant=0.5)), calib=[calib])
+    assert torch.equal(q.q.in_scale, q.k.in_scale)
+    calls = []
+    for cls in (FbgemmW8A8TokenKernel, OnednnW8A8TokenKernel):
+        monkeypatch.setattr(cls, "prepare", lambda self, t, s, orig=cls.prepare: calls.append(1) or orig(self, t, s))
+    with torch.no_grad():
+        h = q.ln(x)
+        shared = (q.q(h), q.k(h))
+        assert len(calls) == 1  # quantised once, multiplied twice
+        h.mul_(1.0)  # an in-place change: the next reader quantises again
+        q.k(h)
+        assert len(calls) == 2
+        alone = (q.q(q.ln(x)), q.k(q.ln(x)))  # fresh tensors: nothing shared
+    assert torch.equal(shared[0], alone[0]) and torch.equal(shared[1], alone[1])

@@ -225,11 +225,19 @@ class FbgemmW8A8TokenKernel(FbgemmW8A8Kernel):
         return self._fused(x, None, None)
 
     def _fused(self, x, bias, in_scale):
+        return self.finish(self.prepare(x, in_scale), bias)
+
+    def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
+        """(rows divided by their absmax, the absmax): what layers reading one tensor can share."""
         xs = x if in_scale is None else x * in_scale
         # max(max, -min) runs ~2x faster than abs().amax() here, and 20x faster than vector_norm(inf); a
         # fused numba pass (row max, scale, divide) was faster alone but not inside the model (203 vs 195 ms)
         r = torch.maximum(xs.amax(dim=1, keepdim=True), xs.amin(dim=1, keepdim=True).neg_()).clamp_(min=1e-30)
-        y = torch.ops.quantized.linear_dynamic(xs / r, self._packed, not _has_vnni())
+        return (xs.div_(r) if xs is not x else xs / r), r
+
+    def finish(self, prep: tuple, bias: torch.Tensor | None) -> torch.Tensor:
+        xn, r = prep
+        y = torch.ops.quantized.linear_dynamic(xn, self._packed, not _has_vnni())
         return y.mul_(r) if bias is None else torch.addcmul(bias, y, r)
 
 

@@ -66,20 +66,33 @@ class OnednnW8A8Kernel(LinearKernel):
         self._bytes = self.n * self.k + self.n * 4
         return self
 
-    def _gemm(self, x: torch.Tensor, scale: float, zp: int, bias: torch.Tensor | None) -> torch.Tensor:
+    @staticmethod
+    def _quantize(x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
         with warnings.catch_warnings():  # quantized tensor creation is deprecated; here it is only a fast cast
             warnings.simplefilter("ignore")
-            q = _raw(torch.quantize_per_tensor(x, scale, zp, torch.quint8))
-        return torch.ops.onednn.qlinear_pointwise(q, scale, zp, self._packed, self._scale, self._zp, bias, 1.0, 0,
-                                                  torch.float32, "none", [], "")
+            return _raw(torch.quantize_per_tensor(x, scale, zp, torch.quint8))
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         return self._fused(x, None, None)
 
     def _fused(self, x, bias, in_scale):
+        return self.finish(self.prepare(x, in_scale), bias)
+
+    def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
+        """The quantised input, (M, K) float32 -> (uint8 codes, scale, zero point, row scales or None).
+        Layers that read one tensor with one input scale (q, k, v) can share it (``QuantLinear`` does)."""
         xs = x if in_scale is None else x * in_scale
         scale, zp = _grid(float(xs.amin()), float(xs.amax()))
-        return self._gemm(xs, scale, zp, None if bias is None else bias.float())
+        return self._quantize(xs, scale, zp), scale, zp, None
+
+    def finish(self, prep: tuple, bias: torch.Tensor | None) -> torch.Tensor:
+        q, scale, zp, r = prep
+        y = torch.ops.onednn.qlinear_pointwise(q, scale, zp, self._packed, self._scale, self._zp,
+                                               None if bias is None or r is not None else bias.float(), 1.0, 0,
+                                               torch.float32, "none", [], "")
+        if r is None:
+            return y
+        return y.mul_(r) if bias is None else torch.addcmul(bias, y, r)
 
     @property
     def nbytes(self) -> int:
@@ -91,11 +104,10 @@ class OnednnW8A8TokenKernel(OnednnW8A8Kernel):
 
     name = "int8-w8a8-onednn-token"
 
-    def _fused(self, x, bias, in_scale):
+    def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
         xs = x if in_scale is None else x * in_scale
         hi, lo = xs.amax(dim=1, keepdim=True), xs.amin(dim=1, keepdim=True)
         r = torch.maximum(hi, lo.neg()).clamp_(min=1e-30)
         xn = xs.div_(r) if xs is not x else xs / r  # x * in_scale is ours to overwrite
         scale, zp = _grid(float((lo / r).min()), float((hi / r).max()))
-        y = self._gemm(xn, scale, zp, None)
-        return y.mul_(r) if bias is None else torch.addcmul(bias, y, r)
+        return self._quantize(xn, scale, zp), scale, zp, r

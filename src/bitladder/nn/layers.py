@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bitladder.kernels.linear import _as_x
 from bitladder.nn.base import QuantModule
 from bitladder.nn.registry import HANDLERS
 from bitladder.tensor.quantized import QuantizedTensor
@@ -28,8 +29,26 @@ class QuantLinear(QuantModule):
         if "act" in self._qmeta:  # a trained binary layer: sign(x - shift) against the weights' sign bits
             return kern((xin - self.act_shift).contiguous(), self.bias).to(x.dtype)
         in_scale = self.in_scale if "in_scale" in self._qmeta else None  # no activation quantisation here
-        y = kern(xin.reshape(-1, xin.shape[-1]), self.bias, in_scale)
+        x2 = xin.reshape(-1, xin.shape[-1])
+        if hasattr(kern, "prepare") and x2.shape[0] > 0:
+            y = kern.finish(_shared_input(xin, kern, x2, in_scale), self.bias)
+        else:
+            y = kern(x2, self.bias, in_scale)
         return y.reshape(*xin.shape[:-1], -1).to(x.dtype)
+
+
+def _shared_input(x: torch.Tensor, kern, x2: torch.Tensor, in_scale: torch.Tensor | None):
+    """The kernel's quantised input, shared by layers that read the same tensor with an equal input scale
+    (attention's q, k, v under one SmoothQuant scale): kept on the tensor itself, keyed by its version."""
+    key = (x._version, kern.name, x2.shape)
+    cached = getattr(x, "_bitladder_prep", None)
+    if cached is not None and cached[0] == key and (
+            (cached[1] is None and in_scale is None)
+            or (cached[1] is not None and in_scale is not None and torch.equal(cached[1], in_scale))):
+        return cached[2]
+    prep = kern.prepare(_as_x(x2, kern.k), in_scale)
+    x._bitladder_prep = (key, in_scale, prep)
+    return prep
 
 
 @HANDLERS.register("transformers.pytorch_utils.Conv1D")
