@@ -130,3 +130,7 @@ def test_siblings_share_one_quantised_input(rows, monkeypatch):
         assert len(calls) == 2
         alone = (q.q(q.ln(x)), q.k(q.ln(x)))  # fresh tensors: nothing shared
     assert torch.equal(shared[0], alone[0]) and torch.equal(shared[1], alone[1])
+    with torch.inference_mode():  # inference tensors (no version counter) share too
+        h = q.ln(x)
+        assert torch.equal(q.q(h), shared[0]) and torch.equal(q.k(h), shared[1])
+    assert len(calls) == 5

@@ -39,8 +39,12 @@ class QuantLinear(QuantModule):
 
 def _shared_input(x: torch.Tensor, kern, x2: torch.Tensor, in_scale: torch.Tensor | None):
     """The kernel's quantised input, shared by layers that read the same tensor with an equal input scale
-    (attention's q, k, v under one SmoothQuant scale): kept on the tensor itself, keyed by its version."""
-    key = (x._version, kern.name, x2.shape)
+    (attention's q, k, v under one SmoothQuant scale): kept on the tensor itself, keyed by its version.
+
+    Inference tensors have no version counter, so under ``torch.inference_mode`` an in-place change
+    between two such reads would go unseen; a model that works with autograd cannot make one (the first
+    layer saved that input for its backward)."""
+    key = (-1 if x.is_inference() else x._version, kern.name, x2.shape)
     cached = getattr(x, "_bitladder_prep", None)
     if cached is not None and cached[0] == key and (
             (cached[1] is None and in_scale is None)
