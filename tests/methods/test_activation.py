@@ -126,7 +126,7 @@ def test_smoothquant_goes_where_the_paper_puts_it_and_siblings_share_a_scale():
     model, x = _NormFed().eval(), torch.randn(256, 32)
     assert norm_fed(model, ["q", "k", "fc"], x) == {"q", "k"}
     q = bitladder.quantize(model, Int(8, act=Act(dynamic="token", smoothquant=0.5)), calib=[x])
-    assert "in_scale" not in q.fc.qmeta  # GELU output: not smoothed under "auto"
+    assert "in_scale" not in q.fc.qmeta  # GELU output: not smoothed per token ("auto" -> "norm")
     assert torch.equal(q.q.in_scale, q.k.in_scale)  # one scale for the tensor both read
     assert q.q.in_scale.max() / q.q.in_scale.min() > 2  # and it does move the outlier channel
     with torch.no_grad():
@@ -134,11 +134,15 @@ def test_smoothquant_goes_where_the_paper_puts_it_and_siblings_share_a_scale():
     every = bitladder.quantize(model, Int(8, act=Act(dynamic="token", smoothquant=0.5, smooth_layers="all")),
                                calib=[x])
     assert "in_scale" in every.fc.qmeta and torch.equal(every.q.in_scale, every.k.in_scale)
+    static = bitladder.quantize(model, Int(8, act=Act(smoothquant=0.5)), calib=[x])  # per tensor: all
+    assert "in_scale" in static.fc.qmeta
 
 
 def test_smoothquant_without_norms_smooths_every_layer_and_rejects_unknown_placements():
     model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
     q = bitladder.quantize(model, Int(8, act=Act(dynamic="token", smoothquant=0.5)), calib=[outlier_data()])
     assert "in_scale" in q[0].qmeta and "in_scale" in q[2].qmeta
-    with pytest.raises(BitladderError, match="smooth_layers must be 'auto' or 'all'"):
-        Act(smoothquant=0.5, smooth_layers="norm")
+    with pytest.raises(BitladderError, match="smooth_layers must be 'auto', 'norm' or 'all'"):
+        Act(smoothquant=0.5, smooth_layers="ln")
+    assert Act(smoothquant=0.5, dynamic="token").smoothed_layers == "norm"
+    assert Act(smoothquant=0.5).smoothed_layers == Act(smoothquant=0.5, dynamic="tensor").smoothed_layers == "all"

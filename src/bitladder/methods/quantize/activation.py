@@ -75,11 +75,11 @@ def norm_fed(model: nn.Module, names: list[str], batch: Any) -> set[str]:
 
 
 def smooth(model: nn.Module, names: list[str], calib: list[Any], alpha: float | str, bits: int = 8,
-           fake_w=None, layers: str = "auto") -> dict[str, torch.Tensor]:
+           fake_w=None, layers: str = "all") -> dict[str, torch.Tensor]:
     """SmoothQuant on the float layers in ``names`` (Linear-like only): scales weights in place and
     returns the per-channel input multiplier ``1/s`` for each smoothed layer.
 
-    ``layers="auto"`` smooths, as the paper does, the layers that read a normalisation layer's output
+    ``layers="norm"`` smooths, as the paper does, the layers that read a normalisation layer's output
     (attention's q/k/v, the first FFN layer) when the model has any, else every selected layer;
     ``"all"`` smooths every selected layer. Layers reading the same tensor share one scale (from the
     largest weight of each input channel among them), so they can share one quantised input.
@@ -88,7 +88,7 @@ def smooth(model: nn.Module, names: list[str], calib: list[Any], alpha: float | 
     """
     names = [n for n in names if linear_like(model.get_submodule(n))]
     targets = set(names)
-    if layers == "auto" and names and calib:
+    if layers == "norm" and names and calib:
         fed = norm_fed(model, names, calib[0])
         targets = fed or targets
     out: dict[str, torch.Tensor] = {}

@@ -112,7 +112,7 @@ def quantize(model: nn.Module, config: QuantConfig, include: Selector = None, ex
         from bitladder.methods.quantize.activation import smooth
 
         in_scales = smooth(model, list(targets), calib, act.smoothquant, act.bits,
-                           lambda w: rtn_tensor(w, config, 0).dequantize(), act.smooth_layers)
+                           lambda w: rtn_tensor(w, config, 0).dequantize(), act.smoothed_layers)
     rest = _quantize_with_data(model, targets, config, method, calib) if method.needs_data else targets
     for name, handler in rest.items():
         _replace(model, name, _swap(model.get_submodule(name), config, handler, name))

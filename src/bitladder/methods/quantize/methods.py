@@ -148,11 +148,13 @@ class Act(_Method):
     (alpha in [0, 1], Xiao et al. 2022) first moves activation outliers into the weights with a
     per-input-channel scale ``s = max|x|^alpha / max|w|^(1-alpha)`` (Linear layers); ``"auto"``
     searches alpha per layer for the smallest output error of the quantised layer on calibration rows.
-    ``smooth_layers="auto"`` smooths the layers that read a normalisation layer's output, as the paper
-    places it (q/k/v, the first FFN layer; MiniLM per token: mean cosine 0.9992 at alpha 0.65 against
-    0.9991 smoothing every layer at 0.5, and four multiplies fewer per block), else every selected layer;
-    ``"all"`` every one.
-    Layers that read one tensor share one scale.
+    ``smooth_layers``: ``"norm"`` smooths the layers that read a normalisation layer's output, as the
+    paper places it (q/k/v, the first FFN layer), or every selected layer in a model without such
+    layers; ``"all"`` every selected layer; ``"auto"`` is ``"norm"`` for per-token activations and
+    ``"all"`` otherwise (MiniLM per token: mean cosine 0.9992 at alpha 0.65 with ``"norm"`` against
+    0.9991 with ``"all"`` at 0.5, and four multiplies fewer per block; static per tensor with
+    ``smoothquant="auto"``: 0.9984 with ``"all"`` against 0.9962 with ``"norm"``). Layers that read one
+    tensor share one scale.
     ``dynamic="token"`` (or ``True``) calibrates no static scale: the int8 kernel (fbgemm) quantises
     each call's activations itself, one scale per row (token), after the SmoothQuant scaling (int8
     weights per channel only); ``dynamic="tensor"`` uses one scale per call: faster (MiniLM at 2 threads
@@ -189,12 +191,19 @@ class Act(_Method):
         sq = self.smoothquant
         if sq is not None and sq != "auto" and not (isinstance(sq, int | float) and 0 <= sq <= 1):
             raise BitladderError(f"smoothquant must be an alpha in [0, 1] or 'auto', got {sq!r}")
-        if self.smooth_layers not in ("auto", "all"):
-            raise BitladderError(f"smooth_layers must be 'auto' or 'all', got {self.smooth_layers!r}")
+        if self.smooth_layers not in ("auto", "norm", "all"):
+            raise BitladderError(f"smooth_layers must be 'auto', 'norm' or 'all', got {self.smooth_layers!r}")
 
     @property
     def qtype(self) -> str:
         return f"int{self.bits}" if self.symmetric else f"uint{self.bits}"
+
+    @property
+    def smoothed_layers(self) -> str:
+        """``smooth_layers`` with ``"auto"`` resolved: ``"norm"`` per token, ``"all"`` otherwise."""
+        if self.smooth_layers != "auto":
+            return self.smooth_layers
+        return "norm" if self.dynamic == "token" else "all"
 
 
 METHOD_TYPES = {c.__name__: c for c in (RTN, GPTQ, AWQ, HQQ, AdaRound, Act)}
