@@ -75,7 +75,7 @@ POLICIES = ("auto", "dequant-fp32", "int8-w8a8", "int8-w8a8-token", "int8-w8a8-f
 # + SmoothQuant (1504 rows): 121.8 ms against 136.0 on fbgemm alone (torch.ao quantize_dynamic 121.8).
 ONEDNN_MIN_ROWS = 256
 # Above 16 rows auto keeps float activations rather than running MatMulNBits with int8 activations,
-# which cost MiniLM's int8 weight-only rung 0.9995 -> 0.998 mean cosine (:func:`_exact`): the codes as fp16
+# which cost MiniLM's int8 weight-only rung 0.9995 -> 0.998 mean cosine (:func:`_float_activations`): the codes as fp16
 # weights in fbgemm where each output channel has one scale (see ``fp16_codes``; 1.16-1.67x fp32 at
 # M=64..1504), group-scaled 4-bit-or-narrower codes on torch's packed-int4 GEMM with bf16 activations where
 # it applies (see ``int4pack``: faster than the two paths below at every batch measured inside a model),
@@ -114,11 +114,11 @@ def choose(qt, m: int, policy: str = "auto") -> str:
         name = "ort-nbits" if OrtNBitsKernel.available() else "dequant-fp32"
     batched = (name == "ort-nbits" and m > ORT_MAX_ROWS) or (name == "numba" and m > NUMBA_MAX_ROWS)
     if batched or name == "dequant-fp32":
-        return _exact(qt, m)
+        return _float_activations(qt, m)
     return name
 
 
-def _exact(qt, m: int) -> str:
+def _float_activations(qt, m: int) -> str:
     """The fastest weight-only path for ``m`` rows that keeps float activations: fp16-packed codes where
     each output channel has one scale (exact); group-scaled codes of 4 bits or fewer on torch's packed-int4
     GEMM where the CPU has bf16 dot products (bf16 activations: 0.3 % output rounding); else MatMulNBits'
