@@ -26,7 +26,8 @@ def test_minilm_w8a8_per_token_onnx_keeps_cosine_0999(tmp_path):
     # 6 blocks x (q, k, v, attention out, FFN up, FFN down); the pooler is unused and not exported
     assert [n.op_type for n in graph.node].count("MatMulInteger") == 36 and not any(n.domain for n in graph.node)
     # q, k and v share one SmoothQuant scale, so one quantised input: 4 preparations per block, not 6
-    blocked = [n for n in graph.node if n.op_type == "QuantizeLinear" and any(a.name == "block_size" for a in n.attribute)]
+    blocked = [n for n in graph.node
+               if n.op_type == "QuantizeLinear" and any(a.name == "block_size" for a in n.attribute)]
     assert len(blocked) == 6 * 4
     fid = fidelity(spec, outputs(_session(path), spec.eval_batches), ref)
     assert fid["fidelity"] >= 0.999 and fid["cos_min"] >= 0.995  # measured 0.9992 / 0.998

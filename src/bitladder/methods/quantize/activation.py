@@ -98,7 +98,8 @@ def smooth(model: nn.Module, names: list[str], calib: list[Any], alpha: float | 
         if not group:
             return
         axes = [0 if type(m).__name__ == "Conv1D" else 1 for _, m, _ in group]
-        ws = [m.weight.detach().float() if a == 1 else m.weight.detach().float().T for (_, m, _), a in zip(group, axes)]
+        ws = [m.weight.detach().float() if a == 1 else m.weight.detach().float().T
+              for (_, m, _), a in zip(group, axes)]
         w = torch.cat(ws)
         amax = torch.stack([c.amax for _, _, c in group]).amax(0)
         if alpha == "auto":
