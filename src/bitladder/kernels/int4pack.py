@@ -18,24 +18,16 @@ to fp32 ``F.linear``: 4096^2 M=1 4.6x, M=16 2.3x, M=64 1.59x, M=256 1.08x; 1024^
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from bitladder.kernels.linear import KernelUnsupported, LinearKernel, _weight_parts
+from bitladder.kernels.linear import KernelUnsupported, LinearKernel, _cpu_flags, _weight_parts
 from bitladder.tensor.quantized import QuantizedTensor
 
 GROUPS = (32, 64, 128, 256)
 
 
-@functools.lru_cache(maxsize=1)
 def _has_bf16_dot() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return "avx512_bf16" in _cpu_flags() or "amx_bf16" in _cpu_flags()
 
 
 class Int4PackBf16Kernel(LinearKernel):

@@ -45,14 +45,19 @@ from bitladder.tensor.quantized import QuantizedTensor, _unpack
 
 
 @functools.lru_cache(maxsize=1)
-def _has_vnni() -> bool:
-    """Whether this CPU has VNNI (read once from /proc/cpuinfo; False where it cannot tell)."""
+def _cpu_flags() -> str:
+    """/proc/cpuinfo, read once ("" where it cannot be read: every feature test then says no)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            return f.read()
     except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+        return ""
+
+
+@functools.lru_cache(maxsize=1)
+def _has_vnni() -> bool:
+    """Whether this CPU has VNNI (asked on every int8 call: cached)."""
+    return "avx512_vnni" in _cpu_flags() or "avx_vnni" in _cpu_flags()
 
 
 class KernelUnsupported(BitladderError):
