@@ -87,7 +87,9 @@ flat = torch.cat([p.detach().reshape(-1) for p in m.parameters()])
 lo, hi = flat.clone(), flat.clone()
 torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
 torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
-print(json.dumps({"rank": w.rank, "same": bool(torch.equal(lo, hi)), "losses": losses}))
+# one write per line: with PYTHONUNBUFFERED, print() writes the text and its newline separately, and the two
+# ranks' lines could interleave on the shared stdout
+sys.stdout.write(json.dumps({"rank": w.rank, "same": bool(torch.equal(lo, hi)), "losses": losses}) + "\\n")
 ddp.close(w)
 """
 
