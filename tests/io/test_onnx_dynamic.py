@@ -69,3 +69,25 @@ def test_zero_rows_stay_zero(quantised, tmp_path):
     with torch.no_grad():
         fp = model(x)
     assert torch.isfinite(y).all() and torch.allclose(y[2], fp[2], atol=1e-3)
+
+
+def test_bias_before_gelu_stays_unfused_per_token(tmp_path):
+    """Per token the bias is added after the row scale; a (1, N) bias keeps onnxruntime from fusing Add and
+    Gelu into BiasGelu (slower here), with the same result as the 1-D bias."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(48, 32), nn.GELU(), nn.Linear(32, 8)).eval()
+    q = bitladder.quantize(model, bitladder.Int(8, act=bitladder.Act(dynamic="token")))
+    x = torch.randn(20, 48)
+    path = export_onnx(q, x[:2], tmp_path / "gelu.onnx", 21, "dynamic")
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: list(i.dims) for i in graph.initializer}
+    add = next(n for n in graph.node if n.op_type == "Add" and any(u.op_type == "Gelu" for u in graph.node
+                                                                  if n.output[0] in u.input))
+    assert [inits[i] for i in add.input if i in inits] == [[1, 32]]
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert "BiasGelu" not in ops and "Gelu" in ops
+    with torch.no_grad():
+        assert float((_run(path, x) - q(x)).norm() / q(x).norm()) < 1e-2  # two runtimes, one integer GEMM
