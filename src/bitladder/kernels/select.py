@@ -72,7 +72,8 @@ POLICIES = ("auto", "dequant-fp32", "int8-w8a8", "int8-w8a8-token", "int8-w8a8-f
 # below ONEDNN_MIN_ROWS, oneDNN's from there on. oneDNN / fbgemm latency, 2-core EPYC (VNNI), 2 threads, per
 # tensor (per token within +-0.1): 1024^2 M=16 1.45, M=128 0.99, M=512 0.96; 4096^2 M=16 1.15, M=256 0.93,
 # M=512 0.87, M=1504 0.84; 384x1536 M=16 1.69, M=512 1.01; 1536x384 M=256 0.91, M=1504 0.84. MiniLM per token
-# + SmoothQuant (1504 rows): 121.8 ms against 136.0 on fbgemm alone (torch.ao quantize_dynamic 121.8).
+# + SmoothQuant (1504 rows): 121.8 ms against 136.0 on fbgemm alone in the first run; once q/k/v shared their
+# quantised input, 2-5 % in three runs and a tie in the last bench (the host was noisy).
 ONEDNN_MIN_ROWS = 256
 # Above 16 rows auto keeps float activations rather than running MatMulNBits with int8 activations,
 # which cost MiniLM's int8 weight-only rung 0.9995 -> 0.998 mean cosine (:func:`_float_activations`): the codes as fp16
