@@ -94,7 +94,7 @@ def smooth(model: nn.Module, names: list[str], calib: list[Any], alpha: float | 
     out: dict[str, torch.Tensor] = {}
 
     def apply(group: list) -> None:
-        group = [(n, m, c) for n, m, c in group if n in targets and c.amax is not None]
+        group = [(n, m, c) for n, m, c in group if c.amax is not None]
         if not group:
             return
         axes = [0 if type(m).__name__ == "Conv1D" else 1 for _, m, _ in group]
@@ -117,7 +117,7 @@ def smooth(model: nn.Module, names: list[str], calib: list[Any], alpha: float | 
             x_inv = inv.to(module.weight.dtype)
             module.register_forward_pre_hook(lambda _m, args, x_inv=x_inv: (args[0] * x_inv, *args[1:]))
 
-    blockwise(model, names, calib, lambda n, m: SampleCollector(2048), apply, group=True)
+    blockwise(model, [n for n in names if n in targets], calib, lambda n, m: SampleCollector(2048), apply, group=True)
     return out
 
 
