@@ -15,6 +15,8 @@ from bitladder.kernels import (
     Int4PackBf16Kernel,
     KernelUnsupported,
     NumbaLowbitKernel,
+    OnednnW8A8Kernel,
+    OnednnW8A8TokenKernel,
     OrtNBitsFp32Kernel,
     OrtNBitsKernel,
     XnorKernel,
@@ -123,18 +125,25 @@ def test_fbgemm_w8a8_close_to_reference(layout):
 
 
 @pytest.mark.skipif(not FbgemmW8A8Kernel.available(), reason="no fbgemm engine")
-def test_fbgemm_per_token_close_to_reference_and_keeps_small_rows():
+def test_fbgemm_per_token_close_to_reference():
     for n, k, m in SHAPES:
         qt = _qt("int8", Layout("channel"), n, k)
         x = _x(m, k)
         _check(FbgemmW8A8TokenKernel.from_qtensor(qt), qt, x, reference_linear(qt, x), 3e-2)
+
+
+@pytest.mark.parametrize("token, tensor", [(FbgemmW8A8TokenKernel, FbgemmW8A8Kernel),
+                                           (OnednnW8A8TokenKernel, OnednnW8A8Kernel)], ids=["fbgemm", "onednn"])
+def test_per_token_keeps_small_rows_and_zero_rows(token, tensor):
+    if not tensor.available():
+        pytest.skip(f"{tensor.name}: backend not in this torch")
     # rows 10^6 apart in magnitude: one scale per call flattens the small rows to zero, one per token does not
     qt = _qt("int8", Layout("channel"), 24, 96)
     x = _x(6, 96) * torch.tensor([1e3, 1e-3, 1.0, 1e3, 1e-3, 0.0])[:, None]
     ref = reference_linear(qt, x)
     small = [1, 4]
-    tok = FbgemmW8A8TokenKernel.from_qtensor(qt)(x)
-    ten = FbgemmW8A8Kernel.from_qtensor(qt)(x)
+    tok = token.from_qtensor(qt)(x)
+    ten = tensor.from_qtensor(qt)(x)
     assert _relerr(tok[small], ref[small]) < 3e-2 < _relerr(ten[small], ref[small])
     assert torch.equal(tok[5], torch.zeros(24))  # an all-zero row stays exactly zero
 
