@@ -148,6 +148,26 @@ def test_per_token_keeps_small_rows_and_zero_rows(token, tensor):
     assert torch.equal(tok[5], torch.zeros(24))  # an all-zero row stays exactly zero
 
 
+@pytest.mark.parametrize("token, tensor", [(FbgemmW8A8TokenKernel, FbgemmW8A8Kernel),
+                                           (OnednnW8A8TokenKernel, OnednnW8A8Kernel)], ids=["fbgemm", "onednn"])
+def test_per_token_bias_sum_and_a_trained_bias(token, tensor):
+    """The row scale and bias are applied over the GEMM's own output; a bias that is being trained still
+    gets its gradient (autograd cannot record that in-place form, so it gets a new tensor)."""
+    if not tensor.available():
+        pytest.skip(f"{tensor.name}: backend not in this torch")
+    qt = _qt("int8", Layout("channel"), 24, 96)
+    kern, x = token.from_qtensor(qt), _x(300, 96)
+    bias = torch.randn(24)
+    assert torch.allclose(kern(x, bias), kern(x) + bias, atol=1e-5)
+    trained = bias.clone().requires_grad_(True)
+    y = kern(x, trained)
+    y.sum().backward()
+    assert torch.allclose(y.detach(), kern(x, bias), atol=1e-5)
+    assert torch.equal(trained.grad, torch.full((24,), 300.0))
+    with torch.no_grad():
+        assert torch.allclose(kern(x, trained), kern(x, bias), atol=1e-5)
+
+
 @pytest.mark.skipif(not OrtNBitsKernel.available(), reason="onnxruntime not installed")
 @pytest.mark.parametrize("qname", ["int8", "uint8", "int4", "uint4", "int3", "int2", "uint2", "ternary", "binary"])
 def test_ort_nbits_close_to_reference(qname):

@@ -100,6 +100,20 @@ def _weight_parts(qt: QuantizedTensor):
     return codes, scale.contiguous(), None if zp is None else zp.contiguous(), g
 
 
+def rows_times_plus(y: torch.Tensor, r: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``y * r + bias`` written over ``y``, a GEMM's fresh output: the per-token kernels' last step.
+
+    In place because a new large tensor per layer is what cost the time here, not the arithmetic: on
+    the 2-core EPYC MiniLM per token + SmoothQuant ran 107.6 against 122.6 ms (and 93.1 against 106.0)
+    in interleaved runs of the same model, the only change being ``out=y``. Autograd cannot record an
+    ``out=`` call, so a bias that is being trained gets a new tensor."""
+    if bias is None:
+        return y.mul_(r)
+    if bias.requires_grad and torch.is_grad_enabled():
+        return torch.addcmul(bias, y, r)
+    return torch.addcmul(bias, y, r, out=y)
+
+
 def _as_x(x: torch.Tensor, k: int) -> torch.Tensor:
     if x.dim() != 2 or x.shape[1] != k:
         raise ValueError(f"expected x of shape (M, {k}), got {tuple(x.shape)}")
@@ -242,8 +256,7 @@ class FbgemmW8A8TokenKernel(FbgemmW8A8Kernel):
 
     def finish(self, prep: tuple, bias: torch.Tensor | None) -> torch.Tensor:
         xn, r = prep
-        y = torch.ops.quantized.linear_dynamic(xn, self._packed, not _has_vnni())
-        return y.mul_(r) if bias is None else torch.addcmul(bias, y, r)
+        return rows_times_plus(torch.ops.quantized.linear_dynamic(xn, self._packed, not _has_vnni()), r, bias)
 
 
 _ORT_BITS = {8: 8, 7: 8, 6: 8, 5: 8, 4: 4, 3: 4, 2: 2}

@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from bitladder.kernels.linear import KernelUnsupported, LinearKernel, _has_vnni, _weight_parts
+from bitladder.kernels.linear import KernelUnsupported, LinearKernel, _has_vnni, _weight_parts, rows_times_plus
 from bitladder.tensor.quantized import QuantizedTensor
 
 
@@ -90,9 +90,7 @@ class OnednnW8A8Kernel(LinearKernel):
         y = torch.ops.onednn.qlinear_pointwise(q, scale, zp, self._packed, self._scale, self._zp,
                                                None if bias is None or r is not None else bias.float(), 1.0, 0,
                                                torch.float32, "none", [], "")
-        if r is None:
-            return y
-        return y.mul_(r) if bias is None else torch.addcmul(bias, y, r)
+        return y if r is None else rows_times_plus(y, r, bias)
 
     @property
     def nbytes(self) -> int:
