@@ -1,13 +1,13 @@
 """MiniLM encode throughput and fidelity: fp32, bitladder rungs, and the peers, side by side.
 
-Batch 32 sentences from the docstring corpus (max length 128) is timed for every variant in the same
-rounds (median of ``repeats``), so every ratio (to fp32 torch, and for ONNX files to the fp32 ONNX
-file) compares runs made under the same machine load; fidelity is measured on the 256 evaluation
-sentences against fp32 embeddings. Peers that are not installed (the ``bench`` extra) are listed
-with the reason instead of a number. Runs are 50 ms apart (untimed), so a thread pool still spinning
-after one run does not take the cores of the next. All models stay loaded for the timing, so a row's
-``peak_rss_mb`` is the process's resident memory before any variant was built plus how far the
-peak rose while this variant was built and evaluated.
+Batch 32 sentences from the docstring corpus (max length 128). Every variant runs in its own process
+(:mod:`bitladder.pipeline.isolated`), as it would be deployed, and all of them are timed in the same
+interleaved rounds (median of ``repeats``, under ``torch.inference_mode``), so every ratio (to fp32 torch,
+and for ONNX files to the fp32 ONNX file) compares runs made under the same machine load. Fidelity is
+measured on the 256 evaluation sentences against fp32 embeddings. ``peak_rss_mb`` is the peak resident
+memory of the variant's process while it serves (Python, torch and the runtime included; the build is
+not counted where Linux lets the high-water mark be reset). Peers that are not installed (the ``bench``
+extra) are listed with the reason instead of a number.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from torch import nn
 
 import bitladder
 from bitladder import GPTQ, Act, Int
-from bitladder.pipeline.evaluate import fidelity, interleaved_latency, outputs
-from bitladder.pipeline.memory import PeakMemory, rss_mb
+from bitladder.pipeline.evaluate import fidelity, outputs
+from bitladder.pipeline.isolated import isolated_latency
 from bitladder.zoo import minilm
 
 
@@ -170,37 +170,35 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
     }
 
 
+def serve_variant(name: str, folder: str):
+    """Build one variant in a benchmark worker (:mod:`bitladder.pipeline.isolated`): the model, the timing
+    batch, and its outputs on the evaluation sentences with its file size."""
+    spec = minilm.spec()
+    model = variants(spec, Path(folder))[name]()
+    out = outputs(model, spec.eval_batches)
+    return model, spec.latency_batch, {"outputs": out.numpy(), "onnx_bytes": getattr(model, "file_bytes", None)}
+
+
 def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
     spec = minilm.spec()
     ref = outputs(spec.model, spec.eval_batches)
-    rows, models = {}, {}
-    base_mb = rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
-        for name, build in variants(spec, Path(tmp)).items():
-            base = name in ("fp32 torch", "onnxruntime fp32")  # the references every ratio needs
-            if only and not base and not any(o in name for o in only):
-                continue
-            row = {"case": "minilm", "batch": 32, "variant": name}
-            try:
-                with PeakMemory() as pm:
-                    model = build()
-                    out = outputs(model, spec.eval_batches)
-            except Exception as e:  # a peer that is missing or fails here is reported, not fatal
-                why = (f"not installed: {e.name}" if isinstance(e, ImportError)
-                       else f"{type(e).__name__}: {str(e)[:160]}")
-                rows[name] = {**row, "latency_ms": None, "ratio_vs_fp32": None, "peak_rss_mb": None, "cos_mean": None,
-                              "cos_min": None, "knn10": None, "error": why}
-                continue
-            fid = fidelity(spec, out, ref)
-            models[name] = model
-            peak = None if pm.grown_mb is None or base_mb is None else round(base_mb + pm.grown_mb, 1)
-            rows[name] = {**row, "peak_rss_mb": peak, "cos_mean": fid["fidelity"], "cos_min": fid["cos_min"],
-                          "knn10": fid["knn10"], "onnx_bytes": getattr(model, "file_bytes", None)}
-        lat = interleaved_latency(models, spec.latency_batch, repeats)
-    fp32, fp32_onnx = lat["fp32 torch"], lat.get("onnxruntime fp32")
-    for name, s in lat.items():
-        rows[name].update({"latency_ms": round(s * 1e3, 2), "fp32_latency_ms": round(fp32 * 1e3, 2),
-                           "ratio_vs_fp32": round(fp32 / s, 3)})
-        if getattr(models[name], "file_bytes", None) and fp32_onnx:
-            rows[name]["ratio_vs_fp32_onnx"] = round(fp32_onnx / s, 3)
-    return list(rows.values())
+        names = [n for n in variants(spec, Path(tmp))  # fp32 torch and onnxruntime fp32: what every ratio needs
+                 if n in ("fp32 torch", "onnxruntime fp32") or not only or any(o in n for o in only)]
+        got = isolated_latency({n: (f"{__name__}:serve_variant", (n, tmp)) for n in names}, repeats)
+    fp32, fp32_onnx = got["fp32 torch"].get("latency_s"), got.get("onnxruntime fp32", {}).get("latency_s")
+    rows = []
+    for name in names:
+        g, row = got[name], {"case": "minilm", "batch": 32, "variant": name}
+        if "error" in g:  # a peer that is missing or fails here is reported, not fatal
+            rows.append({**row, "latency_ms": None, "ratio_vs_fp32": None, "peak_rss_mb": None, "cos_mean": None,
+                         "cos_min": None, "knn10": None, "error": g["error"]})
+            continue
+        fid, s = fidelity(spec, torch.from_numpy(g["info"]["outputs"]), ref), g["latency_s"]
+        row.update(latency_ms=round(s * 1e3, 2), fp32_latency_ms=round(fp32 * 1e3, 2),
+                   ratio_vs_fp32=round(fp32 / s, 3), peak_rss_mb=g["peak_rss_mb"], cos_mean=fid["fidelity"],
+                   cos_min=fid["cos_min"], knn10=fid["knn10"], onnx_bytes=g["info"]["onnx_bytes"])
+        if row["onnx_bytes"] and fp32_onnx:
+            row["ratio_vs_fp32_onnx"] = round(fp32_onnx / s, 3)
+        rows.append(row)
+    return rows

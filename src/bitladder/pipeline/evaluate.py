@@ -58,25 +58,6 @@ def paired_latency(ref: nn.Module, model: nn.Module, batch: Any, repeats: int, w
     return statistics.median(ta), statistics.median(tb)
 
 
-def interleaved_latency(models: dict[str, nn.Module], batch: Any, repeats: int, warmup: int = 2,
-                        pause: float = 0.05) -> dict[str, float]:
-    """Median seconds of every model on the same batch, all run in each round (one noisy moment of the
-    machine hits every model alike, so ratios between any two are from the same conditions). ``pause``
-    seconds pass untimed between runs, so thread pools that spin after a run (onnxruntime's, OpenMP's)
-    have gone idle before the next model starts."""
-    for _ in range(warmup):
-        for m in models.values():
-            run(m, batch)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(repeats):
-        for k, m in models.items():
-            time.sleep(pause)
-            t0 = time.perf_counter()
-            run(m, batch)
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def layer_stats(float_model: nn.Module, qmodel: nn.Module) -> dict[str, dict]:
     """Per quantised layer: format, weight SQNR (dB), bytes, theoretical bytes, clipped count, kernel."""
     stats = {}

@@ -1,0 +1,108 @@
+"""Latency with every model in its own process, all timed in the same interleaved rounds.
+
+Timed side by side in one process, a model's speed depended on the models timed beside it: the heap a
+model finds (grown or trimmed by the one before) decides how many of its new tensors page-fault, and on
+the 2-core EPYC, MiniLM W8A8 per token ran 0.86-0.93x torch.ao's speed in one process and 1.03-1.32x in
+its own (three alternating runs each). A deployed model has its process to itself, so each variant gets
+one: a worker builds it, then runs it on the batch each time the parent asks. The parent asks every worker
+in turn, round after round, so a noisy moment of the machine still hits all of them alike; idle workers
+wait on a pipe and take no CPU. Each worker also reports the peak resident memory of its process while
+serving (the high-water mark is reset once the model is built, where Linux allows it).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import multiprocessing as mp
+import re
+import statistics
+import time
+from typing import Any
+
+#: (``"module:function"``, args): called in the worker, it returns ``(model, batch, info)``; ``info`` (any
+#: picklable value, e.g. the model's outputs for a fidelity check) is handed back to the parent.
+Factory = tuple[str, tuple]
+
+
+def _hwm_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            m = re.search(r"VmHWM:\s+(\d+)\s+kB", f.read())
+    except OSError:
+        return None
+    return None if m is None else round(int(m.group(1)) / 1024, 1)
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _serve(conn, factory: Factory) -> None:
+    import torch
+
+    from bitladder.zoo.spec import run
+
+    path, args = factory
+    module, _, fn = path.partition(":")
+    try:
+        model, batch, info = getattr(importlib.import_module(module), fn)(*args)
+    except Exception as e:  # reported for this variant, the others go on
+        conn.send(("error", f"{type(e).__name__}: {str(e)[:160]}" if not isinstance(e, ImportError)
+                   else f"not installed: {e.name}"))
+        return
+    gc.collect()
+    reset = _reset_hwm()
+    conn.send(("ready", info))
+    with torch.inference_mode():
+        while conn.recv() == "run":
+            t0 = time.perf_counter()
+            run(model, batch)
+            conn.send(time.perf_counter() - t0)
+    conn.send(_hwm_mb() if reset else None)
+
+
+def isolated_latency(factories: dict[str, Factory], repeats: int, warmup: int = 2,
+                     pause: float = 0.05) -> dict[str, dict[str, Any]]:
+    """``{name: {"latency_s", "peak_rss_mb", "info"}}`` (or ``{"error"}`` where the build failed).
+
+    Workers are built one after the other (a later factory may read files an earlier one wrote), then
+    every worker runs once per round, ``pause`` seconds apart; the latency is the median of ``repeats``
+    rounds after ``warmup``."""
+    ctx = mp.get_context("spawn")
+    workers: dict[str, tuple] = {}
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        for name, factory in factories.items():
+            here, there = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(there, factory), daemon=True)
+            proc.start()
+            kind, info = here.recv()
+            if kind == "error":
+                out[name] = {"error": info}
+                proc.join(10)
+                continue
+            workers[name] = (proc, here)
+            out[name] = {"info": info}
+        times: dict[str, list[float]] = {k: [] for k in workers}
+        for r in range(warmup + repeats):
+            for name, (_, conn) in workers.items():
+                time.sleep(pause)
+                conn.send("run")
+                t = conn.recv()
+                if r >= warmup:
+                    times[name].append(t)
+        for name, (_, conn) in workers.items():
+            conn.send("stop")
+            out[name].update(latency_s=statistics.median(times[name]), peak_rss_mb=conn.recv())
+    finally:
+        for proc, _ in workers.values():
+            proc.join(10)
+            if proc.is_alive():
+                proc.terminate()
+    return out

@@ -1,0 +1,44 @@
+"""Latency with each model in its own process: every worker runs in every round, failures are reported."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from torch import nn
+
+from bitladder.pipeline.isolated import isolated_latency
+
+
+class _Sleepy(nn.Module):
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x):
+        assert torch.is_inference_mode_enabled()  # timed as served: no autograd
+        time.sleep(self.seconds)
+        return x
+
+
+def sleepy(seconds: float):
+    """A worker's factory: (model, batch, info)."""
+    return _Sleepy(seconds), torch.zeros(2), {"pid": os.getpid(), "seconds": seconds}
+
+
+def broken():
+    raise ValueError("cannot build this one")
+
+
+def test_each_model_runs_in_its_own_process_and_failures_are_reported():
+    me = f"{__name__}:"
+    got = isolated_latency({"fast": (me + "sleepy", (0.002,)), "bad": (me + "broken", ()),
+                            "slow": (me + "sleepy", (0.03,))}, repeats=4, warmup=1, pause=0.0)
+    assert got["bad"] == {"error": "ValueError: cannot build this one"}
+    fast, slow = got["fast"], got["slow"]
+    assert fast["info"]["seconds"] == 0.002 and slow["info"]["seconds"] == 0.03  # info comes back
+    assert len({fast["info"]["pid"], slow["info"]["pid"], os.getpid()}) == 3
+    assert 0.002 <= fast["latency_s"] < 0.03 <= slow["latency_s"]
+    for g in (fast, slow):
+        assert g["peak_rss_mb"] is None or 10 < g["peak_rss_mb"] < 4096
