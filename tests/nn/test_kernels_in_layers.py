@@ -73,6 +73,10 @@ def test_named_kernel_and_dynamic_w8a8():
     q = bitladder.quantize(lin, Int(8, act=Act(dynamic="tensor")))
     assert rel(q(x), lin(x)) < 0.03 and q.kernel == "int8-w8a8-fbgemm"
     assert rel(q(many), lin(many)) < 0.03 and q.kernel == f"int8-w8a8-{backend}"
+    q(x)  # the pick is remembered per row count, not once for all
+    assert q.kernel == "int8-w8a8-fbgemm"
+    q.set_kernel_policy("dequant-fp32")  # ... and chosen again once the policy changes
+    assert rel(q(x), lin(x)) < 0.03 and q.kernel.startswith("dequant-fp32")
     with pytest.raises(BitladderError, match="dynamic must be False, 'token' or 'tensor'"):
         Act(dynamic="row")
     with pytest.raises(BitladderError, match="int8 symmetric weights per channel"):

@@ -14,7 +14,15 @@ _PARTS = ("packed", "scale", "zero_point", "table", "mask")
 
 
 class KernelCache(dict):
-    """Built kernels of one layer (sessions, prepacked weights): never copied, pickled or saved."""
+    """Built kernels of one layer (sessions, prepacked weights): never copied, pickled or saved. ``picks``
+    remembers the kernel chosen per input row count, so a call does not rebuild the weight's description
+    to choose again (that alone was ~1 ms of a MiniLM forward, 37 layers)."""
+
+    MAX_PICKS = 1024  # distinct row counts remembered; a server that sees more starts over
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.picks: dict = {}
 
     def __deepcopy__(self, memo) -> "KernelCache":
         return KernelCache()
@@ -60,7 +68,23 @@ class QuantModule(nn.Module):
         self._kernels = KernelCache()
         return super()._load_from_state_dict(*args, **kwargs)
 
+    def _forget_picks(self) -> None:
+        """The layer's inputs changed (an activation format, an input scale): choose its kernels again."""
+        cache = self.__dict__.get("_kernels")
+        if cache is not None:
+            cache.picks.clear()
+
     def _kernel_for(self, rows: int, binary_rows: bool = False):
+        """The kernel object for a call with ``rows`` input rows, or None for the dequant path (memoised)."""
+        cache = self.__dict__.setdefault("_kernels", KernelCache())
+        key = (rows, binary_rows)
+        if key not in cache.picks:
+            if len(cache.picks) >= cache.MAX_PICKS:
+                cache.picks.clear()
+            cache.picks[key] = self._pick_kernel(rows, binary_rows, cache)
+        return cache.picks[key]
+
+    def _pick_kernel(self, rows: int, binary_rows: bool, cache: KernelCache):
         """The kernel object for a call with ``rows`` input rows, or None for the dequant path.
 
         Layers that quantise their activations have none, except trained binary layers (binary
@@ -82,7 +106,6 @@ class QuantModule(nn.Module):
             name = choose(self.qweight, rows, self.kernel_policy)
             if name == "dequant-fp32":
                 return None
-        cache = self.__dict__.setdefault("_kernels", KernelCache())
         if name not in cache:
             from bitladder.kernels import KERNELS, KernelUnsupported
 
@@ -135,18 +158,21 @@ class QuantModule(nn.Module):
         """Multiply inputs by ``s`` per input channel (the weight was divided accordingly)."""
         self.register_buffer("in_scale", s.detach().float().clone())
         self._qmeta["in_scale"] = int(s.numel())
+        self._forget_picks()
 
     def set_act(self, qtype: str, scale: torch.Tensor, zero_point: torch.Tensor, observer: str) -> None:
         """Quantise inputs statically to ``qtype`` with a calibrated scale and zero point."""
         self.register_buffer("act_scale", scale.detach().float().reshape(1).clone())
         self.register_buffer("act_zero_point", zero_point.detach().float().reshape(1).clone())
         self._qmeta["act"] = {"qtype": qtype, "observer": observer}
+        self._forget_picks()
         self.kernel = self._dequant_label = f"{self._dequant_label}+act-{qtype}-fakequant"
 
     def set_binary_act(self, shift: torch.Tensor) -> None:
         """Binarise inputs: sign(x - shift) * mean|x - shift| per sample (a trained binary network)."""
         self.register_buffer("act_shift", shift.detach().float().clone())
         self._qmeta["act"] = {"qtype": "binary", "observer": "learned-shift", "channels": int(shift.numel())}
+        self._forget_picks()
         self.kernel = self._dequant_label = f"{self._dequant_label}+act-binary"
 
     def set_token_act(self, bits: int = 8) -> None:
@@ -154,6 +180,7 @@ class QuantModule(nn.Module):
         call: BitNet b1.58). Simulated: the quantised inputs are dequantised and multiply the dequantised
         weight in fp32 (the storage is packed, the compute is not low-bit)."""
         self._qmeta["act"] = {"qtype": f"int{bits}", "observer": "per-token-absmax", "dynamic": "token"}
+        self._forget_picks()
         self.kernel = self._dequant_label = f"{self._dequant_label}+act-int{bits}-per-token-fakequant"
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
