@@ -31,11 +31,22 @@ def broken():
     raise ValueError("cannot build this one")
 
 
+class _Dies(nn.Module):
+    def forward(self, x):
+        os._exit(3)  # a crash in the middle of the timing rounds
+
+
+def dies():
+    return _Dies(), torch.zeros(2), None
+
+
 def test_each_model_runs_in_its_own_process_and_failures_are_reported():
     me = f"{__name__}:"
     got = isolated_latency({"fast": (me + "sleepy", (0.002,)), "bad": (me + "broken", ()),
-                            "slow": (me + "sleepy", (0.03,))}, repeats=4, warmup=1, pause=0.0)
+                            "crash": (me + "dies", ()), "slow": (me + "sleepy", (0.03,))}, repeats=4, warmup=1,
+                           pause=0.0)
     assert got["bad"] == {"error": "ValueError: cannot build this one"}
+    assert got["crash"] == {"error": "the worker exited (code 3)"}
     fast, slow = got["fast"], got["slow"]
     assert fast["info"]["seconds"] == 0.002 and slow["info"]["seconds"] == 0.03  # info comes back
     assert len({fast["info"]["pid"], slow["info"]["pid"], os.getpid()}) == 3

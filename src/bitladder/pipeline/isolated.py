@@ -79,9 +79,25 @@ def _serve(conn, factory: Factory) -> None:
     conn.send(_hwm_mb() if reset else None)
 
 
+class _Died(Exception):
+    pass
+
+
+def _ask(proc, conn, msg: str | None = None):
+    """Send ``msg`` (if any) to a worker and return its answer; a worker that died raises ``_Died``."""
+    try:
+        if msg is not None:
+            conn.send(msg)
+        return conn.recv()
+    except (EOFError, OSError):
+        proc.join(10)
+        raise _Died(f"the worker exited (code {proc.exitcode})") from None
+
+
 def isolated_latency(factories: dict[str, Factory], repeats: int, warmup: int = 2,
                      pause: float = 0.05) -> dict[str, dict[str, Any]]:
-    """``{name: {"latency_s", "peak_rss_mb", "info"}}`` (or ``{"error"}`` where the build failed).
+    """``{name: {"latency_s", "peak_rss_mb", "info"}}``, or ``{"error"}`` for a variant whose build failed
+    or whose worker died (the others go on).
 
     Workers are built one after the other (a later factory may read files an earlier one wrote), then
     every worker runs once per round, ``pause`` seconds apart; the latency is the median of ``repeats``
@@ -94,7 +110,10 @@ def isolated_latency(factories: dict[str, Factory], repeats: int, warmup: int = 
             here, there = ctx.Pipe()
             proc = ctx.Process(target=_serve, args=(there, factory), daemon=True)
             proc.start()
-            kind, info = here.recv()
+            try:
+                kind, info = _ask(proc, here)
+            except _Died as e:
+                kind, info = "error", str(e)
             if kind == "error":
                 out[name] = {"error": info}
                 proc.join(10)
@@ -103,15 +122,22 @@ def isolated_latency(factories: dict[str, Factory], repeats: int, warmup: int = 
             out[name] = {"info": info}
         times: dict[str, list[float]] = {k: [] for k in workers}
         for r in range(warmup + repeats):
-            for name, (_, conn) in workers.items():
+            for name, (proc, conn) in list(workers.items()):
                 time.sleep(pause)
-                conn.send("run")
-                t = conn.recv()
+                try:
+                    t = _ask(proc, conn, "run")
+                except _Died as e:
+                    out[name] = {"error": str(e)}
+                    del workers[name]
+                    continue
                 if r >= warmup:
                     times[name].append(t)
-        for name, (_, conn) in workers.items():
-            conn.send("stop")
-            out[name].update(latency_s=statistics.median(times[name]), peak_rss_mb=conn.recv())
+        for name, (proc, conn) in list(workers.items()):
+            try:
+                peak = _ask(proc, conn, "stop")
+            except _Died:
+                peak = None
+            out[name].update(latency_s=statistics.median(times[name]), peak_rss_mb=peak)
     finally:
         for proc, _ in workers.values():
             proc.join(10)
