@@ -165,7 +165,7 @@ def mixed(
 
 @app.command()
 def bench(
-    suite: str = typer.Option("linear", help="linear, minilm or all"),
+    suite: str = typer.Option("linear", help="linear, conv, minilm or all"),
     json_out: Path = typer.Option(None, "--json", help="write the rows (schema bitladder.bench/1) here"),
     repeats: int = typer.Option(10, min=1, help="MiniLM: timed runs per variant"),
     only: str = typer.Option("", help="MiniLM: comma-separated substrings of the variants to run"),
@@ -173,8 +173,8 @@ def bench(
     """Latency (and fidelity) of every kernel and rung against fp32 and the peers, one run."""
     from bitladder.pipeline.ladder import write_json
 
-    if suite not in ("linear", "minilm", "all"):
-        raise BitladderError(f"unknown suite {suite!r}; accepted: linear, minilm, all")
+    if suite not in ("linear", "conv", "minilm", "all"):
+        raise BitladderError(f"unknown suite {suite!r}; accepted: linear, conv, minilm, all")
     if json_out is not None:
         check_parent(json_out)
     rows: list[dict] = []
@@ -183,6 +183,11 @@ def bench(
 
         with console.status("timing Linear kernels"):
             rows += linear_rows()
+    if suite in ("conv", "all"):
+        from bitladder.pipeline.bench_conv import conv_rows
+
+        with console.status("timing Conv2d kernels"):
+            rows += conv_rows()
     if suite in ("minilm", "all"):
         from bitladder.pipeline.bench_minilm import minilm_rows
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitladder.kernels.linear import _as_x
-from bitladder.nn.base import QuantModule
+from bitladder.kernels.linear import KernelUnsupported, _as_x
+from bitladder.nn.base import KernelCache, QuantModule
 from bitladder.nn.registry import HANDLERS
 from bitladder.tensor.quantized import QuantizedTensor
+
+log = logging.getLogger("bitladder")
 
 
 @HANDLERS.register(nn.Linear)
@@ -36,7 +40,7 @@ class QuantLinear(QuantModule):
             y = kern.finish(_shared_input(xin, kern, x2, in_scale), self.bias)
         else:
             y = kern(x2, self.bias, in_scale)
-        y = y.reshape(*xin.shape[:-1], -1)
+        y = y.reshape(*xin.shape[:-1], y.shape[-1])  # -1 is ambiguous for an empty batch
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
@@ -84,9 +88,17 @@ class _QuantConvNd(QuantModule):
         return qm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._conv(self.prepare_input(x.to(self.compute_dtype)), self.weight(), self._bias(), self.stride, self.padding,
-                       self.dilation, self.groups)
+        xin = self.prepare_input(x.to(self.compute_dtype))
+        kern = self._int8_conv(xin)
+        if kern is not None:
+            self.__dict__["kernel"] = kern.name
+            return kern(xin, self.bias).to(x.dtype)
+        self.__dict__["kernel"] = self._dequant_label
+        y = self._conv(xin, self.weight(), self._bias(), self.stride, self.padding, self.dilation, self.groups)
         return y.to(x.dtype)
+
+    def _int8_conv(self, x: torch.Tensor):
+        return None
 
 
 @HANDLERS.register(nn.Conv1d)
@@ -96,7 +108,29 @@ class QuantConv1d(_QuantConvNd):
 
 @HANDLERS.register(nn.Conv2d)
 class QuantConv2d(_QuantConvNd):
+    """Conv2d. Under a dynamic W8A8 policy (``Act(dynamic=...)`` sets it) calls run on oneDNN's integer
+    convolution with one activation scale per call (:mod:`bitladder.kernels.onednn_conv`); where it cannot
+    run (grouped, string padding, no oneDNN) the layer computes in float on the dequantised weight, and
+    ``kernel`` says which."""
+
     _conv = staticmethod(F.conv2d)
+    kernel_policy = "dequant-fp32"
+
+    def _int8_conv(self, x: torch.Tensor):
+        if not self.kernel_policy.startswith("int8-w8a8") or x.dim() != 4 or x.shape[0] == 0 \
+                or x.dtype != torch.float32:
+            return None
+        cache = self.__dict__.setdefault("_kernels", KernelCache())
+        if "conv" not in cache:
+            from bitladder.kernels.onednn_conv import OnednnConv2dW8A8
+
+            try:
+                cache["conv"] = OnednnConv2dW8A8.from_layer(self.qweight, self.stride, self.padding, self.dilation,
+                                                            self.groups)
+            except KernelUnsupported as e:
+                log.info("%s: float convolution (%s)", type(self).__name__, e)
+                cache["conv"] = None
+        return cache["conv"]
 
 
 @HANDLERS.register(nn.Embedding)
