@@ -138,3 +138,10 @@ def test_siblings_share_one_quantised_input(rows, monkeypatch):
         h = q.ln(x)
         assert torch.equal(q.q(h), shared[0]) and torch.equal(q.k(h), shared[1])
     assert len(calls) == 5
+
+
+@pytest.mark.parametrize("cfg", [Int(8), Int(4, group=32), Int(8, act=Act(dynamic=True))], ids=["w8", "w4", "w8a8"])
+def test_empty_batches_keep_their_shape(cfg):
+    q = bitladder.quantize(nn.Linear(64, 8), cfg)
+    assert q(torch.randn(0, 64)).shape == (0, 8)
+    assert q(torch.randn(2, 0, 64)).shape == (2, 0, 8)
