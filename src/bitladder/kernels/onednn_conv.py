@@ -6,9 +6,10 @@ convolution mixes the positions of an image and the rows of a Linear's trick (a 
 exist here. The codes are laid out channels-last, the layout oneDNN's int8 convolution runs in; scales
 and bias are applied in its epilogue and the fp32 output stays channels-last (later ops accept either).
 
-2-core EPYC (AVX-512 VNNI), 2 threads, ratio to fp32 ``F.conv2d`` (one run, alone): 64->64 3x3 on
-8x56x56 2.7x; 64->128 3x3 stride 2 on 1x56x56 1.5x; 16->32 3x3 on 450 8x8 images (digits) 1.8x;
-depthwise (32 groups) 0.59x, so grouped convolutions keep the float path.
+2-core EPYC (AVX-512 VNNI), 2 threads, ratio to fp32 ``nn.Conv2d`` (``bitladder bench --suite conv``,
+docs/results/bench-conv.json): 64->64 3x3 on 56x56 2.2x at batch 1, 2.6x at batch 8; 128->256 3x3
+stride 2 on 8x28x28 2.3x; 16->32 3x3 on 450 8x8 images (digits) 1.2x. Depthwise (32 groups) ran 0.59x
+in int8, so grouped convolutions keep the float path.
 """
 
 from __future__ import annotations
