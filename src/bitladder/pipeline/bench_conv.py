@@ -15,7 +15,7 @@ from torch import nn
 
 import bitladder
 from bitladder import Act, Int
-from bitladder.pipeline.bench_linear import timed
+from bitladder.pipeline.bench_linear import latency_row, timed
 
 W8A8 = Int(8, act=Act(dynamic="tensor"))
 
@@ -28,9 +28,7 @@ def _rows(case: str, shape: list, batch: int, fns: dict, rounds: int, inner: int
     with torch.inference_mode():
         lat = timed(fns, rounds, inner)
     base = next(iter(lat.values()))
-    return [{"case": case, "shape": shape, "batch": batch, "variant": v, "latency_ms": round(ms, 4),
-             "ratio_vs_fp32": round(base / ms, 3), "peak_rss_mb": None, "cos_mean": None, "cos_min": None,
-             "knn10": None} for v, ms in lat.items()]
+    return [latency_row(case, shape, batch, v, ms, base) for v, ms in lat.items()]
 
 
 def conv_rows(rounds: int = 15) -> list[dict]:
@@ -50,7 +48,7 @@ def conv_rows(rounds: int = 15) -> list[dict]:
 
     spec = digits.spec()
     q = bitladder.quantize(spec.model, W8A8)
-    x = torch.cat([b for b in spec.eval_batches])
+    x = torch.cat(spec.eval_batches)
     with torch.inference_mode():
         q(x)  # the kernels are picked on the first call
     kernels = sorted({m.kernel for m in q.modules() if hasattr(m, "qweight")})

@@ -97,12 +97,15 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
     with torch.no_grad():
         lat = timed(fns, rounds, inner)
     base = lat["fp32 F.linear"]
-    rows = []
-    for variant, ms in lat.items():
-        rows.append({"case": "linear", "shape": [n, k], "batch": m, "variant": variant, "latency_ms": round(ms, 4),
-                     "ratio_vs_fp32": round(base / ms, 3), "peak_rss_mb": None, "cos_mean": None, "cos_min": None,
-                     "knn10": None, "selected": variant in selected})
-    return rows
+    return [{**latency_row("linear", [n, k], m, variant, ms, base), "selected": variant in selected}
+            for variant, ms in lat.items()]
+
+
+def latency_row(case: str, shape: list, batch: int, variant: str, ms: float, base_ms: float) -> dict:
+    """One bench row (schema bitladder.bench/1) of a kernel timed without a fidelity check."""
+    return {"case": case, "shape": shape, "batch": batch, "variant": variant, "latency_ms": round(ms, 4),
+            "ratio_vs_fp32": round(base_ms / ms, 3), "peak_rss_mb": None, "cos_mean": None, "cos_min": None,
+            "knn10": None}
 
 
 def linear_rows(sizes=(1024, 4096), batches=(1, 64), rounds: int = 25) -> list[dict]:
