@@ -51,5 +51,7 @@ def test_each_model_runs_in_its_own_process_and_failures_are_reported():
     assert fast["info"]["seconds"] == 0.002 and slow["info"]["seconds"] == 0.03  # info comes back
     assert len({fast["info"]["pid"], slow["info"]["pid"], os.getpid()}) == 3
     assert 0.002 <= fast["latency_s"] < 0.03 <= slow["latency_s"]
+    for g in (fast, slow):  # one time per timed round, the median of which is the latency
+        assert len(g["rounds_s"]) == 4 and sorted(g["rounds_s"])[1] <= g["latency_s"] <= sorted(g["rounds_s"])[2]
     for g in (fast, slow):
         assert g["peak_rss_mb"] is None or 10 < g["peak_rss_mb"] < 4096

@@ -41,7 +41,8 @@ def inspect_table(path: Path, meta: dict, info: dict) -> Table:
 
 
 def bench_table(rows: list[dict]) -> Table:
-    t = Table(title="bitladder bench (ratio = fp32 latency / variant latency, same run)")
+    t = Table(title="bitladder bench (ratio = fp32 latency / variant latency, same run; MiniLM: (quartiles of "
+                    "the per-round ratios))")
     for c in ("case", "shape", "batch", "variant", "ms", "x fp32", "x fp32 ONNX", "cos mean", "cos min", "kNN@10",
               "peak MB"):
         t.add_column(c, justify="left" if c in ("case", "variant") else "right")
@@ -49,10 +50,14 @@ def bench_table(rows: list[dict]) -> Table:
     def f(v, fmt):
         return "–" if v is None else format(v, fmt)
 
+    def ratio(r, key):  # "2.29 (2.21-2.37)": the quartiles of the per-round ratios, where the bench has them
+        spread = r.get(f"{key}_iqr")
+        return f(r.get(key), ".2f") + ("" if not spread else f" ({spread[0]:.2f}-{spread[1]:.2f})")
+
     for r in rows:
         shape = "x".join(map(str, r["shape"])) if r.get("shape") else ""
         variant = r["variant"] + (" *" if r.get("selected") else "") + (f" ({r['error']})" if r.get("error") else "")
         t.add_row(r["case"], shape, str(r.get("batch", "")), escape(variant), f(r.get("latency_ms"), ".3f"),
-                  f(r.get("ratio_vs_fp32"), ".2f"), f(r.get("ratio_vs_fp32_onnx"), ".2f"), f(r.get("cos_mean"), ".4f"),
+                  ratio(r, "ratio_vs_fp32"), ratio(r, "ratio_vs_fp32_onnx"), f(r.get("cos_mean"), ".4f"),
                   f(r.get("cos_min"), ".4f"), f(r.get("knn10"), ".3f"), f(r.get("peak_rss_mb"), ".0f"))
     return t

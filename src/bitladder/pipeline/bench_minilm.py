@@ -13,6 +13,7 @@ extra) are listed with the reason instead of a number.
 from __future__ import annotations
 
 import copy
+import statistics
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -179,6 +180,15 @@ def serve_variant(name: str, folder: str):
     return model, spec.latency_batch, {"outputs": out.numpy(), "onnx_bytes": getattr(model, "file_bytes", None)}
 
 
+def round_spread(base: list[float] | None, times: list[float]) -> list[float] | None:
+    """[first, third] quartile of the per-round ratios ``base[i] / times[i]`` (runs of the same round saw the
+    same load): how far the ratio moved from round to round. None without the baseline's rounds."""
+    if not base or len(base) != len(times) or len(times) < 4:
+        return None
+    q = statistics.quantiles([b / t for b, t in zip(base, times)], n=4)
+    return [round(q[0], 3), round(q[2], 3)]
+
+
 def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
     spec = minilm.spec()
     ref = outputs(spec.model, spec.eval_batches)
@@ -187,6 +197,7 @@ def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
                  if n in ("fp32 torch", "onnxruntime fp32") or not only or any(o in n for o in only)]
         got = isolated_latency({n: (f"{__name__}:serve_variant", (n, tmp)) for n in names}, repeats)
     fp32, fp32_onnx = got["fp32 torch"].get("latency_s"), got.get("onnxruntime fp32", {}).get("latency_s")
+    base, base_onnx = got["fp32 torch"].get("rounds_s"), got.get("onnxruntime fp32", {}).get("rounds_s")
     rows = []
     for name in names:
         g, row = got[name], {"case": "minilm", "batch": 32, "variant": name}
@@ -198,7 +209,9 @@ def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
         row.update(latency_ms=round(s * 1e3, 2), fp32_latency_ms=round(fp32 * 1e3, 2),
                    ratio_vs_fp32=round(fp32 / s, 3), peak_rss_mb=g["peak_rss_mb"], cos_mean=fid["fidelity"],
                    cos_min=fid["cos_min"], knn10=fid["knn10"], onnx_bytes=g["info"]["onnx_bytes"])
+        row["ratio_vs_fp32_iqr"] = round_spread(base, g["rounds_s"])
         if row["onnx_bytes"] and fp32_onnx:
             row["ratio_vs_fp32_onnx"] = round(fp32_onnx / s, 3)
+            row["ratio_vs_fp32_onnx_iqr"] = round_spread(base_onnx, g["rounds_s"])
         rows.append(row)
     return rows

@@ -97,8 +97,9 @@ def _ask(proc, conn, msg: str | None = None):
 
 def isolated_latency(factories: dict[str, Factory], repeats: int, warmup: int = 2,
                      pause: float = 0.05) -> dict[str, dict[str, Any]]:
-    """``{name: {"latency_s", "peak_rss_mb", "info"}}``, or ``{"error"}`` for a variant whose build failed
-    or whose worker died (the others go on).
+    """``{name: {"latency_s", "rounds_s", "peak_rss_mb", "info"}}``, or ``{"error"}`` for a variant whose
+    build failed or whose worker died (the others go on). ``rounds_s[i]`` of every variant that lived to
+    the end was timed in the same round ``i``, so per-round ratios pair runs made under the same load.
 
     Workers are built one after the other (a later factory may read files an earlier one wrote), then
     every worker runs once per round, ``pause`` seconds apart; the latency is the median of ``repeats``
@@ -138,7 +139,7 @@ def isolated_latency(factories: dict[str, Factory], repeats: int, warmup: int = 
                 peak = _ask(proc, conn, "stop")
             except _Died:
                 peak = None
-            out[name].update(latency_s=statistics.median(times[name]), peak_rss_mb=peak)
+            out[name].update(latency_s=statistics.median(times[name]), rounds_s=times[name], peak_rss_mb=peak)
     finally:
         for proc, _ in workers.values():
             proc.join(10)
