@@ -86,7 +86,9 @@ def test_registry_lookup_by_name_string():
 @pytest.mark.parametrize("cfg", [bitladder.Int(4, group=16), bitladder.Int(3, group=8, symmetric=False),
                                  bitladder.Int(2), bitladder.Ternary(), bitladder.Binary(group=8),
                                  bitladder.Float("fp8_e5m2"), bitladder.Float("fp16"), bitladder.Int(3),
-                                 bitladder.Ternary(group=3)])
+                                 bitladder.Ternary(group=3), bitladder.Int(8), bitladder.Int(8, symmetric=False),
+                                 bitladder.Int(8, group=8), bitladder.Int(8, group=8, symmetric=False),
+                                 bitladder.Int(6, group=8, symmetric=False)])
 def test_embedding_row_gather_equals_full_dequantisation(cfg):
     emb = nn.Embedding(37, 40)
     q = bitladder.quantize(emb, cfg)

@@ -152,6 +152,9 @@ class QuantEmbedding(QuantModule):
         return qm
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        qt = self.qweight
+        if qt.qtype.kind == "int" and qt.qtype.pack_bits == 8:  # byte codes: dequantising every row looked up
+            return qt.dequantize_rows(idx, torch.float32)  # is cheaper than sorting out the distinct ones
         # unpack only the distinct rows looked up, then gather: the table is never dequantised whole
         uniq, inverse = torch.unique(idx, return_inverse=True)
-        return self.qweight.dequantize_rows(uniq, torch.float32)[inverse]
+        return qt.dequantize_rows(uniq, torch.float32)[inverse]
