@@ -153,8 +153,8 @@ class QuantEmbedding(QuantModule):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         qt = self.qweight
-        if qt.qtype.kind == "int" and qt.qtype.pack_bits == 8:  # byte codes: dequantising every row looked up
-            return qt.dequantize_rows(idx, torch.float32)  # is cheaper than sorting out the distinct ones
+        if qt.byte_rows:  # dequantising every row looked up is then cheaper than sorting out the distinct ones
+            return qt.dequantize_rows(idx, torch.float32)
         # unpack only the distinct rows looked up, then gather: the table is never dequantised whole
         uniq, inverse = torch.unique(idx, return_inverse=True)
         return qt.dequantize_rows(uniq, torch.float32)[inverse]

@@ -4,12 +4,12 @@ Timed side by side in one process, a model's speed depended on the models timed 
 model finds (grown or trimmed by the one before) decides how many of its new tensors page-fault, and on
 the 2-core EPYC, MiniLM W8A8 per token ran 0.86-0.93x torch.ao's speed in one process, 1.03-1.32x with
 each model alone in its own (three alternating runs each), and 0.85-0.98x in this harness (five runs
-over two sessions), where the processes share the rounds. A deployed model has its process to itself, so each variant gets
-one: a worker builds it, then runs it on the batch each time the parent asks. The parent asks every worker
-in turn, round after round, so a noisy moment of the machine still hits all of them alike; idle workers
-wait on a pipe and take no CPU. Each worker also reports the peak resident memory of its process while
-serving (once the model is built, the heap its build freed is returned to the OS and the high-water mark
-is reset, where glibc and Linux allow it).
+over two sessions), where the processes share the rounds. A deployed model has its process to itself, so
+each variant gets one: a worker builds it, then runs it on the batch each time the parent asks. The parent
+asks every worker in turn, round after round, so a noisy moment of the machine still hits all of them
+alike; idle workers wait on a pipe and take no CPU. Each worker also reports the peak resident memory of
+its process while serving (once the model is built, the heap its build freed is returned to the OS and the
+high-water mark is reset, where glibc and Linux allow it).
 """
 
 from __future__ import annotations

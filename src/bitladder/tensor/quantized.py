@@ -191,7 +191,7 @@ class QuantizedTensor:
                 or self.mask is not None):
             return self.dequantize(dtype)[index]
         rows = index.reshape(-1)
-        if self.qtype.kind == "int" and self.qtype.pack_bits == 8 and k % b == 0 and self.table is None and not zfloat:
+        if self.byte_rows:
             return self._dequantize_byte_rows(rows, dtype).reshape(*index.shape, *self.shape[1:])
         packed = self.packed.view(c, rb)[rows].reshape(-1)
         sub = QuantizedTensor(packed, None if self.scale is None else self.scale[rows],
@@ -200,6 +200,15 @@ class QuantizedTensor:
                               self.qtype, (rows.numel(), *self.shape[1:]), self.layout,
                               table=None if self.table is None else self.table[rows])
         return sub.dequantize(dtype).reshape(*index.shape, *self.shape[1:])
+
+    @property
+    def byte_rows(self) -> bool:
+        """One byte per integer code, row-major along axis 0 in whole groups, with integer zero points: rows can
+        be dequantised straight from their bytes (:meth:`dequantize_rows`)."""
+        c, k, nb, b = self.layout.dims(self.shape)
+        return (self.qtype.kind == "int" and self.qtype.pack_bits == 8 and self.layout.axis == 0
+                and self.layout.granularity != "tensor" and k % b == 0 and self.table is None and self.mask is None
+                and not (self.zero_point is not None and self.zero_point.is_floating_point()))
 
     def _dequantize_byte_rows(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Rows of a one-byte-per-code integer weight: ``(u + qmin - zero point) * scale`` in three passes
