@@ -7,13 +7,12 @@
 
     python benchmarks/gemm_ceiling.py
 
-Medians of 30 calls after warm-up; GMAC/s = rows x N x K / time.
+Paths timed in interleaved rounds (``bench_linear.timed``: median of 30 rounds after warm-up), so each
+ratio compares runs under the same load; GMAC/s = rows x N x K / time.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 import warnings
 
 import torch
@@ -22,17 +21,7 @@ from torch import nn
 import bitladder
 from bitladder.kernels.int4pack import Int4PackBf16Kernel
 from bitladder.kernels.onednn_w8a8 import _raw
-
-
-def median_ms(fn, n: int = 30) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+from bitladder.pipeline.bench_linear import timed
 
 
 def int8_shapes(rows: int = 1504) -> None:
@@ -57,8 +46,7 @@ def int8_shapes(rows: int = 1504) -> None:
             "bf16": lambda: nn.functional.linear(xb, wb, bb),
         }
         macs = rows * n * k / 1e9
-        cells = [f"{name} {ms:.2f} ({macs / ms * 1e3:.0f})" for name, ms in
-                 ((name, median_ms(fn)) for name, fn in paths.items())]
+        cells = [f"{name} {ms:.2f} ({macs / ms * 1e3:.0f})" for name, ms in timed(paths, 30, 1).items()]
         print(f"  {n}x{k}: " + "; ".join(cells))
 
 
@@ -69,9 +57,9 @@ def int4_batch(rows: int = 64, size: int = 4096) -> None:
     kernel = Int4PackBf16Kernel.from_qtensor(qt)
     x = torch.randn(rows, size)
     w, xb, wb = lin.weight.detach(), x.bfloat16(), lin.weight.detach().bfloat16()
-    fp32 = median_ms(lambda: nn.functional.linear(x, w))
-    bf16 = median_ms(lambda: nn.functional.linear(xb, wb))
-    int4 = median_ms(lambda: kernel(x))
+    lat = timed({"fp32": lambda: nn.functional.linear(x, w), "bf16": lambda: nn.functional.linear(xb, wb),
+                 "int4": lambda: kernel(x)}, 30, 1)
+    fp32, bf16, int4 = lat["fp32"], lat["bf16"], lat["int4"]
     print(f"Linear {size}², {rows} rows: fp32 {fp32:.2f} ms; dense bf16 {bf16:.2f} ms ({fp32 / bf16:.2f}x); "
           f"packed int4, bf16 activations {int4:.2f} ms ({fp32 / int4:.2f}x)")
 
