@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-all setup clean
+.PHONY: demo test test-all test-cpus setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+# The kernel, layer and export tests again as on lesser CPUs: BITLADDER_CPU caps bitladder's selection and
+# activation grids, ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA cap torch's and oneDNN's own dispatch.
+test-cpus: $(STAMP)
+	BITLADDER_CPU=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 \
+		$(BIN)/python -m pytest -q -n 2 -m "not slow" tests/kernels tests/nn tests/io
+	BITLADDER_CPU=avx512 ONEDNN_MAX_CPU_ISA=AVX512_CORE OMP_NUM_THREADS=1 \
+		$(BIN)/python -m pytest -q -n 2 -m "not slow" tests/kernels tests/nn tests/io
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2

@@ -90,7 +90,7 @@ def test_mixed_precision_command(tmp_path):
     import json
 
     data = json.loads((out / "mixed.json").read_text())
-    assert data["bits_per_weight"] <= 3.0 and data["fidelity_drop_pt"] <= 2.0
+    assert data["bits_per_weight"] <= 3.0 and data["fidelity_drop_pt"] <= 2.0 and data["machine"]["flags"]
     assert (out / "sensitivity.png").stat().st_size > 1000
     assert "data:image/png;base64," in (out / "mixed.html").read_text()
     one_line_error(cli("mixed", "--budget", "0.5", "--out", str(tmp_path / "m2")), "lowest reachable")
@@ -144,3 +144,21 @@ def test_run_a_user_model_artifact_with_its_factory(tmp_path):
     assert res.returncode == 0 and "ran on 64 inputs; accuracy" in flat, res.stderr
     one_line_error(cli("run", str(art)), "not of a built-in model", "--model")
     one_line_error(cli("run", str(art), "--model", "tests.zoo.user_models:regressor"), "does not match the model")
+
+
+def test_bench_json_carries_the_machine_and_limit_fractions(tmp_path, monkeypatch):
+    """The wiring only (in process, timings stubbed): the suites and the limits are measured elsewhere."""
+    import json
+
+    from bitladder.cli.app import main
+    from bitladder.pipeline import bench_linear, limits
+
+    row = {"case": "linear", "shape": [1024, 1024], "batch": 1, "variant": "fp32 F.linear", "latency_ms": 0.5,
+           "ratio_vs_fp32": 1.0, "weight_bytes": 4 << 20, "ops": 2 << 20}
+    monkeypatch.setattr(bench_linear, "linear_rows", lambda: [dict(row)])
+    monkeypatch.setattr(limits, "measure", lambda: {"read_gbps": 16.0, "fp32_gflops": 80.0, "int8_gops": 160.0})
+    main(["bench", "--suite", "linear", "--json", str(tmp_path / "b.json")])
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["schema"] == "bitladder.bench/1" and data["machine"]["read_gbps"] == 16.0
+    assert {"cpu", "flags", "cores", "threads", "versions", "fp32_gflops", "int8_gops"} <= set(data["machine"])
+    assert data["rows"][0]["limit_fraction"] == pytest.approx((4 << 20) / 0.5e-3 / 16e9, rel=1e-3)

@@ -17,3 +17,9 @@ def test_bench_table_shows_the_round_spread_where_the_bench_has_it():
     text = _text(rows)
     assert "2.29 (2.21-2.37)" in text
     assert "13.30" in text and "13.30 (" not in text
+
+
+def test_bench_table_has_the_limit_fraction_column():
+    text = _text([{"case": "linear", "shape": [4096, 4096], "batch": 1, "variant": "int4", "latency_ms": 1.5,
+                   "ratio_vs_fp32": 13.3, "limit_fraction": 0.734}])
+    assert "limit" in text and "0.73" in text

@@ -8,8 +8,15 @@ from torch import nn
 
 import bitladder
 from bitladder.io.onnx_export import export_onnx
+from bitladder.kernels.onednn_w8a8 import act_levels
 
 ort = pytest.importorskip("onnxruntime")
+
+
+def torch_tol(eight_bit: float) -> float:
+    """How close the file (8-bit activations on every CPU) and the torch kernel must be: the kernel rounds
+    activations to 7 bits where the CPU (or BITLADDER_CPU) has no VNNI, a step twice as coarse."""
+    return eight_bit if act_levels() == 255 else 2.5 * eight_bit
 
 
 class Siblings(nn.Module):
@@ -49,7 +56,9 @@ def test_siblings_share_one_quantised_input_and_rows_keep_their_range(quantised,
         ref, fp = q(x), model(x)
     row_err = (y - fp).norm(dim=1) / fp.norm(dim=1)
     assert float(row_err.max()) < 0.05  # per token: the small rows are as accurate as the large ones
-    assert float((y - ref).norm() / ref.norm()) < 0.01  # and the file computes what the torch kernel does
+    assert float((y - ref).norm() / ref.norm()) < torch_tol(0.01)  # the file computes what the torch kernel does
+    assert float(((y - fp).norm(dim=1) / fp.norm(dim=1)).mean()) <= 1.05 * float(
+        ((ref - fp).norm(dim=1) / fp.norm(dim=1)).mean())  # and is no less faithful
 
 
 def test_per_tensor_loses_the_small_rows_that_per_token_keeps(quantised, tmp_path):
@@ -90,4 +99,4 @@ def test_bias_before_gelu_stays_unfused_per_token(tmp_path):
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
     assert "BiasGelu" not in ops and "Gelu" in ops
     with torch.no_grad():
-        assert float((_run(path, x) - q(x)).norm() / q(x).norm()) < 1e-2  # two runtimes, one integer GEMM
+        assert float((_run(path, x) - q(x)).norm() / q(x).norm()) < torch_tol(1e-2)  # two runtimes, one GEMM

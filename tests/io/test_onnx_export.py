@@ -8,6 +8,7 @@ import torch
 
 import bitladder
 from bitladder import BitladderError
+from bitladder.kernels.onednn_w8a8 import act_levels
 from bitladder.io.onnx_export import export_onnx
 from bitladder.nn.base import QuantModule
 from bitladder.pipeline.rungs import parse_rung
@@ -98,6 +99,7 @@ def test_dynamic_export_matches_the_torch_kernel_with_smoothquant(digits_spec, t
     y = run_onnx(path, x)
     with torch.no_grad():
         ref, fp = q(x), digits_spec.model(x)
-    # same integer GEMM semantics in both runtimes: far closer to each other than either to fp32
-    assert float((y - ref).norm() / ref.norm()) < 0.01
+    # same integer GEMM semantics in both runtimes: far closer to each other than either to fp32 (the torch
+    # kernel rounds activations to 7 bits without VNNI, the file keeps 8 on every CPU)
+    assert float((y - ref).norm() / ref.norm()) < (0.01 if act_levels() == 255 else 0.025)
     assert float((y.argmax(1) == fp.argmax(1)).float().mean()) >= 0.98

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bitladder.io.onnx_export import export_onnx
+from bitladder.kernels.onednn_w8a8 import act_levels
 from bitladder.pipeline.bench_minilm import W8A8_SQ, _bitladder, _session
 from bitladder.pipeline.evaluate import fidelity, outputs
 
@@ -32,6 +33,8 @@ def test_minilm_w8a8_per_token_onnx_keeps_cosine_0999(tmp_path):
     fid = fidelity(spec, outputs(_session(path), spec.eval_batches), ref)
     assert fid["fidelity"] >= 0.999 and fid["cos_min"] >= 0.995  # measured 0.9992 / 0.998
     assert path.stat().st_size < 0.26 * 4 * sum(p.numel() for p in spec.model.parameters())
-    with torch.no_grad():  # torch's fbgemm kernel and the file agree
+    with torch.no_grad():  # torch's kernel and the file agree where both round activations to 8 bits
         tq = fidelity(spec, outputs(q, spec.eval_batches), ref)
-    assert abs(tq["fidelity"] - fid["fidelity"]) < 5e-4
+    assert fid["fidelity"] >= tq["fidelity"] - 5e-4  # without VNNI the kernel keeps 7 bits (0.998), the file 8
+    if act_levels() == 255:
+        assert abs(tq["fidelity"] - fid["fidelity"]) < 5e-4

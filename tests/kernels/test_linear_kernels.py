@@ -22,7 +22,7 @@ from bitladder.kernels import (
     XnorKernel,
     build_kernel,
     reference_linear,
-    select_kernel,
+    choose,
 )
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -209,7 +209,7 @@ def test_fp16_codes_are_exact_weight_only(qname):
 
 
 def test_auto_keeps_exact_numerics_above_16_rows():
-    from bitladder.kernels.select import ORT_FP32_MAX_ROWS, ORT_MAX_ROWS, choose
+    ORT_MAX_ROWS, ORT_FP32_MAX_ROWS = OrtNBitsKernel.auto_rows[1], OrtNBitsFp32Kernel.auto_rows[1]
 
     if not OrtNBitsKernel.available():
         pytest.skip("onnxruntime not installed")
@@ -243,7 +243,7 @@ def test_unsupported_inputs():
 def test_selected_kernel_builds_and_is_close(qname, m):
     qt = _qt(qname, Layout("group", group=64) if qname not in ("ternary", "binary", "int8") else Layout("channel"),
              48, 256)
-    name = select_kernel(qt.qtype, qt.layout, m, 48, 256)
+    name = choose(qt, m)
     assert name in KERNELS
     kern = build_kernel(qt, m)
     x = _x(m, 256)
@@ -252,5 +252,5 @@ def test_selected_kernel_builds_and_is_close(qname, m):
 
 
 def test_selection_falls_back_when_unsupported():
-    assert select_kernel("fp16", Layout("channel"), 1, 64, 64) == "dequant-fp32"
-    assert select_kernel("int4", Layout("group", group=12), 1, 64, 64) == "dequant-fp32"
+    assert choose(_qt("fp16", Layout("channel"), 64, 64), 1) == "dequant-fp32"
+    assert choose(_qt("int4", Layout("group", group=12), 64, 60), 1) == "dequant-fp32"

@@ -15,7 +15,7 @@ from bitladder import Act, Int
 from bitladder.formats.layout import Layout
 from bitladder.kernels import KernelUnsupported
 from bitladder.kernels.onednn_conv import OnednnConv2dW8A8
-from bitladder.kernels.onednn_w8a8 import _grid
+from bitladder.kernels.onednn_w8a8 import _grid, act_levels
 from bitladder.tensor.quantized import QuantizedTensor
 
 pytestmark = pytest.mark.skipif(not OnednnConv2dW8A8.available(), reason="torch has no oneDNN int8 convolution")
@@ -32,7 +32,7 @@ def _weights(o: int, c: int, k: int, layout: Layout, seed: int = 0) -> Quantized
 
 def _emulate(qt: QuantizedTensor, x: torch.Tensor, bias, stride, padding, dilation) -> torch.Tensor:
     """What the kernel computes: x on its uint8 grid, then the convolution with the dequantised weight."""
-    scale, zp = _grid(float(x.min()), float(x.max()))
+    scale, zp = _grid(float(x.min()), float(x.max()), act_levels())
     xq = (torch.quantize_per_tensor(x, scale, zp, torch.quint8).int_repr().float() - zp) * scale
     return F.conv2d(xq, qt.dequantize(torch.float32), bias, stride, padding, dilation)
 

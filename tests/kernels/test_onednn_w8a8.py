@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from bitladder.formats.layout import Layout
 from bitladder.kernels import KernelUnsupported, OnednnW8A8Kernel, OnednnW8A8TokenKernel, reference_linear
-from bitladder.kernels.onednn_w8a8 import _grid
+from bitladder.kernels.onednn_w8a8 import _grid, act_levels
 from bitladder.kernels.select import ONEDNN_MIN_ROWS, choose
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -36,11 +36,11 @@ def _fake(x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
 def _emulate(qt: QuantizedTensor, x: torch.Tensor, bias: torch.Tensor | None, per_token: bool) -> torch.Tensor:
     w = qt.dequantize(torch.float32)
     if not per_token:
-        return F.linear(_fake(x, *_grid(float(x.min()), float(x.max()))), w, bias)
+        return F.linear(_fake(x, *_grid(float(x.min()), float(x.max()), act_levels())), w, bias)
     hi, lo = x.amax(1, keepdim=True), x.amin(1, keepdim=True)
     r = torch.maximum(hi, -lo).clamp(min=1e-30)
     xn = x / r
-    y = F.linear(_fake(xn, *_grid(float((lo / r).min()), float((hi / r).max()))), w) * r
+    y = F.linear(_fake(xn, *_grid(float((lo / r).min()), float((hi / r).max()), act_levels())), w) * r
     return y if bias is None else y + bias
 
 

@@ -28,7 +28,8 @@ def sparse_run(digits_spec, tmp_path_factory):
 def test_sparse_int8_recipe_shrinks_and_keeps_accuracy(sparse_run):
     res, out = sparse_run
     row = res["rungs"][0]
-    assert json.loads((out / "results.json").read_text())["schema"] == "bitladder.ladder/1"
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["schema"] == "bitladder.ladder/1" and on_disk["machine"]["cpu"]
     assert [s["step"] for s in res["steps"]] == ["prune", "finetune", "quantize"]
     assert res["steps"][1]["fidelity"] > res["steps"][0]["fidelity"] - 0.005  # fine-tuning recovers
     assert res["steps"][0]["nonzero"] < 0.35 * res["steps"][0]["params"]  # 70 % of the weights are zeros

@@ -21,6 +21,7 @@ def test_schema(digits_results):
     res, out = digits_results
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["schema"] == "bitladder.ladder/1" and on_disk["metric"] == "accuracy"
+    assert {"cpu", "flags", "cores", "threads", "versions"} <= set(on_disk["machine"])
     assert [r["rung"] for r in on_disk["rungs"]] == [r["rung"] for r in res["rungs"]]
     for r in on_disk["rungs"]:
         assert KEYS <= set(r)
@@ -62,4 +63,5 @@ def test_report_is_self_contained(digits_results, tmp_path):
     assert "Pareto front: fidelity vs size" in html and "Pareto front: fidelity vs latency" in html
     assert "http://" not in html and "https://" not in html
     assert "int4-g32" in html
+    assert f"Machine: {res['machine']['cpu']}" in html
     assert "Per-layer weight SQNR" in html and "classifier.3" in html

@@ -172,11 +172,17 @@ def bench(
 ) -> None:
     """Latency (and fidelity) of every kernel and rung against fp32 and the peers, one run."""
     from bitladder.pipeline.ladder import write_json
+    from bitladder.pipeline.limits import annotate, measure
+    from bitladder.pipeline.machine import machine, one_line
 
     if suite not in ("linear", "conv", "minilm", "all"):
         raise BitladderError(f"unknown suite {suite!r}; accepted: linear, conv, minilm, all")
     if json_out is not None:
         check_parent(json_out)
+    machine()  # a bad BITLADDER_CPU fails here, before any timing
+    with console.status("measuring read bandwidth and GEMM peaks"):
+        limits = measure()
+    mach = machine(**limits)
     rows: list[dict] = []
     if suite in ("linear", "all"):
         from bitladder.pipeline.bench_linear import linear_rows
@@ -195,10 +201,14 @@ def bench(
             rows += minilm_rows(repeats, [o for o in only.split(",") if o] or None)
     from bitladder.cli.table import bench_table
 
+    annotate(rows, limits)
     console.print(bench_table(rows))
+    int8 = f"{limits['int8_gops']:.0f}" if limits["int8_gops"] else "–"
+    console.print(f"machine: {one_line(mach)}; read {limits['read_gbps']:.1f} GB/s, fp32 "
+                  f"{limits['fp32_gflops']:.0f} GFLOP/s, int8 {int8} GOP/s (limit = that fraction of these)")
     if json_out is not None:
         write_json(json_out, {"schema": "bitladder.bench/1", "torch_threads": __import__("torch").get_num_threads(),
-                              "rows": rows})
+                              "machine": mach, "rows": rows})
         console.print(f"rows: {json_out}")
 
 

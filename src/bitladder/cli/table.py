@@ -42,9 +42,9 @@ def inspect_table(path: Path, meta: dict, info: dict) -> Table:
 
 def bench_table(rows: list[dict]) -> Table:
     t = Table(title="bitladder bench (ratio = fp32 latency / variant latency, same run; MiniLM: (quartiles of "
-                    "the per-round ratios))")
-    for c in ("case", "shape", "batch", "variant", "ms", "x fp32", "x fp32 ONNX", "cos mean", "cos min", "kNN@10",
-              "peak MB"):
+                    "the per-round ratios); limit = fraction of read bandwidth at batch 1, of the GEMM peak above)")
+    for c in ("case", "shape", "batch", "variant", "ms", "x fp32", "x fp32 ONNX", "limit", "cos mean", "cos min",
+              "kNN@10", "peak MB"):
         t.add_column(c, justify="left" if c in ("case", "variant") else "right")
 
     def f(v, fmt):
@@ -58,6 +58,7 @@ def bench_table(rows: list[dict]) -> Table:
         shape = "x".join(map(str, r["shape"])) if r.get("shape") else ""
         variant = r["variant"] + (" *" if r.get("selected") else "") + (f" ({r['error']})" if r.get("error") else "")
         t.add_row(r["case"], shape, str(r.get("batch", "")), escape(variant), f(r.get("latency_ms"), ".3f"),
-                  ratio(r, "ratio_vs_fp32"), ratio(r, "ratio_vs_fp32_onnx"), f(r.get("cos_mean"), ".4f"),
+                  ratio(r, "ratio_vs_fp32"), ratio(r, "ratio_vs_fp32_onnx"), f(r.get("limit_fraction"), ".2f"),
+                  f(r.get("cos_mean"), ".4f"),
                   f(r.get("cos_min"), ".4f"), f(r.get("knn10"), ".3f"), f(r.get("peak_rss_mb"), ".0f"))
     return t

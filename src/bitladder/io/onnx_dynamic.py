@@ -1,8 +1,9 @@
 """Integer MatMul paths for int8 Linear weights in an exported graph (standard operators only).
 
 ``MatMul(x, Transpose(W))`` and ``Gemm(x, W, transB=1)`` become an integer GEMM on the quantised
-input: ``MatMulInteger(x_q, W_q^T, x_zp) -> Cast -> Mul(x_scale * w_scale)`` (``+ bias``), which
-onnxruntime fuses into one kernel.
+input: ``MatMulInteger(x_q, W_q^T + 128, x_zp, 128) -> Cast -> Mul(x_scale * w_scale)`` (``+ bias``),
+which onnxruntime fuses into one kernel. The weight is stored as uint8 around 128 so that the GEMM is
+u8 x u8, which no CPU computes through a saturating 16-bit pair sum (u8 x s8 does so without VNNI).
 
 * per tensor (what onnxruntime's own quantize_dynamic does): ``DynamicQuantizeLinear(x)``, one
   scale per call, which costs fidelity on transformers whose tokens differ in range;
@@ -26,6 +27,7 @@ import hashlib
 import numpy as np
 from torch import nn
 
+from bitladder.io.onnx_ranges import as_uint8_weights
 from bitladder.nn.base import QuantModule
 
 
@@ -139,11 +141,13 @@ def rewrite(proto, wname: str, m: QuantModule, per_token: bool = True, shared: d
     drop, x, out, bias = found
     qt = m.qweight
     n, k = qt.shape
-    codes = qt.codes().reshape(n, k).numpy().astype(np.int8)
+    # uint8 weights with zero point 128: a u8 x u8 GEMM, exact on every CPU (see ``onnx_ranges``)
+    codes, wzp = as_uint8_weights(qt.codes().reshape(n, k).numpy().astype(np.int8))
     scale = np.broadcast_to(qt.scale.float().numpy().reshape(-1), (n,)).astype(np.float32)
     p = wname.replace(".", "_")
     proto.graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(codes.T), f"{p}__qT"),
                                     numpy_helper.from_array(scale, f"{p}__ws")])
+    _const(proto, "bl__w_zp", wzp)
     in_key = hashlib.sha1(m.in_scale.float().numpy().tobytes()).hexdigest() if "in_scale" in m.qmeta else ""
     key = (x, in_key, per_token)
     shared = {} if shared is None else shared
@@ -153,7 +157,7 @@ def rewrite(proto, wname: str, m: QuantModule, per_token: bool = True, shared: d
     q = shared[key]
     y = out if bias is None and not per_token else f"{p}__y"
     new = [
-        helper.make_node("MatMulInteger", [q["xq"], f"{p}__qT", q["xz"]], [f"{p}__acc"]),
+        helper.make_node("MatMulInteger", [q["xq"], f"{p}__qT", q["xz"], "bl__w_zp"], [f"{p}__acc"]),
         helper.make_node("Cast", [f"{p}__acc"], [f"{p}__accf"], to=TensorProto.FLOAT),
         helper.make_node("Mul", [q["xs"], f"{p}__ws"], [f"{p}__sc"]),
         helper.make_node("Mul", [f"{p}__accf", f"{p}__sc"], [y]),

@@ -25,6 +25,7 @@ from torch import nn
 from bitladder.atomic import atomic_path
 from bitladder.errors import BitladderError
 from bitladder.io.onnx_dynamic import dynamic_int8_eligible, rewrite
+from bitladder.io.onnx_ranges import gemm_problems
 from bitladder.io.onnx_gather import gather_eligible, rewrite_gather
 from bitladder.nn.base import QuantModule
 from bitladder.tensor.quantized import QuantizedTensor, _unpack
@@ -218,5 +219,8 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
         del proto.graph.node[:]
         proto.graph.node.extend(new_nodes + nodes)  # weights first: a valid topological order
         onnx.checker.check_model(proto)
+        problems = gemm_problems(proto)
+        if problems:  # a graph that is right on this CPU and wrong on another is never written
+            raise BitladderError(f"the exported graph would saturate on CPUs without VNNI: {problems[0]}")
         onnx.save(proto, str(tmp))
     return path

@@ -1,23 +1,16 @@
-"""Low-bit CPU kernels for quantised Linear layers (see :mod:`bitladder.kernels.linear`)."""
+"""Low-bit CPU kernels: each module registers its kernels (see :mod:`bitladder.kernels.registry`);
+:mod:`bitladder.kernels.select` chooses among them by the weight, the row count and the CPU."""
 
-from bitladder.kernels.linear import (
-    KERNELS,
-    DequantKernel,
-    FbgemmW8A8Kernel,
-    FbgemmW8A8TokenKernel,
-    Fp16CodesKernel,
-    Int4PackBf16Kernel,
-    KernelUnsupported,
-    LinearKernel,
-    NumbaLowbitKernel,
-    OnednnW8A8Kernel,
-    OnednnW8A8TokenKernel,
-    OrtNBitsFp32Kernel,
-    OrtNBitsKernel,
-    XnorKernel,
-    reference_linear,
-)
-from bitladder.kernels.select import build_kernel, select_kernel
+from bitladder.kernels.base import DequantKernel, KernelUnsupported, LinearKernel, reference_linear
+from bitladder.kernels.fbgemm_w8a8 import FbgemmW8A8Kernel, FbgemmW8A8TokenKernel
+from bitladder.kernels.fp16_codes import Fp16CodesKernel
+from bitladder.kernels.int4pack import Int4PackBf16Kernel
+from bitladder.kernels.numba_kernels import NumbaLowbitKernel, XnorKernel
+from bitladder.kernels.onednn_conv import OnednnConv2dW8A8
+from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel, OnednnW8A8TokenKernel
+from bitladder.kernels.onnx_nbits import OrtNBitsFp32Kernel, OrtNBitsKernel
+from bitladder.kernels.registry import KERNELS
+from bitladder.kernels.select import build_kernel, choose
 
 __all__ = [
     "KERNELS",
@@ -29,12 +22,13 @@ __all__ = [
     "KernelUnsupported",
     "LinearKernel",
     "NumbaLowbitKernel",
+    "OnednnConv2dW8A8",
     "OnednnW8A8Kernel",
     "OnednnW8A8TokenKernel",
     "OrtNBitsFp32Kernel",
     "OrtNBitsKernel",
     "XnorKernel",
     "build_kernel",
+    "choose",
     "reference_linear",
-    "select_kernel",
 ]

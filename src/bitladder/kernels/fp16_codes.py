@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import torch
 
-from bitladder.kernels.linear import KernelUnsupported, LinearKernel, _weight_parts
+from bitladder.kernels.base import ANY_ROWS, KernelUnsupported, LinearKernel, weight_parts
+from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
 
+@register
 class Fp16CodesKernel(LinearKernel):
     """Integer codes packed as fp16 for fbgemm, the per-channel scale applied to the output."""
 
     name = "fbgemm-fp16-codes"
+    auto_rows = ANY_ROWS
+    rank = 30
 
     @classmethod
-    def available(cls) -> bool:
+    def installed(cls) -> bool:
         engines = torch.backends.quantized.supported_engines
         return hasattr(torch.ops.quantized, "linear_prepack_fp16") and "fbgemm" in engines
 
@@ -31,16 +35,16 @@ class Fp16CodesKernel(LinearKernel):
     def applies(cls, qt: QuantizedTensor) -> bool:
         """Whether this weight can run here: integer-like codes with one scale per output channel."""
         lay, zp = qt.layout, qt.zero_point
-        return (cls.available() and qt.qtype.kind in ("int", "binary", "ternary") and qt.qtype.bits <= 8
+        return (qt.qtype.kind in ("int", "binary", "ternary") and qt.qtype.bits <= 8
                 and len(qt.shape) == 2 and qt.scale is not None and (zp is None or not zp.is_floating_point())
                 and (lay.granularity == "tensor" or lay.granularity == "channel" and lay.axis % 2 == 0))
 
     @classmethod
     def from_qtensor(cls, qt: QuantizedTensor) -> "Fp16CodesKernel":
-        if not cls.applies(qt):
+        if not (cls.installed() and cls.applies(qt)):
             raise KernelUnsupported(f"{qt.qtype.name} with {qt.layout.granularity} scales: needs integer codes "
                                     "(8 bits or fewer) and one scale per output channel")
-        codes, scale, zp, _ = _weight_parts(qt)
+        codes, scale, zp, _ = weight_parts(qt)
         values = codes if zp is None else codes - zp[:, :1]
         self = cls()
         self.n, self.k = qt.shape

@@ -20,30 +20,32 @@ from __future__ import annotations
 
 import torch
 
-from bitladder.kernels.linear import KernelUnsupported, LinearKernel, _cpu_flags, _weight_parts
+from bitladder.kernels.base import ANY_ROWS, KernelUnsupported, LinearKernel, weight_parts
+from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
 GROUPS = (32, 64, 128, 256)
 
 
-def _has_bf16_dot() -> bool:
-    return "avx512_bf16" in _cpu_flags() or "amx_bf16" in _cpu_flags()
-
-
+@register
 class Int4PackBf16Kernel(LinearKernel):
     """int4 / int3 / int2 codes with group scales as torch's packed int4, bf16 activations."""
 
     name = "torch-int4pack-bf16"
+    requires = ("avx512_bf16",)  # bf16 dot products (AMX CPUs have them too); without, it is slower than fp32
+    groups = GROUPS
+    auto_rows = ANY_ROWS
+    rank = 40
 
     @classmethod
-    def available(cls) -> bool:
-        return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and _has_bf16_dot()
+    def installed(cls) -> bool:
+        return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
 
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
         """Integer codes of 4 bits or fewer, a group of 32-256 dividing K, N a multiple of 16."""
         lay, zp = qt.layout, qt.zero_point
-        if not (cls.available() and qt.qtype.kind == "int" and qt.qtype.bits <= 4 and len(qt.shape) == 2):
+        if not (qt.qtype.kind == "int" and qt.qtype.bits <= 4 and len(qt.shape) == 2):
             return False
         n, k = qt.shape
         return (lay.granularity == "group" and lay.axis % 2 == 0 and lay.group in GROUPS and k % lay.group == 0
@@ -51,11 +53,11 @@ class Int4PackBf16Kernel(LinearKernel):
 
     @classmethod
     def from_qtensor(cls, qt: QuantizedTensor) -> "Int4PackBf16Kernel":
-        if not cls.applies(qt):
+        if not (cls.available() and cls.applies(qt)):
             raise KernelUnsupported(f"{qt.qtype.name} {qt.layout.granularity} {tuple(qt.shape)}: the packed-int4 GEMM "
                                     "needs integer codes of 4 bits or fewer, groups of 32-256 dividing K, N a "
                                     "multiple of 16, and a CPU with bf16 dot products")
-        codes, scale, zp, g = _weight_parts(qt)
+        codes, scale, zp, g = weight_parts(qt)
         n, k = qt.shape
         if zp is None or qt.qtype.bits <= 3:  # signed codes in [-8, 7], or u - z in [-7, 7]
             zcol = 0 if zp is None else zp.repeat_interleave(g, dim=1)[:, :k]

@@ -1,6 +1,6 @@
 """numba kernels: weight-only GEMV from bit planes (int2..int8, ternary, binary) and XNOR-popcount.
 
-See the table in :mod:`bitladder.kernels.linear` for what each does and when it is picked.
+Each declares what it takes (``applies``) and when auto picks it (``auto_rows``); see :mod:`bitladder.kernels.select`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ import numpy as np
 import torch
 
 from bitladder.kernels import numba_ops
-from bitladder.kernels.linear import KernelUnsupported, LinearKernel, _nbytes, _weight_parts
+from bitladder.kernels.base import KernelUnsupported, LinearKernel, group_of, nbytes_of, weight_parts
+from bitladder.kernels.onnx_nbits import integer_codes
 from bitladder.kernels.packrows import pack_rows
+from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
 
@@ -44,16 +46,24 @@ def _planes(width: int) -> list[int]:
 class _NumbaKernel(LinearKernel):
     """Kernels compiled by numba: available only where numba is installed."""
 
+    group_multiple = 8  # a group must be whole bytes of every bit plane
+
     @classmethod
-    def available(cls) -> bool:
+    def installed(cls) -> bool:
         return numba_ops.HAVE_NUMBA
 
     @classmethod
+    def group_ok(cls, qt: QuantizedTensor, row_ok: bool = True) -> bool:
+        g = group_of(qt)
+        return row_ok if g is None else g % cls.group_multiple == 0
+
+    @classmethod
     def _require(cls) -> None:
-        if not cls.available():
+        if not cls.installed():
             raise KernelUnsupported("numba is not installed")
 
 
+@register
 class NumbaLowbitKernel(_NumbaKernel):
     """Weight-only kernel for int2..int8 / uint2..uint8 / ternary / binary, fp32 activations.
 
@@ -64,17 +74,23 @@ class NumbaLowbitKernel(_NumbaKernel):
     """
 
     name = "numba"
+    auto_rows = (1, 1)  # its tiled path for M > 1 is slower than fp32
+    rank = 20
+
+    @classmethod
+    def applies(cls, qt: QuantizedTensor) -> bool:
+        return integer_codes(qt) and cls.group_ok(qt)
     tile_from_batch = 4  # M at and above which row tiles are dequantised and handed to BLAS
     tile_floats = 1 << 20  # 4 MiB fp32 tiles
 
     @classmethod
     def from_qtensor(cls, qt: QuantizedTensor) -> "NumbaLowbitKernel":
         cls._require()
-        codes, scale, zp, g = _weight_parts(qt)
+        codes, scale, zp, g = weight_parts(qt)
         n, k = qt.shape
         nb = scale.shape[1]
-        if nb > 1 and g % 8:
-            raise KernelUnsupported(f"group size {g} is not a multiple of 8")
+        if nb > 1 and g % cls.group_multiple:
+            raise KernelUnsupported(f"group size {g} is not a multiple of {cls.group_multiple}")
         gp = g if nb > 1 else -(-max(k, 1) // 8) * 8
         kp = nb * gp
         u, mult, off = _unsigned(qt, codes, zp)
@@ -106,7 +122,7 @@ class NumbaLowbitKernel(_NumbaKernel):
 
     @property
     def nbytes(self) -> int:
-        return _nbytes(*(p[1] for p in self.planes), self.s, self.so)
+        return nbytes_of(*(p[1] for p in self.planes), self.s, self.so)
 
     def _pad(self, x: torch.Tensor) -> np.ndarray:
         xn = x.numpy()
@@ -157,6 +173,7 @@ class NumbaLowbitKernel(_NumbaKernel):
 XNOR_PARALLEL_WORDS = 1 << 22  # word operations (rows x weight words) from which threads pay off
 
 
+@register
 class XnorKernel(_NumbaKernel):
     """Binary weights x binary activations: ``beta[m] * s[n] * (K - 2 popcount(w ^ sign(x)))``.
 
@@ -165,17 +182,22 @@ class XnorKernel(_NumbaKernel):
     """
 
     name = "binary-xnor"
+    group_multiple = 64  # groups of whole 64-bit words
+
+    @classmethod
+    def applies(cls, qt: QuantizedTensor) -> bool:
+        return qt.qtype.kind == "binary" and len(qt.shape) == 2 and cls.group_ok(qt)
 
     @classmethod
     def from_qtensor(cls, qt: QuantizedTensor) -> "XnorKernel":
         cls._require()
         if qt.qtype.kind != "binary":
             raise KernelUnsupported("XNOR-popcount needs binary weights")
-        codes, scale, _, g = _weight_parts(qt)
+        codes, scale, _, g = weight_parts(qt)
         n, k = qt.shape
         nb = scale.shape[1]
-        if nb > 1 and g % 64:
-            raise KernelUnsupported(f"XNOR groups must be multiples of 64, got {g}")
+        if nb > 1 and g % cls.group_multiple:
+            raise KernelUnsupported(f"XNOR groups must be multiples of {cls.group_multiple}, got {g}")
         gp = g if nb > 1 else -(-max(k, 1) // 64) * 64
         self = cls()
         self.n, self.k, self.nb, self.gwords = n, k, nb, gp // 64
@@ -193,7 +215,7 @@ class XnorKernel(_NumbaKernel):
 
     @property
     def nbytes(self) -> int:
-        return _nbytes(self.wb, self.s)
+        return nbytes_of(self.wb, self.s)
 
     def _run(self, x):
         xn = x.numpy()

@@ -2,7 +2,7 @@
 
 Every loop is ``cache=True`` (compiled once per machine, then loaded from ``__pycache__``) and
 ``fastmath`` (reassociation lets LLVM vectorise the float reductions). ``HAVE_NUMBA`` is False
-when numba is not installed; the kernels in :mod:`bitladder.kernels.linear` then report
+when numba is not installed; the kernels in :mod:`bitladder.kernels.numba_kernels` then report
 themselves unavailable and the selection falls back.
 
 Weight planes are the packed bytes of one bit width ``b`` in {1, 2, 4, 8}, one padded row per

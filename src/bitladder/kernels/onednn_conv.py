@@ -18,23 +18,33 @@ import warnings
 
 import torch
 
-from bitladder.kernels.linear import KernelUnsupported
-from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel, _grid, _raw
+from bitladder.kernels.base import KernelUnsupported
+from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel, _grid, _raw, act_levels
+from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
 
+@register
 class OnednnConv2dW8A8:
     """``F.conv2d(x, W, bias, stride, padding, dilation)`` with int8 weights and per-call uint8 activations."""
 
     name = "int8-w8a8-onednn-conv"
+    op = "conv2d"
+    requires: tuple[str, ...] = ()
+    auto_rows = None
+    rank = 10
 
     @classmethod
-    def available(cls) -> bool:
-        return OnednnW8A8Kernel.available() and hasattr(torch.ops.onednn, "qconv2d_pointwise")
+    def installed(cls) -> bool:
+        return OnednnW8A8Kernel.installed() and hasattr(torch.ops.onednn, "qconv2d_pointwise")
+
+    @classmethod
+    def available(cls, cpu=None) -> bool:
+        return cls.installed()
 
     @classmethod
     def from_layer(cls, qt: QuantizedTensor, stride, padding, dilation, groups: int) -> "OnednnConv2dW8A8":
-        if not cls.available():
+        if not cls.installed():
             raise KernelUnsupported("torch has no oneDNN quantized convolution (torch.ops.onednn.qconv2d_pointwise)")
         if qt.qtype.name != "int8" or qt.zero_point is not None or qt.layout.granularity == "group" \
                 or len(qt.shape) != 4 or (qt.layout.granularity == "channel" and qt.layout.axis != 0):
@@ -49,6 +59,7 @@ class OnednnConv2dW8A8:
         codes = qt.codes().reshape(qt.shape).to(torch.int8)
         self._scale = qt.scale.float().reshape(-1).expand(o).contiguous()
         self._zp = torch.zeros(o, dtype=torch.int32)
+        self.levels = act_levels()
         self.args = [list(stride), list(padding), list(dilation), groups]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -60,7 +71,7 @@ class OnednnConv2dW8A8:
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """(N, C, H, W) float32 with N > 0 -> (N, O, H', W') float32, channels-last."""
         lo, hi = torch.aminmax(x)
-        scale, zp = _grid(float(lo), float(hi))
+        scale, zp = _grid(float(lo), float(hi), self.levels)
         with warnings.catch_warnings():  # quantized tensor creation is deprecated; here it is only a fast cast
             warnings.simplefilter("ignore")
             q = _raw(torch.quantize_per_tensor(x, scale, zp, torch.quint8)).contiguous(

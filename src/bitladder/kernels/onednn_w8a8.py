@@ -22,7 +22,10 @@ import warnings
 
 import torch
 
-from bitladder.kernels.linear import KernelUnsupported, LinearKernel, _has_vnni, _weight_parts, rows_times_plus
+from bitladder.kernels.base import KernelUnsupported, LinearKernel, rows_times_plus, weight_parts
+from bitladder.kernels.cpu import current
+from bitladder.kernels.fbgemm_w8a8 import int8_per_row
+from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
 
@@ -31,31 +34,37 @@ def _raw(q: torch.Tensor) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
 
 
-def _grid(lo: float, hi: float) -> tuple[float, int]:
-    """(scale, zero point) of the uint8 grid over ``[min(lo, 0), max(hi, 0)]`` (7 bits without VNNI)."""
-    levels = 255 if _has_vnni() else 127
+def act_levels() -> int:
+    """Steps of the uint8 activation grid: 255 with VNNI, 127 without (a u8 x s8 pair sum then stays
+    within 16 bits: 2 * 127 * 127 < 32767)."""
+    return 255 if current().vnni else 127
+
+
+def _grid(lo: float, hi: float, levels: int) -> tuple[float, int]:
+    """(scale, zero point) of the uint8 grid of ``levels`` steps over ``[min(lo, 0), max(hi, 0)]``."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = max((hi - lo) / levels, 1e-30)
     return scale, int(min(max(round(-lo / scale), 0), levels))
 
 
+@register
 class OnednnW8A8Kernel(LinearKernel):
     """int8 symmetric per-channel (or per-tensor) weights, activations quantised per call."""
 
     name = "int8-w8a8-onednn"
 
     @classmethod
-    def available(cls) -> bool:
+    def installed(cls) -> bool:
         return (hasattr(torch.ops, "onednn") and hasattr(torch.ops.onednn, "qlinear_pointwise")
                 and "onednn" in torch.backends.quantized.supported_engines)
 
     @classmethod
     def from_qtensor(cls, qt: QuantizedTensor) -> "OnednnW8A8Kernel":
-        if not cls.available():
+        if not cls.installed():
             raise KernelUnsupported("torch has no oneDNN quantized linear (torch.ops.onednn.qlinear_pointwise)")
-        if qt.qtype.name != "int8" or qt.zero_point is not None or qt.layout.granularity == "group":
+        if not cls.applies(qt):
             raise KernelUnsupported("oneDNN W8A8 needs int8 symmetric per-channel or per-tensor weights")
-        codes, scale, _, _ = _weight_parts(qt)
+        codes, scale, _, _ = weight_parts(qt)
         self = cls()
         self.n, self.k = qt.shape
         with warnings.catch_warnings():
@@ -63,8 +72,13 @@ class OnednnW8A8Kernel(LinearKernel):
             self._packed = torch.ops.onednn.qlinear_prepack(codes.to(torch.int8).contiguous(), None)
         self._scale = scale[:, 0].float().contiguous()
         self._zp = torch.zeros(self.n, dtype=torch.int32)
+        self.levels = act_levels()
         self._bytes = self.n * self.k + self.n * 4
         return self
+
+    @classmethod
+    def applies(cls, qt: QuantizedTensor) -> bool:
+        return int8_per_row(qt)
 
     @staticmethod
     def _quantize(x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
@@ -82,7 +96,7 @@ class OnednnW8A8Kernel(LinearKernel):
         """The quantised input, (M, K) float32 -> (uint8 codes, scale, zero point, row scales or None).
         Layers that read one tensor with one input scale (q, k, v) can share it (``QuantLinear`` does)."""
         xs = x if in_scale is None else x * in_scale
-        scale, zp = _grid(float(xs.amin()), float(xs.amax()))
+        scale, zp = _grid(float(xs.amin()), float(xs.amax()), self.levels)
         return self._quantize(xs, scale, zp), scale, zp, None
 
     def finish(self, prep: tuple, bias: torch.Tensor | None) -> torch.Tensor:
@@ -97,6 +111,7 @@ class OnednnW8A8Kernel(LinearKernel):
         return self._bytes
 
 
+@register
 class OnednnW8A8TokenKernel(OnednnW8A8Kernel):
     """Per-token dynamic int8 activations (a scale per row) on the same GEMM."""
 
@@ -107,5 +122,5 @@ class OnednnW8A8TokenKernel(OnednnW8A8Kernel):
         hi, lo = xs.amax(dim=1, keepdim=True), xs.amin(dim=1, keepdim=True)
         r = torch.maximum(hi, lo.neg()).clamp_(min=1e-30)
         xn = xs.div_(r) if xs is not x else xs / r  # x * in_scale is ours to overwrite
-        scale, zp = _grid(float((lo / r).min()), float((hi / r).max()))
+        scale, zp = _grid(float((lo / r).min()), float((hi / r).max()), self.levels)
         return self._quantize(xn, scale, zp), scale, zp, r

@@ -11,9 +11,15 @@ integer dot products (AVX-512 VNNI / AVX2 where the CPU has them, portable code 
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
+import numpy as np
+import torch
+
+from bitladder.kernels.base import KernelUnsupported, LinearKernel, weight_parts
 from bitladder.kernels.packrows import pack_rows as _pack
+from bitladder.kernels.registry import register
+from bitladder.tensor.quantized import QuantizedTensor
 
 try:
     import onnxruntime as ort
@@ -57,5 +63,99 @@ def build_session(u: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, bits:
     # no busy-waiting between calls: torch runs the ops around this layer on the same cores
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+
+
+_ORT_BITS = {8: 8, 7: 8, 6: 8, 5: 8, 4: 4, 3: 4, 2: 2}
+
+
+def integer_codes(qt: QuantizedTensor) -> bool:
+    """Integer-like codes (int, uint, ternary, binary) with integer zero points, output channel on axis 0."""
+    zp = qt.zero_point
+    return (qt.qtype.kind in ("int", "binary", "ternary") and len(qt.shape) == 2
+            and (qt.layout.granularity == "tensor" or qt.layout.axis % 2 == 0)
+            and (zp is None or not zp.is_floating_point()))
+
+
+@register
+class OrtNBitsKernel(LinearKernel):
+    """onnxruntime MatMulNBits, W{2,4,8} with int8 activations per block (its MLAS int8 path)."""
+
+    name = "ort-nbits"
+    accuracy_level = 4
+    groups = (16, 32, 64, 128, 256)
+    auto_rows = (1, 16)  # above, auto keeps float activations (int8 ones cost MiniLM 0.9995 -> 0.998)
+    rank = 10
+
+    @staticmethod
+    def _bits(q) -> int | None:
+        return 2 if q.kind in ("binary", "ternary") else _ORT_BITS.get(int(q.bits))
+
+    @classmethod
+    def installed(cls) -> bool:
+        return HAVE_ORT
+
+    @classmethod
+    def applies(cls, qt: QuantizedTensor) -> bool:
+        return integer_codes(qt) and cls._bits(qt.qtype) is not None and cls.group_ok(qt)
+
+    @classmethod
+    def from_qtensor(cls, qt: QuantizedTensor, threads: int | None = None) -> "OrtNBitsKernel":
+        if not cls.installed():
+            raise KernelUnsupported("onnx / onnxruntime are not installed")
+        codes, scale, zp, g = weight_parts(qt)
+        q = qt.qtype
+        bits = cls._bits(q)
+        if bits is None:
+            raise KernelUnsupported(f"no MatMulNBits width for {q.name}")
+        n, k = qt.shape
+        if scale.shape[1] > 1:
+            if g not in cls.groups:
+                raise KernelUnsupported(f"MatMulNBits needs a group in {cls.groups}, got {g}")
+            block = g
+        else:  # one scale per row: replicate it over blocks of 128
+            block = 128
+            nb = math.ceil(k / block)
+            scale = scale[:, :1].expand(n, nb).contiguous()
+            zp = None if zp is None else zp[:, :1].expand(n, nb).contiguous()
+        if q.kind in ("binary", "ternary") or q.signed:
+            u = codes + 2 ** (bits - 1)  # onnxruntime's default zero point is 2**(bits-1)
+            zarr = None
+        else:
+            u = codes
+            zarr = zp.numpy().astype(np.uint8)
+        self = cls()
+        self.n, self.k = n, k
+        self.bits = bits
+        self.name = f"ort-w{bits}a8" if cls.accuracy_level else f"ort-w{bits}-fp32"
+        self._sess = build_session(u.numpy().astype(np.uint8), scale.numpy(), zarr, bits, block,
+                                   threads or torch.get_num_threads(), cls.accuracy_level)
+        self._bytes = n * math.ceil(k / block) * (block * bits // 8 + 4 + (0 if zarr is None else 1))
+        return self
+
+    def _run(self, x):
+        return torch.from_numpy(self._sess.run(None, {"x": x.numpy()})[0])
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+@register
+class OrtNBitsFp32Kernel(OrtNBitsKernel):
+    """MatMulNBits with fp32 activations (accuracy_level 0): exact weight-only numerics, the 4-bit blocks
+    dequantised inside the GEMM. Codes of 4 bits or fewer are stored as 4-bit blocks, the only width with
+    a fast fp32 path."""
+
+    name = "ort-nbits-fp32"
+    accuracy_level = 0
+    auto_rows = (17, 512)  # above 512 rows dequantise + fp32 GEMM amortises
+    rank = 50
+
+    @staticmethod
+    def _bits(q) -> int | None:
+        return 4 if q.kind in ("binary", "ternary") or q.bits <= 4 else None
+
 
 

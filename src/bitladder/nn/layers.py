@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitladder.kernels.linear import KernelUnsupported, _as_x
+from bitladder.kernels.base import KernelUnsupported, as_x
 from bitladder.nn.base import KernelCache, QuantModule
 from bitladder.nn.registry import HANDLERS
 from bitladder.tensor.quantized import QuantizedTensor
@@ -57,7 +57,7 @@ def _shared_input(x: torch.Tensor, kern, x2: torch.Tensor, in_scale: torch.Tenso
             (cached[1] is None and in_scale is None)
             or (cached[1] is not None and in_scale is not None and torch.equal(cached[1], in_scale))):
         return cached[2]
-    prep = kern.prepare(_as_x(x2, kern.k), in_scale)
+    prep = kern.prepare(as_x(x2, kern.k), in_scale)
     x._bitladder_prep = (key, in_scale, prep)
     return prep
 
@@ -122,10 +122,11 @@ class QuantConv2d(_QuantConvNd):
             return None
         cache = self.__dict__.setdefault("_kernels", KernelCache())
         if "conv" not in cache:
-            from bitladder.kernels.onednn_conv import OnednnConv2dW8A8
+            from bitladder.kernels import registry
 
+            conv = registry.for_op("conv2d")[0]  # the one registered integer convolution
             try:
-                cache["conv"] = OnednnConv2dW8A8.from_layer(self.qweight, self.stride, self.padding, self.dilation,
+                cache["conv"] = conv.from_layer(self.qweight, self.stride, self.padding, self.dilation,
                                                             self.groups)
             except KernelUnsupported as e:
                 log.info("%s: float convolution (%s)", type(self).__name__, e)

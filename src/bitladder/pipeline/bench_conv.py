@@ -24,11 +24,13 @@ CASES = [(1, 64, 64, 56, 3, 1, 1), (8, 64, 64, 56, 3, 1, 1), (1, 3, 64, 224, 7, 
          (450, 16, 32, 8, 3, 1, 1), (8, 64, 64, 56, 3, 1, 64)]
 
 
-def _rows(case: str, shape: list, batch: int, fns: dict, rounds: int, inner: int) -> list[dict]:
+def _rows(case: str, shape: list, batch: int, fns: dict, rounds: int, inner: int,
+          macs: int | None = None) -> list[dict]:
     with torch.inference_mode():
         lat = timed(fns, rounds, inner)
     base = next(iter(lat.values()))
-    return [latency_row(case, shape, batch, v, ms, base) for v, ms in lat.items()]
+    extra = {} if macs is None else {"ops": 2 * macs}  # what limit_fraction divides by the peak
+    return [{**latency_row(case, shape, batch, v, ms, base), **extra} for v, ms in lat.items()]
 
 
 def conv_rows(rounds: int = 15) -> list[dict]:
@@ -43,7 +45,7 @@ def conv_rows(rounds: int = 15) -> list[dict]:
         flops = n * o * (c // groups) * k * k * (size // stride) ** 2
         rows += _rows("conv", [o, c // groups, k, k], n, {"fp32 nn.Conv2d": lambda: conv(x),
                                                           f"bitladder int8 W8A8 [{q.kernel}]": lambda: q(x)},
-                      rounds, max(1, min(20, int(2e8 / flops))))
+                      rounds, max(1, min(20, int(2e8 / flops))), macs=flops)
     from bitladder.zoo import digits
 
     spec = digits.spec()

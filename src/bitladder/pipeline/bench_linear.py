@@ -5,6 +5,9 @@
 All variants of one (shape, batch) case are timed interleaved in the same rounds (each round runs
 every variant ``inner`` times back to back), after a warm-up; the latency is the median over rounds,
 so background load hits all variants alike. ``ratio_vs_fp32`` = fp32 latency / variant latency.
+Each row also carries ``weight_bytes`` (what the kernel holds and must read: codes and scales; fp32 N*K*4)
+and ``ops`` (2*M*N*K), from which ``bitladder bench`` computes ``limit_fraction``
+(:mod:`bitladder.pipeline.limits`).
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
     w = torch.randn(n, k) / k**0.5
     x = torch.randn(m, k)
     fns = {"fp32 F.linear": lambda: F.linear(x, w)}
+    wbytes = {"fp32 F.linear": n * k * 4, "torch.ao quantize_dynamic int8": n * k + 8}  # + one scale, zero point
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lin = torch.nn.Linear(k, n, bias=False)
@@ -85,20 +89,22 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
                 continue
             variant = f"bitladder {label} [{kern.name}]"
             fns[variant] = (lambda kern=kern: kern(x))
+            wbytes[variant] = kern.nbytes or None  # a kernel that does not count its bytes
             if KERNELS.get(pick) is cls:
                 selected.add(variant)
         if pick == "dequant-fp32":
             dq = KERNELS["dequant-fp32"].from_qtensor(qt)
             variant = f"bitladder {label} [dequant-fp32]"
             fns[variant] = (lambda dq=dq: dq(x))
+            wbytes[variant] = dq.nbytes or None
             selected.add(variant)
     flops = n * k * max(m, 1)
     inner = max(1, min(20, int(2e8 / flops)))
     with torch.no_grad():
         lat = timed(fns, rounds, inner)
     base = lat["fp32 F.linear"]
-    return [{**latency_row("linear", [n, k], m, variant, ms, base), "selected": variant in selected}
-            for variant, ms in lat.items()]
+    return [{**latency_row("linear", [n, k], m, variant, ms, base), "selected": variant in selected,
+             "weight_bytes": wbytes[variant], "ops": 2 * n * k * m} for variant, ms in lat.items()]
 
 
 def latency_row(case: str, shape: list, batch: int, variant: str, ms: float, base_ms: float) -> dict:

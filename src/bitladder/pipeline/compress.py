@@ -20,6 +20,7 @@ from bitladder.pipeline.compress_steps import RUNNERS, State, finalize
 from bitladder.nn.base import QuantModule
 from bitladder.pipeline.evaluate import fidelity, outputs, paired_latency
 from bitladder.pipeline.ladder import SCHEMA, check_out_dir, write_json
+from bitladder.pipeline.machine import machine
 from bitladder.pipeline.macs import count_macs
 from bitladder.pipeline.recipe_steps import Evaluate, Export
 from bitladder.pipeline.robustness import robustness
@@ -67,6 +68,7 @@ def _warnings(row: dict, kinds: dict) -> list[str]:
 def run_recipe(recipe, spec: ModelSpec, out: Path, on_step: Callable[[str, dict | None], None] | None = None) -> dict:
     """Run ``recipe`` (from :func:`bitladder.pipeline.recipe.load_recipe`) on ``spec``; writes into ``out``."""
     check_out_dir(out)
+    mach = machine()
     t_all = time.perf_counter()
     ref = outputs(spec.model, spec.eval_batches)
     base = fidelity(spec, ref, ref)["fidelity"]
@@ -103,7 +105,7 @@ def run_recipe(recipe, spec: ModelSpec, out: Path, on_step: Callable[[str, dict 
                                                      outputs(back, spec.eval_batches)))})
     row["warnings"] = st.notes + _warnings(row, row["kernels"])
     results = {"schema": SCHEMA, "model": spec.name, "metric": spec.metric, "fp32_fidelity": base,
-               "torch_threads": torch.get_num_threads(), "recipe": recipe.to_dict(), "rungs": [row],
+               "torch_threads": torch.get_num_threads(), "machine": mach, "recipe": recipe.to_dict(), "rungs": [row],
                "steps": history, "summary": summarize(spec.model, back)}
     if ev.robustness:
         results["robustness"] = robustness(spec, back, ev.noise)

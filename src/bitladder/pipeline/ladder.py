@@ -18,6 +18,7 @@ from bitladder.io.artifact import load, read_header, save
 from bitladder.methods.quantize.api import plan, quantize
 from bitladder.nn.base import QuantModule
 from bitladder.pipeline.evaluate import fidelity, layer_latency, layer_stats, outputs, paired_latency
+from bitladder.pipeline.machine import machine
 from bitladder.pipeline.rungs import parse_rung
 from bitladder.zoo.spec import ModelSpec
 
@@ -109,11 +110,12 @@ def run_ladder(spec: ModelSpec, rungs: list[str], out: Path, repeats: int = 10,
     for r in rungs:
         parse_rung(r)  # every rung name is checked before any work starts
     check_out_dir(out)
+    mach = machine()
     t0 = time.perf_counter()
     ref = outputs(spec.model, spec.eval_batches)
     base = fidelity(spec, ref, ref)["fidelity"]
     results = {"schema": SCHEMA, "model": spec.name, "metric": spec.metric, "fp32_fidelity": base,
-               "torch_threads": torch.get_num_threads(), "rungs": []}
+               "torch_threads": torch.get_num_threads(), "machine": mach, "rungs": []}
     for rung in rungs:
         if on_rung:
             on_rung(rung, None)

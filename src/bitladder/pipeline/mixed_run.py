@@ -13,12 +13,14 @@ from bitladder.methods.quantize.mixed import allocate, apply_assignment, sensiti
 from bitladder.pipeline.evaluate import fidelity, outputs
 from bitladder.pipeline.figures import heatmap
 from bitladder.pipeline.ladder import check_out_dir, write_json
+from bitladder.pipeline.machine import machine
 from bitladder.pipeline.rungs import parse_rung
 from bitladder.zoo.spec import ModelSpec
 
 
 def run_mixed(spec: ModelSpec, rungs: list[str], budget: float, out: Path) -> dict:
     check_out_dir(out)
+    mach = machine()
     cands = {r: parse_rung(r) for r in rungs}
     table = sensitivity(spec.model, cands, spec.calib_batches[:1])
     assign = allocate(table, budget)
@@ -34,7 +36,7 @@ def run_mixed(spec: ModelSpec, rungs: list[str], budget: float, out: Path) -> di
     result = {"schema": "bitladder.mixed/1", "model": spec.name, "budget_bits": budget, "bits_per_weight": avg,
               "fidelity": fid["fidelity"], "fidelity_drop_pt": 100 * (base - fid["fidelity"]),
               "cos_min": fid["cos_min"], "knn10": fid["knn10"], "bytes_on_disk": path.stat().st_size,
-              "assignment": assign, "sensitivity": table}
+              "assignment": assign, "sensitivity": table, "machine": mach}
     write_json(out / "mixed.json", result)
     png = base64.b64decode(heatmap(table))
     with atomic_path(out / "sensitivity.png") as tmp:

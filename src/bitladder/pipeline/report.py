@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bitladder.atomic import atomic_path
 from bitladder.pipeline import figures
+from bitladder.pipeline.machine import one_line
 
 COLUMNS = ("rung", "fidelity", "fidelity_drop_pt", "cos_min", "knn10", "bytes_on_disk", "quantized_bytes",
            "theoretical_bytes", "bits_per_weight", "latency_ratio")
@@ -109,6 +110,8 @@ def render(results: dict) -> str:
     intro = (f"metric: {html.escape(results['metric'])}; fp32 fidelity {results['fp32_fidelity']:.4f}; "
              f"torch threads {results.get('torch_threads')}; wall time {results.get('wall_s', 0):.1f} s. "
              "Latency ratio = fp32 latency / this latency, interleaved runs, same inputs.")
+    if results.get("machine"):
+        intro += f" Machine: {html.escape(one_line(results['machine']))}."
     if best:
         intro += f" Best trial: #{best['number']} ({html.escape(str(best.get('summary', '')))})."
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>bitladder {kind}: {html.escape(results['model'])}</title>

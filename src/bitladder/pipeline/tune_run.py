@@ -14,6 +14,7 @@ from bitladder.io.artifact import load, save
 from bitladder.pipeline import tune as T
 from bitladder.pipeline.evaluate import fidelity, outputs
 from bitladder.pipeline.ladder import SCHEMA, check_out_dir, write_json
+from bitladder.pipeline.machine import machine
 
 
 def _storage(url: str):
@@ -121,6 +122,7 @@ def run_worker(model: str, storage: str, name: str, config: T.TuneConfig, thread
 def run_tune(model: str, config: T.TuneConfig, out: Path, storage: str | None = None, study_name: str | None = None,
              workers: int = 1, timeout: float | None = None) -> dict:
     check_out_dir(out)
+    machine()  # a bad BITLADDER_CPU fails before the study starts
     if workers < 1:
         raise BitladderError(f"workers must be >= 1, got {workers}")
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
@@ -213,7 +215,8 @@ def summarize(model: str, config: T.TuneConfig, storage: str, name: str, out: Pa
     key = "bits_per_weight" if config.objective == "size" else "latency_ms"
     results = {"schema": SCHEMA, "model": model, "metric": study.user_attrs.get("metric"),
                "fp32_fidelity": study.user_attrs.get("fp32_fidelity"),
-               "torch_threads": torch.get_num_threads(), "wall_s": wall, "objective": config.objective,
+               "torch_threads": torch.get_num_threads(), "machine": machine(), "wall_s": wall,
+               "objective": config.objective,
                "max_drop_pt": config.max_drop, "study": {"name": name, "storage": redact(storage)},
                "trials": rows, "rungs": [], "workers": sorted({r["worker"] for r in done if r["worker"]})}
     if feasible:

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from bitladder.errors import BitladderError
 from bitladder.formats.layout import GRANULARITIES, Layout
-from bitladder.kernels.select import POLICIES
+from bitladder.kernels.select import policies
 from bitladder.methods.quantize.methods import RTN, Act, _Method, method_from_dict
 from bitladder.tensor.quantized import SCALE_DTYPES
 
@@ -19,8 +19,8 @@ FLOAT_FORMATS = ("fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
 
 
 def _check_kernel(cfg) -> None:
-    if cfg.kernel not in POLICIES:
-        raise BitladderError(f"unknown kernel {cfg.kernel!r}; accepted: {', '.join(POLICIES)}")
+    if cfg.kernel not in policies():
+        raise BitladderError(f"unknown kernel {cfg.kernel!r}; accepted: {', '.join(policies())}")
 
 
 def _check_common(cfg, allowed_gran=GRANULARITIES) -> None:

@@ -1,0 +1,85 @@
+"""Prove from operand ranges that no integer GEMM in an ONNX graph can saturate, on any CPU.
+
+An exported file runs on CPUs its exporter never saw. x86 CPUs without VNNI multiply uint8 by int8
+with ``vpmaddubsw``, which adds each pair of products in a signed 16-bit lane and saturates there
+(onnxruntime's MLAS, fbgemm and oneDNN all use it): a u8 x s8 GEMM is exact on every CPU only when
+``2 * max|a| * max|b| <= 32767``. u8 x u8 and s8 x s8 never take that instruction (it needs one
+operand of each signedness), so they widen to 16 bits first and cannot saturate.
+
+The check is static and host-independent, so a VNNI machine's test suite catches a graph that would be
+wrong elsewhere. An operand's range is its initializer's values, the constant bounds of a ``Clip`` that
+produced it, or else its type's whole range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+I16_MAX = 32767
+#: integer GEMM ops: (input index of A, input index of B)
+GEMMS = {"MatMulInteger": (0, 1), "ConvInteger": (0, 1), "DynamicQuantizeMatMul": (None, 1),
+         "MatMulIntegerToFloat": (0, 1), "QLinearMatMul": (0, 3), "QLinearConv": (0, 3)}
+_TYPE_RANGE = {2: (0, 255), 3: (-128, 127)}  # onnx TensorProto.UINT8, INT8
+
+
+def _elem_types(proto) -> dict[str, int]:
+    from onnx import shape_inference
+
+    inferred = shape_inference.infer_shapes(proto)
+    g = inferred.graph
+    out = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.input) + list(g.output)}
+    out.update({i.name: i.data_type for i in g.initializer})
+    return out
+
+
+def _range(proto, name: str, types: dict[str, int], inits: dict) -> tuple[int, int] | None:
+    """(min, max) the tensor ``name`` can hold, or None when it is not an 8-bit integer tensor."""
+    from onnx import numpy_helper
+
+    if name in inits:
+        v = numpy_helper.to_array(inits[name])
+        return (int(v.min()), int(v.max())) if v.size else (0, 0)
+    full = _TYPE_RANGE.get(types.get(name, 0))
+    if full is None:
+        return None
+    made = [n for n in proto.graph.node if name in n.output]
+    if made and made[0].op_type == "Clip" and all(i in inits for i in made[0].input[1:3]) and len(made[0].input) == 3:
+        lo, hi = (int(numpy_helper.to_array(inits[i])) for i in made[0].input[1:3])
+        return max(lo, full[0]), min(hi, full[1])
+    return full
+
+
+def gemm_problems(proto) -> list[str]:
+    """One sentence per integer GEMM whose u8 x s8 pairs can exceed a signed 16-bit sum."""
+    types = _elem_types(proto)
+    inits = {i.name: i for i in proto.graph.initializer}
+    problems = []
+    for node in proto.graph.node:
+        if node.op_type not in GEMMS:
+            continue
+        ia, ib = GEMMS[node.op_type]
+        # DynamicQuantizeMatMul quantises its float A to uint8 over the whole range itself
+        ra = (0, 255) if ia is None else _range(proto, node.input[ia], types, inits)
+        rb = _range(proto, node.input[ib], types, inits)
+        if ra is None or rb is None:
+            continue
+        a_signed, b_signed = ra[0] < 0 or (ia is not None and types.get(node.input[ia]) == 3), \
+            rb[0] < 0 or types.get(node.input[ib]) == 3
+        if a_signed == b_signed:
+            continue  # u8 x u8 / s8 x s8: widened to 16 bits, no pairwise 16-bit sum
+        amax, bmax = max(abs(ra[0]), abs(ra[1])), max(abs(rb[0]), abs(rb[1]))
+        if 2 * amax * bmax > I16_MAX:
+            problems.append(f"{node.op_type} {node.name or node.output[0]!r}: operands in [{ra[0]}, {ra[1]}] x "
+                            f"[{rb[0]}, {rb[1]}] reach 2*{amax}*{bmax} = {2 * amax * bmax} > {I16_MAX} in one "
+                            "16-bit pair sum on CPUs without VNNI (vpmaddubsw saturates)")
+    return problems
+
+
+def integer_gemms(proto) -> int:
+    """How many integer GEMMs the graph holds (what :func:`gemm_problems` looked at)."""
+    return sum(n.op_type in GEMMS for n in proto.graph.node)
+
+
+def as_uint8_weights(codes: np.ndarray) -> tuple[np.ndarray, np.uint8]:
+    """Signed int8 codes as uint8 with zero point 128: the same products, a u8 x u8 GEMM."""
+    return (codes.astype(np.int16) + 128).astype(np.uint8), np.uint8(128)

@@ -1,0 +1,190 @@
+"""What every Linear kernel shares: the base class with its declared needs, the weight normalisation
+and the pure-PyTorch reference every kernel is tested against.
+
+A kernel is built once from the weight (``Kernel.from_qtensor(qt)``), repacks it into its own runtime
+layout (still low-bit: no fp32 copy of the weight is kept) and is then called with a float32
+activation ``x`` of shape (M, K), returning (M, N) float32.
+
+Each kernel class declares what it needs, and :mod:`bitladder.kernels.select` reads only that:
+
+* ``requires``: CPU features (names of :data:`bitladder.kernels.cpu.FEATURES`) without which it is
+  slow or wrong;
+* ``applies(qt)``: the formats, layouts and group sizes it takes (``groups`` lists the group lengths);
+* ``auto_rows``: the row counts where automatic selection picks it (None: only when named), and
+  ``rank``: among the kernels that apply, lower goes first.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+import torch.nn.functional as F
+
+from bitladder.errors import BitladderError
+from bitladder.kernels.cpu import Cpu, current
+from bitladder.kernels.registry import register
+from bitladder.tensor.quantized import QuantizedTensor, _unpack
+
+ANY_ROWS = (1, 1 << 62)
+
+
+class KernelUnsupported(BitladderError):
+    """This kernel cannot run this weight (format, layout, group size or missing backend)."""
+
+
+def reference_linear(qt: QuantizedTensor, x: torch.Tensor) -> torch.Tensor:
+    """The ground truth: dequantise to fp32 and matmul."""
+    return F.linear(x.float(), qt.dequantize(torch.float32))
+
+
+def weight_parts(qt: QuantizedTensor):
+    """(codes (N, K) int32, scale (N, nb) fp32, zero point (N, nb) int32 or None, group G).
+
+    Tensor and channel granularities become one group per row of length K.
+    """
+    if qt.qtype.kind == "float":
+        raise KernelUnsupported(f"{qt.qtype.name} is a float format")
+    if len(qt.shape) != 2:
+        raise KernelUnsupported(f"Linear weights are 2-D, got shape {qt.shape}")
+    n, k = qt.shape
+    lay = qt.layout
+    if lay.granularity != "tensor" and lay.axis % 2 != 0:
+        raise KernelUnsupported("the output channel must be axis 0")
+    c, _, nb, b = lay.dims(qt.shape)
+    codes = qt.codes().reshape(n, k).to(torch.int32)
+    scale = qt.scale.float().reshape(c, nb)
+    zp = None
+    if qt.zero_point is not None:
+        zp = _unpack(qt.zero_point, qt.qtype, c * nb).reshape(c, nb).to(torch.int32)
+    if lay.granularity == "tensor":
+        scale = scale.expand(n, 1)
+        zp = None if zp is None else zp.expand(n, 1)
+        g = k
+    elif lay.granularity == "channel":
+        g = k
+    else:
+        g = b
+    return codes, scale.contiguous(), None if zp is None else zp.contiguous(), g
+
+
+def group_of(qt: QuantizedTensor) -> int | None:
+    """Group length along K, or None for one scale per row (channel / tensor / a group >= K)."""
+    lay = qt.layout
+    if lay.granularity != "group" or lay.group >= qt.shape[-1]:
+        return None
+    return lay.group
+
+
+def rows_times_plus(y: torch.Tensor, r: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``y * r + bias`` written over ``y``, a GEMM's fresh output: the per-token kernels' last step.
+
+    In place because a new large tensor per layer is what cost the time, not the arithmetic. Autograd
+    cannot record an ``out=`` call, so a bias that is being trained gets a new tensor."""
+    if bias is None:
+        return y.mul_(r)
+    if bias.requires_grad and torch.is_grad_enabled():
+        return torch.addcmul(bias, y, r)
+    return torch.addcmul(bias, y, r, out=y)
+
+
+def as_x(x: torch.Tensor, k: int) -> torch.Tensor:
+    if x.dim() != 2 or x.shape[1] != k:
+        raise ValueError(f"expected x of shape (M, {k}), got {tuple(x.shape)}")
+    return x.detach().float().contiguous()
+
+
+def nbytes_of(*arrays) -> int:
+    total = 0
+    for a in arrays:
+        if a is None:
+            continue
+        total += a.numel() * a.element_size() if isinstance(a, torch.Tensor) else a.nbytes
+    return total
+
+
+class LinearKernel(abc.ABC):
+    """Base class: ``from_qtensor`` builds, calling runs, ``nbytes`` is the memory it holds."""
+
+    name = "kernel"
+    op = "linear"
+    requires: tuple[str, ...] = ()
+    groups: tuple[int, ...] | None = None  # accepted group lengths; None: any (or one scale per row)
+    auto_rows: tuple[int, int] | None = None
+    rank = 100
+
+    n: int
+    k: int
+
+    @classmethod
+    def installed(cls) -> bool:
+        """Whether its backend (a library, a torch op) is present in this environment."""
+        return True
+
+    @classmethod
+    def available(cls, cpu: Cpu | None = None) -> bool:
+        """Installed, and the CPU (as ``BITLADDER_CPU`` presents it) has what it needs."""
+        return cls.installed() and (cpu or current()).has(*cls.requires)
+
+    @classmethod
+    def applies(cls, qt: QuantizedTensor) -> bool:
+        """Whether this weight's format, layout and group fit the kernel (not whether it is installed)."""
+        return True
+
+    @classmethod
+    def group_ok(cls, qt: QuantizedTensor, row_ok: bool = True) -> bool:
+        g = group_of(qt)
+        return row_ok if g is None else cls.groups is None or g in cls.groups
+
+    @classmethod
+    @abc.abstractmethod
+    def from_qtensor(cls, qt: QuantizedTensor) -> "LinearKernel":
+        """Build (and repack once) from a quantised weight; raise KernelUnsupported if it cannot."""
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None,
+                 in_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``(x * in_scale) @ W.T + bias`` for (M, K) ``x``; the optional parts are the layer's."""
+        x = as_x(x, self.k)
+        if x.shape[0] == 0:
+            return torch.zeros(0, self.n)
+        return self._fused(x, bias, in_scale)
+
+    def _fused(self, x: torch.Tensor, bias: torch.Tensor | None, in_scale: torch.Tensor | None) -> torch.Tensor:
+        """Input scale, kernel, bias, one after the other; kernels that can fuse them override this."""
+        y = self._run(x if in_scale is None else x * in_scale)
+        return y if bias is None else y.add_(bias)
+
+    @abc.abstractmethod
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, K) float32 with M > 0 -> (M, N) float32."""
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name}, N={self.n}, K={self.k}, nbytes={self.nbytes})"
+
+
+@register
+class DequantKernel(LinearKernel):
+    """The fallback: dequantise the whole weight every call, ``F.linear``."""
+
+    name = "dequant-fp32"
+    auto_rows = ANY_ROWS
+    rank = 1000
+
+    def __init__(self, qt: QuantizedTensor) -> None:
+        self.qt = qt
+        self.n, self.k = qt.shape
+
+    @classmethod
+    def from_qtensor(cls, qt: QuantizedTensor) -> "DequantKernel":
+        return cls(qt)
+
+    def _run(self, x):
+        return reference_linear(self.qt, x)
+
+    @property
+    def nbytes(self) -> int:
+        return self.qt.nbytes

@@ -1,0 +1,107 @@
+"""What the CPU in front of the user can do, and the ``BITLADDER_CPU`` override that makes it act lesser.
+
+Kernel selection and activation grids read a :class:`Cpu` (never ``/proc/cpuinfo`` directly), so one
+environment variable makes a VNNI host choose and round as an AVX2 or AVX-512-without-VNNI host would:
+
+* ``native`` (or unset): the host's own features;
+* ``default``: no vector extension at all (only portable paths);
+* ``avx2``: AVX2 + FMA, no AVX-512 (Haswell .. Zen 3);
+* ``avx512``: AVX-512 F/BW/VL without VNNI (Skylake-SP);
+* ``avx512-vnni``: + VNNI (Cascade Lake, Ice Lake, Zen 4);
+* ``avx512-bf16``: + AVX512-BF16 (Cooper Lake, Zen 4);
+* ``amx``: + AMX tiles (Sapphire Rapids and later).
+
+A level is a ceiling, not a claim: the features in force are the host's within the level, since an
+instruction the host lacks cannot run whatever the variable says.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from dataclasses import dataclass
+
+from bitladder.errors import BitladderError
+
+#: the features that change a kernel's choice or numerics (the names results files use)
+FEATURES = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx", "vpopcntdq")
+
+_AVX512 = frozenset({"avx2", "avx512f", "avx512bw"})
+LEVELS: dict[str, frozenset[str] | None] = {
+    "native": None,
+    "default": frozenset(),
+    "avx2": frozenset({"avx2"}),
+    "avx512": _AVX512,
+    "avx512-vnni": _AVX512 | {"avx512_vnni", "vpopcntdq"},
+    "avx512-bf16": _AVX512 | {"avx512_vnni", "vpopcntdq", "avx512_bf16"},
+    "amx": frozenset(FEATURES),
+}
+
+# /proc/cpuinfo spells some features differently from the names above
+_ALIASES = {"amx_int8": "amx", "amx_tile": "amx", "amx_bf16": "amx", "avx512_vpopcntdq": "vpopcntdq"}
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """The features in force (``flags``), the host's own (``host_flags``) and the level asked for."""
+
+    model: str
+    flags: frozenset[str]
+    host_flags: frozenset[str]
+    level: str = "native"
+
+    def has(self, *features: str) -> bool:
+        return all(f in self.flags for f in features)
+
+    @property
+    def vnni(self) -> bool:
+        """u8 x s8 dot products into 32 bits (no 16-bit pairwise sum that can saturate)."""
+        return self.has("avx512_vnni") or self.has("avx_vnni")
+
+    @property
+    def bf16_dot(self) -> bool:
+        return self.has("avx512_bf16") or self.has("amx")
+
+    def describe(self) -> dict:
+        """The ``machine``-object part a result file carries for the CPU."""
+        d = {"cpu": self.model, "flags": {f: f in self.flags for f in FEATURES}}
+        if self.level != "native":
+            d["bitladder_cpu"] = self.level
+            d["host_flags"] = {f: f in self.host_flags for f in FEATURES}
+        return d
+
+
+@functools.lru_cache(maxsize=1)
+def _host() -> tuple[str, frozenset[str]]:
+    """(model name, features) of this machine, read once: the hardware does not change under a process."""
+    model, raw = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model in ("", platform.processor() or platform.machine()):
+                    model = value.strip()
+                elif key == "flags" and not raw:
+                    raw = set(value.split())
+    except OSError:  # not Linux: every feature test says no and only portable kernels are chosen
+        pass
+    flags = {_ALIASES.get(f, f) for f in raw}
+    return model, frozenset(f for f in FEATURES if f in flags)
+
+
+def parse_level(value: str | None) -> str:
+    """The override's level name; a bad one is a one-line error naming the accepted values."""
+    level = (value or "native").strip().lower()
+    if level not in LEVELS:
+        raise BitladderError(f"BITLADDER_CPU={value!r} is not a CPU level; accepted: {', '.join(LEVELS)}")
+    return level
+
+
+def current(env: dict | None = None) -> Cpu:
+    """The CPU as kernels must see it: the host, capped at ``BITLADDER_CPU`` when that is set."""
+    model, host = _host()
+    level = parse_level((os.environ if env is None else env).get("BITLADDER_CPU"))
+    cap = LEVELS[level]
+    return Cpu(model, host if cap is None else host & cap, host, level)

@@ -1,0 +1,93 @@
+"""int8 W8A8 on torch's fbgemm dynamic linear (``quantized.linear_dynamic``), per call or per token.
+
+fbgemm takes one activation scale per call. Without VNNI its u8 x s8 multiply-adds sum pairs in 16 bits
+and can saturate, so activations keep 7 bits there (``reduce_range``); the kernel reads that from the
+CPU as :func:`bitladder.kernels.cpu.current` presents it when it is built.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from bitladder.kernels.base import KernelUnsupported, LinearKernel, rows_times_plus, weight_parts
+from bitladder.kernels.cpu import current
+from bitladder.kernels.registry import register
+from bitladder.tensor.quantized import QuantizedTensor
+
+
+def int8_per_row(qt: QuantizedTensor) -> bool:
+    """int8 symmetric weights with one scale per output channel (or one per tensor)."""
+    return (qt.qtype.name == "int8" and qt.zero_point is None and len(qt.shape) == 2
+            and (qt.layout.granularity == "tensor" or qt.layout.granularity == "channel" and qt.layout.axis % 2 == 0))
+
+
+@register
+class FbgemmW8A8Kernel(LinearKernel):
+    """int8 symmetric per-channel (or per-tensor) weights through fbgemm's dynamic linear."""
+
+    name = "int8-w8a8-fbgemm"
+
+    @classmethod
+    def installed(cls) -> bool:
+        return any(e in torch.backends.quantized.supported_engines for e in ("fbgemm", "x86"))
+
+    @classmethod
+    def applies(cls, qt: QuantizedTensor) -> bool:
+        return int8_per_row(qt)
+
+    @classmethod
+    def from_qtensor(cls, qt: QuantizedTensor) -> "FbgemmW8A8Kernel":
+        if not cls.installed():
+            raise KernelUnsupported("torch has no fbgemm/x86 quantized engine")
+        if not cls.applies(qt):
+            raise KernelUnsupported("fbgemm needs int8 symmetric per-channel or per-tensor weights")
+        codes, scale, _, _ = weight_parts(qt)
+        self = cls()
+        self.n, self.k = qt.shape
+        self.reduce_range = not current().vnni  # 7-bit activations where a 16-bit pair sum could saturate
+        s = scale[:, 0].double()
+        with warnings.catch_warnings():  # quantized tensor creation is deprecated, fbgemm is not
+            warnings.simplefilter("ignore")
+            wq = torch._make_per_channel_quantized_tensor(codes.to(torch.int8), s, torch.zeros_like(s, dtype=torch.long),
+                                                          0)
+            self._packed = torch.ops.quantized.linear_prepack(wq, None)
+        self._bytes = self.n * self.k + self.n * 8
+        return self
+
+    def _run(self, x):
+        return torch.ops.quantized.linear_dynamic(x, self._packed, self.reduce_range)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+@register
+class FbgemmW8A8TokenKernel(FbgemmW8A8Kernel):
+    """Per-token dynamic int8 activations on fbgemm's integer GEMM.
+
+    fbgemm's dynamic linear takes one activation scale per call; dividing each row by its absmax first
+    makes that one grid [-1, 1] serve every row at full resolution, i.e. a scale per token
+    (``absmax_row / 127``), and the row's absmax multiplies the integer result back.
+    """
+
+    name = "int8-w8a8-fbgemm-token"
+
+    def _run(self, x):
+        return self._fused(x, None, None)
+
+    def _fused(self, x, bias, in_scale):
+        return self.finish(self.prepare(x, in_scale), bias)
+
+    def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
+        """(rows divided by their absmax, the absmax): what layers reading one tensor can share."""
+        xs = x if in_scale is None else x * in_scale
+        # max(max, -min): about 2x faster than abs().amax()
+        r = torch.maximum(xs.amax(dim=1, keepdim=True), xs.amin(dim=1, keepdim=True).neg_()).clamp_(min=1e-30)
+        return (xs.div_(r) if xs is not x else xs / r), r
+
+    def finish(self, prep: tuple, bias: torch.Tensor | None) -> torch.Tensor:
+        xn, r = prep
+        return rows_times_plus(torch.ops.quantized.linear_dynamic(xn, self._packed, self.reduce_range), r, bias)

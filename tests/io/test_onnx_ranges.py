@@ -1,0 +1,74 @@
+"""The static saturation proof: it flags u8 x s8 GEMMs whose 16-bit pair sums can overflow, passes the
+exporter's graphs, and the exporter's u8 x u8 form is exact on this host whatever its ISA."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+import bitladder
+from bitladder.io.onnx_export import export_onnx
+from bitladder.io.onnx_ranges import as_uint8_weights, gemm_problems, integer_gemms
+
+ort = pytest.importorskip("onnxruntime")
+K, N = 64, 16
+
+
+def _graph(w: np.ndarray, w_zp, clip_hi: int | None = None):
+    """x (uint8, optionally through Clip(0, clip_hi)) times the initializer w."""
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array(w_zp, w.dtype), "wz"),
+             numpy_helper.from_array(np.array(0, np.uint8), "xz")]
+    nodes, a = [], "x"
+    if clip_hi is not None:
+        inits += [numpy_helper.from_array(np.array(0, np.uint8), "lo"),
+                  numpy_helper.from_array(np.array(clip_hi, np.uint8), "hi")]
+        nodes.append(helper.make_node("Clip", ["x", "lo", "hi"], ["xc"]))
+        a = "xc"
+    nodes.append(helper.make_node("MatMulInteger", [a, "W", "xz", "wz"], ["y"]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, ["M", K])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT32, ["M", N])], initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_full_range_u8_times_s8_is_flagged():
+    w = np.full((K, N), 127, np.int8)
+    [problem] = gemm_problems(_graph(w, 0))
+    assert "64770 > 32767" in problem and "VNNI" in problem
+
+
+@given(bmax=st.integers(1, 127), hi=st.integers(1, 255))
+@settings(max_examples=40, deadline=None)
+def test_flagged_exactly_when_a_pair_sum_can_exceed_16_bits(bmax, hi):
+    w = np.zeros((K, N), np.int8)
+    w[0, 0], w[1, 1] = bmax, -bmax
+    assert bool(gemm_problems(_graph(w, 0, hi))) == (2 * hi * bmax > 32767)
+
+
+def test_u8_times_u8_is_never_flagged():
+    w, zp = as_uint8_weights(np.full((K, N), -127, np.int8))
+    assert gemm_problems(_graph(w, zp)) == []
+
+
+def test_the_u8_u8_form_is_exact_here_for_full_range_operands():
+    """The worst case for vpmaddubsw (every pair 255 x +-127) computes exactly on this host, VNNI or not."""
+    rng = np.random.default_rng(0)
+    codes = rng.choice(np.array([-127, 127], np.int8), size=(K, N))
+    x = rng.choice(np.array([0, 255], np.uint8), size=(8, K))
+    w, zp = as_uint8_weights(codes)
+    sess = ort.InferenceSession(_graph(w, zp).SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": x})[0]
+    assert np.array_equal(y, x.astype(np.int64) @ codes.astype(np.int64))
+
+
+@pytest.mark.parametrize("activations", ["dynamic", "dynamic-tensor"])
+def test_exported_integer_graphs_are_proven_safe(tmp_path, activations):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    q = bitladder.quantize(model, bitladder.Int(8, act=bitladder.Act(dynamic="token")))
+    path = export_onnx(q, torch.randn(2, 48), tmp_path / "m.onnx", 21, activations)
+    proto = onnx.load(str(path))
+    assert integer_gemms(proto) == 2 and gemm_problems(proto) == []
