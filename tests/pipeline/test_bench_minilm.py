@@ -14,3 +14,14 @@ def test_round_spread_pairs_each_round_with_the_baselines_same_round():
 @pytest.mark.parametrize("base, times", [(None, [0.1] * 5), ([0.1] * 4, [0.1] * 5), ([0.1] * 3, [0.1] * 3)])
 def test_round_spread_needs_the_baseline_for_every_round(base, times):
     assert round_spread(base, times) is None
+
+
+def test_single_sentence_is_the_first_one_without_its_padding():
+    import torch
+
+    from bitladder.pipeline.bench_minilm import single_sentence
+
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 0], [1, 2, 3, 4]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])}
+    one = single_sentence(batch)
+    assert one["input_ids"].tolist() == [[5, 6, 7]] and one["attention_mask"].tolist() == [[1, 1, 1]]

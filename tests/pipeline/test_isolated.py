@@ -55,3 +55,21 @@ def test_each_model_runs_in_its_own_process_and_failures_are_reported():
         assert len(g["rounds_s"]) == 4 and sorted(g["rounds_s"])[1] <= g["latency_s"] <= sorted(g["rounds_s"])[2]
     for g in (fast, slow):
         assert g["peak_rss_mb"] is None or 10 < g["peak_rss_mb"] < 4096
+
+
+class _SleepPerRow(nn.Module):
+    def forward(self, x):
+        time.sleep(0.002 * x.shape[0])
+        return x
+
+
+def per_row():
+    """Two timed batches of different sizes: each round times both."""
+    return _SleepPerRow(), [torch.zeros(8), torch.zeros(1)], None
+
+
+def test_every_batch_is_timed_in_every_round():
+    got = isolated_latency({"m": (f"{__name__}:per_row", ())}, repeats=3, warmup=1, pause=0.0, batches=2)["m"]
+    big, one = got["by_batch"]
+    assert len(big["rounds_s"]) == len(one["rounds_s"]) == 3 and got["latency_s"] == big["latency_s"]
+    assert one["latency_s"] < 0.012 <= big["latency_s"]  # 8 rows sleep 16 ms, one row 2 ms

@@ -171,13 +171,23 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
     }
 
 
+def single_sentence(batch: dict) -> dict:
+    """The first sentence of ``batch`` alone, its padding cut off: the edge case of one request."""
+    n = int(batch["attention_mask"][0].sum())
+    return {k: v[:1, :n].contiguous() for k, v in batch.items()}
+
+
+BATCHES = (32, 1)
+
+
 def serve_variant(name: str, folder: str):
     """Build one variant in a benchmark worker (:mod:`bitladder.pipeline.isolated`): the model, the timing
-    batch, and its outputs on the evaluation sentences with its file size."""
+    batches (32 sentences, then one), and its outputs on the evaluation sentences with its file size."""
     spec = minilm.spec()
     model = variants(spec, Path(folder))[name]()
     out = outputs(model, spec.eval_batches)
-    return model, spec.latency_batch, {"outputs": out.numpy(), "onnx_bytes": getattr(model, "file_bytes", None)}
+    timed = [spec.latency_batch, single_sentence(spec.latency_batch)]
+    return model, timed, {"outputs": out.numpy(), "onnx_bytes": getattr(model, "file_bytes", None)}
 
 
 def round_spread(base: list[float] | None, times: list[float]) -> list[float] | None:
@@ -195,12 +205,22 @@ def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         names = [n for n in variants(spec, Path(tmp))  # fp32 torch and onnxruntime fp32: what every ratio needs
                  if n in ("fp32 torch", "onnxruntime fp32") or not only or any(o in n for o in only)]
-        got = isolated_latency({n: (f"{__name__}:serve_variant", (n, tmp)) for n in names}, repeats)
+        got = isolated_latency({n: (f"{__name__}:serve_variant", (n, tmp)) for n in names}, repeats,
+                               batches=len(BATCHES))
+    rows = []
+    for j, batch in enumerate(BATCHES):
+        rows += _rows(spec, ref, names, {n: {**g, **g["by_batch"][j]} if "by_batch" in g else g
+                                         for n, g in got.items()}, batch)
+    return rows
+
+
+def _rows(spec, ref, names: list[str], got: dict, batch: int) -> list[dict]:
+    """The rows of one timed batch size; fidelity is the same for both (measured on the evaluation set)."""
     fp32, fp32_onnx = got["fp32 torch"].get("latency_s"), got.get("onnxruntime fp32", {}).get("latency_s")
     base, base_onnx = got["fp32 torch"].get("rounds_s"), got.get("onnxruntime fp32", {}).get("rounds_s")
     rows = []
     for name in names:
-        g, row = got[name], {"case": "minilm", "batch": 32, "variant": name}
+        g, row = got[name], {"case": "minilm", "batch": batch, "variant": name}
         if "error" in g:  # a peer that is missing or fails here is reported, not fatal
             rows.append({**row, "latency_ms": None, "ratio_vs_fp32": None, "peak_rss_mb": None, "cos_mean": None,
                          "cos_min": None, "knn10": None, "error": g["error"]})

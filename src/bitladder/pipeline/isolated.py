@@ -23,7 +23,8 @@ import time
 from typing import Any
 
 #: (``"module:function"``, args): called in the worker, it returns ``(model, batch, info)``; ``info`` (any
-#: picklable value, e.g. the model's outputs for a fidelity check) is handed back to the parent.
+#: picklable value, e.g. the model's outputs for a fidelity check) is handed back to the parent. ``batch``
+#: may be a list of batches (e.g. 32 sentences and one): each round then times every one of them.
 Factory = tuple[str, tuple]
 
 
@@ -72,10 +73,12 @@ def _serve(conn, factory: Factory) -> None:
     _release_freed_memory()
     reset = _reset_hwm()
     conn.send(("ready", info))
+    batches = batch if isinstance(batch, list) else [batch]
     with torch.inference_mode():
-        while conn.recv() == "run":
+        while (msg := conn.recv()) != "stop":
+            b = batches[msg[1]]
             t0 = time.perf_counter()
-            run(model, batch)
+            run(model, b)
             conn.send(time.perf_counter() - t0)
     conn.send(_hwm_mb() if reset else None)
 
@@ -96,10 +99,12 @@ def _ask(proc, conn, msg: str | None = None):
 
 
 def isolated_latency(factories: dict[str, Factory], repeats: int, warmup: int = 2,
-                     pause: float = 0.05) -> dict[str, dict[str, Any]]:
+                     pause: float = 0.05, batches: int = 1) -> dict[str, dict[str, Any]]:
     """``{name: {"latency_s", "rounds_s", "peak_rss_mb", "info"}}``, or ``{"error"}`` for a variant whose
     build failed or whose worker died (the others go on). ``rounds_s[i]`` of every variant that lived to
     the end was timed in the same round ``i``, so per-round ratios pair runs made under the same load.
+    With ``batches`` > 1 (factories return that many batches) the first batch's figures are as above and
+    ``by_batch[j]`` holds ``{"latency_s", "rounds_s"}`` of batch ``j``.
 
     Workers are built one after the other (a later factory may read files an earlier one wrote), then
     every worker runs once per round, ``pause`` seconds apart; the latency is the median of ``repeats``
@@ -122,24 +127,26 @@ def isolated_latency(factories: dict[str, Factory], repeats: int, warmup: int = 
                 continue
             workers[name] = (proc, here)
             out[name] = {"info": info}
-        times: dict[str, list[float]] = {k: [] for k in workers}
+        times: dict[str, list[list[float]]] = {k: [[] for _ in range(batches)] for k in workers}
         for r in range(warmup + repeats):
-            for name, (proc, conn) in list(workers.items()):
-                time.sleep(pause)
-                try:
-                    t = _ask(proc, conn, "run")
-                except _Died as e:
-                    out[name] = {"error": str(e)}
-                    del workers[name]
-                    continue
-                if r >= warmup:
-                    times[name].append(t)
+            for j in range(batches):
+                for name, (proc, conn) in list(workers.items()):
+                    time.sleep(pause)
+                    try:
+                        t = _ask(proc, conn, ("run", j))
+                    except _Died as e:
+                        out[name] = {"error": str(e)}
+                        del workers[name]
+                        continue
+                    if r >= warmup:
+                        times[name][j].append(t)
         for name, (proc, conn) in list(workers.items()):
             try:
                 peak = _ask(proc, conn, "stop")
             except _Died:
                 peak = None
-            out[name].update(latency_s=statistics.median(times[name]), rounds_s=times[name], peak_rss_mb=peak)
+            by = [{"latency_s": statistics.median(t), "rounds_s": t} for t in times[name]]
+            out[name].update(**by[0], peak_rss_mb=peak, by_batch=by)
     finally:
         for proc, _ in workers.values():
             proc.join(10)
