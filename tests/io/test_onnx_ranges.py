@@ -72,3 +72,20 @@ def test_exported_integer_graphs_are_proven_safe(tmp_path, activations):
     path = export_onnx(q, torch.randn(2, 48), tmp_path / "m.onnx", 21, activations)
     proto = onnx.load(str(path))
     assert integer_gemms(proto) == 2 and gemm_problems(proto) == []
+
+
+def test_seven_bit_weights_keep_the_fast_signed_gemm_and_stay_safe(tmp_path):
+    """int7 codes (within +-64) against full-range uint8 activations: 2 * 255 * 64 = 32640 fits 16 bits, so
+    the weights stay int8 (u8 x s8, the faster GEMM) and the proof still passes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    q = bitladder.quantize(model, bitladder.Int(7, act=bitladder.Act(dynamic="token")))
+    x = torch.randn(16, 48)
+    path = export_onnx(q, x[:2], tmp_path / "w7.onnx", 21, "dynamic")
+    proto = onnx.load(str(path))
+    weights = [i for i in proto.graph.initializer if i.name.endswith("__qT")]
+    assert weights and all(w.data_type == TensorProto.INT8 for w in weights) and gemm_problems(proto) == []
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():  # int7 weights give the torch kernel all 8 activation bits on every CPU: same grid
+        ref = q(x)
+    assert float((torch.from_numpy(y) - ref).norm() / ref.norm()) < 0.01

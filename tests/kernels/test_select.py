@@ -62,3 +62,13 @@ def test_a_lesser_level_rounds_activations_to_7_bits(monkeypatch):
     assert OnednnW8A8Kernel.from_qtensor(qt).levels == 127 and FbgemmW8A8Kernel.from_qtensor(qt).reduce_range
     monkeypatch.setenv("BITLADDER_CPU", "native")
     assert OnednnW8A8Kernel.from_qtensor(qt).levels == (255 if current().vnni else 127)
+
+
+def test_seven_bit_weights_keep_8_bit_activations_on_any_cpu(monkeypatch):
+    """2 * 255 * 64 = 32640: int7 codes cannot saturate a u8 x s8 pair sum, so no CPU level halves the grid."""
+    from bitladder.kernels import FbgemmW8A8Kernel, OnednnW8A8Kernel
+
+    qt = _qt("int7", Layout("channel"))
+    assert int(qt.codes().abs().max()) <= 64
+    monkeypatch.setenv("BITLADDER_CPU", "avx2")
+    assert OnednnW8A8Kernel.from_qtensor(qt).levels == 255 and not FbgemmW8A8Kernel.from_qtensor(qt).reduce_range

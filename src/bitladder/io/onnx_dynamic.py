@@ -27,13 +27,13 @@ import hashlib
 import numpy as np
 from torch import nn
 
-from bitladder.io.onnx_ranges import as_uint8_weights
+from bitladder.io.onnx_ranges import safe_weights
 from bitladder.nn.base import QuantModule
 
 
 def dynamic_int8_eligible(m: nn.Module) -> bool:
     qt = m.qweight
-    return (isinstance(m, QuantModule) and type(m).__name__ == "QuantLinear" and qt.qtype.name == "int8"
+    return (isinstance(m, QuantModule) and type(m).__name__ == "QuantLinear" and qt.qtype.name in ("int8", "int7")
             and qt.layout.granularity in ("channel", "tensor") and "act" not in m.qmeta
             and qt.mask is None and qt.zero_point is None)
 
@@ -141,13 +141,14 @@ def rewrite(proto, wname: str, m: QuantModule, per_token: bool = True, shared: d
     drop, x, out, bias = found
     qt = m.qweight
     n, k = qt.shape
-    # uint8 weights with zero point 128: a u8 x u8 GEMM, exact on every CPU (see ``onnx_ranges``)
-    codes, wzp = as_uint8_weights(qt.codes().reshape(n, k).numpy().astype(np.int8))
+    # int8 codes become uint8 around 128 (a u8 x u8 GEMM); codes within +-64 (int7) stay int8, a u8 x s8 GEMM
+    # whose pair sums provably fit 16 bits: both exact on every CPU (``onnx_ranges``)
+    codes, wzp = safe_weights(qt.codes().reshape(n, k).numpy().astype(np.int8))
     scale = np.broadcast_to(qt.scale.float().numpy().reshape(-1), (n,)).astype(np.float32)
     p = wname.replace(".", "_")
     proto.graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(codes.T), f"{p}__qT"),
                                     numpy_helper.from_array(scale, f"{p}__ws")])
-    _const(proto, "bl__w_zp", wzp)
+    zp_name = _const(proto, f"bl__w_zp_{wzp.dtype}", wzp)
     in_key = hashlib.sha1(m.in_scale.float().numpy().tobytes()).hexdigest() if "in_scale" in m.qmeta else ""
     key = (x, in_key, per_token)
     shared = {} if shared is None else shared
@@ -157,7 +158,7 @@ def rewrite(proto, wname: str, m: QuantModule, per_token: bool = True, shared: d
     q = shared[key]
     y = out if bias is None and not per_token else f"{p}__y"
     new = [
-        helper.make_node("MatMulInteger", [q["xq"], f"{p}__qT", q["xz"], "bl__w_zp"], [f"{p}__acc"]),
+        helper.make_node("MatMulInteger", [q["xq"], f"{p}__qT", q["xz"], zp_name], [f"{p}__acc"]),
         helper.make_node("Cast", [f"{p}__acc"], [f"{p}__accf"], to=TensorProto.FLOAT),
         helper.make_node("Mul", [q["xs"], f"{p}__ws"], [f"{p}__sc"]),
         helper.make_node("Mul", [f"{p}__accf", f"{p}__sc"], [y]),

@@ -83,3 +83,12 @@ def integer_gemms(proto) -> int:
 def as_uint8_weights(codes: np.ndarray) -> tuple[np.ndarray, np.uint8]:
     """Signed int8 codes as uint8 with zero point 128: the same products, a u8 x u8 GEMM."""
     return (codes.astype(np.int16) + 128).astype(np.uint8), np.uint8(128)
+
+
+def safe_weights(codes: np.ndarray) -> tuple[np.ndarray, np.integer]:
+    """(weights, zero point) for a GEMM against full-range uint8 activations that cannot saturate: int8
+    codes as they are where ``2 * 255 * max|code| <= 32767`` (7-bit codes: the faster u8 x s8 GEMM), else
+    :func:`as_uint8_weights`."""
+    if 2 * 255 * int(np.abs(codes.astype(np.int16)).max(initial=0)) <= I16_MAX:
+        return codes, np.int8(0)
+    return as_uint8_weights(codes)

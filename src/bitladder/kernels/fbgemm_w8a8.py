@@ -16,10 +16,19 @@ from bitladder.kernels.cpu import current
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
+I16_MAX = 32767
+
+
+def act_levels(weight_max: int = 127) -> int:
+    """Steps of the uint8 activation grid against weight codes of magnitude <= ``weight_max``: all 255
+    where the CPU has VNNI or where no u8 x s8 pair sum can leave 16 bits (2 * 255 * 64 = 32640: weights of
+    7 bits or fewer), else 127 (2 * 127 * 127 = 32258)."""
+    return 255 if current().vnni or 2 * 255 * weight_max <= I16_MAX else 127
+
 
 def int8_per_row(qt: QuantizedTensor) -> bool:
-    """int8 symmetric weights with one scale per output channel (or one per tensor)."""
-    return (qt.qtype.name == "int8" and qt.zero_point is None and len(qt.shape) == 2
+    """int8 (or int7) symmetric weights with one scale per output channel (or one per tensor)."""
+    return (qt.qtype.name in ("int8", "int7") and qt.zero_point is None and len(qt.shape) == 2
             and (qt.layout.granularity == "tensor" or qt.layout.granularity == "channel" and qt.layout.axis % 2 == 0))
 
 
@@ -46,7 +55,8 @@ class FbgemmW8A8Kernel(LinearKernel):
         codes, scale, _, _ = weight_parts(qt)
         self = cls()
         self.n, self.k = qt.shape
-        self.reduce_range = not current().vnni  # 7-bit activations where a 16-bit pair sum could saturate
+        # 7-bit activations where a u8 x s8 pair sum could leave 16 bits (see onednn_w8a8.act_levels)
+        self.reduce_range = act_levels(int(codes.abs().max()) if codes.numel() else 0) != 255
         s = scale[:, 0].double()
         with warnings.catch_warnings():  # quantized tensor creation is deprecated, fbgemm is not
             warnings.simplefilter("ignore")

@@ -23,8 +23,7 @@ import warnings
 import torch
 
 from bitladder.kernels.base import KernelUnsupported, LinearKernel, rows_times_plus, weight_parts
-from bitladder.kernels.cpu import current
-from bitladder.kernels.fbgemm_w8a8 import int8_per_row
+from bitladder.kernels.fbgemm_w8a8 import act_levels, int8_per_row
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -34,10 +33,6 @@ def _raw(q: torch.Tensor) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
 
 
-def act_levels() -> int:
-    """Steps of the uint8 activation grid: 255 with VNNI, 127 without (a u8 x s8 pair sum then stays
-    within 16 bits: 2 * 127 * 127 < 32767)."""
-    return 255 if current().vnni else 127
 
 
 def _grid(lo: float, hi: float, levels: int) -> tuple[float, int]:
@@ -72,7 +67,7 @@ class OnednnW8A8Kernel(LinearKernel):
             self._packed = torch.ops.onednn.qlinear_prepack(codes.to(torch.int8).contiguous(), None)
         self._scale = scale[:, 0].float().contiguous()
         self._zp = torch.zeros(self.n, dtype=torch.int32)
-        self.levels = act_levels()
+        self.levels = act_levels(int(codes.abs().max()) if codes.numel() else 0)
         self._bytes = self.n * self.k + self.n * 4
         return self
 

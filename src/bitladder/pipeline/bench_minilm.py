@@ -24,6 +24,7 @@ from torch import nn
 
 import bitladder
 from bitladder import GPTQ, Act, Int
+from bitladder.pipeline import bench_peers
 from bitladder.pipeline.evaluate import fidelity, outputs
 from bitladder.pipeline.isolated import isolated_latency
 from bitladder.zoo import minilm
@@ -165,6 +166,10 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
                                                                                  folder),
         "bitladder ONNX W4 g64 gptq (blocked DQ)": lambda: _bitladder_onnx(
             spec, Int(4, group=64, method=GPTQ()), "float", folder, calib),
+        "openvino fp32": lambda: bench_peers.openvino_fp32(spec, folder),
+        "openvino + nncf int8 PTQ": lambda: bench_peers.openvino_nncf_int8(spec, folder),
+        "torchao W8A8 dynamic (eager)": lambda: bench_peers.torchao_int8_dynamic(spec),
+        "torchao W4 g64 weight-only (IntxWeightOnly)": lambda: bench_peers.torchao_int4_weight_only(spec),
         "optimum-quanto W8": lambda: _quanto(spec, "int8"),
         "optimum-quanto W4": lambda: _quanto(spec, "int4"),
         "hqq W4 g64": lambda: _hqq(spec),

@@ -70,6 +70,11 @@ def check_finite(model: nn.Module, names: Sequence[str]) -> None:
         raise BitladderError(f"NaN or Inf weights in layer(s): {', '.join(bad)}; fix or exclude them")
 
 
+#: weights an integer GEMM with dynamic int8 activations takes: int7 (codes within +-64) keeps all 8 bits of
+#: the activations on CPUs without VNNI too, where int8 weights need 7-bit activations (kernels/fbgemm_w8a8.py)
+DYNAMIC_WEIGHTS = ("int8", "int7")
+
+
 def quantize(model: nn.Module, config: QuantConfig, include: Selector = None, exclude: Selector = None,
              calib: Sequence[Any] | None = None, handlers: HandlerRegistry = HANDLERS,
              inplace: bool = False) -> nn.Module:
@@ -89,8 +94,10 @@ def quantize(model: nn.Module, config: QuantConfig, include: Selector = None, ex
     for m in (method, act):
         if m is not None and m.needs_data and not (m is act and act.dynamic and act.smoothquant is None):
             check_calibration(calib, m)
-    if act is not None and act.dynamic and (config.qtype != "int8" or config.layout(0).granularity == "group"):
-        raise BitladderError("dynamic W8A8 needs int8 symmetric weights per channel or per tensor")
+    if act is not None and act.dynamic and (config.qtype not in DYNAMIC_WEIGHTS or config.layout(0).granularity == "group"
+                                            or not getattr(config, "symmetric", True)):
+        raise BitladderError("dynamic W8A8 needs int8 symmetric weights per channel or per tensor (or int7: "
+                             "8-bit activations on CPUs without VNNI too)")
     if getattr(config, "bias_correction", False) and not calib:
         raise BitladderError("bias_correction needs calibration data: pass calib=[batch, ...]")
     model = model if inplace else copy.deepcopy(model)
