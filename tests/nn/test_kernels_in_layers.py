@@ -45,7 +45,7 @@ def test_many_rows_keep_exact_numerics_and_kernel_is_reported():
     with torch.no_grad():
         assert torch.allclose(y, F.linear(x, q.weight(), q.bias), atol=1e-5)
     q(torch.randn(600, 64))  # many rows: dequantising once per call amortises
-    assert q.kernel == "dequant-fp32"
+    assert q.kernel in ("dequant-fp32", "numba-dequant-int4")  # one numba pass where numba is installed
     if Int4PackBf16Kernel.available():  # 32 outputs: torch's packed-int4 GEMM, bf16 activations, any batch
         packed = bitladder.quantize(nn.Linear(64, 32), Int(4, group=32))
         for rows in (300, 600):
@@ -58,7 +58,7 @@ def test_many_rows_keep_exact_numerics_and_kernel_is_reported():
     odd(torch.randn(1, 72))
     assert odd.kernel == "numba-int4"
     odd(torch.randn(300, 72))  # numba's GEMV is for one row; many rows fall back
-    assert odd.kernel == "dequant-fp32"
+    assert odd.kernel == "numba-dequant-int4"  # the planes dequantised in one pass, then fp32
 
 
 def test_named_kernel_and_dynamic_w8a8():

@@ -5,6 +5,7 @@ from bitladder.kernels.base import DequantKernel, KernelUnsupported, LinearKerne
 from bitladder.kernels.fbgemm_w8a8 import FbgemmW8A8Kernel, FbgemmW8A8TokenKernel
 from bitladder.kernels.fp16_codes import Fp16CodesKernel
 from bitladder.kernels.int4pack import Int4PackBf16Kernel
+from bitladder.kernels.numba_dequant import NumbaDequantKernel
 from bitladder.kernels.numba_kernels import NumbaLowbitKernel, XnorKernel
 from bitladder.kernels.onednn_conv import OnednnConv2dW8A8
 from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel, OnednnW8A8TokenKernel
@@ -21,6 +22,7 @@ __all__ = [
     "Int4PackBf16Kernel",
     "KernelUnsupported",
     "LinearKernel",
+    "NumbaDequantKernel",
     "NumbaLowbitKernel",
     "OnednnConv2dW8A8",
     "OnednnW8A8Kernel",

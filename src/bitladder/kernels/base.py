@@ -127,6 +127,11 @@ class LinearKernel(abc.ABC):
         return cls.installed() and (cpu or current()).has(*cls.requires)
 
     @classmethod
+    def rows(cls, cpu: Cpu) -> tuple[int, int] | None:
+        """The row counts where auto picks it on ``cpu`` (``auto_rows`` unless the CPU changes the rule)."""
+        return cls.auto_rows
+
+    @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
         """Whether this weight's format, layout and group fit the kernel (not whether it is installed)."""
         return True

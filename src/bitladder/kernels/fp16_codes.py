@@ -27,6 +27,12 @@ class Fp16CodesKernel(LinearKernel):
     rank = 30
 
     @classmethod
+    def rows(cls, cpu):
+        """At every batch with AVX-512; without it (AVX2: fbgemm's fp16 GEMM is behind MKL's fp32 one at
+        hundreds of rows, MiniLM W8 at 1504 rows 286 against 255 ms) up to 512 rows."""
+        return cls.auto_rows if cpu.has("avx512f") else (1, 512)
+
+    @classmethod
     def installed(cls) -> bool:
         engines = torch.backends.quantized.supported_engines
         return hasattr(torch.ops.quantized, "linear_prepack_fp16") and "fbgemm" in engines

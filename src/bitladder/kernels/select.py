@@ -31,8 +31,7 @@ def candidates(qt, m: int, cpu: Cpu | None = None) -> list[str]:
     if qt.qtype.kind in ("float", "codebook"):
         return ["dequant-fp32"]
     return [k.name for k in registry.for_op("linear")
-            if k.auto_rows is not None and k.auto_rows[0] <= max(m, 1) <= k.auto_rows[1]
-            and k.available(cpu) and k.applies(qt)]
+            if (r := k.rows(cpu)) is not None and r[0] <= max(m, 1) <= r[1] and k.available(cpu) and k.applies(qt)]
 
 
 def choose(qt, m: int, policy: str = "auto", binary_activations: bool = False, cpu: Cpu | None = None) -> str:
