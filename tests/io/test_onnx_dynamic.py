@@ -8,7 +8,7 @@ from torch import nn
 
 import bitladder
 from bitladder.io.onnx_export import export_onnx
-from bitladder.kernels.onednn_w8a8 import act_levels
+from bitladder.kernels.fbgemm_w8a8 import act_levels
 
 ort = pytest.importorskip("onnxruntime")
 

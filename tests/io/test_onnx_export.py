@@ -8,7 +8,7 @@ import torch
 
 import bitladder
 from bitladder import BitladderError
-from bitladder.kernels.onednn_w8a8 import act_levels
+from bitladder.kernels.fbgemm_w8a8 import act_levels
 from bitladder.io.onnx_export import export_onnx
 from bitladder.nn.base import QuantModule
 from bitladder.pipeline.rungs import parse_rung

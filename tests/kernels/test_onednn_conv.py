@@ -15,7 +15,8 @@ from bitladder import Act, Int
 from bitladder.formats.layout import Layout
 from bitladder.kernels import KernelUnsupported
 from bitladder.kernels.onednn_conv import OnednnConv2dW8A8
-from bitladder.kernels.onednn_w8a8 import _grid, act_levels
+from bitladder.kernels.fbgemm_w8a8 import act_levels
+from bitladder.kernels.onednn_w8a8 import _grid
 from bitladder.tensor.quantized import QuantizedTensor
 
 pytestmark = pytest.mark.skipif(not OnednnConv2dW8A8.available(), reason="torch has no oneDNN int8 convolution")

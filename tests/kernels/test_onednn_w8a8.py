@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from bitladder.formats.layout import Layout
 from bitladder.kernels import KernelUnsupported, OnednnW8A8Kernel, OnednnW8A8TokenKernel, reference_linear
-from bitladder.kernels.onednn_w8a8 import _grid, act_levels
+from bitladder.kernels.fbgemm_w8a8 import act_levels
+from bitladder.kernels.onednn_w8a8 import _grid
 from bitladder.kernels.select import ONEDNN_MIN_ROWS, choose
 from bitladder.tensor.quantized import QuantizedTensor
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-I16_MAX = 32767
+from bitladder.kernels.fbgemm_w8a8 import I16_MAX
 #: integer GEMM ops: (input index of A, input index of B)
 GEMMS = {"MatMulInteger": (0, 1), "ConvInteger": (0, 1), "DynamicQuantizeMatMul": (None, 1),
          "MatMulIntegerToFloat": (0, 1), "QLinearMatMul": (0, 3), "QLinearConv": (0, 3)}

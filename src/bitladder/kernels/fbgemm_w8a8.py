@@ -26,6 +26,11 @@ def act_levels(weight_max: int = 127) -> int:
     return 255 if current().vnni or 2 * 255 * weight_max <= I16_MAX else 127
 
 
+def levels_for(codes: torch.Tensor) -> int:
+    """:func:`act_levels` against these weight codes."""
+    return act_levels(int(codes.abs().max()) if codes.numel() else 0)
+
+
 def int8_per_row(qt: QuantizedTensor) -> bool:
     """int8 (or int7) symmetric weights with one scale per output channel (or one per tensor)."""
     return (qt.qtype.name in ("int8", "int7") and qt.zero_point is None and len(qt.shape) == 2
@@ -55,8 +60,7 @@ class FbgemmW8A8Kernel(LinearKernel):
         codes, scale, _, _ = weight_parts(qt)
         self = cls()
         self.n, self.k = qt.shape
-        # 7-bit activations where a u8 x s8 pair sum could leave 16 bits (see onednn_w8a8.act_levels)
-        self.reduce_range = act_levels(int(codes.abs().max()) if codes.numel() else 0) != 255
+        self.reduce_range = levels_for(codes) != 255  # 7-bit activations where a pair sum could leave 16 bits
         s = scale[:, 0].double()
         with warnings.catch_warnings():  # quantized tensor creation is deprecated, fbgemm is not
             warnings.simplefilter("ignore")

@@ -28,8 +28,8 @@ class Fp16CodesKernel(LinearKernel):
 
     @classmethod
     def rows(cls, cpu):
-        """At every batch with AVX-512; without it (AVX2: fbgemm's fp16 GEMM is behind MKL's fp32 one at
-        hundreds of rows, MiniLM W8 at 1504 rows 286 against 255 ms) up to 512 rows."""
+        """At every batch with AVX-512; without it up to 512 rows (fbgemm's fp16 GEMM falls behind the fp32
+        one at hundreds of rows there: docs/DESIGN.md, "Every CPU")."""
         return cls.auto_rows if cpu.has("avx512f") else (1, 512)
 
     @classmethod

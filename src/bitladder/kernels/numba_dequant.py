@@ -2,10 +2,10 @@
 
 At hundreds of rows a weight-only layer is bound by its fp32 GEMM, so the best it can do without bf16 or fp16
 arithmetic is the fp32 GEMM plus the cheapest possible dequantisation. The general ``dequant-fp32`` path
-unpacks through several torch passes and int16 copies (MiniLM W4 g64 at 1504 rows: ~30 ms of 297 against
-fp32's 255 on the AVX2 EPYC); this one writes each weight once from the planes the numba GEMV already holds
-(codes stay packed in memory between calls). Serial on purpose: numba's thread pool and torch's alternate
-badly on the same cores, and the pass is a few percent of the GEMM it feeds.
+unpacks through several torch passes and int16 copies; this one writes each int4 / int8 weight once from the
+planes the numba GEMV already holds (codes stay packed in memory between calls), serially, since numba's
+thread pool and torch's alternate badly on the same cores. Other widths reuse the GEMV's tile
+dequantisation (:mod:`numba_ops`). Figures: docs/DESIGN.md, "Every CPU".
 """
 
 from __future__ import annotations
@@ -20,43 +20,6 @@ from bitladder.kernels.numba_kernels import NumbaLowbitKernel
 from bitladder.kernels.registry import register
 
 njit = numba_ops.njit
-
-
-@njit(fastmath=True, cache=True)
-def unpack_plane(w, bits, mult, out, first):  # pragma: no cover - compiled
-    """out[r, k] (=|+=) mult * u[r, k] for one plane of ``bits``-wide codes, every row."""
-    per = 8 // bits
-    mask = (1 << bits) - 1
-    for r in range(w.shape[0]):
-        wr = w[r]
-        orow = out[r]
-        for j in range(wr.shape[0]):
-            b = np.int32(wr[j])
-            for i in range(per):
-                v = mult * np.float32((b >> (bits * i)) & mask)
-                if first:
-                    orow[j * per + i] = v
-                else:
-                    orow[j * per + i] += v
-
-
-@njit(fastmath=True, cache=True)
-def bytes_plane(w, out):  # pragma: no cover - compiled
-    for r in range(w.shape[0]):
-        for k in range(w.shape[1]):
-            out[r, k] = np.float32(w[r, k])
-
-
-@njit(fastmath=True, cache=True)
-def scale_groups(out, s, so, gsz):  # pragma: no cover - compiled
-    """out[r, k] = out[r, k] * s[r, g] - so[r, g] with g = k // gsz (so = s * offset, or zeros)."""
-    for r in range(out.shape[0]):
-        orow = out[r]
-        for g in range(s.shape[1]):
-            a = s[r, g]
-            c = so[r, g]
-            for k in range(g * gsz, g * gsz + gsz):
-                orow[k] = orow[k] * a - c
 
 
 @njit(fastmath=True, cache=True)
@@ -106,12 +69,12 @@ class NumbaDequantKernel(NumbaLowbitKernel):
             bits, w, _ = self.planes[0]  # the common cases (int4, int8) in one fused pass
             (nibbles_scaled if bits == 4 else bytes_scaled)(w, self.s, self._zeros, self.gp, out)
             return torch.from_numpy(out)[:, : self.k]
-        for i, (bits, w, mult) in enumerate(self.planes):
+        for i, (bits, w, mult) in enumerate(self.planes):  # int3 / int2 / ternary / binary / uint8
             if bits == 8:
-                bytes_plane(w, out)
+                numba_ops.dequant_rows_b8(w, 0, self.n, out)
             else:
-                unpack_plane(w, bits, np.float32(mult), out, i == 0)
-        scale_groups(out, self.s, self._zeros, self.gp)
+                numba_ops.dequant_rows(w, bits, np.float32(mult), 0, self.n, out, i == 0)
+        numba_ops.scale_rows(out, self.s, self._zeros, 0, self.n, self.gp)
         return torch.from_numpy(out)[:, : self.k]
 
     def _run(self, x):

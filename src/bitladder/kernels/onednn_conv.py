@@ -19,7 +19,8 @@ import warnings
 import torch
 
 from bitladder.kernels.base import KernelUnsupported
-from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel, _grid, _raw, act_levels
+from bitladder.kernels.fbgemm_w8a8 import levels_for
+from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel, _grid, _raw
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -59,7 +60,7 @@ class OnednnConv2dW8A8:
         codes = qt.codes().reshape(qt.shape).to(torch.int8)
         self._scale = qt.scale.float().reshape(-1).expand(o).contiguous()
         self._zp = torch.zeros(o, dtype=torch.int32)
-        self.levels = act_levels(int(codes.abs().max()) if codes.numel() else 0)
+        self.levels = levels_for(codes)
         self.args = [list(stride), list(padding), list(dilation), groups]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -23,7 +23,7 @@ import warnings
 import torch
 
 from bitladder.kernels.base import KernelUnsupported, LinearKernel, rows_times_plus, weight_parts
-from bitladder.kernels.fbgemm_w8a8 import act_levels, int8_per_row
+from bitladder.kernels.fbgemm_w8a8 import int8_per_row, levels_for
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -67,7 +67,7 @@ class OnednnW8A8Kernel(LinearKernel):
             self._packed = torch.ops.onednn.qlinear_prepack(codes.to(torch.int8).contiguous(), None)
         self._scale = scale[:, 0].float().contiguous()
         self._zp = torch.zeros(self.n, dtype=torch.int32)
-        self.levels = act_levels(int(codes.abs().max()) if codes.numel() else 0)
+        self.levels = levels_for(codes)
         self._bytes = self.n * self.k + self.n * 4
         return self
 
