@@ -21,7 +21,7 @@ from torch import nn
 import bitladder
 from bitladder.kernels.int4pack import Int4PackBf16Kernel
 from bitladder.kernels.onednn_w8a8 import _raw
-from bitladder.pipeline.bench_linear import timed
+from bitladder.pipeline.bench.linear import timed
 
 
 def int8_shapes(rows: int = 1504) -> None:

@@ -42,10 +42,10 @@ from bitladder.io.structure import describe
 from bitladder.methods.prune.transformer import HeadFFNPrune, prune_heads_ffn
 from bitladder.methods.train.distill import Hints
 from bitladder.methods.train.trainer import Train, fit
-from bitladder.pipeline.evaluate import fidelity, outputs, paired_latency
-from bitladder.pipeline.macs import count_macs
+from bitladder.pipeline.measure.evaluate import fidelity, outputs, paired_latency
+from bitladder.pipeline.measure.macs import count_macs
 from bitladder.zoo import corpus, minilm
-from bitladder.zoo.spec import run
+from bitladder.nn.select import run
 
 FFN = ["*.intermediate.dense", "*.layer.*.output.dense"]
 HINT_LAYERS = ("encoder.encoder.layer.[0-9]",)  # each block's output (hidden states)

@@ -19,9 +19,9 @@ from bitladder import NM, Float, Int, LowRank, Magnitude, factorize
 from bitladder.methods.lowrank.conv import ConvFactor, factorize_convs
 from bitladder.methods.prune.finetune import finetune_classifier
 from bitladder.methods.prune.structured import ChannelPrune, prune_channels
-from bitladder.pipeline.evaluate import fidelity, outputs, paired_latency
+from bitladder.pipeline.measure.evaluate import fidelity, outputs, paired_latency
 from bitladder.methods.train.trainer import Train, fit
-from bitladder.pipeline.macs import count_macs
+from bitladder.pipeline.measure.macs import count_macs
 from bitladder.zoo import digits
 
 

@@ -18,8 +18,8 @@ import torch
 import bitladder
 from bitladder import Int
 from bitladder.methods.quantize.methods import AWQ, GPTQ, HQQ, RTN, Act, AdaRound
-from bitladder.pipeline.evaluate import fidelity, outputs
-from bitladder.pipeline.memory import PeakMemory
+from bitladder.pipeline.measure.evaluate import fidelity, outputs
+from bitladder.pipeline.measure.memory import PeakMemory
 from bitladder.zoo.registry import resolve
 
 

@@ -151,7 +151,8 @@ def test_bench_json_carries_the_machine_and_limit_fractions(tmp_path, monkeypatc
     import json
 
     from bitladder.cli.app import main
-    from bitladder.pipeline import bench_linear, limits
+    from bitladder.pipeline.bench import limits
+    from bitladder.pipeline.bench import linear as bench_linear
 
     row = {"case": "linear", "shape": [1024, 1024], "batch": 1, "variant": "fp32 F.linear", "latency_ms": 0.5,
            "ratio_vs_fp32": 1.0, "weight_bytes": 4 << 20, "ops": 2 << 20}

@@ -11,7 +11,7 @@ from bitladder import BitladderError
 from bitladder.kernels.fbgemm_w8a8 import act_levels
 from bitladder.io.onnx_export import export_onnx
 from bitladder.nn.base import QuantModule
-from bitladder.pipeline.rungs import parse_rung
+from bitladder.pipeline.ladder.rungs import parse_rung
 
 ort = pytest.importorskip("onnxruntime")
 

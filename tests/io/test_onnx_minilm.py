@@ -8,8 +8,8 @@ import torch
 
 from bitladder.io.onnx_export import export_onnx
 from bitladder.kernels.fbgemm_w8a8 import act_levels
-from bitladder.pipeline.bench_minilm import W8A8_SQ, _bitladder, _session
-from bitladder.pipeline.evaluate import fidelity, outputs
+from bitladder.pipeline.bench.minilm import W8A8_SQ, _bitladder, _session
+from bitladder.pipeline.measure.evaluate import fidelity, outputs
 
 pytest.importorskip("onnxruntime")
 

@@ -16,7 +16,7 @@ def test_channel_pruned_quantised_digits_reloads_from_the_factory_alone(digits_s
     pruned, _ = prune_channels(digits_spec.model, ChannelPrune(ratio=0.5), x[:8])
     q = bitladder.quantize(pruned, Int(bits=8))
     path = save(q, tmp_path / "p.safetensors", source="digits", structure=describe(pruned, digits_spec.fresh_model()))
-    back = load(path)  # rebuilt from the built-in factory + the recorded structure
+    back = bitladder.load(path)  # rebuilt from the built-in factory + the recorded structure
     assert torch.equal(back(x), q(x))
     assert back.features[0].qweight.shape[0] < digits_spec.model.features[0].out_channels
 
@@ -39,3 +39,10 @@ def test_unchanged_model_has_no_records_and_unknown_types_are_named():
         describe(nn.Sequential(nn.GRU(4, 4)), ref)
     with pytest.raises(BitladderError, match="does not have"):
         rebuild(ref, [{"name": "x.y", "type": "Linear", "args": {"in_features": 1, "out_features": 1}}])
+
+
+def test_the_io_layer_alone_asks_for_the_float_model(digits_spec, tmp_path):
+    path = save(bitladder.quantize(digits_spec.model, Int(bits=8)), tmp_path / "q.safetensors", source="digits")
+    with pytest.raises(BitladderError, match="needs its float model"):
+        load(path)  # io does not reach up into the zoo; bitladder.load does
+    assert isinstance(bitladder.load(path), type(digits_spec.model))

@@ -93,7 +93,7 @@ def test_act_needs_calibration():
 
 
 def test_digits_static_int8_and_w4a8(digits_spec):
-    from bitladder.pipeline.evaluate import fidelity, outputs
+    from bitladder.pipeline.measure.evaluate import fidelity, outputs
 
     ref = outputs(digits_spec.model, digits_spec.eval_batches)
     base = fidelity(digits_spec, ref, ref)["fidelity"]

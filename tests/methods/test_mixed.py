@@ -4,7 +4,7 @@ from torch import nn
 
 from bitladder import BitladderError
 from bitladder.methods.quantize.mixed import allocate, apply_assignment, sensitivity
-from bitladder.pipeline.rungs import parse_rung
+from bitladder.pipeline.ladder.rungs import parse_rung
 
 CANDIDATES = {r: parse_rung(r) for r in ("int8", "int4-g32", "int2-g32-asym")}
 

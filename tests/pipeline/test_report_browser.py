@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from bitladder.pipeline.compress import run_recipe
-from bitladder.pipeline.recipe import parse_recipe
-from bitladder.pipeline.report import write_report
+from bitladder.pipeline.recipe.compress import run_recipe
+from bitladder.pipeline.recipe.parse import parse_recipe
+from bitladder.pipeline.report.html import write_report
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import bitladder
-from bitladder.pipeline.evaluate import fidelity, outputs
+from bitladder.pipeline.measure.evaluate import fidelity, outputs
 
 
 @pytest.fixture(scope="module")

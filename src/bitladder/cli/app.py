@@ -15,6 +15,7 @@ from bitladder.errors import BitladderError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Take a PyTorch model down the precision ladder and measure every rung.")
 console = Console() if sys.stdout.isatty() else Console(width=170)
+ABORTS = (typer.Abort, KeyboardInterrupt)  # Ctrl-C: exit 130 without a traceback
 
 
 @app.command()
@@ -25,14 +26,13 @@ def ladder(
     repeats: int = typer.Option(10, min=1, help="timed runs per rung (median; interleaved with fp32)"),
 ) -> None:
     """Quantise to each rung, save, reload, and measure fidelity, size and speed."""
-    from bitladder.pipeline.ladder import check_out_dir, run_ladder
-    from bitladder.pipeline.report import write_report
-    from bitladder.pipeline.rungs import parse_rung
+    from bitladder.pipeline.ladder.rungs import parse_rung
+    from bitladder.pipeline.ladder.run import check_out_dir, run_ladder
+    from bitladder.pipeline.report.html import write_report
     from bitladder.zoo.registry import resolve
 
     names = [r.strip() for r in rungs.split(",") if r.strip()]
-    for r in names:
-        parse_rung(r)
+    [parse_rung(r) for r in names]  # a bad rung fails here, before the model loads
     check_out_dir(out)
     with console.status(f"loading {model}"):
         spec = resolve(model)
@@ -62,10 +62,10 @@ def compress(
                                         "recipe's 'out', else runs/NAME)"),
 ) -> None:
     """Run a recipe: prune, quantise, train low-bit layers, distil, export and evaluate, in one go."""
-    from bitladder.pipeline.compress import run_recipe
-    from bitladder.pipeline.ladder import check_out_dir
-    from bitladder.pipeline.recipe import load_recipe
-    from bitladder.pipeline.report import write_report
+    from bitladder.pipeline.recipe.compress import run_recipe
+    from bitladder.pipeline.ladder.run import check_out_dir
+    from bitladder.pipeline.recipe.parse import load_recipe
+    from bitladder.pipeline.report.html import write_report
     from bitladder.zoo.registry import resolve
 
     parsed = load_recipe(recipe)
@@ -110,9 +110,9 @@ def tune(
     out: Path = typer.Option(Path("runs/tune"), help="folder for study.db, the best artifact, results.json, report"),
 ) -> None:
     """Search formats per layer, sparsity and rank for the smallest (or fastest) model within a drop budget."""
-    from bitladder.pipeline.report import write_report
-    from bitladder.pipeline.tune import TuneConfig
-    from bitladder.pipeline.tune_run import run_tune
+    from bitladder.pipeline.report.html import write_report
+    from bitladder.pipeline.tune.study import TuneConfig
+    from bitladder.pipeline.tune.run import run_tune
 
     config = TuneConfig(max_drop=max_drop, objective=objective, trials=trials)
     with console.status(f"tuning {model}: {trials} trials, {workers} worker(s)"):
@@ -140,14 +140,13 @@ def mixed(
     out: Path = typer.Option(Path("runs/mixed"), help="folder for the artifact, mixed.json, heatmap"),
 ) -> None:
     """Per-layer sensitivity, then a per-layer format meeting a bits-per-weight budget."""
-    from bitladder.pipeline.ladder import check_out_dir
-    from bitladder.pipeline.mixed_run import run_mixed
-    from bitladder.pipeline.rungs import parse_rung
+    from bitladder.pipeline.ladder.run import check_out_dir
+    from bitladder.pipeline.ladder.mixed import run_mixed
+    from bitladder.pipeline.ladder.rungs import parse_rung
     from bitladder.zoo.registry import resolve
 
     names = [r.strip() for r in rungs.split(",") if r.strip()]
-    for r in names:
-        parse_rung(r)
+    [parse_rung(r) for r in names]  # a bad rung fails here, before the model loads
     if not 0 < budget <= 64:
         raise BitladderError(f"budget must be in (0, 64] bits per weight, got {budget}")
     check_out_dir(out)
@@ -171,31 +170,32 @@ def bench(
     only: str = typer.Option("", help="MiniLM: comma-separated substrings of the variants to run"),
 ) -> None:
     """Latency (and fidelity) of every kernel and rung against fp32 and the peers, one run."""
-    from bitladder.pipeline.ladder import write_json
-    from bitladder.pipeline.limits import annotate, measure
-    from bitladder.pipeline.machine import machine, one_line
+    from bitladder.pipeline.ladder.run import write_json
+    from bitladder.pipeline.bench.limits import annotate, measure
+    from bitladder.pipeline.measure.machine import machine, one_line
 
     if suite not in ("linear", "conv", "minilm", "all"):
         raise BitladderError(f"unknown suite {suite!r}; accepted: linear, conv, minilm, all")
     if json_out is not None:
-        check_parent(json_out)
+        if not json_out.parent.is_dir():  # fail before the timing, not after it
+            raise BitladderError(f"cannot write {json_out}: folder {json_out.parent} does not exist")
     machine()  # a bad BITLADDER_CPU fails here, before any timing
     with console.status("measuring read bandwidth and GEMM peaks"):
         limits = measure()
     mach = machine(**limits)
     rows: list[dict] = []
     if suite in ("linear", "all"):
-        from bitladder.pipeline.bench_linear import linear_rows
+        from bitladder.pipeline.bench.linear import linear_rows
 
         with console.status("timing Linear kernels"):
             rows += linear_rows()
     if suite in ("conv", "all"):
-        from bitladder.pipeline.bench_conv import conv_rows
+        from bitladder.pipeline.bench.conv import conv_rows
 
         with console.status("timing Conv2d kernels"):
             rows += conv_rows()
     if suite in ("minilm", "all"):
-        from bitladder.pipeline.bench_minilm import minilm_rows
+        from bitladder.pipeline.bench.minilm import minilm_rows
 
         with console.status("timing MiniLM variants"):
             rows += minilm_rows(repeats, [o for o in only.split(",") if o] or None)
@@ -212,11 +212,6 @@ def bench(
         console.print(f"rows: {json_out}")
 
 
-def check_parent(path: Path) -> None:
-    if not path.parent.is_dir():
-        raise BitladderError(f"cannot write {path}: folder {path.parent} does not exist")
-
-
 @app.command()
 def export(
     artifact: Path = typer.Argument(..., help="a .safetensors artifact of a built-in model"),
@@ -228,10 +223,10 @@ def export(
     """Export an artifact to ONNX with standard operators (DequantizeLinear), runnable in onnxruntime."""
     from bitladder.io.artifact import load, read_header
     from bitladder.io.onnx_export import export_onnx
-    from bitladder.zoo.registry import resolve
+    from bitladder.zoo.registry import build_builtin, resolve
 
     meta, _ = read_header(artifact)
-    model = load(artifact)
+    model = load(artifact, builder=build_builtin)
     spec = resolve(meta["source"])
     batch = spec.latency_batch
     example = {k: v[:2] for k, v in batch.items()} if isinstance(batch, dict) else batch[:2]
@@ -247,7 +242,7 @@ def run_artifact(
 ) -> None:
     """Load an artifact in this fresh process and run it on sample inputs of its model."""
     from bitladder.io.artifact import load, read_header
-    from bitladder.pipeline.evaluate import fidelity, outputs
+    from bitladder.pipeline.measure.evaluate import fidelity, outputs
     from bitladder.zoo.registry import BUILTINS, resolve
 
     if artifact.suffix == ".onnx":
@@ -276,9 +271,9 @@ def inspect(artifact: Path = typer.Argument(..., help="a .safetensors artifact w
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The console entry point: user errors print one line and exit 2, ``--debug`` shows the traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    if debug:
+    if debug := "--debug" in argv:
         argv.remove("--debug")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -288,14 +283,13 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except Exception as e:
-        # usage errors from typer's click carry their own message and exit code (2)
-        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int) and not debug:
-            e.show()
-            sys.exit(e.exit_code)
-        if type(e).__name__ == "Abort":
-            sys.exit(130)
-        raise
+    except typer.TyperException as e:  # usage errors carry their own message and exit code (2)
+        if debug or not hasattr(e, "show"):
+            raise
+        e.show()
+        sys.exit(getattr(e, "exit_code", 2))
+    except ABORTS:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

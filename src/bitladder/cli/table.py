@@ -9,6 +9,7 @@ from rich.table import Table
 
 
 def ladder_table(results: dict) -> Table:
+    """Rich table of a ladder or recipe ``results`` dict, one row per rung (cosine columns for embedders)."""
     cos = results["metric"] == "cosine"
     kind = "recipe" if "recipe" in results else "ladder"
     t = Table(title=f"bitladder {kind}: {results['model']} ({results['metric']})")
@@ -24,6 +25,7 @@ def ladder_table(results: dict) -> Table:
 
 
 def inspect_table(path: Path, meta: dict, info: dict) -> Table:
+    """Rich table of an artifact's quantised layers from its metadata and header ``info``, with byte totals."""
     t = Table(title=f"{path} (source: {meta.get('source')}, config: {(meta.get('config') or {}).get('type')})")
     for c in ("layer", "handler", "format", "shape", "layout", "bytes"):
         t.add_column(c, justify="right" if c == "bytes" else "left")
@@ -41,6 +43,7 @@ def inspect_table(path: Path, meta: dict, info: dict) -> Table:
 
 
 def bench_table(rows: list[dict]) -> Table:
+    """Rich table of bench rows; a missing value shows as a dash, the auto-selected variant is marked ``*``."""
     t = Table(title="bitladder bench (ratio = fp32 latency / variant latency, same run; MiniLM: (quartiles of "
                     "the per-round ratios); limit = fraction of read bandwidth at batch 1, of the GEMM peak above)")
     for c in ("case", "shape", "batch", "variant", "ms", "x fp32", "x fp32 ONNX", "limit", "cos mean", "cos min",

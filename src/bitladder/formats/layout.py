@@ -25,6 +25,7 @@ GRANULARITIES = ("tensor", "channel", "group")
 
 @dataclass(frozen=True)
 class Layout:
+    """Where scales apply: ``granularity`` (tensor, channel or group), the channel ``axis`` and the ``group`` size."""
     granularity: str = "channel"
     axis: int = 0
     group: int | None = None
@@ -56,6 +57,7 @@ class Layout:
         return x.movedim(self.axis % x.dim(), 0).reshape(c, k)
 
     def unrows(self, r: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """Inverse of :meth:`rows`: the (C, K) matrix ``r`` back to a tensor of ``shape``."""
         if self.granularity == "tensor" or len(shape) == 0:
             return r.reshape(shape)
         axis = self.axis % len(shape)
@@ -63,6 +65,7 @@ class Layout:
         return r.reshape(moved).movedim(0, axis)
 
     def to_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The (C, nblocks, B) block view of ``x``, the last group zero-padded."""
         c, k, nb, b = self.dims(tuple(x.shape))
         r = self.rows(x)
         pad = nb * b - k
@@ -71,8 +74,10 @@ class Layout:
         return r.reshape(c, nb, b)
 
     def from_blocks(self, xb: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """Inverse of :meth:`to_blocks`: the padding dropped, the tensor of ``shape`` restored."""
         c, k, _, _ = self.dims(tuple(shape))
         return self.unrows(xb.reshape(c, -1)[:, :k], tuple(shape))
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict (``Layout(**d)`` rebuilds it)."""
         return asdict(self)

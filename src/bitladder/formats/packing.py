@@ -31,6 +31,7 @@ def packed_nbytes(n: int, bits: int) -> int:
 
 
 def ternary_nbytes(n: int) -> int:
+    """Bytes that ``n`` ternary codes occupy packed five per byte."""
     return math.ceil(n / 5)
 
 

@@ -111,6 +111,7 @@ def to_unsigned(q: torch.Tensor, qtype: QType) -> torch.Tensor:
 
 
 def from_unsigned(u: torch.Tensor, qtype: QType) -> torch.Tensor:
+    """Inverse of :func:`to_unsigned`: signed codes (binary: 0/1 -> -1/+1, as int8; others int16)."""
     if qtype.kind == "binary":
         return u.to(torch.int8) * 2 - 1
     return u.to(torch.int16) + qtype.qmin

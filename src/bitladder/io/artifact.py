@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from safetensors import safe_open
@@ -92,8 +93,9 @@ def read_header(path: str | os.PathLike) -> tuple[dict, dict]:
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None,
-         handlers: HandlerRegistry = HANDLERS) -> nn.Module:
-    """Load an artifact into ``model`` (the float architecture), or rebuild a built-in model by name.
+         handlers: HandlerRegistry = HANDLERS, builder: Callable[[str | None], nn.Module] | None = None) -> nn.Module:
+    """Load an artifact into ``model`` (the float architecture), or into ``builder(source)`` for the source
+    the artifact records (``bitladder.load`` passes the built-in models' builder).
 
     Like ``load_state_dict``, a given ``model`` is modified in place (its layers are swapped) and
     returned; pass a fresh instance to keep the original.
@@ -103,9 +105,10 @@ def load(path: str | os.PathLike, model: nn.Module | None = None,
     """
     meta, _ = read_header(path)
     if model is None:
-        from bitladder.zoo.registry import build_builtin
-
-        model = build_builtin(meta.get("source"))
+        if builder is None:
+            raise BitladderError(f"artifact {Path(path).name} needs its float model: pass model=... (or use "
+                                 "bitladder.load, which rebuilds the built-in models)")
+        model = builder(meta.get("source"))
     if meta.get("structure"):
         from bitladder.io.structure import rebuild
 

@@ -29,11 +29,13 @@ from torch import nn
 
 from bitladder.io.onnx_ranges import safe_weights
 from bitladder.nn.base import QuantModule
+from bitladder.nn.layers import QuantLinear
 
 
 def dynamic_int8_eligible(m: nn.Module) -> bool:
-    qt = m.qweight
-    return (isinstance(m, QuantModule) and type(m).__name__ == "QuantLinear" and qt.qtype.name in ("int8", "int7")
+    """Whether a layer can be exported as DynamicQuantizeLinear + MatMulInteger (int8/int7 per channel)."""
+    qt = getattr(m, "qweight", None)
+    return (isinstance(m, QuantLinear) and qt.qtype.name in ("int8", "int7")
             and qt.layout.granularity in ("channel", "tensor") and "act" not in m.qmeta
             and qt.mask is None and qt.zero_point is None)
 
@@ -191,8 +193,8 @@ def rewrite(proto, wname: str, m: QuantModule, per_token: bool = True, shared: d
 
 def _keep_gelu_unfused(proto, out: str) -> None:
     """A 1-D bias added to ``out`` right before a Gelu becomes (1, N): the same sum, but onnxruntime then
-    keeps Add and Gelu rather than fusing them into BiasGelu, which ran slower on the 2-core EPYC (MiniLM
-    per token: 94.8 -> 89.1 and 101.3 -> 96.5 ms in two interleaved runs, same outputs). The per-tensor
+    keeps Add and Gelu rather than fusing them into BiasGelu, which ran slower with the same outputs
+    (measured: docs/DESIGN.md, 'Per-token W8A8 in ONNX'). The per-tensor
     path does not need it: there the bias goes inside onnxruntime's DynamicQuantizeMatMul."""
     from onnx import numpy_helper
 

@@ -3,8 +3,8 @@ artifact can rebuild it from the model's factory: no pickled code, only construc
 
 ``describe(model, reference)`` lists each top-most module whose type or parameter shapes differ from
 the factory's ``reference``; ``rebuild(reference, records)`` swaps those modules in. Supported:
-Linear, Conv1d/2d, BatchNorm1d/2d, LayerNorm, Embedding, FactorizedLinear, FactorizedConv2d and
-RealShortcut (around any of these); anything else that differs is named in the error.
+plain torch layers (Linear, Conv1d/2d, BatchNorm1d/2d, LayerNorm, Embedding) and every structural module
+registered in :mod:`bitladder.nn.structures`; anything else that differs is named in the error.
 
 >>> from torch import nn
 >>> ref = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
@@ -20,42 +20,7 @@ from torch import nn
 
 from bitladder.errors import BitladderError
 from bitladder.nn.base import QuantModule
-from bitladder.nn.records import LAYERS, build_layer, layer_args
-
-
-def _args(m: nn.Module) -> tuple[str, dict]:
-    from bitladder.methods.lowrank.conv import FactorizedConv2d
-    from bitladder.methods.lowrank.svd import FactorizedLinear
-    from bitladder.methods.train.shortcut import RealShortcut
-
-    if isinstance(m, RealShortcut):  # the record was taken from the float layer it wraps
-        return "RealShortcut", m.record
-    if isinstance(m, FactorizedConv2d):
-        return "FactorizedConv2d", m.args()
-    if isinstance(m, FactorizedLinear):
-        return "FactorizedLinear", {"in_f": m.first.in_features, "out_f": m.second.out_features, "rank": m.rank,
-                                    "bias": m.second.bias is not None}
-    plain = layer_args(m)
-    if plain is None:
-        raise BitladderError(f"cannot record the changed structure of {type(m).__name__}; supported: Linear, "
-                             "Conv1d, Conv2d, BatchNorm1d/2d, LayerNorm, Embedding, FactorizedLinear, "
-                             "FactorizedConv2d, RealShortcut")
-    return plain
-
-
-def _build(kind: str, args: dict) -> nn.Module:
-    from bitladder.methods.lowrank.conv import FactorizedConv2d
-    from bitladder.methods.lowrank.svd import FactorizedLinear
-    from bitladder.methods.train.shortcut import RealShortcut
-
-    if kind == "RealShortcut":
-        return RealShortcut(_build(args["inner"]["type"], args["inner"]["args"]), args)
-    kinds = {"FactorizedLinear": FactorizedLinear, "FactorizedConv2d": FactorizedConv2d}
-    if kind in LAYERS:
-        return build_layer(kind, args)
-    if kind not in kinds:
-        raise BitladderError(f"artifact structure names an unknown module type {kind!r}")
-    return kinds[kind](**args)
+from bitladder.nn.structures import build_module, module_record
 
 
 def _shapes(m: nn.Module) -> dict:
@@ -76,7 +41,7 @@ def describe(model: nn.Module, reference: nn.Module) -> list[dict]:
         theirs = {} if other is None else {k: v for k, v in _shapes(other).items() if "." not in k}
         if other is not None and type(other) is type(m) and own == theirs:
             continue
-        kind, args = _args(m)
+        kind, args = module_record(m)
         out.append({"name": name, "type": kind, "args": args})
     return out
 
@@ -91,7 +56,7 @@ def rebuild(model: nn.Module, records: list[dict]) -> nn.Module:
         except AttributeError:
             raise BitladderError(f"artifact structure names {name!r}, which the model does not have") from None
         try:
-            setattr(owner, child, _build(r["type"], r["args"]))
+            setattr(owner, child, build_module(r["type"], r["args"]))
         except TypeError as e:
             raise BitladderError(f"artifact structure for {name!r} is invalid: {e}") from None
     return model

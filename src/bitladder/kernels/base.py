@@ -89,12 +89,14 @@ def rows_times_plus(y: torch.Tensor, r: torch.Tensor, bias: torch.Tensor | None)
 
 
 def as_x(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``x`` checked to be (M, ``k``), as a detached contiguous float32 tensor; ValueError otherwise."""
     if x.dim() != 2 or x.shape[1] != k:
         raise ValueError(f"expected x of shape (M, {k}), got {tuple(x.shape)}")
     return x.detach().float().contiguous()
 
 
 def nbytes_of(*arrays) -> int:
+    """Total bytes of the given tensors or numpy arrays, None entries skipped."""
     total = 0
     for a in arrays:
         if a is None:
@@ -138,6 +140,7 @@ class LinearKernel(abc.ABC):
 
     @classmethod
     def group_ok(cls, qt: QuantizedTensor, row_ok: bool = True) -> bool:
+        """Whether the weight's group length is in ``groups``; ``row_ok`` answers for one scale per row."""
         g = group_of(qt)
         return row_ok if g is None else cls.groups is None or g in cls.groups
 

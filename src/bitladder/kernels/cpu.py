@@ -52,6 +52,7 @@ class Cpu:
     level: str = "native"
 
     def has(self, *features: str) -> bool:
+        """Whether every one of ``features`` is among the flags in force."""
         return all(f in self.flags for f in features)
 
     @property

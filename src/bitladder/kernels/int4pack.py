@@ -7,13 +7,13 @@ activations and fp32 accumulation. Its dequantised weight is ``(q - 8) * scale +
 * signed codes ``c`` (symmetric int4/int3/int2) are stored as ``q = c + 8`` with offset 0;
 * unsigned codes ``u`` of 3 bits or fewer with zero point ``z`` as ``q = u - z + 8`` (within [1, 15]),
   offset 0; unsigned 4-bit codes as ``q = u`` with offset ``(8 - z) * scale`` (a large offset in bf16
-  would cost 2-bit weights 2 % of accuracy; 4-bit zero points sit near 8, so theirs stays small).
+  would cost 2-bit weights accuracy; 4-bit zero points sit near 8, so theirs stays small).
 
 Nothing is dequantised per call. The numerics are weight-only up to bf16 rounding of the activation,
-scale and offset (0.3 % relative output error, against ~1 % for int8 activations per block and 5-10 %
-for the 4-bit weights themselves). It is fast only where the CPU has bf16 dot products (AVX512-BF16 or
-AMX); elsewhere it is not offered. Measured on a 2-core EPYC (AVX512-BF16), 2 threads, int4 g64, ratio
-to fp32 ``F.linear``: 4096^2 M=1 4.6x, M=16 2.3x, M=64 1.59x, M=256 1.08x; 1024^2 M=16 3.2x, M=64 1.28x.
+scale and offset, well below the error of int8 activations per block or of the 4-bit weights themselves.
+It is fast only where the CPU has bf16 dot products (AVX512-BF16 or AMX); elsewhere it is not offered.
+Measured error and speed against fp32 ``F.linear``: docs/results/bench-linear.json and
+docs/DESIGN.md, 'Group-scaled 4-bit-or-narrower codes at batch'.
 """
 
 from __future__ import annotations

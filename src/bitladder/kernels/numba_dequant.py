@@ -39,6 +39,7 @@ def nibbles_scaled(w, s, so, gsz, out):  # pragma: no cover - compiled
 
 @njit(fastmath=True, cache=True)
 def bytes_scaled(w, s, so, gsz, out):  # pragma: no cover - compiled
+    """One 8-bit plane dequantised and scaled in one pass: ``out[r, k] = w[r, k] * s[r, g] - so[r, g]``."""
     for r in range(w.shape[0]):
         for g in range(s.shape[1]):
             a = s[r, g]

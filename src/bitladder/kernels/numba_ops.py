@@ -25,7 +25,7 @@ try:  # numba is optional: without it the numba kernels are simply unavailable
 
     HAVE_NUMBA = True
     # numba's OpenMP layer is a second OpenMP runtime next to torch's, and the two pools spin against
-    # each other: measured 8 ms vs 1.6 ms (workqueue) for the same int4 4096x4096 GEMV on 2 cores.
+    # each other, several times slower than workqueue (measured: docs/DESIGN.md, 'Kernels').
     # Unless the user chose a layer, use the non-spinning workqueue pool.
     if "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER = "workqueue"
@@ -43,10 +43,11 @@ except ImportError:  # pragma: no cover - exercised only where numba is absent
 
 # ---- weight-only GEMV, one plane width each: out[m, n] += mult * sum_g s[n, g] * sum_{k in g} u x ----
 # Written as `for j in range(h)` with `g * h + j` indexing and a constant-trip lane loop: the
-# equivalent `range(g * h, g * h + h)` form with hand-split lanes measured 6x slower (LLVM leaves
-# it scalar).
+# equivalent `range(g * h, g * h + h)` form with hand-split lanes is much slower: LLVM leaves it
+# scalar (measured: docs/DESIGN.md, 'Kernels').
 @njit(parallel=True, fastmath=True, cache=True)
 def gemv_b8(w, x, s, mult, gsz, out):  # pragma: no cover - compiled
+    """8-bit plane: ``out[m, n] += mult * sum_g s[n, g] * sum_{k in g} w[n, k] * x[m, k]`` (``x`` not split)."""
     n_out = w.shape[0]
     m_in = x.shape[0]
     nb = s.shape[1]
@@ -63,6 +64,7 @@ def gemv_b8(w, x, s, mult, gsz, out):  # pragma: no cover - compiled
 
 @njit(parallel=True, fastmath=True, cache=True)
 def gemv_b4(w, xl, s, mult, gsz, out):  # pragma: no cover - compiled
+    """4-bit plane, ``xl`` de-interleaved into two lanes (low nibble first), accumulated into ``out``."""
     n_out = w.shape[0]
     m_in = xl.shape[0]
     nb = s.shape[1]
@@ -82,6 +84,7 @@ def gemv_b4(w, xl, s, mult, gsz, out):  # pragma: no cover - compiled
 
 @njit(parallel=True, fastmath=True, cache=True)
 def gemv_b2(w, xl, s, mult, gsz, out):  # pragma: no cover - compiled
+    """2-bit plane, ``xl`` de-interleaved into four lanes, accumulated into ``out``."""
     n_out = w.shape[0]
     m_in = xl.shape[0]
     nb = s.shape[1]
@@ -158,6 +161,7 @@ def scale_rows(tile, s, so, n0, n1, gsz):  # pragma: no cover - compiled
 
 @njit(parallel=True, fastmath=True, cache=True)
 def dequant_rows_b8(w, n0, n1, tile):  # pragma: no cover - compiled
+    """tile[r, k] = float32(w[n0 + r, k]) for an 8-bit plane, unscaled."""
     for r in prange(n1 - n0):
         wr = w[n0 + r]
         tr = tile[r]
@@ -173,7 +177,7 @@ if HAVE_NUMBA:
     @intrinsic
     def _popcount64(typingctx, v):  # pragma: no cover - compiled
         """LLVM's ctpop: one popcnt (vpopcntq once the loop vectorises) where the SWAR idiom took ~12
-        instructions that LLVM did not fold back (0.44 ms -> 0.05 ms for 4096 x 64 words)."""
+        instructions that LLVM did not fold back (measured: docs/DESIGN.md, 'Kernels')."""
         def codegen(context, builder, signature, args):
             return builder.ctpop(args[0])
 
@@ -220,12 +224,12 @@ def xnor_gemm(wb, xb, s, beta, gwords, k_valid, out):  # pragma: no cover - comp
 @njit(fastmath=True, cache=True)
 def xnor_gemm_serial(wb, xb, s, beta, gwords, k_valid, out):  # pragma: no cover - compiled
     """:func:`xnor_gemm` on one thread: below ~4M word operations the parallel launch of numba's
-    workqueue pool (~0.1 ms) costs more than the work (4096 x 64 words: 0.07 ms)."""
+    workqueue pool costs more than the work (measured: docs/DESIGN.md, 'Kernels')."""
     for n in range(wb.shape[0]):
         _xnor_column(wb[n], xb, s, n, beta, gwords, k_valid, out)
 
 
-@njit(cache=True)  # serial: a parallel launch costs ~30 us, more than packing 64 rows of 4096
+@njit(cache=True)  # serial: a parallel launch costs more than packing 64 rows of 4096 (docs/DESIGN.md, 'Kernels')
 def pack_signs(x, nwords, out):  # pragma: no cover - compiled
     """Bit k of word k // 64 of row m is 1 where x[m, k] >= 0 (the sign(+1) convention)."""
     m_in, k_in = x.shape

@@ -6,10 +6,9 @@ convolution mixes the positions of an image and the rows of a Linear's trick (a 
 exist here. The codes are laid out channels-last, the layout oneDNN's int8 convolution runs in; scales
 and bias are applied in its epilogue and the fp32 output stays channels-last (later ops accept either).
 
-2-core EPYC (AVX-512 VNNI), 2 threads, ratio to fp32 ``nn.Conv2d`` (``bitladder bench --suite conv``,
-docs/results/bench-conv.json): 64->64 3x3 on 56x56 2.2x at batch 1, 2.6x at batch 8; 128->256 3x3
-stride 2 on 8x28x28 2.3x; 16->32 3x3 on 450 8x8 images (digits) 1.2x. Depthwise (32 groups) ran 0.59x
-in int8, so grouped convolutions keep the float path.
+Dense convolutions run faster than fp32 ``nn.Conv2d`` (``bitladder bench --suite conv``, measured:
+docs/results/bench-conv.json); depthwise ones ran slower in int8, so grouped convolutions keep the float
+path (docs/DESIGN.md, 'Conv2d W8A8').
 """
 
 from __future__ import annotations
@@ -37,14 +36,17 @@ class OnednnConv2dW8A8:
 
     @classmethod
     def installed(cls) -> bool:
+        """Whether torch has oneDNN's quantized linear and ``qconv2d_pointwise``."""
         return OnednnW8A8Kernel.installed() and hasattr(torch.ops.onednn, "qconv2d_pointwise")
 
     @classmethod
     def available(cls, cpu=None) -> bool:
+        """Same as :meth:`installed`; ``cpu`` is accepted for the kernel interface and not checked."""
         return cls.installed()
 
     @classmethod
     def from_layer(cls, qt: QuantizedTensor, stride, padding, dilation, groups: int) -> "OnednnConv2dW8A8":
+        """Prepack a symmetric int8 4-D weight for these conv arguments; KernelUnsupported if it cannot."""
         if not cls.installed():
             raise KernelUnsupported("torch has no oneDNN quantized convolution (torch.ops.onednn.qconv2d_pointwise)")
         if qt.qtype.name != "int8" or qt.zero_point is not None or qt.layout.granularity == "group" \
@@ -52,7 +54,8 @@ class OnednnConv2dW8A8:
             raise KernelUnsupported("oneDNN W8A8 convolution needs int8 symmetric 4-D weights per output channel "
                                     "or per tensor")
         if groups != 1:
-            raise KernelUnsupported("grouped and depthwise convolutions ran slower in int8 (0.59x fp32): kept in float")
+            raise KernelUnsupported("grouped and depthwise convolutions run slower in int8 than in fp32 "
+                                    "(docs/DESIGN.md): kept in float")
         if isinstance(padding, str):
             raise KernelUnsupported(f"padding={padding!r}: the int8 convolution takes explicit padding")
         self = cls()

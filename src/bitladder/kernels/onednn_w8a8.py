@@ -3,9 +3,8 @@
 The activation is quantised to uint8 by ``torch.quantize_per_tensor`` (one vectorised pass; its bytes
 are then viewed as a plain uint8 tensor, no copy) and multiplied against the prepacked int8 weight
 with int32 accumulation; oneDNN applies the activation scale, the per-channel weight scales and the
-bias in the GEMM's epilogue. On a 2-core EPYC (AVX-512 VNNI, 2 threads, 1504 rows, MiniLM's shapes) its
-GEMM took 2.1-2.4 ms where fbgemm's ``quantized.linear_dynamic`` took 3.1-3.2 ms (384x1536 and
-1536x384; fp32 9.2-10.2 ms).
+bias in the GEMM's epilogue. From a few hundred rows on it is faster than fbgemm's
+``quantized.linear_dynamic`` (measured: docs/DESIGN.md, 'Two integer GEMMs for dynamic W8A8').
 
 * per tensor (``int8-w8a8-onednn``): one asymmetric grid per call over ``[min(x, 0), max(x, 0)]``;
 * per token (``int8-w8a8-onednn-token``): each row is divided by its absmax, the rows share one
@@ -95,6 +94,7 @@ class OnednnW8A8Kernel(LinearKernel):
         return self._quantize(xs, scale, zp), scale, zp, None
 
     def finish(self, prep: tuple, bias: torch.Tensor | None) -> torch.Tensor:
+        """(M, N) float32: the integer GEMM on :meth:`prepare`'s output, row scales and ``bias`` applied."""
         q, scale, zp, r = prep
         y = torch.ops.onednn.qlinear_pointwise(q, scale, zp, self._packed, self._scale, self._zp,
                                                None if bias is None or r is not None else bias.float(), 1.0, 0,

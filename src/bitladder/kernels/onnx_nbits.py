@@ -85,7 +85,7 @@ class OrtNBitsKernel(LinearKernel):
     name = "ort-nbits"
     accuracy_level = 4
     groups = (16, 32, 64, 128, 256)
-    auto_rows = (1, 16)  # above, auto keeps float activations (int8 ones cost MiniLM 0.9995 -> 0.998)
+    auto_rows = (1, 16)  # above, float activations: int8 ones cost fidelity (docs/DESIGN.md, 'Exact weight-only')
     rank = 10
 
     @staticmethod

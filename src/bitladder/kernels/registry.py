@@ -21,6 +21,7 @@ def register(cls: type) -> type:
 
 
 def get(name: str) -> type:
+    """The kernel class registered as ``name``; BitladderError listing the registered ones if unknown."""
     try:
         return KERNELS[name]
     except KeyError:

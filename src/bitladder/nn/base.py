@@ -16,7 +16,8 @@ _PARTS = ("packed", "scale", "zero_point", "table", "mask")
 class KernelCache(dict):
     """Built kernels of one layer (sessions, prepacked weights): never copied, pickled or saved. ``picks``
     remembers the kernel chosen per input row count, so a call does not rebuild the weight's description
-    to choose again (that alone was ~1 ms of a MiniLM forward, 37 layers)."""
+    to choose again, a measurable share of a MiniLM forward (docs/DESIGN.md, 'Per-token W8A8 on a
+    per-tensor GEMM')."""
 
     MAX_PICKS = 1024  # distinct row counts remembered; a server that sees more starts over
 
@@ -60,6 +61,7 @@ class QuantModule(nn.Module):
     kernel_policy: str = "dequant-fp32"
 
     def set_kernel_policy(self, policy: str) -> None:
+        """Set the kernel policy (recorded in the metadata) and drop the kernels built so far."""
         self.kernel_policy = policy
         self._qmeta["kernel"] = policy
         self._kernels = KernelCache()
@@ -184,6 +186,7 @@ class QuantModule(nn.Module):
         self.kernel = self._dequant_label = f"{self._dequant_label}+act-int{bits}-per-token-fakequant"
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input after the input scale and the recorded activation quantisation (binary, per-token or static)."""
         if "in_scale" in self._qmeta:
             shape = [1] * x.dim()
             shape[self.in_channel_dim] = -1

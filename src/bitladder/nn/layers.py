@@ -103,6 +103,7 @@ class _QuantConvNd(QuantModule):
 
 @HANDLERS.register(nn.Conv1d)
 class QuantConv1d(_QuantConvNd):
+    """Conv1d on the dequantised weight (zero padding only)."""
     _conv = staticmethod(F.conv1d)
 
 

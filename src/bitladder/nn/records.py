@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from torch import nn
 
 LAYERS = {"Linear": nn.Linear, "Conv1d": nn.Conv1d, "Conv2d": nn.Conv2d, "BatchNorm1d": nn.BatchNorm1d,
@@ -38,4 +40,17 @@ def layer_args(m: nn.Module) -> tuple[str, dict] | None:
 
 
 def build_layer(kind: str, args: dict) -> nn.Module:
+    """A plain torch layer from :func:`layer_args`' record (fresh weights)."""
     return LAYERS[kind](**args)
+
+
+def is_conv1d(m: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (a Linear that stores its weight as (in, out)); checked without importing
+    transformers, which is loaded whenever such a module exists."""
+    utils = sys.modules.get("transformers.pytorch_utils")
+    return utils is not None and isinstance(m, utils.Conv1D)
+
+
+def in_axis(m: nn.Module) -> int:
+    """The weight axis that runs over a Linear-like layer's inputs: 0 for ``Conv1D``, else 1."""
+    return 0 if is_conv1d(m) else 1

@@ -17,10 +17,12 @@ from torch import nn
 
 
 class HandlerRegistry:
+    """Maps float module types (or their dotted names) to the quantised handler classes that replace them."""
     def __init__(self) -> None:
         self._by_type: dict[type | str, type] = {}
 
     def register(self, *float_types: type | str):
+        """Class decorator: register the handler for ``float_types`` (types or "module.QualName" strings)."""
         def deco(handler: type) -> type:
             for t in float_types:
                 self._by_type[t] = handler
@@ -29,6 +31,7 @@ class HandlerRegistry:
         return deco
 
     def lookup(self, module: nn.Module) -> type | None:
+        """The handler for ``module``'s type or its nearest registered base class, or None."""
         for cls in type(module).__mro__:
             if cls in self._by_type:
                 return self._by_type[cls]
@@ -38,6 +41,7 @@ class HandlerRegistry:
         return None
 
     def copy(self) -> "HandlerRegistry":
+        """An independent copy of the registry."""
         new = HandlerRegistry()
         new._by_type = dict(self._by_type)
         return new

@@ -40,6 +40,7 @@ def _unpack(packed: torch.Tensor, qtype: QType, n: int) -> torch.Tensor:
 
 
 def packed_size(qtype: QType, n: int) -> int:
+    """Bytes that ``n`` codes of ``qtype`` occupy packed."""
     if qtype.kind == "float":
         return n * int(qtype.bits) // 8
     if qtype.kind == "ternary":
@@ -153,6 +154,7 @@ class QuantizedTensor:
         return full
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float tensor of the original shape, in ``dtype``."""
         c, k, nb, b = self.layout.dims(self.shape)
         q = self.codes()
         if self.table is not None:
@@ -212,8 +214,8 @@ class QuantizedTensor:
 
     def _dequantize_byte_rows(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Rows of a one-byte-per-code integer weight: ``(u + qmin - zero point) * scale`` in three passes
-        over the rows (the general path unpacks through int16 copies: 0.6 against ~0.15 ms for MiniLM's
-        1504-token lookup); the same float operations, so the same values."""
+        over the rows, faster than the general path's int16 copies (docs/DESIGN.md, 'Compute paths are
+        labelled'); the same float operations, so the same values."""
         c, k, nb, b = self.layout.dims(self.shape)
         v = self.packed.view(c, k).index_select(0, rows).view(-1, nb, b).to(torch.float32)
         off = torch.full((1, 1, 1), float(self.qtype.qmin))
@@ -267,6 +269,7 @@ class QuantizedTensor:
 
     @classmethod
     def from_parts(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "QuantizedTensor":
+        """Rebuild and validate from the dicts of :meth:`tensors` and :meth:`meta`."""
         qt = cls(tensors["packed"], tensors.get("scale"), tensors.get("zero_point"), get_qtype(meta["qtype"]),
                  tuple(meta["shape"]), Layout(**meta["layout"]), table=tensors.get("table"), mask=tensors.get("mask"))
         qt.validate()

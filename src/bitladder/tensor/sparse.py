@@ -21,12 +21,15 @@ from bitladder.formats.packing import pack_bits, unpack_bits
 
 
 def pays_off(numel: int, nnz: int, bits: float) -> bool:
+    """Whether a 1-bit mask plus ``nnz`` values of ``bits`` each take fewer bits than ``numel`` dense values."""
     return numel + nnz * bits < numel * bits
 
 
 def pack_mask(mask_rows: torch.Tensor) -> torch.Tensor:
+    """The mask packed one bit per element."""
     return pack_bits(mask_rows.reshape(-1).to(torch.uint8), 1)
 
 
 def unpack_mask(packed: torch.Tensor, c: int, k: int) -> torch.Tensor:
+    """Inverse of :func:`pack_mask`: the (c, k) boolean mask."""
     return unpack_bits(packed, 1, c * k).reshape(c, k).bool()

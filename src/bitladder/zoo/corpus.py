@@ -54,6 +54,7 @@ def _docstrings(mod) -> list[str]:
 
 @lru_cache(maxsize=1)
 def all_sentences() -> tuple[str, ...]:
+    """Every candidate sentence of the listed modules' docstrings, in content-hash order (cached)."""
     found: set[str] = set()
     for name in MODULES:
         try:

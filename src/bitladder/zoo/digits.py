@@ -19,6 +19,7 @@ VERSION = "v1"
 
 
 class DigitsCNN(nn.Module):
+    """Small CNN for the 8x8 digits: three convolutions, two Linear layers, 10 classes."""
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
@@ -33,6 +34,7 @@ class DigitsCNN(nn.Module):
 
 
 def load_data() -> dict[str, torch.Tensor]:
+    """sklearn's digits as (N, 1, 8, 8) tensors in [0, 1], split into stratified train and test sets."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -45,6 +47,7 @@ def load_data() -> dict[str, torch.Tensor]:
 
 
 def train(data: dict[str, torch.Tensor]) -> DigitsCNN:
+    """Train a DigitsCNN on the training split with the fixed ``TRAIN`` settings; returned in eval mode."""
     g = torch.Generator().manual_seed(TRAIN["seed"])
     torch.manual_seed(TRAIN["seed"])
     model = DigitsCNN()
@@ -81,12 +84,14 @@ def pretrained(data: dict[str, torch.Tensor] | None = None) -> DigitsCNN:
 
 
 def train_batches(data: dict[str, torch.Tensor], batch: int = 64) -> tuple[list, list]:
+    """The training split as (inputs, targets) lists of shuffled batches of ``batch`` rows, fixed seed."""
     perm = torch.randperm(len(data["y_train"]), generator=torch.Generator().manual_seed(1))
     idx = [perm[i : i + batch] for i in range(0, len(perm), batch)]
     return [data["x_train"][i] for i in idx], [data["y_train"][i] for i in idx]
 
 
 def spec() -> ModelSpec:
+    """The digits ModelSpec: the pretrained CNN with its evaluation, calibration and training data."""
     data = load_data()
     xs, ys = train_batches(data)
     return ModelSpec(

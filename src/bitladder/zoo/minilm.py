@@ -24,6 +24,7 @@ MAX_LENGTH = 128
 
 
 def model_dir() -> str:
+    """Local folder of the all-MiniLM-L6-v2 weights (offline); BitladderError if the package is missing."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
@@ -48,6 +49,7 @@ class SentenceEncoder(nn.Module):
 
 
 def build() -> SentenceEncoder:
+    """The MiniLM sentence encoder (mean-pooled, L2-normalised) from the local weights, in eval mode."""
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -57,6 +59,7 @@ def build() -> SentenceEncoder:
 
 
 def tokenize(sentences: list[str], batch: int = BATCH) -> list[dict[str, torch.Tensor]]:
+    """Tokenised batches of ``batch`` sentences (padded, truncated to ``MAX_LENGTH``) as model input dicts."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir())
@@ -70,6 +73,7 @@ def tokenize(sentences: list[str], batch: int = BATCH) -> list[dict[str, torch.T
 
 
 def spec() -> ModelSpec:
+    """The MiniLM ModelSpec: the encoder with corpus batches for evaluation, latency, calibration and training."""
     evals = tokenize(corpus.eval_sentences(EVAL_SENTENCES))
     return ModelSpec(
         name="minilm", model=build(), metric="cosine", eval_batches=evals,

@@ -45,6 +45,7 @@ def build_builtin(source: str | None) -> nn.Module:
 
 
 def resolve(name: str) -> ModelSpec:
+    """The ModelSpec of a built-in model name or a ``module:function`` factory; BitladderError otherwise."""
     if name in BUILTINS:
         return _builtin_spec(name)
     if not _FACTORY.match(name):

@@ -49,6 +49,3 @@ class ModelSpec:
         return self.factory().eval() if self.factory else copy.deepcopy(self.model)
 
 
-def run(model: nn.Module, batch: Any) -> torch.Tensor:
-    """Call a model on one batch: a tensor positionally, a dict as keywords."""
-    return model(**batch) if isinstance(batch, dict) else model(batch)

@@ -51,4 +51,4 @@ def test_digits_separable_recovers_with_distillation_and_reloads(digits_spec, tm
     assert acc >= 0.95 and params(m) < 0.6 * params(digits_spec.model)  # measured 0.971 at 15 epochs
     q = bitladder.quantize(m, Int(8))
     path = save(q, tmp_path / "s.safetensors", source="digits", structure=describe(m, digits_spec.fresh_model()))
-    assert torch.equal(load(path)(x), q(x))
+    assert torch.equal(bitladder.load(path)(x), q(x))

@@ -8,7 +8,7 @@ import bitladder
 from bitladder import NM, BitladderError, Float, Int, Magnitude
 from bitladder.methods.prune.finetune import finetune_classifier
 from bitladder.methods.prune.magnitude import sparsity
-from bitladder.pipeline.evaluate import fidelity, outputs
+from bitladder.pipeline.measure.evaluate import fidelity, outputs
 
 
 def net():

@@ -68,7 +68,7 @@ def test_untraceable_model_is_one_clear_error():
 
 def test_digits_half_the_channels_recovers(digits_spec):
     from bitladder.methods.prune.finetune import finetune_classifier
-    from bitladder.pipeline.evaluate import fidelity, outputs
+    from bitladder.pipeline.measure.evaluate import fidelity, outputs
     from bitladder.zoo import digits
 
     d = digits.load_data()

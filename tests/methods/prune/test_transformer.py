@@ -124,7 +124,7 @@ def test_pruned_then_quantised_round_trips_through_an_artifact(tmp_path):
 def test_minilm_pruned_quantised_reloads_from_the_builtin_factory(minilm_spec, tmp_path):
     from bitladder.io.artifact import load, save
     from bitladder.io.structure import describe
-    from bitladder.pipeline.evaluate import fidelity, outputs
+    from bitladder.pipeline.measure.evaluate import fidelity, outputs
 
     spec = minilm_spec
     p, rep = prune_heads_ffn(spec.model, HeadFFNPrune(importance="taylor", batches=2), spec.train_batches)
@@ -133,6 +133,6 @@ def test_minilm_pruned_quantised_reloads_from_the_builtin_factory(minilm_spec, t
     assert fidelity(spec, out, ref)["fidelity"] > 0.7  # before any distillation
     q = bitladder.quantize(p, Int(bits=8))
     path = save(q, tmp_path / "m.safetensors", source="minilm", structure=describe(p, spec.fresh_model()))
-    back = load(path)  # the built-in factory + the recorded structure, nothing else
+    back = bitladder.load(path)  # the built-in factory + the recorded structure, nothing else
     x = spec.eval_batches[0]
     assert torch.equal(back(**x), q(**x))

@@ -8,7 +8,7 @@ import bitladder
 from bitladder import BitladderError
 from bitladder.methods.train.distill import distill_loss, train_classifier
 from bitladder.methods.train.qat import QAT, FakeQuantLayer, convert, prepare_qat
-from bitladder.pipeline.evaluate import fidelity, outputs
+from bitladder.pipeline.measure.evaluate import fidelity, outputs
 
 
 @pytest.mark.parametrize("bits,budget", [(2, 3.0), ("ternary", 2.0)])

@@ -6,7 +6,7 @@ import torch
 
 from bitladder.methods.train.qat import QAT, convert, prepare_qat
 from bitladder.methods.train.trainer import Train, fit
-from bitladder.pipeline.evaluate import fidelity, outputs
+from bitladder.pipeline.measure.evaluate import fidelity, outputs
 
 
 @pytest.mark.slow

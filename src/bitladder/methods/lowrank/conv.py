@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from bitladder.errors import BitladderError
-from bitladder.methods.quantize.api import Selector, _selected
+from bitladder.nn.select import Selector, selected
+from bitladder.nn.factorized import FactorizedConv2d
 
 log = logging.getLogger("bitladder")
 KINDS = ("tucker2", "separable")
@@ -53,38 +54,8 @@ class ConvFactor:
             raise BitladderError(f"energy must be in (0, 1], got {self.energy}")
 
     def to_dict(self) -> dict:
+        """The config as a dict with its ``type`` and ``version``, as artifacts record it."""
         return {"type": "ConvFactor", "version": self.version, **asdict(self)}
-
-
-class FactorizedConv2d(nn.Module):
-    """A sequence of real convs standing for one: tucker2 (1x1, k x k, 1x1) or separable (depthwise, 1x1)."""
-
-    def __init__(self, kind: str, in_channels: int, out_channels: int, kernel_size: list, stride: list,
-                 padding: list, dilation: list, ranks: list, bias: bool) -> None:
-        super().__init__()
-        self.kind, self.ranks = kind, list(ranks)
-        k, s, p, d = tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation)
-        if kind == "tucker2":
-            r_in, r_out = ranks
-            self.first = nn.Conv2d(in_channels, r_in, 1, bias=False)
-            self.core = nn.Conv2d(r_in, r_out, k, s, p, d, bias=False)
-            self.last = nn.Conv2d(r_out, out_channels, 1, bias=bias)
-        else:
-            self.first = nn.Conv2d(in_channels, in_channels, k, s, p, d, groups=in_channels, bias=False)
-            self.last = nn.Conv2d(in_channels, out_channels, 1, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.first(x)
-        if self.kind == "tucker2":
-            x = self.core(x)
-        return self.last(x)
-
-    def args(self) -> dict:
-        f, last = self.first, self.last
-        src = self.core if self.kind == "tucker2" else f
-        return {"kind": self.kind, "in_channels": f.in_channels, "out_channels": last.out_channels,
-                "kernel_size": list(src.kernel_size), "stride": list(src.stride), "padding": list(src.padding),
-                "dilation": list(src.dilation), "ranks": self.ranks, "bias": last.bias is not None}
 
 
 def _rank(s: torch.Tensor, energy: float) -> int:
@@ -143,7 +114,7 @@ def factorize_convs(model: nn.Module, config: ConvFactor, include: Selector = No
     """Replace selected Conv2d layers (groups 1) by factorised ones where that saves parameters."""
     model = model if inplace else copy.deepcopy(model)
     for name, m in list(model.named_modules()):
-        if not (isinstance(m, nn.Conv2d) and name and m.groups == 1 and _selected(name, m, include, exclude)):
+        if not (isinstance(m, nn.Conv2d) and name and m.groups == 1 and selected(name, m, include, exclude)):
             continue
         if m.padding_mode != "zeros":
             log.info("conv factorisation: %s kept (padding mode %s)", name, m.padding_mode)

@@ -27,7 +27,8 @@ from torch import nn
 
 from bitladder.errors import BitladderError
 from bitladder.methods.lowrank.whiten import cholesky_factor, input_grams
-from bitladder.methods.quantize.api import Selector, _selected
+from bitladder.nn.select import Selector, selected
+from bitladder.nn.factorized import FactorizedLinear
 
 log = logging.getLogger("bitladder")
 
@@ -52,41 +53,30 @@ class LowRank:
             raise BitladderError(f"param_ratio must be in (0, 1), got {self.param_ratio}")
 
     def to_dict(self) -> dict:
+        """The config as a dict with its ``type`` and ``version``, as artifacts record it."""
         return {"type": "LowRank", "version": self.version, **asdict(self)}
 
     def rank(self, s: torch.Tensor, out_f: int, in_f: int) -> int:
+        """Rank to keep: ``param_ratio`` of the dense parameter count if set, else the least reaching ``energy``."""
         if self.param_ratio is not None:
             return max(1, int(self.param_ratio * out_f * in_f / (out_f + in_f)))
         e = torch.cumsum(s.double() ** 2, 0) / (s.double() ** 2).sum().clamp(min=1e-30)
         return int(torch.searchsorted(e, torch.tensor(self.energy, dtype=torch.float64) - 1e-12)) + 1
 
 
-class FactorizedLinear(nn.Module):
-    """``second(first(x))``: in -> rank -> out."""
-
-    def __init__(self, in_f: int, out_f: int, rank: int, bias: bool) -> None:
-        super().__init__()
-        self.rank = rank
-        self.first = nn.Linear(in_f, rank, bias=False)
-        self.second = nn.Linear(rank, out_f, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.second(self.first(x))
-
-
 def factorize(model: nn.Module, config: LowRank, include: Selector = None, exclude: Selector = None,
               inplace: bool = False, calib: list | None = None) -> nn.Module:
     """Replace selected Linear layers by their rank-r factors where that saves parameters.
 
-    ``calib`` (input batches, as for ``quantize``) makes the factors data-aware: on MiniLM's FFN at half
-    the parameters, mean cosine 0.902 before distillation against 0.597 from the weights alone.
+    ``calib`` (input batches, as for ``quantize``) makes the factors data-aware: a much better start for
+    distillation than the weights alone (measured on MiniLM: docs/DESIGN.md, 'Measured on MiniLM').
     """
     model = model if inplace else copy.deepcopy(model)
     if isinstance(model, nn.Linear):
         grams = input_grams(nn.Sequential(model), ["0"], calib) if calib else {}
         return _factor(model, config, "<model>", grams.get("0")) or model
     names = [n for n, m in model.named_modules()
-             if isinstance(m, nn.Linear) and n and _selected(n, m, include, exclude)]
+             if isinstance(m, nn.Linear) and n and selected(n, m, include, exclude)]
     grams = input_grams(model, names, calib) if calib else {}
     for name in names:
         new = _factor(model.get_submodule(name), config, name, grams.get(name))

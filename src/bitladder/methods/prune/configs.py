@@ -29,6 +29,7 @@ class Magnitude:
             raise BitladderError(f"scope must be 'layer' or 'global', got {self.scope!r}")
 
     def to_dict(self) -> dict:
+        """The config as a dict with its ``type`` and ``version``, as artifacts record it."""
         return {"type": "Magnitude", "version": self.version, **asdict(self)}
 
 
@@ -55,4 +56,5 @@ class NM:
         return 1 - self.n / self.m
 
     def to_dict(self) -> dict:
+        """The config as a dict with its ``type`` and ``version``, as artifacts record it."""
         return {"type": "NM", "version": self.version, **asdict(self)}

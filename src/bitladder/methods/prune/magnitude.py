@@ -14,7 +14,9 @@ from torch import nn
 
 from bitladder.errors import BitladderError
 from bitladder.methods.prune.configs import NM, Magnitude
-from bitladder.methods.quantize.api import Selector, plan
+from bitladder.methods.quantize.api import plan
+from bitladder.nn.select import Selector
+from bitladder.nn.records import in_axis as weight_in_axis
 
 log = logging.getLogger("bitladder")
 
@@ -48,7 +50,7 @@ def prune(model: nn.Module, config: Magnitude | NM, include: Selector = None, ex
     with torch.no_grad():
         if isinstance(config, NM):
             for name, m in layers.items():
-                in_axis = 0 if type(m).__name__ == "Conv1D" else 1
+                in_axis = weight_in_axis(m)
                 if isinstance(m, nn.Embedding):
                     log.info("N:M skips embedding %s", name)
                     continue

@@ -17,6 +17,7 @@ from bitladder.methods.prune.magnitude import prune
 
 
 def cubic_sparsity(step: int, steps: int, final: float, initial: float = 0.0) -> float:
+    """Sparsity at ``step`` of ``steps`` on the cubic ramp ``initial`` -> ``final``; BitladderError out of range."""
     if steps < 1 or not 0 <= step <= steps:
         raise BitladderError(f"step must be in [0, {steps}] with steps >= 1, got {step}")
     return final + (initial - final) * (1 - step / steps) ** 3

@@ -72,7 +72,7 @@ def _consumers(gm: fx.GraphModule, node: fx.Node, mods: dict) -> tuple[list, lis
             if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
                 bns.append(u.target)
         elif u.op == "call_function" and getattr(u.target, "__name__", "") in PASS_FUNCTIONS:
-            if u.target.__name__ == "flatten":
+            if u.target is torch.flatten:
                 factor = _flat_factor(u)
         elif u.op == "call_method" and u.target in ("relu", "flatten", "view", "reshape"):
             if u.target != "relu":

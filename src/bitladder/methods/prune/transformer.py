@@ -65,6 +65,7 @@ class HeadFFNPrune:
             raise BitladderError(f"batches must be an integer >= 1, got {self.batches!r}")
 
     def to_dict(self) -> dict:
+        """The config as a dict with its ``type`` and ``version``, as artifacts record it."""
         return {"type": "HeadFFNPrune", "version": self.version, **asdict(self)}
 
 
@@ -112,7 +113,7 @@ def _scores(layer: nn.Module, term) -> tuple[torch.Tensor, torch.Tensor]:
 def _taylor(model: nn.Module, layers: list, batches: list[Any], config: HeadFFNPrune,
             metric: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     from bitladder.methods.train.trainer import Train, loss_for
-    from bitladder.zoo.spec import run
+    from bitladder.nn.select import run
 
     if not batches:
         raise BitladderError("taylor importance needs training batches (batches=...)")

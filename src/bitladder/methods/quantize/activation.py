@@ -11,7 +11,12 @@ from bitladder.formats.qtypes import get_qtype
 from bitladder.methods.quantize.calibrate import Collector, SampleCollector, blockwise
 from bitladder.methods.quantize.methods import Act
 from bitladder.methods.quantize.observers import make_observer
+from bitladder.methods.quantize.rtn import rtn_tensor
+from bitladder.methods.quantize.transforms import Pass, Transform, transform
 from bitladder.nn.base import QuantModule
+from bitladder.nn.layers import QuantEmbedding
+from bitladder.nn.records import in_axis as weight_in_axis
+from bitladder.nn.records import is_conv1d
 
 
 def _fake_act(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -37,6 +42,7 @@ def search_alpha(w: torch.Tensor, x: torch.Tensor, amax: torch.Tensor, fake_w, b
 
 
 class ObserverCollector(Collector):
+    """Feeds a layer's inputs (times its SmoothQuant ``in_scale``, if set) to an activation observer."""
     def __init__(self, module: nn.Module, observer: str) -> None:
         self.module, self.observer = module, make_observer(observer)
 
@@ -48,7 +54,8 @@ class ObserverCollector(Collector):
 
 
 def linear_like(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+    """Linear layers and transformers' Conv1D."""
+    return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
 def _is_norm(m: nn.Module) -> bool:
@@ -97,7 +104,7 @@ def smooth(model: nn.Module, names: list[str], calib: list[Any], alpha: float | 
         group = [(n, m, c) for n, m, c in group if c.amax is not None]
         if not group:
             return
-        axes = [0 if type(m).__name__ == "Conv1D" else 1 for _, m, _ in group]
+        axes = [weight_in_axis(m) for _, m, _ in group]
         ws = [m.weight.detach().float() if a == 1 else m.weight.detach().float().T
               for (_, m, _), a in zip(group, axes)]
         w = torch.cat(ws)
@@ -125,11 +132,56 @@ def calibrate_activations(model: nn.Module, names: list[str], act: Act, calib: l
     """Give every quantised layer in ``names`` a static input scale and zero point."""
     qtype = get_qtype(act.qtype)
     names = [n for n in names if isinstance(model.get_submodule(n), QuantModule)
-             and not isinstance(model.get_submodule(n), nn.Embedding)
-             and type(model.get_submodule(n)).__name__ != "QuantEmbedding"]
+             and not isinstance(model.get_submodule(n), nn.Embedding | QuantEmbedding)]
 
     def apply(name: str, module: QuantModule, c: ObserverCollector) -> None:
         scale, zp = c.observer.qparams(qtype, act.symmetric)
         module.set_act(qtype.name, scale, zp, act.observer)
 
     blockwise(model, names, calib, lambda n, m: ObserverCollector(m, act.observer), apply)
+
+
+@transform("smoothquant")
+class SmoothQuant(Transform):
+    """SmoothQuant on the float layers (``config.act.smoothquant``); the quantised layers get the input
+    scales afterwards."""
+
+    order = 40
+
+    @classmethod
+    def wanted(cls, config) -> bool:
+        act = getattr(config, "act", None)
+        return act is not None and act.smoothquant is not None
+
+    def before(self, p: Pass) -> None:
+        act, config = p.config.act, p.config
+        p.state["in_scales"] = smooth(p.model, list(p.targets), p.calib, act.smoothquant, act.bits,
+                                      lambda w: rtn_tensor(w, config, 0).dequantize(), act.smoothed_layers)
+
+    def after(self, p: Pass) -> None:
+        for name, s in p.state.pop("in_scales").items():
+            if isinstance(p.model.get_submodule(name), QuantModule):
+                p.model.get_submodule(name).set_in_scale(s)
+
+
+@transform("activations")
+class Activations(Transform):
+    """Activation quantisation (``config.act``): dynamic per-token / per-tensor integer kernels, or static
+    scales calibrated on the quantised model, after every other step."""
+
+    order = 60
+
+    @classmethod
+    def wanted(cls, config) -> bool:
+        return getattr(config, "act", None) is not None
+
+    def after(self, p: Pass) -> None:
+        act = p.config.act
+        if not act.dynamic:
+            calibrate_activations(p.model, list(p.targets), act, p.calib)
+            return
+        policy = "int8-w8a8" + ("-token" if act.dynamic == "token" else "")
+        for name in p.targets:
+            m = p.model.get_submodule(name)
+            if isinstance(m, QuantModule) and "kernel_policy" in type(m).__dict__:
+                m.set_kernel_policy(policy)

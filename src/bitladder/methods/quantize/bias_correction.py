@@ -5,16 +5,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import copy
+
 from torch import nn
 
+from bitladder.errors import BitladderError
 from bitladder.methods.quantize.calibrate import SampleCollector, blockwise
+from bitladder.methods.quantize.transforms import Pass, Transform, transform
 from bitladder.nn.base import QuantModule
+from bitladder.nn.layers import QuantEmbedding
 
 
 def correct_biases(float_model: nn.Module, qmodel: nn.Module, names: list[str], calib: list[Any]) -> None:
     """For every quantised layer in ``names``: bias += (W_float - W_effective) @ E[input rows]."""
     names = [n for n in names if isinstance(qmodel.get_submodule(n), QuantModule)
-             and type(qmodel.get_submodule(n)).__name__ != "QuantEmbedding"
+             and not isinstance(qmodel.get_submodule(n), QuantEmbedding)
              and getattr(qmodel.get_submodule(n), "groups", 1) == 1]
 
     def apply(name: str, module: QuantModule, c: SampleCollector) -> None:
@@ -29,3 +34,25 @@ def correct_biases(float_model: nn.Module, qmodel: nn.Module, names: list[str], 
         module._qmeta["bias_corrected"] = True
 
     blockwise(qmodel, names, calib, lambda n, m: SampleCollector(keep=1), apply)
+
+
+@transform("bias_correction")
+class BiasCorrection(Transform):
+    """Keeps a float copy before quantisation (after rotations, before SmoothQuant's hooks), corrects the
+    biases last but activation set-up (``config.bias_correction``)."""
+
+    order, after_order = 30, 50
+
+    @classmethod
+    def wanted(cls, config) -> bool:
+        return bool(getattr(config, "bias_correction", False))
+
+    def check(self, config, calib) -> None:
+        if not calib:
+            raise BitladderError("bias_correction needs calibration data: pass calib=[batch, ...]")
+
+    def before(self, p: Pass) -> None:
+        p.state["float_model"] = copy.deepcopy(p.model)
+
+    def after(self, p: Pass) -> None:
+        correct_biases(p.state.pop("float_model"), p.model, list(p.targets), p.calib)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from bitladder.errors import BitladderError
-from bitladder.zoo.spec import run
+from bitladder.nn.select import run
 
 
 class _Stop(Exception):
@@ -196,6 +196,7 @@ class SampleCollector(Collector):
         self.rows.append(x[:: max(1, x.shape[0] // 512)])
 
     def sample(self) -> torch.Tensor:
+        """The kept input rows, evenly strided down to about ``keep``."""
         r = torch.cat(self.rows)
         return r[:: max(1, -(-r.shape[0] // self.keep))]
 

@@ -18,8 +18,14 @@ True
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
+
+from bitladder.methods.quantize.transforms import Pass, Transform, transform
+
+log = logging.getLogger("bitladder")
 
 HOMOGENEOUS = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Identity, nn.Dropout)
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -82,3 +88,17 @@ def equalize(model: nn.Module, iters: int = 2) -> int:
                     second.weight.mul_(s.reshape(1, c, *[1] * (w2.dim() - 2)))
                 seen.add((id(first), id(second)))
     return len(seen)
+
+
+@transform("equalize")
+class Equalize(Transform):
+    """Cross-layer equalisation of the float model (``config.equalize``)."""
+
+    order = 10
+
+    @classmethod
+    def wanted(cls, config) -> bool:
+        return bool(getattr(config, "equalize", False))
+
+    def before(self, p: Pass) -> None:
+        log.info("cross-layer equalisation: %d layer pairs", equalize(p.model))

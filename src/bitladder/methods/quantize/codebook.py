@@ -36,6 +36,7 @@ def kmeans_rows(x: torch.Tensor, levels: int, iters: int = 25) -> tuple[torch.Te
 
 
 def codebook_tensor(w: torch.Tensor, bits: int, layout: Layout, iters: int = 25) -> QuantizedTensor:
+    """``w`` as a ``cb{bits}`` codebook tensor: k-means per layout row, fp16 table (one huge row: fit on a sample)."""
     qtype = get_qtype(f"cb{bits}")
     rows = layout.rows(w.detach().float())
     if rows.shape[0] == 1 and rows.shape[1] > 65536:  # one table for a big tensor: fit on a sample

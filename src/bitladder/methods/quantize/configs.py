@@ -12,7 +12,7 @@ from typing import ClassVar
 from bitladder.errors import BitladderError
 from bitladder.formats.layout import GRANULARITIES, Layout
 from bitladder.kernels.select import policies
-from bitladder.methods.quantize.methods import RTN, Act, _Method, method_from_dict
+from bitladder.methods.quantize.methods import HQQ, RTN, Act, _Method, method_from_dict
 from bitladder.tensor.quantized import SCALE_DTYPES
 
 FLOAT_FORMATS = ("fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
@@ -81,6 +81,7 @@ class Float(_Config):
         return True
 
     def layout(self, axis: int = 0) -> Layout:
+        """The scale layout: the configured one for fp8 formats, per tensor for the others."""
         if self.format in ("fp8_e4m3", "fp8_e5m2"):
             return super().layout(axis)
         return Layout("tensor")
@@ -94,7 +95,9 @@ class Int(_Config):
     "channel" (one scale per output channel, the default) or "tensor". ``method`` chooses the
     codes: ``RTN()`` (default, data-free) or a calibrated method such as ``GPTQ()``. ``act=Act(...)``
     adds static activation quantisation (calibrated). ``equalize`` applies cross-layer equalisation
-    first (data-free); ``bias_correction`` re-centres each layer's output on calibration data.
+    first (data-free); ``bias_correction`` re-centres each layer's output on calibration data;
+    ``rotate=B`` rotates each Linear's input by a block-Hadamard of up to B channels first
+    (:mod:`bitladder.methods.quantize.hadamard`).
     ``kernel`` picks the compute path of Linear layers: "auto" (fastest measured for the format and
     row count, see :mod:`bitladder.kernels.select`), "dequant-fp32" (exact weight-only reference), or
     a named kernel. fbgemm and onnxruntime kernels quantise activations to 8 bits per call.
@@ -115,8 +118,13 @@ class Int(_Config):
     bias_correction: bool = False
     equalize: bool = False
     kernel: str = "auto"
+    rotate: int | None = None
 
     def __post_init__(self) -> None:
+        if self.rotate is not None and (not isinstance(self.rotate, int) or self.rotate < 2
+                                        or self.rotate & (self.rotate - 1)):
+            raise BitladderError(f"rotate is the largest Hadamard block, a power of two >= 2 (e.g. 64); "
+                                 f"got {self.rotate!r}")
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise BitladderError(f"Int bits must be an integer in 2..8, got {self.bits!r} (1 bit: use Binary)")
         if isinstance(self.method, dict):
@@ -124,7 +132,7 @@ class Int(_Config):
         _check_kernel(self)
         if not isinstance(self.method, _Method) or isinstance(self.method, Act):
             raise BitladderError(f"method must be a method config such as RTN() or GPTQ(), got {self.method!r}")
-        if type(self.method).__name__ == "HQQ" and self.symmetric:
+        if isinstance(self.method, HQQ) and self.symmetric:
             raise BitladderError("HQQ optimises zero points: use an asymmetric format (symmetric=False)")
         if isinstance(self.act, dict):
             object.__setattr__(self, "act", method_from_dict(self.act))

@@ -13,6 +13,8 @@ from bitladder.methods.quantize.awq import awq_tensor
 from bitladder.methods.quantize.calibrate import SampleCollector, blockwise
 from bitladder.methods.quantize.gptq import HessianCollector, gptq_rows
 from bitladder.methods.quantize.methods import AWQ, GPTQ, AdaRound
+from bitladder.methods.quantize.swap import replace, swap
+from bitladder.nn.records import is_conv1d
 from bitladder.tensor.quantized import SCALE_DTYPES, QuantizedTensor
 
 
@@ -55,26 +57,25 @@ METHODS = {
 
 def _in_features(module: nn.Module) -> int:
     w = module.weight
-    if type(module).__name__ == "Conv1D":  # transformers' Conv1D: weight (in, out)
+    if is_conv1d(module):  # transformers' Conv1D: weight (in, out)
         return w.shape[0]
     return w[0].numel()
 
 
 def calibrated_swap(model: nn.Module, names: list[str], targets: dict[str, type], config, method,
                     calib: list[Any]) -> list[str]:
-    from bitladder.methods.quantize.api import _replace, _swap
-
+    """Quantise ``names`` with the calibrated ``method`` block by block; returns the layers it left alone."""
     make_collector, build = METHODS[type(method)]
 
     def apply(name: str, module: nn.Module, collector) -> None:
         built = build(config, method, module, targets[name], collector)
         if built is None:  # the method does not apply to this layer: round to nearest
-            _replace(model, name, _swap(module, config, targets[name], name))
+            replace(model, name, swap(module, config, targets[name], name))
             return
         qt, in_scale = built if isinstance(built, tuple) else (built, None)
-        new = _swap(module, config, targets[name], name, qt=qt, method_name=method.name)
+        new = swap(module, config, targets[name], name, qt=qt, method_name=method.name)
         if new is not None and in_scale is not None:
             new.set_in_scale(in_scale)
-        _replace(model, name, new)
+        replace(model, name, new)
 
     return blockwise(model, names, calib, lambda n, m: make_collector(m), apply)

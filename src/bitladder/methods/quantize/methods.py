@@ -151,16 +151,14 @@ class Act(_Method):
     ``smooth_layers``: ``"norm"`` smooths the layers that read a normalisation layer's output, as the
     paper places it (q/k/v, the first FFN layer), or every selected layer in a model without such
     layers; ``"all"`` every selected layer; ``"auto"`` is ``"norm"`` for per-token activations and
-    ``"all"`` otherwise (MiniLM per token: mean cosine 0.9992 at alpha 0.65 with ``"norm"`` against
-    0.9991 with ``"all"`` at 0.5, and four multiplies fewer per block; static per tensor with
-    ``smoothquant="auto"``: 0.9984 with ``"all"`` against 0.9962 with ``"norm"``). Layers that read one
+    ``"all"`` otherwise (on MiniLM each is the more faithful for its activations, and ``"norm"`` saves four
+    multiplies per block: docs/DESIGN.md, 'SmoothQuant goes where the paper puts it'). Layers that read one
     tensor share one scale.
     ``dynamic="token"`` (or ``True``) calibrates no static scale: the int8 kernel (fbgemm) quantises
     each call's activations itself, one scale per row (token), after the SmoothQuant scaling (int8
     weights per channel only; a Conv2d takes one scale per call either way, on oneDNN's integer
-    convolution); ``dynamic="tensor"`` uses one scale per call: faster (MiniLM at 2 threads
-    2.10x fp32 against 1.81x per token) but less faithful (mean cosine 0.993 against 0.998 per token,
-    0.999 per token with ``smoothquant=0.5``).
+    convolution); ``dynamic="tensor"`` uses one scale per call: faster but less faithful (measured on
+    MiniLM: docs/DESIGN.md, 'Per-token W8A8 on a per-tensor GEMM'; docs/results/bench-minilm.json).
 
     >>> import torch, bitladder
     >>> lin = torch.nn.Linear(16, 4)
@@ -211,6 +209,7 @@ METHOD_TYPES = {c.__name__: c for c in (RTN, GPTQ, AWQ, HQQ, AdaRound, Act)}
 
 
 def method_from_dict(d: dict) -> _Method:
+    """Rebuild a method from its ``to_dict`` form; BitladderError on an unknown type or version."""
     d = dict(d)
     kind, version = d.pop("type", None), d.pop("version", None)
     if kind not in METHOD_TYPES:

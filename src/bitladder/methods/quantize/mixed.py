@@ -19,7 +19,7 @@ from torch import nn
 from bitladder.errors import BitladderError
 from bitladder.formats.quant import sqnr_db
 from bitladder.methods.quantize.api import plan, quantize
-from bitladder.zoo.spec import run
+from bitladder.nn.select import run
 
 log = logging.getLogger("bitladder")
 

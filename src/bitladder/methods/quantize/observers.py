@@ -42,6 +42,7 @@ def _range_qparams(lo: float, hi: float, qtype: QType, symmetric: bool) -> tuple
 
 
 class Observer(abc.ABC):
+    """Base of the activation observers: ``update`` with each calibration batch, then ``qparams``."""
     name = "base"
 
     @abc.abstractmethod
@@ -53,11 +54,13 @@ class Observer(abc.ABC):
         raise BitladderError(f"observer {self.name!r} chooses its qparams directly")
 
     def qparams(self, qtype: QType, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero point) tensors putting :meth:`range` on ``qtype``'s grid, symmetric or not."""
         lo, hi = self.range()
         return _range_qparams(lo, hi, qtype, symmetric)
 
 
 class MinMax(Observer):
+    """Range: the running minimum and maximum of everything seen."""
     name = "minmax"
 
     def __init__(self) -> None:
@@ -73,6 +76,7 @@ class MinMax(Observer):
 
 
 class MovingAverage(MinMax):
+    """Range: a moving average (weight ``momentum``) of each batch's minimum and maximum."""
     name = "ema"
 
     def __init__(self, momentum: float = 0.1) -> None:
@@ -111,6 +115,7 @@ class _Sampled(Observer):
 
 
 class Percentile(_Sampled):
+    """Range: the ``percentile`` quantile and its mirror of a sample of the values (tails clipped)."""
     name = "percentile"
 
     def __init__(self, percentile: float = 99.99) -> None:
@@ -123,6 +128,7 @@ class Percentile(_Sampled):
 
 
 class MSE(_Sampled):
+    """Range: the shrunk min-max range with the least squared quantisation error on a sample."""
     name = "mse"
 
     def qparams(self, qtype: QType, symmetric: bool):
@@ -174,6 +180,7 @@ OBSERVERS = {c.name: c for c in (MinMax, MovingAverage, Percentile, MSE, KL)}
 
 
 def make_observer(name: str) -> Observer:
+    """A new observer by name (minmax, ema, percentile, mse, kl); BitladderError if unknown."""
     try:
         return OBSERVERS[name]()
     except KeyError:

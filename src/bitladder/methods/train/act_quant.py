@@ -85,6 +85,7 @@ def absmean_scale(w: torch.Tensor) -> torch.Tensor:
 
 
 def absmean_ternary(w: torch.Tensor) -> torch.Tensor:
+    """BitNet b1.58 weights: ``w`` rounded to {-1, 0, 1} times its per-output-channel absmean, straight-through."""
     shape = [-1] + [1] * (w.dim() - 1)
     s = absmean_scale(w).reshape(shape)
     return ste(w, torch.clamp(torch.round(w.detach() / s), -1, 1) * s)

@@ -24,11 +24,12 @@ import torch
 from torch import nn
 
 from bitladder.errors import BitladderError
-from bitladder.zoo.spec import run
+from bitladder.nn.select import run
 
 
 @dataclass(frozen=True)
 class World:
+    """This process's rank and the number of processes; ``main`` is rank 0."""
     rank: int = 0
     size: int = 1
 

@@ -21,6 +21,7 @@ from bitladder.errors import BitladderError
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor | None,
                  temperature: float = 4.0, alpha: float = 0.7) -> torch.Tensor:
+    """alpha * T² * KL to the teacher's softened outputs + (1 - alpha) * cross-entropy (KL only without target)."""
     if temperature <= 0:
         raise BitladderError(f"temperature must be > 0, got {temperature}")
     if student.shape != teacher.shape:
@@ -78,6 +79,7 @@ class Hints:
         self.out[name] = out[0] if isinstance(out, tuple) else out
 
     def close(self) -> None:
+        """Remove the forward hooks."""
         for h in self._hooks:
             h.remove()
 

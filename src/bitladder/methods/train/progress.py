@@ -28,15 +28,18 @@ class Progress:
             self.writer = SummaryWriter(log_dir=str(log_dir))
 
     def step(self, step: int, loss: float, lr: float) -> None:
+        """Log the step's loss and learning rate (a no-op without a writer)."""
         if self.writer is not None:
             self.writer.add_scalar("train/loss", loss, step)
             self.writer.add_scalar("train/lr", lr, step)
 
     def epoch(self, epoch: int, loss: float) -> None:
+        """Log the epoch's loss (a no-op without a writer)."""
         if self.writer is not None:
             self.writer.add_scalar("train/epoch_loss", loss, epoch)
 
     def close(self) -> None:
+        """Close the writer, if any; later calls are no-ops."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None

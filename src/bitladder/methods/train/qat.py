@@ -28,9 +28,10 @@ from torch import nn
 
 from bitladder.errors import BitladderError
 from bitladder.formats.layout import Layout
-from bitladder.methods.quantize.api import Selector, plan
+from bitladder.methods.quantize.api import plan
+from bitladder.nn.select import Selector
 from bitladder.methods.train.act_quant import TINY, LSQAct, absmean_scale, absmean_ternary, grad_scale, token_act
-from bitladder.methods.train.shortcut import RealShortcut, shortcut_mode, shortcut_record
+from bitladder.nn.shortcut import RealShortcut, shortcut_mode, shortcut_record
 from bitladder.nn.registry import HANDLERS
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -64,6 +65,7 @@ class QAT:
             raise BitladderError("act_bits does not combine with binary_act or bitnet (they set the activations)")
 
     def range(self, bits: int | str) -> tuple[int, int, str]:
+        """(qmin, qmax, qtype name) of the grid for ``bits``: an int width, "ternary" or "binary"."""
         if bits == "binary":
             return -1, 1, "binary"
         if bits == "ternary":
@@ -105,6 +107,7 @@ class FakeQuantLayer(nn.Module):
         self.register_buffer("shift_ready", torch.tensor(False) if binary_act else None)
 
     def quantized_weight(self) -> torch.Tensor:
+        """The weight through its quantiser (XNOR, absmean ternary or LSQ), with straight-through gradients."""
         w = self.layer.weight
         shape = [-1] + [1] * (w.dim() - 1)
         if self.qtype == "binary":  # XNOR-Net: sign(w) * mean|w| per output channel
@@ -119,6 +122,7 @@ class FakeQuantLayer(nn.Module):
         return (torch.round(v).detach() + (v - v.detach())) * s
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input through the activation quantiser (LSQ, or BitNet per-token int8); unchanged if none."""
         if self.act is not None:
             return self.act(x)
         if self.bitnet:
@@ -141,6 +145,7 @@ class FakeQuantLayer(nn.Module):
 
 
 def prepare_qat(model: nn.Module, config: QAT, include: Selector = None, exclude: Selector = None) -> nn.Module:
+    """A copy of ``model`` with the selected Linear / Conv layers wrapped for QAT; BitladderError if none."""
     model = copy.deepcopy(model)
     names = [n for n, h in plan(model, include, exclude).targets.items()
              if isinstance(model.get_submodule(n), nn.Linear | nn.Conv1d | nn.Conv2d)]

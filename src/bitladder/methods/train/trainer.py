@@ -37,7 +37,7 @@ from bitladder.methods.train import checkpoint as ckpt
 from bitladder.methods.train import ddp
 from bitladder.methods.train.distill import Hints, distill_loss, hint_loss
 from bitladder.methods.train.progress import Progress
-from bitladder.zoo.spec import run
+from bitladder.nn.select import run
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -92,6 +92,7 @@ class Train:
             raise BitladderError("resume=True needs checkpoint=PATH (the file to resume from)")
 
     def to_dict(self) -> dict:
+        """The config as a dict; the hint fields are left out when ``hint`` is 0, so old checkpoints resume."""
         d = {"type": "Train", "version": self.version, **asdict(self), "hint_layers": list(self.hint_layers)}
         if self.hint == 0:  # no hint: the same dict as before the option existed (old checkpoints resume)
             del d["hint"], d["hint_layers"]
@@ -104,6 +105,7 @@ class Train:
 
 def loss_for(metric: str, out: torch.Tensor, soft: torch.Tensor | None, target: torch.Tensor | None,
              config: Train) -> torch.Tensor:
+    """The training loss: cosine distance to the teacher for embedders, else cross-entropy and/or distillation."""
     if soft is not None and out.shape != soft.shape:
         raise BitladderError(f"student outputs {tuple(out.shape)} do not match the teacher's {tuple(soft.shape)}")
     if metric == "cosine":

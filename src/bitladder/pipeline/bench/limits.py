@@ -1,0 +1,119 @@
+"""The limits a bench row is judged against, measured on this machine in a few seconds, and each row's
+fraction of its limit.
+
+* ``read_gbps``: streaming read bandwidth, a float32 sum over a 512 MiB buffer (far past any L3 cache),
+  best of five, at the current thread count. A sum does one add per 4 bytes read and writes nothing, so
+  it is bound by the reads (one thread gives about what two give on the 2-core EPYC). The buffer is
+  written before it is read: untouched pages all map the kernel's one zero page and would read from cache.
+* ``fp32_gflops``: a 2048 x 2048 ``torch.mm``, best of three after a warm-up, 2 N^3 operations.
+* ``int8_gops``: fbgemm's int8 GEMM (``quantized.linear`` on a uint8 input and prepacked int8 weight, the
+  GEMM the W8A8 kernels call), 2048^3, best of three; ``torch._int_mm`` only where that is missing (its
+  CPU path is a slow reference loop: docs/DESIGN.md, 'Results schema').
+
+``limit_fraction`` of a row (see :func:`limit_fraction`): at batch 1, a row with ``weight_bytes`` (a
+Linear kernel: codes and scales it must read) gets weight bytes / latency / read bandwidth; at batch >= 2,
+and for rows with only ``ops`` (convolutions, whose weights are reused across positions, so compute
+bounds them even at batch 1), ``ops`` (2 x MACs) / latency / peak: the int8 peak where the variant's dot
+products are integer (:func:`integer_compute`: W8A8 and ort-wNa8 kernels, torch.ao / onnxruntime dynamic
+int8, XNOR), the fp32 peak otherwise (weight-only kernels, which widen codes to float). Whole-model rows
+(MiniLM, digits) get None.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+
+READ_BYTES = 512 << 20
+GEMM_N = 2048
+
+# activations quantised to integers: W8A8 / ort-wNa8 kernels, torch.ao or onnxruntime dynamic int8, XNOR
+_INTEGER = re.compile(r"w\d+a8|xnor|quantize_dynamic|dynamic int8")
+
+
+def _best(fn: Callable[[], object], repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls, in seconds."""
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def read_gbps(nbytes: int = READ_BYTES, repeats: int = 5) -> float:
+    """Streaming read bandwidth in GB/s (1e9 bytes per second)."""
+    x = torch.ones(nbytes // 4, dtype=torch.float32)  # written, so every page is real memory
+    x.sum()
+    return nbytes / _best(x.sum, repeats) / 1e9
+
+
+def fp32_gflops(n: int = GEMM_N, repeats: int = 3) -> float:
+    """fp32 GEMM throughput in GFLOP/s: the best of ``repeats`` ``n`` x ``n`` matmuls."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    return 2 * n**3 / _best(lambda: torch.mm(a, b), repeats) / 1e9
+
+
+def int8_gops(n: int = GEMM_N, repeats: int = 3) -> float | None:
+    """int8 x int8 -> int32 GEMM operations per second / 1e9; None where torch has no integer GEMM."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            w = torch.quantize_per_tensor(torch.randn(n, n), 0.02, 0, torch.qint8)
+            packed = torch.ops.quantized.linear_prepack(w, None)
+            x = torch.quantize_per_tensor(torch.randn(n, n), 0.02, 128, torch.quint8)
+
+        def fn():
+            return torch.ops.quantized.linear(x, packed, 1.0, 0)
+    except (RuntimeError, AttributeError):
+        if not hasattr(torch, "_int_mm"):
+            return None
+        a = torch.randint(-127, 128, (n, n), dtype=torch.int8)
+
+        def fn():
+            return torch._int_mm(a, a)
+    fn()
+    return 2 * n**3 / _best(fn, repeats) / 1e9
+
+
+def measure() -> dict[str, float | None]:
+    """All three limits, in a few seconds (docs/DESIGN.md, 'Results schema')."""
+    with torch.no_grad():
+        return {"read_gbps": read_gbps(), "fp32_gflops": fp32_gflops(), "int8_gops": int8_gops()}
+
+
+def fraction(amount: float, latency_ms: float, rate_g: float) -> float:
+    """``amount`` (bytes or operations) per second at ``latency_ms``, over ``rate_g`` (GB/s or GOP/s)."""
+    return amount / (latency_ms * 1e-3) / (rate_g * 1e9)
+
+
+def integer_compute(variant: str) -> bool:
+    """Whether a bench variant's dot products are integer (so the int8 peak is its limit)."""
+    return bool(_INTEGER.search(variant.lower()))
+
+
+def limit_fraction(row: dict, limits: dict) -> float | None:
+    """The row's fraction of its limit (module docstring); None where the row lacks what it needs."""
+    ms = row.get("latency_ms")
+    if not ms or row.get("error"):
+        return None
+    if row.get("batch") == 1 and "weight_bytes" in row:  # weight-bound: bytes over bandwidth
+        ok = row["weight_bytes"] and limits.get("read_gbps")
+        return round(fraction(row["weight_bytes"], ms, limits["read_gbps"]), 4) if ok else None
+    peak = limits.get("int8_gops") if integer_compute(row.get("variant", "")) else limits.get("fp32_gflops")
+    if row.get("ops") and peak:
+        return round(fraction(row["ops"], ms, peak), 4)
+    return None
+
+
+def annotate(rows: list[dict], limits: dict) -> list[dict]:
+    """Set ``limit_fraction`` on every row (None where it does not apply, e.g. whole-model rows)."""
+    for r in rows:
+        r["limit_fraction"] = limit_fraction(r, limits)
+    return rows

@@ -1,0 +1,251 @@
+"""MiniLM encode throughput and fidelity: fp32, bitladder rungs, and the peers, side by side.
+
+Batch 32 sentences from the docstring corpus (max length 128). Every variant runs in its own process
+(:mod:`bitladder.pipeline.bench.isolated`), as it would be deployed, and all of them are timed in the same
+interleaved rounds (median of ``repeats``, under ``torch.inference_mode``), so every ratio (to fp32 torch,
+and for ONNX files to the fp32 ONNX file) compares runs made under the same machine load. Fidelity is
+measured on the 256 evaluation sentences against fp32 embeddings. ``peak_rss_mb`` is the peak resident
+memory of the variant's process while it serves (Python, torch and the runtime included; the build is
+not counted where Linux lets the high-water mark be reset). Peers that are not installed (the ``bench``
+extra) are listed with the reason instead of a number.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import bitladder
+from bitladder import GPTQ, Act, Int
+from bitladder.pipeline.bench import peers as bench_peers
+from bitladder.pipeline.measure.evaluate import fidelity, outputs
+from bitladder.pipeline.bench.isolated import isolated_latency
+from bitladder.zoo import minilm
+
+
+class _Fn(nn.Module):
+    """Wrap a callable (an onnxruntime session) so the evaluation helpers can call it like a model."""
+
+    def __init__(self, fn: Callable) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, **batch):
+        return self.fn(batch)
+
+
+def _bitladder(spec, cfg, calib=None):
+    base = bitladder.quantize(spec.model, Int(8), include=["*embeddings*"])
+    return bitladder.quantize(base, cfg, exclude=["*embeddings*"], calib=calib)
+
+
+def _backend(model: nn.Module, backend: str) -> nn.Module:
+    """Pin a dynamic W8A8 model's layers to one integer GEMM (``fbgemm`` / ``onednn``) at every batch size."""
+    from bitladder.nn.base import QuantModule
+
+    for m in model.modules():
+        if isinstance(m, QuantModule) and m.kernel_policy.startswith("int8-w8a8"):
+            m.set_kernel_policy(m.kernel_policy.replace("w8a8", f"w8a8-{backend}"))
+    return model
+
+
+def _torch_ao(spec):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(spec.model), {nn.Linear}, dtype=torch.qint8)
+
+
+def _session(path: Path) -> nn.Module:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    fn = _Fn(lambda b: torch.from_numpy(sess.run(None, {k: v.numpy() for k, v in b.items() if k in names})[0]))
+    fn.file_bytes = path.stat().st_size
+    return fn
+
+
+def _bitladder_onnx(spec, cfg, activations: str, folder: Path, calib=None, runtime=_session,
+                    opset: int = 21) -> nn.Module:
+    """A bitladder model exported with standard operators (DequantizeLinear / MatMulInteger), run in ORT
+    (or in ``runtime``, a function of the file's path)."""
+    from bitladder.io.onnx_export import export_onnx
+
+    b = spec.latency_batch
+    path = folder / f"bitladder-{cfg.qtype}-{activations}-{len(list(folder.iterdir()))}.onnx"
+    export_onnx(_bitladder(spec, cfg, calib), {k: v[:2] for k, v in b.items()}, path, opset, activations)
+    return runtime(path)
+
+
+def _onnx(spec, quantised: bool, folder: Path):
+    path = folder / "minilm.onnx"
+    if not path.exists():
+        b = spec.latency_batch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(spec.model, (), str(path), kwargs=dict(b), dynamo=False, opset_version=17,
+                              input_names=list(b), output_names=["emb"],
+                              dynamic_axes={k: {0: "batch", 1: "seq"} for k in b})
+    use = path
+    if quantised:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        use = folder / "minilm-int8.onnx"
+        quantize_dynamic(str(path), str(use), weight_type=QuantType.QInt8)
+    return _session(use)
+
+
+class _NoInferenceMode(nn.Module):
+    """optimum-quanto's int4 path cannot run under torch.inference_mode: run it under no_grad."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch):
+        with torch.inference_mode(False), torch.no_grad():
+            return self.model(**{k: v.clone() for k, v in batch.items()})
+
+
+def _quanto(spec, weights: str):
+    from optimum.quanto import freeze, qint4, qint8, quantize
+
+    m = copy.deepcopy(spec.model)
+    quantize(m, weights={"int8": qint8, "int4": qint4}[weights])
+    freeze(m)
+    return _NoInferenceMode(m)
+
+
+def _hqq(spec):
+    from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+
+    m = copy.deepcopy(spec.model)
+    cfg = BaseQuantizeConfig(nbits=4, group_size=64)
+    for name, mod in list(m.named_modules()):
+        if isinstance(mod, nn.Linear) and "embeddings" not in name:
+            parent, _, child = name.rpartition(".")
+            setattr(m.get_submodule(parent), child,
+                    HQQLinear(mod, cfg, compute_dtype=torch.float32, device="cpu"))
+    return m
+
+
+#: W8A8 with one activation scale per token, outliers moved into the weights first where SmoothQuant puts them
+#: (the inputs read from a LayerNorm: q/k/v, sharing one scale, and the first FFN layer). Alpha 0.65 from a
+#: sweep on MiniLM's mean cosine (docs/DESIGN.md, 'SmoothQuant goes where the paper puts it').
+W8A8_SQ = Int(8, act=Act(dynamic="token", smoothquant=0.65))
+
+
+def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
+    """Factories of every MiniLM bench variant by name; ONNX / OpenVINO files go to ``folder``."""
+    calib = spec.calib_batches
+    return {
+        "fp32 torch": lambda: spec.model,
+        "bitladder W8A8 dynamic per-token + SmoothQuant 0.65 (oneDNN)": lambda: _bitladder(spec, W8A8_SQ, calib),
+        "bitladder W8A8 dynamic per-token + SmoothQuant 0.65 (fbgemm only)": lambda: _backend(
+            _bitladder(spec, W8A8_SQ, calib), "fbgemm"),
+        "bitladder W8A8 dynamic per-token (oneDNN)": lambda: _bitladder(spec, Int(8, act=Act(dynamic="token"))),
+        "bitladder W8A8 dynamic per-tensor (oneDNN)": lambda: _bitladder(spec, Int(8, act=Act(dynamic="tensor"))),
+        "bitladder W8 weight-only": lambda: _bitladder(spec, Int(8)),
+        "bitladder W4 g64 gptq": lambda: _bitladder(spec, Int(4, group=64, method=GPTQ()), calib),
+        "torch.ao quantize_dynamic int8": lambda: _torch_ao(spec),
+        "onnxruntime fp32": lambda: _onnx(spec, False, folder),
+        "onnxruntime quantize_dynamic int8": lambda: _onnx(spec, True, folder),
+        "bitladder ONNX W8 (DequantizeLinear)": lambda: _bitladder_onnx(spec, Int(8), "float", folder),
+        "bitladder ONNX W8A8 per-token + SmoothQuant 0.65 (MatMulInteger)": lambda: _bitladder_onnx(
+            spec, W8A8_SQ, "dynamic", folder, calib),
+        "bitladder ONNX W8A8 per-token (MatMulInteger)": lambda: _bitladder_onnx(
+            spec, Int(8, act=Act(dynamic="token")), "dynamic", folder),
+        "bitladder ONNX W8A8 per-tensor (MatMulInteger)": lambda: _bitladder_onnx(spec, Int(8), "dynamic-tensor",
+                                                                                 folder),
+        "bitladder ONNX W4 g64 gptq (blocked DQ)": lambda: _bitladder_onnx(
+            spec, Int(4, group=64, method=GPTQ()), "float", folder, calib),
+        "bitladder ONNX W8A8 per-token + SmoothQuant 0.65 on OpenVINO": lambda: _bitladder_onnx(
+            spec, W8A8_SQ, "dynamic", folder, calib, bench_peers.openvino_onnx, 19),
+        "bitladder ONNX W8 on OpenVINO": lambda: _bitladder_onnx(
+            spec, Int(8), "float", folder, runtime=bench_peers.openvino_onnx),
+        "bitladder ONNX W4 g64 gptq on OpenVINO": lambda: _bitladder_onnx(
+            spec, Int(4, group=64, method=GPTQ()), "float", folder, calib, bench_peers.openvino_onnx),
+        "openvino fp32": lambda: bench_peers.openvino_fp32(spec, folder),
+        "openvino + nncf int8 PTQ": lambda: bench_peers.openvino_nncf_int8(spec, folder),
+        "torchao W8A8 dynamic (eager)": lambda: bench_peers.torchao_int8_dynamic(spec),
+        "torchao W4 g64 weight-only (IntxWeightOnly)": lambda: bench_peers.torchao_int4_weight_only(spec),
+        "optimum-quanto W8": lambda: _quanto(spec, "int8"),
+        "optimum-quanto W4": lambda: _quanto(spec, "int4"),
+        "hqq W4 g64": lambda: _hqq(spec),
+    }
+
+
+def single_sentence(batch: dict) -> dict:
+    """The first sentence of ``batch`` alone, its padding cut off: the edge case of one request."""
+    n = int(batch["attention_mask"][0].sum())
+    return {k: v[:1, :n].contiguous() for k, v in batch.items()}
+
+
+BATCHES = (32, 1)
+
+
+def serve_variant(name: str, folder: str):
+    """Build one variant in a benchmark worker (:mod:`bitladder.pipeline.bench.isolated`): the model, the timing
+    batches (32 sentences, then one), and its outputs on the evaluation sentences with its file size."""
+    spec = minilm.spec()
+    model = variants(spec, Path(folder))[name]()
+    out = outputs(model, spec.eval_batches)
+    timed = [spec.latency_batch, single_sentence(spec.latency_batch)]
+    return model, timed, {"outputs": out.numpy(), "onnx_bytes": getattr(model, "file_bytes", None)}
+
+
+def round_spread(base: list[float] | None, times: list[float]) -> list[float] | None:
+    """[first, third] quartile of the per-round ratios ``base[i] / times[i]`` (runs of the same round saw the
+    same load): how far the ratio moved from round to round. None without the baseline's rounds."""
+    if not base or len(base) != len(times) or len(times) < 4:
+        return None
+    q = statistics.quantiles([b / t for b, t in zip(base, times)], n=4)
+    return [round(q[0], 3), round(q[2], 3)]
+
+
+def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
+    """Bench rows of every variant (or those matching ``only``, plus the fp32 baselines) at each batch size."""
+    spec = minilm.spec()
+    ref = outputs(spec.model, spec.eval_batches)
+    with tempfile.TemporaryDirectory() as tmp:
+        names = [n for n in variants(spec, Path(tmp))  # fp32 torch and onnxruntime fp32: what every ratio needs
+                 if n in ("fp32 torch", "onnxruntime fp32") or not only or any(o in n for o in only)]
+        got = isolated_latency({n: (f"{__name__}:serve_variant", (n, tmp)) for n in names}, repeats,
+                               batches=len(BATCHES))
+    rows = []
+    for j, batch in enumerate(BATCHES):
+        rows += _rows(spec, ref, names, {n: {**g, **g["by_batch"][j]} if "by_batch" in g else g
+                                         for n, g in got.items()}, batch)
+    return rows
+
+
+def _rows(spec, ref, names: list[str], got: dict, batch: int) -> list[dict]:
+    """The rows of one timed batch size; fidelity is the same for both (measured on the evaluation set)."""
+    fp32, fp32_onnx = got["fp32 torch"].get("latency_s"), got.get("onnxruntime fp32", {}).get("latency_s")
+    base, base_onnx = got["fp32 torch"].get("rounds_s"), got.get("onnxruntime fp32", {}).get("rounds_s")
+    rows = []
+    for name in names:
+        g, row = got[name], {"case": "minilm", "batch": batch, "variant": name}
+        if "error" in g:  # a peer that is missing or fails here is reported, not fatal
+            rows.append({**row, "latency_ms": None, "ratio_vs_fp32": None, "peak_rss_mb": None, "cos_mean": None,
+                         "cos_min": None, "knn10": None, "error": g["error"]})
+            continue
+        fid, s = fidelity(spec, torch.from_numpy(g["info"]["outputs"]), ref), g["latency_s"]
+        row.update(latency_ms=round(s * 1e3, 2), fp32_latency_ms=round(fp32 * 1e3, 2),
+                   ratio_vs_fp32=round(fp32 / s, 3), peak_rss_mb=g["peak_rss_mb"], cos_mean=fid["fidelity"],
+                   cos_min=fid["cos_min"], knn10=fid["knn10"], onnx_bytes=g["info"]["onnx_bytes"])
+        row["ratio_vs_fp32_iqr"] = round_spread(base, g["rounds_s"])
+        if row["onnx_bytes"] and fp32_onnx:
+            row["ratio_vs_fp32_onnx"] = round(fp32_onnx / s, 3)
+            row["ratio_vs_fp32_onnx_iqr"] = round_spread(base_onnx, g["rounds_s"])
+        rows.append(row)
+    return rows

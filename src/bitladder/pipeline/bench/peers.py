@@ -1,0 +1,140 @@
+"""Peers of bitladder in ``bitladder bench --suite minilm``: OpenVINO (fp32 and NNCF int8) and torchao.
+
+Each function takes the MiniLM :class:`~bitladder.zoo.spec.ModelSpec` (and, where files are written, a
+folder for them) and returns an ``nn.Module`` called as ``module(**batch)`` that returns the float
+embeddings, of the shape ``spec.model(**batch)`` returns. The peer packages are optional (the ``bench``
+extra) and are imported inside the functions. OpenVINO runs on as many threads as torch
+(``torch.get_num_threads()`` when the peer is built), so that its rows compare with torch's on equal terms.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class _OpenVINO(nn.Module):
+    """A compiled OpenVINO model called like a torch model: ``module(**batch)`` -> float tensor.
+
+    Batch entries the OpenVINO model has no input for are dropped. ``file_bytes`` is the size of the IR
+    (``.xml`` + ``.bin``) it was compiled from.
+    """
+
+    def __init__(self, compiled, file_bytes: int | None = None) -> None:
+        super().__init__()
+        self.compiled = compiled
+        self.names = [i.get_any_name() for i in compiled.inputs]
+        self.file_bytes = file_bytes
+
+    def forward(self, **batch) -> torch.Tensor:
+        feed = {k: np.ascontiguousarray(batch[k].numpy()) for k in self.names}
+        out = self.compiled(feed)[self.compiled.output(0)]
+        return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))
+
+
+class _Explicit(nn.Module):
+    """``spec.model`` with the inputs of ``spec.latency_batch`` as named parameters (for tracing)."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return self.model(**{k: batch[k] for k in self.names})
+
+
+def _ov_model(spec):
+    """``spec.model`` converted with ``openvino.convert_model`` (batch and sequence dims dynamic)."""
+    import openvino as ov
+
+    b = spec.latency_batch
+    names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in b]
+    with torch.no_grad():
+        model = ov.convert_model(_Explicit(spec.model, names), example_input={k: b[k] for k in names},
+                                 input=[(k, ov.PartialShape([-1, -1]), ov.Type.i64) for k in names])
+    for port, name in zip(model.inputs, names):
+        port.get_tensor().set_names({name})
+    return model
+
+
+def _ov_compile(model, folder: Path, stem: str, compress_to_fp16: bool) -> _OpenVINO:
+    """Save ``model`` as IR under ``folder`` and compile the file for CPU: f32 inference precision (no
+    bf16 even where the CPU has it), the ``LATENCY`` hint and ``torch.get_num_threads()`` threads."""
+    import openvino as ov
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    xml = folder / f"{stem}.xml"
+    ov.save_model(model, xml, compress_to_fp16=compress_to_fp16)
+    config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32",
+              "PERFORMANCE_HINT": "LATENCY"}
+    compiled = ov.Core().compile_model(str(xml), "CPU", config)
+    return _OpenVINO(compiled, xml.stat().st_size + xml.with_suffix(".bin").stat().st_size)
+
+
+def openvino_fp32(spec, folder: Path) -> nn.Module:
+    """OpenVINO fp32: ``openvino.convert_model`` of ``spec.model`` (dynamic batch and sequence length),
+    saved as fp32 IR (``compress_to_fp16=False``) and compiled for CPU in f32 on torch's thread count."""
+    return _ov_compile(_ov_model(spec), folder, "minilm-openvino-fp32", compress_to_fp16=False)
+
+
+def openvino_nncf_int8(spec, folder: Path) -> nn.Module:
+    """OpenVINO + NNCF int8: ``nncf.quantize`` post-training quantisation of the converted model with
+    ``model_type=nncf.ModelType.TRANSFORMER`` and the default preset, which NNCF makes ``MIXED`` for
+    transformers: int8 weights symmetric per output channel, static int8 activations asymmetric per tensor,
+    SmoothQuant (alpha 0.95 on the MatMuls) and fast bias correction first. Calibrated on all of
+    ``spec.calib_batches`` (``subset_size`` = their number; disjoint from the eval data); compiled for CPU
+    as :func:`openvino_fp32` is (the ops left in float run in f32)."""
+    import nncf
+
+    names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in spec.latency_batch]
+    data = nncf.Dataset(spec.calib_batches, lambda b: {k: b[k].numpy() for k in names})
+    q = nncf.quantize(_ov_model(spec), data, model_type=nncf.ModelType.TRANSFORMER,
+                      subset_size=len(spec.calib_batches))
+    return _ov_compile(q, folder, "minilm-openvino-nncf-int8", compress_to_fp16=False)
+
+
+def openvino_onnx(path: Path) -> nn.Module:
+    """An ONNX file (bitladder's export) read and compiled by OpenVINO for CPU, as :func:`openvino_fp32` is:
+    the integer MatMuls of the file become OpenVINO's own int8 GEMMs."""
+    import openvino as ov
+
+    config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32",
+              "PERFORMANCE_HINT": "LATENCY"}
+    return _OpenVINO(ov.Core().compile_model(str(path), "CPU", config), Path(path).stat().st_size)
+
+
+def torchao_int8_dynamic(spec) -> nn.Module:
+    """torchao W8A8: ``quantize_(model, Int8DynamicActivationInt8WeightConfig())`` on a deepcopy of
+    ``spec.model``, its defaults: int8 weights per output channel, int8 activations symmetric per token,
+    quantised at each call; every ``nn.Linear`` (the embeddings are ``nn.Embedding`` and stay fp32). Run
+    eagerly (no ``torch.compile``; ``set_inductor_config=False`` so torchao leaves inductor's settings
+    alone)."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    m = copy.deepcopy(spec.model).eval()
+    quantize_(m, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
+    return m
+
+
+def torchao_int4_weight_only(spec, group_size: int = 64) -> nn.Module:
+    """torchao W4 weight-only: ``quantize_(model, IntxWeightOnlyConfig(weight_dtype=torch.int4,
+    granularity=PerGroup(group_size)))`` on a deepcopy of ``spec.model`` (every ``nn.Linear``, symmetric
+    int4 per group of ``group_size`` input channels, fp32 scales), run eagerly.
+
+    This is torchao's only int4 weight-only path that runs on an x86 CPU without extra kernels: the weights
+    are stored one int4 value per int8 byte and dequantised to fp32 at every call (then an fp32 matmul), so it
+    measures torchao's int4 fidelity, not an int4 kernel. ``Int4WeightOnlyConfig`` does not run on CPU in
+    torchao 0.18 (its packings need the CUDA ``mslk`` / tinygemm kernels or an XPU/NPU device)."""
+    from torchao.quantization import IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    m = copy.deepcopy(spec.model).eval()
+    quantize_(m, IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size)))
+    return m

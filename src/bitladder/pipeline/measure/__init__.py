@@ -1,0 +1,1 @@
+"""Measuring what a rung does: fidelity, MACs, memory, the machine, robustness."""

@@ -1,0 +1,122 @@
+"""Fidelity, size and speed of one model against its fp32 reference."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from bitladder.formats.quant import sqnr_db
+from bitladder.nn.base import QuantModule
+from bitladder.nn.select import run
+from bitladder.zoo.spec import ModelSpec
+
+
+@torch.inference_mode()
+def outputs(model: nn.Module, batches: list[Any]) -> torch.Tensor:
+    """The model's outputs over ``batches``, concatenated as float32 (inference mode)."""
+    return torch.cat([run(model, b).float() for b in batches])
+
+
+def knn_agreement(ref: torch.Tensor, out: torch.Tensor, k: int = 10) -> float:
+    """Mean overlap of each row's top-k cosine neighbours (itself excluded) under ref and out."""
+    def topk(e: torch.Tensor) -> torch.Tensor:
+        e = nn.functional.normalize(e.float(), dim=-1)
+        sim = e @ e.T
+        sim.fill_diagonal_(-float("inf"))
+        return sim.topk(min(k, len(e) - 1), dim=1).indices
+
+    a, b = topk(ref), topk(out)
+    hits = (a.unsqueeze(2) == b.unsqueeze(1)).any(dim=2).float().sum(dim=1)
+    return float(hits.mean() / a.shape[1])
+
+
+def fidelity(spec: ModelSpec, out: torch.Tensor, ref: torch.Tensor) -> dict:
+    """accuracy -> {fidelity}; cosine -> {fidelity: mean cosine, cos_min, knn10} against ``ref``."""
+    if spec.metric == "accuracy":
+        acc = float((out.argmax(dim=-1) == spec.targets).float().mean())
+        return {"fidelity": acc, "cos_min": None, "knn10": None}
+    cos = nn.functional.cosine_similarity(out.flatten(1).double(), ref.flatten(1).double(), dim=-1)
+    return {"fidelity": float(cos.mean()), "cos_min": float(cos.min()), "knn10": knn_agreement(ref, out)}
+
+
+@torch.inference_mode()
+def paired_latency(ref: nn.Module, model: nn.Module, batch: Any, repeats: int, warmup: int = 2) -> tuple[float, float]:
+    """Median seconds of ``ref`` and ``model`` on the same batch, runs interleaved to share noise."""
+    for _ in range(warmup):
+        run(ref, batch), run(model, batch)
+    ta, tb = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(ref, batch)
+        t1 = time.perf_counter()
+        run(model, batch)
+        t2 = time.perf_counter()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def layer_stats(float_model: nn.Module, qmodel: nn.Module) -> dict[str, dict]:
+    """Per quantised layer: format, weight SQNR (dB), bytes, theoretical bytes, clipped count, kernel."""
+    stats = {}
+    for name, m in qmodel.named_modules():
+        if not isinstance(m, QuantModule):
+            continue
+        qt = m.qweight
+        w = float_model.get_submodule(name).weight.detach()
+        stats[name] = {"format": qt.qtype.name, "shape": list(qt.shape), "numel": qt.numel,
+                       "sqnr_db": round(sqnr_db(w, m.effective_weight()), 3),
+                       "bytes": qt.nbytes, "theoretical_bytes": qt.theoretical_nbytes,
+                       "clipped": m.n_clipped, "kernel": m.kernel, "method": m.qmeta.get("method", "rtn")}
+    return stats
+
+
+def _calls_per_sample(fn, target_s: float, cap: int = 1000) -> int:
+    """How many back-to-back calls of ``fn`` make one timing sample of about ``target_s``."""
+    t0 = time.perf_counter()
+    fn()
+    one = time.perf_counter() - t0
+    return max(1, min(cap, int(target_s / max(one, 1e-7))))
+
+
+def _per_call(fn, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
+
+
+@torch.inference_mode()
+def layer_latency(float_model: nn.Module, qmodel: nn.Module, batch: Any, repeats: int = 7,
+                  sample_s: float = 2e-3) -> dict[str, float]:
+    """Per quantised layer: fp32 layer latency / quantised layer latency, on the input it receives
+    from ``batch`` (captured once).
+
+    A layer of the digits CNN runs in about the noise of one timed call (docs/DESIGN.md, 'Latency'), and
+    a layer timed right after another finds the caches the other left. So each sample times enough
+    back-to-back calls to last ``sample_s`` (the same count for both layers), the two layers alternate
+    which goes first, and the ratio is of the medians over ``repeats`` samples."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda _m, args, n=n: seen.setdefault(n, args[0]))
+             for n, m in qmodel.named_modules() if isinstance(m, QuantModule)]
+    try:
+        run(qmodel, batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    ratios = {}
+    for name, x in seen.items():
+        f, q = float_model.get_submodule(name), qmodel.get_submodule(name)
+        fa, fb = (lambda: f(x)), (lambda: q(x))
+        fb()
+        n = _calls_per_sample(fa, sample_s)
+        tf, tq = [], []
+        for i in range(repeats):
+            for fn, out in ((fa, tf), (fb, tq)) if i % 2 == 0 else ((fb, tq), (fa, tf)):
+                out.append(_per_call(fn, n))
+        ratios[name] = statistics.median(tf) / max(statistics.median(tq), 1e-9)
+    return ratios

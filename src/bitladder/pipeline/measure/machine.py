@@ -1,0 +1,48 @@
+"""The ``machine`` object every result file carries: CPU model and ISA flags, cores, threads, versions.
+
+The CPU part is :meth:`bitladder.kernels.cpu.Cpu.describe`, so a ``BITLADDER_CPU`` override shows as the
+flags in force plus ``bitladder_cpu`` and ``host_flags``. The bench adds what it measured
+(:mod:`bitladder.pipeline.bench.limits`): ``read_gbps``, ``fp32_gflops``, ``int8_gops``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+import torch
+
+from bitladder.kernels.cpu import current
+
+#: distributions whose versions change the figures (read from metadata: nothing is imported for it)
+PACKAGES = ("bitladder", "torch", "numpy", "onnxruntime", "onnx", "numba")
+
+
+def versions() -> dict[str, str]:
+    """Python's version and those of the installed ``PACKAGES`` (missing ones left out)."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def machine(read_gbps: float | None = None, fp32_gflops: float | None = None,
+            int8_gops: float | None = None) -> dict:
+    """This machine as a result file names it; measured limits are added only when given."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    out = {**current().describe(), "cores": cores, "threads": torch.get_num_threads(), "versions": versions()}
+    for key, value in (("read_gbps", read_gbps), ("fp32_gflops", fp32_gflops), ("int8_gops", int8_gops)):
+        if value is not None:
+            out[key] = round(float(value), 2)
+    return out
+
+
+def one_line(m: dict) -> str:
+    """'AMD EPYC (avx2; 2 cores, 2 threads)': the CPU and the flags in force, for reports and tables."""
+    flags = ", ".join(f for f, on in m.get("flags", {}).items() if on) or "no vector extensions"
+    cap = f", BITLADDER_CPU={m['bitladder_cpu']}" if m.get("bitladder_cpu") else ""
+    return f"{m.get('cpu', '?')} ({flags}{cap}; {m.get('cores')} cores, {m.get('threads')} threads)"

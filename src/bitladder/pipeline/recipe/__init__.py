@@ -1,0 +1,1 @@
+"""Recipes: parsing, their steps, and the compress run that executes them."""

@@ -1,0 +1,167 @@
+"""Recipes: a YAML file describing a compression pipeline, validated by a schema.
+
+    model: digits                     # a built-in name or a factory 'package.module:function'
+    steps:
+      - prune: {method: magnitude, sparsity: 0.5}
+      - finetune: {epochs: 10}
+      - quantize: {rung: int4-g32}
+      - evaluate: {}
+
+Steps run in the order given; any subset, but in an order that can work: structural changes (prune,
+lowrank) on float weights, then quantize (packed, post-training), then lowbit (quantisation-aware
+layers), training steps (finetune, distill) anywhere before export, export and evaluate last. A lowbit
+step must be followed by a training step. Errors name the field and its line in the file.
+
+>>> r = parse_recipe("model: digits\\nsteps:\\n  - quantize: {rung: int8}\\n")
+>>> [s.kind for s in r.steps]
+['quantize']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from bitladder.errors import BitladderError
+from bitladder.pipeline.recipe.steps import STEPS, StepBody
+
+# the stage of each step: structural (1) < quantize (2) < lowbit (3) < export (4) < evaluate (5);
+# training steps (0) may stand anywhere before export
+STAGES = {"prune": 1, "lowrank": 1, "quantize": 2, "lowbit": 3, "export": 4, "evaluate": 5,
+          "finetune": 0, "distill": 0}
+TRAINING = ("finetune", "distill")
+
+
+class Step(BaseModel):
+    """One parsed recipe step: its kind, validated body and source line."""
+    kind: str
+    body: StepBody
+    line: int
+
+
+class Recipe(BaseModel):
+    """A recipe file's top level: the model, an optional name and output folder, and the raw steps."""
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    name: str | None = None
+    out: str | None = None
+    steps: list[Any]
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.model}-recipe"
+
+
+class _Parsed:
+    """A validated recipe: ``model``, ``name``, ``out`` and ``steps`` (each a :class:`Step`)."""
+
+    def __init__(self, recipe: Recipe, steps: list[Step]) -> None:
+        self.model, self.out, self.steps = recipe.model, recipe.out, steps
+        self.name = recipe.label
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "name": self.name,
+                "steps": [{s.kind: s.body.model_dump(exclude_none=True)} for s in self.steps]}
+
+
+def _node_line(node: yaml.Node | None, loc: tuple) -> int | None:
+    """The 1-based line of the YAML node at ``loc`` (the deepest that exists)."""
+    line = None if node is None else node.start_mark.line + 1
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            nxt = node.value[key]
+        else:
+            nxt = None
+        if nxt is None:
+            break
+        node, line = nxt, nxt.start_mark.line + 1
+    return line
+
+
+def _fail(source: str, root: yaml.Node | None, loc: tuple, msg: str) -> BitladderError:
+    line = _node_line(root, loc)
+    where = ".".join(str(p) for p in loc) or "recipe"
+    return BitladderError(f"{source}{f' line {line}' if line else ''}: {where}: {msg}")
+
+
+def _pydantic_msg(e: ValidationError) -> tuple[tuple, str]:
+    err = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")[0]  # a typo explains "missing"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    return tuple(err["loc"]), msg
+
+
+def _check_order(steps: list[Step], fail) -> None:
+    seen_stage, last_kind = 0, None
+    for i, s in enumerate(steps):
+        stage = STAGES[s.kind]
+        if s.kind in TRAINING:
+            if seen_stage >= 4:
+                fail((i, s.kind), f"{s.kind} cannot follow {last_kind}: training must come before export/evaluate")
+            continue
+        if stage < seen_stage or (stage == seen_stage and stage >= 2):
+            why = ("pruning and factorisation need float weights" if stage == 1 else "each of quantize, lowbit, "
+                   "export and evaluate appears once, in the order prune -> quantize -> lowbit -> export -> evaluate")
+            fail((i, s.kind), f"{s.kind} cannot follow {last_kind}: {why}")
+        seen_stage, last_kind = stage, s.kind
+    for i, s in enumerate(steps):
+        if s.kind == "lowbit" and not any(t.kind in TRAINING for t in steps[i + 1 :]):
+            fail((i, s.kind), "lowbit makes quantisation-aware layers: a finetune or distill step must follow it")
+
+
+def parse_recipe(text: str, source: str = "recipe") -> _Parsed:
+    """Parse and validate recipe YAML ``text``; BitladderError naming ``source`` and the offending line."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise BitladderError(f"{source}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise BitladderError(f"{source}: a recipe is a mapping with 'model' and 'steps'")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        loc, msg = _pydantic_msg(e)
+        raise _fail(source, root, loc, msg) from None
+
+    def fail(loc: tuple, msg: str):
+        raise _fail(source, root, ("steps", *loc), msg)
+
+    if not recipe.steps:
+        fail((), "a recipe needs at least one step; known steps: " + ", ".join(STEPS))
+    steps = []
+    for i, raw in enumerate(recipe.steps):
+        if not isinstance(raw, dict) or len(raw) != 1:
+            fail((i,), "each step is a mapping with one key, the step's name, e.g. '- quantize: {rung: int8}'")
+        kind, body = next(iter(raw.items()))
+        if kind not in STEPS:
+            fail((i, kind), f"unknown step {kind!r}; known steps: {', '.join(STEPS)}")
+        try:
+            parsed = STEPS[kind].model_validate(body or {})
+            parsed.check()
+        except ValidationError as e:
+            loc, msg = _pydantic_msg(e)
+            fail((i, kind, *loc), msg)
+        except BitladderError as e:
+            fail((i, kind), str(e))
+        steps.append(Step(kind=kind, body=parsed, line=_node_line(root, ("steps", i)) or 0))
+    _check_order(steps, fail)
+    return _Parsed(recipe, steps)
+
+
+def load_recipe(path: str | Path) -> _Parsed:
+    """Read and parse the recipe file at ``path``; BitladderError if it is missing or invalid."""
+    path = Path(path)
+    if not path.is_file():
+        raise BitladderError(f"recipe {path} does not exist or is not a file")
+    return parse_recipe(path.read_text(encoding="utf-8"), source=str(path))

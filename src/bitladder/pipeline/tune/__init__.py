@@ -1,0 +1,1 @@
+"""Automatic search under an accuracy budget (Optuna studies)."""

@@ -1,0 +1,78 @@
+"""Block-Hadamard rotation of a layer's input: orthogonal, exact in float, recorded as structure."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from bitladder.errors import BitladderError
+from bitladder.io.structure import describe, rebuild
+from bitladder.nn.rotated import Rotated, block_for, hadamard
+
+
+@given(st.integers(0, 8))
+def test_hadamard_is_orthogonal_and_symmetric(k):
+    h = hadamard(2**k)
+    assert torch.allclose(h @ h.T, torch.eye(2**k, dtype=torch.float64), atol=1e-12)
+    assert torch.equal(h, h.T)
+
+
+@given(st.integers(1, 4096), st.sampled_from([1, 2, 8, 64, 128]))
+def test_block_is_the_largest_power_of_two_dividing_the_width(width, largest):
+    b = block_for(width, largest)
+    assert width % b == 0 and b <= largest and b & (b - 1) == 0
+    assert b * 2 > largest or width % (b * 2)
+
+
+def test_bad_blocks_and_layers_are_refused():
+    with pytest.raises(BitladderError, match="power of two"):
+        hadamard(12)
+    with pytest.raises(BitladderError, match="input width"):
+        Rotated.around(nn.Linear(24, 4), 16)
+
+
+@settings(deadline=None, max_examples=20)
+@given(st.sampled_from([(384, 128), (1536, 64), (96, 32), (64, 8)]), st.integers(0, 2**16))
+def test_rotation_keeps_the_float_function(shape, seed):
+    width, block = shape
+    torch.manual_seed(seed)
+    lin = nn.Linear(width, 16)
+    x = torch.randn(2, 3, width) * torch.rand(width) * 10  # uneven channels, as real activations are
+    want = lin(x)
+    r = Rotated.around(lin, block)
+    assert torch.allclose(r(x), want, atol=1e-4, rtol=1e-4)
+
+
+def test_an_outlier_channel_is_spread_over_its_block():
+    x = torch.zeros(1, 64)
+    x[0, 5] = 100.0
+    lin = nn.Linear(64, 4)
+    r = Rotated.around(lin, 64)
+    seen = {}
+    r.layer.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
+    r(x)
+    assert torch.allclose(seen["x"].abs(), torch.full((1, 64), 100.0 / 8))  # 100 / sqrt(64) everywhere
+
+
+def test_readers_of_one_tensor_share_one_rotated_copy():
+    a, b = Rotated.around(nn.Linear(32, 4), 32), Rotated.around(nn.Linear(32, 4), 32)
+    seen = []
+    for r in (a, b):
+        r.layer.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    x = torch.randn(2, 32)
+    a(x), b(x)
+    assert seen[0] is seen[1]
+
+
+def test_rotation_is_recorded_and_rebuilt_without_stored_matrix():
+    ref = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+    rot = nn.Sequential(Rotated.around(nn.Linear(64, 32), 64), nn.ReLU(), nn.Linear(32, 4))
+    rot[2].load_state_dict(ref[2].state_dict())
+    recs = describe(rot, ref)
+    assert [(r["name"], r["type"], r["args"]["block"]) for r in recs] == [("0", "Rotated", 64)]
+    assert "0.h" not in rot.state_dict()  # rebuilt from the block size, not stored
+    again = rebuild(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4)), recs)
+    again.load_state_dict(rot.state_dict())
+    x = torch.randn(3, 64)
+    assert torch.equal(again(x), rot(x))

@@ -1,0 +1,57 @@
+"""Measured limits (read bandwidth, GEMM peaks) and each bench row's fraction of its limit."""
+
+import math
+
+import pytest
+
+from bitladder.pipeline.bench.limits import annotate, fp32_gflops, fraction, int8_gops, integer_compute, read_gbps
+
+LIMITS = {"read_gbps": 20.0, "fp32_gflops": 100.0, "int8_gops": 400.0}
+
+
+def test_measurements_are_positive_and_finite():
+    # 64 MiB is past this machine's 32 MiB L3 and keeps the test quick; the bench reads 512 MiB
+    for value in (read_gbps(64 << 20, repeats=2), fp32_gflops(256, repeats=2), int8_gops(256, repeats=2)):
+        assert value is not None and value > 0 and math.isfinite(value)
+
+
+def test_fraction_is_amount_per_second_over_the_rate():
+    # 16 MB read in 2 ms is 8 GB/s: 0.4 of 20 GB/s
+    assert fraction(16e6, 2.0, 20.0) == pytest.approx(0.4)
+
+
+def test_integer_rule_on_the_bench_variant_names():
+    assert integer_compute("bitladder int8 W8A8 [int8-w8a8-fbgemm-token]")
+    assert integer_compute("bitladder int4 g64 [ort-w4a8]")
+    assert integer_compute("torch.ao quantize_dynamic int8")
+    assert integer_compute("bitladder binary [binary-xnor]")
+    assert not integer_compute("fp32 F.linear")
+    assert not integer_compute("bitladder int4 g64 [torch-int4pack-bf16]")
+    assert not integer_compute("bitladder int8 W8 [fbgemm-fp16-codes]")
+
+
+def test_limit_fraction_of_synthetic_rows():
+    n = k = 4096
+    rows = annotate([
+        # batch 1: weight bytes / latency / bandwidth (int4 g64: half a byte per weight + fp16 scale per 64)
+        {"case": "linear", "batch": 1, "variant": "bitladder int4 g64 [ort-w4a8]", "latency_ms": 0.5,
+         "weight_bytes": n * k // 2 + n * k // 64 * 2, "ops": 2 * n * k},
+        # batch 64, integer kernel: ops / latency / int8 peak
+        {"case": "linear", "batch": 64, "variant": "bitladder int8 W8A8 [int8-w8a8-fbgemm]", "latency_ms": 1.0,
+         "weight_bytes": n * k, "ops": 2 * 64 * n * k},
+        # batch 64, float kernel: the fp32 peak
+        {"case": "linear", "batch": 64, "variant": "fp32 F.linear", "latency_ms": 4.0, "weight_bytes": 4 * n * k,
+         "ops": 2 * 64 * n * k},
+        # a convolution at batch 1 has only ops: compute-bound
+        {"case": "conv", "batch": 1, "variant": "fp32 nn.Conv2d", "latency_ms": 2.0, "ops": 100_000_000},
+        # a kernel that does not count its bytes, a whole-model row, a failed row
+        {"case": "linear", "batch": 1, "variant": "x", "latency_ms": 1.0, "weight_bytes": None, "ops": 2 * n * k},
+        {"case": "minilm", "batch": 32, "variant": "onnxruntime dynamic int8", "latency_ms": 50.0},
+        {"case": "minilm", "batch": 32, "variant": "peer", "latency_ms": None, "error": "not installed"},
+    ], LIMITS)
+    got = [r["limit_fraction"] for r in rows]
+    assert got[0] == pytest.approx((n * k // 2 + n * k // 64 * 2) / 0.5e-3 / 20e9, rel=1e-3)
+    assert got[1] == pytest.approx(2 * 64 * n * k / 1e-3 / 400e9, rel=1e-3)
+    assert got[2] == pytest.approx(2 * 64 * n * k / 4e-3 / 100e9, rel=1e-3)
+    assert got[3] == pytest.approx(1e8 / 2e-3 / 100e9, rel=1e-3)
+    assert got[4:] == [None, None, None]

@@ -1,0 +1,27 @@
+import pytest
+
+from bitladder.pipeline.bench.minilm import round_spread
+
+
+def test_round_spread_pairs_each_round_with_the_baselines_same_round():
+    base = [0.20, 0.30, 0.20, 0.40, 0.20]  # the host slowed down in rounds 1 and 3, for both
+    times = [0.10, 0.15, 0.10, 0.20, 0.10]
+    assert round_spread(base, times) == [2.0, 2.0]  # every round says 2x: no spread
+    lo, hi = round_spread([0.2] * 8, [0.1, 0.2, 0.1, 0.2, 0.1, 0.2, 0.1, 0.2])
+    assert lo == pytest.approx(1.0) and hi == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("base, times", [(None, [0.1] * 5), ([0.1] * 4, [0.1] * 5), ([0.1] * 3, [0.1] * 3)])
+def test_round_spread_needs_the_baseline_for_every_round(base, times):
+    assert round_spread(base, times) is None
+
+
+def test_single_sentence_is_the_first_one_without_its_padding():
+    import torch
+
+    from bitladder.pipeline.bench.minilm import single_sentence
+
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 0], [1, 2, 3, 4]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])}
+    one = single_sentence(batch)
+    assert one["input_ids"].tolist() == [[5, 6, 7]] and one["attention_mask"].tolist() == [[1, 1, 1]]

@@ -1,0 +1,31 @@
+import torch
+
+from bitladder.pipeline.measure.evaluate import knn_agreement
+
+
+def test_knn_agreement_identity_and_scrambled():
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(50, 16, generator=g)
+    assert knn_agreement(e, e) == 1.0
+    assert knn_agreement(e, e + 1e-6) == 1.0
+    assert knn_agreement(e, torch.randn(50, 16, generator=g)) < 0.5
+
+
+def test_layer_latency_times_each_quantised_layer_on_its_own_input():
+    import time
+
+    from torch import nn
+
+    import bitladder
+    from bitladder import Float
+    from bitladder.pipeline.measure.evaluate import _calls_per_sample, layer_latency
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512)).eval()
+    q = bitladder.quantize(model, Float("fp32"))  # the same arithmetic: only the wrapper differs
+    ratios = layer_latency(model, q, torch.randn(256, 512), repeats=5)
+    assert set(ratios) == {"0", "2"}
+    # ~1 ms of GEMM per call, so the wrapper's few microseconds vanish and the ratio is ~1 up to noise
+    assert all(0.6 < r < 1.6 for r in ratios.values()), ratios
+    assert _calls_per_sample(lambda: None, 1e-3, cap=50) == 50  # a fast call is repeated, up to the cap
+    assert _calls_per_sample(lambda: time.sleep(2e-3), 1e-3) == 1

@@ -1,0 +1,42 @@
+"""The ``machine`` object every result file carries, and the ``BITLADDER_CPU`` override as it shows there."""
+
+import pytest
+
+from bitladder.errors import BitladderError
+from bitladder.kernels.cpu import FEATURES, LEVELS
+from bitladder.pipeline.measure.machine import machine, one_line
+
+AVX512 = ("avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "vpopcntdq", "amx")
+
+
+def test_every_key_with_its_type(monkeypatch):
+    monkeypatch.delenv("BITLADDER_CPU", raising=False)
+    m = machine()
+    assert isinstance(m["cpu"], str) and m["cpu"]
+    assert set(m["flags"]) == set(FEATURES) and all(isinstance(v, bool) for v in m["flags"].values())
+    assert isinstance(m["cores"], int) and m["cores"] >= 1
+    assert isinstance(m["threads"], int) and m["threads"] >= 1
+    assert {"python", "torch", "numpy"} <= set(m["versions"])
+    assert all(isinstance(v, str) for v in m["versions"].values())
+    assert "read_gbps" not in m and "bitladder_cpu" not in m  # measured limits only when given
+
+
+def test_measured_limits_are_added_when_given():
+    m = machine(read_gbps=12.345, fp32_gflops=100.0, int8_gops=None)
+    assert m["read_gbps"] == 12.35 and m["fp32_gflops"] == 100.0 and "int8_gops" not in m
+
+
+def test_avx2_override_shows_no_avx512(monkeypatch):
+    monkeypatch.setenv("BITLADDER_CPU", "avx2")
+    m = machine()
+    assert m["bitladder_cpu"] == "avx2"
+    assert not any(m["flags"][f] for f in AVX512) and not m["flags"]["avx_vnni"]
+    assert set(m["host_flags"]) == set(FEATURES)
+    assert "BITLADDER_CPU=avx2" in one_line(m)
+
+
+def test_bogus_override_lists_the_accepted_values(monkeypatch):
+    monkeypatch.setenv("BITLADDER_CPU", "bogus")
+    with pytest.raises(BitladderError, match="bogus") as e:
+        machine()
+    assert all(level in str(e.value) for level in LEVELS)

@@ -1,0 +1,68 @@
+"""Recipe schema: every error names the field and its line; impossible orders are refused."""
+
+import pytest
+
+from bitladder.errors import BitladderError
+from bitladder.pipeline.recipe.parse import load_recipe, parse_recipe
+
+
+def err(text: str) -> str:
+    with pytest.raises(BitladderError) as e:
+        parse_recipe(text, "r.yaml")
+    return str(e.value)
+
+
+def test_valid_recipe_keeps_order_lines_and_bodies():
+    r = parse_recipe("model: digits\nname: t\nsteps:\n  - prune: {sparsity: 0.3}\n  - finetune: {epochs: 2}\n"
+                     "  - quantize: {rung: int4-g32, exclude: ['classifier.3']}\n  - evaluate: {}\n")
+    assert [s.kind for s in r.steps] == ["prune", "finetune", "quantize", "evaluate"]
+    assert [s.line for s in r.steps] == [4, 5, 6, 7]
+    assert r.steps[0].body.config().sparsity == 0.3 and r.steps[2].body.exclude == ["classifier.3"]
+    assert r.to_dict()["steps"][1] == {"finetune": {"epochs": 2, "lr": 0.001, "optimizer": "adamw",
+                                                    "schedule": "cosine", "seed": 0}}
+
+
+@pytest.mark.parametrize("text, needles", [
+    ("model: digits\nsteps:\n  - squash: {}\n", ["line 3", "unknown step 'squash'", "known steps"]),
+    ("model: digits\nsteps:\n  - prune:\n      sparsty: 0.5\n", ["line 4", "steps.0.prune.sparsty", "unknown field"]),
+    ("model: digits\nsteps:\n  - prune:\n      sparsity: 1.5\n", ["line 4", "sparsity must be in [0, 1)"]),
+    ("model: digits\nsteps:\n  - quantize: {rung: int9}\n", ["line 3", "unknown rung 'int9'"]),
+    ("model: digits\nsteps:\n  - quantize: {}\n", ["steps.0.quantize.rung", "required"]),
+    ("model: digits\nstepz: []\n", ["line 2", "stepz", "unknown field"]),
+    ("model: digits\nsteps: []\n", ["at least one step"]),
+    ("model: digits\nsteps:\n  - {prune: {}, quantize: {rung: int8}}\n", ["line 3", "one key"]),
+    ("model: [\n", ["not valid YAML"]),
+    ("- a\n- b\n", ["a mapping"]),
+])
+def test_bad_fields_name_field_and_line(text, needles):
+    msg = err(text)
+    assert msg.startswith("r.yaml")
+    for n in needles:
+        assert n in msg, msg
+
+
+@pytest.mark.parametrize("steps, needles", [
+    (["quantize: {rung: int8}", "prune: {}"], ["line 4", "prune cannot follow quantize", "float weights"]),
+    (["lowbit: {bits: 2}", "quantize: {rung: int8}", "distill: {}"], ["quantize cannot follow lowbit"]),
+    (["quantize: {rung: int8}", "quantize: {rung: int4}"], ["quantize cannot follow quantize"]),
+    (["evaluate: {}", "finetune: {}"], ["finetune cannot follow evaluate"]),
+    (["lowbit: {bits: ternary}", "evaluate: {}"], ["a finetune or distill step must follow"]),
+    (["export: {}", "lowrank: {}"], ["lowrank cannot follow export"]),
+])
+def test_impossible_orders(steps, needles):
+    msg = err("model: digits\nsteps:\n" + "".join(f"  - {s}\n" for s in steps))
+    for n in needles:
+        assert n in msg, msg
+
+
+def test_load_recipe_missing_file(tmp_path):
+    with pytest.raises(BitladderError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("path", ["examples/digits.yaml", "examples/minilm.yaml"])
+def test_examples_are_valid(path):
+    from pathlib import Path
+
+    r = load_recipe(Path(__file__).parents[3] / path)
+    assert r.steps and r.steps[-1].kind == "evaluate"
