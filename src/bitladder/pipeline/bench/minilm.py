@@ -142,8 +142,9 @@ def _hqq(spec):
 #: (the inputs read from a LayerNorm: q/k/v, sharing one scale, and the first FFN layer). Alpha 0.65 from a
 #: sweep on MiniLM's mean cosine (docs/DESIGN.md, 'SmoothQuant goes where the paper puts it').
 W8A8_SQ = Int(8, act=Act(dynamic="token", smoothquant=0.65))
-#: per-token W8A8 on block-Hadamard-rotated inputs (no SmoothQuant; docs/results/rotation-minilm.json)
-W8A8_ROT = Int(8, act=Act(dynamic="token"), rotate=128)
+#: per-token W8A8 on block-Hadamard-rotated inputs, no SmoothQuant; 32-channel blocks trade fidelity for speed
+#: (docs/results/bench-minilm-rotation32-avx2.json)
+W8A8_ROT = Int(8, act=Act(dynamic="token"), rotate=32)
 
 
 def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
@@ -155,7 +156,7 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
         "bitladder W8A8 dynamic per-token + SmoothQuant 0.65 (fbgemm only)": lambda: _backend(
             _bitladder(spec, W8A8_SQ, calib), "fbgemm"),
         "bitladder W8A8 dynamic per-token (oneDNN)": lambda: _bitladder(spec, Int(8, act=Act(dynamic="token"))),
-        "bitladder W8A8 dynamic per-token + Hadamard 128": lambda: _bitladder(spec, W8A8_ROT),
+        "bitladder W8A8 dynamic per-token + Hadamard 32": lambda: _bitladder(spec, W8A8_ROT),
         "bitladder W8A8 dynamic per-tensor (oneDNN)": lambda: _bitladder(spec, Int(8, act=Act(dynamic="tensor"))),
         "bitladder W8 weight-only": lambda: _bitladder(spec, Int(8)),
         "bitladder W4 g64 gptq": lambda: _bitladder(spec, Int(4, group=64, method=GPTQ()), calib),
@@ -165,7 +166,7 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
         "bitladder ONNX W8 (DequantizeLinear)": lambda: _bitladder_onnx(spec, Int(8), "float", folder),
         "bitladder ONNX W8A8 per-token + SmoothQuant 0.65 (MatMulInteger)": lambda: _bitladder_onnx(
             spec, W8A8_SQ, "dynamic", folder, calib),
-        "bitladder ONNX W8A8 per-token + Hadamard 128 (MatMulInteger)": lambda: _bitladder_onnx(
+        "bitladder ONNX W8A8 per-token + Hadamard 32 (MatMulInteger)": lambda: _bitladder_onnx(
             spec, W8A8_ROT, "dynamic", folder),
         "bitladder ONNX W8A8 per-token (MatMulInteger)": lambda: _bitladder_onnx(
             spec, Int(8, act=Act(dynamic="token")), "dynamic", folder),
