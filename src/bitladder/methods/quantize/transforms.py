@@ -9,6 +9,7 @@ module in :data:`BUILTIN` (or import it before calling ``quantize``).
 
 from __future__ import annotations
 
+import abc
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ class Pass:
     state: dict = field(default_factory=dict)
 
 
-class Transform:
+class Transform(abc.ABC):
     """A step around the per-layer work. ``order`` sorts the ``before`` steps, ``after_order`` the
     ``after`` steps (default: ``order``)."""
 
@@ -46,9 +47,9 @@ class Transform:
     after_order: ClassVar[int | None] = None
 
     @classmethod
+    @abc.abstractmethod
     def wanted(cls, config) -> bool:
         """Whether ``config`` asks for this transform."""
-        raise NotImplementedError
 
     def check(self, config, calib: Sequence[Any] | None) -> None:
         """Raise :class:`~bitladder.errors.BitladderError` before any work when the inputs cannot serve."""
