@@ -60,6 +60,8 @@ def _store(scale: torch.Tensor, scale_dtype: torch.dtype) -> torch.Tensor:
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero block: any scale works
     if scale_dtype == torch.float16:
         scale = scale.clamp(_FP16_TINY, float(torch.finfo(torch.float16).max))
+    elif scale_dtype.is_floating_point:  # a subnormal scale loses the precision of x / scale and clips
+        scale = scale.clamp(min=torch.finfo(scale_dtype).tiny)
     stored = scale.to(scale_dtype)
     # round up, never down: a scale rounded down would clip the largest value of its block
     low = stored.float() < scale

@@ -20,6 +20,7 @@ from torch import nn
 
 from bitladder.atomic import atomic_path
 from bitladder.errors import BitladderError
+from bitladder.io.structure import with_structures
 from bitladder.nn.base import QuantModule
 from bitladder.nn.registry import HANDLERS, HandlerRegistry
 
@@ -35,6 +36,7 @@ def save(model: nn.Module, path: str | os.PathLike, source: str | None = None, c
     layers = {name: {"handler": type(m).__name__, **m.qmeta}
               for name, m in model.named_modules() if isinstance(m, QuantModule)}
     meta = {"format_version": FORMAT_VERSION, "source": source, "config": config, "layers": layers}
+    structure = with_structures(model, structure or [])  # rotations and shortcuts record themselves
     if structure:
         meta["structure"] = structure
     seen: dict[int, str] = {}

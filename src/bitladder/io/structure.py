@@ -20,7 +20,7 @@ from torch import nn
 
 from bitladder.errors import BitladderError
 from bitladder.nn.base import QuantModule
-from bitladder.nn.structures import build_module, module_record
+from bitladder.nn.structures import build_module, is_structure, module_record
 
 
 def _shapes(m: nn.Module) -> dict:
@@ -44,6 +44,19 @@ def describe(model: nn.Module, reference: nn.Module) -> list[dict]:
         kind, args = module_record(m)
         out.append({"name": name, "type": kind, "args": args})
     return out
+
+
+def with_structures(model: nn.Module, records: list[dict]) -> list[dict]:
+    """``records`` completed with every structural module of ``model`` (a rotation added by ``quantize``)
+    that no record of it or of an ancestor describes; a plain record at the same name is replaced."""
+    out = {r["name"]: r for r in records}
+    for name, m in model.named_modules():
+        if not name or not is_structure(m) or any(name.startswith(n + ".") for n in out):
+            continue
+        if name not in out or out[name]["type"] != type(m).__name__:
+            kind, args = module_record(m)
+            out[name] = {"name": name, "type": kind, "args": args}
+    return list(out.values())
 
 
 def rebuild(model: nn.Module, records: list[dict]) -> nn.Module:

@@ -15,7 +15,7 @@ class FactorizedLinear(nn.Module):
 
     def __init__(self, in_f: int, out_f: int, rank: int, bias: bool) -> None:
         super().__init__()
-        self.rank = rank
+        self.rank, self._args = rank, {"in_f": in_f, "out_f": out_f, "rank": rank, "bias": bias}
         self.first = nn.Linear(in_f, rank, bias=False)
         self.second = nn.Linear(rank, out_f, bias=bias)
 
@@ -23,9 +23,8 @@ class FactorizedLinear(nn.Module):
         return self.second(self.first(x))
 
     def record(self) -> dict:
-        """Constructor arguments (what an artifact stores)."""
-        return {"in_f": self.first.in_features, "out_f": self.second.out_features, "rank": self.rank,
-                "bias": self.second.bias is not None}
+        """Constructor arguments (what an artifact stores; kept, since quantised factors lose them)."""
+        return dict(self._args)
 
     @classmethod
     def from_record(cls, args: dict) -> FactorizedLinear:
@@ -41,6 +40,9 @@ class FactorizedConv2d(nn.Module):
                  padding: list, dilation: list, ranks: list, bias: bool) -> None:
         super().__init__()
         self.kind, self.ranks = kind, list(ranks)
+        self._args = {"kind": kind, "in_channels": in_channels, "out_channels": out_channels,
+                      "kernel_size": list(kernel_size), "stride": list(stride), "padding": list(padding),
+                      "dilation": list(dilation), "ranks": list(ranks), "bias": bias}
         k, s, p, d = tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation)
         if kind == "tucker2":
             r_in, r_out = ranks
@@ -58,12 +60,8 @@ class FactorizedConv2d(nn.Module):
         return self.last(x)
 
     def args(self) -> dict:
-        """Constructor arguments (what an artifact stores)."""
-        f, last = self.first, self.last
-        src = self.core if self.kind == "tucker2" else f
-        return {"kind": self.kind, "in_channels": f.in_channels, "out_channels": last.out_channels,
-                "kernel_size": list(src.kernel_size), "stride": list(src.stride), "padding": list(src.padding),
-                "dilation": list(src.dilation), "ranks": self.ranks, "bias": last.bias is not None}
+        """Constructor arguments (what an artifact stores; kept, since quantised convs lose them)."""
+        return dict(self._args)
 
     record = args
 

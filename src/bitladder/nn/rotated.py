@@ -71,6 +71,10 @@ class Rotated(nn.Module):
         linear.weight.copy_(rotate_input(w, hadamard(block)).to(linear.weight.dtype))
         return cls(linear, block)
 
+    def rotate_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """``w H``: a float weight of the wrapped layer's shape in the rotated basis (what it approximates)."""
+        return rotate_input(w.double(), hadamard(self.block)).to(w.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cached = getattr(x, "_bitladder_rotated", None)
         if cached is None or cached[0] != self.block:

@@ -36,6 +36,12 @@ def _load_builtins() -> None:
         importlib.import_module(module)
 
 
+def is_structure(m: nn.Module) -> bool:
+    """Whether ``m`` is a registered structural module (its record rebuilds it)."""
+    _load_builtins()
+    return any(type(m) is cls for cls in STRUCTURES.values())
+
+
 def module_record(m: nn.Module) -> tuple[str, dict]:
     """(type name, constructor arguments) of a registered structure or a plain torch layer."""
     _load_builtins()

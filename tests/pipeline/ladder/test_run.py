@@ -65,3 +65,11 @@ def test_report_is_self_contained(digits_results, tmp_path):
     assert "int4-g32" in html
     assert f"Machine: {res['machine']['cpu']}" in html
     assert "Per-layer weight SQNR" in html and "classifier.3" in html
+
+
+def test_a_rotated_rung_saves_reloads_and_reports_its_layers(digits_spec, tmp_path):
+    res = run_ladder(digits_spec, ["int4-g32-r32"], tmp_path, repeats=2)
+    row = res["rungs"][0]
+    assert row["reload_identical"] and row["fidelity_drop_pt"] <= 2.0
+    rotated = [n for n in row["layers"] if n.endswith(".layer")]  # the quantised Linear inside each Rotated
+    assert rotated and all(row["layers"][n]["sqnr_db"] > 10 for n in rotated)  # measured against W H, not W

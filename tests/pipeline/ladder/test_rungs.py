@@ -30,3 +30,14 @@ def test_method_and_activation_suffixes():
         parse_rung("fp16-gptq")
     with pytest.raises(BitladderError, match="asymmetric"):
         parse_rung("int4-hqq")
+
+
+def test_rotation_suffix():
+    from bitladder.methods.quantize.methods import GPTQ, Act
+
+    assert parse_rung("int4-g64-gptq-r128") == Int(4, group=64, method=GPTQ(), rotate=128)
+    assert parse_rung("int8-a8d-r32") == Int(8, act=Act(bits=8, dynamic=True), rotate=32)
+    with pytest.raises(BitladderError, match="integer rungs only"):
+        parse_rung("binary-r32")
+    with pytest.raises(BitladderError, match="power of two"):
+        parse_rung("int4-g64-r48")

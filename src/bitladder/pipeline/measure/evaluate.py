@@ -11,6 +11,7 @@ from torch import nn
 
 from bitladder.formats.quant import sqnr_db
 from bitladder.nn.base import QuantModule
+from bitladder.nn.rotated import Rotated
 from bitladder.nn.select import run
 from bitladder.zoo.spec import ModelSpec
 
@@ -60,6 +61,18 @@ def paired_latency(ref: nn.Module, model: nn.Module, batch: Any, repeats: int, w
     return statistics.median(ta), statistics.median(tb)
 
 
+def float_counterpart(float_model: nn.Module, qmodel: nn.Module, name: str) -> tuple[nn.Module, torch.Tensor]:
+    """The float layer a quantised layer of ``qmodel`` stands for, and the float weight it approximates
+    (rotated when a :class:`~bitladder.nn.rotated.Rotated` holds the quantised layer)."""
+    parent, _, child = name.rpartition(".")
+    holder = qmodel.get_submodule(parent) if parent else qmodel
+    if isinstance(holder, Rotated) and child == "layer":
+        f = float_model.get_submodule(parent)
+        return f, holder.rotate_weight(f.weight.detach())
+    f = float_model.get_submodule(name)
+    return f, f.weight.detach()
+
+
 def layer_stats(float_model: nn.Module, qmodel: nn.Module) -> dict[str, dict]:
     """Per quantised layer: format, weight SQNR (dB), bytes, theoretical bytes, clipped count, kernel."""
     stats = {}
@@ -67,7 +80,7 @@ def layer_stats(float_model: nn.Module, qmodel: nn.Module) -> dict[str, dict]:
         if not isinstance(m, QuantModule):
             continue
         qt = m.qweight
-        w = float_model.get_submodule(name).weight.detach()
+        w = float_counterpart(float_model, qmodel, name)[1]
         stats[name] = {"format": qt.qtype.name, "shape": list(qt.shape), "numel": qt.numel,
                        "sqnr_db": round(sqnr_db(w, m.effective_weight()), 3),
                        "bytes": qt.nbytes, "theoretical_bytes": qt.theoretical_nbytes,
@@ -110,7 +123,7 @@ def layer_latency(float_model: nn.Module, qmodel: nn.Module, batch: Any, repeats
             h.remove()
     ratios = {}
     for name, x in seen.items():
-        f, q = float_model.get_submodule(name), qmodel.get_submodule(name)
+        f, q = float_counterpart(float_model, qmodel, name)[0], qmodel.get_submodule(name)
         fa, fb = (lambda: f(x)), (lambda: q(x))
         fb()
         n = _calls_per_sample(fa, sample_s)
