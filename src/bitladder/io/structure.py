@@ -53,8 +53,8 @@ def with_structures(model: nn.Module, records: list[dict]) -> list[dict]:
     for name, m in model.named_modules():
         if not name or not is_structure(m) or any(name.startswith(n + ".") for n in out):
             continue
-        if name not in out or out[name]["type"] != type(m).__name__:
-            kind, args = module_record(m)
+        kind, args = module_record(m)
+        if name not in out or out[name]["type"] != kind:
             out[name] = {"name": name, "type": kind, "args": args}
     return list(out.values())
 
