@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-all test-cpus setup clean
+.PHONY: demo test test-all test-cpus setup clean results-page
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ test-cpus: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
+
+# docs/RESULTS.md from docs/results/*.json (tests/test_results_page.py fails when the two drift apart).
+results-page: $(STAMP)
+	$(BIN)/python benchmarks/results_page.py
 
 clean:
 	rm -rf runs build *.egg-info src/*.egg-info

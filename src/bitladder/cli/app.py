@@ -26,22 +26,21 @@ def ladder(
     repeats: int = typer.Option(10, min=1, help="timed runs per rung (median; interleaved with fp32)"),
 ) -> None:
     """Quantise to each rung, save, reload, and measure fidelity, size and speed."""
-    from bitladder.pipeline.ladder.rungs import parse_rung
+    from bitladder.pipeline.ladder.rungs import parse_rungs
     from bitladder.pipeline.ladder.run import check_out_dir, run_ladder
     from bitladder.pipeline.report.html import write_report
     from bitladder.zoo.registry import resolve
 
-    names = [r.strip() for r in rungs.split(",") if r.strip()]
-    [parse_rung(r) for r in names]  # a bad rung fails here, before the model loads
+    configs = parse_rungs(r for r in rungs.split(",") if r.strip())  # a bad rung fails before the model loads
     check_out_dir(out)
     with console.status(f"loading {model}"):
         spec = resolve(model)
-    names = names or spec.default_rungs
+    configs = configs or parse_rungs(spec.default_rungs)
     from bitladder.cli.table import ladder_table
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task(f"{spec.name} ladder", total=len(names))
+        task = bar.add_task(f"{spec.name} ladder", total=len(configs))
 
         def on_rung(rung: str, row: dict | None) -> None:
             if row is None:
@@ -49,7 +48,7 @@ def ladder(
             else:
                 bar.advance(task)
 
-        results = run_ladder(spec, names, out, repeats=repeats, on_rung=on_rung)
+        results = run_ladder(spec, configs, out, repeats=repeats, on_rung=on_rung)
     report = write_report(results, out / "report.html")
     console.print(ladder_table(results))
     console.print(f"wall time {results['wall_s']:.1f} s; results: {out / 'results.json'}; report: {report}")
@@ -142,18 +141,17 @@ def mixed(
     """Per-layer sensitivity, then a per-layer format meeting a bits-per-weight budget."""
     from bitladder.pipeline.ladder.run import check_out_dir
     from bitladder.pipeline.ladder.mixed import run_mixed
-    from bitladder.pipeline.ladder.rungs import parse_rung
+    from bitladder.pipeline.ladder.rungs import parse_rungs
     from bitladder.zoo.registry import resolve
 
-    names = [r.strip() for r in rungs.split(",") if r.strip()]
-    [parse_rung(r) for r in names]  # a bad rung fails here, before the model loads
+    configs = parse_rungs(r for r in rungs.split(",") if r.strip())  # a bad rung fails before the model loads
     if not 0 < budget <= 64:
         raise BitladderError(f"budget must be in (0, 64] bits per weight, got {budget}")
     check_out_dir(out)
     with console.status(f"loading {model}"):
         spec = resolve(model)
     with console.status("measuring per-layer sensitivity"):
-        res = run_mixed(spec, names, budget, out)
+        res = run_mixed(spec, configs, budget, out)
     from collections import Counter
 
     counts = ", ".join(f"{n} x {r}" for r, n in Counter(res["assignment"].values()).items())

@@ -19,15 +19,17 @@ from dataclasses import dataclass
 import torch
 
 from bitladder.errors import BitladderError
+from bitladder.formats.kinds import KINDS, Kind
 
 
 @dataclass(frozen=True)
 class QType:
     """One number format.
 
-    kind: "float" (stored as a torch float dtype), "int" (integer codes in [qmin, qmax]),
-    "ternary" (codes -1, 0, 1 packed five to a byte), "binary" (signs, one bit each) or
-    "codebook" (indices into a learned table of 2**bits values, ``cbN``).
+    kind: a registered number kind (:mod:`bitladder.formats.kinds`) whose rules scale, round, pack and
+    export the format: "float" (a torch float dtype), "int" (integer codes in [qmin, qmax]), "ternary"
+    (codes -1, 0, 1 packed five to a byte), "binary" (signs, one bit each) or "codebook" (indices into a
+    learned table of 2**bits values, ``cbN``) or "normal" (NormalFloat: fixed normal-quantile levels, ``nf4``).
     """
 
     name: str
@@ -39,21 +41,28 @@ class QType:
     dtype: torch.dtype | None = None  # float formats only
     fmax: float | None = None  # float formats: largest finite value
 
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"format {self.name!r}: unknown number kind {self.kind!r}; known: {', '.join(KINDS)}")
+
+    @property
+    def rules(self) -> Kind:
+        """The rules of this format's number kind."""
+        return KINDS[self.kind]
+
     @property
     def is_float(self) -> bool:
-        return self.kind == "float"
+        return self.dtype is not None
 
     @property
     def levels(self) -> int:
         """Number of distinct codes (integer-like formats)."""
-        if self.kind == "binary":
-            return 2
-        return self.qmax - self.qmin + 1
+        return self.rules.levels(self)
 
     @property
     def pack_bits(self) -> int:
-        """Width of one code in the bit-stream packer (ternary uses its own base-3 packer)."""
-        return int(self.bits) if self.kind in ("int", "binary", "codebook") else 0
+        """Width of one code in the bit-stream packer (0: the kind packs otherwise, e.g. ternary base 3)."""
+        return self.rules.code_bits(self)
 
 
 def _float(name: str, dtype: torch.dtype) -> QType:
@@ -77,6 +86,7 @@ _ROWS = [
     QType("ternary", "ternary", 1.6, True, -1, 1),
     *[QType(f"cb{b}", "codebook", b, False, 0, 2**b - 1) for b in range(1, 9)],
     QType("binary", "binary", 1, True, -1, 1),
+    QType("nf4", "normal", 4, False, 0, 15),
 ]
 
 QTYPES: dict[str, QType] = {q.name: q for q in _ROWS}

@@ -28,7 +28,8 @@ _FP16_TINY = float(torch.finfo(torch.float16).tiny)
 def choose_qparams(
     xb: torch.Tensor, qtype: QType, symmetric: bool = True, scale_dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Scale (C, nb, 1) and integer zero point (or None) for each block of ``xb`` (C, nb, B).
+    """Scale (C, nb, 1) and integer zero point (or None) for each block of ``xb`` (C, nb, B), by the
+    rules of the format's kind (:mod:`bitladder.formats.kinds`). The built-in kinds:
 
     int, symmetric: ``scale = amax / qmax`` (zero point none). int, asymmetric (use an unsigned
     qtype): the range is widened to include zero, ``scale = (max - min) / (qmax - qmin)``.
@@ -38,22 +39,11 @@ def choose_qparams(
     quantising with it is exactly what dequantising from storage will see.
     """
     x = xb.float()
-    if qtype.kind == "float":
-        if qtype.bits >= 16:
-            return None, None
-        scale = x.abs().amax(dim=-1, keepdim=True) / qtype.fmax
-    elif qtype.kind in ("ternary", "binary"):
-        scale = x.abs().mean(dim=-1, keepdim=True)
-    elif symmetric:
-        scale = x.abs().amax(dim=-1, keepdim=True) / qtype.qmax
-    else:
-        mn = x.amin(dim=-1, keepdim=True).clamp(max=0)
-        mx = x.amax(dim=-1, keepdim=True).clamp(min=0)
-        scale = (mx - mn) / (qtype.qmax - qtype.qmin)
-        scale = _store(scale, scale_dtype)
-        zp = torch.round(qtype.qmin - mn / scale).clamp(qtype.qmin, qtype.qmax)
-        return scale, zp.to(torch.int32)
-    return _store(scale, scale_dtype), None
+    scale, with_zero = qtype.rules.qparams(x, qtype, symmetric)
+    if scale is None:
+        return None, None
+    scale = _store(scale, scale_dtype)
+    return scale, (qtype.rules.zero_point(x, scale, qtype) if with_zero else None)
 
 
 def _store(scale: torch.Tensor, scale_dtype: torch.dtype) -> torch.Tensor:
@@ -74,19 +64,7 @@ def quantize(
     xb: torch.Tensor, scale: torch.Tensor | None, zero_point: torch.Tensor | None, qtype: QType
 ) -> tuple[torch.Tensor, int]:
     """Round to nearest with saturation. Returns (codes, number of values clipped)."""
-    x = xb.float() if qtype.kind != "float" or qtype.bits <= 32 else xb.double()
-    v = x if scale is None else x / scale
-    if qtype.kind == "float":
-        # a relative slack of 2**-20 absorbs the division's own rounding at the block maximum
-        clipped = int((v.abs() > qtype.fmax * (1 + 2**-20)).sum())
-        return v.clamp(-qtype.fmax, qtype.fmax).to(qtype.dtype), clipped
-    if qtype.kind == "binary":
-        return torch.where(v >= 0, 1, -1).to(torch.int8), 0
-    v = torch.round(v)
-    if zero_point is not None:
-        v = v + zero_point
-    clipped = int(((v < qtype.qmin) | (v > qtype.qmax)).sum())
-    return v.clamp(qtype.qmin, qtype.qmax).to(torch.int32), clipped
+    return qtype.rules.quantize(xb, scale, zero_point, qtype)
 
 
 def dequantize(
@@ -97,9 +75,9 @@ def dequantize(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Inverse of :func:`quantize` (up to the rounding it did)."""
-    if qtype.kind == "float" and scale is None:
+    if scale is None:  # wide floats are stored as themselves
         return q.to(dtype)
-    v = q.to(torch.float32)
+    v = qtype.rules.decode(q, qtype)
     if zero_point is not None:
         v = v - zero_point.to(torch.float32)
     return (v * scale).to(dtype)
@@ -107,16 +85,12 @@ def dequantize(
 
 def to_unsigned(q: torch.Tensor, qtype: QType) -> torch.Tensor:
     """Signed codes -> unsigned codes for the packers (binary: -1/+1 -> 0/1)."""
-    if qtype.kind == "binary":
-        return ((q.to(torch.int16) + 1) // 2).to(torch.uint8)
-    return (q.to(torch.int16) - qtype.qmin).to(torch.uint8)
+    return qtype.rules.to_unsigned(q, qtype)
 
 
 def from_unsigned(u: torch.Tensor, qtype: QType) -> torch.Tensor:
     """Inverse of :func:`to_unsigned`: signed codes (binary: 0/1 -> -1/+1, as int8; others int16)."""
-    if qtype.kind == "binary":
-        return u.to(torch.int8) * 2 - 1
-    return u.to(torch.int16) + qtype.qmin
+    return qtype.rules.from_unsigned(u, qtype)
 
 
 def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:

@@ -14,7 +14,7 @@ from bitladder.nn.layers import QuantEmbedding
 def gather_eligible(m: QuantModule) -> bool:
     """Whether an int8 embedding can be exported as a Gather of int8 rows (one scale per row or tensor)."""
     qt = m.qweight
-    return (isinstance(m, QuantEmbedding) and qt.qtype.bits == 8 and qt.qtype.kind == "int"
+    return (isinstance(m, QuantEmbedding) and qt.qtype.rules.byte_codes(qt.qtype)
             and qt.zero_point is None and qt.mask is None and "in_scale" not in m.qmeta
             and (qt.layout.granularity == "tensor" or (qt.layout.granularity == "channel" and qt.layout.axis == 0)))
 

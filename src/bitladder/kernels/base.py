@@ -43,8 +43,8 @@ def weight_parts(qt: QuantizedTensor):
 
     Tensor and channel granularities become one group per row of length K.
     """
-    if qt.qtype.kind == "float":
-        raise KernelUnsupported(f"{qt.qtype.name} is a float format")
+    if not qt.qtype.rules.integer_codes:
+        raise KernelUnsupported(f"{qt.qtype.name} has no integer codes ({qt.qtype.kind})")
     if len(qt.shape) != 2:
         raise KernelUnsupported(f"Linear weights are 2-D, got shape {qt.shape}")
     n, k = qt.shape

@@ -41,7 +41,7 @@ class Fp16CodesKernel(LinearKernel):
     def applies(cls, qt: QuantizedTensor) -> bool:
         """Whether this weight can run here: integer-like codes with one scale per output channel."""
         lay, zp = qt.layout, qt.zero_point
-        return (qt.qtype.kind in ("int", "binary", "ternary") and qt.qtype.bits <= 8
+        return (qt.qtype.rules.integer_codes and qt.qtype.bits <= 8
                 and len(qt.shape) == 2 and qt.scale is not None and (zp is None or not zp.is_floating_point())
                 and (lay.granularity == "tensor" or lay.granularity == "channel" and lay.axis % 2 == 0))
 

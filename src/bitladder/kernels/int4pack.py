@@ -32,6 +32,7 @@ class Int4PackBf16Kernel(LinearKernel):
     """int4 / int3 / int2 codes with group scales as torch's packed int4, bf16 activations."""
 
     name = "torch-int4pack-bf16"
+    kinds = ("int",)  # the packed-int4 GEMM takes signed nibbles of an integer grid
     requires = ("avx512_bf16",)  # bf16 dot products (AMX CPUs have them too); without, it is slower than fp32
     groups = GROUPS
     auto_rows = ANY_ROWS
@@ -45,7 +46,7 @@ class Int4PackBf16Kernel(LinearKernel):
     def applies(cls, qt: QuantizedTensor) -> bool:
         """Integer codes of 4 bits or fewer, a group of 32-256 dividing K, N a multiple of 16."""
         lay, zp = qt.layout, qt.zero_point
-        if not (qt.qtype.kind == "int" and qt.qtype.bits <= 4 and len(qt.shape) == 2):
+        if not (qt.qtype.kind in cls.kinds and qt.qtype.bits <= 4 and len(qt.shape) == 2):
             return False
         n, k = qt.shape
         return (lay.granularity == "group" and lay.axis % 2 == 0 and lay.group in GROUPS and k % lay.group == 0

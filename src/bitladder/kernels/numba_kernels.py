@@ -22,13 +22,9 @@ def _unsigned(qt: QuantizedTensor, codes: torch.Tensor, zp: torch.Tensor | None)
     Returns (u, mult, off) where ``off`` is a python int or an (N, nb) tensor.
     """
     q = qt.qtype
-    if q.kind == "binary":
-        return (codes + 1) // 2, 2, 1
-    if q.kind == "ternary":
-        return codes + 1, 1, 1
-    if q.signed:
-        return codes - q.qmin, 1, -q.qmin
-    return codes, 1, zp
+    mult, off = q.rules.affine(q)
+    u = q.rules.to_unsigned(codes, q).to(codes.dtype)
+    return u, mult, (off if zp is None else zp + off)
 
 
 def _planes(width: int) -> list[int]:
@@ -94,7 +90,7 @@ class NumbaLowbitKernel(_NumbaKernel):
         gp = g if nb > 1 else -(-max(k, 1) // 8) * 8
         kp = nb * gp
         u, mult, off = _unsigned(qt, codes, zp)
-        width = 1 if qt.qtype.kind == "binary" else 2 if qt.qtype.kind == "ternary" else int(qt.qtype.bits)
+        width = qt.qtype.rules.width(qt.qtype)
         self = cls()
         self.n, self.k, self.nb, self.gp, self.kp = n, k, nb, gp, kp
         self.name = f"numba-{qt.qtype.name}"
@@ -182,16 +178,17 @@ class XnorKernel(_NumbaKernel):
     """
 
     name = "binary-xnor"
+    kinds = ("binary",)  # sign bits: XNOR-popcount is a product of signs
     group_multiple = 64  # groups of whole 64-bit words
 
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
-        return qt.qtype.kind == "binary" and len(qt.shape) == 2 and cls.group_ok(qt)
+        return qt.qtype.kind in cls.kinds and len(qt.shape) == 2 and cls.group_ok(qt)
 
     @classmethod
     def from_qtensor(cls, qt: QuantizedTensor) -> "XnorKernel":
         cls._require()
-        if qt.qtype.kind != "binary":
+        if qt.qtype.kind not in cls.kinds:
             raise KernelUnsupported("XNOR-popcount needs binary weights")
         codes, scale, _, g = weight_parts(qt)
         n, k = qt.shape

@@ -67,13 +67,13 @@ def build_session(u: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, bits:
 
 
 
-_ORT_BITS = {8: 8, 7: 8, 6: 8, 5: 8, 4: 4, 3: 4, 2: 2}
+_ORT_BITS = {8: 8, 7: 8, 6: 8, 5: 8, 4: 4, 3: 4, 2: 2, 1: 2}  # code width -> the MatMulNBits width holding it
 
 
 def integer_codes(qt: QuantizedTensor) -> bool:
     """Integer-like codes (int, uint, ternary, binary) with integer zero points, output channel on axis 0."""
     zp = qt.zero_point
-    return (qt.qtype.kind in ("int", "binary", "ternary") and len(qt.shape) == 2
+    return (qt.qtype.rules.integer_codes and len(qt.shape) == 2
             and (qt.layout.granularity == "tensor" or qt.layout.axis % 2 == 0)
             and (zp is None or not zp.is_floating_point()))
 
@@ -90,7 +90,7 @@ class OrtNBitsKernel(LinearKernel):
 
     @staticmethod
     def _bits(q) -> int | None:
-        return 2 if q.kind in ("binary", "ternary") else _ORT_BITS.get(int(q.bits))
+        return _ORT_BITS.get(q.rules.width(q))
 
     @classmethod
     def installed(cls) -> bool:
@@ -119,7 +119,7 @@ class OrtNBitsKernel(LinearKernel):
             nb = math.ceil(k / block)
             scale = scale[:, :1].expand(n, nb).contiguous()
             zp = None if zp is None else zp[:, :1].expand(n, nb).contiguous()
-        if q.kind in ("binary", "ternary") or q.signed:
+        if q.signed:
             u = codes + 2 ** (bits - 1)  # onnxruntime's default zero point is 2**(bits-1)
             zarr = None
         else:
@@ -155,7 +155,7 @@ class OrtNBitsFp32Kernel(OrtNBitsKernel):
 
     @staticmethod
     def _bits(q) -> int | None:
-        return 4 if q.kind in ("binary", "ternary") or q.bits <= 4 else None
+        return 4 if q.rules.width(q) <= 4 else None
 
 
 

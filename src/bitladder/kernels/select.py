@@ -28,7 +28,7 @@ def policies() -> tuple[str, ...]:
 def candidates(qt, m: int, cpu: Cpu | None = None) -> list[str]:
     """Every kernel auto may use for this weight at ``m`` rows, best first (``dequant-fp32`` last)."""
     cpu = cpu or current()
-    if qt.qtype.kind in ("float", "codebook"):
+    if not qt.qtype.rules.integer_codes:
         return ["dequant-fp32"]
     return [k.name for k in registry.for_op("linear")
             if (r := k.rows(cpu)) is not None and r[0] <= max(m, 1) <= r[1] and k.available(cpu) and k.applies(qt)]

@@ -143,6 +143,20 @@ class QuantModule(nn.Module):
             w = w * self.in_scale.double().reshape(shape)
         return w
 
+    def to_float(self) -> nn.Module:
+        """The float layer this one stands for, holding the weight it applies (ONNX export traces it)."""
+        raise NotImplementedError(f"{type(self).__name__} has no float form")
+
+    def _filled(self, new: nn.Module) -> nn.Module:
+        """``new`` with this layer's applied weight (input scale folded back in) and bias."""
+        w = self.effective_weight().float() if "in_scale" in self._qmeta else self.qweight.dequantize(torch.float32)
+        bias = getattr(self, "bias", None)
+        with torch.no_grad():
+            new.weight.copy_(w)
+            if bias is not None:
+                new.bias.copy_(bias)
+        return new
+
     def _bias(self) -> torch.Tensor | None:
         b = getattr(self, "bias", None)
         return None if b is None else b.to(self.compute_dtype)

@@ -23,6 +23,10 @@ class QuantLinear(QuantModule):
 
     kernel_policy = "auto"
 
+    def to_float(self) -> nn.Linear:
+        n, k = self.qweight.shape
+        return self._filled(nn.Linear(k, n, bias=self.bias is not None))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # per-call Python is kept lean (no dtype casts that change nothing, no Module.__setattr__): MiniLM
         # on 8 tokens spends more in it than in the GEMMs
@@ -87,6 +91,11 @@ class _QuantConvNd(QuantModule):
         qm.kernel_size = module.kernel_size
         return qm
 
+    def to_float(self) -> nn.Module:
+        shape = self.qweight.shape
+        return self._filled(self.float_cls(shape[1] * self.groups, shape[0], self.kernel_size, self.stride,
+                                           self.padding, self.dilation, self.groups, bias=self.bias is not None))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xin = self.prepare_input(x.to(self.compute_dtype))
         kern = self._int8_conv(xin)
@@ -105,6 +114,7 @@ class _QuantConvNd(QuantModule):
 class QuantConv1d(_QuantConvNd):
     """Conv1d on the dequantised weight (zero padding only)."""
     _conv = staticmethod(F.conv1d)
+    float_cls = nn.Conv1d
 
 
 @HANDLERS.register(nn.Conv2d)
@@ -115,6 +125,7 @@ class QuantConv2d(_QuantConvNd):
     ``kernel`` says which."""
 
     _conv = staticmethod(F.conv2d)
+    float_cls = nn.Conv2d
     kernel_policy = "dequant-fp32"
 
     def _int8_conv(self, x: torch.Tensor):
@@ -152,6 +163,9 @@ class QuantEmbedding(QuantModule):
         if aligned and qm.kernel != "fp64":
             qm.kernel = "gather-dequant-fp32"
         return qm
+
+    def to_float(self) -> nn.Embedding:
+        return self._filled(nn.Embedding(*self.qweight.shape, padding_idx=self.padding_idx))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         qt = self.qweight

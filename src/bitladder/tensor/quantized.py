@@ -20,32 +20,23 @@ import torch
 from bitladder.formats import packing
 from bitladder.formats.layout import Layout
 from bitladder.formats.qtypes import QType, get_qtype
-from bitladder.formats.quant import choose_qparams, dequantize, from_unsigned, quantize, to_unsigned
+from bitladder.formats.quant import choose_qparams, dequantize, quantize
 from bitladder.tensor.sparse import pack_mask, pays_off, unpack_mask
 
 SCALE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _pack(codes: torch.Tensor, qtype: QType) -> torch.Tensor:
-    u = to_unsigned(codes, qtype)
-    return packing.pack_ternary(u) if qtype.kind == "ternary" else packing.pack_bits(u, qtype.pack_bits)
+    return qtype.rules.pack(codes, qtype)
 
 
 def _unpack(packed: torch.Tensor, qtype: QType, n: int) -> torch.Tensor:
-    if qtype.kind == "ternary":
-        u = packing.unpack_ternary(packed, n)
-    else:
-        u = packing.unpack_bits(packed, qtype.pack_bits, n)
-    return from_unsigned(u, qtype)
+    return qtype.rules.unpack(packed, qtype, n)
 
 
 def packed_size(qtype: QType, n: int) -> int:
     """Bytes that ``n`` codes of ``qtype`` occupy packed."""
-    if qtype.kind == "float":
-        return n * int(qtype.bits) // 8
-    if qtype.kind == "ternary":
-        return packing.ternary_nbytes(n)
-    return packing.packed_nbytes(n, qtype.pack_bits)
+    return qtype.rules.packed_size(qtype, n)
 
 
 @dataclass
@@ -92,7 +83,7 @@ class QuantizedTensor:
             scale = None if scale is None else scale.to(SCALE_DTYPES[scale_dtype]).float()
         q, clipped = quantize(xb, scale, zp, qtype)
         mask = layout.rows(w.detach() != 0)
-        can = qtype.kind not in ("binary", "codebook") and not (zp is not None and zp.is_floating_point())
+        can = qtype.rules.sparse_ok and not (zp is not None and zp.is_floating_point())
         if sparse is None:
             sparse = can and pays_off(mask.numel(), int(mask.sum()), qtype.bits)
         return cls.from_codes(q, scale, zp, qtype, tuple(w.shape), layout, scale_dtype, clipped,
@@ -110,10 +101,7 @@ class QuantizedTensor:
         rows = q.reshape(c, -1)[:, :k]
         if mask is not None:
             rows = rows[mask.reshape(c, k)]
-        if qtype.kind == "float":
-            packed = rows.contiguous().view(torch.uint8).reshape(-1).clone()
-        else:
-            packed = _pack(rows, qtype)
+        packed = _pack(rows, qtype)
         s = None if scale is None else scale.reshape(c, nb).to(SCALE_DTYPES[scale_dtype])
         if zp is not None and zp.is_floating_point():  # fractional zero points (HQQ) stay fp16
             z = zp.reshape(c, nb).to(torch.float16)
@@ -140,10 +128,7 @@ class QuantizedTensor:
         c, k, nb, b = self.layout.dims(self.shape)
         mask = None if self.mask is None else unpack_mask(self.mask, c, k)
         n = self.numel if mask is None else int(mask.sum())
-        if self.qtype.kind == "float":
-            vals = self.packed.view(self.qtype.dtype)
-        else:
-            vals = _unpack(self.packed, self.qtype, n)
+        vals = _unpack(self.packed, self.qtype, n)
         if mask is None:
             return vals.reshape(c, k)
         full = torch.zeros(c, k, dtype=vals.dtype)
@@ -173,11 +158,7 @@ class QuantizedTensor:
 
     def _row_bytes(self, n: int) -> int | None:
         """Bytes per row of ``n`` codes if rows start on byte boundaries in the packed stream."""
-        if self.qtype.kind == "float":
-            return n * int(self.qtype.bits) // 8
-        if self.qtype.kind == "ternary":
-            return n // 5 if n % 5 == 0 else None
-        return n * self.qtype.pack_bits // 8 if (n * self.qtype.pack_bits) % 8 == 0 else None
+        return self.qtype.rules.row_bytes(self.qtype, n)
 
     def dequantize_rows(self, index: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``dequantize()[index]`` for channel axis 0, unpacking only the rows asked for.
@@ -208,7 +189,7 @@ class QuantizedTensor:
         """One byte per integer code, row-major along axis 0 in whole groups, with integer zero points: rows can
         be dequantised straight from their bytes (:meth:`dequantize_rows`)."""
         c, k, nb, b = self.layout.dims(self.shape)
-        return (self.qtype.kind == "int" and self.qtype.pack_bits == 8 and self.layout.axis == 0
+        return (self.qtype.rules.byte_codes(self.qtype) and self.layout.axis == 0
                 and self.layout.granularity != "tensor" and k % b == 0 and self.table is None and self.mask is None
                 and not (self.zero_point is not None and self.zero_point.is_floating_point()))
 
@@ -283,8 +264,9 @@ class QuantizedTensor:
         want = packed_size(self.qtype, self.nnz)
         if self.packed.dtype != torch.uint8 or self.packed.numel() != want:
             raise ValueError(f"packed codes hold {self.packed.numel()} bytes, metadata implies {want}")
-        if (self.qtype.kind == "codebook") != (self.table is not None):
-            raise ValueError("codebook formats need a table, and only they have one")
+        if self.qtype.rules.has_table != (self.table is not None):
+            raise ValueError(f"{self.qtype.name}: {self.qtype.kind} formats "
+                             f"{'need a table' if self.qtype.rules.has_table else 'have no table'}")
         if self.table is not None and tuple(self.table.shape) != (c, self.qtype.levels):
             raise ValueError(f"table shape {tuple(self.table.shape)} != expected {(c, self.qtype.levels)}")
         if self.scale is not None and tuple(self.scale.shape) != (c, nb):

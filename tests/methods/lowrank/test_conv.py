@@ -4,7 +4,7 @@ from torch import nn
 
 import bitladder
 from bitladder.errors import BitladderError
-from bitladder.io.artifact import load, save
+from bitladder.io.artifact import save
 from bitladder.io.structure import describe
 from bitladder.methods.lowrank.conv import ConvFactor, FactorizedConv2d, factorize_convs
 from bitladder.methods.quantize.configs import Int

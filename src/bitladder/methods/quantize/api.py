@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from bitladder.errors import BitladderError
-from bitladder.methods.quantize.configs import QuantConfig
+from bitladder.methods.quantize.configs import CONFIG_TYPES, QuantConfig
 from bitladder.methods.quantize.methods import RTN
 from bitladder.methods.quantize.swap import replace, swap
 from bitladder.methods.quantize.transforms import Pass, active, run_after, run_before
@@ -72,9 +72,8 @@ def quantize(model: nn.Module, config: QuantConfig, include: Selector = None, ex
     tensors passed as keywords) for methods that need data. A model that is itself one layer is
     returned quantised.
     """
-    if not hasattr(config, "qtype") or not hasattr(config, "layout"):
-        raise BitladderError(f"config must be one of Float, Int, Ternary, Binary, Codebook; got "
-                             f"{type(config).__name__}")
+    if not isinstance(config, tuple(CONFIG_TYPES.values())):
+        raise BitladderError(f"config must be one of {', '.join(CONFIG_TYPES)}; got {type(config).__name__}")
     method = getattr(config, "method", None) or RTN()
     act = getattr(config, "act", None)
     for m in (method, act):

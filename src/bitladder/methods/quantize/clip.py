@@ -32,7 +32,7 @@ def search_qparams(xb: torch.Tensor, qtype: QType, symmetric: bool, scale_dtype:
     """
     x = xb.float()
     best_s, best_z = choose_qparams(x, qtype, symmetric, scale_dtype)
-    if qtype.kind != "int":
+    if not qtype.rules.range_scaled:
         return best_s, best_z
     best_err = torch.full(x.shape[:-1] + (1,), float("inf"))
     for i in range(grid):

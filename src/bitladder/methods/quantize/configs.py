@@ -11,11 +11,26 @@ from typing import ClassVar
 
 from bitladder.errors import BitladderError
 from bitladder.formats.layout import GRANULARITIES, Layout
+from bitladder.formats.qtypes import QTYPES, QType, get_qtype
 from bitladder.kernels.select import policies
 from bitladder.methods.quantize.methods import HQQ, RTN, Act, _Method, method_from_dict
 from bitladder.tensor.quantized import SCALE_DTYPES
 
-FLOAT_FORMATS = ("fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
+FLOAT_FORMATS = tuple(n for n, q in QTYPES.items() if q.is_float)
+CONFIG_TYPES: dict[str, type] = {}  # by class name: how configs are read back
+FOR_KIND: dict[str, type] = {}  # the config a format of each number kind takes (others: Format)
+
+
+def config(*kinds: str):
+    """Register a config class, as the one for formats of ``kinds``."""
+
+    def register(cls: type) -> type:
+        CONFIG_TYPES[cls.__name__] = cls
+        for k in kinds:
+            FOR_KIND[k] = cls
+        return cls
+
+    return register
 
 
 def _check_kernel(cfg) -> None:
@@ -38,6 +53,17 @@ def _check_common(cfg, allowed_gran=GRANULARITIES) -> None:
 
 class _Config:
     version: ClassVar[int] = 1
+    rung_options: ClassVar[tuple[str, ...]] = ()  # rung parts beyond the base and scale layout: sym, method, ...
+
+    @classmethod
+    def takes(cls, qtype: QType) -> bool:
+        """Whether a rung may name this format as its base."""
+        return True
+
+    @classmethod
+    def from_rung(cls, qtype: QType, **kw) -> "_Config":
+        """The config for a rung whose base is ``qtype`` (``kw``: layout and the options it allows)."""
+        return cls(**kw)
 
     def layout(self, axis: int = 0) -> Layout:
         return Layout(self.granularity, axis, self.group)
@@ -50,6 +76,7 @@ class _Config:
         return d
 
 
+@config("float")
 @dataclass(frozen=True)
 class Float(_Config):
     """Store weights in a float format: fp64, fp32, fp16, bf16, fp8_e4m3 or fp8_e5m2.
@@ -66,6 +93,10 @@ class Float(_Config):
     granularity: str = "channel"
     group: int | None = None
     scale_dtype: str = "fp32"
+
+    @classmethod
+    def from_rung(cls, qtype: QType, **kw) -> "Float":
+        return cls(qtype.name, **kw)
 
     def __post_init__(self) -> None:
         if self.format not in FLOAT_FORMATS:
@@ -87,6 +118,7 @@ class Float(_Config):
         return Layout("tensor")
 
 
+@config("int")
 @dataclass(frozen=True)
 class Int(_Config):
     """Integer weights of 2 to 8 bits, round-to-nearest, symmetric or asymmetric.
@@ -119,6 +151,15 @@ class Int(_Config):
     equalize: bool = False
     kernel: str = "auto"
     rotate: int | None = None
+    rung_options: ClassVar[tuple[str, ...]] = ("symmetric", "method", "act", "rotate")
+
+    @classmethod
+    def takes(cls, qtype: QType) -> bool:
+        return qtype.signed  # unsigned grids are the -asym form of the signed name
+
+    @classmethod
+    def from_rung(cls, qtype: QType, **kw) -> "Int":
+        return cls(bits=int(qtype.bits), **kw)
 
     def __post_init__(self) -> None:
         if self.rotate is not None and (not isinstance(self.rotate, int) or self.rotate < 2
@@ -145,6 +186,7 @@ class Int(_Config):
         return f"int{self.bits}" if self.symmetric else f"uint{self.bits}"
 
 
+@config("ternary")
 @dataclass(frozen=True)
 class Ternary(_Config):
     """Weights in {-1, 0, +1} times an absmean scale (BitNet b1.58), packed 5 per byte.
@@ -167,6 +209,7 @@ class Ternary(_Config):
         _check_kernel(self)
 
 
+@config("binary")
 @dataclass(frozen=True)
 class Binary(_Config):
     """Weights in {-1, +1} times an absmean scale per channel (XNOR-Net), one bit each.
@@ -189,6 +232,7 @@ class Binary(_Config):
         _check_kernel(self)
 
 
+@config("codebook")
 @dataclass(frozen=True)
 class Codebook(_Config):
     """Non-uniform weights: k-means centroids (``2**bits`` of them, per output channel or per
@@ -207,6 +251,12 @@ class Codebook(_Config):
     scale_dtype: ClassVar[str] = "fp16"
     symmetric: ClassVar[bool] = False
 
+    @classmethod
+    def from_rung(cls, qtype: QType, **kw) -> "Codebook":
+        if "group" in kw:
+            raise BitladderError("codebooks are per channel (-pc) or per tensor (-pt), not in groups")
+        return cls(bits=int(qtype.bits), **kw)
+
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
             raise BitladderError(f"Codebook bits must be an integer in 1..8, got {self.bits!r}")
@@ -218,8 +268,41 @@ class Codebook(_Config):
         return f"cb{self.bits}"
 
 
-CONFIG_TYPES = {c.__name__: c for c in (Float, Int, Ternary, Binary, Codebook)}
-QuantConfig = Float | Int | Ternary | Binary | Codebook
+@config()
+@dataclass(frozen=True)
+class Format(_Config):
+    """Round to nearest in any format of the table whose kind has no config of its own (e.g. ``nf4``,
+    NormalFloat): one absmax scale per output channel, per group of ``group`` inputs, or per tensor.
+
+    >>> import torch, bitladder
+    >>> m = bitladder.quantize(torch.nn.Linear(64, 8), Format("nf4", group=32))
+    >>> m.qweight.qtype.name, m.qweight.bits_per_weight
+    ('nf4', 4.5)
+    """
+
+    format: str = "nf4"
+    granularity: str = "channel"
+    group: int | None = None
+    scale_dtype: str = "fp16"
+    symmetric: ClassVar[bool] = True
+
+    @classmethod
+    def from_rung(cls, qtype: QType, **kw) -> "Format":
+        return cls(qtype.name, **kw)
+
+    def __post_init__(self) -> None:
+        kind = get_qtype(self.format).kind
+        own = FOR_KIND.get(kind)
+        if own is not None:
+            raise BitladderError(f"{self.format} is a {kind} format: use {own.__name__}(...)")
+        _check_common(self)
+
+    @property
+    def qtype(self) -> str:
+        return self.format
+
+
+QuantConfig = Float | Int | Ternary | Binary | Codebook | Format
 
 
 def config_from_dict(d: dict) -> QuantConfig:

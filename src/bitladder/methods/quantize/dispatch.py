@@ -18,6 +18,21 @@ from bitladder.nn.records import is_conv1d
 from bitladder.tensor.quantized import SCALE_DTYPES, QuantizedTensor
 
 
+CALIBRATED: dict[type, tuple] = {}  # method config type -> (collector factory, weight builder)
+
+
+def calibrated(method_type: type, collector):
+    """Register the weight builder of a calibrated method: ``collector(module)`` gathers what it needs per
+    layer during the block-by-block pass, the builder turns the layer and its collector into a weight."""
+
+    def register(build):
+        CALIBRATED[method_type] = (collector, build)
+        return build
+
+    return register
+
+
+@calibrated(GPTQ, lambda module: HessianCollector(_in_features(module)))
 def _gptq(config, method: GPTQ, module: nn.Module, handler: type, collector: HessianCollector) -> QuantizedTensor:
     layout = config.layout(handler.weight_axis)
     by_channel = Layout("channel", handler.weight_axis)  # GPTQ sweeps (out, in) rows whatever the scales
@@ -30,12 +45,14 @@ def _gptq(config, method: GPTQ, module: nn.Module, handler: type, collector: Hes
     return QuantizedTensor.from_codes(codes, scale, zp, qtype, tuple(w.shape), layout, config.scale_dtype)
 
 
+@calibrated(AWQ, lambda module: SampleCollector())
 def _awq(config, method: AWQ, module: nn.Module, handler: type, collector: SampleCollector):
     if getattr(handler, "in_channel_dim", -1) != -1:  # convolutions: inputs are not per weight column
         return None
     return awq_tensor(module.weight.detach(), handler.weight_axis, collector, config, method)
 
 
+@calibrated(AdaRound, lambda module: SampleCollector(keep=4096))
 def _adaround(config, method: AdaRound, module: nn.Module, handler: type, collector: SampleCollector):
     layout = config.layout(handler.weight_axis)
     by_channel = Layout("channel", handler.weight_axis)
@@ -48,13 +65,6 @@ def _adaround(config, method: AdaRound, module: nn.Module, handler: type, collec
     return QuantizedTensor.from_codes(codes, scale, zp, qtype, tuple(w.shape), layout, config.scale_dtype)
 
 
-METHODS = {
-    GPTQ: (lambda module: HessianCollector(_in_features(module)), _gptq),
-    AWQ: (lambda module: SampleCollector(), _awq),
-    AdaRound: (lambda module: SampleCollector(keep=4096), _adaround),
-}
-
-
 def _in_features(module: nn.Module) -> int:
     w = module.weight
     if is_conv1d(module):  # transformers' Conv1D: weight (in, out)
@@ -65,7 +75,7 @@ def _in_features(module: nn.Module) -> int:
 def calibrated_swap(model: nn.Module, names: list[str], targets: dict[str, type], config, method,
                     calib: list[Any]) -> list[str]:
     """Quantise ``names`` with the calibrated ``method`` block by block; returns the layers it left alone."""
-    make_collector, build = METHODS[type(method)]
+    make_collector, build = CALIBRATED[type(method)]
 
     def apply(name: str, module: nn.Module, collector) -> None:
         built = build(config, method, module, targets[name], collector)

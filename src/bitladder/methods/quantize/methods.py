@@ -7,9 +7,28 @@ Methods that need data say so (``needs_data``) and how many calibration samples 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from bitladder.errors import BitladderError
+
+
+METHOD_TYPES: dict[str, type] = {}  # by class name: how configs are read back
+RUNG_METHODS: dict[str, Callable[[], "_Method"]] = {}  # by rung suffix (``int4-g64-gptq``)
+
+
+def method(*rung_names: str, **variants: dict):
+    """Register a method config class; ``rung_names`` name it in rungs, ``variants`` name preset instances
+    (``clip={"clip_search": True}`` makes ``-clip`` mean ``RTN(clip_search=True)``)."""
+
+    def register(cls: type) -> type:
+        METHOD_TYPES[cls.__name__] = cls
+        for n in rung_names:
+            RUNG_METHODS[n] = cls
+        for n, kw in variants.items():
+            RUNG_METHODS[n] = lambda kw=kw: cls(**kw)
+        return cls
+
+    return register
 
 
 class _Method:
@@ -25,6 +44,7 @@ class _Method:
         return type(self).__name__.lower()
 
 
+@method("rtn", clip={"clip_search": True})
 @dataclass(frozen=True)
 class RTN(_Method):
     """Round to nearest; ``clip_search`` picks the per-block range that minimises squared error.
@@ -38,6 +58,7 @@ class RTN(_Method):
     clip_search: bool = False
 
 
+@method("gptq")
 @dataclass(frozen=True)
 class GPTQ(_Method):
     """GPTQ (Frantar et al., 2022): column-by-column rounding with second-order error feedback.
@@ -68,6 +89,7 @@ class GPTQ(_Method):
             raise BitladderError(f"GPTQ block_size must be positive, got {self.block_size}")
 
 
+@method("awq")
 @dataclass(frozen=True)
 class AWQ(_Method):
     """AWQ (Lin et al., 2023): activation-aware channel scaling searched on ``grid`` exponents,
@@ -90,6 +112,7 @@ class AWQ(_Method):
             raise BitladderError(f"AWQ grid must be positive, got {self.grid}")
 
 
+@method("hqq")
 @dataclass(frozen=True)
 class HQQ(_Method):
     """HQQ (Badri & Shaji, 2023): data-free zero-point optimisation with a sparse (l_p) error model.
@@ -113,6 +136,7 @@ class HQQ(_Method):
             raise BitladderError(f"HQQ iters must be positive, got {self.iters}")
 
 
+@method("adaround")
 @dataclass(frozen=True)
 class AdaRound(_Method):
     """AdaRound (Nagel et al., 2020): learned up/down rounding per weight, ``iters`` Adam steps on
@@ -140,6 +164,7 @@ class AdaRound(_Method):
 OBSERVER_NAMES = ("minmax", "ema", "percentile", "mse", "kl")
 
 
+@method()
 @dataclass(frozen=True)
 class Act(_Method):
     """Static activation quantisation of each quantised layer's input (W8A8 and lower).
@@ -203,9 +228,6 @@ class Act(_Method):
         if self.smooth_layers != "auto":
             return self.smooth_layers
         return "norm" if self.dynamic == "token" else "all"
-
-
-METHOD_TYPES = {c.__name__: c for c in (RTN, GPTQ, AWQ, HQQ, AdaRound, Act)}
 
 
 def method_from_dict(d: dict) -> _Method:

@@ -32,7 +32,7 @@ def rtn_tensor(w: torch.Tensor, config: QuantConfig, axis: int) -> QuantizedTens
         qtype = get_qtype(config.qtype)
         q, s, z = hqq_blocks(layout.to_blocks(w), qtype, method.iters, method.lp, method.beta, method.kappa)
         return QuantizedTensor.from_codes(q, s, z, qtype, tuple(w.shape), layout, config.scale_dtype)
-    if getattr(method, "clip_search", False) and get_qtype(config.qtype).kind == "int":
+    if getattr(method, "clip_search", False) and get_qtype(config.qtype).rules.range_scaled:
         xb = layout.to_blocks(w)
         qp = search_qparams(xb, get_qtype(config.qtype), config.symmetric, SCALE_DTYPES[config.scale_dtype])
         return QuantizedTensor.from_float(w, config.qtype, layout, config.symmetric, config.scale_dtype, qparams=qp)

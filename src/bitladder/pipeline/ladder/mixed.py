@@ -14,15 +14,17 @@ from bitladder.pipeline.measure.evaluate import fidelity, outputs
 from bitladder.pipeline.report.figures import heatmap
 from bitladder.pipeline.ladder.run import check_out_dir, write_json
 from bitladder.pipeline.measure.machine import machine
-from bitladder.pipeline.ladder.rungs import parse_rung
+from bitladder.pipeline.ladder.rungs import parse_rungs
 from bitladder.zoo.spec import ModelSpec
 
 
-def run_mixed(spec: ModelSpec, rungs: list[str], budget: float, out: Path) -> dict:
-    """Assign ``rungs`` per layer under ``budget`` bits per weight; save, measure and report into ``out``."""
+def run_mixed(spec: ModelSpec, rungs, budget: float, out: Path) -> dict:
+    """Assign ``rungs`` (names, or names parsed to configs) per layer under ``budget`` bits per weight; save,
+    measure and report into ``out``."""
+    cands = parse_rungs(rungs)
+    rungs = list(cands)
     check_out_dir(out)
     mach = machine()
-    cands = {r: parse_rung(r) for r in rungs}
     table = sensitivity(spec.model, cands, spec.calib_batches[:1])
     assign = allocate(table, budget)
     q = apply_assignment(spec.model, assign, cands, spec.calib_batches)

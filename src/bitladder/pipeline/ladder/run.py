@@ -7,7 +7,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -19,7 +19,8 @@ from bitladder.methods.quantize.api import plan, quantize
 from bitladder.nn.base import QuantModule
 from bitladder.pipeline.measure.evaluate import fidelity, layer_latency, layer_stats, outputs, paired_latency
 from bitladder.pipeline.measure.machine import machine
-from bitladder.pipeline.ladder.rungs import parse_rung
+from bitladder.methods.quantize.configs import QuantConfig
+from bitladder.pipeline.ladder.rungs import parse_rungs
 from bitladder.zoo.spec import ModelSpec
 
 SCHEMA = "bitladder.ladder/1"
@@ -64,9 +65,10 @@ def _warnings(stats: dict, kept: dict, ratio: float) -> list[str]:
     return out
 
 
-def run_rung(spec: ModelSpec, rung: str, out: Path, ref: torch.Tensor, base: float, repeats: int) -> dict:
-    """Quantise at one rung, save and reload, and return its result row (fidelity, bytes, latency, kernels)."""
-    cfg = parse_rung(rung)
+def run_rung(spec: ModelSpec, rung: str, cfg: QuantConfig, out: Path, ref: torch.Tensor, base: float,
+             repeats: int) -> dict:
+    """Quantise to ``cfg`` (rung ``rung``), save and reload, and return its result row (fidelity, bytes,
+    latency, kernels)."""
     p = plan(spec.model)
     t0 = time.perf_counter()
     needs = any(getattr(getattr(cfg, k, None), "needs_data", False) for k in ("method", "act"))
@@ -106,11 +108,11 @@ def run_rung(spec: ModelSpec, rung: str, out: Path, ref: torch.Tensor, base: flo
     }
 
 
-def run_ladder(spec: ModelSpec, rungs: list[str], out: Path, repeats: int = 10,
+def run_ladder(spec: ModelSpec, rungs: Iterable[str] | Mapping[str, QuantConfig], out: Path, repeats: int = 10,
                on_rung: Callable[[str, dict | None], None] | None = None) -> dict:
-    """Sweep ``rungs`` on ``spec``; writes artifacts and ``results.json`` into ``out``."""
-    for r in rungs:
-        parse_rung(r)  # every rung name is checked before any work starts
+    """Sweep ``rungs`` (names, or names already parsed to configs) on ``spec``; writes artifacts and
+    ``results.json`` into ``out``."""
+    rungs = parse_rungs(rungs)  # every rung name is checked before any work starts
     check_out_dir(out)
     mach = machine()
     t0 = time.perf_counter()
@@ -118,10 +120,10 @@ def run_ladder(spec: ModelSpec, rungs: list[str], out: Path, repeats: int = 10,
     base = fidelity(spec, ref, ref)["fidelity"]
     results = {"schema": SCHEMA, "model": spec.name, "metric": spec.metric, "fp32_fidelity": base,
                "torch_threads": torch.get_num_threads(), "machine": mach, "rungs": []}
-    for rung in rungs:
+    for rung, cfg in rungs.items():
         if on_rung:
             on_rung(rung, None)
-        row = run_rung(spec, rung, out, ref, base, repeats)
+        row = run_rung(spec, rung, cfg, out, ref, base, repeats)
         results["rungs"].append(row)
         if on_rung:
             on_rung(rung, row)

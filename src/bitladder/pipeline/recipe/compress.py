@@ -45,12 +45,11 @@ def _nonzero(model: torch.nn.Module) -> int:
     return total
 
 
-def _sensitivity(spec: ModelSpec, rungs: list[str]) -> dict:
+def _sensitivity(spec: ModelSpec, configs: dict) -> dict:
     from bitladder.methods.quantize.mixed import sensitivity
-    from bitladder.pipeline.ladder.rungs import parse_rung
 
     data = spec.calib_batches[:1] or spec.eval_batches[:1]
-    return sensitivity(spec.model, {r: parse_rung(r) for r in rungs}, data)
+    return sensitivity(spec.model, configs, data)
 
 
 def _warnings(row: dict, kinds: dict) -> list[str]:
@@ -111,7 +110,7 @@ def run_recipe(recipe, spec: ModelSpec, out: Path, on_step: Callable[[str, dict 
     if ev.robustness:
         results["robustness"] = robustness(spec, back, ev.noise)
     if ev.sensitivity:
-        results["sensitivity"] = _sensitivity(spec, ev.sensitivity)
+        results["sensitivity"] = _sensitivity(spec, ev.configs())
     if export is not None and export.onnx:
         results["onnx"] = _export_onnx(back, spec, out / f"{name}.onnx", export)
     results["wall_s"] = time.perf_counter() - t_all

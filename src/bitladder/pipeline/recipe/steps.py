@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 
 class StepBody(BaseModel):
@@ -82,12 +82,15 @@ class Quantize(Selected):
     """Post-training quantisation to a rung (``int4-g32``, ``int8-a8``, ``int3-g64-asym-gptq``, ...)."""
 
     rung: str
+    _config: object = PrivateAttr(default=None)
 
     def config(self):
-        """The quantisation config of ``rung``."""
+        """The quantisation config of ``rung`` (parsed once, at the recipe's check)."""
         from bitladder.pipeline.ladder.rungs import parse_rung
 
-        return parse_rung(self.rung)
+        if self._config is None:
+            self._config = parse_rung(self.rung)
+        return self._config
 
     def check(self) -> None:
         self.config()
@@ -155,17 +158,24 @@ class Evaluate(StepBody):
     robustness: bool = True
     noise: list[float] = [0.1, 0.25, 0.5]
     sensitivity: list[str] = []
+    _configs: dict = PrivateAttr(default_factory=dict)
+
+    def configs(self) -> dict:
+        """The ``sensitivity`` rungs parsed (once, at the recipe's check)."""
+        from bitladder.pipeline.ladder.rungs import parse_rungs
+
+        if not self._configs:
+            self._configs = parse_rungs(self.sensitivity)
+        return self._configs
 
     def check(self) -> None:
         from bitladder.errors import BitladderError
-        from bitladder.pipeline.ladder.rungs import parse_rung
 
         if self.repeats < 1:
             raise BitladderError(f"repeats must be >= 1, got {self.repeats}")
         if any(not 0 < n <= 1 for n in self.noise):
             raise BitladderError(f"noise levels must be in (0, 1], got {self.noise}")
-        for r in self.sensitivity:
-            parse_rung(r)
+        self.configs()
 
 
 STEPS: dict[str, type[StepBody]] = {"prune": Prune, "lowrank": LowRankStep, "quantize": Quantize,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import multiprocessing as mp
 import re
 import time
@@ -82,7 +84,7 @@ def run_worker(model: str, storage: str, name: str, config: T.TuneConfig, thread
     numel = T._weight_numel(spec.model, names)
     ref = outputs(spec.model, search.eval_batches)
     base = fidelity(search, ref, ref)["fidelity"]
-    cfg = T.TuneConfig(**{**config.__dict__, "seed": config.seed + seed_offset})
+    cfg = dataclasses.replace(config, seed=config.seed + seed_offset)
     study = open_study(storage, name, cfg)
     study.set_user_attr("metric", spec.metric)
     study.set_user_attr("fp32_fidelity", base)
@@ -94,7 +96,7 @@ def run_worker(model: str, storage: str, name: str, config: T.TuneConfig, thread
         if same is not None:  # TPE proposes repeats; reuse the measurement instead of recomputing it
             row = {k: same.user_attrs[k] for k in T.ROW_KEYS}
         else:
-            row = T.score(search, T.build(search, params, names), ref, base, names, numel, cfg.repeats)
+            row = T.score(search, T.build(search, params, names, cfg.configs), ref, base, names, numel, cfg.repeats)
         for k, v in row.items():
             trial.set_user_attr(k, v)
         trial.set_user_attr("violation", row["fidelity_drop_pt"] - cfg.max_drop)

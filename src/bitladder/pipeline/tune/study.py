@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from bitladder.errors import BitladderError
 from bitladder.methods.quantize.api import plan, quantize
 from bitladder.nn.base import QuantModule
 from bitladder.pipeline.measure.evaluate import fidelity, outputs, paired_latency
-from bitladder.pipeline.ladder.rungs import parse_rung
+from bitladder.pipeline.ladder.rungs import parse_rungs
 from bitladder.zoo.spec import ModelSpec
 
 FORMATS = ("fp16", "int8", "int4-g64", "int3-g128-asym-gptq", "int2-g128-asym-gptq", "ternary", "binary")
@@ -52,6 +53,11 @@ class TuneConfig:
     seed: int = 0
     repeats: int = 3  # latency runs per trial
 
+    @cached_property
+    def configs(self) -> dict:
+        """``formats`` parsed to quantisation configs."""
+        return parse_rungs(self.formats)
+
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise BitladderError(f"unknown objective {self.objective!r}; accepted: {', '.join(OBJECTIVES)}")
@@ -59,8 +65,7 @@ class TuneConfig:
             raise BitladderError(f"max-drop must be >= 0 fidelity points, got {self.max_drop}")
         if self.trials < 1:
             raise BitladderError(f"trials must be >= 1, got {self.trials}")
-        for f in self.formats:
-            parse_rung(f)
+        self.configs  # noqa: B018 - parsed once, here: a bad rung fails before any work
         if any(not 0 <= s < 1 for s in self.sparsity):
             raise BitladderError(f"sparsity choices must be in [0, 1), got {self.sparsity}")
         if any(not 0 < e <= 1 for e in self.energy):
@@ -123,14 +128,15 @@ def reshape(spec: ModelSpec, params: dict[str, Any], names: list[str]) -> nn.Mod
     return model
 
 
-def build(spec: ModelSpec, params: dict[str, Any], names: list[str]) -> nn.Module:
-    """Compress a copy of the float model: low-rank, then sparsity, then a format per layer."""
+def build(spec: ModelSpec, params: dict[str, Any], names: list[str], configs: dict | None = None) -> nn.Module:
+    """Compress a copy of the float model: low-rank, then sparsity, then a format per layer (``configs``: the
+    trial's rung names already parsed; else they are parsed from ``params``, as read back from a study)."""
     model = reshape(spec, params, names)
     groups: dict[str, list[str]] = {}
     for n in names:
         groups.setdefault(params[f"fmt:{n}"], []).extend([n, f"{n}.*"])
     for fmt in sorted(groups, key=lambda f: "gptq" in f):  # data-free first, calibrated last
-        cfg = parse_rung(fmt)
+        cfg = configs[fmt] if configs else parse_rungs([fmt])[fmt]
         needs = getattr(getattr(cfg, "method", None), "needs_data", False)
         model = quantize(model, cfg, include=groups[fmt], calib=spec.calib_batches if needs else None)
     return model.eval()
@@ -176,7 +182,7 @@ def guided_start(spec: ModelSpec, config: TuneConfig, names: list[str]) -> tuple
 
     if len(names) * len(config.formats) > GUIDED_MAX_RUNS or not spec.calib_batches:
         return [], {}
-    table = sensitivity(spec.model, {f: parse_rung(f) for f in config.formats}, spec.calib_batches[:1], names)
+    table = sensitivity(spec.model, config.configs, spec.calib_batches[:1], names)
     extra = {**({"sparsity": 0.0} if len(config.sparsity) > 1 else {}),
              **({"energy": 1.0} if len(config.energy) > 1 else {})}
     out = []

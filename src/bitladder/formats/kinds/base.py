@@ -1,0 +1,117 @@
+"""Number kinds as a registry: each kind (float, int, ternary, binary, codebook, ...) states once how its
+values are scaled, rounded, packed and exported; formats (rows of :mod:`bitladder.formats.qtypes`) name
+their kind, and nothing else in the package switches on it.
+
+A new kind is one file here with a :class:`Kind` subclass under ``@kind("name")``, its module name in
+``BUILTIN`` (``kinds/__init__.py``), its rows in the format table, and its test.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+import torch
+
+from bitladder.formats import packing
+
+QType = object  # a bitladder.formats.qtypes.QType; not imported: formats name their kind, not the reverse
+
+KINDS: dict[str, "Kind"] = {}
+
+
+def kind(name: str):
+    """Register one instance of the decorated :class:`Kind` subclass under ``name``."""
+
+    def register(cls: type["Kind"]) -> type["Kind"]:
+        if name in KINDS:
+            raise ValueError(f"number kind {name!r} is registered twice")
+        inst = cls()
+        inst.name = name
+        KINDS[name] = inst
+        return cls
+
+    return register
+
+
+class Kind(ABC):
+    """The rules one kind of number follows. Codes are signed integers in ``[qmin, qmax]`` unless the kind
+    says otherwise; packers take unsigned codes (:meth:`to_unsigned`)."""
+
+    name = ""
+    sparse_ok = True  # exact zeros can be stored as a bitmask instead of codes
+    has_table = False  # values come from a per-row table (codebooks), not from scale x code
+    onnx = "dequantize-linear"  # the export rule io/onnx_export.py applies, or None where there is none
+    range_scaled = False  # the scale spans the block's range: shrinking it trades clipping for resolution
+    integer_codes = True  # values are scale x (code - zero point): integer kernels may run the format
+
+    @abstractmethod
+    def qparams(self, x: torch.Tensor, qtype: QType, symmetric: bool) -> tuple[torch.Tensor | None, bool]:
+        """Raw scale (C, nb, 1) for blocks ``x`` (C, nb, B) (None: no scale) and whether a zero point goes
+        with it (the caller rounds the scale to storage first, then asks :meth:`zero_point`)."""
+
+    def zero_point(self, x: torch.Tensor, scale: torch.Tensor, qtype: QType) -> torch.Tensor:
+        """Integer zero point putting the block's minimum (or 0) at ``qmin``."""
+        mn = x.amin(dim=-1, keepdim=True).clamp(max=0)
+        return torch.round(qtype.qmin - mn / scale).clamp(qtype.qmin, qtype.qmax).to(torch.int32)
+
+    def quantize(self, x: torch.Tensor, scale: torch.Tensor | None, zero_point: torch.Tensor | None,
+                 qtype: QType) -> tuple[torch.Tensor, int]:
+        """Round to nearest with saturation: (codes, number of values clipped)."""
+        v = torch.round(x.float() / scale)
+        if zero_point is not None:
+            v = v + zero_point
+        clipped = int(((v < qtype.qmin) | (v > qtype.qmax)).sum())
+        return v.clamp(qtype.qmin, qtype.qmax).to(torch.int32), clipped
+
+    def decode(self, q: torch.Tensor, qtype: QType) -> torch.Tensor:
+        """Codes -> the float32 values a scale multiplies (before the zero point is taken off)."""
+        return q.to(torch.float32)
+
+    def to_unsigned(self, q: torch.Tensor, qtype: QType) -> torch.Tensor:
+        """Signed codes -> the unsigned codes the packer stores."""
+        return (q.to(torch.int16) - qtype.qmin).to(torch.uint8)
+
+    def from_unsigned(self, u: torch.Tensor, qtype: QType) -> torch.Tensor:
+        """Inverse of :meth:`to_unsigned`."""
+        return u.to(torch.int16) + qtype.qmin
+
+    def affine(self, qtype: QType) -> tuple[int, int]:
+        """(mult, off) with ``from_unsigned(u) == mult * u - off``: kernels work on unsigned codes."""
+        return 1, -qtype.qmin
+
+    def width(self, qtype: QType) -> int:
+        """Bits an unsigned code needs (what a kernel's bit planes hold)."""
+        return max(1, (self.levels(qtype) - 1).bit_length())
+
+    def levels(self, qtype: QType) -> int:
+        """Number of distinct codes."""
+        return qtype.qmax - qtype.qmin + 1
+
+    def code_bits(self, qtype: QType) -> int:
+        """Width of one code in the bit-stream packer (0: the kind packs otherwise)."""
+        return int(qtype.bits)
+
+    def pack(self, codes: torch.Tensor, qtype: QType) -> torch.Tensor:
+        """Codes (any shape, row-major) -> uint8 bytes."""
+        return packing.pack_bits(self.to_unsigned(codes, qtype), self.code_bits(qtype))
+
+    def unpack(self, packed: torch.Tensor, qtype: QType, n: int) -> torch.Tensor:
+        """The first ``n`` codes of ``packed``, flat."""
+        return self.from_unsigned(packing.unpack_bits(packed, self.code_bits(qtype), n), qtype)
+
+    def packed_size(self, qtype: QType, n: int) -> int:
+        """Bytes that ``n`` codes occupy packed."""
+        return packing.packed_nbytes(n, self.code_bits(qtype))
+
+    def row_bytes(self, qtype: QType, n: int) -> int | None:
+        """Bytes per row of ``n`` codes where rows start on byte boundaries (else None)."""
+        bits = n * self.code_bits(qtype)
+        return bits // 8 if bits % 8 == 0 else None
+
+    def byte_codes(self, qtype: QType) -> bool:
+        """One integer code per byte, offset by ``qmin`` (rows dequantise straight from their bytes)."""
+        return False
+
+
+def absmax(x: torch.Tensor, top: float) -> torch.Tensor:
+    """``max |x| / top`` per block."""
+    return x.abs().amax(dim=-1, keepdim=True) / top
