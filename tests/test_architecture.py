@@ -74,3 +74,30 @@ def test_no_dispatch_on_class_names():
     bad = [f"{p.relative_to(ROOT)}:{i}" for p in ROOT.rglob("*.py")
            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not bad, "class-name dispatch (use isinstance or a registry):\n" + "\n".join(bad)
+
+
+def test_every_public_function_class_and_method_has_a_docstring():
+    """Inherited docstrings count: an override documented on its base needs no copy."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import bitladder
+
+    missing = []
+    for info in pkgutil.walk_packages(bitladder.__path__, "bitladder."):
+        mod = importlib.import_module(info.name)
+        for name, obj in vars(mod).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != mod.__name__:
+                continue
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+                continue
+            if not inspect.getdoc(obj):
+                missing.append(f"{mod.__name__}.{name}")
+            if inspect.isclass(obj):
+                for attr, raw in vars(obj).items():
+                    member = raw if isinstance(raw, property) else getattr(obj, attr)
+                    fn = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+                    if not attr.startswith("_") and inspect.isfunction(fn) and not inspect.getdoc(member):
+                        missing.append(f"{mod.__name__}.{name}.{attr}")
+    assert not missing, "no docstring: " + ", ".join(missing)

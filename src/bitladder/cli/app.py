@@ -10,12 +10,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from bitladder.cli import info
 from bitladder.errors import BitladderError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Take a PyTorch model down the precision ladder and measure every rung.")
 console = Console() if sys.stdout.isatty() else Console(width=170)
 ABORTS = (typer.Abort, KeyboardInterrupt)  # Ctrl-C: exit 130 without a traceback
+info.register(app, console)
 
 
 @app.command()
@@ -256,16 +258,6 @@ def run_artifact(
     extra = "" if fid["cos_min"] is None else f", cos min {fid['cos_min']:.4f}, kNN@10 {fid['knn10']:.3f}"
     n = sum(len(next(iter(b.values()))) if isinstance(b, dict) else len(b) for b in spec.eval_batches)
     console.print(f"{artifact}: {source} ran on {n} inputs; {spec.metric} {fid['fidelity']:.4f}{extra}")
-
-
-@app.command()
-def inspect(artifact: Path = typer.Argument(..., help="a .safetensors artifact written by bitladder")) -> None:
-    """Per-layer format, shape and bytes of an artifact (reads the header only)."""
-    from bitladder.cli.table import inspect_table
-    from bitladder.io.artifact import read_header
-
-    meta, info = read_header(artifact)
-    console.print(inspect_table(artifact, meta, info))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -52,6 +52,7 @@ class QType:
 
     @property
     def is_float(self) -> bool:
+        """Whether values are stored as a torch float dtype."""
         return self.dtype is not None
 
     @property

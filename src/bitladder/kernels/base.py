@@ -168,6 +168,7 @@ class LinearKernel(abc.ABC):
 
     @property
     def nbytes(self) -> int:
+        """Bytes the kernel's packed weight holds."""
         return 0
 
     def __repr__(self) -> str:
@@ -195,4 +196,5 @@ class DequantKernel(LinearKernel):
 
     @property
     def nbytes(self) -> int:
+        """Bytes the kernel's packed weight holds."""
         return self.qt.nbytes

@@ -62,6 +62,7 @@ class Cpu:
 
     @property
     def bf16_dot(self) -> bool:
+        """Whether the CPU has bf16 dot products (AVX512-BF16 or AMX)."""
         return self.has("avx512_bf16") or self.has("amx")
 
     def describe(self) -> dict:

@@ -75,6 +75,7 @@ class FbgemmW8A8Kernel(LinearKernel):
 
     @property
     def nbytes(self) -> int:
+        """Bytes the prepacked int8 weight holds."""
         return self._bytes
 
 

@@ -64,4 +64,5 @@ class Fp16CodesKernel(LinearKernel):
 
     @property
     def nbytes(self) -> int:
+        """Bytes the fp16 code matrix holds."""
         return self._bytes

@@ -77,4 +77,5 @@ class Int4PackBf16Kernel(LinearKernel):
 
     @property
     def nbytes(self) -> int:
+        """Bytes the packed int4 weight and its scales hold."""
         return self._bytes

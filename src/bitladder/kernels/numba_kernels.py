@@ -118,6 +118,7 @@ class NumbaLowbitKernel(_NumbaKernel):
 
     @property
     def nbytes(self) -> int:
+        """Bytes the bit planes and scales hold."""
         return nbytes_of(*(p[1] for p in self.planes), self.s, self.so)
 
     def _pad(self, x: torch.Tensor) -> np.ndarray:
@@ -212,6 +213,7 @@ class XnorKernel(_NumbaKernel):
 
     @property
     def nbytes(self) -> int:
+        """Bytes the sign words and scales hold."""
         return nbytes_of(self.wb, self.s)
 
     def _run(self, x):

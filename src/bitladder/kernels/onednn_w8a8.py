@@ -103,6 +103,7 @@ class OnednnW8A8Kernel(LinearKernel):
 
     @property
     def nbytes(self) -> int:
+        """Bytes the oneDNN int8 weight holds."""
         return self._bytes
 
 

@@ -139,6 +139,7 @@ class OrtNBitsKernel(LinearKernel):
 
     @property
     def nbytes(self) -> int:
+        """Bytes the MatMulNBits initializers hold."""
         return self._bytes
 
 

@@ -121,6 +121,7 @@ class QuantModule(nn.Module):
 
     @property
     def qweight(self) -> QuantizedTensor:
+        """The stored weight as a QuantizedTensor (a view of the layer's buffers)."""
         t = {p: getattr(self, f"weight_{p}") for p in _PARTS if hasattr(self, f"weight_{p}")}
         return QuantizedTensor(t["packed"], t.get("scale"), t.get("zero_point"), get_qtype(self._qmeta["qtype"]),
                                tuple(self._qmeta["shape"]), Layout(**self._qmeta["layout"]), self.n_clipped,
@@ -128,6 +129,7 @@ class QuantModule(nn.Module):
 
     @property
     def qmeta(self) -> dict:
+        """A copy of the layer's quantisation metadata."""
         return dict(self._qmeta)
 
     def weight(self) -> torch.Tensor:  # noqa: D401 - a method, not a Parameter, on purpose

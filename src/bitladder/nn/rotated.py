@@ -75,6 +75,11 @@ class Rotated(nn.Module):
         """``w H``: a float weight of the wrapped layer's shape in the rotated basis (what it approximates)."""
         return rotate_input(w.double(), hadamard(self.block)).to(w.dtype)
 
+    def inner_reference(self, float_self: nn.Module) -> tuple[nn.Module, torch.Tensor]:
+        """Structural hook for per-layer measurement: the float layer this wrapper stands for (``float_self``,
+        the plain Linear it replaced) and the weight the inner layer approximates, ``W H``."""
+        return float_self, self.rotate_weight(float_self.weight.detach())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cached = getattr(x, "_bitladder_rotated", None)
         if cached is None or cached[0] != self.block:

@@ -113,6 +113,7 @@ class QuantizedTensor:
     # ---- reading back -------------------------------------------------------------------
     @property
     def numel(self) -> int:
+        """Elements of the original tensor."""
         return math.prod(self.shape)
 
     @property
@@ -229,10 +230,12 @@ class QuantizedTensor:
 
     @property
     def bits_per_weight(self) -> float:
+        """Bits held per element, scales and zero points counted."""
         return 8 * self.nbytes / max(self.numel, 1)
 
     # ---- serialisation ------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
+        """The stored tensors by part name (packed, scale, zero_point, table, mask)."""
         out = {"packed": self.packed}
         if self.scale is not None:
             out["scale"] = self.scale
@@ -245,6 +248,7 @@ class QuantizedTensor:
         return out
 
     def meta(self) -> dict:
+        """The JSON metadata that, with :meth:`tensors`, rebuilds this tensor."""
         return {"qtype": self.qtype.name, "shape": list(self.shape), "layout": self.layout.to_dict(),
                 "scale_dtype": None if self.scale is None else str(self.scale.dtype).removeprefix("torch.")}
 

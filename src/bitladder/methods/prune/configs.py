@@ -53,6 +53,7 @@ class NM:
 
     @property
     def sparsity(self) -> float:
+        """The fraction of weights N:M removes, 1 - N/M."""
         return 1 - self.n / self.m
 
     def to_dict(self) -> dict:

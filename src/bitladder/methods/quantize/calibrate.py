@@ -202,12 +202,15 @@ class SampleCollector(Collector):
 
     @property
     def mean_abs(self) -> torch.Tensor:
+        """Mean |x| per input channel over the collected rows."""
         return self.abs_sum / max(self.n, 1)
 
     @property
     def mean(self) -> torch.Tensor:
+        """Mean x per input channel over the collected rows."""
         return self.sum / max(self.n, 1)
 
     @property
     def mean_sq(self) -> torch.Tensor:
+        """Mean x**2 per input channel over the collected rows."""
         return self.sq_sum / max(self.n, 1)

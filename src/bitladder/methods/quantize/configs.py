@@ -105,10 +105,12 @@ class Float(_Config):
 
     @property
     def qtype(self) -> str:
+        """The format's name in the table."""
         return self.format
 
     @property
     def symmetric(self) -> bool:
+        """Float formats carry no zero point."""
         return True
 
     def layout(self, axis: int = 0) -> Layout:
@@ -183,6 +185,7 @@ class Int(_Config):
 
     @property
     def qtype(self) -> str:
+        """intN, or uintN when asymmetric."""
         return f"int{self.bits}" if self.symmetric else f"uint{self.bits}"
 
 
@@ -265,6 +268,7 @@ class Codebook(_Config):
 
     @property
     def qtype(self) -> str:
+        """cbN."""
         return f"cb{self.bits}"
 
 
@@ -299,6 +303,7 @@ class Format(_Config):
 
     @property
     def qtype(self) -> str:
+        """The format's name in the table."""
         return self.format
 
 

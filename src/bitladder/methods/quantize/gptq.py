@@ -35,6 +35,7 @@ class HessianCollector(Collector):
 
     @property
     def hessian(self) -> torch.Tensor:
+        """The mean of x x^T over the collected rows."""
         return self.h / max(self.n, 1)
 
 

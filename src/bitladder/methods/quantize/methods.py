@@ -220,6 +220,7 @@ class Act(_Method):
 
     @property
     def qtype(self) -> str:
+        """The activation format: intN (symmetric) or uintN."""
         return f"int{self.bits}" if self.symmetric else f"uint{self.bits}"
 
     @property

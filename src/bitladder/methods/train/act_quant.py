@@ -47,11 +47,13 @@ class LSQAct(nn.Module):
 
     @property
     def qrange(self) -> tuple[int, int]:
+        """(qmin, qmax) of the activation codes."""
         b = self.bits
         return (-(2 ** (b - 1)), 2 ** (b - 1) - 1) if bool(self.signed) else (0, 2**b - 1)
 
     @property
     def qtype(self) -> str:
+        """The activation format's name."""
         return f"{'int' if bool(self.signed) else 'uint'}{self.bits}"
 
     def scale(self) -> torch.Tensor:

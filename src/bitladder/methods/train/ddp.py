@@ -35,6 +35,7 @@ class World:
 
     @property
     def main(self) -> bool:
+        """Whether this process is rank 0."""
         return self.rank == 0
 
 

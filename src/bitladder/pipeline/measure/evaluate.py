@@ -11,7 +11,6 @@ from torch import nn
 
 from bitladder.formats.quant import sqnr_db
 from bitladder.nn.base import QuantModule
-from bitladder.nn.rotated import Rotated
 from bitladder.nn.select import run
 from bitladder.zoo.spec import ModelSpec
 
@@ -63,12 +62,12 @@ def paired_latency(ref: nn.Module, model: nn.Module, batch: Any, repeats: int, w
 
 def float_counterpart(float_model: nn.Module, qmodel: nn.Module, name: str) -> tuple[nn.Module, torch.Tensor]:
     """The float layer a quantised layer of ``qmodel`` stands for, and the float weight it approximates
-    (rotated when a :class:`~bitladder.nn.rotated.Rotated` holds the quantised layer)."""
+    (a structural wrapper that holds the quantised layer says which, through ``inner_reference``, e.g. a
+    rotated layer approximates ``W H``)."""
     parent, _, child = name.rpartition(".")
     holder = qmodel.get_submodule(parent) if parent else qmodel
-    if isinstance(holder, Rotated) and child == "layer":
-        f = float_model.get_submodule(parent)
-        return f, holder.rotate_weight(f.weight.detach())
+    if parent and hasattr(holder, "inner_reference"):
+        return holder.inner_reference(float_model.get_submodule(parent))
     f = float_model.get_submodule(name)
     return f, f.weight.detach()
 

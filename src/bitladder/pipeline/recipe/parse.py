@@ -52,6 +52,7 @@ class Recipe(BaseModel):
 
     @property
     def label(self) -> str:
+        """The recipe's name, for file names and reports."""
         return self.name or f"{self.model}-recipe"
 
 
