@@ -6,79 +6,25 @@ applies one to a model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from bitladder.errors import BitladderError
-from bitladder.formats.layout import GRANULARITIES, Layout
+from bitladder.formats.layout import Layout
 from bitladder.formats.qtypes import QTYPES, QType, get_qtype
-from bitladder.kernels.select import policies
+from bitladder.methods.quantize.config_base import (CONFIG_TYPES, FOR_KIND, ConfigBase, check_kernel, check_layout,
+                                                    config)
 from bitladder.methods.quantize.methods import HQQ, RTN, Act, _Method, method_from_dict
-from bitladder.tensor.quantized import SCALE_DTYPES
+
+__all__ = ["CONFIG_TYPES", "FOR_KIND", "FLOAT_FORMATS", "Float", "Int", "Ternary", "Binary", "Codebook", "Format",
+           "QuantConfig", "config", "config_from_dict"]
 
 FLOAT_FORMATS = tuple(n for n, q in QTYPES.items() if q.is_float)
-CONFIG_TYPES: dict[str, type] = {}  # by class name: how configs are read back
-FOR_KIND: dict[str, type] = {}  # the config a format of each number kind takes (others: Format)
-
-
-def config(*kinds: str):
-    """Register a config class, as the one for formats of ``kinds``."""
-
-    def register(cls: type) -> type:
-        CONFIG_TYPES[cls.__name__] = cls
-        for k in kinds:
-            FOR_KIND[k] = cls
-        return cls
-
-    return register
-
-
-def _check_kernel(cfg) -> None:
-    if cfg.kernel not in policies():
-        raise BitladderError(f"unknown kernel {cfg.kernel!r}; accepted: {', '.join(policies())}")
-
-
-def _check_common(cfg, allowed_gran=GRANULARITIES) -> None:
-    if cfg.group is not None:
-        if not isinstance(cfg.group, int) or cfg.group < 1:
-            raise BitladderError(f"group must be a positive integer, got {cfg.group!r}")
-        object.__setattr__(cfg, "granularity", "group")
-    if cfg.granularity not in allowed_gran:
-        raise BitladderError(f"granularity must be one of {allowed_gran}, got {cfg.granularity!r}")
-    if cfg.granularity == "group" and cfg.group is None:
-        raise BitladderError("granularity='group' needs group=<size>, e.g. group=64")
-    if cfg.scale_dtype not in SCALE_DTYPES:
-        raise BitladderError(f"scale_dtype must be one of {tuple(SCALE_DTYPES)}, got {cfg.scale_dtype!r}")
-
-
-class _Config:
-    version: ClassVar[int] = 1
-    rung_options: ClassVar[tuple[str, ...]] = ()  # rung parts beyond the base and scale layout: sym, method, ...
-
-    @classmethod
-    def takes(cls, qtype: QType) -> bool:
-        """Whether a rung may name this format as its base."""
-        return True
-
-    @classmethod
-    def from_rung(cls, qtype: QType, **kw) -> "_Config":
-        """The config for a rung whose base is ``qtype`` (``kw``: layout and the options it allows)."""
-        return cls(**kw)
-
-    def layout(self, axis: int = 0) -> Layout:
-        return Layout(self.granularity, axis, self.group)
-
-    def to_dict(self) -> dict:
-        d = {"type": type(self).__name__, "version": self.version, **asdict(self)}
-        for key in ("method", "act"):
-            if isinstance(getattr(self, key, None), _Method):
-                d[key] = getattr(self, key).to_dict()
-        return d
 
 
 @config("float")
 @dataclass(frozen=True)
-class Float(_Config):
+class Float(ConfigBase):
     """Store weights in a float format: fp64, fp32, fp16, bf16, fp8_e4m3 or fp8_e5m2.
 
     fp16 and wider are plain casts; fp8 carries one scale per output channel (``amax / fmax``).
@@ -101,7 +47,7 @@ class Float(_Config):
     def __post_init__(self) -> None:
         if self.format not in FLOAT_FORMATS:
             raise BitladderError(f"unknown float format {self.format!r}; accepted: {', '.join(FLOAT_FORMATS)}")
-        _check_common(self)
+        check_layout(self)
 
     @property
     def qtype(self) -> str:
@@ -122,7 +68,7 @@ class Float(_Config):
 
 @config("int")
 @dataclass(frozen=True)
-class Int(_Config):
+class Int(ConfigBase):
     """Integer weights of 2 to 8 bits, round-to-nearest, symmetric or asymmetric.
 
     ``group=G`` gives one scale per G consecutive input elements; otherwise ``granularity`` is
@@ -172,7 +118,7 @@ class Int(_Config):
             raise BitladderError(f"Int bits must be an integer in 2..8, got {self.bits!r} (1 bit: use Binary)")
         if isinstance(self.method, dict):
             object.__setattr__(self, "method", method_from_dict(self.method))
-        _check_kernel(self)
+        check_kernel(self)
         if not isinstance(self.method, _Method) or isinstance(self.method, Act):
             raise BitladderError(f"method must be a method config such as RTN() or GPTQ(), got {self.method!r}")
         if isinstance(self.method, HQQ) and self.symmetric:
@@ -181,7 +127,7 @@ class Int(_Config):
             object.__setattr__(self, "act", method_from_dict(self.act))
         if self.act is not None and not isinstance(self.act, Act):
             raise BitladderError(f"act must be an Act(...) config or None, got {self.act!r}")
-        _check_common(self)
+        check_layout(self)
 
     @property
     def qtype(self) -> str:
@@ -191,7 +137,7 @@ class Int(_Config):
 
 @config("ternary")
 @dataclass(frozen=True)
-class Ternary(_Config):
+class Ternary(ConfigBase):
     """Weights in {-1, 0, +1} times an absmean scale (BitNet b1.58), packed 5 per byte.
 
     >>> import torch, bitladder
@@ -208,13 +154,13 @@ class Ternary(_Config):
     symmetric: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        _check_common(self)
-        _check_kernel(self)
+        check_layout(self)
+        check_kernel(self)
 
 
 @config("binary")
 @dataclass(frozen=True)
-class Binary(_Config):
+class Binary(ConfigBase):
     """Weights in {-1, +1} times an absmean scale per channel (XNOR-Net), one bit each.
 
     >>> import torch, bitladder
@@ -231,13 +177,13 @@ class Binary(_Config):
     symmetric: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        _check_common(self)
-        _check_kernel(self)
+        check_layout(self)
+        check_kernel(self)
 
 
 @config("codebook")
 @dataclass(frozen=True)
-class Codebook(_Config):
+class Codebook(ConfigBase):
     """Non-uniform weights: k-means centroids (``2**bits`` of them, per output channel or per
     tensor) in an fp16 table, each weight an index of ``bits`` bits.
 
@@ -274,7 +220,7 @@ class Codebook(_Config):
 
 @config()
 @dataclass(frozen=True)
-class Format(_Config):
+class Format(ConfigBase):
     """Round to nearest in any format of the table whose kind has no config of its own (e.g. ``nf4``,
     NormalFloat): one absmax scale per output channel, per group of ``group`` inputs, or per tensor.
 
@@ -299,7 +245,7 @@ class Format(_Config):
         own = FOR_KIND.get(kind)
         if own is not None:
             raise BitladderError(f"{self.format} is a {kind} format: use {own.__name__}(...)")
-        _check_common(self)
+        check_layout(self)
 
     @property
     def qtype(self) -> str:
