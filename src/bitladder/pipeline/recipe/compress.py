@@ -16,13 +16,12 @@ from pathlib import Path
 import torch
 
 from bitladder.io.artifact import load, save
-from bitladder.pipeline.recipe.compress_steps import RUNNERS, State, finalize
 from bitladder.nn.base import QuantModule
 from bitladder.pipeline.measure.evaluate import fidelity, outputs, paired_latency
 from bitladder.pipeline.ladder.run import SCHEMA, check_out_dir, write_json
 from bitladder.pipeline.measure.machine import machine
 from bitladder.pipeline.measure.macs import count_macs
-from bitladder.pipeline.recipe.steps import Evaluate, Export
+from bitladder.pipeline.recipe.steps import Evaluate, Export, State, finalize
 from bitladder.pipeline.measure.robustness import robustness
 from bitladder.pipeline.ladder.summary import summarize
 from bitladder.zoo.spec import ModelSpec
@@ -78,12 +77,12 @@ def run_recipe(recipe, spec: ModelSpec, out: Path, on_step: Callable[[str, dict 
     export = next((s.body for s in recipe.steps if s.kind == "export"), None)
     ev = next((s.body for s in recipe.steps if s.kind == "evaluate"), None) or Evaluate()
     for step in recipe.steps:
-        if step.kind not in RUNNERS:
+        if not step.body.transforms:
             continue
         if on_step:
             on_step(step.kind, None)
         t0 = time.perf_counter()
-        RUNNERS[step.kind](st, step.body)
+        step.body.run(st)
         fid = fidelity(spec, outputs(st.model, spec.eval_batches), ref)
         rec = {"step": step.kind, "line": step.line, "seconds": time.perf_counter() - t0,
                "fidelity": fid["fidelity"], "params": _params(st.model), "nonzero": _nonzero(st.model)}

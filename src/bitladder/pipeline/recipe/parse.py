@@ -30,9 +30,6 @@ from bitladder.pipeline.recipe.steps import STEPS, StepBody
 
 # the stage of each step: structural (1) < quantize (2) < lowbit (3) < export (4) < evaluate (5);
 # training steps (0) may stand anywhere before export
-STAGES = {"prune": 1, "lowrank": 1, "quantize": 2, "lowbit": 3, "export": 4, "evaluate": 5,
-          "finetune": 0, "distill": 0}
-TRAINING = ("finetune", "distill")
 
 
 class Step(BaseModel):
@@ -103,8 +100,8 @@ def _pydantic_msg(e: ValidationError) -> tuple[tuple, str]:
 def _check_order(steps: list[Step], fail) -> None:
     seen_stage, last_kind = 0, None
     for i, s in enumerate(steps):
-        stage = STAGES[s.kind]
-        if s.kind in TRAINING:
+        stage = s.body.stage
+        if s.body.training:
             if seen_stage >= 4:
                 fail((i, s.kind), f"{s.kind} cannot follow {last_kind}: training must come before export/evaluate")
             continue
@@ -114,8 +111,9 @@ def _check_order(steps: list[Step], fail) -> None:
             fail((i, s.kind), f"{s.kind} cannot follow {last_kind}: {why}")
         seen_stage, last_kind = stage, s.kind
     for i, s in enumerate(steps):
-        if s.kind == "lowbit" and not any(t.kind in TRAINING for t in steps[i + 1 :]):
-            fail((i, s.kind), "lowbit makes quantisation-aware layers: a finetune or distill step must follow it")
+        if s.body.needs_training and not any(t.body.training for t in steps[i + 1 :]):
+            trainers = " or ".join(n for n, b in STEPS.items() if b.training)
+            fail((i, s.kind), f"{s.kind} makes quantisation-aware layers: a {trainers} step must follow it")
 
 
 def parse_recipe(text: str, source: str = "recipe") -> _Parsed:

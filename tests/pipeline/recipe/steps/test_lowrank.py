@@ -6,14 +6,14 @@ import pytest
 
 from bitladder.errors import BitladderError
 from bitladder.methods.lowrank.svd import FactorizedLinear
-from bitladder.pipeline.recipe.compress_steps import State, _lowrank
+from bitladder.pipeline.recipe.steps import State
 from bitladder.pipeline.measure.evaluate import fidelity, outputs
 from bitladder.pipeline.recipe.steps import LowRankStep
 
 
 def _run(spec, **body):
     st = State(spec, spec.model)
-    _lowrank(st, LowRankStep(param_ratio=0.3, include=["classifier.1"], **body))
+    LowRankStep(param_ratio=0.3, include=["classifier.1"], **body).run(st)
     assert isinstance(st.model.classifier[1], FactorizedLinear)
     return st
 
