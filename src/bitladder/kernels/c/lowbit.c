@@ -1,0 +1,338 @@
+/* Low-bit GEMV for CPUs with or without AVX2: codes of 1, 2 or 4 bits times int8 activations.
+ *
+ * y[n] = sum over activation blocks b of  float(mult * <u_n,b, xq_b> - off_n,b * sum(xq_b)) * (ws[n, g(b)] * xs[b])
+ *
+ * u are unsigned codes (w = scale * (mult * u - off)), xq the activations quantised to int8 per block of xb
+ * elements (scale xs = absmax / 127). Every product u * xq is at most 15 * 127, so the pairwise 16-bit sums of
+ * vpmaddubsw (2 * 15 * 127 = 3810) cannot saturate: the integer dot is exact with or without VNNI. The AVX2 and
+ * the portable path do the same integer and float operations in the same order, so they agree bit for bit:
+ * block b's term goes to float lane b % 8, and the eight lanes are summed as a fixed tree at the end.
+ *
+ * Weight layout (made once in Python): per row, superblocks of 32 bytes holding 32 * (8 / bits) codes; bit
+ * plane p of byte j holds code 32 * p + j of the superblock, so one shift and one mask give 32 codes in order.
+ * Scales are fp16 bits, one per (row, weight group); offsets one per row (off) or one byte per (row, group).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define BL_X86 1
+#endif
+
+typedef struct {
+    const uint8_t *w;      /* (n, row_bytes) */
+    const uint16_t *ws;    /* (n, nbw) fp16 bits */
+    const uint8_t *zo;     /* (n, nbw) offsets, or NULL: `off` for all */
+    const int8_t *xq;      /* (kp) */
+    const float *xs;       /* (nbx) */
+    const int32_t *xsum;   /* (nbx) */
+    const int32_t *gw;     /* (nbx) the weight group of each activation block */
+    float *y;              /* (n) */
+    int64_t n, kp, row_bytes, g, xb, nbw;
+    int bits, mult, off;
+} Job;
+
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) { man <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((man & 0x3FF) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7F800000 | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* block b's term: float(mult * dot - off * xsum) * (weight scale * activation scale) */
+static inline float block_term(const Job *J, int64_t n, int64_t b, int32_t dot) {
+    int64_t gw = J->gw[b];
+    int32_t off = J->zo ? (int32_t)J->zo[n * J->nbw + gw] : J->off;
+    int32_t d = J->mult * dot - off * J->xsum[b];
+    return (float)d * (half_to_float(J->ws[n * J->nbw + gw]) * J->xs[b]);
+}
+
+static inline float lanes_sum(const float *l) { /* the tree the AVX2 reduction makes */
+    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
+static void rows_portable(const Job *J, int64_t r0, int64_t r1) {
+    const int per = 8 / J->bits, mask = (1 << J->bits) - 1;
+    const int64_t nbx = J->kp / J->xb, cpb = J->xb / 32;
+    for (int64_t n = r0; n < r1; n++) {
+        const uint8_t *src = J->w + n * J->row_bytes;
+        const int8_t *xv = J->xq;
+        int p = 0;
+        float lanes[8] = {0};
+        for (int64_t b = 0; b < nbx; b++) {
+            int32_t dot = 0;
+            for (int64_t t = 0; t < cpb; t++, xv += 32) {
+                int shift = J->bits * p;
+                for (int j = 0; j < 32; j++) dot += ((src[j] >> shift) & mask) * xv[j];
+                if (++p == per) { p = 0; src += 32; }
+            }
+            lanes[b % 8] = lanes[b % 8] + block_term(J, n, b, dot);
+        }
+        J->y[n] = lanes_sum(lanes);
+    }
+}
+
+#ifdef BL_X86
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+/* the i32x8 partial dot of activation block i of a group of eight (chunk j = i * cpb + t of the group) */
+AVX2 static inline __attribute__((always_inline)) __m256i block_dot(const uint8_t *src, const int8_t *xv, const int i,
+                                                                   const int bits, const int cpb) {
+    const int per = 8 / bits;
+    const __m256i maskv = _mm256_set1_epi8((char)((1 << bits) - 1)), ones = _mm256_set1_epi16(1);
+    __m256i acc = _mm256_setzero_si256();
+    for (int t = 0; t < cpb; t++) {
+        const int j = i * cpb + t;
+        __m256i v = _mm256_loadu_si256((const __m256i *)(src + (j / per) * 32));
+        __m256i u = _mm256_and_si256(_mm256_srli_epi16(v, bits * (j % per)), maskv);
+        __m256i x = _mm256_loadu_si256((const __m256i *)(xv + j * 32));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones));
+    }
+    return acc;
+}
+
+/* rows r0..r1 for codes of `bits` and `cpb` 32-code chunks per activation block, both constants once inlined:
+ * a group of eight blocks starts on a superblock, so every shift and load offset is fixed. The eight block
+ * dots are reduced pairwise (hadd) into one i32x8 in block order, so nothing is spilled to memory. */
+AVX2 static inline __attribute__((always_inline)) void rows_avx2_kernel(const Job *J, int64_t r0, int64_t r1,
+                                                                        const int bits, const int cpb) {
+    const int per = 8 / bits;
+    const int64_t nbx = J->kp / J->xb;
+    const int direct = J->xb == J->g; /* block b uses weight group b: its scales load as one vector */
+    const __m256i multv = _mm256_set1_epi32(J->mult);
+    for (int64_t n = r0; n < r1; n++) {
+        const uint8_t *row = J->w + n * J->row_bytes;
+        const uint16_t *ws = J->ws + n * J->nbw;
+        const uint8_t *zo = J->zo ? J->zo + n * J->nbw : NULL;
+        __m256 lanes = _mm256_setzero_ps();
+        for (int64_t b0 = 0; b0 < nbx; b0 += 8) {
+            const uint8_t *src = row + (b0 * cpb / per) * 32;
+            const int8_t *xv = J->xq + b0 * cpb * 32;
+            const int64_t left = nbx - b0;
+#define BD(i) ((i) < left ? block_dot(src, xv, i, bits, cpb) : _mm256_setzero_si256())
+            __m256i h01 = _mm256_hadd_epi32(BD(0), BD(1)), h23 = _mm256_hadd_epi32(BD(2), BD(3));
+            __m256i h0 = _mm256_hadd_epi32(h01, h23);
+            __m256i h45 = _mm256_hadd_epi32(BD(4), BD(5)), h67 = _mm256_hadd_epi32(BD(6), BD(7));
+            __m256i h1 = _mm256_hadd_epi32(h45, h67);
+#undef BD
+            __m256i dots = _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20),
+                                            _mm256_permute2x128_si256(h0, h1, 0x31));
+            __m256 wsc;
+            __m256i off;
+            if (direct) { /* scales and offsets of rows are padded by eight, so this never reads past the end */
+                wsc = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ws + b0)));
+                off = zo ? _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(zo + b0))) : _mm256_set1_epi32(J->off);
+            } else {
+                const int32_t *gw = J->gw + b0;
+                wsc = _mm256_set_ps(_cvtsh_ss(ws[gw[7]]), _cvtsh_ss(ws[gw[6]]), _cvtsh_ss(ws[gw[5]]), _cvtsh_ss(ws[gw[4]]),
+                                    _cvtsh_ss(ws[gw[3]]), _cvtsh_ss(ws[gw[2]]), _cvtsh_ss(ws[gw[1]]), _cvtsh_ss(ws[gw[0]]));
+                off = zo ? _mm256_set_epi32(zo[gw[7]], zo[gw[6]], zo[gw[5]], zo[gw[4]], zo[gw[3]], zo[gw[2]], zo[gw[1]],
+                                            zo[gw[0]])
+                         : _mm256_set1_epi32(J->off);
+            }
+            __m256i d = _mm256_sub_epi32(_mm256_mullo_epi32(multv, dots),
+                                         _mm256_mullo_epi32(off, _mm256_loadu_si256((const __m256i *)(J->xsum + b0))));
+            __m256 scale = _mm256_mul_ps(wsc, _mm256_loadu_ps(J->xs + b0));
+            lanes = _mm256_add_ps(lanes, _mm256_mul_ps(_mm256_cvtepi32_ps(d), scale));
+        }
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(lanes), _mm256_extractf128_ps(lanes, 1));
+        h = _mm_add_ps(h, _mm_shuffle_ps(h, h, 0x4E));
+        h = _mm_add_ps(h, _mm_shuffle_ps(h, h, 0xB1));
+        J->y[n] = _mm_cvtss_f32(h);
+    }
+}
+
+#define BL_CASE(B, C) if (J->bits == B && cpb == C) { rows_avx2_kernel(J, r0, r1, B, C); return; }
+AVX2 static void rows_avx2(const Job *J, int64_t r0, int64_t r1) {
+    const int64_t cpb = J->xb / 32; /* 1, 2 or 4: the block is gcd(group, 128) */
+    BL_CASE(4, 1) BL_CASE(4, 2) BL_CASE(4, 4)
+    BL_CASE(2, 1) BL_CASE(2, 2) BL_CASE(2, 4)
+    BL_CASE(1, 1) BL_CASE(1, 2) BL_CASE(1, 4)
+}
+#endif
+
+/* ---- a small persistent pool: the caller runs part 0, workers the rest; calls are serialised ---- */
+#define BL_MAXT 64
+typedef struct { const Job *job; int simd; int parts; } Task;
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER, call_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_go = PTHREAD_COND_INITIALIZER, pool_done = PTHREAD_COND_INITIALIZER;
+static Task task;
+static long generation = 0;
+static int nworkers = 0, pending = 0;
+
+static void run_part(const Task *t, int part) {
+    const Job *J = t->job;
+    int64_t r0 = J->n * part / t->parts, r1 = J->n * (part + 1) / t->parts;
+#ifdef BL_X86
+    if (t->simd) { rows_avx2(J, r0, r1); return; }
+#endif
+    rows_portable(J, r0, r1);
+}
+
+typedef struct { int part; long seen; } Start;
+
+static void *worker(void *arg) {
+    Start st = *(Start *)arg; /* the generation current when it was made: the job being set up is its first */
+    free(arg);
+    int part = st.part;
+    long seen = st.seen;
+    pthread_mutex_lock(&pool_mu);
+    for (;;) {
+        while (generation == seen) pthread_cond_wait(&pool_go, &pool_mu);
+        seen = generation;
+        Task t = task;
+        pthread_mutex_unlock(&pool_mu);
+        if (part < t.parts) run_part(&t, part);
+        pthread_mutex_lock(&pool_mu);
+        if (--pending == 0) pthread_cond_signal(&pool_done);
+    }
+    return NULL;
+}
+
+static void after_fork_child(void) { /* threads do not survive fork: start over */
+    pthread_mutex_init(&pool_mu, NULL);
+    pthread_mutex_init(&call_mu, NULL);
+    pthread_cond_init(&pool_go, NULL);
+    pthread_cond_init(&pool_done, NULL);
+    nworkers = 0;
+    pending = 0;
+}
+
+static int run_parallel(const Job *J, int simd, int threads) {
+    if (threads < 1) threads = 1;
+    if (threads > BL_MAXT) threads = BL_MAXT;
+    if ((int64_t)threads > J->n) threads = (int)(J->n > 0 ? J->n : 1);
+    Task t = {J, simd, threads};
+    if (threads == 1) { run_part(&t, 0); return 0; }
+    pthread_mutex_lock(&pool_mu);
+    while (nworkers < threads - 1) {
+        pthread_t th;
+        Start *st = malloc(sizeof(Start));
+        if (!st) break;
+        st->part = nworkers + 1;
+        st->seen = generation;
+        if (pthread_create(&th, NULL, worker, st) != 0) { free(st); break; }
+        pthread_detach(th);
+        nworkers++;
+    }
+    t.parts = nworkers + 1 < threads ? nworkers + 1 : threads;
+    task = t;
+    pending = nworkers;
+    generation++;
+    pthread_cond_broadcast(&pool_go);
+    pthread_mutex_unlock(&pool_mu);
+    run_part(&t, 0);
+    pthread_mutex_lock(&pool_mu);
+    while (pending > 0) pthread_cond_wait(&pool_done, &pool_mu);
+    pthread_mutex_unlock(&pool_mu);
+    return 0;
+}
+
+/* ---- activations: int8 per block of xb, scale absmax / 127 (zero block: scale 0, codes 0) ---- */
+static void quant_x(const float *x, int64_t k, int64_t kp, int64_t xb, int8_t *xq, float *xs, int32_t *xsum) {
+    for (int64_t b = 0; b < kp / xb; b++) {
+        int64_t lo = b * xb, hi = lo + xb < k ? lo + xb : k;
+        float amax = 0.0f;
+        for (int64_t i = lo; i < hi; i++) amax = fmaxf(amax, fabsf(x[i]));
+        float s = amax / 127.0f;
+        int32_t sum = 0;
+        for (int64_t i = lo; i < lo + xb; i++) {
+            int32_t q = 0;
+            if (i < hi && s > 0.0f) {
+                float r = nearbyintf(x[i] / s);
+                q = (int32_t)(r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r));
+            }
+            xq[i] = (int8_t)q;
+            sum += q;
+        }
+        xs[b] = s;
+        xsum[b] = sum;
+    }
+}
+
+static int cpu_avx2(void) {
+#ifdef BL_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+    return 0;
+#endif
+}
+
+/* gemv(w, ws, zo_or_None, x, y, m, n, k, kp, g, xb, bits, mult, off, simd, threads) */
+static PyObject *gemv(PyObject *self, PyObject *args) {
+    Py_buffer w, ws, x, y, zo = {0};
+    PyObject *zobj;
+    Py_ssize_t m, n, k, kp, g, xb;
+    int bits, mult, off, simd, threads;
+    if (!PyArg_ParseTuple(args, "y*y*Oy*w*nnnnnniiiii", &w, &ws, &zobj, &x, &y, &m, &n, &k, &kp, &g, &xb, &bits,
+                          &mult, &off, &simd, &threads))
+        return NULL;
+    int has_zo = zobj != Py_None;
+    PyObject *ret = NULL;
+    if (has_zo && PyObject_GetBuffer(zobj, &zo, PyBUF_SIMPLE) != 0) goto done;
+    int64_t nbw = kp / g, nbx = kp / xb, row_bytes = kp * bits / 8;
+    if (!(bits == 1 || bits == 2 || bits == 4) || xb % 32 || g % xb || kp % (32 * (8 / bits)) || kp % g || k > kp
+        || w.len < n * row_bytes || ws.len < (Py_ssize_t)(n * nbw * 2) || x.len < (Py_ssize_t)(m * k * 4)
+        || y.len < (Py_ssize_t)(m * n * 4) || (has_zo && zo.len < n * nbw)) {
+        PyErr_SetString(PyExc_ValueError, "lowbit.gemv: buffer sizes or block sizes do not fit");
+        goto done;
+    }
+    if (simd && !cpu_avx2()) simd = 0;
+    int8_t *xq = aligned_alloc(32, (size_t)((kp + 31) / 32 * 32));
+    size_t nb8 = (size_t)((nbx + 7) / 8 * 8); /* the AVX2 path reads blocks eight at a time */
+    float *xs = calloc(nb8, sizeof(float));
+    int32_t *xsum = calloc(nb8, sizeof(int32_t)), *gw = calloc(nb8, sizeof(int32_t));
+    if (!xq || !xs || !xsum || !gw) { free(xq); free(xs); free(xsum); free(gw); PyErr_NoMemory(); goto done; }
+    for (int64_t b = 0; b < nbx; b++) gw[b] = (int32_t)(b * xb / g);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&call_mu);
+    for (Py_ssize_t r = 0; r < m; r++) {
+        quant_x((const float *)x.buf + r * k, k, kp, xb, xq, xs, xsum);
+        Job J = {w.buf, ws.buf, has_zo ? zo.buf : NULL, xq, xs, xsum, gw, (float *)y.buf + r * n,
+                 n, kp, row_bytes, g, xb, nbw, bits, mult, off};
+        run_parallel(&J, simd, threads);
+    }
+    pthread_mutex_unlock(&call_mu);
+    Py_END_ALLOW_THREADS
+    free(xq); free(xs); free(xsum); free(gw);
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&w); PyBuffer_Release(&ws); PyBuffer_Release(&x); PyBuffer_Release(&y);
+    if (has_zo && zo.obj) PyBuffer_Release(&zo);
+    return ret;
+}
+
+static PyObject *has_avx2(PyObject *self, PyObject *noargs) { return PyBool_FromLong(cpu_avx2()); }
+
+static PyMethodDef methods[] = {
+    {"gemv", gemv, METH_VARARGS, "Low-bit codes x int8 activations, rows split over threads."},
+    {"has_avx2", has_avx2, METH_NOARGS, "Whether this CPU runs the AVX2 path."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lowbit", "Low-bit GEMV (AVX2 and portable C).", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__lowbit(void) {
+    pthread_atfork(NULL, NULL, after_fork_child);
+    return PyModule_Create(&module);
+}

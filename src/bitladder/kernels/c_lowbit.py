@@ -1,0 +1,126 @@
+"""The C low-bit GEMV (``kernels/c/lowbit.c``): 1-, 2- and 4-bit codes (binary, ternary, int2, int3, int4, with
+or without zero points) against int8 activations quantised per block at each call, as llama.cpp's Q4 x Q8 dot
+products do. Every product fits the 16-bit pair sums of AVX2's u8 x s8 instruction, so no VNNI is needed and
+nothing saturates; CPUs without AVX2 run the portable C path, which gives the same bits.
+
+Built by pip at install (``setup.py``) where a compiler exists; without one the kernel reports itself not
+installed and selection uses the others. :meth:`CLowbitKernel.reference` is the same arithmetic in PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from bitladder.kernels.base import KernelUnsupported, LinearKernel, group_of, nbytes_of, weight_parts
+from bitladder.kernels.cpu import Cpu, current
+from bitladder.kernels.onnx_nbits import integer_codes
+from bitladder.kernels.registry import register
+from bitladder.tensor.quantized import QuantizedTensor
+
+try:
+    from bitladder.kernels import _lowbit
+except ImportError:  # no compiler at install time
+    _lowbit = None
+
+_STORE = {1: 1, 2: 2, 3: 4, 4: 4}  # code width -> the bit-plane width it is stored at
+
+
+@register
+class CLowbitKernel(LinearKernel):
+    """Codes of up to 4 bits x int8 activations (one scale per block of up to 128 inputs), exact integer dots."""
+
+    name = "c-lowbit-a8"
+    auto_rows = None  # opt-in (kernel="c-lowbit-a8") until the bench shows it ahead of ort-nbits in a model
+    rank = 5
+
+    @classmethod
+    def installed(cls) -> bool:
+        return _lowbit is not None
+
+    @classmethod
+    def rows(cls, cpu: Cpu):
+        return cls.auto_rows if cpu.has("avx2") else None  # the portable path is for correctness, not speed
+
+    @classmethod
+    def applies(cls, qt: QuantizedTensor) -> bool:
+        g = group_of(qt)
+        return (integer_codes(qt) and qt.qtype.rules.width(qt.qtype) in _STORE
+                and (g is None or g % 32 == 0) and (qt.layout.granularity == "tensor" or qt.layout.axis % 2 == 0))
+
+    @classmethod
+    def from_qtensor(cls, qt: QuantizedTensor, simd: bool | None = None) -> "CLowbitKernel":
+        """Repack once; ``simd`` forces the AVX2 (True) or portable (False) path, else the CPU decides."""
+        if not cls.installed():
+            raise KernelUnsupported("the C kernels were not built (no compiler when bitladder was installed)")
+        if not cls.applies(qt):
+            raise KernelUnsupported(f"{qt.qtype.name} {qt.layout.granularity}: needs codes of at most 4 bits and "
+                                    "groups that are multiples of 32")
+        codes, scale, zp, g = weight_parts(qt)
+        q = qt.qtype
+        n, k = qt.shape
+        bits = _STORE[q.rules.width(q)]
+        sb = 32 * (8 // bits)  # codes per 32-byte superblock
+        if scale.shape[1] == 1:
+            kp = g = -(-k // sb) * sb
+        else:
+            step = math.lcm(g, sb)
+            kp = -(-k // step) * step
+        self = cls()
+        self.n, self.k, self.kp, self.g, self.bits = n, k, kp, g, bits
+        self.xb = math.gcd(g, 128)
+        mult, off = q.rules.affine(q)
+        u = np.zeros((n, kp), np.uint8)
+        u[:, :k] = q.rules.to_unsigned(codes, q).numpy()
+        per = 8 // bits
+        planes = u.reshape(n, kp // sb, per, 32).astype(np.uint16) << (bits * np.arange(per, dtype=np.uint16))[:, None]
+        self.w = np.ascontiguousarray(planes.sum(axis=2).astype(np.uint8).reshape(n, -1))
+        nbw = kp // g
+        # eight spare entries at the end: the AVX2 path loads a row's scales eight blocks at a time
+        ws = np.zeros(n * nbw + 8, np.float16)
+        ws[: n * nbw].reshape(n, nbw)[:, : scale.shape[1]] = scale.numpy()
+        self.ws = ws
+        self.mult, self.off, self.zo = int(mult), int(off), None
+        if zp is not None:
+            zo = np.zeros(n * nbw + 8, np.uint8)
+            zo[: n * nbw].reshape(n, nbw)[:, : zp.shape[1]] = (zp + off).numpy()
+            self.zo, self.off = zo, 0
+        self.simd = current().has("avx2") if simd is None else bool(simd)
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes_of(self.w, self.ws, self.zo)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.empty(x.shape[0], self.n)
+        _lowbit.gemv(self.w, self.ws, self.zo, x.numpy(), y.numpy(), x.shape[0], self.n, self.k, self.kp, self.g,
+                     self.xb, self.bits, self.mult, self.off, int(self.simd), torch.get_num_threads())
+        return y
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernel's arithmetic in PyTorch, step for step (the C paths must give these bits)."""
+        m = x.shape[0]
+        xp = torch.zeros(m, self.kp)
+        xp[:, : self.k] = x.float()
+        xb = xp.view(m, -1, self.xb)
+        s = xb.abs().amax(dim=-1, keepdim=True) / 127.0
+        xq = torch.where(s > 0, torch.round(xb / torch.where(s > 0, s, 1)), 0).clamp(-127, 127).to(torch.int64)
+        bits, per = self.bits, 8 // self.bits
+        w = torch.from_numpy(self.w.astype(np.int64)).view(self.n, -1, 1, 32)
+        u = ((w >> (bits * torch.arange(per)).view(1, 1, per, 1)) & ((1 << bits) - 1)).reshape(self.n, -1, self.xb)
+        dots = torch.einsum("nbk,mbk->mnb", u, xq)
+        gw = torch.arange(self.kp // self.xb) * self.xb // self.g
+        nbw = self.kp // self.g
+        off = (torch.from_numpy(self.zo[: self.n * nbw].astype(np.int64)).view(self.n, nbw)[:, gw]
+               if self.zo is not None else self.off)
+        d = self.mult * dots - off * xq.sum(-1)[:, None, :]
+        ws = torch.from_numpy(self.ws[: self.n * nbw].astype(np.float32)).view(self.n, nbw)
+        scale = ws[:, gw][None] * s.squeeze(-1)[:, None, :]
+        lanes = torch.zeros(m, self.n, 8)
+        for b in range(d.shape[-1]):  # block b into float lane b % 8, then the fixed tree of the C code
+            lanes[..., b % 8] = lanes[..., b % 8] + d[..., b].to(torch.float32) * scale[..., b]
+        s = lanes[..., :4] + lanes[..., 4:]
+        return (s[..., 0] + s[..., 2]) + (s[..., 1] + s[..., 3])
