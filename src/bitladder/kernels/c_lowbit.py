@@ -9,6 +9,7 @@ installed and selection uses the others. :meth:`CLowbitKernel.reference` is the 
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -20,8 +21,8 @@ from bitladder.kernels.onnx_nbits import integer_codes
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
-try:
-    from bitladder.kernels import _lowbit
+try:  # by its full name: the compiled module, not the package that imports this file
+    _lowbit = importlib.import_module("bitladder.kernels._lowbit")
 except ImportError:  # no compiler at install time
     _lowbit = None
 
