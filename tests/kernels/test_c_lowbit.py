@@ -5,6 +5,8 @@ import torch
 
 from bitladder.formats.layout import Layout
 from bitladder.kernels.c_lowbit import CLowbitKernel
+from bitladder.kernels.cpu import current
+from bitladder.kernels.select import choose
 from bitladder.tensor.quantized import QuantizedTensor
 
 pytestmark = pytest.mark.skipif(not CLowbitKernel.installed(), reason="C kernels not built (no compiler)")
@@ -35,3 +37,11 @@ def test_zero_activations_and_bias_and_refused_formats():
     assert torch.allclose(k(torch.zeros(1, 64), torch.ones(8)), torch.ones(1, 8))
     assert not CLowbitKernel.applies(QuantizedTensor.from_float(torch.randn(8, 64), "int8"))
     assert not CLowbitKernel.applies(QuantizedTensor.from_float(torch.randn(8, 64), "int4", Layout("group", group=16)))
+
+
+def test_auto_picks_it_for_one_row_where_the_cpu_has_avx2():
+    qt = QuantizedTensor.from_float(torch.randn(64, 256), "int4", Layout("group", group=64))
+    avx2 = current({"BITLADDER_CPU": "avx2"})
+    assert choose(qt, 1, cpu=avx2) == ("c-lowbit-a8" if avx2.has("avx2") else "ort-nbits")
+    assert choose(qt, 2, cpu=avx2) != "c-lowbit-a8"  # from two rows on MatMulNBits reuses each weight load
+    assert choose(qt, 1, cpu=current({"BITLADDER_CPU": "default"})) != "c-lowbit-a8"  # the portable path is slow

@@ -37,7 +37,7 @@ def test_auto_uses_a_low_bit_kernel_for_few_rows_and_matches_reference(cfg):
 def test_many_rows_keep_exact_numerics_and_kernel_is_reported():
     torch.manual_seed(0)
     q = bitladder.quantize(nn.Linear(64, 40), Int(4, group=32))  # 40 outputs: not for the packed-int4 GEMM
-    q(torch.randn(1, 64))
+    q(torch.randn(4, 64))
     assert q.kernel == "ort-w4a8"  # few rows: int8 activations per block
     x = torch.randn(300, 64)
     y = q(x)  # more rows: exact weight-only numerics, fp32 activations

@@ -4,7 +4,16 @@ import math
 
 import pytest
 
-from bitladder.pipeline.bench.limits import annotate, fp32_gflops, fraction, int8_gops, integer_compute, read_gbps
+from bitladder.pipeline.bench.limits import (
+    LLC_FALLBACK,
+    annotate,
+    fp32_gflops,
+    fraction,
+    int8_gops,
+    integer_compute,
+    llc_bytes,
+    read_gbps,
+)
 
 LIMITS = {"read_gbps": 20.0, "fp32_gflops": 100.0, "int8_gops": 400.0}
 
@@ -55,3 +64,20 @@ def test_limit_fraction_of_synthetic_rows():
     assert got[2] == pytest.approx(2 * 64 * n * k / 4e-3 / 100e9, rel=1e-3)
     assert got[3] == pytest.approx(1e8 / 2e-3 / 100e9, rel=1e-3)
     assert got[4:] == [None, None, None]
+
+
+def test_streamed_latency_is_what_the_bandwidth_fraction_divides():
+    # the same row timed warm (weights from the cache) and streamed: the limit comes from the streamed time
+    row = {"case": "linear", "batch": 1, "variant": "v", "latency_ms": 0.25, "stream_latency_ms": 1.0,
+           "weight_bytes": 20_000_000}
+    assert annotate([row], LIMITS)[0]["limit_fraction"] == pytest.approx(1.0)
+
+
+def test_llc_bytes_reads_the_largest_cache_level(tmp_path):
+    for index, size in (("index0", "48K"), ("index2", "1280K"), ("index3", "32768K")):
+        (tmp_path / index).mkdir()
+        (tmp_path / index / "size").write_text(size + "\n")
+    (tmp_path / "index4").mkdir()
+    (tmp_path / "index4" / "size").write_text("garbage\n")
+    assert llc_bytes(str(tmp_path)) == 32 << 20
+    assert llc_bytes(str(tmp_path / "missing")) == LLC_FALLBACK

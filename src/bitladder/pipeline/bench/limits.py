@@ -10,8 +10,13 @@ fraction of its limit.
   GEMM the W8A8 kernels call), 2048^3, best of three; ``torch._int_mm`` only where that is missing (its
   CPU path is a slow reference loop: docs/DESIGN.md, 'Results schema').
 
+* ``llc_bytes``: the last-level cache's size (Linux sysfs; 64 MiB where it cannot be read), which the
+  Linear bench's streamed batch-1 timing must exceed.
+
 ``limit_fraction`` of a row (see :func:`limit_fraction`): at batch 1, a row with ``weight_bytes`` (a
-Linear kernel: codes and scales it must read) gets weight bytes / latency / read bandwidth; at batch >= 2,
+Linear kernel: codes and scales it must read) gets weight bytes / latency / read bandwidth, the latency
+being ``stream_latency_ms`` where the row has it (weights streamed from memory, not re-read from the
+cache: :mod:`bitladder.pipeline.bench.linear`); at batch >= 2,
 and for rows with only ``ops`` (convolutions, whose weights are reused across positions, so compute
 bounds them even at batch 1), ``ops`` (2 x MACs) / latency / peak: the int8 peak where the variant's dot
 products are integer (:func:`integer_compute`: W8A8 and ort-wNa8 kernels, torch.ao / onnxruntime dynamic
@@ -21,6 +26,7 @@ int8, XNOR), the fp32 peak otherwise (weight-only kernels, which widen codes to 
 
 from __future__ import annotations
 
+import glob
 import math
 import re
 import time
@@ -31,6 +37,7 @@ import torch
 
 READ_BYTES = 512 << 20
 GEMM_N = 2048
+LLC_FALLBACK = 64 << 20
 
 # activations quantised to integers: W8A8 / ort-wNa8 kernels, torch.ao or onnxruntime dynamic int8, XNOR
 _INTEGER = re.compile(r"w\d+a8|xnor|quantize_dynamic|dynamic int8")
@@ -51,6 +58,22 @@ def read_gbps(nbytes: int = READ_BYTES, repeats: int = 5) -> float:
     x = torch.ones(nbytes // 4, dtype=torch.float32)  # written, so every page is real memory
     x.sum()
     return nbytes / _best(x.sum, repeats) / 1e9
+
+
+def llc_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """Size in bytes of the largest cache level of CPU 0 (``LLC_FALLBACK`` where sysfs does not say)."""
+    best = 0
+    for path in glob.glob(f"{root}/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip().upper()
+        except OSError:
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            best = max(best, int(digits) * unit)
+    return best or LLC_FALLBACK
 
 
 def fp32_gflops(n: int = GEMM_N, repeats: int = 3) -> float:
@@ -83,9 +106,10 @@ def int8_gops(n: int = GEMM_N, repeats: int = 3) -> float | None:
 
 
 def measure() -> dict[str, float | None]:
-    """All three limits, in a few seconds (docs/DESIGN.md, 'Results schema')."""
+    """The three measured limits, in a few seconds, and the cache size (docs/DESIGN.md, 'Results schema')."""
     with torch.no_grad():
-        return {"read_gbps": read_gbps(), "fp32_gflops": fp32_gflops(), "int8_gops": int8_gops()}
+        return {"read_gbps": read_gbps(), "fp32_gflops": fp32_gflops(), "int8_gops": int8_gops(),
+                "llc_bytes": llc_bytes()}
 
 
 def fraction(amount: float, latency_ms: float, rate_g: float) -> float:
@@ -105,6 +129,7 @@ def limit_fraction(row: dict, limits: dict) -> float | None:
         return None
     if row.get("batch") == 1 and "weight_bytes" in row:  # weight-bound: bytes over bandwidth
         ok = row["weight_bytes"] and limits.get("read_gbps")
+        ms = row.get("stream_latency_ms") or ms
         return round(fraction(row["weight_bytes"], ms, limits["read_gbps"]), 4) if ok else None
     peak = limits.get("int8_gops") if integer_compute(row.get("variant", "")) else limits.get("fp32_gflops")
     if row.get("ops") and peak:

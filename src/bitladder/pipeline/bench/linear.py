@@ -8,12 +8,20 @@ so background load hits all variants alike. ``ratio_vs_fp32`` = fp32 latency / v
 Each row also carries ``weight_bytes`` (what the kernel holds and must read: codes and scales; fp32 N*K*4)
 and ``ops`` (2*M*N*K), from which ``bitladder bench`` computes ``limit_fraction``
 (:mod:`bitladder.pipeline.bench.limits`).
+
+At batch 1 a weight smaller than the last-level cache is read from the cache after the first call, so
+``latency_ms`` there is not bound by memory. Batch-1 rows also carry ``stream_latency_ms``: the latency per
+call while calling, round-robin, enough copies of the variant that their weights together exceed twice the
+last-level cache (a model whose layers do not fit in the cache), and ``stream_ratio_vs_fp32``; the
+bandwidth limit fraction is computed from it.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,22 +41,23 @@ from bitladder.kernels import (
     OrtNBitsKernel,
     XnorKernel,
 )
+from bitladder.kernels.c_lowbit import CLowbitKernel
 from bitladder.kernels.select import choose
+from bitladder.pipeline.bench.limits import llc_bytes
 from bitladder.tensor.quantized import QuantizedTensor
 
+LOWBIT = [CLowbitKernel, OrtNBitsKernel, OrtNBitsFp32Kernel, Int4PackBf16Kernel, NumbaLowbitKernel]
 RUNGS = [  # (label, qtype, layout, kernel classes to try, the policy a quantised layer of this rung has)
     ("int8 W8A8", "int8", Layout("channel"), [FbgemmW8A8TokenKernel, OnednnW8A8TokenKernel, FbgemmW8A8Kernel,
                                                OnednnW8A8Kernel, OrtNBitsKernel], "int8-w8a8-token"),
     ("int8 W8", "int8", Layout("channel"), [OrtNBitsKernel, Fp16CodesKernel, NumbaLowbitKernel], "auto"),
-    ("int4 g64", "int4", Layout("group", group=64), [OrtNBitsKernel, OrtNBitsFp32Kernel, Int4PackBf16Kernel,
-                                                      NumbaLowbitKernel], "auto"),
-    ("int3 g64", "int3", Layout("group", group=64), [OrtNBitsKernel, OrtNBitsFp32Kernel, Int4PackBf16Kernel,
-                                                      NumbaLowbitKernel], "auto"),
-    ("int2 g64", "int2", Layout("group", group=64), [OrtNBitsKernel, OrtNBitsFp32Kernel, Int4PackBf16Kernel,
-                                                      NumbaLowbitKernel], "auto"),
-    ("ternary", "ternary", Layout("channel"), [OrtNBitsKernel, Fp16CodesKernel, NumbaLowbitKernel], "auto"),
-    ("binary", "binary", Layout("channel"), [XnorKernel, OrtNBitsKernel, Fp16CodesKernel, NumbaLowbitKernel],
+    ("int4 g64", "int4", Layout("group", group=64), LOWBIT, "auto"),
+    ("int3 g64", "int3", Layout("group", group=64), LOWBIT, "auto"),
+    ("int2 g64", "int2", Layout("group", group=64), LOWBIT, "auto"),
+    ("ternary", "ternary", Layout("channel"), [CLowbitKernel, OrtNBitsKernel, Fp16CodesKernel, NumbaLowbitKernel],
      "auto"),
+    ("binary", "binary", Layout("channel"), [XnorKernel, CLowbitKernel, OrtNBitsKernel, Fp16CodesKernel,
+                                             NumbaLowbitKernel], "auto"),
 ]
 
 
@@ -67,19 +76,22 @@ def timed(fns: dict, rounds: int, inner: int) -> dict[str, float]:
     return {k: sorted(v)[len(v) // 2] * 1e3 for k, v in samples.items()}
 
 
-def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
-    """Bench rows for one (n, k) weight at batch ``m``: fp32, torch.ao int8 and every kernel of each rung."""
-    torch.manual_seed(0)
-    w = torch.randn(n, k) / k**0.5
-    x = torch.randn(m, k)
-    fns = {"fp32 F.linear": lambda: F.linear(x, w)}
+def _variants(w: torch.Tensor, m: int) -> tuple[dict[str, Callable], dict[str, Callable[[], Callable]], dict, set]:
+    """Per variant: one built callable, a factory of more copies (each with its own weight), its weight
+    bytes; and the variants a QuantLinear of each rung would run at ``m`` rows."""
+    n, k = w.shape
+
+    def ao():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lin = torch.nn.Linear(k, n, bias=False)
+            lin.weight.data = w.clone()
+            return torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
+                                                          dtype=torch.qint8)
+
+    makers = {"fp32 F.linear": lambda: (lambda x, w=w.clone(): F.linear(x, w)), "torch.ao quantize_dynamic int8": ao}
     wbytes = {"fp32 F.linear": n * k * 4, "torch.ao quantize_dynamic int8": n * k + 8}  # + one scale, zero point
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lin = torch.nn.Linear(k, n, bias=False)
-        lin.weight.data = w.clone()
-        ao = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
-    fns["torch.ao quantize_dynamic int8"] = lambda: ao(x)
+    built = {v: make() for v, make in makers.items()}
     selected = set()
     for label, qname, layout, classes, policy in RUNGS:
         qt = QuantizedTensor.from_float(w, qname, layout)
@@ -90,23 +102,73 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
             except KernelUnsupported:
                 continue
             variant = f"bitladder {label} [{kern.name}]"
-            fns[variant] = (lambda kern=kern: kern(x))
+            built[variant] = kern
+            makers[variant] = (lambda cls=cls, qt=qt: cls.from_qtensor(qt))
             wbytes[variant] = kern.nbytes or None  # a kernel that does not count its bytes
             if KERNELS.get(pick) is cls:
                 selected.add(variant)
         if pick == "dequant-fp32":
-            dq = KERNELS["dequant-fp32"].from_qtensor(qt)
             variant = f"bitladder {label} [dequant-fp32]"
-            fns[variant] = (lambda dq=dq: dq(x))
-            wbytes[variant] = dq.nbytes or None
+            dq = KERNELS["dequant-fp32"]
+            makers[variant] = (lambda dq=dq, qt=qt: dq.from_qtensor(qt))
+            built[variant] = dq.from_qtensor(qt)
+            wbytes[variant] = built[variant].nbytes or None
             selected.add(variant)
+    return built, makers, wbytes, selected
+
+
+def copies_for(weight_bytes: int | None, cache_bytes: int, cap: int = 64) -> int:
+    """How many copies of a weight make a working set of at least twice ``cache_bytes`` (1 to ``cap``)."""
+    if not weight_bytes:
+        return 1
+    return max(1, min(cap, math.ceil(2 * cache_bytes / weight_bytes)))
+
+
+def streamed(fns: dict[str, list[Callable]], rounds: int) -> dict[str, float]:
+    """Median latency in ms per call of each variant while it cycles through its copies, in interleaved rounds
+    (one round calls every copy of every variant once) after one warm-up pass."""
+    for copies in fns.values():
+        for f in copies:
+            f()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, copies in fns.items():
+            t = time.perf_counter()
+            for f in copies:
+                f()
+            samples[name].append((time.perf_counter() - t) / len(copies))
+    return {k: sorted(v)[len(v) // 2] * 1e3 for k, v in samples.items()}
+
+
+def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
+    """Bench rows for one (n, k) weight at batch ``m``: fp32, torch.ao int8 and every kernel of each rung;
+    at batch 1 also the streamed latency (module docstring)."""
+    torch.manual_seed(0)
+    w = torch.randn(n, k) / k**0.5
+    x = torch.randn(m, k)
+    built, makers, wbytes, selected = _variants(w, m)
+    fns = {v: (lambda f=f: f(x)) for v, f in built.items()}
     flops = n * k * max(m, 1)
     inner = max(1, min(20, int(2e8 / flops)))
     with torch.no_grad():
         lat = timed(fns, rounds, inner)
+    stream = {}
+    if m == 1:
+        cache = llc_bytes()
+        copies = {v: [built[v]] + [makers[v]() for _ in range(copies_for(wbytes[v], cache) - 1)] for v in makers}
+        with torch.no_grad():
+            stream = streamed({v: [lambda f=f: f(x) for f in fs] for v, fs in copies.items()}, max(5, rounds // 3))
+        del copies
     base = lat["fp32 F.linear"]
-    return [{**latency_row("linear", [n, k], m, variant, ms, base), "selected": variant in selected,
-             "weight_bytes": wbytes[variant], "ops": 2 * n * k * m} for variant, ms in lat.items()]
+    rows = []
+    for variant, ms in lat.items():
+        row = {**latency_row("linear", [n, k], m, variant, ms, base), "selected": variant in selected,
+               "weight_bytes": wbytes[variant], "ops": 2 * n * k * m}
+        if variant in stream:
+            row["stream_latency_ms"] = round(stream[variant], 4)
+            row["stream_ratio_vs_fp32"] = round(stream["fp32 F.linear"] / stream[variant], 3)
+        rows.append(row)
+    return rows
 
 
 def latency_row(case: str, shape: list, batch: int, variant: str, ms: float, base_ms: float) -> dict:

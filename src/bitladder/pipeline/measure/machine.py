@@ -2,7 +2,7 @@
 
 The CPU part is :meth:`bitladder.kernels.cpu.Cpu.describe`, so a ``BITLADDER_CPU`` override shows as the
 flags in force plus ``bitladder_cpu`` and ``host_flags``. The bench adds what it measured
-(:mod:`bitladder.pipeline.bench.limits`): ``read_gbps``, ``fp32_gflops``, ``int8_gops``.
+(:mod:`bitladder.pipeline.bench.limits`): ``read_gbps``, ``fp32_gflops``, ``int8_gops``, and ``llc_bytes``.
 """
 
 from __future__ import annotations
@@ -31,13 +31,15 @@ def versions() -> dict[str, str]:
 
 
 def machine(read_gbps: float | None = None, fp32_gflops: float | None = None,
-            int8_gops: float | None = None) -> dict:
+            int8_gops: float | None = None, llc_bytes: int | None = None) -> dict:
     """This machine as a result file names it; measured limits are added only when given."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     out = {**current().describe(), "cores": cores, "threads": torch.get_num_threads(), "versions": versions()}
     for key, value in (("read_gbps", read_gbps), ("fp32_gflops", fp32_gflops), ("int8_gops", int8_gops)):
         if value is not None:
             out[key] = round(float(value), 2)
+    if llc_bytes is not None:
+        out["llc_bytes"] = int(llc_bytes)
     return out
 
 

@@ -1,0 +1,33 @@
+"""The Linear bench's streamed batch-1 timing: enough copies to leave the cache, one call per copy per round."""
+
+
+
+from bitladder.pipeline.bench import linear as bench_linear
+from bitladder.pipeline.bench.linear import copies_for, streamed
+
+
+def test_copies_exceed_twice_the_cache_within_the_cap():
+    assert copies_for(1 << 20, 32 << 20) == 64  # 1 MiB weights: 64 copies = 2 x 32 MiB
+    assert copies_for(9 << 20, 32 << 20) == 8  # 8 x 9 MiB = 72 MiB >= 64 MiB, 7 copies would not be
+    assert copies_for(100 << 20, 32 << 20) == 1  # one weight already past the cache
+    assert copies_for(1000, 32 << 20) == 64  # capped
+    assert copies_for(None, 32 << 20) == 1  # a kernel that does not count its bytes
+
+
+def test_streamed_calls_every_copy_each_round():
+    calls = {"a": [0, 0, 0], "b": [0]}
+    fns = {name: [lambda name=name, i=i: calls[name].__setitem__(i, calls[name][i] + 1) for i in range(len(c))]
+           for name, c in calls.items()}
+    ms = streamed(fns, rounds=4)
+    assert calls == {"a": [5, 5, 5], "b": [5]}  # one warm-up pass, then four rounds
+    assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
+
+
+def test_batch_one_rows_carry_the_streamed_latency(monkeypatch):
+    monkeypatch.setattr(bench_linear, "llc_bytes", lambda: 1 << 20)  # a small cache keeps the copies few
+    rows = bench_linear.run_case(128, 128, 1, rounds=3)
+    fp32 = next(r for r in rows if r["variant"] == "fp32 F.linear")
+    assert fp32["stream_ratio_vs_fp32"] == 1.0 and fp32["stream_latency_ms"] > 0
+    assert all(r["stream_latency_ms"] > 0 for r in rows)
+    assert any(r["selected"] for r in rows)
+    assert all("stream_latency_ms" not in r for r in bench_linear.run_case(128, 128, 4, rounds=3))
