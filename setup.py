@@ -4,5 +4,5 @@ fails quietly and bitladder uses its other kernels (pyproject.toml holds everyth
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("bitladder.kernels._lowbit", ["src/bitladder/kernels/c/lowbit.c"],
-                             extra_compile_args=["-O3", "-ffp-contract=off", "-std=c11", "-D_GNU_SOURCE"],
-                             extra_link_args=["-lpthread"], optional=True)])
+                             extra_compile_args=["-O3", "-ffp-contract=off", "-std=c11", "-fopenmp"],
+                             extra_link_args=["-fopenmp"], optional=True)])

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.skipif(not CLowbitKernel.installed(), reason="C kernels
 CASES = [("int4", Layout("group", group=64), 256), ("uint4", Layout("group", group=32), 200),
          ("int2", Layout("group", group=64), 384), ("int3", Layout("group", group=256), 512),
          ("uint2", Layout("group", group=128), 130), ("ternary", Layout("channel"), 200),
-         ("binary", Layout("channel"), 96), ("int4", Layout("tensor"), 77)]
+         ("binary", Layout("channel"), 96), ("int4", Layout("tensor"), 77), ("int8", Layout("channel"), 300),
+         ("int8", Layout("group", group=128), 256), ("int6", Layout("group", group=32), 96)]
 
 
 @pytest.mark.parametrize("fmt,layout,k", CASES)
@@ -35,7 +36,7 @@ def test_zero_activations_and_bias_and_refused_formats():
     k = CLowbitKernel.from_qtensor(qt)
     assert torch.equal(k(torch.zeros(2, 64)), torch.zeros(2, 8))
     assert torch.allclose(k(torch.zeros(1, 64), torch.ones(8)), torch.ones(1, 8))
-    assert not CLowbitKernel.applies(QuantizedTensor.from_float(torch.randn(8, 64), "int8"))
+    assert not CLowbitKernel.applies(QuantizedTensor.from_float(torch.randn(8, 64), "uint8", symmetric=False))
     assert not CLowbitKernel.applies(QuantizedTensor.from_float(torch.randn(8, 64), "int4", Layout("group", group=16)))
 
 

@@ -1,6 +1,7 @@
 """The C low-bit GEMV (``kernels/c/lowbit.c``): 1-, 2- and 4-bit codes (binary, ternary, int2, int3, int4, with
-or without zero points) against int8 activations quantised per block at each call, as llama.cpp's Q4 x Q8 dot
-products do. Every product fits the 16-bit pair sums of AVX2's u8 x s8 instruction, so no VNNI is needed and
+or without zero points) and symmetric 5- to 8-bit ones against int8 activations quantised per block at each
+call, as llama.cpp's Q4 x Q8 dot products do. Every product fits the 16-bit pair sums of AVX2's u8 x s8
+instruction (8-bit codes are multiplied as magnitude times a signed activation), so no VNNI is needed and
 nothing saturates; CPUs without AVX2 run the portable C path, which gives the same bits.
 
 Built by pip at install (``setup.py``) where a compiler exists; without one the kernel reports itself not
@@ -26,12 +27,12 @@ try:  # by its full name: the compiled module, not the package that imports this
 except ImportError:  # no compiler at install time
     _lowbit = None
 
-_STORE = {1: 1, 2: 2, 3: 4, 4: 4}  # code width -> the bit-plane width it is stored at
+_STORE = {1: 1, 2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8}  # code width -> the bit-plane width it is stored at
 
 
 @register
 class CLowbitKernel(LinearKernel):
-    """Codes of up to 4 bits x int8 activations (one scale per block of up to 128 inputs), exact integer dots."""
+    """Codes of up to 8 bits x int8 activations (one scale per block of up to 128 inputs), exact integer dots."""
 
     name = "c-lowbit-a8"
     auto_rows = (1, 1)  # ahead of MatMulNBits at one row (all shapes measured); behind it from two rows on
@@ -47,8 +48,8 @@ class CLowbitKernel(LinearKernel):
 
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
-        g = group_of(qt)
-        return (integer_codes(qt) and qt.qtype.rules.width(qt.qtype) in _STORE
+        g, width = group_of(qt), qt.qtype.rules.width(qt.qtype)
+        return (integer_codes(qt) and width in _STORE and (width <= 4 or qt.zero_point is None)
                 and (g is None or g % 32 == 0) and (qt.layout.granularity == "tensor" or qt.layout.axis % 2 == 0))
 
     @classmethod
@@ -57,8 +58,8 @@ class CLowbitKernel(LinearKernel):
         if not cls.installed():
             raise KernelUnsupported("the C kernels were not built (no compiler when bitladder was installed)")
         if not cls.applies(qt):
-            raise KernelUnsupported(f"{qt.qtype.name} {qt.layout.granularity}: needs codes of at most 4 bits and "
-                                    "groups that are multiples of 32")
+            raise KernelUnsupported(f"{qt.qtype.name} {qt.layout.granularity}: needs codes of at most 4 bits (8 "
+                                    "without zero points) and groups that are multiples of 32")
         codes, scale, zp, g = weight_parts(qt)
         q = qt.qtype
         n, k = qt.shape
@@ -77,7 +78,10 @@ class CLowbitKernel(LinearKernel):
         u[:, :k] = q.rules.to_unsigned(codes, q).numpy()
         per = 8 // bits
         planes = u.reshape(n, kp // sb, per, 32).astype(np.uint16) << (bits * np.arange(per, dtype=np.uint16))[:, None]
-        self.w = np.ascontiguousarray(planes.sum(axis=2).astype(np.uint8).reshape(n, -1))
+        packed = planes.sum(axis=2).reshape(n, -1)
+        if bits == 8:  # signed, so |u| x signed x fits a 16-bit pair sum (kernels/c/lowbit.c)
+            packed, off = packed.astype(np.int16) - 128, off - 128 * mult
+        self.w = np.ascontiguousarray(packed.astype(np.int8 if bits == 8 else np.uint8).view(np.uint8))
         nbw = kp // g
         # eight spare entries at the end: the AVX2 path loads a row's scales eight blocks at a time
         ws = np.zeros(n * nbw + 8, np.float16)
@@ -110,8 +114,9 @@ class CLowbitKernel(LinearKernel):
         s = xb.abs().amax(dim=-1, keepdim=True) / 127.0
         xq = torch.where(s > 0, torch.round(xb / torch.where(s > 0, s, 1)), 0).clamp(-127, 127).to(torch.int64)
         bits, per = self.bits, 8 // self.bits
-        w = torch.from_numpy(self.w.astype(np.int64)).view(self.n, -1, 1, 32)
-        u = ((w >> (bits * torch.arange(per)).view(1, 1, per, 1)) & ((1 << bits) - 1)).reshape(self.n, -1, self.xb)
+        w = torch.from_numpy((self.w.view(np.int8) if bits == 8 else self.w).astype(np.int64)).view(self.n, -1, 1, 32)
+        u = ((w >> (bits * torch.arange(per)).view(1, 1, per, 1)) & ((1 << bits) - 1) if bits < 8 else w)
+        u = u.reshape(self.n, -1, self.xb)
         dots = torch.einsum("nbk,mbk->mnb", u, xq)
         gw = torch.arange(self.kp // self.xb) * self.xb // self.g
         nbw = self.kp // self.g

@@ -1,7 +1,5 @@
 """The Linear bench's streamed batch-1 timing: enough copies to leave the cache, one call per copy per round."""
 
-
-
 from bitladder.pipeline.bench import linear as bench_linear
 from bitladder.pipeline.bench.linear import copies_for, streamed
 
