@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bitladder.formats.layout import Layout
-from bitladder.kernels.c_lowbit import CLowbitKernel
+from bitladder.kernels.c_lowbit import CLowbitKernel, c_module
 from bitladder.kernels.cpu import current
 from bitladder.kernels.select import choose
 from bitladder.tensor.quantized import QuantizedTensor
@@ -46,3 +46,20 @@ def test_auto_picks_it_for_one_row_where_the_cpu_has_avx2():
     assert choose(qt, 1, cpu=avx2) == ("c-lowbit-a8" if avx2.has("avx2") else "ort-nbits")
     assert choose(qt, 2, cpu=avx2) != "c-lowbit-a8"  # from two rows on MatMulNBits reuses each weight load
     assert choose(qt, 1, cpu=current({"BITLADDER_CPU": "default"})) != "c-lowbit-a8"  # the portable path is slow
+
+
+def test_xnor_paths_agree_bit_for_bit():
+    import numpy as np
+
+    from bitladder.kernels import XnorKernel
+
+    for layout, k in ((Layout("channel"), 1000), (Layout("group", group=256), 4096), (Layout("group", group=64), 320)):
+        kern = XnorKernel.from_qtensor(QuantizedTensor.from_float(torch.randn(37, k), "binary", layout), "c")
+        x = torch.randn(5, k).numpy()
+        got = []
+        for hw in (0, 1):  # portable popcount, then AVX2 where the host has it
+            y = np.empty((5, 37), np.float32)
+            c_module().xnor(kern.wb, kern.s, x, y, 5, 37, k, kern.gwords, kern.nb, hw, 2)
+            got.append(y)
+        assert np.array_equal(got[0], got[1])
+        assert np.array_equal(got[0], kern(torch.from_numpy(x)).numpy())

@@ -27,6 +27,11 @@ try:  # by its full name: the compiled module, not the package that imports this
 except ImportError:  # no compiler at install time
     _lowbit = None
 
+def c_module():
+    """The compiled module (``gemv``, ``xnor``), or None where it was not built."""
+    return _lowbit
+
+
 _STORE = {1: 1, 2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8}  # code width -> the bit-plane width it is stored at
 
 

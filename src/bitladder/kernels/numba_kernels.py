@@ -1,4 +1,6 @@
-"""numba kernels: weight-only GEMV from bit planes (int2..int8, ternary, binary) and XNOR-popcount.
+"""numba kernels: weight-only GEMV from bit planes (int2..int8, ternary, binary) and XNOR-popcount (which runs
+the C popcount of ``kernels/c/lowbit.c`` where that was built: numba's serial loop below its threading
+threshold used one core at batch 1).
 
 Each declares what it takes (``applies``) and when auto picks it (``auto_rows``); see :mod:`bitladder.kernels.select`.
 """
@@ -10,6 +12,8 @@ import torch
 
 from bitladder.kernels import numba_ops
 from bitladder.kernels.base import KernelUnsupported, LinearKernel, group_of, nbytes_of, weight_parts
+from bitladder.kernels.c_lowbit import c_module
+from bitladder.kernels.cpu import current
 from bitladder.kernels.onnx_nbits import integer_codes
 from bitladder.kernels.packrows import pack_rows
 from bitladder.kernels.registry import register
@@ -176,6 +180,7 @@ class XnorKernel(_NumbaKernel):
 
     This is XNOR-Net's approximation, not the weight-only product: the activation is replaced by
     ``sign(x) * mean|x|`` per token. Groups must be whole 64-bit words (G % 64 == 0) or one per row.
+    ``backend`` is ``"c"`` (the compiled popcount, on torch's threads) where built, else ``"numba"``.
     """
 
     name = "binary-xnor"
@@ -187,7 +192,7 @@ class XnorKernel(_NumbaKernel):
         return qt.qtype.kind in cls.kinds and len(qt.shape) == 2 and cls.group_ok(qt)
 
     @classmethod
-    def from_qtensor(cls, qt: QuantizedTensor) -> "XnorKernel":
+    def from_qtensor(cls, qt: QuantizedTensor, backend: str | None = None) -> "XnorKernel":
         cls._require()
         if qt.qtype.kind not in cls.kinds:
             raise KernelUnsupported("XNOR-popcount needs binary weights")
@@ -203,6 +208,9 @@ class XnorKernel(_NumbaKernel):
         up[:, :k] = ((codes + 1) // 2).numpy()
         self.wb = pack_rows(up, 1).view(np.uint64)
         self.s = np.ascontiguousarray(scale.numpy(), dtype=np.float32)
+        self.backend = backend or ("c" if c_module() is not None else "numba")
+        if self.backend not in ("c", "numba") or (self.backend == "c" and c_module() is None):
+            raise KernelUnsupported(f"XNOR backend {self.backend!r}: accepted numba, or c where the C kernels are built")
         return self
 
     @staticmethod
@@ -219,6 +227,11 @@ class XnorKernel(_NumbaKernel):
     def _run(self, x):
         xn = x.numpy()
         m = xn.shape[0]
+        if self.backend == "c":
+            out = np.empty((m, self.n), np.float32)
+            c_module().xnor(self.wb, self.s, xn, out, m, self.n, self.k, self.gwords, self.nb,
+                            int(current().has("avx2")), torch.get_num_threads())
+            return torch.from_numpy(out)
         xb = np.empty((m, self.wb.shape[1]), np.uint64)
         numba_ops.pack_signs(xn, self.wb.shape[1], xb)
         beta = np.abs(xn).mean(axis=1, dtype=np.float32)

@@ -287,10 +287,125 @@ done:
     return ret;
 }
 
+/* ---- XNOR-popcount: binary weights x sign(x), out[m, n] = beta[m] * sum_g s[n, g] * (k_g - 2 popcount(w ^ x)) ----
+ * Sign bits are 1 where the value is >= 0, padding bits 0 in both operands (they agree and are not counted:
+ * k_g is the group's valid length). Only the popcount differs between the two paths, an exact integer. */
+typedef struct {
+    const uint64_t *wb; const float *s; const uint64_t *xb; const float *beta; float *y;
+    int64_t m, n, k, nwords, gwords, nb;
+} XJob;
+
+/* popcount(w ^ x) over words [j0, j1): ATTR/VEC pick the path. The AVX2 one counts 256 bits at a time by
+ * nibble lookup (vpshufb), byte counts widened by vpsadbw; the others count one word at a time. */
+#define XNOR_ROWS(NAME, ATTR, COUNT)                                                                       \
+    ATTR static void NAME(const XJob *J, int64_t r0, int64_t r1) {                                         \
+        for (int64_t n = r0; n < r1; n++) {                                                                \
+            const uint64_t *wr = J->wb + n * J->nwords;                                                    \
+            for (int64_t m = 0; m < J->m; m++) {                                                           \
+                const uint64_t *xr = J->xb + m * J->nwords;                                                \
+                float tot = 0.0f;                                                                          \
+                for (int64_t g = 0; g < J->nb; g++) {                                                      \
+                    int64_t kg = J->k - 64 * J->gwords * g;                                                \
+                    if (kg > 64 * J->gwords) kg = 64 * J->gwords;                                          \
+                    int64_t pc = COUNT(wr, xr, g * J->gwords, (g + 1) * J->gwords);                        \
+                    tot += J->s[n * J->nb + g] * (float)(kg - 2 * pc);                                     \
+                }                                                                                          \
+                J->y[m * J->n + n] = J->beta[m] * tot;                                                     \
+            }                                                                                              \
+        }                                                                                                  \
+    }
+
+static inline int64_t count_words(const uint64_t *w, const uint64_t *x, int64_t j0, int64_t j1) {
+    int64_t pc = 0;
+    for (int64_t j = j0; j < j1; j++) pc += __builtin_popcountll(w[j] ^ x[j]);
+    return pc;
+}
+XNOR_ROWS(xnor_rows_portable, , count_words)
+#ifdef BL_X86
+AVX2 static inline int64_t count_avx2(const uint64_t *w, const uint64_t *x, int64_t j0, int64_t j1) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    __m256i total = _mm256_setzero_si256();
+    int64_t j = j0;
+    while (j + 4 <= j1) { /* at most 31 vectors of byte counts (8 each) before they are widened */
+        __m256i bytes = _mm256_setzero_si256();
+        for (int t = 0; t < 31 && j + 4 <= j1; t++, j += 4) {
+            __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + j)),
+                                         _mm256_loadu_si256((const __m256i *)(x + j)));
+            __m256i c = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v, low)),
+                                        _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low)));
+            bytes = _mm256_add_epi8(bytes, c);
+        }
+        total = _mm256_add_epi64(total, _mm256_sad_epu8(bytes, _mm256_setzero_si256()));
+    }
+    int64_t pc = _mm256_extract_epi64(total, 0) + _mm256_extract_epi64(total, 1) + _mm256_extract_epi64(total, 2)
+                 + _mm256_extract_epi64(total, 3);
+    for (; j < j1; j++) pc += __builtin_popcountll(w[j] ^ x[j]);
+    return pc;
+}
+XNOR_ROWS(xnor_rows_avx2, AVX2, count_avx2)
+#endif
+
+static void xnor_part(const XJob *J, int hw, int part, int parts) {
+    int64_t r0 = J->n * part / parts, r1 = J->n * (part + 1) / parts;
+#ifdef BL_X86
+    if (hw) { xnor_rows_avx2(J, r0, r1); return; }
+#endif
+    xnor_rows_portable(J, r0, r1);
+}
+
+/* xnor(wb, s, x, y, m, n, k, gwords, nb, hw, threads): wb (n, nb * gwords) uint64, s (n, nb) float32 */
+static PyObject *xnor(PyObject *self, PyObject *args) {
+    Py_buffer w, sc, x, y;
+    Py_ssize_t m, n, k, gwords, nb;
+    int hw, threads;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*nnnnnii", &w, &sc, &x, &y, &m, &n, &k, &gwords, &nb, &hw, &threads))
+        return NULL;
+    PyObject *ret = NULL;
+    int64_t nwords = gwords * nb;
+    if (gwords < 1 || nb < 1 || k > 64 * nwords || w.len < (Py_ssize_t)(n * nwords * 8)
+        || sc.len < (Py_ssize_t)(n * nb * 4) || x.len < (Py_ssize_t)(m * k * 4) || y.len < (Py_ssize_t)(m * n * 4)) {
+        PyErr_SetString(PyExc_ValueError, "lowbit.xnor: buffer sizes do not fit");
+        goto done;
+    }
+    if (hw && !cpu_avx2()) hw = 0;
+    uint64_t *xb = calloc((size_t)(m * nwords), 8);
+    float *beta = calloc((size_t)(m > 0 ? m : 1), sizeof(float));
+    if (!xb || !beta) { free(xb); free(beta); PyErr_NoMemory(); goto done; }
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t r = 0; r < m; r++) { /* the row's sign bits and mean |x|, summed in order */
+        const float *xr = (const float *)x.buf + r * k;
+        float sum = 0.0f;
+        for (int64_t i = 0; i < k; i++) {
+            sum += fabsf(xr[i]);
+            if (xr[i] >= 0.0f) xb[r * nwords + i / 64] |= (uint64_t)1 << (i % 64);
+        }
+        beta[r] = k > 0 ? sum / (float)k : 0.0f;
+    }
+    XJob J = {w.buf, sc.buf, xb, beta, y.buf, m, n, k, nwords, gwords, nb};
+    int parts = threads < 1 ? 1 : threads;
+    if ((int64_t)parts > n) parts = (int)(n > 0 ? n : 1);
+    if (parts == 1 || n * m * nwords < 65536) { /* small work: one thread beats waking the pool */
+        xnor_part(&J, hw, 0, 1);
+    } else {
+#pragma omp parallel for num_threads(parts) schedule(static)
+        for (int part = 0; part < parts; part++) xnor_part(&J, hw, part, parts);
+    }
+    Py_END_ALLOW_THREADS
+    free(xb); free(beta);
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&w); PyBuffer_Release(&sc); PyBuffer_Release(&x); PyBuffer_Release(&y);
+    return ret;
+}
+
 static PyObject *has_avx2(PyObject *self, PyObject *noargs) { return PyBool_FromLong(cpu_avx2()); }
 
 static PyMethodDef methods[] = {
     {"gemv", gemv, METH_VARARGS, "Low-bit codes x int8 activations, rows split over threads."},
+    {"xnor", xnor, METH_VARARGS, "Binary weights x sign activations (XNOR-popcount), rows split over threads."},
     {"has_avx2", has_avx2, METH_NOARGS, "Whether this CPU runs the AVX2 path."},
     {NULL, NULL, 0, NULL}};
 
