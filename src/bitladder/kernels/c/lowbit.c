@@ -297,10 +297,11 @@ typedef struct {
 
 /* popcount(w ^ x) over words [j0, j1): ATTR/VEC pick the path. The AVX2 one counts 256 bits at a time by
  * nibble lookup (vpshufb), byte counts widened by vpsadbw; the others count one word at a time. */
-#define XNOR_ROWS(NAME, ATTR, COUNT)                                                                       \
+#define XNOR_ROWS(NAME, ATTR, COUNT, PREFETCH)                                                             \
     ATTR static void NAME(const XJob *J, int64_t r0, int64_t r1) {                                         \
         for (int64_t n = r0; n < r1; n++) {                                                                \
             const uint64_t *wr = J->wb + n * J->nwords;                                                    \
+            PREFETCH(wr, J->nwords);                                                                       \
             for (int64_t m = 0; m < J->m; m++) {                                                           \
                 const uint64_t *xr = J->xb + m * J->nwords;                                                \
                 float tot = 0.0f;                                                                          \
@@ -320,7 +321,8 @@ static inline int64_t count_words(const uint64_t *w, const uint64_t *x, int64_t 
     for (int64_t j = j0; j < j1; j++) pc += __builtin_popcountll(w[j] ^ x[j]);
     return pc;
 }
-XNOR_ROWS(xnor_rows_portable, , count_words)
+#define NO_PREFETCH(w, nw)
+XNOR_ROWS(xnor_rows_portable, , count_words, NO_PREFETCH)
 #ifdef BL_X86
 AVX2 static inline int64_t count_avx2(const uint64_t *w, const uint64_t *x, int64_t j0, int64_t j1) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
@@ -344,7 +346,10 @@ AVX2 static inline int64_t count_avx2(const uint64_t *w, const uint64_t *x, int6
     for (; j < j1; j++) pc += __builtin_popcountll(w[j] ^ x[j]);
     return pc;
 }
-XNOR_ROWS(xnor_rows_avx2, AVX2, count_avx2)
+/* the row BL_PF bytes ahead, as in the GEMV */
+#define ROW_PREFETCH(w, nw) \
+    for (int64_t c = 0; c < (nw) * 8; c += 64) _mm_prefetch((const char *)(w) + BL_PF + c, _MM_HINT_T0)
+XNOR_ROWS(xnor_rows_avx2, AVX2, count_avx2, ROW_PREFETCH)
 #endif
 
 static void xnor_part(const XJob *J, int hw, int part, int parts) {

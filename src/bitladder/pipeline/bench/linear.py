@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from bitladder.formats.layout import Layout
 from bitladder.kernels import (
     KERNELS,
+    CLowbitKernel,
     FbgemmW8A8Kernel,
     FbgemmW8A8TokenKernel,
     Fp16CodesKernel,
@@ -41,7 +42,6 @@ from bitladder.kernels import (
     OrtNBitsKernel,
     XnorKernel,
 )
-from bitladder.kernels.c_lowbit import CLowbitKernel
 from bitladder.kernels.select import choose
 from bitladder.pipeline.bench.limits import llc_bytes
 from bitladder.tensor.quantized import QuantizedTensor
@@ -50,7 +50,8 @@ LOWBIT = [CLowbitKernel, OrtNBitsKernel, OrtNBitsFp32Kernel, Int4PackBf16Kernel,
 RUNGS = [  # (label, qtype, layout, kernel classes to try, the policy a quantised layer of this rung has)
     ("int8 W8A8", "int8", Layout("channel"), [FbgemmW8A8TokenKernel, OnednnW8A8TokenKernel, FbgemmW8A8Kernel,
                                                OnednnW8A8Kernel, OrtNBitsKernel], "int8-w8a8-token"),
-    ("int8 W8", "int8", Layout("channel"), [OrtNBitsKernel, Fp16CodesKernel, NumbaLowbitKernel], "auto"),
+    ("int8 W8", "int8", Layout("channel"), [CLowbitKernel, OrtNBitsKernel, Fp16CodesKernel, NumbaLowbitKernel],
+     "auto"),
     ("int4 g64", "int4", Layout("group", group=64), LOWBIT, "auto"),
     ("int3 g64", "int3", Layout("group", group=64), LOWBIT, "auto"),
     ("int2 g64", "int2", Layout("group", group=64), LOWBIT, "auto"),
