@@ -103,3 +103,26 @@ def test_dynamic_export_matches_the_torch_kernel_with_smoothquant(digits_spec, t
     # kernel rounds activations to 7 bits without VNNI, the file keeps 8 on every CPU)
     assert float((y - ref).norm() / ref.norm()) < (0.01 if act_levels() == 255 else 0.025)
     assert float((y.argmax(1) == fp.argmax(1)).float().mean()) >= 0.98
+
+
+@pytest.mark.parametrize("rung", ["int4-g32", "int2-g32-asym", "ternary", "binary", "int4-g32-awq", "int8"])
+def test_matmulnbits_export_keeps_weight_only_numerics(digits_spec, tmp_path, rung):
+    x = digits_spec.eval_batches[0]
+    q = bitladder.quantize(digits_spec.model, parse_rung(rung), calib=digits_spec.calib_batches)
+    path = export_onnx(q, x[:2], tmp_path / f"{rung}.onnx", weights="matmulnbits")
+    exact = copy.deepcopy(q)
+    for m in exact.modules():
+        if isinstance(m, QuantModule):
+            m.set_kernel_policy("dequant-fp32")
+    with torch.no_grad():
+        assert torch.allclose(run_onnx(path, x), exact(x), atol=1e-4, rtol=1e-4)  # fp32 activations: exact
+    nodes = onnx.load(str(path)).graph.node
+    linears = sum(isinstance(m, torch.nn.Linear) or type(m).__name__ == "QuantLinear" for m in q.modules())
+    nbits = [n for n in nodes if n.op_type == "MatMulNBits"]
+    # every Linear of 4 bits or fewer becomes MatMulNBits; 8-bit ones keep the standard rule
+    assert len(nbits) == (0 if rung == "int8" else linears) and all(n.domain == "com.microsoft" for n in nbits)
+
+
+def test_unknown_weights_mode_is_refused(digits_spec, tmp_path):
+    with pytest.raises(BitladderError, match="weights must be one of standard, matmulnbits"):
+        export_onnx(digits_spec.model, digits_spec.eval_batches[0][:2], tmp_path / "x.onnx", weights="nbits")

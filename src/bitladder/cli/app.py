@@ -219,6 +219,9 @@ def export(
     opset: int = typer.Option(21, help="ONNX opset (21 for 4-bit weights)"),
     activations: str = typer.Option("float", help="float (weight-only), dynamic (int8 MatMulInteger, "
                                     "a scale per token) or dynamic-tensor (one scale per call)"),
+    weights: str = typer.Option("standard", help="standard (DequantizeLinear, any ONNX runtime) or matmulnbits "
+                                "(onnxruntime's MatMulNBits for Linear layers of 4 bits or fewer: same numerics, "
+                                "faster, onnxruntime only)"),
 ) -> None:
     """Export an artifact to ONNX with standard operators (DequantizeLinear), runnable in onnxruntime."""
     from bitladder.io.artifact import load, read_header
@@ -230,7 +233,7 @@ def export(
     spec = resolve(meta["source"])
     batch = spec.latency_batch
     example = {k: v[:2] for k, v in batch.items()} if isinstance(batch, dict) else batch[:2]
-    path = export_onnx(model, example, out, opset, activations)
+    path = export_onnx(model, example, out, opset, activations, weights)
     console.print(f"wrote {path} ({path.stat().st_size:,} bytes, opset {opset})")
 
 

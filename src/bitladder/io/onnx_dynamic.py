@@ -40,7 +40,7 @@ def dynamic_int8_eligible(m: nn.Module) -> bool:
             and qt.mask is None and qt.zero_point is None)
 
 
-def _const(proto, name: str, value) -> str:
+def const_init(proto, name: str, value) -> str:
     from onnx import numpy_helper
 
     if not any(i.name == name for i in proto.graph.initializer):
@@ -56,7 +56,7 @@ def _reduce(proto, op: str, x: str, out: str):
     from onnx import helper
 
     if _opset(proto) >= 18:
-        return helper.make_node(op, [x, _const(proto, "bl__last_axis", np.array([-1], np.int64))], [out],
+        return helper.make_node(op, [x, const_init(proto, "bl__last_axis", np.array([-1], np.int64))], [out],
                                 keepdims=1)
     return helper.make_node(op, [x], [out], axes=[-1], keepdims=1)
 
@@ -68,7 +68,7 @@ def _prepare(proto, x: str, m: QuantModule, per_token: bool, p: str) -> tuple[li
 
     nodes = []
     if "in_scale" in m.qmeta:  # SmoothQuant / AWQ: the stored weight expects x * in_scale
-        nodes.append(helper.make_node("Mul", [x, _const(proto, f"{p}__in", m.in_scale.float().numpy())],
+        nodes.append(helper.make_node("Mul", [x, const_init(proto, f"{p}__in", m.in_scale.float().numpy())],
                                       [f"{p}__xs_in"]))
         x = f"{p}__xs_in"
     if not per_token:
@@ -76,7 +76,7 @@ def _prepare(proto, x: str, m: QuantModule, per_token: bool, p: str) -> tuple[li
         return nodes, {"xq": f"{p}__xq", "xs": f"{p}__xs", "xz": f"{p}__xz"}
 
     def c(name: str, v: float) -> str:
-        return _const(proto, f"bl__{name}", np.array(v, np.float32))
+        return const_init(proto, f"bl__{name}", np.array(v, np.float32))
 
     def op(kind: str, ins: list, out: str, **kw):
         nodes.append(helper.make_node(kind, ins, [f"{p}__{out}"], **kw))
@@ -108,7 +108,7 @@ def _prepare(proto, x: str, m: QuantModule, per_token: bool, p: str) -> tuple[li
     return nodes, {"xq": f"{p}__xq", "xs": xs, "xz": zp, "r": f"{p}__r"}
 
 
-def _match(nodes: list, wname: str):
+def match_linear(nodes: list, wname: str):
     """(nodes to drop, input, output, bias) of the float path using weight ``wname``, or None."""
     from onnx import helper
 
@@ -137,7 +137,7 @@ def rewrite(proto, wname: str, m: QuantModule, per_token: bool = True, shared: d
     from onnx import TensorProto, helper, numpy_helper
 
     nodes = list(proto.graph.node)
-    found = _match(nodes, wname)
+    found = match_linear(nodes, wname)
     if found is None:
         return False
     drop, x, out, bias = found
@@ -150,7 +150,7 @@ def rewrite(proto, wname: str, m: QuantModule, per_token: bool = True, shared: d
     p = wname.replace(".", "_")
     proto.graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(codes.T), f"{p}__qT"),
                                     numpy_helper.from_array(scale, f"{p}__ws")])
-    zp_name = _const(proto, f"bl__w_zp_{wzp.dtype}", wzp)
+    zp_name = const_init(proto, f"bl__w_zp_{wzp.dtype}", wzp)
     in_key = hashlib.sha1(m.in_scale.float().numpy().tobytes()).hexdigest() if "in_scale" in m.qmeta else ""
     key = (x, in_key, per_token)
     shared = {} if shared is None else shared
@@ -210,4 +210,4 @@ def _keep_gelu_unfused(proto, out: str) -> None:
         return
     for j, name in enumerate(add.input):
         if name in inits and len(inits[name].dims) == 1:
-            add.input[j] = _const(proto, f"{name}__row", numpy_helper.to_array(inits[name]).reshape(1, -1))
+            add.input[j] = const_init(proto, f"{name}__row", numpy_helper.to_array(inits[name]).reshape(1, -1))

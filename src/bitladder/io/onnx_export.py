@@ -6,7 +6,8 @@ tensor and a standard ``DequantizeLinear``: int8/uint8 per channel or per tensor
 *blocked* scales (opset 21 ``block_size``) for group layouts. int3, int2, ternary and binary codes are
 widened to 4-bit storage (ONNX has no narrower integer type); float formats become a Cast from fp16 /
 bf16 or a DequantizeLinear from fp8. Per-channel input scales (AWQ, SmoothQuant) become a Mul.
-Any layer without a rule is named in the error.
+Any layer without a rule is named in the error. ``weights="matmulnbits"`` writes layers of 4 bits or
+fewer as onnxruntime's MatMulNBits instead (:mod:`bitladder.io.onnx_nbits`; onnxruntime only).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 from bitladder.atomic import atomic_path
 from bitladder.errors import BitladderError
 from bitladder.io.onnx_dynamic import dynamic_int8_eligible, rewrite
+from bitladder.io.onnx_nbits import nbits_eligible, rewrite_nbits
 from bitladder.io.onnx_ranges import gemm_problems
 from bitladder.io.onnx_weights import WEIGHT_RULES, weight_nodes
 from bitladder.io.onnx_gather import gather_eligible, rewrite_gather
@@ -53,18 +55,23 @@ def _float_twin(model: nn.Module) -> nn.Module:
 
 
 ACTIVATIONS = ("float", "dynamic", "dynamic-tensor")
+WEIGHTS = ("standard", "matmulnbits")
 
 
 def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 21,
-                activations: str = "float") -> Path:
+                activations: str = "float", weights: str = "standard") -> Path:
     """Export ``model`` (quantised or not) called on ``example`` (a tensor or a dict of tensors).
 
     ``activations="dynamic"``: int8 Linear layers run as DynamicQuantizeLinear + MatMulInteger
     (faster in onnxruntime) with one activation scale per token; "dynamic-tensor": one scale per call
     (what onnxruntime's own quantize_dynamic does); "float" keeps weight-only semantics.
+    ``weights="matmulnbits"``: Linear layers of 4 bits or fewer as onnxruntime's MatMulNBits (fp32
+    activations, same numerics, onnxruntime only); "standard": DequantizeLinear, any runtime.
     """
     if activations not in ACTIVATIONS:
         raise BitladderError(f"activations must be one of {', '.join(ACTIVATIONS)}; got {activations!r}")
+    if weights not in WEIGHTS:
+        raise BitladderError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
     try:
         import onnx
         from onnx import helper, numpy_helper
@@ -101,6 +108,9 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
                 continue
             if activations != "float" and dynamic_int8_eligible(m) \
                     and rewrite(proto, wname, m, activations == "dynamic", shared):
+                proto.graph.initializer.remove(inits[wname])
+                continue
+            if weights == "matmulnbits" and nbits_eligible(m) and rewrite_nbits(proto, wname, m):
                 proto.graph.initializer.remove(inits[wname])
                 continue
             if gather_eligible(m) and rewrite_gather(proto, wname, m):

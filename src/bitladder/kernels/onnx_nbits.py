@@ -30,25 +30,35 @@ except ImportError:  # pragma: no cover - only where onnx/onnxruntime are absent
     HAVE_ORT = False
 
 
-def build_session(u: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, bits: int, block: int,
-                  threads: int, accuracy_level: int = 4) -> "ort.InferenceSession":
-    """u: (N, K) unsigned codes, scale: (N, nblocks) fp32, zp: (N, nblocks) ints or None.
+def nbits_initializers(u: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, bits: int, block: int,
+                       prefix: str = "") -> tuple[list, list[str]]:
+    """MatMulNBits' weight initializers and input names (after the activation): ``B`` the codes in blocks,
+    ``S`` the scales, ``Z`` the packed zero points where there are any.
 
-    ``accuracy_level`` 4 quantises activations to int8 per block; 0 keeps them fp32 (exact weight-only
-    numerics; onnxruntime has a fast fp32 path for 4-bit weights only).
+    u: (N, K) unsigned codes, scale: (N, nblocks) fp32, zp: (N, nblocks) ints or None.
     """
     n, k = u.shape
     nb = scale.shape[1]
     up = np.zeros((n, nb * block), np.uint8)
     up[:, :k] = u
     b = _pack(up.reshape(n, nb, block), bits)
-    inits = [numpy_helper.from_array(np.ascontiguousarray(b), "B"),
-             numpy_helper.from_array(np.ascontiguousarray(scale.reshape(-1), dtype=np.float32), "S")]
-    inputs = ["x", "B", "S"]
+    inits = [numpy_helper.from_array(np.ascontiguousarray(b), f"{prefix}B"),
+             numpy_helper.from_array(np.ascontiguousarray(scale.reshape(-1), dtype=np.float32), f"{prefix}S")]
     if zp is not None:
-        inits.append(numpy_helper.from_array(_pack(zp, bits), "Z"))
-        inputs.append("Z")
-    node = helper.make_node("MatMulNBits", inputs, ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
+        inits.append(numpy_helper.from_array(_pack(zp, bits), f"{prefix}Z"))
+    return inits, [i.name for i in inits]
+
+
+def build_session(u: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, bits: int, block: int,
+                  threads: int, accuracy_level: int = 4) -> "ort.InferenceSession":
+    """A one-node session of :func:`nbits_initializers`' weight.
+
+    ``accuracy_level`` 4 quantises activations to int8 per block; 0 keeps them fp32 (exact weight-only
+    numerics; onnxruntime has a fast fp32 path for 4-bit weights only).
+    """
+    n, k = u.shape
+    inits, names = nbits_initializers(u, scale, zp, bits, block)
+    node = helper.make_node("MatMulNBits", ["x", *names], ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
                             block_size=block, accuracy_level=accuracy_level)
     graph = helper.make_graph([node], "bitladder_linear",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
@@ -65,9 +75,27 @@ def build_session(u: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, bits:
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-
-
 _ORT_BITS = {8: 8, 7: 8, 6: 8, 5: 8, 4: 4, 3: 4, 2: 2, 1: 2}  # code width -> the MatMulNBits width holding it
+
+
+def nbits_parts(qt: QuantizedTensor, bits: int, groups: tuple[int, ...]):
+    """(u, scale, zero points or None, block) of a weight stored at ``bits`` in MatMulNBits' blocks: u (N, K)
+    uint8 codes with onnxruntime's default zero point ``2**(bits-1)`` for signed formats; one scale per row
+    is replicated over blocks of 128."""
+    codes, scale, zp, g = weight_parts(qt)
+    n, k = qt.shape
+    if scale.shape[1] > 1:
+        if g not in groups:
+            raise KernelUnsupported(f"MatMulNBits needs a group in {groups}, got {g}")
+        block = g
+    else:  # one scale per row: replicate it over blocks of 128
+        block = 128
+        nb = math.ceil(k / block)
+        scale = scale[:, :1].expand(n, nb).contiguous()
+        zp = None if zp is None else zp[:, :1].expand(n, nb).contiguous()
+    if qt.qtype.signed:
+        return (codes + 2 ** (bits - 1)).numpy().astype(np.uint8), scale.numpy(), None, block
+    return codes.numpy().astype(np.uint8), scale.numpy(), zp.numpy().astype(np.uint8), block
 
 
 def integer_codes(qt: QuantizedTensor) -> bool:
@@ -104,32 +132,16 @@ class OrtNBitsKernel(LinearKernel):
     def from_qtensor(cls, qt: QuantizedTensor, threads: int | None = None) -> "OrtNBitsKernel":
         if not cls.installed():
             raise KernelUnsupported("onnx / onnxruntime are not installed")
-        codes, scale, zp, g = weight_parts(qt)
-        q = qt.qtype
-        bits = cls._bits(q)
+        bits = cls._bits(qt.qtype)
         if bits is None:
-            raise KernelUnsupported(f"no MatMulNBits width for {q.name}")
+            raise KernelUnsupported(f"no MatMulNBits width for {qt.qtype.name}")
         n, k = qt.shape
-        if scale.shape[1] > 1:
-            if g not in cls.groups:
-                raise KernelUnsupported(f"MatMulNBits needs a group in {cls.groups}, got {g}")
-            block = g
-        else:  # one scale per row: replicate it over blocks of 128
-            block = 128
-            nb = math.ceil(k / block)
-            scale = scale[:, :1].expand(n, nb).contiguous()
-            zp = None if zp is None else zp[:, :1].expand(n, nb).contiguous()
-        if q.signed:
-            u = codes + 2 ** (bits - 1)  # onnxruntime's default zero point is 2**(bits-1)
-            zarr = None
-        else:
-            u = codes
-            zarr = zp.numpy().astype(np.uint8)
+        u, scale, zarr, block = nbits_parts(qt, bits, cls.groups)
         self = cls()
         self.n, self.k = n, k
         self.bits = bits
         self.name = f"ort-w{bits}a8" if cls.accuracy_level else f"ort-w{bits}-fp32"
-        self._sess = build_session(u.numpy().astype(np.uint8), scale.numpy(), zarr, bits, block,
+        self._sess = build_session(u, scale, zarr, bits, block,
                                    threads or torch.get_num_threads(), cls.accuracy_level)
         self._bytes = n * math.ceil(k / block) * (block * bits // 8 + 4 + (0 if zarr is None else 1))
         return self

@@ -75,14 +75,14 @@ def _session(path: Path) -> nn.Module:
 
 
 def _bitladder_onnx(spec, cfg, activations: str, folder: Path, calib=None, runtime=_session,
-                    opset: int = 21) -> nn.Module:
-    """A bitladder model exported with standard operators (DequantizeLinear / MatMulInteger), run in ORT
-    (or in ``runtime``, a function of the file's path)."""
+                    opset: int = 21, weights: str = "standard") -> nn.Module:
+    """A bitladder model exported with standard operators (DequantizeLinear / MatMulInteger), or with
+    onnxruntime's MatMulNBits (``weights``), run in ORT (or in ``runtime``, a function of the file's path)."""
     from bitladder.io.onnx_export import export_onnx
 
     b = spec.latency_batch
     path = folder / f"bitladder-{cfg.qtype}-{activations}-{len(list(folder.iterdir()))}.onnx"
-    export_onnx(_bitladder(spec, cfg, calib), {k: v[:2] for k, v in b.items()}, path, opset, activations)
+    export_onnx(_bitladder(spec, cfg, calib), {k: v[:2] for k, v in b.items()}, path, opset, activations, weights)
     return runtime(path)
 
 
@@ -174,6 +174,8 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
                                                                                  folder),
         "bitladder ONNX W4 g64 gptq (blocked DQ)": lambda: _bitladder_onnx(
             spec, Int(4, group=64, method=GPTQ()), "float", folder, calib),
+        "bitladder ONNX W4 g64 gptq (MatMulNBits)": lambda: _bitladder_onnx(
+            spec, Int(4, group=64, method=GPTQ()), "float", folder, calib, weights="matmulnbits"),
         "bitladder ONNX W8A8 per-token + SmoothQuant 0.65 on OpenVINO": lambda: _bitladder_onnx(
             spec, W8A8_SQ, "dynamic", folder, calib, bench_peers.openvino_onnx, 19),
         "bitladder ONNX W8 on OpenVINO": lambda: _bitladder_onnx(
