@@ -139,6 +139,7 @@ def test_run_a_user_model_artifact_with_its_factory(tmp_path):
     user = "tests.zoo.user_models:classifier"
     assert cli("ladder", "--model", user, "--rungs", "int4-g32", "--out", str(out), "--repeats", "1").returncode == 0
     art = next(out.glob("*.safetensors"))
+    assert ":" not in art.name and art.name.startswith("tests.zoo.user_models-classifier")
     res = cli("run", str(art), "--model", user)
     flat = " ".join(res.stdout.split())  # rich wraps long paths
     assert res.returncode == 0 and "ran on 64 inputs; accuracy" in flat, res.stderr
@@ -163,3 +164,8 @@ def test_bench_json_carries_the_machine_and_limit_fractions(tmp_path, monkeypatc
     assert data["schema"] == "bitladder.bench/1" and data["machine"]["read_gbps"] == 16.0
     assert {"cpu", "flags", "cores", "threads", "versions", "fp32_gflops", "int8_gops"} <= set(data["machine"])
     assert data["rows"][0]["limit_fraction"] == pytest.approx((4 << 20) / 0.5e-3 / 16e9, rel=1e-3)
+
+
+def test_a_factory_that_raises_is_named_in_one_line(tmp_path):
+    one_line_error(cli("ladder", "--model", "tests.zoo.user_models:raises", "--out", str(tmp_path / "o")),
+                   "factory 'tests.zoo.user_models:raises' raised RuntimeError", "/data/missing")

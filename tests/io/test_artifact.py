@@ -108,3 +108,12 @@ def test_unknown_source_needs_a_model(tmp_path):
     _, path = factory_pair(tmp_path)
     with pytest.raises(BitladderError, match="not a built-in model"):
         bitladder.load(path)
+
+
+@pytest.mark.parametrize("meta", ['{"format_version": 1, "layers": ', '[1, 2]', '{"format_version": 1}'])
+def test_corrupt_bitladder_metadata_is_one_clear_error(tmp_path, meta):
+    # a valid safetensors file whose bitladder metadata was damaged (hand-edited, cut, another tool's)
+    path = tmp_path / "bad.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"bitladder": meta})
+    with pytest.raises(BitladderError, match="corrupt: its bitladder metadata"):
+        bitladder.load(path, model=model())

@@ -18,3 +18,7 @@ def regressor():
 
 def bad_return():
     return 42
+
+
+def raises():
+    raise RuntimeError("checkpoint folder /data/missing not found")

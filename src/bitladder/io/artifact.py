@@ -87,7 +87,12 @@ def read_header(path: str | os.PathLike) -> tuple[dict, dict]:
     raw = (header.get("__metadata__") or {}).get("bitladder")
     if raw is None:
         raise BitladderError(f"{path} is a safetensors file but not a bitladder artifact (no 'bitladder' metadata)")
-    meta = json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except (TypeError, json.JSONDecodeError):
+        raise BitladderError(f"{path} is corrupt: its bitladder metadata is not valid JSON") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("layers"), dict):
+        raise BitladderError(f"{path} is corrupt: its bitladder metadata is not an object with a 'layers' table")
     if meta.get("format_version") != FORMAT_VERSION:
         raise BitladderError(f"{path}: artifact format version {meta.get('format_version')!r} is not supported "
                              f"(this build reads {FORMAT_VERSION})")

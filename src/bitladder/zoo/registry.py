@@ -53,9 +53,13 @@ def resolve(name: str) -> ModelSpec:
     mod_name, fn_name = name.split(":")
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as e:
-        raise BitladderError(f"cannot load factory {name!r}: {e}") from None
-    return _from_factory_result(name, fn, fn())
+    except Exception as e:  # noqa: BLE001 - the user's module may raise anything at import
+        raise BitladderError(f"cannot load factory {name!r}: {type(e).__name__}: {e}") from None
+    try:
+        result = fn()
+    except Exception as e:  # noqa: BLE001 - the user's function may raise anything
+        raise BitladderError(f"factory {name!r} raised {type(e).__name__}: {e}") from None
+    return _from_factory_result(name, fn, result)
 
 
 def _from_factory_result(name: str, fn, result) -> ModelSpec:

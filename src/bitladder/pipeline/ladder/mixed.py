@@ -16,6 +16,7 @@ from bitladder.pipeline.ladder.run import check_out_dir, write_json
 from bitladder.pipeline.measure.machine import machine
 from bitladder.pipeline.ladder.rungs import parse_rungs
 from bitladder.zoo.spec import ModelSpec
+from bitladder.io.filenames import safe_stem
 
 
 def run_mixed(spec: ModelSpec, rungs, budget: float, out: Path) -> dict:
@@ -28,7 +29,7 @@ def run_mixed(spec: ModelSpec, rungs, budget: float, out: Path) -> dict:
     table = sensitivity(spec.model, cands, spec.calib_batches[:1])
     assign = allocate(table, budget)
     q = apply_assignment(spec.model, assign, cands, spec.calib_batches)
-    path = save(q, out / f"{spec.name}-mixed-b{budget:g}.safetensors", source=spec.source,
+    path = save(q, out / f"{safe_stem(spec.name)}-mixed-b{budget:g}.safetensors", source=spec.source,
                 config={"type": "Mixed", "assignment": assign, "candidates": {r: c.to_dict() for r, c in cands.items()}})
     back = load(path, model=spec.fresh_model())
     ref = outputs(spec.model, spec.eval_batches)

@@ -22,6 +22,7 @@ from bitladder.pipeline.measure.machine import machine
 from bitladder.methods.quantize.configs import QuantConfig
 from bitladder.pipeline.ladder.rungs import parse_rungs
 from bitladder.zoo.spec import ModelSpec
+from bitladder.io.filenames import safe_stem
 
 SCHEMA = "bitladder.ladder/1"
 CLIP_WARN_FRACTION = 1e-3
@@ -76,7 +77,8 @@ def run_rung(spec: ModelSpec, rung: str, cfg: QuantConfig, out: Path, ref: torch
         raise BitladderError(f"rung {rung!r} needs calibration data and model {spec.name!r} has none")
     qmodel = quantize(spec.model, cfg, calib=spec.calib_batches if needs else None)
     quant_s = time.perf_counter() - t0
-    path = save(qmodel, out / f"{spec.name}-{rung}.safetensors", source=spec.source, config=cfg.to_dict())
+    path = save(qmodel, out / f"{safe_stem(spec.name)}-{rung}.safetensors", source=spec.source,
+                config=cfg.to_dict())
     reloaded = load(path, model=spec.fresh_model())
     out_mem = outputs(qmodel, spec.eval_batches)
     out_disk = outputs(reloaded, spec.eval_batches)

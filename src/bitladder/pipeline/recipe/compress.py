@@ -26,6 +26,7 @@ from bitladder.pipeline.measure.robustness import robustness
 from bitladder.pipeline.ladder.summary import summarize
 from bitladder.zoo.spec import ModelSpec
 from bitladder.zoo.registry import build_builtin
+from bitladder.io.filenames import safe_stem
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -91,7 +92,7 @@ def run_recipe(recipe, spec: ModelSpec, out: Path, on_step: Callable[[str, dict 
             on_step(step.kind, rec)
     model = finalize(st)
     name = recipe.name
-    path = save(model, out / f"{name}.safetensors", source=spec.source,
+    path = save(model, out / f"{safe_stem(name)}.safetensors", source=spec.source,
                 config={"type": "Recipe", "recipe": recipe.to_dict(), "steps": st.configs}, structure=st.structure)
     fp32_path = save(spec.model, out / "fp32.safetensors.tmp-size", source=spec.source)
     fp32_bytes = fp32_path.stat().st_size

@@ -18,6 +18,7 @@ from bitladder.pipeline.measure.evaluate import fidelity, outputs
 from bitladder.pipeline.ladder.run import SCHEMA, check_out_dir, write_json
 from bitladder.pipeline.measure.machine import machine
 from bitladder.zoo.registry import build_builtin
+from bitladder.io.filenames import safe_stem
 
 
 def _storage(url: str):
@@ -186,7 +187,7 @@ def _measure_best(model: str, params: dict, out: Path, name: str) -> dict:
     from bitladder.pipeline.measure.evaluate import paired_latency
 
     floats = T.reshape(spec, params, names)
-    path = save(built, out / f"{name}.safetensors", source=spec.source,
+    path = save(built, out / f"{safe_stem(name)}.safetensors", source=spec.source,
                 config={"type": "Tuned", "params": params}, structure=describe(floats, spec.fresh_model()))
     back = load(path, builder=build_builtin) if spec.source else load(path, model=spec.fresh_model())
     row: dict = {"rung": name, "config": {"type": "Tuned", "params": params}, "artifact": path.name,
