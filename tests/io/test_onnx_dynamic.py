@@ -93,6 +93,8 @@ def test_bias_before_gelu_stays_unfused_per_token(tmp_path):
     add = next(n for n in graph.node if n.op_type == "Add" and any(u.op_type == "Gelu" for u in graph.node
                                                                   if n.output[0] in u.input))
     assert [inits[i] for i in add.input if i in inits] == [[1, 32]]
+    used = {i for n in graph.node for i in n.input}
+    assert set(inits) <= used  # the 1-D bias it replaced is not left in the file
     so = ort.SessionOptions()
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -38,7 +38,7 @@ def ladder(
     with console.status(f"loading {model}"):
         spec = resolve(model)
     configs = configs or parse_rungs(spec.default_rungs)
-    from bitladder.cli.table import ladder_table
+    from bitladder.cli.table import ladder_table, warning_lines
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -53,6 +53,8 @@ def ladder(
         results = run_ladder(spec, configs, out, repeats=repeats, on_rung=on_rung)
     report = write_report(results, out / "report.html")
     console.print(ladder_table(results))
+    for line in warning_lines(results["rungs"]):
+        console.print(line)
     console.print(f"wall time {results['wall_s']:.1f} s; results: {out / 'results.json'}; report: {report}")
 
 
@@ -88,9 +90,11 @@ def compress(
 
         res = run_recipe(parsed, spec, out, on_step=on_step)
     report = write_report(res, out / "report.html")
-    from bitladder.cli.table import ladder_table
+    from bitladder.cli.table import ladder_table, warning_lines
 
     console.print(ladder_table(res))
+    for line in warning_lines(res["rungs"]):
+        console.print(line)
     row = res["rungs"][0]
     console.print(f"{row['bytes_on_disk']:,} bytes ({row['fp32_bytes'] / row['bytes_on_disk']:.1f}x smaller than "
                   f"fp32); params {row['params']:,} of {row['fp32_params']:,}; MACs {row['macs']:,} of "
@@ -126,7 +130,11 @@ def tune(
                 part = json.loads((out / "results.json").read_text())
                 if part.get("trials") and part.get("metric"):
                     write_report(part, out / "report.html")
+    from bitladder.cli.table import warning_lines
+
     row = res["rungs"][0]
+    for line in warning_lines(res["rungs"]):
+        console.print(line)
     console.print(f"best: trial #{res['best']['number']} of {len(res['trials'])}: {row['bits_per_weight']:.2f} bits "
                   f"per weight, {row['fidelity']:.4f} ({row['fidelity_drop_pt']:.2f} pt drop; held-out half "
                   f"{row['heldout_fidelity_drop_pt']:.2f} pt), {row['bytes_on_disk']:,} bytes, speed x "
@@ -160,6 +168,10 @@ def mixed(
     console.print(f"{spec.name}: {res['bits_per_weight']:.3f} bits per weight ({counts}); fidelity "
                   f"{res['fidelity']:.4f}, drop {res['fidelity_drop_pt']:.2f} pt; {res['bytes_on_disk']:,} bytes; "
                   f"report: {out / 'mixed.html'}")
+    from bitladder.cli.table import warning_lines
+
+    for line in warning_lines([res]):
+        console.print(line)
 
 
 @app.command()

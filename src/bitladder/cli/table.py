@@ -24,6 +24,12 @@ def ladder_table(results: dict) -> Table:
     return t
 
 
+def warning_lines(rows: list[dict]) -> list[str]:
+    """One line per warning of each row ("rung: sentence"), for printing under a table."""
+    return [f"[yellow]warning[/yellow] {escape(r.get('rung', ''))}: {escape(w)}" if r.get("rung")
+            else f"[yellow]warning[/yellow] {escape(w)}" for r in rows for w in r.get("warnings", [])]
+
+
 def inspect_table(path: Path, meta: dict, info: dict) -> Table:
     """Rich table of an artifact's quantised layers from its metadata and header ``info``, with byte totals."""
     t = Table(title=f"{path} (source: {meta.get('source')}, config: {(meta.get('config') or {}).get('type')})")

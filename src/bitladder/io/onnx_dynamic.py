@@ -211,3 +211,5 @@ def _keep_gelu_unfused(proto, out: str) -> None:
     for j, name in enumerate(add.input):
         if name in inits and len(inits[name].dims) == 1:
             add.input[j] = const_init(proto, f"{name}__row", numpy_helper.to_array(inits[name]).reshape(1, -1))
+            if not any(name in n.input for n in proto.graph.node):  # no dead copy of the bias in the file
+                proto.graph.initializer.remove(inits[name])

@@ -31,6 +31,7 @@ def test_valid_recipe_keeps_order_lines_and_bodies():
     ("model: digits\nstepz: []\n", ["line 2", "stepz", "unknown field"]),
     ("model: digits\nsteps: []\n", ["at least one step"]),
     ("model: digits\nsteps:\n  - {prune: {}, quantize: {rung: int8}}\n", ["line 3", "one key"]),
+    ("model: digits\nsteps:\n  - export: {onnx: true, weights: nbits}\n", ["steps.0.export.weights", "matmulnbits"]),
     ("model: [\n", ["not valid YAML"]),
     ("- a\n- b\n", ["a mapping"]),
 ])

@@ -6,7 +6,6 @@ import json
 import os
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -23,10 +22,9 @@ from bitladder.methods.quantize.configs import QuantConfig
 from bitladder.pipeline.ladder.rungs import parse_rungs
 from bitladder.zoo.spec import ModelSpec
 from bitladder.io.filenames import safe_stem
+from bitladder.pipeline.measure.warn import Facts, sample_count, warnings_for
 
 SCHEMA = "bitladder.ladder/1"
-CLIP_WARN_FRACTION = 1e-3
-SLOW_MARGIN = 0.95  # latency ratios within 5 % of fp32 are timing noise on a shared 2-core machine
 
 
 def check_out_dir(out: Path) -> Path:
@@ -47,29 +45,10 @@ def write_json(path: Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=1))
 
 
-def _warnings(stats: dict, kept: dict, ratio: float) -> list[str]:
-    out = []
-    if ratio < SLOW_MARGIN:
-        slow = sorted({s["kernel"] for s in stats.values()})
-        out.append(f"slower than fp32 (latency ratio {ratio:.2f}); compute paths: {', '.join(slow)}")
-    slow = [n for n, s in stats.items() if s.get("latency_ratio", 1.0) < SLOW_MARGIN]
-    if slow:
-        shown = ", ".join(f"{n} ({stats[n]['kernel']}, {stats[n]['latency_ratio']:.2f}x)" for n in slow[:6])
-        out.append(f"{len(slow)} of {len(stats)} layers slower than fp32: {shown}{', ...' if len(slow) > 6 else ''}")
-    for name, s in stats.items():
-        frac = s["clipped"] / max(s["numel"], 1)
-        if s["format"] not in ("ternary", "binary") and frac > CLIP_WARN_FRACTION:
-            out.append(f"{name}: {s['clipped']} values ({100 * frac:.2f} %) clipped to the format's range")
-    if kept:
-        kinds = Counter(reason for reason in kept.values())
-        out.append("kept in float: " + "; ".join(f"{n} x {r}" for r, n in sorted(kinds.items())))
-    return out
-
-
 def run_rung(spec: ModelSpec, rung: str, cfg: QuantConfig, out: Path, ref: torch.Tensor, base: float,
-             repeats: int) -> dict:
+             repeats: int, above: tuple[str, int] | None = None) -> dict:
     """Quantise to ``cfg`` (rung ``rung``), save and reload, and return its result row (fidelity, bytes,
-    latency, kernels)."""
+    latency, kernels, warnings; ``above``: the previous rung's name and bytes on disk)."""
     p = plan(spec.model)
     t0 = time.perf_counter()
     needs = any(getattr(getattr(cfg, k, None), "needs_data", False) for k in ("method", "act"))
@@ -104,7 +83,9 @@ def run_rung(spec: ModelSpec, rung: str, cfg: QuantConfig, out: Path, ref: torch
         "bits_per_weight": 8 * qbytes / max(numel, 1),
         "latency_ratio": ratio, "latency_ms": rung_s * 1e3, "fp32_latency_ms": fp32_s * 1e3,
         "kernels": {n: s["kernel"] for n, s in stats.items()},
-        "warnings": _warnings(stats, kept, ratio),
+        "warnings": warnings_for(Facts(latency_ratio=ratio, bytes_on_disk=path.stat().st_size, above=above,
+                                       kernels={n: s["kernel"] for n, s in stats.items()}, layers=stats,
+                                       kept=kept, samples=sample_count(spec.eval_batches))),
         "reload_identical": bool(torch.equal(out_mem, out_disk)),
         "quantize_s": quant_s, "artifact": path.name, "kept_float": kept, "layers": stats,
     }
@@ -125,7 +106,9 @@ def run_ladder(spec: ModelSpec, rungs: Iterable[str] | Mapping[str, QuantConfig]
     for rung, cfg in rungs.items():
         if on_rung:
             on_rung(rung, None)
-        row = run_rung(spec, rung, cfg, out, ref, base, repeats)
+        prev = results["rungs"][-1] if results["rungs"] else None
+        row = run_rung(spec, rung, cfg, out, ref, base, repeats,
+                       (prev["rung"], prev["bytes_on_disk"]) if prev else None)
         results["rungs"].append(row)
         if on_rung:
             on_rung(rung, row)

@@ -27,6 +27,7 @@ from bitladder.pipeline.ladder.summary import summarize
 from bitladder.zoo.spec import ModelSpec
 from bitladder.zoo.registry import build_builtin
 from bitladder.io.filenames import safe_stem
+from bitladder.pipeline.measure.warn import Facts, sample_count, warnings_for
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -50,19 +51,6 @@ def _sensitivity(spec: ModelSpec, configs: dict) -> dict:
 
     data = spec.calib_batches[:1] or spec.eval_batches[:1]
     return sensitivity(spec.model, configs, data)
-
-
-def _warnings(row: dict, kinds: dict) -> list[str]:
-    out = []
-    if row["latency_ratio"] < 0.95:
-        out.append(f"slower than fp32 (latency ratio {row['latency_ratio']:.2f})")
-    if row["bytes_on_disk"] >= row["fp32_bytes"]:
-        out.append(f"no size gain: {row['bytes_on_disk']:,} bytes against fp32's {row['fp32_bytes']:,}")
-    deq = sorted(n for n, k in kinds.items() if k.startswith("dequant"))
-    if deq:
-        out.append(f"{len(deq)} of {len(kinds)} quantised layers dequantise per call: {', '.join(deq[:6])}"
-                   f"{', ...' if len(deq) > 6 else ''}")
-    return out
 
 
 def run_recipe(recipe, spec: ModelSpec, out: Path, on_step: Callable[[str, dict | None], None] | None = None) -> dict:
@@ -103,7 +91,9 @@ def run_recipe(recipe, spec: ModelSpec, out: Path, on_step: Callable[[str, dict 
                 "bytes_on_disk": path.stat().st_size,
                 "reload_identical": bool(torch.equal(outputs(model, spec.eval_batches),
                                                      outputs(back, spec.eval_batches)))})
-    row["warnings"] = st.notes + _warnings(row, row["kernels"])
+    row["warnings"] = st.notes + warnings_for(Facts(
+        latency_ratio=row["latency_ratio"], bytes_on_disk=row["bytes_on_disk"], fp32_bytes=fp32_bytes,
+        kernels=row["kernels"], samples=sample_count(spec.eval_batches)))
     results = {"schema": SCHEMA, "model": spec.name, "metric": spec.metric, "fp32_fidelity": base,
                "torch_threads": torch.get_num_threads(), "machine": mach, "recipe": recipe.to_dict(), "rungs": [row],
                "steps": history, "summary": summarize(spec.model, back)}
@@ -140,5 +130,5 @@ def _export_onnx(model, spec: ModelSpec, path: Path, export: Export) -> dict:
 
     batch = spec.latency_batch
     example = {k: v[:2] for k, v in batch.items()} if isinstance(batch, dict) else batch[:2]
-    p = export_onnx(model, example, path, export.opset, export.activations)
+    p = export_onnx(model, example, path, export.opset, export.activations, export.weights)
     return {"file": p.name, "bytes": p.stat().st_size, "opset": export.opset}

@@ -19,6 +19,7 @@ from bitladder.pipeline.ladder.run import SCHEMA, check_out_dir, write_json
 from bitladder.pipeline.measure.machine import machine
 from bitladder.zoo.registry import build_builtin
 from bitladder.io.filenames import safe_stem
+from bitladder.pipeline.measure.warn import Facts, float_bytes, sample_count, warnings_for
 
 
 def _storage(url: str):
@@ -205,7 +206,10 @@ def _measure_best(model: str, params: dict, out: Path, name: str) -> dict:
     row.update({"bits_per_weight": bits, "quantized_bytes": nbytes, "theoretical_bytes": None,
                 "latency_ratio": fp32_s / got_s, "latency_ms": 1e3 * got_s, "fp32_latency_ms": 1e3 * fp32_s,
                 "kernels": {n: m.kernel for n, m in back.named_modules() if hasattr(m, "kernel")},
-                "warnings": [], "metric": spec.metric})
+                "metric": spec.metric})
+    row["warnings"] = warnings_for(Facts(latency_ratio=row["latency_ratio"], bytes_on_disk=row["bytes_on_disk"],
+                                         fp32_bytes=float_bytes(spec.model), kernels=row["kernels"],
+                                         samples=sample_count(spec.eval_batches)))
     from bitladder.pipeline.measure.robustness import robustness
     from bitladder.pipeline.ladder.summary import summarize as layer_summary
 

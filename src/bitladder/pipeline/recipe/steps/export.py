@@ -10,10 +10,12 @@ from bitladder.pipeline.recipe.steps.base import StepBody, step
 
 @step("export", stage=4)
 class Export(StepBody):
-    """Export options: also write an ONNX file when ``onnx`` (at ``opset``, with these ``activations``)."""
+    """Export options: also write an ONNX file when ``onnx`` (at ``opset``, with these ``activations``; ``weights``
+    "matmulnbits" writes Linear layers of 4 bits or fewer as onnxruntime's MatMulNBits)."""
     onnx: bool = False
     opset: int = 21
     activations: Literal["float", "dynamic", "dynamic-tensor"] = "float"
+    weights: Literal["standard", "matmulnbits"] = "standard"
     transforms = False
 
     def check(self) -> None:

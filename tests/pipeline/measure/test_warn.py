@@ -1,0 +1,49 @@
+"""The warnings engine: each check speaks when its fact is bad, stays silent when it is fine or unmeasured."""
+
+import torch
+
+from bitladder.pipeline.measure.warn import CHECKS, MIN_SAMPLES, Facts, check, float_bytes, sample_count, warnings_for
+
+
+def test_a_clean_result_and_an_unmeasured_one_have_no_warnings():
+    assert warnings_for(Facts()) == []
+    assert warnings_for(Facts(latency_ratio=1.3, bytes_on_disk=100, fp32_bytes=400, above=("int8", 200),
+                              kernels={"a": "c-lowbit-a8"}, layers={"a": {"latency_ratio": 1.2, "clipped": 0,
+                                                                           "numel": 10, "format": "int4"}},
+                              samples=MIN_SAMPLES)) == []
+
+
+def test_each_bad_fact_is_one_sentence():
+    got = warnings_for(Facts(
+        latency_ratio=0.8, bytes_on_disk=500, fp32_bytes=400, above=("int4", 300),
+        kernels={"a": "dequant-fp32", "b": "ort-nbits"},
+        layers={"a": {"latency_ratio": 0.5, "kernel": "dequant-fp32", "clipped": 50, "numel": 1000, "format": "int4"},
+                "b": {"latency_ratio": 1.5, "kernel": "ort-nbits", "clipped": 9, "numel": 10, "format": "binary"}},
+        kept={"c": "unsupported layer", "d": "unsupported layer"}, samples=64))
+    text = "\n".join(got)
+    assert "slower than fp32 (latency ratio 0.80); compute paths: dequant-fp32, ort-nbits" in text
+    assert "1 of 2 layers slower than fp32: a (dequant-fp32, 0.50x)" in text
+    assert "no size gain: 500 bytes against fp32's 400" in text
+    assert "no smaller than the rung above (int4: 300 bytes, this one 500)" in text
+    assert "1 of 2 quantised layers on a fallback kernel (dequantised every call): a" in text
+    assert "kept in float: 2 x unsupported layer" in text
+    assert "a: 50 values (5.00 %) clipped" in text and "b:" not in text  # binary clips by design
+    assert "fidelity measured on 64 inputs" in text
+    assert len(got) == 8
+
+
+def test_a_registered_check_runs_for_every_command():
+    @check
+    def huge(f: Facts) -> list[str]:
+        return ["huge"] if (f.bytes_on_disk or 0) > 10**12 else []
+
+    try:
+        assert warnings_for(Facts(bytes_on_disk=10**13)) == ["huge"]
+    finally:
+        CHECKS.remove(huge)
+
+
+def test_sample_count_and_float_bytes():
+    assert sample_count([torch.zeros(3, 5), torch.zeros(4, 5)]) == 7
+    assert sample_count([{"input_ids": torch.zeros(8, 12, dtype=torch.long)}]) == 8
+    assert float_bytes(torch.nn.Linear(10, 4)) == (40 + 4) * 4
