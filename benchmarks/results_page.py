@@ -19,12 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = (
     "case", "shape", "batch", "model", "rung", "method", "rotate", "variant",
     "params", "macs", "bytes_on_disk", "quantized_bytes", "bytes_fp32", "bytes_int4", "bits_per_weight",
-    "latency_ms", "ratio_vs_fp32", "ratio_vs_fp32_iqr", "ratio_vs_fp32_onnx", "latency_ratio", "limit_fraction",
+    "latency_ms", "ratio_vs_fp32", "ratio_vs_fp32_iqr", "ratio_vs_fp32_onnx", "stream_latency_ms",
+    "stream_ratio_vs_fp32", "latency_ratio", "limit_fraction",
     "fidelity", "fidelity_drop_pt", "heldout_fidelity_drop_pt", "accuracy", "int4_drop_pt",
     "cos_mean", "cos_min", "knn10", "target_met", "quantize_s", "time_s", "train_s", "train_seconds", "error",
 )
 FIDELITY = {"fidelity", "accuracy", "cos_mean", "cos_min", "knn10"}
-RATIOS = ("ratio", "latency_ratio", "limit_fraction")
+RATIOS = ("ratio", "latency_ratio", "limit_fraction", "stream_ratio")
 ROW_LISTS = ("rungs", "rows")
 SKIP_TOP = {"schema", "command", "machine", *ROW_LISTS}
 

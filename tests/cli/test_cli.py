@@ -162,6 +162,7 @@ def test_bench_json_carries_the_machine_and_limit_fractions(tmp_path, monkeypatc
     main(["bench", "--suite", "linear", "--json", str(tmp_path / "b.json")])
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["schema"] == "bitladder.bench/1" and data["machine"]["read_gbps"] == 16.0
+    assert data["command"] == f"bitladder bench --suite linear --json {tmp_path / 'b.json'}"
     assert {"cpu", "flags", "cores", "threads", "versions", "fp32_gflops", "int8_gops"} <= set(data["machine"])
     assert data["rows"][0]["limit_fraction"] == pytest.approx((4 << 20) / 0.5e-3 / 16e9, rel=1e-3)
 

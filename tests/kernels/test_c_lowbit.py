@@ -63,3 +63,15 @@ def test_xnor_paths_agree_bit_for_bit():
             got.append(y)
         assert np.array_equal(got[0], got[1])
         assert np.array_equal(got[0], kern(torch.from_numpy(x)).numpy())
+
+
+def test_the_per_token_family_takes_it_at_one_row():
+    qt = QuantizedTensor.from_float(torch.randn(64, 256), "int8", Layout("channel"))
+    avx2 = current({"BITLADDER_CPU": "avx2"})
+    one = choose(qt, 1, "int8-w8a8-token", cpu=avx2)
+    assert one == ("c-lowbit-a8" if avx2.has("avx2") else "int8-w8a8-fbgemm-token")
+    assert choose(qt, 2, "int8-w8a8-token", cpu=avx2) == "int8-w8a8-fbgemm-token"
+    assert choose(qt, 1, "int8-w8a8", cpu=avx2) == "int8-w8a8-fbgemm"  # per tensor keeps its own grid
+    x = torch.randn(1, 256)
+    exact = x @ qt.dequantize().T
+    assert float((CLowbitKernel.from_qtensor(qt)(x) - exact).norm() / exact.norm()) < 0.01

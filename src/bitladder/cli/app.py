@@ -219,8 +219,13 @@ def bench(
     console.print(f"machine: {one_line(mach)}; read {limits['read_gbps']:.1f} GB/s, fp32 "
                   f"{limits['fp32_gflops']:.0f} GFLOP/s, int8 {int8} GOP/s (limit = that fraction of these)")
     if json_out is not None:
-        write_json(json_out, {"schema": "bitladder.bench/1", "torch_threads": __import__("torch").get_num_threads(),
-                              "machine": mach, "rows": rows})
+        import shlex
+
+        cmd = ["bitladder", "bench", "--suite", suite, *(["--repeats", str(repeats)] if suite in ("minilm", "all")
+                                                         else []), *(["--only", only] if only else []),
+               "--json", str(json_out)]
+        write_json(json_out, {"schema": "bitladder.bench/1", "command": shlex.join(cmd),
+                              "torch_threads": __import__("torch").get_num_threads(), "machine": mach, "rows": rows})
         console.print(f"rows: {json_out}")
 
 

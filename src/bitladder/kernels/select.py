@@ -8,7 +8,8 @@ ranges live in ``docs/results/`` (bench-linear*.json) and ``docs/DESIGN.md``, no
 
 A policy other than "auto" names a kernel; two names are families rather than kernels: "int8-w8a8" and
 "int8-w8a8-token" (what ``Act(dynamic=...)`` sets) take oneDNN's integer GEMM from ``ONEDNN_MIN_ROWS``
-rows on and fbgemm's below (oneDNN measured faster from ~256 rows, fbgemm below).
+rows on and fbgemm's below (oneDNN measured faster from ~256 rows, fbgemm below); at one row "int8-w8a8-token"
+takes the C GEMV where auto would (a per-block activation grid, finer than per token).
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ from bitladder.kernels.cpu import Cpu, current
 
 ONEDNN_MIN_ROWS = 256
 FAMILIES = ("auto", "int8-w8a8", "int8-w8a8-token")
+
+
+#: at one row the per-token family runs the C GEMV: int8 activations per block of up to 128 inputs, a finer grid
+#: than one scale for the row, and 2-3x fbgemm's speed at 1024² (docs/results/bench-linear-avx2*.json)
+ONE_ROW = "c-lowbit-a8"
+
+
+def _one_row(qt, cpu: Cpu) -> bool:
+    k = registry.get(ONE_ROW)
+    rows = k.rows(cpu)
+    return rows is not None and rows[0] <= 1 <= rows[1] and k.available(cpu) and k.applies(qt)
 
 
 def policies() -> tuple[str, ...]:
@@ -41,6 +53,8 @@ def choose(qt, m: int, policy: str = "auto", binary_activations: bool = False, c
     (XNOR-Net); without it every kernel keeps the weight-only meaning up to activation rounding.
     """
     cpu = cpu or current()
+    if policy == "int8-w8a8-token" and m == 1 and _one_row(qt, cpu):
+        return ONE_ROW
     if policy in ("int8-w8a8", "int8-w8a8-token"):
         onednn = registry.get("int8-w8a8-onednn")
         backend = "onednn" if m >= ONEDNN_MIN_ROWS and onednn.available(cpu) else "fbgemm"
