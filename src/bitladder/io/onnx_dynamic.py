@@ -41,6 +41,7 @@ def dynamic_int8_eligible(m: nn.Module) -> bool:
 
 
 def const_init(proto, name: str, value) -> str:
+    """The name of an initializer holding ``value``, added to the graph once."""
     from onnx import numpy_helper
 
     if not any(i.name == name for i in proto.graph.initializer):

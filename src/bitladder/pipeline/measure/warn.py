@@ -56,6 +56,7 @@ def _names(names: list[str], describe: Callable[[str], str] = str) -> str:
 
 @check
 def slower_than_fp32(f: Facts) -> list[str]:
+    """The model, or some of its layers, ran slower than fp32 (beyond the timing noise margin)."""
     out = []
     if f.latency_ratio is not None and f.latency_ratio < SLOW_MARGIN:
         paths = sorted(set(f.kernels.values()))
@@ -70,6 +71,7 @@ def slower_than_fp32(f: Facts) -> list[str]:
 
 @check
 def no_smaller(f: Facts) -> list[str]:
+    """The artifact is no smaller than the float model, or than the rung before it."""
     out = []
     if f.bytes_on_disk is not None and f.fp32_bytes and f.bytes_on_disk >= f.fp32_bytes:
         out.append(f"no size gain: {f.bytes_on_disk:,} bytes against fp32's {f.fp32_bytes:,}")
@@ -81,6 +83,7 @@ def no_smaller(f: Facts) -> list[str]:
 
 @check
 def fallback_kernels(f: Facts) -> list[str]:
+    """Layers that dequantise their whole weight on every call instead of running a low-bit kernel."""
     deq = sorted(n for n, k in f.kernels.items() if "dequant" in k)
     if not deq:
         return []
@@ -90,6 +93,7 @@ def fallback_kernels(f: Facts) -> list[str]:
 
 @check
 def kept_in_float(f: Facts) -> list[str]:
+    """Layers the configuration left in float, counted by reason."""
     if not f.kept:
         return []
     kinds = Counter(f.kept.values())
@@ -98,6 +102,7 @@ def kept_in_float(f: Facts) -> list[str]:
 
 @check
 def clipped(f: Facts) -> list[str]:
+    """Layers where more than ``CLIP_WARN_FRACTION`` of the weights were clipped to the format's range."""
     out = []
     for name, s in f.layers.items():
         frac = s.get("clipped", 0) / max(s.get("numel", 0), 1)
@@ -108,6 +113,7 @@ def clipped(f: Facts) -> list[str]:
 
 @check
 def few_samples(f: Facts) -> list[str]:
+    """Fidelity measured on fewer than ``MIN_SAMPLES`` inputs."""
     if f.samples is None or f.samples >= MIN_SAMPLES:
         return []
     return [f"fidelity measured on {f.samples} inputs (fewer than {MIN_SAMPLES}): differences of a few tenths of "
