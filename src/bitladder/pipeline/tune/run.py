@@ -66,6 +66,25 @@ def _done(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
+def _retries(study) -> int:
+    """Retries of killed trials still waiting to run (a stale trial's copy made by the heartbeat callback)."""
+    from optuna.trial import TrialState
+
+    return sum("failed_trial" in t.system_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+class _Stop:
+    """Stop once the study holds ``trials`` complete trials and no retry of a killed trial is waiting (optuna's
+    MaxTrialsCallback stopped a resumed study with a retry still queued)."""
+
+    def __init__(self, trials: int) -> None:
+        self.trials = trials
+
+    def __call__(self, study, trial) -> None:
+        if _done(study) >= self.trials and not _retries(study):
+            study.stop()
+
+
 def run_worker(model: str, storage: str, name: str, config: T.TuneConfig, threads: int, timeout: float | None,
                seed_offset: int = 0, ready=None) -> None:
     """One worker: optimise until the study holds ``config.trials`` complete trials (or ``timeout``).
@@ -111,9 +130,9 @@ def run_worker(model: str, storage: str, name: str, config: T.TuneConfig, thread
             ready.wait(timeout=600)
         except threading.BrokenBarrierError:  # a peer failed during its set-up: go on alone
             pass
-    stop = optuna.study.MaxTrialsCallback(config.trials, states=(optuna.trial.TrialState.COMPLETE,))
+    stop = _Stop(config.trials)
     end = None if timeout is None else time.monotonic() + timeout
-    while (left := config.trials - _done(study)) > 0 and (end is None or time.monotonic() < end):
+    while (left := max(config.trials - _done(study), _retries(study))) > 0 and (end is None or time.monotonic() < end):
         try:
             study.optimize(objective, n_trials=left, timeout=None if end is None else end - time.monotonic(),
                            callbacks=[stop], catch=(BitladderError,))
