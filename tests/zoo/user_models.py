@@ -22,3 +22,18 @@ def bad_return():
 
 def raises():
     raise RuntimeError("checkpoint folder /data/missing not found")
+
+
+class _Slow(nn.Module):
+    """Holds every forward for 0.2 s: a model whose trials last long enough to be killed in the middle."""
+
+    def forward(self, x):
+        import time
+
+        time.sleep(0.2)
+        return x
+
+
+def slow_classifier():
+    model, x, y = classifier()
+    return nn.Sequential(*model, _Slow()), x, y

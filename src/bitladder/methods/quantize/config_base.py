@@ -65,6 +65,11 @@ class ConfigBase:
         """The config for a rung whose base is ``qtype`` (``kw``: layout and the options it allows)."""
         return cls(**kw)
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether its method or activation quantisation needs calibration batches."""
+        return any(getattr(getattr(self, k, None), "needs_data", False) for k in ("method", "act"))
+
     def layout(self, axis: int = 0) -> Layout:
         """The scale layout for a weight whose output channels lie on ``axis``."""
         return Layout(self.granularity, axis, self.group)

@@ -42,7 +42,7 @@ def sensitivity(model: nn.Module, candidates: dict[str, Any], batches: Sequence[
         w = model.get_submodule(name).weight.detach()
         table[name] = {}
         for rung, cfg in candidates.items():
-            needs = any(getattr(getattr(cfg, k, None), "needs_data", False) for k in ("method", "act"))
+            needs = cfg.needs_calibration
             q = quantize(model, cfg, include=[name], calib=list(batches) if needs else None)
             qm = q.get_submodule(name)
             table[name][rung] = {

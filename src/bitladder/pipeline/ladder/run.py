@@ -51,7 +51,7 @@ def run_rung(spec: ModelSpec, rung: str, cfg: QuantConfig, out: Path, ref: torch
     latency, kernels, warnings; ``above``: the previous rung's name and bytes on disk)."""
     p = plan(spec.model)
     t0 = time.perf_counter()
-    needs = any(getattr(getattr(cfg, k, None), "needs_data", False) for k in ("method", "act"))
+    needs = cfg.needs_calibration
     if needs and not spec.calib_batches:
         raise BitladderError(f"rung {rung!r} needs calibration data and model {spec.name!r} has none")
     qmodel = quantize(spec.model, cfg, calib=spec.calib_batches if needs else None)

@@ -26,12 +26,14 @@ def _storage(url: str):
     import warnings
 
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from bitladder.pipeline.tune.storage import HeartbeatStorage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:  # heartbeats: a killed worker's running trials become FAIL and are retried once
-        return RDBStorage(url, heartbeat_interval=5, grace_period=20,
+        return HeartbeatStorage(url, heartbeat_interval=5, grace_period=20,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
                           engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
     except Exception as e:
@@ -152,13 +154,14 @@ def run_tune(model: str, config: T.TuneConfig, out: Path, storage: str | None = 
     machine()  # a bad BITLADDER_CPU fails before the study starts
     if workers < 1:
         raise BitladderError(f"workers must be >= 1, got {workers}")
+    from bitladder.zoo.registry import resolve
+
+    spec = resolve(model)
+    config = T.for_model(config, spec)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     name = study_name or f"{model}-{config.objective}-drop{config.max_drop:g}"
     study = open_study(storage, name, config)  # fail fast on a bad URL or a mismatched study
     if not study.trials:
-        from bitladder.zoo.registry import resolve
-
-        spec = resolve(model)
         names = T.layers_of(spec.model)
         guided, table = T.guided_start(spec, config, names)
         for params in T.warm_start(config, names) + guided:

@@ -72,6 +72,18 @@ class TuneConfig:
             raise BitladderError(f"energy choices must be in (0, 1], got {self.energy}")
 
 
+def for_model(config: TuneConfig, spec: ModelSpec) -> TuneConfig:
+    """``config`` without the formats ``spec`` cannot build: calibrated ones (GPTQ, static activations) where the
+    model brings no calibration data, which would otherwise fail every trial that picks them."""
+    if spec.calib_batches:
+        return config
+    keep = tuple(f for f, c in config.configs.items() if not c.needs_calibration)
+    if not keep:
+        raise BitladderError(f"model {spec.name!r} has no calibration data and every format needs it: "
+                             f"{', '.join(config.formats)}")
+    return config if keep == config.formats else dataclasses.replace(config, formats=keep)
+
+
 def split_eval(spec: ModelSpec) -> tuple[ModelSpec, ModelSpec]:
     """(search half, held-out half) of the evaluation data, by batch or, for one batch, by row."""
     b = spec.eval_batches

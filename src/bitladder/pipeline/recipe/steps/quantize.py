@@ -31,7 +31,7 @@ class Quantize(Selected):
 
         cfg = self.config()
         st.freeze_structure()
-        needs = any(getattr(getattr(cfg, k, None), "needs_data", False) for k in ("method", "act"))
+        needs = cfg.needs_calibration
         if needs and not st.spec.calib_batches:
             raise BitladderError(f"rung {self.rung!r} needs calibration data and model {st.spec.name!r} has none")
         st.model = quantize(st.model, cfg, include=self.include, exclude=self.exclude,
