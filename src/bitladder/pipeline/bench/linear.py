@@ -49,7 +49,7 @@ from bitladder.tensor.quantized import QuantizedTensor
 LOWBIT = [CLowbitKernel, OrtNBitsKernel, OrtNBitsFp32Kernel, Int4PackBf16Kernel, NumbaLowbitKernel]
 RUNGS = [  # (label, qtype, layout, kernel classes to try, the policy a quantised layer of this rung has)
     ("int8 W8A8", "int8", Layout("channel"), [FbgemmW8A8TokenKernel, OnednnW8A8TokenKernel, FbgemmW8A8Kernel,
-                                               OnednnW8A8Kernel, OrtNBitsKernel], "int8-w8a8-token"),
+                                               OnednnW8A8Kernel, OrtNBitsKernel, CLowbitKernel], "int8-w8a8-token"),
     ("int8 W8", "int8", Layout("channel"), [CLowbitKernel, OrtNBitsKernel, Fp16CodesKernel, NumbaLowbitKernel],
      "auto"),
     ("int4 g64", "int4", Layout("group", group=64), LOWBIT, "auto"),
