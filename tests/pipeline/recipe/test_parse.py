@@ -19,7 +19,7 @@ def test_valid_recipe_keeps_order_lines_and_bodies():
     assert [s.line for s in r.steps] == [4, 5, 6, 7]
     assert r.steps[0].body.config().sparsity == 0.3 and r.steps[2].body.exclude == ["classifier.3"]
     assert r.to_dict()["steps"][1] == {"finetune": {"epochs": 2, "lr": 0.001, "optimizer": "adamw",
-                                                    "schedule": "cosine", "seed": 0}}
+                                                    "schedule": "cosine", "seed": 0, "checkpoint": False}}
 
 
 @pytest.mark.parametrize("text, needles", [

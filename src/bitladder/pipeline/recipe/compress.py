@@ -60,7 +60,7 @@ def run_recipe(recipe, spec: ModelSpec, out: Path, on_step: Callable[[str, dict 
     t_all = time.perf_counter()
     ref = outputs(spec.model, spec.eval_batches)
     base = fidelity(spec, ref, ref)["fidelity"]
-    st = State(spec=spec, model=spec.fresh_model())
+    st = State(spec=spec, model=spec.fresh_model(), out=out)
     st.model.load_state_dict(spec.model.state_dict())
     history = []
     export = next((s.body for s in recipe.steps if s.kind == "export"), None)

@@ -4,6 +4,8 @@ and ``run`` on the pipeline's :class:`State`. A step registers with ``@step("nam
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -38,6 +40,8 @@ class State:
     structure: list[dict] | None = None  # recorded when the model stops being float (quantize / lowbit)
     configs: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    out: Path | None = None  # the run's output folder (training checkpoints go there)
+    trained: int = 0  # training steps run so far: each checkpoints to its own file
 
     def freeze_structure(self) -> None:
         """Record the current model's structure against a fresh float model, the first time only."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from torch import nn
@@ -12,18 +13,22 @@ from bitladder.pipeline.recipe.steps.base import State, StepBody, step
 
 @step("finetune", stage=0, training=True)
 class Finetune(StepBody):
-    """Train the current model: epochs, learning rate, optimizer, schedule and seed."""
+    """Train the current model: epochs, learning rate, optimizer, schedule and seed. ``checkpoint``: write the
+    training state after every epoch into the output folder and, when the same recipe runs again there (after
+    a kill), resume from it: the result equals an uninterrupted run."""
     epochs: int = 10
     lr: float = 1e-3
     optimizer: Literal["adamw", "sgd"] = "adamw"
     schedule: Literal["cosine", "constant"] = "cosine"
     seed: int = 0
+    checkpoint: bool = False
 
-    def config(self):
-        """The Train config with these options."""
+    def config(self, path: Path | None = None):
+        """The Train config with these options (checkpointing to ``path`` and resuming from it, if given)."""
         from bitladder.methods.train.trainer import Train
 
-        return Train(**self.model_dump())
+        extra = {"checkpoint": str(path), "resume": True} if path is not None else {}
+        return Train(**self.model_dump(exclude={"checkpoint"}), **extra)
 
     def check(self) -> None:
         self.config()
@@ -41,7 +46,9 @@ class Finetune(StepBody):
         if teacher is None and spec.train_targets is None:
             raise BitladderError(f"finetune needs labels and model {spec.name!r} has none; use distill (the float "
                                  "model as teacher)")
-        fit(st.model, spec.train_batches, spec.train_targets, self.config(), teacher=teacher, metric=spec.metric)
+        path = st.out / f"{self.kind}-{st.trained}.ckpt.safetensors" if self.checkpoint and st.out else None
+        st.trained += 1
+        fit(st.model, spec.train_batches, spec.train_targets, self.config(path), teacher=teacher, metric=spec.metric)
 
 
 @step("distill", stage=0, training=True)
