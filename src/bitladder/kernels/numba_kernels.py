@@ -209,6 +209,7 @@ class XnorKernel(_NumbaKernel):
         self.wb = pack_rows(up, 1).view(np.uint64)
         self.s = np.ascontiguousarray(scale.numpy(), dtype=np.float32)
         self.backend = backend or ("c" if c_module() is not None else "numba")
+        self.hw = int(current().has("avx2"))  # read when built, as the other kernels do, not per call
         if self.backend not in ("c", "numba") or (self.backend == "c" and c_module() is None):
             raise KernelUnsupported(f"XNOR backend {self.backend!r}: accepted numba, or c where the C kernels are built")
         return self
@@ -230,7 +231,7 @@ class XnorKernel(_NumbaKernel):
         if self.backend == "c":
             out = np.empty((m, self.n), np.float32)
             c_module().xnor(self.wb, self.s, xn, out, m, self.n, self.k, self.gwords, self.nb,
-                            int(current().has("avx2")), torch.get_num_threads())
+                            self.hw, torch.get_num_threads())
             return torch.from_numpy(out)
         xb = np.empty((m, self.wb.shape[1]), np.uint64)
         numba_ops.pack_signs(xn, self.wb.shape[1], xb)

@@ -26,12 +26,6 @@ FAMILIES = ("auto", "int8-w8a8", "int8-w8a8-token")
 ONE_ROW = "c-lowbit-a8"
 
 
-def _one_row(qt, cpu: Cpu) -> bool:
-    k = registry.get(ONE_ROW)
-    rows = k.rows(cpu)
-    return rows is not None and rows[0] <= 1 <= rows[1] and k.available(cpu) and k.applies(qt)
-
-
 def policies() -> tuple[str, ...]:
     """The kernel policies a config may name (``Int(..., kernel=...)``): the families, then every kernel."""
     return FAMILIES + tuple(k.name for k in registry.for_op("linear"))
@@ -53,7 +47,7 @@ def choose(qt, m: int, policy: str = "auto", binary_activations: bool = False, c
     (XNOR-Net); without it every kernel keeps the weight-only meaning up to activation rounding.
     """
     cpu = cpu or current()
-    if policy == "int8-w8a8-token" and m == 1 and _one_row(qt, cpu):
+    if policy == "int8-w8a8-token" and m == 1 and ONE_ROW in candidates(qt, 1, cpu):
         return ONE_ROW
     if policy in ("int8-w8a8", "int8-w8a8-token"):
         onednn = registry.get("int8-w8a8-onednn")
