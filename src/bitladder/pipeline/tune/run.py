@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import multiprocessing as mp
@@ -32,12 +33,43 @@ def _storage(url: str):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    try:  # heartbeats: a killed worker's running trials become FAIL and are retried once
-        return HeartbeatStorage(url, heartbeat_interval=5, grace_period=20,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-                          engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
-    except Exception as e:
-        raise BitladderError(f"cannot open study storage {redact(url)}: {type(e).__name__}: {str(e)[:200]}") from None
+    kwargs = dict(heartbeat_interval=5, grace_period=20,
+                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                  engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
+    for attempt in range(5):
+        try:  # heartbeats: a killed worker's running trials become FAIL and are retried once
+            with _creation_lock(url):
+                return HeartbeatStorage(url, **kwargs)
+        except Exception as e:
+            # processes opening a new database all create its schema; a loser finds it made: open it again
+            if _lost_creation_race(e) and attempt < 4:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise BitladderError(f"cannot open study storage {redact(url)}: {type(e).__name__}: "
+                                 f"{str(e)[:200]}") from None
+
+
+def _lost_creation_race(e: Exception) -> bool:
+    return any(m in str(e) for m in ("already exists", "UNIQUE constraint", "duplicate key"))
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str):
+    """An exclusive lock beside a SQLite file while its schema is made (optuna's create/migrate is not atomic)."""
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): the retry in _storage covers the race
+        fcntl = None
+    if path is None or fcntl is None or not Path(path).parent.is_dir():
+        yield
+        return
+    with open(f"{path}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def redact(url: str) -> str:
