@@ -18,7 +18,7 @@ def test_factory_without_targets_scores_cosine():
 
 @pytest.mark.parametrize("name,msg", [
     ("resnet50", "unknown model"), ("tests.zoo.user_models:nothing", "cannot load factory"),
-    ("tests.zoo.user_models:bad_return", "must return a ModelSpec"), ("a b:c", "unknown model"),
+    ("tests.zoo.user_models:bad_return", "returned int; accepted: a ModelSpec"), ("a b:c", "unknown model"),
 ])
 def test_bad_model_names(name, msg):
     with pytest.raises(BitladderError, match=msg):

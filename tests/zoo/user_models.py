@@ -37,3 +37,16 @@ class _Slow(nn.Module):
 def slow_classifier():
     model, x, y = classifier()
     return nn.Sequential(*model, _Slow()), x, y
+
+
+def calibrated_regressor():
+    """The dict form with calibration rows of their own (drawn after the evaluation rows)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 32))
+    x = torch.randn(96, 64)
+    return {"model": model, "inputs": x[:64], "calib": [x[64:80], x[80:]]}
+
+
+def calib_is_eval():
+    model, x = regressor()
+    return model, x, None, x[:8]

@@ -1,7 +1,6 @@
 """Resolve a model name to a :class:`ModelSpec`: built-ins, or a user's ``module:function``.
 
-A user factory returns a :class:`ModelSpec`, or ``(model, inputs)`` (fidelity = output cosine to
-fp32), or ``(model, inputs, targets)`` (fidelity = accuracy).
+What a user factory may return is in :mod:`bitladder.zoo.factory`.
 """
 
 from __future__ import annotations
@@ -9,10 +8,10 @@ from __future__ import annotations
 import importlib
 import re
 
-import torch
 from torch import nn
 
 from bitladder.errors import BitladderError
+from bitladder.zoo.factory import spec_from
 from bitladder.zoo.spec import ModelSpec
 
 BUILTINS = ("digits", "minilm")
@@ -59,19 +58,4 @@ def resolve(name: str) -> ModelSpec:
         result = fn()
     except Exception as e:  # noqa: BLE001 - the user's function may raise anything
         raise BitladderError(f"factory {name!r} raised {type(e).__name__}: {e}") from None
-    return _from_factory_result(name, fn, result)
-
-
-def _from_factory_result(name: str, fn, result) -> ModelSpec:
-    if isinstance(result, ModelSpec):
-        return result
-    if isinstance(result, tuple) and 2 <= len(result) <= 3 and isinstance(result[0], nn.Module):
-        model, inputs = result[0], result[1]
-        targets = result[2] if len(result) == 3 else None
-        if not isinstance(inputs, torch.Tensor | dict):
-            raise BitladderError(f"factory {name!r}: inputs must be a tensor or a dict of tensors")
-        return ModelSpec(name=name, model=model, metric="accuracy" if targets is not None else "cosine",
-                         eval_batches=[inputs], latency_batch=inputs, targets=targets,
-                         default_rungs=["fp32", "fp16", "bf16", "int8", "int4-g32", "ternary", "binary"])
-    raise BitladderError(f"factory {name!r} returned {type(result).__name__}; it must return a ModelSpec, "
-                         "(model, inputs) or (model, inputs, targets)")
+    return spec_from(name, result)
