@@ -1,11 +1,14 @@
-"""Structured pruning that removes channels physically: Conv/Linear output channels (and the
-matching inputs of whatever consumes them), traced with torch.fx.
+"""Structured pruning by dependency groups: channels removed physically from every layer they couple.
 
-The dependency walk follows each layer's output through channel-preserving ops (ReLU-like
-activations, pooling, dropout, identity, BatchNorm, which is sliced too, and flatten, which maps a
-channel to a block of features) to the weighted layers that consume it. A layer whose output reaches
-anything else (a residual add, a concatenation, the model output) is not pruned and is named with the
-reason. Importance: L1 or L2 norm of each output channel's weights.
+The model is traced with torch.fx (:mod:`~bitladder.methods.prune.graph`): a layer's output channels, the
+inputs of a residual add, the slices of a concatenation, a depthwise or grouped convolution's input and
+output, the BatchNorm / LayerNorm over them, the features a flatten gives a Linear and the heads of a
+registered attention block form *groups* that shrink together (the idea of Torch-Pruning's DepGraph).
+BERT-style encoders, which fx cannot trace, are grouped by layer: heads and FFN neurons
+(:mod:`~bitladder.methods.prune.transformer`). A group scores as one; the same units go from all members.
+What cannot shrink (the model's input and output, an op no rule models) is left whole and named in the
+report; a model fx cannot trace is refused with the layer that stopped it. The pruned model is run on the
+example before it is returned: it always runs, with the same output shape.
 
 >>> import torch
 >>> from torch import nn
@@ -13,161 +16,122 @@ reason. Importance: L1 or L2 norm of each output channel's weights.
 >>> p, report = prune_channels(m, ChannelPrune(ratio=0.5), torch.randn(2, 8))
 >>> p[0].out_features, p[2].in_features, report["pruned"]
 (8, 8, {'0': (16, 8)})
+>>> p, report = prune_channels(m, ChannelPrune(ratio=0.5, target="params"), torch.randn(2, 8))
+>>> report["params"][1] <= report["params"][0] // 2
+True
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import torch
-import torch.fx as fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from bitladder.errors import BitladderError
+from bitladder.methods.prune import budget, sources
 
-PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.MaxPool1d, nn.MaxPool2d,
-                nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity, nn.BatchNorm1d,
-                nn.BatchNorm2d)
-# element-wise or per-channel functions, by name (functional pooling is wrapped, so match names)
-PASS_FUNCTIONS = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "dropout", "max_pool1d", "max_pool2d",
-                  "_max_pool1d", "_max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_avg_pool2d", "flatten"}
-WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+TARGETS = ("channels", "flops", "params")
 
 
 @dataclass(frozen=True)
 class ChannelPrune:
-    """Remove ``ratio`` of the output channels of every prunable Conv/Linear. Importance: "l1", "l2"
-    (weight norms) or "taylor" (|sum over the channel of w * dL/dw| on a labelled batch, Molchanov 2019)."""
+    """Remove ``ratio`` of each group's channels (``target="channels"``), or channels of the least important
+    groups over the whole model until FLOPs or parameters fall by ``ratio`` (``"flops"`` / ``"params"``,
+    measured), no group losing more than ``max_group`` of its units. Importance: "l1", "l2" (weight norms,
+    each member normalised by its mean) or "taylor" (|sum over the channel of w * dL/dw|, Molchanov 2019)."""
 
     ratio: float = 0.5
     importance: str = "l1"
-    version: ClassVar[int] = 1
+    target: str = "channels"
+    max_group: float = 0.9
+    version: ClassVar[int] = 2
 
     def __post_init__(self) -> None:
-        if not 0 <= self.ratio < 1:
-            raise BitladderError(f"ratio must be in [0, 1), got {self.ratio}")
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, int | float) or not 0 <= self.ratio < 1:
+            raise BitladderError(f"ratio must be in [0, 1), got {self.ratio!r}")
         if self.importance not in ("l1", "l2", "taylor"):
             raise BitladderError(f"importance must be 'l1', 'l2' or 'taylor', got {self.importance!r}")
+        if self.target not in TARGETS:
+            raise BitladderError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if not isinstance(self.max_group, int | float) or not 0 < self.max_group < 1:
+            raise BitladderError(f"max_group must be in (0, 1), got {self.max_group!r}")
+
+    def to_dict(self) -> dict:
+        """The config as a dict with its ``type`` and ``version``, as artifacts record it."""
+        return {"type": "ChannelPrune", "version": self.version, **asdict(self)}
 
 
-def _consumers(gm: fx.GraphModule, node: fx.Node, mods: dict) -> tuple[list, list, str | None]:
-    """(weighted consumers with their flatten factor, BatchNorms on the way, reason it cannot be pruned)."""
-    out, bns, todo = [], [], [(u, 1) for u in node.users]
-    while todo:
-        u, factor = todo.pop()
-        if u.op == "call_module":
-            m = mods[u.target]
-            if isinstance(m, WEIGHTED):
-                if getattr(m, "groups", 1) != 1:
-                    return [], [], f"feeds grouped convolution {u.target}"
-                out.append((u.target, factor))
-                continue
-            if isinstance(m, nn.Flatten):
-                factor = _flat_factor(u)
-            elif not isinstance(m, PASS_MODULES):
-                return [], [], f"feeds {type(m).__name__} {u.target}"
-            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-                bns.append(u.target)
-        elif u.op == "call_function" and getattr(u.target, "__name__", "") in PASS_FUNCTIONS:
-            if u.target is torch.flatten:
-                factor = _flat_factor(u)
-        elif u.op == "call_method" and u.target in ("relu", "flatten", "view", "reshape"):
-            if u.target != "relu":
-                factor = _flat_factor(u)
-        elif u.op == "output":
-            return [], [], "its output is the model's output"
-        else:
-            name = getattr(u.target, "__name__", str(u.target))
-            return [], [], f"feeds {name} ({u.name}): residual or concatenation needs grouped pruning"
-        todo += [(v, factor) for v in u.users]
-    return out, bns, None
+def _is_encoder(model: nn.Module) -> bool:
+    try:
+        sources.encoder_layers(model)
+    except BitladderError:
+        return False
+    return True
 
 
-def _flat_factor(node: fx.Node) -> int:
-    src = node.args[0]
-    shape = src.meta["tensor_meta"].shape
-    return int(torch.tensor(shape[2:]).prod()) if len(shape) > 2 else 1
-
-
-def _taylor_scores(model: nn.Module, example: torch.Tensor, target: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def _grads(model: nn.Module, example, target: torch.Tensor | None) -> None:
     if target is None:
         raise BitladderError("taylor importance needs labels: pass target= (class indices for the example)")
     model.zero_grad()
-    nn.functional.cross_entropy(model(example), target).backward()
-    scores = {n: (m.weight * m.weight.grad).detach().reshape(m.weight.shape[0], -1).sum(1).abs()
-              for n, m in model.named_modules() if isinstance(m, WEIGHTED) and m.weight.grad is not None}
-    model.zero_grad()
-    return scores
+    nn.functional.cross_entropy(budget.call(model, example), target).backward()
 
 
-def prune_channels(model: nn.Module, config: ChannelPrune, example: torch.Tensor,
-                   target: torch.Tensor | None = None):
-    """A copy of ``model`` with channels removed, and a report {"pruned": {name: (before, after)},
-    "skipped": {name: reason}}. ``target``: labels for ``example`` (taylor importance only)."""
+def _shapes(out) -> object:
+    if isinstance(out, torch.Tensor):
+        return tuple(out.shape)
+    if isinstance(out, dict):
+        return {k: _shapes(v) for k, v in out.items()}
+    return [_shapes(v) for v in out] if isinstance(out, list | tuple) else type(out).__name__
+
+
+def prune_channels(model: nn.Module, config: ChannelPrune, example, target: torch.Tensor | None = None,
+                   include: list[str] | None = None, exclude: list[str] | None = None, batches=None,
+                   metric: str = "cosine"):
+    """A copy of ``model`` with channels removed, and a report: "pruned" {layer: (before, after)}, "skipped"
+    {layer: reason}, "flops" and "params" (before, after; measured on ``example``'s first rows), "groups".
+    ``target``: labels for ``example`` (taylor on a traced model); ``batches`` / ``metric``: taylor on an encoder
+    (self-distillation, see :mod:`~bitladder.methods.prune.transformer`)."""
     model = copy.deepcopy(model).eval()
-    taylor = _taylor_scores(model, example, target) if config.importance == "taylor" else {}
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as e:
-        raise BitladderError(f"cannot trace the model with torch.fx ({type(e).__name__}: {str(e)[:120]}); "
-                             "structured pruning needs a traceable forward") from None
-    ShapeProp(gm).propagate(example.detach())
-    mods = dict(gm.named_modules())
-    report: dict = {"pruned": {}, "skipped": {}}
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(mods[node.target], WEIGHTED):
-            continue
-        name, layer = node.target, mods[node.target]
-        cons, bns, reason = _consumers(gm, node, mods)
-        if reason or not cons:
-            report["skipped"][name] = reason or "no consumer"
-            continue
-        w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+    small = budget.head(example)
+    with torch.no_grad():
+        ref = _shapes(budget.call(model, small))
+    if _is_encoder(model):
+        source = sources.from_encoder(model, config.importance, batches, metric, include, exclude)
+    else:
         if config.importance == "taylor":
-            score = taylor[name]
-        else:
-            score = w.abs().sum(1) if config.importance == "l1" else w.pow(2).sum(1)
-        n = w.shape[0]
-        keep_n = max(1, n - int(config.ratio * n))
-        keep = score.topk(keep_n).indices.sort().values
-        _slice_out(model.get_submodule(name), keep)
-        for bn in bns:
-            _slice_bn(model.get_submodule(bn), keep)
-        for cname, factor in cons:
-            _slice_in(model.get_submodule(cname), keep, factor)
-        report["pruned"][name] = (n, keep_n)
+            _grads(model, example, target)
+        source = sources.from_graph(model, small, config.importance, include, exclude)
+        model.zero_grad(set_to_none=True)
+    before = source.sizes(model)
+    cost0 = {"flops": budget.flops(model, small), "params": budget.params(model)}
+    if config.target == "channels":
+        keep = budget.per_group(source.groups, config.ratio)
+    else:
+        seq = budget.order(source.groups, config.max_group)
+        goal = (1 - config.ratio) * cost0[config.target]
+        keep, _ = budget.search(model, source.apply, seq, goal, lambda m: budget.measure(m, small, config.target),
+                                tol=0.02 * cost0[config.target])
+    source.apply(model, keep)
+    _verify(model, small, ref)
+    after = source.sizes(model)
+    report = {"pruned": {n: (before[n], after[n]) for n in before if after[n] < before[n]},
+              "skipped": dict(source.skipped),
+              "flops": (cost0["flops"], budget.flops(model, small)),
+              "params": (cost0["params"], budget.params(model)),
+              "groups": [{"layers": g.layers, "units": g.n, "kept": len(keep[g.key]) if g.key in keep else g.n}
+                         for g in source.groups]}
     return model, report
 
 
-@torch.no_grad()
-def _slice_out(m: nn.Module, keep: torch.Tensor) -> None:
-    m.weight = nn.Parameter(m.weight[keep].clone())
-    if m.bias is not None:
-        m.bias = nn.Parameter(m.bias[keep].clone())
-    if isinstance(m, nn.Linear):
-        m.out_features = len(keep)
-    else:
-        m.out_channels = len(keep)
-
-
-@torch.no_grad()
-def _slice_bn(bn: nn.Module, keep: torch.Tensor) -> None:
-    for attr in ("weight", "bias"):
-        if getattr(bn, attr) is not None:
-            setattr(bn, attr, nn.Parameter(getattr(bn, attr)[keep].clone()))
-    bn.running_mean, bn.running_var = bn.running_mean[keep].clone(), bn.running_var[keep].clone()
-    bn.num_features = len(keep)
-
-
-@torch.no_grad()
-def _slice_in(m: nn.Module, keep: torch.Tensor, factor: int) -> None:
-    if factor > 1:  # flatten: channel c owns input columns [c*factor, (c+1)*factor)
-        keep = (keep[:, None] * factor + torch.arange(factor)[None, :]).reshape(-1)
-    m.weight = nn.Parameter(m.weight[:, keep].clone())
-    if isinstance(m, nn.Linear):
-        m.in_features = len(keep)
-    else:
-        m.in_channels = len(keep)
+def _verify(model: nn.Module, example, ref) -> None:
+    try:
+        with torch.no_grad():
+            got = _shapes(budget.call(model, example))
+    except Exception as e:
+        raise BitladderError(f"the pruned model fails on the example input ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:160] if str(e) else ''}); please report this") from None
+    if got != ref:
+        raise BitladderError(f"the pruned model's output shape changed ({ref} -> {got}); please report this")

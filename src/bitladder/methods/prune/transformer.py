@@ -100,7 +100,7 @@ def _head_index(keep: torch.Tensor, d: int) -> torch.Tensor:
     return (keep[:, None] * d + torch.arange(d)[None, :]).reshape(-1)
 
 
-def _scores(layer: nn.Module, term) -> tuple[torch.Tensor, torch.Tensor]:
+def head_ffn_scores(layer: nn.Module, term) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-head, per-neuron) sums of ``term(linear)`` over each group's rows / columns."""
     q, k, v, o, inter, out = _linears(layer)
     d = layer.attention.self.attention_head_size
@@ -110,7 +110,7 @@ def _scores(layer: nn.Module, term) -> tuple[torch.Tensor, torch.Tensor]:
     return heads, ffn
 
 
-def _taylor(model: nn.Module, layers: list, batches: list[Any], config: HeadFFNPrune,
+def taylor_scores(model: nn.Module, layers: list, batches: list[Any], config: HeadFFNPrune,
             metric: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     from bitladder.methods.train.trainer import Train, loss_for
     from bitladder.nn.select import run
@@ -129,7 +129,7 @@ def _taylor(model: nn.Module, layers: list, batches: list[Any], config: HeadFFNP
             loss_for(metric, run(model, b), soft, None, Train()).backward()
             with torch.no_grad():
                 for name, layer in layers:
-                    h, f = _scores(layer, lambda lin: lin.weight * lin.weight.grad)
+                    h, f = head_ffn_scores(layer, lambda lin: lin.weight * lin.weight.grad)
                     prev = totals.get(name, [0, 0])
                     totals[name] = [prev[0] + h.abs(), prev[1] + f.abs()]
     model.zero_grad(set_to_none=True)
@@ -138,7 +138,7 @@ def _taylor(model: nn.Module, layers: list, batches: list[Any], config: HeadFFNP
 
 
 @torch.no_grad()
-def _keep_rows(lin: nn.Linear, idx: torch.Tensor) -> None:
+def keep_rows(lin: nn.Linear, idx: torch.Tensor) -> None:
     lin.weight = nn.Parameter(lin.weight[idx].clone())
     if lin.bias is not None:
         lin.bias = nn.Parameter(lin.bias[idx].clone())
@@ -146,9 +146,17 @@ def _keep_rows(lin: nn.Linear, idx: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def _keep_cols(lin: nn.Linear, idx: torch.Tensor) -> None:
+def keep_cols(lin: nn.Linear, idx: torch.Tensor) -> None:
     lin.weight = nn.Parameter(lin.weight[:, idx].clone())
     lin.in_features = len(idx)
+
+
+def keep_qkvo_heads(q: nn.Linear, k: nn.Linear, v: nn.Linear, o: nn.Linear, keep: torch.Tensor, d: int) -> None:
+    """Keep heads ``keep`` (indices, ``d`` channels each): q/k/v rows and o columns, in place."""
+    idx = _head_index(keep, d)
+    for lin in (q, k, v):
+        keep_rows(lin, idx)
+    keep_cols(o, idx)
 
 
 def keep_heads(layer: nn.Module, keep: torch.Tensor) -> None:
@@ -156,9 +164,7 @@ def keep_heads(layer: nn.Module, keep: torch.Tensor) -> None:
     q, k, v, o, _, _ = _linears(layer)
     att = layer.attention.self
     idx = _head_index(keep, att.attention_head_size)
-    for lin in (q, k, v):
-        _keep_rows(lin, idx)
-    _keep_cols(o, idx)
+    keep_qkvo_heads(q, k, v, o, keep, att.attention_head_size)
     att.num_attention_heads = len(keep)
     att.all_head_size = len(idx)
 
@@ -166,8 +172,8 @@ def keep_heads(layer: nn.Module, keep: torch.Tensor) -> None:
 def keep_ffn(layer: nn.Module, keep: torch.Tensor) -> None:
     """Keep only the intermediate neurons ``keep`` (indices) of a BERT-style layer, in place."""
     _, _, _, _, inter, out = _linears(layer)
-    _keep_rows(inter, keep)
-    _keep_cols(out, keep)
+    keep_rows(inter, keep)
+    keep_cols(out, keep)
 
 
 def _top(score: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -188,11 +194,11 @@ def prune_heads_ffn(model: nn.Module, config: HeadFFNPrune, batches: list[Any] |
                     "using l1")
         used = "l1 (taylor needs dropout: the model has none)"
     if used == "taylor":
-        scores = _taylor(model, layers, batches or [], config, metric)
+        scores = taylor_scores(model, layers, batches or [], config, metric)
     if used != "taylor":
         term = (lambda lin: lin.weight.abs()) if used.startswith("l1") else (lambda lin: lin.weight.pow(2))
         with torch.no_grad():
-            scores = {name: _scores(layer, term) for name, layer in layers}
+            scores = {name: head_ffn_scores(layer, term) for name, layer in layers}
     report: dict = {"heads": {}, "ffn": {}, "importance": used}
     for name, layer in layers:
         head_s, ffn_s = scores[name]
