@@ -101,6 +101,9 @@ def prune_channels(model: nn.Module, config: ChannelPrune, example, target: torc
     if _is_encoder(model):
         source = sources.from_encoder(model, config.importance, batches, metric, include, exclude)
     else:
+        if isinstance(example, dict):
+            raise BitladderError("channel pruning traces a model called on positional tensors; this model takes "
+                                 "keyword inputs and is not a BERT-style encoder (use method: magnitude or nm)")
         if config.importance == "taylor":
             _grads(model, example, target)
         source = sources.from_graph(model, small, config.importance, include, exclude)
