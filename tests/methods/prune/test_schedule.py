@@ -34,3 +34,17 @@ def test_taylor_importance_needs_labels_and_prunes():
     p, rep = prune_channels(m, ChannelPrune(0.5, "taylor"), x, target=y)
     assert rep["pruned"]["0"] == (32, 16) and p(x).shape == (64, 4)
     assert bitladder.quantize(p, bitladder.Int(8))(x).shape == (64, 4)
+
+
+def test_iterative_channel_prune_reaches_the_flops_target_with_tuning_between_steps():
+    from bitladder.methods.prune.budget import flops
+    from bitladder.methods.prune.schedule import iterative_channel_prune
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                      nn.Flatten(), nn.Linear(16 * 16, 4))
+    x, seen = torch.randn(2, 1, 4, 4), []
+    p, reports = iterative_channel_prune(m, ChannelPrune(0.5, target="flops"), x, steps=3,
+                                         tune=lambda mod: seen.append(flops(mod, x)) or mod)
+    assert len(reports) == 3 and seen == sorted(seen, reverse=True)  # shrinks at every step
+    assert 0.44 <= flops(p, x) / flops(m, x) <= 0.5 and p(x).shape == (2, 4)

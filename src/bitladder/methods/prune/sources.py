@@ -63,8 +63,9 @@ class Source:
             (keep_heads if kind == "heads" else keep_ffn)(layer, idx)
 
 
-def _selected(name: str, include: list[str] | None, exclude: list[str] | None) -> bool:
-    return (not include or any(fnmatch(name, p) for p in include)) and not any(fnmatch(name, p) for p in exclude or [])
+def _selected(names: tuple[str, ...], include: list[str] | None, exclude: list[str] | None) -> bool:
+    hit = lambda pats: any(fnmatch(n, p) for n in names for p in pats)
+    return (not include or hit(include)) and not hit(exclude or [])
 
 
 def from_graph(model: nn.Module, example, importance: str, include=None, exclude=None) -> Source:
@@ -75,7 +76,7 @@ def from_graph(model: nn.Module, example, importance: str, include=None, exclude
         if m.axis in ("out", "heads"):
             producers.setdefault(sp.find(m.space), []).append(m.layer + (":heads" if m.axis == "heads" else ""))
     for root, names in producers.items():
-        off = [n for n in names if not _selected(n.removesuffix(":heads"), include, exclude)]
+        off = [n for n in names if not _selected((n, n.removesuffix(":heads")), include, exclude)]
         if off:
             sp.freeze(root, f"{off[0]} is not selected (include / exclude)")
         elif sp.units(root) < 2:
@@ -106,7 +107,7 @@ def from_encoder(model: nn.Module, importance: str, batches=None, metric: str = 
     for name, _ in layers:
         for kind, s in zip(("heads", "ffn"), raw[name]):
             label = f"{name}:{kind}"
-            if not _selected(label, include, exclude) and not _selected(name, include, exclude):
+            if not _selected((label, name), include, exclude):
                 out.skipped[label] = f"{label} is not selected (include / exclude)"
                 continue
             out.groups.append(Group((name, kind), len(s), s / s.mean().clamp_min(1e-12), [label]))
