@@ -62,6 +62,7 @@ class Spaces:
         return s
 
     def find(self, s: int) -> int:
+        """The root space of the group of ``s``."""
         while self._parent[s] != s:
             self._parent[s] = self._parent[self._parent[s]]
             s = self._parent[s]

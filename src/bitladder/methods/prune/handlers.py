@@ -22,10 +22,10 @@ from torch import nn
 from bitladder.methods.prune.transformer import keep_cols, keep_qkvo_heads, keep_rows
 
 #: module type -> handler; looked up by exact type first, then by isinstance in registration order
-HANDLERS: dict[type, object] = {}
+HANDLERS: dict[type, Handler] = {}
 
 
-def register(kind: type, handler: object) -> None:
+def register(kind: type, handler: "Handler") -> None:
     """Register ``handler`` (``score`` + ``keep``) for modules of type ``kind``."""
     HANDLERS[kind] = handler
 
@@ -59,7 +59,19 @@ def _param(m: nn.Module, name: str, idx: torch.Tensor, axis: int = 0) -> None:
         setattr(m, name, nn.Parameter(t.index_select(axis, idx).clone(), requires_grad=t.requires_grad))
 
 
-class Dense:
+class Handler:
+    """How one layer type is scored and sliced along its channel axes."""
+
+    def score(self, m: nn.Module, axis: str, importance: str) -> torch.Tensor:
+        """One importance value per position along ``axis`` of ``m``."""
+        raise NotImplementedError
+
+    def keep(self, m: nn.Module, axis: str, idx: torch.Tensor) -> None:
+        """Keep only positions ``idx`` along ``axis`` of ``m``, in place."""
+        raise NotImplementedError
+
+
+class Dense(Handler):
     """Linear and Conv1d/2d: "out" is weight dim 0 (+ bias), "in" weight dim 1 (grouped convolutions keep
     their per-group width and lose whole groups: ``groups`` follows)."""
 
@@ -85,7 +97,7 @@ class Dense:
             m.in_channels, m.groups = len(idx), len(idx) // m.weight.shape[1]
 
 
-class Norm:
+class Norm(Handler):
     """BatchNorm / LayerNorm over the channel dim: affine parameters and running statistics sliced."""
 
     def score(self, m: nn.Module, axis: str, importance: str) -> torch.Tensor:
@@ -109,7 +121,7 @@ class Norm:
 
 
 @dataclass(frozen=True)
-class Attention:
+class Attention(Handler):
     """A self-attention block with four Linears (child names ``q``, ``k``, ``v``, ``o``) whose forward
     reshapes with ``-1`` heads of ``head_dim``: "in" is the q/k/v columns, "out" the o rows, "heads" whole
     heads (q/k/v rows and o columns together, as :mod:`bitladder.methods.prune.transformer` prunes BERT)."""

@@ -112,6 +112,7 @@ def head_ffn_scores(layer: nn.Module, term) -> tuple[torch.Tensor, torch.Tensor]
 
 def taylor_scores(model: nn.Module, layers: list, batches: list[Any], config: HeadFFNPrune,
             metric: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, (per-head, per-neuron) |sum w * dL/dw| over ``config.batches`` self-distillation batches."""
     from bitladder.methods.train.trainer import Train, loss_for
     from bitladder.nn.select import run
 
@@ -139,6 +140,7 @@ def taylor_scores(model: nn.Module, layers: list, batches: list[Any], config: He
 
 @torch.no_grad()
 def keep_rows(lin: nn.Linear, idx: torch.Tensor) -> None:
+    """Keep output rows ``idx`` of ``lin`` (weight and bias), in place."""
     lin.weight = nn.Parameter(lin.weight[idx].clone())
     if lin.bias is not None:
         lin.bias = nn.Parameter(lin.bias[idx].clone())
@@ -147,6 +149,7 @@ def keep_rows(lin: nn.Linear, idx: torch.Tensor) -> None:
 
 @torch.no_grad()
 def keep_cols(lin: nn.Linear, idx: torch.Tensor) -> None:
+    """Keep input columns ``idx`` of ``lin``, in place."""
     lin.weight = nn.Parameter(lin.weight[:, idx].clone())
     lin.in_features = len(idx)
 

@@ -62,16 +62,19 @@ def unknown(node, sp, tracks, mods=None, why: str = "an op pruning does not mode
 
 
 def output(node, sp, tracks, mods):
+    """The model's output: everything it carries stays whole."""
     _freeze(sp, tracks, _nodes(node), "its output is the model's output")
 
 
 def index(node, sp, tracks, mods):
+    """``x.shape`` carries nothing; indexing a pruned value is not modelled."""
     if node.target is getattr:  # x.shape, x.dtype: nothing flows
         return None
     return unknown(node, sp, tracks, mods, "indexing a pruned value") if node.args[0] in tracks else None
 
 
 def passthrough(node, sp, tracks, mods):
+    """Element-wise op of one value: the track passes unchanged."""
     x = node.args[0] if node.args else None
     if isinstance(x, fx.Node) and x in tracks and _shape(x) is not None and _shape(x) == _shape(node):
         _freeze(sp, tracks, [a for a in _nodes(node)[1:] if a in tracks], f"an argument of {_describe(node, mods)}")
@@ -80,6 +83,7 @@ def passthrough(node, sp, tracks, mods):
 
 
 def pool(node, sp, tracks, mods):
+    """Pooling / resizing over the dims after the channel dim (channels-first)."""
     t = tracks.get(node.args[0])
     if t is None:
         return None
@@ -114,6 +118,7 @@ def binary(node, sp, tracks, mods):
 
 
 def cat(node, sp, tracks, mods):
+    """Concatenation along the channel dim: the inputs' segments side by side, at their offsets."""
     xs = node.args[0]
     out = _shape(node)
     dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % len(out)
@@ -166,6 +171,7 @@ def _dims(node: fx.Node) -> list:
 
 
 def transpose(node, sp, tracks, mods):
+    """transpose / permute / t: the channel dim moves."""
     t = tracks.get(node.args[0])
     if t is None:
         return None
@@ -192,6 +198,7 @@ def reduce(node, sp, tracks, mods):
 
 
 def softmax(node, sp, tracks, mods):
+    """softmax over another dim passes; over the channel dim it is not modelled."""
     t = tracks.get(node.args[0])
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
     if t is None or dim is None:
