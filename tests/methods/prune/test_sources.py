@@ -43,3 +43,11 @@ def test_minilm_heads_and_ffn_to_half_the_flops(minilm_spec):
     with torch.no_grad():
         out = p(**b)
     assert out.shape == m(**b).shape and torch.isfinite(out).all()
+
+
+def test_taylor_on_an_encoder_uses_its_dropout_and_falls_back_without(caplog):
+    src = from_encoder(tiny(dropout=0.1), "taylor", batches=[batch()])
+    assert all(g.scores.std() > 0 for g in src.groups)
+    with caplog.at_level("WARNING", logger="bitladder"):
+        from_encoder(tiny(dropout=0.0), "taylor", batches=[batch()])
+    assert "using l1" in caplog.text

@@ -7,6 +7,7 @@ layers left unpruned with the reason, and ``apply(model, keep)`` that removes th
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 
@@ -16,6 +17,8 @@ from torch import nn
 from bitladder.methods.prune import graph, groups
 from bitladder.methods.prune.handlers import handler_for
 from bitladder.methods.prune.transformer import HeadFFNPrune, encoder_layers, head_ffn_scores, keep_ffn, keep_heads
+
+log = logging.getLogger("bitladder")
 
 
 @dataclass
@@ -97,6 +100,10 @@ def from_encoder(model: nn.Module, importance: str, batches=None, metric: str = 
     from bitladder.methods.prune.transformer import taylor_scores
 
     layers = encoder_layers(model)
+    if importance == "taylor" and not any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+        log.warning("taylor importance: the encoder has no dropout, so its self-distillation gradient is zero; "
+                    "using l1")
+        importance = "l1"
     if importance == "taylor":
         raw = taylor_scores(model, layers, batches or [], HeadFFNPrune(importance="taylor"), metric)
     else:
