@@ -102,3 +102,47 @@ def test_bias_before_gelu_stays_unfused_per_token(tmp_path):
     assert "BiasGelu" not in ops and "Gelu" in ops
     with torch.no_grad():
         assert float((_run(path, x) - q(x)).norm() / q(x).norm()) < torch_tol(1e-2)  # two runtimes, one GEMM
+
+
+class ConvThenLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.a, self.b = nn.Linear(8 * 36, 40), nn.Linear(8 * 36, 40)
+        self.c = nn.Linear(40, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).flatten(1)
+        return self.c(torch.relu(self.a(h)) + self.b(h))
+
+
+@pytest.mark.parametrize("cfg", [
+    bitladder.Int(8, act=bitladder.Act()), bitladder.Int(7, act=bitladder.Act(symmetric=True)),
+    bitladder.Int(8, act=bitladder.Act(smoothquant=0.5)), bitladder.Int(8, act=bitladder.Act(bits=4)),
+    bitladder.Int(4, group=32, act=bitladder.Act(observer="percentile")),
+], ids=["w8a8", "w7a8-sym", "w8a8-smoothquant", "w8a4", "w4a8-qdq"])
+def test_static_activations_export_the_layer_codes_and_run_in_onnxruntime(cfg, tmp_path):
+    torch.manual_seed(0)
+    model = ConvThenLinear().eval()
+    q = bitladder.quantize(model, cfg, calib=[torch.randn(64, 3, 6, 6)])
+    x = torch.randn(20, 3, 6, 6) * 1.5  # some values beyond the calibrated ranges: clamped, like the layer
+    for m in q.modules():
+        if hasattr(m, "set_kernel_policy"):
+            m.set_kernel_policy("dequant-fp32")  # the reference: the layers' own fake quantisation in fp32
+    ref = q(x)
+    path = export_onnx(q, x, tmp_path / "static.onnx")
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "QuantizeLinear" in ops and "DynamicQuantizeLinear" not in ops
+    assert ("MatMulInteger" in ops) == (cfg.bits >= 7)  # int8/int7 weights: the integer GEMM, else Q/DQ
+    assert torch.allclose(_run(path, x), ref, atol=1e-3 * float(ref.abs().max()))
+    for m in q.modules():
+        if hasattr(m, "set_kernel_policy"):
+            m.set_kernel_policy("auto")
+    assert torch.allclose(q(x), ref, atol=torch_tol(1e-3) * float(ref.abs().max()) * (1 if cfg.bits != 8 else 30))
+
+
+def test_a_trained_binary_layer_is_refused_with_its_name(tmp_path):
+    lin = bitladder.quantize(nn.Sequential(nn.Linear(8, 4)), bitladder.Int(8))
+    lin[0].set_binary_act(torch.zeros(8))
+    with pytest.raises(bitladder.BitladderError, match="layer '0': learned-shift activations"):
+        export_onnx(lin, torch.randn(2, 8), tmp_path / "b.onnx")

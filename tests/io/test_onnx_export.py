@@ -21,7 +21,8 @@ def run_onnx(path, x):
     return torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
 
 
-@pytest.mark.parametrize("rung", ["fp32", "fp16", "fp8_e4m3", "int8", "int8-pt", "int4-g32", "int4-g32-asym",
+@pytest.mark.parametrize("rung", ["fp32", "fp16", "fp8_e4m3", "int8", "int8-pt", "int7", "int6-g32-asym", "int5",
+                                  "int4-g32", "int4-g32-asym",
                                   "int3-g32-asym", "int2-g32-asym", "ternary", "binary", "int4-g32-awq"])
 def test_digits_exports_run_and_match(digits_spec, tmp_path, rung):
     x = digits_spec.eval_batches[0]

@@ -15,6 +15,9 @@ u8 x u8, which no CPU computes through a saturating 16-bit pair sum (u8 x s8 doe
   GEMM's input scale is the largest step (a runtime scalar, so onnxruntime still fuses the chain), and
   each row is multiplied by its own share of it. No float copy of ``|x|`` or ``x / a`` at opset 21.
 
+* static (calibrated activations): ``QuantizeLinear`` with the layer's constant step and zero point, its
+  own codes; no reduction at run time.
+
 A SmoothQuant / AWQ input scale becomes a ``Mul`` in front. Layers that read the same tensor with the
 same input scale (attention's query, key and value) share one preparation: the input is scaled,
 measured and quantised once, and each layer only runs its GEMM.
@@ -27,17 +30,22 @@ import hashlib
 import numpy as np
 from torch import nn
 
+from bitladder.formats.qtypes import get_qtype
 from bitladder.io.onnx_ranges import safe_weights
 from bitladder.nn.base import QuantModule
 from bitladder.nn.layers import QuantLinear
 
 
-def dynamic_int8_eligible(m: nn.Module) -> bool:
-    """Whether a layer can be exported as DynamicQuantizeLinear + MatMulInteger (int8/int7 per channel)."""
+def int8_gemm_eligible(m: nn.Module) -> bool:
+    """Whether a layer's weight can be the integer operand of MatMulInteger (int8/int7 per channel)."""
     qt = getattr(m, "qweight", None)
     return (isinstance(m, QuantLinear) and qt.qtype.name in ("int8", "int7")
-            and qt.layout.granularity in ("channel", "tensor") and "act" not in m.qmeta
-            and qt.mask is None and qt.zero_point is None)
+            and qt.layout.granularity in ("channel", "tensor") and qt.mask is None and qt.zero_point is None)
+
+
+def dynamic_int8_eligible(m: nn.Module) -> bool:
+    """Whether a layer can be exported as DynamicQuantizeLinear + MatMulInteger (no recorded activation format)."""
+    return int8_gemm_eligible(m) and "act" not in m.qmeta
 
 
 def const_init(proto, name: str, value) -> str:
@@ -62,7 +70,18 @@ def _reduce(proto, op: str, x: str, out: str):
     return helper.make_node(op, [x], [out], axes=[-1], keepdims=1)
 
 
-def _prepare(proto, x: str, m: QuantModule, per_token: bool, p: str) -> tuple[list, dict]:
+def static_grid(m: QuantModule) -> tuple[float, int, float, float] | None:
+    """(step, uint8 zero point, lo, hi) of a layer's calibrated activation grid, None without one. The codes
+    are the layer's own, moved to start at 0; a u8 x u8 GEMM takes all 256 on every CPU."""
+    from bitladder.kernels.static_w8a8 import static_grid as grid
+
+    act = m.qmeta.get("act")
+    if act is None or act.get("dynamic") or act["qtype"] == "binary":
+        return None
+    return grid(float(m.act_scale), float(m.act_zero_point), act["qtype"], 255)
+
+
+def _prepare(proto, x: str, m: QuantModule, mode: str, p: str) -> tuple[list, dict]:
     """Nodes quantising input ``x`` of layer ``m`` and the names they produce (``xq``, ``xz``, ``xs``,
     and ``r`` per token: the row scale that multiplies the GEMM result)."""
     from onnx import TensorProto, helper
@@ -72,7 +91,12 @@ def _prepare(proto, x: str, m: QuantModule, per_token: bool, p: str) -> tuple[li
         nodes.append(helper.make_node("Mul", [x, const_init(proto, f"{p}__in", m.in_scale.float().numpy())],
                                       [f"{p}__xs_in"]))
         x = f"{p}__xs_in"
-    if not per_token:
+    if mode == "static":
+        nodes += quantize_static(proto, x, m, p)
+        step, zp = static_grid(m)[:2]
+        return nodes, {"xq": f"{p}__xq", "xs": const_init(proto, f"{p}__xstep", np.array(step, np.float32)),
+                       "xz": const_init(proto, f"{p}__xzp", np.array(zp, np.uint8))}
+    if mode == "tensor":
         nodes.append(helper.make_node("DynamicQuantizeLinear", [x], [f"{p}__xq", f"{p}__xs", f"{p}__xz"]))
         return nodes, {"xq": f"{p}__xq", "xs": f"{p}__xs", "xz": f"{p}__xz"}
 
@@ -109,6 +133,25 @@ def _prepare(proto, x: str, m: QuantModule, per_token: bool, p: str) -> tuple[li
     return nodes, {"xq": f"{p}__xq", "xs": xs, "xz": zp, "r": f"{p}__r"}
 
 
+def quantize_static(proto, x: str, m: QuantModule, p: str) -> list:
+    """``QuantizeLinear(x)`` to ``{p}__xq`` on the layer's calibrated grid, clipped first where the grid has
+    fewer than 256 codes (QuantizeLinear itself clamps only to the uint8 range)."""
+    from onnx import helper
+
+    step, zp, lo, hi = static_grid(m)
+    qt = get_qtype(m.qmeta["act"]["qtype"])
+    nodes = []
+    if qt.qmax - qt.qmin < 255:
+        nodes.append(helper.make_node("Clip", [x, const_init(proto, f"{p}__xlo", np.array(lo, np.float32)),
+                                               const_init(proto, f"{p}__xhi", np.array(hi, np.float32))],
+                                      [f"{p}__xc"]))
+        x = f"{p}__xc"
+    nodes.append(helper.make_node("QuantizeLinear", [x, const_init(proto, f"{p}__xstep", np.array(step, np.float32)),
+                                                     const_init(proto, f"{p}__xzp", np.array(zp, np.uint8))],
+                                  [f"{p}__xq"]))
+    return nodes
+
+
 def match_linear(nodes: list, wname: str):
     """(nodes to drop, input, output, bias) of the float path using weight ``wname``, or None."""
     from onnx import helper
@@ -130,11 +173,13 @@ def match_linear(nodes: list, wname: str):
     return None
 
 
-def rewrite(proto, wname: str, m: QuantModule, per_token: bool = True, shared: dict | None = None) -> bool:
+def rewrite(proto, wname: str, m: QuantModule, mode: str = "token", shared: dict | None = None) -> bool:
     """Replace the float path of weight ``wname`` by the integer one; False if the pattern is absent.
 
+    ``mode``: "token" or "tensor" (dynamic activations) or "static" (the layer's calibrated grid).
     ``shared`` (one dict per export) remembers each prepared input so that sibling layers reuse it.
     """
+    per_token = mode == "token"
     from onnx import TensorProto, helper, numpy_helper
 
     nodes = list(proto.graph.node)
@@ -153,11 +198,11 @@ def rewrite(proto, wname: str, m: QuantModule, per_token: bool = True, shared: d
                                     numpy_helper.from_array(scale, f"{p}__ws")])
     zp_name = const_init(proto, f"bl__w_zp_{wzp.dtype}", wzp)
     in_key = hashlib.sha1(m.in_scale.float().numpy().tobytes()).hexdigest() if "in_scale" in m.qmeta else ""
-    key = (x, in_key, per_token)
+    key = (x, in_key, mode, static_grid(m) if mode == "static" else None)
     shared = {} if shared is None else shared
     prep = []
     if key not in shared:
-        prep, shared[key] = _prepare(proto, x, m, per_token, p)
+        prep, shared[key] = _prepare(proto, x, m, mode, p)
     q = shared[key]
     y = out if bias is None and not per_token else f"{p}__y"
     new = [
@@ -214,3 +259,31 @@ def _keep_gelu_unfused(proto, out: str) -> None:
             add.input[j] = const_init(proto, f"{name}__row", numpy_helper.to_array(inits[name]).reshape(1, -1))
             if not any(name in n.input for n in proto.graph.node):  # no dead copy of the bias in the file
                 proto.graph.initializer.remove(inits[name])
+
+
+def qdq_input(proto, wname: str, m: QuantModule) -> bool:
+    """QuantizeLinear -> DequantizeLinear on the calibrated grid in front of the node reading weight ``wname``
+    (through its Transpose, if any), after the layer's input scale; False if no such node reads it."""
+    from onnx import helper
+
+    nodes = list(proto.graph.node)
+    users = [n for n in nodes if wname in n.input]
+    if len(users) == 1 and users[0].op_type == "Transpose":
+        users = [n for n in nodes if users[0].output[0] in n.input]
+    if len(users) != 1 or users[0].op_type not in ("MatMul", "Gemm", "Conv") or users[0].input[0] == wname:
+        return False
+    target, p = users[0], wname.replace(".", "_")
+    x, new = target.input[0], []
+    if "in_scale" in m.qmeta:
+        shape = [1] * len(m.qweight.shape)
+        shape[m.in_axis if target.op_type == "Conv" else 0] = -1
+        scale = m.in_scale.float().numpy().reshape(shape if target.op_type == "Conv" else -1)
+        new.append(helper.make_node("Mul", [x, const_init(proto, f"{p}__in", scale)], [f"{p}__xs_in"]))
+        x = f"{p}__xs_in"
+    new += quantize_static(proto, x, m, p)
+    new.append(helper.make_node("DequantizeLinear", [f"{p}__xq", f"{p}__xstep", f"{p}__xzp"], [f"{p}__xdq"]))
+    target.input[0] = f"{p}__xdq"
+    at = nodes.index(target)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes[:at] + new + nodes[at:])
+    return True

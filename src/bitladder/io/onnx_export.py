@@ -5,7 +5,9 @@ dequantised weight), then every quantised weight initializer is replaced by its 
 tensor and a standard ``DequantizeLinear``: int8/uint8 per channel or per tensor, int4/uint4 with
 *blocked* scales (opset 21 ``block_size``) for group layouts. int3, int2, ternary and binary codes are
 widened to 4-bit storage (ONNX has no narrower integer type); float formats become a Cast from fp16 /
-bf16 or a DequantizeLinear from fp8. Per-channel input scales (AWQ, SmoothQuant) become a Mul.
+bf16 or a DequantizeLinear from fp8. Per-channel input scales (AWQ, SmoothQuant) become a Mul. Static
+(calibrated) activations become QuantizeLinear on the layer's grid: into MatMulInteger for int8 weights, else
+followed by DequantizeLinear in front of the float op.
 Any layer without a rule is named in the error. ``weights="matmulnbits"`` writes layers of 4 bits or
 fewer as onnxruntime's MatMulNBits instead (:mod:`bitladder.io.onnx_nbits`; onnxruntime only).
 """
@@ -24,7 +26,7 @@ from torch import nn
 
 from bitladder.atomic import atomic_path
 from bitladder.errors import BitladderError
-from bitladder.io.onnx_dynamic import dynamic_int8_eligible, rewrite
+from bitladder.io.onnx_dynamic import dynamic_int8_eligible, int8_gemm_eligible, qdq_input, rewrite, static_grid
 from bitladder.io.onnx_nbits import nbits_eligible, rewrite_nbits
 from bitladder.io.onnx_ranges import gemm_problems
 from bitladder.io.onnx_weights import WEIGHT_RULES, weight_nodes
@@ -39,8 +41,9 @@ def _float_twin(model: nn.Module) -> nn.Module:
     for name, m in list(twin.named_modules()):
         if not isinstance(m, QuantModule):
             continue
-        if "act" in m.qmeta:
-            raise BitladderError(f"layer {name!r}: static activation quantisation has no ONNX export rule yet")
+        if "act" in m.qmeta and static_grid(m) is None:
+            raise BitladderError(f"layer {name!r}: {m.qmeta['act']['observer']} activations ({m.qmeta['act']['qtype']}) "
+                                 "have no ONNX export rule; accepted: static (calibrated) integer grids")
         qtype = m.qweight.qtype
         if qtype.rules.onnx not in WEIGHT_RULES:
             raise BitladderError(f"layer {name!r}: {qtype.kind} weights ({qtype.name}) have no ONNX export rule")
@@ -106,10 +109,17 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
                     raise BitladderError(f"layer {name!r}: its weight is not a plain initializer in the graph")
                 log.info("layer %s is not used by the traced forward; left out of the ONNX file", name)
                 continue
-            if activations != "float" and dynamic_int8_eligible(m) \
-                    and rewrite(proto, wname, m, activations == "dynamic", shared):
+            static = static_grid(m) is not None
+            if static and int8_gemm_eligible(m) and rewrite(proto, wname, m, "static", shared):
                 proto.graph.initializer.remove(inits[wname])
                 continue
+            if activations != "float" and dynamic_int8_eligible(m) \
+                    and rewrite(proto, wname, m, "token" if activations == "dynamic" else "tensor", shared):
+                proto.graph.initializer.remove(inits[wname])
+                continue
+            if static and not qdq_input(proto, wname, m):
+                raise BitladderError(f"layer {name!r}: static activations need its input as the first input of "
+                                     "the node reading its weight; the traced graph has another pattern")
             if weights == "matmulnbits" and nbits_eligible(m) and rewrite_nbits(proto, wname, m):
                 proto.graph.initializer.remove(inits[wname])
                 continue
@@ -120,7 +130,7 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
             extra, nodes, out = weight_nodes(wname, m, opset)
             proto.graph.initializer.extend(extra)
             new_nodes += nodes
-            if "in_scale" in m.qmeta:
+            if "in_scale" in m.qmeta and not static:  # (a static layer's input got the scale before its grid)
                 s = m.in_scale.float().numpy()
                 shape = [1] * len(m.qweight.shape)
                 shape[m.in_axis] = -1

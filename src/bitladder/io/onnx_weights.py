@@ -69,7 +69,7 @@ def _integer(name: str, qt: QuantizedTensor, out: str, opset: int):
     c, k, nb, b = qt.layout.dims(qt.shape)
     inits, nodes = [], []
     codes = qt.codes().reshape(c, k).numpy().astype(np.int32)
-    bits = 8 if q.bits == 8 else 4
+    bits = 8 if q.bits > 4 else 4  # int5-int7 codes are stored in INT8, int2-int4 in INT4
     if bits == 4 and opset < MIN_OPSET[4]:
         raise BitladderError(f"layer {layer!r}: {q.name} weights need opset >= 21 (INT4), got {opset}")
     zp = None

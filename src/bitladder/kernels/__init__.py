@@ -12,12 +12,14 @@ from bitladder.kernels.onednn_conv import OnednnConv2dW8A8
 from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel, OnednnW8A8TokenKernel
 from bitladder.kernels.onnx_nbits import OrtNBitsFp32Kernel, OrtNBitsKernel
 from bitladder.kernels.registry import KERNELS
+from bitladder.kernels.static_w8a8 import FbgemmStaticKernel, OnednnStaticKernel
 from bitladder.kernels.select import build_kernel, choose
 
 __all__ = [
     "KERNELS",
     "CLowbitKernel",
     "DequantKernel",
+    "FbgemmStaticKernel",
     "FbgemmW8A8Kernel",
     "FbgemmW8A8TokenKernel",
     "Fp16CodesKernel",
@@ -27,6 +29,7 @@ __all__ = [
     "NumbaDequantKernel",
     "NumbaLowbitKernel",
     "OnednnConv2dW8A8",
+    "OnednnStaticKernel",
     "OnednnW8A8Kernel",
     "OnednnW8A8TokenKernel",
     "OrtNBitsFp32Kernel",

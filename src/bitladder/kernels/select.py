@@ -6,8 +6,8 @@ takes, in ``rank`` order, the first kernel that is installed, whose CPU features
 count. ``dequant-fp32`` applies to everything and comes last. Measured figures behind the ranks and row
 ranges live in ``docs/results/`` (bench-linear*.json) and ``docs/DESIGN.md``, not here.
 
-A policy other than "auto" names a kernel; two names are families rather than kernels: "int8-w8a8" and
-"int8-w8a8-token" (what ``Act(dynamic=...)`` sets) take oneDNN's integer GEMM from ``ONEDNN_MIN_ROWS``
+A policy other than "auto" names a kernel; three names are families rather than kernels: "int8-w8a8" and
+"int8-w8a8-token" (what ``Act(dynamic=...)`` sets) and "int8-w8a8-static" (static activation scales) take oneDNN's integer GEMM from ``ONEDNN_MIN_ROWS``
 rows on and fbgemm's below (oneDNN measured faster from ~256 rows, fbgemm below); at one row "int8-w8a8-token"
 takes the C GEMV where auto would (a per-block activation grid, finer than per token).
 """
@@ -18,7 +18,7 @@ from bitladder.kernels import registry
 from bitladder.kernels.cpu import Cpu, current
 
 ONEDNN_MIN_ROWS = 256
-FAMILIES = ("auto", "int8-w8a8", "int8-w8a8-token")
+FAMILIES = ("auto", "int8-w8a8", "int8-w8a8-token", "int8-w8a8-static")
 
 
 #: at one row the per-token family runs the C GEMV: int8 activations per block of up to 128 inputs, a finer grid
@@ -49,7 +49,7 @@ def choose(qt, m: int, policy: str = "auto", binary_activations: bool = False, c
     cpu = cpu or current()
     if policy == "int8-w8a8-token" and m == 1 and ONE_ROW in candidates(qt, 1, cpu):
         return ONE_ROW
-    if policy in ("int8-w8a8", "int8-w8a8-token"):
+    if policy in ("int8-w8a8", "int8-w8a8-token", "int8-w8a8-static"):
         onednn = registry.get("int8-w8a8-onednn")
         backend = "onednn" if m >= ONEDNN_MIN_ROWS and onednn.available(cpu) else "fbgemm"
         return policy.replace("w8a8", f"w8a8-{backend}")

@@ -96,6 +96,8 @@ class QuantModule(nn.Module):
         if self.kernel_policy == "dequant-fp32" or self.compute_dtype != torch.float32:
             return None
         act = self._qmeta.get("act")
+        if act is not None and self._static_int(act):
+            return self._static_kernel(rows, cache)
         if act is not None:
             xnor = (binary_rows and act.get("qtype") == "binary" and self._qmeta["qtype"] == "binary"
                     and "in_scale" not in self._qmeta and self.kernel_policy in ("auto", "binary-xnor"))
@@ -117,6 +119,29 @@ class QuantModule(nn.Module):
                 if act is None:
                     raise
                 cache[name] = None  # no popcount kernel here (numba missing): the dequant path
+        return cache[name]
+
+    def _static_int(self, act: dict) -> bool:
+        """Static activations an integer GEMM can take: a calibrated grid of at most 256 codes, int8 weights."""
+        from bitladder.kernels.fbgemm_w8a8 import int8_per_row, levels_for
+
+        if act.get("dynamic") or act["qtype"] == "binary" or self.kernel_policy not in ("auto", "int8-w8a8-static"):
+            return False
+        qt = get_qtype(act["qtype"])
+        if not (qt.rules.integer_codes and qt.qmax - qt.qmin <= 255 and int8_per_row(self.qweight)):
+            return False
+        # auto takes the integer GEMM only where it computes the layer's own codes (VNNI, or weights of 7 bits);
+        # naming the policy accepts a 127-step grid over the same range elsewhere
+        return self.kernel_policy != "auto" or qt.qmax - qt.qmin <= levels_for(self.qweight.codes())
+
+    def _static_kernel(self, rows: int, cache: KernelCache):
+        from bitladder.kernels import KERNELS
+        from bitladder.kernels.select import choose
+
+        name = choose(self.qweight, rows, "int8-w8a8-static")
+        if name not in cache:
+            cache[name] = KERNELS[name].from_qtensor(self.qweight).bind(
+                float(self.act_scale), float(self.act_zero_point), self._qmeta["act"]["qtype"])
         return cache[name]
 
     @property
@@ -183,7 +208,7 @@ class QuantModule(nn.Module):
         self.register_buffer("act_scale", scale.detach().float().reshape(1).clone())
         self.register_buffer("act_zero_point", zero_point.detach().float().reshape(1).clone())
         self._qmeta["act"] = {"qtype": qtype, "observer": observer}
-        self._forget_picks()
+        self._kernels = KernelCache()  # a static kernel holds the grid
         self.kernel = self._dequant_label = f"{self._dequant_label}+act-{qtype}-fakequant"
 
     def set_binary_act(self, shift: torch.Tensor) -> None:

@@ -36,7 +36,7 @@ class QuantLinear(QuantModule):
             self.__dict__["kernel"] = self._dequant_label
             return F.linear(self.prepare_input(xin), self.weight(), self._bias()).to(x.dtype)
         self.__dict__["kernel"] = kern.name
-        if "act" in self._qmeta:  # a trained binary layer: sign(x - shift) against the weights' sign bits
+        if "act_shift" in self._buffers:  # a trained binary layer: sign(x - shift) against the weights' sign bits
             return kern((xin - self.act_shift).contiguous(), self.bias).to(x.dtype)
         in_scale = self.in_scale if "in_scale" in self._qmeta else None  # no activation quantisation here
         x2 = xin.reshape(-1, xin.shape[-1])
@@ -55,7 +55,7 @@ def _shared_input(x: torch.Tensor, kern, x2: torch.Tensor, in_scale: torch.Tenso
     Inference tensors have no version counter, so under ``torch.inference_mode`` an in-place change
     between two such reads would go unseen; a model that works with autograd cannot make one (the first
     layer saved that input for its backward)."""
-    key = (-1 if x.is_inference() else x._version, kern.name, x2.shape)
+    key = (-1 if x.is_inference() else x._version, kern.name, x2.shape, getattr(kern, "_grid", None))
     cached = getattr(x, "_bitladder_prep", None)
     if cached is not None and cached[0] == key and (
             (cached[1] is None and in_scale is None)

@@ -1,0 +1,85 @@
+"""W8A8 with static activation scales (calibrated once, ``Act(dynamic=None)``) on the integer GEMMs.
+
+The layer's calibrated grid fixes the input's range [lo, hi]: the input is quantised with one constant scale
+and zero point, so a call has no min/max reduction to make (the dynamic kernels' first pass). Codes are those
+of the layer's fake quantisation, ``clamp(round(x / s) + z, qmin, qmax)`` moved to uint8, wherever the GEMM
+can take all 256 of them (VNNI, or weights of 7 bits); elsewhere the same range is cut into 127 steps
+(:func:`bitladder.kernels.fbgemm_w8a8.act_levels`: a u8 x s8 pair sum then stays within 16 bits). A grid
+of fewer than 256 codes clamps the input to its range first: the GEMM's quantiser clamps to 0..255 only.
+
+Below ``ONEDNN_MIN_ROWS`` rows fbgemm's static linear (fp32 in, fp32 out) runs, from there oneDNN's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bitladder.formats.qtypes import get_qtype
+from bitladder.kernels.fbgemm_w8a8 import FbgemmW8A8Kernel
+from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel
+from bitladder.kernels.registry import register
+
+
+def static_grid(scale: float, zero_point: float, qtype: str, levels: int) -> tuple[float, int, float, float]:
+    """(step, uint8 zero point, lo, hi) of a calibrated ``qtype`` grid on a GEMM taking ``levels`` steps."""
+    qt = get_qtype(qtype)
+    lo, hi = (qt.qmin - zero_point) * scale, (qt.qmax - zero_point) * scale
+    if qt.qmax - qt.qmin <= levels:  # the calibrated codes themselves, moved to start at 0
+        return scale, int(zero_point - qt.qmin), lo, hi
+    step = (hi - lo) / levels
+    return step, int(min(max(round(-lo / step), 0), levels)), lo, hi
+
+
+class _Static:
+    """The calibrated grid a static kernel quantises with (set by :meth:`bind` before the first call)."""
+
+    levels: int
+    _grid: tuple[float, int, float, float]
+    _clamp: bool
+
+    def bind(self, scale: float, zero_point: float, qtype: str):
+        """Use the layer's calibrated activation grid; returns the kernel."""
+        self._grid = static_grid(scale, zero_point, qtype, self.levels)
+        # the GEMM's quantiser clamps to the uint8 range only: a shorter grid (4-bit, or 127 steps) clamps first
+        self._clamp = get_qtype(qtype).qmax - get_qtype(qtype).qmin != 255 or self.levels != 255
+        return self
+
+    def _input(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> torch.Tensor:
+        xs = x if in_scale is None else x * in_scale
+        if not self._clamp:
+            return xs
+        _, _, lo, hi = self._grid
+        return xs.clamp_(lo, hi) if xs is not x else xs.clamp(lo, hi)
+
+
+@register
+class OnednnStaticKernel(_Static, OnednnW8A8Kernel):
+    """int8 per-channel weights x uint8 activations on a calibrated grid, oneDNN's GEMM."""
+
+    name = "int8-w8a8-onednn-static"
+
+    def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
+        step, zp, _, _ = self._grid
+        return self._quantize(self._input(x, in_scale), step, zp), step, zp, None
+
+
+@register
+class FbgemmStaticKernel(_Static, FbgemmW8A8Kernel):
+    """The same on fbgemm's static linear (it quantises the fp32 input with the given grid itself)."""
+
+    name = "int8-w8a8-fbgemm-static"
+
+    @classmethod
+    def from_qtensor(cls, qt) -> "FbgemmStaticKernel":
+        self = super().from_qtensor(qt)
+        self.levels = 127 if self.reduce_range else 255
+        return self
+
+    def _fused(self, x, bias, in_scale):
+        step, zp, _, _ = self._grid
+        y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(self._input(x, in_scale), step, zp,
+                                                                              self._packed)
+        return y if bias is None else y.add_(bias)
+
+    def _run(self, x):
+        return self._fused(x, None, None)
