@@ -51,3 +51,23 @@ def test_taylor_on_an_encoder_uses_its_dropout_and_falls_back_without(caplog):
     with caplog.at_level("WARNING", logger="bitladder"):
         from_encoder(tiny(dropout=0.0), "taylor", batches=[batch()])
     assert "using l1" in caplog.text
+
+
+def test_pruned_encoder_reloads_from_its_artifact_and_exports_to_onnx(tmp_path):
+    import bitladder
+    from bitladder.io.artifact import load
+    from bitladder.io.onnx_export import export_onnx
+    from bitladder.io.structure import describe
+
+    ort = pytest.importorskip("onnxruntime")
+    m, b = tiny(), batch()
+    p, _ = prune_channels(m, ChannelPrune(0.5, target="flops"), b)
+    path = bitladder.save(p, tmp_path / "e.safetensors", structure=describe(p, tiny()))
+    back = load(path, model=tiny())
+    with torch.no_grad():
+        assert torch.equal(back(**b), p(**b))
+        ref = p(**b).numpy()
+    onnx = export_onnx(back, b, tmp_path / "e.onnx")
+    sess = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    feed = {i.name: b[i.name].numpy() for i in sess.get_inputs()}
+    assert abs(sess.run(None, feed)[0] - ref).max() < 1e-4
