@@ -145,6 +145,10 @@ W8A8_SQ = Int(8, act=Act(dynamic="token", smoothquant=0.65))
 #: per-token W8A8 on block-Hadamard-rotated inputs, no SmoothQuant; 32-channel blocks trade fidelity for speed
 #: (docs/results/bench-minilm-rotation32-avx2.json)
 W8A8_ROT = Int(8, act=Act(dynamic="token"), rotate=32)
+#: static (calibrated) per-tensor activations: int8 weights take the integer GEMM where the CPU has VNNI (elsewhere
+#: auto keeps the exact fake-quantised path); 7-bit weights take it on every CPU with the layers' own codes
+W8A8_STATIC = Int(8, act=Act(smoothquant=0.65))
+W7A8_STATIC = Int(7, act=Act(smoothquant=0.65))
 
 
 def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
@@ -158,6 +162,8 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
         "bitladder W8A8 dynamic per-token (oneDNN)": lambda: _bitladder(spec, Int(8, act=Act(dynamic="token"))),
         "bitladder W8A8 dynamic per-token + Hadamard 32": lambda: _bitladder(spec, W8A8_ROT),
         "bitladder W8A8 dynamic per-tensor (oneDNN)": lambda: _bitladder(spec, Int(8, act=Act(dynamic="tensor"))),
+        "bitladder W8A8 static + SmoothQuant 0.65": lambda: _bitladder(spec, W8A8_STATIC, calib),
+        "bitladder W7A8 static + SmoothQuant 0.65": lambda: _bitladder(spec, W7A8_STATIC, calib),
         "bitladder W8 weight-only": lambda: _bitladder(spec, Int(8)),
         "bitladder W4 g64 gptq": lambda: _bitladder(spec, Int(4, group=64, method=GPTQ()), calib),
         "torch.ao quantize_dynamic int8": lambda: _torch_ao(spec),
@@ -172,6 +178,8 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
             spec, Int(8, act=Act(dynamic="token")), "dynamic", folder),
         "bitladder ONNX W8A8 per-tensor (MatMulInteger)": lambda: _bitladder_onnx(spec, Int(8), "dynamic-tensor",
                                                                                  folder),
+        "bitladder ONNX W8A8 static + SmoothQuant 0.65 (MatMulInteger)": lambda: _bitladder_onnx(
+            spec, W8A8_STATIC, "float", folder, calib),
         "bitladder ONNX W4 g64 gptq (blocked DQ)": lambda: _bitladder_onnx(
             spec, Int(4, group=64, method=GPTQ()), "float", folder, calib),
         "bitladder ONNX W4 g64 gptq (MatMulNBits)": lambda: _bitladder_onnx(
