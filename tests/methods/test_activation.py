@@ -146,3 +146,24 @@ def test_smoothquant_without_norms_smooths_every_layer_and_rejects_unknown_place
         Act(smoothquant=0.5, smooth_layers="ln")
     assert Act(smoothquant=0.5, dynamic="token").smoothed_layers == "norm"
     assert Act(smoothquant=0.5).smoothed_layers == Act(smoothquant=0.5, dynamic="tensor").smoothed_layers == "all"
+
+
+def test_static_on_norm_fed_layers_per_token_on_the_rest(tmp_path):
+    torch.manual_seed(0)
+    model, x = _NormFed().eval(), torch.randn(256, 32)
+    q = bitladder.quantize(model, Int(8, act=Act(smoothquant=0.5, static_layers="norm")), calib=[x])
+    assert q.q.qmeta["act"]["qtype"] == q.k.qmeta["act"]["qtype"] == "uint8"  # calibrated grids
+    assert "act" not in q.fc.qmeta and q.fc.kernel_policy == "int8-w8a8-token"  # GELU output: per token
+    assert "in_scale" in q.q.qmeta and "in_scale" not in q.fc.qmeta  # smoothed where the paper puts it
+    with torch.no_grad():
+        assert float((q(x) - model(x)).norm() / model(x).norm()) < 0.03
+    path = bitladder.save(q, tmp_path / "mix.safetensors")
+    back = bitladder.load(path, model=_NormFed())
+    with torch.no_grad():
+        assert torch.allclose(back(x), q(x), atol=1e-5)
+    for bad, msg in ((lambda: Act(static_layers="ffn"), "static_layers must be 'all' or 'norm'"),
+                     (lambda: Act(static_layers="norm", dynamic="token"), "dynamic must be False")):
+        with pytest.raises(BitladderError, match=msg):
+            bad()
+    with pytest.raises(BitladderError, match="dynamic W8A8 needs int8 symmetric weights"):
+        bitladder.quantize(model, Int(4, group=16, act=Act(static_layers="norm")), calib=[x])

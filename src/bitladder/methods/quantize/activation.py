@@ -177,11 +177,17 @@ class Activations(Transform):
 
     def after(self, p: Pass) -> None:
         act = p.config.act
+        dynamic = []
         if not act.dynamic:
-            calibrate_activations(p.model, list(p.targets), act, p.calib)
-            return
-        policy = "int8-w8a8" + ("-token" if act.dynamic == "token" else "")
-        for name in p.targets:
+            static = list(p.targets)
+            if act.static_layers == "norm" and p.calib:
+                fed = norm_fed(p.model, static, p.calib[0])
+                static, dynamic = [n for n in static if n in fed], [n for n in static if n not in fed]
+            calibrate_activations(p.model, static, act, p.calib)
+        else:
+            dynamic = list(p.targets)
+        policy = "int8-w8a8" if act.dynamic == "tensor" else "int8-w8a8-token"
+        for name in dynamic:
             m = p.model.get_submodule(name)
             if isinstance(m, QuantModule) and "kernel_policy" in type(m).__dict__:
                 m.set_kernel_policy(policy)

@@ -79,7 +79,7 @@ def quantize(model: nn.Module, config: QuantConfig, include: Selector = None, ex
     for m in (method, act):
         if m is not None and m.needs_data and not (m is act and act.dynamic and act.smoothquant is None):
             check_calibration(calib, m)
-    if act is not None and act.dynamic and (config.qtype not in DYNAMIC_WEIGHTS or config.layout(0).granularity == "group"
+    if act is not None and (act.dynamic or act.static_layers == "norm") and (config.qtype not in DYNAMIC_WEIGHTS or config.layout(0).granularity == "group"
                                             or not getattr(config, "symmetric", True)):
         raise BitladderError("dynamic W8A8 needs int8 symmetric weights per channel or per tensor (or int7: "
                              "8-bit activations on CPUs without VNNI too)")

@@ -184,6 +184,9 @@ class Act(_Method):
     weights per channel only; a Conv2d takes one scale per call either way, on oneDNN's integer
     convolution); ``dynamic="tensor"`` uses one scale per call: faster but less faithful (measured on
     MiniLM: docs/DESIGN.md, 'Per-token W8A8 on a per-tensor GEMM'; docs/results/bench-minilm.json).
+    ``static_layers="norm"``: static scales only for the layers that read a normalisation layer's output
+    (q/k/v, the first FFN layer; their ranges hold from batch to batch); the other layers (attention output,
+    the second FFN layer, whose inputs carry the outliers) take per-token activations on the int8 kernel.
 
     >>> import torch, bitladder
     >>> lin = torch.nn.Linear(16, 4)
@@ -198,6 +201,7 @@ class Act(_Method):
     smoothquant: float | str | None = None
     dynamic: bool | str = False
     smooth_layers: str = "auto"
+    static_layers: str = "all"
     needs_data: ClassVar[bool] = True
     min_samples: ClassVar[int] = 8
 
@@ -217,6 +221,11 @@ class Act(_Method):
             raise BitladderError(f"smoothquant must be an alpha in [0, 1] or 'auto', got {sq!r}")
         if self.smooth_layers not in ("auto", "norm", "all"):
             raise BitladderError(f"smooth_layers must be 'auto', 'norm' or 'all', got {self.smooth_layers!r}")
+        if self.static_layers not in ("all", "norm"):
+            raise BitladderError(f"static_layers must be 'all' or 'norm', got {self.static_layers!r}")
+        if self.static_layers == "norm" and (self.dynamic or self.bits != 8):
+            raise BitladderError("static_layers='norm' mixes static 8-bit and per-token activations: "
+                                 "dynamic must be False and bits 8")
 
     @property
     def qtype(self) -> str:
@@ -225,10 +234,11 @@ class Act(_Method):
 
     @property
     def smoothed_layers(self) -> str:
-        """``smooth_layers`` with ``"auto"`` resolved: ``"norm"`` per token, ``"all"`` otherwise."""
+        """``smooth_layers`` with ``"auto"`` resolved: ``"norm"`` per token (or static on norm-fed layers only),
+        ``"all"`` otherwise."""
         if self.smooth_layers != "auto":
             return self.smooth_layers
-        return "norm" if self.dynamic == "token" else "all"
+        return "norm" if self.dynamic == "token" or self.static_layers == "norm" else "all"
 
 
 def method_from_dict(d: dict) -> _Method:

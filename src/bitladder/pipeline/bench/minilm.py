@@ -149,6 +149,8 @@ W8A8_ROT = Int(8, act=Act(dynamic="token"), rotate=32)
 #: auto keeps the exact fake-quantised path); 7-bit weights take it on every CPU with the layers' own codes
 W8A8_STATIC = Int(8, act=Act(smoothquant=0.65))
 W7A8_STATIC = Int(7, act=Act(smoothquant=0.65))
+#: static grids where the input comes from a LayerNorm (q/k/v, FFN up), per token elsewhere (attention out, FFN down)
+W7A8_MIXED = Int(7, act=Act(smoothquant=0.65, static_layers="norm"))
 
 
 def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
@@ -164,6 +166,8 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
         "bitladder W8A8 dynamic per-tensor (oneDNN)": lambda: _bitladder(spec, Int(8, act=Act(dynamic="tensor"))),
         "bitladder W8A8 static + SmoothQuant 0.65": lambda: _bitladder(spec, W8A8_STATIC, calib),
         "bitladder W7A8 static + SmoothQuant 0.65": lambda: _bitladder(spec, W7A8_STATIC, calib),
+        "bitladder W7A8 static on LayerNorm inputs, per-token elsewhere + SmoothQuant 0.65": lambda: _bitladder(
+            spec, W7A8_MIXED, calib),
         "bitladder W8 weight-only": lambda: _bitladder(spec, Int(8)),
         "bitladder W4 g64 gptq": lambda: _bitladder(spec, Int(4, group=64, method=GPTQ()), calib),
         "torch.ao quantize_dynamic int8": lambda: _torch_ao(spec),
@@ -180,6 +184,8 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
                                                                                  folder),
         "bitladder ONNX W8A8 static + SmoothQuant 0.65 (MatMulInteger)": lambda: _bitladder_onnx(
             spec, W8A8_STATIC, "float", folder, calib),
+        "bitladder ONNX W7A8 static on LayerNorm inputs, per-token elsewhere (MatMulInteger)": lambda: _bitladder_onnx(
+            spec, W7A8_MIXED, "dynamic", folder, calib),
         "bitladder ONNX W4 g64 gptq (blocked DQ)": lambda: _bitladder_onnx(
             spec, Int(4, group=64, method=GPTQ()), "float", folder, calib),
         "bitladder ONNX W4 g64 gptq (MatMulNBits)": lambda: _bitladder_onnx(
