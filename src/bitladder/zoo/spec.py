@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-METRICS = ("accuracy", "cosine")
+METRICS = ("accuracy", "cosine", "perplexity")
 
 
 @dataclass
@@ -20,7 +20,9 @@ class ModelSpec:
     ``eval_batches``: inputs (a tensor, or a dict of tensors passed as keywords), one per batch.
     ``targets``: class labels for ``metric="accuracy"``; for ``metric="cosine"`` fidelity is the
     cosine of each output row to the fp32 model's (embedders: mean, min and top-10 neighbour
-    agreement). ``latency_batch`` is the input timed for the latency ratio. ``train_batches`` (and
+    agreement); for ``metric="perplexity"`` (causal LMs: outputs are logits, batch x tokens x vocabulary)
+    ``targets`` are the evaluation token ids and fidelity is top-1 next-token agreement with fp32, with
+    perplexity beside it. ``latency_batch`` is the input timed for the latency ratio. ``train_batches`` (and
 ``train_targets`` for classifiers) feed fine-tuning and distillation; they never overlap the eval data.
     """
 
@@ -40,8 +42,8 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
-        if self.metric == "accuracy" and self.targets is None:
-            raise ValueError("metric 'accuracy' needs targets")
+        if self.metric in ("accuracy", "perplexity") and self.targets is None:
+            raise ValueError(f"metric {self.metric!r} needs targets")
         self.model.eval()
 
     def fresh_model(self) -> nn.Module:

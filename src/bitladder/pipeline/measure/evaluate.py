@@ -12,6 +12,7 @@ from torch import nn
 from bitladder.formats.quant import sqnr_db
 from bitladder.nn.base import QuantModule
 from bitladder.nn.select import run
+from bitladder.pipeline.measure.metrics import METRICS, knn_agreement  # noqa: F401  (knn_agreement: re-exported)
 from bitladder.zoo.spec import ModelSpec
 
 
@@ -21,26 +22,11 @@ def outputs(model: nn.Module, batches: list[Any]) -> torch.Tensor:
     return torch.cat([run(model, b).float() for b in batches])
 
 
-def knn_agreement(ref: torch.Tensor, out: torch.Tensor, k: int = 10) -> float:
-    """Mean overlap of each row's top-k cosine neighbours (itself excluded) under ref and out."""
-    def topk(e: torch.Tensor) -> torch.Tensor:
-        e = nn.functional.normalize(e.float(), dim=-1)
-        sim = e @ e.T
-        sim.fill_diagonal_(-float("inf"))
-        return sim.topk(min(k, len(e) - 1), dim=1).indices
-
-    a, b = topk(ref), topk(out)
-    hits = (a.unsqueeze(2) == b.unsqueeze(1)).any(dim=2).float().sum(dim=1)
-    return float(hits.mean() / a.shape[1])
-
-
 def fidelity(spec: ModelSpec, out: torch.Tensor, ref: torch.Tensor) -> dict:
-    """accuracy -> {fidelity}; cosine -> {fidelity: mean cosine, cos_min, knn10} against ``ref``."""
-    if spec.metric == "accuracy":
-        acc = float((out.argmax(dim=-1) == spec.targets).float().mean())
-        return {"fidelity": acc, "cos_min": None, "knn10": None}
-    cos = nn.functional.cosine_similarity(out.flatten(1).double(), ref.flatten(1).double(), dim=-1)
-    return {"fidelity": float(cos.mean()), "cos_min": float(cos.min()), "knn10": knn_agreement(ref, out)}
+    """The spec's metric (:data:`~bitladder.pipeline.measure.metrics.METRICS`) of ``out`` against the fp32
+    outputs ``ref``: accuracy -> {fidelity}; cosine -> {fidelity: mean cosine, cos_min, knn10};
+    perplexity -> {fidelity: next-token agreement, perplexity, fp32_perplexity}."""
+    return METRICS[spec.metric](out, ref, spec.targets)
 
 
 @torch.inference_mode()
