@@ -8,17 +8,22 @@ from rich.markup import escape
 from rich.table import Table
 
 
+# extra columns per metric: (header, row key, format)
+METRIC_COLUMNS = {"cosine": (("cos min", "cos_min", ".4f"), ("kNN@10", "knn10", ".3f")),
+                  "perplexity": (("ppl", "perplexity", ".3f"), ("fp32 ppl", "fp32_perplexity", ".3f"))}
+
+
 def ladder_table(results: dict) -> Table:
-    """Rich table of a ladder or recipe ``results`` dict, one row per rung (cosine columns for embedders)."""
-    cos = results["metric"] == "cosine"
+    """Rich table of a ladder or recipe ``results`` dict, one row per rung (plus the metric's own columns)."""
+    extra = METRIC_COLUMNS.get(results["metric"], ())
     kind = "recipe" if "recipe" in results else "ladder"
     t = Table(title=f"bitladder {kind}: {results['model']} ({results['metric']})")
-    for c in ("rung", "fidelity", "drop pt", *(("cos min", "kNN@10") if cos else ()), "disk bytes",
+    for c in ("rung", "fidelity", "drop pt", *(h for h, _, _ in extra), "disk bytes",
               "quant bytes", "theory bytes", "bits/w", "x fp32 speed", "warnings"):
         t.add_column(c, justify="left" if c in ("rung", "warnings") else "right")
     for r in results["rungs"]:
-        extra = (f"{r['cos_min']:.4f}", f"{r['knn10']:.3f}") if cos else ()
-        t.add_row(r["rung"], f"{r['fidelity']:.4f}", f"{r['fidelity_drop_pt']:.2f}", *extra,
+        cells = ("–" if r.get(k) is None else format(r[k], f) for _, k, f in extra)
+        t.add_row(r["rung"], f"{r['fidelity']:.4f}", f"{r['fidelity_drop_pt']:.2f}", *cells,
                   f"{r['bytes_on_disk']:,}", f"{r['quantized_bytes']:,}", f"{r['theoretical_bytes']:,.0f}",
                   f"{r['bits_per_weight']:.2f}", f"{r['latency_ratio']:.2f}", str(len(r["warnings"])))
     return t

@@ -14,19 +14,19 @@ from bitladder.errors import BitladderError
 from bitladder.zoo.factory import spec_from
 from bitladder.zoo.spec import ModelSpec
 
-BUILTINS = ("digits", "minilm")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-ACCEPTED = "a built-in name (digits, minilm) or a factory 'package.module:function'"
+_MODULES = {"digits": "digits", "minilm": "minilm", "tinylm": "causal_lm"}  # built-in name -> zoo module
+BUILTINS = tuple(_MODULES)
+ACCEPTED = "a built-in name (digits, minilm, tinylm) or a factory 'package.module:function'"
+
+
+def _builtin_module(name: str):
+    """The module of a built-in model: it has ``spec()`` and ``build()`` (an untrained float model)."""
+    return importlib.import_module(f"bitladder.zoo.{_MODULES[name]}")
 
 
 def _builtin_spec(name: str) -> ModelSpec:
-    if name == "digits":
-        from bitladder.zoo import digits
-
-        return digits.spec()
-    from bitladder.zoo import minilm
-
-    return minilm.spec()
+    return _builtin_module(name).spec()
 
 
 def build_builtin(source: str | None) -> nn.Module:
@@ -35,10 +35,8 @@ def build_builtin(source: str | None) -> nn.Module:
         from bitladder.zoo.digits import DigitsCNN
 
         return DigitsCNN().eval()
-    if source == "minilm":
-        from bitladder.zoo.minilm import build
-
-        return build()
+    if source in ("minilm", "tinylm"):
+        return _builtin_module(source).build()
     raise BitladderError(f"artifact source {source!r} is not a built-in model; pass the float model "
                          "(Python: load(path, model=...)) to load it")
 

@@ -77,7 +77,7 @@ def run_rung(spec: ModelSpec, rung: str, cfg: QuantConfig, out: Path, ref: torch
     return {
         "rung": rung, "config": cfg.to_dict(),
         "fidelity": fid["fidelity"], "fidelity_drop_pt": (base - fid["fidelity"]) * 100,
-        "cos_min": fid["cos_min"], "knn10": fid["knn10"],
+        **{k: v for k, v in fid.items() if k != "fidelity"},  # cos_min, knn10 and the metric's own keys
         "bytes_on_disk": path.stat().st_size,
         "quantized_bytes": qbytes, "theoretical_bytes": sum(s["theoretical_bytes"] for s in stats.values()),
         "bits_per_weight": 8 * qbytes / max(numel, 1),

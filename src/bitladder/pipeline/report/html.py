@@ -17,6 +17,8 @@ from bitladder.pipeline.measure.machine import one_line
 
 COLUMNS = ("rung", "fidelity", "fidelity_drop_pt", "cos_min", "knn10", "bytes_on_disk", "quantized_bytes",
            "theoretical_bytes", "bits_per_weight", "latency_ratio")
+OPTIONAL = ("perplexity", "fp32_perplexity")  # metric-specific columns, shown when the rows carry them
+LABELS = {"accuracy": "accuracy", "cosine": "mean cosine to fp32", "perplexity": "next-token agreement with fp32"}
 _CHECK = ("<script>window.addEventListener('load',()=>{const i=[...document.images];document.body.dataset.figures="
           "i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>")
 
@@ -38,6 +40,11 @@ def table(rows: list[dict], cols: tuple[str, ...] | list[str], title: str = "") 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
     return f"{f'<h2>{html.escape(title)}</h2>' if title else ''}<table><tr>{head}</tr>{body}</table>"
+
+
+def columns(rows: list[dict]) -> tuple[str, ...]:
+    """The result table's columns: the fixed ones, then each optional one some row carries."""
+    return COLUMNS + tuple(c for c in OPTIONAL if any(r.get(c) is not None for r in rows))
 
 
 def sqnr_table(results: dict) -> str:
@@ -65,7 +72,7 @@ def _points(results: dict) -> list[dict]:
 def render_figures(results: dict) -> dict[str, str]:
     """Every figure the results support, as {caption: base64 PNG}."""
     rows, model = results["rungs"], results["model"]
-    label = "accuracy" if results["metric"] == "accuracy" else "mean cosine to fp32"
+    label = LABELS.get(results["metric"], results["metric"])
     out = {}
     if len(rows) > 1:
         out["fidelity vs bits per weight"] = figures.fidelity_vs_bits(rows, model, label)
@@ -99,7 +106,7 @@ def render(results: dict) -> str:
     kind = "tune" if results.get("trials") else "recipe" if results.get("steps") is not None else "ladder"
     best = results.get("best")
     parts = [
-        table(results["rungs"], COLUMNS, "Best configuration" if kind == "tune" else "Results"),
+        table(results["rungs"], columns(results["rungs"]), "Best configuration" if kind == "tune" else "Results"),
         figs, _warnings(results),
         table(results.get("steps", []), ("step", "line", "seconds", "fidelity", "params", "nonzero"), "Steps"),
         table(results.get("summary", []), ("layer", "params_before", "params_after", "bytes_before",
