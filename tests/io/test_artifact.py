@@ -117,3 +117,36 @@ def test_corrupt_bitladder_metadata_is_one_clear_error(tmp_path, meta):
     save_file({"w": torch.zeros(2)}, str(path), metadata={"bitladder": meta})
     with pytest.raises(BitladderError, match="corrupt: its bitladder metadata"):
         bitladder.load(path, model=model())
+
+
+
+def rewrite_meta(path, edit=None, metadata=None):
+    """The artifact at ``path`` with its bitladder metadata passed through ``edit`` (or its whole safetensors
+    ``__metadata__`` replaced); the tensors unchanged."""
+    import json
+    import struct
+
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    if metadata is None:
+        meta = json.loads(header["__metadata__"]["bitladder"])
+        edit(meta)
+        metadata = {"bitladder": json.dumps(meta)}
+    header["__metadata__"] = metadata
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+def test_edited_metadata_is_named_in_one_line(tmp_path):
+    _, path = factory_pair(tmp_path)
+    rewrite_meta(path, lambda m: m["layers"]["0"].update(shape=[8, 9]))  # the bytes of [8, 3, 3]
+    with pytest.raises(BitladderError, match=r"layer '0' does not match the model: shape \[8, 9\] in the artifact"):
+        bitladder.load(path, model=model())
+    rewrite_meta(path, lambda m: m["layers"]["0"].update(layout={"granularity": "group", "group": -4}))
+    with pytest.raises(BitladderError, match="corrupt: layer '0': layout must be an object"):
+        read_header(path)
+    for metadata in ([1], {"bitladder": 7}):  # not an object; not a string
+        rewrite_meta(path, metadata=metadata)
+        with pytest.raises(BitladderError, match="not a bitladder artifact|metadata is not valid JSON"):
+            read_header(path)

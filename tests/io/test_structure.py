@@ -46,3 +46,17 @@ def test_the_io_layer_alone_asks_for_the_float_model(digits_spec, tmp_path):
     with pytest.raises(BitladderError, match="needs its float model"):
         load(path)  # io does not reach up into the zoo; bitladder.load does
     assert isinstance(bitladder.load(path), type(digits_spec.model))
+
+
+def test_damaged_records_stop_before_memory_or_a_forward():
+    ref = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Linear(8, 2))
+    conv = {"in_channels": 4, "out_channels": 6, "kernel_size": [3, 3], "stride": [1, 1], "padding": [1, 1],
+            "dilation": [1, 1], "groups": 1, "bias": True, "padding_mode": "zeros"}
+    rebuild(ref, [{"name": "0", "type": "Conv2d", "args": conv}])  # pruned to 6 channels: fine
+    with pytest.raises(BitladderError, match="gives stride \\[2, 2\\], the model's layer has \\[1, 1\\]"):
+        rebuild(ref, [{"name": "0", "type": "Conv2d", "args": {**conv, "stride": [2, 2]}}])
+    huge = {"in_features": 2**30, "out_features": 2**30, "bias": False}  # 4 EiB of fp32, asked of a small file
+    with pytest.raises(BitladderError, match="more than|at most 1,000"):
+        rebuild(ref, [{"name": "2", "type": "Linear", "args": huge}], max_numel=1000)
+    with pytest.raises(BitladderError, match="is invalid: ValueError"):  # torch's own check, in one line
+        rebuild(ref, [{"name": "0", "type": "Conv2d", "args": {**conv, "groups": 5}}])

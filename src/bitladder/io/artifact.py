@@ -14,12 +14,14 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from bitladder.atomic import atomic_path
 from bitladder.errors import BitladderError
+from bitladder.io.meta_check import check_meta
 from bitladder.io.structure import with_structures
 from bitladder.nn.base import QuantModule
 from bitladder.nn.registry import HANDLERS, HandlerRegistry
@@ -84,7 +86,8 @@ def read_header(path: str | os.PathLike) -> tuple[dict, dict]:
             raise BitladderError(f"{path} is corrupt: bad header entry for {k!r}") from None
     if 8 + n + end != size:
         raise BitladderError(f"{path} is truncated or corrupt: tensors need {8 + n + end} bytes, file has {size}")
-    raw = (header.get("__metadata__") or {}).get("bitladder")
+    extra = header.get("__metadata__") or {}
+    raw = extra.get("bitladder") if isinstance(extra, dict) else None
     if raw is None:
         raise BitladderError(f"{path} is a safetensors file but not a bitladder artifact (no 'bitladder' metadata)")
     try:
@@ -96,6 +99,10 @@ def read_header(path: str | os.PathLike) -> tuple[dict, dict]:
     if meta.get("format_version") != FORMAT_VERSION:
         raise BitladderError(f"{path}: artifact format version {meta.get('format_version')!r} is not supported "
                              f"(this build reads {FORMAT_VERSION})")
+    try:
+        check_meta(meta)
+    except BitladderError as e:
+        raise BitladderError(f"{path} is corrupt: {e}") from None
     return meta, info
 
 
@@ -119,7 +126,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None,
     if meta.get("structure"):
         from bitladder.io.structure import rebuild
 
-        model = rebuild(model, meta["structure"])
+        model = rebuild(model, meta["structure"], max_numel=8 * Path(path).stat().st_size)  # >= 1 bit a number
     try:
         with safe_open(str(path), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -134,6 +141,10 @@ def load(path: str | os.PathLike, model: nn.Module | None = None,
         if handler is None or handler.__name__ != lm["handler"]:
             raise BitladderError(f"artifact layer {name!r} was {lm['handler']}, the model has "
                                  f"{type(module).__name__} there")
+        w = None if isinstance(module, QuantModule) else getattr(module, "weight", None)
+        if isinstance(w, torch.Tensor) and tuple(w.shape) != tuple(lm["shape"]):  # same bytes, other geometry
+            raise BitladderError(f"artifact layer {name!r} does not match the model: shape {lm['shape']} in the "
+                                 f"artifact, {list(w.shape)} in the model")
         prefix = f"{name}." if name else ""
         parts = {p: tensors[f"{prefix}weight_{p}"] for p in ("packed", "scale", "zero_point", "table", "mask")
                  if f"{prefix}weight_{p}" in tensors}

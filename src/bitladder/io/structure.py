@@ -16,9 +16,11 @@ registered in :mod:`bitladder.nn.structures`; anything else that differs is name
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from bitladder.errors import BitladderError
+from bitladder.io.meta_check import BIG, check_record
 from bitladder.nn.base import QuantModule
 from bitladder.nn.structures import build_module, is_structure, module_record
 
@@ -59,17 +61,53 @@ def with_structures(model: nn.Module, records: list[dict]) -> list[dict]:
     return list(out.values())
 
 
-def rebuild(model: nn.Module, records: list[dict]) -> nn.Module:
-    """Swap in the recorded modules (fresh weights: the artifact's tensors are loaded after this)."""
+DERIVED_MAX = 2**28  # numbers a rebuilt module may compute beyond the stored ones (1 GiB in fp32)
+
+
+def _build(name: str, kind: str, args: dict) -> nn.Module:
+    try:
+        return build_module(kind, args)
+    except (TypeError, ValueError, KeyError, AssertionError) as e:  # a constructor's own checks (torch asserts)
+        raise BitladderError(f"artifact structure for {name!r} is invalid: {type(e).__name__}: {e}") from None
+
+
+_GEOMETRY = ("stride", "padding", "dilation", "padding_mode")
+
+
+def _check_geometry(name: str, old: nn.Module | None, args: dict) -> None:
+    """Pruning and factorisation keep a layer's geometry, which no stored tensor's shape shows: a record that
+    changes it would load and then fail at the first forward."""
+    for key in _GEOMETRY:
+        if key in args and hasattr(old, key):
+            was = getattr(old, key)
+            was = list(was) if isinstance(was, tuple) else was
+            if args[key] != was:
+                raise BitladderError(f"artifact structure for {name!r} gives {key} {args[key]!r}, the model's layer "
+                                     f"has {was!r} (pruning and factorisation keep it)")
+    inner = args.get("inner")
+    if isinstance(inner, dict) and isinstance(inner.get("args"), dict):
+        _check_geometry(name, old, inner["args"])
+
+
+def rebuild(model: nn.Module, records: list[dict], max_numel: int = BIG) -> nn.Module:
+    """Swap in the recorded modules (fresh weights: the artifact's tensors are loaded after this). A record
+    whose module would hold more than ``max_numel`` numbers is refused before any memory is taken."""
     for r in records:
+        check_record(r)
         name = r["name"]
         parent, _, child = name.rpartition(".")
         try:
             owner = model.get_submodule(parent) if parent else model
         except AttributeError:
             raise BitladderError(f"artifact structure names {name!r}, which the model does not have") from None
-        try:
-            setattr(owner, child, build_module(r["type"], r["args"]))
-        except TypeError as e:
-            raise BitladderError(f"artifact structure for {name!r} is invalid: {e}") from None
+        _check_geometry(name, getattr(owner, child, None), r["args"])
+        with torch.device("meta"):  # sizes first, on no memory: a damaged record may ask for terabytes
+            shell = _build(name, r["type"], r["args"])
+        stored = sum(t.numel() for t in shell.state_dict().values())
+        derived = sum(t.numel() for t in (*shell.parameters(), *shell.buffers())) - stored  # e.g. a Hadamard matrix
+        if stored > max_numel or derived > DERIVED_MAX:
+            raise BitladderError(f"artifact structure for {name!r} describes a module of {stored:,} stored and "
+                                 f"{derived:,} derived numbers; the file holds at most {max_numel:,} (and "
+                                 f"{DERIVED_MAX:,} derived)")
+        setattr(owner, child, _build(name, r["type"], r["args"]))
     return model

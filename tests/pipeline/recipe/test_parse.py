@@ -67,3 +67,26 @@ def test_examples_are_valid(path):
 
     r = load_recipe(Path(__file__).parents[3] / path)
     assert r.steps and r.steps[-1].kind == "evaluate"
+
+
+@pytest.mark.parametrize("text, needles", [
+    ("model: digits\nsteps:\n  - quantize: {rung: int8}\n\x05", ["line 4", "not valid YAML", "#x0005"]),
+    ('model: digits\nsteps:\n  - prune: {"a\\rb\\u2028": 1}\n', ["'a\\rb\\u2028'", "unknown field"]),
+    ("model: digits\nname: ../x\nsteps:\n  - quantize: {rung: int8}\n", ["line 2", "name: a name is 1 to 200"]),
+    ("model: '[/x]'\nsteps:\n  - quantize: {rung: int8}\n", ["line 1", "model: a model is a built-in name"]),
+    ("model: digits\nout: \"a\\0b\"\nsteps:\n  - quantize: {rung: int8}\n", ["out is a folder path"]),
+    ("model: digits\nsteps:\n  - export: []\n", ["steps.0.export", "valid dictionary"]),
+])
+def test_what_reaches_a_terminal_or_a_path_is_one_safe_line(text, needles):
+    """Control characters, markup brackets, path separators and NULs stop in the parser, in one line."""
+    msg = err(text)
+    assert len(msg.splitlines()) == 1, msg
+    for n in needles:
+        assert n in msg, msg
+
+
+def test_a_binary_file_is_not_a_recipe(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_bytes(b"model: digits\n\xff\xfe")
+    with pytest.raises(BitladderError, match="is not UTF-8 text \\(byte 14\\)"):
+        load_recipe(p)

@@ -19,14 +19,18 @@ step must be followed by a training step. Errors name the field and its line in 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from bitladder.errors import BitladderError
 from bitladder.pipeline.recipe.steps import STEPS, StepBody
+
+_MODEL = re.compile(r"[A-Za-z_][\w.]*(?::[A-Za-z_]\w*)?")
+_NAME = re.compile(r"[\w+-][\w .+-]{0,199}")
 
 # the stage of each step: structural (1) < quantize (2) < lowbit (3) < export (4) < evaluate (5);
 # training steps (0) may stand anywhere before export
@@ -46,6 +50,27 @@ class Recipe(BaseModel):
     name: str | None = None
     out: str | None = None
     steps: list[Any]
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, v: str) -> str:
+        if not _MODEL.fullmatch(v):  # checked before the CLI shows it (rich reads '[...]' as markup)
+            raise ValueError("a model is a built-in name (digits, minilm) or a factory 'package.module:function'")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.fullmatch(v):  # it names the output files and table rows
+            raise ValueError("a name is 1 to 200 letters, digits, spaces or '._+-', not starting with '.' or a space")
+        return v
+
+    @field_validator("out")
+    @classmethod
+    def _folder(cls, v: str | None) -> str | None:
+        if v is not None and not (v and v.isprintable()):  # a NUL makes every file call raise ValueError
+            raise ValueError("out is a folder path of printable characters")
+        return v
 
     @property
     def label(self) -> str:
@@ -83,14 +108,16 @@ def _node_line(node: yaml.Node | None, loc: tuple) -> int | None:
 
 def _fail(source: str, root: yaml.Node | None, loc: tuple, msg: str) -> BitladderError:
     line = _node_line(root, loc)
-    where = ".".join(str(p) for p in loc) or "recipe"
+    where = ".".join(str(p) if str(p).isprintable() else repr(str(p)) for p in loc) or "recipe"  # one line
     return BitladderError(f"{source}{f' line {line}' if line else ''}: {where}: {msg}")
 
 
 def _pydantic_msg(e: ValidationError) -> tuple[tuple, str]:
     err = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")[0]  # a typo explains "missing"
     msg = err["msg"]
-    if err["type"] == "extra_forbidden":
+    if err["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    elif err["type"] == "extra_forbidden":
         msg = "unknown field"
     elif err["type"] == "missing":
         msg = "required field is missing"
@@ -122,9 +149,11 @@ def parse_recipe(text: str, source: str = "recipe") -> _Parsed:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise BitladderError(f"{source}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        mark, pos = getattr(e, "problem_mark", None), getattr(e, "position", None)  # parser / reader errors
+        line = mark.line + 1 if mark else None if pos is None else text.count("\n", 0, pos) + 1
+        where = f" line {line}" if line else ""
+        problem = str(getattr(e, "problem", None) or e).splitlines()[0]  # a reader error's text runs on two lines
+        raise BitladderError(f"{source}{where}: not valid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise BitladderError(f"{source}: a recipe is a mapping with 'model' and 'steps'")
     try:
@@ -146,7 +175,7 @@ def parse_recipe(text: str, source: str = "recipe") -> _Parsed:
         if kind not in STEPS:
             fail((i, kind), f"unknown step {kind!r}; known steps: {', '.join(STEPS)}")
         try:
-            parsed = STEPS[kind].model_validate(body or {})
+            parsed = STEPS[kind].model_validate({} if body is None else body)  # '- export:' alone: defaults
             parsed.check()
         except ValidationError as e:
             loc, msg = _pydantic_msg(e)
@@ -163,4 +192,8 @@ def load_recipe(path: str | Path) -> _Parsed:
     path = Path(path)
     if not path.is_file():
         raise BitladderError(f"recipe {path} does not exist or is not a file")
-    return parse_recipe(path.read_text(encoding="utf-8"), source=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise BitladderError(f"recipe {path} is not UTF-8 text (byte {e.start}); a recipe is a YAML file") from None
+    return parse_recipe(text, source=str(path))
