@@ -38,6 +38,12 @@ def test_second_use_is_a_cache_hit_without_pickle(tinylm_spec, monkeypatch):
         assert torch.equal(v, again.state_dict()[k]), k
 
 
+def test_default_rungs_parse(tinylm_spec):
+    from bitladder.pipeline.ladder.rungs import parse_rungs
+
+    assert list(parse_rungs(tinylm_spec.default_rungs)) == tinylm_spec.default_rungs
+
+
 def test_data_slices_are_disjoint_and_untruncated(tinylm_spec):
     ev, cal = corpus.eval_sentences(causal_lm.EVAL_SENTENCES), corpus.calibration_sentences(causal_lm.CALIB_SENTENCES)
     assert not set(ev) & set(cal)
@@ -51,7 +57,7 @@ def test_held_out_perplexity_far_below_uniform(tinylm_spec):
     ref = outputs(tinylm_spec.model, tinylm_spec.eval_batches)
     r = fidelity(tinylm_spec, ref, ref)
     assert r["fidelity"] == 1.0 and r["perplexity"] == r["fp32_perplexity"]
-    assert r["perplexity"] < 0.05 * causal_lm.VOCAB  # measured 7.6 (uniform: 256)
+    assert r["perplexity"] < 0.04 * causal_lm.VOCAB  # measured 7.64 per byte (uniform: 256)
 
 
 def test_ladder_keeps_agreement_and_perplexity(tinylm_spec, tmp_path):
@@ -61,10 +67,12 @@ def test_ladder_keeps_agreement_and_perplexity(tinylm_spec, tmp_path):
     rows = {r["rung"]: r for r in res["rungs"]}
     assert res["metric"] == "perplexity" and res["fp32_fidelity"] == 1.0
     ppl0 = rows["int8"]["fp32_perplexity"]
-    # measured: agreement int8 TODO, int4-g32 TODO, gptq TODO; perplexity ratio TODO
-    assert rows["int8"]["fidelity"] > 0.97 and rows["int8"]["perplexity"] < 1.01 * ppl0
-    assert rows["int4-g32"]["fidelity"] > 0.85 and rows["int4-g32"]["perplexity"] < 1.10 * ppl0
-    assert rows["int4-g32-gptq"]["fidelity"] > 0.85 and rows["int4-g32-gptq"]["perplexity"] < 1.10 * ppl0
+    # measured (agreement with fp32, perplexity / fp32's): int8 0.997, 1.000; int4-g32 0.947, 1.007;
+    # int4-g32-gptq 0.970, 1.003
+    assert rows["int8"]["fidelity"] > 0.99 and rows["int8"]["perplexity"] < 1.005 * ppl0
+    assert rows["int4-g32"]["fidelity"] > 0.92 and rows["int4-g32"]["perplexity"] < 1.02 * ppl0
+    assert rows["int4-g32-gptq"]["fidelity"] > 0.95 and rows["int4-g32-gptq"]["perplexity"] < 1.015 * ppl0
+    assert rows["int4-g32-gptq"]["fidelity"] > rows["int4-g32"]["fidelity"]  # GPTQ beats round-to-nearest
     assert all(r["reload_identical"] and r["fidelity_drop_pt"] == pytest.approx((1 - r["fidelity"]) * 100)
                for r in rows.values())
 

@@ -160,6 +160,6 @@ def spec() -> ModelSpec:
         name="tinylm", model=pretrained(), metric="perplexity", eval_batches=evals,
         targets=torch.cat(evals), latency_batch=evals[0][:4], calib_batches=calib, train_batches=calib,
         default_rungs=["fp32", "fp16", "bf16", "fp8_e4m3", "int8", "int8-a8d", "int4-g32", "int4-g32-gptq",
-                       "int4-g32-awq", "int4-g32-hqq", "int3-g32-asym-gptq", "int2-g32-asym-gptq"],
+                       "int4-g32-awq", "int4-g32-asym-hqq", "int3-g32-asym-gptq", "int2-g32-asym-gptq"],
         source="tinylm", factory=build,
     )
