@@ -16,6 +16,11 @@ from bitladder.errors import BitladderError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Take a PyTorch model down the precision ladder and measure every rung.")
 console = Console() if sys.stdout.isatty() else Console(width=170)
+
+
+def plain(text: str) -> None:
+    """Print text holding user paths and names as it is: ``[`` in a path is not rich markup."""
+    console.print(text, markup=False, highlight=False)
 ABORTS = (typer.Abort, KeyboardInterrupt)  # Ctrl-C: exit 130 without a traceback
 info.register(app, console)
 
@@ -55,7 +60,7 @@ def ladder(
     console.print(ladder_table(results))
     for line in warning_lines(results["rungs"]):
         console.print(line)
-    console.print(f"wall time {results['wall_s']:.1f} s; results: {out / 'results.json'}; report: {report}")
+    plain(f"wall time {results['wall_s']:.1f} s; results: {out / 'results.json'}; report: {report}")
 
 
 @app.command()
@@ -85,7 +90,7 @@ def compress(
                 bar.update(task, description=f"{parsed.name}: {kind}")
             else:
                 bar.advance(task)
-                console.print(f"  {kind:9s} {rec['seconds']:7.1f} s  fidelity {rec['fidelity']:.4f}  "
+                plain(f"  {kind:9s} {rec['seconds']:7.1f} s  fidelity {rec['fidelity']:.4f}  "
                               f"params {rec['params']:,}  nonzero {rec['nonzero']:,}")
 
         res = run_recipe(parsed, spec, out, on_step=on_step)
@@ -96,7 +101,7 @@ def compress(
     for line in warning_lines(res["rungs"]):
         console.print(line)
     row = res["rungs"][0]
-    console.print(f"{row['bytes_on_disk']:,} bytes ({row['fp32_bytes'] / row['bytes_on_disk']:.1f}x smaller than "
+    plain(f"{row['bytes_on_disk']:,} bytes ({row['fp32_bytes'] / row['bytes_on_disk']:.1f}x smaller than "
                   f"fp32); params {row['params']:,} of {row['fp32_params']:,}; MACs {row['macs']:,} of "
                   f"{row['fp32_macs']:,}; wall {res['wall_s']:.1f} s; report: {report}")
 
@@ -135,7 +140,7 @@ def tune(
     row = res["rungs"][0]
     for line in warning_lines(res["rungs"]):
         console.print(line)
-    console.print(f"best: trial #{res['best']['number']} of {len(res['trials'])}: {row['bits_per_weight']:.2f} bits "
+    plain(f"best: trial #{res['best']['number']} of {len(res['trials'])}: {row['bits_per_weight']:.2f} bits "
                   f"per weight, {row['fidelity']:.4f} ({row['fidelity_drop_pt']:.2f} pt drop; held-out half "
                   f"{row['heldout_fidelity_drop_pt']:.2f} pt), {row['bytes_on_disk']:,} bytes, speed x "
                   f"{row['latency_ratio']:.2f}; wall {res['wall_s']:.0f} s; report: {out / 'report.html'}")
@@ -165,7 +170,7 @@ def mixed(
     from collections import Counter
 
     counts = ", ".join(f"{n} x {r}" for r, n in Counter(res["assignment"].values()).items())
-    console.print(f"{spec.name}: {res['bits_per_weight']:.3f} bits per weight ({counts}); fidelity "
+    plain(f"{spec.name}: {res['bits_per_weight']:.3f} bits per weight ({counts}); fidelity "
                   f"{res['fidelity']:.4f}, drop {res['fidelity_drop_pt']:.2f} pt; {res['bytes_on_disk']:,} bytes; "
                   f"report: {out / 'mixed.html'}")
     from bitladder.cli.table import warning_lines
@@ -216,7 +221,7 @@ def bench(
     annotate(rows, limits)
     console.print(bench_table(rows))
     int8 = f"{limits['int8_gops']:.0f}" if limits["int8_gops"] else "–"
-    console.print(f"machine: {one_line(mach)}; read {limits['read_gbps']:.1f} GB/s, fp32 "
+    plain(f"machine: {one_line(mach)}; read {limits['read_gbps']:.1f} GB/s, fp32 "
                   f"{limits['fp32_gflops']:.0f} GFLOP/s, int8 {int8} GOP/s (limit = that fraction of these)")
     if json_out is not None:
         import shlex
@@ -226,7 +231,7 @@ def bench(
                "--json", str(json_out)]
         write_json(json_out, {"schema": "bitladder.bench/1", "command": shlex.join(cmd),
                               "torch_threads": __import__("torch").get_num_threads(), "machine": mach, "rows": rows})
-        console.print(f"rows: {json_out}")
+        plain(f"rows: {json_out}")
 
 
 @app.command()
@@ -251,7 +256,7 @@ def export(
     batch = spec.latency_batch
     example = {k: v[:2] for k, v in batch.items()} if isinstance(batch, dict) else batch[:2]
     path = export_onnx(model, example, out, opset, activations, weights)
-    console.print(f"wrote {path} ({path.stat().st_size:,} bytes, opset {opset})")
+    plain(f"wrote {path} ({path.stat().st_size:,} bytes, opset {opset})")
 
 
 @app.command(name="run")
@@ -277,7 +282,7 @@ def run_artifact(
     fid = fidelity(spec, outputs(loaded, spec.eval_batches), ref)
     extra = "" if fid["cos_min"] is None else f", cos min {fid['cos_min']:.4f}, kNN@10 {fid['knn10']:.3f}"
     n = sum(len(next(iter(b.values()))) if isinstance(b, dict) else len(b) for b in spec.eval_batches)
-    console.print(f"{artifact}: {source} ran on {n} inputs; {spec.metric} {fid['fidelity']:.4f}{extra}")
+    plain(f"{artifact}: {source} ran on {n} inputs; {spec.metric} {fid['fidelity']:.4f}{extra}")
 
 
 def main(argv: list[str] | None = None) -> None:

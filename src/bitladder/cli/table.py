@@ -17,13 +17,13 @@ def ladder_table(results: dict) -> Table:
     """Rich table of a ladder or recipe ``results`` dict, one row per rung (plus the metric's own columns)."""
     extra = METRIC_COLUMNS.get(results["metric"], ())
     kind = "recipe" if "recipe" in results else "ladder"
-    t = Table(title=f"bitladder {kind}: {results['model']} ({results['metric']})")
+    t = Table(title=escape(f"bitladder {kind}: {results['model']} ({results['metric']})"))
     for c in ("rung", "fidelity", "drop pt", *(h for h, _, _ in extra), "disk bytes",
               "quant bytes", "theory bytes", "bits/w", "x fp32 speed", "warnings"):
         t.add_column(c, justify="left" if c in ("rung", "warnings") else "right")
     for r in results["rungs"]:
         cells = ("–" if r.get(k) is None else format(r[k], f) for _, k, f in extra)
-        t.add_row(r["rung"], f"{r['fidelity']:.4f}", f"{r['fidelity_drop_pt']:.2f}", *cells,
+        t.add_row(escape(r["rung"]), f"{r['fidelity']:.4f}", f"{r['fidelity_drop_pt']:.2f}", *cells,
                   f"{r['bytes_on_disk']:,}", f"{r['quantized_bytes']:,}", f"{r['theoretical_bytes']:,.0f}",
                   f"{r['bits_per_weight']:.2f}", f"{r['latency_ratio']:.2f}", str(len(r["warnings"])))
     return t
@@ -37,7 +37,7 @@ def warning_lines(rows: list[dict]) -> list[str]:
 
 def inspect_table(path: Path, meta: dict, info: dict) -> Table:
     """Rich table of an artifact's quantised layers from its metadata and header ``info``, with byte totals."""
-    t = Table(title=f"{path} (source: {meta.get('source')}, config: {(meta.get('config') or {}).get('type')})")
+    t = Table(title=escape(f"{path} (source: {meta.get('source')}, config: {(meta.get('config') or {}).get('type')})"))
     for c in ("layer", "handler", "format", "shape", "layout", "bytes"):
         t.add_column(c, justify="right" if c == "bytes" else "left")
     total = 0
@@ -46,7 +46,7 @@ def inspect_table(path: Path, meta: dict, info: dict) -> Table:
         total += nbytes
         lay = lm["layout"]
         desc = lay["granularity"] + (f" {lay['group']}" if lay["granularity"] == "group" else "")
-        t.add_row(name, lm["handler"], lm["qtype"], "x".join(map(str, lm["shape"])), desc, f"{nbytes:,}")
+        t.add_row(escape(name), escape(str(lm["handler"])), escape(str(lm["qtype"])), "x".join(map(str, lm["shape"])), desc, f"{nbytes:,}")
     other = sum(v["nbytes"] for v in info.values()) - total
     t.add_row("(quantised layers)", "", "", "", "", f"{total:,}")
     t.add_row("(other tensors)", "", "", "", "", f"{other:,}")
