@@ -115,7 +115,8 @@ def _measure(spec: ModelSpec, back: torch.nn.Module, ref: torch.Tensor, base: fl
     qbytes = sum(m.qweight.nbytes for m in qs.values())
     numel = _params(back)
     return {"fidelity": fid["fidelity"], "fidelity_drop_pt": 100 * (base - fid["fidelity"]),
-            "cos_min": fid["cos_min"], "knn10": fid["knn10"], "quantized_bytes": qbytes,
+            **{k: v for k, v in fid.items() if k != "fidelity"},  # cos_min, knn10 and the metric's own keys
+            "quantized_bytes": qbytes,
             "theoretical_bytes": sum(m.qweight.theoretical_nbytes for m in qs.values()),
             "bits_per_weight": 8 * qbytes / max(sum(m.qweight.numel for m in qs.values()), 1),
             "params": numel, "fp32_params": _params(spec.model),
