@@ -5,7 +5,11 @@ the process group is then started here: gloo on CPU, nccl on GPU), the student i
 DistributedDataParallel, rank ``r`` trains on ``batches[r::N]`` (uneven shards are handled with DDP's
 ``join``), gradients are averaged across ranks, and only rank 0 writes checkpoints and logs.
 Outside torchrun everything here is a no-op. A script ends with :func:`close` (barrier, then destroy the
-process group): a rank that exits while another still talks to it can abort.
+process group): a rank that exits while another still talks to it can abort. ``close`` also drops the
+references torch itself keeps to the group (``torch.distributed.nn.functional`` takes ``group=group.WORLD``
+as a default argument, evaluated when DDP first imports it), so the group's threads end in ``close`` and
+not inside interpreter exit, where a gloo thread that needs the GIL aborts the process
+(docs/results/gloo-teardown-repro.py).
 
 >>> w = world()
 >>> (w.rank, w.size, w.main), shard([1, 2, 3], w)
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,10 +112,26 @@ def mean(total: float, count: int, w: World) -> float:
     return float(t[0] / t[1])
 
 
+def _unpin(group: Any) -> None:
+    """Replace ``group`` by None (the default group at call time) in the default arguments of torch.distributed's
+    functions, where an import after ``init_process_group`` froze it."""
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith("torch.distributed"):
+            continue
+        for obj in list(vars(module).values()):
+            for f in list(vars(obj).values()) if isinstance(obj, type) else [obj]:
+                if isinstance(f, types.FunctionType) and any(d is group for d in f.__defaults__ or ()):
+                    f.__defaults__ = tuple(None if d is group else d for d in f.__defaults__)
+
+
 def close(w: World) -> None:
-    """Wait for every rank, then end the process group (a no-op in one process)."""
+    """Wait for every rank, then end the process group and its threads (a no-op in one process)."""
     if w.size > 1:
         import torch.distributed as dist
 
+        group = dist.group.WORLD
         dist.barrier()
         dist.destroy_process_group()
+        _unpin(group)
+        # the last reference: gloo's threads are joined here, while the interpreter can still give them the GIL
+        del group
