@@ -14,6 +14,8 @@ LayerNorm) or "heads" (an attention block's inner head dimension). A handler has
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass
 
 import torch
@@ -59,16 +61,16 @@ def _param(m: nn.Module, name: str, idx: torch.Tensor, axis: int = 0) -> None:
         setattr(m, name, nn.Parameter(t.index_select(axis, idx).clone(), requires_grad=t.requires_grad))
 
 
-class Handler:
+class Handler(abc.ABC):
     """How one layer type is scored and sliced along its channel axes."""
 
+    @abc.abstractmethod
     def score(self, m: nn.Module, axis: str, importance: str) -> torch.Tensor:
         """One importance value per position along ``axis`` of ``m``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def keep(self, m: nn.Module, axis: str, idx: torch.Tensor) -> None:
         """Keep only positions ``idx`` along ``axis`` of ``m``, in place."""
-        raise NotImplementedError
 
 
 class Dense(Handler):
