@@ -22,7 +22,6 @@ from bitladder.formats.qtypes import QTYPES
 BIG = 2**31  # no dimension, size or count of a real layer reaches this
 _MODULE = re.compile(r"(?:[^\s.\[\]]+(?:\.[^\s.\[\]]+)*)?")  # '' is the model itself; '[' is rich markup
 _WORD = re.compile(r"[\w.:+-]{1,200}")  # names printed in tables: no markup brackets, no spaces
-_POLICIES = ("auto", "dequant-fp32", "int8-w8a8", "int8-w8a8-token")  # besides registered kernel names
 
 
 def _int(v, lo: int = 1, hi: int = BIG) -> bool:
@@ -64,13 +63,13 @@ def _check_layer(name, lm) -> None:
 
 
 def _check_extras(where: str, lm: dict, shape: list) -> None:
-    from bitladder.kernels import KERNELS
+    from bitladder.kernels.select import policies
 
     numel = 1
     for s in shape:
         numel *= s
-    if "kernel" in lm and not (_one_of(lm["kernel"], _POLICIES) or _one_of(lm["kernel"], KERNELS)):
-        raise _fail(where, "kernel", f"one of {', '.join(_POLICIES)} or a registered kernel", lm["kernel"])
+    if "kernel" in lm and not _one_of(lm["kernel"], policies()):
+        raise _fail(where, "kernel", "a kernel policy (auto, a family or a registered kernel)", lm["kernel"])
     for key in ("method", "scale_dtype"):
         if lm.get(key) is not None and not isinstance(lm[key], str):
             raise _fail(where, key, "a string", lm[key])
