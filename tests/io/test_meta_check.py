@@ -35,7 +35,7 @@ def test_real_metadata_passes():
     ({"layout": {"granularity": "group", "axis": 0, "group": None}}, ["layout group must be a positive group size"]),
     ({"layout": {"granularity": "channel", "axis": 4, "group": None}}, ["layout axis must be an axis of the 4-d"]),
     ({"layout": {"granularity": "row", "axis": 0, "group": None}}, ["granularity must be one of tensor"]),
-    ({"kernel": "fastest"}, ["kernel must be one of auto"]),
+    ({"kernel": "fastest"}, ["kernel must be a kernel policy"]),
     ({"in_scale": 10**12}, ["in_scale must be the number of input channels"]),
     ({"act": {"qtype": "binary", "observer": "learned-shift"}}, ["act channels"]),
     ({"act": {"qtype": "int8", "dynamic": "row"}}, ["act must be an object with dynamic null or 'token'"]),
