@@ -17,7 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: Columns worth a glance, in table order (the JSON keys themselves; units: docs/DESIGN.md, 'Results schema').
 COLUMNS = (
-    "case", "shape", "batch", "model", "rung", "method", "rotate", "variant",
+    "case", "shape", "batch", "model", "network", "rung", "method", "rotate", "variant", "flops_ratio",
+    "params_ratio", "speedup", "fidelity_pruned", "fidelity_recovered", "drop_pt",
     "params", "macs", "bytes_on_disk", "quantized_bytes", "bytes_fp32", "bytes_int4", "bits_per_weight",
     "latency_ms", "ratio_vs_fp32", "ratio_vs_fp32_iqr", "ratio_vs_fp32_onnx", "stream_latency_ms",
     "stream_ratio_vs_fp32", "latency_ratio", "limit_fraction",
