@@ -22,6 +22,7 @@ from bitladder.formats.qtypes import QTYPES
 BIG = 2**31  # no dimension, size or count of a real layer reaches this
 _MODULE = re.compile(r"(?:[^\s.\[\]]+(?:\.[^\s.\[\]]+)*)?")  # '' is the model itself; '[' is rich markup
 _WORD = re.compile(r"[\w.:+-]{1,200}")  # names printed in tables: no markup brackets, no spaces
+_HF = re.compile(r"hf:/[^\x00-\x1f\x7f\[\]]{1,4000}")  # a model folder's absolute path: no control characters
 
 
 def _int(v, lo: int = 1, hi: int = BIG) -> bool:
@@ -147,8 +148,8 @@ def check_meta(meta: dict) -> None:
     artifact bitladder writes could hold; the records of reshaped modules are checked by :func:`check_record`
     when :func:`bitladder.io.structure.rebuild` reads them."""
     source = meta.get("source")
-    if source is not None and not (isinstance(source, str) and _WORD.fullmatch(source)):
-        raise _fail("metadata", "source", "null or a model name", source)
+    if source is not None and not (isinstance(source, str) and (_WORD.fullmatch(source) or _HF.fullmatch(source))):
+        raise _fail("metadata", "source", "null or a model name (or hf:/absolute/folder)", source)
     config = meta.get("config")
     if config is not None and not (isinstance(config, dict) and _WORD.fullmatch(str(config.get("type", "x")))):
         raise _fail("metadata", "config", "null or an object whose type is a config name", config)

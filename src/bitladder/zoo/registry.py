@@ -1,4 +1,5 @@
-"""Resolve a model name to a :class:`ModelSpec`: built-ins, or a user's ``module:function``.
+"""Resolve a model name to a :class:`ModelSpec`: built-ins, a user's ``module:function``, or a local Hugging
+Face causal-LM folder (:mod:`bitladder.zoo.hf_folder`).
 
 What a user factory may return is in :mod:`bitladder.zoo.factory`.
 """
@@ -17,7 +18,8 @@ from bitladder.zoo.spec import ModelSpec
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _MODULES = {"digits": "digits", "minilm": "minilm", "tinylm": "causal_lm"}  # built-in name -> zoo module
 BUILTINS = tuple(_MODULES)
-ACCEPTED = "a built-in name (digits, minilm, tinylm) or a factory 'package.module:function'"
+ACCEPTED = ("a built-in name (digits, minilm, tinylm), a factory 'package.module:function' or a Hugging Face "
+            "folder (config.json + safetensors)")
 
 
 def _builtin_module(name: str):
@@ -37,6 +39,10 @@ def build_builtin(source: str | None) -> nn.Module:
         return DigitsCNN().eval()
     if source in ("minilm", "tinylm"):
         return _builtin_module(source).build()
+    if isinstance(source, str) and source.startswith("hf:"):  # a Hugging Face folder: safetensors only, no code
+        from bitladder.zoo import hf_folder
+
+        return hf_folder.build(source)
     raise BitladderError(f"artifact source {source!r} is not a built-in model; pass the float model "
                          "(Python: load(path, model=...)) to load it")
 
@@ -45,6 +51,10 @@ def resolve(name: str) -> ModelSpec:
     """The ModelSpec of a built-in model name or a ``module:function`` factory; BitladderError otherwise."""
     if name in BUILTINS:
         return _builtin_spec(name)
+    from bitladder.zoo import hf_folder
+
+    if hf_folder.is_source(name):
+        return hf_folder.spec(name)
     if not _FACTORY.match(name):
         raise BitladderError(f"unknown model {name!r}; accepted: {ACCEPTED}")
     mod_name, fn_name = name.split(":")

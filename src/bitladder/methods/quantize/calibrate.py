@@ -68,11 +68,13 @@ def _short(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
-def _first(out: Any) -> torch.Tensor:
+def first_output(out: Any) -> torch.Tensor:
+    """A block's output tensor (transformers blocks may return a tuple)."""
     return out[0] if isinstance(out, tuple | list) else out
 
 
-def _advance(inp: tuple[tuple, dict], out: torch.Tensor) -> tuple[tuple, dict]:
+def advance(inp: tuple[tuple, dict], out: torch.Tensor) -> tuple[tuple, dict]:
+    """A block's call ``inp`` with its hidden states replaced by ``out`` (the next block's input)."""
     args, kwargs = inp
     if args:
         return (out, *args[1:]), kwargs
@@ -118,18 +120,20 @@ def blockwise(model: nn.Module, names: list[str], batches: list[Any],
         masks = [row_mask(b) for b in batches]
         for b in blocks:
             block = model.get_submodule(b)
-            _groups(block, in_block[b], inputs, masks, make, apply, b + ".", group)
+            groups(block, in_block[b], inputs, masks, make, apply, b + ".", group)
             with torch.no_grad():
-                inputs = [_advance(i, _first(block(*i[0], **i[1]))) for i in inputs]
+                inputs = [advance(i, first_output(block(*i[0], **i[1]))) for i in inputs]
     idle = []
     if outside:
         whole = [((bt,), {}) if not isinstance(bt, dict) else ((), bt) for bt in batches]
-        idle = _groups(model, outside, whole, [row_mask(b) for b in batches], make, apply, "", group)
+        idle = groups(model, outside, whole, [row_mask(b) for b in batches], make, apply, "", group)
     return idle
 
 
-def _groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefix: str, group: bool) -> list[str]:
-    """Quantise ``names`` (inside ``root``) group by group, re-running ``root`` between groups."""
+def groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefix: str, group: bool) -> list[str]:
+    """Quantise ``names`` (inside ``root``, named with ``prefix``) group by group, re-running ``root`` on
+    ``inputs`` (its ``(args, kwargs)`` calls; ``masks``: padding rows per call) between groups; returns the
+    names no input reached."""
     pending = list(names)
     while pending:
         modules = {n: root.get_submodule(n[len(prefix):]) for n in pending}

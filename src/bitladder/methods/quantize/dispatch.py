@@ -75,6 +75,13 @@ def _in_features(module: nn.Module) -> int:
 def calibrated_swap(model: nn.Module, names: list[str], targets: dict[str, type], config, method,
                     calib: list[Any]) -> list[str]:
     """Quantise ``names`` with the calibrated ``method`` block by block; returns the layers it left alone."""
+    make, apply = calibrated_apply(model, targets, config, method)
+    return blockwise(model, names, calib, make, apply)
+
+
+def calibrated_apply(model: nn.Module, targets: dict[str, type], config, method):
+    """``(make, apply)`` for :func:`~bitladder.methods.quantize.calibrate.blockwise`: a collector per layer, and
+    the swap of a layer (named in ``model``) for its quantised counterpart once its inputs are collected."""
     make_collector, build = CALIBRATED[type(method)]
 
     def apply(name: str, module: nn.Module, collector) -> None:
@@ -88,4 +95,4 @@ def calibrated_swap(model: nn.Module, names: list[str], targets: dict[str, type]
             new.set_in_scale(in_scale)
         replace(model, name, new)
 
-    return blockwise(model, names, calib, lambda n, m: make_collector(m), apply)
+    return (lambda n, m: make_collector(m)), apply

@@ -1,0 +1,1 @@
+"""Streamed post-training quantisation: models larger than memory, one block at a time (:mod:`.run`)."""

@@ -1,0 +1,176 @@
+"""A local Hugging Face causal-LM folder (``config.json`` + safetensors weights) as a bitladder model.
+
+The float model is transformers' own class for the folder's ``model_type`` (a row of :data:`ARCHITECTURES`),
+wrapped in :class:`~bitladder.zoo.causal_lm.CausalLM` so its forward returns logits, in fp32 whatever the
+checkpoint's dtype. It is built on the ``meta`` device and filled part by part from the shards
+(:class:`~bitladder.io.hf_shards.Shards`), so a caller may fill only the parts it needs (streamed
+quantisation fills one block at a time). Artifacts record the folder as the source ``hf:/absolute/path``;
+:func:`bitladder.load` rebuilds from it while the folder is there. Text for evaluation and calibration is
+the built-in corpus (:mod:`bitladder.zoo.corpus`), tokenised with the folder's tokenizer if it has one, else
+as bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bitladder.errors import BitladderError
+from bitladder.io.hf_shards import Shards
+from bitladder.zoo import corpus
+from bitladder.zoo.causal_lm import CausalLM, blocks, encode
+from bitladder.zoo.spec import ModelSpec
+
+PREFIX = "hf:"
+EVAL_SENTENCES = 256
+CALIB_SENTENCES = 256
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def _llama(cfg_dict: dict, device: str) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    cfg = LlamaConfig.from_dict(cfg_dict)
+    cfg._attn_implementation = "sdpa"  # both paths (streamed and in memory) must run the same attention
+    with torch.device(device):
+        lm = LlamaForCausalLM(cfg)
+    lm.model.rotary_emb = LlamaRotaryEmbedding(config=cfg)  # its buffers are computed, not in the checkpoint
+    return lm
+
+
+#: model_type -> builder of the (unfilled) transformers model on a device; the layout every row must have:
+#: model.embed_tokens, model.layers.N, model.norm, lm_head (tied to the embedding when the config says so)
+ARCHITECTURES: dict[str, Callable[[dict, str], nn.Module]] = {"llama": _llama}
+
+
+def is_source(name: str | None) -> bool:
+    """Whether ``name`` is an HF-folder source (``hf:PATH``) or a folder holding a config.json."""
+    if not isinstance(name, str) or not name:
+        return False
+    return name.startswith(PREFIX) or (Path(name) / "config.json").is_file()
+
+
+def folder_of(name: str) -> Path:
+    """The folder of ``hf:PATH`` or of a plain path, checked: it exists and holds a config.json."""
+    folder = Path(name[len(PREFIX):] if name.startswith(PREFIX) else name)
+    if not folder.is_dir():
+        raise BitladderError(f"model folder {folder} does not exist; accepted: a folder with config.json and "
+                             "safetensors weights")
+    if not (folder / "config.json").is_file():
+        raise BitladderError(f"{folder} has no config.json; accepted: a Hugging Face model folder (config.json "
+                             "and safetensors weights)")
+    return folder
+
+
+def source_of(folder: str | os.PathLike) -> str:
+    """The artifact source naming ``folder``: ``hf:`` and its absolute path."""
+    return PREFIX + str(Path(folder).resolve())
+
+
+def read_config(folder: Path) -> dict:
+    """config.json as a dict; BitladderError if it is not JSON or names an architecture not supported."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BitladderError(f"{folder / 'config.json'} is not valid JSON") from None
+    kind = cfg.get("model_type") if isinstance(cfg, dict) else None
+    if kind not in ARCHITECTURES:
+        raise BitladderError(f"{folder}: unsupported architecture {kind!r}; accepted model_type: "
+                             f"{', '.join(ARCHITECTURES)}")
+    return cfg
+
+
+def skeleton(folder: Path) -> CausalLM:
+    """The float model with every weight on the ``meta`` device (no memory), computed buffers real."""
+    cfg = read_config(folder)
+    return CausalLM(ARCHITECTURES[cfg["model_type"]](cfg, "meta")).eval()
+
+
+def checkpoint_name(name: str, shards: Shards, tied: bool) -> str:
+    """Where weight ``name`` (of the transformers model) lies in the checkpoint: a tied head reads the
+    embedding."""
+    if name == "lm_head.weight" and name not in shards and tied:
+        return "model.embed_tokens.weight"
+    return name
+
+
+def fill(module: nn.Module, prefix: str, shards: Shards, tied: bool) -> nn.Module:
+    """Replace ``module``'s parameters (on meta) by the checkpoint's tensors ``prefix + name``, as fp32."""
+    state = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        t = shards.get(checkpoint_name(prefix + name, shards, tied))
+        if tuple(t.shape) != tuple(p.shape):
+            raise BitladderError(f"{shards.folder}: {prefix + name} has shape {list(t.shape)} in the checkpoint, "
+                                 f"config.json implies {list(p.shape)}")
+        state[name] = t.float() if t.is_floating_point() else t
+    module.load_state_dict(state, strict=False, assign=True)
+    return module
+
+
+def build(name: str) -> CausalLM:
+    """The whole float model of an HF folder (``hf:PATH`` or a path), weights read from its shards."""
+    folder = folder_of(name)
+    model = skeleton(folder)
+    shards = Shards(folder)
+    lm = model.lm
+    fill(lm, "", shards, bool(lm.config.tie_word_embeddings))
+    if lm.config.tie_word_embeddings:
+        lm.lm_head.weight = lm.model.embed_tokens.weight  # one tensor, as transformers ties them
+    return model.eval()
+
+
+def tokenize(folder: Path, sentences: list[str], vocab: int) -> torch.Tensor:
+    """The sentences as one token stream: the folder's tokenizer if it has one, else UTF-8 bytes."""
+    if any((folder / f).is_file() for f in TOKENIZER_FILES):
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(str(folder))
+        except Exception as e:  # noqa: BLE001 - tokenizer loaders raise many types
+            raise BitladderError(f"{folder}: cannot load its tokenizer: {str(e).splitlines()[0][:200]}") from None
+        ids = torch.tensor(tok("\n".join(sentences) + "\n", add_special_tokens=False)["input_ids"], dtype=torch.long)
+    else:
+        ids = encode(sentences)
+    if len(ids) and int(ids.max()) >= vocab:
+        raise BitladderError(f"{folder}: its vocabulary ({vocab}) is smaller than the tokens of the text "
+                             f"(max id {int(ids.max())}); add a tokenizer to the folder")
+    return ids
+
+
+def context(cfg: dict) -> int:
+    """Tokens per calibration / evaluation row: 128, or fewer if the model's positions end sooner."""
+    return min(128, int(cfg.get("max_position_embeddings") or 128))
+
+
+def calibration(folder: Path, rows: int | None, batch: int = 8) -> list[torch.Tensor]:
+    """``rows`` calibration rows of corpus text (never the evaluation half; None: up to 64), ``batch`` rows
+    per tensor."""
+    cfg = read_config(folder)
+    stream = tokenize(folder, corpus.calibration_sentences(CALIB_SENTENCES), cfg["vocab_size"])
+    t = context(cfg)
+    have = len(stream) // t
+    rows = min(64, have) if rows is None else rows
+    if not 0 < rows <= have:
+        raise BitladderError(f"calibration rows must be in 1..{have} (the corpus gives {have} rows of {t} "
+                             f"tokens), got {rows}")
+    return blocks(stream[: rows * t], batch, t)
+
+
+def spec(name: str) -> ModelSpec:
+    """The ModelSpec of an HF folder: the whole float model, perplexity on held-out corpus text."""
+    folder = folder_of(name)
+    cfg = read_config(folder)
+    t = context(cfg)
+    evals = blocks(tokenize(folder, corpus.eval_sentences(EVAL_SENTENCES), cfg["vocab_size"]), 16, t)
+    calib = calibration(folder, None, 16)
+    source = source_of(folder)
+    return ModelSpec(name=folder.name, model=build(source), metric="perplexity", eval_batches=evals,
+                     targets=torch.cat(evals), latency_batch=evals[0][:4], calib_batches=calib,
+                     train_batches=calib, default_rungs=["fp32", "fp16", "int8", "int4-g32", "int4-g32-gptq"],
+                     source=source, factory=lambda: build(source))
