@@ -68,6 +68,8 @@ def compress(
     recipe: Path = typer.Argument(..., help="a YAML recipe (see examples/)"),
     out: Path = typer.Option(None, help="folder for the artifact, results.json and report.html (default: the "
                                         "recipe's 'out', else runs/NAME)"),
+    distributed: str = typer.Option(None, help="training steps under torchrun: ddp (replicated) or fsdp (sharded "
+                                               "parameters and optimiser state); default: the recipe's, else ddp"),
 ) -> None:
     """Run a recipe: prune, quantise, train low-bit layers, distil, export and evaluate, in one go."""
     from bitladder.pipeline.recipe.compress import run_recipe
@@ -264,6 +266,10 @@ def run_artifact(
     artifact: Path = typer.Argument(..., help="a .safetensors artifact written by bitladder"),
     model: str = typer.Option(None, help="the model's factory 'package.module:function' (artifacts of a "
                                          "built-in model need none)"),
+    pipeline: int = typer.Option(0, "--pipeline", help="split the model into N stages by stored bytes, one per "
+                                 "process: launch with torchrun --nproc-per-node N --no-python bitladder run ..."),
+    microbatches: int = typer.Option(4, help="with --pipeline: micro-batches per batch"),
+    timeout: float = typer.Option(300.0, help="with --pipeline: seconds any send, receive or barrier may wait"),
 ) -> None:
     """Load an artifact in this fresh process and run it on sample inputs of its model."""
     from bitladder.io.artifact import load, read_header
@@ -272,6 +278,13 @@ def run_artifact(
 
     if artifact.suffix == ".onnx":
         raise BitladderError("run takes a .safetensors artifact; run .onnx files with onnxruntime directly")
+    if pipeline:
+        from bitladder.pipeline.parallel.evaluate import Pipeline
+        from bitladder.pipeline.parallel.run import run_pipelined
+
+        if (line := run_pipelined(artifact, model, Pipeline(pipeline, microbatches, timeout))) is not None:
+            plain(line)  # the last stage's rank holds the outputs and prints
+        return
     meta, _ = read_header(artifact)
     source = model or meta.get("source")
     if source not in BUILTINS and model is None:
