@@ -6,6 +6,10 @@ Loading checks, in order: the file parses (else truncated or corrupt), the check
 fingerprint (state names and shapes) matches the model, the training config matches; each failure is one
 :class:`BitladderError` naming what differs.
 
+A model sharded with FSDP2 (DTensor parameters and optimiser state) is saved whole, in the same format:
+every rank calls :func:`save` (the gathers are collectives) and only the one with ``write=True`` keeps the
+tensors and writes the file; :func:`load` gives each rank its shard of the whole tensors it reads.
+
 >>> import pathlib, tempfile, torch
 >>> m = torch.nn.Linear(2, 2)
 >>> opt = torch.optim.SGD(m.parameters(), lr=0.1)
@@ -31,6 +35,7 @@ from torch import nn
 
 from bitladder.atomic import atomic_path
 from bitladder.errors import BitladderError
+from bitladder.methods.train.shards import full, local
 
 SCHEMA = "bitladder.checkpoint/1"
 KEY = "bitladder.checkpoint"
@@ -59,13 +64,16 @@ def _jsonable(value: Any, what: str) -> Any:
 
 
 def save(path: str | os.PathLike, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-         generator: torch.Generator, epoch: int, config: dict) -> Path:
-    """Write the state after ``epoch`` completed epochs to ``path`` atomically; returns the path."""
+         generator: torch.Generator, epoch: int, config: dict, write: bool = True) -> Path | None:
+    """Write the state after ``epoch`` completed epochs to ``path`` atomically; returns the path. With
+    ``write=False`` only take part in gathering a sharded model's state (another rank writes); returns None."""
     tensors: dict[str, torch.Tensor] = {}
     model_extra = {}
     for k, v in model.state_dict().items():
         if isinstance(v, torch.Tensor):
-            tensors[f"model/{k}"] = v.detach().cpu().contiguous().clone()
+            whole = full(v.detach())  # gathered one tensor at a time; a non-writing rank drops it at once
+            if write:
+                tensors[f"model/{k}"] = whole.cpu().contiguous().clone()
         else:
             model_extra[k] = _jsonable(v, f"model state {k!r}")
     state = opt.state_dict()
@@ -73,9 +81,13 @@ def save(path: str | os.PathLike, model: nn.Module, opt: torch.optim.Optimizer, 
     for idx, entries in state["state"].items():
         for name, v in entries.items():
             if isinstance(v, torch.Tensor):
-                tensors[f"optim/{idx}/{name}"] = v.detach().cpu().contiguous().clone()
+                whole = full(v.detach())
+                if write:
+                    tensors[f"optim/{idx}/{name}"] = whole.cpu().contiguous().clone()
             else:
                 optim_extra.setdefault(str(idx), {})[name] = _jsonable(v, f"optimizer state {name!r}")
+    if not write:
+        return None
     tensors["rng/generator"] = generator.get_state()
     tensors["rng/torch"] = torch.get_rng_state()
     meta = {"schema": SCHEMA, "epoch": epoch, "fingerprint": fingerprint(model), "config": config,
@@ -133,21 +145,25 @@ def load(path: str | os.PathLike, model: nn.Module, opt: torch.optim.Optimizer, 
         diff = _differences(meta["config"], config, "setting")
         raise BitladderError(f"checkpoint {path} was written with other training settings: {diff}")
     try:
-        model_state: dict[str, Any] = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
+        ours = model.state_dict()
+        model_state: dict[str, Any] = {k[6:]: local(v, ours[k[6:]]) for k, v in tensors.items()
+                                       if k.startswith("model/")}
         model_state.update(meta["model_extra"])
         model.load_state_dict(model_state)
+        params = [p for g in opt.param_groups for p in g["params"]]
         state: dict[int, dict] = {}
         for k, v in tensors.items():
             if k.startswith("optim/"):
                 _, idx, name = k.split("/", 2)
-                state.setdefault(int(idx), {})[name] = v
+                p = params[int(idx)]  # (an index past the end is caught below, as any misfit)
+                state.setdefault(int(idx), {})[name] = local(v, p) if v.shape == p.shape else v
         for idx, extra in meta["optim_extra"].items():
             state.setdefault(int(idx), {}).update(extra)
         opt.load_state_dict({"state": state, "param_groups": meta["optim_groups"]})
         sched.load_state_dict(meta["scheduler"])
         generator.set_state(tensors["rng/generator"])
         torch.set_rng_state(tensors["rng/torch"])
-    except (KeyError, ValueError, RuntimeError) as e:
+    except (KeyError, ValueError, RuntimeError, IndexError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BitladderError(f"checkpoint {path} does not fit this training run ({msg})") from None
     return int(meta["epoch"])

@@ -11,6 +11,10 @@ as a default argument, evaluated when DDP first imports it), so the group's thre
 not inside interpreter exit, where a gloo thread that needs the GIL aborts the process
 (docs/results/gloo-teardown-repro.py).
 
+The group started here has a timeout (``world(timeout=...)``, 600 s by default): a collective that waits
+longer for a rank that died or stalled raises on the waiting ranks, torchrun ends the job and names the
+failed rank and its error, rather than hanging. This is distributed mode ``ddp`` (:mod:`.modes`).
+
 >>> w = world()
 >>> (w.rank, w.size, w.main), shard([1, 2, 3], w)
 ((0, 1, True), [1, 2, 3])
@@ -24,13 +28,17 @@ import sys
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 from torch import nn
 
 from bitladder.errors import BitladderError
+from bitladder.methods.train import modes
 from bitladder.nn.select import run
+
+TIMEOUT_S = 600.0  # a collective waits this long for the other ranks before the job ends
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,9 @@ class World:
         return self.rank == 0
 
 
-def world() -> World:
-    """This process's rank and the number of processes; starts the process group under torchrun."""
+def world(timeout: float = TIMEOUT_S) -> World:
+    """This process's rank and the number of processes; starts the process group under torchrun, with
+    ``timeout`` seconds for every collective."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -60,7 +69,9 @@ def world() -> World:
         return World()
     if not dist.is_available():
         raise BitladderError(f"WORLD_SIZE={size} but this PyTorch build has no torch.distributed")
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if not timeout > 0:
+        raise BitladderError(f"the distributed timeout must be > 0 seconds, got {timeout}")
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(seconds=timeout))
     return World(dist.get_rank(), dist.get_world_size())
 
 
@@ -94,6 +105,19 @@ def wrap(model: nn.Module, w: World, first_batch: Any) -> nn.Module:
     # some trainable parameters may take no part in the loss (a binary QAT layer's unused step, a head
     # the loss skips); DDP must be told, or it waits for their gradients forever
     return DistributedDataParallel(model, find_unused_parameters=True)
+
+
+@modes.register("ddp", needs="any model with trainable parameters; every rank holds the whole student and "
+                             "its optimiser state")
+class DDPRunner(modes.Runner):
+    """The student wrapped in DistributedDataParallel; uneven shards are joined."""
+
+    def __init__(self, student: nn.Module, w: World, first_batch: Any) -> None:
+        self.module = student
+        self.model = wrap(student, w, first_batch)
+
+    def context(self) -> contextlib.AbstractContextManager:
+        return join(self.model)
 
 
 def join(model: nn.Module) -> contextlib.AbstractContextManager:

@@ -12,7 +12,10 @@ Run options on :class:`Train`: ``log_dir`` writes TensorBoard scalars (loss and 
 ``checkpoint`` writes the whole training state after every epoch (safetensors, atomically) and
 ``resume=True`` continues from it when the file exists (a fresh start otherwise, so the same command
 restarts a killed job); the resumed run ends with exactly the weights of an uninterrupted one. Under
-``torchrun`` the same call trains with DistributedDataParallel (see :mod:`.ddp`).
+``torchrun`` the same call trains in the distributed mode ``distributed`` names: ``ddp``
+(DistributedDataParallel, :mod:`.ddp`) or ``fsdp`` (parameters and optimiser state sharded with FSDP2,
+:mod:`.fsdp`); both write the same checkpoint, so either resumes the other's. ``timeout`` (seconds) bounds
+every collective when ``fit`` starts the process group.
 
 >>> import torch
 >>> m = torch.nn.Linear(4, 3)
@@ -23,6 +26,7 @@ True
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,20 +38,22 @@ from torch import nn
 
 from bitladder.errors import BitladderError
 from bitladder.methods.train import checkpoint as ckpt
-from bitladder.methods.train import ddp
+from bitladder.methods.train import ddp, fsdp, modes, shards
 from bitladder.methods.train.distill import Hints, distill_loss, hint_loss
 from bitladder.methods.train.progress import Progress
 from bitladder.nn.select import run
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
-RUN_FIELDS = ("log_dir", "checkpoint", "resume")  # where a run writes, not what it computes
+RUN_FIELDS = ("log_dir", "checkpoint", "resume", "distributed", "timeout")  # how a run goes, not what it computes
+assert fsdp.FSDPRunner  # imported to register mode 'fsdp' (ddp registers 'ddp')
 
 
 @dataclass(frozen=True)
 class Train:
     """Epochs over the given batches, optimiser, learning rate, schedule, seed, distillation knobs; where
-    to log (TensorBoard folder), checkpoint, and whether to resume."""
+    to log (TensorBoard folder), checkpoint, whether to resume; the distributed mode under torchrun and its
+    collective timeout in seconds."""
 
     epochs: int = 10
     lr: float = 1e-3
@@ -62,6 +68,8 @@ class Train:
     log_dir: str | None = None
     checkpoint: str | None = None
     resume: bool = False
+    distributed: str = "ddp"
+    timeout: float = ddp.TIMEOUT_S
     version: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -88,6 +96,9 @@ class Train:
                 if not isinstance(value, str | os.PathLike) or not str(value):
                     raise BitladderError(f"{name} must be a path, got {value!r}")
                 object.__setattr__(self, name, str(value))
+        modes.get(self.distributed)
+        if not (isinstance(self.timeout, int | float) and self.timeout > 0):
+            raise BitladderError(f"timeout must be > 0 seconds, got {self.timeout!r}")
         if self.resume and self.checkpoint is None:
             raise BitladderError("resume=True needs checkpoint=PATH (the file to resume from)")
 
@@ -96,6 +107,8 @@ class Train:
         d = {"type": "Train", "version": self.version, **asdict(self), "hint_layers": list(self.hint_layers)}
         if self.hint == 0:  # no hint: the same dict as before the option existed (old checkpoints resume)
             del d["hint"], d["hint_layers"]
+        if self.distributed == "ddp" and self.timeout == ddp.TIMEOUT_S:  # likewise for the defaults
+            del d["distributed"], d["timeout"]
         return d
 
     def settings(self) -> dict:
@@ -144,48 +157,61 @@ def _optimizer(params: list[nn.Parameter], config: Train) -> tuple[torch.optim.O
     return opt, sched
 
 
+def _collective_failure(e: RuntimeError) -> bool:
+    """Whether ``e`` is a collective that timed out or lost its peer (gloo raises plain RuntimeErrors)."""
+    import torch.distributed as dist
+
+    return isinstance(e, dist.DistError) or "gloo" in str(e)
+
+
 def fit(student: nn.Module, batches: list[Any], targets: list[torch.Tensor] | None, config: Train,
         teacher: nn.Module | None = None, metric: str = "accuracy",
-        on_epoch: Callable[[int, float], None] | None = None) -> nn.Module:
+        on_epoch: Callable[[int, float], None] | None = None,
+        probe: Callable[[nn.Module, torch.optim.Optimizer], None] | None = None) -> nn.Module:
     """Train ``student`` in place on ``batches`` (with ``targets`` for classifiers); returns it in eval mode.
 
-    ``on_epoch(epoch, mean_loss)`` is called after each epoch (on every rank, with the loss over all ranks).
+    ``on_epoch(epoch, mean_loss)`` is called after each epoch (on every rank, with the loss over all ranks);
+    ``probe(module, optimizer)`` once after the last epoch on every rank, with the module as trained (sharded
+    under fsdp) and its optimiser, e.g. to measure what each rank holds.
     """
     if not batches:
         raise BitladderError("no training batches")
     if targets is not None and len(targets) != len(batches):
         raise BitladderError(f"{len(batches)} training batches but {len(targets)} target batches")
-    w = ddp.world()
+    w = ddp.world(config.timeout)
+    count = math.ceil(len(batches) / w.size)  # the most batches a rank gets: every rank runs this many steps
     batches = ddp.shard(batches, w)
     targets = None if targets is None else ddp.shard(targets, w)
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed)
     _freeze_packed(student)
-    params = [p for p in student.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in student.parameters()):
         raise BitladderError("the model has no trainable parameters (every layer is packed)")
-    opt, sched = _optimizer(params, config)
     masks = _zero_masks(student)
-    start = 0
-    if config.resume and Path(config.checkpoint).exists():
-        start = ckpt.load(config.checkpoint, student, opt, sched, g, config.settings())
     if teacher is not None:
         teacher.eval()
     elif config.hint > 0:
         raise BitladderError("hint > 0 needs a teacher")
     student.train()
-    model = ddp.wrap(student, w, batches[0])
+    runner = modes.start(config.distributed, student, w, batches[0])
+    module = runner.module
+    opt, sched = _optimizer([p for p in module.parameters() if p.requires_grad], config)
+    masks = {n: shards.local(mk, module.get_submodule(n).weight) for n, mk in masks.items()}
+    start = 0
+    if config.resume and Path(config.checkpoint).exists():
+        start = ckpt.load(config.checkpoint, module, opt, sched, g, config.settings())
     log = Progress(config.log_dir, write=w.main)
     hints: list[Hints] = []
     try:
         if config.hint > 0:  # one at a time, so that hooks already placed are removed if the next fails
-            hints.append(Hints(student, config.hint_layers))
+            hints.append(Hints(module, config.hint_layers))
             hints.append(Hints(teacher, config.hint_layers))
         for epoch in range(start, config.epochs):
             total = 0.0
-            with ddp.join(model):
-                for step, i in enumerate(torch.randperm(len(batches), generator=g).tolist()):
-                    out = run(model, batches[i])
+            with runner.context():
+                order = torch.randperm(len(batches), generator=g).tolist()
+                for step, (i, weight) in enumerate(runner.steps(order, count)):
+                    out = run(runner.model, batches[i])
                     soft = None
                     if teacher is not None:
                         with torch.no_grad():
@@ -194,26 +220,39 @@ def fit(student: nn.Module, batches: list[Any], targets: list[torch.Tensor] | No
                     if hints:
                         loss = loss + config.hint * hint_loss(hints[0].out, hints[1].out)
                     opt.zero_grad()
-                    loss.backward()
+                    (loss if weight == 1.0 else loss * weight).backward()  # weight 0: a padding step (fsdp)
+                    runner.before_step()
                     opt.step()
-                    value = float(loss.detach())
-                    total += value
-                    log.step(epoch * len(batches) + step, value, opt.param_groups[0]["lr"])
+                    if weight:
+                        value = float(loss.detach())
+                        total += value
+                        log.step(epoch * len(batches) + step, value, opt.param_groups[0]["lr"])
                     with torch.no_grad():
                         for n, mk in masks.items():
-                            student.get_submodule(n).weight.mul_(mk)
+                            module.get_submodule(n).weight.mul_(mk)
+                runner.epoch_end()
             sched.step()
             mean = ddp.mean(total, len(batches), w)
             log.epoch(epoch, mean)
-            if config.checkpoint and w.main:
-                ckpt.save(config.checkpoint, student, opt, sched, g, epoch + 1, config.settings())
+            if config.checkpoint and (w.main or runner.collective_state):
+                ckpt.save(config.checkpoint, module, opt, sched, g, epoch + 1, config.settings(), write=w.main)
             if on_epoch:
                 on_epoch(epoch, mean)
+        if probe:
+            probe(module, opt)
+        runner.finish(student)
+    except RuntimeError as e:
+        if w.size > 1 and _collective_failure(e):  # one line naming this rank, not gloo's traceback
+            msg = str(e).split("] ", 1)[-1].splitlines()[0]
+            raise BitladderError(f"rank {w.rank}: a collective failed, another rank died or stalled (timeout "
+                                 f"{config.timeout:g} s): {msg}") from None
+        raise
     finally:
         log.close()
         for h in hints:
             h.close()
-        # drop the DDP wrapper here, also when training stops on an exception: a traceback would keep it
-        # alive past the process group's end, and its destructor then aborts the process (SIGABRT)
-        model = None  # noqa: F841
+        # drop the DDP / FSDP wrapper here, also when training stops on an exception: a traceback would keep
+        # it alive past the process group's end, and its destructor then aborts the process (SIGABRT)
+        runner.close()
+        module = opt = None  # noqa: F841
     return student.eval()

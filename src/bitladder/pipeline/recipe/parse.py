@@ -12,6 +12,9 @@ lowrank) on float weights, then quantize (packed, post-training), then lowbit (q
 layers), training steps (finetune, distill) anywhere before export, export and evaluate last. A lowbit
 step must be followed by a training step. Errors name the field and its line in the file.
 
+``distributed: {mode: ddp|fsdp}`` (top level) is how the training steps run under ``torchrun``: replicated
+(DDP, the default) or sharded (FSDP2); a training step's own ``distributed`` overrides it.
+
 >>> r = parse_recipe("model: digits\\nsteps:\\n  - quantize: {rung: int8}\\n")
 >>> [s.kind for s in r.steps]
 ['quantize']
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -43,12 +46,20 @@ class Step(BaseModel):
     line: int
 
 
+class Distributed(BaseModel):
+    """How training steps run under torchrun: ``mode`` ddp (replicated) or fsdp (sharded parameters)."""
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["ddp", "fsdp"] = "ddp"
+
+
 class Recipe(BaseModel):
-    """A recipe file's top level: the model, an optional name and output folder, and the raw steps."""
+    """A recipe file's top level: the model, an optional name and output folder, the distributed training
+    mode, and the raw steps."""
     model_config = ConfigDict(extra="forbid")
     model: str
     name: str | None = None
     out: str | None = None
+    distributed: Distributed | None = None
     steps: list[Any]
 
     @field_validator("model")
@@ -84,6 +95,15 @@ class _Parsed:
     def __init__(self, recipe: Recipe, steps: list[Step]) -> None:
         self.model, self.out, self.steps = recipe.model, recipe.out, steps
         self.name = recipe.label
+        if recipe.distributed is not None:
+            self.distribute(recipe.distributed.mode, override=False)
+
+    def distribute(self, mode: str, override: bool = True) -> None:
+        """Train the training steps in distributed ``mode`` (those that name their own keep it unless
+        ``override``)."""
+        for s in self.steps:
+            if s.body.training and (override or s.body.distributed is None):
+                s.body.distributed = Distributed(mode=mode).mode
 
     def to_dict(self) -> dict:
         return {"model": self.model, "name": self.name,

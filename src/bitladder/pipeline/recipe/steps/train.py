@@ -15,20 +15,22 @@ from bitladder.pipeline.recipe.steps.base import State, StepBody, step
 class Finetune(StepBody):
     """Train the current model: epochs, learning rate, optimizer, schedule and seed. ``checkpoint``: write the
     training state after every epoch into the output folder and, when the same recipe runs again there (after
-    a kill), resume from it: the result equals an uninterrupted run."""
+    a kill), resume from it: the result equals an uninterrupted run. ``distributed``: ddp or fsdp under torchrun
+    (default: the recipe's ``distributed: {mode: ...}``, else ddp)."""
     epochs: int = 10
     lr: float = 1e-3
     optimizer: Literal["adamw", "sgd"] = "adamw"
     schedule: Literal["cosine", "constant"] = "cosine"
     seed: int = 0
     checkpoint: bool = False
+    distributed: Literal["ddp", "fsdp"] | None = None
 
     def config(self, path: Path | None = None):
         """The Train config with these options (checkpointing to ``path`` and resuming from it, if given)."""
         from bitladder.methods.train.trainer import Train
 
         extra = {"checkpoint": str(path), "resume": True} if path is not None else {}
-        return Train(**self.model_dump(exclude={"checkpoint"}), **extra)
+        return Train(**self.model_dump(exclude={"checkpoint"}, exclude_none=True), **extra)
 
     def check(self) -> None:
         self.config()
