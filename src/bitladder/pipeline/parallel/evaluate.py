@@ -62,7 +62,8 @@ def peak_rss_mb() -> float:
 
 
 def _row(rank: int, plan: StagePlan) -> dict:
-    return {"rank": rank, "units": [plan.start, plan.stop], "bytes": plan.nbytes, "peak_rss_mb": round(peak_rss_mb(), 1)}
+    return {"rank": rank, "units": [plan.start, plan.stop], "bytes": plan.nbytes,
+            "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
 def _shape(batches: list[torch.Tensor]) -> tuple[int, ...]:

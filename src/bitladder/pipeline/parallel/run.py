@@ -33,7 +33,8 @@ def run_pipelined(artifact: str | os.PathLike, model: str | None, cfg: Pipeline)
     w = open_world(cfg.stages, cfg.timeout_s)  # a launch that does not fit fails now, before any model is built
     source = model or meta.get("source")
     if source not in BUILTINS and model is None:
-        raise BitladderError(f"{artifact} is not of a built-in model; pass its factory: --model package.module:function")
+        raise BitladderError(f"{artifact} is not of a built-in model; pass its factory: "
+                             "--model package.module:function")
     spec = resolve(source)
     result = evaluate_pipelined(artifact, spec.eval_batches, cfg, factory=spec.fresh_model)
     ddp.close(w)
@@ -42,5 +43,6 @@ def run_pipelined(artifact: str | os.PathLike, model: str | None, cfg: Pipeline)
     fid = fidelity(spec, result.outputs, outputs(spec.model, spec.eval_batches))
     extra = "" if fid["cos_min"] is None else f", cos min {fid['cos_min']:.4f}, kNN@10 {fid['knn10']:.3f}"
     ppl = "" if fid.get("perplexity") is None else f", perplexity {fid['perplexity']:.3f}"
-    return (f"{artifact}: {source} ran on {len(result.outputs)} inputs in {cfg.stages} pipeline stages "
+    stages = f"{cfg.stages} pipeline stage{'s' * (cfg.stages > 1)}"
+    return (f"{artifact}: {source} ran on {len(result.outputs)} inputs in {stages} "
             f"({_stages(result.stages)}); {LABELS.get(spec.metric, spec.metric)} {fid['fidelity']:.4f}{ppl}{extra}")
