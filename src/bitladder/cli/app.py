@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bitladder.cli import info
+from bitladder.cli import info, stream
 from bitladder.errors import BitladderError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -23,6 +23,7 @@ def plain(text: str) -> None:
     console.print(text, markup=False, highlight=False)
 ABORTS = (typer.Abort, KeyboardInterrupt)  # Ctrl-C: exit 130 without a traceback
 info.register(app, console)
+stream.register(app, console)
 
 
 @app.command()
@@ -287,7 +288,7 @@ def run_artifact(
         return
     meta, _ = read_header(artifact)
     source = model or meta.get("source")
-    if source not in BUILTINS and model is None:
+    if source not in BUILTINS and not str(source).startswith("hf:") and model is None:  # HF folders rebuild
         raise BitladderError(f"{artifact} is not of a built-in model; pass its factory: --model package.module:function")
     spec = resolve(source)
     loaded = load(artifact, model=spec.fresh_model())

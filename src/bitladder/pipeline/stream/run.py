@@ -91,8 +91,8 @@ def stream_quantize(folder: str | Path, config, calib: list[torch.Tensor] | None
     out = Path(out)
     if not out.parent.is_dir():
         raise BitladderError(f"output folder {out.parent} does not exist")
+    shards = Shards(folder)  # a missing shard fails before transformers is imported
     model = hf_folder.skeleton(folder)
-    shards = Shards(folder)
     lm = model.lm
     tied = bool(lm.config.tie_word_embeddings)
     blocks = lm.model.layers
