@@ -1,0 +1,62 @@
+"""``bitladder export --to``: each target from the command line on the built-in causal LM, read back by its
+own runtime's reader; options and targets that do not apply are one-line errors with nothing written."""
+
+import pytest
+import torch
+
+import bitladder
+from bitladder import Int
+from bitladder.zoo import causal_lm
+from tests.cli.test_cli import cli, one_line_error
+
+
+@pytest.fixture(scope="module")
+def tinylm_int4(tmp_path_factory):
+    path = tmp_path_factory.mktemp("art") / "tinylm-int4.safetensors"
+    q = bitladder.quantize(causal_lm.pretrained(), Int(bits=4, group=32), exclude=["lm.model.embed_tokens"])
+    bitladder.save(q, path, source="tinylm")
+    return path, q
+
+
+def test_gguf_from_the_command_line_reads_back(tmp_path, tinylm_int4):
+    gguf = pytest.importorskip("gguf", reason="the gguf package (deploy extra) is not installed")
+    art, q = tinylm_int4
+    res = cli("export", str(art), "--to", "gguf", "--out", str(tmp_path / "m.gguf"))
+    assert res.returncode == 0, res.stderr
+    assert "m.gguf" in res.stdout
+    tensors = {t.name: t for t in gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors}
+    down = tensors["blk.1.ffn_down.weight"]
+    back = gguf.quants.dequantize(down.data, down.tensor_type).reshape(q.lm.model.layers[1].mlp.down_proj.qweight.shape)
+    assert down.tensor_type.name == "Q4_0"
+    assert torch.equal(torch.from_numpy(back), q.lm.model.layers[1].mlp.down_proj.qweight.dequantize())
+
+
+def test_hf_folder_from_the_command_line_loads_in_transformers(tmp_path, tinylm_int4):
+    pytest.importorskip("compressed_tensors", reason="compressed-tensors (deploy extra) is not installed")
+    from transformers import AutoModelForCausalLM
+
+    art, q = tinylm_int4
+    res = cli("export", str(art), "--to", "hf", "--out", str(tmp_path / "ckpt"))
+    assert res.returncode == 0, res.stderr
+    x = causal_lm.spec().eval_batches[0][:2]
+    with torch.no_grad():
+        got = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")(input_ids=x).logits
+        assert torch.allclose(got, q(x), atol=1e-5, rtol=1e-5)
+
+
+def test_wrong_target_and_onnx_only_options_are_one_line_errors(tmp_path, tinylm_int4):
+    art, _ = tinylm_int4
+    one_line_error(cli("export", str(art), "--to", "tflite", "--out", str(tmp_path / "m")),
+                   "unknown export target 'tflite'", "onnx, gguf, hf, executorch")
+    one_line_error(cli("export", str(art), "--to", "gguf", "--opset", "17", "--out", str(tmp_path / "m.gguf")),
+                   "opset", "--to onnx only")
+    one_line_error(cli("export", str(art), "--to", "gguf", "--out", str(tmp_path / "nowhere" / "m.gguf")),
+                   "does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_target_gguf_cannot_hold_is_refused_on_the_command_line(tmp_path, digits_spec):
+    art = tmp_path / "digits.safetensors"
+    bitladder.save(bitladder.quantize(digits_spec.model, Int(bits=4, group=32)), art, source="digits")
+    one_line_error(cli("export", str(art), "--to", "gguf", "--out", str(tmp_path / "d.gguf")), "Llama-architecture")
+    assert not (tmp_path / "d.gguf").exists()
