@@ -80,6 +80,10 @@ def compress(
     from bitladder.zoo.registry import resolve
 
     parsed = load_recipe(recipe)
+    if distributed is not None:
+        if distributed not in ("ddp", "fsdp"):  # the recipe's training modes
+            raise BitladderError(f"--distributed must be ddp or fsdp, got {distributed!r}")
+        parsed.distribute(distributed)
     out = out or Path(parsed.out or f"runs/{parsed.name}")
     check_out_dir(out)
     with console.status(f"loading {parsed.model}"):
@@ -239,27 +243,34 @@ def bench(
 
 @app.command()
 def export(
-    artifact: Path = typer.Argument(..., help="a .safetensors artifact of a built-in model"),
-    out: Path = typer.Option(..., "--out", help="the .onnx file to write"),
-    opset: int = typer.Option(21, help="ONNX opset (21 for 4-bit weights)"),
-    activations: str = typer.Option("float", help="float (weight-only), dynamic (int8 MatMulInteger, "
-                                    "a scale per token) or dynamic-tensor (one scale per call)"),
-    weights: str = typer.Option("standard", help="standard (DequantizeLinear, any ONNX runtime) or matmulnbits "
-                                "(onnxruntime's MatMulNBits for Linear layers of 4 bits or fewer: same numerics, "
-                                "faster, onnxruntime only)"),
+    artifact: Path = typer.Argument(..., help="a .safetensors artifact written by bitladder"),
+    out: Path = typer.Option(..., "--out", help="the file (onnx, gguf, executorch) or new folder (hf) to write"),
+    to: str = typer.Option("onnx", "--to", help="onnx (onnxruntime, OpenVINO), gguf (llama.cpp), hf (a Hugging "
+                           "Face compressed-tensors folder) or executorch (.pte for XNNPACK)"),
+    model: str = typer.Option(None, help="the model's factory 'package.module:function' (artifacts of a "
+                                         "built-in model or a Hugging Face folder need none)"),
+    opset: int = typer.Option(None, help="onnx: the opset (default 21, needed for 4-bit weights)"),
+    activations: str = typer.Option(None, help="onnx: float (weight-only, default), dynamic (int8 MatMulInteger, "
+                                    "a scale per token), dynamic-tensor (one scale per call) or static"),
+    weights: str = typer.Option(None, help="onnx: standard (DequantizeLinear, default) or matmulnbits "
+                                "(onnxruntime's MatMulNBits for Linear layers of 4 bits or fewer)"),
 ) -> None:
-    """Export an artifact to ONNX with standard operators (DequantizeLinear), runnable in onnxruntime."""
+    """Export an artifact to a deployment format, carrying bitladder's own quantised weights."""
     from bitladder.io.artifact import load, read_header
-    from bitladder.io.onnx_export import export_onnx
-    from bitladder.zoo.registry import build_builtin, resolve
+    from bitladder.io.targets import check, export as write
+    from bitladder.zoo.registry import resolve
 
+    tgt = check(to, out, opset=opset, activations=activations, weights=weights)
     meta, _ = read_header(artifact)
-    model = load(artifact, builder=build_builtin)
-    spec = resolve(meta["source"])
+    if not (model or meta.get("source")):
+        raise BitladderError(f"{artifact} does not say which model it is; pass its factory: --model package.module:function")
+    spec = resolve(model or meta["source"])
+    loaded = load(artifact, model=spec.fresh_model())
     batch = spec.latency_batch
     example = {k: v[:2] for k, v in batch.items()} if isinstance(batch, dict) else batch[:2]
-    path = export_onnx(model, example, out, opset, activations, weights)
-    plain(f"wrote {path} ({path.stat().st_size:,} bytes, opset {opset})")
+    path = write(tgt.name, loaded, example, out, opset=opset, activations=activations, weights=weights)
+    size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    plain(f"wrote {path} ({size:,} bytes, {tgt.name})")
 
 
 @app.command(name="run")
