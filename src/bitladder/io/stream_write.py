@@ -49,6 +49,7 @@ class Entry:
 
     @property
     def nbytes(self) -> int:
+        """Bytes the tensor takes in the file."""
         n = 1
         for d in self.shape:
             n *= d
