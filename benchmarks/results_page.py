@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = (
     "case", "shape", "batch", "model", "network", "rung", "method", "rotate", "variant", "flops_ratio",
     "params_ratio", "speedup", "fidelity_pruned", "fidelity_recovered", "drop_pt",
-    "params", "macs", "bytes_on_disk", "quantized_bytes", "bytes_fp32", "bytes_int4", "bits_per_weight",
+    "params", "macs", "rank_bytes", "bytes_vs_one_process", "bytes_on_disk", "quantized_bytes", "bytes_fp32", "bytes_int4", "bits_per_weight",
     "latency_ms", "ratio_vs_fp32", "ratio_vs_fp32_iqr", "ratio_vs_fp32_onnx", "stream_latency_ms",
     "stream_ratio_vs_fp32", "latency_ratio", "limit_fraction",
     "fidelity", "fidelity_drop_pt", "heldout_fidelity_drop_pt", "accuracy", "int4_drop_pt",

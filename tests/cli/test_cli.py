@@ -128,6 +128,15 @@ def test_compress_bad_recipe_is_one_line(tmp_path):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
+def test_compress_distributed_mode_is_ddp_or_fsdp(tmp_path):
+    from pathlib import Path
+
+    example = Path(__file__).parents[2] / "examples" / "digits.yaml"
+    one_line_error(cli("compress", str(example), "--out", str(tmp_path / "o"), "--distributed", "zero"),
+                   "--distributed must be ddp or fsdp, got 'zero'")
+    assert not (tmp_path / "o").exists()
+
+
 def test_tune_bad_input_is_one_line(tmp_path):
     one_line_error(cli("tune", "--objective", "fastest", "--out", str(tmp_path / "t")), "unknown objective", "size")
     one_line_error(cli("tune", "--storage", "nosuchdb://x", "--trials", "1", "--out", str(tmp_path / "t")),

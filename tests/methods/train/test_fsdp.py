@@ -40,9 +40,9 @@ def _rows(out: subprocess.CompletedProcess) -> list[dict]:
 def test_two_processes_match_one_and_each_holds_half(digits_spec):  # the fixture caches the fp32 model once
     one = json.loads(_launch([str(BENCH), "--epochs", "8"]).stdout.splitlines()[-1])
     two = json.loads(_launch([*LAUNCH, str(BENCH), "--epochs", "8", "--distributed", "fsdp"]).stdout.splitlines()[-1])
-    assert (one["world"], two["world"]) == (1, 2) and one["test_images"] == two["test_images"] == 450
+    assert (one["world"], two["world"]) == (1, 2) and one["test_items"] == two["test_items"] == 450
     assert two["replicas_identical"] and two["params_plain"]
-    assert one["accuracy"] >= 0.95 and abs(one["accuracy"] - two["accuracy"]) * 100 <= 1.5
+    assert one["fidelity"] >= 0.95 and abs(one["fidelity"] - two["fidelity"]) * 100 <= 1.5
     whole = one["rank_bytes"][0]
     assert len(two["rank_bytes"]) == 2 and all(0.4 * whole <= b <= 0.6 * whole for b in two["rank_bytes"])
     assert sum(two["param_bytes"]) >= one["param_bytes"][0]  # the shards cover every parameter
@@ -170,3 +170,37 @@ def test_units_are_blocks_then_top_level_children_and_tied_ones_are_left_to_the_
     assert fsdp.units(m) == [*m.layers, m.norm]
     r = fsdp.FSDPRunner.__new__(fsdp.FSDPRunner)
     assert r.steps([2, 0], 3) == [(2, 1.0), (0, 1.0), (2, 0.0)]  # padded to the longest rank at weight 0
+
+
+@pytest.mark.slow
+def test_tinylm_int4_distillation_on_two_ranks_matches_one_at_half_the_bytes():
+    args = [str(BENCH), "--model", "tinylm", "--epochs", "2", "--bits", "4", "--lr", "1e-3"]
+    one = json.loads(_launch(args).stdout.splitlines()[-1])
+    two = json.loads(_launch([*LAUNCH, *args, "--distributed", "fsdp"]).stdout.splitlines()[-1])
+    assert two["replicas_identical"] and two["params_plain"] and one["test_items"] == two["test_items"]
+    assert one["fidelity"] >= 0.85 and abs(one["fidelity"] - two["fidelity"]) * 100 <= 1.5
+    assert all(b <= 0.6 * one["rank_bytes"][0] for b in two["rank_bytes"])
+
+
+RECIPE = """model: digits
+distributed: {mode: ddp}
+steps:
+  - quantize: {rung: int4-g32, include: ["features.*"]}
+  - lowbit: {bits: 2, include: ["classifier.*"]}
+  - distill: {epochs: 2, lr: 2.0e-3}
+  - evaluate: {}
+"""
+
+
+@pytest.mark.slow
+def test_compress_under_torchrun_with_fsdp_from_the_command_line(tmp_path, digits_spec):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE)  # packed int4 features (frozen) and a QAT classifier, sharded together
+    bitladder = Path(sys.executable).parent / "bitladder"
+    out = subprocess.run([str(bitladder.parent / "torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python",
+                          str(bitladder), "compress", str(recipe), "--out", str(tmp_path / "o"), "--distributed",
+                          "fsdp"], env=_env(), capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["recipe"]["steps"][2]["distill"]["distributed"] == "fsdp"  # the option overrode the recipe's ddp
+    assert res["rungs"][0]["fidelity"] >= 0.95

@@ -90,3 +90,17 @@ def test_a_binary_file_is_not_a_recipe(tmp_path):
     p.write_bytes(b"model: digits\n\xff\xfe")
     with pytest.raises(BitladderError, match="is not UTF-8 text \\(byte 14\\)"):
         load_recipe(p)
+
+
+def test_distributed_mode_reaches_the_training_steps_and_a_step_may_override_it():
+    text = ("model: digits\ndistributed: {mode: fsdp}\nsteps:\n  - lowbit: {bits: 2}\n  - distill: {epochs: 1}\n"
+            "  - finetune: {epochs: 1, distributed: ddp}\n")
+    r = parse_recipe(text)
+    assert [s.body.config().distributed for s in r.steps[1:]] == ["fsdp", "ddp"]
+    r.distribute("fsdp")  # the command line's --distributed overrides every training step
+    assert [s.body.config().distributed for s in r.steps[1:]] == ["fsdp", "fsdp"]
+    plain = parse_recipe("model: digits\nsteps:\n  - finetune: {epochs: 1}\n")
+    assert plain.steps[0].body.config().distributed == "ddp" and "distributed" not in str(plain.to_dict())
+    assert "line 2" in err("model: digits\ndistributed: {mode: pipe}\nsteps:\n  - finetune: {}\n")
+    assert "'ddp' or 'fsdp'" in err("model: digits\ndistributed: {mode: pipe}\nsteps:\n  - finetune: {}\n")
+    assert "line 2" in err("model: digits\ndistributed: {mode: fsdp, shards: 2}\nsteps:\n  - finetune: {}\n")
