@@ -66,6 +66,17 @@ def _row(rank: int, plan: StagePlan) -> dict:
             "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
+def _gather(row: dict, size: int) -> list[dict]:
+    """Every rank's row, as numbers in a tensor (no pickles between processes)."""
+    import torch.distributed as dist
+
+    mine = torch.tensor([row["rank"], *row["units"], row["bytes"], row["peak_rss_mb"]], dtype=torch.float64)
+    parts = [torch.empty_like(mine) for _ in range(size)]
+    dist.all_gather(parts, mine)
+    return [{"rank": int(t[0]), "units": [int(t[1]), int(t[2])], "bytes": int(t[3]), "peak_rss_mb": float(t[4])}
+            for t in parts]
+
+
 def _shape(batches: list[torch.Tensor]) -> tuple[int, ...]:
     """The rows-free shape all batches share (a stage's buffers are sized once, at the first micro-batch)."""
     if not all(isinstance(b, torch.Tensor) for b in batches):
@@ -122,8 +133,7 @@ def evaluate_pipelined(artifact: str | os.PathLike, batches: list[torch.Tensor],
         return StageResult(0, plan, outputs, peak_rss_mb(), [_row(0, plan)])
     try:
         outputs = _run(stage, w, cfg, batches)
-        rows: list = [None] * w.size
-        dist.all_gather_object(rows, _row(w.rank, plan))
+        rows = _gather(_row(w.rank, plan), w.size)
     except BitladderError:
         raise
     except Exception as e:  # noqa: BLE001 - gloo / NCCL raise their own types for a dead or silent peer
