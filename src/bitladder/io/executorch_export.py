@@ -82,22 +82,31 @@ def flat_inputs(model: nn.Module, example: Any) -> list[torch.Tensor]:
     return [*args, *kwargs.values()]
 
 
-def _dynamic_shapes(args: tuple, kwargs: dict, max_batch: int, max_tokens: int):
-    """Batch (dim 0) dynamic for every input; for dict inputs also dim 1 (tokens), shared by all of them. The
-    runtime plans its memory for the largest shapes, so both have an upper bound."""
+class _Positional(nn.Module):
+    """The model called with its dict inputs as positional tensors, in a fixed order (the program's inputs)."""
+
+    def __init__(self, model: nn.Module, keys: list[str]) -> None:
+        super().__init__()
+        self.model, self.keys = model, keys
+
+    def forward(self, *tensors: torch.Tensor):
+        return self.model(**dict(zip(self.keys, tensors)))
+
+
+def _dynamic_shapes(inputs: list, tokens: bool, max_batch: int, max_tokens: int) -> tuple:
+    """Batch (dim 0) dynamic for every input; with ``tokens`` (dict inputs) also dim 1, shared by all of them.
+    The runtime plans its memory for the largest shapes, so both have an upper bound."""
     batch, seq = torch.export.Dim("batch", min=1, max=max_batch), torch.export.Dim("tokens", min=1, max=max_tokens)
-    for v in [*args, *kwargs.values()]:
+    for v in inputs:
         if not isinstance(v, torch.Tensor) or v.dim() == 0:
             raise BitladderError(f"example inputs must be tensors with a batch dimension; got {type(v).__name__}")
         sizes = [(v.shape[0], max_batch, "batch", "max_batch")] + (
-            [(v.shape[1], max_tokens, "token", "max_tokens")] if kwargs and v.dim() >= 2 else [])
+            [(v.shape[1], max_tokens, "token", "max_tokens")] if tokens and v.dim() >= 2 else [])
         for n, top, what, arg in sizes:
             if not 2 <= n <= top:
                 raise BitladderError(f"the example's {what} size is {n}; accepted: 2 to {arg}={top} (a size of 1 "
                                      "would be fixed into the program)")
-    if args:
-        return ({0: batch},)
-    return {k: ({0: batch, 1: seq} if v.dim() >= 2 else {0: batch}) for k, v in kwargs.items()}
+    return tuple({0: batch, 1: seq} if tokens and v.dim() >= 2 else {0: batch} for v in inputs)
 
 
 def export_executorch(model: nn.Module, example: Any, path: str | Path, weights: str = "int",
@@ -131,10 +140,13 @@ def export_executorch(model: nn.Module, example: Any, path: str | Path, weights:
     partitioner, lower = _need_executorch()
     twin = _twin(model, weights, round_scales)
     args, kwargs = call_args(model, example)
+    inputs = [*args, *kwargs.values()]
+    shapes = _dynamic_shapes(inputs, bool(kwargs), max_batch, max_tokens)
+    traced, shapes = (_Positional(twin, list(kwargs)), (shapes,)) if kwargs else (twin, shapes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            ep = torch.export.export(twin, args, kwargs, dynamic_shapes=_dynamic_shapes(args, kwargs, max_batch, max_tokens), strict=False)
+            ep = torch.export.export(traced, tuple(inputs), dynamic_shapes=shapes, strict=False)
         except Exception as e:  # torch.export's own reasons run to pages: the first line says which
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BitladderError(f"torch.export could not trace the model on this example: {first}") from e

@@ -66,8 +66,9 @@ def _describe(qt: QuantizedTensor) -> str:
     return f"{qt.qtype.name} {where}{' asymmetric' if qt.zero_point is not None else ''}"
 
 
-ACCEPTED = ("accepted: symmetric int2-int8, ternary or binary per channel or per tensor; int2-int4 (or int2/int3 "
-            f"asymmetric) in groups of a multiple of {GROUP_MULTIPLE} dividing the input size")
+ACCEPTED = ("accepted: per channel or per tensor, symmetric int2-int8, ternary, binary or asymmetric int2-int7; in "
+            f"groups of a multiple of {GROUP_MULTIPLE} dividing the input size, symmetric int2-int4 or asymmetric "
+            "int2-int3")
 
 
 def xnn_weight(name: str, qt: QuantizedTensor, round_scales: bool = False) -> XnnWeight:
@@ -106,7 +107,7 @@ def xnn_weight(name: str, qt: QuantizedTensor, round_scales: bool = False) -> Xn
         changed = int((bf != scale).sum())
         if changed and not round_scales:
             raise BitladderError(
-                f"layer {name!r}: {changed} of {scale.numel()} group scales ({qt.scale.dtype}) are not bf16 values "
+                f"layer {name!r}: {changed} of {scale.numel()} group scales ({str(qt.scale.dtype).removeprefix('torch.')}) are not bf16 values "
                 "and XNNPACK stores group scales in bf16; accepted: weights quantised with scale_dtype='bf16', "
                 "or round_scales=True (the model then differs by that rounding, at most 0.2 % a scale)")
         scale = bf
