@@ -108,5 +108,5 @@ class FSDPRunner(modes.Runner):
         with torch.no_grad():
             for name, p in self.module.named_parameters():
                 whole = shards.full(p.detach())  # a collective: every rank, same order
-                if mine[name] is not p:
-                    mine[name].data = whole.clone() if whole is p else whole
+                if mine[name] is not p:  # (a scalar kept whole is the student's own parameter already)
+                    mine[name].data = whole
