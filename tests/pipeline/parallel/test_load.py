@@ -99,3 +99,15 @@ def test_unsplittable_requests_give_one_clear_error(artifacts, tmp_path):
     rotated = bitladder.save(q, tmp_path / "rot.safetensors", source="tinylm")
     with pytest.raises(BitladderError, match="was reshaped .* which pipelining does not support yet"):
         load_stage(rotated, 0, 2)
+
+
+def test_an_artifact_of_another_shape_is_refused(artifacts):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def wider():
+        cfg = causal_lm.build().lm.config
+        big = LlamaConfig(**{**cfg.to_dict(), "intermediate_size": 512})
+        return causal_lm.CausalLM(LlamaForCausalLM(big))
+
+    with pytest.raises(BitladderError, match="artifact does not match the model: .*size mismatch"):
+        load_stage(artifacts["fp32"], 0, 2, factory=wider)

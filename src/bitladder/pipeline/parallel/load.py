@@ -95,18 +95,22 @@ def load_stage(path: str | os.PathLike, index: int, stages: int, factory: Callab
     model = _meta_model(meta, factory)
     inner, splitter, units, ranges, sizes = _cut(model, info, stages, registry)
     start, stop = ranges[index]
-    try:
-        for prefixes in units[start:stop]:
+    for prefixes in units[start:stop]:
+        try:
             with safe_open(str(path), framework="pt") as f:  # per unit: at most one unit's file pages mapped
                 tensors = {k: f.get_tensor(k) for k in owned(list(info), prefixes)}
-            _swap_quantised(model, meta["layers"], tensors, prefixes)
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types on a damaged file
+            raise BitladderError(f"{path} is corrupt: {e}") from None
+        _swap_quantised(model, meta["layers"], tensors, prefixes)
+        try:
             bad = model.load_state_dict(tensors, strict=False, assign=True)
-            missing = owned(bad.missing_keys, prefixes)
-            if bad.unexpected_keys or missing:
-                raise BitladderError(f"artifact does not match the model: stage {index} lacks {missing[:3]}, "
-                                     f"and has unexpected {bad.unexpected_keys[:3]}")
-    except (OSError, RuntimeError) as e:  # safetensors' and torch's own errors on a damaged file
-        raise BitladderError(f"{path} is corrupt: {e}") from None
+        except RuntimeError as e:  # shapes that differ from the factory's model
+            lines = str(e).strip().splitlines()
+            raise BitladderError(f"artifact does not match the model: {' '.join(lines[:3])[:400]}") from None
+        missing = owned(bad.missing_keys, prefixes)
+        if bad.unexpected_keys or missing:
+            raise BitladderError(f"artifact does not match the model: stage {index} lacks {missing[:3]}, "
+                                 f"and has unexpected {bad.unexpected_keys[:3]}")
     stage = splitter.stage(inner, start, stop)
     left = [n for n, t in [*stage.named_parameters(), *stage.named_buffers()] if t.is_meta]
     if left:  # a splitter that reaches outside its units, or a buffer no artifact stores
