@@ -42,3 +42,23 @@ def test_reload_through_builtin_source(minilm_spec, tmp_path):
     batch = minilm_spec.eval_batches[0]
     with torch.inference_mode():
         assert torch.equal(back(**batch), q(**batch))
+
+
+def test_the_package_folder_as_model_path_gives_the_same_figures(minilm_spec, tmp_path):
+    from bitladder.zoo.minilm import model_dir
+    from bitladder.zoo.registry import resolve
+
+    by_path = resolve(model_dir())
+    assert by_path.source.startswith("hf:") and by_path.metric == minilm_spec.metric
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(minilm_spec.eval_batches, by_path.eval_batches) for k in a)
+    rows = []
+    for spec in (minilm_spec, by_path):
+        q = bitladder.quantize(spec.fresh_model(), bitladder.Int(bits=8))
+        rows.append(fidelity(spec, outputs(q, spec.eval_batches), outputs(spec.model, spec.eval_batches)))
+    assert rows[0] == rows[1]
+    # the artifact records the folder and loads back from it
+    q = bitladder.quantize(by_path.fresh_model(), bitladder.Int(bits=8))
+    bitladder.save(q, tmp_path / "m.safetensors", source=by_path.source)
+    back = bitladder.load(tmp_path / "m.safetensors")
+    x = by_path.eval_batches[0]
+    assert torch.equal(back(**x), q(**x))

@@ -47,6 +47,9 @@ def _llama(cfg_dict: dict, device: str) -> nn.Module:
 #: model_type -> builder of the (unfilled) transformers model on a device; the layout every row must have:
 #: model.embed_tokens, model.layers.N, model.norm, lm_head (tied to the embedding when the config says so)
 ARCHITECTURES: dict[str, Callable[[dict, str], nn.Module]] = {"llama": _llama}
+#: encoder model types taken as sentence encoders (:mod:`bitladder.zoo.minilm`: masked mean pooling, L2
+#: normalisation, cosine to fp32 as the metric); loaded whole with transformers' AutoModel, safetensors only
+ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra")
 
 
 def is_source(name: str | None) -> bool:
@@ -73,17 +76,24 @@ def source_of(folder: str | os.PathLike) -> str:
     return PREFIX + str(Path(folder).resolve())
 
 
-def read_config(folder: Path) -> dict:
-    """config.json as a dict; BitladderError if it is not JSON or names an architecture not supported."""
+def read_config(folder: Path, encoders: bool = False) -> dict:
+    """config.json as a dict; BitladderError if it is not JSON or names an architecture not supported
+    (sentence encoders count only where ``encoders``)."""
     try:
         cfg = json.loads((folder / "config.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BitladderError(f"{folder / 'config.json'} is not valid JSON") from None
     kind = cfg.get("model_type") if isinstance(cfg, dict) else None
-    if kind not in ARCHITECTURES:
+    if kind not in ARCHITECTURES and not (encoders and kind in ENCODERS):
+        accepted = [*ARCHITECTURES, *(ENCODERS if encoders else ())]
         raise BitladderError(f"{folder}: unsupported architecture {kind!r}; accepted model_type: "
-                             f"{', '.join(ARCHITECTURES)}")
+                             f"{', '.join(accepted)}")
     return cfg
+
+
+def is_encoder(folder: Path) -> bool:
+    """Whether the folder holds a sentence encoder (mean-pooled embeddings, as sentence-transformers)."""
+    return read_config(folder, encoders=True)["model_type"] in ENCODERS
 
 
 def skeleton(folder: Path) -> CausalLM:
@@ -113,9 +123,13 @@ def fill(module: nn.Module, prefix: str, shards: Shards, tied: bool) -> nn.Modul
     return module
 
 
-def build(name: str) -> CausalLM:
+def build(name: str) -> nn.Module:
     """The whole float model of an HF folder (``hf:PATH`` or a path), weights read from its shards."""
     folder = folder_of(name)
+    if is_encoder(folder):
+        from bitladder.zoo import minilm
+
+        return minilm.build(str(folder))
     model = skeleton(folder)
     shards = Shards(folder)
     lm = model.lm
@@ -165,6 +179,10 @@ def calibration(folder: Path, rows: int | None, batch: int = 8) -> list[torch.Te
 def spec(name: str) -> ModelSpec:
     """The ModelSpec of an HF folder: the whole float model, perplexity on held-out corpus text."""
     folder = folder_of(name)
+    if is_encoder(folder):
+        from bitladder.zoo import minilm
+
+        return minilm.spec(str(folder), source_of(folder))
     cfg = read_config(folder)
     t = context(cfg)
     evals = blocks(tokenize(folder, corpus.eval_sentences(EVAL_SENTENCES), cfg["vocab_size"]), 16, t)

@@ -7,6 +7,7 @@ call returns the sentence embedding exactly as sentence-transformers computes it
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -48,39 +49,41 @@ class SentenceEncoder(nn.Module):
         return nn.functional.normalize(pooled, dim=-1)
 
 
-def build() -> SentenceEncoder:
-    """The MiniLM sentence encoder (mean-pooled, L2-normalised) from the local weights, in eval mode."""
+def build(folder: str | None = None) -> SentenceEncoder:
+    """The sentence encoder (mean-pooled, L2-normalised) of ``folder`` (default: MiniLM's local weights),
+    from safetensors, in eval mode."""
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    enc = AutoModel.from_pretrained(model_dir(), attn_implementation="sdpa")
+    enc = AutoModel.from_pretrained(folder or model_dir(), attn_implementation="sdpa", use_safetensors=True)
     return SentenceEncoder(enc).eval()
 
 
-def tokenize(sentences: list[str], batch: int = BATCH) -> list[dict[str, torch.Tensor]]:
+def tokenize(sentences: list[str], batch: int = BATCH, folder: str | None = None) -> list[dict[str, torch.Tensor]]:
     """Tokenised batches of ``batch`` sentences (padded, truncated to ``MAX_LENGTH``) as model input dicts."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir())
+    tok = AutoTokenizer.from_pretrained(folder or model_dir())
     out = []
     for i in range(0, len(sentences), batch):
         enc = tok(sentences[i : i + batch], padding=True, truncation=True, max_length=MAX_LENGTH,
                   return_tensors="pt")
-        out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                    "token_type_ids": enc["token_type_ids"]})
+        out.append({k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc})
     return out
 
 
-def spec() -> ModelSpec:
-    """The MiniLM ModelSpec: the encoder with corpus batches for evaluation, latency, calibration and training."""
-    evals = tokenize(corpus.eval_sentences(EVAL_SENTENCES))
+def spec(folder: str | None = None, source: str = "minilm") -> ModelSpec:
+    """The ModelSpec of a sentence encoder (default MiniLM; ``folder``: any Hugging Face encoder folder with
+    a tokenizer, named ``source`` in artifacts): corpus batches for evaluation, latency, calibration, training."""
+    evals = tokenize(corpus.eval_sentences(EVAL_SENTENCES), folder=folder)
     return ModelSpec(
-        name="minilm", model=build(), metric="cosine", eval_batches=evals,
-        latency_batch=tokenize(corpus.eval_sentences(32), batch=32)[0],
-        calib_batches=tokenize(corpus.calibration_sentences(CALIB_SENTENCES)),
-        train_batches=tokenize(corpus.calibration_sentences(TRAIN_SENTENCES), batch=32),
+        name="minilm" if folder is None else os.path.basename(os.path.normpath(folder)), model=build(folder),
+        metric="cosine", eval_batches=evals,
+        latency_batch=tokenize(corpus.eval_sentences(32), batch=32, folder=folder)[0],
+        calib_batches=tokenize(corpus.calibration_sentences(CALIB_SENTENCES), folder=folder),
+        train_batches=tokenize(corpus.calibration_sentences(TRAIN_SENTENCES), batch=32, folder=folder),
         default_rungs=["fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4-g64",
                        "int3-g64-asym", "int2-g64-asym", "ternary", "binary"],
-        source="minilm", factory=build,
+        source=source, factory=functools.partial(build, folder),
     )
