@@ -21,6 +21,8 @@ console = Console() if sys.stdout.isatty() else Console(width=170)
 def plain(text: str) -> None:
     """Print text holding user paths and names as it is: ``[`` in a path is not rich markup."""
     console.print(text, markup=False, highlight=False)
+DATA_HELP = ("a text file (one sample a line, or JSONL with \"text\") for a text model: half its distinct "
+             "samples evaluate, the other half calibrate, instead of the built-in corpus")
 ABORTS = (typer.Abort, KeyboardInterrupt)  # Ctrl-C: exit 130 without a traceback
 info.register(app, console)
 stream.register(app, console)
@@ -32,6 +34,7 @@ def ladder(
     rungs: str = typer.Option("", help="comma-separated rungs, e.g. fp16,int8,int4-g64 (default: the model's)"),
     out: Path = typer.Option(Path("runs/ladder"), help="folder for artifacts, results.json and report.html"),
     repeats: int = typer.Option(10, min=1, help="timed runs per rung (median; interleaved with fp32)"),
+    data: Path = typer.Option(None, help=DATA_HELP),
 ) -> None:
     """Quantise to each rung, save, reload, and measure fidelity, size and speed."""
     from bitladder.pipeline.ladder.rungs import parse_rungs
@@ -42,7 +45,7 @@ def ladder(
     configs = parse_rungs(r for r in rungs.split(",") if r.strip())  # a bad rung fails before the model loads
     check_out_dir(out)
     with console.status(f"loading {model}"):
-        spec = resolve(model)
+        spec = resolve(model, data)
     configs = configs or parse_rungs(spec.default_rungs)
     from bitladder.cli.table import ladder_table, warning_lines
 
@@ -71,6 +74,7 @@ def compress(
                                         "recipe's 'out', else runs/NAME)"),
     distributed: str = typer.Option(None, help="training steps under torchrun: ddp (replicated) or fsdp (sharded "
                                                "parameters and optimiser state); default: the recipe's, else ddp"),
+    data: Path = typer.Option(None, help=DATA_HELP),
 ) -> None:
     """Run a recipe: prune, quantise, train low-bit layers, distil, export and evaluate, in one go."""
     from bitladder.pipeline.recipe.compress import run_recipe
@@ -87,7 +91,7 @@ def compress(
     out = out or Path(parsed.out or f"runs/{parsed.name}")
     check_out_dir(out)
     with console.status(f"loading {parsed.model}"):
-        spec = resolve(parsed.model)
+        spec = resolve(parsed.model, data)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task(parsed.name, total=len(parsed.steps))
@@ -159,6 +163,7 @@ def mixed(
     rungs: str = typer.Option("int8,int4-g32,int2-g32-asym", help="candidate rungs per layer"),
     budget: float = typer.Option(3.0, help="average bits per weight (scales counted) to meet"),
     out: Path = typer.Option(Path("runs/mixed"), help="folder for the artifact, mixed.json, heatmap"),
+    data: Path = typer.Option(None, help=DATA_HELP),
 ) -> None:
     """Per-layer sensitivity, then a per-layer format meeting a bits-per-weight budget."""
     from bitladder.pipeline.ladder.run import check_out_dir
@@ -171,7 +176,7 @@ def mixed(
         raise BitladderError(f"budget must be in (0, 64] bits per weight, got {budget}")
     check_out_dir(out)
     with console.status(f"loading {model}"):
-        spec = resolve(model)
+        spec = resolve(model, data)
     with console.status("measuring per-layer sensitivity"):
         res = run_mixed(spec, configs, budget, out)
     from collections import Counter
@@ -282,6 +287,7 @@ def run_artifact(
                                  "process: launch with torchrun --nproc-per-node N --no-python bitladder run ..."),
     microbatches: int = typer.Option(4, help="with --pipeline: micro-batches per batch"),
     timeout: float = typer.Option(300.0, help="with --pipeline: seconds any send, receive or barrier may wait"),
+    data: Path = typer.Option(None, help=DATA_HELP),
 ) -> None:
     """Load an artifact in this fresh process and run it on sample inputs of its model."""
     from bitladder.io.artifact import load, read_header
@@ -294,6 +300,8 @@ def run_artifact(
         from bitladder.pipeline.parallel.evaluate import Pipeline
         from bitladder.pipeline.parallel.run import run_pipelined
 
+        if data is not None:
+            raise BitladderError("--data with --pipeline: not supported yet; the pipeline evaluates the model's own text")
         if (line := run_pipelined(artifact, model, Pipeline(pipeline, microbatches, timeout))) is not None:
             plain(line)  # the last stage's rank holds the outputs and prints
         return
@@ -301,7 +309,7 @@ def run_artifact(
     source = model or meta.get("source")
     if source not in BUILTINS and not str(source).startswith("hf:") and model is None:  # HF folders rebuild
         raise BitladderError(f"{artifact} is not of a built-in model; pass its factory: --model package.module:function")
-    spec = resolve(source)
+    spec = resolve(source, data)
     loaded = load(artifact, model=spec.fresh_model())
     ref = outputs(spec.model, spec.eval_batches)
     fid = fidelity(spec, outputs(loaded, spec.eval_batches), ref)

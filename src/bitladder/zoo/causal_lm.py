@@ -21,9 +21,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bitladder.atomic import atomic_path
+from bitladder.errors import BitladderError
 from bitladder.zoo import corpus
 from bitladder.zoo.cache import cache_dir
 from bitladder.zoo.spec import ModelSpec
+from bitladder.zoo.text import Text
 
 VOCAB = 256  # one token per byte
 ARCH = {"hidden": 128, "layers": 2, "heads": 4, "intermediate": 384, "context": 128}
@@ -152,10 +154,15 @@ def pretrained() -> CausalLM:
     return model
 
 
-def spec() -> ModelSpec:
-    """The tinylm ModelSpec: held-out text for evaluation, disjoint calibration / distillation text."""
-    evals = blocks(encode(corpus.eval_sentences(EVAL_SENTENCES)))
-    calib = blocks(encode(corpus.calibration_sentences(CALIB_SENTENCES)))
+def spec(text: Text | None = None) -> ModelSpec:
+    """The tinylm ModelSpec: held-out text for evaluation, disjoint calibration / distillation text (the
+    built-in corpus, or ``text``: a user's file)."""
+    text = text or Text(corpus.eval_sentences(EVAL_SENTENCES), corpus.calibration_sentences(CALIB_SENTENCES),
+                        "corpus")
+    evals, calib = blocks(encode(text.eval)), blocks(encode(text.calib))
+    if not evals or not calib:
+        raise BitladderError(f"{text.source}: too little text for one block of {ARCH['context']} bytes in each "
+                             f"half (evaluation, calibration)")
     return ModelSpec(
         name="tinylm", model=pretrained(), metric="perplexity", eval_batches=evals,
         targets=torch.cat(evals), latency_batch=evals[0][:4], calib_batches=calib, train_batches=calib,

@@ -25,6 +25,7 @@ from bitladder.io.hf_shards import Shards
 from bitladder.zoo import corpus
 from bitladder.zoo.causal_lm import CausalLM, blocks, encode
 from bitladder.zoo.spec import ModelSpec
+from bitladder.zoo.text import Text
 
 PREFIX = "hf:"
 EVAL_SENTENCES = 256
@@ -162,31 +163,37 @@ def context(cfg: dict) -> int:
     return min(128, int(cfg.get("max_position_embeddings") or 128))
 
 
-def calibration(folder: Path, rows: int | None, batch: int = 8) -> list[torch.Tensor]:
-    """``rows`` calibration rows of corpus text (never the evaluation half; None: up to 64), ``batch`` rows
-    per tensor."""
+def calibration(folder: Path, rows: int | None, batch: int = 8, text: Text | None = None) -> list[torch.Tensor]:
+    """``rows`` calibration rows of corpus text or ``text``'s calibration half (never the evaluation half;
+    None: up to 64), ``batch`` rows per tensor."""
     cfg = read_config(folder)
-    stream = tokenize(folder, corpus.calibration_sentences(CALIB_SENTENCES), cfg["vocab_size"])
+    sentences = text.calib if text else corpus.calibration_sentences(CALIB_SENTENCES)
+    stream = tokenize(folder, sentences, cfg["vocab_size"])
     t = context(cfg)
     have = len(stream) // t
     rows = min(64, have) if rows is None else rows
     if not 0 < rows <= have:
-        raise BitladderError(f"calibration rows must be in 1..{have} (the corpus gives {have} rows of {t} "
+        raise BitladderError(f"calibration rows must be in 1..{have} (the text gives {have} rows of {t} "
                              f"tokens), got {rows}")
     return blocks(stream[: rows * t], batch, t)
 
 
-def spec(name: str) -> ModelSpec:
-    """The ModelSpec of an HF folder: the whole float model, perplexity on held-out corpus text."""
+def spec(name: str, text: Text | None = None) -> ModelSpec:
+    """The ModelSpec of an HF folder: the whole float model, perplexity on held-out text (the built-in
+    corpus, or ``text``: a user's file)."""
     folder = folder_of(name)
     if is_encoder(folder):
         from bitladder.zoo import minilm
 
-        return minilm.spec(str(folder), source_of(folder))
+        return minilm.spec(str(folder), source_of(folder), text)
     cfg = read_config(folder)
     t = context(cfg)
-    evals = blocks(tokenize(folder, corpus.eval_sentences(EVAL_SENTENCES), cfg["vocab_size"]), 16, t)
-    calib = calibration(folder, None, 16)
+    sentences = text.eval if text else corpus.eval_sentences(EVAL_SENTENCES)
+    evals = blocks(tokenize(folder, sentences, cfg["vocab_size"]), 16, t)
+    if not evals:
+        raise BitladderError(f"{text.source if text else 'the corpus'}: too little evaluation text for one row "
+                             f"of {t} tokens")
+    calib = calibration(folder, None, 16, text)
     source = source_of(folder)
     return ModelSpec(name=folder.name, model=build(source), metric="perplexity", eval_batches=evals,
                      targets=torch.cat(evals), latency_batch=evals[0][:4], calib_batches=calib,

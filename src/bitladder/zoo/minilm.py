@@ -16,6 +16,7 @@ from torch import nn
 from bitladder.errors import BitladderError
 from bitladder.zoo import corpus
 from bitladder.zoo.spec import ModelSpec
+from bitladder.zoo.text import Text
 
 EVAL_SENTENCES = 256
 CALIB_SENTENCES = 512
@@ -73,16 +74,20 @@ def tokenize(sentences: list[str], batch: int = BATCH, folder: str | None = None
     return out
 
 
-def spec(folder: str | None = None, source: str = "minilm") -> ModelSpec:
+def spec(folder: str | None = None, source: str = "minilm", text: Text | None = None) -> ModelSpec:
     """The ModelSpec of a sentence encoder (default MiniLM; ``folder``: any Hugging Face encoder folder with
-    a tokenizer, named ``source`` in artifacts): corpus batches for evaluation, latency, calibration, training."""
-    evals = tokenize(corpus.eval_sentences(EVAL_SENTENCES), folder=folder)
+    a tokenizer, named ``source`` in artifacts): batches for evaluation, latency, calibration and training
+    from the built-in corpus, or from ``text`` (a user's file)."""
+    ev = text.eval[:EVAL_SENTENCES] if text else corpus.eval_sentences(EVAL_SENTENCES)
+    cal = text.calib[:CALIB_SENTENCES] if text else corpus.calibration_sentences(CALIB_SENTENCES)
+    train = text.calib[:TRAIN_SENTENCES] if text else corpus.calibration_sentences(TRAIN_SENTENCES)
+    evals = tokenize(ev, folder=folder)
     return ModelSpec(
         name="minilm" if folder is None else os.path.basename(os.path.normpath(folder)), model=build(folder),
         metric="cosine", eval_batches=evals,
-        latency_batch=tokenize(corpus.eval_sentences(32), batch=32, folder=folder)[0],
-        calib_batches=tokenize(corpus.calibration_sentences(CALIB_SENTENCES), folder=folder),
-        train_batches=tokenize(corpus.calibration_sentences(TRAIN_SENTENCES), batch=32, folder=folder),
+        latency_batch=tokenize(ev[:32], batch=32, folder=folder)[0],
+        calib_batches=tokenize(cal, folder=folder),
+        train_batches=tokenize(train, batch=32, folder=folder),
         default_rungs=["fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4-g64",
                        "int3-g64-asym", "int2-g64-asym", "ternary", "binary"],
         source=source, factory=functools.partial(build, folder),

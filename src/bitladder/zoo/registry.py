@@ -1,5 +1,6 @@
 """Resolve a model name to a :class:`ModelSpec`: built-ins, a user's ``module:function``, or a local Hugging
-Face causal-LM folder (:mod:`bitladder.zoo.hf_folder`).
+Face folder (:mod:`bitladder.zoo.hf_folder`: causal LMs and sentence encoders), optionally with a user's
+text file for evaluation and calibration (:mod:`bitladder.zoo.text`).
 
 What a user factory may return is in :mod:`bitladder.zoo.factory`.
 """
@@ -7,6 +8,7 @@ What a user factory may return is in :mod:`bitladder.zoo.factory`.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 
 from torch import nn
@@ -18,6 +20,7 @@ from bitladder.zoo.spec import ModelSpec
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _MODULES = {"digits": "digits", "minilm": "minilm", "tinylm": "causal_lm"}  # built-in name -> zoo module
 BUILTINS = tuple(_MODULES)
+TEXT_BUILTINS = ("minilm", "tinylm")  # built-ins whose spec(text=...) takes a user's text
 ACCEPTED = ("a built-in name (digits, minilm, tinylm), a factory 'package.module:function' or a Hugging Face "
             "folder (config.json + safetensors)")
 
@@ -47,14 +50,20 @@ def build_builtin(source: str | None) -> nn.Module:
                          "(Python: load(path, model=...)) to load it")
 
 
-def resolve(name: str) -> ModelSpec:
-    """The ModelSpec of a built-in model name or a ``module:function`` factory; BitladderError otherwise."""
-    if name in BUILTINS:
-        return _builtin_spec(name)
-    from bitladder.zoo import hf_folder
+def resolve(name: str, data: str | os.PathLike | None = None) -> ModelSpec:
+    """The ModelSpec of a built-in model name, a Hugging Face folder or a ``module:function`` factory;
+    ``data``: a text file whose samples replace the built-in corpus (text models only, see
+    :mod:`bitladder.zoo.text`). BitladderError otherwise."""
+    from bitladder.zoo import hf_folder, text
 
+    if data is not None and (name not in TEXT_BUILTINS and not hf_folder.is_source(name)):
+        raise BitladderError(f"--data gives text to text models ({', '.join(TEXT_BUILTINS)} or a Hugging Face "
+                             f"folder); {name!r} is not a text model (a factory returns its own data)")
+    txt = text.read(data) if data is not None else None
+    if name in BUILTINS:
+        return _builtin_spec(name) if txt is None else _builtin_module(name).spec(text=txt)
     if hf_folder.is_source(name):
-        return hf_folder.spec(name)
+        return hf_folder.spec(name, txt)
     if not _FACTORY.match(name):
         raise BitladderError(f"unknown model {name!r}; accepted: {ACCEPTED}")
     mod_name, fn_name = name.split(":")
