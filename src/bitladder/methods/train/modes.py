@@ -14,14 +14,15 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
 from bitladder.errors import BitladderError
 
-if TYPE_CHECKING:  # ddp.py registers its mode here, so this file imports nothing from it at run time
-    from bitladder.methods.train.ddp import World
+# ``World`` below stands for ddp.World (rank, size, main): ddp.py registers its mode here,
+# so this file must not import it, even for type checkers (tests/test_architecture.py: no cycles)
+World = Any
 
 log = logging.getLogger("bitladder")
 
