@@ -129,6 +129,7 @@ def tune(
     study: str = typer.Option(None, help="study name (default: MODEL-OBJECTIVE-dropMAX)"),
     timeout: float = typer.Option(None, help="stop each worker after this many seconds"),
     out: Path = typer.Option(Path("runs/tune"), help="folder for study.db, the best artifact, results.json, report"),
+    data: Path = typer.Option(None, help=DATA_HELP),
 ) -> None:
     """Search formats per layer, sparsity and rank for the smallest (or fastest) model within a drop budget."""
     from bitladder.pipeline.report.html import write_report
@@ -138,7 +139,8 @@ def tune(
     config = TuneConfig(max_drop=max_drop, objective=objective, trials=trials)
     with console.status(f"tuning {model}: {trials} trials, {workers} worker(s)"):
         try:
-            res = run_tune(model, config, out, storage=storage, study_name=study, workers=workers, timeout=timeout)
+            res = run_tune(model, config, out, storage=storage, study_name=study, workers=workers, timeout=timeout,
+                           data=None if data is None else str(data))
         finally:
             import json
 

@@ -120,7 +120,7 @@ class _Stop:
 
 
 def run_worker(model: str, storage: str, name: str, config: T.TuneConfig, threads: int, timeout: float | None,
-               seed_offset: int = 0, ready=None) -> None:
+               seed_offset: int = 0, ready=None, data: str | None = None) -> None:
     """One worker: optimise until the study holds ``config.trials`` complete trials (or ``timeout``).
 
     ``ready`` (a barrier shared by local workers) holds each one after its set-up until all are set up,
@@ -133,7 +133,7 @@ def run_worker(model: str, storage: str, name: str, config: T.TuneConfig, thread
     from bitladder.zoo.registry import resolve
 
     torch.set_num_threads(threads)
-    spec = resolve(model)
+    spec = resolve(model, data)
     search, _ = T.split_eval(spec)
     names = T.layers_of(spec.model)
     numel = T._weight_numel(spec.model, names)
@@ -180,15 +180,16 @@ def run_worker(model: str, storage: str, name: str, config: T.TuneConfig, thread
 
 
 def run_tune(model: str, config: T.TuneConfig, out: Path, storage: str | None = None, study_name: str | None = None,
-             workers: int = 1, timeout: float | None = None) -> dict:
-    """Run the search for ``model`` in ``workers`` processes and summarise it into ``out``; returns the results."""
+             workers: int = 1, timeout: float | None = None, data: str | None = None) -> dict:
+    """Run the search for ``model`` (on ``data``, a text file, where given) in ``workers`` processes and
+    summarise it into ``out``; returns the results."""
     check_out_dir(out)
     machine()  # a bad BITLADDER_CPU fails before the study starts
     if workers < 1:
         raise BitladderError(f"workers must be >= 1, got {workers}")
     from bitladder.zoo.registry import resolve
 
-    spec = resolve(model)
+    spec = resolve(model, data)
     config = T.for_model(config, spec)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     name = study_name or f"{model}-{config.objective}-drop{config.max_drop:g}"
@@ -203,11 +204,11 @@ def run_tune(model: str, config: T.TuneConfig, out: Path, storage: str | None = 
     t0 = time.perf_counter()
     threads = max(1, torch.get_num_threads() // workers)
     if workers == 1:
-        run_worker(model, storage, name, config, threads, timeout)
+        run_worker(model, storage, name, config, threads, timeout, data=data)
     else:
         ctx = mp.get_context("spawn")
         ready = ctx.Barrier(workers)
-        procs = [ctx.Process(target=run_worker, args=(model, storage, name, config, threads, timeout, i, ready))
+        procs = [ctx.Process(target=run_worker, args=(model, storage, name, config, threads, timeout, i, ready, data))
                  for i in range(workers)]
         for p in procs:
             p.start()
@@ -215,7 +216,7 @@ def run_tune(model: str, config: T.TuneConfig, out: Path, storage: str | None = 
             p.join()
         if all(p.exitcode != 0 for p in procs):
             raise BitladderError(f"all {workers} tune workers failed (exit codes {[p.exitcode for p in procs]})")
-    return summarize(model, config, storage, name, out, time.perf_counter() - t0)
+    return summarize(model, config, storage, name, out, time.perf_counter() - t0, data)
 
 
 def trial_rows(study) -> list[dict]:
@@ -230,10 +231,10 @@ def trial_rows(study) -> list[dict]:
     return rows
 
 
-def _measure_best(model: str, params: dict, out: Path, name: str) -> dict:
+def _measure_best(model: str, params: dict, out: Path, name: str, data: str | None = None) -> dict:
     from bitladder.zoo.registry import resolve
 
-    spec = resolve(model)
+    spec = resolve(model, data)
     search, held = T.split_eval(spec)
     names = T.layers_of(spec.model)
     numel = T._weight_numel(spec.model, names)
@@ -271,7 +272,8 @@ def _measure_best(model: str, params: dict, out: Path, name: str) -> dict:
     return row, extras
 
 
-def summarize(model: str, config: T.TuneConfig, storage: str, name: str, out: Path, wall: float) -> dict:
+def summarize(model: str, config: T.TuneConfig, storage: str, name: str, out: Path, wall: float,
+              data: str | None = None) -> dict:
     """Rebuild and measure the best feasible trial, write ``results.json``; BitladderError (after it) if none."""
     import optuna
 
@@ -280,7 +282,8 @@ def summarize(model: str, config: T.TuneConfig, storage: str, name: str, out: Pa
     done = [r for r in rows if r["state"] == "COMPLETE"]
     feasible = [r for r in done if r["feasible"]]
     key = "bits_per_weight" if config.objective == "size" else "latency_ms"
-    results = {"schema": SCHEMA, "model": model, "metric": study.user_attrs.get("metric"),
+    results = {"schema": SCHEMA, "model": model, "data": None if data is None else str(data),
+               "metric": study.user_attrs.get("metric"),
                "fp32_fidelity": study.user_attrs.get("fp32_fidelity"),
                "torch_threads": torch.get_num_threads(), "machine": machine(), "wall_s": wall,
                "objective": config.objective,
@@ -288,7 +291,7 @@ def summarize(model: str, config: T.TuneConfig, storage: str, name: str, out: Pa
                "trials": rows, "rungs": [], "workers": sorted({r["worker"] for r in done if r["worker"]})}
     if feasible:
         best = min(feasible, key=lambda r: r[key])
-        row, extras = _measure_best(model, best["params"], out, f"{model}-tuned-{best['number']}")
+        row, extras = _measure_best(model, best["params"], out, f"{model}-tuned-{best['number']}", data)
         results.update(extras)
         results.update({"metric": row.pop("metric"), "fp32_fidelity": row.pop("fp32_fidelity"), "rungs": [row]})
         results["search_fp32_fidelity"] = study.user_attrs.get("fp32_fidelity")
