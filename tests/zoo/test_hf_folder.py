@@ -57,3 +57,41 @@ def test_small_vocabulary_without_tokenizer_refused(tmp_path):
     folder = llama_folder(tmp_path / "m", layers=2, vocab=100)
     with pytest.raises(BitladderError, match="vocabulary \\(100\\) is smaller"):
         hf_folder.calibration(folder, 4)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "qwen2"])
+def test_other_causal_lm_folders_load_whole_and_go_down_the_ladder(tmp_path, kind):
+    import transformers
+
+    import bitladder
+    from bitladder.pipeline.measure.evaluate import fidelity, outputs
+    from bitladder.zoo.registry import resolve
+
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=300, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+        lm = transformers.GPT2LMHeadModel(cfg)
+    else:
+        cfg = transformers.Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+        lm = transformers.Qwen2ForCausalLM(cfg)
+    lm.save_pretrained(str(tmp_path / kind))
+    spec = resolve(str(tmp_path / kind))
+    assert spec.metric == "perplexity" and spec.source == f"hf:{(tmp_path / kind).resolve()}"
+    x = spec.eval_batches[0][:2]
+    with torch.no_grad():
+        assert torch.allclose(spec.model(x), lm.eval()(input_ids=x).logits, atol=1e-5)
+    q = bitladder.quantize(spec.fresh_model(), bitladder.Int(bits=8))
+    row = fidelity(spec, outputs(q, spec.eval_batches), outputs(spec.model, spec.eval_batches))
+    assert row["fidelity"] > 0.9 and abs(row["perplexity"] / row["fp32_perplexity"] - 1) < 0.02
+    bitladder.save(q, tmp_path / "q.safetensors", source=spec.source)
+    assert torch.equal(bitladder.load(tmp_path / "q.safetensors")(x), q(x))
+
+
+def test_an_unknown_architecture_names_what_is_accepted(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "resnet"}')
+    from bitladder.zoo.registry import resolve
+
+    with pytest.raises(BitladderError, match="unsupported architecture 'resnet'.*transformers' causal LMs"):
+        resolve(str(tmp_path / "m"))

@@ -77,24 +77,41 @@ def source_of(folder: str | os.PathLike) -> str:
     return PREFIX + str(Path(folder).resolve())
 
 
-def read_config(folder: Path, encoders: bool = False) -> dict:
-    """config.json as a dict; BitladderError if it is not JSON or names an architecture not supported
-    (sentence encoders count only where ``encoders``)."""
+def _causal_types() -> dict[str, str]:
+    """transformers' causal-LM model types (model_type -> class name), each loadable whole."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return dict(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def read_config(folder: Path, whole: bool = False) -> dict:
+    """config.json as a dict; BitladderError if it is not JSON or names an architecture not supported:
+    by default the streamable ones (:data:`ARCHITECTURES`); with ``whole``, also sentence encoders and
+    any causal LM transformers knows (loaded whole)."""
     try:
         cfg = json.loads((folder / "config.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BitladderError(f"{folder / 'config.json'} is not valid JSON") from None
     kind = cfg.get("model_type") if isinstance(cfg, dict) else None
-    if kind not in ARCHITECTURES and not (encoders and kind in ENCODERS):
-        accepted = [*ARCHITECTURES, *(ENCODERS if encoders else ())]
-        raise BitladderError(f"{folder}: unsupported architecture {kind!r}; accepted model_type: "
-                             f"{', '.join(accepted)}")
+    if kind not in ARCHITECTURES and not (whole and (kind in ENCODERS or kind in _causal_types())):
+        accepted = ", ".join(ARCHITECTURES) + (f", {', '.join(ENCODERS)} and transformers' causal LMs (gpt2, qwen2, "
+                                               f"phi, ...)" if whole else " (streamed block by block)")
+        raise BitladderError(f"{folder}: unsupported architecture {kind!r}; accepted model_type: {accepted}")
     return cfg
 
 
 def is_encoder(folder: Path) -> bool:
     """Whether the folder holds a sentence encoder (mean-pooled embeddings, as sentence-transformers)."""
-    return read_config(folder, encoders=True)["model_type"] in ENCODERS
+    return read_config(folder, whole=True)["model_type"] in ENCODERS
+
+
+def _whole_causal(folder: Path) -> CausalLM:
+    """A causal LM of an architecture not streamed here, loaded whole by transformers (safetensors only)."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True, dtype=torch.float32,
+                                              attn_implementation="sdpa")
+    return CausalLM(lm).eval()
 
 
 def skeleton(folder: Path) -> CausalLM:
@@ -131,6 +148,8 @@ def build(name: str) -> nn.Module:
         from bitladder.zoo import minilm
 
         return minilm.build(str(folder))
+    if read_config(folder, whole=True)["model_type"] not in ARCHITECTURES:
+        return _whole_causal(folder)
     model = skeleton(folder)
     shards = Shards(folder)
     lm = model.lm
@@ -160,13 +179,13 @@ def tokenize(folder: Path, sentences: list[str], vocab: int) -> torch.Tensor:
 
 def context(cfg: dict) -> int:
     """Tokens per calibration / evaluation row: 128, or fewer if the model's positions end sooner."""
-    return min(128, int(cfg.get("max_position_embeddings") or 128))
+    return min(128, int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 128))
 
 
 def calibration(folder: Path, rows: int | None, batch: int = 8, text: Text | None = None) -> list[torch.Tensor]:
     """``rows`` calibration rows of corpus text or ``text``'s calibration half (never the evaluation half;
     None: up to 64), ``batch`` rows per tensor."""
-    cfg = read_config(folder)
+    cfg = read_config(folder, whole=True)
     sentences = text.calib if text else corpus.calibration_sentences(CALIB_SENTENCES)
     stream = tokenize(folder, sentences, cfg["vocab_size"])
     t = context(cfg)
@@ -186,7 +205,7 @@ def spec(name: str, text: Text | None = None) -> ModelSpec:
         from bitladder.zoo import minilm
 
         return minilm.spec(str(folder), source_of(folder), text)
-    cfg = read_config(folder)
+    cfg = read_config(folder, whole=True)
     t = context(cfg)
     sentences = text.eval if text else corpus.eval_sentences(EVAL_SENTENCES)
     evals = blocks(tokenize(folder, sentences, cfg["vocab_size"]), 16, t)
