@@ -13,24 +13,10 @@ from bitladder.errors import BitladderError
 from bitladder.io.gguf_blocks import BLOCK_TYPES
 from bitladder.io.gguf_export import export_gguf, rope_rows
 from bitladder.nn.base import QuantModule
-from bitladder.zoo.causal_lm import CausalLM
+from tests.io.tiny_lm import calib_batches as _calib
+from tests.io.tiny_lm import tiny_llama as _tiny
 
 gguf = pytest.importorskip("gguf", reason="the gguf package (deploy extra) is not installed")
-
-
-def _tiny(tied: bool = False) -> CausalLM:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=tied, bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    return CausalLM(LlamaForCausalLM(cfg)).eval()
-
-
-def _calib():
-    g = torch.Generator().manual_seed(1)
-    return [torch.randint(0, 256, (8, 32), generator=g) for _ in range(3)]
 
 
 def _read_back(path) -> dict[str, np.ndarray]:

@@ -10,7 +10,8 @@ import bitladder
 from bitladder import AWQ, GPTQ, HQQ, Act, Int, Ternary
 from bitladder.errors import BitladderError
 from bitladder.io.hf_export import export_hf
-from tests.io.test_gguf_export import _calib, _tiny
+from tests.io.tiny_lm import calib_batches as _calib
+from tests.io.tiny_lm import tiny_llama as _tiny
 
 pytest.importorskip("compressed_tensors", reason="compressed-tensors (deploy extra) is not installed")
 

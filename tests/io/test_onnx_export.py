@@ -127,3 +127,22 @@ def test_matmulnbits_export_keeps_weight_only_numerics(digits_spec, tmp_path, ru
 def test_unknown_weights_mode_is_refused(digits_spec, tmp_path):
     with pytest.raises(BitladderError, match="weights must be one of standard, matmulnbits"):
         export_onnx(digits_spec.model, digits_spec.eval_batches[0][:2], tmp_path / "x.onnx", weights="nbits")
+
+
+def test_tied_embeddings_are_exported_once_and_shared(tmp_path):
+    """A language model whose output layer shares the embedding's weight (both int4): one packed tensor in
+    the file, read by the lookup and the output projection, logits as bitladder's."""
+    import numpy as np
+
+    from tests.io.tiny_lm import tiny_llama as _tiny
+
+    q = bitladder.quantize(_tiny(tied=True), bitladder.Int(bits=4, group=32))
+    x = torch.randint(0, 256, (2, 16))
+    path = export_onnx(q, x, tmp_path / "tied.onnx")
+    proto = onnx.load(str(path))
+    packed = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT4]
+    vocab = [i for i in packed if list(i.dims)[0] == 256]
+    assert len(vocab) == 1  # one copy of the 256 x 64 table
+    got = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(got - q(x).numpy()).max() < 1e-4

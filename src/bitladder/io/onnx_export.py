@@ -57,6 +57,29 @@ def _float_twin(model: nn.Module) -> nn.Module:
     return twin.eval()
 
 
+def _tied(proto, inits: dict, weights: set[str]) -> dict[str, str]:
+    """Quantised weights the exporter merged into another's (tied embeddings: equal dequantised values),
+    as {alias: the initializer it reads through an Identity}."""
+    return {n.output[0]: n.input[0] for n in proto.graph.node
+            if n.op_type == "Identity" and n.input[0] in inits and n.input[0] in weights and n.output[0] in weights}
+
+
+def _weight_only(proto, init, wname: str, m: QuantModule, opset: int, new_nodes: list, in_scale: bool = True) -> None:
+    """Replace the float initializer ``wname`` by packed codes + DequantizeLinear (and the input scale)."""
+    from onnx import helper, numpy_helper
+
+    proto.graph.initializer.remove(init)
+    extra, nodes, out = weight_nodes(wname, m, opset)
+    proto.graph.initializer.extend(extra)
+    new_nodes += nodes
+    if "in_scale" in m.qmeta and in_scale:  # (a static layer's input got the scale before its grid)
+        s = m.in_scale.float().numpy()
+        shape = [1] * len(m.qweight.shape)
+        shape[m.in_axis] = -1
+        proto.graph.initializer.append(numpy_helper.from_array(s.reshape(shape), f"{wname}__in"))
+        new_nodes.append(helper.make_node("Mul", [out, f"{wname}__in"], [wname]))
+
+
 ACTIVATIONS = ("float", "dynamic", "dynamic-tensor")
 WEIGHTS = ("standard", "matmulnbits")
 
@@ -77,7 +100,6 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
         raise BitladderError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
     try:
         import onnx
-        from onnx import helper, numpy_helper
     except ImportError:
         raise BitladderError("ONNX export needs the packages onnx and onnxruntime") from None
     if opset < 13:
@@ -101,13 +123,22 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
                                         for n in names} | {"output": {0: "batch"}})
         proto = onnx.load(str(tmp))
         inits = {i.name: i for i in proto.graph.initializer}
+        tied = _tied(proto, inits, {f"{n}.weight" if n else "weight" for n in quantised})
         new_nodes, shared = [], {}
         for name, m in quantised.items():
             wname = f"{name}.weight" if name else "weight"
+            if wname in tied:  # reads the tied layer's dequantised weight through the exporter's Identity
+                if "in_scale" in m.qmeta or "act" in m.qmeta:
+                    raise BitladderError(f"layer {name!r} shares its weight with {tied[wname]!r} but has its own "
+                                         "input scale or activation grid; accepted: tied layers quantised alike")
+                continue
             if wname not in inits:
                 if any(wname in n.input for n in proto.graph.node):
                     raise BitladderError(f"layer {name!r}: its weight is not a plain initializer in the graph")
                 log.info("layer %s is not used by the traced forward; left out of the ONNX file", name)
+                continue
+            if wname in tied.values():  # shared: keep it one dequantised tensor both layers read
+                _weight_only(proto, inits[wname], wname, m, opset, new_nodes)
                 continue
             static = static_grid(m) is not None
             if static and int8_gemm_eligible(m) and rewrite(proto, wname, m, "static", shared):
@@ -126,16 +157,7 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
             if gather_eligible(m) and rewrite_gather(proto, wname, m):
                 proto.graph.initializer.remove(inits[wname])
                 continue
-            proto.graph.initializer.remove(inits[wname])
-            extra, nodes, out = weight_nodes(wname, m, opset)
-            proto.graph.initializer.extend(extra)
-            new_nodes += nodes
-            if "in_scale" in m.qmeta and not static:  # (a static layer's input got the scale before its grid)
-                s = m.in_scale.float().numpy()
-                shape = [1] * len(m.qweight.shape)
-                shape[m.in_axis] = -1
-                proto.graph.initializer.append(numpy_helper.from_array(s.reshape(shape), f"{wname}__in"))
-                new_nodes.append(helper.make_node("Mul", [out, f"{wname}__in"], [wname]))
+            _weight_only(proto, inits[wname], wname, m, opset, new_nodes, in_scale=not static)
         nodes = list(proto.graph.node)
         del proto.graph.node[:]
         proto.graph.node.extend(new_nodes + nodes)  # weights first: a valid topological order
