@@ -188,10 +188,11 @@ def test_tinylm_runs_in_executorch_close_to_bitladder(tinylm, tmp_path, name, cf
     from bitladder.zoo import causal_lm, corpus
 
     lm, ids = tinylm
-    calib = causal_lm.blocks(causal_lm.encode(corpus.calibration_sentences(64)), batch=4, context=64)
-    q = bitladder.quantize(lm, cfg, exclude=["*embed_tokens*"], calib=calib[:2])
-    example = {"input_ids": ids[:2, :32]}  # a dict: batch and token dimensions both stay dynamic
-    got = run_pte(export_executorch(q, example, tmp_path / f"{name}.pte"), flat_inputs(q, {"input_ids": ids}))
+    calib = causal_lm.blocks(causal_lm.encode(corpus.calibration_sentences(128)), batch=16, context=64)
+    q = bitladder.quantize(lm, cfg, exclude=["*embed_tokens*"], calib=calib[:1])
+    # a tensor example: the batch stays dynamic, the 64 tokens are fixed (with a dynamic token dimension
+    # torch.export's solver stops on a guard 'tokens != 64' inside transformers' Llama)
+    got = run_pte(export_executorch(q, ids[:2], tmp_path / f"{name}.pte"), flat_inputs(q, ids))
     with torch.no_grad():
         mine = weight_only(q)(ids)
     # 14 Linear layers each see int8 inputs: the logits move by about 1 % of their spread, the argmax rarely
