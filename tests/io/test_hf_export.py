@@ -84,3 +84,13 @@ def test_quantised_embeddings_and_non_transformers_models_are_refused(tmp_path, 
         export_hf(bitladder.quantize(_tiny(), Int(bits=8)), tmp_path / "a")
     with pytest.raises(BitladderError, match="transformers model"):
         export_hf(digits_spec.model, tmp_path / "b")
+
+
+def test_a_quantised_head_of_a_tied_model_is_written_untied(tmp_path):
+    # the embedding stays float, the head is int4: reloaded as tied, the head would silently become the embedding
+    q = bitladder.quantize(_tiny(tied=True), Int(bits=4, group=32), exclude=["lm.model.embed_tokens"])
+    out = export_hf(q, tmp_path / "ckpt")
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    x = torch.randint(0, 256, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(_reload(out)(input_ids=x).logits, q(x), atol=1e-5, rtol=1e-5)

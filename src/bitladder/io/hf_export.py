@@ -91,6 +91,9 @@ def export_hf(model: nn.Module, path: str | os.PathLike) -> Path:
         args_of[key] = a
         groups.setdefault(key, []).append(name)
     twin = copy.deepcopy(hf)
+    if getattr(twin.config, "tie_word_embeddings", False) and any(n.endswith("lm_head") for n in quantised):
+        # the quantised head no longer equals the embedding: tied on reload, it would silently become it
+        twin.config.tie_word_embeddings = False
     for name, m in quantised.items():  # float Linear layers holding exactly bitladder's dequantised weights
         parent, _, leaf = name.rpartition(".")
         setattr(twin.get_submodule(parent) if parent else twin, leaf, m.to_float())
