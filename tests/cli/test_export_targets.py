@@ -60,3 +60,28 @@ def test_a_target_gguf_cannot_hold_is_refused_on_the_command_line(tmp_path, digi
     bitladder.save(bitladder.quantize(digits_spec.model, Int(bits=4, group=32)), art, source="digits")
     one_line_error(cli("export", str(art), "--to", "gguf", "--out", str(tmp_path / "d.gguf")), "Llama-architecture")
     assert not (tmp_path / "d.gguf").exists()
+
+
+def test_a_model_from_a_local_folder_exports_from_the_command_line(tmp_path):
+    """--model PATH end to end: a Llama folder quantised, saved with its hf: source, exported by the CLI to
+    GGUF and a compressed-tensors folder, each read back to the artifact's numbers."""
+    gguf = pytest.importorskip("gguf", reason="the gguf package (deploy extra) is not installed")
+    pytest.importorskip("compressed_tensors", reason="compressed-tensors (deploy extra) is not installed")
+    from transformers import AutoModelForCausalLM
+
+    from bitladder.zoo.registry import resolve
+    from tests.zoo.llama_folders import llama_folder
+
+    spec = resolve(str(llama_folder(tmp_path / "llama", layers=2, vocab=256)))
+    q = bitladder.quantize(spec.fresh_model(), Int(bits=4, group=32), exclude=["lm.model.embed_tokens"])
+    bitladder.save(q, tmp_path / "q.safetensors", source=spec.source)
+    assert cli("export", str(tmp_path / "q.safetensors"), "--to", "gguf", "--out", str(tmp_path / "q.gguf")).returncode == 0
+    assert cli("export", str(tmp_path / "q.safetensors"), "--to", "hf", "--out", str(tmp_path / "ckpt")).returncode == 0
+    x = spec.eval_batches[0][:2]
+    with torch.no_grad():
+        ref = q(x)
+        got = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")(input_ids=x).logits
+        from_gguf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q.gguf")(input_ids=x).logits
+    assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(from_gguf, ref, atol=1e-4, rtol=1e-4)
+    assert {t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "q.gguf")).tensors} >= {"Q4_0", "F32"}

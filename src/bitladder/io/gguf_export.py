@@ -58,9 +58,16 @@ def _gguf_names(hf: nn.Module) -> dict[str, str]:
     names = dict(_TOP)
     for i in range(hf.config.num_hidden_layers):
         names.update({f"model.layers.{i}.{k}": f"blk.{i}.{v}" for k, v in _IN_BLOCK.items()})
-    if hf.config.tie_word_embeddings or hf.lm_head.weight is getattr(hf.model.embed_tokens, "weight", None):
+    if _same_weight(hf.lm_head, hf.model.embed_tokens):
         names.pop("lm_head")  # llama.cpp reads the output projection from token_embd when output is absent
     return names
+
+
+def _same_weight(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two layers hold the same weight (tied, or quantised alike from a tied one)."""
+    wa = a.qweight.dequantize() if isinstance(a, QuantModule) else a.weight
+    wb = b.qweight.dequantize() if isinstance(b, QuantModule) else b.weight
+    return wa is wb or (wa.shape == wb.shape and bool(torch.equal(wa, wb)))
 
 
 def _check_layer(name: str, m: nn.Module) -> None:
