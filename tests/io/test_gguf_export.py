@@ -78,11 +78,18 @@ def test_transformers_runs_the_file_to_bitladders_logits(tmp_path):
     assert path.stat().st_size < n * 4 * 0.2
 
 
-def test_tied_embeddings_are_written_once(tmp_path):
-    q = bitladder.quantize(_tiny(tied=True), Int(bits=8, group=32), exclude=["lm.lm_head"])
-    path = export_gguf(q, tmp_path / "m.gguf")
-    names = {t.name for t in gguf.GGUFReader(str(path)).tensors}
+def test_tied_embeddings_are_written_once_and_an_untied_head_is_kept(tmp_path):
+    q = bitladder.quantize(_tiny(tied=True), Int(bits=8, group=32))  # both alike: still one weight
+    export_gguf(q, tmp_path / "m.gguf")
+    names = {t.name for t in gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors}
     assert "token_embd.weight" in names and "output.weight" not in names
+    # a float head beside a quantised embedding is another weight: written, and the file runs to its logits
+    q = bitladder.quantize(_tiny(tied=True), Int(bits=8, group=32), exclude=["lm.lm_head"])
+    path = export_gguf(q, tmp_path / "h.gguf")
+    assert "output.weight" in {t.name for t in gguf.GGUFReader(str(path)).tensors}
+    x = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        assert torch.allclose(_reload_logits(path, x), q(x), atol=1e-4, rtol=1e-4)
 
 
 def test_an_awq_input_scale_folds_into_the_norm_before_it(tmp_path):
