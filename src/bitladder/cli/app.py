@@ -21,6 +21,13 @@ console = Console() if sys.stdout.isatty() else Console(width=170)
 def plain(text: str) -> None:
     """Print text holding user paths and names as it is: ``[`` in a path is not rich markup."""
     console.print(text, markup=False, highlight=False)
+#: bench suites: name -> (rows function, status line, whole model: takes repeats and the --only filter)
+BENCH_SUITES = {
+    "linear": ("bitladder.pipeline.bench.linear:linear_rows", "timing Linear kernels", False),
+    "conv": ("bitladder.pipeline.bench.conv:conv_rows", "timing Conv2d kernels", False),
+    "minilm": ("bitladder.pipeline.bench.minilm:minilm_rows", "timing MiniLM variants", True),
+    "tinylm": ("bitladder.pipeline.bench.tinylm:tinylm_rows", "timing tinylm variants", True),
+}
 DATA_HELP = ("a text file (one sample a line, or JSONL with \"text\") for a text model: half its distinct "
              "samples evaluate, the other half calibrate, instead of the built-in corpus")
 ABORTS = (typer.Abort, KeyboardInterrupt)  # Ctrl-C: exit 130 without a traceback
@@ -195,18 +202,18 @@ def mixed(
 
 @app.command()
 def bench(
-    suite: str = typer.Option("linear", help="linear, conv, minilm or all"),
+    suite: str = typer.Option("linear", help="linear, conv, minilm, tinylm or all"),
     json_out: Path = typer.Option(None, "--json", help="write the rows (schema bitladder.bench/1) here"),
-    repeats: int = typer.Option(10, min=1, help="MiniLM: timed runs per variant"),
-    only: str = typer.Option("", help="MiniLM: comma-separated substrings of the variants to run"),
+    repeats: int = typer.Option(10, min=1, help="MiniLM, tinylm: timed runs per variant"),
+    only: str = typer.Option("", help="MiniLM, tinylm: comma-separated substrings of the variants to run"),
 ) -> None:
     """Latency (and fidelity) of every kernel and rung against fp32 and the peers, one run."""
     from bitladder.pipeline.ladder.run import write_json
     from bitladder.pipeline.bench.limits import annotate, measure
     from bitladder.pipeline.measure.machine import machine, one_line
 
-    if suite not in ("linear", "conv", "minilm", "all"):
-        raise BitladderError(f"unknown suite {suite!r}; accepted: linear, conv, minilm, all")
+    if suite not in (*BENCH_SUITES, "all"):
+        raise BitladderError(f"unknown suite {suite!r}; accepted: {', '.join(BENCH_SUITES)}, all")
     if json_out is not None:
         if not json_out.parent.is_dir():  # fail before the timing, not after it
             raise BitladderError(f"cannot write {json_out}: folder {json_out.parent} does not exist")
@@ -215,21 +222,15 @@ def bench(
         limits = measure()
     mach = machine(**limits)
     rows: list[dict] = []
-    if suite in ("linear", "all"):
-        from bitladder.pipeline.bench.linear import linear_rows
+    import importlib
 
-        with console.status("timing Linear kernels"):
-            rows += linear_rows()
-    if suite in ("conv", "all"):
-        from bitladder.pipeline.bench.conv import conv_rows
-
-        with console.status("timing Conv2d kernels"):
-            rows += conv_rows()
-    if suite in ("minilm", "all"):
-        from bitladder.pipeline.bench.minilm import minilm_rows
-
-        with console.status("timing MiniLM variants"):
-            rows += minilm_rows(repeats, [o for o in only.split(",") if o] or None)
+    for name, (where, status, whole_model) in BENCH_SUITES.items():
+        if suite not in (name, "all"):
+            continue
+        module, fn = where.split(":")
+        rows_of = getattr(importlib.import_module(module), fn)
+        with console.status(status):
+            rows += rows_of(repeats, [o for o in only.split(",") if o] or None) if whole_model else rows_of()
     from bitladder.cli.table import bench_table
 
     annotate(rows, limits)
@@ -240,7 +241,7 @@ def bench(
     if json_out is not None:
         import shlex
 
-        cmd = ["bitladder", "bench", "--suite", suite, *(["--repeats", str(repeats)] if suite in ("minilm", "all")
+        cmd = ["bitladder", "bench", "--suite", suite, *(["--repeats", str(repeats)] if suite not in ("linear", "conv")
                                                          else []), *(["--only", only] if only else []),
                "--json", str(json_out)]
         write_json(json_out, {"schema": "bitladder.bench/1", "command": shlex.join(cmd),

@@ -111,9 +111,9 @@ class _NoInferenceMode(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, **batch):
+    def forward(self, *args, **batch):
         with torch.inference_mode(False), torch.no_grad():
-            return self.model(**{k: v.clone() for k, v in batch.items()})
+            return self.model(*(a.clone() for a in args), **{k: v.clone() for k, v in batch.items()})
 
 
 def _quanto(spec, weights: str):
