@@ -20,7 +20,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from bitladder.errors import BitladderError
