@@ -27,7 +27,7 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def _replicas_identical(model: torch.nn.Module, w: ddp.World) -> bool:
+def replicas_identical(model: torch.nn.Module, w: ddp.World) -> bool:
     """Every rank ends with the same weights (DDP kept the replicas in step)."""
     if w.size == 1:
         return True
@@ -55,7 +55,7 @@ def main() -> None:
     fit(student, xs, ys, Train(epochs=args.epochs, lr=args.lr, seed=args.seed), teacher=teacher)
     seconds = time.perf_counter() - t0
     q = convert(student)
-    same = _replicas_identical(student, w)
+    same = replicas_identical(student, w)
     if w.main:
         print(json.dumps({"world": w.size, "epochs": args.epochs, "bits": args.bits,
                           "fp32_accuracy": accuracy(teacher, data["x_test"], data["y_test"]),

@@ -28,16 +28,7 @@ from bitladder.methods.train import ddp, shards
 from bitladder.methods.train.qat import QAT, convert, prepare_qat
 from bitladder.methods.train.trainer import Train, fit
 from bitladder.zoo import digits
-
-
-def _identical(model: torch.nn.Module, w: ddp.World) -> bool:
-    if w.size == 1:
-        return True
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
-    lo, hi = flat.clone(), flat.clone()
-    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
-    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
-    return bool(torch.equal(lo, hi))
+from ddp_digits import replicas_identical  # a sibling script: run as a script, its folder is on sys.path
 
 
 def _digits() -> tuple:
@@ -69,7 +60,7 @@ def one_run(args: argparse.Namespace) -> None:
     if w.size > 1:
         ranks = [None] * w.size
         torch.distributed.all_gather_object(ranks, held)
-    same = _identical(student, w)
+    same = replicas_identical(student, w)
     q = convert(student)
     with torch.no_grad():  # accuracy on the labels, or agreement with the teacher's next token
         hits = [(q(x).argmax(-1) == (test_y if test_y is not None else teacher(x).argmax(-1))) for x in test_x]

@@ -106,6 +106,27 @@ def read_header(path: str | os.PathLike) -> tuple[dict, dict]:
     return meta, info
 
 
+def rebuild_layer(name: str, module: nn.Module, lm: dict, tensors: dict[str, torch.Tensor],
+                  handlers: HandlerRegistry = HANDLERS) -> nn.Module:
+    """The quantised layer the artifact records at ``name`` (metadata ``lm``, stored ``tensors``), built by
+    its handler in place of the model's ``module``; a one-line error where the two do not match."""
+    handler = handlers.lookup(module)
+    if handler is None or handler.__name__ != lm["handler"]:
+        raise BitladderError(f"artifact layer {name!r} was {lm['handler']}, the model has "
+                             f"{type(module).__name__} there")
+    w = None if isinstance(module, QuantModule) else getattr(module, "weight", None)
+    if isinstance(w, torch.Tensor) and tuple(w.shape) != tuple(lm["shape"]):  # same bytes, other geometry
+        raise BitladderError(f"artifact layer {name!r} does not match the model: shape {lm['shape']} in the "
+                             f"artifact, {list(w.shape)} in the model")
+    prefix = f"{name}." if name else ""
+    parts = {p: tensors[f"{prefix}weight_{p}"] for p in ("packed", "scale", "zero_point", "table", "mask")
+             if f"{prefix}weight_{p}" in tensors}
+    try:
+        return handler.skeleton(module, lm, parts)
+    except (ValueError, KeyError) as e:
+        raise BitladderError(f"artifact layer {name!r} is inconsistent: {e}") from None
+
+
 def load(path: str | os.PathLike, model: nn.Module | None = None,
          handlers: HandlerRegistry = HANDLERS, builder: Callable[[str | None], nn.Module] | None = None) -> nn.Module:
     """Load an artifact into ``model`` (the float architecture), or into ``builder(source)`` for the source
@@ -137,21 +158,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None,
             module = model.get_submodule(name)
         except AttributeError:
             raise BitladderError(f"artifact layer {name!r} does not exist in the given model") from None
-        handler = handlers.lookup(module)
-        if handler is None or handler.__name__ != lm["handler"]:
-            raise BitladderError(f"artifact layer {name!r} was {lm['handler']}, the model has "
-                                 f"{type(module).__name__} there")
-        w = None if isinstance(module, QuantModule) else getattr(module, "weight", None)
-        if isinstance(w, torch.Tensor) and tuple(w.shape) != tuple(lm["shape"]):  # same bytes, other geometry
-            raise BitladderError(f"artifact layer {name!r} does not match the model: shape {lm['shape']} in the "
-                                 f"artifact, {list(w.shape)} in the model")
-        prefix = f"{name}." if name else ""
-        parts = {p: tensors[f"{prefix}weight_{p}"] for p in ("packed", "scale", "zero_point", "table", "mask")
-                 if f"{prefix}weight_{p}" in tensors}
-        try:
-            new = handler.skeleton(module, lm, parts)
-        except (ValueError, KeyError) as e:
-            raise BitladderError(f"artifact layer {name!r} is inconsistent: {e}") from None
+        new = rebuild_layer(name, module, lm, tensors, handlers)
         if not name:  # the model is itself one quantised layer
             model = new
             continue

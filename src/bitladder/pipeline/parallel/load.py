@@ -18,8 +18,7 @@ from safetensors import safe_open
 from torch import nn
 
 from bitladder.errors import BitladderError
-from bitladder.io.artifact import read_header
-from bitladder.nn.registry import HANDLERS
+from bitladder.io.artifact import read_header, rebuild_layer
 from bitladder.pipeline.parallel.blocks import SplitterRegistry
 from bitladder.pipeline.parallel.split import balance, owned, unit_bytes
 from bitladder.pipeline.parallel.splitters import default_registry
@@ -72,17 +71,7 @@ def _swap_quantised(model: nn.Module, layers: dict, tensors: dict[str, torch.Ten
     """Replace this unit's float layers that the artifact stores quantised by their handlers' skeletons."""
     for name in owned(list(layers), prefixes):
         lm = layers[name]
-        module = model.get_submodule(name)
-        handler = HANDLERS.lookup(module)
-        if handler is None or handler.__name__ != lm["handler"]:
-            raise BitladderError(f"artifact layer {name!r} was {lm['handler']}, the model has "
-                                 f"{type(module).__name__} there")
-        parts = {p: tensors[f"{name}.weight_{p}"] for p in ("packed", "scale", "zero_point", "table", "mask")
-                 if f"{name}.weight_{p}" in tensors}
-        try:
-            new = handler.skeleton(module, lm, parts)
-        except (ValueError, KeyError) as e:
-            raise BitladderError(f"artifact layer {name!r} is inconsistent: {e}") from None
+        new = rebuild_layer(name, model.get_submodule(name), lm, tensors)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, new)
 
