@@ -61,11 +61,17 @@ def build(folder: str | None = None) -> SentenceEncoder:
     return SentenceEncoder(enc).eval()
 
 
-def tokenize(sentences: list[str], batch: int = BATCH, folder: str | None = None) -> list[dict[str, torch.Tensor]]:
-    """Tokenised batches of ``batch`` sentences (padded, truncated to ``MAX_LENGTH``) as model input dicts."""
+def tokenize(sentences: list[str], batch: int = BATCH, folder: str | None = None,
+             by_length: bool = False) -> list[dict[str, torch.Tensor]]:
+    """Tokenised batches of ``batch`` sentences (padded, truncated to ``MAX_LENGTH``) as model input dicts;
+    ``by_length`` batches sentences of similar token counts together (calibration: statistics skip padding,
+    so it only saves the work of padding, about 60 % of MiniLM's calibration tokens unsorted)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder or model_dir())
+    if by_length:
+        counts = [len(ids) for ids in tok(sentences, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
+        sentences = [s for _, s in sorted(zip(counts, sentences), key=lambda p: p[0])]
     out = []
     for i in range(0, len(sentences), batch):
         enc = tok(sentences[i : i + batch], padding=True, truncation=True, max_length=MAX_LENGTH,
@@ -86,7 +92,7 @@ def spec(folder: str | None = None, source: str = "minilm", text: Text | None = 
         name="minilm" if folder is None else os.path.basename(os.path.normpath(folder)), model=build(folder),
         metric="cosine", eval_batches=evals,
         latency_batch=tokenize(ev[:32], batch=32, folder=folder)[0],
-        calib_batches=tokenize(cal, folder=folder),
+        calib_batches=tokenize(cal, folder=folder, by_length=True),
         train_batches=tokenize(train, batch=32, folder=folder),
         default_rungs=["fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4-g64",
                        "int3-g64-asym", "int2-g64-asym", "ternary", "binary"],

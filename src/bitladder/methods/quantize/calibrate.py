@@ -84,6 +84,12 @@ def advance(inp: tuple[tuple, dict], out: torch.Tensor) -> tuple[tuple, dict]:
 class Collector(abc.ABC):
     """Accumulates what one layer receives; subclasses keep the statistic a method needs."""
 
+    by_input = False  # True where the state is a function of the rows taken alone (layers fed one tensor share)
+
+    def same_setup(self, other: "Collector") -> bool:
+        """Whether ``other`` was built with the same settings, so that one can stand for both."""
+        return False
+
     @abc.abstractmethod
     def update(self, x: torch.Tensor) -> None:  # x: (rows, K) with padding rows removed
         """Take one batch of input rows."""
@@ -133,35 +139,58 @@ def blockwise(model: nn.Module, names: list[str], batches: list[Any],
 def groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefix: str, group: bool) -> list[str]:
     """Quantise ``names`` (inside ``root``, named with ``prefix``) group by group, re-running ``root`` on
     ``inputs`` (its ``(args, kwargs)`` calls; ``masks``: padding rows per call) between groups; returns the
-    names no input reached."""
+    names no input reached.
+
+    The first batch of each pass runs in full and names the group (the layers fed the first layer's input);
+    later batches feed only that group and stop ``root`` right after the group's last layer, since nothing
+    after it is used before the group is quantised. Siblings whose collectors are ``by_input`` share one.
+    """
     pending = list(names)
     while pending:
         modules = {n: root.get_submodule(n[len(prefix):]) for n in pending}
         collectors = {n: make(n, m) for n, m in modules.items()}
-        calls: list[tuple[int, str, int]] = []  # (batch index, layer, id of its input)
-        alive: list[torch.Tensor] = []
-        state = {"batch": 0, "mask": None}
+        calls: list[tuple[str, int]] = []  # the first batch's (layer, id of its input), in call order
+        alive: list[torch.Tensor] = []  # the first batch's inputs: their ids stay unique while compared
+        state: dict[str, Any] = {"batch": 0, "mask": None, "left": None, "fed": set()}
 
         def hook_for(n: str, module: nn.Module):
             def hook(_m, args):
                 x = args[0]
-                calls.append((state["batch"], n, id(x)))
                 if state["batch"] == 0:
-                    alive.append(x)  # ids of the first batch's inputs stay unique while they are compared
+                    calls.append((n, id(x)))
+                    alive.append(x)
+                elif state["left"] <= 0:
+                    raise _Stop  # past the group's last layer
+                else:
+                    state["left"] -= 1
+                    if n not in siblings:
+                        return
+                c = collectors[n]
+                if (id(c), id(x)) in state["fed"]:
+                    return  # a shared collector already took this input
+                state["fed"].add((id(c), id(x)))
                 rows = layer_rows(module, x)
                 m = state["mask"]
                 if m is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(m.shape):
                     rows = rows[m.reshape(-1).bool()]
-                collectors[n].update(rows.float())
+                c.update(rows.float())
             return hook
 
+        siblings: list[str] = []
         hooks = [m.register_forward_pre_hook(hook_for(n, m)) for n, m in modules.items()]
         try:
             with torch.no_grad():
                 for i, ((args, kwargs), m) in enumerate(zip(inputs, masks)):
-                    state["batch"], state["mask"] = i, m
+                    if i == 1:
+                        if not calls:
+                            break
+                        siblings = _siblings(calls)
+                        _share(collectors, siblings)
+                    state.update(batch=i, mask=m, fed=set(), left=_last_call(calls, siblings) + 1)
                     try:
                         root(*args, **kwargs)
+                    except _Stop:
+                        pass
                     except Exception as e:
                         raise BitladderError(f"calibration batch {i} does not fit the model: {_short(e)}") from None
         finally:
@@ -169,8 +198,7 @@ def groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefix
                 h.remove()
         if not calls:
             return pending  # none of these layers is reached by the data
-        first = calls[0]
-        siblings = list(dict.fromkeys(n for b, n, i in calls if b == first[0] and i == first[2]))
+        siblings = siblings or _siblings(calls)
         if group:
             apply([(n, modules[n], collectors[n]) for n in siblings])
         else:
@@ -180,9 +208,31 @@ def groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefix
     return []
 
 
+def _siblings(calls: list[tuple[str, int]]) -> list[str]:
+    """The layers fed the same tensor as the first layer called."""
+    return list(dict.fromkeys(n for n, i in calls if i == calls[0][1]))
+
+
+def _last_call(calls: list[tuple[str, int]], siblings: list[str]) -> int:
+    """Index of the last call to a sibling in the first batch (-1 before the group is known)."""
+    return max((k for k, (n, _) in enumerate(calls) if n in siblings), default=-1)
+
+
+def _share(collectors: dict[str, "Collector"], siblings: list[str]) -> None:
+    """Siblings share the first one's collector where the collector is a function of its input alone (they
+    have taken the same rows so far, so any of them can go on for all)."""
+    lead = collectors[siblings[0]]
+    for n in siblings[1:]:
+        c = collectors[n]
+        if type(c) is type(lead) and lead.by_input and lead.same_setup(c):
+            collectors[n] = lead
+
+
 class SampleCollector(Collector):
     """A strided sample of input rows (at most ``keep``) plus per-column max |x|, mean |x|, mean x and
     mean x²."""
+
+    by_input = True
 
     def __init__(self, keep: int = 2048) -> None:
         self.keep, self.rows, self.n = keep, [], 0
@@ -198,6 +248,9 @@ class SampleCollector(Collector):
             self.amax = torch.maximum(self.amax, mx)
         self.n += x.shape[0]
         self.rows.append(x[:: max(1, x.shape[0] // 512)])
+
+    def same_setup(self, other: Collector) -> bool:
+        return isinstance(other, SampleCollector) and other.keep == self.keep
 
     def sample(self) -> torch.Tensor:
         """The kept input rows, evenly strided down to about ``keep``."""

@@ -22,16 +22,22 @@ log = logging.getLogger("bitladder")
 
 
 class HessianCollector(Collector):
-    """Running ``2 X^T X / n`` of a layer's input rows."""
+    """Running ``2 X^T X / n`` of a layer's input rows: each batch's product in float32 (a batch's rounding
+    is far below GPTQ's damping), summed over batches in float64."""
+
+    by_input = True
 
     def __init__(self, k: int) -> None:
         self.h = torch.zeros(k, k, dtype=torch.float64)
         self.n = 0
 
     def update(self, x: torch.Tensor) -> None:
-        x = x.double()
-        self.h += 2 * x.T @ x
+        x = x.float()
+        self.h += (x.T @ x).double().mul_(2)
         self.n += x.shape[0]
+
+    def same_setup(self, other: Collector) -> bool:
+        return isinstance(other, HessianCollector) and other.h.shape == self.h.shape
 
     @property
     def hessian(self) -> torch.Tensor:
