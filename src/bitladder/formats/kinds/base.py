@@ -66,6 +66,20 @@ class Kind(ABC):
         """Codes -> the float32 values a scale multiplies (before the zero point is taken off)."""
         return q.to(torch.float32)
 
+    def round_trip(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+                   qtype: QType) -> torch.Tensor:
+        """``dequantize(quantize(x))`` as float32, in one pass over ``x`` where the kind keeps the base rules
+        (searches call it once per candidate scale)."""
+        if type(self).quantize is not Kind.quantize or type(self).decode is not Kind.decode:
+            q, _ = self.quantize(x, scale, zero_point, qtype)
+            v = self.decode(q, qtype)
+            return (v if zero_point is None else v - zero_point.float()).mul_(scale)
+        v = torch.round(x.float() / scale)
+        if zero_point is None:
+            return v.clamp_(qtype.qmin, qtype.qmax).mul_(scale)
+        z = zero_point.float()
+        return v.add_(z).clamp_(qtype.qmin, qtype.qmax).sub_(z).mul_(scale)
+
     def to_unsigned(self, q: torch.Tensor, qtype: QType) -> torch.Tensor:
         """Signed codes -> the unsigned codes the packer stores."""
         return (q.to(torch.int16) - qtype.qmin).to(torch.uint8)

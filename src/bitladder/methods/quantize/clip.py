@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from bitladder.formats.qtypes import QType
-from bitladder.formats.quant import choose_qparams, dequantize, quantize
+from bitladder.formats.quant import choose_qparams
 
 
 def search_qparams(xb: torch.Tensor, qtype: QType, symmetric: bool, scale_dtype: torch.dtype = torch.float16,
@@ -34,12 +34,13 @@ def search_qparams(xb: torch.Tensor, qtype: QType, symmetric: bool, scale_dtype:
     best_s, best_z = choose_qparams(x, qtype, symmetric, scale_dtype)
     if not qtype.rules.range_scaled:
         return best_s, best_z
+    ends = torch.cat([x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True)], dim=-1)  # a range-scaled
+    # kind's scale and zero point depend on the block's ends alone: shrink those, not the whole block
     best_err = torch.full(x.shape[:-1] + (1,), float("inf"))
     for i in range(grid):
         ratio = 1.0 - (1.0 - min_ratio) * i / max(grid - 1, 1)
-        s, z = choose_qparams(x * ratio, qtype, symmetric, scale_dtype)  # range shrunk by `ratio`
-        q, _ = quantize(x, s, z, qtype)
-        e = (dequantize(q, s, z, qtype) - x).pow(2)
+        s, z = choose_qparams(ends * ratio, qtype, symmetric, scale_dtype)  # range shrunk by `ratio`
+        e = qtype.rules.round_trip(x, s, z, qtype).sub_(x).pow_(2)
         if weight is not None:
             e = e * weight
         e = e.sum(dim=-1, keepdim=True)

@@ -46,59 +46,81 @@ class HessianCollector(Collector):
 
 
 def _inverse_cholesky(h: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
-    """Upper Cholesky factor of H^-1, raising the damping tenfold (and warning) if H is singular."""
+    """Upper triangular ``U`` with ``U^T U = H^-1`` (float64), raising the damping tenfold (and warning) if H
+    is singular.
+
+    One Cholesky factorisation and one triangular inverse, not three factorisations: with ``J`` the
+    reversal, ``J H J = L L^T`` gives ``H = A A^T`` for the upper triangular ``A = J L J``, so
+    ``H^-1 = A^-T A^-1`` and ``U = A^-1``."""
     mean_diag = float(torch.diag(h).mean())
     for attempt in range(6):
         d = damp * (10**attempt)
-        hd = h + d * mean_diag * torch.eye(h.shape[0], dtype=h.dtype)
+        hd = h.flip(0, 1)
+        hd.diagonal().add_(d * mean_diag)
         l, info = torch.linalg.cholesky_ex(hd)
+        del hd
         if int(info) == 0:
-            inv = torch.cholesky_inverse(l)
-            u, info = torch.linalg.cholesky_ex(inv, upper=True)
-            if int(info) == 0:
-                if attempt:
-                    log.warning("GPTQ: Hessian not positive definite; damping raised to %.3g", d)
-                return u, d
+            a = l.flip(0, 1)
+            del l
+            u = torch.linalg.solve_triangular(a, torch.eye(a.shape[0], dtype=a.dtype), upper=True)
+            if attempt:
+                log.warning("GPTQ: Hessian not positive definite; damping raised to %.3g", d)
+            return u, d
     raise ValueError("GPTQ: the Hessian stays singular even with heavy damping")
 
 
 def gptq_rows(w: torch.Tensor, h: torch.Tensor, qtype: QType, layout: Layout, symmetric: bool,
               scale_dtype: torch.dtype, damp: float = 0.01, act_order: bool = True, block_size: int = 128,
               clip_search: bool = True):
-    """GPTQ on the weight rows ``w`` (C, K). Returns codes (C, K), scale and zero point (C, nb, 1)."""
-    w = w.detach().double().clone()
+    """GPTQ on the weight rows ``w`` (C, K). Returns codes (C, K), scale and zero point (C, nb, 1).
+
+    The Hessian is inverted in float64; the column sweep runs in float32, as the paper's reference does (its
+    updates are memory-bound: float32 halves their traffic)."""
+    w = w.detach().float().clone()
     c, k = w.shape
     h = h.double().clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     rows_layout = Layout(layout.granularity, 0, layout.group)
-    xb = rows_layout.to_blocks(w.float())
+    xb = rows_layout.to_blocks(w)
     if clip_search:
         scale, zp = search_qparams(xb, qtype, symmetric, scale_dtype)
     else:
         scale, zp = choose_qparams(xb, qtype, symmetric, scale_dtype)
+    del xb
     _, _, nb, b = rows_layout.dims((c, k))
-    col_block = torch.arange(k) // b
-    s_col = scale.reshape(-1, nb)[:, col_block].double().expand(c, k)
-    z_col = None if zp is None else zp.reshape(-1, nb)[:, col_block].double().expand(c, k)
     perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(k)
-    w, h, s_col = w[:, perm], h[perm][:, perm], s_col[:, perm]
-    z_col = None if z_col is None else z_col[:, perm]
-    hinv, _ = _inverse_cholesky(h, damp)
-    q = torch.zeros(c, k, dtype=torch.float64)
+    col_block = (torch.arange(k) // b)[perm]  # the scale block of each swept column
+    # transposed (K, C): one swept column is one contiguous row, and its update one rank-1 ``addr_``
+    st = scale.reshape(-1, nb)[:, col_block].T.contiguous()
+    zt = None if zp is None else zp.reshape(-1, nb)[:, col_block].T.float().contiguous()
+    wt = w.T[perm].contiguous()
+    del w
+    h = h[perm][:, perm]
+    hinv = _inverse_cholesky(h, damp)[0].float()
+    del h
+    diag = hinv.diagonal().tolist()
+    qt = torch.empty(k, c, dtype=torch.float32)
+    err = torch.empty(block_size, c, dtype=torch.float32)
+    tmp = torch.empty(c, dtype=torch.float32)
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
-        w1, err1, hinv1 = w[:, i1:i2].clone(), torch.zeros(c, i2 - i1, dtype=torch.float64), hinv[i1:i2, i1:i2]
+        w1, h1 = wt[i1:i2], hinv[i1:i2, i1:i2]  # views: the sweep updates wt in place
         for i in range(i2 - i1):
-            col, s = w1[:, i], s_col[:, i1 + i]
-            z = 0.0 if z_col is None else z_col[:, i1 + i]
-            code = torch.clamp(torch.round(col / s) + z, qtype.qmin, qtype.qmax)
-            q[:, i1 + i] = code
-            e = (col - (code - z) * s) / hinv1[i, i]
-            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
-            err1[:, i] = e
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    codes = torch.empty_like(q)
-    codes[:, perm] = q
-    return codes.to(torch.int32), scale, zp
+            j = i1 + i
+            col, code, e = w1[i], qt[j], err[i]
+            torch.div(col, st[j], out=code).round_()
+            if zt is None:
+                code.clamp_(qtype.qmin, qtype.qmax)
+                torch.mul(code, st[j], out=tmp)
+            else:
+                code.add_(zt[j]).clamp_(qtype.qmin, qtype.qmax)
+                torch.sub(code, zt[j], out=tmp).mul_(st[j])
+            torch.sub(col, tmp, out=e).div_(diag[j])
+            w1[i:].addr_(h1[i, i:], e, alpha=-1)
+        if i2 < k:
+            wt[i2:].sub_(hinv[i1:i2, i2:].T @ err[: i2 - i1])
+    codes = torch.empty(c, k, dtype=torch.int32)
+    codes[:, perm] = qt.T.to(torch.int32)
+    return codes, scale, zp
