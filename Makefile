@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml setup.py src/bitladder/kernels/c/lowbit.c
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU torch 2.13.0 lies on disk on the project's machines; install it first, explicitly.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	# test + deploy: the export targets' tests load each result in its own runtime
-	$(BIN)/python -m pip install -q -e '.[test,deploy]'
+	# test + deploy + eval: the export targets' tests load each result in its own runtime; eval: the unseen corpus
+	$(BIN)/python -m pip install -q -e '.[test,deploy,eval]'
 	touch $(STAMP)
 
 setup: $(STAMP)

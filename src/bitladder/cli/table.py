@@ -16,12 +16,16 @@ METRIC_COLUMNS = {"cosine": (("cos min", "cos_min", ".4f"), ("kNN@10", "knn10", 
 def ladder_table(results: dict) -> Table:
     """Rich table of a ladder or recipe ``results`` dict, one row per rung (plus the metric's own columns)."""
     extra = METRIC_COLUMNS.get(results["metric"], ())
+    unseen = results.get("unseen_corpus")
+    if unseen:  # fidelity on the second corpus (zoo.unseen), beside the built-in one
+        extra = (*extra, (f"fid {unseen}", "unseen_fidelity", ".4f"))
     kind = "recipe" if "recipe" in results else "ladder"
     t = Table(title=escape(f"bitladder {kind}: {results['model']} ({results['metric']})"))
     for c in ("rung", "fidelity", "drop pt", *(h for h, _, _ in extra), "disk bytes",
               "quant bytes", "theory bytes", "bits/w", "x fp32 speed", "warnings"):
         t.add_column(c, justify="left" if c in ("rung", "warnings") else "right")
     for r in results["rungs"]:
+        r = {**r, "unseen_fidelity": (r.get("unseen") or {}).get("fidelity")}
         cells = ("–" if r.get(k) is None else format(r[k], f) for _, k, f in extra)
         t.add_row(escape(r["rung"]), f"{r['fidelity']:.4f}", f"{r['fidelity_drop_pt']:.2f}", *cells,
                   f"{r['bytes_on_disk']:,}", f"{r['quantized_bytes']:,}", f"{r['theoretical_bytes']:,.0f}",

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from bitladder.errors import BitladderError
-from bitladder.zoo import corpus
+from bitladder.zoo import corpus, unseen
 from bitladder.zoo.spec import ModelSpec
 from bitladder.zoo.text import Text
 
@@ -88,6 +88,7 @@ def spec(folder: str | None = None, source: str = "minilm", text: Text | None = 
     cal = text.calib[:CALIB_SENTENCES] if text else corpus.calibration_sentences(CALIB_SENTENCES)
     train = text.calib[:TRAIN_SENTENCES] if text else corpus.calibration_sentences(TRAIN_SENTENCES)
     evals = tokenize(ev, folder=folder)
+    why = unseen.missing()
     return ModelSpec(
         name="minilm" if folder is None else os.path.basename(os.path.normpath(folder)), model=build(folder),
         metric="cosine", eval_batches=evals,
@@ -97,4 +98,6 @@ def spec(folder: str | None = None, source: str = "minilm", text: Text | None = 
         default_rungs=["fp64", "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4-g64",
                        "int3-g64-asym", "int2-g64-asym", "ternary", "binary"],
         source=source, factory=functools.partial(build, folder),
+        unseen_batches=[] if why else tokenize(unseen.sentences(EVAL_SENTENCES), folder=folder),
+        unseen_corpus=None if why else unseen.NAME, unseen_missing=why,
     )

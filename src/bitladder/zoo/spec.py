@@ -38,6 +38,11 @@ class ModelSpec:
     default_rungs: list[str] = field(default_factory=list)
     source: str | None = None  # a built-in name that rebuilds ``model`` when an artifact is loaded
     factory: Callable[[], nn.Module] | None = None
+    # a second evaluation set of another kind of text (zoo.unseen), scored like ``eval_batches``; empty where
+    # the corpus is not installed, and ``unseen_missing`` says why
+    unseen_batches: list[Any] = field(default_factory=list)
+    unseen_corpus: str | None = None
+    unseen_missing: str | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:

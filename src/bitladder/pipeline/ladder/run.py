@@ -46,9 +46,10 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def run_rung(spec: ModelSpec, rung: str, cfg: QuantConfig, out: Path, ref: torch.Tensor, base: float,
-             repeats: int, above: tuple[str, int] | None = None) -> dict:
+             repeats: int, above: tuple[str, int] | None = None, unseen_ref: torch.Tensor | None = None) -> dict:
     """Quantise to ``cfg`` (rung ``rung``), save and reload, and return its result row (fidelity, bytes,
-    latency, kernels, warnings; ``above``: the previous rung's name and bytes on disk)."""
+    latency, kernels, warnings; ``above``: the previous rung's name and bytes on disk; ``unseen_ref``: fp32's
+    outputs on ``spec.unseen_batches``, to score the reloaded model there too)."""
     p = plan(spec.model)
     t0 = time.perf_counter()
     needs = cfg.needs_calibration
@@ -62,6 +63,7 @@ def run_rung(spec: ModelSpec, rung: str, cfg: QuantConfig, out: Path, ref: torch
     out_mem = outputs(qmodel, spec.eval_batches)
     out_disk = outputs(reloaded, spec.eval_batches)
     fid = fidelity(spec, out_disk, ref)
+    unseen = None if unseen_ref is None else fidelity(spec, outputs(reloaded, spec.unseen_batches), unseen_ref)
     fp32_s, rung_s = paired_latency(spec.model, reloaded, spec.latency_batch, repeats)
     stats = layer_stats(spec.model, reloaded)
     for name, r in layer_latency(spec.model, reloaded, spec.latency_batch).items():
@@ -87,6 +89,7 @@ def run_rung(spec: ModelSpec, rung: str, cfg: QuantConfig, out: Path, ref: torch
                                        kernels={n: s["kernel"] for n, s in stats.items()}, layers=stats,
                                        kept=kept, samples=sample_count(spec.eval_batches))),
         "reload_identical": bool(torch.equal(out_mem, out_disk)),
+        "unseen": unseen,  # fidelity, cos_min, knn10 on the second corpus (results' unseen_corpus), or None
         "quantize_s": quant_s, "artifact": path.name, "kept_float": kept, "layers": stats,
     }
 
@@ -101,14 +104,16 @@ def run_ladder(spec: ModelSpec, rungs: Iterable[str] | Mapping[str, QuantConfig]
     t0 = time.perf_counter()
     ref = outputs(spec.model, spec.eval_batches)
     base = fidelity(spec, ref, ref)["fidelity"]
+    unseen_ref = outputs(spec.model, spec.unseen_batches) if spec.unseen_batches else None
     results = {"schema": SCHEMA, "model": spec.name, "metric": spec.metric, "fp32_fidelity": base,
-               "torch_threads": torch.get_num_threads(), "machine": mach, "rungs": []}
+               "torch_threads": torch.get_num_threads(), "machine": mach, "rungs": [],
+               "unseen_corpus": spec.unseen_corpus, "unseen_missing": spec.unseen_missing}
     for rung, cfg in rungs.items():
         if on_rung:
             on_rung(rung, None)
         prev = results["rungs"][-1] if results["rungs"] else None
         row = run_rung(spec, rung, cfg, out, ref, base, repeats,
-                       (prev["rung"], prev["bytes_on_disk"]) if prev else None)
+                       (prev["rung"], prev["bytes_on_disk"]) if prev else None, unseen_ref)
         results["rungs"].append(row)
         if on_rung:
             on_rung(rung, row)
