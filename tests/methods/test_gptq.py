@@ -136,7 +136,9 @@ def test_gptq_sweep_matches_the_textbook_algorithm(name, sym):
     x = correlated(1024, 320, seed=5)
     h = 2 * x.double().T @ x.double() / x.shape[0]
     qtype = QTYPES[name]
+    h0 = h.clone()
     codes, _, _ = gptq_rows(w, h, qtype, Layout("group", -1, 32), sym, torch.float16, block_size=64)
+    assert torch.equal(h, h0)  # the caller's Hessian is read, never modified
     ref = _textbook_gptq(w, h, qtype, 32, sym)
     # float32 lazy batches against float64 one column at a time: a few codes may round the other way
     assert float((codes == ref).float().mean()) > 0.99

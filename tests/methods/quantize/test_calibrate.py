@@ -103,3 +103,10 @@ def test_hessian_of_shared_collector_equals_the_plain_sum():
         c.update(part)
     ref = 2 * x.double().T @ x.double() / 300
     assert torch.allclose(c.hessian, ref, rtol=1e-5, atol=1e-6)
+    assert c.hessian is c.hessian  # normalised once, in place
+    try:
+        c.update(x[:10])
+    except RuntimeError as e:
+        assert "after the Hessian was read" in str(e)
+    else:
+        raise AssertionError("rows added after reading the Hessian must be refused")
