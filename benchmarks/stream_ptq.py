@@ -114,7 +114,8 @@ def summarise(res: dict) -> dict:
                                                                     ("streamed", small.get("streamed"))) if r]
     run = big.get("streamed", {})
     if "wall_s" in run:
-        rows.append({"case": f"{big['layers']} blocks, streamed under the cap", "bytes_fp32": big["fp32_bytes"],
+        cap = f"under an RLIMIT_DATA cap of imports + {run['cap_data_mb']:.0f} MB" if run.get("cap_data_mb") else "no cap"
+        rows.append({"case": f"{big['layers']} blocks, streamed ({cap})", "bytes_fp32": big["fp32_bytes"],
                      "time_s": run["wall_s"], "bytes_on_disk": run["artifact_bytes"]})
     res["rows"] = rows
     res["small_bit_identical"] = small.get("bit_identical")
