@@ -21,8 +21,12 @@ def test_sentences_are_prose_deterministic_and_new():
     assert all(5 <= len(x.split()) <= 60 for x in s)
     assert not set(s) & set(corpus.all_sentences())
     assert len(unseen.all_sentences()) > 20_000
+    cal = unseen.calibration_sentences(4096)
+    assert len(set(cal)) == 4096 and not set(cal) & set(unseen.sentences(len(unseen.all_sentences()) // 2))
     with pytest.raises(ValueError, match="has"):
         unseen.sentences(10**7)
+    with pytest.raises(ValueError, match="has"):
+        unseen.calibration_sentences(0)
 
 
 def test_a_missing_package_is_one_clear_reason(monkeypatch):

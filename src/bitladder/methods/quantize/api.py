@@ -77,7 +77,7 @@ def quantize(model: nn.Module, config: QuantConfig, include: Selector = None, ex
     method = getattr(config, "method", None) or RTN()
     act = getattr(config, "act", None)
     for m in (method, act):
-        if m is not None and m.needs_data and not (m is act and act.dynamic and act.smoothquant is None):
+        if m is not None and m.needs_data:
             check_calibration(calib, m)
     if act is not None and (act.dynamic or act.static_layers == "norm") and (config.qtype not in DYNAMIC_WEIGHTS or config.layout(0).granularity == "group"
                                             or not getattr(config, "symmetric", True)):

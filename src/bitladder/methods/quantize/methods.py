@@ -202,8 +202,12 @@ class Act(_Method):
     dynamic: bool | str = False
     smooth_layers: str = "auto"
     static_layers: str = "all"
-    needs_data: ClassVar[bool] = True
     min_samples: ClassVar[int] = 8
+
+    @property
+    def needs_data(self) -> bool:
+        """Static grids and SmoothQuant's scales come from calibration; per-call dynamic activations alone do not."""
+        return not (self.dynamic and self.smoothquant is None)
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
