@@ -110,3 +110,21 @@ def test_hessian_of_shared_collector_equals_the_plain_sum():
         assert "after the Hessian was read" in str(e)
     else:
         raise AssertionError("rows added after reading the Hessian must be refused")
+
+
+def test_layers_that_see_one_tensor_as_different_rows_keep_their_own_collectors():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.a(x) + self.b(x)
+
+    torch.manual_seed(0)
+    net = Two()
+    got: dict[str, Collector] = {}
+    blockwise(net, ["a", "b"], [torch.randn(2, 4, 5, 5) for _ in range(2)],
+              lambda n, m: Rows(True), lambda n, m, c: got.__setitem__(n, c))
+    assert got["a"] is not got["b"]
+    assert got["a"].rows[0].shape[1] == 4 and got["b"].rows[0].shape[1] == 36  # 1x1 and 3x3 unfolds

@@ -185,7 +185,7 @@ def groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefix
                         if not calls:
                             break
                         siblings = _siblings(calls)
-                        _share(collectors, siblings)
+                        _share(collectors, siblings, modules)
                     state.update(batch=i, mask=m, fed=set(), left=_last_call(calls, siblings) + 1)
                     try:
                         root(*args, **kwargs)
@@ -218,14 +218,20 @@ def _last_call(calls: list[tuple[str, int]], siblings: list[str]) -> int:
     return max((k for k, (n, _) in enumerate(calls) if n in siblings), default=-1)
 
 
-def _share(collectors: dict[str, "Collector"], siblings: list[str]) -> None:
-    """Siblings share the first one's collector where the collector is a function of its input alone (they
-    have taken the same rows so far, so any of them can go on for all)."""
+def _share(collectors: dict[str, "Collector"], siblings: list[str], modules: dict[str, nn.Module]) -> None:
+    """Siblings share the first one's collector where the collector is a function of its input alone and the
+    layers see that input as the same rows (they have taken the same rows so far, so one can go on for all)."""
     lead = collectors[siblings[0]]
     for n in siblings[1:]:
         c = collectors[n]
-        if type(c) is type(lead) and lead.by_input and lead.same_setup(c):
+        if (type(c) is type(lead) and lead.by_input and lead.same_setup(c)
+                and _row_view(modules[n]) == _row_view(modules[siblings[0]])):
             collectors[n] = lead
+
+
+def _row_view(module: nn.Module) -> tuple:
+    """What decides how :func:`layer_rows` turns an input into rows (type and convolution geometry)."""
+    return (type(module), *(getattr(module, a, None) for a in ("kernel_size", "dilation", "padding", "stride")))
 
 
 class SampleCollector(Collector):
