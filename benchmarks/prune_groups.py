@@ -117,6 +117,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--resnet-steps", type=int, default=300)
     ap.add_argument("--minilm-batches", type=int, default=16)
+    ap.add_argument("--note", default="", help="how quiet the host was during the run (recorded in the JSON)")
     args = ap.parse_args()
     rows = []
     for make in (lambda: digits_row(args.repeats), lambda: resnet_row(args.repeats, args.resnet_steps),
@@ -128,10 +129,10 @@ def main() -> None:
               f"{r['fidelity_recovered']:.4f}", flush=True)
     if args.json:
         out = {"schema": "bitladder.prune-groups/1", "command": "OMP_NUM_THREADS=1 " + " ".join(
-                   ["python", "benchmarks/prune_groups.py", *sys.argv[1:]]),
+                   ["python", "benchmarks/prune_groups.py", *(a for a in sys.argv[1:] if a != args.note)]),
                "machine": machine(), "configs": {"digits": CONFIG.to_dict(), "resnet-style": CONFIG.to_dict(),
                                               "minilm": MINILM.to_dict()},
-               "notes": ["latency ratios are noisy: the 2-core machine was shared with other jobs during this run",
+               "notes": [*([args.note] if args.note else []),
                          "FLOPs are torch FlopCounterMode counts (matmuls, convolutions, attention); element-wise "
                          "ops are not counted"],
                "rows": rows}
