@@ -2,6 +2,7 @@
 
     python benchmarks/ptq_methods.py --model digits --json runs/ptq-digits.json
     python benchmarks/ptq_methods.py --model minilm --json runs/ptq-minilm.json
+    python benchmarks/ptq_methods.py --model digits --only gptq,gptq+tune --json docs/results/ptq-digits-tune-avx2.json
 
 MiniLM: the transformer blocks' Linear layers take the rung; the embeddings are int8 per row (RTN)
 in every row of the table, so rows differ only by the method.
@@ -11,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import torch
 
 import bitladder
 from bitladder import Int
-from bitladder.methods.quantize.methods import AWQ, GPTQ, HQQ, RTN, Act, AdaRound
+from bitladder.methods.quantize.methods import AWQ, GPTQ, HQQ, RTN, Act, AdaRound, Tune
+from bitladder.pipeline.measure.machine import machine
 from bitladder.pipeline.measure.evaluate import fidelity, outputs
 from bitladder.pipeline.measure.memory import PeakMemory
 from bitladder.zoo.registry import resolve
@@ -33,6 +36,7 @@ def weight_rows(group: int, adaround_iters: int):
                 yield f"int{bits}-g{group}-asym", "hqq", Int(**base, method=HQQ())
             yield f"int{bits}-g{group}{'' if sym else '-asym'}", "awq", Int(**base, method=AWQ())
             yield f"int{bits}-g{group}{'' if sym else '-asym'}", "gptq", Int(**base, method=GPTQ())
+            yield f"int{bits}-g{group}{'' if sym else '-asym'}", "gptq+tune", Int(**base, method=GPTQ(), tune=Tune())
             yield f"int{bits}-g{group}{'' if sym else '-asym'}", "gptq+bias-corr", Int(**base, method=GPTQ(),
                                                                                         bias_correction=True)
             yield f"int{bits}-g{group}{'' if sym else '-asym'}", "adaround", Int(
@@ -88,7 +92,8 @@ def main() -> None:
               f"{dt:7.1f} {pk:>8s}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"schema": "bitladder.ptq-methods/1", "model": spec.name, "fp32_fidelity": base,
+            json.dump({"schema": "bitladder.ptq-methods/1", "command": "python " + " ".join(sys.argv),
+                       "machine": machine(), "model": spec.name, "fp32_fidelity": base,
                        "torch_threads": torch.get_num_threads(), "rows": results}, fh, indent=1)
 
 

@@ -3,14 +3,14 @@
 from bitladder.errors import BitladderError
 from bitladder.methods.quantize.api import plan, quantize
 from bitladder.methods.quantize.configs import Binary, Codebook, Float, Format, Int, Ternary, config_from_dict
-from bitladder.methods.quantize.methods import AWQ, GPTQ, HQQ, RTN, Act, AdaRound
+from bitladder.methods.quantize.methods import AWQ, GPTQ, HQQ, RTN, Act, AdaRound, Tune
 
 from bitladder.methods.lowrank.svd import LowRank, factorize
 from bitladder.methods.prune.configs import NM, Magnitude
 from bitladder.methods.prune.magnitude import prune
 
 __all__ = ["LowRank", "factorize", "Magnitude", "NM", "prune", "AWQ", "Act", "AdaRound", "BitladderError", "Binary", "Codebook", "Float", "Format", "GPTQ", "HQQ", "Int", "RTN",
-           "Ternary", "config_from_dict", "plan", "quantize", "save", "load"]
+           "Ternary", "Tune", "config_from_dict", "plan", "quantize", "save", "load"]
 __version__ = "0.1.0"
 
 

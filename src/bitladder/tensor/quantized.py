@@ -139,6 +139,15 @@ class QuantizedTensor:
         full[mask] = vals
         return full
 
+    def zero_points(self) -> torch.Tensor | None:
+        """The zero points as (C, nblocks) values (integer codes or fractional ones), None when symmetric."""
+        if self.zero_point is None:
+            return None
+        c, _, nb, _ = self.layout.dims(self.shape)
+        if self.zero_point.is_floating_point():
+            return self.zero_point.float().reshape(c, nb)
+        return _unpack(self.zero_point, self.qtype, c * nb).reshape(c, nb)
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float tensor of the original shape, in ``dtype``."""
         c, k, nb, b = self.layout.dims(self.shape)

@@ -68,7 +68,7 @@ class ConfigBase:
     @property
     def needs_calibration(self) -> bool:
         """Whether its method or activation quantisation needs calibration batches."""
-        return any(getattr(getattr(self, k, None), "needs_data", False) for k in ("method", "act"))
+        return any(getattr(getattr(self, k, None), "needs_data", False) for k in ("method", "act", "tune"))
 
     def layout(self, axis: int = 0) -> Layout:
         """The scale layout for a weight whose output channels lie on ``axis``."""
@@ -77,7 +77,7 @@ class ConfigBase:
     def to_dict(self) -> dict:
         """The config as JSON-ready data, with its type and version (``config_from_dict`` reads it back)."""
         d = {"type": type(self).__name__, "version": self.version, **asdict(self)}
-        for key in ("method", "act"):
+        for key in ("method", "act", "tune"):
             if isinstance(getattr(self, key, None), _Method):
                 d[key] = getattr(self, key).to_dict()
         return d

@@ -14,7 +14,7 @@ from bitladder.formats.layout import Layout
 from bitladder.formats.qtypes import QTYPES, QType, get_qtype
 from bitladder.methods.quantize.config_base import (CONFIG_TYPES, FOR_KIND, ConfigBase, check_kernel, check_layout,
                                                     config)
-from bitladder.methods.quantize.methods import HQQ, RTN, Act, _Method, method_from_dict
+from bitladder.methods.quantize.methods import HQQ, RTN, Act, Tune, _Method, method_from_dict
 
 __all__ = ["CONFIG_TYPES", "FOR_KIND", "FLOAT_FORMATS", "Float", "Int", "Ternary", "Binary", "Codebook", "Format",
            "QuantConfig", "config", "config_from_dict"]
@@ -77,7 +77,8 @@ class Int(ConfigBase):
     adds static activation quantisation (calibrated). ``equalize`` applies cross-layer equalisation
     first (data-free); ``bias_correction`` re-centres each layer's output on calibration data;
     ``rotate=B`` rotates each Linear's input by a block-Hadamard of up to B channels first
-    (:mod:`bitladder.methods.quantize.hadamard`).
+    (:mod:`bitladder.methods.quantize.hadamard`). ``tune=Tune()`` then trains each block's codes and scales
+    to reproduce the float block's output on calibration data (:mod:`bitladder.methods.quantize.blocktune`).
     ``kernel`` picks the compute path of Linear layers: "auto" (fastest measured for the format and
     row count, see :mod:`bitladder.kernels.select`), "dequant-fp32" (exact weight-only reference), or
     a named kernel. fbgemm and onnxruntime kernels quantise activations to 8 bits per call.
@@ -99,7 +100,8 @@ class Int(ConfigBase):
     equalize: bool = False
     kernel: str = "auto"
     rotate: int | None = None
-    rung_options: ClassVar[tuple[str, ...]] = ("symmetric", "method", "act", "rotate")
+    tune: Tune | None = None
+    rung_options: ClassVar[tuple[str, ...]] = ("symmetric", "method", "act", "rotate", "tune")
 
     @classmethod
     def takes(cls, qtype: QType) -> bool:
@@ -127,6 +129,12 @@ class Int(ConfigBase):
             object.__setattr__(self, "act", method_from_dict(self.act))
         if self.act is not None and not isinstance(self.act, Act):
             raise BitladderError(f"act must be an Act(...) config or None, got {self.act!r}")
+        if isinstance(self.tune, dict):
+            object.__setattr__(self, "tune", method_from_dict(self.tune))
+        if self.tune is not None and not isinstance(self.tune, Tune):
+            raise BitladderError(f"tune must be a Tune(...) config or None, got {self.tune!r}")
+        if self.tune is not None and self.act is not None:
+            raise BitladderError("tune trains weight-only rungs: drop act (activation quantisation) or tune")
         check_layout(self)
 
     @property

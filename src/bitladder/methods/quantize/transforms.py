@@ -19,7 +19,8 @@ from torch import nn
 
 #: modules whose transforms register themselves on import
 BUILTIN = ("bitladder.methods.quantize.cle", "bitladder.methods.quantize.hadamard",
-           "bitladder.methods.quantize.activation", "bitladder.methods.quantize.bias_correction")
+           "bitladder.methods.quantize.activation", "bitladder.methods.quantize.bias_correction",
+           "bitladder.methods.quantize.blocktune")
 
 #: name -> transform class, filled by :func:`transform`
 TRANSFORMS: dict[str, type[Transform]] = {}

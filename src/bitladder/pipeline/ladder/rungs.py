@@ -6,7 +6,8 @@ cb1..cb8 (a k-means codebook of 2**N values per channel), nf4 (NormalFloat). ``-
 elements, ``-pc`` per output channel (the default), ``-pt`` per tensor; integers are symmetric unless
 ``-asym``. METHOD is a registered method's rung name (rtn by default, clip, gptq, awq, hqq, adaround);
 ``-a8`` adds static 8-bit activations (``-a8d`` dynamic, per token); ``-rN`` rotates each Linear's input by
-a block-Hadamard of up to N channels first.
+a block-Hadamard of up to N channels first; ``-tune`` then trains each block's codes and scales to reproduce
+the float block (:class:`~bitladder.methods.quantize.methods.Tune`).
 
 >>> from bitladder.methods.quantize.configs import Int
 >>> parse_rung("int4-g64") == Int(bits=4, group=64)
@@ -30,16 +31,16 @@ from collections.abc import Iterable, Mapping
 from bitladder.errors import BitladderError
 from bitladder.formats.qtypes import QTYPES
 from bitladder.methods.quantize.configs import FOR_KIND, Format, QuantConfig
-from bitladder.methods.quantize.methods import RUNG_METHODS, Act
+from bitladder.methods.quantize.methods import RUNG_METHODS, Act, Tune
 
 # every format of the table a config takes, by name: a new format or kind is a rung without an edit here
 BASES = {name: cls for name, q in QTYPES.items() if (cls := FOR_KIND.get(q.kind, Format)).takes(q)}
 _RUNG = re.compile(r"^(?P<base>[a-z0-9_]+?)(?:-(?P<gran>g\d+|pc|pt))?(?:-(?P<sym>sym|asym))?"
-                   rf"(?:-(?P<method>{'|'.join(RUNG_METHODS)}))?(?:-a(?P<act>[2-8])(?P<dyn>d)?)?(?:-r(?P<rot>\d+))?$")
+                   rf"(?:-(?P<method>{'|'.join(RUNG_METHODS)}))?(?:-a(?P<act>[2-8])(?P<dyn>d)?)?(?:-r(?P<rot>\d+))?(?:-(?P<tune>tune))?$")
 ACCEPTED = (f"{' '.join(BASES)}, optionally followed by -gN (group size), -pc or -pt, then -sym or -asym, "
             f"then a method ({', '.join(RUNG_METHODS)}), then -a8 (static 8-bit activations) or -a8d (dynamic, "
             "int8 activations quantised per token at each call, on the fbgemm kernel), then -rN (a Hadamard "
-            "rotation of each Linear's input in blocks of up to N channels)")
+            "rotation of each Linear's input in blocks of up to N channels), then -tune (block-wise reconstruction)")
 
 
 def parse_rung(name: str) -> QuantConfig:
@@ -59,12 +60,13 @@ def parse_rung(name: str) -> QuantConfig:
         if kw["group"] < 1:
             raise BitladderError(f"rung {name!r}: group size must be at least 1")
     build = {"symmetric": lambda v: v != "asym", "method": lambda v: RUNG_METHODS[v](),
-             "act": lambda v: Act(bits=int(v), dynamic=bool(m["dyn"])), "rotate": int}
-    for key, part in (("symmetric", "sym"), ("method", "method"), ("act", "act"), ("rotate", "rot")):
+             "act": lambda v: Act(bits=int(v), dynamic=bool(m["dyn"])), "rotate": int,
+             "tune": lambda v: Tune()}
+    for key, part in (("symmetric", "sym"), ("method", "method"), ("act", "act"), ("rotate", "rot"), ("tune", "tune")):
         if m[part] is None:
             continue
         if key not in cls.rung_options:
-            raise BitladderError(f"rung {name!r}: -sym/-asym, methods, -aN and -rN apply to integer rungs only")
+            raise BitladderError(f"rung {name!r}: -sym/-asym, methods, -aN, -rN and -tune apply to integer rungs only")
         kw[key] = build[key](m[part])
     try:
         return cls.from_rung(QTYPES[m["base"]], **kw)
