@@ -30,6 +30,7 @@ from torch.func import functional_call
 from bitladder.errors import BitladderError
 from bitladder.methods.quantize.calibrate import advance, capture_inputs, find_blocks, first_output, row_mask
 from bitladder.methods.quantize.methods import Tune
+from bitladder.methods.quantize.swap import replace
 from bitladder.methods.quantize.transforms import Pass, Transform, transform
 from bitladder.nn.base import QuantModule
 from bitladder.tensor.quantized import SCALE_DTYPES, QuantizedTensor
@@ -76,6 +77,7 @@ class _Trainable(nn.Module):
         return s + (s.to(self.scale_dtype).float() - s).detach()  # what storage will hold
 
     def weight(self) -> torch.Tensor:
+        # QuantizedTensor.dequantize's arithmetic, kept differentiable in the offsets and scale factors
         c, k, nb, b = self.dims
         q = nn.functional.pad(self.codes(), (0, nb * b - k)).reshape(c, nb, b)
         rows = ((q - self.zp.unsqueeze(-1)) * self.scales().unsqueeze(-1)).reshape(c, nb * b)[:, :k]
@@ -117,29 +119,20 @@ def trainable(q: nn.Module) -> bool:
     qt = q.qweight
     if qt.qtype.kind not in TRAINED_KINDS or qt.scale is None or qt.table is not None or qt.mask is not None:
         return False
-    try:
-        q.to_float()
-    except NotImplementedError:
-        return False
-    return True
+    return type(q).to_float is not QuantModule.to_float  # the stand-in runs the layer's float form
 
 
 def _swap_in(block: nn.Module, bias: bool) -> dict[str, _Trainable]:
     """Replace the block's trainable layers by :class:`_Trainable` stand-ins; returns them by name."""
-    out = {}
-    for name, m in list(block.named_modules()):
-        if name and trainable(m):
-            out[name] = _Trainable(m, bias)
+    out = {name: _Trainable(m, bias) for name, m in list(block.named_modules()) if name and trainable(m)}
     for name, t in out.items():
-        parent, _, child = name.rpartition(".")
-        setattr(block.get_submodule(parent) if parent else block, child, t)
+        replace(block, name, t)
     return out
 
 
 def _swap_out(block: nn.Module, stand_ins: dict[str, _Trainable]) -> None:
     for name, t in stand_ins.items():
-        parent, _, child = name.rpartition(".")
-        setattr(block.get_submodule(parent) if parent else block, child, t.q)
+        replace(block, name, t.q)
 
 
 def _loss(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -192,7 +185,7 @@ def tune_block(block: nn.Module, calls: list, targets: list[torch.Tensor], masks
         gen = torch.Generator().manual_seed(cfg.seed)
         perm = torch.randperm(len(calls), generator=gen).tolist()
         held = perm[::HOLDOUT] if len(perm) > 1 else []
-        train = [i for i in perm if i not in held]
+        train = perm if not held else [i for k, i in enumerate(perm) if k % HOLDOUT]
         val = held or train
 
         def check() -> float:
