@@ -28,7 +28,7 @@ from torch import nn
 from torch.func import functional_call
 
 from bitladder.errors import BitladderError
-from bitladder.methods.quantize.calibrate import advance, capture_inputs, find_blocks, first_output, row_mask
+from bitladder.methods.quantize.calibrate import advance, as_calls, capture_inputs, find_blocks, first_output, row_mask
 from bitladder.methods.quantize.methods import Tune
 from bitladder.methods.quantize.swap import replace
 from bitladder.methods.quantize.transforms import Pass, Transform, transform
@@ -176,8 +176,8 @@ def tune_block(block: nn.Module, calls: list, targets: list[torch.Tensor], masks
     stand_ins = _swap_in(block, cfg.bias)
     if not stand_ins:
         return {"layers": 0, "loss_before": None, "loss_after": None, "best_step": 0, "held_out": 0, "kept": False}
-    frozen = [p for p in block.parameters() if p.requires_grad and not any(p is q for t in stand_ins.values()
-                                                                          for q in t.parameters())]
+    own = {id(p) for t in stand_ins.values() for p in t.parameters()}
+    frozen = [p for p in block.parameters() if p.requires_grad and id(p) not in own]
     for p in frozen:
         p.requires_grad_(False)
     try:
@@ -244,7 +244,7 @@ def tune_model(float_model: nn.Module, qmodel: nn.Module, calib: list[Any], cfg:
             q_in = capture_inputs(qmodel, qmodel.get_submodule(blocks[0]), calib)
             f_in = capture_inputs(float_model, float_model.get_submodule(blocks[0]), calib)
         else:
-            q_in = f_in = [((b,), {}) if not isinstance(b, dict) else ((), b) for b in calib]
+            q_in = f_in = as_calls(calib)
         reports = []
         for name in blocks or [""]:
             fb, qb = float_model.get_submodule(name), qmodel.get_submodule(name)

@@ -73,6 +73,11 @@ def first_output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple | list) else out
 
 
+def as_calls(batches: list[Any]) -> list[tuple[tuple, dict]]:
+    """Calibration batches as ``(args, kwargs)`` calls of the whole model (dicts pass as keywords)."""
+    return [((b,), {}) if not isinstance(b, dict) else ((), b) for b in batches]
+
+
 def advance(inp: tuple[tuple, dict], out: torch.Tensor) -> tuple[tuple, dict]:
     """A block's call ``inp`` with its hidden states replaced by ``out`` (the next block's input)."""
     args, kwargs = inp
@@ -131,8 +136,7 @@ def blockwise(model: nn.Module, names: list[str], batches: list[Any],
                 inputs = [advance(i, first_output(block(*i[0], **i[1]))) for i in inputs]
     idle = []
     if outside:
-        whole = [((bt,), {}) if not isinstance(bt, dict) else ((), bt) for bt in batches]
-        idle = groups(model, outside, whole, [row_mask(b) for b in batches], make, apply, "", group)
+        idle = groups(model, outside, as_calls(batches), [row_mask(b) for b in batches], make, apply, "", group)
     return idle
 
 
