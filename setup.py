@@ -3,6 +3,8 @@ fails quietly and bitladder uses its other kernels (pyproject.toml holds everyth
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("bitladder.kernels._lowbit", ["src/bitladder/kernels/c/lowbit.c"],
-                             extra_compile_args=["-O3", "-ffp-contract=off", "-std=c11", "-fopenmp"],
-                             extra_link_args=["-fopenmp"], optional=True)])
+_FLAGS = {"extra_compile_args": ["-O3", "-ffp-contract=off", "-std=c11", "-fopenmp"],
+          "extra_link_args": ["-fopenmp"], "optional": True}
+
+setup(ext_modules=[Extension(f"bitladder.kernels._{name}", [f"src/bitladder/kernels/c/{name}.c"], **_FLAGS)
+                   for name in ("lowbit", "hadamard")])

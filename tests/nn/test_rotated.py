@@ -6,8 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import bitladder
 from bitladder.errors import BitladderError
 from bitladder.io.structure import describe, rebuild
+from bitladder.kernels import hadamard as fast
+from bitladder.methods.quantize.methods import Act
 from bitladder.nn.rotated import Rotated, block_for, hadamard
 
 
@@ -76,3 +79,31 @@ def test_rotation_is_recorded_and_rebuilt_without_stored_matrix():
     again.load_state_dict(rot.state_dict())
     x = torch.randn(3, 64)
     assert torch.equal(again(x), rot(x))
+
+
+class _TwoReaders(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 32), nn.Linear(64, 32)
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+
+@pytest.mark.skipif(not fast.installed(), reason="the C kernels were not built (no compiler at install)")
+def test_static_int_layers_rotate_and_quantise_their_input_in_one_pass(monkeypatch):
+    monkeypatch.setenv("BITLADDER_CPU", "avx2")  # 7-bit weights: the integer GEMM on every CPU
+    torch.manual_seed(3)
+    q = bitladder.quantize(_TwoReaders(), bitladder.Int(7, act=Act(), rotate=64), calib=[torch.randn(256, 64)])
+    a, b = q.a, q.b
+    b.layer.set_act("uint8", a.layer.act_scale, a.layer.act_zero_point, "minmax")  # one grid: one shared input
+    x = torch.randn(300, 64)
+    with torch.no_grad():
+        ya, yb = a(x), b(x)
+    assert a.layer.kernel == "int8-w8a8-onednn-static" and not hasattr(x, "_bitladder_rotated")  # no float copy
+    assert x._bitladder_prep[0][-1] == 64  # the rotated codes, made once for both readers
+    for r, y in ((a, ya), (b, yb)):
+        ref = torch.nn.functional.linear(r.layer.prepare_input(fast.fwht(x, 64)), r.layer.weight(), r.layer.bias)
+        assert torch.allclose(y, ref, atol=1e-4)
+    with torch.enable_grad():  # autograd: the matrix form, the same function
+        assert torch.allclose(a(x.clone().requires_grad_()), ya, atol=1e-3)

@@ -7,7 +7,9 @@ can take all 256 of them (VNNI, or weights of 7 bits); elsewhere the same range 
 (:func:`bitladder.kernels.fbgemm_w8a8.act_levels`: a u8 x s8 pair sum then stays within 16 bits). A grid
 of fewer than 256 codes clamps the input to its range first: the GEMM's quantiser clamps to 0..255 only.
 
-Below ``ONEDNN_MIN_ROWS`` rows fbgemm's static linear (fp32 in, fp32 out) runs, from there oneDNN's.
+Below ``ONEDNN_MIN_ROWS`` rows fbgemm's static linear (fp32 in, fp32 out) runs, from there oneDNN's. oneDNN's
+takes codes, so a Hadamard-rotated layer's input is rotated and quantised in one C pass there
+(:func:`bitladder.kernels.hadamard.fwht_codes`, ``rotates``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from bitladder.formats.qtypes import get_qtype
+from bitladder.kernels import hadamard
 from bitladder.kernels.fbgemm_w8a8 import FbgemmW8A8Kernel
 from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel
 from bitladder.kernels.registry import register
@@ -36,12 +39,16 @@ class _Static:
     levels: int
     _grid: tuple[float, int, float, float]
     _clamp: bool
+    _codes: tuple[int, int]  # the uint8 codes the grid spans: clamping x to [lo, hi] before rounding keeps these
 
     def bind(self, scale: float, zero_point: float, qtype: str):
         """Use the layer's calibrated activation grid; returns the kernel."""
         self._grid = static_grid(scale, zero_point, qtype, self.levels)
         # the GEMM's quantiser clamps to the uint8 range only: a shorter grid (4-bit, or 127 steps) clamps first
         self._clamp = get_qtype(qtype).qmax - get_qtype(qtype).qmin != 255 or self.levels != 255
+        step, zp, lo, hi = self._grid
+        self._codes = (0, 255) if not self._clamp else tuple(
+            min(max(round(v / step) + zp, 0), 255) for v in (lo, hi))
         return self
 
     def _input(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> torch.Tensor:
@@ -58,9 +65,19 @@ class OnednnStaticKernel(_Static, OnednnW8A8Kernel):
 
     name = "int8-w8a8-onednn-static"
 
+    @property
+    def rotates(self) -> bool:
+        """Whether :meth:`prepare_rotated` runs here (the C transform was built)."""
+        return hadamard.installed()
+
     def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
         step, zp, _, _ = self._grid
         return self._quantize(self._input(x, in_scale), step, zp), step, zp, None
+
+    def prepare_rotated(self, x: torch.Tensor, block: int) -> tuple:
+        """:meth:`prepare` of ``x @ H`` (block-Hadamard), rotated and quantised in one pass."""
+        step, zp, _, _ = self._grid
+        return hadamard.fwht_codes(x, block, step, zp, *self._codes), step, zp, None
 
 
 @register

@@ -48,20 +48,35 @@ class QuantLinear(QuantModule):
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
-def _shared_input(x: torch.Tensor, kern, x2: torch.Tensor, in_scale: torch.Tensor | None):
+    def forward_rotated(self, x: torch.Tensor, block: int) -> torch.Tensor | None:
+        """``self(x @ H)`` (``H`` block-Hadamard, :mod:`bitladder.nn.rotated`) where this call's kernel rotates
+        and quantises its input in one pass (float32 ``x``, no input scale); None where it does not."""
+        rows = x.numel() // max(x.shape[-1], 1)
+        if x.dtype != torch.float32 or "in_scale" in self._qmeta or rows == 0:
+            return None
+        kern = self._kernel_for(rows, binary_rows=x.dim() == 2)
+        if kern is None or not getattr(kern, "rotates", False):
+            return None
+        self.__dict__["kernel"] = kern.name
+        y = kern.finish(_shared_input(x, kern, x.reshape(-1, x.shape[-1]), None, block), self.bias)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def _shared_input(x: torch.Tensor, kern, x2: torch.Tensor, in_scale: torch.Tensor | None, block: int = 0):
     """The kernel's quantised input, shared by layers that read the same tensor with an equal input scale
     (attention's q, k, v under one SmoothQuant scale): kept on the tensor itself, keyed by its version.
+    ``block``: the input is first rotated by a block-Hadamard of that size (:meth:`QuantLinear.forward_rotated`).
 
     Inference tensors have no version counter, so under ``torch.inference_mode`` an in-place change
     between two such reads would go unseen; a model that works with autograd cannot make one (the first
     layer saved that input for its backward)."""
-    key = (-1 if x.is_inference() else x._version, kern.name, x2.shape, getattr(kern, "_grid", None))
+    key = (-1 if x.is_inference() else x._version, kern.name, x2.shape, getattr(kern, "_grid", None), block)
     cached = getattr(x, "_bitladder_prep", None)
     if cached is not None and cached[0] == key and (
             (cached[1] is None and in_scale is None)
             or (cached[1] is not None and in_scale is not None and torch.equal(cached[1], in_scale))):
         return cached[2]
-    prep = kern.prepare(as_x(x2, kern.k), in_scale)
+    prep = kern.prepare_rotated(x2, block) if block else kern.prepare(as_x(x2, kern.k), in_scale)
     x._bitladder_prep = (key, in_scale, prep)
     return prep
 

@@ -4,8 +4,10 @@ input vector is spread evenly over its channels: outliers shrink, and low-bit gr
 et al. 2024; QuIP#, Tseng et al. 2024).
 
 ``H`` is block-diagonal: normalised Sylvester-Hadamard blocks of ``block`` channels (a power of two that
-divides the input width), applied at run time as one batched matmul (``block`` multiply-adds per input
-element). It is rebuilt from ``block`` when an artifact loads (no stored matrix).
+divides the input width). At run time it is a fast Walsh-Hadamard transform in C (``log2(block)`` additions
+per element, :mod:`bitladder.kernels.hadamard`); where the layer's kernel can quantise the rotated input in the
+same pass (static W8A8) it does, and under autograd, tracing or export it is one batched matmul. It is
+rebuilt from ``block`` when an artifact loads (no stored matrix).
 
 >>> import torch
 >>> lin, x = torch.nn.Linear(64, 8), torch.randn(3, 64)
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from bitladder.errors import BitladderError
+from bitladder.kernels import hadamard as fast
 from bitladder.nn.records import build_layer, layer_args
 from bitladder.nn.structures import structure
 
@@ -81,9 +84,14 @@ class Rotated(nn.Module):
         return float_self, self.rotate_weight(float_self.weight.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = getattr(self.layer, "forward_rotated", None) if fast.fast_path(x) else None
+        y = fused(x, self.block) if fused is not None else None
+        if y is not None:
+            return y
         cached = getattr(x, "_bitladder_rotated", None)
         if cached is None or cached[0] != self.block:
-            cached = (self.block, rotate_input(x, self.h.to(x.dtype)))
+            xr = fast.fwht(x, self.block) if fast.fast_path(x) else rotate_input(x, self.h.to(x.dtype))
+            cached = (self.block, xr)
             try:
                 x._bitladder_rotated = cached  # q, k and v read the same tensor: rotate it once
             except (AttributeError, RuntimeError):

@@ -1,0 +1,237 @@
+/* Block Walsh-Hadamard transform of float32 rows: y = x @ blockdiag(H_b, H_b, ...) / sqrt(b), b a power of two.
+ *
+ * The run-time rotation of QuaRot-style layers (nn/rotated.py). As a matmul it costs b multiply-adds per element
+ * (at b = 64, half the integer GEMM's work on MiniLM); the butterflies cost log2(b) additions, in one pass over
+ * the row while it sits in L1. The stages run in a fixed order (distance 1, 2, 4, ... b/2), each a + c and a - c
+ * exactly as written, then one multiplication by the float32 1/sqrt(b): the AVX2 path, the portable path and
+ * the PyTorch reference (kernels/hadamard.py) give the same bits.
+ *
+ * fwht_codes also quantises the rotated row on a static uint8 grid, clamp(nearbyint(y * inv) + zp, cmin, cmax),
+ * while it is still in registers: one pass, one byte written per element instead of four read back.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define BL_X86 1
+#endif
+
+static void row_portable(const float *x, float *y, int64_t k, int64_t b, float norm) {
+    memcpy(y, x, (size_t)k * sizeof(float));
+    for (int64_t base = 0; base < k; base += b)
+        for (int64_t h = 1; h < b; h <<= 1)
+            for (int64_t i = base; i < base + b; i += 2 * h)
+                for (int64_t j = i; j < i + h; j++) {
+                    const float a = y[j], c = y[j + h];
+                    y[j] = a + c;
+                    y[j + h] = a - c;
+                }
+    for (int64_t j = 0; j < k; j++) y[j] = y[j] * norm;
+}
+
+typedef struct {
+    float inv, zp, cmin, cmax;
+} Grid;
+
+static void codes_portable(const float *y, uint8_t *q, int64_t k, Grid g) {
+    for (int64_t j = 0; j < k; j++) {
+        float c = nearbyintf(y[j] * g.inv) + g.zp;
+        q[j] = (uint8_t)(c < g.cmin ? g.cmin : (c > g.cmax ? g.cmax : c));
+    }
+}
+
+#ifdef BL_X86
+#define AVX2 __attribute__((target("avx2")))
+
+/* distances 1, 2 and 4 inside one vector: the partner comes from a permute, the sum lands where the lane's bit
+ * is 0 and the difference (partner - self: the lower element minus the upper) where it is 1 */
+AVX2 static inline __m256 inlane(__m256 v) {
+    __m256 s = _mm256_permute_ps(v, 0xB1); /* [1, 0, 3, 2] */
+    v = _mm256_blend_ps(_mm256_add_ps(v, s), _mm256_sub_ps(s, v), 0xAA);
+    s = _mm256_permute_ps(v, 0x4E); /* [2, 3, 0, 1] */
+    v = _mm256_blend_ps(_mm256_add_ps(v, s), _mm256_sub_ps(s, v), 0xCC);
+    s = _mm256_permute2f128_ps(v, v, 0x01);
+    return _mm256_blend_ps(_mm256_add_ps(v, s), _mm256_sub_ps(s, v), 0xF0);
+}
+
+/* a block of 8 * NV floats in registers: one load, the stages, the norm, one store */
+#define BL_BLOCK(NV)                                                                                   \
+    AVX2 static inline void block##NV(const float *x, float *y, __m256 nv) {                           \
+        __m256 v[NV];                                                                                  \
+        for (int i = 0; i < NV; i++) v[i] = inlane(_mm256_loadu_ps(x + 8 * i));                       \
+        for (int h = 1; h < NV; h <<= 1)                                                               \
+            for (int i = 0; i < NV; i += 2 * h)                                                        \
+                for (int j = i; j < i + h; j++) {                                                      \
+                    const __m256 a = v[j], c = v[j + h];                                               \
+                    v[j] = _mm256_add_ps(a, c);                                                        \
+                    v[j + h] = _mm256_sub_ps(a, c);                                                    \
+                }                                                                                      \
+        for (int i = 0; i < NV; i++) _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(v[i], nv));             \
+    }
+BL_BLOCK(1)
+BL_BLOCK(2)
+BL_BLOCK(4)
+BL_BLOCK(8)
+
+AVX2 static void row_avx2(const float *x, float *y, int64_t k, int64_t b, float norm) {
+    const __m256 nv = _mm256_set1_ps(norm);
+    if (b <= 64) {
+        for (int64_t base = 0; base < k; base += b) {
+            if (b == 8) block1(x + base, y + base, nv);
+            else if (b == 16) block2(x + base, y + base, nv);
+            else if (b == 32) block4(x + base, y + base, nv);
+            else block8(x + base, y + base, nv);
+        }
+        return;
+    }
+    for (int64_t base = 0; base < k; base += b) { /* larger blocks: stage by stage, the block in L1 */
+        for (int64_t j = base; j < base + b; j += 8) _mm256_storeu_ps(y + j, inlane(_mm256_loadu_ps(x + j)));
+        for (int64_t h = 8; h < b; h <<= 1)
+            for (int64_t i = base; i < base + b; i += 2 * h)
+                for (int64_t j = i; j < i + h; j += 8) {
+                    const __m256 a = _mm256_loadu_ps(y + j), c = _mm256_loadu_ps(y + j + h);
+                    _mm256_storeu_ps(y + j, _mm256_add_ps(a, c));
+                    _mm256_storeu_ps(y + j + h, _mm256_sub_ps(a, c));
+                }
+        for (int64_t j = base; j < base + b; j += 8) _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(y + j), nv));
+    }
+}
+
+/* 32 codes at a time: round, add the zero point and clamp in float (exact for these integers), then narrow;
+ * the packs interleave 128-bit lanes, which the final permute undoes */
+AVX2 static void codes_avx2(const float *y, uint8_t *q, int64_t k, Grid g) {
+    const __m256 inv = _mm256_set1_ps(g.inv), zp = _mm256_set1_ps(g.zp), lo = _mm256_set1_ps(g.cmin),
+                 hi = _mm256_set1_ps(g.cmax);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    int64_t j = 0;
+    for (; j + 32 <= k; j += 32) {
+        __m256i a[4];
+        for (int t = 0; t < 4; t++) {
+            __m256 c = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(y + j + 8 * t), inv),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            a[t] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(c, zp), lo), hi));
+        }
+        __m256i p = _mm256_packus_epi16(_mm256_packs_epi32(a[0], a[1]), _mm256_packs_epi32(a[2], a[3]));
+        _mm256_storeu_si256((__m256i *)(q + j), _mm256_permutevar8x32_epi32(p, order));
+    }
+    codes_portable(y + j, q + j, k - j, g);
+}
+#endif
+
+static int cpu_avx2(void) {
+#ifdef BL_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+#else
+    return 0;
+#endif
+}
+
+/* fwht(x, y, m, k, b, norm, simd, threads): x and y (m, k) float32, b a power of two dividing k */
+static PyObject *fwht(PyObject *self, PyObject *args) {
+    Py_buffer x, y;
+    Py_ssize_t m, k, b;
+    float norm;
+    int simd, threads;
+    if (!PyArg_ParseTuple(args, "y*w*nnnfii", &x, &y, &m, &k, &b, &norm, &simd, &threads)) return NULL;
+    PyObject *ret = NULL;
+    if (b < 1 || (b & (b - 1)) || k % b || x.len < (Py_ssize_t)(m * k * 4) || y.len < (Py_ssize_t)(m * k * 4)) {
+        PyErr_SetString(PyExc_ValueError, "hadamard.fwht: b must be a power of two dividing k, buffers (m, k)");
+        goto done;
+    }
+    /* the vector path needs whole vectors: blocks of 8 or more */
+    const int vec = simd && b >= 8 && cpu_avx2();
+    const float *xs = x.buf;
+    float *ys = y.buf;
+    const int parts = threads < 1 ? 1 : threads;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel for num_threads(parts) schedule(static) if (parts > 1 && m * k >= 65536)
+    for (int64_t r = 0; r < m; r++) {
+#ifdef BL_X86
+        if (vec) {
+            row_avx2(xs + r * k, ys + r * k, k, b, norm);
+            continue;
+        }
+#endif
+        row_portable(xs + r * k, ys + r * k, k, b, norm);
+    }
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
+    return ret;
+}
+
+/* fwht_codes(x, q, m, k, b, norm, inv, zp, cmin, cmax, simd, threads): x (m, k) float32, q (m, k) uint8 */
+static PyObject *fwht_codes(PyObject *self, PyObject *args) {
+    Py_buffer x, q;
+    Py_ssize_t m, k, b;
+    float norm;
+    Grid g;
+    int simd, threads;
+    if (!PyArg_ParseTuple(args, "y*w*nnnfffffii", &x, &q, &m, &k, &b, &norm, &g.inv, &g.zp, &g.cmin, &g.cmax, &simd,
+                          &threads))
+        return NULL;
+    PyObject *ret = NULL;
+    if (b < 1 || (b & (b - 1)) || k % b || x.len < (Py_ssize_t)(m * k * 4) || q.len < (Py_ssize_t)(m * k)
+        || !(g.cmin >= 0.0f && g.cmin <= g.cmax && g.cmax <= 255.0f)) {
+        PyErr_SetString(PyExc_ValueError, "hadamard.fwht_codes: b must be a power of two dividing k, buffers "
+                                          "(m, k), 0 <= cmin <= cmax <= 255");
+        goto done;
+    }
+    const int vec = simd && b >= 8 && cpu_avx2();
+    const float *xs = x.buf;
+    uint8_t *qs = q.buf;
+    const int parts = threads < 1 ? 1 : threads;
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(parts) if (parts > 1 && m * k >= 65536)
+    {
+        float *row = malloc((size_t)k * sizeof(float)); /* the rotated row, in L1 or L2 until it is quantised */
+        if (!row) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < m; r++) {
+            if (!row) continue;
+#ifdef BL_X86
+            if (vec) {
+                row_avx2(xs + r * k, row, k, b, norm);
+                codes_avx2(row, qs + r * k, k, g);
+                continue;
+            }
+#endif
+            row_portable(xs + r * k, row, k, b, norm);
+            codes_portable(row, qs + r * k, k, g);
+        }
+        free(row);
+    }
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&q);
+    return ret;
+}
+
+static PyMethodDef methods[] = {
+    {"fwht", fwht, METH_VARARGS, "Block Walsh-Hadamard transform of float32 rows, rows split over threads."},
+    {"fwht_codes", fwht_codes, METH_VARARGS, "The same, quantised on a static uint8 grid in the same pass."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hadamard", "Block Walsh-Hadamard transform.", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__hadamard(void) { return PyModule_Create(&module); }

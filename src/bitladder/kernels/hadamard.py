@@ -1,0 +1,96 @@
+"""The run-time block-Hadamard rotation of a layer's input (``nn/rotated.py``) as butterflies, not a matmul.
+
+``x @ blockdiag(H_b, ...)`` as a matmul costs ``b`` multiply-adds per element: at ``b = 64`` on MiniLM, half
+the integer GEMMs' work and 17 % of a static W7A8 forward (profiled, docs/DESIGN.md 'Hadamard at run time').
+The fast Walsh-Hadamard transform costs ``log2(b)`` additions per element. The C kernel
+(``kernels/c/hadamard.c``, AVX2 or portable) and :func:`butterflies` (PyTorch, any dtype, differentiable) do
+the same float operations in the same order, so a float32 result has the same bits whichever runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import torch
+
+from bitladder.errors import BitladderError
+from bitladder.kernels.cpu import current
+
+try:  # by its full name: the compiled module, not the package that imports this file
+    _hadamard = importlib.import_module("bitladder.kernels._hadamard")
+except ImportError:  # no compiler at install time
+    _hadamard = None
+
+
+def installed() -> bool:
+    """Whether the C transform was built."""
+    return _hadamard is not None
+
+
+def _check(block: int, k: int) -> None:
+    if block < 1 or block & (block - 1) or k % block:
+        raise BitladderError(f"a Hadamard block must be a power of two dividing k (the last dimension, {k}); "
+                             f"got {block}")
+
+
+def _norm(block: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(1.0 / math.sqrt(block), dtype=torch.float64).to(dtype)
+
+
+def butterflies(x: torch.Tensor, block: int) -> torch.Tensor:
+    """``x @ blockdiag(H_block) / sqrt(block)`` over the last dimension: stages at distance 1, 2, 4, ...,
+    each ``(a + c, a - c)``, then one multiplication by ``1/sqrt(block)`` in ``x``'s dtype."""
+    shape, k = x.shape, x.shape[-1]
+    y = x.reshape(-1, k)
+    h = 1
+    while h < block:
+        v = y.reshape(y.shape[0], k // (2 * h), 2, h)
+        a, c = v[:, :, 0], v[:, :, 1]
+        y = torch.stack((a + c, a - c), dim=2).reshape(y.shape[0], k)
+        h *= 2
+    return (y * _norm(block, y.dtype)).reshape(shape)
+
+
+def fast_path(x: torch.Tensor) -> bool:
+    """Whether the C kernel may take ``x``: a plain float32 CPU tensor (no fake or functional tensor of an
+    export), no autograd, not traced or compiled."""
+    return (_hadamard is not None and type(x) is torch.Tensor and x.dtype == torch.float32 and x.device.type == "cpu"
+            and not (x.requires_grad and torch.is_grad_enabled()) and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting())
+
+
+def fwht(x: torch.Tensor, block: int, simd: bool | None = None) -> torch.Tensor:
+    """The C transform of float32 ``x`` (any shape, last dimension a multiple of ``block``); ``simd`` forces
+    the AVX2 (True) or portable (False) path, else the CPU decides (``BITLADDER_CPU`` included)."""
+    k = x.shape[-1]
+    _check(block, k)
+    xc = x.contiguous()
+    y = torch.empty_like(xc)
+    m = xc.numel() // max(k, 1)
+    use_simd = current().has("avx2") if simd is None else bool(simd)
+    _hadamard.fwht(xc.numpy(), y.numpy(), m, k, block, float(_norm(block, torch.float32)), int(use_simd),
+                   torch.get_num_threads())
+    return y
+
+
+def codes_reference(x: torch.Tensor, block: int, step: float, zp: int, cmin: int, cmax: int) -> torch.Tensor:
+    """uint8 ``clamp(round(y * (1/step)) + zp, cmin, cmax)`` of ``y = butterflies(x)``, all in float32: what
+    :func:`fwht_codes` computes, bit for bit."""
+    y = butterflies(x.float(), block)
+    inv = torch.tensor(1.0 / step, dtype=torch.float64).float()
+    return (torch.round(y * inv) + float(zp)).clamp_(float(cmin), float(cmax)).to(torch.uint8)
+
+
+def fwht_codes(x: torch.Tensor, block: int, step: float, zp: int, cmin: int, cmax: int,
+               simd: bool | None = None) -> torch.Tensor:
+    """:func:`codes_reference` in one C pass over float32 ``x`` (rotated and quantised in registers)."""
+    k = x.shape[-1]
+    _check(block, k)
+    xc = x.contiguous()
+    q = torch.empty(xc.shape, dtype=torch.uint8)
+    use_simd = current().has("avx2") if simd is None else bool(simd)
+    _hadamard.fwht_codes(xc.numpy(), q.numpy(), xc.numel() // max(k, 1), k, block,
+                         float(_norm(block, torch.float32)), float(torch.tensor(1.0 / step).float()), float(zp),
+                         float(cmin), float(cmax), int(use_simd), torch.get_num_threads())
+    return q

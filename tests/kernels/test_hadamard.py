@@ -1,0 +1,74 @@
+"""The run-time Hadamard transform: C (AVX2 and portable) and the PyTorch butterflies give the same bits, equal
+the matrix form, and the fused quantiser gives the reference's codes; bad shapes are refused."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bitladder.errors import BitladderError
+from bitladder.kernels import hadamard as H
+from bitladder.nn.rotated import hadamard, rotate_input
+
+needs_c = pytest.mark.skipif(not H.installed(), reason="the C kernels were not built (no compiler at install)")
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(0, 8), st.integers(1, 4), st.integers(1, 40), st.integers(0, 2**16))
+def test_butterflies_are_the_matrix_rotation(log_b, blocks, rows, seed):
+    b = 2**log_b
+    x = torch.randn(rows, b * blocks, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    assert torch.allclose(H.butterflies(x, b), rotate_input(x, hadamard(b)), atol=1e-12)
+
+
+@needs_c
+@pytest.mark.parametrize("simd", [True, False])
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(0, 8), st.integers(1, 4), st.integers(1, 40), st.integers(0, 2**16))
+def test_c_transform_has_the_butterflies_bits(simd, log_b, blocks, rows, seed):
+    b = 2**log_b
+    x = torch.randn(rows, b * blocks, generator=torch.Generator().manual_seed(seed)) * 10
+    assert torch.equal(H.fwht(x, b, simd=simd), H.butterflies(x, b))
+
+
+@needs_c
+@pytest.mark.parametrize("simd", [True, False])
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(0, 7), st.integers(1, 5), st.integers(1, 300), st.integers(0, 255), st.data())
+def test_fused_codes_are_the_reference_codes(simd, log_b, blocks, rows, zp, data):
+    b = 2**log_b
+    cmin = data.draw(st.integers(0, 255))
+    cmax = data.draw(st.integers(cmin, 255))
+    step = data.draw(st.floats(1e-3, 1.0))
+    x = torch.randn(rows, b * blocks, generator=torch.Generator().manual_seed(rows)) * 3
+    got = H.fwht_codes(x, b, step, zp, cmin, cmax, simd=simd)
+    want = H.codes_reference(x, b, step, zp, cmin, cmax)
+    assert got.dtype == torch.uint8 and torch.equal(got, want)
+    assert int(got.min()) >= cmin and int(got.max()) <= cmax
+
+
+@needs_c
+def test_codes_match_quantising_the_rotated_input_except_at_ties():
+    x = torch.randn(512, 384, generator=torch.Generator().manual_seed(0))
+    got = H.fwht_codes(x, 64, 0.02, 128, 0, 255).int()
+    want = torch.clamp(torch.round(rotate_input(x, hadamard(64).float()) / 0.02) + 128, 0, 255).int()
+    assert (got - want).abs().max() <= 1 and float((got != want).float().mean()) < 1e-3
+
+
+@needs_c
+@pytest.mark.parametrize("b,k", [(3, 12), (16, 40), (0, 8)])
+def test_bad_blocks_are_refused(b, k):
+    with pytest.raises(BitladderError, match="power of two dividing k"):
+        H.fwht(torch.randn(2, k), b)
+    with pytest.raises(BitladderError, match="power of two dividing k"):
+        H.fwht_codes(torch.randn(2, k), b, 0.1, 0, 0, 255)
+    with pytest.raises(ValueError, match="power of two dividing k"):  # the C entry checks for itself
+        H._hadamard.fwht(torch.randn(2, k).numpy(), torch.empty(2, k).numpy(), 2, k, b, 1.0, 1, 1)
+
+
+def test_autograd_tracing_and_other_dtypes_take_the_matrix_form():
+    x = torch.randn(4, 64)
+    assert H.fast_path(x) == H.installed()
+    assert not H.fast_path(x.requires_grad_()) and not H.fast_path(torch.randn(4, 64, dtype=torch.float64))
+    with torch.no_grad():
+        assert H.fast_path(x) == H.installed()
