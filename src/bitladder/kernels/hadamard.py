@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import math
 
+import numpy as np
 import torch
 
 from bitladder.errors import BitladderError
@@ -34,8 +35,14 @@ def _check(block: int, k: int) -> None:
                              f"got {block}")
 
 
+def _f32(v: float) -> float:
+    """``v`` rounded to float32 (as a Python float): the constant the C code and the reference multiply by."""
+    return float(np.float32(v))
+
+
 def _norm(block: int, dtype: torch.dtype) -> torch.Tensor:
-    return torch.tensor(1.0 / math.sqrt(block), dtype=torch.float64).to(dtype)
+    return torch.tensor(_f32(1.0 / math.sqrt(block)) if dtype == torch.float32 else 1.0 / math.sqrt(block),
+                        dtype=dtype)
 
 
 def butterflies(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -69,7 +76,7 @@ def fwht(x: torch.Tensor, block: int, simd: bool | None = None) -> torch.Tensor:
     y = torch.empty_like(xc)
     m = xc.numel() // max(k, 1)
     use_simd = current().has("avx2") if simd is None else bool(simd)
-    _hadamard.fwht(xc.numpy(), y.numpy(), m, k, block, float(_norm(block, torch.float32)), int(use_simd),
+    _hadamard.fwht(xc.numpy(), y.numpy(), m, k, block, _f32(1.0 / math.sqrt(block)), int(use_simd),
                    torch.get_num_threads())
     return y
 
@@ -78,7 +85,7 @@ def codes_reference(x: torch.Tensor, block: int, step: float, zp: int, cmin: int
     """uint8 ``clamp(round(y * (1/step)) + zp, cmin, cmax)`` of ``y = butterflies(x)``, all in float32: what
     :func:`fwht_codes` computes, bit for bit."""
     y = butterflies(x.float(), block)
-    inv = torch.tensor(1.0 / step, dtype=torch.float64).float()
+    inv = torch.tensor(_f32(1.0 / step))
     return (torch.round(y * inv) + float(zp)).clamp_(float(cmin), float(cmax)).to(torch.uint8)
 
 
@@ -91,6 +98,6 @@ def fwht_codes(x: torch.Tensor, block: int, step: float, zp: int, cmin: int, cma
     q = torch.empty(xc.shape, dtype=torch.uint8)
     use_simd = current().has("avx2") if simd is None else bool(simd)
     _hadamard.fwht_codes(xc.numpy(), q.numpy(), xc.numel() // max(k, 1), k, block,
-                         float(_norm(block, torch.float32)), float(torch.tensor(1.0 / step).float()), float(zp),
+                         _f32(1.0 / math.sqrt(block)), _f32(1.0 / step), float(zp),
                          float(cmin), float(cmax), int(use_simd), torch.get_num_threads())
     return q
