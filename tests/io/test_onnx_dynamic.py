@@ -120,7 +120,8 @@ class ConvThenLinear(nn.Module):
     bitladder.Int(8, act=bitladder.Act()), bitladder.Int(7, act=bitladder.Act(symmetric=True)),
     bitladder.Int(8, act=bitladder.Act(smoothquant=0.5)), bitladder.Int(8, act=bitladder.Act(bits=4)),
     bitladder.Int(4, group=32, act=bitladder.Act(observer="percentile")),
-], ids=["w8a8", "w7a8-sym", "w8a8-smoothquant", "w8a4", "w4a8-qdq"])
+    bitladder.Int(7, act=bitladder.Act(), rotate=32),
+], ids=["w8a8", "w7a8-sym", "w8a8-smoothquant", "w8a4", "w4a8-qdq", "w7a8-hadamard"])
 def test_static_activations_export_the_layer_codes_and_run_in_onnxruntime(cfg, tmp_path):
     torch.manual_seed(0)
     model = ConvThenLinear().eval()
