@@ -92,6 +92,10 @@ def test_keyword_inputs_outside_an_encoder_and_bad_options_are_one_line_errors()
         ChannelPrune(0.5, target="macs")
     with pytest.raises(BitladderError, match="max_group"):
         ChannelPrune(0.5, max_group=1.0)
+    with pytest.raises(BitladderError, match="latency weighs units against each other under a global budget"):
+        ChannelPrune(0.5, latency=True)
+    with pytest.raises(BitladderError, match="latency must be true or false"):
+        ChannelPrune(0.5, target="flops", latency="yes")
 
 
 def sizes(model):
@@ -125,6 +129,13 @@ def test_resnetish_to_half_the_flops_runs_exports_and_reloads(tmp_path):
     assert torch.equal(back(x), p(x))
     onnx = export_onnx(back, x[:1], tmp_path / "p.onnx")
     np.testing.assert_allclose(ort_run(onnx, x), p(x).detach().numpy(), atol=1e-4)
+
+
+def test_latency_aware_pruning_meets_the_same_flops_budget_and_runs():
+    m, x = resnetish(), torch.randn(8, 3, 16, 16)
+    p, rep = prune_channels(m, ChannelPrune(0.5, target="flops", latency=True), x)
+    assert 0.45 <= flops(p, x) / flops(m, x) <= 0.5 and p(x).shape == (8, 10)
+    assert ChannelPrune(0.5, target="flops", latency=True).to_dict()["latency"] is True
 
 
 def test_resnetish_by_parameters_and_channels():

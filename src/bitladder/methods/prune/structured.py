@@ -41,13 +41,17 @@ class ChannelPrune:
     """Remove ``ratio`` of each group's channels (``target="channels"``), or channels of the least important
     groups over the whole model until FLOPs or parameters fall by ``ratio`` (``"flops"`` / ``"params"``,
     measured), no group losing more than ``max_group`` of its units. Importance: "l1", "l2" (weight norms,
-    each member normalised by its mean) or "taylor" (|sum over the channel of w * dL/dw|, Molchanov 2019)."""
+    each member normalised by its mean) or "taylor" (|sum over the channel of w * dL/dw|, Molchanov 2019).
+    ``latency=True`` (global targets): each unit's importance is divided by the time its group's units save,
+    measured on the example on this machine (:func:`~bitladder.methods.prune.budget.latency_weights`), so
+    the same FLOPs come out where they cost the most time, in the spirit of HALP (Shen et al. 2022)."""
 
     ratio: float = 0.5
     importance: str = "l1"
     target: str = "channels"
     max_group: float = 0.9
-    version: ClassVar[int] = 2
+    latency: bool = False
+    version: ClassVar[int] = 3
 
     def __post_init__(self) -> None:
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, int | float) or not 0 <= self.ratio < 1:
@@ -58,6 +62,11 @@ class ChannelPrune:
             raise BitladderError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if not isinstance(self.max_group, int | float) or not 0 < self.max_group < 1:
             raise BitladderError(f"max_group must be in (0, 1), got {self.max_group!r}")
+        if not isinstance(self.latency, bool):
+            raise BitladderError(f"latency must be true or false, got {self.latency!r}")
+        if self.latency and self.target == "channels":
+            raise BitladderError("latency weighs units against each other under a global budget; use target "
+                                 "'flops' or 'params' with it (target 'channels' prunes each group alike)")
 
     def to_dict(self) -> dict:
         """The config as a dict with its ``type`` and ``version``, as artifacts record it."""
@@ -113,7 +122,9 @@ def prune_channels(model: nn.Module, config: ChannelPrune, example, target: torc
     if config.target == "channels":
         keep = budget.per_group(source.groups, config.ratio)
     else:
-        seq = budget.order(source.groups, config.max_group)
+        weights = (budget.latency_weights(model, source.apply, source.groups, example, config.max_group)
+                   if config.latency else None)
+        seq = budget.order(source.groups, config.max_group, weights)
         goal = (1 - config.ratio) * cost0[config.target]
         keep, _ = budget.search(model, source.apply, seq, goal, lambda m: budget.measure(m, small, config.target),
                                 tol=0.02 * cost0[config.target])

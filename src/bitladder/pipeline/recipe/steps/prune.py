@@ -28,6 +28,7 @@ class Prune(Selected):
     importance: Literal["l1", "l2", "taylor"] = "l1"
     target: Literal["channels", "flops", "params"] = "channels"
     max_group: float = 0.9
+    latency: bool = False
     steps: int = Field(1, ge=1)
     finetune_epochs: int = Field(0, ge=0)
     lr: float = 1e-3
@@ -39,7 +40,7 @@ class Prune(Selected):
 
         if self.method == "channels":
             return ChannelPrune(ratio=self.sparsity, importance=self.importance, target=self.target,
-                                max_group=self.max_group)
+                                max_group=self.max_group, latency=self.latency)
         if self.target != "channels" or self.steps > 1 or self.finetune_epochs:
             raise BitladderError("prune: target, steps and finetune_epochs apply to method: channels only")
         if self.method == "nm":
