@@ -14,6 +14,9 @@ difference is the embedding output scaled by 1 + 1e-6 (``perturbed_max_abs_diff`
 codes wherever an input sits near a rounding boundary, and each moved code moves more downstream: two exact
 implementations that round one float operation differently part by about that much.
 
+Per-token rows with a Hadamard rotation (no SmoothQuant) stand beside them. glibc's malloc thresholds are pinned
+for the run (pipeline/measure/allocator.py) so that ratios do not move with the allocation history.
+
 7-bit weights: on CPUs without VNNI they let the integer GEMM take all 256 activation codes (2 * 255 * 63 fits
 16 bits), so the static layers run on it with the calibrated grid itself (kernels/static_w8a8.py).
 """
@@ -34,6 +37,7 @@ from bitladder.errors import BitladderError
 from bitladder.methods.quantize.configs import Int
 from bitladder.methods.quantize.methods import Act
 from bitladder.pipeline.bench.minilm import W7A8_MIXED, W7A8_STATIC, W8A8_SQ, _bitladder, _session, single_sentence
+from bitladder.pipeline.measure.allocator import steady_allocator
 from bitladder.pipeline.measure.evaluate import fidelity, outputs, paired_latency
 from bitladder.pipeline.measure.machine import machine
 from bitladder.zoo import minilm, unseen
@@ -43,7 +47,9 @@ VARIANTS = {"W7A8 static on LayerNorm inputs, per-token elsewhere, SmoothQuant 0
             "W7A8 static everywhere, SmoothQuant 0.65": W7A8_STATIC,
             "W7A8 static everywhere, Hadamard 64": Int(7, act=Act(), rotate=64),
             "W7A8 static everywhere, Hadamard 32": Int(7, act=Act(), rotate=32),
-            "W8A8 per-token, SmoothQuant 0.65": W8A8_SQ}
+            "W8A8 per-token, SmoothQuant 0.65": W8A8_SQ,
+            "W8A8 per-token, Hadamard 32": Int(8, act=Act(dynamic="token"), rotate=32),
+            "W8A8 per-token, Hadamard 64": Int(8, act=Act(dynamic="token"), rotate=64)}
 
 
 def onnx_gap(q, batch, folder: Path) -> dict:
@@ -78,6 +84,7 @@ def main() -> None:
     ap.add_argument("--onnx", action="store_true", help="export the static variants and compare in onnxruntime")
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args()
+    allocator = steady_allocator()  # ratios otherwise move with the run's allocation history
     spec = resolve("minilm")
     sets = {"docstrings": spec.eval_batches}
     if args.calib_from == unseen.NAME:
@@ -110,6 +117,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     out = {"schema": "bitladder.static-minilm/1", "command": "python " + " ".join(sys.argv), "machine": machine(),
+           "allocator": allocator,
            "calib_from": args.calib_from, "calib_sentences": sum(len(b["input_ids"]) for b in calib),
            "eval_sentences": sum(len(b["input_ids"]) for b in spec.eval_batches),
            "batch": len(spec.latency_batch["input_ids"]), "rows": rows}

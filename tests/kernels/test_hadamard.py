@@ -72,3 +72,20 @@ def test_autograd_tracing_and_other_dtypes_take_the_matrix_form():
     assert not H.fast_path(x.requires_grad_()) and not H.fast_path(torch.randn(4, 64, dtype=torch.float64))
     with torch.no_grad():
         assert H.fast_path(x) == H.installed()
+
+
+@needs_c
+@pytest.mark.parametrize("simd", [True, False])
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(0, 7), st.integers(1, 5), st.integers(1, 300), st.sampled_from([127, 255]), st.floats(0.1, 50))
+def test_per_token_codes_are_the_reference_grid_and_codes(simd, log_b, blocks, rows, levels, spread):
+    b = 2**log_b
+    x = torch.randn(rows, 8 * b * blocks, generator=torch.Generator().manual_seed(rows)) * spread
+    x[:, 0] += spread  # an outlier channel, spread over its block by the rotation
+    q, scale, zp, r = H.fwht_token(x, b, levels, simd=simd)
+    rq, rscale, rzp, rr = H.token_reference(x, b, levels)
+    assert torch.equal(q, rq) and (scale, zp) == (rscale, rzp) and torch.equal(r, rr)
+    assert 0 <= zp <= levels and int(q.max()) <= levels + 1  # codes span the grid (one step of rounding slack)
+    # dequantised, each row is its rotated input within half a step of its own scale
+    y = H.butterflies(x, b)
+    assert ((q.float() - zp) * scale * r - y).abs().max() <= 0.5001 * scale * float(r.max())

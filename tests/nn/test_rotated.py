@@ -107,3 +107,19 @@ def test_static_int_layers_rotate_and_quantise_their_input_in_one_pass(monkeypat
         assert torch.allclose(y, ref, atol=1e-4)
     with torch.enable_grad():  # autograd: the matrix form, the same function
         assert torch.allclose(a(x.clone().requires_grad_()), ya, atol=1e-3)
+
+
+@pytest.mark.skipif(not fast.installed(), reason="the C kernels were not built (no compiler at install)")
+@pytest.mark.parametrize("cpu", ["avx2", "avx512-vnni"])
+def test_per_token_layers_take_rotated_codes_from_one_c_call(cpu, monkeypatch):
+    monkeypatch.setenv("BITLADDER_CPU", cpu)  # 7-bit activations without VNNI, 8-bit with (as presented)
+    torch.manual_seed(4)
+    q = bitladder.quantize(_TwoReaders(), bitladder.Int(8, act=Act(dynamic="token"), rotate=64))
+    x = torch.randn(300, 64) * torch.linspace(0.1, 10, 300)[:, None]  # tokens of very different ranges
+    with torch.no_grad():
+        y = q.a(x)
+        unfused = q.a.layer(fast.fwht(x, 64))  # the same layer on the rotated input: the kernel's own prepare
+    assert q.a.layer.kernel == "int8-w8a8-onednn-token" and x._bitladder_prep[0][-1] == 64
+    want = torch.nn.functional.linear(x, q.a.layer.weight().mm(hadamard(64).float()), q.a.layer.bias)
+    assert float((y - want).norm() / want.norm()) < 0.02  # int8 weights, 7-8-bit activations per token
+    assert float((y - unfused).norm() / unfused.norm()) < 2e-3  # same grid; rounding of y / r differs

@@ -101,3 +101,32 @@ def fwht_codes(x: torch.Tensor, block: int, step: float, zp: int, cmin: int, cma
                          _f32(1.0 / math.sqrt(block)), _f32(1.0 / step), float(zp),
                          float(cmin), float(cmax), int(use_simd), torch.get_num_threads())
     return q
+
+
+def token_reference(x: torch.Tensor, block: int, levels: int) -> tuple[torch.Tensor, float, int, torch.Tensor]:
+    """(codes, scale, zero point, row scales (M, 1)) of the per-token grid (``kernels/onednn_w8a8.py``) on the
+    rotated rows ``butterflies(x)``, in the operations :func:`fwht_token` performs."""
+    from bitladder.kernels.onednn_w8a8 import _grid
+
+    y = butterflies(x.float(), block)
+    hi, lo = y.amax(dim=-1, keepdim=True), y.amin(dim=-1, keepdim=True)
+    r = torch.maximum(hi, lo.neg()).clamp(min=1e-30)
+    scale, zp = _grid(float((lo / r).min()), float((hi / r).max()), levels)
+    inv = torch.tensor(float(np.float32(1.0) / np.float32(scale)))
+    return (torch.round((y / r) * inv) + float(zp)).clamp_(0, 255).to(torch.uint8), scale, zp, r
+
+
+def fwht_token(x: torch.Tensor, block: int, levels: int,
+               simd: bool | None = None) -> tuple[torch.Tensor, float, int, torch.Tensor]:
+    """:func:`token_reference` in C: one pass for the rows' extremes, one that rotates again and quantises
+    (no float copy of the rotated input is kept). ``x``: (M, K) float32."""
+    k = x.shape[-1]
+    _check(block, k)
+    xc = x.contiguous()
+    m = xc.numel() // max(k, 1)
+    q = torch.empty(xc.shape, dtype=torch.uint8)
+    r = torch.empty(m, 1)
+    use_simd = current().has("avx2") if simd is None else bool(simd)
+    scale, zp = _hadamard.fwht_token(xc.numpy(), q.numpy(), r.numpy(), m, k, block, _f32(1.0 / math.sqrt(block)),
+                                     levels, int(use_simd), torch.get_num_threads())
+    return q, scale, zp, r

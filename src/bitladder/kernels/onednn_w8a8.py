@@ -21,6 +21,7 @@ import warnings
 
 import torch
 
+from bitladder.kernels import hadamard
 from bitladder.kernels.base import KernelUnsupported, LinearKernel, rows_times_plus, weight_parts
 from bitladder.kernels.fbgemm_w8a8 import int8_per_row, levels_for
 from bitladder.kernels.registry import register
@@ -112,6 +113,15 @@ class OnednnW8A8TokenKernel(OnednnW8A8Kernel):
     """Per-token dynamic int8 activations (a scale per row) on the same GEMM."""
 
     name = "int8-w8a8-onednn-token"
+
+    @property
+    def rotates(self) -> bool:
+        """Whether :meth:`prepare_rotated` runs here (the C transform was built)."""
+        return hadamard.installed()
+
+    def prepare_rotated(self, x: torch.Tensor, block: int) -> tuple:
+        """:meth:`prepare` of ``x @ H`` (block-Hadamard) in C, without a float copy of the rotated input."""
+        return hadamard.fwht_token(x, block, self.levels)
 
     def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
         xs = x if in_scale is None else x * in_scale

@@ -8,6 +8,9 @@
  *
  * fwht_codes also quantises the rotated row on a static uint8 grid, clamp(nearbyint(y * inv) + zp, cmin, cmax),
  * while it is still in registers: one pass, one byte written per element instead of four read back.
+ * fwht_token does the per-token grid of kernels/onednn_w8a8.py on rotated rows: a first pass finds each row's
+ * extremes, the shared grid follows, and a second pass rotates again (cheaper than storing the float rows) and
+ * quantises (y / r) on it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -33,13 +36,14 @@ static void row_portable(const float *x, float *y, int64_t k, int64_t b, float n
     for (int64_t j = 0; j < k; j++) y[j] = y[j] * norm;
 }
 
+/* code = clamp(nearbyint((y / div) * inv) + zp, cmin, cmax); div = 1 skips the division (y / 1 is y) */
 typedef struct {
-    float inv, zp, cmin, cmax;
+    float inv, zp, cmin, cmax, div;
 } Grid;
 
 static void codes_portable(const float *y, uint8_t *q, int64_t k, Grid g) {
     for (int64_t j = 0; j < k; j++) {
-        float c = nearbyintf(y[j] * g.inv) + g.zp;
+        float c = nearbyintf((g.div == 1.0f ? y[j] : y[j] / g.div) * g.inv) + g.zp;
         q[j] = (uint8_t)(c < g.cmin ? g.cmin : (c > g.cmax ? g.cmax : c));
     }
 }
@@ -105,20 +109,40 @@ AVX2 static void row_avx2(const float *x, float *y, int64_t k, int64_t b, float 
  * the packs interleave 128-bit lanes, which the final permute undoes */
 AVX2 static void codes_avx2(const float *y, uint8_t *q, int64_t k, Grid g) {
     const __m256 inv = _mm256_set1_ps(g.inv), zp = _mm256_set1_ps(g.zp), lo = _mm256_set1_ps(g.cmin),
-                 hi = _mm256_set1_ps(g.cmax);
+                 hi = _mm256_set1_ps(g.cmax), dv = _mm256_set1_ps(g.div);
+    const int divide = g.div != 1.0f;
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     int64_t j = 0;
     for (; j + 32 <= k; j += 32) {
         __m256i a[4];
         for (int t = 0; t < 4; t++) {
-            __m256 c = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(y + j + 8 * t), inv),
-                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            __m256 v = _mm256_loadu_ps(y + j + 8 * t);
+            if (divide) v = _mm256_div_ps(v, dv);
+            __m256 c = _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             a[t] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(c, zp), lo), hi));
         }
         __m256i p = _mm256_packus_epi16(_mm256_packs_epi32(a[0], a[1]), _mm256_packs_epi32(a[2], a[3]));
         _mm256_storeu_si256((__m256i *)(q + j), _mm256_permutevar8x32_epi32(p, order));
     }
     codes_portable(y + j, q + j, k - j, g);
+}
+
+AVX2 static void extremes_avx2(const float *y, int64_t k, float *hi, float *lo) {
+    __m256 h = _mm256_loadu_ps(y), l = h;
+    for (int64_t j = 8; j < k; j += 8) {
+        const __m256 v = _mm256_loadu_ps(y + j);
+        h = _mm256_max_ps(h, v);
+        l = _mm256_min_ps(l, v);
+    }
+    float hs[8], ls[8];
+    _mm256_storeu_ps(hs, h);
+    _mm256_storeu_ps(ls, l);
+    *hi = hs[0];
+    *lo = ls[0];
+    for (int t = 1; t < 8; t++) {
+        *hi = hs[t] > *hi ? hs[t] : *hi;
+        *lo = ls[t] < *lo ? ls[t] : *lo;
+    }
 }
 #endif
 
@@ -178,6 +202,7 @@ static PyObject *fwht_codes(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*w*nnnfffffii", &x, &q, &m, &k, &b, &norm, &g.inv, &g.zp, &g.cmin, &g.cmax, &simd,
                           &threads))
         return NULL;
+    g.div = 1.0f;
     PyObject *ret = NULL;
     if (b < 1 || (b & (b - 1)) || k % b || x.len < (Py_ssize_t)(m * k * 4) || q.len < (Py_ssize_t)(m * k)
         || !(g.cmin >= 0.0f && g.cmin <= g.cmax && g.cmax <= 255.0f)) {
@@ -226,9 +251,131 @@ done:
     return ret;
 }
 
+static inline void extremes(const float *y, int64_t k, float *hi, float *lo) {
+    float h = y[0], l = y[0];
+    for (int64_t j = 1; j < k; j++) {
+        h = y[j] > h ? y[j] : h;
+        l = y[j] < l ? y[j] : l;
+    }
+    *hi = h;
+    *lo = l;
+}
+
+static void rotate_row(const float *x, float *row, int64_t k, int64_t b, float norm, int vec) {
+#ifdef BL_X86
+    if (vec) {
+        row_avx2(x, row, k, b, norm);
+        return;
+    }
+#endif
+    row_portable(x, row, k, b, norm);
+}
+
+/* fwht_token(x, q, r, m, k, b, norm, levels, simd, threads) -> (scale, zp): per row r = max(max y, -min y), the rows
+ * share one grid of `levels` steps over [min(min_rows lo / r, 0), max(max_rows hi / r, 0)] (as
+ * onednn_w8a8._grid computes it, in double), q = clamp(nearbyintf((y / r) * (1.0f / (float)scale)) + zp, 0, 255):
+ * a row's extreme is exactly +-1 before it meets the grid, as in the PyTorch path. The vector path needs whole
+ * vectors (k a multiple of 8). */
+static PyObject *fwht_token(PyObject *self, PyObject *args) {
+    Py_buffer x, q, rb;
+    Py_ssize_t m, k, b;
+    float norm;
+    int levels, simd, threads;
+    if (!PyArg_ParseTuple(args, "y*w*w*nnnfiii", &x, &q, &rb, &m, &k, &b, &norm, &levels, &simd, &threads))
+        return NULL;
+    PyObject *ret = NULL;
+    if (b < 1 || (b & (b - 1)) || k % b || k < 1 || m < 1 || levels < 1 || levels > 255
+        || x.len < (Py_ssize_t)(m * k * 4) || q.len < (Py_ssize_t)(m * k) || rb.len < (Py_ssize_t)(m * 4)) {
+        PyErr_SetString(PyExc_ValueError, "hadamard.fwht_token: b must be a power of two dividing k, buffers "
+                                          "(m, k) and (m,), 1 <= levels <= 255");
+        goto done;
+    }
+    const int vec = simd && b >= 8 && k % 8 == 0 && cpu_avx2();
+    const float *xs = x.buf;
+    uint8_t *qs = q.buf;
+    float *rs = rb.buf;
+    float *nlo = malloc((size_t)m * sizeof(float)), *nhi = malloc((size_t)m * sizeof(float));
+    if (!nlo || !nhi) {
+        free(nlo);
+        free(nhi);
+        PyErr_NoMemory();
+        goto done;
+    }
+    const int parts = threads < 1 ? 1 : threads;
+    int failed = 0;
+    double scale = 0.0;
+    int zp = 0;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(parts) if (parts > 1 && m * k >= 65536)
+    {
+        float *row = malloc((size_t)k * sizeof(float));
+        if (!row) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < m; r++) {
+            if (!row) continue;
+            float hi, lo;
+            rotate_row(xs + r * k, row, k, b, norm, vec);
+#ifdef BL_X86
+            if (vec) extremes_avx2(row, k, &hi, &lo);
+            else
+#endif
+                extremes(row, k, &hi, &lo);
+            float a = hi > -lo ? hi : -lo;
+            a = a > 1e-30f ? a : 1e-30f;
+            rs[r] = a;
+            nhi[r] = hi / a;
+            nlo[r] = lo / a;
+        }
+#pragma omp single
+        {
+            float L = nlo[0], H = nhi[0];
+            for (int64_t r = 1; r < m; r++) {
+                L = nlo[r] < L ? nlo[r] : L;
+                H = nhi[r] > H ? nhi[r] : H;
+            }
+            const double lo = L < 0.0f ? (double)L : 0.0, hi = H > 0.0f ? (double)H : 0.0;
+            scale = (hi - lo) / levels > 1e-30 ? (hi - lo) / levels : 1e-30;
+            const double z = nearbyint(-lo / scale);
+            zp = (int)(z < 0 ? 0 : (z > levels ? levels : z));
+        }
+        const float inv = 1.0f / (float)scale;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < m; r++) {
+            if (!row) continue;
+            const Grid g = {inv, (float)zp, 0.0f, 255.0f, rs[r]};
+            rotate_row(xs + r * k, row, k, b, norm, vec);
+#ifdef BL_X86
+            if (vec) {
+                codes_avx2(row, qs + r * k, k, g);
+                continue;
+            }
+#endif
+            codes_portable(row, qs + r * k, k, g);
+        }
+        free(row);
+    }
+    Py_END_ALLOW_THREADS
+    free(nlo);
+    free(nhi);
+    if (failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    ret = Py_BuildValue("di", scale, zp);
+done:
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&q);
+    PyBuffer_Release(&rb);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"fwht", fwht, METH_VARARGS, "Block Walsh-Hadamard transform of float32 rows, rows split over threads."},
     {"fwht_codes", fwht_codes, METH_VARARGS, "The same, quantised on a static uint8 grid in the same pass."},
+    {"fwht_token", fwht_token, METH_VARARGS, "Rotated rows quantised on the per-token grid, two passes."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hadamard", "Block Walsh-Hadamard transform.", -1,
