@@ -1,7 +1,7 @@
 """The run-time block-Hadamard rotation of a layer's input (``nn/rotated.py``) as butterflies, not a matmul.
 
 ``x @ blockdiag(H_b, ...)`` as a matmul costs ``b`` multiply-adds per element: at ``b = 64`` on MiniLM, half
-the integer GEMMs' work and 17 % of a static W7A8 forward (profiled, docs/DESIGN.md 'Hadamard at run time').
+the integer GEMMs' work (profiled: docs/DESIGN.md, 'Hadamard at run time').
 The fast Walsh-Hadamard transform costs ``log2(b)`` additions per element. The C kernel
 (``kernels/c/hadamard.c``, AVX2 or portable) and :func:`butterflies` (PyTorch, any dtype, differentiable) do
 the same float operations in the same order, so a float32 result has the same bits whichever runs.

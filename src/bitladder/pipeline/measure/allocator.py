@@ -3,10 +3,9 @@ allocation history.
 
 glibc serves large blocks with mmap and moves that threshold as blocks are freed, and it returns freed heap
 to the system above a trim threshold: the same forward pass then page-faults on fresh memory in one phase of a
-run and reuses heap in another. Measured on the ResNet-style pruning net (AVX2 EPYC, one thread): within one
-process the original's latency moved between 15 and 29 ms and the pruned / original ratio between 1.50 and
-1.97 with it, depending on what ran before; with both thresholds fixed the same pair held at 1.66-1.73.
-Benchmarks call :func:`steady_allocator` first and record what it returns; the library itself never does.
+run and reuses heap in another, and a latency ratio moves with it (measured: docs/DESIGN.md, 'Benchmarks pin
+glibc's malloc thresholds'). Benchmarks call :func:`steady_allocator` first and record what it returns; the
+library itself never does.
 """
 
 from __future__ import annotations
