@@ -95,6 +95,13 @@ def as_x(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.detach().float().contiguous()
 
 
+def uint8_grid(lo: float, hi: float, levels: int) -> tuple[float, int]:
+    """(scale, zero point) of the uint8 grid of ``levels`` steps over ``[min(lo, 0), max(hi, 0)]``."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max((hi - lo) / levels, 1e-30)
+    return scale, int(min(max(round(-lo / scale), 0), levels))
+
+
 def nbytes_of(*arrays) -> int:
     """Total bytes of the given tensors or numpy arrays, None entries skipped."""
     total = 0

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from bitladder.errors import BitladderError
+from bitladder.kernels.base import uint8_grid
 from bitladder.kernels.cpu import current
 
 try:  # by its full name: the compiled module, not the package that imports this file
@@ -106,12 +107,10 @@ def fwht_codes(x: torch.Tensor, block: int, step: float, zp: int, cmin: int, cma
 def token_reference(x: torch.Tensor, block: int, levels: int) -> tuple[torch.Tensor, float, int, torch.Tensor]:
     """(codes, scale, zero point, row scales (M, 1)) of the per-token grid (``kernels/onednn_w8a8.py``) on the
     rotated rows ``butterflies(x)``, in the operations :func:`fwht_token` performs."""
-    from bitladder.kernels.onednn_w8a8 import _grid
-
     y = butterflies(x.float(), block)
     hi, lo = y.amax(dim=-1, keepdim=True), y.amin(dim=-1, keepdim=True)
     r = torch.maximum(hi, lo.neg()).clamp(min=1e-30)
-    scale, zp = _grid(float((lo / r).min()), float((hi / r).max()), levels)
+    scale, zp = uint8_grid(float((lo / r).min()), float((hi / r).max()), levels)
     inv = torch.tensor(float(np.float32(1.0) / np.float32(scale)))
     return (torch.round((y / r) * inv) + float(zp)).clamp_(0, 255).to(torch.uint8), scale, zp, r
 

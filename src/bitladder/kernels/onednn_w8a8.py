@@ -23,6 +23,7 @@ import torch
 
 from bitladder.kernels import hadamard
 from bitladder.kernels.base import KernelUnsupported, LinearKernel, rows_times_plus, weight_parts
+from bitladder.kernels.base import uint8_grid as _grid
 from bitladder.kernels.fbgemm_w8a8 import int8_per_row, levels_for
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
@@ -31,15 +32,6 @@ from bitladder.tensor.quantized import QuantizedTensor
 def _raw(q: torch.Tensor) -> torch.Tensor:
     """The uint8 storage of a quint8 tensor as a plain tensor (a view, no copy)."""
     return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
-
-
-
-
-def _grid(lo: float, hi: float, levels: int) -> tuple[float, int]:
-    """(scale, zero point) of the uint8 grid of ``levels`` steps over ``[min(lo, 0), max(hi, 0)]``."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = max((hi - lo) / levels, 1e-30)
-    return scale, int(min(max(round(-lo / scale), 0), levels))
 
 
 @register
