@@ -155,6 +155,47 @@ static int cpu_avx2(void) {
 #endif
 }
 
+static inline void extremes(const float *y, int64_t k, float *hi, float *lo) {
+    float h = y[0], l = y[0];
+    for (int64_t j = 1; j < k; j++) {
+        h = y[j] > h ? y[j] : h;
+        l = y[j] < l ? y[j] : l;
+    }
+    *hi = h;
+    *lo = l;
+}
+
+/* the vector or the portable path of each step, as `vec` says (both give the same bits) */
+static void rotate_row(const float *x, float *row, int64_t k, int64_t b, float norm, int vec) {
+#ifdef BL_X86
+    if (vec) {
+        row_avx2(x, row, k, b, norm);
+        return;
+    }
+#endif
+    row_portable(x, row, k, b, norm);
+}
+
+static void row_extremes(const float *y, int64_t k, float *hi, float *lo, int vec) {
+#ifdef BL_X86
+    if (vec) {
+        extremes_avx2(y, k, hi, lo);
+        return;
+    }
+#endif
+    extremes(y, k, hi, lo);
+}
+
+static void row_codes(const float *y, uint8_t *q, int64_t k, Grid g, int vec) {
+#ifdef BL_X86
+    if (vec) {
+        codes_avx2(y, q, k, g);
+        return;
+    }
+#endif
+    codes_portable(y, q, k, g);
+}
+
 /* fwht(x, y, m, k, b, norm, simd, threads): x and y (m, k) float32, b a power of two dividing k */
 static PyObject *fwht(PyObject *self, PyObject *args) {
     Py_buffer x, y;
@@ -174,15 +215,7 @@ static PyObject *fwht(PyObject *self, PyObject *args) {
     const int parts = threads < 1 ? 1 : threads;
     Py_BEGIN_ALLOW_THREADS
 #pragma omp parallel for num_threads(parts) schedule(static) if (parts > 1 && m * k >= 65536)
-    for (int64_t r = 0; r < m; r++) {
-#ifdef BL_X86
-        if (vec) {
-            row_avx2(xs + r * k, ys + r * k, k, b, norm);
-            continue;
-        }
-#endif
-        row_portable(xs + r * k, ys + r * k, k, b, norm);
-    }
+    for (int64_t r = 0; r < m; r++) rotate_row(xs + r * k, ys + r * k, k, b, norm, vec);
     Py_END_ALLOW_THREADS
     ret = Py_None;
     Py_INCREF(ret);
@@ -226,15 +259,8 @@ static PyObject *fwht_codes(PyObject *self, PyObject *args) {
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < m; r++) {
             if (!row) continue;
-#ifdef BL_X86
-            if (vec) {
-                row_avx2(xs + r * k, row, k, b, norm);
-                codes_avx2(row, qs + r * k, k, g);
-                continue;
-            }
-#endif
-            row_portable(xs + r * k, row, k, b, norm);
-            codes_portable(row, qs + r * k, k, g);
+            rotate_row(xs + r * k, row, k, b, norm, vec);
+            row_codes(row, qs + r * k, k, g, vec);
         }
         free(row);
     }
@@ -249,26 +275,6 @@ done:
     PyBuffer_Release(&x);
     PyBuffer_Release(&q);
     return ret;
-}
-
-static inline void extremes(const float *y, int64_t k, float *hi, float *lo) {
-    float h = y[0], l = y[0];
-    for (int64_t j = 1; j < k; j++) {
-        h = y[j] > h ? y[j] : h;
-        l = y[j] < l ? y[j] : l;
-    }
-    *hi = h;
-    *lo = l;
-}
-
-static void rotate_row(const float *x, float *row, int64_t k, int64_t b, float norm, int vec) {
-#ifdef BL_X86
-    if (vec) {
-        row_avx2(x, row, k, b, norm);
-        return;
-    }
-#endif
-    row_portable(x, row, k, b, norm);
 }
 
 /* fwht_token(x, q, r, m, k, b, norm, levels, simd, threads) -> (scale, zp): per row r = max(max y, -min y), the rows
@@ -318,11 +324,7 @@ static PyObject *fwht_token(PyObject *self, PyObject *args) {
             if (!row) continue;
             float hi, lo;
             rotate_row(xs + r * k, row, k, b, norm, vec);
-#ifdef BL_X86
-            if (vec) extremes_avx2(row, k, &hi, &lo);
-            else
-#endif
-                extremes(row, k, &hi, &lo);
+            row_extremes(row, k, &hi, &lo, vec);
             float a = hi > -lo ? hi : -lo;
             a = a > 1e-30f ? a : 1e-30f;
             rs[r] = a;
@@ -347,13 +349,7 @@ static PyObject *fwht_token(PyObject *self, PyObject *args) {
             if (!row) continue;
             const Grid g = {inv, (float)zp, 0.0f, 255.0f, rs[r]};
             rotate_row(xs + r * k, row, k, b, norm, vec);
-#ifdef BL_X86
-            if (vec) {
-                codes_avx2(row, qs + r * k, k, g);
-                continue;
-            }
-#endif
-            codes_portable(row, qs + r * k, k, g);
+            row_codes(row, qs + r * k, k, g, vec);
         }
         free(row);
     }
