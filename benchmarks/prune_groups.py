@@ -40,6 +40,8 @@ from bitladder.pipeline.measure.machine import machine  # noqa: E402
 CONFIG = ChannelPrune(ratio=0.5, target="flops")
 # latency-aware: the same FLOPs budget, units weighed by the time their group's removal saves on this machine
 LATENCY = ChannelPrune(ratio=0.5, target="flops", latency=True)
+# and channel counts kept whole multiples of the CPU's fp32 vector width (SIMD kernels pad to it)
+SIMD = ChannelPrune(ratio=0.5, target="flops", latency=True, round_to="simd")
 # MiniLM: taylor importance (self-distillation gradients) keeps 0.66 cosine before recovery against 0.52 for l2
 MINILM = ChannelPrune(ratio=0.5, target="flops", importance="taylor")
 
@@ -73,7 +75,8 @@ def row(name: str, ref: nn.Module, pruned: nn.Module, report: dict, example, tim
     speedups = [a / b for a, b in timing]
     t_ref, t_new = statistics.median(a for a, _ in timing), statistics.median(b for _, b in timing)
     return {"network": name, "target": "50 % FLOPs", "importance": config.importance, "latency_aware": config.latency,
-            "flops_ratio": round(f, 4),
+            "round_to": config.lanes(), "flops_ratio": round(f, 4),
+            "importance_lost": round(report["importance_lost"], 3),
             "params_ratio": round(params(pruned) / params(ref), 4),
             "state_bytes_ratio": round(state_bytes(pruned) / state_bytes(ref), 4),
             "latency_ms": round(t_new * 1e3, 3), "fp32_latency_ms": round(t_ref * 1e3, 3),
@@ -85,18 +88,19 @@ def row(name: str, ref: nn.Module, pruned: nn.Module, report: dict, example, tim
 
 
 def _name(net: str, config: ChannelPrune) -> str:
-    return net + (" (latency-aware)" if config.latency else "")
+    return net + (" (latency-aware" + (", simd)" if config.round_to != 1 else ")") if config.latency else "")
 
 
 def digits_rows(repeats: int) -> list[dict]:
-    """Plain and latency-aware pruning of the digits CNN, each fine-tuned, timed together."""
+    """Plain and latency-aware pruning (without and with SIMD widths) of the digits CNN, each fine-tuned, timed
+    together."""
     from bitladder.zoo import digits
 
     spec, data = digits.spec(), digits.load_data()
     x, y = data["x_test"], data["y_test"]
     acc = lambda m: float((m(x).argmax(1) == y).float().mean())
     made = []
-    for config in (CONFIG, LATENCY):
+    for config in (CONFIG, LATENCY, SIMD):
         t = time.perf_counter()
         p, rep = prune_channels(spec.model, config, data["x_train"][:64] if not config.latency else x)
         prune_s = time.perf_counter() - t
@@ -112,7 +116,8 @@ def digits_rows(repeats: int) -> list[dict]:
 
 
 def resnet_rows(repeats: int, steps: int) -> list[dict]:
-    """Plain and latency-aware pruning of the ResNet-style net, each distilled, timed together."""
+    """Plain and latency-aware pruning (without and with SIMD widths) of the ResNet-style net, each distilled, timed
+    together."""
     from tests.methods.prune.nets import resnetish
 
     m = resnetish()
@@ -121,7 +126,7 @@ def resnet_rows(repeats: int, steps: int) -> list[dict]:
     batches = [torch.randn(64, 3, 16, 16, generator=g) for _ in range(steps)]
     cos = lambda p: float(nn.functional.cosine_similarity(p(test), m(test), dim=-1).mean())
     made = []
-    for config in (CONFIG, LATENCY):
+    for config in (CONFIG, LATENCY, SIMD):
         t = time.perf_counter()
         p, rep = prune_channels(m, config, test[:32] if config.latency else test[:8])  # latency: the timed batch
         prune_s = time.perf_counter() - t
@@ -178,12 +183,14 @@ def main() -> None:
                        ["python", "benchmarks/prune_groups.py", *(a for a in sys.argv[1:] if a != args.note)]),
                    "machine": machine(), "allocator": allocator,
                    "configs": {"digits": CONFIG.to_dict(), "resnet-style": CONFIG.to_dict(),
-                               "latency-aware": LATENCY.to_dict(), "minilm": MINILM.to_dict()},
+                               "latency-aware": LATENCY.to_dict(), "latency-aware, simd": SIMD.to_dict(),
+                               "minilm": MINILM.to_dict()},
                    "notes": [*([args.note] if args.note else []),
                              "FLOPs are torch FlopCounterMode counts (matmuls, convolutions, attention); element-wise "
                              "ops are not counted",
-                             "speedup: median over rounds (speedup_rounds) of median latencies; the two prunings of "
-                             "a network run interleaved with the original in every round"],
+                             "speedup: median over rounds (speedup_rounds) of median latencies; the prunings of "
+                             "a network run interleaved with the original in every round",
+                             "importance_lost: the removed units' scores (each group's mean is 1), per network"],
                    "rows": rows}
             with atomic_path(args.json) as tmp:
                 tmp.write_text(json.dumps(out, indent=1) + "\n")

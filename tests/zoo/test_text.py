@@ -37,13 +37,26 @@ def test_plain_text_and_jsonl_read_the_same_samples(tmp_path):
 @pytest.mark.parametrize("name, content, match", [
     ("x.jsonl", '{"text": "a"}\nnot json\n', r"x.jsonl:2: not JSON"),
     ("x.jsonl", '{"body": "a"}\n', r"x.jsonl:1: needs a string field \"text\""),
-    ("x.jsonl", '{"text": "a", "label": 1}\n', "use no labels"),
+    ("x.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n', r"x.jsonl:2: no \"label\", unlike the lines before"),
+    ("x.jsonl", '{"text": "a", "label": 1.5}\n', r"x.jsonl:1: \"label\" must be an integer class or a label name"),
+    ("x.jsonl", '{"text": "a", "label": 1}\n{"text": "a", "label": 2}\n', "appears with labels 1 and 2"),
     ("x.txt", "one\ntwo\none\n", "2 distinct samples; at least 4"),
 ])
 def test_bad_files_say_what_is_wrong_in_one_line(tmp_path, name, content, match):
     (tmp_path / name).write_text(content)
     with pytest.raises(BitladderError, match=match):
         text.read(tmp_path / name)
+
+
+def test_labels_stay_with_their_samples_and_only_classifiers_take_them(tmp_path):
+    rows = [{"text": f"review {i} of the compressed model", "label": ["neg", "pos"][i % 2]} for i in range(20)]
+    (tmp_path / "l.jsonl").write_text("\n".join(json.dumps(r) for r in rows + rows[:3]))  # repeats kept once
+    t = text.read(tmp_path / "l.jsonl")
+    truth = {r["text"]: r["label"] for r in rows}
+    assert len(t.eval) + len(t.calib) == 20 and not set(t.eval) & set(t.calib)
+    assert [truth[s] for s in t.eval] == t.eval_labels and [truth[s] for s in t.calib] == t.calib_labels
+    with pytest.raises(BitladderError, match="has \"label\" fields; the built-in text models .* drop the field"):
+        resolve("minilm", data=tmp_path / "l.jsonl")
 
 
 def test_binary_and_missing_files(tmp_path):

@@ -42,6 +42,11 @@ def ladder(
     out: Path = typer.Option(Path("runs/ladder"), help="folder for artifacts, results.json and report.html"),
     repeats: int = typer.Option(10, min=1, help="timed runs per rung (median; interleaved with fp32)"),
     data: Path = typer.Option(None, help=DATA_HELP),
+    pipeline: int = typer.Option(0, "--pipeline", help="also evaluate each rung in N pipeline stages, one per "
+                                 "process: launch with torchrun --nproc-per-node N --no-python bitladder ladder ..."),
+    microbatches: int = typer.Option(4, help="with --pipeline: micro-batches per batch"),
+    timeout: float = typer.Option(300.0, help="with --pipeline: seconds any wait may take (the other stages "
+                                              "wait for rank 0's quantisation of each rung)"),
 ) -> None:
     """Quantise to each rung, save, reload, and measure fidelity, size and speed."""
     from bitladder.pipeline.ladder.rungs import parse_rungs
@@ -55,6 +60,9 @@ def ladder(
         spec = resolve(model, data)
     configs = configs or parse_rungs(spec.default_rungs)
     from bitladder.cli.table import ladder_table, warning_lines
+    from bitladder.pipeline.parallel.evaluate import Pipeline
+
+    pipe = Pipeline(pipeline, microbatches, timeout) if pipeline else None
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -66,11 +74,18 @@ def ladder(
             else:
                 bar.advance(task)
 
-        results = run_ladder(spec, configs, out, repeats=repeats, on_rung=on_rung)
+        results = run_ladder(spec, configs, out, repeats=repeats, on_rung=on_rung, pipeline=pipe)
+    if results is None:  # a pipeline stage other than the first: rank 0 reports
+        return
     report = write_report(results, out / "report.html")
     console.print(ladder_table(results))
     for line in warning_lines(results["rungs"]):
         console.print(line)
+    if pipe is not None:
+        from bitladder.pipeline.parallel.run import pipeline_line
+
+        for row in results["rungs"]:
+            plain(f"{row['rung']}: {pipeline_line(row['pipeline'])}")
     plain(f"wall time {results['wall_s']:.1f} s; results: {out / 'results.json'}; report: {report}")
 
 
@@ -82,6 +97,10 @@ def compress(
     distributed: str = typer.Option(None, help="training steps under torchrun: ddp (replicated) or fsdp (sharded "
                                                "parameters and optimiser state); default: the recipe's, else ddp"),
     data: Path = typer.Option(None, help=DATA_HELP),
+    pipeline: int = typer.Option(0, "--pipeline", help="also evaluate the result in N pipeline stages, one per "
+                                 "process: launch with torchrun --nproc-per-node N --no-python bitladder compress ..."),
+    microbatches: int = typer.Option(4, help="with --pipeline: micro-batches per batch"),
+    timeout: float = typer.Option(300.0, help="with --pipeline: seconds any send, receive or barrier may wait"),
 ) -> None:
     """Run a recipe: prune, quantise, train low-bit layers, distil, export and evaluate, in one go."""
     from bitladder.pipeline.recipe.compress import run_recipe
@@ -95,6 +114,8 @@ def compress(
         if distributed not in ("ddp", "fsdp"):  # the recipe's training modes
             raise BitladderError(f"--distributed must be ddp or fsdp, got {distributed!r}")
         parsed.distribute(distributed)
+    if pipeline:
+        parsed.pipelined(pipeline, microbatches, timeout)
     out = out or Path(parsed.out or f"runs/{parsed.name}")
     check_out_dir(out)
     with console.status(f"loading {parsed.model}"):
@@ -112,6 +133,8 @@ def compress(
                               f"params {rec['params']:,}  nonzero {rec['nonzero']:,}")
 
         res = run_recipe(parsed, spec, out, on_step=on_step)
+    if res is None:  # a pipeline stage other than the first: rank 0 reports
+        return
     report = write_report(res, out / "report.html")
     from bitladder.cli.table import ladder_table, warning_lines
 
@@ -119,6 +142,10 @@ def compress(
     for line in warning_lines(res["rungs"]):
         console.print(line)
     row = res["rungs"][0]
+    if row.get("pipeline"):
+        from bitladder.pipeline.parallel.run import pipeline_line
+
+        plain(pipeline_line(row["pipeline"]))
     plain(f"{row['bytes_on_disk']:,} bytes ({row['fp32_bytes'] / row['bytes_on_disk']:.1f}x smaller than "
                   f"fp32); params {row['params']:,} of {row['fp32_params']:,}; MACs {row['macs']:,} of "
                   f"{row['fp32_macs']:,}; wall {res['wall_s']:.1f} s; report: {report}")

@@ -22,7 +22,8 @@ from torch import nn
 
 from bitladder.errors import BitladderError
 from bitladder.io.hf_shards import Shards
-from bitladder.zoo import corpus
+from bitladder.zoo import classifier, corpus
+from bitladder.zoo.classifier import is_classifier
 from bitladder.zoo.causal_lm import CausalLM, blocks, encode
 from bitladder.zoo.spec import ModelSpec
 from bitladder.zoo.text import Text
@@ -93,6 +94,11 @@ def read_config(folder: Path, whole: bool = False) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BitladderError(f"{folder / 'config.json'} is not valid JSON") from None
     kind = cfg.get("model_type") if isinstance(cfg, dict) else None
+    if whole and kind and is_classifier(cfg):
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+        if kind in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+            return cfg
     if kind not in ARCHITECTURES and not (whole and (kind in ENCODERS or kind in _causal_types())):
         accepted = ", ".join(ARCHITECTURES) + (f", {', '.join(ENCODERS)} and transformers' causal LMs (gpt2, qwen2, "
                                                f"phi, ...)" if whole else " (streamed block by block)")
@@ -102,7 +108,8 @@ def read_config(folder: Path, whole: bool = False) -> dict:
 
 def is_encoder(folder: Path) -> bool:
     """Whether the folder holds a sentence encoder (mean-pooled embeddings, as sentence-transformers)."""
-    return read_config(folder, whole=True)["model_type"] in ENCODERS
+    cfg = read_config(folder, whole=True)
+    return cfg["model_type"] in ENCODERS and not is_classifier(cfg)
 
 
 def _whole_causal(folder: Path) -> CausalLM:
@@ -144,6 +151,8 @@ def fill(module: nn.Module, prefix: str, shards: Shards, tied: bool) -> nn.Modul
 def build(name: str) -> nn.Module:
     """The whole float model of an HF folder (``hf:PATH`` or a path), weights read from its shards."""
     folder = folder_of(name)
+    if is_classifier(read_config(folder, whole=True)):
+        return classifier.build(folder)
     if is_encoder(folder):
         from bitladder.zoo import minilm
 
@@ -201,10 +210,13 @@ def spec(name: str, text: Text | None = None) -> ModelSpec:
     """The ModelSpec of an HF folder: the whole float model, perplexity on held-out text (the built-in
     corpus, or ``text``: a user's file)."""
     folder = folder_of(name)
+    if is_classifier(read_config(folder, whole=True)):
+        return classifier.spec(folder, source_of(folder), text)
     if is_encoder(folder):
         from bitladder.zoo import minilm
 
-        return minilm.spec(str(folder), source_of(folder), text)
+        return minilm.spec(str(folder), source_of(folder), text and text.unlabelled("sentence encoders"))
+    text = text and text.unlabelled("causal LMs")
     cfg = read_config(folder, whole=True)
     t = context(cfg)
     sentences = text.eval if text else corpus.eval_sentences(EVAL_SENTENCES)

@@ -61,7 +61,7 @@ def resolve(name: str, data: str | os.PathLike | None = None) -> ModelSpec:
                              f"folder); {name!r} is not a text model (a factory returns its own data)")
     txt = text.read(data) if data is not None else None
     if name in BUILTINS:
-        return _builtin_spec(name) if txt is None else _builtin_module(name).spec(text=txt)
+        return _builtin_spec(name) if txt is None else _builtin_module(name).spec(text=txt.unlabelled("the built-in text models"))
     if hf_folder.is_source(name):
         return hf_folder.spec(name, txt)
     if not _FACTORY.match(name):

@@ -61,7 +61,7 @@ def test_load_recipe_missing_file(tmp_path):
         load_recipe(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("path", ["examples/digits.yaml", "examples/minilm.yaml"])
+@pytest.mark.parametrize("path", ["examples/digits.yaml", "examples/minilm.yaml", "examples/tinylm-pipeline.yaml"])
 def test_examples_are_valid(path):
     from pathlib import Path
 
@@ -102,5 +102,20 @@ def test_distributed_mode_reaches_the_training_steps_and_a_step_may_override_it(
     plain = parse_recipe("model: digits\nsteps:\n  - finetune: {epochs: 1}\n")
     assert plain.steps[0].body.config().distributed == "ddp" and "distributed" not in str(plain.to_dict())
     assert "line 2" in err("model: digits\ndistributed: {mode: pipe}\nsteps:\n  - finetune: {}\n")
-    assert "'ddp' or 'fsdp'" in err("model: digits\ndistributed: {mode: pipe}\nsteps:\n  - finetune: {}\n")
+    assert "'ddp', 'fsdp' or 'pipeline'" in err("model: digits\ndistributed: {mode: pipe}\nsteps:\n  - finetune: {}\n")
     assert "line 2" in err("model: digits\ndistributed: {mode: fsdp, shards: 2}\nsteps:\n  - finetune: {}\n")
+
+
+def test_pipeline_mode_names_its_stages_and_trains_replicated():
+    r = parse_recipe("model: tinylm\ndistributed: {mode: pipeline, stages: 2, microbatches: 2}\n"
+                     "steps:\n  - quantize: {rung: int8}\n  - finetune: {epochs: 1}\n")
+    assert (r.pipeline.stages, r.pipeline.microbatches, r.pipeline.timeout_s) == (2, 2, 300.0)
+    assert r.steps[1].body.config().distributed == "ddp"  # stages train replicated over the same processes
+    r.pipelined(0)  # the command line's --pipeline 0: one process
+    assert r.pipeline is None
+    r.pipelined(3, timeout_s=60)
+    assert (r.pipeline.mode, r.pipeline.stages, r.pipeline.timeout_s) == ("pipeline", 3, 60)
+    assert "needs stages" in err("model: tinylm\ndistributed: {mode: pipeline}\nsteps:\n  - quantize: {rung: int8}\n")
+    assert "stages applies to mode pipeline only" in err("model: tinylm\ndistributed: {mode: ddp, stages: 2}\n"
+                                                         "steps:\n  - quantize: {rung: int8}\n")
+    assert "line 2" in err("model: tinylm\ndistributed: {mode: pipeline, stages: 0}\nsteps:\n  - quantize: {}\n")

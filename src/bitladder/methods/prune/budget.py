@@ -13,6 +13,7 @@ model, not on a cost model. A group never loses more than ``cap`` of its units a
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -59,40 +60,67 @@ def keep_of(n: int, removed: set[int]) -> torch.Tensor:
     return torch.tensor([u for u in range(n) if u not in removed], dtype=torch.long)
 
 
-def per_group(groups: list, ratio: float) -> dict:
-    """Each group loses ``ratio`` of its units (at least one stays), least important first."""
+def per_group(groups: list, ratio: float, round_to: int = 1) -> dict:
+    """Each group loses ``ratio`` of its units (at least one stays), least important first; with ``round_to``,
+    what stays is rounded up to whole multiples of ``round_to`` channels."""
     out = {}
     for g in groups:
-        k = min(int(ratio * g.n), g.n - 1)
-        if k:
-            out[g.key] = g.scores.topk(g.n - k).indices.sort().values
+        step = round_to // math.gcd(round_to, g.width)
+        kept = g.n - min(int(ratio * g.n), g.n - 1)
+        kept = min(g.n, -(-kept // step) * step)
+        if kept < g.n:
+            out[g.key] = g.scores.topk(kept).indices.sort().values
     return out
 
 
-def order(groups: list, cap: float, weights: list[float] | None = None) -> list[tuple[object, int, int]]:
-    """(group key, unit, group size) from least to most important over all groups, within the caps.
+def _steps(g, cap: float, round_to: int) -> list[tuple[int, int]]:
+    """(first, last) positions in ``g``'s ascending order of each removable chunk: every chunk leaves a
+    multiple of ``round_to`` channels in each member (units of ``g.width`` channels), within the cap."""
+    step = round_to // math.gcd(round_to, g.width)
+    limit = min(g.n - 1, int(cap * g.n))
+    out, kept = [], g.n
+    while True:
+        nxt = (kept - 1) // step * step
+        if nxt < 1 or g.n - nxt > limit:
+            return out
+        out.append((g.n - kept, g.n - nxt))
+        kept = nxt
+
+
+def order(groups: list, cap: float, weights: list[float] | None = None,
+          round_to: int = 1) -> list[tuple[object, tuple[int, ...], int]]:
+    """(group key, units, group size) chunks from least to most important over all groups, within the caps;
+    a chunk is one unit, or with ``round_to`` > 1 the units that bring each member to the next lower multiple
+    of ``round_to`` channels (SIMD kernels pad a count to their vector width: 21 channels cost 24).
     ``weights`` (one per group, mean 1): each unit's score is divided by its group's, so units whose removal
     saves more (:func:`latency_weights`) go first at equal importance."""
     w = weights or [1.0] * len(groups)
-    units = sorted((float(s) / w[i], i, u) for i, g in enumerate(groups) for u, s in enumerate(g.scores.tolist()))
-    taken = [0] * len(groups)
-    out = []
-    for _, i, u in units:
-        g = groups[i]
-        if taken[i] < min(g.n - 1, int(cap * g.n)):
-            taken[i] += 1
-            out.append((g.key, u, g.n))
-    return out
+    chunks = []
+    for i, g in enumerate(groups):
+        ranked = g.scores.argsort(stable=True).tolist()
+        for j, (a, b) in enumerate(_steps(g, cap, round_to)):
+            units = ranked[a:b]
+            chunks.append((float(g.scores[units].mean()) / w[i], i, j, (g.key, tuple(units), g.n)))
+    return [c[-1] for c in sorted(chunks, key=lambda c: c[:3])]
 
 
 def plan(seq: list, k: int) -> dict:
-    """The keep-indices that remove the first ``k`` units of ``seq``."""
+    """The keep-indices that remove the first ``k`` chunks of ``seq``."""
     removed: dict[object, set[int]] = {}
     sizes = {}
-    for key, u, n in seq[:k]:
-        removed.setdefault(key, set()).add(u)
+    for key, units, n in seq[:k]:
+        removed.setdefault(key, set()).update(units)
         sizes[key] = n
     return {key: keep_of(sizes[key], r) for key, r in removed.items()}
+
+
+def lost(groups: list, keep: dict) -> float:
+    """The importance ``keep`` removes: the removed units' scores (mean 1 per group), summed."""
+    total = 0.0
+    for g in groups:
+        if g.key in keep:
+            total += float(g.scores.sum() - g.scores[keep[g.key]].sum())
+    return total
 
 
 def _bisect(at: Callable[[list, int], int], seq: list, goal: float) -> tuple[int, int]:
@@ -110,25 +138,68 @@ def _bisect(at: Callable[[list, int], int], seq: list, goal: float) -> tuple[int
     return hi, best
 
 
-def search(model: nn.Module, apply: Callable, seq: list, goal: float, cost: Callable[[nn.Module], int],
-           tol: float = 0.0, rounds: int = 8):
+def prefixes(model: nn.Module, apply: Callable, seq: list, goal: float, cost: Callable[[nn.Module], int],
+             tol: float = 0.0, rounds: int = 8) -> list[tuple[dict, int]]:
     """(keep-indices, measured cost) of the shortest prefix of ``seq`` whose pruned copy costs <= ``goal``
-    (the whole of ``seq`` when none does). When that lands more than ``tol`` below the goal, the unit that
-    crossed it (a coarse one: a head, a convolution group) is put back and the search runs again."""
+    (the whole of ``seq`` when none does); when that lands more than ``tol`` below the goal, the chunk that
+    crossed it (a coarse one: a head, a convolution group) is put back and the search runs again, up to
+    ``rounds`` times. Every round's prefix, in order."""
     def at(s: list, k: int) -> int:
         m = copy.deepcopy(model)
         apply(m, plan(s, k))
         return cost(m)
 
-    best = None
+    out = []
     for _ in range(rounds):
         k, c = _bisect(at, seq, goal)
-        if best is None or (best[1] > goal and c < best[1]) or goal >= c > best[1]:
-            best = (plan(seq, k), c)
+        out.append((plan(seq, k), c))
         if c > goal or c >= goal - tol or k == 0:
             break
         seq = seq[: k - 1] + seq[k:]
-    return best
+    return out
+
+
+def search(model: nn.Module, apply: Callable, seq: list, goal: float, cost: Callable[[nn.Module], int],
+           tol: float = 0.0, rounds: int = 8):
+    """(keep-indices, measured cost) of the :func:`prefixes` round that lands closest under ``goal`` (or, when
+    none reaches it, the cheapest)."""
+    return closest(prefixes(model, apply, seq, goal, cost, tol, rounds), goal)
+
+
+def closest(found: list[tuple[dict, int]], goal: float) -> tuple[dict, int]:
+    """The candidate that costs the most within ``goal``, or the cheapest when none is within it."""
+    under = [p for p in found if p[1] <= goal]
+    return max(under, key=lambda p: p[1]) if under else min(found, key=lambda p: p[1])
+
+
+@torch.no_grad()
+def fastest(model: nn.Module, apply: Callable, groups: list, found: list[tuple[dict, int]], goal: float, example,
+            slack: float = 0.05, rounds: int = 3, repeats: int = 15) -> tuple[dict, int]:
+    """Of the candidates under ``goal`` whose removed importance (:func:`lost`) is within ``slack`` of the
+    least, the one that runs fastest on ``example`` here: all run interleaved in ``rounds`` rounds of
+    ``repeats`` calls each, ranked by the sum of their per-round medians."""
+    under = [p for p in found if p[1] <= goal]
+    if len(under) < 2:
+        return closest(found, goal)
+    least = min(lost(groups, k) for k, _ in under)
+    fair = [p for p in under if lost(groups, p[0]) <= (1 + slack) * least + 1e-9]
+    if len(fair) < 2:
+        return fair[0]
+    nets = []
+    for keep, _ in fair:
+        m = copy.deepcopy(model)
+        apply(m, keep)
+        call(m, example)  # warm: first calls pick kernels and allocate
+        nets.append(m)
+    total = [0.0] * len(nets)
+    for _ in range(rounds):
+        times = [[] for _ in nets]
+        for _ in range(repeats):
+            for i, m in enumerate(nets):
+                times[i].append(_seconds(m, example))
+        for i, t in enumerate(times):
+            total[i] += statistics.median(t)
+    return fair[min(range(len(nets)), key=total.__getitem__)]
 
 
 @torch.no_grad()
@@ -140,17 +211,18 @@ def _seconds(model: nn.Module, example) -> float:
 
 @torch.no_grad()
 def latency_weights(model: nn.Module, apply: Callable, groups: list, example, cap: float,
-                    repeats: int = 25) -> list[float]:
+                    repeats: int = 25, round_to: int = 1) -> list[float]:
     """Per group, the measured time one unit's removal saves, relative to the mean over groups: each group
-    loses half its units (within ``cap``) on a copy, which runs interleaved with the original on ``example``
-    (the median of ``repeats`` paired differences: a pair shares the host's noise). A group whose removal
-    saves nothing measurable weighs 1 % of the mean."""
+    loses about half its units (a whole number of ``round_to`` chunks, within ``cap``) on a copy, which runs
+    interleaved with the original on ``example`` (the median of ``repeats`` paired differences: a pair shares
+    the host's noise). A group whose removal saves nothing measurable weighs 1 % of the mean."""
     saved = []
     for g in groups:
-        k = min(g.n // 2, int(cap * g.n), g.n - 1)
-        if k < 1:
+        ends = [b for _, b in _steps(g, cap, round_to)]
+        if not ends:
             saved.append(0.0)
             continue
+        k = min(ends, key=lambda b: (abs(b - g.n // 2), b))
         m = copy.deepcopy(model)
         apply(m, {g.key: g.scores.topk(g.n - k).indices.sort().values})
         for net in (model, m):  # warm: first calls pick kernels and allocate

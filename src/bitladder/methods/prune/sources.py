@@ -8,6 +8,7 @@ layers left unpruned with the reason, and ``apply(model, keep)`` that removes th
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 
@@ -23,12 +24,14 @@ log = logging.getLogger("bitladder")
 
 @dataclass
 class Group:
-    """``n`` units that go together, each with a score (mean 1 over the group); ``layers``: what it shrinks."""
+    """``n`` units that go together, each with a score (mean 1 over the group); ``layers``: what it shrinks;
+    ``width``: channels per unit that every member's count is a multiple of (a head is ``head_dim``)."""
 
     key: object
     n: int
     scores: torch.Tensor
     layers: list[str]
+    width: int = 1
 
 
 @dataclass
@@ -85,12 +88,16 @@ def from_graph(model: nn.Module, example, importance: str, include=None, exclude
         elif sp.units(root) < 2:
             sp.freeze(root, "its channels are coupled into one unit (grouped convolutions)")
     scores = groups.unit_scores(model, sp, importance)
+    widths: dict[int, int] = {}
+    for m in sp.members:
+        root = sp.find(m.space)
+        widths[root] = math.gcd(widths.get(root, 0), sp.width(m.space))
     out = Source([], spaces=sp)
     for root, names in producers.items():
         if root in sp.reason:
             out.skipped.update({n: sp.reason[root] for n in names})
         else:
-            out.groups.append(Group(root, sp.units(root), scores[root], names))
+            out.groups.append(Group(root, sp.units(root), scores[root], names, widths.get(root, 1) or 1))
     return out
 
 
@@ -111,11 +118,12 @@ def from_encoder(model: nn.Module, importance: str, batches=None, metric: str = 
         with torch.no_grad():
             raw = {name: head_ffn_scores(layer, term) for name, layer in layers}
     out = Source([])
-    for name, _ in layers:
+    for name, layer in layers:
         for kind, s in zip(("heads", "ffn"), raw[name]):
             label = f"{name}:{kind}"
             if not _selected((label, name), include, exclude):
                 out.skipped[label] = f"{label} is not selected (include / exclude)"
                 continue
-            out.groups.append(Group((name, kind), len(s), s / s.mean().clamp_min(1e-12), [label]))
+            width = layer.attention.self.attention_head_size if kind == "heads" else 1
+            out.groups.append(Group((name, kind), len(s), s / s.mean().clamp_min(1e-12), [label], width))
     return out

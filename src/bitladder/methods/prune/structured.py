@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from bitladder.errors import BitladderError
+from bitladder.kernels.cpu import current
 from bitladder.methods.prune import budget, sources
 
 TARGETS = ("channels", "flops", "params")
@@ -44,14 +45,19 @@ class ChannelPrune:
     each member normalised by its mean) or "taylor" (|sum over the channel of w * dL/dw|, Molchanov 2019).
     ``latency=True`` (global targets): each unit's importance is divided by the time its group's units save,
     measured on the example on this machine (:func:`~bitladder.methods.prune.budget.latency_weights`), so
-    the same FLOPs come out where they cost the most time, in the spirit of HALP (Shen et al. 2022)."""
+    the same FLOPs come out where they cost the most time, in the spirit of HALP (Shen et al. 2022); then the
+    search's candidates that remove about the least importance (within 5 %) are timed and the fastest kept.
+    ``round_to``: what each layer keeps is a multiple of this many channels (a head counts ``head_dim``), or
+    ``"simd"``: the CPU's fp32 vector width (16 with AVX-512, 8 with AVX2, else 4), since vectorised kernels
+    pad a channel count to it (Torch-Pruning's ``round_to``)."""
 
     ratio: float = 0.5
     importance: str = "l1"
     target: str = "channels"
     max_group: float = 0.9
     latency: bool = False
-    version: ClassVar[int] = 3
+    round_to: int | str = 1
+    version: ClassVar[int] = 4
 
     def __post_init__(self) -> None:
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, int | float) or not 0 <= self.ratio < 1:
@@ -67,6 +73,16 @@ class ChannelPrune:
         if self.latency and self.target == "channels":
             raise BitladderError("latency weighs units against each other under a global budget; use target "
                                  "'flops' or 'params' with it (target 'channels' prunes each group alike)")
+        if self.round_to != "simd" and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
+                                        or self.round_to < 1):
+            raise BitladderError(f"round_to must be an integer >= 1 or 'simd', got {self.round_to!r}")
+
+    def lanes(self) -> int:
+        """``round_to`` in channels, ``"simd"`` read from the CPU as kernels see it (``BITLADDER_CPU`` included)."""
+        if self.round_to != "simd":
+            return self.round_to
+        cpu = current()
+        return 16 if cpu.has("avx512f") else 8 if cpu.has("avx2") else 4
 
     def to_dict(self) -> dict:
         """The config as a dict with its ``type`` and ``version``, as artifacts record it."""
@@ -100,7 +116,9 @@ def prune_channels(model: nn.Module, config: ChannelPrune, example, target: torc
                    include: list[str] | None = None, exclude: list[str] | None = None, batches=None,
                    metric: str = "cosine"):
     """A copy of ``model`` with channels removed, and a report: "pruned" {layer: (before, after)}, "skipped"
-    {layer: reason}, "flops" and "params" (before, after; measured on ``example``'s first rows), "groups".
+    {layer: reason}, "flops" and "params" (before, after; measured on ``example``'s first rows), "groups",
+    "importance_lost" (the removed units' scores, each group's mean 1) and, for a global target, "candidates"
+    (each search round's cost and importance lost).
     ``target``: labels for ``example`` (taylor on a traced model); ``batches`` / ``metric``: taylor on an encoder
     (self-distillation, see :mod:`~bitladder.methods.prune.transformer`)."""
     model = copy.deepcopy(model).eval()
@@ -119,15 +137,19 @@ def prune_channels(model: nn.Module, config: ChannelPrune, example, target: torc
         model.zero_grad(set_to_none=True)
     before = source.sizes(model)
     cost0 = {"flops": budget.flops(model, small), "params": budget.params(model)}
+    lanes = config.lanes()
+    found = []
     if config.target == "channels":
-        keep = budget.per_group(source.groups, config.ratio)
+        keep = budget.per_group(source.groups, config.ratio, lanes)
     else:
-        weights = (budget.latency_weights(model, source.apply, source.groups, example, config.max_group)
-                   if config.latency else None)
-        seq = budget.order(source.groups, config.max_group, weights)
+        weights = (budget.latency_weights(model, source.apply, source.groups, example, config.max_group,
+                                          round_to=lanes) if config.latency else None)
+        seq = budget.order(source.groups, config.max_group, weights, lanes)
         goal = (1 - config.ratio) * cost0[config.target]
-        keep, _ = budget.search(model, source.apply, seq, goal, lambda m: budget.measure(m, small, config.target),
+        found = budget.prefixes(model, source.apply, seq, goal, lambda m: budget.measure(m, small, config.target),
                                 tol=0.02 * cost0[config.target])
+        keep, _ = (budget.fastest(model, source.apply, source.groups, found, goal, example) if config.latency
+                   else budget.closest(found, goal))
     source.apply(model, keep)
     _verify(model, small, ref)
     after = source.sizes(model)
@@ -135,6 +157,8 @@ def prune_channels(model: nn.Module, config: ChannelPrune, example, target: torc
               "skipped": dict(source.skipped),
               "flops": (cost0["flops"], budget.flops(model, small)),
               "params": (cost0["params"], budget.params(model)),
+              "importance_lost": budget.lost(source.groups, keep),
+              "candidates": [{config.target: c, "importance_lost": budget.lost(source.groups, k)} for k, c in found],
               "groups": [{"layers": g.layers, "units": g.n, "kept": len(keep[g.key]) if g.key in keep else g.n}
                          for g in source.groups]}
     return model, report

@@ -20,6 +20,8 @@ from bitladder.pipeline.measure.evaluate import fidelity, layer_latency, layer_s
 from bitladder.pipeline.measure.machine import machine
 from bitladder.methods.quantize.configs import QuantConfig
 from bitladder.pipeline.ladder.rungs import parse_rungs
+from bitladder.pipeline.parallel import staged
+from bitladder.pipeline.parallel.evaluate import Pipeline
 from bitladder.zoo.spec import ModelSpec
 from bitladder.io.filenames import safe_stem
 from bitladder.pipeline.measure.warn import Facts, sample_count, warnings_for
@@ -45,11 +47,18 @@ def write_json(path: Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=1))
 
 
+def rung_path(out: Path, spec: ModelSpec, rung: str) -> Path:
+    """Where rung ``rung``'s artifact is written."""
+    return out / f"{safe_stem(spec.name)}-{rung}.safetensors"
+
+
 def run_rung(spec: ModelSpec, rung: str, cfg: QuantConfig, out: Path, ref: torch.Tensor, base: float,
-             repeats: int, above: tuple[str, int] | None = None, unseen_ref: torch.Tensor | None = None) -> dict:
+             repeats: int, above: tuple[str, int] | None = None, unseen_ref: torch.Tensor | None = None,
+             pipeline: Pipeline | None = None) -> dict:
     """Quantise to ``cfg`` (rung ``rung``), save and reload, and return its result row (fidelity, bytes,
     latency, kernels, warnings; ``above``: the previous rung's name and bytes on disk; ``unseen_ref``: fp32's
-    outputs on ``spec.unseen_batches``, to score the reloaded model there too)."""
+    outputs on ``spec.unseen_batches``, to score the reloaded model there too; ``pipeline``: the artifact is
+    also evaluated in stages, row ``pipeline``)."""
     p = plan(spec.model)
     t0 = time.perf_counter()
     needs = cfg.needs_calibration
@@ -57,11 +66,11 @@ def run_rung(spec: ModelSpec, rung: str, cfg: QuantConfig, out: Path, ref: torch
         raise BitladderError(f"rung {rung!r} needs calibration data and model {spec.name!r} has none")
     qmodel = quantize(spec.model, cfg, calib=spec.calib_batches if needs else None)
     quant_s = time.perf_counter() - t0
-    path = save(qmodel, out / f"{safe_stem(spec.name)}-{rung}.safetensors", source=spec.source,
-                config=cfg.to_dict())
+    path = save(qmodel, rung_path(out, spec, rung), source=spec.source, config=cfg.to_dict())
     reloaded = load(path, model=spec.fresh_model())
     out_mem = outputs(qmodel, spec.eval_batches)
     out_disk = outputs(reloaded, spec.eval_batches)
+    pipelined = None if pipeline is None else staged.staged(path, spec, pipeline, ref, out_disk)  # others wait
     fid = fidelity(spec, out_disk, ref)
     unseen = None if unseen_ref is None else fidelity(spec, outputs(reloaded, spec.unseen_batches), unseen_ref)
     fp32_s, rung_s = paired_latency(spec.model, reloaded, spec.latency_batch, repeats)
@@ -91,14 +100,22 @@ def run_rung(spec: ModelSpec, rung: str, cfg: QuantConfig, out: Path, ref: torch
         "reload_identical": bool(torch.equal(out_mem, out_disk)),
         "unseen": unseen,  # fidelity, cos_min, knn10 on the second corpus (results' unseen_corpus), or None
         "quantize_s": quant_s, "artifact": path.name, "kept_float": kept, "layers": stats,
+        **({} if pipelined is None else {"pipeline": pipelined}),
     }
 
 
 def run_ladder(spec: ModelSpec, rungs: Iterable[str] | Mapping[str, QuantConfig], out: Path, repeats: int = 10,
-               on_rung: Callable[[str, dict | None], None] | None = None) -> dict:
+               on_rung: Callable[[str, dict | None], None] | None = None,
+               pipeline: Pipeline | None = None) -> dict | None:
     """Sweep ``rungs`` (names, or names already parsed to configs) on ``spec``; writes artifacts and
-    ``results.json`` into ``out``."""
+    ``results.json`` into ``out``. With ``pipeline`` (under torchrun): rank 0 quantises each rung and every
+    rank runs its stage of the artifact (the wait for rank 0 is bounded by ``pipeline.timeout_s``); only rank 0
+    returns the results (others None)."""
     rungs = parse_rungs(rungs)  # every rung name is checked before any work starts
+    if pipeline is not None and staged.start(pipeline, spec.model, []).rank:
+        for rung in rungs:
+            staged.staged(rung_path(out, spec, rung), spec, pipeline, None, None)
+        return None
     check_out_dir(out)
     mach = machine()
     t0 = time.perf_counter()
@@ -113,7 +130,7 @@ def run_ladder(spec: ModelSpec, rungs: Iterable[str] | Mapping[str, QuantConfig]
             on_rung(rung, None)
         prev = results["rungs"][-1] if results["rungs"] else None
         row = run_rung(spec, rung, cfg, out, ref, base, repeats,
-                       (prev["rung"], prev["bytes_on_disk"]) if prev else None, unseen_ref)
+                       (prev["rung"], prev["bytes_on_disk"]) if prev else None, unseen_ref, pipeline)
         results["rungs"].append(row)
         if on_rung:
             on_rung(rung, row)

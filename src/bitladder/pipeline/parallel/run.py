@@ -19,9 +19,17 @@ from bitladder.pipeline.parallel.world import open_world
 LABELS = {"perplexity": "next-token agreement with fp32"}  # what ``fidelity`` is, where the name does not say
 
 
-def _stages(rows: list[dict]) -> str:
+def stage_summary(rows: list[dict]) -> str:
+    """One line: each stage's units, stored MiB and peak RSS."""
     return "; ".join(f"stage {i + 1}: units {r['units'][0]}-{r['units'][1] - 1}, {r['bytes'] / 2**20:.2f} MiB, "
                      f"peak RSS {r['peak_rss_mb']:.0f} MB" for i, r in enumerate(rows))
+
+
+def pipeline_line(p: dict) -> str:
+    """One line for a staged evaluation's record (:func:`~bitladder.pipeline.parallel.staged.staged`)."""
+    diff = "" if p.get("max_abs_diff") is None else f", max |difference| to one process {p['max_abs_diff']:.3g}"
+    return (f"pipeline: {p['stages']} stage(s), {p['microbatches']} micro-batches; fidelity {p['fidelity']:.4f}"
+            f"{diff} ({stage_summary(p['stage_rows'])})")
 
 
 def run_pipelined(artifact: str | os.PathLike, model: str | None, cfg: Pipeline) -> str | None:
@@ -45,4 +53,4 @@ def run_pipelined(artifact: str | os.PathLike, model: str | None, cfg: Pipeline)
     ppl = "" if fid.get("perplexity") is None else f", perplexity {fid['perplexity']:.3f}"
     stages = f"{cfg.stages} pipeline stage{'s' * (cfg.stages > 1)}"
     return (f"{artifact}: {source} ran on {len(result.outputs)} inputs in {stages} "
-            f"({_stages(result.stages)}); {LABELS.get(spec.metric, spec.metric)} {fid['fidelity']:.4f}{ppl}{extra}")
+            f"({stage_summary(result.stages)}); {LABELS.get(spec.metric, spec.metric)} {fid['fidelity']:.4f}{ppl}{extra}")

@@ -19,6 +19,8 @@ from bitladder.io.artifact import load, save
 from bitladder.nn.base import QuantModule
 from bitladder.pipeline.measure.evaluate import fidelity, outputs, paired_latency
 from bitladder.pipeline.ladder.run import SCHEMA, check_out_dir, write_json
+from bitladder.pipeline.parallel import staged
+from bitladder.pipeline.parallel.evaluate import Pipeline
 from bitladder.pipeline.measure.machine import machine
 from bitladder.pipeline.measure.macs import count_macs
 from bitladder.pipeline.recipe.steps import Evaluate, Export, State, finalize
@@ -53,8 +55,16 @@ def _sensitivity(spec: ModelSpec, configs: dict) -> dict:
     return sensitivity(spec.model, configs, data)
 
 
-def run_recipe(recipe, spec: ModelSpec, out: Path, on_step: Callable[[str, dict | None], None] | None = None) -> dict:
-    """Run ``recipe`` (from :func:`bitladder.pipeline.recipe.parse.load_recipe`) on ``spec``; writes into ``out``."""
+def run_recipe(recipe, spec: ModelSpec, out: Path,
+               on_step: Callable[[str, dict | None], None] | None = None) -> dict | None:
+    """Run ``recipe`` (from :func:`bitladder.pipeline.recipe.parse.load_recipe`) on ``spec``; writes into ``out``.
+    With ``recipe.pipeline`` (under torchrun), every rank runs the steps, rank 0 writes the artifact, all
+    evaluate it in pipeline stages, and only rank 0 returns the results (others None)."""
+    pipe = None if recipe.pipeline is None else Pipeline(recipe.pipeline.stages, recipe.pipeline.microbatches,
+                                                         recipe.pipeline.timeout_s)
+    rank = 0 if pipe is None else staged.start(pipe, spec.model, [s.kind for s in recipe.steps if s.body.stage == 1]).rank
+    if rank:  # the steps run here too (training is replicated); the files are rank 0's
+        return _follow(recipe, spec, pipe, out)
     check_out_dir(out)
     mach = machine()
     t_all = time.perf_counter()
@@ -80,17 +90,20 @@ def run_recipe(recipe, spec: ModelSpec, out: Path, on_step: Callable[[str, dict 
             on_step(step.kind, rec)
     model = finalize(st)
     name = recipe.name
-    path = save(model, out / f"{safe_stem(name)}.safetensors", source=spec.source,
+    path = save(model, _artifact(out, recipe), source=spec.source,
                 config={"type": "Recipe", "recipe": recipe.to_dict(), "steps": st.configs}, structure=st.structure)
     fp32_path = save(spec.model, out / "fp32.safetensors.tmp-size", source=spec.source)
     fp32_bytes = fp32_path.stat().st_size
     fp32_path.unlink()
     back = load(path, model=spec.fresh_model()) if spec.source is None else load(path, builder=build_builtin)
-    row = _measure(spec, back, ref, base, ev)
+    local = outputs(back, spec.eval_batches)
+    pipelined = None if pipe is None else staged.staged(path, spec, pipe, ref, local)  # others wait: first
+    row = _measure(spec, back, ref, base, ev, local)
+    if pipelined is not None:
+        row["pipeline"] = pipelined
     row.update({"rung": name, "config": recipe.to_dict(), "artifact": path.name, "fp32_bytes": fp32_bytes,
                 "bytes_on_disk": path.stat().st_size,
-                "reload_identical": bool(torch.equal(outputs(model, spec.eval_batches),
-                                                     outputs(back, spec.eval_batches)))})
+                "reload_identical": bool(torch.equal(outputs(model, spec.eval_batches), local))})
     row["warnings"] = st.notes + warnings_for(Facts(
         latency_ratio=row["latency_ratio"], bytes_on_disk=row["bytes_on_disk"], fp32_bytes=fp32_bytes,
         kernels=row["kernels"], samples=sample_count(spec.eval_batches)))
@@ -108,8 +121,24 @@ def run_recipe(recipe, spec: ModelSpec, out: Path, on_step: Callable[[str, dict 
     return results
 
 
-def _measure(spec: ModelSpec, back: torch.nn.Module, ref: torch.Tensor, base: float, ev: Evaluate) -> dict:
-    fid = fidelity(spec, outputs(back, spec.eval_batches), ref)
+def _follow(recipe, spec: ModelSpec, pipe: Pipeline, out: Path) -> None:
+    """A rank other than 0 of a pipelined recipe: the steps (a training step needs every rank), then its stage."""
+    st = State(spec=spec, model=spec.fresh_model(), out=None)
+    st.model.load_state_dict(spec.model.state_dict())
+    for step in recipe.steps:
+        if step.body.transforms:
+            step.body.run(st)
+    finalize(st)
+    staged.staged(_artifact(out, recipe), spec, pipe, None, None)
+
+
+def _artifact(out: Path, recipe) -> Path:
+    return out / f"{safe_stem(recipe.name)}.safetensors"
+
+
+def _measure(spec: ModelSpec, back: torch.nn.Module, ref: torch.Tensor, base: float, ev: Evaluate,
+             got: torch.Tensor) -> dict:
+    fid = fidelity(spec, got, ref)
     fp32_s, got_s = paired_latency(spec.model, back, spec.latency_batch, ev.repeats)
     qs = {n: m for n, m in back.named_modules() if isinstance(m, QuantModule)}
     qbytes = sum(m.qweight.nbytes for m in qs.values())

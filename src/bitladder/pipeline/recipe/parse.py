@@ -14,6 +14,9 @@ step must be followed by a training step. Errors name the field and its line in 
 
 ``distributed: {mode: ddp|fsdp}`` (top level) is how the training steps run under ``torchrun``: replicated
 (DDP, the default) or sharded (FSDP2); a training step's own ``distributed`` overrides it.
+``distributed: {mode: pipeline, stages: N}`` evaluates the result in N pipeline stages, one per torchrun
+process (``microbatches``, ``timeout_s``; :mod:`bitladder.pipeline.parallel.evaluate`), beside the in-process
+evaluation; training steps then run replicated (DDP) over the same processes.
 
 >>> r = parse_recipe("model: digits\\nsteps:\\n  - quantize: {rung: int8}\\n")
 >>> [s.kind for s in r.steps]
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bitladder.errors import BitladderError
 from bitladder.pipeline.recipe.steps import STEPS, StepBody
@@ -47,9 +50,27 @@ class Step(BaseModel):
 
 
 class Distributed(BaseModel):
-    """How training steps run under torchrun: ``mode`` ddp (replicated) or fsdp (sharded parameters)."""
+    """How the recipe runs under torchrun: ``mode`` ddp (training replicated) or fsdp (sharded parameters), or
+    pipeline (the result also evaluated in ``stages`` pipeline stages, ``microbatches`` per batch, every send,
+    receive and barrier bounded by ``timeout_s``)."""
     model_config = ConfigDict(extra="forbid")
-    mode: Literal["ddp", "fsdp"] = "ddp"
+    mode: Literal["ddp", "fsdp", "pipeline"] = "ddp"
+    stages: int | None = Field(None, ge=1)
+    microbatches: int = Field(4, ge=1)
+    timeout_s: float = Field(300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _stages_for_pipeline(self) -> Distributed:
+        if self.mode == "pipeline" and self.stages is None:
+            raise ValueError("mode pipeline needs stages: the number of processes (torchrun --nproc-per-node)")
+        if self.mode != "pipeline" and self.stages is not None:
+            raise ValueError(f"stages applies to mode pipeline only, not {self.mode}")
+        return self
+
+    @property
+    def training(self) -> str:
+        """How training steps run: pipeline stages train replicated."""
+        return "ddp" if self.mode == "pipeline" else self.mode
 
 
 class Recipe(BaseModel):
@@ -95,8 +116,16 @@ class _Parsed:
     def __init__(self, recipe: Recipe, steps: list[Step]) -> None:
         self.model, self.out, self.steps = recipe.model, recipe.out, steps
         self.name = recipe.label
+        self.pipeline: Distributed | None = None
         if recipe.distributed is not None:
-            self.distribute(recipe.distributed.mode, override=False)
+            self.distribute(recipe.distributed.training, override=False)
+            if recipe.distributed.mode == "pipeline":
+                self.pipeline = recipe.distributed
+
+    def pipelined(self, stages: int, microbatches: int = 4, timeout_s: float = 300.0) -> None:
+        """Evaluate the result in ``stages`` pipeline stages too (``stages`` 0: not)."""
+        self.pipeline = (Distributed(mode="pipeline", stages=stages, microbatches=microbatches, timeout_s=timeout_s)
+                         if stages else None)
 
     def distribute(self, mode: str, override: bool = True) -> None:
         """Train the training steps in distributed ``mode`` (those that name their own keep it unless

@@ -2,7 +2,8 @@
 
 Channels: ``sparsity`` is the fraction removed, of each group's channels (``target: channels``) or of the
 model's measured FLOPs or parameters (``target: flops`` / ``params``, least important groups first over the
-whole model, none losing more than ``max_group``). ``steps`` > 1 prunes on the cubic schedule, fine-tuning
+whole model, none losing more than ``max_group``; ``latency: true`` favours what saves time here, ``round_to``
+keeps channel counts whole multiples of a number or of the CPU's vector width, ``simd``). ``steps`` > 1 prunes on the cubic schedule, fine-tuning
 ``finetune_epochs`` epochs after each step (on labels, or against the float model for embedders).
 """
 
@@ -29,6 +30,7 @@ class Prune(Selected):
     target: Literal["channels", "flops", "params"] = "channels"
     max_group: float = 0.9
     latency: bool = False
+    round_to: int | Literal["simd"] = Field(1)
     steps: int = Field(1, ge=1)
     finetune_epochs: int = Field(0, ge=0)
     lr: float = 1e-3
@@ -40,7 +42,8 @@ class Prune(Selected):
 
         if self.method == "channels":
             return ChannelPrune(ratio=self.sparsity, importance=self.importance, target=self.target,
-                                max_group=self.max_group, latency=self.latency)
+                                max_group=self.max_group, latency=self.latency,
+                                round_to=self.round_to)
         if self.target != "channels" or self.steps > 1 or self.finetune_epochs:
             raise BitladderError("prune: target, steps and finetune_epochs apply to method: channels only")
         if self.method == "nm":
