@@ -5,7 +5,7 @@ arithmetic is the fp32 GEMM plus the cheapest possible dequantisation. The gener
 unpacks through several torch passes and int16 copies; this one writes each int4 / int8 weight once from the
 planes the numba GEMV already holds (codes stay packed in memory between calls), serially, since numba's
 thread pool and torch's alternate badly on the same cores. Other widths reuse the GEMV's tile
-dequantisation (:mod:`numba_ops`). Figures: docs/DESIGN.md, "Every CPU".
+dequantisation; the loops live in :mod:`numba_ops`. Figures: docs/DESIGN.md, "Every CPU".
 """
 
 from __future__ import annotations
@@ -14,39 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitladder.kernels import numba_ops
 from bitladder.kernels.base import ANY_ROWS
-from bitladder.kernels.numba_kernels import NumbaLowbitKernel
+from bitladder.kernels.numba_kernels import NumbaLowbitKernel, ops
 from bitladder.kernels.registry import register
-
-njit = numba_ops.njit
-
-
-@njit(fastmath=True, cache=True)
-def nibbles_scaled(w, s, so, gsz, out):  # pragma: no cover - compiled
-    """One 4-bit plane dequantised and scaled in one pass: element 2j of a group is the low nibble of its
-    byte j, 2j + 1 the high one."""
-    h = gsz // 2
-    for r in range(w.shape[0]):
-        for g in range(s.shape[1]):
-            a = s[r, g]
-            c = so[r, g]
-            for j in range(h):
-                b = np.int32(w[r, g * h + j])
-                out[r, g * gsz + 2 * j] = np.float32(b & 15) * a - c
-                out[r, g * gsz + 2 * j + 1] = np.float32(b >> 4) * a - c
-
-
-@njit(fastmath=True, cache=True)
-def bytes_scaled(w, s, so, gsz, out):  # pragma: no cover - compiled
-    """One 8-bit plane dequantised and scaled in one pass: ``out[r, k] = w[r, k] * s[r, g] - so[r, g]``."""
-    for r in range(w.shape[0]):
-        for g in range(s.shape[1]):
-            a = s[r, g]
-            c = so[r, g]
-            for k in range(g * gsz, g * gsz + gsz):
-                out[r, k] = np.float32(w[r, k]) * a - c
-
 
 @register
 class NumbaDequantKernel(NumbaLowbitKernel):
@@ -68,14 +38,14 @@ class NumbaDequantKernel(NumbaLowbitKernel):
         out = np.empty((self.n, self.kp), np.float32)
         if len(self.planes) == 1 and self.planes[0][0] in (4, 8) and self.planes[0][2] == 1.0:
             bits, w, _ = self.planes[0]  # the common cases (int4, int8) in one fused pass
-            (nibbles_scaled if bits == 4 else bytes_scaled)(w, self.s, self._zeros, self.gp, out)
+            (ops().nibbles_scaled if bits == 4 else ops().bytes_scaled)(w, self.s, self._zeros, self.gp, out)
             return torch.from_numpy(out)[:, : self.k]
         for i, (bits, w, mult) in enumerate(self.planes):  # int3 / int2 / ternary / binary / uint8
             if bits == 8:
-                numba_ops.dequant_rows_b8(w, 0, self.n, out)
+                ops().dequant_rows_b8(w, 0, self.n, out)
             else:
-                numba_ops.dequant_rows(w, bits, np.float32(mult), 0, self.n, out, i == 0)
-        numba_ops.scale_rows(out, self.s, self._zeros, 0, self.n, self.gp)
+                ops().dequant_rows(w, bits, np.float32(mult), 0, self.n, out, i == 0)
+        ops().scale_rows(out, self.s, self._zeros, 0, self.n, self.gp)
         return torch.from_numpy(out)[:, : self.k]
 
     def _run(self, x):

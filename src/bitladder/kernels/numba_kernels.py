@@ -7,10 +7,11 @@ Each declares what it takes (``applies``) and when auto picks it (``auto_rows``)
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import torch
 
-from bitladder.kernels import numba_ops
 from bitladder.kernels.base import KernelUnsupported, LinearKernel, group_of, nbytes_of, weight_parts
 from bitladder.kernels.c_lowbit import c_module
 from bitladder.kernels.cpu import current
@@ -43,6 +44,14 @@ def _planes(width: int) -> list[int]:
     return out
 
 
+def ops():
+    """The compiled loops (:mod:`numba_ops`), imported at first use: numba and LLVM take about a second and
+    60 MB to import, which a process that never runs these kernels should not pay."""
+    from bitladder.kernels import numba_ops
+
+    return numba_ops
+
+
 class _NumbaKernel(LinearKernel):
     """Kernels compiled by numba: available only where numba is installed."""
 
@@ -50,7 +59,7 @@ class _NumbaKernel(LinearKernel):
 
     @classmethod
     def installed(cls) -> bool:
-        return numba_ops.HAVE_NUMBA
+        return importlib.util.find_spec("numba") is not None
 
     @classmethod
     def group_ok(cls, qt: QuantizedTensor, row_ok: bool = True) -> bool:
@@ -149,7 +158,7 @@ class NumbaLowbitKernel(_NumbaKernel):
             else:
                 per = 8 // bits
                 xl = np.ascontiguousarray(xp.reshape(m, self.kp // per, per).transpose(0, 2, 1))
-            numba_ops.GEMV[bits](w, xl, self.s, np.float32(mult), self.gp, out)
+            ops().GEMV[bits](w, xl, self.s, np.float32(mult), self.gp, out)
         return torch.from_numpy(out)
 
     def _run_tiles(self, xp: np.ndarray) -> torch.Tensor:
@@ -163,10 +172,10 @@ class NumbaLowbitKernel(_NumbaKernel):
             n1 = min(self.n, n0 + rows)
             for i, (bits, w, mult) in enumerate(self.planes):
                 if bits == 8:
-                    numba_ops.dequant_rows_b8(w, n0, n1, tile)
+                    ops().dequant_rows_b8(w, n0, n1, tile)
                 else:
-                    numba_ops.dequant_rows(w, bits, np.float32(mult), n0, n1, tile, i == 0)
-            numba_ops.scale_rows(tile, self.s, so, n0, n1, self.gp)
+                    ops().dequant_rows(w, bits, np.float32(mult), n0, n1, tile, i == 0)
+            ops().scale_rows(tile, self.s, so, n0, n1, self.gp)
             torch.mm(tt[: n1 - n0], xt.T, out=out_t[n0:n1])
         return out_t.T.contiguous()
 
@@ -234,9 +243,9 @@ class XnorKernel(_NumbaKernel):
                             self.hw, torch.get_num_threads())
             return torch.from_numpy(out)
         xb = np.empty((m, self.wb.shape[1]), np.uint64)
-        numba_ops.pack_signs(xn, self.wb.shape[1], xb)
+        ops().pack_signs(xn, self.wb.shape[1], xb)
         beta = np.abs(xn).mean(axis=1, dtype=np.float32)
         out = np.empty((m, self.n), np.float32)
-        gemm = numba_ops.xnor_gemm if m * self.wb.size > XNOR_PARALLEL_WORDS else numba_ops.xnor_gemm_serial
+        gemm = ops().xnor_gemm if m * self.wb.size > XNOR_PARALLEL_WORDS else ops().xnor_gemm_serial
         gemm(self.wb, xb, self.s, beta, self.gwords, self.k, out)
         return torch.from_numpy(out)

@@ -247,3 +247,29 @@ def pack_signs(x, nwords, out):  # pragma: no cover - compiled
                 if k < k_in and x[m, k] >= 0:
                     word |= np.uint64(1) << np.uint64(i)
             out[m, j] = word
+
+
+@njit(fastmath=True, cache=True)
+def nibbles_scaled(w, s, so, gsz, out):  # pragma: no cover - compiled
+    """One 4-bit plane dequantised and scaled in one pass: element 2j of a group is the low nibble of its
+    byte j, 2j + 1 the high one."""
+    h = gsz // 2
+    for r in range(w.shape[0]):
+        for g in range(s.shape[1]):
+            a = s[r, g]
+            c = so[r, g]
+            for j in range(h):
+                b = np.int32(w[r, g * h + j])
+                out[r, g * gsz + 2 * j] = np.float32(b & 15) * a - c
+                out[r, g * gsz + 2 * j + 1] = np.float32(b >> 4) * a - c
+
+
+@njit(fastmath=True, cache=True)
+def bytes_scaled(w, s, so, gsz, out):  # pragma: no cover - compiled
+    """One 8-bit plane dequantised and scaled in one pass: ``out[r, k] = w[r, k] * s[r, g] - so[r, g]``."""
+    for r in range(w.shape[0]):
+        for g in range(s.shape[1]):
+            a = s[r, g]
+            c = so[r, g]
+            for k in range(g * gsz, g * gsz + gsz):
+                out[r, k] = np.float32(w[r, k]) * a - c
