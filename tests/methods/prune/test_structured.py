@@ -188,3 +188,36 @@ def test_digits_at_half_the_flops_recovers_exports_and_reloads(digits_spec, tmp_
     assert torch.equal(back(x), p(x))
     onnx = export_onnx(back, x[:1], tmp_path / "d.onnx")
     assert (ort_run(onnx, x).argmax(1) == p(x).argmax(1).numpy()).all()
+
+
+def test_simd_widths_on_digits_keep_accuracy_export_and_reload(digits_spec, tmp_path):
+    from bitladder.methods.prune.finetune import finetune_classifier
+    from bitladder.zoo import digits
+
+    d = digits.load_data()
+    x, y = d["x_test"], d["y_test"]
+    m = digits_spec.model
+    acc = lambda model: float((model(x).argmax(1) == y).float().mean())
+    p, rep = prune_channels(m, ChannelPrune(0.5, target="flops", latency=True, round_to=8), x)
+    assert flops(p, x) / flops(m, x) <= 0.5
+    assert all(after % 8 == 0 for _, after in rep["pruned"].values()), rep["pruned"]
+    finetune_classifier(p, d["x_train"], d["y_train"], epochs=5)
+    assert 100 * (acc(m) - acc(p)) <= 1.0
+    path = bitladder.save(p, tmp_path / "d.safetensors", source="digits", structure=describe(p, digits_spec.fresh_model()))
+    back = bitladder.load(path)
+    assert torch.equal(back(x), p(x))
+    onnx = export_onnx(back, x[:1], tmp_path / "d.onnx")
+    assert (ort_run(onnx, x).argmax(1) == p(x).argmax(1).numpy()).all()
+
+
+def test_round_to_simd_reads_the_cpu_as_kernels_see_it(monkeypatch):
+    from bitladder.kernels.cpu import current
+
+    monkeypatch.setenv("BITLADDER_CPU", "default")  # no vector extension in force: SSE's 4 floats
+    assert ChannelPrune(round_to="simd").lanes() == 4
+    monkeypatch.setenv("BITLADDER_CPU", "avx2")
+    assert ChannelPrune(round_to="simd").lanes() == (8 if current().has("avx2") else 4)
+    assert ChannelPrune(round_to=16).lanes() == 16
+    for bad in (0, -8, 2.5, True, "avx"):
+        with pytest.raises(BitladderError, match="round_to must be an integer >= 1 or 'simd'"):
+            ChannelPrune(round_to=bad)

@@ -12,6 +12,12 @@ def test_channel_options_build_the_config_and_stay_with_channels():
     assert Prune(method="channels").config().target == "channels"  # the old keys keep their meaning
     with pytest.raises(BitladderError, match="method: channels only"):
         Prune(method="magnitude", steps=3).check()
+    r = parse_recipe("model: digits\nsteps:\n  - prune: {method: channels, target: flops, latency: true, "
+                     "round_to: simd}\n")
+    cfg = r.steps[0].body.config()
+    assert (cfg.latency, cfg.round_to, cfg.to_dict()["version"]) == (True, "simd", 4)
+    with pytest.raises(BitladderError, match="round_to must be an integer >= 1 or 'simd'"):
+        parse_recipe("model: digits\nsteps:\n  - prune: {method: channels, round_to: 0}\n")
 
 
 def test_recipe_prunes_to_half_the_flops_in_steps_with_finetuning(digits_spec, tmp_path):
