@@ -26,7 +26,8 @@ def classifier_folder(path):
 
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=128, max_position_embeddings=128, num_labels=3, id2label=LABELS, initializer_range=0.1,
+                     intermediate_size=128, max_position_embeddings=128, num_labels=3, id2label=LABELS,
+                     initializer_range=0.1,
                      label2id={v: k for k, v in LABELS.items()})
     m = BertForSequenceClassification(cfg).eval()
     # wider random weights (initializer_range 0.1, not 0.02) make the logits depend on the sentence; centred on sample

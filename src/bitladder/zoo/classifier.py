@@ -63,8 +63,8 @@ def class_ids(labels: list, id2label: dict, source: str) -> torch.Tensor:
     for lab in labels:
         idx = lab if isinstance(lab, int) else names.get(lab)
         if idx is None or not 0 <= idx < len(id2label):
-            raise BitladderError(f"{source}: label {lab!r} is not a class of this model; accepted: 0..{len(id2label) - 1}"
-                                 f" or {', '.join(sorted(names)[:8])}")
+            raise BitladderError(f"{source}: label {lab!r} is not a class of this model; accepted: "
+                                 f"0..{len(id2label) - 1} or {', '.join(sorted(names)[:8])}")
         out.append(idx)
     return torch.tensor(out, dtype=torch.long)
 

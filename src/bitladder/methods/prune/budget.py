@@ -65,7 +65,7 @@ def per_group(groups: list, ratio: float, round_to: int = 1) -> dict:
     what stays is rounded up to whole multiples of ``round_to`` channels."""
     out = {}
     for g in groups:
-        step = round_to // math.gcd(round_to, g.width)
+        step = _step(g, round_to)
         kept = g.n - min(int(ratio * g.n), g.n - 1)
         kept = min(g.n, -(-kept // step) * step)
         if kept < g.n:
@@ -73,10 +73,15 @@ def per_group(groups: list, ratio: float, round_to: int = 1) -> dict:
     return out
 
 
+def _step(g, round_to: int) -> int:
+    """The units whose ``g.width`` channels each make a whole multiple of ``round_to`` channels."""
+    return round_to // math.gcd(round_to, g.width)
+
+
 def _steps(g, cap: float, round_to: int) -> list[tuple[int, int]]:
     """(first, last) positions in ``g``'s ascending order of each removable chunk: every chunk leaves a
     multiple of ``round_to`` channels in each member (units of ``g.width`` channels), within the cap."""
-    step = round_to // math.gcd(round_to, g.width)
+    step = _step(g, round_to)
     limit = min(g.n - 1, int(cap * g.n))
     out, kept = [], g.n
     while True:

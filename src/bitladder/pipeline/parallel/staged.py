@@ -35,9 +35,9 @@ def staged(artifact: str | os.PathLike, spec: ModelSpec, cfg: Pipeline, ref: tor
            local: torch.Tensor | None) -> dict | None:
     """On every rank, after rank 0 wrote ``artifact``: the staged run over ``spec.eval_batches``. Rank 0
     (which passes ``ref``, fp32's outputs, and ``local``, its one-process outputs of the reloaded artifact;
-    the other ranks pass None for both) gets ``{"stages",
-    "microbatches", "fidelity", "max_abs_diff", "max_abs_output", "stage_rows"}`` (micro-batches change GEMM
-    shapes, so float rounding; with one micro-batch the staged outputs equal one process's bit for bit), the metric's own keys beside; others None."""
+    the other ranks pass None for both) gets ``{"stages", "microbatches", "fidelity", "max_abs_diff",
+    "max_abs_output", "stage_rows"}`` and the metric's own keys; others None. Micro-batches change GEMM
+    shapes, so float rounding; with one micro-batch the staged outputs equal one process's bit for bit."""
     import torch.distributed as dist
 
     w = open_world(cfg.stages, cfg.timeout_s)

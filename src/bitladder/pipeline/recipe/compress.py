@@ -62,7 +62,8 @@ def run_recipe(recipe, spec: ModelSpec, out: Path,
     evaluate it in pipeline stages, and only rank 0 returns the results (others None)."""
     pipe = None if recipe.pipeline is None else Pipeline(recipe.pipeline.stages, recipe.pipeline.microbatches,
                                                          recipe.pipeline.timeout_s)
-    rank = 0 if pipe is None else staged.start(pipe, spec.model, [s.kind for s in recipe.steps if s.body.stage == 1]).rank
+    reshaping = [s.kind for s in recipe.steps if s.body.stage == 1]  # prune, lowrank: stages load the float shapes
+    rank = 0 if pipe is None else staged.start(pipe, spec.model, reshaping).rank
     if rank:  # the steps run here too (training is replicated); the files are rank 0's
         return _follow(recipe, spec, pipe, out)
     check_out_dir(out)
@@ -128,7 +129,6 @@ def _follow(recipe, spec: ModelSpec, pipe: Pipeline, out: Path) -> None:
     for step in recipe.steps:
         if step.body.transforms:
             step.body.run(st)
-    finalize(st)
     staged.staged(_artifact(out, recipe), spec, pipe, None, None)
 
 
