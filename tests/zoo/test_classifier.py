@@ -10,6 +10,7 @@ import torch
 from bitladder.cli.app import main
 from bitladder.errors import BitladderError
 from bitladder.io.artifact import load
+from bitladder.nn.base import QuantModule
 from bitladder.pipeline.measure.evaluate import fidelity, outputs
 from bitladder.zoo import classifier
 from bitladder.zoo import corpus
@@ -77,6 +78,23 @@ def test_the_ladder_scores_labels_and_the_artifact_reloads(folder, tmp_path, cap
     back = load(tmp_path / "out" / rows[0]["artifact"], builder=build_builtin)  # rebuilt from the hf: source
     assert isinstance(back, classifier.Classifier)
     capsys.readouterr()
+    # and it runs in plain onnxruntime, batch and sequence dynamic (basic optimisations: at ORT_ENABLE_ALL
+    # onnxruntime turns DequantizeLinear -> MatMul into int8-activation MatMulNBits, docs/DESIGN.md)
+    import onnxruntime as ort
+
+    main(["export", str(tmp_path / "out" / rows[0]["artifact"]), "--to", "onnx", "--out", str(tmp_path / "c.onnx")])
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    sess = ort.InferenceSession(str(tmp_path / "c.onnx"), so)
+    assert [i.shape for i in sess.get_inputs()] == [["batch", "seq"], ["batch", "seq"]]
+    for m in back.modules():  # the reference path: auto picks int8-activation kernels at some row counts
+        if isinstance(m, QuantModule):
+            m.set_kernel_policy("dequant-fp32")
+    for b in spec.eval_batches[:2]:
+        got = sess.run(None, {i.name: b[i.name].numpy() for i in sess.get_inputs()})[0]
+        with torch.no_grad():
+            want = back(**b).numpy()
+        assert abs(got - want).max() <= 1e-4 * abs(want).max()
 
 
 def test_bad_labels_are_one_line(folder, tmp_path):
