@@ -190,12 +190,15 @@ def test_tinylm_runs_in_executorch_close_to_bitladder(tinylm, tmp_path, name, cf
     lm, ids = tinylm
     calib = causal_lm.blocks(causal_lm.encode(corpus.calibration_sentences(128)), batch=16, context=64)
     q = bitladder.quantize(lm, cfg, exclude=["*embed_tokens*"], calib=calib[:1])
-    # a tensor example: the batch stays dynamic, the 64 tokens are fixed (with a dynamic token dimension
-    # torch.export's solver stops on a guard 'tokens != 64' inside transformers' Llama)
-    got = run_pte(export_executorch(q, ids[:2], tmp_path / f"{name}.pte"), flat_inputs(q, ids))
-    with torch.no_grad():
-        mine = weight_only(q)(ids)
-    # 14 Linear layers each see int8 inputs: the logits move by about 1 % of their spread, the argmax rarely
-    rel = float((got - mine).norm() / mine.norm())
-    agree = float((got.argmax(-1) == mine.argmax(-1)).float().mean())
-    assert rel < 0.03 and agree > 0.97, (rel, agree)
+    # token ids: batch and token count both dynamic (an example that is a view of a wider tensor once left a
+    # stride guard, 'stride 0 != tokens', in the program; the exporter now passes contiguous examples)
+    pte = export_executorch(q, ids[:2, :48], tmp_path / f"{name}.pte")
+    for x in (ids, ids[:3, :17].contiguous(), torch.cat([ids, ids], 1)[:1, :128].contiguous()):
+        got = run_pte(pte, flat_inputs(q, x))
+        with torch.no_grad():
+            mine = weight_only(q)(x)
+        # 14 Linear layers each see int8 inputs: the logits move by about 1 % of their spread, the argmax rarely
+        rel = float((got - mine).norm() / mine.norm())
+        agree = float((got.argmax(-1) == mine.argmax(-1)).float().mean())
+        # past the 64 tokens tinylm was trained on its logits flatten, so near-ties flip: argmax only within them
+        assert got.shape == mine.shape and rel < 0.03 and (agree > 0.97 or x.shape[1] > 64), (x.shape, rel, agree)

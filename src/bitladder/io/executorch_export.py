@@ -93,8 +93,13 @@ class _Positional(nn.Module):
         return self.model(**dict(zip(self.keys, tensors)))
 
 
+def _token_ids(inputs: list) -> bool:
+    """Whether the inputs are (batch, tokens) integer tensors: a language model's token ids."""
+    return all(isinstance(v, torch.Tensor) and v.dim() == 2 and not v.is_floating_point() for v in inputs)
+
+
 def _dynamic_shapes(inputs: list, tokens: bool, max_batch: int, max_tokens: int) -> tuple:
-    """Batch (dim 0) dynamic for every input; with ``tokens`` (dict inputs) also dim 1, shared by all of them.
+    """Batch (dim 0) dynamic for every input; with ``tokens`` (dict inputs, token ids) also dim 1, shared by all.
     The runtime plans its memory for the largest shapes, so both have an upper bound."""
     batch, seq = torch.export.Dim("batch", min=1, max=max_batch), torch.export.Dim("tokens", min=1, max=max_tokens)
     for v in inputs:
@@ -120,8 +125,8 @@ def export_executorch(model: nn.Module, example: Any, path: str | Path, weights:
     (with ``activations="float"``): every quantised layer as its float layer holding the dequantised weight,
     the exact numbers of bitladder's weight-only forward at fp32 size. ``round_scales``: accept group scales
     that are not bf16 values and round them (XNNPACK's group scales are bf16). The batch dimension (and for
-    dict inputs the token dimension) stays dynamic up to ``max_batch`` (``max_tokens``), the shapes the
-    runtime plans its memory for; give an example with at least 2 of each.
+    dict inputs and (batch, tokens) token ids the token dimension) stays dynamic up to ``max_batch``
+    (``max_tokens``), the shapes the runtime plans its memory for; give an example with at least 2 of each.
     """
     if weights not in WEIGHTS:
         raise BitladderError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
@@ -140,8 +145,9 @@ def export_executorch(model: nn.Module, example: Any, path: str | Path, weights:
     partitioner, lower = _need_executorch()
     twin = _twin(model, weights, round_scales)
     args, kwargs = call_args(model, example)
-    inputs = [*args, *kwargs.values()]
-    shapes = _dynamic_shapes(inputs, bool(kwargs), max_batch, max_tokens)
+    # a view's strides would be traced into the program as guards (e.g. "stride 0 != tokens")
+    inputs = [v.contiguous() if isinstance(v, torch.Tensor) else v for v in [*args, *kwargs.values()]]
+    shapes = _dynamic_shapes(inputs, bool(kwargs) or _token_ids(inputs), max_batch, max_tokens)
     traced, shapes = (_Positional(twin, list(kwargs)), (shapes,)) if kwargs else (twin, shapes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
