@@ -110,3 +110,8 @@ def test_onnx_export_runs_in_onnxruntime(tinylm_spec, tmp_path, rung):
             assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
         else:  # onnxruntime's optimised graph moves int8 logits by about the int8 error itself (see README)
             assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.97
+    short = x[:3, :17].contiguous()  # and another sequence length: batch and tokens are both dynamic
+    sess = ort.InferenceSession(str(path), plain, providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(sess.run(None, {"input": short.numpy()})[0])
+    with torch.inference_mode():
+        assert torch.allclose(got, model(short), atol=1e-4, rtol=1e-4)

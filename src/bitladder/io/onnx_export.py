@@ -115,12 +115,15 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
         example = {k: v for k, v in example.items() if k in named} or example
     names = list(example) if isinstance(example, dict) else ["input"]
     args, kwargs = ((), dict(example)) if isinstance(example, dict) else ((example,), {})
+    # token ids of a language model: the sequence is dynamic in and out (its logits are batch x seq x vocab)
+    ids = isinstance(example, torch.Tensor) and example.dim() == 2 and not example.is_floating_point()
+    seq = {1: "seq"} if isinstance(example, dict) or ids else {}
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(twin, args, str(tmp), kwargs=kwargs or None, dynamo=False, opset_version=opset,
                           do_constant_folding=False, input_names=names, output_names=["output"],
-                          dynamic_axes={n: {0: "batch"} | ({1: "seq"} if isinstance(example, dict) else {})
-                                        for n in names} | {"output": {0: "batch"}})
+                          dynamic_axes={n: {0: "batch"} | seq for n in names}
+                          | {"output": {0: "batch"} | ({1: "seq"} if ids else {})})
         proto = onnx.load(str(tmp))
         inits = {i.name: i for i in proto.graph.initializer}
         tied = _tied(proto, inits, {f"{n}.weight" if n else "weight" for n in quantised})
