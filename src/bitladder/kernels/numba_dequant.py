@@ -36,16 +36,17 @@ class NumbaDequantKernel(NumbaLowbitKernel):
     def weight(self) -> torch.Tensor:
         """The dequantised (N, K) fp32 weight (a view of a padded (N, Kp) buffer)."""
         out = np.empty((self.n, self.kp), np.float32)
+        o = ops()
         if len(self.planes) == 1 and self.planes[0][0] in (4, 8) and self.planes[0][2] == 1.0:
             bits, w, _ = self.planes[0]  # the common cases (int4, int8) in one fused pass
-            (ops().nibbles_scaled if bits == 4 else ops().bytes_scaled)(w, self.s, self._zeros, self.gp, out)
+            (o.nibbles_scaled if bits == 4 else o.bytes_scaled)(w, self.s, self._zeros, self.gp, out)
             return torch.from_numpy(out)[:, : self.k]
         for i, (bits, w, mult) in enumerate(self.planes):  # int3 / int2 / ternary / binary / uint8
             if bits == 8:
-                ops().dequant_rows_b8(w, 0, self.n, out)
+                o.dequant_rows_b8(w, 0, self.n, out)
             else:
-                ops().dequant_rows(w, bits, np.float32(mult), 0, self.n, out, i == 0)
-        ops().scale_rows(out, self.s, self._zeros, 0, self.n, self.gp)
+                o.dequant_rows(w, bits, np.float32(mult), 0, self.n, out, i == 0)
+        o.scale_rows(out, self.s, self._zeros, 0, self.n, self.gp)
         return torch.from_numpy(out)[:, : self.k]
 
     def _run(self, x):

@@ -152,13 +152,14 @@ class NumbaLowbitKernel(_NumbaKernel):
         else:
             xsum = xp.reshape(m, self.nb, self.gp).sum(-1, dtype=np.float32)
             out = -(xsum @ self.so.T)
+        o = ops()
         for bits, w, mult in self.planes:
             if bits == 8:
                 xl = xp
             else:
                 per = 8 // bits
                 xl = np.ascontiguousarray(xp.reshape(m, self.kp // per, per).transpose(0, 2, 1))
-            ops().GEMV[bits](w, xl, self.s, np.float32(mult), self.gp, out)
+            o.GEMV[bits](w, xl, self.s, np.float32(mult), self.gp, out)
         return torch.from_numpy(out)
 
     def _run_tiles(self, xp: np.ndarray) -> torch.Tensor:
@@ -168,14 +169,15 @@ class NumbaLowbitKernel(_NumbaKernel):
         xt = torch.from_numpy(xp)
         out_t = torch.empty(self.n, xp.shape[0])
         tt = torch.from_numpy(tile)
+        o = ops()
         for n0 in range(0, self.n, rows):
             n1 = min(self.n, n0 + rows)
             for i, (bits, w, mult) in enumerate(self.planes):
                 if bits == 8:
-                    ops().dequant_rows_b8(w, n0, n1, tile)
+                    o.dequant_rows_b8(w, n0, n1, tile)
                 else:
-                    ops().dequant_rows(w, bits, np.float32(mult), n0, n1, tile, i == 0)
-            ops().scale_rows(tile, self.s, so, n0, n1, self.gp)
+                    o.dequant_rows(w, bits, np.float32(mult), n0, n1, tile, i == 0)
+            o.scale_rows(tile, self.s, so, n0, n1, self.gp)
             torch.mm(tt[: n1 - n0], xt.T, out=out_t[n0:n1])
         return out_t.T.contiguous()
 
@@ -243,9 +245,10 @@ class XnorKernel(_NumbaKernel):
                             self.hw, torch.get_num_threads())
             return torch.from_numpy(out)
         xb = np.empty((m, self.wb.shape[1]), np.uint64)
-        ops().pack_signs(xn, self.wb.shape[1], xb)
+        o = ops()
+        o.pack_signs(xn, self.wb.shape[1], xb)
         beta = np.abs(xn).mean(axis=1, dtype=np.float32)
         out = np.empty((m, self.n), np.float32)
-        gemm = ops().xnor_gemm if m * self.wb.size > XNOR_PARALLEL_WORDS else ops().xnor_gemm_serial
+        gemm = o.xnor_gemm if m * self.wb.size > XNOR_PARALLEL_WORDS else o.xnor_gemm_serial
         gemm(self.wb, xb, self.s, beta, self.gwords, self.k, out)
         return torch.from_numpy(out)
