@@ -14,6 +14,7 @@ from bitladder.kernels import (
     Fp16CodesKernel,
     Int4PackBf16Kernel,
     KernelUnsupported,
+    NumbaDequantKernel,
     NumbaLowbitKernel,
     OnednnW8A8Kernel,
     OnednnW8A8TokenKernel,
@@ -64,6 +65,22 @@ def test_numba_weight_only_matches_reference(qname, layout):
         x = _x(m, k)
         kern = NumbaLowbitKernel.from_qtensor(qt)
         _check(kern, qt, x, reference_linear(qt, x), 1e-5)
+
+
+@pytest.mark.skipif(not NumbaDequantKernel.available(), reason="numba not installed")
+@pytest.mark.parametrize("qname", QTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: f"{l.granularity}{l.group or ''}")
+def test_numba_dequant_weight_bias_and_input_scale(qname, layout):
+    # the whole-weight dequantisation is the reference's weight; bias and input scale as the layer applies them
+    for n, k, m in SHAPES:
+        qt = _qt(qname, layout, n, k)
+        kern = NumbaDequantKernel.from_qtensor(qt)
+        torch.testing.assert_close(kern.weight(), qt.dequantize(), rtol=1e-6, atol=1e-6)
+        x, bias, in_scale = _x(m, k), torch.randn(n), torch.rand(k) + 0.5
+        y = kern(x, bias, in_scale)
+        assert y.shape == (m, n)
+        if m:
+            assert _relerr(y, reference_linear(qt, x * in_scale) + bias) <= 1e-5
 
 
 @pytest.mark.skipif(not NumbaLowbitKernel.available(), reason="numba not installed")

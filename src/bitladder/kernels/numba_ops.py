@@ -252,24 +252,28 @@ def pack_signs(x, nwords, out):  # pragma: no cover - compiled
 @njit(fastmath=True, cache=True)
 def nibbles_scaled(w, s, so, gsz, out):  # pragma: no cover - compiled
     """One 4-bit plane dequantised and scaled in one pass: element 2j of a group is the low nibble of its
-    byte j, 2j + 1 the high one."""
+    byte j, 2j + 1 the high one. The loops index 1-D row slices: LLVM vectorised none of the 2-D indexed
+    form (3.4x slower at 384x1536, docs/DESIGN.md 'Every CPU')."""
     h = gsz // 2
     for r in range(w.shape[0]):
-        for g in range(s.shape[1]):
-            a = s[r, g]
-            c = so[r, g]
+        wr, orow, sr, sor = w[r], out[r], s[r], so[r]
+        for g in range(sr.shape[0]):
+            a, c = sr[g], sor[g]
+            wv, ov = wr[g * h: g * h + h], orow[g * gsz: g * gsz + gsz]
             for j in range(h):
-                b = np.int32(w[r, g * h + j])
-                out[r, g * gsz + 2 * j] = np.float32(b & 15) * a - c
-                out[r, g * gsz + 2 * j + 1] = np.float32(b >> 4) * a - c
+                b = wv[j]
+                ov[2 * j] = np.float32(b & np.uint8(15)) * a - c
+                ov[2 * j + 1] = np.float32(b >> np.uint8(4)) * a - c
 
 
 @njit(fastmath=True, cache=True)
 def bytes_scaled(w, s, so, gsz, out):  # pragma: no cover - compiled
-    """One 8-bit plane dequantised and scaled in one pass: ``out[r, k] = w[r, k] * s[r, g] - so[r, g]``."""
+    """One 8-bit plane dequantised and scaled in one pass: ``out[r, k] = w[r, k] * s[r, g] - so[r, g]``
+    (1-D row slices, as in :func:`nibbles_scaled`: 11x faster than 2-D indexing)."""
     for r in range(w.shape[0]):
-        for g in range(s.shape[1]):
-            a = s[r, g]
-            c = so[r, g]
-            for k in range(g * gsz, g * gsz + gsz):
-                out[r, k] = np.float32(w[r, k]) * a - c
+        wr, orow, sr, sor = w[r], out[r], s[r], so[r]
+        for g in range(sr.shape[0]):
+            a, c = sr[g], sor[g]
+            wv, ov = wr[g * gsz: g * gsz + gsz], orow[g * gsz: g * gsz + gsz]
+            for k in range(gsz):
+                ov[k] = np.float32(wv[k]) * a - c
