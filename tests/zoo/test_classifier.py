@@ -105,3 +105,47 @@ def test_bad_labels_are_one_line(folder, tmp_path):
     bad.write_text("\n".join(json.dumps({"text": f"sample {i}", "label": 7}) for i in range(8)))
     with pytest.raises(BitladderError, match="label 7 is not a class"):
         resolve(str(folder), data=bad)
+
+
+def test_task_embedding_runs_the_classifiers_encoder_and_reloads_as_one(folder, tmp_path, capsys):
+    from transformers import AutoModel
+
+    from bitladder.zoo import hf_folder
+    from bitladder.zoo.minilm import SentenceEncoder
+
+    spec = resolve(str(folder), task="embedding")
+    assert spec.metric == "cosine" and spec.source == "hf:" + str(folder.resolve()) + "?task=embedding"
+    enc = SentenceEncoder(AutoModel.from_pretrained(str(folder), use_safetensors=True, attn_implementation="sdpa"))
+    with torch.no_grad():  # the classifier's own encoder weights, mean-pooled: not a freshly initialised one
+        b = spec.eval_batches[0]
+        torch.testing.assert_close(spec.model(**b), enc.eval()(**b))
+        assert spec.model(**b).shape[1] == 64
+    main(["ladder", "--model", str(folder), "--task", "embedding", "--rungs", "int8", "--repeats", "1",
+          "--out", str(tmp_path / "out")])
+    row = json.loads((tmp_path / "out" / "results.json").read_text())["rungs"][0]
+    assert row["fidelity"] >= 0.99  # mean cosine to fp32
+    back = load(tmp_path / "out" / row["artifact"], builder=build_builtin)  # the source names the task
+    assert not isinstance(back, classifier.Classifier)
+    assert hf_folder.split_task(spec.source) == ("hf:" + str(folder.resolve()), "embedding")
+    capsys.readouterr()
+
+
+def test_tasks_the_checkpoint_cannot_serve_are_refused(folder, tmp_path):
+    from tests.zoo.llama_folders import llama_folder
+
+    with pytest.raises(BitladderError, match="cannot run as causal-lm .*; accepted here: classification, embedding"):
+        resolve(str(folder), task="causal-lm")
+    with pytest.raises(BitladderError, match="unknown task 'speech'; accepted: embedding, classification, causal-lm"):
+        resolve(str(folder), task="speech")
+    with pytest.raises(BitladderError, match="--task applies to Hugging Face folders; 'digits' is not one"):
+        resolve("digits", task="embedding")
+    lm = llama_folder(tmp_path / "lm", layers=1)
+    with pytest.raises(BitladderError, match="a llama causal-lm checkpoint cannot run as classification .*accepted "
+                                             "here: causal-lm$"):
+        resolve(str(lm), task="classification")
+    assert resolve(str(lm), task="causal-lm").metric == "perplexity"  # its own task, named: accepted
+    with pytest.raises(SystemExit) as e:  # the CLI: one line, exit 2, nothing written
+        from bitladder.cli.app import main as cli
+
+        cli(["ladder", "--model", str(lm), "--task", "embedding", "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and not (tmp_path / "o").exists()

@@ -30,6 +30,8 @@ BENCH_SUITES = {
 }
 DATA_HELP = ("a text file (one sample a line, or JSONL with \"text\") for a text model: half its distinct "
              "samples evaluate, the other half calibrate, instead of the built-in corpus")
+TASK_HELP = ("a Hugging Face folder: embedding, classification or causal-lm where config.json implies another "
+             "(a classifier's encoder as a sentence encoder); default: from config.json")
 ABORTS = (typer.Abort, KeyboardInterrupt)  # Ctrl-C: exit 130 without a traceback
 info.register(app, console)
 stream.register(app, console)
@@ -42,6 +44,7 @@ def ladder(
     out: Path = typer.Option(Path("runs/ladder"), help="folder for artifacts, results.json and report.html"),
     repeats: int = typer.Option(10, min=1, help="timed runs per rung (median; interleaved with fp32)"),
     data: Path = typer.Option(None, help=DATA_HELP),
+    task: str = typer.Option(None, help=TASK_HELP),
     pipeline: int = typer.Option(0, "--pipeline", help="also evaluate each rung in N pipeline stages, one per "
                                  "process: launch with torchrun --nproc-per-node N --no-python bitladder ladder ..."),
     microbatches: int = typer.Option(4, help="with --pipeline: micro-batches per batch"),
@@ -52,9 +55,10 @@ def ladder(
     from bitladder.pipeline.ladder.rungs import parse_rungs
     from bitladder.pipeline.ladder.run import check_out_dir, run_ladder
     from bitladder.pipeline.report.html import write_report
-    from bitladder.zoo.registry import resolve
+    from bitladder.zoo.registry import resolve, with_task
 
     configs = parse_rungs(r for r in rungs.split(",") if r.strip())  # a bad rung fails before the model loads
+    model = with_task(model, task)  # so does a task the checkpoint cannot serve
     check_out_dir(out)
     with console.status(f"loading {model}"):
         spec = resolve(model, data)
@@ -66,13 +70,13 @@ def ladder(
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task(f"{spec.name} ladder", total=len(configs))
+        step = bar.add_task(f"{spec.name} ladder", total=len(configs))
 
         def on_rung(rung: str, row: dict | None) -> None:
             if row is None:
-                bar.update(task, description=f"{spec.name}: {rung}")
+                bar.update(step, description=f"{spec.name}: {rung}")
             else:
-                bar.advance(task)
+                bar.advance(step)
 
         results = run_ladder(spec, configs, out, repeats=repeats, on_rung=on_rung, pipeline=pipe)
     if results is None:  # a pipeline stage other than the first: rank 0 reports
@@ -97,6 +101,7 @@ def compress(
     distributed: str = typer.Option(None, help="training steps under torchrun: ddp (replicated) or fsdp (sharded "
                                                "parameters and optimiser state); default: the recipe's, else ddp"),
     data: Path = typer.Option(None, help=DATA_HELP),
+    task: str = typer.Option(None, help=TASK_HELP),
     pipeline: int = typer.Option(0, "--pipeline", help="also evaluate the result in N pipeline stages, one per "
                                  "process: launch with torchrun --nproc-per-node N --no-python bitladder compress ..."),
     microbatches: int = typer.Option(4, help="with --pipeline: micro-batches per batch"),
@@ -107,7 +112,7 @@ def compress(
     from bitladder.pipeline.ladder.run import check_out_dir
     from bitladder.pipeline.recipe.parse import load_recipe
     from bitladder.pipeline.report.html import write_report
-    from bitladder.zoo.registry import resolve
+    from bitladder.zoo.registry import resolve, with_task
 
     parsed = load_recipe(recipe)
     if distributed is not None:
@@ -117,18 +122,19 @@ def compress(
     if pipeline:
         parsed.pipelined(pipeline, microbatches, timeout)
     out = out or Path(parsed.out or f"runs/{parsed.name}")
+    model = with_task(parsed.model, task)
     check_out_dir(out)
     with console.status(f"loading {parsed.model}"):
-        spec = resolve(parsed.model, data)
+        spec = resolve(model, data)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task(parsed.name, total=len(parsed.steps))
+        step = bar.add_task(parsed.name, total=len(parsed.steps))
 
         def on_step(kind: str, rec: dict | None) -> None:
             if rec is None:
-                bar.update(task, description=f"{parsed.name}: {kind}")
+                bar.update(step, description=f"{parsed.name}: {kind}")
             else:
-                bar.advance(task)
+                bar.advance(step)
                 plain(f"  {kind:9s} {rec['seconds']:7.1f} s  fidelity {rec['fidelity']:.4f}  "
                               f"params {rec['params']:,}  nonzero {rec['nonzero']:,}")
 
@@ -164,12 +170,15 @@ def tune(
     timeout: float = typer.Option(None, help="stop each worker after this many seconds"),
     out: Path = typer.Option(Path("runs/tune"), help="folder for study.db, the best artifact, results.json, report"),
     data: Path = typer.Option(None, help=DATA_HELP),
+    task: str = typer.Option(None, help=TASK_HELP),
 ) -> None:
     """Search formats per layer, sparsity and rank for the smallest (or fastest) model within a drop budget."""
     from bitladder.pipeline.report.html import write_report
     from bitladder.pipeline.tune.study import TuneConfig
     from bitladder.pipeline.tune.run import run_tune
+    from bitladder.zoo.registry import with_task
 
+    model = with_task(model, task)
     config = TuneConfig(max_drop=max_drop, objective=objective, trials=trials)
     with console.status(f"tuning {model}: {trials} trials, {workers} worker(s)"):
         try:
@@ -200,16 +209,18 @@ def mixed(
     budget: float = typer.Option(3.0, help="average bits per weight (scales counted) to meet"),
     out: Path = typer.Option(Path("runs/mixed"), help="folder for the artifact, mixed.json, heatmap"),
     data: Path = typer.Option(None, help=DATA_HELP),
+    task: str = typer.Option(None, help=TASK_HELP),
 ) -> None:
     """Per-layer sensitivity, then a per-layer format meeting a bits-per-weight budget."""
     from bitladder.pipeline.ladder.run import check_out_dir
     from bitladder.pipeline.ladder.mixed import run_mixed
     from bitladder.pipeline.ladder.rungs import parse_rungs
-    from bitladder.zoo.registry import resolve
+    from bitladder.zoo.registry import resolve, with_task
 
     configs = parse_rungs(r for r in rungs.split(",") if r.strip())  # a bad rung fails before the model loads
     if not 0 < budget <= 64:
         raise BitladderError(f"budget must be in (0, 64] bits per weight, got {budget}")
+    model = with_task(model, task)
     check_out_dir(out)
     with console.status(f"loading {model}"):
         spec = resolve(model, data)

@@ -54,6 +54,58 @@ ARCHITECTURES: dict[str, Callable[[dict, str], nn.Module]] = {"llama": _llama}
 ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra")
 
 
+#: what a folder's model is taken as: its forward, metric and data follow (``--task``; default: from config.json)
+TASKS = ("embedding", "classification", "causal-lm")
+_TASK = "?task="  # a source's suffix naming a task the config does not imply: hf:/abs/path?task=embedding
+
+
+def split_task(name: str) -> tuple[str, str | None]:
+    """``(folder name, task asked for or None)`` of a source or path that may end in ``?task=TASK``."""
+    path, sep, task = name.rpartition(_TASK)
+    return (path, task) if sep else (name, None)
+
+
+def natural_task(cfg: dict) -> str:
+    """The task config.json implies: a ``*ForSequenceClassification`` classifies, an encoder embeds, the rest
+    are causal LMs."""
+    if is_classifier(cfg):
+        return "classification"
+    return "embedding" if cfg.get("model_type") in ENCODERS else "causal-lm"
+
+
+def task_of(folder: Path, asked: str | None = None) -> str:
+    """The task the folder's model runs as: ``asked`` where the checkpoint can serve it, else its config's.
+
+    Beside the config's own task, one other is served: a classifier of an encoder family as a sentence
+    encoder (its encoder, mean-pooled; the head is not used). A task needing weights the checkpoint lacks
+    (a classification head, an LM head) is refused rather than filled with random ones."""
+    cfg = read_config(folder, whole=True)
+    natural = natural_task(cfg)
+    if asked is None or asked == natural:
+        return natural
+    if asked not in TASKS:
+        raise BitladderError(f"unknown task {asked!r}; accepted: {', '.join(TASKS)}")
+    if asked == "embedding" and cfg["model_type"] in ENCODERS:
+        return asked
+    fits = [natural] + (["embedding"] if natural == "classification" and cfg["model_type"] in ENCODERS else [])
+    raise BitladderError(f"{folder}: a {cfg['model_type']} {natural} checkpoint cannot run as {asked} (it has no "
+                         f"weights for it); accepted here: {', '.join(fits)}")
+
+
+def with_task(name: str, task: str | None) -> str:
+    """The source of folder ``name`` run as ``task`` (checked), or ``name`` itself when no task is asked."""
+    if task is None:
+        return name
+    folder = folder_of(name)
+    task_of(folder, task)
+    return source_with(folder, task)
+
+
+def source_with(folder: Path, task: str | None) -> str:
+    """The artifact source of ``folder``, naming ``task`` when one was asked for (a reload runs it the same way)."""
+    return source_of(folder) + (_TASK + task if task else "")
+
+
 def is_source(name: str | None) -> bool:
     """Whether ``name`` is an HF-folder source (``hf:PATH``) or a folder holding a config.json."""
     if not isinstance(name, str) or not name:
@@ -62,7 +114,9 @@ def is_source(name: str | None) -> bool:
 
 
 def folder_of(name: str) -> Path:
-    """The folder of ``hf:PATH`` or of a plain path, checked: it exists and holds a config.json."""
+    """The folder of ``hf:PATH`` or of a plain path (a ``?task=`` suffix ignored), checked: it exists and holds
+    a config.json."""
+    name = split_task(name)[0]
     folder = Path(name[len(PREFIX):] if name.startswith(PREFIX) else name)
     if not folder.is_dir():
         raise BitladderError(f"model folder {folder} does not exist; accepted: a folder with config.json and "
@@ -149,11 +203,13 @@ def fill(module: nn.Module, prefix: str, shards: Shards, tied: bool) -> nn.Modul
 
 
 def build(name: str) -> nn.Module:
-    """The whole float model of an HF folder (``hf:PATH`` or a path), weights read from its shards."""
+    """The whole float model of an HF folder (``hf:PATH`` or a path, optionally ``?task=``), weights read from
+    its shards."""
     folder = folder_of(name)
-    if is_classifier(read_config(folder, whole=True)):
+    task = task_of(folder, split_task(name)[1])
+    if task == "classification":
         return classifier.build(folder)
-    if is_encoder(folder):
+    if task == "embedding":
         from bitladder.zoo import minilm
 
         return minilm.build(str(folder))
@@ -210,12 +266,14 @@ def spec(name: str, text: Text | None = None) -> ModelSpec:
     """The ModelSpec of an HF folder: the whole float model, perplexity on held-out text (the built-in
     corpus, or ``text``: a user's file)."""
     folder = folder_of(name)
-    if is_classifier(read_config(folder, whole=True)):
+    asked = split_task(name)[1]
+    task = task_of(folder, asked)
+    if task == "classification":
         return classifier.spec(folder, source_of(folder), text)
-    if is_encoder(folder):
+    if task == "embedding":
         from bitladder.zoo import minilm
 
-        return minilm.spec(str(folder), source_of(folder), text and text.unlabelled("sentence encoders"))
+        return minilm.spec(str(folder), source_with(folder, asked), text and text.unlabelled("sentence encoders"))
     text = text and text.unlabelled("causal LMs")
     cfg = read_config(folder, whole=True)
     t = context(cfg)

@@ -50,11 +50,27 @@ def build_builtin(source: str | None) -> nn.Module:
                          "(Python: load(path, model=...)) to load it")
 
 
-def resolve(name: str, data: str | os.PathLike | None = None) -> ModelSpec:
+def with_task(name: str, task: str | None) -> str:
+    """``name`` run as ``task``: a Hugging Face folder's source naming the task (checked against the checkpoint);
+    ``name`` itself without a task."""
+    from bitladder.zoo import hf_folder
+
+    if task is None:
+        return name
+    if not hf_folder.is_source(name):
+        raise BitladderError(f"--task applies to Hugging Face folders; {name!r} is not one (built-ins and "
+                             "factories have one task each)")
+    return hf_folder.with_task(name, task)
+
+
+def resolve(name: str, data: str | os.PathLike | None = None, task: str | None = None) -> ModelSpec:
     """The ModelSpec of a built-in model name, a Hugging Face folder or a ``module:function`` factory;
     ``data``: a text file whose samples replace the built-in corpus (text models only, see
-    :mod:`bitladder.zoo.text`). BitladderError otherwise."""
+    :mod:`bitladder.zoo.text`); ``task``: what a Hugging Face folder runs as where its config.json says
+    otherwise (:data:`bitladder.zoo.hf_folder.TASKS`). BitladderError otherwise."""
     from bitladder.zoo import hf_folder, text
+
+    name = with_task(name, task)
 
     if data is not None and (name not in TEXT_BUILTINS and not hf_folder.is_source(name)):
         raise BitladderError(f"--data gives text to text models ({', '.join(TEXT_BUILTINS)} or a Hugging Face "
