@@ -31,6 +31,20 @@ def test_skeleton_holds_no_weights(tmp_path):
     assert not any(b.is_meta for b in model.buffers())  # rotary tables are computed, real
 
 
+def test_built_on_the_meta_device_it_reads_no_weights(tmp_path, monkeypatch):
+    # pipeline stages plan on shapes: building a quantised artifact's model must not read the float checkpoint
+    folder = llama_folder(tmp_path / "m", layers=2)
+
+    def no_reads(*a, **k):
+        raise AssertionError("a checkpoint tensor was read")
+
+    monkeypatch.setattr(hf_folder.Shards, "get", no_reads)
+    with torch.device("meta"):
+        model = build_builtin(hf_folder.source_of(folder))
+    assert all(p.is_meta for p in model.parameters())
+    assert model.lm.lm_head.weight is model.lm.model.embed_tokens.weight  # tied, as the filled model is
+
+
 def test_resolve_a_folder_path(tmp_path):
     folder = llama_folder(tmp_path / "m", layers=2)
     spec = resolve(str(folder))
