@@ -240,17 +240,31 @@ def mixed(
 
 @app.command()
 def bench(
-    suite: str = typer.Option("linear", help="linear, conv, minilm, tinylm or all"),
+    suite: str = typer.Option("linear", help="linear, conv, minilm, tinylm or all (with --model: that model)"),
     json_out: Path = typer.Option(None, "--json", help="write the rows (schema bitladder.bench/1) here"),
-    repeats: int = typer.Option(10, min=1, help="MiniLM, tinylm: timed runs per variant"),
+    repeats: int = typer.Option(10, min=1, help="MiniLM, tinylm, --model: timed runs per variant"),
     only: str = typer.Option("", help="MiniLM, tinylm: comma-separated substrings of the variants to run"),
+    model: str = typer.Option(None, help="bench this model instead of a suite: a built-in, a factory "
+                                         "'package.module:function' or a Hugging Face folder, fp32 beside --rungs"),
+    rungs: str = typer.Option("", help="with --model: comma-separated rungs (default: the model's)"),
+    data: Path = typer.Option(None, help=DATA_HELP),
+    task: str = typer.Option(None, help=TASK_HELP),
 ) -> None:
     """Latency (and fidelity) of every kernel and rung against fp32 and the peers, one run."""
     from bitladder.pipeline.ladder.run import write_json
     from bitladder.pipeline.bench.limits import annotate, measure
     from bitladder.pipeline.measure.machine import machine, one_line
 
-    if suite not in (*BENCH_SUITES, "all"):
+    if model is None and (rungs or data is not None or task is not None):
+        raise BitladderError("--rungs, --data and --task go with --model (the suites bench their own variants)")
+    if model is not None:
+        from bitladder.pipeline.ladder.rungs import parse_rungs
+        from bitladder.zoo.registry import with_task
+
+        parse_rungs(r for r in rungs.split(",") if r.strip())  # a bad rung fails before anything is timed
+        model = with_task(model, task)
+        suite = "model"
+    elif suite not in (*BENCH_SUITES, "all"):
         raise BitladderError(f"unknown suite {suite!r}; accepted: {', '.join(BENCH_SUITES)}, all")
     if json_out is not None:
         if not json_out.parent.is_dir():  # fail before the timing, not after it
@@ -262,6 +276,12 @@ def bench(
     rows: list[dict] = []
     import importlib
 
+    if model is not None:
+        from bitladder.pipeline.bench.model import model_rows
+
+        with console.status(f"timing {model}: fp32 and its rungs, one process each"):
+            rows += model_rows(model, [r.strip() for r in rungs.split(",") if r.strip()], repeats,
+                               None if data is None else str(data))
     for name, (where, status, whole_model) in BENCH_SUITES.items():
         if suite not in (name, "all"):
             continue
@@ -279,9 +299,10 @@ def bench(
     if json_out is not None:
         import shlex
 
-        cmd = ["bitladder", "bench", "--suite", suite, *(["--repeats", str(repeats)] if suite not in ("linear", "conv")
-                                                         else []), *(["--only", only] if only else []),
-               "--json", str(json_out)]
+        picked = ["--model", model, *(["--rungs", rungs] if rungs else []), *(["--data", str(data)] if data else [])] \
+            if model is not None else ["--suite", suite]
+        cmd = ["bitladder", "bench", *picked, *(["--repeats", str(repeats)] if suite not in ("linear", "conv")
+                                                else []), *(["--only", only] if only else []), "--json", str(json_out)]
         write_json(json_out, {"schema": "bitladder.bench/1", "command": shlex.join(cmd),
                               "torch_threads": __import__("torch").get_num_threads(), "machine": mach, "rows": rows})
         plain(f"rows: {json_out}")

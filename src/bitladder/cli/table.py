@@ -63,7 +63,7 @@ def bench_table(rows: list[dict]) -> Table:
                     "the per-round ratios); stream = weights streamed from memory, not the cache; limit = fraction of read "
                     "bandwidth at batch 1 (streamed), of the GEMM peak above)")
     for c in ("case", "shape", "batch", "variant", "ms", "stream ms", "x fp32", "x fp32 ONNX", "limit", "cos mean", "cos min",
-              "kNN@10", "next-token", "ppl", "peak MB"):
+              "kNN@10", "next-token", "ppl", "accuracy", "peak MB"):
         t.add_column(c, justify="left" if c in ("case", "variant") else "right")
 
     def f(v, fmt):
@@ -80,5 +80,5 @@ def bench_table(rows: list[dict]) -> Table:
                   f(r.get("stream_latency_ms"), ".3f"), ratio(r, "ratio_vs_fp32"), ratio(r, "ratio_vs_fp32_onnx"), f(r.get("limit_fraction"), ".2f"),
                   f(r.get("cos_mean"), ".4f"),
                   f(r.get("cos_min"), ".4f"), f(r.get("knn10"), ".3f"), f(r.get("agreement"), ".4f"),
-                  f(r.get("perplexity"), ".3f"), f(r.get("peak_rss_mb"), ".0f"))
+                  f(r.get("perplexity"), ".3f"), f(r.get("accuracy"), ".4f"), f(r.get("peak_rss_mb"), ".0f"))
     return t
