@@ -10,6 +10,11 @@ to the system (``malloc_trim``) and reports the anonymous resident memory added 
 (``resident_bytes``), after one small layer has paid each backend's one-time costs (numba's runtime,
 onnxruntime's environment) with the same policy. The ``auto`` rows show what a layer holds after meeting several batch sizes: every
 kernel it was picked for stays cached.
+
+``builds``: one LM-head-sized layer (32000 x 2048, int4 g64, 33 MB stored) per process, one kernel policy:
+the peak resident memory its first call reached above the process before it (``VmHWM`` after
+``/proc/self/clear_refs``: the kernel's build, its repacked copies in flight and the call's output), and
+what stays held after ``malloc_trim``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,40 @@ CASES = [  # (shape, rung, policy, row counts met)
                                                  ("int8-w8a8-token", (300,)), ("numba-dequant-fp32", (1024,)),
                                                  ("auto", (1, 16, 300, 1024)))],
 ]
+
+
+BUILDS = [("c-lowbit-a8", 1), ("ort-nbits", 8), ("ort-nbits-fp32", 256), ("numba-dequant-fp32", 600)]
+
+
+def _status_mb(key: str) -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
+def build_child(policy: str, rows: int) -> dict:
+    import torch
+
+    import bitladder
+
+    torch.manual_seed(0)
+    q = bitladder.quantize(torch.nn.Sequential(torch.nn.Linear(2048, 32000, bias=False)), bitladder.Int(4, group=64),
+                           inplace=True)[0]
+    stored = sum(t.numel() * t.element_size() for t in q.state_dict().values())
+    q.set_kernel_policy(policy)
+    x = torch.randn(rows, 2048)
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    before = _status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # the high-water mark restarts here
+        f.write("5")
+    with torch.inference_mode():
+        q(x)
+    peak = _status_mb("VmHWM") - before
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return {"shape": [32000, 2048], "rung": "int4-g64", "variant": policy, "rows": rows, "kernel": q.kernel,
+            "stored_bytes": stored, "build_peak_bytes": int(peak * 2**20),
+            "resident_bytes": int((_status_mb("VmRSS") - before) * 2**20)}
 
 
 def _anon_mb() -> float:
@@ -79,7 +118,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--child", nargs=4, metavar=("SHAPE", "RUNG", "POLICY", "ROWS"))
+    ap.add_argument("--build-child", nargs=2, metavar=("POLICY", "ROWS"))
     a = ap.parse_args()
+    if a.build_child:
+        print(json.dumps(build_child(a.build_child[0], int(a.build_child[1]))))
+        return
     if a.child:
         shape, rung, policy, rows = a.child
         print(json.dumps(child(json.loads(shape), rung, policy, json.loads(rows))))
@@ -94,8 +137,15 @@ def main() -> None:
             "shape": list(shape), "rung": rung, "variant": policy, "error": res.stderr.strip().splitlines()[-1][:200]}
         print(json.dumps(row), flush=True)
         rows.append(row)
+    builds = []
+    for policy, n in BUILDS:
+        res = subprocess.run([sys.executable, __file__, "--build-child", policy, str(n)], capture_output=True, text=True)
+        row = json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else {
+            "variant": policy, "error": res.stderr.strip().splitlines()[-1][:200]}
+        print(json.dumps(row), flush=True)
+        builds.append(row)
     out = {"schema": "bitladder.kernel-memory/1", "command": " ".join(["python", *sys.argv]), "machine": machine(),
-           "layers_per_process": LAYERS, "rows": rows}
+           "layers_per_process": LAYERS, "rows": rows, "builds": builds}
     if a.json:
         a.json.write_text(json.dumps(out, indent=1) + "\n")
 

@@ -20,7 +20,7 @@ COLUMNS = (
     "case", "shape", "batch", "model", "network", "rung", "method", "rotate", "variant", "flops_ratio",
     "params_ratio", "speedup", "fidelity_pruned", "fidelity_recovered", "drop_pt",
     "params", "macs", "rank_bytes", "bytes_vs_one_process", "bytes_on_disk", "quantized_bytes", "bytes_fp32", "bytes_int4", "bits_per_weight",
-    "stored_bytes", "resident_bytes", "resident_vs_stored", "resident_vs_fp32",
+    "stored_bytes", "build_peak_bytes", "resident_bytes", "resident_vs_stored", "resident_vs_fp32",
     "latency_ms", "ratio_vs_fp32", "ratio_vs_fp32_iqr", "ratio_vs_fp32_onnx", "stream_latency_ms",
     "stream_ratio_vs_fp32", "latency_ratio", "limit_fraction", "stage_bytes", "peak_rss_mb", "rss_ratio",
     "max_abs_diff",

@@ -31,6 +31,18 @@ def test_both_paths_equal_the_reference_bit_for_bit_and_track_the_float_product(
     assert float((ref - exact).norm() / exact.norm()) < 0.02  # int8 activations per block cost ~1 %
 
 
+@pytest.mark.parametrize("fmt", ["int4", "int8", "int2", "binary"])
+def test_packing_in_row_steps_gives_the_whole_packing(fmt, monkeypatch):
+    from bitladder.kernels import c_lowbit
+
+    qt = QuantizedTensor.from_float(torch.randn(40, 128), fmt, Layout("group", group=64) if fmt != "binary"
+                                    else Layout("channel"))
+    whole = CLowbitKernel.from_qtensor(qt).w
+    monkeypatch.setattr(c_lowbit, "_ROWS_PER_STEP", 7)  # 40 rows: five full steps and a short one
+    assert c_lowbit._ROWS_PER_STEP == 7 and whole.shape[0] == 40
+    assert (CLowbitKernel.from_qtensor(qt).w == whole).all()
+
+
 def test_zero_activations_and_bias_and_refused_formats():
     qt = QuantizedTensor.from_float(torch.randn(8, 64), "int4", Layout("group", group=32))
     k = CLowbitKernel.from_qtensor(qt)

@@ -65,3 +65,17 @@ def test_asymmetric_zero_points_are_packed_at_the_format_width():
     qt = QuantizedTensor.from_float(torch.rand(16, 64) + 1, "uint4", Layout("group", group=16), symmetric=False)
     assert qt.zero_point.numel() == 16 * 4 // 2
     assert QTYPES["uint4"].qmin == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from([n for n in ALL if QTYPES[n].rules.integer_codes]), rows=st.integers(1, 6),
+       cols=st.integers(1, 70), zeros=st.floats(0.0, 0.9), sparse=st.booleans())
+def test_unsigned_codes_are_the_packers_codes(name, rows, cols, zeros, sparse):
+    # the kernels' one-byte read of the codes equals the signed round trip, sparse (bitmask) storage included
+    from bitladder.formats.quant import to_unsigned
+
+    w = torch.randn(rows, cols) * (torch.rand(rows, cols) >= zeros)
+    qt = QuantizedTensor.from_float(w, name, Layout("group", group=16), symmetric=not name.startswith("u"),
+                                    sparse=sparse)
+    u = qt.unsigned_codes()
+    assert u.dtype == torch.uint8 and torch.equal(u, to_unsigned(qt.codes(), qt.qtype))

@@ -38,10 +38,13 @@ def reference_linear(qt: QuantizedTensor, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x.float(), qt.dequantize(torch.float32))
 
 
-def weight_parts(qt: QuantizedTensor):
-    """(codes (N, K) int32, scale (N, nb) fp32, zero point (N, nb) int32 or None, group G).
+def weight_parts(qt: QuantizedTensor, dtype: torch.dtype = torch.int32):
+    """(codes (N, K) ``dtype``, scale (N, nb) fp32, zero point (N, nb) int32 or None, group G).
 
-    Tensor and channel granularities become one group per row of length K.
+    Tensor and channel granularities become one group per row of length K. The codes are a fresh tensor (a
+    caller may change them in place); ``torch.int16`` holds every integer format at half int32's transient
+    memory, which for a 32000 x 2048 LM head is 260 MB of a kernel's build; ``dtype=None`` skips them (a
+    caller that reads :meth:`QuantizedTensor.unsigned_codes` instead).
     """
     if not qt.qtype.rules.integer_codes:
         raise KernelUnsupported(f"{qt.qtype.name} has no integer codes ({qt.qtype.kind})")
@@ -52,7 +55,7 @@ def weight_parts(qt: QuantizedTensor):
     if lay.granularity != "tensor" and lay.axis % 2 != 0:
         raise KernelUnsupported("the output channel must be axis 0")
     c, _, nb, b = lay.dims(qt.shape)
-    codes = qt.codes().reshape(n, k).to(torch.int32)
+    codes = None if dtype is None else qt.codes().reshape(n, k).to(dtype)
     scale = qt.scale.float().reshape(c, nb)
     zp = None
     if qt.zero_point is not None:

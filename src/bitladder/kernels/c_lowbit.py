@@ -65,7 +65,7 @@ class CLowbitKernel(LinearKernel):
         if not cls.applies(qt):
             raise KernelUnsupported(f"{qt.qtype.name} {qt.layout.granularity}: needs codes of at most 4 bits (8 "
                                     "without zero points) and groups that are multiples of 32")
-        codes, scale, zp, g = weight_parts(qt)
+        _, scale, zp, g = weight_parts(qt, None)
         q = qt.qtype
         n, k = qt.shape
         bits = _STORE[q.rules.width(q)]
@@ -80,13 +80,10 @@ class CLowbitKernel(LinearKernel):
         self.xb = math.gcd(g, 128)
         mult, off = q.rules.affine(q)
         u = np.zeros((n, kp), np.uint8)
-        u[:, :k] = q.rules.to_unsigned(codes, q).numpy()
-        per = 8 // bits
-        planes = u.reshape(n, kp // sb, per, 32).astype(np.uint16) << (bits * np.arange(per, dtype=np.uint16))[:, None]
-        packed = planes.sum(axis=2).reshape(n, -1)
+        u[:, :k] = qt.unsigned_codes().reshape(n, k).numpy()
+        self.w = _superblocks(u, bits, sb)
         if bits == 8:  # signed, so |u| x signed x fits a 16-bit pair sum (kernels/c/lowbit.c)
-            packed, off = packed.astype(np.int16) - 128, off - 128 * mult
-        self.w = np.ascontiguousarray(packed.astype(np.int8 if bits == 8 else np.uint8).view(np.uint8))
+            off = off - 128 * mult
         nbw = kp // g
         # eight spare entries at the end: the AVX2 path loads a row's scales eight blocks at a time
         ws = np.zeros(n * nbw + 8, np.float16)
@@ -135,3 +132,25 @@ class CLowbitKernel(LinearKernel):
             lanes[..., b % 8] = lanes[..., b % 8] + d[..., b].to(torch.float32) * scale[..., b]
         s = lanes[..., :4] + lanes[..., 4:]
         return (s[..., 0] + s[..., 2]) + (s[..., 1] + s[..., 3])
+
+
+#: rows packed per step: the uint16 plane sums of a step stay a few MB whatever the layer (an LM head of
+#: 32000 rows took 700 MB above its stored bytes to build whole)
+_ROWS_PER_STEP = 256
+
+
+def _superblocks(u: np.ndarray, bits: int, sb: int) -> np.ndarray:
+    """(n, kp) unsigned codes -> the kernel's rows of 32-byte superblocks: bit plane p of byte j holds code
+    32 * p + j; 8-bit codes are stored signed (u - 128)."""
+    n, kp = u.shape
+    per = 8 // bits
+    shifts = (bits * np.arange(per, dtype=np.uint16))[:, None]
+    w = np.empty((n, kp // per), np.uint8)
+    for r in range(0, n, _ROWS_PER_STEP):
+        rows = u[r: r + _ROWS_PER_STEP]
+        planes = rows.reshape(len(rows), kp // sb, per, 32).astype(np.uint16) << shifts
+        packed = planes.sum(axis=2, dtype=np.uint16).reshape(len(rows), -1)
+        if bits == 8:
+            packed = (packed.astype(np.int16) - 128).astype(np.int8).view(np.uint8)
+        w[r: r + len(rows)] = packed
+    return w

@@ -21,15 +21,14 @@ from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
 
-def _unsigned(qt: QuantizedTensor, codes: torch.Tensor, zp: torch.Tensor | None):
-    """Unsigned codes ``u``, multiplier and offset with ``w = s * (mult * u - off)``.
+def _unsigned(qt: QuantizedTensor, zp: torch.Tensor | None):
+    """Unsigned codes ``u`` (uint8, (N, K)), multiplier and offset with ``w = s * (mult * u - off)``.
 
     Returns (u, mult, off) where ``off`` is a python int or an (N, nb) tensor.
     """
     q = qt.qtype
     mult, off = q.rules.affine(q)
-    u = q.rules.to_unsigned(codes, q).to(codes.dtype)
-    return u, mult, (off if zp is None else zp + off)
+    return qt.unsigned_codes().reshape(qt.shape), mult, (off if zp is None else zp + off)
 
 
 def _planes(width: int) -> list[int]:
@@ -95,24 +94,25 @@ class NumbaLowbitKernel(_NumbaKernel):
     @classmethod
     def from_qtensor(cls, qt: QuantizedTensor) -> "NumbaLowbitKernel":
         cls._require()
-        codes, scale, zp, g = weight_parts(qt)
+        _, scale, zp, g = weight_parts(qt, None)
         n, k = qt.shape
         nb = scale.shape[1]
         if nb > 1 and g % cls.group_multiple:
             raise KernelUnsupported(f"group size {g} is not a multiple of {cls.group_multiple}")
         gp = g if nb > 1 else -(-max(k, 1) // 8) * 8
         kp = nb * gp
-        u, mult, off = _unsigned(qt, codes, zp)
+        u, mult, off = _unsigned(qt, zp)
         width = qt.qtype.rules.width(qt.qtype)
         self = cls()
         self.n, self.k, self.nb, self.gp, self.kp = n, k, nb, gp, kp
         self.name = f"numba-{qt.qtype.name}"
-        up = np.zeros((n, kp), np.int16)
+        up = np.zeros((n, kp), np.uint8)  # one byte a weight: the build of an LM head stays near its stored size
         up[:, :k] = u.numpy()
+        del u
         self.planes = []  # (bits, packed rows, multiplier)
         if width == 8 and qt.qtype.signed:
             w8 = np.zeros((n, kp), np.int8)
-            w8[:, :k] = codes.numpy()
+            w8[:, :k] = np.subtract(up[:, :k], off, dtype=np.int16)  # the signed codes: mult * u - off, mult 1
             self.planes.append((8, w8, float(mult)))
             off = 0
         else:

@@ -26,40 +26,57 @@ from bitladder.tensor.quantized import QuantizedTensor
 HAVE_ORT = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
 
-def nbits_initializers(u: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, bits: int, block: int,
-                       prefix: str = "") -> tuple[list, list[str]]:
-    """MatMulNBits' weight initializers and input names (after the activation): ``B`` the codes in blocks,
-    ``S`` the scales, ``Z`` the packed zero points where there are any.
+def nbits_arrays(u: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, bits: int, block: int) -> dict:
+    """MatMulNBits' weight inputs by name: ``B`` the codes in blocks, ``S`` the scales, ``Z`` the packed zero
+    points where there are any.
 
     u: (N, K) unsigned codes, scale: (N, nblocks) fp32, zp: (N, nblocks) ints or None.
     """
-    from onnx import numpy_helper
-
     n, k = u.shape
     nb = scale.shape[1]
-    up = np.zeros((n, nb * block), np.uint8)
-    up[:, :k] = u
-    b = _pack(up.reshape(n, nb, block), bits)
-    inits = [numpy_helper.from_array(np.ascontiguousarray(b), f"{prefix}B"),
-             numpy_helper.from_array(np.ascontiguousarray(scale.reshape(-1), dtype=np.float32), f"{prefix}S")]
+    up = u
+    if nb * block != k:  # pad the last block with zero codes (a copy only where there is padding)
+        up = np.zeros((n, nb * block), np.uint8)
+        up[:, :k] = u
+    out = {"B": np.ascontiguousarray(_pack(up.reshape(n, nb, block), bits)),
+           "S": np.ascontiguousarray(scale.reshape(-1), dtype=np.float32)}
     if zp is not None:
-        inits.append(numpy_helper.from_array(_pack(zp, bits), f"{prefix}Z"))
+        out["Z"] = np.ascontiguousarray(_pack(zp, bits))
+    return out
+
+
+def nbits_initializers(u: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, bits: int, block: int,
+                       prefix: str = "") -> tuple[list, list[str]]:
+    """:func:`nbits_arrays` as graph initializers named ``prefix`` + name, and their names in input order."""
+    from onnx import numpy_helper
+
+    inits = [numpy_helper.from_array(a, prefix + name) for name, a in nbits_arrays(u, scale, zp, bits, block).items()]
     return inits, [i.name for i in inits]
 
 
 def build_session(u: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, bits: int, block: int,
-                  threads: int, accuracy_level: int = 4) -> "ort.InferenceSession":
-    """A one-node session of :func:`nbits_initializers`' weight.
+                  threads: int, accuracy_level: int = 4) -> tuple["ort.InferenceSession", list]:
+    """A one-node session of :func:`nbits_arrays`' weight, and what it reads from (the caller keeps it alive).
 
     ``accuracy_level`` 4 quantises activations to int8 per block; 0 keeps them fp32 (exact weight-only
-    numerics; onnxruntime has a fast fp32 path for 4-bit weights only).
+    numerics; onnxruntime has a fast fp32 path for 4-bit weights only). The weight reaches onnxruntime as
+    external initializers over these arrays: no protobuf copies of it (an LM head's build took 360 MB above
+    its stored bytes with them).
     """
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
     n, k = u.shape
-    inits, names = nbits_initializers(u, scale, zp, bits, block)
-    node = helper.make_node("MatMulNBits", ["x", *names], ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
+    arrays = nbits_arrays(u, scale, zp, bits, block)
+    inits = []
+    for name, a in arrays.items():  # declared external: their bytes come from the OrtValues below
+        t = helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape).type.tensor_type
+        proto = TensorProto(name=name, data_type=t.elem_type, dims=a.shape, data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", "bitladder-memory"), ("offset", "0"), ("length", str(a.nbytes))):
+            entry = proto.external_data.add()
+            entry.key, entry.value = key, value
+        inits.append(proto)
+    node = helper.make_node("MatMulNBits", ["x", *arrays], ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
                             block_size=block, accuracy_level=accuracy_level)
     graph = helper.make_graph([node], "bitladder_linear",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
@@ -76,7 +93,9 @@ def build_session(u: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, bits:
     # no arena: each layer's session would keep its largest output (rows x N x 4 bytes) for good; measured the same
     # speed at 1-300 rows on 4096^2 and 5 MB less per layer after 300 rows (docs/DESIGN.md, 'Every CPU')
     so.enable_cpu_mem_arena = False
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
+    so.add_external_initializers(list(arrays), values)
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]), [arrays, values, so]
 
 
 _ORT_BITS = {8: 8, 7: 8, 6: 8, 5: 8, 4: 4, 3: 4, 2: 2, 1: 2}  # code width -> the MatMulNBits width holding it
@@ -86,7 +105,7 @@ def nbits_parts(qt: QuantizedTensor, bits: int, groups: tuple[int, ...]):
     """(u, scale, zero points or None, block) of a weight stored at ``bits`` in MatMulNBits' blocks: u (N, K)
     uint8 codes with onnxruntime's default zero point ``2**(bits-1)`` for signed formats; one scale per row
     is replicated over blocks of 128."""
-    codes, scale, zp, g = weight_parts(qt)
+    _, scale, zp, g = weight_parts(qt, None)
     n, k = qt.shape
     if scale.shape[1] > 1:
         if g not in groups:
@@ -97,9 +116,15 @@ def nbits_parts(qt: QuantizedTensor, bits: int, groups: tuple[int, ...]):
         nb = math.ceil(k / block)
         scale = scale[:, :1].expand(n, nb).contiguous()
         zp = None if zp is None else zp[:, :1].expand(n, nb).contiguous()
-    if qt.qtype.signed:
-        return (codes + 2 ** (bits - 1)).numpy().astype(np.uint8), scale.numpy(), None, block
-    return codes.numpy().astype(np.uint8), scale.numpy(), zp.numpy().astype(np.uint8), block
+    u = qt.unsigned_codes().reshape(n, k).numpy()  # a fresh uint8 array: changed in place below
+    if not qt.qtype.signed:
+        return u, scale.numpy(), zp.numpy().astype(np.uint8), block
+    mult, off = qt.qtype.rules.affine(qt.qtype)  # code = mult * u - off; stored: code + 2**(bits-1), in 0..2**bits-1
+    if mult != 1:
+        u *= np.uint8(mult)
+    if 2 ** (bits - 1) - off:
+        u += np.uint8(2 ** (bits - 1) - off)
+    return u, scale.numpy(), None, block
 
 
 def integer_codes(qt: QuantizedTensor) -> bool:
@@ -145,8 +170,8 @@ class OrtNBitsKernel(LinearKernel):
         self.n, self.k = n, k
         self.bits = bits
         self.name = f"ort-w{bits}a8" if cls.accuracy_level else f"ort-w{bits}-fp32"
-        self._sess = build_session(u, scale, zarr, bits, block,
-                                   threads or torch.get_num_threads(), cls.accuracy_level)
+        self._sess, self._feeds = build_session(u, scale, zarr, bits, block,
+                                                threads or torch.get_num_threads(), cls.accuracy_level)
         self._bytes = n * math.ceil(k / block) * (block * bits // 8 + 4 + (0 if zarr is None else 1))
         return self
 

@@ -11,7 +11,7 @@ def pack_rows(u: np.ndarray, bits: int) -> np.ndarray:
     The last axis is zero-padded to a whole number of bytes; the result has the same leading axes.
     """
     per = 8 // bits
-    u = np.asarray(u).astype(np.uint8)
+    u = np.asarray(u).astype(np.uint8, copy=False)  # no copy of codes that are already bytes
     pad = (-u.shape[-1]) % per
     if pad:
         u = np.concatenate([u, np.zeros((*u.shape[:-1], pad), np.uint8)], axis=-1)

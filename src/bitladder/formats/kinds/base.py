@@ -110,7 +110,11 @@ class Kind(ABC):
 
     def unpack(self, packed: torch.Tensor, qtype: QType, n: int) -> torch.Tensor:
         """The first ``n`` codes of ``packed``, flat."""
-        return self.from_unsigned(packing.unpack_bits(packed, self.code_bits(qtype), n), qtype)
+        return self.from_unsigned(self.unpack_unsigned(packed, qtype, n), qtype)
+
+    def unpack_unsigned(self, packed: torch.Tensor, qtype: QType, n: int) -> torch.Tensor:
+        """The first ``n`` codes as the packer stores them (:meth:`to_unsigned`'s uint8), flat."""
+        return packing.unpack_bits(packed, self.code_bits(qtype), n)
 
     def packed_size(self, qtype: QType, n: int) -> int:
         """Bytes that ``n`` codes occupy packed."""

@@ -20,7 +20,10 @@ class Ternary(Kind):
         return packing.pack_ternary(self.to_unsigned(codes, qtype))
 
     def unpack(self, packed, qtype, n):
-        return self.from_unsigned(packing.unpack_ternary(packed, n), qtype)
+        return self.from_unsigned(self.unpack_unsigned(packed, qtype, n), qtype)
+
+    def unpack_unsigned(self, packed, qtype, n):
+        return packing.unpack_ternary(packed, n)
 
     def packed_size(self, qtype, n):
         return packing.ternary_nbytes(n)
