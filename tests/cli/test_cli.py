@@ -176,6 +176,18 @@ def test_bench_json_carries_the_machine_and_limit_fractions(tmp_path, monkeypatc
     assert data["rows"][0]["limit_fraction"] == pytest.approx((4 << 20) / 0.5e-3 / 16e9, rel=1e-3)
 
 
+@pytest.mark.parametrize("command", [["ladder"], ["mixed"]])
+def test_a_model_that_does_not_resolve_leaves_no_output_folder(tmp_path, capsys, command):
+    from bitladder.cli.app import main
+
+    (tmp_path / "kept").mkdir()  # a folder the user made is never removed
+    for out in (tmp_path / "new" / "run", tmp_path / "kept"):
+        with pytest.raises(SystemExit) as e:
+            main([*command, "--model", "nosuch", "--out", str(out)])
+        assert e.value.code == 2 and "unknown model 'nosuch'" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists() and (tmp_path / "kept").is_dir()
+
+
 def test_a_factory_that_raises_is_named_in_one_line(tmp_path):
     one_line_error(cli("ladder", "--model", "tests.zoo.user_models:raises", "--out", str(tmp_path / "o")),
                    "factory 'tests.zoo.user_models:raises' raised RuntimeError", "/data/missing")

@@ -44,14 +44,13 @@ def ladder(
 ) -> None:
     """Quantise to each rung, save, reload, and measure fidelity, size and speed."""
     from bitladder.pipeline.ladder.rungs import parse_rungs
-    from bitladder.pipeline.ladder.run import check_out_dir, run_ladder
+    from bitladder.pipeline.ladder.run import out_dir, run_ladder
     from bitladder.pipeline.report.html import write_report
     from bitladder.zoo.registry import resolve, with_task
 
     configs = parse_rungs(r for r in rungs.split(",") if r.strip())  # a bad rung fails before the model loads
     model = with_task(model, task)  # so does a task the checkpoint cannot serve
-    check_out_dir(out)
-    with console.status(f"loading {model}"):
+    with out_dir(out), console.status(f"loading {model}"):
         spec = resolve(model, data)
     configs = configs or parse_rungs(spec.default_rungs)
     from bitladder.cli.table import ladder_table, warning_lines
@@ -100,7 +99,7 @@ def compress(
 ) -> None:
     """Run a recipe: prune, quantise, train low-bit layers, distil, export and evaluate, in one go."""
     from bitladder.pipeline.recipe.compress import run_recipe
-    from bitladder.pipeline.ladder.run import check_out_dir
+    from bitladder.pipeline.ladder.run import out_dir
     from bitladder.pipeline.recipe.parse import load_recipe
     from bitladder.pipeline.report.html import write_report
     from bitladder.zoo.registry import resolve, with_task
@@ -114,8 +113,7 @@ def compress(
         parsed.pipelined(pipeline, microbatches, timeout)
     out = out or Path(parsed.out or f"runs/{parsed.name}")
     model = with_task(parsed.model, task)
-    check_out_dir(out)
-    with console.status(f"loading {parsed.model}"):
+    with out_dir(out), console.status(f"loading {parsed.model}"):
         spec = resolve(model, data)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -203,7 +201,7 @@ def mixed(
     task: str = typer.Option(None, help=TASK_HELP),
 ) -> None:
     """Per-layer sensitivity, then a per-layer format meeting a bits-per-weight budget."""
-    from bitladder.pipeline.ladder.run import check_out_dir
+    from bitladder.pipeline.ladder.run import out_dir
     from bitladder.pipeline.ladder.mixed import run_mixed
     from bitladder.pipeline.ladder.rungs import parse_rungs
     from bitladder.zoo.registry import resolve, with_task
@@ -212,8 +210,7 @@ def mixed(
     if not 0 < budget <= 64:
         raise BitladderError(f"budget must be in (0, 64] bits per weight, got {budget}")
     model = with_task(model, task)
-    check_out_dir(out)
-    with console.status(f"loading {model}"):
+    with out_dir(out), console.status(f"loading {model}"):
         spec = resolve(model, data)
     with console.status("measuring per-layer sensitivity"):
         res = run_mixed(spec, configs, budget, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -39,6 +40,22 @@ def check_out_dir(out: Path) -> Path:
     except OSError as e:
         raise BitladderError(f"cannot write to output folder {out}: {e.strerror or e}") from None
     return out
+
+
+@contextlib.contextmanager
+def out_dir(out: Path):
+    """:func:`check_out_dir` for the work in the ``with`` block; a folder made here that is still empty when
+    the block fails (a model that does not resolve) is removed again, so bad input leaves nothing behind."""
+    made = [p for p in (out, *out.parents) if not p.exists()]  # out and the parents it creates, deepest first
+    check_out_dir(out)
+    try:
+        yield out
+    except BaseException:
+        for p in made:
+            if not p.is_dir() or any(p.iterdir()):
+                break
+            p.rmdir()
+        raise
 
 
 def write_json(path: Path, data: dict) -> None:
