@@ -25,6 +25,6 @@ def save(model, path, source=None, config=None, structure=None):
 def load(path, model=None):
     """Load an artifact written by :func:`save`; see :mod:`bitladder.io.artifact`."""
     from bitladder.io.artifact import load as _load
-    from bitladder.zoo.registry import build_builtin
+    from bitladder.zoo.registry import build_for_load
 
-    return _load(path, model=model, builder=build_builtin)
+    return _load(path, model=model, builder=build_for_load)

@@ -109,3 +109,22 @@ def test_an_unknown_architecture_names_what_is_accepted(tmp_path):
 
     with pytest.raises(BitladderError, match="unsupported architecture 'resnet'.*transformers' causal LMs"):
         resolve(str(tmp_path / "m"))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_load_of_a_folder_artifact_reads_no_float_checkpoint(tmp_path, monkeypatch, tied):
+    # bitladder.load builds the architecture without weights and takes every tensor from the artifact
+    import bitladder
+    from bitladder import Int
+
+    folder = llama_folder(tmp_path / "m", layers=2, tied=tied)
+    model = build_builtin(hf_folder.source_of(folder))
+    x = torch.randint(0, 300, (2, 16))
+    for name, q in (("fp32", model), ("int4", bitladder.quantize(model, Int(4, group=32), exclude=["*embed_tokens"]))):
+        path = bitladder.save(q, tmp_path / f"{name}.safetensors", source=hf_folder.source_of(folder))
+        with monkeypatch.context() as m:
+            m.setattr(hf_folder.Shards, "get", lambda *a, **k: pytest.fail("the float checkpoint was read"))
+            back = bitladder.load(path)
+        assert not any(t.is_meta for t in [*back.parameters(), *back.buffers()])
+        with torch.no_grad():
+            assert torch.equal(back(x), q(x)), name

@@ -164,9 +164,14 @@ def load(path: str | os.PathLike, model: nn.Module | None = None,
             continue
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
+    # a model built without weights (parameters on meta) takes the stored tensors themselves
+    assign = any(p.is_meta for p in model.parameters())
     try:
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(tensors, strict=True, assign=assign)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise BitladderError(f"artifact does not match the model: {' '.join(first[:3])[:400]}") from None
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # a tensor no artifact stores (the builder left it unbuilt)
+        raise BitladderError(f"{Path(path).name} holds no values for {left[:3]} and the model was built without them")
     return model.eval()

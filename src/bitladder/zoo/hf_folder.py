@@ -202,9 +202,10 @@ def fill(module: nn.Module, prefix: str, shards: Shards, tied: bool) -> nn.Modul
     return module
 
 
-def build(name: str) -> nn.Module:
+def build(name: str, weights: bool = True) -> nn.Module:
     """The whole float model of an HF folder (``hf:PATH`` or a path, optionally ``?task=``), weights read from
-    its shards."""
+    its shards. ``weights=False`` (an artifact's loader, which assigns every stored tensor): a streamable
+    causal LM comes as its skeleton, nothing read; other kinds are built whole as usual."""
     folder = folder_of(name)
     task = task_of(folder, split_task(name)[1])
     if task == "classification":
@@ -216,7 +217,7 @@ def build(name: str) -> nn.Module:
     if read_config(folder, whole=True)["model_type"] not in ARCHITECTURES:
         return _whole_causal(folder)
     model = skeleton(folder)
-    if torch.empty(0).is_meta:  # built under torch.device("meta") (pipeline stages plan on shapes): read nothing
+    if not weights or torch.empty(0).is_meta:  # an artifact's loader, or a pipeline's plan on shapes: read nothing
         return model.eval()
     shards = Shards(folder)
     lm = model.lm

@@ -34,8 +34,10 @@ def _builtin_spec(name: str) -> ModelSpec:
     return _builtin_module(name).spec()
 
 
-def build_builtin(source: str | None) -> nn.Module:
-    """The float model for an artifact's recorded source (built-ins only: never import by metadata)."""
+def build_builtin(source: str | None, weights: bool = True) -> nn.Module:
+    """The float model for an artifact's recorded source (built-ins only: never import by metadata).
+    ``weights=False``: where the source allows it (a streamable Hugging Face causal LM), parameters on the meta
+    device and nothing read; an artifact's loader assigns every stored tensor."""
     if source == "digits":
         from bitladder.zoo.digits import DigitsCNN
 
@@ -45,9 +47,14 @@ def build_builtin(source: str | None) -> nn.Module:
     if isinstance(source, str) and source.startswith("hf:"):  # a Hugging Face folder: safetensors only, no code
         from bitladder.zoo import hf_folder
 
-        return hf_folder.build(source)
+        return hf_folder.build(source, weights=weights)
     raise BitladderError(f"artifact source {source!r} is not a built-in model; pass the float model "
                          "(Python: load(path, model=...)) to load it")
+
+
+def build_for_load(source: str | None) -> nn.Module:
+    """The model an artifact's loader fills from its recorded source: :func:`build_builtin` without weights."""
+    return build_builtin(source, weights=False)
 
 
 def with_task(name: str, task: str | None) -> str:

@@ -27,7 +27,7 @@ from bitladder.pipeline.recipe.steps import Evaluate, Export, State, finalize
 from bitladder.pipeline.measure.robustness import robustness
 from bitladder.pipeline.ladder.summary import summarize
 from bitladder.zoo.spec import ModelSpec
-from bitladder.zoo.registry import build_builtin
+from bitladder.zoo.registry import build_for_load
 from bitladder.io.filenames import safe_stem
 from bitladder.pipeline.measure.warn import Facts, sample_count, warnings_for
 
@@ -96,7 +96,7 @@ def run_recipe(recipe, spec: ModelSpec, out: Path,
     fp32_path = save(spec.model, out / "fp32.safetensors.tmp-size", source=spec.source)
     fp32_bytes = fp32_path.stat().st_size
     fp32_path.unlink()
-    back = load(path, model=spec.fresh_model()) if spec.source is None else load(path, builder=build_builtin)
+    back = load(path, model=spec.fresh_model()) if spec.source is None else load(path, builder=build_for_load)
     local = outputs(back, spec.eval_batches)
     pipelined = None if pipe is None else staged.staged(path, spec, pipe, ref, local)  # others wait: first
     row = _measure(spec, back, ref, base, ev, local)

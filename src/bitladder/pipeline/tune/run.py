@@ -18,7 +18,7 @@ from bitladder.pipeline.tune import study as T
 from bitladder.pipeline.measure.evaluate import fidelity, outputs
 from bitladder.pipeline.ladder.run import SCHEMA, check_out_dir, write_json
 from bitladder.pipeline.measure.machine import machine
-from bitladder.zoo.registry import build_builtin
+from bitladder.zoo.registry import build_for_load
 from bitladder.io.filenames import safe_stem
 from bitladder.pipeline.measure.warn import Facts, float_bytes, sample_count, warnings_for
 
@@ -245,7 +245,7 @@ def _measure_best(model: str, params: dict, out: Path, name: str, data: str | No
     floats = T.reshape(spec, params, names)
     path = save(built, out / f"{safe_stem(name)}.safetensors", source=spec.source,
                 config={"type": "Tuned", "params": params}, structure=describe(floats, spec.fresh_model()))
-    back = load(path, builder=build_builtin) if spec.source else load(path, model=spec.fresh_model())
+    back = load(path, builder=build_for_load) if spec.source else load(path, model=spec.fresh_model())
     row: dict = {"rung": name, "config": {"type": "Tuned", "params": params}, "artifact": path.name,
                  "bytes_on_disk": path.stat().st_size}
     for label, s in (("", spec), ("search_", search), ("heldout_", held)):
