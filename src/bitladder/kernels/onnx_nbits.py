@@ -70,8 +70,8 @@ def build_session(u: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, bits:
     arrays = nbits_arrays(u, scale, zp, bits, block)
     inits = []
     for name, a in arrays.items():  # declared external: their bytes come from the OrtValues below
-        t = helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape).type.tensor_type
-        proto = TensorProto(name=name, data_type=t.elem_type, dims=a.shape, data_location=TensorProto.EXTERNAL)
+        proto = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(a.dtype), dims=a.shape,
+                            data_location=TensorProto.EXTERNAL)
         for key, value in (("location", "bitladder-memory"), ("offset", "0"), ("length", str(a.nbytes))):
             entry = proto.external_data.add()
             entry.key, entry.value = key, value
