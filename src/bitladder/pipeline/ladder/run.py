@@ -23,6 +23,7 @@ from bitladder.methods.quantize.configs import QuantConfig
 from bitladder.pipeline.ladder.rungs import parse_rungs
 from bitladder.pipeline.parallel import staged
 from bitladder.pipeline.parallel.evaluate import Pipeline
+from bitladder.zoo.registry import build_for_load
 from bitladder.zoo.spec import ModelSpec
 from bitladder.io.filenames import safe_stem
 from bitladder.pipeline.measure.warn import Facts, sample_count, warnings_for
@@ -84,7 +85,9 @@ def run_rung(spec: ModelSpec, rung: str, cfg: QuantConfig, out: Path, ref: torch
     qmodel = quantize(spec.model, cfg, calib=spec.calib_batches if needs else None)
     quant_s = time.perf_counter() - t0
     path = save(qmodel, rung_path(out, spec, rung), source=spec.source, config=cfg.to_dict())
-    reloaded = load(path, model=spec.fresh_model())
+    # a recorded source rebuilds without reading float weights it would replace (a Hugging Face causal LM's
+    # checkpoint); a factory's model is built by the factory
+    reloaded = load(path, builder=build_for_load) if spec.source else load(path, model=spec.fresh_model())
     out_mem = outputs(qmodel, spec.eval_batches)
     out_disk = outputs(reloaded, spec.eval_batches)
     pipelined = None if pipeline is None else staged.staged(path, spec, pipeline, ref, out_disk)  # others wait
