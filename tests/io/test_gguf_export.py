@@ -92,9 +92,20 @@ def test_tied_embeddings_are_written_once_and_an_untied_head_is_kept(tmp_path):
         assert torch.allclose(_reload_logits(path, x), q(x), atol=1e-4, rtol=1e-4)
 
 
+def test_awq_folded_into_the_model_exports_and_runs_to_its_logits(tmp_path):
+    # AWQ's scales live in the RMSNorms and in v_proj / up_proj rows (grouped-query attention here): no multiply
+    q = bitladder.quantize(_tiny(), Int(bits=4, group=32, method=AWQ(grid=5)), calib=_calib())
+    assert not any("in_scale" in m._qmeta for m in q.modules() if isinstance(m, QuantModule))
+    path = export_gguf(q, tmp_path / "m.gguf")
+    x = torch.randint(0, 256, (2, 24))
+    with torch.no_grad():
+        assert torch.allclose(_reload_logits(path, x), q(x), atol=1e-4, rtol=1e-4)
+
+
 def test_an_awq_input_scale_folds_into_the_norm_before_it(tmp_path):
-    # the output layer reads the final RMSNorm alone: its input scale becomes that norm's weight
-    q = bitladder.quantize(_tiny(), Int(bits=4, group=32, method=AWQ()), include=["lm.lm_head"], calib=_calib())
+    # kept as a multiply, the output layer's scale still folds at export: it reads the final RMSNorm alone
+    q = bitladder.quantize(_tiny(), Int(bits=4, group=32, method=AWQ(fold=False)), include=["lm.lm_head"],
+                           calib=_calib())
     assert "in_scale" in q.lm.lm_head._qmeta
     path = export_gguf(q, tmp_path / "m.gguf")
     x = torch.randint(0, 256, (2, 24))
@@ -106,9 +117,9 @@ def test_an_awq_input_scale_folds_into_the_norm_before_it(tmp_path):
 @pytest.mark.parametrize("include, match", [(None, "o_proj.*cannot hold"),
                                             (["*_proj"], "different input scales")])
 def test_awq_scales_gguf_cannot_hold_are_refused(tmp_path, include, match):
-    # bitladder's AWQ searches a scale per layer: q, k and v differ, and o_proj / down_proj have no norm
+    # scales kept per layer (fold=False): q, k and v differ, and o_proj / down_proj have no norm
     exclude = ["*o_proj", "*down_proj"] if include else None
-    q = bitladder.quantize(_tiny(), Int(bits=4, group=32, method=AWQ()), include=include, exclude=exclude,
+    q = bitladder.quantize(_tiny(), Int(bits=4, group=32, method=AWQ(fold=False)), include=include, exclude=exclude,
                            calib=_calib())
     with pytest.raises(BitladderError, match=match):
         export_gguf(q, tmp_path / "m.gguf")

@@ -3,8 +3,9 @@
 Quantised weights keep bitladder's own codes and scales (:mod:`.gguf_blocks` picks the ggml block type
 that holds each exactly); float tensors are written as F32. Names and metadata follow llama.cpp's
 ``llama`` architecture, including its rotary layout: the rows of q and k are reordered within each head
-from Hugging Face's half-split order to interleaved pairs. AWQ / SmoothQuant input scales of the layers
-read from an RMSNorm (q, k, v; gate, up) are folded into that norm's weight. Per-token dynamic activations
+from Hugging Face's half-split order to interleaved pairs. AWQ's default already folds its scales into the
+model (:mod:`bitladder.methods.quantize.fold`); input scales still kept on layers that read an RMSNorm
+(q, k, v; gate, up; the head) are folded here into that norm's weight when they are equal. Per-token dynamic activations
 need nothing stored: llama.cpp quantises activations to 8 bits per 32 values itself. Anything GGUF cannot
 hold (static activation grids, input scales elsewhere, biases, formats without a block type) is refused
 with the layer and the reason, never written as a different model.
@@ -90,7 +91,7 @@ def _norm_scales(hf: nn.Module, modules: dict[str, nn.Module]) -> dict[str, torc
         if "in_scale" in getattr(m, "_qmeta", {}) and name not in foldable:
             raise BitladderError(f"layer {name!r} multiplies its inputs by an input scale (AWQ / SmoothQuant) "
                                  f"that GGUF cannot hold: only the RMSNorms before q/k/v, gate/up and the output "
-                                 f"can take one (quantise that layer with GPTQ or RTN, or exclude it)")
+                                 f"can take one (use AWQ(fold=True), GPTQ or RTN, or exclude it)")
     out: dict[str, torch.Tensor] = {}
     for norm, fed in groups.items():
         scales = [modules[f].in_scale if "in_scale" in getattr(modules.get(f), "_qmeta", {}) else None

@@ -9,7 +9,8 @@ to bitladder's dequantised weight, so compressed-tensors' own packer recovers ex
 
 Held: symmetric integer weights of 2-8 bits, per channel or per group along the input, on Linear layers.
 Refused, with the layer and reason: zero points (integer ones do not load back, see :func:`_args`; HQQ's are
-floats), input scales (AWQ / SmoothQuant), static activation grids, and non-integer formats.
+floats), input scales kept on a layer (SmoothQuant, ``AWQ(fold=False)``; AWQ's default folds them into the
+model's norms and rows), static activation grids, and non-integer formats.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _check(name: str, m: nn.Module) -> None:
                              f"Linear layers only; keep this layer in float (exclude it)")
     if "in_scale" in m._qmeta:
         raise BitladderError(f"layer {name!r} multiplies its inputs by an input scale (AWQ / SmoothQuant), "
-                             f"which compressed-tensors cannot hold: quantise with GPTQ, RTN or HQQ-free formats")
+                             f"which compressed-tensors cannot hold: use AWQ(fold=True) on a Llama-family model, GPTQ or RTN")
     if "act" in m._qmeta:
         raise BitladderError(f"layer {name!r} quantises its activations on a calibrated grid; "
                              f"compressed-tensors export holds weight-only models here")

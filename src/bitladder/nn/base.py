@@ -203,6 +203,24 @@ class QuantModule(nn.Module):
         self._qmeta["in_scale"] = int(s.numel())
         self._forget_picks()
 
+    def can_scale_outputs(self) -> bool:
+        """Whether :meth:`scale_outputs` applies: the weight dequantises linearly in scales held per output row."""
+        qt = self.qweight
+        return (qt.scale is not None and qt.table is None and qt.layout.granularity in ("channel", "group")
+                and qt.layout.axis == self.weight_axis)
+
+    def scale_outputs(self, t: torch.Tensor) -> None:
+        """Multiply the layer's outputs by ``t`` per output channel: its row scales (rounded to their storage
+        dtype; the codes stay) and its bias. Folds the next layer's input scale into this one (AWQ)."""
+        if not self.can_scale_outputs():
+            raise ValueError(f"{type(self).__name__} ({self._qmeta['qtype']}, {self._qmeta['layout']}) "
+                             f"has no per-output-row scales to fold into")
+        s = self.weight_scale
+        self.weight_scale = (s.float() * t.float().reshape(-1, *[1] * (s.dim() - 1))).to(s.dtype)
+        if getattr(self, "bias", None) is not None:
+            self.bias.data = self.bias.data * t.to(self.bias.dtype)
+        self._kernels = KernelCache()
+
     def set_act(self, qtype: str, scale: torch.Tensor, zero_point: torch.Tensor, observer: str) -> None:
         """Quantise inputs statically to ``qtype`` with a calibrated scale and zero point."""
         self.register_buffer("act_scale", scale.detach().float().reshape(1).clone())

@@ -9,8 +9,9 @@ from torch import nn
 from bitladder.formats.layout import Layout
 from bitladder.formats.qtypes import get_qtype
 from bitladder.methods.quantize.adaround import adaround_rows
-from bitladder.methods.quantize.awq import awq_tensor
+from bitladder.methods.quantize.awq import awq_tensor, awq_tensors
 from bitladder.methods.quantize.calibrate import SampleCollector, blockwise
+from bitladder.methods.quantize.fold import apply_fold, can_fold, fold_plan
 from bitladder.methods.quantize.gptq import HessianCollector, gptq_rows
 from bitladder.methods.quantize.methods import AWQ, GPTQ, AdaRound
 from bitladder.methods.quantize.swap import replace, swap
@@ -76,15 +77,17 @@ def calibrated_swap(model: nn.Module, names: list[str], targets: dict[str, type]
                     calib: list[Any]) -> list[str]:
     """Quantise ``names`` with the calibrated ``method`` block by block; returns the layers it left alone."""
     make, apply = calibrated_apply(model, targets, config, method)
-    return blockwise(model, names, calib, make, apply)
+    return blockwise(model, names, calib, make, apply, group=True)
 
 
 def calibrated_apply(model: nn.Module, targets: dict[str, type], config, method):
-    """``(make, apply)`` for :func:`~bitladder.methods.quantize.calibrate.blockwise`: a collector per layer, and
-    the swap of a layer (named in ``model``) for its quantised counterpart once its inputs are collected."""
+    """``(make, apply)`` for :func:`~bitladder.methods.quantize.calibrate.blockwise` in group mode: a collector
+    per layer, and the swap of each group of layers reading one tensor (named in ``model``) for their
+    quantised counterparts once their inputs are collected."""
     make_collector, build = CALIBRATED[type(method)]
+    plan = fold_plan(model) if isinstance(method, AWQ) and method.fold else {}
 
-    def apply(name: str, module: nn.Module, collector) -> None:
+    def one(name: str, module: nn.Module, collector) -> None:
         built = build(config, method, module, targets[name], collector)
         if built is None:  # the method does not apply to this layer: round to nearest
             replace(model, name, swap(module, config, targets[name], name))
@@ -95,4 +98,29 @@ def calibrated_apply(model: nn.Module, targets: dict[str, type], config, method)
             new.set_in_scale(in_scale)
         replace(model, name, new)
 
+    def apply(group: list) -> None:
+        if not _folded(model, plan, targets, config, method, group):
+            for name, module, collector in group:
+                one(name, module, collector)
+
     return (lambda n, m: make_collector(m)), apply
+
+
+def _folded(model: nn.Module, plan: dict, targets: dict[str, type], config, method, group: list) -> bool:
+    """AWQ with one scale for the whole group, folded into the layer that produces its input (:mod:`.fold`);
+    False (nothing done) where the group is not exactly the consumers of one registered producer."""
+    fold = plan.get(group[0][0])
+    names = [n for n, _, _ in group]
+    if fold is None or sorted(names) != sorted(fold.consumers) or not can_fold(model, fold):
+        return False
+    handlers = [targets[n] for n in names]
+    if any(h.weight_axis != 0 or getattr(h, "in_channel_dim", -1) != -1 for h in handlers):
+        return False
+    qts, in_scale = awq_tensors([m.weight.detach() for _, m, _ in group], 0, group[0][2], config, method, fold.tie)
+    news = [swap(m, config, h, n, qt=qt, method_name=method.name) for (n, m, _), h, qt in zip(group, handlers, qts)]
+    if any(new is None for new in news):
+        return False
+    apply_fold(model, fold, in_scale)
+    for name, new in zip(names, news):
+        replace(model, name, new)
+    return True

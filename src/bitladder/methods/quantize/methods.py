@@ -94,6 +94,9 @@ class GPTQ(_Method):
 class AWQ(_Method):
     """AWQ (Lin et al., 2023): activation-aware channel scaling searched on ``grid`` exponents,
     then activation-weighted clipping. Linear-like layers; others fall back to round-to-nearest.
+    With ``fold`` (on families with fold rules, :mod:`bitladder.methods.quantize.fold`) the layers reading
+    one tensor share a scale whose inverse goes into the norm or Linear producing it, so the model exports
+    to formats without input multipliers; elsewhere each layer keeps its own multiplier (``in_scale``).
 
     >>> import torch, bitladder
     >>> lin = torch.nn.Linear(32, 8)
@@ -104,6 +107,7 @@ class AWQ(_Method):
 
     grid: int = 20
     clip_search: bool = True
+    fold: bool = True
     needs_data: ClassVar[bool] = True
     min_samples: ClassVar[int] = 16
 

@@ -184,7 +184,7 @@ class _Job:
         if self.method.needs_data:
             data = [n for n in mine if _data_ready(self.model.get_submodule(n))]
             make, apply = calibrated_apply(self.model, self.targets, self.config, self.method)
-            groups(block, data, calls, self.masks, make, apply, name + ".", False)
+            groups(block, data, calls, self.masks, make, apply, name + ".", True)
             self._swap_rest(n for n in mine if n not in data)
             block = self.model.get_submodule(name)
             return [advance(c, first_output(block(*c[0], **c[1]))) for c in calls]
@@ -204,7 +204,7 @@ class _Job:
             data = [n for n in mine if _data_ready(self.model.get_submodule(n))]
             make, apply = calibrated_apply(self.model, self.targets, self.config, self.method)
             whole = [((_hidden(c),), {}) for c in calls]
-            idle = groups(_Head(lm.model.norm, lm.lm_head), data, whole, self.masks, make, apply, "lm.", False)
+            idle = groups(_Head(lm.model.norm, lm.lm_head), data, whole, self.masks, make, apply, "lm.", True)
             idle += [n for n in mine if n not in data]
         self._swap_rest(idle)
 
