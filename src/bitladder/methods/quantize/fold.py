@@ -26,12 +26,13 @@ FAMILIES: dict[str, tuple["Rule", ...]] = {}  # Hugging Face model_type -> its f
 class Rule:
     """``producer``'s output is exactly what ``consumers`` read (templates under the Hugging Face model's root;
     ``{i}`` is each decoder layer). ``kind``: "norm" (scale the weight and bias), "rows" (a Linear's output
-    rows) or "heads" (``v_proj``'s rows, repeated over the query heads that share a key/value head)."""
+    rows) or "heads" (``v_proj``'s rows, repeated over the query heads that share a key/value head).
+    ``untied_only``: the rule holds only where the LM head does not share the embedding's weight."""
 
     producer: str
     consumers: tuple[str, ...]
     kind: str
-    applies: Callable[[object], bool] = lambda cfg: True
+    untied_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def _llama() -> tuple[Rule, ...]:
             Rule(layer + "post_attention_layernorm", (layer + "mlp.gate_proj", layer + "mlp.up_proj"), "norm"),
             Rule(layer + "mlp.up_proj", (layer + "mlp.down_proj",), "rows"),
             # a tied head shares its weight with the embedding, which must not change
-            Rule("model.norm", ("lm_head",), "norm", lambda cfg: not getattr(cfg, "tie_word_embeddings", False)))
+            Rule("model.norm", ("lm_head",), "norm", untied_only=True))
 
 
 def _hf_root(model: nn.Module) -> tuple[str, object] | None:
@@ -96,7 +97,7 @@ def fold_plan(model: nn.Module) -> dict[str, Fold]:
     modules = dict(model.named_modules())
     plan: dict[str, Fold] = {}
     for rule in FAMILIES[cfg.model_type]:
-        if not rule.applies(cfg):
+        if rule.untied_only and getattr(cfg, "tie_word_embeddings", False):
             continue
         blocks = range(cfg.num_hidden_layers) if "{i}" in rule.producer else [0]
         for i in blocks:
