@@ -9,7 +9,26 @@ import bitladder
 from bitladder import AWQ, Int
 from bitladder.methods.quantize.fold import apply_fold, can_fold, fold_plan, tied_mean
 from bitladder.nn.base import QuantModule
+from bitladder.zoo.causal_lm import CausalLM
 from tests.io.tiny_lm import calib_batches, tiny_llama
+
+
+def tiny_qwen2(tied: bool = False) -> CausalLM:
+    """Qwen2: Llama's layout with biases on q, k and v (the v bias must scale with its rows)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=tied)
+    lm = Qwen2ForCausalLM(cfg)
+    with torch.no_grad():  # transformers initialises biases to 0: make them matter
+        for layer in lm.model.layers:
+            layer.self_attn.v_proj.bias.normal_()
+    return CausalLM(lm).eval()
+
+
+BUILDERS = {"llama": tiny_llama, "qwen2": tiny_qwen2}
 
 
 def test_plan_names_the_producer_of_every_llama_layer_input():
@@ -29,10 +48,10 @@ def test_plan_names_the_producer_of_every_llama_layer_input():
 
 
 @settings(max_examples=8, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), tied=st.booleans())
-def test_every_fold_keeps_the_float_model_the_same(seed, tied):
+@given(seed=st.integers(0, 2**31 - 1), tied=st.booleans(), family=st.sampled_from(sorted(BUILDERS)))
+def test_every_fold_keeps_the_float_model_the_same(seed, tied, family):
     # the producer takes in_scale, the consumers' weights its inverse: the function must not change
-    model = tiny_llama(tied=tied)
+    model = BUILDERS[family](tied=tied)
     x = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         ref = model(x)
@@ -65,8 +84,9 @@ def test_a_quantised_producer_scales_its_rows_and_keeps_its_codes():
         whole.scale_outputs(t)
 
 
-def test_awq_on_a_llama_leaves_no_multiply_and_stays_close():
-    model = tiny_llama()
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_awq_on_a_llama_family_model_leaves_no_multiply_and_stays_close(family):
+    model = BUILDERS[family]()
     calib = calib_batches()
     folded = bitladder.quantize(model, Int(4, group=32, method=AWQ(grid=10)), calib=calib)
     kept = bitladder.quantize(model, Int(4, group=32, method=AWQ(grid=10, fold=False)), calib=calib)
