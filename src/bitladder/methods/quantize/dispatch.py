@@ -76,51 +76,75 @@ def _in_features(module: nn.Module) -> int:
 def calibrated_swap(model: nn.Module, names: list[str], targets: dict[str, type], config, method,
                     calib: list[Any]) -> list[str]:
     """Quantise ``names`` with the calibrated ``method`` block by block; returns the layers it left alone."""
-    make, apply = calibrated_apply(model, targets, config, method)
-    return blockwise(model, names, calib, make, apply, group=True)
+    make, apply, settle = calibrated_apply(model, targets, config, method)
+    try:
+        return blockwise(model, names, calib, make, apply, group=True)
+    finally:
+        settle()
 
 
 def calibrated_apply(model: nn.Module, targets: dict[str, type], config, method):
-    """``(make, apply)`` for :func:`~bitladder.methods.quantize.calibrate.blockwise` in group mode: a collector
-    per layer, and the swap of each group of layers reading one tensor (named in ``model``) for their
-    quantised counterparts once their inputs are collected."""
+    """``(make, apply, settle)`` for :func:`~bitladder.methods.quantize.calibrate.blockwise` in group mode: a
+    collector per layer, and the swap of each group of layers reading one tensor (named in ``model``) for their
+    quantised counterparts once their inputs are collected.
+
+    Until ``settle()``, the new layers compute on the reference path (dequantise + fp32): the later groups'
+    statistics then do not depend on the host's kernels (int8 activations at few rows, ISA-specific paths),
+    and no kernel (numba compile, onnxruntime session) is built for a pass that runs a few times.
+    ``settle()`` gives them the config's kernel policy."""
     make_collector, build = CALIBRATED[type(method)]
     plan = fold_plan(model) if isinstance(method, AWQ) and method.fold else {}
+    created: list[nn.Module] = []
+
+    def place(name: str, new: nn.Module | None) -> None:
+        if new is not None and "kernel_policy" in type(new).__dict__:
+            new.set_kernel_policy("dequant-fp32")
+            created.append(new)
+        replace(model, name, new)
 
     def one(name: str, module: nn.Module, collector) -> None:
         built = build(config, method, module, targets[name], collector)
         if built is None:  # the method does not apply to this layer: round to nearest
-            replace(model, name, swap(module, config, targets[name], name))
+            place(name, swap(module, config, targets[name], name))
             return
         qt, in_scale = built if isinstance(built, tuple) else (built, None)
         new = swap(module, config, targets[name], name, qt=qt, method_name=method.name)
         if new is not None and in_scale is not None:
             new.set_in_scale(in_scale)
-        replace(model, name, new)
+        place(name, new)
 
     def apply(group: list) -> None:
-        if not _folded(model, plan, targets, config, method, group):
-            for name, module, collector in group:
-                one(name, module, collector)
+        news = _folded(model, plan, targets, config, method, group)
+        if news is not None:
+            for (name, _, _), new in zip(group, news):
+                place(name, new)
+            return
+        for name, module, collector in group:
+            one(name, module, collector)
 
-    return (lambda n, m: make_collector(m)), apply
+    def settle() -> None:
+        policy = getattr(config, "kernel", "auto")
+        for m in created:
+            m.set_kernel_policy(policy)
+        created.clear()
+
+    return (lambda n, m: make_collector(m)), apply, settle
 
 
-def _folded(model: nn.Module, plan: dict, targets: dict[str, type], config, method, group: list) -> bool:
-    """AWQ with one scale for the whole group, folded into the layer that produces its input (:mod:`.fold`);
-    False (nothing done) where the group is not exactly the consumers of one registered producer."""
+def _folded(model: nn.Module, plan: dict, targets: dict[str, type], config, method, group: list) -> list | None:
+    """AWQ with one scale for the whole group, folded into the layer that produces its input (:mod:`.fold`):
+    the group's quantised layers, or None (nothing done) where the group is not exactly the consumers of one
+    registered producer."""
     fold = plan.get(group[0][0])
     names = [n for n, _, _ in group]
     if fold is None or sorted(names) != sorted(fold.consumers) or not can_fold(model, fold):
-        return False
+        return None
     handlers = [targets[n] for n in names]
     if any(h.weight_axis != 0 or getattr(h, "in_channel_dim", -1) != -1 for h in handlers):
-        return False
+        return None
     qts, in_scale = awq_tensors([m.weight.detach() for _, m, _ in group], 0, group[0][2], config, method, fold.tie)
     news = [swap(m, config, h, n, qt=qt, method_name=method.name) for (n, m, _), h, qt in zip(group, handlers, qts)]
     if any(new is None for new in news):
-        return False
+        return None
     apply_fold(model, fold, in_scale)
-    for name, new in zip(names, news):
-        replace(model, name, new)
-    return True
+    return news

@@ -183,11 +183,14 @@ class _Job:
         check_finite(self.model, list(mine))
         if self.method.needs_data:
             data = [n for n in mine if _data_ready(self.model.get_submodule(n))]
-            make, apply = calibrated_apply(self.model, self.targets, self.config, self.method)
-            groups(block, data, calls, self.masks, make, apply, name + ".", True)
-            self._swap_rest(n for n in mine if n not in data)
-            block = self.model.get_submodule(name)
-            return [advance(c, first_output(block(*c[0], **c[1]))) for c in calls]
+            make, apply, settle = calibrated_apply(self.model, self.targets, self.config, self.method)
+            try:  # the next block's inputs on the reference path too, as in memory (settled after the model)
+                groups(block, data, calls, self.masks, make, apply, name + ".", True)
+                self._swap_rest(n for n in mine if n not in data)
+                block = self.model.get_submodule(name)
+                return [advance(c, first_output(block(*c[0], **c[1]))) for c in calls]
+            finally:
+                settle()
         self._swap_rest(mine)
         return calls
 
@@ -202,9 +205,12 @@ class _Job:
         if self.method.needs_data:
             lm = self.model.lm
             data = [n for n in mine if _data_ready(self.model.get_submodule(n))]
-            make, apply = calibrated_apply(self.model, self.targets, self.config, self.method)
+            make, apply, settle = calibrated_apply(self.model, self.targets, self.config, self.method)
             whole = [((_hidden(c),), {}) for c in calls]
-            idle = groups(_Head(lm.model.norm, lm.lm_head), data, whole, self.masks, make, apply, "lm.", True)
+            try:
+                idle = groups(_Head(lm.model.norm, lm.lm_head), data, whole, self.masks, make, apply, "lm.", True)
+            finally:
+                settle()
             idle += [n for n in mine if n not in data]
         self._swap_rest(idle)
 
