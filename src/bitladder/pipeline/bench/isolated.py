@@ -66,7 +66,7 @@ def _serve(conn, factory: Factory) -> None:
         model, batch, info = getattr(importlib.import_module(module), fn)(*args)
     except Exception as e:  # reported for this variant, the others go on
         conn.send(("error", f"{type(e).__name__}: {str(e)[:160]}" if not isinstance(e, ImportError)
-                   else f"not installed: {e.name}"))
+                   else f"not installed: {e.name} (peers: pip install -e '.[bench]')"))
         return
     gc.collect()
     _release_freed_memory()
