@@ -80,9 +80,7 @@ def test_an_existing_folder_with_files_is_not_overwritten(tmp_path):
     assert (tmp_path / "ckpt" / "keep.txt").read_text() == "mine"
 
 
-def test_quantised_embeddings_and_non_transformers_models_are_refused(tmp_path, digits_spec):
-    with pytest.raises(BitladderError, match="Linear layers only"):
-        export_hf(bitladder.quantize(_tiny(), Int(bits=8)), tmp_path / "a")
+def test_non_transformers_models_are_refused(tmp_path, digits_spec):
     with pytest.raises(BitladderError, match="transformers model"):
         export_hf(digits_spec.model, tmp_path / "b")
 
@@ -95,3 +93,24 @@ def test_a_quantised_head_of_a_tied_model_is_written_untied(tmp_path):
     x = torch.randint(0, 256, (2, 16))
     with torch.no_grad():
         assert torch.allclose(_reload(out)(input_ids=x).logits, q(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_quantised_embedding_goes_in_as_its_dequantised_float(tmp_path, caplog, tied):
+    # what `bitladder ladder` writes quantises the embedding too: the folder holds its exact values, in float
+    q = bitladder.quantize(_tiny(tied=tied), Int(bits=4, group=32))
+    with caplog.at_level("WARNING", logger="bitladder"):
+        out = export_hf(q, tmp_path / "ckpt")
+    assert "model.embed_tokens written in float" in caplog.text
+    back = _reload(out)
+    assert torch.equal(back.model.embed_tokens.weight, q.lm.model.embed_tokens.qweight.dequantize())
+    x = torch.randint(0, 256, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(back(input_ids=x).logits, q(x), atol=1e-5, rtol=1e-5)
+
+
+def test_only_a_quantised_embedding_is_refused(tmp_path):
+    q = bitladder.quantize(_tiny(), Int(bits=4, group=32), include=["lm.model.embed_tokens"])
+    with pytest.raises(BitladderError, match="only embeddings are quantised"):
+        export_hf(q, tmp_path / "ckpt")
+    assert list(tmp_path.iterdir()) == []

@@ -8,6 +8,8 @@ to bitladder's dequantised weight, so compressed-tensors' own packer recovers ex
 (``w / scale`` is the code itself) — the packing is compressed-tensors', not a copy of it here.
 
 Held: symmetric integer weights of 2-8 bits, per channel or per group along the input, on Linear layers.
+Quantised embeddings are written as their dequantised float weights (exactly the values bitladder looks up;
+compressed-tensors quantises Linear layers only), with a warning naming them.
 Refused, with the layer and reason: zero points (integer ones do not load back, see :func:`_args`; HQQ's are
 floats), input scales kept on a layer (SmoothQuant, ``AWQ(fold=False)``; AWQ's default folds them into the
 model's norms and rows), static activation grids, and non-integer formats.
@@ -16,6 +18,7 @@ model's norms and rows), static activation grids, and non-integer formats.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import shutil
 import tempfile
@@ -25,9 +28,10 @@ from torch import nn
 
 from bitladder.errors import BitladderError
 from bitladder.nn.base import QuantModule
-from bitladder.nn.layers import QuantLinear
+from bitladder.nn.layers import QuantEmbedding, QuantLinear
 from bitladder.tensor.quantized import QuantizedTensor
 
+log = logging.getLogger("bitladder")
 ACCEPTED = ("integer weights of 2-8 bits on Linear layers, per output channel or per group along the input, "
             "symmetric, without input scales or static activation grids")
 
@@ -56,6 +60,8 @@ def _args(qt: QuantizedTensor, name: str) -> dict:
 
 
 def _check(name: str, m: nn.Module) -> None:
+    if isinstance(m, QuantEmbedding):
+        return  # written as float: see export_hf
     if not isinstance(m, QuantLinear):
         raise BitladderError(f"layer {name!r} ({type(m).__name__}): compressed-tensors export holds quantised "
                              f"Linear layers only; keep this layer in float (exclude it)")
@@ -82,19 +88,30 @@ def export_hf(model: nn.Module, path: str | os.PathLike) -> Path:
     quantised = {n: m for n, m in hf.named_modules() if isinstance(m, QuantModule)}
     if not quantised:
         raise BitladderError("the model has no quantised layer: save a float model with save_pretrained")
+    for name, m in quantised.items():
+        _check(name, m)
+    # compressed-tensors quantises Linear layers only: an embedding goes in as its dequantised weight, the
+    # exact values bitladder looks up (the same model, stored wider)
+    embeddings = {n: quantised.pop(n) for n in [n for n, m in quantised.items() if isinstance(m, QuantEmbedding)]}
+    if not quantised:
+        raise BitladderError("only embeddings are quantised, and compressed-tensors holds quantised Linear layers "
+                             "only: quantise Linear layers too, or save the float model with save_pretrained")
+    if embeddings:
+        log.warning("export --to hf: %s written in float (compressed-tensors holds quantised Linear layers only; "
+                    "the values are bitladder's dequantised ones)", ", ".join(embeddings))
     groups: dict[str, list[str]] = {}
     args_of: dict[str, dict] = {}
     for name, m in quantised.items():
-        _check(name, m)
         a = _args(m.qweight, name)
         key = repr(sorted(a.items()))
         args_of[key] = a
         groups.setdefault(key, []).append(name)
     twin = copy.deepcopy(hf)
-    if getattr(twin.config, "tie_word_embeddings", False) and any(n.endswith("lm_head") for n in quantised):
-        # the quantised head no longer equals the embedding: tied on reload, it would silently become it
+    if getattr(twin.config, "tie_word_embeddings", False) and (
+            embeddings or any(n.endswith("lm_head") for n in quantised)):
+        # a quantised head or embedding no longer equals the other: tied on reload, one would silently become the other
         twin.config.tie_word_embeddings = False
-    for name, m in quantised.items():  # float Linear layers holding exactly bitladder's dequantised weights
+    for name, m in {**quantised, **embeddings}.items():  # float layers holding exactly bitladder's dequantised weights
         parent, _, leaf = name.rpartition(".")
         setattr(twin.get_submodule(parent) if parent else twin, leaf, m.to_float())
     config = QuantizationConfig(config_groups={
