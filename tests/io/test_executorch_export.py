@@ -155,10 +155,9 @@ def test_what_xnnpack_cannot_hold_is_refused_by_layer(tmp_path, name):
 
 
 def test_bad_arguments_and_unsupported_layers(tmp_path):
-    x = torch.randint(0, 50, (2, 5))
-    emb = bitladder.quantize(nn.Sequential(nn.Embedding(50, 32), nn.Linear(32, 8)), Int(8))
-    with pytest.raises(BitladderError, match=r"layer '0' \(QuantEmbedding.*accepted: quantised Linear"):
-        export_executorch(emb, x, tmp_path / "e.pte")
+    conv = bitladder.quantize(nn.Sequential(nn.Conv2d(3, 8, 3)), Int(8))
+    with pytest.raises(BitladderError, match=r"layer '0' \(QuantConv2d.*accepted: quantised Linear and Embedding"):
+        export_executorch(conv, torch.randn(1, 3, 8, 8), tmp_path / "c.pte")
     q = bitladder.quantize(mlp(), Int(8))
     with pytest.raises(BitladderError, match="only with int8 dynamic activations"):
         export_executorch(q, torch.randn(2, 64), tmp_path / "a.pte", activations="float")
@@ -167,6 +166,18 @@ def test_bad_arguments_and_unsupported_layers(tmp_path):
     with pytest.raises(BitladderError, match="does not exist"):
         export_executorch(q, torch.randn(2, 64), tmp_path / "nowhere" / "a.pte")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_quantised_embedding_goes_in_as_its_dequantised_float(tmp_path, caplog):
+    x = torch.randint(0, 50, (2, 5))
+    emb = bitladder.quantize(nn.Sequential(nn.Embedding(50, 32), nn.Linear(32, 8)), Int(8))
+    with caplog.at_level("WARNING", logger="bitladder"):
+        pte = export_executorch(emb, x, tmp_path / "e.pte")
+    assert "0 written in float" in caplog.text
+    got = run_pte(pte, [x])
+    with torch.no_grad():  # the lookup is exact; the Linear sees XNNPACK's int8 per-token activations
+        mine = weight_only(emb)(x)
+    assert float((got - mine).norm() / mine.norm()) < 0.02
 
 
 # ---- built-in models (minutes: lowering a transformer to XNNPACK is slow on 2 cores) ----------------------

@@ -16,6 +16,7 @@ In the exported graph a layer is ``dequantize(codes, scales) -> linear`` on a pe
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -24,8 +25,10 @@ from torch import nn
 
 from bitladder.errors import BitladderError
 from bitladder.nn.base import QuantModule
-from bitladder.nn.layers import QuantLinear
+from bitladder.nn.layers import QuantEmbedding, QuantLinear
 from bitladder.tensor.quantized import QuantizedTensor, _unpack
+
+log = logging.getLogger("bitladder")
 
 
 @dataclass(frozen=True)
@@ -169,8 +172,15 @@ def _linear(name: str, m: QuantLinear, round_scales: bool) -> nn.Module:
     return XnnLinear(xnn_weight(name, m.qweight, round_scales), getattr(m, "bias", None), in_scale)
 
 
+def _embedding(name: str, m: QuantEmbedding, round_scales: bool) -> nn.Module:
+    # XNNPACK lowers no lookup: the table goes in as its dequantised float weight, the same values stored wider
+    log.warning("export --to executorch: %s written in float (XNNPACK quantises Linear layers only; the values "
+                "are bitladder's dequantised ones)", name)
+    return m.to_float()
+
+
 # per quantised layer type: its XNNPACK form (other layer types are refused by name)
-RULES = {QuantLinear: _linear}
+RULES = {QuantLinear: _linear, QuantEmbedding: _embedding}
 
 
 def xnn_layer(name: str, m: QuantModule, round_scales: bool = False) -> nn.Module:
@@ -178,5 +188,5 @@ def xnn_layer(name: str, m: QuantModule, round_scales: bool = False) -> nn.Modul
     rule = next((r for t, r in RULES.items() if isinstance(m, t)), None)
     if rule is None:
         raise BitladderError(f"layer {name!r} ({type(m).__name__}, {_describe(m.qweight)}) has no XNNPACK rule; "
-                             "accepted: quantised Linear layers (leave the others in float with exclude=[...])")
+                             "accepted: quantised Linear and Embedding layers (leave the others in float with exclude=[...])")
     return rule(name, m, round_scales)
