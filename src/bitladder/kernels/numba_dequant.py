@@ -41,12 +41,15 @@ class NumbaDequantKernel(NumbaLowbitKernel):
             bits, w, _ = self.planes[0]  # the common cases (int4, int8) in one fused pass
             (o.nibbles_scaled if bits == 4 else o.bytes_scaled)(w, self.s, self._zeros, self.gp, out)
             return torch.from_numpy(out)[:, : self.k]
-        for i, (bits, w, mult) in enumerate(self.planes):  # int3 / int2 / ternary / binary / uint8
-            if bits == 8:
+        serial = {1: o.bits_into, 2: o.crumbs_into}  # int3 (2 + 1 planes) / int2 / ternary / binary
+        for i, (bits, w, mult) in enumerate(self.planes):
+            if bits in serial:
+                serial[bits](w, np.float32(mult), i == 0, out)
+            elif bits == 8:
                 o.dequant_rows_b8(w, 0, self.n, out)
             else:
                 o.dequant_rows(w, bits, np.float32(mult), 0, self.n, out, i == 0)
-        o.scale_rows(out, self.s, self._zeros, 0, self.n, self.gp)
+        o.scale_groups(out, self.s, self._zeros, self.gp)
         return torch.from_numpy(out)[:, : self.k]
 
     def _run(self, x):

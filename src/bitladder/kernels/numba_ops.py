@@ -277,3 +277,67 @@ def bytes_scaled(w, s, so, gsz, out):  # pragma: no cover - compiled
             wv, ov = wr[g * gsz: g * gsz + gsz], orow[g * gsz: g * gsz + gsz]
             for k in range(gsz):
                 ov[k] = np.float32(wv[k]) * a - c
+
+
+@njit(fastmath=True, cache=True)
+def crumbs_into(w, mult, first, out):  # pragma: no cover - compiled
+    """One 2-bit plane into ``out`` (``=`` when ``first``, else ``+=``) times ``mult``: code 4j + i of a row is
+    bits 2i, 2i + 1 of its byte j. Serial, 1-D row slices, constant writes per byte (as
+    :func:`nibbles_scaled`): the general :func:`dequant_rows` strides by a run-time ``per`` and vectorises none."""
+    for r in range(w.shape[0]):
+        wr, orow = w[r], out[r]
+        if first:
+            for j in range(wr.shape[0]):
+                b = wr[j]
+                orow[4 * j] = mult * np.float32(b & np.uint8(3))
+                orow[4 * j + 1] = mult * np.float32((b >> np.uint8(2)) & np.uint8(3))
+                orow[4 * j + 2] = mult * np.float32((b >> np.uint8(4)) & np.uint8(3))
+                orow[4 * j + 3] = mult * np.float32(b >> np.uint8(6))
+        else:
+            for j in range(wr.shape[0]):
+                b = wr[j]
+                orow[4 * j] += mult * np.float32(b & np.uint8(3))
+                orow[4 * j + 1] += mult * np.float32((b >> np.uint8(2)) & np.uint8(3))
+                orow[4 * j + 2] += mult * np.float32((b >> np.uint8(4)) & np.uint8(3))
+                orow[4 * j + 3] += mult * np.float32(b >> np.uint8(6))
+
+
+@njit(fastmath=True, cache=True)
+def bits_into(w, mult, first, out):  # pragma: no cover - compiled
+    """One 1-bit plane into ``out`` (as :func:`crumbs_into`): code 8j + i of a row is bit i of its byte j."""
+    for r in range(w.shape[0]):
+        wr, orow = w[r], out[r]
+        if first:
+            for j in range(wr.shape[0]):
+                b = wr[j]
+                orow[8 * j + 0] = mult * np.float32((b >> np.uint8(0)) & np.uint8(1))
+                orow[8 * j + 1] = mult * np.float32((b >> np.uint8(1)) & np.uint8(1))
+                orow[8 * j + 2] = mult * np.float32((b >> np.uint8(2)) & np.uint8(1))
+                orow[8 * j + 3] = mult * np.float32((b >> np.uint8(3)) & np.uint8(1))
+                orow[8 * j + 4] = mult * np.float32((b >> np.uint8(4)) & np.uint8(1))
+                orow[8 * j + 5] = mult * np.float32((b >> np.uint8(5)) & np.uint8(1))
+                orow[8 * j + 6] = mult * np.float32((b >> np.uint8(6)) & np.uint8(1))
+                orow[8 * j + 7] = mult * np.float32((b >> np.uint8(7)) & np.uint8(1))
+        else:
+            for j in range(wr.shape[0]):
+                b = wr[j]
+                orow[8 * j + 0] += mult * np.float32((b >> np.uint8(0)) & np.uint8(1))
+                orow[8 * j + 1] += mult * np.float32((b >> np.uint8(1)) & np.uint8(1))
+                orow[8 * j + 2] += mult * np.float32((b >> np.uint8(2)) & np.uint8(1))
+                orow[8 * j + 3] += mult * np.float32((b >> np.uint8(3)) & np.uint8(1))
+                orow[8 * j + 4] += mult * np.float32((b >> np.uint8(4)) & np.uint8(1))
+                orow[8 * j + 5] += mult * np.float32((b >> np.uint8(5)) & np.uint8(1))
+                orow[8 * j + 6] += mult * np.float32((b >> np.uint8(6)) & np.uint8(1))
+                orow[8 * j + 7] += mult * np.float32((b >> np.uint8(7)) & np.uint8(1))
+
+
+@njit(fastmath=True, cache=True)
+def scale_groups(out, s, so, gsz):  # pragma: no cover - compiled
+    """``out[r, k] = out[r, k] * s[r, g] - so[r, g]``, g = k // gsz: :func:`scale_rows` serially on 1-D slices."""
+    for r in range(out.shape[0]):
+        orow, sr, sor = out[r], s[r], so[r]
+        for g in range(sr.shape[0]):
+            a, c = sr[g], sor[g]
+            ov = orow[g * gsz: g * gsz + gsz]
+            for k in range(gsz):
+                ov[k] = ov[k] * a - c
