@@ -92,9 +92,23 @@ def test_registry_lookup_by_name_string():
                                  bitladder.Float("fp8_e5m2"), bitladder.Float("fp16"), bitladder.Int(3),
                                  bitladder.Ternary(group=3), bitladder.Int(8), bitladder.Int(8, symmetric=False),
                                  bitladder.Int(8, group=8), bitladder.Int(8, group=8, symmetric=False),
-                                 bitladder.Int(6, group=8, symmetric=False)])
+                                 bitladder.Int(6, group=8, symmetric=False),
+                                 bitladder.Int(2, group=8, symmetric=False)])
 def test_embedding_row_gather_equals_full_dequantisation(cfg):
     emb = nn.Embedding(37, 40)
     q = bitladder.quantize(emb, cfg)
     idx = torch.tensor([[5, 0, 5, 36], [1, 2, 3, 4]])
     assert torch.equal(q(idx), nn.functional.embedding(idx, q.weight().float()))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 6])
+def test_a_lookup_never_dequantises_the_whole_table(bits, monkeypatch):
+    # 5 groups of zero points end inside a byte at these widths: only the rows looked up are dequantised
+    from bitladder.tensor.quantized import QuantizedTensor
+
+    q = bitladder.quantize(nn.Embedding(37, 40), bitladder.Int(bits, group=8, symmetric=False))
+    full = nn.functional.embedding(torch.tensor([3, 9]), q.weight().float())
+    seen, plain = [], QuantizedTensor.dequantize
+    monkeypatch.setattr(QuantizedTensor, "dequantize", lambda self, *a: seen.append(self.shape) or plain(self, *a))
+    assert torch.equal(q(torch.tensor([3, 9])), full)
+    assert seen and all(shape[0] <= 2 for shape in seen)
