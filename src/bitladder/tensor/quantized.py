@@ -196,7 +196,7 @@ class QuantizedTensor:
         if zfloat:
             zp = self.zero_point[rows]
         elif zb is None:  # a row's zero points end inside a byte (3-bit codes, 6 groups): the rows' values, as
-            # fp16 (small integers, exact); dequantising the whole table instead cost MiniLM int3 290 ms a batch
+            # fp16 (small integers, exact), not the whole table (docs/results/ladder-minilm-lowbit-avx2.json)
             zp = self.zero_points()[rows].to(torch.float16)
         else:
             zp = None if self.zero_point is None else self.zero_point.view(c, zb)[rows].reshape(-1)
