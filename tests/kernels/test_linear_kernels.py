@@ -26,6 +26,7 @@ from bitladder.kernels import (
     choose,
 )
 from bitladder.kernels.c_lowbit import c_module
+from bitladder.kernels.select import candidates
 from bitladder.tensor.quantized import QuantizedTensor
 
 # (N, K, M): K and N off every multiple of 8/32/64, batch 1, empty batch, a batch on the tile path
@@ -243,10 +244,11 @@ def test_auto_keeps_exact_numerics_above_16_rows():
     assert choose(int4, ORT_FP32_MAX_ROWS + 1) == ("numba-dequant-fp32" if NumbaLowbitKernel.available()
                                                    else "dequant-fp32")
     packable = _qt("int4", Layout("group", group=64), 32, 256)
-    if Int4PackBf16Kernel.available():  # bf16 activations, weights never dequantised: at every batch above 16
-        assert choose(packable, ORT_MAX_ROWS + 1) == choose(packable, 5000) == "torch-int4pack-bf16"
-    else:
-        assert choose(packable, ORT_MAX_ROWS + 1) == "ort-nbits-fp32"
+    # the packed-int4 GEMM rounds activations, scales and output to bf16: never auto, on any CPU
+    assert choose(packable, ORT_MAX_ROWS + 1) == "ort-nbits-fp32"
+    assert all("torch-int4pack-bf16" not in candidates(packable, m) for m in (1, ORT_MAX_ROWS + 1, 5000))
+    if Int4PackBf16Kernel.available():
+        assert choose(packable, 64, "torch-int4pack-bf16") == "torch-int4pack-bf16"  # named, it runs
     # one scale per output channel: the codes themselves as fp16 weights, at any batch above 16 rows
     assert choose(_qt("binary", Layout("channel"), 32, 256), 64) == "fbgemm-fp16-codes"
     assert choose(int8, 64) == "fbgemm-fp16-codes"  # above 512 rows too where the CPU has AVX-512

@@ -46,8 +46,13 @@ def test_many_rows_keep_exact_numerics_and_kernel_is_reported():
         assert torch.allclose(y, F.linear(x, q.weight(), q.bias), atol=1e-5)
     q(torch.randn(600, 64))  # many rows: dequantising once per call amortises
     assert q.kernel in ("dequant-fp32", "numba-dequant-int4")  # one numba pass where numba is installed
-    if Int4PackBf16Kernel.available():  # 32 outputs: torch's packed-int4 GEMM, bf16 activations, any batch
-        packed = bitladder.quantize(nn.Linear(64, 32), Int(4, group=32))
+    auto = bitladder.quantize(nn.Linear(64, 32), Int(4, group=32))  # packable, yet auto keeps the numerics
+    x = torch.randn(300, 64)
+    with torch.no_grad():
+        assert torch.allclose(auto(x), F.linear(x, auto.weight(), auto.bias), atol=1e-5)
+    assert auto.kernel != "torch-int4pack-bf16"
+    if Int4PackBf16Kernel.available():  # named: torch's packed-int4 GEMM, bf16 activations, any batch
+        packed = bitladder.quantize(nn.Linear(64, 32), Int(4, group=32, kernel="torch-int4pack-bf16"))
         for rows in (300, 600):
             x = torch.randn(rows, 64)
             y = packed(x)

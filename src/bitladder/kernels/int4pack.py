@@ -10,8 +10,9 @@ activations and fp32 accumulation. Its dequantised weight is ``(q - 8) * scale +
   would cost 2-bit weights accuracy; 4-bit zero points sit near 8, so theirs stays small).
 
 Nothing is dequantised per call. The numerics are weight-only up to bf16 rounding of the activation,
-scale and offset, well below the error of int8 activations per block or of the 4-bit weights themselves.
-It is fast only where the CPU has bf16 dot products (AVX512-BF16 or AMX); elsewhere it is not offered.
+scale, offset and output.
+It is fast only where the CPU has bf16 dot products (AVX512-BF16 or AMX); elsewhere it is not offered, and
+automatic selection never takes it: the bf16 roundings are not negligible on every model.
 Measured error and speed against fp32 ``F.linear``: docs/results/bench-linear.json and
 docs/DESIGN.md, 'Group-scaled 4-bit-or-narrower codes at batch'.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from bitladder.kernels.base import ANY_ROWS, KernelUnsupported, LinearKernel, weight_parts
+from bitladder.kernels.base import KernelUnsupported, LinearKernel, weight_parts
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -35,7 +36,9 @@ class Int4PackBf16Kernel(LinearKernel):
     kinds = ("int",)  # the packed-int4 GEMM takes signed nibbles of an integer grid
     requires = ("avx512_bf16",)  # bf16 dot products (AMX CPUs have them too); without, it is slower than fp32
     groups = GROUPS
-    auto_rows = ANY_ROWS
+    # only when named: its bf16 activations, scales and output change a model's fidelity with the host (tinylm
+    # int4-g32 agreement, docs/DESIGN.md 'Auto keeps a rung's numerics on every CPU'), which auto must not
+    auto_rows = None
     rank = 40
 
     @classmethod
