@@ -1,6 +1,6 @@
-"""The built-in causal LM: deterministic training, a safetensors cache, held-out perplexity, the ladder, ONNX.
+"""The built-in causal LM: deterministic training, shipped weights, held-out perplexity, the ladder, ONNX.
 
-Bounds are measured on the cached model (one run, shared 2-core EPYC) with margin."""
+Bounds are measured on the shipped model (one run, shared 2-core EPYC) with margin."""
 
 import pickle
 
@@ -24,7 +24,7 @@ def test_same_seed_same_weights():
     assert not torch.equal(sa["lm.lm_head.weight"], causal_lm.build().state_dict()["lm.lm_head.weight"])
 
 
-def test_second_use_is_a_cache_hit_without_pickle(tinylm_spec, monkeypatch):
+def _refuse_training_and_pickle(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("must not run")
 
@@ -32,10 +32,45 @@ def test_second_use_is_a_cache_hit_without_pickle(tinylm_spec, monkeypatch):
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(torch, "load", refuse)
+
+
+def test_the_shipped_weights_load_without_training_or_pickle(tinylm_spec, monkeypatch):
+    _refuse_training_and_pickle(monkeypatch)
+    assert causal_lm.SHIPPED.exists()
+    again = causal_lm.pretrained()
+    for k, v in tinylm_spec.model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+
+
+def test_without_the_shipped_file_a_cached_training_is_used(tinylm_spec, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("BITLADDER_CACHE", str(tmp_path))
+    monkeypatch.setattr(causal_lm, "SHIPPED", tmp_path / "absent.safetensors")
+    save_file(tinylm_spec.model.state_dict(), str(causal_lm.cache_path()))  # as a first use would have left it
+    _refuse_training_and_pickle(monkeypatch)
     again = causal_lm.pretrained()
     assert causal_lm.cache_path().suffix == ".safetensors"
     for k, v in tinylm_spec.model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
+
+
+@pytest.mark.slow
+def test_training_with_the_pinned_dispatch_reproduces_the_shipped_weights(tmp_path):
+    """Two minutes: train() in a fresh process under PINNED gives the shipped file's bits (an x86 CPU with AVX2)."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "trained.safetensors"
+    code = ("from safetensors.torch import save_file; from bitladder.zoo import causal_lm, corpus; "
+            "m = causal_lm.train(causal_lm.encode(corpus.training_sentences())); "
+            f"save_file({{k: v.contiguous() for k, v in m.state_dict().items()}}, {str(out)!r})")
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, **causal_lm.PINNED}, check=True, timeout=900)
+    got, want = load_file(str(out)), load_file(str(causal_lm.SHIPPED))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_default_rungs_parse(tinylm_spec):

@@ -1,11 +1,15 @@
-"""``tinylm``: a small Llama-style causal language model, trained on first use on the project's corpus.
+"""``tinylm``: a small Llama-style causal language model, trained on the project's corpus and shipped.
 
 transformers' own ``LlamaForCausalLM`` (RMSNorm, rotary positions, SwiGLU MLP, untied embeddings), so
 the LLM methods (GPTQ, AWQ, SmoothQuant, HQQ, per-token activations) meet real ``nn.Linear`` layers
 fed by RMSNorm, as in the models they were designed for. Tokens are bytes (vocabulary 256: no
 tokenizer to build or ship, any text encodes). Trained once with a fixed seed on the standard
 library's docstring sentences (:func:`bitladder.zoo.corpus.training_sentences`, never the evaluation
-half) and cached as safetensors. Evaluation text is :func:`~bitladder.zoo.corpus.eval_sentences`,
+half). The trained weights ship beside this file (``tinylm-v1.safetensors``, 2 MB): float training is
+not bit-reproducible across CPUs (an AVX-512 host's sgemm sums in another order, and 250 steps turn that
+into another model, whose int4 agreement differed by 3 points), so every host evaluates these weights.
+They are what :func:`train` gives with torch's and MKL's dispatch pinned to AVX2 on one thread
+(:data:`PINNED`); without the shipped file, training runs on first use and is cached. Evaluation text is :func:`~bitladder.zoo.corpus.eval_sentences`,
 calibration and distillation text the disjoint :func:`~bitladder.zoo.corpus.calibration_sentences`.
 """
 
@@ -15,6 +19,7 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -31,6 +36,10 @@ VOCAB = 256  # one token per byte
 ARCH = {"hidden": 128, "layers": 2, "heads": 4, "intermediate": 384, "context": 128}
 TRAIN = {"steps": 250, "batch": 16, "lr": 6e-3, "warmup": 20, "weight_decay": 0.01, "seed": 0}
 VERSION = "v1"
+SHIPPED = Path(__file__).with_name(f"tinylm-{VERSION}.safetensors")
+#: the environment that reproduces the shipped weights from :func:`train` on an x86 CPU with AVX2
+PINNED = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+          "OMP_NUM_THREADS": "1"}
 EVAL_SENTENCES = 256
 CALIB_SENTENCES = 256
 BATCH = 16  # blocks of ``context`` tokens per evaluation / calibration batch
@@ -137,10 +146,12 @@ def _load(path) -> CausalLM | None:
 
 
 def pretrained() -> CausalLM:
-    """The trained fp32 model, from the cache or trained now (and cached atomically).
+    """The trained fp32 model: the shipped weights, else from the cache or trained now (and cached atomically).
 
     A lock file makes a second process (pytest-xdist's other worker) wait for the first's training
     instead of training again."""
+    if SHIPPED.exists() and (model := _load(SHIPPED)) is not None:
+        return model
     path = cache_path()
     if path.exists() and (model := _load(path)) is not None:
         return model
