@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: demo test test-all test-cpus setup clean results-page
 
-$(STAMP): pyproject.toml setup.py $(wildcard src/bitladder/kernels/c/*.c)
+$(STAMP): pyproject.toml setup.py $(wildcard src/bitladder/kernels/c/*.[ch])
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU torch 2.13.0 lies on disk on the project's machines; install it first, explicitly.

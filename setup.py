@@ -6,5 +6,6 @@ from setuptools import Extension, setup
 _FLAGS = {"extra_compile_args": ["-O3", "-ffp-contract=off", "-std=c11", "-fopenmp"],
           "extra_link_args": ["-fopenmp"], "optional": True}
 
-setup(ext_modules=[Extension(f"bitladder.kernels._{name}", [f"src/bitladder/kernels/c/{name}.c"], **_FLAGS)
-                   for name in ("lowbit", "hadamard")])
+setup(ext_modules=[Extension(f"bitladder.kernels._{name}", [f"src/bitladder/kernels/c/{name}.c"],
+                             depends=["src/bitladder/kernels/c/common.h"], **_FLAGS)
+                   for name in ("lowbit", "binlut", "hadamard")])

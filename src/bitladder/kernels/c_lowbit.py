@@ -110,11 +110,7 @@ class CLowbitKernel(LinearKernel):
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The kernel's arithmetic in PyTorch, step for step (the C paths must give these bits)."""
         m = x.shape[0]
-        xp = torch.zeros(m, self.kp)
-        xp[:, : self.k] = x.float()
-        xb = xp.view(m, -1, self.xb)
-        s = xb.abs().amax(dim=-1, keepdim=True) / 127.0
-        xq = torch.where(s > 0, torch.round(xb / torch.where(s > 0, s, 1)), 0).clamp(-127, 127).to(torch.int64)
+        xq, s = int8_blocks(x, self.kp, self.xb)
         bits, per = self.bits, 8 // self.bits
         w = torch.from_numpy((self.w.view(np.int8) if bits == 8 else self.w).astype(np.int64)).view(self.n, -1, 1, 32)
         u = ((w >> (bits * torch.arange(per)).view(1, 1, per, 1)) & ((1 << bits) - 1) if bits < 8 else w)
@@ -132,6 +128,18 @@ class CLowbitKernel(LinearKernel):
             lanes[..., b % 8] = lanes[..., b % 8] + d[..., b].to(torch.float32) * scale[..., b]
         s = lanes[..., :4] + lanes[..., 4:]
         return (s[..., 0] + s[..., 2]) + (s[..., 1] + s[..., 3])
+
+
+def int8_blocks(x: torch.Tensor, kp: int, xb: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The C kernels' activation grid in PyTorch: ``x`` (M, K) zero-padded to ``kp``, int8 codes per block of
+    ``xb`` (as int64, (M, kp / xb, xb)) and their scales absmax / 127 ((M, kp / xb, 1); 0 for a zero block)."""
+    m = x.shape[0]
+    xp = torch.zeros(m, kp)
+    xp[:, : x.shape[1]] = x.float()
+    xb_ = xp.view(m, -1, xb)
+    s = xb_.abs().amax(dim=-1, keepdim=True) / 127.0
+    xq = torch.where(s > 0, torch.round(xb_ / torch.where(s > 0, s, 1)), 0).clamp(-127, 127).to(torch.int64)
+    return xq, s
 
 
 #: rows packed per step: the uint16 plane sums of a step stay a few MB whatever the layer (an LM head of

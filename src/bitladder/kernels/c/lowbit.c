@@ -20,10 +20,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define BL_X86 1
-#endif
+#include "common.h"
 
 typedef struct {
     const uint8_t *w;      /* (n, row_bytes) */
@@ -37,26 +34,6 @@ typedef struct {
     int64_t n, kp, row_bytes, g, xb, nbw;
     int bits, mult, off;
 } Job;
-
-static float half_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
-    if (exp == 0) {
-        if (man == 0) {
-            bits = sign;
-        } else { /* subnormal: normalise */
-            exp = 127 - 15 + 1;
-            while (!(man & 0x400)) { man <<= 1; exp--; }
-            bits = sign | (exp << 23) | ((man & 0x3FF) << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7F800000 | (man << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
 
 /* block b's term: float(mult * dot - off * xsum) * (weight scale * activation scale) */
 static inline float block_term(const Job *J, int64_t n, int64_t b, int32_t dot) {
@@ -213,37 +190,6 @@ static void run_parallel(const Job *J, int simd, int threads) {
     for (int part = 0; part < threads; part++) run_part(J, simd, part, threads);
 }
 
-/* ---- activations: int8 per block of xb, scale absmax / 127 (zero block: scale 0, codes 0) ---- */
-static void quant_x(const float *x, int64_t k, int64_t kp, int64_t xb, int8_t *xq, float *xs, int32_t *xsum) {
-    for (int64_t b = 0; b < kp / xb; b++) {
-        int64_t lo = b * xb, hi = lo + xb < k ? lo + xb : k;
-        float amax = 0.0f;
-        for (int64_t i = lo; i < hi; i++) amax = fmaxf(amax, fabsf(x[i]));
-        float s = amax / 127.0f;
-        int32_t sum = 0;
-        for (int64_t i = lo; i < lo + xb; i++) {
-            int32_t q = 0;
-            if (i < hi && s > 0.0f) {
-                float r = nearbyintf(x[i] / s);
-                q = (int32_t)(r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r));
-            }
-            xq[i] = (int8_t)q;
-            sum += q;
-        }
-        xs[b] = s;
-        xsum[b] = sum;
-    }
-}
-
-static int cpu_avx2(void) {
-#ifdef BL_X86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-#else
-    return 0;
-#endif
-}
-
 /* gemv(w, ws, zo_or_None, x, y, m, n, k, kp, g, xb, bits, mult, off, simd, threads) */
 static PyObject *gemv(PyObject *self, PyObject *args) {
     Py_buffer w, ws, x, y, zo = {0};
@@ -272,7 +218,7 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
     for (int64_t b = 0; b < nbx; b++) gw[b] = (int32_t)(b * xb / g);
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < m; r++) {
-        quant_x((const float *)x.buf + r * k, k, kp, xb, xq, xs, xsum);
+        quant_x((const float *)x.buf + r * k, k, kp, xb, xq, xs, xsum, simd);
         Job J = {w.buf, ws.buf, has_zo ? zo.buf : NULL, xq, xs, xsum, gw, (float *)y.buf + r * n,
                  n, kp, row_bytes, g, xb, nbw, bits, mult, off};
         run_parallel(&J, simd, threads);

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from bitladder.formats.layout import Layout
 from bitladder.kernels import (
     KERNELS,
+    CBinaryLutKernel,
     CLowbitKernel,
     FbgemmW8A8Kernel,
     FbgemmW8A8TokenKernel,
@@ -57,8 +58,8 @@ RUNGS = [  # (label, qtype, layout, kernel classes to try, the policy a quantise
     ("int2 g64", "int2", Layout("group", group=64), LOWBIT, "auto"),
     ("ternary", "ternary", Layout("channel"), [CLowbitKernel, OrtNBitsKernel, Fp16CodesKernel, NumbaLowbitKernel],
      "auto"),
-    ("binary", "binary", Layout("channel"), [XnorKernel, CLowbitKernel, OrtNBitsKernel, Fp16CodesKernel,
-                                             NumbaLowbitKernel], "auto"),
+    ("binary", "binary", Layout("channel"), [XnorKernel, CBinaryLutKernel, CLowbitKernel, OrtNBitsKernel,
+                                             Fp16CodesKernel, NumbaLowbitKernel], "auto"),
 ]
 
 

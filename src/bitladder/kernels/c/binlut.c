@@ -1,0 +1,236 @@
+/* Binary-weight GEMV by table lookup (the idea of T-MAC, Wei et al. 2024): 1-bit codes times int8 activations
+ * without expanding a single weight bit.
+ *
+ * y[n] = sum over activation blocks b, in order, of  float(mult * <u_n,b, xq_b> - off * sum(xq_b)) * (ws * xs[b])
+ *
+ * u are the unsigned codes (0 or 1; w = scale * (mult * u - off)), xq the activations quantised to int8 per block
+ * of xb elements as in lowbit.c. For every four activations the sixteen sums of their subsets are a table; a
+ * nibble of four weight bits is an index into it, so one vpshufb gives 32 rows' partial dots of four codes.
+ * A sum lies in [-508, 508]; plus 512 it is a 10-bit number kept as two 5-bit tables (low and high bits), so
+ * eight lookups add up in bytes (8 * 31 = 248) before they are widened: exact integers on any AVX2 CPU, no
+ * VNNI. Lookup and add cost about 13 instructions per 256 codes against 32 for expanding bit planes.
+ *
+ * Weight layout (made once in Python): tiles of 32 rows; per tile, per column of eight codes, 32 bytes (one a
+ * row), bit i of a byte holding code 8c + i. Scales are fp16 bits, 32 per (tile, group) in row order. The
+ * portable path does the same integer and float operations in the same order, so both give the same bits.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdlib.h>
+#include "common.h"
+
+typedef struct {
+    const uint8_t *w;    /* (tiles, kp / 8, 32) */
+    const uint16_t *ws;  /* (tiles, nbw, 32) fp16 bits */
+    const uint8_t *tab;  /* (kp / 4, 32): the low 5 bits of the 16 subset sums + 512, then the high 5 bits */
+    const int8_t *xq;    /* (kp) */
+    const float *xs;     /* (nbx) */
+    const int32_t *xsum; /* (nbx) */
+    const int32_t *gw;   /* (nbx) the weight group of each activation block */
+    float *y;            /* (tiles * 32) */
+    int64_t kp, xb, nbw;
+    int mult, off;
+} LJob;
+
+#define BIAS 512 /* added to every subset sum so both 5-bit halves are unsigned */
+
+/* the tables of every group of four activations: entry c is the sum of x[4q + i] over the set bits i of c */
+static void build_tables(const int8_t *xq, int64_t kp, uint8_t *tab) {
+    for (int64_t q = 0; q < kp / 4; q++) {
+        const int8_t *x = xq + 4 * q;
+        uint8_t *t = tab + 32 * q;
+        for (int c = 0; c < 16; c++) {
+            int s = BIAS + (c & 1 ? x[0] : 0) + (c & 2 ? x[1] : 0) + (c & 4 ? x[2] : 0) + (c & 8 ? x[3] : 0);
+            t[c] = (uint8_t)(s & 31);
+            t[16 + c] = (uint8_t)(s >> 5);
+        }
+    }
+}
+
+#ifdef BL_X86
+/* the same tables, one group per step: the sixteen sums as int16 lanes (a set bit's mask selects x_i), then the
+ * low and high five bits packed to bytes in the layout above */
+__attribute__((target("avx2"))) static void build_tables_avx2(const int8_t *xq, int64_t kp, uint8_t *tab) {
+    const __m256i m0 = _mm256_setr_epi16(0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1, 0, -1);
+    const __m256i m1 = _mm256_setr_epi16(0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1);
+    const __m256i m2 = _mm256_setr_epi16(0, 0, 0, 0, -1, -1, -1, -1, 0, 0, 0, 0, -1, -1, -1, -1);
+    const __m256i m3 = _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i bias = _mm256_set1_epi16(BIAS), five = _mm256_set1_epi16(31);
+    for (int64_t q = 0; q < kp / 4; q++) {
+        const int8_t *x = xq + 4 * q;
+        __m256i t = _mm256_add_epi16(
+            _mm256_add_epi16(_mm256_and_si256(_mm256_set1_epi16(x[0]), m0), _mm256_and_si256(_mm256_set1_epi16(x[1]), m1)),
+            _mm256_add_epi16(_mm256_and_si256(_mm256_set1_epi16(x[2]), m2), _mm256_and_si256(_mm256_set1_epi16(x[3]), m3)));
+        t = _mm256_add_epi16(t, bias);
+        /* packus interleaves 128-bit lanes: [lo 0-7, hi 0-7 | lo 8-15, hi 8-15], put back in order */
+        __m256i p = _mm256_packus_epi16(_mm256_and_si256(t, five), _mm256_srli_epi16(t, 5));
+        _mm256_storeu_si256((__m256i *)(tab + 32 * q), _mm256_permute4x64_epi64(p, 0xD8));
+    }
+}
+#endif
+
+static void tiles_portable(const LJob *J, int64_t t0, int64_t t1) {
+    const int64_t cols = J->kp / 8, nbx = J->kp / J->xb, cpb = J->xb / 8;
+    for (int64_t t = t0; t < t1; t++) {
+        const uint8_t *wt = J->w + t * cols * 32;
+        const uint16_t *wst = J->ws + t * J->nbw * 32;
+        for (int r = 0; r < 32; r++) {
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nbx; b++) {
+                int32_t dot = 0;
+                for (int64_t c = b * cpb; c < (b + 1) * cpb; c++) {
+                    const uint8_t byte = wt[c * 32 + r];
+                    for (int i = 0; i < 8; i++)
+                        if (byte >> i & 1) dot += J->xq[c * 8 + i];
+                }
+                int32_t d = J->mult * dot - J->off * J->xsum[b];
+                acc = acc + (float)d * (half_to_float(wst[J->gw[b] * 32 + r]) * J->xs[b]);
+            }
+            J->y[t * 32 + r] = acc;
+        }
+    }
+}
+
+#ifdef BL_X86
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+#define BL_PF 4096 /* bytes of weights prefetched ahead, as in lowbit.c */
+
+/* rows d (i32x8) of one block into the float accumulator: float(mult * d - off * xsum) * (ws * xs) */
+AVX2 static inline __m256 block_add(__m256 acc, __m256i d, const uint16_t *ws, __m256i multv, __m256i offx,
+                                    __m256 xsv) {
+    __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_mullo_epi32(multv, d), offx));
+    __m256 s = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)ws)), xsv);
+    return _mm256_add_ps(acc, _mm256_mul_ps(f, s));
+}
+
+/* cpb columns of eight codes per activation block (4, 8 or 16), a constant once inlined */
+AVX2 static inline __attribute__((always_inline)) void tiles_avx2_kernel(const LJob *J, int64_t t0, int64_t t1,
+                                                                         const int cpb) {
+    const int64_t cols = J->kp / 8, nbx = J->kp / J->xb;
+    const __m256i low4 = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
+    const __m256i bias = _mm256_set1_epi16((int16_t)(BIAS * 2 * cpb)), multv = _mm256_set1_epi32(J->mult);
+    for (int64_t t = t0; t < t1; t++) {
+        const uint8_t *wt = J->w + t * cols * 32;
+        const uint16_t *wst = J->ws + t * J->nbw * 32;
+        /* unpacking bytes to 16 bits interleaves within 128-bit lanes: f0 holds rows 0-7, f1 16-23, f2 8-15,
+         * f3 24-31 */
+        __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
+        for (int64_t b = 0; b < nbx; b++) {
+            __m256i l0 = zero, l1 = zero, h0 = zero, h1 = zero;
+            for (int c0 = 0; c0 < cpb; c0 += 4) { /* eight lookups per byte lane, then widened */
+                __m256i al = zero, ah = zero;
+                for (int c = c0; c < c0 + 4; c++) {
+                    const int64_t col = b * cpb + c;
+                    const uint8_t *src = wt + col * 32;
+                    if (!(c & 1)) _mm_prefetch((const char *)(src + BL_PF), _MM_HINT_T0);
+                    __m256i v = _mm256_loadu_si256((const __m256i *)src);
+                    __m256i il = _mm256_and_si256(v, low4), ih = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+                    const uint8_t *tq = J->tab + col * 64;
+                    __m256i tl0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tq));
+                    __m256i th0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tq + 16)));
+                    __m256i tl1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tq + 32)));
+                    __m256i th1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tq + 48)));
+                    al = _mm256_add_epi8(al, _mm256_add_epi8(_mm256_shuffle_epi8(tl0, il), _mm256_shuffle_epi8(tl1, ih)));
+                    ah = _mm256_add_epi8(ah, _mm256_add_epi8(_mm256_shuffle_epi8(th0, il), _mm256_shuffle_epi8(th1, ih)));
+                }
+                l0 = _mm256_add_epi16(l0, _mm256_unpacklo_epi8(al, zero));
+                l1 = _mm256_add_epi16(l1, _mm256_unpackhi_epi8(al, zero));
+                h0 = _mm256_add_epi16(h0, _mm256_unpacklo_epi8(ah, zero));
+                h1 = _mm256_add_epi16(h1, _mm256_unpackhi_epi8(ah, zero));
+            }
+            /* 32 * high + low - bias: at most 32 * 992 + 992 before the bias, inside int16 */
+            __m256i s0 = _mm256_sub_epi16(_mm256_add_epi16(_mm256_slli_epi16(h0, 5), l0), bias);
+            __m256i s1 = _mm256_sub_epi16(_mm256_add_epi16(_mm256_slli_epi16(h1, 5), l1), bias);
+            const uint16_t *wsb = wst + J->gw[b] * 32;
+            const __m256i offx = _mm256_set1_epi32(J->off * J->xsum[b]);
+            const __m256 xsv = _mm256_set1_ps(J->xs[b]);
+            f0 = block_add(f0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(s0)), wsb, multv, offx, xsv);
+            f1 = block_add(f1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s0, 1)), wsb + 16, multv, offx, xsv);
+            f2 = block_add(f2, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(s1)), wsb + 8, multv, offx, xsv);
+            f3 = block_add(f3, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s1, 1)), wsb + 24, multv, offx, xsv);
+        }
+        float *y = J->y + t * 32;
+        _mm256_storeu_ps(y, f0);
+        _mm256_storeu_ps(y + 8, f2);
+        _mm256_storeu_ps(y + 16, f1);
+        _mm256_storeu_ps(y + 24, f3);
+    }
+}
+
+AVX2 static void tiles_avx2(const LJob *J, int64_t t0, int64_t t1) {
+    switch (J->xb / 8) {
+    case 4: tiles_avx2_kernel(J, t0, t1, 4); return;
+    case 8: tiles_avx2_kernel(J, t0, t1, 8); return;
+    default: tiles_avx2_kernel(J, t0, t1, 16); return;
+    }
+}
+#endif
+
+static void run_part(const LJob *J, int64_t tiles, int simd, int part, int parts) {
+    int64_t t0 = tiles * part / parts, t1 = tiles * (part + 1) / parts;
+#ifdef BL_X86
+    if (simd) { tiles_avx2(J, t0, t1); return; }
+#endif
+    tiles_portable(J, t0, t1);
+}
+
+/* gemv(w, ws, x, y, m, tiles, k, kp, g, xb, mult, off, simd, threads): y is (m, tiles * 32) */
+static PyObject *gemv(PyObject *self, PyObject *args) {
+    Py_buffer w, ws, x, y;
+    Py_ssize_t m, tiles, k, kp, g, xb;
+    int mult, off, simd, threads;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*nnnnnniiii", &w, &ws, &x, &y, &m, &tiles, &k, &kp, &g, &xb, &mult, &off,
+                          &simd, &threads))
+        return NULL;
+    PyObject *ret = NULL;
+    int64_t nbw = g > 0 ? kp / g : 0, nbx = xb > 0 ? kp / xb : 0, n = tiles * 32;
+    if (!(xb == 32 || xb == 64 || xb == 128) || g % xb || kp % g || k > kp || w.len < n * kp / 8
+        || ws.len < (Py_ssize_t)(n * nbw * 2) || x.len < (Py_ssize_t)(m * k * 4) || y.len < (Py_ssize_t)(m * n * 4)) {
+        PyErr_SetString(PyExc_ValueError, "binlut.gemv: buffer sizes or block sizes do not fit");
+        goto done;
+    }
+    if (simd && !cpu_avx2()) simd = 0;
+    int8_t *xq = malloc((size_t)kp);
+    uint8_t *tab = malloc((size_t)(kp / 4 * 32));
+    float *xs = malloc((size_t)nbx * sizeof(float));
+    int32_t *xsum = malloc((size_t)nbx * sizeof(int32_t)), *gw = malloc((size_t)nbx * sizeof(int32_t));
+    if (!xq || !tab || !xs || !xsum || !gw) {
+        free(xq); free(tab); free(xs); free(xsum); free(gw);
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (int64_t b = 0; b < nbx; b++) gw[b] = (int32_t)(b * xb / g);
+    int parts = threads < 1 ? 1 : threads;
+    if ((int64_t)parts > tiles) parts = (int)(tiles > 0 ? tiles : 1);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < m; r++) {
+        quant_x((const float *)x.buf + r * k, k, kp, xb, xq, xs, xsum, simd);
+#ifdef BL_X86
+        if (simd) build_tables_avx2(xq, kp, tab); else
+#endif
+        build_tables(xq, kp, tab);
+        LJob J = {w.buf, ws.buf, tab, xq, xs, xsum, gw, (float *)y.buf + r * n, kp, xb, nbw, mult, off};
+        if (parts == 1) {
+            run_part(&J, tiles, simd, 0, 1);
+        } else {
+#pragma omp parallel for num_threads(parts) schedule(static)
+            for (int part = 0; part < parts; part++) run_part(&J, tiles, simd, part, parts);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    free(xq); free(tab); free(xs); free(xsum); free(gw);
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&w); PyBuffer_Release(&ws); PyBuffer_Release(&x); PyBuffer_Release(&y);
+    return ret;
+}
+
+static PyMethodDef methods[] = {
+    {"gemv", gemv, METH_VARARGS, "Binary codes x int8 activations by table lookup, tiles split over threads."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_binlut", "Binary-weight GEMV by table lookup.", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__binlut(void) { return PyModule_Create(&module); }

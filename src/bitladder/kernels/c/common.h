@@ -1,0 +1,112 @@
+/* What the C kernels share: fp16 bits to float without F16C, the int8 activation grid per block and the AVX2
+ * check. Included by each kernel file (every function static: one copy per extension module). */
+#ifndef BL_COMMON_H
+#define BL_COMMON_H
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define BL_X86 1
+#endif
+
+static inline float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) { man <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((man & 0x3FF) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7F800000 | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* ---- activations: int8 per block of xb, scale absmax / 127 (zero block: scale 0, codes 0) ---- */
+static void quant_block(const float *x, int64_t lo, int64_t hi, int64_t end, int8_t *xq, float *xs, int32_t *xsum) {
+    float amax = 0.0f;
+    for (int64_t i = lo; i < hi; i++) amax = fmaxf(amax, fabsf(x[i]));
+    float s = amax / 127.0f;
+    int32_t sum = 0;
+    for (int64_t i = lo; i < end; i++) {
+        int32_t q = 0;
+        if (i < hi && s > 0.0f) {
+            float r = nearbyintf(x[i] / s);
+            q = (int32_t)(r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r));
+        }
+        xq[i] = (int8_t)q;
+        sum += q;
+    }
+    *xs = s;
+    *xsum = sum;
+}
+
+#ifdef BL_X86
+/* a full block of n (a multiple of 8) inputs, eight at a time: the same IEEE division and round-to-even as the
+ * scalar path, so the same codes; the vector path is only there because the scalar one cost as much as the
+ * GEMV of a small layer */
+__attribute__((target("avx2"))) static void quant_block_avx2(const float *x, int64_t n, int8_t *xq, float *xs,
+                                                             int32_t *xsum) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 m = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; i += 8) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + i), absmask));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_shuffle_ps(h, h, 0x4E));
+    h = _mm_max_ps(h, _mm_shuffle_ps(h, h, 0xB1));
+    const float s = _mm_cvtss_f32(h) / 127.0f;
+    *xs = s;
+    if (!(s > 0.0f)) {
+        memset(xq, 0, (size_t)n);
+        *xsum = 0;
+        return;
+    }
+    const __m256 sv = _mm256_set1_ps(s), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    __m256i sum = _mm256_setzero_si256();
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256 r = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + i), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256i q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
+        sum = _mm256_add_epi32(sum, q);
+        __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+        _mm_storel_epi64((__m128i *)(xq + i), _mm_packs_epi16(p16, p16));
+    }
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1));
+    *xsum = _mm_cvtsi128_si32(t);
+}
+#endif
+
+/* x (k) -> xq (kp), one scale and code sum per block of xb (a multiple of 8); simd: AVX2 for full blocks */
+static void quant_x(const float *x, int64_t k, int64_t kp, int64_t xb, int8_t *xq, float *xs, int32_t *xsum,
+                    int simd) {
+    for (int64_t b = 0; b < kp / xb; b++) {
+        int64_t lo = b * xb, hi = lo + xb < k ? lo + xb : k;
+#ifdef BL_X86
+        if (simd && hi == lo + xb) {
+            quant_block_avx2(x + lo, xb, xq + lo, xs + b, xsum + b);
+            continue;
+        }
+#endif
+        (void)simd;
+        quant_block(x, lo, hi, lo + xb, xq, xs + b, xsum + b);
+    }
+}
+
+static int cpu_avx2(void) {
+#ifdef BL_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+    return 0;
+#endif
+}
+
+#endif

@@ -1,0 +1,111 @@
+"""The C binary-weight GEMV by table lookup (``kernels/c/binlut.c``): 1-bit codes against int8 activations
+quantised per block at each call, the grid of :mod:`bitladder.kernels.c_lowbit`. Every four activations give a
+table of their sixteen subset sums, and each nibble of four weight bits looks its partial dot up (vpshufb),
+so no bit plane is expanded: the bit-plane GEMV is compute-bound on binary weights, this one reads them at
+the memory's speed (docs/results/bench-linear-*.json). The integer dots are exact on any AVX2 CPU.
+
+Built by pip at install (``setup.py``) where a compiler exists; :meth:`CBinaryLutKernel.reference` is the
+same arithmetic in PyTorch, and the portable C path gives the same bits.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import numpy as np
+import torch
+
+from bitladder.kernels.base import KernelUnsupported, LinearKernel, group_of, nbytes_of, weight_parts
+from bitladder.kernels.c_lowbit import int8_blocks
+from bitladder.kernels.cpu import Cpu, current
+from bitladder.kernels.onnx_nbits import integer_codes
+from bitladder.kernels.registry import register
+from bitladder.tensor.quantized import QuantizedTensor
+
+try:  # by its full name: the compiled module, not the package that imports this file
+    _binlut = importlib.import_module("bitladder.kernels._binlut")
+except ImportError:  # no compiler at install time
+    _binlut = None
+
+TILE = 32  # rows per tile: one byte lane each in a 256-bit register
+
+
+@register
+class CBinaryLutKernel(LinearKernel):
+    """Binary (1-bit) codes x int8 activations per block of up to 128 inputs, by 16-entry table lookups."""
+
+    name = "c-binary-lut"
+    auto_rows = (1, 1)  # one row: the weights are read once per call; from two rows on others reuse each load
+    rank = 4  # ahead of the bit-plane GEMV (c-lowbit-a8, rank 5) for the weights it takes
+
+    @classmethod
+    def installed(cls) -> bool:
+        return _binlut is not None
+
+    @classmethod
+    def rows(cls, cpu: Cpu):
+        return cls.auto_rows if cpu.has("avx2") else None  # the portable path is for correctness, not speed
+
+    @classmethod
+    def applies(cls, qt: QuantizedTensor) -> bool:
+        g = group_of(qt)
+        return (integer_codes(qt) and qt.qtype.rules.width(qt.qtype) == 1 and qt.zero_point is None
+                and (g is None or g % 32 == 0))
+
+    @classmethod
+    def from_qtensor(cls, qt: QuantizedTensor, simd: bool | None = None) -> "CBinaryLutKernel":
+        """Repack once into tiles of 32 rows; ``simd`` forces the AVX2 (True) or portable (False) path."""
+        if not cls.installed():
+            raise KernelUnsupported("the C kernels were not built (no compiler when bitladder was installed)")
+        if not cls.applies(qt):
+            raise KernelUnsupported(f"{qt.qtype.name} {qt.layout.granularity}: needs 1-bit codes without zero "
+                                    "points and groups that are multiples of 32")
+        _, scale, _, g = weight_parts(qt, None)
+        n, k = qt.shape
+        if scale.shape[1] == 1:
+            kp = g = -(-k // 32) * 32
+        else:
+            kp = -(-k // g) * g
+        self = cls()
+        self.n, self.k, self.kp, self.g = n, k, kp, g
+        self.xb = math.gcd(g, 128)
+        self.tiles = -(-n // TILE)
+        npad = self.tiles * TILE
+        u = np.zeros((npad, kp), np.uint8)
+        u[:n, :k] = qt.unsigned_codes().reshape(n, k).numpy()
+        bytes_ = np.packbits(u.reshape(npad, kp // 8, 8), axis=-1, bitorder="little")[..., 0]
+        self.w = np.ascontiguousarray(bytes_.reshape(self.tiles, TILE, kp // 8).transpose(0, 2, 1))
+        nbw = kp // g
+        ws = np.zeros((npad, nbw), np.float16)
+        ws[:n, : scale.shape[1]] = scale.numpy()
+        self.ws = np.ascontiguousarray(ws.reshape(self.tiles, TILE, nbw).transpose(0, 2, 1))
+        mult, off = qt.qtype.rules.affine(qt.qtype)
+        self.mult, self.off = int(mult), int(off)
+        self.simd = current().has("avx2") if simd is None else bool(simd)
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes_of(self.w, self.ws)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.empty(x.shape[0], self.tiles * TILE)
+        _binlut.gemv(self.w, self.ws, x.numpy(), y.numpy(), x.shape[0], self.tiles, self.k, self.kp, self.g,
+                     self.xb, self.mult, self.off, int(self.simd), torch.get_num_threads())
+        return y if y.shape[1] == self.n else y[:, : self.n].contiguous()
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernel's arithmetic in PyTorch, step for step (the C paths must give these bits)."""
+        xq, s = int8_blocks(x, self.kp, self.xb)
+        npad = self.tiles * TILE
+        bits = np.unpackbits(self.w.transpose(0, 2, 1).reshape(npad, -1), axis=-1, bitorder="little")
+        u = torch.from_numpy(bits.astype(np.int64)).view(npad, -1, self.xb)
+        d = self.mult * torch.einsum("nbk,mbk->mnb", u, xq) - self.off * xq.sum(-1)[:, None, :]
+        nbw = self.kp // self.g
+        ws = torch.from_numpy(self.ws.transpose(0, 2, 1).reshape(npad, nbw).astype(np.float32))
+        gw = torch.arange(self.kp // self.xb) * self.xb // self.g
+        y = torch.zeros(x.shape[0], npad)
+        for b in range(d.shape[-1]):  # block by block, in order, as both C paths add them
+            y = y + d[..., b].to(torch.float32) * (ws[:, gw[b]][None] * s[:, b])
+        return y[:, : self.n]

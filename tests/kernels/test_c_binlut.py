@@ -1,0 +1,86 @@
+"""The binary-weight lookup GEMV: the AVX2 path, the portable path and the PyTorch reference give the same bits on
+any host, its integer dots equal the bit-plane GEMV's, and auto takes it at one row only where AVX2 is present."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bitladder.formats.layout import Layout
+from bitladder.kernels.base import KernelUnsupported
+from bitladder.kernels.c_binlut import CBinaryLutKernel
+from bitladder.kernels.c_lowbit import CLowbitKernel
+from bitladder.kernels.cpu import current
+from bitladder.kernels.select import choose
+from bitladder.tensor.quantized import QuantizedTensor
+
+pytestmark = pytest.mark.skipif(not CBinaryLutKernel.installed(), reason="C kernels not built (no compiler)")
+
+CASES = [(Layout("channel"), 40, 96), (Layout("channel"), 37, 1000), (Layout("group", group=32), 70, 256),
+         (Layout("group", group=64), 64, 320), (Layout("group", group=128), 33, 512),
+         (Layout("group", group=256), 32, 1024), (Layout("tensor"), 5, 77)]
+
+
+def _paths(qt, x):
+    portable = CBinaryLutKernel.from_qtensor(qt, simd=False)
+    ref = portable.reference(x)
+    return ref, portable(x), CBinaryLutKernel.from_qtensor(qt, simd=True)(x)  # AVX2 where the host has it
+
+
+@pytest.mark.parametrize("layout,n,k", CASES)
+def test_both_paths_equal_the_reference_bit_for_bit_and_track_the_float_product(layout, n, k):
+    qt = QuantizedTensor.from_float(torch.randn(n, k), "binary", layout)
+    x = torch.randn(3, k)
+    ref, portable, simd = _paths(qt, x)
+    assert ref.shape == (3, n)
+    assert torch.equal(portable, ref) and torch.equal(simd, ref)
+    exact = x @ qt.dequantize().T
+    assert float((ref - exact).norm() / exact.norm()) < 0.02  # int8 activations per block cost ~1 %
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 80), cols=st.integers(1, 12), group=st.sampled_from([32, 64, 128, 256, None]),
+       m=st.integers(1, 3), seed=st.integers(0, 2**31 - 1), extreme=st.booleans())
+def test_any_shape_and_activation_range_is_exact(n, cols, group, m, seed, extreme):
+    k = 32 * cols - (seed % 31)  # K need not be a multiple of anything: padding codes and inputs are zero
+    gen = torch.Generator().manual_seed(seed)
+    layout = Layout("channel") if group is None else Layout("group", group=group)
+    qt = QuantizedTensor.from_float(torch.randn(n, k, generator=gen), "binary", layout)
+    x = torch.randn(m, k, generator=gen)
+    if extreme:  # every input at +-absmax: the subset sums reach +-508, the ends of the 10-bit table entries
+        x = torch.where(x >= 0, 3.0, -3.0)
+    ref, portable, simd = _paths(qt, x)
+    assert torch.equal(portable, ref) and torch.equal(simd, ref)
+
+
+def test_the_same_integer_dots_as_the_bit_plane_gemv():
+    qt = QuantizedTensor.from_float(torch.randn(64, 512), "binary", Layout("group", group=64))
+    x = torch.randn(2, 512)
+    lut, planes = CBinaryLutKernel.from_qtensor(qt)(x), CLowbitKernel.from_qtensor(qt)(x)
+    # only the order of the float sums over blocks differs
+    assert torch.allclose(lut, planes, rtol=1e-5, atol=1e-5 * float(planes.abs().max()))
+
+
+def test_zero_activations_bias_storage_and_refused_formats():
+    qt = QuantizedTensor.from_float(torch.randn(40, 256), "binary", Layout("group", group=64))
+    kern = CBinaryLutKernel.from_qtensor(qt)
+    assert torch.equal(kern(torch.zeros(2, 256)), torch.zeros(2, 40))
+    assert torch.allclose(kern(torch.zeros(1, 256), torch.ones(40)), torch.ones(1, 40))
+    # one bit a weight (rows padded to a tile of 32) plus one fp16 scale per group
+    assert kern.nbytes == 64 * 256 // 8 + 64 * 4 * 2
+    assert isinstance(kern.w, np.ndarray) and kern.w.dtype == np.uint8
+    for fmt, layout in (("int2", Layout("group", group=64)), ("binary", Layout("group", group=16))):
+        bad = QuantizedTensor.from_float(torch.randn(8, 64), fmt, layout)
+        assert not CBinaryLutKernel.applies(bad)
+        with pytest.raises(KernelUnsupported, match="1-bit codes"):
+            CBinaryLutKernel.from_qtensor(bad)
+
+
+def test_auto_picks_it_for_one_row_where_the_cpu_has_avx2():
+    qt = QuantizedTensor.from_float(torch.randn(64, 256), "binary", Layout("group", group=64))
+    avx2 = current({"BITLADDER_CPU": "avx2"})
+    assert (choose(qt, 1, cpu=avx2) == "c-binary-lut") == avx2.has("avx2")
+    assert choose(qt, 2, cpu=avx2) != "c-binary-lut"
+    assert choose(qt, 1, cpu=current({"BITLADDER_CPU": "default"})) != "c-binary-lut"  # the portable path is slow
+    assert choose(qt, 1, binary_activations=True, cpu=avx2) == "binary-xnor"  # XNOR stays an explicit choice
