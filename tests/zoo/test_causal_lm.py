@@ -64,11 +64,13 @@ def test_training_with_the_pinned_dispatch_reproduces_the_shipped_weights(tmp_pa
 
     from safetensors.torch import load_file
 
+    from bitladder.zoo.cache import PINNED
+
     out = tmp_path / "trained.safetensors"
     code = ("from safetensors.torch import save_file; from bitladder.zoo import causal_lm, corpus; "
             "m = causal_lm.train(causal_lm.encode(corpus.training_sentences())); "
             f"save_file({{k: v.contiguous() for k, v in m.state_dict().items()}}, {str(out)!r})")
-    subprocess.run([sys.executable, "-c", code], env={**os.environ, **causal_lm.PINNED}, check=True, timeout=900)
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, **PINNED}, check=True, timeout=900)
     got, want = load_file(str(out)), load_file(str(causal_lm.SHIPPED))
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 

@@ -1,6 +1,12 @@
+import os
+import subprocess
+import sys
+
 import torch
+from safetensors.torch import load_file
 
 from bitladder.zoo import digits
+from bitladder.zoo.cache import PINNED
 
 
 def test_pretrained_accuracy_and_split(digits_spec):
@@ -10,8 +16,28 @@ def test_pretrained_accuracy_and_split(digits_spec):
     assert float(acc) >= 0.97
 
 
-def test_cache_is_reused_and_a_damaged_cache_retrained(tmp_path, monkeypatch):
+def test_the_shipped_weights_load_without_training(monkeypatch):
+    monkeypatch.setattr(digits, "train", lambda data: (_ for _ in ()).throw(AssertionError("must not train")))
+    assert digits.SHIPPED.exists()
+    want = load_file(str(digits.SHIPPED))
+    got = digits.pretrained().state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_training_under_the_pinned_dispatch_reproduces_the_shipped_weights(tmp_path):
+    """A few seconds: train() in a fresh process under PINNED gives the shipped file's bits (x86 with AVX2)."""
+    out = tmp_path / "trained.safetensors"
+    code = ("from safetensors.torch import save_file; from bitladder.zoo import digits; "
+            "m = digits.train(digits.load_data()); "
+            f"save_file({{k: v.contiguous() for k, v in m.state_dict().items()}}, {str(out)!r})")
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, **PINNED}, check=True, timeout=600)
+    got, want = load_file(str(out)), load_file(str(digits.SHIPPED))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_without_the_shipped_file_the_cache_is_reused_and_a_damaged_cache_retrained(tmp_path, monkeypatch):
     monkeypatch.setenv("BITLADDER_CACHE", str(tmp_path))
+    monkeypatch.setattr(digits, "SHIPPED", tmp_path / "absent.safetensors")
     monkeypatch.setitem(digits.TRAIN, "epochs", 1)  # behaviour of the cache, not accuracy
     calls = []
     real = digits.train

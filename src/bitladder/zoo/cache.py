@@ -1,9 +1,15 @@
-"""Where built-in models cache what they train: $BITLADDER_CACHE, else $XDG_CACHE_HOME/bitladder."""
+"""Where built-in models cache what they train ($BITLADDER_CACHE, else $XDG_CACHE_HOME/bitladder), and the
+dispatch their shipped weights were trained under."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+#: the environment that reproduces a built-in model's shipped weights from its ``train`` on an x86 CPU with
+#: AVX2: float training sums in another order on an AVX-512 host (sgemm, ATen's kernels) and ends elsewhere
+PINNED = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+          "OMP_NUM_THREADS": "1"}
 
 
 def cache_dir() -> Path:

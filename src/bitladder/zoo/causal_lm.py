@@ -9,8 +9,9 @@ half). The trained weights ship beside this file (``tinylm-v1.safetensors``, 2 M
 not bit-reproducible across CPUs (an AVX-512 host's sgemm sums in another order, and 250 steps turn that
 into another model, whose int4 agreement differed by 3 points), so every host evaluates these weights.
 They are what :func:`train` gives with torch's and MKL's dispatch pinned to AVX2 on one thread
-(:data:`PINNED`); without the shipped file, training runs on first use and is cached. Evaluation text is :func:`~bitladder.zoo.corpus.eval_sentences`,
-calibration and distillation text the disjoint :func:`~bitladder.zoo.corpus.calibration_sentences`.
+(:data:`bitladder.zoo.cache.PINNED`); without the shipped file, training runs on first use and is cached.
+Evaluation text is :func:`~bitladder.zoo.corpus.eval_sentences`, calibration and distillation text the
+disjoint :func:`~bitladder.zoo.corpus.calibration_sentences`.
 """
 
 from __future__ import annotations
@@ -37,9 +38,6 @@ ARCH = {"hidden": 128, "layers": 2, "heads": 4, "intermediate": 384, "context": 
 TRAIN = {"steps": 250, "batch": 16, "lr": 6e-3, "warmup": 20, "weight_decay": 0.01, "seed": 0}
 VERSION = "v1"
 SHIPPED = Path(__file__).with_name(f"tinylm-{VERSION}.safetensors")
-#: the environment that reproduces the shipped weights from :func:`train` on an x86 CPU with AVX2
-PINNED = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-          "OMP_NUM_THREADS": "1"}
 EVAL_SENTENCES = 256
 CALIB_SENTENCES = 256
 BATCH = 16  # blocks of ``context`` tokens per evaluation / calibration batch

@@ -1,10 +1,14 @@
 """``digits``: a small CNN on scikit-learn's bundled handwritten digits (UCI, 1,797 8x8 images).
 
-Trained on first use with a fixed seed (a few seconds on 2 cores) and cached as safetensors.
+Trained with a fixed seed; the weights ship beside this file (160 KB), as tinylm's do, because training
+on another CPU makes another model (zoo/causal_lm.py). Without the file, training runs on first use (a few
+seconds on 2 cores) and is cached as safetensors.
 Train/test split: stratified, 25 % test (450 images), ``random_state=0``.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -16,6 +20,8 @@ from bitladder.zoo.spec import ModelSpec
 
 TRAIN = {"epochs": 60, "lr": 2e-3, "batch": 64, "seed": 0, "weight_decay": 1e-4}
 VERSION = "v1"
+#: what :func:`train` gives under :data:`bitladder.zoo.cache.PINNED` (every host evaluates the same weights)
+SHIPPED = Path(__file__).with_name(f"digits-cnn-{VERSION}.safetensors")
 
 
 class DigitsCNN(nn.Module):
@@ -68,9 +74,12 @@ def train(data: dict[str, torch.Tensor]) -> DigitsCNN:
 
 
 def pretrained(data: dict[str, torch.Tensor] | None = None) -> DigitsCNN:
-    """The trained fp32 CNN, from the cache or trained now (and cached atomically)."""
-    path = cache_dir() / f"digits-cnn-{VERSION}.safetensors"
+    """The trained fp32 CNN: the shipped weights, else from the cache or trained now (and cached atomically)."""
     model = DigitsCNN()
+    if SHIPPED.exists():
+        model.load_state_dict(load_file(str(SHIPPED)))
+        return model.eval()
+    path = cache_dir() / f"digits-cnn-{VERSION}.safetensors"
     if path.exists():
         try:
             model.load_state_dict(load_file(str(path)))
