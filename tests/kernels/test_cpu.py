@@ -28,3 +28,20 @@ def test_levels_only_grow():
     names = ["default", "avx2", "avx512", "avx512-vnni", "avx512-bf16", "amx"]
     for lower, higher in zip(names, names[1:]):
         assert cpu.LEVELS[lower] < cpu.LEVELS[higher]
+
+
+@pytest.mark.parametrize("isa,allowed", [("AVX2", {"avx2"}), ("avx512_core", {"avx2", "avx512f", "avx512bw"}),
+                                         ("AVX2_VNNI", {"avx2", "avx_vnni"}), ("SSE41", set())])
+def test_onednns_own_cap_caps_the_features_too(isa, allowed):
+    # a VNNI activation grid on a oneDNN held below VNNI would saturate its u8 x s8 pair sums
+    got = cpu.current({"ONEDNN_MAX_CPU_ISA": isa})
+    assert got.flags == got.host_flags & allowed and not got.has("avx512_vnni")
+    both = cpu.current({"ONEDNN_MAX_CPU_ISA": isa, "BITLADDER_CPU": "avx2"})
+    assert both.flags == got.host_flags & allowed & {"avx2"}
+    if got.flags != got.host_flags:
+        assert set(got.describe()["host_flags"]) == set(cpu.FEATURES)
+
+
+@pytest.mark.parametrize("isa", ["ALL", "DEFAULT", "", "AVX512_CORE_AMX", "nonsense"])
+def test_a_onednn_value_that_caps_nothing_leaves_the_host(isa):
+    assert cpu.current({"ONEDNN_MAX_CPU_ISA": isa}).flags == cpu.current({}).host_flags

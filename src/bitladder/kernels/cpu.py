@@ -38,6 +38,15 @@ LEVELS: dict[str, frozenset[str] | None] = {
     "amx": frozenset(FEATURES),
 }
 
+#: ``ONEDNN_MAX_CPU_ISA`` (oneDNN's own cap) -> the features it leaves: oneDNN runs no instruction above it, so
+#: an activation grid that counts on VNNI would saturate on its GEMM; None: no cap (ALL, DEFAULT, AMX levels)
+ONEDNN_CAPS: dict[str, frozenset[str] | None] = {
+    "sse41": frozenset(), "avx": frozenset(), "avx2": frozenset({"avx2"}),
+    "avx2_vnni": frozenset({"avx2", "avx_vnni"}), "avx2_vnni_2": frozenset({"avx2", "avx_vnni"}),
+    "avx512_core": _AVX512, "avx512_core_vnni": LEVELS["avx512-vnni"],
+    "avx512_core_bf16": LEVELS["avx512-bf16"], "avx512_core_fp16": LEVELS["avx512-bf16"],
+}
+
 # /proc/cpuinfo spells some features differently from the names above
 _ALIASES = {"amx_int8": "amx", "amx_tile": "amx", "amx_bf16": "amx", "avx512_vpopcntdq": "vpopcntdq"}
 
@@ -70,6 +79,7 @@ class Cpu:
         d = {"cpu": self.model, "flags": {f: f in self.flags for f in FEATURES}}
         if self.level != "native":
             d["bitladder_cpu"] = self.level
+        if self.level != "native" or self.flags != self.host_flags:  # capped (BITLADDER_CPU, ONEDNN_MAX_CPU_ISA)
             d["host_flags"] = {f: f in self.host_flags for f in FEATURES}
         return d
 
@@ -102,8 +112,11 @@ def parse_level(value: str | None) -> str:
 
 
 def current(env: dict | None = None) -> Cpu:
-    """The CPU as kernels must see it: the host, capped at ``BITLADDER_CPU`` when that is set."""
+    """The CPU as kernels must see it: the host, capped at ``BITLADDER_CPU`` when that is set, and at
+    ``ONEDNN_MAX_CPU_ISA`` when that is (an unknown value caps nothing, as in oneDNN)."""
+    env = os.environ if env is None else env
     model, host = _host()
-    level = parse_level((os.environ if env is None else env).get("BITLADDER_CPU"))
-    cap = LEVELS[level]
-    return Cpu(model, host if cap is None else host & cap, host, level)
+    level = parse_level(env.get("BITLADDER_CPU"))
+    flags = host if LEVELS[level] is None else host & LEVELS[level]
+    onednn = ONEDNN_CAPS.get((env.get("ONEDNN_MAX_CPU_ISA") or "").strip().lower())
+    return Cpu(model, flags if onednn is None else flags & onednn, host, level)
