@@ -28,7 +28,8 @@ def test_auto_uses_a_low_bit_kernel_for_few_rows_and_matches_reference(cfg):
     ref = bitladder.quantize(lin, type(cfg)(**{**cfg.__dict__, "kernel": "dequant-fp32"}))
     x = torch.randn(3, 256)
     y = q(x)
-    assert q.kernel.startswith("ort-w")
+    # binary codes: the lookup GEMV where the C kernels are built and the CPU has AVX2, else MatMulNBits
+    assert q.kernel.startswith("ort-w") or (isinstance(cfg, bitladder.Binary) and q.kernel == "c-binary-lut")
     assert ref.kernel == "dequant-fp32"
     assert rel(y, ref(x)) < 0.02  # the kernel quantises activations per row and block to 8 bits
 

@@ -36,7 +36,9 @@ class CBinaryLutKernel(LinearKernel):
     """Binary (1-bit) codes x int8 activations per block of up to 128 inputs, by 16-entry table lookups."""
 
     name = "c-binary-lut"
-    auto_rows = (1, 1)  # one row: the weights are read once per call; from two rows on others reuse each load
+    # as far as int8 activations go in auto (MatMulNBits' rows): ahead of it at every count from 1 to 16
+    # (docs/results/bench-linear-vnni.json, docs/DESIGN.md)
+    auto_rows = (1, 16)
     rank = 4  # ahead of the bit-plane GEMV (c-lowbit-a8, rank 5) for the weights it takes
 
     @classmethod
