@@ -27,6 +27,7 @@ def test_both_paths_equal_the_reference_bit_for_bit_and_track_the_float_product(
     ref = portable.reference(x)
     assert torch.equal(portable(x), ref)
     assert torch.equal(CLowbitKernel.from_qtensor(qt, simd=True)(x), ref)  # AVX2 where the host has it
+    assert torch.equal(CLowbitKernel.from_qtensor(qt, simd=2)(x), ref)  # AVX-512 VNNI where the host has it
     exact = x @ qt.dequantize().T
     assert float((ref - exact).norm() / exact.norm()) < 0.02  # int8 activations per block cost ~1 %
 

@@ -58,8 +58,9 @@ class CLowbitKernel(LinearKernel):
                 and (g is None or g % 32 == 0) and (qt.layout.granularity == "tensor" or qt.layout.axis % 2 == 0))
 
     @classmethod
-    def from_qtensor(cls, qt: QuantizedTensor, simd: bool | None = None) -> "CLowbitKernel":
-        """Repack once; ``simd`` forces the AVX2 (True) or portable (False) path, else the CPU decides."""
+    def from_qtensor(cls, qt: QuantizedTensor, simd: int | None = None) -> "CLowbitKernel":
+        """Repack once; ``simd`` forces the AVX-512 VNNI (2), AVX2 (1 or True) or portable (0 or False) path
+        (each falls back to the next where the host lacks it), else the CPU decides."""
         if not cls.installed():
             raise KernelUnsupported("the C kernels were not built (no compiler when bitladder was installed)")
         if not cls.applies(qt):
@@ -94,7 +95,10 @@ class CLowbitKernel(LinearKernel):
             zo = np.zeros(n * nbw + 8, np.uint8)
             zo[: n * nbw].reshape(n, nbw)[:, : zp.shape[1]] = (zp + off).numpy()
             self.zo, self.off = zo, 0
-        self.simd = current().has("avx2") if simd is None else bool(simd)
+        if simd is None:
+            cpu = current()
+            simd = 2 if cpu.has("avx2", "avx512_vnni") else int(cpu.has("avx2"))
+        self.simd = int(simd)
         return self
 
     @property
@@ -104,7 +108,7 @@ class CLowbitKernel(LinearKernel):
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.empty(x.shape[0], self.n)
         _lowbit.gemv(self.w, self.ws, self.zo, x.numpy(), y.numpy(), x.shape[0], self.n, self.k, self.kp, self.g,
-                     self.xb, self.bits, self.mult, self.off, int(self.simd), torch.get_num_threads())
+                     self.xb, self.bits, self.mult, self.off, self.simd, torch.get_num_threads())
         return y
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:

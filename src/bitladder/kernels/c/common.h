@@ -100,6 +100,15 @@ static void quant_x(const float *x, int64_t k, int64_t kp, int64_t xb, int8_t *x
     }
 }
 
+static int cpu_vnni(void) { /* vpdpbusd on 256-bit registers: AVX512-VNNI with VL */
+#ifdef BL_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
 static int cpu_avx2(void) {
 #ifdef BL_X86
     __builtin_cpu_init();
