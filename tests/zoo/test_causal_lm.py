@@ -58,21 +58,10 @@ def test_without_the_shipped_file_a_cached_training_is_used(tinylm_spec, tmp_pat
 @pytest.mark.slow
 def test_training_with_the_pinned_dispatch_reproduces_the_shipped_weights(tmp_path):
     """Two minutes: train() in a fresh process under PINNED gives the shipped file's bits (an x86 CPU with AVX2)."""
-    import os
-    import subprocess
-    import sys
+    from tests.zoo.pinned import assert_retraining_gives
 
-    from safetensors.torch import load_file
-
-    from bitladder.zoo.cache import PINNED
-
-    out = tmp_path / "trained.safetensors"
-    code = ("from safetensors.torch import save_file; from bitladder.zoo import causal_lm, corpus; "
-            "m = causal_lm.train(causal_lm.encode(corpus.training_sentences())); "
-            f"save_file({{k: v.contiguous() for k, v in m.state_dict().items()}}, {str(out)!r})")
-    subprocess.run([sys.executable, "-c", code], env={**os.environ, **PINNED}, check=True, timeout=900)
-    got, want = load_file(str(out)), load_file(str(causal_lm.SHIPPED))
-    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert_retraining_gives(causal_lm.SHIPPED, "causal_lm.train(causal_lm.encode(corpus.training_sentences()))",
+                            "from bitladder.zoo import causal_lm, corpus", tmp_path / "trained.safetensors", 900)
 
 
 def test_default_rungs_parse(tinylm_spec):

@@ -1,12 +1,8 @@
-import os
-import subprocess
-import sys
-
 import torch
 from safetensors.torch import load_file
 
 from bitladder.zoo import digits
-from bitladder.zoo.cache import PINNED
+from tests.zoo.pinned import assert_retraining_gives
 
 
 def test_pretrained_accuracy_and_split(digits_spec):
@@ -26,13 +22,8 @@ def test_the_shipped_weights_load_without_training(monkeypatch):
 
 def test_training_under_the_pinned_dispatch_reproduces_the_shipped_weights(tmp_path):
     """A few seconds: train() in a fresh process under PINNED gives the shipped file's bits (x86 with AVX2)."""
-    out = tmp_path / "trained.safetensors"
-    code = ("from safetensors.torch import save_file; from bitladder.zoo import digits; "
-            "m = digits.train(digits.load_data()); "
-            f"save_file({{k: v.contiguous() for k, v in m.state_dict().items()}}, {str(out)!r})")
-    subprocess.run([sys.executable, "-c", code], env={**os.environ, **PINNED}, check=True, timeout=600)
-    got, want = load_file(str(out)), load_file(str(digits.SHIPPED))
-    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert_retraining_gives(digits.SHIPPED, "digits.train(digits.load_data())", "from bitladder.zoo import digits",
+                            tmp_path / "trained.safetensors", 600)
 
 
 def test_without_the_shipped_file_the_cache_is_reused_and_a_damaged_cache_retrained(tmp_path, monkeypatch):

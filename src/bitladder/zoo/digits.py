@@ -77,8 +77,11 @@ def pretrained(data: dict[str, torch.Tensor] | None = None) -> DigitsCNN:
     """The trained fp32 CNN: the shipped weights, else from the cache or trained now (and cached atomically)."""
     model = DigitsCNN()
     if SHIPPED.exists():
-        model.load_state_dict(load_file(str(SHIPPED)))
-        return model.eval()
+        try:
+            model.load_state_dict(load_file(str(SHIPPED)))
+            return model.eval()
+        except Exception:  # a damaged install: train as without the file, never trust it
+            model = DigitsCNN()
     path = cache_dir() / f"digits-cnn-{VERSION}.safetensors"
     if path.exists():
         try:
