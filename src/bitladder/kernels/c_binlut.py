@@ -56,8 +56,9 @@ class CBinaryLutKernel(LinearKernel):
                 and (g is None or g % 32 == 0))
 
     @classmethod
-    def from_qtensor(cls, qt: QuantizedTensor, simd: bool | None = None) -> "CBinaryLutKernel":
-        """Repack once into tiles of 32 rows; ``simd`` forces the AVX2 (True) or portable (False) path."""
+    def from_qtensor(cls, qt: QuantizedTensor, simd: int | None = None) -> "CBinaryLutKernel":
+        """Repack once into tiles of 32 rows; ``simd`` forces the AVX-512 BW (2), AVX2 (1 or True) or portable
+        (0 or False) path (each falls back to the next where the host lacks it), else the CPU decides."""
         if not cls.installed():
             raise KernelUnsupported("the C kernels were not built (no compiler when bitladder was installed)")
         if not cls.applies(qt):
@@ -84,7 +85,10 @@ class CBinaryLutKernel(LinearKernel):
         self.ws = np.ascontiguousarray(ws.reshape(self.tiles, TILE, nbw).transpose(0, 2, 1))
         mult, off = qt.qtype.rules.affine(qt.qtype)
         self.mult, self.off = int(mult), int(off)
-        self.simd = current().has("avx2") if simd is None else bool(simd)
+        if simd is None:
+            cpu = current()
+            simd = 2 if cpu.has("avx2", "avx512bw") else int(cpu.has("avx2"))
+        self.simd = int(simd)
         return self
 
     @property
@@ -94,7 +98,7 @@ class CBinaryLutKernel(LinearKernel):
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.empty(x.shape[0], self.tiles * TILE)
         _binlut.gemv(self.w, self.ws, x.numpy(), y.numpy(), x.shape[0], self.tiles, self.k, self.kp, self.g,
-                     self.xb, self.mult, self.off, int(self.simd), torch.get_num_threads())
+                     self.xb, self.mult, self.off, self.simd, torch.get_num_threads())
         return y if y.shape[1] == self.n else y[:, : self.n].contiguous()
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:

@@ -109,6 +109,15 @@ static int cpu_vnni(void) { /* vpdpbusd on 256-bit registers: AVX512-VNNI with V
 #endif
 }
 
+static int cpu_avx512bw(void) {
+#ifdef BL_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+#else
+    return 0;
+#endif
+}
+
 static int cpu_avx2(void) {
 #ifdef BL_X86
     __builtin_cpu_init();
