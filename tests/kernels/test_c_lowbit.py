@@ -59,6 +59,9 @@ def test_auto_picks_it_for_one_row_where_the_cpu_has_avx2():
     assert choose(qt, 1, cpu=avx2) == ("c-lowbit-a8" if avx2.has("avx2") else "ort-nbits")
     assert choose(qt, 2, cpu=avx2) != "c-lowbit-a8"  # from two rows on MatMulNBits reuses each weight load
     assert choose(qt, 1, cpu=current({"BITLADDER_CPU": "default"})) != "c-lowbit-a8"  # the portable path is slow
+    vnni = current({"BITLADDER_CPU": "avx512-vnni"})  # with vpdpbusd it keeps two rows too
+    assert (choose(qt, 2, cpu=vnni) == "c-lowbit-a8") == vnni.has("avx2", "avx512_vnni")
+    assert choose(qt, 3, cpu=vnni) != "c-lowbit-a8"
 
 
 def test_xnor_paths_agree_bit_for_bit():

@@ -41,6 +41,7 @@ class CLowbitKernel(LinearKernel):
 
     name = "c-lowbit-a8"
     auto_rows = (1, 1)  # ahead of MatMulNBits at one row (all shapes measured); behind it from two rows on
+    vnni_rows = (1, 2)  # with vpdpbusd it stays ahead at two rows too (docs/DESIGN.md, 'The C GEMV on VNNI CPUs')
     rank = 5
 
     @classmethod
@@ -49,7 +50,9 @@ class CLowbitKernel(LinearKernel):
 
     @classmethod
     def rows(cls, cpu: Cpu):
-        return cls.auto_rows if cpu.has("avx2") else None  # the portable path is for correctness, not speed
+        if not cpu.has("avx2"):
+            return None  # the portable path is for correctness, not speed
+        return cls.vnni_rows if cpu.has("avx512_vnni") else cls.auto_rows
 
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
