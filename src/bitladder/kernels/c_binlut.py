@@ -1,8 +1,9 @@
 """The C binary-weight GEMV by table lookup (``kernels/c/binlut.c``): 1-bit codes against int8 activations
 quantised per block at each call, the grid of :mod:`bitladder.kernels.c_lowbit`. Every four activations give a
 table of their sixteen subset sums, and each nibble of four weight bits looks its partial dot up (vpshufb),
-so no bit plane is expanded: the bit-plane GEMV is compute-bound on binary weights, this one reads them at
-the memory's speed (docs/results/bench-linear-*.json). The integer dots are exact on any AVX2 CPU.
+so no bit plane is expanded: the bit-plane GEMV is compute-bound on binary weights at about a third of the
+read bandwidth, this one reaches about two thirds (docs/results/bench-linear-vnni.json). The integer dots are
+exact on any AVX2 CPU; AVX-512 BW CPUs run two tiles of rows per register.
 
 Built by pip at install (``setup.py``) where a compiler exists; :meth:`CBinaryLutKernel.reference` is the
 same arithmetic in PyTorch, and the portable C path gives the same bits.

@@ -8,7 +8,8 @@
  * nibble of four weight bits is an index into it, so one vpshufb gives 32 rows' partial dots of four codes.
  * A sum lies in [-508, 508]; plus 512 it is a 10-bit number kept as two 5-bit tables (low and high bits), so
  * eight lookups add up in bytes (8 * 31 = 248) before they are widened: exact integers on any AVX2 CPU, no
- * VNNI. Lookup and add cost about 13 instructions per 256 codes against 32 for expanding bit planes.
+ * VNNI. Lookup and add cost about 13 instructions per 256 codes against 32 for expanding bit planes; with
+ * AVX-512 BW one 512-bit register holds two tiles, half the instructions again.
  *
  * Weight layout (made once in Python): tiles of 32 rows; per tile, per column of eight codes, 32 bytes (one a
  * row), bit i of a byte holding code 8c + i. Scales are fp16 bits, 32 per (tile, group) in row order. The
