@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from bitladder.kernels.base import KernelUnsupported, LinearKernel, group_of, nbytes_of, weight_parts
-from bitladder.kernels.c_lowbit import int8_blocks
-from bitladder.kernels.cpu import Cpu, current
+from bitladder.kernels.c_lowbit import int8_blocks, simd_path
+from bitladder.kernels.cpu import Cpu
 from bitladder.kernels.onnx_nbits import integer_codes
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
@@ -86,10 +86,7 @@ class CBinaryLutKernel(LinearKernel):
         self.ws = np.ascontiguousarray(ws.reshape(self.tiles, TILE, nbw).transpose(0, 2, 1))
         mult, off = qt.qtype.rules.affine(qt.qtype)
         self.mult, self.off = int(mult), int(off)
-        if simd is None:
-            cpu = current()
-            simd = 2 if cpu.has("avx2", "avx512bw") else int(cpu.has("avx2"))
-        self.simd = int(simd)
+        self.simd = simd_path(simd, "avx512bw")
         return self
 
     @property

@@ -98,10 +98,7 @@ class CLowbitKernel(LinearKernel):
             zo = np.zeros(n * nbw + 8, np.uint8)
             zo[: n * nbw].reshape(n, nbw)[:, : zp.shape[1]] = (zp + off).numpy()
             self.zo, self.off = zo, 0
-        if simd is None:
-            cpu = current()
-            simd = 2 if cpu.has("avx2", "avx512_vnni") else int(cpu.has("avx2"))
-        self.simd = int(simd)
+        self.simd = simd_path(simd, "avx512_vnni")
         return self
 
     @property
@@ -135,6 +132,15 @@ class CLowbitKernel(LinearKernel):
             lanes[..., b % 8] = lanes[..., b % 8] + d[..., b].to(torch.float32) * scale[..., b]
         s = lanes[..., :4] + lanes[..., 4:]
         return (s[..., 0] + s[..., 2]) + (s[..., 1] + s[..., 3])
+
+
+def simd_path(simd: int | None, wide: str) -> int:
+    """The C path a kernel runs: ``simd`` when forced, else 2 where the CPU (as ``BITLADDER_CPU`` presents it)
+    has AVX2 and ``wide`` (the feature of the kernel's 512-bit or VNNI path), 1 with AVX2 alone, 0 without."""
+    if simd is not None:
+        return int(simd)
+    cpu = current()
+    return 2 if cpu.has("avx2", wide) else int(cpu.has("avx2"))
 
 
 def int8_blocks(x: torch.Tensor, kp: int, xb: int) -> tuple[torch.Tensor, torch.Tensor]:
