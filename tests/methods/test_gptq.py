@@ -142,3 +142,60 @@ def test_gptq_sweep_matches_the_textbook_algorithm(name, sym):
     ref = _textbook_gptq(w, h, qtype, 32, sym)
     # float32 lazy batches against float64 one column at a time: a few codes may round the other way
     assert float((codes == ref).float().mean()) > 0.99
+
+
+def _damped_inverse_ref(h, inv):
+    """(P^T (H + d mean(diag) I) P)^-1 in float64, dead inputs' diagonal set to 1 first (as the sweep sees it)."""
+    h = h.double().clone()
+    h.diagonal()[inv.dead] = 1.0
+    h.diagonal().add_(inv.damp * float(h.diagonal().mean()))
+    p = inv.perm
+    return torch.linalg.inv(h[p[:, None], p])
+
+
+@pytest.mark.parametrize("act_order", [True, False])
+def test_inverse_factor_gives_the_damped_inverse(act_order):
+    from bitladder.methods.quantize.gptq import _SOLVE_COLUMNS, inverse
+
+    k = 2 * _SOLVE_COLUMNS + 37  # several slabs, the last one partial
+    x = correlated(2048, k, seed=3)
+    x[:, 5] = 0.0  # a dead input
+    h = 2 * x.double().T @ x.double() / x.shape[0]
+    inv = inverse(h, 0.01, act_order)
+    assert bool(inv.dead[5]) and int(inv.dead.sum()) == 1
+    if act_order:
+        assert bool((torch.diff(torch.diag(h)[inv.perm][~inv.dead[inv.perm]]) <= 0).all())
+    assert torch.equal(inv.u, torch.triu(inv.u))
+    ref = _damped_inverse_ref(h, inv)
+    got = inv.u.double().T @ inv.u.double()
+    assert float((got - ref).abs().max()) < 1e-5 * float(ref.abs().max())
+    again = inverse(h.clone(), 0.01, act_order, consume=True)
+    assert torch.equal(again.u, inv.u) and torch.equal(again.perm, inv.perm)
+
+
+def test_inverse_raises_the_damping_until_the_factorisation_succeeds(caplog):
+    from bitladder.methods.quantize.gptq import inverse
+
+    x = correlated(512, 40, seed=4)
+    h = 2 * x.double().T @ x.double() / x.shape[0]
+    h.diagonal().sub_(0.05 * float(h.diagonal().mean()))  # indefinite: 1 % damping is not enough, 10 % is
+    with caplog.at_level("WARNING", logger="bitladder"):
+        inv = inverse(h, 0.01, True)
+    assert inv.damp == pytest.approx(0.1) and "damping raised" in caplog.text
+    ref = _damped_inverse_ref(h, inv)
+    assert float((inv.u.double().T @ inv.u.double() - ref).abs().max()) < 1e-4 * float(ref.abs().max())
+    with pytest.raises(ValueError, match="stays singular"):
+        inverse(-h.abs() - torch.eye(40, dtype=torch.float64), 0.01, True)
+
+
+def test_layers_sharing_a_collector_share_one_inverse_and_the_hessian_is_released():
+    from bitladder.methods.quantize.gptq import HessianCollector
+
+    c = HessianCollector(24)
+    c.update(correlated(200, 24, seed=6))
+    inv = c.inverse(0.01, True)
+    assert c.inverse(0.01, True) is inv and c.h is None
+    with pytest.raises(RuntimeError, match="released"):
+        c.hessian
+    with pytest.raises(RuntimeError, match="asked again"):
+        c.inverse(0.1, True)

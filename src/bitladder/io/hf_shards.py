@@ -1,7 +1,7 @@
 """Read single tensors from a Hugging Face checkpoint folder: one ``model.safetensors`` or shards listed in
-``model.safetensors.index.json``. Each read opens the shard that holds the tensor memory-mapped
-(``safetensors.safe_open``) and copies out only that tensor, so reading a block never loads a shard whole.
-Loading never executes pickled code: ``pytorch_model.bin`` folders are refused.
+``model.safetensors.index.json``. Each read takes only that tensor's bytes from the shard that holds it
+(:class:`~bitladder.io.st_read.TensorFile`: plain reads, not a memory map), so reading a block never makes a
+shard resident. Loading never executes pickled code: ``pytorch_model.bin`` folders are refused.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from bitladder.errors import BitladderError
+from bitladder.io.st_read import TensorFile
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -40,6 +40,7 @@ class Shards:
         missing = sorted({f for f in self.where.values() if not (self.folder / f).is_file() or "/" in f})
         if missing:
             raise BitladderError(f"{self.folder}: shard(s) missing: {', '.join(missing)} (listed in {INDEX})")
+        self._open: dict[str, TensorFile] = {}  # shard -> its parsed header
 
     def __contains__(self, name: str) -> bool:
         return name in self.where
@@ -52,12 +53,13 @@ class Shards:
         """The tensor ``name``, read from its shard; BitladderError when no shard holds it."""
         if name not in self.where:
             raise BitladderError(f"{self.folder}: no tensor {name!r} in the checkpoint")
-        path = self.folder / self.where[name]
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return f.get_tensor(name)
-        except Exception as e:  # safetensors raises its own error types
-            raise BitladderError(f"{path} is corrupt or lacks {name!r}: {str(e).splitlines()[0][:200]}") from None
+        shard = self.where[name]
+        if shard not in self._open:
+            self._open[shard] = TensorFile(self.folder / shard)
+        f = self._open[shard]
+        if name not in f:
+            raise BitladderError(f"{f.path} is corrupt or lacks {name!r} (its index lists it there)")
+        return f.read(name)
 
     def fingerprint(self) -> str:
         """A hash of the tensor map and each shard's size and safetensors header (not of every weight byte:
@@ -73,8 +75,4 @@ class Shards:
 
 
 def _keys(path: Path) -> list[str]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return list(f.keys())
-    except Exception as e:  # safetensors raises its own error types
-        raise BitladderError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0][:200]}") from None
+    return TensorFile(path).names()

@@ -128,3 +128,19 @@ def test_layers_that_see_one_tensor_as_different_rows_keep_their_own_collectors(
               lambda n, m: Rows(True), lambda n, m, c: got.__setitem__(n, c))
     assert got["a"] is not got["b"]
     assert got["a"].rows[0].shape[1] == 4 and got["b"].rows[0].shape[1] == 36  # 1x1 and 3x3 unfolds
+
+
+def test_only_the_group_being_served_gets_collectors():
+    # a GPTQ Hessian is K x K float64: making one for every pending layer on every pass held them all at once
+    torch.manual_seed(0)
+    net = Net()
+    batches = [torch.randn(4, 5, 8) for _ in range(3)]
+    made: list[str] = []
+
+    def make(n, m):
+        made.append(n)
+        return Rows(False)
+
+    names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    blockwise(net, names, batches, make, lambda n, m, c: None)
+    assert sorted(made) == sorted(names)  # one each, on the pass that quantises it

@@ -104,3 +104,32 @@ def test_refusals_are_one_line(folder, calib, tmp_path):
     with pytest.raises(BitladderError, match="has no config.json"):
         stream_quantize(tmp_path, CONFIGS["rtn-w4-g32"], None, tmp_path / "x")
     assert list(tmp_path.iterdir()) == []
+
+
+CAP_MB = 100  # private data the run may add to its imports
+
+
+def _capped(mode, folder, out):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    return subprocess.run([sys.executable, "-m", "tests.pipeline.stream.capped", mode, str(folder), str(out), str(CAP_MB)],
+                          cwd=root, capture_output=True, text=True, timeout=600)
+
+
+def test_streamed_gptq_fits_a_cap_a_third_of_the_model(tmp_path):
+    # 32 blocks of hidden 512 (MLP 1024, vocabulary 4096): 0.35 GB fp32 in 9 shards, 3.3x the cap
+    import json
+
+    folder = llama_folder(tmp_path / "m", layers=32, hidden=512, tied=False, shard="40MB", vocab=4096, heads=8)
+    size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    assert size >= 3 * CAP_MB * 2**20 and len(Shards(folder).files()) >= 4
+    run = _capped("stream", folder, tmp_path / "s.safetensors")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1])["peak_rss_mb"] > 0
+    assert bitladder.load(tmp_path / "s.safetensors").lm.model.layers[31].mlp.down_proj.qweight.qtype.name == "int4"
+    # the cap is real: the in-memory path, which holds the float model, cannot run under it
+    whole = _capped("memory", folder, tmp_path / "m.safetensors")
+    assert whole.returncode != 0 and "allocate" in whole.stderr, whole.stderr[-2000:]

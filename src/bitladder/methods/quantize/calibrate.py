@@ -147,12 +147,13 @@ def groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefix
 
     The first batch of each pass runs in full and names the group (the layers fed the first layer's input);
     later batches feed only that group and stop ``root`` right after the group's last layer, since nothing
-    after it is used before the group is quantised. Siblings whose collectors are ``by_input`` share one.
+    after it is used before the group is quantised. Only the group's layers get a collector (a 2816-wide GPTQ
+    Hessian is 63 MB). Siblings whose collectors are ``by_input`` share one.
     """
     pending = list(names)
     while pending:
         modules = {n: root.get_submodule(n[len(prefix):]) for n in pending}
-        collectors = {n: make(n, m) for n, m in modules.items()}
+        collectors: dict[str, Any] = {}  # made on a layer's first input: only the group's layers get one
         calls: list[tuple[str, int]] = []  # the first batch's (layer, id of its input), in call order
         alive: list[torch.Tensor] = []  # the first batch's inputs: their ids stay unique while compared
         state: dict[str, Any] = {"batch": 0, "mask": None, "left": None, "fed": set()}
@@ -163,12 +164,16 @@ def groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefix
                 if state["batch"] == 0:
                     calls.append((n, id(x)))
                     alive.append(x)
+                    if id(x) != calls[0][1]:
+                        return  # not fed the group's input: collected on a later pass
                 elif state["left"] <= 0:
                     raise _Stop  # past the group's last layer
                 else:
                     state["left"] -= 1
                     if n not in siblings:
                         return
+                if n not in collectors:
+                    collectors[n] = make(n, module)
                 c = collectors[n]
                 if (id(c), id(x)) in state["fed"]:
                     return  # a shared collector already took this input

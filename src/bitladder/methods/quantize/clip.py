@@ -22,6 +22,8 @@ import torch
 from bitladder.formats.qtypes import QType
 from bitladder.formats.quant import choose_qparams
 
+_SLAB = 1 << 18  # elements searched at once (1 MB of float32 per temporary)
+
 
 def search_qparams(xb: torch.Tensor, qtype: QType, symmetric: bool, scale_dtype: torch.dtype = torch.float16,
                    grid: int = 20, min_ratio: float = 0.5, weight: torch.Tensor | None = None):
@@ -29,7 +31,16 @@ def search_qparams(xb: torch.Tensor, qtype: QType, symmetric: bool, scale_dtype:
 
     ``weight`` (broadcastable to ``xb``) weights each element's squared error, e.g. by the mean
     square of the activation it multiplies (activation-aware clipping).
+    Rows are searched a slab at a time (each block's search is its own): the grid's temporaries stay a few
+    MB whatever the layer's size, instead of several copies of the whole weight per shrink factor.
     """
+    rows = max(1, _SLAB // max(1, xb[0].numel()))
+    if xb.shape[0] > rows:
+        per_row = weight is not None and weight.dim() == xb.dim() and weight.shape[0] == xb.shape[0] > 1
+        parts = [search_qparams(xb[i : i + rows], qtype, symmetric, scale_dtype, grid, min_ratio,
+                                weight[i : i + rows] if per_row else weight) for i in range(0, xb.shape[0], rows)]
+        zs = [z for _, z in parts]
+        return torch.cat([s for s, _ in parts]), None if zs[0] is None else torch.cat(zs)
     x = xb.float()
     best_s, best_z = choose_qparams(x, qtype, symmetric, scale_dtype)
     if not qtype.rules.range_scaled:

@@ -39,7 +39,8 @@ def _gptq(config, method: GPTQ, module: nn.Module, handler: type, collector: Hes
     by_channel = Layout("channel", handler.weight_axis)  # GPTQ sweeps (out, in) rows whatever the scales
     w = module.weight.detach().float()
     qtype = get_qtype(config.qtype)
-    codes, scale, zp = gptq_rows(by_channel.rows(w), collector.hessian, qtype, layout, config.symmetric,
+    inv = collector.inverse(method.damp, method.act_order)  # once for the layers sharing the collector
+    codes, scale, zp = gptq_rows(by_channel.rows(w), inv, qtype, layout, config.symmetric,
                                  SCALE_DTYPES[config.scale_dtype], method.damp, method.act_order,
                                  method.block_size, method.clip_search)
     codes = layout.rows(by_channel.unrows(codes, tuple(w.shape)))

@@ -9,6 +9,7 @@ groups"), so activation ordering never changes the storage layout.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
@@ -28,55 +29,103 @@ class HessianCollector(Collector):
     by_input = True
 
     def __init__(self, k: int) -> None:
-        self.h = torch.zeros(k, k, dtype=torch.float64)
+        self.h: torch.Tensor | None = torch.zeros(k, k, dtype=torch.float64)
         self.n = 0
         self.done = False
+        self._inverse: tuple[tuple, Inverse] | None = None
 
     def update(self, x: torch.Tensor) -> None:
         if self.done:
             raise RuntimeError("HessianCollector: rows added after the Hessian was read")
         x = x.float()
-        self.h += (x.T @ x).double().mul_(2)
+        self.h.add_(x.T @ x, alpha=2)  # promoted element by element: no k x k float64 temporary
         self.n += x.shape[0]
 
     def same_setup(self, other: Collector) -> bool:
-        return isinstance(other, HessianCollector) and other.h.shape == self.h.shape
+        return isinstance(other, HessianCollector) and other.h is not None and other.h.shape == self.h.shape
 
     @property
     def hessian(self) -> torch.Tensor:
         """The mean of x x^T over the collected rows, normalised in place on first read (no k x k copy; the
         collection is over by then)."""
+        if self.h is None:
+            raise RuntimeError("HessianCollector: the Hessian was released after its inverse was taken")
         if not self.done:
             self.h /= max(self.n, 1)
             self.done = True
         return self.h
 
+    def inverse(self, damp: float, act_order: bool) -> "Inverse":
+        """:func:`inverse` of the Hessian, computed once for every layer sharing this collector; the Hessian
+        itself is handed over and freed as soon as it is factorised (the k x k float64 matrices are the peak)."""
+        key = (damp, act_order)
+        if self._inverse is None:
+            self.hessian  # normalised before it is handed over
+            self._inverse = (key, inverse(self._take(), damp, act_order, consume=True))
+        elif self._inverse[0] != key:
+            raise RuntimeError(f"HessianCollector: inverse taken with {self._inverse[0]}, asked again with {key}")
+        return self._inverse[1]
 
-def _inverse_cholesky(hr: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
-    """Upper triangular ``U`` with ``U^T U = H^-1`` (float64) from ``hr = J H J`` (``H`` with rows and columns
-    reversed, a private copy this function consumes), raising the damping tenfold (and warning) if H is
-    singular.
+    def _take(self) -> torch.Tensor:
+        h, self.h = self.h, None
+        return h
 
-    One Cholesky factorisation and one triangular solve in place, never three k x k matrices at once (the
-    2816-wide MLP input of a 1B model: 63 MB each; 11008-wide in a 7B: 0.97 GB): ``J H J = L L^T`` gives
-    ``H = A A^T`` with the upper triangular ``A = J L J``, so ``H^-1 = A^-T A^-1`` and ``U = A^-1 = J L^-1 J``."""
-    mean_diag = float(torch.diag(hr).mean())
-    added = 0.0
+
+@dataclass(frozen=True)
+class Inverse:
+    """What the column sweep needs of a Hessian: the sweep order, the dead (never-active) inputs, the
+    upper triangular ``U`` (``U^T U = (P^T H P)^-1``, float32) and the damping that made H invertible."""
+
+    perm: torch.Tensor
+    dead: torch.Tensor
+    u: torch.Tensor
+    damp: float
+
+
+_SOLVE_COLUMNS = 256  # right-hand sides per triangular solve: a (K, 256) float64 slab, not a K x K identity
+
+
+def inverse(h: torch.Tensor, damp: float = 0.01, act_order: bool = True, consume: bool = False) -> Inverse:
+    """The :class:`Inverse` of the Hessian ``h`` (K, K), raising the damping tenfold (and warning) while the
+    damped Hessian is not positive definite. ``consume``: the caller holds no other reference to ``h``, which
+    is then freed once factorised.
+
+    With ``hr = J P^T H P J`` (rows and columns reversed), ``hr = L L^T`` gives ``P^T H P = A A^T`` with the
+    upper triangular ``A = J L J``, so its inverse is ``A^-T A^-1`` and ``U = A^-1 = J L^-1 J``. ``L`` is
+    factorised in place in ``hr``, and ``L^-1`` solved a slab of columns at a time (on the trailing rows,
+    where it is not zero) straight into the float32 result: alive at once are at most ``h`` and ``hr`` (two
+    K x K float64: 63 MB each for the 2816-wide MLP input of a 1B model, 0.97 GB for the 11008-wide one of a
+    7B), then ``L`` and the float32 ``U``."""
+    diag = torch.diag(h).double()
+    dead = diag == 0
+    diag[dead] = 1.0
+    perm = torch.argsort(diag, descending=True) if act_order else torch.arange(h.shape[0])
+    mean_diag = float(diag.mean())
+    info = torch.empty((), dtype=torch.int32)
+    hr = None
     for attempt in range(6):
         d = damp * (10**attempt)
-        hr.diagonal().add_(d * mean_diag - added)
-        added = d * mean_diag
-        l, info = torch.linalg.cholesky_ex(hr)
+        hr = None  # a failed factorisation overwrote it: gather it again
+        hr = _reversed(h, perm, dead)
+        hr.diagonal().add_(d * mean_diag)
+        torch.linalg.cholesky_ex(hr, out=(hr, info))
         if int(info) == 0:
-            del hr
-            eye = torch.eye(l.shape[0], dtype=l.dtype)
-            inv = torch.linalg.solve_triangular(l, eye, upper=False, out=eye)  # L^-1, in eye's memory
-            del l
-            if attempt:
-                log.warning("GPTQ: Hessian not positive definite; damping raised to %.3g", d)
-            return inv.flip(0, 1), d
-        del l
-    raise ValueError("GPTQ: the Hessian stays singular even with heavy damping")
+            break
+    else:
+        raise ValueError("GPTQ: the Hessian stays singular even with heavy damping")
+    if consume:
+        del h
+    if attempt:
+        log.warning("GPTQ: Hessian not positive definite; damping raised to %.3g", d)
+    k = hr.shape[0]
+    u = torch.zeros(k, k, dtype=torch.float32)
+    for j0 in range(0, k, _SOLVE_COLUMNS):
+        j1 = min(j0 + _SOLVE_COLUMNS, k)
+        rhs = torch.zeros(k - j0, j1 - j0, dtype=hr.dtype)
+        rhs[: j1 - j0].fill_diagonal_(1.0)
+        x = torch.linalg.solve_triangular(hr[j0:, j0:], rhs, upper=False)  # columns j0..j1 of L^-1, rows j0..
+        u[: k - j0, k - j1 : k - j0] = x.flip(0, 1)  # U = J L^-1 J
+    return Inverse(perm, dead, u, d)
 
 
 def _reversed(h: torch.Tensor, perm: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
@@ -87,20 +136,19 @@ def _reversed(h: torch.Tensor, perm: torch.Tensor, dead: torch.Tensor) -> torch.
     return hr
 
 
-def gptq_rows(w: torch.Tensor, h: torch.Tensor, qtype: QType, layout: Layout, symmetric: bool,
+def gptq_rows(w: torch.Tensor, h: torch.Tensor | Inverse, qtype: QType, layout: Layout, symmetric: bool,
               scale_dtype: torch.dtype, damp: float = 0.01, act_order: bool = True, block_size: int = 128,
               clip_search: bool = True):
-    """GPTQ on the weight rows ``w`` (C, K) with the Hessian ``h`` (K, K; not modified). Returns codes (C, K),
-    scale and zero point (C, nb, 1).
+    """GPTQ on the weight rows ``w`` (C, K) with the Hessian ``h`` (K, K; not modified), or its
+    :class:`Inverse` already taken (then ``damp`` and ``act_order`` are the ones it was taken with). Returns
+    codes (C, K), scale and zero point (C, nb, 1).
 
     The Hessian is inverted in float64; the column sweep runs in float32, as the paper's reference does (its
     updates are memory-bound: float32 halves their traffic)."""
+    inv = h if isinstance(h, Inverse) else inverse(h, damp, act_order)
     w = w.detach().float().clone()
     c, k = w.shape
-    diag = torch.diag(h).double()
-    dead = diag == 0
-    diag[dead] = 1.0
-    w[:, dead] = 0.0
+    w[:, inv.dead] = 0.0
     rows_layout = Layout(layout.granularity, 0, layout.group)
     xb = rows_layout.to_blocks(w)
     if clip_search:
@@ -109,14 +157,14 @@ def gptq_rows(w: torch.Tensor, h: torch.Tensor, qtype: QType, layout: Layout, sy
         scale, zp = choose_qparams(xb, qtype, symmetric, scale_dtype)
     del xb
     _, _, nb, b = rows_layout.dims((c, k))
-    perm = torch.argsort(diag, descending=True) if act_order else torch.arange(k)
+    perm = inv.perm
     col_block = (torch.arange(k) // b)[perm]  # the scale block of each swept column
     # transposed (K, C): one swept column is one contiguous row, and its update one rank-1 ``addr_``
     st = scale.reshape(-1, nb)[:, col_block].T.contiguous()
     zt = None if zp is None else zp.reshape(-1, nb)[:, col_block].T.float().contiguous()
     wt = w.T[perm].contiguous()
     del w
-    hinv = _inverse_cholesky(_reversed(h, perm, dead), damp)[0].float()
+    hinv = inv.u
     pivots = hinv.diagonal().tolist()
     qt = torch.empty(k, c, dtype=torch.float32)
     err = torch.empty(block_size, c, dtype=torch.float32)

@@ -15,7 +15,6 @@ calibration activations and the embedding, plus the process itself.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import time
@@ -23,13 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from bitladder.errors import BitladderError
 from bitladder.io.artifact import FORMAT_VERSION
 from bitladder.io.hf_shards import Shards
-from bitladder.io.stream_write import NAMES, Entry, write_streamed
+from bitladder.io.st_read import TensorFile
+from bitladder.io.stream_write import Entry, write_streamed
 from bitladder.methods.quantize.api import _data_ready, check_calibration, check_finite, plan
 from bitladder.methods.quantize.calibrate import advance, capture_inputs, first_output, groups, row_mask
 from bitladder.methods.quantize.configs import CONFIG_TYPES
@@ -38,11 +37,11 @@ from bitladder.methods.quantize.methods import RTN
 from bitladder.methods.quantize.swap import replace, swap
 from bitladder.methods.quantize.transforms import active
 from bitladder.nn.base import QuantModule
+from bitladder.pipeline.stream.memory import give_back
 from bitladder.pipeline.stream.work import Work, fingerprint
 from bitladder.zoo import hf_folder
 
 OnBlock = Callable[[int, int, float], None]  # (block index, blocks, seconds it took)
-_DTYPES = {v: k for k, v in NAMES.items()}
 
 
 def _hidden(call: tuple[tuple, dict]) -> torch.Tensor:
@@ -117,6 +116,7 @@ def stream_quantize(folder: str | Path, config, calib: list[torch.Tensor] | None
         calls = job.block(i, calls)
         work.save_part(f"block-{i:05d}", *job.part(f"lm.model.layers.{i}"))
         job.drop(f"lm.model.layers.{i}")
+        give_back()
         work.commit(i + 1, [_hidden(c) for c in calls])
         if on_block is not None:
             on_block(i, len(blocks), time.perf_counter() - t0)
@@ -185,7 +185,7 @@ class _Job:
             data = [n for n in mine if _data_ready(self.model.get_submodule(n))]
             make, apply, settle = calibrated_apply(self.model, self.targets, self.config, self.method)
             try:  # the next block's inputs on the reference path too, as in memory (settled after the model)
-                groups(block, data, calls, self.masks, make, apply, name + ".", True)
+                groups(block, data, calls, self.masks, make, _trimmed(apply), name + ".", True)
                 self._swap_rest(n for n in mine if n not in data)
                 block = self.model.get_submodule(name)
                 return [advance(c, first_output(block(*c[0], **c[1]))) for c in calls]
@@ -208,7 +208,8 @@ class _Job:
             make, apply, settle = calibrated_apply(self.model, self.targets, self.config, self.method)
             whole = [((_hidden(c),), {}) for c in calls]
             try:
-                idle = groups(_Head(lm.model.norm, lm.lm_head), data, whole, self.masks, make, apply, "lm.", True)
+                idle = groups(_Head(lm.model.norm, lm.lm_head), data, whole, self.masks, make, _trimmed(apply), "lm.",
+                              True)
             finally:
                 settle()
             idle += [n for n in mine if n not in data]
@@ -223,16 +224,27 @@ class _Job:
         return tensors, layers
 
 
+def _trimmed(apply: Callable[[list], None]) -> Callable[[list], None]:
+    """``apply`` with the heap's free pages given back before and after each group (its floats are freed then)."""
+
+    def run(group: list) -> None:
+        give_back()
+        apply(group)
+        give_back()
+
+    return run
+
+
 def _write(out: Path, parts: list[Path], source: str, config: dict) -> None:
-    """The artifact from the parts' files, one tensor in memory at a time."""
+    """The artifact from the parts' files, one tensor in memory at a time (read, not mapped: a mapped part
+    stays resident until closed, and the parts together are the whole artifact)."""
     layers: dict = {}
-    with contextlib.ExitStack() as stack:
-        entries = []
-        for path in parts:
-            f = stack.enter_context(safe_open(str(path), framework="pt"))
-            layers.update(json.loads(f.metadata()["layers"]))
-            for k in f.keys():
-                s = f.get_slice(k)
-                entries.append(Entry(k, _DTYPES[s.get_dtype()], tuple(s.get_shape()), lambda f=f, k=k: f.get_tensor(k)))
-        meta = {"format_version": FORMAT_VERSION, "source": source, "config": config, "layers": layers}
-        write_streamed(out, entries, {"bitladder": json.dumps(meta, sort_keys=True)})
+    entries = []
+    for path in parts:
+        f = TensorFile(path)
+        layers.update(json.loads(f.metadata["layers"]))
+        for k in f.names():
+            dtype, shape = f.dtype_shape(k)
+            entries.append(Entry(k, dtype, shape, lambda f=f, k=k: f.read(k)))
+    meta = {"format_version": FORMAT_VERSION, "source": source, "config": config, "layers": layers}
+    write_streamed(out, entries, {"bitladder": json.dumps(meta, sort_keys=True)})
