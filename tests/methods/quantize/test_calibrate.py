@@ -144,3 +144,20 @@ def test_only_the_group_being_served_gets_collectors():
     names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
     blockwise(net, names, batches, make, lambda n, m, c: None)
     assert sorted(made) == sorted(names)  # one each, on the pass that quantises it
+
+
+def test_out_of_memory_in_a_calibration_pass_is_said_as_such():
+    import pytest
+
+    from bitladder.errors import BitladderError
+
+    class Greedy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+
+        def forward(self, x):
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+
+    with pytest.raises(BitladderError, match="out of memory running calibration batch 0.*stream"):
+        blockwise(Greedy(), ["lin"], [torch.randn(2, 8)], lambda n, m: Rows(False), lambda n, m, c: None)

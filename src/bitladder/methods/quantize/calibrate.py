@@ -58,7 +58,7 @@ def capture_inputs(model: nn.Module, block: nn.Module, batches: list[Any]) -> li
             except _Stop:
                 pass
             except Exception as e:  # shapes or dtypes the model does not accept
-                raise BitladderError(f"calibration batch {i} does not fit the model: {_short(e)}") from None
+                raise _unfit(i, e) from None
     finally:
         h.remove()
     return got
@@ -66,6 +66,15 @@ def capture_inputs(model: nn.Module, block: nn.Module, batches: list[Any]) -> li
 
 def _short(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _unfit(i: int, e: Exception) -> BitladderError:
+    """The error for calibration batch ``i`` failing with ``e``: out of memory is said as such (a smaller batch
+    or a streamed run helps), anything else is a batch the model does not accept."""
+    if isinstance(e, MemoryError) or "can't allocate memory" in str(e):
+        return BitladderError(f"out of memory running calibration batch {i} ({_short(e)}); use smaller "
+                              "calibration batches, or stream the model block by block (bitladder stream)")
+    return BitladderError(f"calibration batch {i} does not fit the model: {_short(e)}")
 
 
 def first_output(out: Any) -> torch.Tensor:
@@ -201,7 +210,7 @@ def groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefix
                     except _Stop:
                         pass
                     except Exception as e:
-                        raise BitladderError(f"calibration batch {i} does not fit the model: {_short(e)}") from None
+                        raise _unfit(i, e) from None
         finally:
             for h in hooks:
                 h.remove()

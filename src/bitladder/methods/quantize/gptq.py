@@ -146,9 +146,11 @@ def gptq_rows(w: torch.Tensor, h: torch.Tensor | Inverse, qtype: QType, layout: 
     The Hessian is inverted in float64; the column sweep runs in float32, as the paper's reference does (its
     updates are memory-bound: float32 halves their traffic)."""
     inv = h if isinstance(h, Inverse) else inverse(h, damp, act_order)
-    w = w.detach().float().clone()
+    w = w.detach().float()
     c, k = w.shape
-    w[:, inv.dead] = 0.0
+    if bool(inv.dead.any()):  # copied only then: the sweep works on its own transposed copy anyway
+        w = w.clone()
+        w[:, inv.dead] = 0.0
     rows_layout = Layout(layout.granularity, 0, layout.group)
     xb = rows_layout.to_blocks(w)
     if clip_search:
@@ -159,10 +161,10 @@ def gptq_rows(w: torch.Tensor, h: torch.Tensor | Inverse, qtype: QType, layout: 
     _, _, nb, b = rows_layout.dims((c, k))
     perm = inv.perm
     col_block = (torch.arange(k) // b)[perm]  # the scale block of each swept column
+    scale_rows = scale.reshape(-1, nb)
+    zp_rows = None if zp is None else zp.reshape(-1, nb).float()
     # transposed (K, C): one swept column is one contiguous row, and its update one rank-1 ``addr_``
-    st = scale.reshape(-1, nb)[:, col_block].T.contiguous()
-    zt = None if zp is None else zp.reshape(-1, nb)[:, col_block].T.float().contiguous()
-    wt = w.T[perm].contiguous()
+    wt = w.T[perm]  # a gather: a new contiguous (K, C)
     del w
     hinv = inv.u
     pivots = hinv.diagonal().tolist()
@@ -172,20 +174,25 @@ def gptq_rows(w: torch.Tensor, h: torch.Tensor | Inverse, qtype: QType, layout: 
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
         w1, h1 = wt[i1:i2], hinv[i1:i2, i1:i2]  # views: the sweep updates wt in place
+        # the swept columns' scales (and zero points), (block, C): never a (K, C) copy of them
+        st = scale_rows[:, col_block[i1:i2]].T.contiguous()
+        zt = None if zp_rows is None else zp_rows[:, col_block[i1:i2]].T.contiguous()
         for i in range(i2 - i1):
             j = i1 + i
             col, code, e = w1[i], qt[j], err[i]
-            torch.div(col, st[j], out=code).round_()
+            torch.div(col, st[i], out=code).round_()
             if zt is None:
                 code.clamp_(qtype.qmin, qtype.qmax)
-                torch.mul(code, st[j], out=tmp)
+                torch.mul(code, st[i], out=tmp)
             else:
-                code.add_(zt[j]).clamp_(qtype.qmin, qtype.qmax)
-                torch.sub(code, zt[j], out=tmp).mul_(st[j])
+                code.add_(zt[i]).clamp_(qtype.qmin, qtype.qmax)
+                torch.sub(code, zt[i], out=tmp).mul_(st[i])
             torch.sub(col, tmp, out=e).div_(pivots[j])
             w1[i:].addr_(h1[i, i:], e, alpha=-1)
         if i2 < k:
-            wt[i2:].sub_(hinv[i1:i2, i2:].T @ err[: i2 - i1])
+            wt[i2:].addmm_(hinv[i1:i2, i2:].T, err[: i2 - i1], alpha=-1)  # in place: no (K, C) product
+    del wt, err
     codes = torch.empty(c, k, dtype=torch.int32)
-    codes[:, perm] = qt.T.to(torch.int32)
+    for j0 in range(0, k, _SOLVE_COLUMNS):  # a slab of columns at a time: no second (C, K) temporary
+        codes[:, perm[j0 : j0 + _SOLVE_COLUMNS]] = qt[j0 : j0 + _SOLVE_COLUMNS].T.to(torch.int32)
     return codes, scale, zp
