@@ -11,8 +11,8 @@
 3. A smaller model of the same family (``--small-layers`` blocks) is quantised both ways in separate child
    processes, timed from after the imports: the artifacts' sha256 must match, and the time ratio is reported.
 
-The vocabulary is 8192, not 32000: the existing GPTQ works on the whole LM head in float64 (a 32000 x 1024 head
-needs ~0.8 GB by itself), which would measure GPTQ's head rather than streaming.
+The vocabulary is 8192, not 32000: the LM head is one layer, quantised whole, so its float weight and its int32
+codes (131 MB each for 32000 x 1024) would measure the head rather than streaming.
 
     OMP_NUM_THREADS=2 python benchmarks/stream_ptq.py --out docs/results/stream-ptq.json
 """

@@ -199,3 +199,21 @@ def test_layers_sharing_a_collector_share_one_inverse_and_the_hessian_is_release
         c.hessian
     with pytest.raises(RuntimeError, match="asked again"):
         c.inverse(0.1, True)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_sweeping_rows_a_slab_at_a_time_gives_the_same_codes(monkeypatch, sym):
+    import bitladder.methods.quantize.gptq as gptq
+    from bitladder.formats.layout import Layout
+    from bitladder.formats.qtypes import QTYPES
+
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(100, 96, generator=g)
+    x = correlated(512, 96, seed=7)
+    h = 2 * x.double().T @ x.double() / x.shape[0]
+    args = (QTYPES["int4" if sym else "uint4"], Layout("group", -1, 32), sym, torch.float16)
+    whole = gptq.gptq_rows(w, h, *args, block_size=32)
+    monkeypatch.setattr(gptq, "_SWEEP_ELEMENTS", 96 * 7)  # slabs of 7 rows, the last one partial
+    slabs = gptq.gptq_rows(w, h, *args, block_size=32)
+    for a, b in zip(whole, slabs):
+        assert (a is None and b is None) or torch.equal(a, b)

@@ -83,6 +83,7 @@ class Inverse:
 
 
 _SOLVE_COLUMNS = 256  # right-hand sides per triangular solve: a (K, 256) float64 slab, not a K x K identity
+_SWEEP_ELEMENTS = 1 << 22  # weight elements swept at once: the sweep's copies stay 16 MB each for any layer
 
 
 def inverse(h: torch.Tensor, damp: float = 0.01, act_order: bool = True, consume: bool = False) -> Inverse:
@@ -163,10 +164,24 @@ def gptq_rows(w: torch.Tensor, h: torch.Tensor | Inverse, qtype: QType, layout: 
     col_block = (torch.arange(k) // b)[perm]  # the scale block of each swept column
     scale_rows = scale.reshape(-1, nb)
     zp_rows = None if zp is None else zp.reshape(-1, nb).float()
-    # transposed (K, C): one swept column is one contiguous row, and its update one rank-1 ``addr_``
-    wt = w.T[perm]  # a gather: a new contiguous (K, C)
-    del w
-    hinv = inv.u
+    codes = torch.empty(c, k, dtype=torch.int32)
+    rows = max(1, _SWEEP_ELEMENTS // k)
+    for r0 in range(0, c, rows):  # each output row's sweep is its own: a slab of rows at a time
+        r1 = min(r0 + rows, c)
+        # transposed (K, rows): one swept column is one contiguous row, its update one rank-1 ``addr_``
+        qt = _sweep(w[r0:r1].T[perm], scale_rows[r0:r1], None if zp_rows is None else zp_rows[r0:r1], col_block,
+                    inv.u, qtype, block_size)
+        for j0 in range(0, k, _SOLVE_COLUMNS):  # a slab of columns at a time: no second transposed copy
+            codes[r0:r1, perm[j0 : j0 + _SOLVE_COLUMNS]] = qt[j0 : j0 + _SOLVE_COLUMNS].T.to(torch.int32)
+        del qt
+    return codes, scale, zp
+
+
+def _sweep(wt: torch.Tensor, scale_rows: torch.Tensor, zp_rows: torch.Tensor | None, col_block: torch.Tensor,
+           hinv: torch.Tensor, qtype: QType, block_size: int) -> torch.Tensor:
+    """The column sweep over ``wt`` (K, C: the weight rows transposed, columns in sweep order; updated in
+    place) with ``U = hinv``; returns the codes (K, C) as float32."""
+    k, c = wt.shape
     pivots = hinv.diagonal().tolist()
     qt = torch.empty(k, c, dtype=torch.float32)
     err = torch.empty(block_size, c, dtype=torch.float32)
@@ -191,8 +206,4 @@ def gptq_rows(w: torch.Tensor, h: torch.Tensor | Inverse, qtype: QType, layout: 
             w1[i:].addr_(h1[i, i:], e, alpha=-1)
         if i2 < k:
             wt[i2:].addmm_(hinv[i1:i2, i2:].T, err[: i2 - i1], alpha=-1)  # in place: no (K, C) product
-    del wt, err
-    codes = torch.empty(c, k, dtype=torch.int32)
-    for j0 in range(0, k, _SOLVE_COLUMNS):  # a slab of columns at a time: no second (C, K) temporary
-        codes[:, perm[j0 : j0 + _SOLVE_COLUMNS]] = qt[j0 : j0 + _SOLVE_COLUMNS].T.to(torch.int32)
-    return codes, scale, zp
+    return qt
