@@ -106,7 +106,7 @@ def inverse(h: torch.Tensor, damp: float = 0.01, act_order: bool = True, consume
     hr = None
     for attempt in range(6):
         d = damp * (10**attempt)
-        hr = None  # a failed factorisation overwrote it: gather it again
+        del hr  # a failed factorisation overwrote it: freed before it is gathered again
         hr = _reversed(h, perm, dead)
         hr.diagonal().add_(d * mean_diag)
         torch.linalg.cholesky_ex(hr, out=(hr, info))
