@@ -42,13 +42,13 @@ def _vm(field: str) -> float:
     return float("nan")
 
 
-def make(folder: str, layers: int, shard: str) -> None:
+def make(folder: str, layers: int, shard: str, vocab: int) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     with torch.no_grad():
-        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=layers, **FAMILY))
+        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=layers, **{**FAMILY, "vocab_size": vocab}))
     model.save_pretrained(folder, max_shard_size=shard)
 
 
@@ -133,7 +133,8 @@ def summarise(res: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--child", nargs=5, metavar=("MODE", "FOLDER", "OUT", "CALIB", "CAP_MB"))
-    ap.add_argument("--make", nargs=3, metavar=("FOLDER", "LAYERS", "SHARD"), help="(internal) write a random model")
+    ap.add_argument("--make", nargs=4, metavar=("FOLDER", "LAYERS", "SHARD", "VOCAB"), help="(internal) write a random model")
+    ap.add_argument("--vocab", type=int, default=FAMILY["vocab_size"], help="vocabulary (a real Llama's: 32000)")
     ap.add_argument("--layers", type=int, default=22)
     ap.add_argument("--small-layers", type=int, default=4)
     ap.add_argument("--calib", type=int, default=16, help="calibration rows of 128 tokens")
@@ -145,7 +146,7 @@ def main() -> None:
     ap.add_argument("--note", default="one run each", help="how the machine was (quiet, shared) for the result file")
     a = ap.parse_args()
     if a.make:
-        make(a.make[0], int(a.make[1]), a.make[2])
+        make(a.make[0], int(a.make[1]), a.make[2], int(a.make[3]))
         return
     if a.child:
         mode, folder, out, calib, cap = a.child
@@ -154,13 +155,13 @@ def main() -> None:
     from bitladder.pipeline.measure.machine import machine
 
     res: dict = {"schema": "bitladder.stream-ptq/1", "command": " ".join(["python", *sys.argv]), "config": "int4-g64-gptq",
-                 "family": FAMILY, "calib_rows": a.calib, "tokens_per_row": FAMILY["max_position_embeddings"], "machine": machine(),
+                 "family": {**FAMILY, "vocab_size": a.vocab}, "calib_rows": a.calib, "tokens_per_row": FAMILY["max_position_embeddings"], "machine": machine(),
                  "note": a.note}
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         tmp = Path(tmp)
         small = tmp / "small"
         if not a.skip_small:
-            subprocess.run([sys.executable, __file__, "--make", str(small), str(a.small_layers), "60MB"], check=True)
+            subprocess.run([sys.executable, __file__, "--make", str(small), str(a.small_layers), "60MB", str(a.vocab)], check=True)
             mem = run_child("memory", str(small), str(tmp / "mem.safetensors"), str(a.calib), "0")
             streamed = run_child("stream", str(small), str(tmp / "stream.safetensors"), str(a.calib), "0")
             size, n = folder_bytes(small)
@@ -170,7 +171,7 @@ def main() -> None:
             print(json.dumps(res["small"], indent=1), flush=True)
         if not a.skip_big:
             big = tmp / "big"
-            subprocess.run([sys.executable, __file__, "--make", str(big), str(a.layers), "300MB"], check=True)
+            subprocess.run([sys.executable, __file__, "--make", str(big), str(a.layers), "300MB", str(a.vocab)], check=True)
             size, n = folder_bytes(big)
             run = run_child("stream", str(big), str(tmp / "big.safetensors"), str(a.calib), str(a.cap_mb),
                             timeout=a.timeout)

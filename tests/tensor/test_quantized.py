@@ -79,3 +79,24 @@ def test_unsigned_codes_are_the_packers_codes(name, rows, cols, zeros, sparse):
                                     sparse=sparse)
     u = qt.unsigned_codes()
     assert u.dtype == torch.uint8 and torch.equal(u, to_unsigned(qt.codes(), qt.qtype))
+
+
+def test_rounding_a_slab_of_rows_at_a_time_gives_the_same_tensor(monkeypatch):
+    import bitladder.formats.kinds.base as base
+    import bitladder.tensor.quantized as quantized
+    from bitladder.formats.layout import Layout
+    from bitladder.formats.qtypes import QTYPES
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(50, 64, generator=g) * 3
+    for name in sorted(QTYPES):
+        for sym in (True, False):
+            whole = quantized.QuantizedTensor.from_float(w, name, Layout("group", -1, 32), symmetric=sym)
+            monkeypatch.setattr(quantized, "_SLAB", 64 * 3)  # 3 rows at a time, the last slab partial
+            monkeypatch.setattr(base, "PACK_SLAB", 8 * 37)  # and 296 codes packed at a time
+            slabbed = quantized.QuantizedTensor.from_float(w, name, Layout("group", -1, 32), symmetric=sym)
+            monkeypatch.setattr(quantized, "_SLAB", 1 << 22)
+            monkeypatch.setattr(base, "PACK_SLAB", 1 << 22)
+            assert torch.equal(whole.packed, slabbed.packed), name
+            assert whole.n_clipped == slabbed.n_clipped, name
+            assert torch.equal(whole.dequantize(), slabbed.dequantize()), name

@@ -26,6 +26,34 @@ from bitladder.tensor.sparse import pack_mask, pays_off, unpack_mask
 SCALE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+_SLAB = 1 << 22  # elements rounded at once: a quantiser's float temporaries stay 16 MB for any tensor
+
+
+def _quantize_slabs(xb: torch.Tensor, scale: torch.Tensor | None, zp: torch.Tensor | None,
+                    qtype: QType) -> tuple[torch.Tensor, int]:
+    """:func:`~bitladder.formats.quant.quantize` of blocks ``xb`` (C, nb, B) a slab of rows at a time (each
+    row's codes depend on its own values and qparams), into one int32 array: a 128k x 4096 embedding would
+    otherwise hold two float copies of itself beside its codes."""
+    c = xb.shape[0]
+    rows = max(1, _SLAB // max(1, xb[0].numel()))
+    if c <= rows:
+        return quantize(xb, scale, zp, qtype)
+    q, clipped = None, 0
+    for r0 in range(0, c, rows):
+        r1 = min(r0 + rows, c)
+        part, n = quantize(xb[r0:r1], _rows(scale, c, r0, r1), _rows(zp, c, r0, r1), qtype)
+        if q is None:
+            q = torch.empty((c, *part.shape[1:]), dtype=part.dtype)
+        q[r0:r1] = part
+        clipped += n
+    return q, clipped
+
+
+def _rows(t: torch.Tensor | None, c: int, r0: int, r1: int) -> torch.Tensor | None:
+    """Rows ``r0:r1`` of a per-row qparam (one that broadcasts over the rows is passed whole)."""
+    return t if t is None or t.dim() == 0 or t.shape[0] != c else t[r0:r1]
+
+
 def _pack(codes: torch.Tensor, qtype: QType) -> torch.Tensor:
     return qtype.rules.pack(codes, qtype)
 
@@ -81,11 +109,11 @@ class QuantizedTensor:
         else:
             scale, zp = qparams
             scale = None if scale is None else scale.to(SCALE_DTYPES[scale_dtype]).float()
-        q, clipped = quantize(xb, scale, zp, qtype)
-        mask = layout.rows(w.detach() != 0)
-        can = qtype.rules.sparse_ok and not (zp is not None and zp.is_floating_point())
+        q, clipped = _quantize_slabs(xb, scale, zp, qtype)
+        can = qtype.rules.sparse_ok and not (zp is not None and zp.is_floating_point()) and sparse is not False
+        mask = layout.rows(w.detach() != 0) if can else None  # a (C, K) bool: only where it may be used
         if sparse is None:
-            sparse = can and pays_off(mask.numel(), int(mask.sum()), qtype.bits)
+            sparse = can and pays_off(mask.numel(), int(torch.count_nonzero(mask)), qtype.bits)
         return cls.from_codes(q, scale, zp, qtype, tuple(w.shape), layout, scale_dtype, clipped,
                               mask=mask if sparse and can else None)
 

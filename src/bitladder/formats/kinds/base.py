@@ -32,6 +32,8 @@ def kind(name: str):
     return register
 
 
+PACK_SLAB = 1 << 22  # codes packed at once (a multiple of 8)
+
 class Kind(ABC):
     """The rules one kind of number follows. Codes are signed integers in ``[qmin, qmax]`` unless the kind
     says otherwise; packers take unsigned codes (:meth:`to_unsigned`)."""
@@ -56,11 +58,12 @@ class Kind(ABC):
     def quantize(self, x: torch.Tensor, scale: torch.Tensor | None, zero_point: torch.Tensor | None,
                  qtype: QType) -> tuple[torch.Tensor, int]:
         """Round to nearest with saturation: (codes, number of values clipped)."""
-        v = torch.round(x.float() / scale)
+        v = (x.float() / scale).round_()
         if zero_point is not None:
-            v = v + zero_point
-        clipped = int(((v < qtype.qmin) | (v > qtype.qmax)).sum())
-        return v.clamp(qtype.qmin, qtype.qmax).to(torch.int32), clipped
+            v.add_(zero_point)
+        # in place and counted without a bool sum (which widens every element to int64)
+        clipped = int(torch.count_nonzero(v.lt(qtype.qmin).logical_or_(v.gt(qtype.qmax))))
+        return v.clamp_(qtype.qmin, qtype.qmax).to(torch.int32), clipped
 
     def decode(self, q: torch.Tensor, qtype: QType) -> torch.Tensor:
         """Codes -> the float32 values a scale multiplies (before the zero point is taken off)."""
@@ -105,8 +108,14 @@ class Kind(ABC):
         return int(qtype.bits)
 
     def pack(self, codes: torch.Tensor, qtype: QType) -> torch.Tensor:
-        """Codes (any shape, row-major) -> uint8 bytes."""
-        return packing.pack_bits(self.to_unsigned(codes, qtype), self.code_bits(qtype))
+        """Codes (any shape, row-major) -> uint8 bytes; a slab of codes at a time (8 codes are whole bytes at
+        any width, so the slabs' bytes concatenate to the whole stream's), so the packer's wider temporaries
+        stay small for any tensor."""
+        flat, bits = codes.reshape(-1), self.code_bits(qtype)
+        if flat.numel() <= PACK_SLAB:
+            return packing.pack_bits(self.to_unsigned(flat, qtype), bits)
+        return torch.cat([packing.pack_bits(self.to_unsigned(flat[i : i + PACK_SLAB], qtype), bits)
+                          for i in range(0, flat.numel(), PACK_SLAB)])
 
     def unpack(self, packed: torch.Tensor, qtype: QType, n: int) -> torch.Tensor:
         """The first ``n`` codes of ``packed``, flat."""
