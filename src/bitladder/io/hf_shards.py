@@ -25,6 +25,7 @@ class Shards:
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
+        self._open: dict[str, TensorFile] = {}  # shard -> its parsed header
         index, single = self.folder / INDEX, self.folder / SINGLE
         if index.is_file():
             try:
@@ -33,14 +34,14 @@ class Shards:
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
                 raise BitladderError(f"{index} is not a safetensors index (a JSON object with a 'weight_map')") from None
         elif single.is_file():
-            self.where = {k: SINGLE for k in _keys(single)}
+            self._open[SINGLE] = TensorFile(single)  # its header, parsed once for the map and the reads
+            self.where = {k: SINGLE for k in self._open[SINGLE].names()}
         else:
             bins = "; it holds pickle weights (*.bin), which bitladder never loads" if any(self.folder.glob("*.bin")) else ""
             raise BitladderError(f"{self.folder} has no safetensors weights ({SINGLE} or {INDEX}){bins}")
         missing = sorted({f for f in self.where.values() if not (self.folder / f).is_file() or "/" in f})
         if missing:
             raise BitladderError(f"{self.folder}: shard(s) missing: {', '.join(missing)} (listed in {INDEX})")
-        self._open: dict[str, TensorFile] = {}  # shard -> its parsed header
 
     def __contains__(self, name: str) -> bool:
         return name in self.where
@@ -73,6 +74,3 @@ class Shards:
                 h.update(f.encode() + str(path.stat().st_size).encode() + fh.read(min(n, 100_000_000)))
         return h.hexdigest()
 
-
-def _keys(path: Path) -> list[str]:
-    return TensorFile(path).names()
