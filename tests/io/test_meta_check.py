@@ -37,6 +37,8 @@ def test_real_metadata_passes():
     ({"layout": {"granularity": "row", "axis": 0, "group": None}}, ["granularity must be one of tensor"]),
     ({"kernel": "fastest"}, ["kernel must be a kernel policy"]),
     ({"in_scale": 10**12}, ["in_scale must be the number of input channels"]),
+    ({"outliers": 0}, ["outliers must be the number of outlier input channels"]),
+    ({"outliers": "16"}, ["outliers must be the number of outlier input channels"]),
     ({"act": {"qtype": "binary", "observer": "learned-shift"}}, ["act channels"]),
     ({"act": {"qtype": "int8", "dynamic": "row"}}, ["act must be an object with dynamic null or 'token'"]),
 ])

@@ -121,8 +121,12 @@ class ConvThenLinear(nn.Module):
     bitladder.Int(8, act=bitladder.Act(smoothquant=0.5)), bitladder.Int(8, act=bitladder.Act(bits=4)),
     bitladder.Int(4, group=32, act=bitladder.Act(observer="percentile")),
     bitladder.Int(7, act=bitladder.Act(), rotate=32),
-], ids=["w8a8", "w7a8-sym", "w8a8-smoothquant", "w8a4", "w4a8-qdq", "w7a8-hadamard"])
-def test_static_activations_export_the_layer_codes_and_run_in_onnxruntime(cfg, tmp_path):
+    bitladder.Int(4, group=32, act=bitladder.Act(smoothquant=0.5)),
+    bitladder.Int(8, act=bitladder.Act(outliers=4)), bitladder.Int(8, act=bitladder.Act(smoothquant=0.5, outliers=3)),
+], ids=["w8a8", "w7a8-sym", "w8a8-smoothquant", "w8a4", "w4a8-qdq", "w7a8-hadamard", "w4a8-smoothquant",
+        "w8a8-outliers", "w8a8-smoothquant-outliers"])
+@pytest.mark.parametrize("gemm", ["integer", "qdq"])
+def test_static_activations_export_the_layer_codes_and_run_in_onnxruntime(cfg, gemm, tmp_path):
     torch.manual_seed(0)
     model = ConvThenLinear().eval()
     q = bitladder.quantize(model, cfg, calib=[torch.randn(64, 3, 6, 6)])
@@ -131,10 +135,14 @@ def test_static_activations_export_the_layer_codes_and_run_in_onnxruntime(cfg, t
         if hasattr(m, "set_kernel_policy"):
             m.set_kernel_policy("dequant-fp32")  # the reference: the layers' own fake quantisation in fp32
     ref = q(x)
-    path = export_onnx(q, x, tmp_path / "static.onnx")
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    path = export_onnx(q, x, tmp_path / "static.onnx", static_gemm=gemm)
+    nodes = onnx.load(str(path)).graph.node
+    ops = {n.op_type for n in nodes}
     assert "QuantizeLinear" in ops and "DynamicQuantizeLinear" not in ops
-    assert ("MatMulInteger" in ops) == (cfg.bits >= 7)  # int8/int7 weights: the integer GEMM, else Q/DQ
+    # int8/int7 weights: the integer GEMM unless Q/DQ around the float op is asked for (always, below 7 bits)
+    assert ("MatMulInteger" in ops) == (cfg.bits >= 7 and gemm == "integer")
+    side = [n for n in nodes if n.op_type == "Gather" and n.input[1].endswith("outliers")]
+    assert len(side) == (3 if cfg.act.outliers else 0)  # the outlier channels' float path: a, b, c (not the conv)
     assert torch.allclose(_run(path, x), ref, atol=1e-3 * float(ref.abs().max()))
     for m in q.modules():
         if hasattr(m, "set_kernel_policy"):

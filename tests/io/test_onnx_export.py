@@ -127,6 +127,9 @@ def test_matmulnbits_export_keeps_weight_only_numerics(digits_spec, tmp_path, ru
 def test_unknown_weights_mode_is_refused(digits_spec, tmp_path):
     with pytest.raises(BitladderError, match="weights must be one of standard, matmulnbits"):
         export_onnx(digits_spec.model, digits_spec.eval_batches[0][:2], tmp_path / "x.onnx", weights="nbits")
+    with pytest.raises(BitladderError, match="static_gemm must be one of integer, qdq; got 'int8'"):
+        export_onnx(digits_spec.model, digits_spec.eval_batches[0][:2], tmp_path / "x.onnx", static_gemm="int8")
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_tied_embeddings_are_exported_once_and_shared(tmp_path):

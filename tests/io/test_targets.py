@@ -26,3 +26,5 @@ def test_unknown_targets_and_stray_options_are_refused(tmp_path):
         targets.target("tflite")
     with pytest.raises(BitladderError, match="weights apply to --to onnx only"):
         targets.export("hf", None, None, tmp_path / "x", weights="matmulnbits")
+    with pytest.raises(BitladderError, match="static_gemm apply to --to onnx only"):
+        targets.export("gguf", None, None, tmp_path / "x", static_gemm="qdq")

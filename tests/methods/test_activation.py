@@ -87,6 +87,9 @@ def test_smoothquant_with_gptq_sees_smoothed_inputs(tmp_path):
     (lambda: Act(observer="max"), "accepted: minmax"), (lambda: Act(bits=1), "2..8"),
     (lambda: Act(smoothquant=2.0), "alpha in"), (lambda: make_observer("x"), "accepted"),
     (lambda: Int(8, act="uint8"), "act must be"), (lambda: Int(8, method=Act()), "method must be"),
+    (lambda: Act(outliers=-1), "outliers must be a number of channels"),
+    (lambda: Act(outliers=True), "outliers must be a number of channels"),
+    (lambda: Act(outliers=4, dynamic="token"), "drop dynamic or outliers"),
 ])
 def test_bad_activation_configs(bad, msg):
     with pytest.raises(BitladderError, match=msg):
@@ -173,3 +176,18 @@ def test_static_on_norm_fed_layers_per_token_on_the_rest(tmp_path):
             bad()
     with pytest.raises(BitladderError, match="dynamic W8A8 needs int8 symmetric weights"):
         bitladder.quantize(model, Int(4, group=16, act=Act(static_layers="norm")), calib=[x])
+
+
+def test_outlier_channels_are_the_widest_after_smoothing_and_siblings_share_them():
+    torch.manual_seed(0)
+    model, x = _NormFed().eval(), torch.randn(256, 32)
+    q = bitladder.quantize(model, Int(8, act=Act(smoothquant=0.5, outliers=2)), calib=[x])
+    assert q.q.act_outliers.tolist() == q.k.act_outliers.tolist()  # one input tensor, one set of channels
+    assert 3 in q.q.act_outliers.tolist()  # the LayerNorm's wide channel, even after SmoothQuant
+    assert q.fc.qmeta["outliers"] == 2 and "act" in q.fc.qmeta
+    plain = bitladder.quantize(model, Int(8, act=Act(smoothquant=0.5)), calib=[x])
+    with torch.no_grad():
+        ref = model(x)
+        assert float((q(x) - ref).norm()) < float((plain(x) - ref).norm())
+    with pytest.raises(BitladderError, match="has 16 input channels: Act outliers must be fewer, got 16"):
+        bitladder.quantize(model, Int(8, act=Act(outliers=16)), calib=[x])

@@ -236,7 +236,11 @@ def export(
                                          "built-in model or a Hugging Face folder need none)"),
     opset: int = typer.Option(None, help="onnx: the opset (default 21, needed for 4-bit weights)"),
     activations: str = typer.Option(None, help="onnx: float (weight-only, default), dynamic (int8 MatMulInteger, "
-                                    "a scale per token), dynamic-tensor (one scale per call) or static"),
+                                    "a scale per token) or dynamic-tensor (one scale per call); layers with "
+                                    "calibrated (static) activations keep their grid whatever this says"),
+    static_gemm: str = typer.Option(None, "--static-gemm", help="onnx: how layers with static int8 activations "
+                                    "are written: integer (MatMulInteger, default; onnxruntime) or qdq "
+                                    "(QuantizeLinear/DequantizeLinear around a float MatMul; OpenVINO, TensorRT)"),
     weights: str = typer.Option(None, help="onnx: standard (DequantizeLinear, default) or matmulnbits "
                                 "(onnxruntime's MatMulNBits for Linear layers of 4 bits or fewer)"),
 ) -> None:
@@ -245,7 +249,7 @@ def export(
     from bitladder.io.targets import check, export as write
     from bitladder.zoo.registry import resolve
 
-    tgt = check(to, out, opset=opset, activations=activations, weights=weights)
+    tgt = check(to, out, opset=opset, activations=activations, weights=weights, static_gemm=static_gemm)
     meta, _ = read_header(artifact)
     if not (model or meta.get("source")):
         raise BitladderError(f"{artifact} does not say which model it is; pass its factory: --model package.module:function")
@@ -253,7 +257,8 @@ def export(
     loaded = load(artifact, model=spec.fresh_model())
     batch = spec.latency_batch
     example = {k: v[:2] for k, v in batch.items()} if isinstance(batch, dict) else batch[:2]
-    path = write(tgt.name, loaded, example, out, opset=opset, activations=activations, weights=weights)
+    path = write(tgt.name, loaded, example, out, opset=opset, activations=activations, weights=weights,
+                 static_gemm=static_gemm)
     size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     plain(f"wrote {path} ({size:,} bytes, {tgt.name})")
 

@@ -76,6 +76,8 @@ def _check_extras(where: str, lm: dict, shape: list) -> None:
             raise _fail(where, key, "a string", lm[key])
     if "in_scale" in lm and not _int(lm["in_scale"], 1, numel):
         raise _fail(where, "in_scale", "the number of input channels", lm["in_scale"])
+    if "outliers" in lm and not _int(lm["outliers"], 1, numel):
+        raise _fail(where, "outliers", "the number of outlier input channels", lm["outliers"])
     act = lm.get("act")
     if act is None:
         return

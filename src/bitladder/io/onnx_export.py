@@ -69,7 +69,7 @@ def _weight_only(proto, init, wname: str, m: QuantModule, opset: int, new_nodes:
     from onnx import helper, numpy_helper
 
     proto.graph.initializer.remove(init)
-    extra, nodes, out = weight_nodes(wname, m, opset)
+    extra, nodes, out = weight_nodes(wname, m, opset, in_scale)
     proto.graph.initializer.extend(extra)
     new_nodes += nodes
     if "in_scale" in m.qmeta and in_scale:  # (a static layer's input got the scale before its grid)
@@ -82,10 +82,11 @@ def _weight_only(proto, init, wname: str, m: QuantModule, opset: int, new_nodes:
 
 ACTIVATIONS = ("float", "dynamic", "dynamic-tensor")
 WEIGHTS = ("standard", "matmulnbits")
+STATIC_GEMMS = ("integer", "qdq")
 
 
 def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 21,
-                activations: str = "float", weights: str = "standard") -> Path:
+                activations: str = "float", weights: str = "standard", static_gemm: str = "integer") -> Path:
     """Export ``model`` (quantised or not) called on ``example`` (a tensor or a dict of tensors).
 
     ``activations="dynamic"``: int8 Linear layers run as DynamicQuantizeLinear + MatMulInteger
@@ -93,11 +94,16 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
     (what onnxruntime's own quantize_dynamic does); "float" keeps weight-only semantics.
     ``weights="matmulnbits"``: Linear layers of 4 bits or fewer as onnxruntime's MatMulNBits (fp32
     activations, same numerics, onnxruntime only); "standard": DequantizeLinear, any runtime.
+    ``static_gemm``: layers with calibrated int8 activations as MatMulInteger ("integer", what onnxruntime
+    fuses) or as QuantizeLinear -> DequantizeLinear on the input and DequantizeLinear on the int8 weight around
+    the float MatMul ("qdq", the form OpenVINO and TensorRT turn into their own int8 GEMMs); the same numbers.
     """
     if activations not in ACTIVATIONS:
         raise BitladderError(f"activations must be one of {', '.join(ACTIVATIONS)}; got {activations!r}")
     if weights not in WEIGHTS:
         raise BitladderError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
+    if static_gemm not in STATIC_GEMMS:
+        raise BitladderError(f"static_gemm must be one of {', '.join(STATIC_GEMMS)}; got {static_gemm!r}")
     try:
         import onnx
     except ImportError:
@@ -144,7 +150,8 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
                 _weight_only(proto, inits[wname], wname, m, opset, new_nodes)
                 continue
             static = static_grid(m) is not None
-            if static and int8_gemm_eligible(m) and rewrite(proto, wname, m, "static", shared):
+            if static and static_gemm == "integer" and int8_gemm_eligible(m) and rewrite(proto, wname, m, "static",
+                                                                                        shared):
                 proto.graph.initializer.remove(inits[wname])
                 continue
             if activations != "float" and dynamic_int8_eligible(m) \

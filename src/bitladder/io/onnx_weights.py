@@ -28,11 +28,12 @@ def _unsigned_nibbles(u: np.ndarray) -> bytes:
     return (u[0::2] | (u[1::2] << 4)).tobytes()
 
 
-def weight_nodes(name: str, m: QuantModule, opset: int):
+def weight_nodes(name: str, m: QuantModule, opset: int, in_scale: bool = True):
     """(initializers, nodes, output) computing the float weight ``name`` from its packed storage, by the
-    export rule its number kind names (:attr:`bitladder.formats.kinds.Kind.onnx`)."""
+    export rule its number kind names (:attr:`bitladder.formats.kinds.Kind.onnx`). The output is ``name``
+    itself unless the layer's input scale is still to be multiplied in (``in_scale``)."""
     qt: QuantizedTensor = m.qweight
-    out = name if "in_scale" not in m.qmeta else f"{name}__dq"
+    out = f"{name}__dq" if in_scale and "in_scale" in m.qmeta else name
     rule = WEIGHT_RULES.get(qt.qtype.rules.onnx)
     if rule is None:
         raise BitladderError(f"layer {name.removesuffix('.weight')!r}: {qt.qtype.kind} weights have no ONNX rule")

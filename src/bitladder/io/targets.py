@@ -38,7 +38,7 @@ def _onnx(model, example, out, opts):
     from bitladder.io.onnx_export import export_onnx
 
     return export_onnx(model, example, out, opts.get("opset", 21), opts.get("activations", "float"),
-                       opts.get("weights", "standard"))
+                       opts.get("weights", "standard"), opts.get("static_gemm", "integer"))
 
 
 def _gguf(model, example, out, opts):

@@ -168,6 +168,12 @@ class QuantModule(nn.Module):
             shape = [1] * w.dim()
             shape[self.in_axis] = -1
             w = w * self.in_scale.double().reshape(shape)
+        if "outliers" in self._qmeta:  # their input scale is zero on the integer path; the float path has their own
+            idx = self.act_outliers
+            side = self.qweight.dequantize(torch.float64).index_select(self.in_axis, idx)
+            shape = [1] * w.dim()
+            shape[self.in_axis] = -1
+            w = w.index_copy(self.in_axis, idx, side * self.outlier_scale.double().reshape(shape))
         return w
 
     def to_float(self) -> nn.Module:
@@ -202,6 +208,19 @@ class QuantModule(nn.Module):
         self.register_buffer("in_scale", s.detach().float().clone())
         self._qmeta["in_scale"] = int(s.numel())
         self._forget_picks()
+
+    def set_outliers(self, idx: torch.Tensor) -> None:
+        """Take input channels ``idx`` off the integer path into a float one (:mod:`bitladder.nn.outliers`): their
+        input scale becomes zero, and is kept as ``outlier_scale`` for the float product."""
+        idx = idx.detach().long().flatten().clone()
+        n_in = self.qweight.shape[self.in_axis]
+        s = self.in_scale.clone() if "in_scale" in self._qmeta else torch.ones(n_in)
+        self.register_buffer("act_outliers", idx)
+        self.register_buffer("outlier_scale", s[idx].clone())
+        s[idx] = 0
+        self.set_in_scale(s)
+        self._qmeta["outliers"] = int(idx.numel())
+        self._kernels = KernelCache()
 
     def can_scale_outputs(self) -> bool:
         """Whether :meth:`scale_outputs` applies: the weight dequantises linearly in scales held per output row."""
@@ -270,6 +289,10 @@ class QuantModule(nn.Module):
         qm = cls.from_float(module, QuantizedTensor.from_parts(tensors, meta))
         if "in_scale" in meta:
             qm.set_in_scale(torch.ones(meta["in_scale"]))
+        if "outliers" in meta:  # the values come with the stored tensors
+            qm.register_buffer("act_outliers", torch.zeros(meta["outliers"], dtype=torch.long))
+            qm.register_buffer("outlier_scale", torch.zeros(meta["outliers"]))
+            qm._qmeta["outliers"] = meta["outliers"]
         if "act" in meta and meta["act"]["qtype"] == "binary":
             qm.set_binary_act(torch.zeros(meta["act"]["channels"]))
         elif "act" in meta and meta["act"].get("dynamic") == "token":

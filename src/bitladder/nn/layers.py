@@ -10,6 +10,7 @@ from torch import nn
 
 from bitladder.kernels.base import KernelUnsupported, as_x
 from bitladder.nn.base import KernelCache, QuantModule
+from bitladder.nn.outliers import OutlierLinear, add_side, side_weight
 from bitladder.nn.registry import HANDLERS
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -25,6 +26,14 @@ class QuantLinear(QuantModule):
 
     def to_float(self) -> nn.Linear:
         n, k = self.qweight.shape
+        if "outliers" in self._qmeta:  # the integer path's weight (zero on the outlier columns) and the float one
+            w = self.qweight.dequantize(torch.float32) * self.in_scale
+            twin = OutlierLinear(k, n, self.bias is not None, self.act_outliers, side_weight(self))
+            with torch.no_grad():
+                twin.weight.copy_(w)
+                if self.bias is not None:
+                    twin.bias.copy_(self.bias)
+            return twin
         return self._filled(nn.Linear(k, n, bias=self.bias is not None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -34,7 +43,8 @@ class QuantLinear(QuantModule):
         kern = self._kernel_for(xin.numel() // max(xin.shape[-1], 1), binary_rows=x.dim() == 2)
         if kern is None:
             self.__dict__["kernel"] = self._dequant_label
-            return F.linear(self.prepare_input(xin), self.weight(), self._bias()).to(x.dtype)
+            y = F.linear(self.prepare_input(xin), self.weight(), self._bias())
+            return (add_side(self, xin, y) if "outliers" in self._qmeta else y).to(x.dtype)
         self.__dict__["kernel"] = kern.name
         if "act_shift" in self._buffers:  # a trained binary layer: sign(x - shift) against the weights' sign bits
             return kern((xin - self.act_shift).contiguous(), self.bias).to(x.dtype)
@@ -45,6 +55,8 @@ class QuantLinear(QuantModule):
         else:
             y = kern(x2, self.bias, in_scale)
         y = y.reshape(*xin.shape[:-1], y.shape[-1])  # -1 is ambiguous for an empty batch
+        if "outliers" in self._qmeta:
+            y = add_side(self, xin, y)
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bitladder.errors import BitladderError
 from bitladder.formats.qtypes import get_qtype
 from bitladder.methods.quantize.calibrate import Collector, SampleCollector, blockwise
 from bitladder.methods.quantize.methods import Act
@@ -14,7 +15,7 @@ from bitladder.methods.quantize.observers import make_observer
 from bitladder.methods.quantize.rtn import rtn_tensor
 from bitladder.methods.quantize.transforms import Pass, Transform, transform
 from bitladder.nn.base import QuantModule
-from bitladder.nn.layers import QuantEmbedding
+from bitladder.nn.layers import QuantEmbedding, QuantLinear
 from bitladder.nn.records import in_axis as weight_in_axis
 from bitladder.nn.records import is_conv1d
 
@@ -128,6 +129,40 @@ def smooth(model: nn.Module, names: list[str], calib: list[Any], alpha: float | 
     return out
 
 
+class ChannelRange(Collector):
+    """The largest magnitude each input channel of a layer takes (times its input scale, if set)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module, self.amax = module, None
+
+    def update(self, x: torch.Tensor) -> None:
+        s = getattr(self.module, "in_scale", None)
+        if s is not None and x.shape[-1] == s.numel():
+            x = x * s
+        a = x.abs().amax(0)
+        self.amax = a if self.amax is None else torch.maximum(self.amax, a)
+
+
+def split_outliers(model: nn.Module, names: list[str], k: int, calib: list[Any]) -> None:
+    """Give every quantised Linear in ``names`` its ``k`` widest input channels (on ``calib``, after the input
+    scale) as float outlier channels (:mod:`bitladder.nn.outliers`); layers reading one tensor share them."""
+    names = [n for n in names if isinstance(model.get_submodule(n), QuantLinear)]
+
+    def apply(group: list) -> None:
+        group = [(n, m, c) for n, m, c in group if c.amax is not None]
+        if not group:
+            return
+        amax = torch.stack([c.amax for _, _, c in group]).amax(0)
+        if k >= amax.numel():
+            raise BitladderError(f"layer {group[0][0]!r} has {amax.numel()} input channels: Act outliers must be "
+                                 f"fewer, got {k}")
+        idx = torch.topk(amax, k).indices.sort().values
+        for _, m, _ in group:
+            m.set_outliers(idx)
+
+    blockwise(model, names, calib, lambda n, m: ChannelRange(m), apply, group=True)
+
+
 def calibrate_activations(model: nn.Module, names: list[str], act: Act, calib: list[Any]) -> None:
     """Give every quantised layer in ``names`` a static input scale and zero point."""
     qtype = get_qtype(act.qtype)
@@ -183,6 +218,8 @@ class Activations(Transform):
             if act.static_layers == "norm" and p.calib:
                 fed = norm_fed(p.model, static, p.calib[0])
                 static, dynamic = [n for n in static if n in fed], [n for n in static if n not in fed]
+            if act.outliers:
+                split_outliers(p.model, static, act.outliers, p.calib)
             calibrate_activations(p.model, static, act, p.calib)
         else:
             dynamic = list(p.targets)

@@ -231,6 +231,10 @@ class Act(_Method):
     weights per channel only; a Conv2d takes one scale per call either way, on oneDNN's integer
     convolution); ``dynamic="tensor"`` uses one scale per call: faster but less faithful (measured on
     MiniLM: docs/DESIGN.md, 'Per-token W8A8 on a per-tensor GEMM'; docs/results/bench-minilm.json).
+    ``outliers=k`` (static activations): each Linear's ``k`` input channels of widest calibrated range (after
+    SmoothQuant) leave the integer GEMM for a float product beside it, so the grid fits the other channels
+    (:mod:`bitladder.nn.outliers`; on MiniLM 16 channels take static W8A8 from 0.998 to 0.999 mean cosine:
+    docs/DESIGN.md, 'Outlier channels beside a static GEMM').
     ``static_layers="norm"``: static scales only for the layers that read a normalisation layer's output
     (q/k/v, the first FFN layer; their ranges hold from batch to batch); the other layers (attention output,
     the second FFN layer, whose inputs carry the outliers) take per-token activations on the int8 kernel.
@@ -249,6 +253,7 @@ class Act(_Method):
     dynamic: bool | str = False
     smooth_layers: str = "auto"
     static_layers: str = "all"
+    outliers: int = 0
     min_samples: ClassVar[int] = 8
 
     @property
@@ -274,6 +279,11 @@ class Act(_Method):
             raise BitladderError(f"smooth_layers must be 'auto', 'norm' or 'all', got {self.smooth_layers!r}")
         if self.static_layers not in ("all", "norm"):
             raise BitladderError(f"static_layers must be 'all' or 'norm', got {self.static_layers!r}")
+        if not isinstance(self.outliers, int) or isinstance(self.outliers, bool) or self.outliers < 0:
+            raise BitladderError(f"Act outliers must be a number of channels >= 0, got {self.outliers!r}")
+        if self.outliers and self.dynamic:
+            raise BitladderError("Act outliers split a static grid's widest channels off; per-call (dynamic) "
+                                 "activations have no fixed channels: drop dynamic or outliers")
         if self.static_layers == "norm" and (self.dynamic or self.bits != 8):
             raise BitladderError("static_layers='norm' mixes static 8-bit and per-token activations: "
                                  "dynamic must be False and bits 8")
