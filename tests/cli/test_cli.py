@@ -107,6 +107,9 @@ def test_export_and_run_a_fresh_process(tmp_path):
     assert (tmp_path / "d.onnx").stat().st_size < 40_000
     one_line_error(cli("export", str(art), "--out", str(tmp_path / "e.onnx"), "--opset", "17"), "opset >= 21")
     assert not (tmp_path / "e.onnx").exists()
+    one_line_error(cli("export", str(art), "--out", str(tmp_path / "e.onnx"), "--static-gemm", "int8"),
+                   "static_gemm must be one of integer, qdq")
+    assert not (tmp_path / "e.onnx").exists()
 
 
 def test_compress_runs_the_digits_example(tmp_path):

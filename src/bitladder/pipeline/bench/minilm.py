@@ -41,8 +41,13 @@ class _Fn(nn.Module):
         return self.fn(batch)
 
 
-def _bitladder(spec, cfg, calib=None):
-    base = bitladder.quantize(spec.model, Int(8), include=["*embeddings*"])
+def _bitladder(spec, cfg, calib=None, ffn_down=None):
+    """Int8 embeddings (a zero point per row: 1/3 of the symmetric rows' cosine loss on MiniLM), ``cfg`` on every
+    other layer (``ffn_down``: another config for the FFN's second layers)."""
+    base = bitladder.quantize(spec.model, Int(8, symmetric=False), include=["*embeddings*"])
+    if ffn_down is not None:
+        down = [n for n in bitladder.plan(base).targets if n.endswith("output.dense") and "attention" not in n]
+        base = bitladder.quantize(base, ffn_down, include=down, calib=calib)
     return bitladder.quantize(base, cfg, exclude=["*embeddings*"], calib=calib)
 
 
@@ -75,14 +80,17 @@ def _session(path: Path) -> nn.Module:
 
 
 def _bitladder_onnx(spec, cfg, activations: str, folder: Path, calib=None, runtime=_session,
-                    opset: int = 21, weights: str = "standard") -> nn.Module:
-    """A bitladder model exported with standard operators (DequantizeLinear / MatMulInteger), or with
-    onnxruntime's MatMulNBits (``weights``), run in ORT (or in ``runtime``, a function of the file's path)."""
+                    opset: int = 21, weights: str = "standard", static_gemm: str = "integer",
+                    ffn_down=None) -> nn.Module:
+    """A bitladder model exported with standard operators (DequantizeLinear / MatMulInteger, or Q/DQ around
+    float MatMuls: ``static_gemm``), or with onnxruntime's MatMulNBits (``weights``), run in ORT (or in
+    ``runtime``, a function of the file's path)."""
     from bitladder.io.onnx_export import export_onnx
 
     b = spec.latency_batch
     path = folder / f"bitladder-{cfg.qtype}-{activations}-{len(list(folder.iterdir()))}.onnx"
-    export_onnx(_bitladder(spec, cfg, calib), {k: v[:2] for k, v in b.items()}, path, opset, activations, weights)
+    export_onnx(_bitladder(spec, cfg, calib, ffn_down), {k: v[:2] for k, v in b.items()}, path, opset, activations,
+                weights, static_gemm)
     return runtime(path)
 
 
@@ -154,6 +162,12 @@ W8A8_STATIC = Int(8, act=Act(smoothquant=0.65))
 W7A8_STATIC = Int(7, act=Act(smoothquant=0.65))
 #: static grids where the input comes from a LayerNorm (q/k/v, FFN up), per token elsewhere (attention out, FFN down)
 W7A8_MIXED = Int(7, act=Act(smoothquant=0.65, static_layers="norm"))
+#: static per-tensor W8A8 whose grids leave each layer's 16 widest input channels to a float product beside the
+#: GEMM; SmoothQuant 0.5 under it (docs/DESIGN.md, 'Outlier channels beside a static GEMM')
+W8A8_OUTLIERS = Int(8, act=Act(smoothquant=0.5, outliers=16))
+#: the same on the FFN's second layers only (GELU outputs: most of static W8A8's error on MiniLM), SmoothQuant
+#: 0.8 alone elsewhere: fewer float products for the runtime to add
+W8A8_SQ80 = Int(8, act=Act(smoothquant=0.8))
 
 
 def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
@@ -171,6 +185,8 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
         "bitladder W7A8 static + SmoothQuant 0.65": lambda: _bitladder(spec, W7A8_STATIC, calib),
         "bitladder W7A8 static on LayerNorm inputs, per-token elsewhere + SmoothQuant 0.65": lambda: _bitladder(
             spec, W7A8_MIXED, calib),
+        "bitladder W8A8 static + SmoothQuant 0.5 + 16 outlier channels": lambda: _bitladder(spec, W8A8_OUTLIERS,
+                                                                                          calib),
         "bitladder W8 weight-only": lambda: _bitladder(spec, Int(8)),
         "bitladder W4 g64 gptq": lambda: _bitladder(spec, Int(4, group=64, method=GPTQ()), calib),
         "torch.ao quantize_dynamic int8": lambda: _torch_ao(spec),
@@ -195,6 +211,15 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
             spec, Int(4, group=64, method=GPTQ()), "float", folder, calib, weights="matmulnbits"),
         "bitladder ONNX W8A8 per-token + SmoothQuant 0.65 on OpenVINO": lambda: _bitladder_onnx(
             spec, W8A8_SQ, "dynamic", folder, calib, bench_peers.openvino_onnx, 19),
+        "bitladder ONNX W8A8 static + SmoothQuant 0.5 + 16 outlier channels (MatMulInteger)": lambda: _bitladder_onnx(
+            spec, W8A8_OUTLIERS, "float", folder, calib),
+        "bitladder ONNX W8A8 static + SmoothQuant 0.5 + 16 outlier channels (QDQ) on OpenVINO": lambda: _bitladder_onnx(
+            spec, W8A8_OUTLIERS, "float", folder, calib, bench_peers.openvino_onnx, static_gemm="qdq"),
+        "bitladder ONNX W8A8 static, SmoothQuant 0.8; FFN down 0.5 + 16 outlier channels (QDQ) on OpenVINO":
+            lambda: _bitladder_onnx(spec, W8A8_SQ80, "float", folder, calib, bench_peers.openvino_onnx,
+                                    static_gemm="qdq", ffn_down=W8A8_OUTLIERS),
+        "bitladder ONNX W8A8 static + SmoothQuant 0.8 (QDQ) on OpenVINO": lambda: _bitladder_onnx(
+            spec, W8A8_SQ80, "float", folder, calib, bench_peers.openvino_onnx, static_gemm="qdq"),
         "bitladder ONNX W8 on OpenVINO": lambda: _bitladder_onnx(
             spec, Int(8), "float", folder, runtime=bench_peers.openvino_onnx),
         "bitladder ONNX W4 g64 gptq on OpenVINO": lambda: _bitladder_onnx(
