@@ -90,7 +90,7 @@ def main() -> None:
     if a.per_layer:
         base = rows[0]["cos_mean"]
         res["per_layer_loss_added"] = {
-            g: round(base - cos(build(spec, [(g, Int(8, act=Act(smoothquant=0.8)))], groups)), 6)
+            g: round(base - cos(build(spec, [(g, Int(8, act=Act(smoothquant=0.8))), (None, Int(8))], groups)), 6)
             for g in groups if g != "down"}
     with atomic_path(Path(a.out)) as tmp:
         Path(tmp).write_text(json.dumps(res, indent=1) + "\n")
