@@ -45,6 +45,7 @@ def test_wide_channels_no_longer_coarsen_the_static_grid():
         q = bitladder.quantize(lin, Int(8, act=Act(outliers=k)), calib=[calib])
         if k:
             assert q.act_outliers.tolist() == [5, 40]  # the widest channels, found on the calibration data
+            assert "outliers=2" in repr(q)
         with torch.no_grad():
             err[k] = float((q(x) - ref).norm() / ref.norm())
     assert err[2] < err[0] / 10

@@ -307,4 +307,5 @@ class QuantModule(nn.Module):
 
     def extra_repr(self) -> str:
         m = self._qmeta
-        return f"{m['qtype']}, shape={tuple(m['shape'])}, layout={m['layout']}, kernel={self.kernel}"
+        extra = f", outliers={m['outliers']}" if "outliers" in m else ""
+        return f"{m['qtype']}, shape={tuple(m['shape'])}, layout={m['layout']}, kernel={self.kernel}{extra}"
