@@ -165,15 +165,12 @@ class QuantModule(nn.Module):
         """The weight the layer applies to its raw input: dequantised, input scale folded back in."""
         w = self.qweight.dequantize(torch.float64)
         if "in_scale" in self._qmeta:
+            s = self.in_scale.double()
+            if "outliers" in self._qmeta:  # zero on the integer path; the float path applies their own scale
+                s = s.index_copy(0, self.act_outliers, self.outlier_scale.double())
             shape = [1] * w.dim()
             shape[self.in_axis] = -1
-            w = w * self.in_scale.double().reshape(shape)
-        if "outliers" in self._qmeta:  # their input scale is zero on the integer path; the float path has their own
-            idx = self.act_outliers
-            side = self.qweight.dequantize(torch.float64).index_select(self.in_axis, idx)
-            shape = [1] * w.dim()
-            shape[self.in_axis] = -1
-            w = w.index_copy(self.in_axis, idx, side * self.outlier_scale.double().reshape(shape))
+            w = w * s.reshape(shape)
         return w
 
     def to_float(self) -> nn.Module:
