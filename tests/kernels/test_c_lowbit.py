@@ -18,11 +18,12 @@ CASES = [("int4", Layout("group", group=64), 256), ("uint4", Layout("group", gro
          ("int8", Layout("group", group=128), 256), ("int6", Layout("group", group=32), 96)]
 
 
+@pytest.mark.parametrize("m", [1, 3, 9])  # 9 rows: tiles of four (VNNI) or two (AVX2), then single rows
 @pytest.mark.parametrize("fmt,layout,k", CASES)
-def test_both_paths_equal_the_reference_bit_for_bit_and_track_the_float_product(fmt, layout, k):
+def test_both_paths_equal_the_reference_bit_for_bit_and_track_the_float_product(fmt, layout, k, m):
     w = torch.randn(40, k)
     qt = QuantizedTensor.from_float(w, fmt, layout, symmetric=not fmt.startswith("u"))
-    x = torch.randn(3, k)
+    x = torch.randn(m, k)
     portable = CLowbitKernel.from_qtensor(qt, simd=False)
     ref = portable.reference(x)
     assert torch.equal(portable(x), ref)
@@ -53,15 +54,23 @@ def test_zero_activations_and_bias_and_refused_formats():
     assert not CLowbitKernel.applies(QuantizedTensor.from_float(torch.randn(8, 64), "int4", Layout("group", group=16)))
 
 
-def test_auto_picks_it_for_one_row_where_the_cpu_has_avx2():
-    qt = QuantizedTensor.from_float(torch.randn(64, 256), "int4", Layout("group", group=64))
-    avx2 = current({"BITLADDER_CPU": "avx2"})
-    assert choose(qt, 1, cpu=avx2) == ("c-lowbit-a8" if avx2.has("avx2") else "ort-nbits")
-    assert choose(qt, 2, cpu=avx2) != "c-lowbit-a8"  # from two rows on MatMulNBits reuses each weight load
-    assert choose(qt, 1, cpu=current({"BITLADDER_CPU": "default"})) != "c-lowbit-a8"  # the portable path is slow
-    vnni = current({"BITLADDER_CPU": "avx512-vnni"})  # with vpdpbusd it keeps two rows too
-    assert (choose(qt, 2, cpu=vnni) == "c-lowbit-a8") == vnni.has("avx2", "avx512_vnni")
-    assert choose(qt, 3, cpu=vnni) != "c-lowbit-a8"
+def test_auto_takes_it_for_small_requests_where_the_cpu_has_avx2():
+    small = CLowbitKernel.small_rows[1]
+    int4 = QuantizedTensor.from_float(torch.randn(64, 256), "int4", Layout("group", group=64))
+    int8 = QuantizedTensor.from_float(torch.randn(64, 256), "int8", Layout("channel"))
+    binary = QuantizedTensor.from_float(torch.randn(64, 256), "binary", Layout("channel"))
+    for name in ("avx2", "avx512-vnni"):
+        cpu = current({"BITLADDER_CPU": name})
+        if not cpu.has("avx2"):
+            continue
+        # codes of 2-4 bits: every row count of a sentence, then exact float activations again
+        assert all(choose(int4, m, cpu=cpu) == "c-lowbit-a8" for m in (1, 2, 18, small))
+        assert choose(int4, small + 1, cpu=cpu) == "ort-nbits-fp32"
+        # 8-bit codes: one row (two with vpdpbusd), then the exact fp16 codes, which are as fast
+        assert choose(int8, 3, cpu=cpu) != "c-lowbit-a8"
+        assert (choose(int8, 2, cpu=cpu) == "c-lowbit-a8") == cpu.has("avx512_vnni")
+        assert choose(binary, 18, cpu=cpu) != "c-lowbit-a8"  # binary: table lookups to 16 rows, then fp16 codes
+    assert choose(int4, 1, cpu=current({"BITLADDER_CPU": "default"})) != "c-lowbit-a8"  # the portable path is slow
 
 
 def test_xnor_paths_agree_bit_for_bit():

@@ -10,7 +10,8 @@ Each kernel class declares what it needs, and :mod:`bitladder.kernels.select` re
 * ``requires``: CPU features (names of :data:`bitladder.kernels.cpu.FEATURES`) without which it is
   slow or wrong;
 * ``applies(qt)``: the formats, layouts and group sizes it takes (``groups`` lists the group lengths);
-* ``auto_rows``: the row counts where automatic selection picks it (None: only when named), and
+* ``auto_rows``: the row counts where automatic selection picks it (None: only when named; ``rows(cpu, qt)``
+  when the CPU or the weight's format changes them), and
   ``rank``: among the kernels that apply, lower goes first.
 """
 
@@ -139,8 +140,9 @@ class LinearKernel(abc.ABC):
         return cls.installed() and (cpu or current()).has(*cls.requires)
 
     @classmethod
-    def rows(cls, cpu: Cpu) -> tuple[int, int] | None:
-        """The row counts where auto picks it on ``cpu`` (``auto_rows`` unless the CPU changes the rule)."""
+    def rows(cls, cpu: Cpu, qt: QuantizedTensor | None = None) -> tuple[int, int] | None:
+        """The row counts where auto picks it on ``cpu`` for weight ``qt`` (``auto_rows`` unless the CPU or
+        the weight's format changes the rule)."""
         return cls.auto_rows
 
     @classmethod

@@ -47,7 +47,7 @@ class CBinaryLutKernel(LinearKernel):
         return _binlut is not None
 
     @classmethod
-    def rows(cls, cpu: Cpu):
+    def rows(cls, cpu: Cpu, qt=None):
         return cls.auto_rows if cpu.has("avx2") else None  # the portable path is for correctness, not speed
 
     @classmethod

@@ -40,8 +40,11 @@ class CLowbitKernel(LinearKernel):
     """Codes of up to 8 bits x int8 activations (one scale per block of up to 128 inputs), exact integer dots."""
 
     name = "c-lowbit-a8"
-    auto_rows = (1, 1)  # ahead of MatMulNBits at one row (all shapes measured); behind it from two rows on
+    auto_rows = (1, 1)  # 8-bit codes: ahead of MatMulNBits at one row; exact fp16 codes win from two rows on
     vnni_rows = (1, 2)  # with vpdpbusd it stays ahead at two rows too (docs/DESIGN.md, 'The C GEMV on VNNI CPUs')
+    # codes of 2-4 bits: the register-tiled rows beat every other auto kernel inside a model up to a paragraph
+    # of tokens, AVX2 or VNNI (docs/DESIGN.md, 'Small requests: int8 activations up to 64 rows')
+    small_rows = (1, 64)
     rank = 5
 
     @classmethod
@@ -49,9 +52,11 @@ class CLowbitKernel(LinearKernel):
         return _lowbit is not None
 
     @classmethod
-    def rows(cls, cpu: Cpu):
+    def rows(cls, cpu: Cpu, qt: QuantizedTensor | None = None):
         if not cpu.has("avx2"):
             return None  # the portable path is for correctness, not speed
+        if qt is not None and 2 <= qt.qtype.rules.width(qt.qtype) <= 4:
+            return cls.small_rows
         return cls.vnni_rows if cpu.has("avx512_vnni") else cls.auto_rows
 
     @classmethod

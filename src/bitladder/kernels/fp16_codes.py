@@ -27,7 +27,7 @@ class Fp16CodesKernel(LinearKernel):
     rank = 30
 
     @classmethod
-    def rows(cls, cpu):
+    def rows(cls, cpu, qt=None):
         """At every batch with AVX-512; without it up to 512 rows (fbgemm's fp16 GEMM falls behind the fp32
         one at hundreds of rows there: docs/DESIGN.md, "Every CPU")."""
         return cls.auto_rows if cpu.has("avx512f") else (1, 512)

@@ -37,7 +37,7 @@ def candidates(qt, m: int, cpu: Cpu | None = None) -> list[str]:
     if not qt.qtype.rules.integer_codes:
         return ["dequant-fp32"]
     return [k.name for k in registry.for_op("linear")
-            if (r := k.rows(cpu)) is not None and r[0] <= max(m, 1) <= r[1] and k.available(cpu) and k.applies(qt)]
+            if (r := k.rows(cpu, qt)) is not None and r[0] <= max(m, 1) <= r[1] and k.available(cpu) and k.applies(qt)]
 
 
 def choose(qt, m: int, policy: str = "auto", binary_activations: bool = False, cpu: Cpu | None = None) -> str:

@@ -26,49 +26,52 @@ typedef struct {
     const uint8_t *w;      /* (n, row_bytes) */
     const uint16_t *ws;    /* (n, nbw) fp16 bits */
     const uint8_t *zo;     /* (n, nbw) offsets, or NULL: `off` for all */
-    const int8_t *xq;      /* (kp) */
-    const float *xs;       /* (nbx) */
-    const int32_t *xsum;   /* (nbx) */
+    const int8_t *xq;      /* (m, kp) */
+    const float *xs;       /* (m, nb8) */
+    const int32_t *xsum;   /* (m, nb8) */
     const int32_t *gw;     /* (nbx) the weight group of each activation block */
-    float *y;              /* (n) */
-    int64_t n, kp, row_bytes, g, xb, nbw;
+    float *y;              /* (m, n) */
+    int64_t m, n, kp, row_bytes, g, xb, nbw, nb8;
     int bits, mult, off;
 } Job;
 
-/* block b's term: float(mult * dot - off * xsum) * (weight scale * activation scale) */
-static inline float block_term(const Job *J, int64_t n, int64_t b, int32_t dot) {
+/* block b's term for activation row r: float(mult * dot - off * xsum) * (weight scale * activation scale) */
+static inline float block_term(const Job *J, int64_t n, int64_t r, int64_t b, int32_t dot) {
     int64_t gw = J->gw[b];
     int32_t off = J->zo ? (int32_t)J->zo[n * J->nbw + gw] : J->off;
-    int32_t d = J->mult * dot - off * J->xsum[b];
-    return (float)d * (half_to_float(J->ws[n * J->nbw + gw]) * J->xs[b]);
+    int32_t d = J->mult * dot - off * J->xsum[r * J->nb8 + b];
+    return (float)d * (half_to_float(J->ws[n * J->nbw + gw]) * J->xs[r * J->nb8 + b]);
 }
 
 static inline float lanes_sum(const float *l) { /* the tree the AVX2 reduction makes */
     return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
 }
 
+/* weight rows r0..r1 against every activation row: a weight row is read from memory once per call */
 static void rows_portable(const Job *J, int64_t r0, int64_t r1) {
     const int per = 8 / J->bits, mask = (1 << J->bits) - 1;
     const int64_t nbx = J->kp / J->xb, cpb = J->xb / 32;
     for (int64_t n = r0; n < r1; n++) {
-        const uint8_t *src = J->w + n * J->row_bytes;
-        const int8_t *xv = J->xq;
-        int p = 0;
-        float lanes[8] = {0};
-        for (int64_t b = 0; b < nbx; b++) {
-            int32_t dot = 0;
-            for (int64_t t = 0; t < cpb; t++, xv += 32) {
-                int shift = J->bits * p;
-                if (J->bits == 8) {
-                    for (int j = 0; j < 32; j++) dot += (int8_t)src[j] * xv[j];
-                } else {
-                    for (int j = 0; j < 32; j++) dot += ((src[j] >> shift) & mask) * xv[j];
+        for (int64_t r = 0; r < J->m; r++) {
+            const uint8_t *src = J->w + n * J->row_bytes;
+            const int8_t *xv = J->xq + r * J->kp;
+            int p = 0;
+            float lanes[8] = {0};
+            for (int64_t b = 0; b < nbx; b++) {
+                int32_t dot = 0;
+                for (int64_t t = 0; t < cpb; t++, xv += 32) {
+                    int shift = J->bits * p;
+                    if (J->bits == 8) {
+                        for (int j = 0; j < 32; j++) dot += (int8_t)src[j] * xv[j];
+                    } else {
+                        for (int j = 0; j < 32; j++) dot += ((src[j] >> shift) & mask) * xv[j];
+                    }
+                    if (++p == per) { p = 0; src += 32; }
                 }
-                if (++p == per) { p = 0; src += 32; }
+                lanes[b % 8] = lanes[b % 8] + block_term(J, n, r, b, dot);
             }
-            lanes[b % 8] = lanes[b % 8] + block_term(J, n, b, dot);
+            J->y[r * J->n + n] = lanes_sum(lanes);
         }
-        J->y[n] = lanes_sum(lanes);
     }
 }
 
@@ -81,14 +84,17 @@ static void rows_portable(const Job *J, int64_t r0, int64_t r1) {
 #define BL_ATTR AVX2
 #define BL_FN(name) name##_avx2
 #define BL_VNNI 0
+#define BL_R 2 /* sixteen ymm registers */
 #include "lowbit_rows.h"
 #undef BL_ATTR
 #undef BL_FN
 #undef BL_VNNI
+#undef BL_R
 #define VNNI __attribute__((target("avx2,fma,f16c,popcnt,avx512f,avx512vl,avx512vnni")))
 #define BL_ATTR VNNI
 #define BL_FN(name) name##_vnni
 #define BL_VNNI 1
+#define BL_R 4 /* thirty-two with AVX-512 VL */
 #include "lowbit_rows.h"
 #endif
 
@@ -134,19 +140,20 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
     }
     if (simd == 2 && !cpu_vnni()) simd = 1;
     if (simd && !cpu_avx2()) simd = 0;
-    int8_t *xq = aligned_alloc(32, (size_t)((kp + 31) / 32 * 32));
-    size_t nb8 = (size_t)((nbx + 7) / 8 * 8); /* the AVX2 path reads blocks eight at a time */
-    float *xs = calloc(nb8, sizeof(float));
-    int32_t *xsum = calloc(nb8, sizeof(int32_t)), *gw = calloc(nb8, sizeof(int32_t));
-    if (!xq || !xs || !xsum || !gw) { free(xq); free(xs); free(xsum); free(gw); PyErr_NoMemory(); goto done; }
+    /* every row's activations quantised first, then one pass over the weights serves all rows (kp is a
+     * multiple of 32, so each row's codes stay 32-byte aligned) */
+    int8_t *xq = m > 0 ? aligned_alloc(32, (size_t)(m * kp)) : NULL;
+    int64_t nb8 = (nbx + 7) / 8 * 8; /* the AVX2 path reads blocks eight at a time */
+    float *xs = calloc((size_t)(m > 0 ? m : 1) * nb8, sizeof(float));
+    int32_t *xsum = calloc((size_t)(m > 0 ? m : 1) * nb8, sizeof(int32_t)), *gw = calloc(nb8, sizeof(int32_t));
+    if ((m > 0 && !xq) || !xs || !xsum || !gw) { free(xq); free(xs); free(xsum); free(gw); PyErr_NoMemory(); goto done; }
     for (int64_t b = 0; b < nbx; b++) gw[b] = (int32_t)(b * xb / g);
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < m; r++) {
-        quant_x((const float *)x.buf + r * k, k, kp, xb, xq, xs, xsum, simd);
-        Job J = {w.buf, ws.buf, has_zo ? zo.buf : NULL, xq, xs, xsum, gw, (float *)y.buf + r * n,
-                 n, kp, row_bytes, g, xb, nbw, bits, mult, off};
-        run_parallel(&J, simd, threads);
-    }
+    for (Py_ssize_t r = 0; r < m; r++)
+        quant_x((const float *)x.buf + r * k, k, kp, xb, xq + r * kp, xs + r * nb8, xsum + r * nb8, simd);
+    Job J = {w.buf, ws.buf, has_zo ? zo.buf : NULL, xq, xs, xsum, gw, (float *)y.buf,
+             m, n, kp, row_bytes, g, xb, nbw, nb8, bits, mult, off};
+    if (m > 0) run_parallel(&J, simd, threads);
     Py_END_ALLOW_THREADS
     free(xq); free(xs); free(xsum); free(gw);
     ret = Py_None;

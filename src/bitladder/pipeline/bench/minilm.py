@@ -4,7 +4,8 @@ Batch 32 sentences from the docstring corpus (max length 128). Every variant run
 (:mod:`bitladder.pipeline.bench.isolated`), as it would be deployed, and all of them are timed in the same
 interleaved rounds (median of ``repeats``, under ``torch.inference_mode``), so every ratio (to fp32 torch,
 and for ONNX files to the fp32 ONNX file) compares runs made under the same machine load. Fidelity is
-measured on the 256 evaluation sentences against fp32 embeddings. ``peak_rss_mb`` is the peak resident
+measured on the 256 evaluation sentences against fp32 embeddings, 32 sentences per call for the batch-32
+rows and one per call for the single-sentence rows (what each timed call computes). ``peak_rss_mb`` is the peak resident
 memory of the variant's process while it serves (Python, torch and the runtime included; the build is
 not counted where Linux lets the high-water mark be reset). Peers that are not installed (the ``bench``
 extra) are listed with the reason instead of a number.
@@ -234,10 +235,16 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
     }
 
 
-def single_sentence(batch: dict) -> dict:
-    """The first sentence of ``batch`` alone, its padding cut off: the edge case of one request."""
-    n = int(batch["attention_mask"][0].sum())
-    return {k: v[:1, :n].contiguous() for k, v in batch.items()}
+def single_sentence(batch: dict, i: int = 0) -> dict:
+    """Sentence ``i`` of ``batch`` alone, its padding cut off: the edge case of one request."""
+    n = int(batch["attention_mask"][i].sum())
+    return {k: v[i: i + 1, :n].contiguous() for k, v in batch.items()}
+
+
+def one_by_one(batches: list[dict]) -> list[dict]:
+    """Every sentence of ``batches`` as its own request: kernels are chosen by row count, so a model's
+    numerics at one sentence can differ from its numerics at 32 (int8 activations per block on few rows)."""
+    return [single_sentence(b, i) for b in batches for i in range(len(b["input_ids"]))]
 
 
 BATCHES = (32, 1)
@@ -249,8 +256,10 @@ def serve_variant(name: str, folder: str):
     spec = minilm.spec()
     model = variants(spec, Path(folder))[name]()
     out = outputs(model, spec.eval_batches)
+    single = outputs(model, one_by_one(spec.eval_batches))
     timed = [spec.latency_batch, single_sentence(spec.latency_batch)]
-    return model, timed, {"outputs": out.numpy(), "onnx_bytes": getattr(model, "file_bytes", None)}
+    return model, timed, {"outputs": out.numpy(), "outputs_single": single.numpy(),
+                          "onnx_bytes": getattr(model, "file_bytes", None)}
 
 
 def round_spread(base: list[float] | None, times: list[float]) -> list[float] | None:
@@ -279,7 +288,8 @@ def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
 
 
 def _rows(spec, ref, names: list[str], got: dict, batch: int) -> list[dict]:
-    """The rows of one timed batch size; fidelity is the same for both (measured on the evaluation set)."""
+    """The rows of one timed batch size. Fidelity is measured on the evaluation sentences against fp32's,
+    run 32 at a time for the batch-32 rows and one at a time for the batch-1 rows (``fidelity_batch``)."""
     fp32, fp32_onnx = got["fp32 torch"].get("latency_s"), got.get("onnxruntime fp32", {}).get("latency_s")
     base, base_onnx = got["fp32 torch"].get("rounds_s"), got.get("onnxruntime fp32", {}).get("rounds_s")
     rows = []
@@ -289,10 +299,12 @@ def _rows(spec, ref, names: list[str], got: dict, batch: int) -> list[dict]:
             rows.append({**row, "latency_ms": None, "ratio_vs_fp32": None, "peak_rss_mb": None, "cos_mean": None,
                          "cos_min": None, "knn10": None, "error": g["error"]})
             continue
-        fid, s = fidelity(spec, torch.from_numpy(g["info"]["outputs"]), ref), g["latency_s"]
+        out = g["info"]["outputs" if batch > 1 else "outputs_single"]
+        fid, s = fidelity(spec, torch.from_numpy(out), ref), g["latency_s"]
         row.update(latency_ms=round(s * 1e3, 2), fp32_latency_ms=round(fp32 * 1e3, 2),
                    ratio_vs_fp32=round(fp32 / s, 3), peak_rss_mb=g["peak_rss_mb"], cos_mean=fid["fidelity"],
-                   cos_min=fid["cos_min"], knn10=fid["knn10"], onnx_bytes=g["info"]["onnx_bytes"])
+                   cos_min=fid["cos_min"], knn10=fid["knn10"], fidelity_batch=min(batch, 32),
+                   onnx_bytes=g["info"]["onnx_bytes"])
         row["ratio_vs_fp32_iqr"] = round_spread(base, g["rounds_s"])
         if row["onnx_bytes"] and fp32_onnx:
             row["ratio_vs_fp32_onnx"] = round(fp32_onnx / s, 3)
