@@ -13,6 +13,7 @@ from bitladder.errors import BitladderError
 from bitladder.io.gguf_blocks import BLOCK_TYPES
 from bitladder.io.gguf_export import export_gguf, rope_rows
 from bitladder.nn.base import QuantModule
+from tests.io.exact import exact
 from tests.io.tiny_lm import calib_batches as _calib
 from tests.io.tiny_lm import tiny_llama as _tiny
 
@@ -68,7 +69,7 @@ def test_transformers_runs_the_file_to_bitladders_logits(tmp_path):
     path = export_gguf(q, tmp_path / "m.gguf")
     x = torch.randint(0, 256, (2, 24))
     with torch.no_grad():
-        ref = q(x)
+        ref = exact(q)(x)
     assert torch.allclose(_reload_logits(path, x), ref, atol=1e-4, rtol=1e-4)
     r = gguf.GGUFReader(str(path))
     assert r.fields["general.architecture"].contents() == "llama"
@@ -89,7 +90,7 @@ def test_tied_embeddings_are_written_once_and_an_untied_head_is_kept(tmp_path):
     assert "output.weight" in {t.name for t in gguf.GGUFReader(str(path)).tensors}
     x = torch.randint(0, 256, (2, 12))
     with torch.no_grad():
-        assert torch.allclose(_reload_logits(path, x), q(x), atol=1e-4, rtol=1e-4)
+        assert torch.allclose(_reload_logits(path, x), exact(q)(x), atol=1e-4, rtol=1e-4)
 
 
 def test_awq_folded_into_the_model_exports_and_runs_to_its_logits(tmp_path):
@@ -99,7 +100,7 @@ def test_awq_folded_into_the_model_exports_and_runs_to_its_logits(tmp_path):
     path = export_gguf(q, tmp_path / "m.gguf")
     x = torch.randint(0, 256, (2, 24))
     with torch.no_grad():
-        assert torch.allclose(_reload_logits(path, x), q(x), atol=1e-4, rtol=1e-4)
+        assert torch.allclose(_reload_logits(path, x), exact(q)(x), atol=1e-4, rtol=1e-4)
 
 
 def test_an_awq_input_scale_folds_into_the_norm_before_it(tmp_path):
@@ -110,7 +111,7 @@ def test_an_awq_input_scale_folds_into_the_norm_before_it(tmp_path):
     path = export_gguf(q, tmp_path / "m.gguf")
     x = torch.randint(0, 256, (2, 24))
     with torch.no_grad():
-        ref = q(x)
+        ref = exact(q)(x)
     assert torch.allclose(_reload_logits(path, x), ref, atol=1e-4, rtol=1e-4)
 
 

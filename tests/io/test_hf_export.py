@@ -10,6 +10,7 @@ import bitladder
 from bitladder import AWQ, GPTQ, HQQ, Act, Int, Ternary
 from bitladder.errors import BitladderError
 from bitladder.io.hf_export import export_hf
+from tests.io.exact import exact
 from tests.io.tiny_lm import calib_batches as _calib
 from tests.io.tiny_lm import tiny_llama as _tiny
 
@@ -37,7 +38,7 @@ def test_transformers_loads_bitladders_model(tmp_path, cfg, bits):
     assert {g["weights"]["num_bits"] for g in qc["config_groups"].values()} == {bits}
     x = torch.randint(0, 256, (2, 24))
     with torch.no_grad():
-        ref, got = q(x), _reload(out)(input_ids=x).logits
+        ref, got = exact(q)(x), _reload(out)(input_ids=x).logits
     assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5)
     assert abs(_nll(got, x).exp() - _nll(ref, x).exp()) < 1e-4  # the same perplexity
     # packed: the Linear weights take about bits/32 of their float bytes
@@ -54,7 +55,7 @@ def test_mixed_formats_become_config_groups(tmp_path):
     assert sorted(g["weights"]["num_bits"] for g in groups.values()) == [4, 8]
     x = torch.randint(0, 256, (2, 16))
     with torch.no_grad():
-        assert torch.allclose(_reload(out)(input_ids=x).logits, q(x), atol=1e-5, rtol=1e-5)
+        assert torch.allclose(_reload(out)(input_ids=x).logits, exact(q)(x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("cfg, match", [
@@ -92,7 +93,7 @@ def test_a_quantised_head_of_a_tied_model_is_written_untied(tmp_path):
     assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
     x = torch.randint(0, 256, (2, 16))
     with torch.no_grad():
-        assert torch.allclose(_reload(out)(input_ids=x).logits, q(x), atol=1e-5, rtol=1e-5)
+        assert torch.allclose(_reload(out)(input_ids=x).logits, exact(q)(x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -106,7 +107,7 @@ def test_a_quantised_embedding_goes_in_as_its_dequantised_float(tmp_path, caplog
     assert torch.equal(back.model.embed_tokens.weight, q.lm.model.embed_tokens.qweight.dequantize())
     x = torch.randint(0, 256, (2, 16))
     with torch.no_grad():
-        assert torch.allclose(back(input_ids=x).logits, q(x), atol=1e-5, rtol=1e-5)
+        assert torch.allclose(back(input_ids=x).logits, exact(q)(x), atol=1e-5, rtol=1e-5)
 
 
 def test_only_a_quantised_embedding_is_refused(tmp_path):

@@ -1,7 +1,5 @@
 """ONNX export with standard operators: runs in plain onnxruntime, matches torch, bytes reflect bits."""
 
-import copy
-
 import onnx
 import pytest
 import torch
@@ -10,8 +8,8 @@ import bitladder
 from bitladder import BitladderError
 from bitladder.kernels.fbgemm_w8a8 import act_levels
 from bitladder.io.onnx_export import export_onnx
-from bitladder.nn.base import QuantModule
 from bitladder.pipeline.ladder.rungs import parse_rung
+from tests.io.exact import exact
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -28,13 +26,9 @@ def test_digits_exports_run_and_match(digits_spec, tmp_path, rung):
     x = digits_spec.eval_batches[0]
     q = bitladder.quantize(digits_spec.model, parse_rung(rung), calib=digits_spec.calib_batches)
     path = export_onnx(q, x[:2], tmp_path / f"{rung}.onnx")
-    exact = copy.deepcopy(q)  # the file holds the dequantised arithmetic: the reference kernel computes exactly that
-    for m in exact.modules():
-        if isinstance(m, QuantModule):
-            m.set_kernel_policy("dequant-fp32")
-    with torch.no_grad():
+    with torch.no_grad():  # the file holds the dequantised arithmetic: the reference kernel computes exactly that
         got = run_onnx(path, x)
-        assert torch.allclose(got, exact(x), atol=1e-4, rtol=1e-4)
+        assert torch.allclose(got, exact(q)(x), atol=1e-4, rtol=1e-4)
         # the kernels torch picks may round activations (bf16 for packed int4): within 1 % of the logits
         assert float((got - q(x)).norm() / got.norm()) < 1e-2
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
@@ -111,12 +105,8 @@ def test_matmulnbits_export_keeps_weight_only_numerics(digits_spec, tmp_path, ru
     x = digits_spec.eval_batches[0]
     q = bitladder.quantize(digits_spec.model, parse_rung(rung), calib=digits_spec.calib_batches)
     path = export_onnx(q, x[:2], tmp_path / f"{rung}.onnx", weights="matmulnbits")
-    exact = copy.deepcopy(q)
-    for m in exact.modules():
-        if isinstance(m, QuantModule):
-            m.set_kernel_policy("dequant-fp32")
     with torch.no_grad():
-        assert torch.allclose(run_onnx(path, x), exact(x), atol=1e-4, rtol=1e-4)  # fp32 activations: exact
+        assert torch.allclose(run_onnx(path, x), exact(q)(x), atol=1e-4, rtol=1e-4)  # fp32 activations: exact
     nodes = onnx.load(str(path)).graph.node
     linears = sum(isinstance(m, torch.nn.Linear) or type(m).__name__ == "QuantLinear" for m in q.modules())
     nbits = [n for n in nodes if n.op_type == "MatMulNBits"]
@@ -148,4 +138,4 @@ def test_tied_embeddings_are_exported_once_and_shared(tmp_path):
     assert len(vocab) == 1  # one copy of the 256 x 64 table
     got = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
-        assert np.abs(got - q(x).numpy()).max() < 1e-4
+        assert np.abs(got - exact(q)(x).numpy()).max() < 1e-4

@@ -8,6 +8,8 @@ from torch import nn
 import bitladder
 from bitladder import BitladderError, Int
 from bitladder.kernels import Int4PackBf16Kernel, OnednnW8A8Kernel, OrtNBitsKernel
+from bitladder.kernels.c_lowbit import CLowbitKernel
+from bitladder.kernels.cpu import current
 from bitladder.kernels.select import ONEDNN_MIN_ROWS
 from bitladder.methods.quantize.methods import Act
 
@@ -19,17 +21,20 @@ def rel(a, b):
 
 
 @needs_ort
-@pytest.mark.parametrize("cfg", [Int(8), Int(4, group=64), Int(2, group=32), bitladder.Ternary(),
-                                 bitladder.Binary()])
-def test_auto_uses_a_low_bit_kernel_for_few_rows_and_matches_reference(cfg):
+@pytest.mark.parametrize("cfg, c_kernel", [(Int(8), None), (Int(4, group=64), "c-lowbit-a8"),
+                                           (Int(2, group=32), "c-lowbit-a8"), (bitladder.Ternary(), "c-lowbit-a8"),
+                                           (bitladder.Binary(), "c-binary-lut")])
+def test_auto_uses_a_low_bit_kernel_for_few_rows_and_matches_reference(cfg, c_kernel):
     torch.manual_seed(0)
     lin = nn.Linear(256, 96)
     q = bitladder.quantize(lin, cfg)
     ref = bitladder.quantize(lin, type(cfg)(**{**cfg.__dict__, "kernel": "dequant-fp32"}))
     x = torch.randn(3, 256)
     y = q(x)
-    # binary codes: the lookup GEMV where the C kernels are built and the CPU has AVX2, else MatMulNBits
-    assert q.kernel.startswith("ort-w") or (isinstance(cfg, bitladder.Binary) and q.kernel == "c-binary-lut")
+    # at three rows: a C kernel where they are built and the CPU has AVX2 (the lookup GEMV for binary codes,
+    # the bit-plane one for 2-4 bits), else MatMulNBits; 8-bit codes take MatMulNBits from three rows
+    c_built = CLowbitKernel.available() and CLowbitKernel.rows(current()) is not None
+    assert q.kernel == c_kernel if c_kernel and c_built else q.kernel.startswith("ort-w")
     assert ref.kernel == "dequant-fp32"
     assert rel(y, ref(x)) < 0.02  # the kernel quantises activations per row and block to 8 bits
 
@@ -39,7 +44,7 @@ def test_many_rows_keep_exact_numerics_and_kernel_is_reported():
     torch.manual_seed(0)
     q = bitladder.quantize(nn.Linear(64, 40), Int(4, group=32))  # 40 outputs: not for the packed-int4 GEMM
     q(torch.randn(4, 64))
-    assert q.kernel == "ort-w4a8"  # few rows: int8 activations per block
+    assert q.kernel in ("ort-w4a8", "c-lowbit-a8")  # few rows: int8 activations per block
     x = torch.randn(300, 64)
     y = q(x)  # more rows: exact weight-only numerics, fp32 activations
     assert q.kernel == "ort-w4-fp32"

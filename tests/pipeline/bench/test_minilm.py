@@ -25,3 +25,16 @@ def test_single_sentence_is_the_first_one_without_its_padding():
              "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])}
     one = single_sentence(batch)
     assert one["input_ids"].tolist() == [[5, 6, 7]] and one["attention_mask"].tolist() == [[1, 1, 1]]
+
+
+def test_one_by_one_is_every_sentence_alone_without_its_padding():
+    import torch
+
+    from bitladder.pipeline.bench.minilm import one_by_one
+
+    batches = [{"input_ids": torch.tensor([[5, 6, 7, 0], [1, 2, 3, 4]]),
+                "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])},
+               {"input_ids": torch.tensor([[8, 9]]), "attention_mask": torch.tensor([[1, 1]])}]
+    got = one_by_one(batches)
+    assert [b["input_ids"].tolist() for b in got] == [[[5, 6, 7]], [[1, 2, 3, 4]], [[8, 9]]]
+    assert all(b["attention_mask"].all() for b in got)

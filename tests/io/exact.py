@@ -1,0 +1,18 @@
+"""The weight-only reference a float export holds: a copy of the model on the dequantise + fp32 kernel.
+
+Auto may quantise activations to int8 per block on small requests (up to 64 rows for 2-4-bit codes), so a
+file that stores the dequantised weights (HF, GGUF, ONNX DequantizeLinear) is compared with this, not with
+whatever kernel auto picked for the test's row count."""
+
+import copy
+
+from bitladder.nn.base import QuantModule
+
+
+def exact(model):
+    """A deep copy of ``model`` whose quantised layers all compute dequantise + ``F.linear``."""
+    out = copy.deepcopy(model)
+    for m in out.modules():
+        if isinstance(m, QuantModule):
+            m.set_kernel_policy("dequant-fp32")
+    return out
