@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: Columns worth a glance, in table order (the JSON keys themselves; units: docs/DESIGN.md, 'Results schema').
 COLUMNS = (
-    "case", "shape", "batch", "model", "network", "rung", "method", "rotate", "variant", "flops_ratio",
+    "case", "cpu_path", "shape", "batch", "tokens", "model", "network", "rung", "method", "rotate", "variant", "flops_ratio",
     "params_ratio", "speedup", "fidelity_pruned", "fidelity_recovered", "drop_pt",
     "params", "macs", "rank_bytes", "bytes_vs_one_process", "bytes_on_disk", "quantized_bytes", "bytes_fp32", "bytes_int4", "bits_per_weight",
     "stored_bytes", "build_peak_bytes", "resident_bytes", "resident_vs_stored", "resident_vs_fp32",

@@ -3,7 +3,8 @@ against the alternatives it had, inside the model, timed side by side with fp32.
 
 For each C path (``--cpus``: ``native`` and ``avx2`` run the AVX-512 VNNI and the AVX2 path on a VNNI host;
 each in its own process, ``BITLADDER_CPU`` set), fp32 and W4 g64 RTN models whose Linears are pinned to a
-kernel run one sentence in turn, round after round (median of ``--rounds``). Also the fidelity that comes with
+kernel run one request in turn, in a random order each round (median of ``--rounds``); a request of n tokens
+is the evaluation corpus's own tokens run together. Also the fidelity that comes with
 it: the W4 model's mean cosine to fp32 on the 256 evaluation sentences, 32 per call and one per call (auto
 quantises activations to int8 per block on small requests only).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -26,13 +28,12 @@ POLICIES = ("auto", "c-lowbit-a8", "ort-nbits", "ort-nbits-fp32")
 
 
 def _one(batch: dict, n: int) -> dict:
-    """The batch's longest sentence cut to ``n`` tokens, alone."""
+    """One request of exactly ``n`` tokens: the batch's sentences' tokens, padding left out, run together."""
     import torch
 
-    i = int(batch["attention_mask"].sum(1).argmax())
-    one = {k: v[i: i + 1, :n].contiguous() for k, v in batch.items()}
-    one["attention_mask"] = torch.ones_like(one["attention_mask"])
-    return one
+    ids = batch["input_ids"][batch["attention_mask"].bool()][:n].reshape(1, -1)
+    assert ids.shape[1] == n, f"the batch holds {ids.shape[1]} tokens, fewer than {n}"
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
 
 
 def measure(rounds: int) -> dict:
@@ -63,16 +64,21 @@ def measure(rounds: int) -> dict:
             for m in models.values():
                 for _ in range(3):
                     run(m, one)
-            for _ in range(rounds):
-                for k, m in models.items():
+            order = random.Random(n)
+            for _ in range(rounds):  # a new order each round: the model run after fp32 finds its caches flushed
+                for k in order.sample(list(models), len(models)):
+                    m = models[k]
                     t = time.perf_counter()
                     run(m, one)
                     times[k].append(time.perf_counter() - t)
             fp = statistics.median(times["fp32"])
-            rows.append({"tokens": n, "fp32_ms": round(fp * 1e3, 3),
-                         **{f"{k}_ratio_vs_fp32": round(fp / statistics.median(v), 3)
-                            for k, v in times.items() if k != "fp32"}})
-            print(json.dumps(rows[-1]), flush=True)
+            for k, v in times.items():
+                if k != "fp32":
+                    s = statistics.median(v)
+                    rows.append({"case": "minilm", "tokens": n, "variant": f"W4 g64 RTN, kernel {k}",
+                                 "latency_ms": round(s * 1e3, 3), "fp32_latency_ms": round(fp * 1e3, 3),
+                                 "ratio_vs_fp32": round(fp / s, 3)})
+                    print(json.dumps(rows[-1]), flush=True)
     ref = outputs(spec.model, spec.eval_batches)
     auto = models["auto"]
     fid = {"cos_mean_32_per_call": round(fidelity(spec, outputs(auto, spec.eval_batches), ref)["fidelity"], 6),
@@ -95,12 +101,14 @@ def main() -> None:
     from bitladder.pipeline.measure.machine import machine
 
     res = {"command": f"python benchmarks/small_requests.py --cpus {a.cpus} --rounds {a.rounds}",
-           "machine": machine(), "policies": list(POLICIES), "by_cpu": {}}
+           "machine": machine(), "rows": [], "w4_auto_fidelity": {}}
     for cpu in a.cpus.split(","):
         out = subprocess.run([sys.executable, __file__, "--child", "--rounds", str(a.rounds)], check=True,
                              env={**os.environ, "BITLADDER_CPU": cpu}, capture_output=True, text=True).stdout
-        res["by_cpu"][cpu] = json.loads(out.split("RESULT ", 1)[1])
-        print(cpu, json.dumps(res["by_cpu"][cpu]), flush=True)
+        got = json.loads(out.split("RESULT ", 1)[1])
+        res["rows"] += [{"cpu_path": cpu, **r} for r in got["rows"]]
+        res["w4_auto_fidelity"][cpu] = got["w4_auto_fidelity"]
+        print(cpu, json.dumps(got), flush=True)
     if a.out:
         with atomic_path(Path(a.out)) as tmp:
             Path(tmp).write_text(json.dumps(res, indent=1) + "\n")

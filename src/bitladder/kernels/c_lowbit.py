@@ -42,9 +42,9 @@ class CLowbitKernel(LinearKernel):
     name = "c-lowbit-a8"
     auto_rows = (1, 1)  # 8-bit codes: ahead of MatMulNBits at one row; exact fp16 codes win from two rows on
     vnni_rows = (1, 2)  # with vpdpbusd it stays ahead at two rows too (docs/DESIGN.md, 'The C GEMV on VNNI CPUs')
-    # codes of 2-4 bits: the register-tiled rows beat every other auto kernel inside a model up to a paragraph
-    # of tokens, AVX2 or VNNI (docs/DESIGN.md, 'Small requests: int8 activations up to 64 rows')
-    small_rows = (1, 64)
+    # codes of 2-4 bits: the register-tiled rows beat every other auto kernel inside a model up to a sentence
+    # of tokens, AVX2 or VNNI; level with MatMulNBits W4A8 at 64 (docs/DESIGN.md, 'Small requests')
+    small_rows = (1, 32)
     rank = 5
 
     @classmethod
