@@ -76,6 +76,9 @@ static void rows_portable(const Job *J, int64_t r0, int64_t r1) {
 }
 
 #ifdef BL_X86
+/* a register tile's per-row vectors (lowbit_rows.h): named fields, so they stay in registers */
+typedef struct { __m256i r0, r1, r2, r3; } Rows4;
+typedef struct { __m256 r0, r1, r2, r3; } Lanes4;
 #define AVX2 __attribute__((target("avx2,fma,f16c,popcnt")))
 /* software prefetch distance in bytes of weights: 4 KiB measured 15 % faster than none for int4 streamed from
  * memory (2048 to 8192 alike), 7 % for int2, nothing for binary, which is compute-bound */
