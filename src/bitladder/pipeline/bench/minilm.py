@@ -4,11 +4,11 @@ Batch 32 sentences from the docstring corpus (max length 128). Every variant run
 (:mod:`bitladder.pipeline.bench.isolated`), as it would be deployed, and all of them are timed in the same
 interleaved rounds (median of ``repeats``, under ``torch.inference_mode``), so every ratio (to fp32 torch,
 and for ONNX files to the fp32 ONNX file) compares runs made under the same machine load. Fidelity is
-measured on the 256 evaluation sentences against fp32 embeddings, 32 sentences per call for the batch-32
-rows and one per call for the single-sentence rows (what each timed call computes). ``peak_rss_mb`` is the peak resident
-memory of the variant's process while it serves (Python, torch and the runtime included; the build is
-not counted where Linux lets the high-water mark be reset). Peers that are not installed (the ``bench``
-extra) are listed with the reason instead of a number.
+measured on the 256 evaluation sentences against fp32 embeddings, in the evaluation batches for the
+batch-32 rows and one sentence per call for the single-sentence rows (``fidelity_batch``: what each timed
+call computes). ``peak_rss_mb`` is the peak resident memory of the variant's process while it serves (Python,
+torch and the runtime included; the build is not counted where Linux lets the high-water mark be reset).
+Peers that are not installed (the ``bench`` extra) are listed with the reason instead of a number.
 """
 
 from __future__ import annotations
@@ -288,8 +288,8 @@ def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
 
 
 def _rows(spec, ref, names: list[str], got: dict, batch: int) -> list[dict]:
-    """The rows of one timed batch size. Fidelity is measured on the evaluation sentences against fp32's,
-    run 32 at a time for the batch-32 rows and one at a time for the batch-1 rows (``fidelity_batch``)."""
+    """The rows of one timed batch size. Fidelity is measured on the evaluation sentences against fp32's, in
+    the evaluation batches for the batch-32 rows and one at a time for the batch-1 rows (``fidelity_batch``)."""
     fp32, fp32_onnx = got["fp32 torch"].get("latency_s"), got.get("onnxruntime fp32", {}).get("latency_s")
     base, base_onnx = got["fp32 torch"].get("rounds_s"), got.get("onnxruntime fp32", {}).get("rounds_s")
     rows = []
@@ -300,10 +300,11 @@ def _rows(spec, ref, names: list[str], got: dict, batch: int) -> list[dict]:
                          "cos_min": None, "knn10": None, "error": g["error"]})
             continue
         out = g["info"]["outputs" if batch > 1 else "outputs_single"]
+        per_call = len(spec.eval_batches[0]["input_ids"]) if batch > 1 else 1
         fid, s = fidelity(spec, torch.from_numpy(out), ref), g["latency_s"]
         row.update(latency_ms=round(s * 1e3, 2), fp32_latency_ms=round(fp32 * 1e3, 2),
                    ratio_vs_fp32=round(fp32 / s, 3), peak_rss_mb=g["peak_rss_mb"], cos_mean=fid["fidelity"],
-                   cos_min=fid["cos_min"], knn10=fid["knn10"], fidelity_batch=min(batch, 32),
+                   cos_min=fid["cos_min"], knn10=fid["knn10"], fidelity_batch=per_call,
                    onnx_bytes=g["info"]["onnx_bytes"])
         row["ratio_vs_fp32_iqr"] = round_spread(base, g["rounds_s"])
         if row["onnx_bytes"] and fp32_onnx:
