@@ -46,6 +46,24 @@ BL_ATTR static inline __attribute__((always_inline)) __m256i BL_FN(block_dot)(co
 #endif
 }
 
+/* the weight scales (fp16 -> fp32) and offsets of activation blocks b0..b0+7 of one weight row: one load each where
+ * block b uses weight group b (direct; scales and offsets of rows are padded by eight, so this never reads past
+ * the end), else gathered through J->gw */
+BL_ATTR static inline __attribute__((always_inline)) void BL_FN(group_scales)(const Job *J, const uint16_t *ws,
+                                                                          const uint8_t *zo, int64_t b0, int direct,
+                                                                          __m256 *wsc, __m256i *off) {
+    if (direct) {
+        *wsc = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ws + b0)));
+        *off = zo ? _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(zo + b0))) : _mm256_set1_epi32(J->off);
+        return;
+    }
+    const int32_t *gw = J->gw + b0;
+    *wsc = _mm256_set_ps(_cvtsh_ss(ws[gw[7]]), _cvtsh_ss(ws[gw[6]]), _cvtsh_ss(ws[gw[5]]), _cvtsh_ss(ws[gw[4]]),
+                         _cvtsh_ss(ws[gw[3]]), _cvtsh_ss(ws[gw[2]]), _cvtsh_ss(ws[gw[1]]), _cvtsh_ss(ws[gw[0]]));
+    *off = zo ? _mm256_set_epi32(zo[gw[7]], zo[gw[6]], zo[gw[5]], zo[gw[4]], zo[gw[3]], zo[gw[2]], zo[gw[1]], zo[gw[0]])
+              : _mm256_set1_epi32(J->off);
+}
+
 /* one activation row: weight rows r0..r1 for codes of `bits` and `cpb` 32-code chunks per activation block, both
  * constants once inlined (kept beside the tiles: the tile code at one row ran 7-19 % slower, docs/results/notes.md):
  * a group of eight blocks starts on a superblock, so every shift and load offset is fixed. The eight block
@@ -77,17 +95,7 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(one_row)(const J
                                             _mm256_permute2x128_si256(h0, h1, 0x31));
             __m256 wsc;
             __m256i off;
-            if (direct) { /* scales and offsets of rows are padded by eight, so this never reads past the end */
-                wsc = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ws + b0)));
-                off = zo ? _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(zo + b0))) : _mm256_set1_epi32(J->off);
-            } else {
-                const int32_t *gw = J->gw + b0;
-                wsc = _mm256_set_ps(_cvtsh_ss(ws[gw[7]]), _cvtsh_ss(ws[gw[6]]), _cvtsh_ss(ws[gw[5]]), _cvtsh_ss(ws[gw[4]]),
-                                    _cvtsh_ss(ws[gw[3]]), _cvtsh_ss(ws[gw[2]]), _cvtsh_ss(ws[gw[1]]), _cvtsh_ss(ws[gw[0]]));
-                off = zo ? _mm256_set_epi32(zo[gw[7]], zo[gw[6]], zo[gw[5]], zo[gw[4]], zo[gw[3]], zo[gw[2]], zo[gw[1]],
-                                            zo[gw[0]])
-                         : _mm256_set1_epi32(J->off);
-            }
+            BL_FN(group_scales)(J, ws, zo, b0, direct, &wsc, &off);
             __m256i d = _mm256_sub_epi32(_mm256_mullo_epi32(multv, dots),
                                          _mm256_mullo_epi32(off, _mm256_loadu_si256((const __m256i *)(J->xsum + b0))));
             __m256 scale = _mm256_mul_ps(wsc, _mm256_loadu_ps(J->xs + b0));
@@ -183,17 +191,7 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(tile)(const Job 
 #undef BD
         __m256 wsc;
         __m256i off;
-        if (direct) { /* scales and offsets of rows are padded by eight, so this never reads past the end */
-            wsc = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ws + b0)));
-            off = zo ? _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(zo + b0))) : _mm256_set1_epi32(J->off);
-        } else {
-            const int32_t *gw = J->gw + b0;
-            wsc = _mm256_set_ps(_cvtsh_ss(ws[gw[7]]), _cvtsh_ss(ws[gw[6]]), _cvtsh_ss(ws[gw[5]]), _cvtsh_ss(ws[gw[4]]),
-                                _cvtsh_ss(ws[gw[3]]), _cvtsh_ss(ws[gw[2]]), _cvtsh_ss(ws[gw[1]]), _cvtsh_ss(ws[gw[0]]));
-            off = zo ? _mm256_set_epi32(zo[gw[7]], zo[gw[6]], zo[gw[5]], zo[gw[4]], zo[gw[3]], zo[gw[2]], zo[gw[1]],
-                                        zo[gw[0]])
-                     : _mm256_set1_epi32(J->off);
-        }
+        BL_FN(group_scales)(J, ws, zo, b0, direct, &wsc, &off);
         FOR_ROWS(R, {
             const int64_t xo = (r0 + k_) * J->nb8 + b0;
             __m256i dots = _mm256_add_epi32(_mm256_permute2x128_si256(RF(h0, k_), RF(h1, k_), 0x20),
