@@ -26,6 +26,7 @@ from torch import nn
 
 from bitladder.atomic import atomic_path
 from bitladder.errors import BitladderError
+from bitladder.io.onnx_attention import plain_attention
 from bitladder.io.onnx_dynamic import dynamic_int8_eligible, int8_gemm_eligible, qdq_input, rewrite, static_grid
 from bitladder.io.onnx_nbits import nbits_eligible, rewrite_nbits
 from bitladder.io.onnx_ranges import gemm_problems
@@ -115,6 +116,7 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
         raise BitladderError(f"cannot write {path}: folder {path.parent} does not exist")
     quantised = {n: m for n, m in model.named_modules() if isinstance(m, QuantModule)}
     twin = _float_twin(model)
+    plain_attention(twin)  # no NaN guard per Softmax; runtimes see the attention block whole
     if isinstance(example, dict):  # only the inputs forward() names: the exporter maps names by position
         params = inspect.signature(model.forward).parameters
         named = [k for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
