@@ -45,3 +45,9 @@ def test_peer_matches_fp32(name, minilm_spec, tmp_path):
         assert g.shape == r.shape
     cos = nn.functional.cosine_similarity(torch.cat(got), torch.cat(ref), dim=-1)
     assert cos.mean().item() >= floor, f"{name}: mean cosine {cos.mean().item():.5f} < {floor}"
+    if name == "openvino_nncf_int8":  # without fused subgraphs: NNCF's IR reused, the same numbers
+        plain = bench_peers.openvino_nncf_int8(spec, tmp_path, snippets=False)
+        with torch.inference_mode():
+            again = torch.cat([plain(**b) for b in batches])
+        assert len(list(tmp_path.glob("minilm-openvino-nncf-int8*.xml"))) == 1
+        assert nn.functional.cosine_similarity(again, torch.cat(got), dim=-1).min().item() > 0.9999

@@ -95,6 +95,12 @@ def _bitladder_onnx(spec, cfg, activations: str, folder: Path, calib=None, runti
     return runtime(path)
 
 
+def _ov_no_snippets(path: Path) -> nn.Module:
+    """OpenVINO without its fused subgraphs: on 32 sentences its fused f32 attention ran slower than the
+    separate ops (docs/results/notes.md, 'Attention in exported graphs'), for NNCF's graph and bitladder's."""
+    return bench_peers.openvino_onnx(path, snippets=False)
+
+
 def _onnx(spec, quantised: bool, folder: Path):
     path = folder / "minilm.onnx"
     if not path.exists():
@@ -219,6 +225,9 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
         "bitladder ONNX W8A8 static, SmoothQuant 0.8; FFN down 0.5 + 16 outlier channels (QDQ) on OpenVINO":
             lambda: _bitladder_onnx(spec, W8A8_SQ80, "float", folder, calib, bench_peers.openvino_onnx,
                                     static_gemm="qdq", ffn_down=W8A8_OUTLIERS),
+        "bitladder ONNX W8A8 static, SmoothQuant 0.8; FFN down 0.5 + 16 outlier channels (QDQ) on OpenVINO, "
+        "snippets off": lambda: _bitladder_onnx(spec, W8A8_SQ80, "float", folder, calib, _ov_no_snippets,
+                                                static_gemm="qdq", ffn_down=W8A8_OUTLIERS),
         "bitladder ONNX W8A8 static + SmoothQuant 0.8 (QDQ) on OpenVINO": lambda: _bitladder_onnx(
             spec, W8A8_SQ80, "float", folder, calib, bench_peers.openvino_onnx, static_gemm="qdq"),
         "bitladder ONNX W8 on OpenVINO": lambda: _bitladder_onnx(
@@ -227,6 +236,7 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
             spec, Int(4, group=64, method=GPTQ()), "float", folder, calib, bench_peers.openvino_onnx),
         "openvino fp32": lambda: bench_peers.openvino_fp32(spec, folder),
         "openvino + nncf int8 PTQ": lambda: bench_peers.openvino_nncf_int8(spec, folder),
+        "openvino + nncf int8 PTQ, snippets off": lambda: bench_peers.openvino_nncf_int8(spec, folder, False),
         "torchao W8A8 dynamic (eager)": lambda: bench_peers.torchao_int8_dynamic(spec),
         "torchao W4 g64 weight-only (IntxWeightOnly)": lambda: bench_peers.torchao_int4_weight_only(spec),
         "optimum-quanto W8": lambda: _quanto(spec, "int8"),

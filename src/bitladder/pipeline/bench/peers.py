@@ -63,19 +63,32 @@ def _ov_model(spec):
     return model
 
 
-def _ov_compile(model, folder: Path, stem: str, compress_to_fp16: bool) -> _OpenVINO:
-    """Save ``model`` as IR under ``folder`` and compile the file for CPU: f32 inference precision (no
-    bf16 even where the CPU has it), the ``LATENCY`` hint and ``torch.get_num_threads()`` threads."""
+def _ov_compile(model, folder: Path, stem: str, compress_to_fp16: bool, snippets: bool = True) -> _OpenVINO:
+    """Save ``model`` as IR under ``folder`` and compile the file for CPU (:func:`_ov_config`)."""
     import openvino as ov
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     xml = folder / f"{stem}.xml"
     ov.save_model(model, xml, compress_to_fp16=compress_to_fp16)
+    return _ov_load(xml, snippets)
+
+
+def _ov_config(snippets: bool) -> dict:
+    """f32 inference precision (no bf16 even where the CPU has it), the ``LATENCY`` hint, torch's thread
+    count; ``snippets=False`` turns off OpenVINO's fused subgraphs (its attention kernel among them)."""
     config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32",
               "PERFORMANCE_HINT": "LATENCY"}
-    compiled = ov.Core().compile_model(str(xml), "CPU", config)
-    return _OpenVINO(compiled, xml.stat().st_size + xml.with_suffix(".bin").stat().st_size)
+    return config if snippets else config | {"SNIPPETS_MODE": "DISABLE"}
+
+
+def _ov_load(path: Path, snippets: bool = True) -> _OpenVINO:
+    """An IR (``.xml``) or ONNX file compiled for CPU with :func:`_ov_config`."""
+    import openvino as ov
+
+    path = Path(path)
+    size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+    return _OpenVINO(ov.Core().compile_model(str(path), "CPU", _ov_config(snippets)), size)
 
 
 def openvino_fp32(spec, folder: Path) -> nn.Module:
@@ -84,30 +97,31 @@ def openvino_fp32(spec, folder: Path) -> nn.Module:
     return _ov_compile(_ov_model(spec), folder, "minilm-openvino-fp32", compress_to_fp16=False)
 
 
-def openvino_nncf_int8(spec, folder: Path) -> nn.Module:
+def openvino_nncf_int8(spec, folder: Path, snippets: bool = True) -> nn.Module:
     """OpenVINO + NNCF int8: ``nncf.quantize`` post-training quantisation of the converted model with
     ``model_type=nncf.ModelType.TRANSFORMER`` and the default preset, which NNCF makes ``MIXED`` for
     transformers: int8 weights symmetric per output channel, static int8 activations asymmetric per tensor,
     SmoothQuant (alpha 0.95 on the MatMuls) and fast bias correction first. Calibrated on all of
     ``spec.calib_batches`` (``subset_size`` = their number; disjoint from the eval data); compiled for CPU
-    as :func:`openvino_fp32` is (the ops left in float run in f32)."""
+    as :func:`openvino_fp32` is (the ops left in float run in f32). The quantised IR is written once per
+    ``folder``: a second call (``snippets=False``: compiled without fused subgraphs) reuses it."""
     import nncf
+
+    xml = Path(folder) / "minilm-openvino-nncf-int8.xml"
+    if xml.exists():
+        return _ov_load(xml, snippets)
 
     names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in spec.latency_batch]
     data = nncf.Dataset(spec.calib_batches, lambda b: {k: b[k].numpy() for k in names})
     q = nncf.quantize(_ov_model(spec), data, model_type=nncf.ModelType.TRANSFORMER,
                       subset_size=len(spec.calib_batches))
-    return _ov_compile(q, folder, "minilm-openvino-nncf-int8", compress_to_fp16=False)
+    return _ov_compile(q, folder, "minilm-openvino-nncf-int8", compress_to_fp16=False, snippets=snippets)
 
 
-def openvino_onnx(path: Path) -> nn.Module:
+def openvino_onnx(path: Path, snippets: bool = True) -> nn.Module:
     """An ONNX file (bitladder's export) read and compiled by OpenVINO for CPU, as :func:`openvino_fp32` is:
     the integer MatMuls of the file become OpenVINO's own int8 GEMMs."""
-    import openvino as ov
-
-    config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32",
-              "PERFORMANCE_HINT": "LATENCY"}
-    return _OpenVINO(ov.Core().compile_model(str(path), "CPU", config), Path(path).stat().st_size)
+    return _ov_load(path, snippets)
 
 
 def torchao_int8_dynamic(spec) -> nn.Module:
