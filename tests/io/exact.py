@@ -16,3 +16,13 @@ def exact(model):
         if isinstance(m, QuantModule):
             m.set_kernel_policy("dequant-fp32")
     return out
+
+
+def exact_session(path):
+    """onnxruntime on ``path`` keeping fp32 activations where it fuses a blocked DequantizeLinear -> MatMul into
+    MatMulNBits (by default it rounds them to int8 per block there): the file's own arithmetic."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -9,14 +9,13 @@ from bitladder import BitladderError
 from bitladder.kernels.fbgemm_w8a8 import act_levels
 from bitladder.io.onnx_export import export_onnx
 from bitladder.pipeline.ladder.rungs import parse_rung
-from tests.io.exact import exact
+from tests.io.exact import exact, exact_session
 
 ort = pytest.importorskip("onnxruntime")
 
 
 def run_onnx(path, x):
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
+    return torch.from_numpy(exact_session(path).run(None, {"input": x.numpy()})[0])
 
 
 @pytest.mark.parametrize("rung", ["fp32", "fp16", "fp8_e4m3", "int8", "int8-pt", "int7", "int6-g32-asym", "int5",
@@ -136,6 +135,6 @@ def test_tied_embeddings_are_exported_once_and_shared(tmp_path):
     packed = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT4]
     vocab = [i for i in packed if list(i.dims)[0] == 256]
     assert len(vocab) == 1  # one copy of the 256 x 64 table
-    got = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
+    got = exact_session(path).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
         assert np.abs(got - exact(q)(x).numpy()).max() < 1e-4

@@ -27,6 +27,7 @@ from torch import nn
 from bitladder.atomic import atomic_path
 from bitladder.errors import BitladderError
 from bitladder.io.onnx_attention import plain_attention
+from bitladder.io.onnx_blocked import blocked_eligible, rewrite_blocked
 from bitladder.io.onnx_dynamic import dynamic_int8_eligible, int8_gemm_eligible, qdq_input, rewrite, static_grid
 from bitladder.io.onnx_nbits import nbits_eligible, rewrite_nbits
 from bitladder.io.onnx_ranges import gemm_problems
@@ -167,6 +168,9 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
                 proto.graph.initializer.remove(inits[wname])
                 continue
             if gather_eligible(m) and rewrite_gather(proto, wname, m):
+                proto.graph.initializer.remove(inits[wname])
+                continue
+            if blocked_eligible(m) and rewrite_blocked(proto, wname, m, opset):
                 proto.graph.initializer.remove(inits[wname])
                 continue
             _weight_only(proto, inits[wname], wname, m, opset, new_nodes, in_scale=not static)

@@ -61,15 +61,17 @@ def _float(name: str, qt: QuantizedTensor, out: str, opset: int):
     return inits, nodes
 
 
-def _integer(name: str, qt: QuantizedTensor, out: str, opset: int):
+def _integer(name: str, qt: QuantizedTensor, out: str, opset: int, k_major: bool = False):
     """Integer codes (int, ternary, binary) as INT8/INT4 (UINT with zero points) + DequantizeLinear, per
-    tensor, channel or block, reshaped back for convolutions."""
+    tensor, channel or block, reshaped back for convolutions. ``k_major`` (blocked 2-D weights): codes,
+    scales and zero points stored transposed, so the output is the (in, out) matrix a MatMul reads."""
     from onnx import TensorProto, helper, numpy_helper
 
     q, layer, shape = qt.qtype, name.removesuffix(".weight"), list(qt.shape)
     c, k, nb, b = qt.layout.dims(qt.shape)
     inits, nodes = [], []
     codes = qt.codes().reshape(c, k).numpy().astype(np.int32)
+    turn = (lambda a: np.ascontiguousarray(a.T)) if k_major else (lambda a: a)
     bits = 8 if q.bits > 4 else 4  # int5-int7 codes are stored in INT8, int2-int4 in INT4
     if bits == 4 and opset < MIN_OPSET[4]:
         raise BitladderError(f"layer {layer!r}: {q.name} weights need opset >= 21 (INT4), got {opset}")
@@ -77,18 +79,21 @@ def _integer(name: str, qt: QuantizedTensor, out: str, opset: int):
     if qt.zero_point is not None:
         if qt.zero_point.is_floating_point():
             raise BitladderError(f"layer {layer!r}: fractional zero points (HQQ) have no ONNX export rule")
-        zp = _unpack(qt.zero_point, q, c * nb).reshape(c, nb).numpy().astype(np.int32)
+        zp = turn(_unpack(qt.zero_point, q, c * nb).reshape(c, nb).numpy().astype(np.int32))
     signed = zp is None
     if signed:
         dt = TensorProto.INT8 if bits == 8 else TensorProto.INT4
-        raw = codes.astype(np.int8).tobytes() if bits == 8 else _signed_nibbles(codes)
+        raw = turn(codes).astype(np.int8).tobytes() if bits == 8 else _signed_nibbles(turn(codes))
     else:
         dt = TensorProto.UINT8 if bits == 8 else TensorProto.UINT4
-        raw = codes.astype(np.uint8).tobytes() if bits == 8 else _unsigned_nibbles(codes)
+        raw = turn(codes).astype(np.uint8).tobytes() if bits == 8 else _unsigned_nibbles(turn(codes))
     per_tensor = qt.layout.granularity == "tensor"
-    inits.append(helper.make_tensor(f"{name}__q", dt, shape if per_tensor else [c, k], vals=raw, raw=True))
-    scale = qt.scale.float().numpy().reshape(c, nb)
     grouped = qt.layout.granularity == "group" and nb > 1
+    if k_major and not (grouped and len(shape) == 2 and qt.layout.axis % 2 == 0):
+        raise BitladderError(f"layer {layer!r}: only blocked 2-D weights are written input-major")
+    dims = shape if per_tensor else ([k, c] if k_major else [c, k])
+    inits.append(helper.make_tensor(f"{name}__q", dt, dims, vals=raw, raw=True))
+    scale = turn(qt.scale.float().numpy().reshape(c, nb))
     if qt.layout.granularity == "tensor":
         scale = scale.reshape(())
     elif not grouped:
@@ -101,8 +106,8 @@ def _integer(name: str, qt: QuantizedTensor, out: str, opset: int):
         zraw = zp.astype(np.uint8).tobytes() if bits == 8 else _unsigned_nibbles(zp)
         inits.append(helper.make_tensor(f"{name}__z", zdt, zshape, vals=zraw, raw=True))
         ins.append(f"{name}__z")
-    attrs = {"axis": 1, "block_size": b} if grouped else ({} if qt.layout.granularity == "tensor" else {"axis": 0})
-    rows_out = out if per_tensor or (len(shape) == 2 and qt.layout.axis == 0) else f"{name}__rows"
+    attrs = {"axis": 0 if k_major else 1, "block_size": b} if grouped else ({} if per_tensor else {"axis": 0})
+    rows_out = out if per_tensor or k_major or (len(shape) == 2 and qt.layout.axis == 0) else f"{name}__rows"
     nodes.append(helper.make_node("DequantizeLinear", ins, [rows_out], **attrs))
     if rows_out != out:
         if qt.layout.axis % len(shape) != 0:
