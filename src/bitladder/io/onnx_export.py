@@ -3,9 +3,9 @@
 The model is exported through a float twin (quantised layers replaced by float layers holding the
 dequantised weight), then every quantised weight initializer is replaced by its packed integer
 tensor and a standard ``DequantizeLinear``: int8/uint8 per channel or per tensor, int4/uint4 with
-*blocked* scales (opset 21 ``block_size``) for group layouts; a blocked Linear weight is stored input-major so
-that its DequantizeLinear feeds the MatMul directly, the form runtimes fuse (:mod:`bitladder.io.onnx_blocked`). int3, int2, ternary and binary codes are
-widened to 4-bit storage (ONNX has no narrower integer type); float formats become a Cast from fp16 /
+*blocked* scales (opset 21 ``block_size``) for group layouts; a blocked Linear weight is stored
+input-major so that its DequantizeLinear feeds the MatMul directly, the form runtimes fuse
+(:mod:`bitladder.io.onnx_blocked`). int3, int2, ternary and binary codes are widened to 4-bit storage (ONNX has no narrower integer type); float formats become a Cast from fp16 /
 bf16 or a DequantizeLinear from fp8. Per-channel input scales (AWQ, SmoothQuant) become a Mul. Static
 (calibrated) activations become QuantizeLinear on the layer's grid: into MatMulInteger for int8 weights, else
 followed by DequantizeLinear in front of the float op.
