@@ -5,8 +5,9 @@ dequantised weight), then every quantised weight initializer is replaced by its 
 tensor and a standard ``DequantizeLinear``: int8/uint8 per channel or per tensor, int4/uint4 with
 *blocked* scales (opset 21 ``block_size``) for group layouts; a blocked Linear weight is stored
 input-major so that its DequantizeLinear feeds the MatMul directly, the form runtimes fuse
-(:mod:`bitladder.io.onnx_blocked`). int3, int2, ternary and binary codes are widened to 4-bit storage (ONNX has no narrower integer type); float formats become a Cast from fp16 /
-bf16 or a DequantizeLinear from fp8. Per-channel input scales (AWQ, SmoothQuant) become a Mul. Static
+(:mod:`bitladder.io.onnx_blocked`). int3, int2, ternary and binary codes are widened to 4-bit storage
+(ONNX has no narrower integer type); float formats become a Cast from fp16 / bf16 or a DequantizeLinear
+from fp8. Per-channel input scales (AWQ, SmoothQuant) become a Mul. Static
 (calibrated) activations become QuantizeLinear on the layer's grid: into MatMulInteger for int8 weights, else
 followed by DequantizeLinear in front of the float op.
 Any layer without a rule is named in the error. ``weights="matmulnbits"`` writes layers of 4 bits or
