@@ -6,8 +6,8 @@ The guard is two more nodes per layer on every call, and it hides the attention 
 pattern matchers: OpenVINO fuses the plain block into one attention kernel, onnxruntime runs fewer, larger
 nodes. The exported (float twin) copy runs the same product with the additive, finite mask of the "eager"
 implementation instead, so no row can turn NaN and no guard is needed; the query is scaled before the
-product (a (seq x head) multiply, not one on the (seq x seq) scores). MiniLM per-token W8A8 on onnxruntime,
-32 sentences: 82.6 -> 71.7 ms (docs/results/notes.md, 'Attention in exported graphs').
+product (a (seq x head) multiply, not one on the (seq x seq) scores). Measured: docs/results/notes.md,
+'Attention in exported graphs'.
 
 Attention with features this form does not have (logit soft-capping, attention sinks, position bias, a causal
 product without a mask, dropout) stays on sdpa.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from bitladder.io.onnx_dynamic import const_init, match_linear
+from bitladder.io.onnx_dynamic import match_linear, replace_linear
 from bitladder.io.onnx_weights import _integer
 from bitladder.nn.layers import QuantLinear
 
@@ -38,20 +38,8 @@ def rewrite_blocked(proto, wname: str, m: QuantLinear, opset: int) -> bool:
     found = match_linear(nodes, wname)
     if found is None:
         return False
-    drop, x, out, bias = found
     p = wname.replace(".", "_")
-    inits, new = _integer(wname, m.qweight, f"{p}__kn", opset, k_major=True)
+    inits, dq = _integer(wname, m.qweight, f"{p}__kn", opset, k_major=True)
     proto.graph.initializer.extend(inits)
-    if "in_scale" in m.qmeta:
-        new.append(helper.make_node("Mul", [x, const_init(proto, f"{p}__in", m.in_scale.float().numpy())],
-                                    [f"{p}__xin"]))
-        x = f"{p}__xin"
-    y = out if bias is None else f"{p}__y"
-    new.append(helper.make_node("MatMul", [x, f"{p}__kn"], [y]))
-    if bias is not None:
-        new.append(helper.make_node("Add", [y, bias], [out]))
-    at = nodes.index(drop[-1])
-    kept = [nd for nd in nodes[:at] if nd not in drop] + new + [nd for nd in nodes[at:] if nd not in drop]
-    del proto.graph.node[:]
-    proto.graph.node.extend(kept)
+    replace_linear(proto, nodes, found, p, m, lambda x, y: helper.make_node("MatMul", [x, f"{p}__kn"], [y]), dq)
     return True

@@ -173,6 +173,28 @@ def match_linear(nodes: list, wname: str):
     return None
 
 
+def replace_linear(proto, nodes: list, found, p: str, m: QuantModule, product, first: list | None = None) -> None:
+    """Put ``first`` (nodes) and ``product(x, y)`` (a node computing the layer's output ``y`` from its input
+    ``x``) where the float path ``found`` (:func:`match_linear`) was: the layer's input scale (SmoothQuant /
+    AWQ) as a Mul in front, a Gemm's bias as an Add after."""
+    from onnx import helper
+
+    drop, x, out, bias = found
+    new = list(first or [])
+    if "in_scale" in m.qmeta:
+        new.append(helper.make_node("Mul", [x, const_init(proto, f"{p}__in", m.in_scale.float().numpy())],
+                                    [f"{p}__xin"]))
+        x = f"{p}__xin"
+    y = out if bias is None else f"{p}__y"
+    new.append(product(x, y))
+    if bias is not None:
+        new.append(helper.make_node("Add", [y, bias], [out]))
+    at = nodes.index(drop[-1])
+    kept = [nd for nd in nodes[:at] if nd not in drop] + new + [nd for nd in nodes[at:] if nd not in drop]
+    del proto.graph.node[:]
+    proto.graph.node.extend(kept)
+
+
 def rewrite(proto, wname: str, m: QuantModule, mode: str = "token", shared: dict | None = None) -> bool:
     """Replace the float path of weight ``wname`` by the integer one; False if the pattern is absent.
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from bitladder.io.onnx_dynamic import const_init, match_linear
+from bitladder.io.onnx_dynamic import match_linear, replace_linear
 from bitladder.kernels.onnx_nbits import OrtNBitsFp32Kernel, integer_codes, nbits_initializers, nbits_parts
 from bitladder.nn.layers import QuantLinear
 
@@ -38,27 +38,15 @@ def rewrite_nbits(proto, wname: str, m: QuantLinear) -> bool:
     found = match_linear(nodes, wname)
     if found is None:
         return False
-    drop, x, out, bias = found
     qt = m.qweight
     n, k = qt.shape
     p = wname.replace(".", "_")
     u, scale, zp, block = nbits_parts(qt, BITS, OrtNBitsFp32Kernel.groups)
     inits, names = nbits_initializers(u, scale, zp, BITS, block, prefix=f"{p}__nb")
     proto.graph.initializer.extend(inits)
-    new = []
-    if "in_scale" in m.qmeta:
-        new.append(helper.make_node("Mul", [x, const_init(proto, f"{p}__in", m.in_scale.float().numpy())],
-                                    [f"{p}__xin"]))
-        x = f"{p}__xin"
-    y = out if bias is None else f"{p}__y"
-    new.append(helper.make_node("MatMulNBits", [x, *names], [y], domain="com.microsoft", K=k, N=n, bits=BITS,
-                                block_size=block, accuracy_level=0))
-    if bias is not None:
-        new.append(helper.make_node("Add", [y, bias], [out]))
-    at = nodes.index(drop[-1])
-    kept = [nd for nd in nodes[:at] if nd not in drop] + new + [nd for nd in nodes[at:] if nd not in drop]
-    del proto.graph.node[:]
-    proto.graph.node.extend(kept)
+    replace_linear(proto, nodes, found, p, m, lambda x, y: helper.make_node(
+        "MatMulNBits", [x, *names], [y], domain="com.microsoft", K=k, N=n, bits=BITS, block_size=block,
+        accuracy_level=0))
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return True
