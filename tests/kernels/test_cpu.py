@@ -45,3 +45,8 @@ def test_onednns_own_cap_caps_the_features_too(isa, allowed):
 @pytest.mark.parametrize("isa", ["ALL", "DEFAULT", "", "AVX512_CORE_AMX", "nonsense"])
 def test_a_onednn_value_that_caps_nothing_leaves_the_host(isa):
     assert cpu.current({"ONEDNN_MAX_CPU_ISA": isa}).flags == cpu.current({}).host_flags
+
+
+def test_the_vendor_is_read_and_kept_under_a_level():
+    host = cpu.current({})
+    assert cpu.current({"BITLADDER_CPU": "avx2"}).vendor == host.vendor == host.describe()["vendor"]

@@ -59,6 +59,7 @@ class Cpu:
     flags: frozenset[str]
     host_flags: frozenset[str]
     level: str = "native"
+    vendor: str = ""  # /proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD): MKL tunes for Intel's only
 
     def has(self, *features: str) -> bool:
         """Whether every one of ``features`` is among the flags in force."""
@@ -76,7 +77,7 @@ class Cpu:
 
     def describe(self) -> dict:
         """The ``machine``-object part a result file carries for the CPU."""
-        d = {"cpu": self.model, "flags": {f: f in self.flags for f in FEATURES}}
+        d = {"cpu": self.model, "vendor": self.vendor, "flags": {f: f in self.flags for f in FEATURES}}
         if self.level != "native":
             d["bitladder_cpu"] = self.level
         if self.level != "native" or self.flags != self.host_flags:  # capped (BITLADDER_CPU, ONEDNN_MAX_CPU_ISA)
@@ -85,9 +86,9 @@ class Cpu:
 
 
 @functools.lru_cache(maxsize=1)
-def _host() -> tuple[str, frozenset[str]]:
-    """(model name, features) of this machine, read once: the hardware does not change under a process."""
-    model, raw = platform.processor() or platform.machine(), set()
+def _host() -> tuple[str, str, frozenset[str]]:
+    """(model name, vendor, features) of this machine, read once: the hardware does not change under a process."""
+    model, vendor, raw = platform.processor() or platform.machine(), "", set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -95,12 +96,14 @@ def _host() -> tuple[str, frozenset[str]]:
                 key = key.strip()
                 if key == "model name" and model in ("", platform.processor() or platform.machine()):
                     model = value.strip()
+                elif key == "vendor_id" and not vendor:
+                    vendor = value.strip()
                 elif key == "flags" and not raw:
                     raw = set(value.split())
     except OSError:  # not Linux: every feature test says no and only portable kernels are chosen
         pass
     flags = {_ALIASES.get(f, f) for f in raw}
-    return model, frozenset(f for f in FEATURES if f in flags)
+    return model, vendor, frozenset(f for f in FEATURES if f in flags)
 
 
 def parse_level(value: str | None) -> str:
@@ -115,8 +118,8 @@ def current(env: dict | None = None) -> Cpu:
     """The CPU as kernels must see it: the host, capped at ``BITLADDER_CPU`` when that is set, and at
     ``ONEDNN_MAX_CPU_ISA`` when that is (an unknown value caps nothing, as in oneDNN)."""
     env = os.environ if env is None else env
-    model, host = _host()
+    model, vendor, host = _host()
     level = parse_level(env.get("BITLADDER_CPU"))
     flags = host if LEVELS[level] is None else host & LEVELS[level]
     onednn = ONEDNN_CAPS.get((env.get("ONEDNN_MAX_CPU_ISA") or "").strip().lower())
-    return Cpu(model, flags if onednn is None else flags & onednn, host, level)
+    return Cpu(model, flags if onednn is None else flags & onednn, host, level, vendor)

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from bitladder.kernels import fp32_gemm
 from bitladder.kernels.base import ANY_ROWS
+from bitladder.kernels.cpu import current
 from bitladder.kernels.numba_kernels import NumbaLowbitKernel, ops
 from bitladder.kernels.registry import register
 
 @register
 class NumbaDequantKernel(NumbaLowbitKernel):
-    """The planes of :class:`NumbaLowbitKernel`, dequantised whole per call and handed to ``F.linear``."""
+    """The planes of :class:`NumbaLowbitKernel`, dequantised whole per call and handed to the
+    CPU's fp32 GEMM (:mod:`bitladder.kernels.fp32_gemm`)."""
 
     name = "numba-dequant-fp32"
     auto_rows = ANY_ROWS  # ranked after every kernel that computes on the codes themselves
@@ -31,6 +33,7 @@ class NumbaDequantKernel(NumbaLowbitKernel):
         self = super().from_qtensor(qt)
         self.name = f"numba-dequant-{qt.qtype.name}"
         self._zeros = np.zeros_like(self.s) if self.so is None else self.so
+        self.gemm = fp32_gemm.engine(current())
         return self
 
     def weight(self) -> torch.Tensor:
@@ -53,8 +56,8 @@ class NumbaDequantKernel(NumbaLowbitKernel):
         return torch.from_numpy(out)[:, : self.k]
 
     def _run(self, x):
-        return F.linear(x, self.weight())
+        return fp32_gemm.linear(x, self.weight(), None, self.gemm)
 
     def _fused(self, x, bias, in_scale):
-        # bias inside F.linear: addmm adds it in the GEMM's epilogue instead of one more pass over the output
-        return F.linear(x if in_scale is None else x * in_scale, self.weight(), bias)
+        # bias inside the GEMM: added in its epilogue instead of one more pass over the output
+        return fp32_gemm.linear(x if in_scale is None else x * in_scale, self.weight(), bias, self.gemm)

@@ -38,3 +38,20 @@ def test_one_by_one_is_every_sentence_alone_without_its_padding():
     got = one_by_one(batches)
     assert [b["input_ids"].tolist() for b in got] == [[[5, 6, 7]], [[1, 2, 3, 4]], [[8, 9]]]
     assert all(b["attention_mask"].all() for b in got)
+
+
+def test_the_onednn_reference_is_fp32_minilm_with_every_linear_on_onednn(minilm_spec):
+    import torch
+    from torch import nn
+
+    from bitladder.kernels import fp32_gemm
+    from bitladder.pipeline.bench.minilm import FP32_ONEDNN, variants
+
+    if not fp32_gemm.onednn_installed():
+        pytest.skip("this torch has no oneDNN fp32 linear")
+    ref = variants(minilm_spec, None)[FP32_ONEDNN]()
+    assert not any(type(m) is nn.Linear for m in ref.modules())
+    assert any(type(m) is nn.Linear for m in minilm_spec.model.modules())  # the user's model is left alone
+    batch = {k: v[:8] for k, v in minilm_spec.eval_batches[0].items()}
+    with torch.inference_mode():
+        torch.testing.assert_close(ref(**batch), minilm_spec.model(**batch), rtol=1e-5, atol=1e-5)

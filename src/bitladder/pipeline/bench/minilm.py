@@ -25,6 +25,8 @@ from torch import nn
 
 import bitladder
 from bitladder import GPTQ, Act, Int
+from bitladder.errors import BitladderError
+from bitladder.kernels import fp32_gemm
 from bitladder.pipeline.bench import peers as bench_peers
 from bitladder.pipeline.measure.evaluate import fidelity, outputs
 from bitladder.pipeline.bench.isolated import isolated_latency
@@ -40,6 +42,30 @@ class _Fn(nn.Module):
 
     def forward(self, **batch):
         return self.fn(batch)
+
+
+class _EngineLinear(nn.Module):
+    """A float Linear run through one fp32 GEMM engine (:mod:`bitladder.kernels.fp32_gemm`)."""
+
+    def __init__(self, linear: nn.Linear, engine: str) -> None:
+        super().__init__()
+        self.weight, self.bias, self.engine = linear.weight, linear.bias, engine
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fp32_gemm.linear(x, self.weight, self.bias, self.engine)
+
+
+def _fp32_onednn(spec) -> nn.Module:
+    """fp32 MiniLM with every Linear on oneDNN's GEMM: where that is the engine bitladder's dequantising kernels
+    take, it separates their gain from the engine's (torch's eager Linear is MKL's, generic off Intel)."""
+    if not fp32_gemm.onednn_installed():
+        raise BitladderError("this torch has no oneDNN fp32 linear (torch.ops.mkldnn._linear_pointwise)")
+    model = copy.deepcopy(spec.model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, _EngineLinear(child, "onednn"))
+    return model
 
 
 def _bitladder(spec, cfg, calib=None, ffn_down=None):
@@ -177,11 +203,16 @@ W8A8_OUTLIERS = Int(8, act=Act(smoothquant=0.5, outliers=16))
 W8A8_SQ80 = Int(8, act=Act(smoothquant=0.8))
 
 
+#: the engine reference: each row also carries its ratio to it (``ratio_vs_fp32_onednn``)
+FP32_ONEDNN = "fp32 torch, every Linear on oneDNN's fp32 GEMM"
+
+
 def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
     """Factories of every MiniLM bench variant by name; ONNX / OpenVINO files go to ``folder``."""
     calib = spec.calib_batches
     return {
         "fp32 torch": lambda: spec.model,
+        FP32_ONEDNN: lambda: _fp32_onednn(spec),
         "bitladder W8A8 dynamic per-token + SmoothQuant 0.65 (oneDNN)": lambda: _bitladder(spec, W8A8_SQ, calib),
         "bitladder W8A8 dynamic per-token + SmoothQuant 0.65 (fbgemm only)": lambda: _backend(
             _bitladder(spec, W8A8_SQ, calib), "fbgemm"),
@@ -287,7 +318,7 @@ def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
     ref = outputs(spec.model, spec.eval_batches)
     with tempfile.TemporaryDirectory() as tmp:
         names = [n for n in variants(spec, Path(tmp))  # fp32 torch and onnxruntime fp32: what every ratio needs
-                 if n in ("fp32 torch", "onnxruntime fp32") or not only or any(o in n for o in only)]
+                 if n in ("fp32 torch", FP32_ONEDNN, "onnxruntime fp32") or not only or any(o in n for o in only)]
         got = isolated_latency({n: (f"{__name__}:serve_variant", (n, tmp)) for n in names}, repeats,
                                batches=len(BATCHES))
     rows = []
@@ -317,6 +348,8 @@ def _rows(spec, ref, names: list[str], got: dict, batch: int) -> list[dict]:
                    cos_min=fid["cos_min"], knn10=fid["knn10"], fidelity_batch=per_call,
                    onnx_bytes=g["info"]["onnx_bytes"])
         row["ratio_vs_fp32_iqr"] = round_spread(base, g["rounds_s"])
+        if got.get(FP32_ONEDNN, {}).get("latency_s"):
+            row["ratio_vs_fp32_onednn"] = round(got[FP32_ONEDNN]["latency_s"] / s, 3)
         if row["onnx_bytes"] and fp32_onnx:
             row["ratio_vs_fp32_onnx"] = round(fp32_onnx / s, 3)
             row["ratio_vs_fp32_onnx_iqr"] = round_spread(base_onnx, g["rounds_s"])

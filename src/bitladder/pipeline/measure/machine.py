@@ -1,4 +1,5 @@
-"""The ``machine`` object every result file carries: CPU model and ISA flags, cores, threads, versions.
+"""The ``machine`` object every result file carries: CPU model, vendor and ISA flags, the fp32 GEMM engine
+dequantising kernels take there (``fp32_gemm``), cores, threads, versions.
 
 The CPU part is :meth:`bitladder.kernels.cpu.Cpu.describe`, so a ``BITLADDER_CPU`` override shows as the
 flags in force plus ``bitladder_cpu`` and ``host_flags``. The bench adds what it measured
@@ -13,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
+from bitladder.kernels import fp32_gemm
 from bitladder.kernels.cpu import current
 
 #: distributions whose versions change the figures (read from metadata: nothing is imported for it)
@@ -34,7 +36,8 @@ def machine(read_gbps: float | None = None, fp32_gflops: float | None = None,
             int8_gops: float | None = None, llc_bytes: int | None = None) -> dict:
     """This machine as a result file names it; measured limits are added only when given."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    out = {**current().describe(), "cores": cores, "threads": torch.get_num_threads(), "versions": versions()}
+    cpu = current()
+    out = {**cpu.describe(), "fp32_gemm": fp32_gemm.engine(cpu), "cores": cores, "threads": torch.get_num_threads(), "versions": versions()}
     for key, value in (("read_gbps", read_gbps), ("fp32_gflops", fp32_gflops), ("int8_gops", int8_gops)):
         if value is not None:
             out[key] = round(float(value), 2)

@@ -1,0 +1,46 @@
+"""The fp32 GEMM a dequantising kernel hands its weight to: torch's own (MKL) or oneDNN's, by CPU.
+
+MKL takes its tuned code paths only on Intel CPUs; elsewhere it runs a generic AVX2 one, AVX-512 or not
+(MKL_VERBOSE names the path). oneDNN's JIT GEMM uses AVX-512 on any vendor, and torch ships both. So on
+a non-Intel CPU with AVX-512 the weight goes to oneDNN, exact fp32 either way (only the summation order
+differs); elsewhere torch's default stays. Figures: docs/DESIGN.md, 'The fp32 GEMM follows the CPU'.
+Chosen when a kernel is built (a field, like its activation grid), never per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from bitladder.kernels.cpu import Cpu
+
+
+def _onednn(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    # oneDNN's primitive has no autograd formula and takes fp32 only: anything else keeps torch's path
+    if x.dtype is not torch.float32 or w.dtype is not torch.float32 or (torch.is_grad_enabled() and (
+            x.requires_grad or w.requires_grad or (bias is not None and bias.requires_grad))):
+        return F.linear(x, w, bias)
+    return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+
+
+#: engine name -> ``linear(x, w, bias)``; results files name the engine a host selects
+ENGINES: dict[str, Callable] = {"torch": F.linear, "onednn": _onednn}
+
+
+def onednn_installed() -> bool:
+    """Whether this torch carries oneDNN's fp32 linear primitive."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def engine(cpu: Cpu) -> str:
+    """The fp32 GEMM for dequantised weights on ``cpu`` (as ``BITLADDER_CPU`` presents it)."""
+    if cpu.has("avx512f") and cpu.vendor not in ("GenuineIntel", "") and onednn_installed():
+        return "onednn"
+    return "torch"
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, name: str = "torch") -> torch.Tensor:
+    """``F.linear`` through engine ``name`` (see :data:`ENGINES`)."""
+    return ENGINES[name](x, w, bias)

@@ -1,0 +1,63 @@
+"""The fp32 GEMM engine: chosen by vendor and ISA as BITLADDER_CPU presents them, exact fp32 on every engine."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bitladder.kernels import fp32_gemm
+from bitladder.kernels.cpu import LEVELS, Cpu, current
+
+ONEDNN = pytest.mark.skipif(not fp32_gemm.onednn_installed(), reason="this torch has no oneDNN fp32 linear")
+
+
+def _cpu(vendor: str, level: str) -> Cpu:
+    flags = LEVELS[level] or LEVELS["amx"]
+    return Cpu("test", flags, flags, level, vendor)
+
+
+@pytest.mark.parametrize("vendor,level,want", [
+    ("AuthenticAMD", "avx512", "onednn"), ("AuthenticAMD", "avx512-bf16", "onednn"),
+    ("AuthenticAMD", "avx2", "torch"),  # no AVX-512: MKL's generic path is the AVX2 one oneDNN would run too
+    ("GenuineIntel", "avx512", "torch"), ("GenuineIntel", "amx", "torch"),  # MKL's tuned paths
+    ("", "avx512", "torch"),  # an unknown vendor keeps torch's default
+])
+def test_engine_by_vendor_and_isa(vendor, level, want):
+    assert fp32_gemm.engine(_cpu(vendor, level)) == (want if fp32_gemm.onednn_installed() else "torch")
+
+
+def test_the_override_holds_the_engine_to_a_lesser_cpu():
+    # BITLADDER_CPU=avx2 (and oneDNN's own cap) take AVX-512 away, so the host's engine is torch's on any host
+    assert fp32_gemm.engine(current({"BITLADDER_CPU": "avx2"})) == "torch"
+    assert fp32_gemm.engine(current({"ONEDNN_MAX_CPU_ISA": "avx2"})) == "torch"
+
+
+@ONEDNN
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 70), k=st.integers(1, 300), n=st.integers(1, 90), bias=st.booleans(), batch=st.booleans())
+def test_every_engine_is_exact_fp32(m, k, n, bias, batch):
+    g = torch.Generator().manual_seed(m * 1000 + k * 10 + n)
+    x = torch.randn((3, m, k) if batch else (m, k), generator=g)
+    w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g) if bias else None
+    want = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+    # fp32 summation in any order: at most k + 1 roundings of relative 2^-24, each of a partial sum of |x||w|
+    size = torch.nn.functional.linear(x.double().abs(), w.double().abs(), None if b is None else b.double().abs())
+    for name in fp32_gemm.ENGINES:
+        got = fp32_gemm.linear(x, w, b, name)
+        assert got.shape == want.shape and got.dtype == torch.float32
+        assert ((got.double() - want).abs() <= (k + 2) * 2.0 ** -24 * size).all()
+
+
+@ONEDNN
+def test_onednn_falls_back_where_its_primitive_cannot_go():
+    x, w, b = torch.randn(5, 8), torch.randn(3, 8, requires_grad=True), torch.randn(3)
+    y = fp32_gemm.linear(x, w, b, "onednn")
+    y.sum().backward()  # no autograd formula in oneDNN's primitive: torch's path keeps training possible
+    torch.testing.assert_close(w.grad, x.sum(0).expand(3, 8))
+    x64 = torch.randn(5, 8, dtype=torch.float64)
+    assert fp32_gemm.linear(x64, w.detach().double(), None, "onednn").dtype == torch.float64
+
+
+def test_an_unknown_engine_is_a_key_error():
+    with pytest.raises(KeyError):
+        fp32_gemm.linear(torch.randn(2, 2), torch.randn(2, 2), None, "blas9")
