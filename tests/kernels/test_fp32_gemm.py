@@ -61,3 +61,9 @@ def test_onednn_falls_back_where_its_primitive_cannot_go():
 def test_an_unknown_engine_is_a_key_error():
     with pytest.raises(KeyError):
         fp32_gemm.linear(torch.randn(2, 2), torch.randn(2, 2), None, "blas9")
+
+
+def test_installed_engines_start_with_torchs_own():
+    names = fp32_gemm.installed()
+    assert names[0] == "torch" and set(names) <= set(fp32_gemm.ENGINES)
+    assert ("onednn" in names) == fp32_gemm.onednn_installed()

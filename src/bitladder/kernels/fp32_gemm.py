@@ -34,6 +34,11 @@ def onednn_installed() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def installed() -> list[str]:
+    """The engines this torch can run."""
+    return [name for name in ENGINES if name != "onednn" or onednn_installed()]
+
+
 def engine(cpu: Cpu) -> str:
     """The fp32 GEMM for dequantised weights on ``cpu`` (as ``BITLADDER_CPU`` presents it)."""
     if cpu.has("avx512f") and cpu.vendor not in ("GenuineIntel", "") and onednn_installed():

@@ -29,3 +29,16 @@ def test_batch_one_rows_carry_the_streamed_latency(monkeypatch):
     assert all(r["stream_latency_ms"] > 0 for r in rows)
     assert any(r["selected"] for r in rows)
     assert all("stream_latency_ms" not in r for r in bench_linear.run_case(128, 128, 4, rounds=3))
+
+
+def test_rows_carry_the_ratio_to_fp32_on_onednn():
+    from bitladder.kernels import fp32_gemm
+
+    rows = bench_linear.run_case(128, 128, 4, rounds=3)
+    names = {r["variant"] for r in rows}
+    if not fp32_gemm.onednn_installed():
+        assert bench_linear.FP32_ONEDNN not in names and all("ratio_vs_fp32_onednn" not in r for r in rows)
+        return
+    ref = next(r for r in rows if r["variant"] == bench_linear.FP32_ONEDNN)
+    assert ref["ratio_vs_fp32_onednn"] == 1.0 and ref["weight_bytes"] == 128 * 128 * 4
+    assert all(r["ratio_vs_fp32_onednn"] > 0 for r in rows)

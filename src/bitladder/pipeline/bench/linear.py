@@ -4,7 +4,9 @@
 
 All variants of one (shape, batch) case are timed interleaved in the same rounds (each round runs
 every variant ``inner`` times back to back), after a warm-up; the latency is the median over rounds,
-so background load hits all variants alike. ``ratio_vs_fp32`` = fp32 latency / variant latency.
+so background load hits all variants alike. ``ratio_vs_fp32`` = fp32 latency / variant latency, and where
+torch has oneDNN, ``ratio_vs_fp32_onednn`` the same against fp32 on oneDNN's GEMM (the engine bitladder's
+dequantising kernels take off Intel: :mod:`bitladder.kernels.fp32_gemm`).
 Each row also carries ``weight_bytes`` (what the kernel holds and must read: codes and scales; fp32 N*K*4)
 and ``ops`` (2*M*N*K), from which ``bitladder bench`` computes ``limit_fraction``
 (:mod:`bitladder.pipeline.bench.limits`).
@@ -42,6 +44,7 @@ from bitladder.kernels import (
     OrtNBitsFp32Kernel,
     OrtNBitsKernel,
     XnorKernel,
+    fp32_gemm,
 )
 from bitladder.kernels.select import choose
 from bitladder.pipeline.bench.limits import llc_bytes
@@ -93,6 +96,9 @@ def _variants(w: torch.Tensor, m: int) -> tuple[dict[str, Callable], dict[str, C
 
     makers = {"fp32 F.linear": lambda: (lambda x, w=w.clone(): F.linear(x, w)), "torch.ao quantize_dynamic int8": ao}
     wbytes = {"fp32 F.linear": n * k * 4, "torch.ao quantize_dynamic int8": n * k + 8}  # + one scale, zero point
+    if fp32_gemm.onednn_installed():  # the engine reference: off Intel, torch's F.linear is MKL's generic path
+        makers[FP32_ONEDNN] = lambda: (lambda x, w=w.clone(): fp32_gemm.linear(x, w, None, "onednn"))
+        wbytes[FP32_ONEDNN] = n * k * 4
     built = {v: make() for v, make in makers.items()}
     selected = set()
     for label, qname, layout, classes, policy in RUNGS:
@@ -166,11 +172,17 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
     for variant, ms in lat.items():
         row = {**latency_row("linear", [n, k], m, variant, ms, base), "selected": variant in selected,
                "weight_bytes": wbytes[variant], "ops": 2 * n * k * m}
+        if FP32_ONEDNN in lat:
+            row["ratio_vs_fp32_onednn"] = round(lat[FP32_ONEDNN] / ms, 3)
         if variant in stream:
             row["stream_latency_ms"] = round(stream[variant], 4)
             row["stream_ratio_vs_fp32"] = round(stream["fp32 F.linear"] / stream[variant], 3)
         rows.append(row)
     return rows
+
+
+#: fp32 on oneDNN's GEMM, the engine dequantising kernels take off Intel with AVX-512 (kernels.fp32_gemm)
+FP32_ONEDNN = "fp32 F.linear on oneDNN"
 
 
 def latency_row(case: str, shape: list, batch: int, variant: str, ms: float, base_ms: float) -> dict:
