@@ -100,3 +100,35 @@ def test_the_per_token_family_takes_it_at_one_row():
     x = torch.randn(1, 256)
     exact = x @ qt.dequantize().T
     assert float((CLowbitKernel.from_qtensor(qt)(x) - exact).norm() / exact.norm()) < 0.01
+
+
+DEQUANT_CASES = [("int4", Layout("group", group=64), 200), ("uint4", Layout("group", group=32), 130),
+                 ("int4", Layout("channel"), 77), ("int8", Layout("group", group=32), 96),
+                 ("uint8", Layout("channel"), 45), ("int8", Layout("tensor"), 300)]
+
+
+@pytest.mark.parametrize("fmt,layout,k", DEQUANT_CASES)
+def test_dequantisation_paths_give_the_same_bits_and_the_weight(fmt, layout, k):
+    # the batch path's whole-weight dequantisation: AVX2 (vector body + scalar tail) and portable C agree to the bit
+    from bitladder.kernels.numba_dequant import NumbaDequantKernel
+
+    if not NumbaDequantKernel.available():
+        pytest.skip("numba not installed (the planes are the numba kernels')")
+    qt = QuantizedTensor.from_float(torch.randn(33, k), fmt, layout, symmetric=not fmt.startswith("u"))
+    kern = NumbaDequantKernel.from_qtensor(qt)
+    kern.simd = 1
+    vec = kern.weight().clone()
+    kern.simd = 0
+    assert torch.equal(kern.weight(), vec)
+    torch.testing.assert_close(vec, qt.dequantize(torch.float32), rtol=1e-6, atol=1e-6)
+
+
+def test_dequantisation_refuses_buffers_that_do_not_fit():
+    import numpy as np
+
+    w, s, out = np.zeros((4, 32), np.uint8), np.ones((4, 1), np.float32), np.zeros((4, 64), np.float32)
+    c_module().dequant(w, s, s, out, 4, 64, 64, 4, 0, 1, 1)  # fits: 4 rows of 64 nibbles
+    for bad in [(4, 128, 64, 4), (4, 64, 48, 4), (4, 64, 64, 3), (5, 64, 64, 4)]:  # short, group, bits, rows
+        n, kp, g, bits = bad
+        with pytest.raises(ValueError, match="lowbit.dequant: buffer sizes or group size do not fit"):
+            c_module().dequant(w, s, s, out, n, kp, g, bits, 0, 1, 1)

@@ -1,11 +1,12 @@
-"""Weight-only at large batches: dequantise the packed bit planes in one serial numba pass, then fp32 GEMM.
+"""Weight-only at large batches: dequantise the packed bit planes in one pass, then the CPU's fp32 GEMM.
 
 At hundreds of rows a weight-only layer is bound by its fp32 GEMM, so the best it can do without bf16 or fp16
 arithmetic is the fp32 GEMM plus the cheapest possible dequantisation. The general ``dequant-fp32`` path
 unpacks through several torch passes and int16 copies; this one writes each int4 / int8 weight once from the
-planes the numba GEMV already holds (codes stay packed in memory between calls), serially, since numba's
-thread pool and torch's alternate badly on the same cores. Other widths reuse the GEMV's tile
-dequantisation; the loops live in :mod:`numba_ops`. Figures: docs/DESIGN.md, "Every CPU".
+planes the numba GEMV already holds (codes stay packed in memory between calls): in C on torch's own OpenMP
+pool where the extension is built (``kernels/c/dequant.h``), else in one serial numba pass (numba's pool and
+torch's alternate badly on the same cores). Other widths reuse the GEMV's tile dequantisation; the loops live
+in :mod:`numba_ops`. The GEMM is :mod:`bitladder.kernels.fp32_gemm`'s. Figures: docs/DESIGN.md, "Every CPU".
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from bitladder.kernels import fp32_gemm
 from bitladder.kernels.base import ANY_ROWS
+from bitladder.kernels.c_lowbit import c_module
 from bitladder.kernels.cpu import current
 from bitladder.kernels.numba_kernels import NumbaLowbitKernel, ops
 from bitladder.kernels.registry import register
@@ -33,7 +35,9 @@ class NumbaDequantKernel(NumbaLowbitKernel):
         self = super().from_qtensor(qt)
         self.name = f"numba-dequant-{qt.qtype.name}"
         self._zeros = np.zeros_like(self.s) if self.so is None else self.so
-        self.gemm = fp32_gemm.engine(current())
+        cpu = current()
+        self.gemm = fp32_gemm.engine(cpu)
+        self.simd = int(cpu.has("avx2"))  # the C dequantisation's path: AVX2 (1) or portable (0)
         return self
 
     def weight(self) -> torch.Tensor:
@@ -42,7 +46,11 @@ class NumbaDequantKernel(NumbaLowbitKernel):
         o = ops()
         if len(self.planes) == 1 and self.planes[0][0] in (4, 8) and self.planes[0][2] == 1.0:
             bits, w, _ = self.planes[0]  # the common cases (int4, int8) in one fused pass
-            (o.nibbles_scaled if bits == 4 else o.bytes_scaled)(w, self.s, self._zeros, self.gp, out)
+            if c_module() is not None:
+                c_module().dequant(w, self.s, self._zeros, out, self.n, self.kp, self.gp, bits,
+                                   int(w.dtype == np.int8), self.simd, torch.get_num_threads())
+            else:
+                (o.nibbles_scaled if bits == 4 else o.bytes_scaled)(w, self.s, self._zeros, self.gp, out)
             return torch.from_numpy(out)[:, : self.k]
         serial = {1: o.bits_into, 2: o.crumbs_into}  # int3 (2 + 1 planes) / int2 / ternary / binary
         for i, (bits, w, mult) in enumerate(self.planes):

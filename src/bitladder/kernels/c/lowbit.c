@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "common.h"
+#include "dequant.h"
 
 typedef struct {
     const uint8_t *w;      /* (n, row_bytes) */
@@ -291,11 +292,39 @@ done:
     return ret;
 }
 
+/* dequant(w, s, so, out, n, kp, gsz, bits, sign, simd, threads): see dequant.h; simd 0 portable, 1 AVX2 */
+static PyObject *dequant(PyObject *self, PyObject *args) {
+    Py_buffer w, s, so, out;
+    Py_ssize_t n, kp, gsz;
+    int bits, sign, simd, threads;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*nnniiii", &w, &s, &so, &out, &n, &kp, &gsz, &bits, &sign, &simd, &threads))
+        return NULL;
+    PyObject *ret = NULL;
+    int64_t nb = gsz > 0 ? kp / gsz : 0;
+    if (!(bits == 4 || bits == 8) || gsz < 1 || kp % gsz || (bits == 4 && gsz % 2) || n < 0
+        || w.len < (Py_ssize_t)(n * kp * bits / 8) || s.len < (Py_ssize_t)(n * nb * 4)
+        || so.len < (Py_ssize_t)(n * nb * 4) || out.len < (Py_ssize_t)(n * kp * 4)) {
+        PyErr_SetString(PyExc_ValueError, "lowbit.dequant: buffer sizes or group size do not fit");
+        goto done;
+    }
+    if (simd && !cpu_avx2()) simd = 0;
+    DJob J = {w.buf, s.buf, so.buf, out.buf, n, kp, gsz, nb, bits, sign};
+    Py_BEGIN_ALLOW_THREADS
+    dq_parallel(&J, simd, threads);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&w); PyBuffer_Release(&s); PyBuffer_Release(&so); PyBuffer_Release(&out);
+    return ret;
+}
+
 static PyObject *has_avx2(PyObject *self, PyObject *noargs) { return PyBool_FromLong(cpu_avx2()); }
 
 static PyMethodDef methods[] = {
     {"gemv", gemv, METH_VARARGS, "Low-bit codes x int8 activations, rows split over threads."},
     {"xnor", xnor, METH_VARARGS, "Binary weights x sign activations (XNOR-popcount), rows split over threads."},
+    {"dequant", dequant, METH_VARARGS, "One 4- or 8-bit plane to scaled fp32, rows split over threads."},
     {"has_avx2", has_avx2, METH_NOARGS, "Whether this CPU runs the AVX2 path."},
     {NULL, NULL, 0, NULL}};
 
