@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from bitladder.errors import BitladderError
+from bitladder.kernels import fp32_gemm
 from bitladder.kernels.cpu import Cpu, current
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor, _unpack
@@ -189,7 +190,7 @@ class LinearKernel(abc.ABC):
 
 @register
 class DequantKernel(LinearKernel):
-    """The fallback: dequantise the whole weight every call, ``F.linear``."""
+    """The fallback: dequantise the whole weight every call, then the CPU's fp32 GEMM (:mod:`fp32_gemm`)."""
 
     name = "dequant-fp32"
     auto_rows = ANY_ROWS
@@ -198,13 +199,14 @@ class DequantKernel(LinearKernel):
     def __init__(self, qt: QuantizedTensor) -> None:
         self.qt = qt
         self.n, self.k = qt.shape
+        self.gemm = fp32_gemm.engine(current())
 
     @classmethod
     def from_qtensor(cls, qt: QuantizedTensor) -> "DequantKernel":
         return cls(qt)
 
     def _run(self, x):
-        return reference_linear(self.qt, x)
+        return fp32_gemm.linear(x.float(), self.qt.dequantize(torch.float32), None, self.gemm)
 
     @property
     def nbytes(self) -> int:

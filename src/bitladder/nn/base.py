@@ -24,6 +24,7 @@ class KernelCache(dict):
     def __init__(self) -> None:
         super().__init__()
         self.picks: dict = {}
+        self.gemm: str | None = None  # the dequant path's fp32 GEMM engine (kernels.fp32_gemm), chosen once
 
     def __deepcopy__(self, memo) -> "KernelCache":
         return KernelCache()
@@ -75,6 +76,16 @@ class QuantModule(nn.Module):
         cache = self.__dict__.get("_kernels")
         if cache is not None:
             cache.picks.clear()
+
+    def _gemm(self) -> str:
+        """The fp32 GEMM engine of the dequant path, chosen for the CPU once (like a kernel, not per call)."""
+        from bitladder.kernels import fp32_gemm
+        from bitladder.kernels.cpu import current
+
+        cache = self.__dict__.setdefault("_kernels", KernelCache())
+        if cache.gemm is None:
+            cache.gemm = fp32_gemm.engine(current())
+        return cache.gemm
 
     def _kernel_for(self, rows: int, binary_rows: bool = False):
         """The kernel object for a call with ``rows`` input rows, or None for the dequant path (memoised)."""
