@@ -19,6 +19,7 @@ def test_every_key_with_its_type(monkeypatch):
     assert {"python", "torch", "numpy"} <= set(m["versions"])
     assert all(isinstance(v, str) for v in m["versions"].values())
     assert "read_gbps" not in m and "bitladder_cpu" not in m  # measured limits only when given
+    assert isinstance(m["vendor"], str) and m["fp32_gemm"] in ("torch", "onednn")
 
 
 def test_measured_limits_are_added_when_given():
@@ -31,6 +32,7 @@ def test_avx2_override_shows_no_avx512(monkeypatch):
     m = machine()
     assert m["bitladder_cpu"] == "avx2"
     assert not any(m["flags"][f] for f in AVX512) and not m["flags"]["avx_vnni"]
+    assert m["fp32_gemm"] == "torch"  # the engine an AVX2 CPU gets, on any host
     assert set(m["host_flags"]) == set(FEATURES)
     assert "BITLADDER_CPU=avx2" in one_line(m)
 
