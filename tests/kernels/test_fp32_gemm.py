@@ -58,6 +58,19 @@ def test_onednn_falls_back_where_its_primitive_cannot_go():
     assert fp32_gemm.linear(x64, w.detach().double(), None, "onednn").dtype == torch.float64
 
 
+@ONEDNN
+def test_onednn_switched_off_by_the_user_is_not_called(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("oneDNN called while switched off")
+
+    monkeypatch.setattr(fp32_gemm, "_primitive", refuse)
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    with torch.backends.mkldnn.flags(enabled=False):
+        torch.testing.assert_close(fp32_gemm.linear(x, w, None, "onednn"), torch.nn.functional.linear(x, w))
+    with pytest.raises(AssertionError, match="switched off"):
+        fp32_gemm.linear(x, w, None, "onednn")  # on again: the primitive runs
+
+
 def test_an_unknown_engine_is_a_key_error():
     with pytest.raises(KeyError):
         fp32_gemm.linear(torch.randn(2, 2), torch.randn(2, 2), None, "blas9")

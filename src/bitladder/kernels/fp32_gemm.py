@@ -17,12 +17,18 @@ import torch.nn.functional as F
 from bitladder.kernels.cpu import Cpu
 
 
-def _onednn(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    # oneDNN's primitive has no autograd formula and takes fp32 only: anything else keeps torch's path
-    if x.dtype is not torch.float32 or w.dtype is not torch.float32 or (torch.is_grad_enabled() and (
-            x.requires_grad or w.requires_grad or (bias is not None and bias.requires_grad))):
-        return F.linear(x, w, bias)
+def _primitive(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+
+
+def _onednn(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    # oneDNN's primitive has no autograd formula and takes fp32 only, and a user may switch oneDNN off
+    # (torch.backends.mkldnn.flags): anything else keeps torch's path
+    if x.dtype is not torch.float32 or w.dtype is not torch.float32 or not torch.backends.mkldnn.enabled or (
+            torch.is_grad_enabled() and (x.requires_grad or w.requires_grad
+                                         or (bias is not None and bias.requires_grad))):
+        return F.linear(x, w, bias)
+    return _primitive(x, w, bias)
 
 
 #: engine name -> ``linear(x, w, bias)``; results files name the engine a host selects
