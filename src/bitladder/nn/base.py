@@ -24,7 +24,6 @@ class KernelCache(dict):
     def __init__(self) -> None:
         super().__init__()
         self.picks: dict = {}
-        self.gemm: str | None = None  # the dequant path's fp32 GEMM engine (kernels.fp32_gemm), chosen once
 
     def __deepcopy__(self, memo) -> "KernelCache":
         return KernelCache()
@@ -77,16 +76,6 @@ class QuantModule(nn.Module):
         if cache is not None:
             cache.picks.clear()
 
-    def _gemm(self) -> str:
-        """The fp32 GEMM engine of the dequant path, chosen for the CPU once (like a kernel, not per call)."""
-        from bitladder.kernels import fp32_gemm
-        from bitladder.kernels.cpu import current
-
-        cache = self.__dict__.setdefault("_kernels", KernelCache())
-        if cache.gemm is None:
-            cache.gemm = fp32_gemm.engine(current())
-        return cache.gemm
-
     def _kernel_for(self, rows: int, binary_rows: bool = False):
         """The kernel object for a call with ``rows`` input rows, or None for the dequant path (memoised)."""
         cache = self.__dict__.setdefault("_kernels", KernelCache())
@@ -118,9 +107,9 @@ class QuantModule(nn.Module):
         else:
             from bitladder.kernels.select import choose
 
+            # auto's "dequant-fp32" is the registered kernel (the CPU's fp32 GEMM, kernels.fp32_gemm); naming the
+            # policy takes the layer's own dequant path above, the reference a fake-quantised twin matches exactly
             name = choose(self.qweight, rows, self.kernel_policy)
-            if name == "dequant-fp32":
-                return None
         if name not in cache:
             from bitladder.kernels import KERNELS, KernelUnsupported
 

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitladder.kernels import fp32_gemm
 from bitladder.kernels.base import KernelUnsupported, as_x
 from bitladder.nn.base import KernelCache, QuantModule
 from bitladder.nn.outliers import OutlierLinear, add_side, side_weight
@@ -44,7 +43,7 @@ class QuantLinear(QuantModule):
         kern = self._kernel_for(xin.numel() // max(xin.shape[-1], 1), binary_rows=x.dim() == 2)
         if kern is None:
             self.__dict__["kernel"] = self._dequant_label
-            y = fp32_gemm.linear(self.prepare_input(xin), self.weight(), self._bias(), self._gemm())
+            y = F.linear(self.prepare_input(xin), self.weight(), self._bias())
             return (add_side(self, xin, y) if "outliers" in self._qmeta else y).to(x.dtype)
         self.__dict__["kernel"] = kern.name
         if "act_shift" in self._buffers:  # a trained binary layer: sign(x - shift) against the weights' sign bits
