@@ -1,9 +1,9 @@
 """The fp32 GEMM a dequantising kernel hands its weight to: torch's own (MKL) or oneDNN's, by CPU.
 
-MKL takes its tuned code paths only on Intel CPUs; elsewhere it runs a generic AVX2 one, AVX-512 or not
-(MKL_VERBOSE names the path). oneDNN's JIT GEMM uses AVX-512 on any vendor, and torch ships both. So on
-a non-Intel CPU with AVX-512 the weight goes to oneDNN, exact fp32 either way (only the summation order
-differs); elsewhere torch's default stays. Figures: docs/DESIGN.md, 'The fp32 GEMM follows the CPU'.
+MKL takes its tuned code paths only on Intel CPUs; elsewhere it runs a generic one (MKL_VERBOSE names it),
+AVX-512 or not. oneDNN's JIT GEMM uses the CPU's widest vectors on any vendor, and torch ships both. So on a
+non-Intel CPU with AVX2 the weight goes to oneDNN, exact fp32 either way (only the summation order differs);
+on Intel, and without AVX2, torch's default stays. Figures: docs/DESIGN.md, 'The fp32 GEMM follows the CPU'.
 Chosen when a kernel is built (a field, like its activation grid), never per call.
 """
 
@@ -47,7 +47,7 @@ def installed() -> list[str]:
 
 def engine(cpu: Cpu) -> str:
     """The fp32 GEMM for dequantised weights on ``cpu`` (as ``BITLADDER_CPU`` presents it)."""
-    if cpu.has("avx512f") and cpu.vendor not in ("GenuineIntel", "") and onednn_installed():
+    if cpu.has("avx2") and cpu.vendor not in ("GenuineIntel", "") and onednn_installed():
         return "onednn"
     return "torch"
 

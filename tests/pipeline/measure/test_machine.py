@@ -3,6 +3,7 @@
 import pytest
 
 from bitladder.errors import BitladderError
+from bitladder.kernels import fp32_gemm
 from bitladder.kernels.cpu import FEATURES, LEVELS
 from bitladder.pipeline.measure.machine import machine, one_line
 
@@ -32,7 +33,8 @@ def test_avx2_override_shows_no_avx512(monkeypatch):
     m = machine()
     assert m["bitladder_cpu"] == "avx2"
     assert not any(m["flags"][f] for f in AVX512) and not m["flags"]["avx_vnni"]
-    assert m["fp32_gemm"] == "torch"  # the engine an AVX2 CPU gets, on any host
+    assert m["fp32_gemm"] == ("onednn" if m["vendor"] not in ("GenuineIntel", "") and fp32_gemm.onednn_installed()
+                              else "torch")  # AVX2 is enough for oneDNN off Intel
     assert set(m["host_flags"]) == set(FEATURES)
     assert "BITLADDER_CPU=avx2" in one_line(m)
 

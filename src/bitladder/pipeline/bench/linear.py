@@ -181,7 +181,7 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
     return rows
 
 
-#: fp32 on oneDNN's GEMM, the engine dequantising kernels take off Intel with AVX-512 (kernels.fp32_gemm)
+#: fp32 on oneDNN's GEMM, the engine dequantising kernels take off Intel (kernels.fp32_gemm)
 FP32_ONEDNN = "fp32 F.linear on oneDNN"
 
 
