@@ -317,7 +317,7 @@ def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
     spec = minilm.spec()
     ref = outputs(spec.model, spec.eval_batches)
     with tempfile.TemporaryDirectory() as tmp:
-        names = [n for n in variants(spec, Path(tmp))  # fp32 torch and onnxruntime fp32: what every ratio needs
+        names = [n for n in variants(spec, Path(tmp))  # the fp32 baselines: what every ratio needs
                  if n in ("fp32 torch", FP32_ONEDNN, "onnxruntime fp32") or not only or any(o in n for o in only)]
         got = isolated_latency({n: (f"{__name__}:serve_variant", (n, tmp)) for n in names}, repeats,
                                batches=len(BATCHES))

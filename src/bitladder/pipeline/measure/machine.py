@@ -37,7 +37,8 @@ def machine(read_gbps: float | None = None, fp32_gflops: float | None = None,
     """This machine as a result file names it; measured limits are added only when given."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     cpu = current()
-    out = {**cpu.describe(), "fp32_gemm": fp32_gemm.engine(cpu), "cores": cores, "threads": torch.get_num_threads(), "versions": versions()}
+    out = {**cpu.describe(), "fp32_gemm": fp32_gemm.engine(cpu), "cores": cores, "threads": torch.get_num_threads(),
+           "versions": versions()}
     for key, value in (("read_gbps", read_gbps), ("fp32_gflops", fp32_gflops), ("int8_gops", int8_gops)):
         if value is not None:
             out[key] = round(float(value), 2)
