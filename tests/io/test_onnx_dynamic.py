@@ -143,6 +143,8 @@ def test_static_activations_export_the_layer_codes_and_run_in_onnxruntime(cfg, g
     assert ("MatMulInteger" in ops) == (cfg.bits >= 7 and gemm == "integer")
     side = [n for n in nodes if n.op_type == "Gather" and n.input[1].endswith("outliers")]
     assert len(side) == (3 if cfg.act.outliers else 0)  # the outlier channels' float path: a, b, c (not the conv)
+    scaled = [n for n in nodes if n.op_type == "Mul" and n.input[1].endswith("__in")]
+    assert bool(scaled) == bool(cfg.act.smoothquant)  # a scale that only zeroes outlier channels is in the weight
     assert torch.allclose(_run(path, x), ref, atol=1e-3 * float(ref.abs().max()))
     for m in q.modules():
         if hasattr(m, "set_kernel_policy"):

@@ -86,3 +86,23 @@ def test_channel_indices_out_of_range_are_one_clear_error():
     q.act_outliers.fill_(8)
     with pytest.raises(BitladderError, match=r"outlier channel indices must lie in \[0, 8\)"):
         q(torch.randn(2, 8))
+
+
+@pytest.mark.parametrize("sq", [None, 0.5])
+def test_an_input_scale_that_only_zeroes_outliers_moves_into_the_weight(sq):
+    from bitladder.nn.outliers import mask_free
+
+    torch.manual_seed(0)
+    q = bitladder.quantize(nn.Linear(64, 48), Int(8, act=Act(smoothquant=sq, outliers=3), kernel="dequant-fp32"),
+                           calib=[_wide(64, [1, 2, 7])])
+    free = mask_free(q)
+    if sq:  # SmoothQuant's factors must still multiply the input
+        assert free is q
+        return
+    idx = q.act_outliers
+    assert "in_scale" not in free.qmeta and "in_scale" in q.qmeta  # the original is left as it was
+    assert torch.equal(free.qweight.dequantize()[:, idx], torch.zeros(48, 3))
+    x = _wide(64, [1, 2, 7], seed=4)[:30] * 1.5  # outlier channels beyond the grid: clamped, then met by zeros
+    with torch.inference_mode():
+        ref = q(x)
+        assert torch.allclose(free(x), ref, atol=1e-5 * float(ref.abs().max()))

@@ -100,3 +100,31 @@ def test_rounding_a_slab_of_rows_at_a_time_gives_the_same_tensor(monkeypatch):
             assert torch.equal(whole.packed, slabbed.packed), name
             assert whole.n_clipped == slabbed.n_clipped, name
             assert torch.equal(whole.dequantize(), slabbed.dequantize()), name
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from([n for n in ALL if QTYPES[n].rules.integer_codes]), rows=st.integers(1, 6),
+       cols=st.integers(2, 70), gran=st.sampled_from(["channel", "group"]), sym=st.booleans(),
+       sparse=st.booleans(), seed=st.integers(0, 99))
+def test_zeroed_columns_dequantise_to_zero_and_the_rest_is_unchanged(name, rows, cols, gran, sym, sparse, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g) * (torch.rand(rows, cols, generator=g) > 0.3)
+    qt = QuantizedTensor.from_float(w, name, Layout(gran, group=16), symmetric=sym, sparse=sparse)
+    cols_ = torch.randperm(cols, generator=g)[: max(1, cols // 4)]
+    keep = torch.ones(cols, dtype=torch.bool).index_fill_(0, cols_, False)
+    try:
+        z = qt.with_zero_columns(cols_)
+    except ValueError as e:  # only where no code is an exact zero (binary: +-1)
+        assert "no exact zero" in str(e) and not (qt.dequantize() == 0).any()
+        return
+    z.validate()
+    assert z.mask is None  # stored dense
+    d, want = z.dequantize(), qt.dequantize()
+    assert torch.equal(d[:, cols_], torch.zeros(rows, len(cols_)))
+    assert torch.equal(d[:, keep], want[:, keep])
+
+
+def test_zeroed_columns_refuse_formats_without_codes():
+    qt = QuantizedTensor.from_float(torch.randn(4, 32), "fp16")
+    with pytest.raises(ValueError, match="no exact zero"):
+        qt.with_zero_columns(torch.tensor([1]))

@@ -36,6 +36,7 @@ from bitladder.io.onnx_ranges import gemm_problems
 from bitladder.io.onnx_weights import WEIGHT_RULES, weight_nodes
 from bitladder.io.onnx_gather import gather_eligible, rewrite_gather
 from bitladder.nn.base import QuantModule
+from bitladder.nn.outliers import mask_free
 
 log = logging.getLogger("bitladder")
 
@@ -155,6 +156,8 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
                 _weight_only(proto, inits[wname], wname, m, opset, new_nodes)
                 continue
             static = static_grid(m) is not None
+            if static:  # an input scale that only zeroes outlier channels goes into the weight: no Mul
+                m = mask_free(m)
             if static and static_gemm == "integer" and int8_gemm_eligible(m) and rewrite(proto, wname, m, "static",
                                                                                         shared):
                 proto.graph.initializer.remove(inits[wname])

@@ -12,6 +12,8 @@ and ``k`` scales, and ``k`` x ``out`` multiply-adds per row in float.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,3 +54,35 @@ class OutlierLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias) + F.linear(x.index_select(-1, self.outliers), self.side)
+
+
+def mask_free(layer):
+    """``layer`` as an exporter may write it: where its input scale only zeroes its outlier channels (outliers
+    without SmoothQuant) and its activations take a static grid, a copy with no input scale whose integer
+    weight is zero on those columns; any other layer as itself. The outputs are the same (whatever those
+    channels quantise to meets zero weights, and a static grid clamps it), and a runtime reads the input
+    as it is instead of zeroing ``k`` channels in a pass of its own (a Mul per layer in ONNX)."""
+    meta = layer.qmeta
+    act = meta.get("act")
+    if "outliers" not in meta or "in_scale" not in meta or act is None or act.get("dynamic"):
+        return layer
+    qt, idx = layer.qweight, layer.act_outliers
+    rest = torch.ones_like(layer.in_scale, dtype=torch.bool).index_fill_(0, idx, False)
+    if (qt.layout.axis != layer.weight_axis or len(qt.shape) != 2 or layer.in_axis != 1
+            or bool(layer.in_scale[idx].any()) or not bool((layer.in_scale[rest] == 1).all())):
+        return layer
+    try:
+        zeroed = qt.with_zero_columns(idx)
+    except ValueError:
+        return layer
+    side = side_weight(layer)
+    new = copy.deepcopy(layer)
+    for part in qt.tensors():  # a sparse original becomes dense
+        delattr(new, f"weight_{part}")
+    for part, t in zeroed.tensors().items():
+        new.register_buffer(f"weight_{part}", t)
+    del new.in_scale
+    new._qmeta.pop("in_scale")
+    new.__dict__["_kernels"] = KernelCache()
+    new._kernels["outlier-side"] = side  # the float path keeps the columns the integer path lost
+    return new

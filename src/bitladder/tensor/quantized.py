@@ -282,6 +282,22 @@ class QuantizedTensor:
         """Bits held per element, scales and zero points counted."""
         return 8 * self.nbytes / max(self.numel, 1)
 
+    def with_zero_columns(self, cols: torch.Tensor) -> "QuantizedTensor":
+        """A dense copy whose (C, K) row-layout columns ``cols`` hold the code that dequantises to exactly 0
+        (the zero point, or 0); scales and zero points unchanged. ValueError where the format has no such code."""
+        if self.table is not None or not self.qtype.rules.integer_codes or (
+                self.zero_point is not None and self.zero_point.is_floating_point()):
+            raise ValueError(f"{self.qtype.name} codes have no exact zero to write")
+        c, k, _, b = self.layout.dims(self.shape)
+        cols = cols.long().flatten()
+        rows = self.codes().clone()
+        zp = self.zero_points()
+        rows[:, cols] = (0 if zp is None else zp[:, cols // b].to(rows.dtype))
+        out = QuantizedTensor(_pack(rows, self.qtype), self.scale, self.zero_point, self.qtype, self.shape, self.layout)
+        if cols.numel() and bool(self.layout.rows(out.dequantize()).reshape(c, k)[:, cols].any()):
+            raise ValueError(f"{self.qtype.name} codes have no exact zero to write")
+        return out
+
     # ---- serialisation ------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
         """The stored tensors by part name (packed, scale, zero_point, table, mask)."""
