@@ -60,9 +60,11 @@ def inspect_table(path: Path, meta: dict, info: dict) -> Table:
 def bench_table(rows: list[dict]) -> Table:
     """Rich table of bench rows; a missing value shows as a dash, the auto-selected variant is marked ``*``."""
     t = Table(title="bitladder bench (ratio = fp32 latency / variant latency, same run; MiniLM: (quartiles of "
-                    "the per-round ratios); stream = weights streamed from memory, not the cache; limit = fraction of read "
+                    "the per-round ratios); warm = calls back to back, not after a pause; stream = weights streamed from "
+                    "memory, not the cache; limit = fraction of read "
                     "bandwidth at batch 1 (streamed), of the GEMM peak above)")
-    for c in ("case", "shape", "batch", "variant", "ms", "stream ms", "x fp32", "x fp32 ONNX", "limit", "cos mean", "cos min",
+    for c in ("case", "shape", "batch", "variant", "ms", "stream ms", "x fp32", "x fp32 warm", "x fp32 ONNX", "limit",
+              "cos mean", "cos min",
               "kNN@10", "next-token", "ppl", "accuracy", "peak MB"):
         t.add_column(c, justify="left" if c in ("case", "variant") else "right")
 
@@ -77,7 +79,8 @@ def bench_table(rows: list[dict]) -> Table:
         shape = "x".join(map(str, r["shape"])) if r.get("shape") else ""
         variant = r["variant"] + (" *" if r.get("selected") else "") + (f" ({r['error']})" if r.get("error") else "")
         t.add_row(r["case"], shape, str(r.get("batch", "")), escape(variant), f(r.get("latency_ms"), ".3f"),
-                  f(r.get("stream_latency_ms"), ".3f"), ratio(r, "ratio_vs_fp32"), ratio(r, "ratio_vs_fp32_onnx"), f(r.get("limit_fraction"), ".2f"),
+                  f(r.get("stream_latency_ms"), ".3f"), ratio(r, "ratio_vs_fp32"), ratio(r, "warm_ratio_vs_fp32"),
+                  ratio(r, "ratio_vs_fp32_onnx"), f(r.get("limit_fraction"), ".2f"),
                   f(r.get("cos_mean"), ".4f"),
                   f(r.get("cos_min"), ".4f"), f(r.get("knn10"), ".3f"), f(r.get("agreement"), ".4f"),
                   f(r.get("perplexity"), ".3f"), f(r.get("accuracy"), ".4f"), f(r.get("peak_rss_mb"), ".0f"))

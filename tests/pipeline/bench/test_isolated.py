@@ -88,3 +88,29 @@ def test_a_worker_killed_before_it_answers_is_reported_not_waited_for():
                            repeats=2, warmup=0, pause=0.0)
     assert got["gone"] == {"error": "the worker exited (code -9)"}
     assert got["ok"]["latency_s"] >= 0.001 and time.perf_counter() - t0 < 60
+
+
+class _SlowAfterIdle(nn.Module):
+    """Slow on the first call after an idle spell (a CPU waking up), fast on calls back to back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = 0.0
+
+    def forward(self, x):
+        time.sleep(0.02 if time.perf_counter() - self.last > 0.015 else 0.001)
+        self.last = time.perf_counter()
+        return x
+
+
+def slow_after_idle():
+    return _SlowAfterIdle(), [torch.zeros(4), torch.zeros(1)], None
+
+
+def test_a_burst_times_the_first_call_and_the_warm_ones_apart():
+    got = isolated_latency({"m": (f"{__name__}:slow_after_idle", ())}, repeats=3, warmup=1, pause=0.03, batches=2,
+                           bursts=(1, 4))["m"]
+    once, burst = got["by_batch"]
+    assert "warm_latency_s" not in once  # one call a round: nothing to call warm
+    assert len(burst["rounds_s"]) == len(burst["warm_rounds_s"]) == 3
+    assert burst["latency_s"] >= 0.02 > 0.01 > burst["warm_latency_s"] >= 0.001

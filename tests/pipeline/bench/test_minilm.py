@@ -55,3 +55,25 @@ def test_the_onednn_reference_is_fp32_minilm_with_every_linear_on_onednn(minilm_
     batch = {k: v[:8] for k, v in minilm_spec.eval_batches[0].items()}
     with torch.inference_mode():
         torch.testing.assert_close(ref(**batch), minilm_spec.model(**batch), rtol=1e-5, atol=1e-5)
+
+
+def test_one_sentence_rows_carry_the_warm_ratio_beside_the_first_call(minilm_spec):
+    import dataclasses
+
+    from bitladder.pipeline.bench.minilm import _rows
+    from bitladder.pipeline.measure.evaluate import outputs
+
+    few = dataclasses.replace(minilm_spec, eval_batches=[{k: v[:4] for k, v in minilm_spec.eval_batches[0].items()}])
+    ref = outputs(minilm_spec.model, few.eval_batches)
+
+    def timed(first: float, warm: float | None) -> dict:
+        info = {"outputs_single": ref.numpy(), "onnx_bytes": None}
+        g = {"latency_s": first, "rounds_s": [first] * 4, "peak_rss_mb": 1.0, "info": info}
+        return g | ({"warm_latency_s": warm, "warm_rounds_s": [warm] * 4} if warm else {})
+
+    got = {"fp32 torch": timed(0.014, 0.010), "rung": timed(0.010, 0.005), "no burst": timed(0.010, None)}
+    rows = {r["variant"]: r for r in _rows(few, ref, list(got), got, 1)}
+    rung = rows["rung"]
+    assert rung["ratio_vs_fp32"] == 1.4 and rung["warm_ratio_vs_fp32"] == 2.0 and rung["warm_latency_ms"] == 5.0
+    assert rung["warm_ratio_vs_fp32_iqr"] == [2.0, 2.0] and rung["cos_mean"] == pytest.approx(1.0)
+    assert "warm_ratio_vs_fp32" not in rows["no burst"]

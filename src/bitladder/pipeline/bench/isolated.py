@@ -75,10 +75,12 @@ def _serve(conn, factory: Factory) -> None:
     batches = batch if isinstance(batch, list) else [batch]
     with torch.inference_mode():
         while (msg := conn.recv()) != "stop":
-            b = batches[msg[1]]
-            t0 = time.perf_counter()
-            run(model, b)
-            conn.send(time.perf_counter() - t0)
+            b, times = batches[msg[1]], []
+            for _ in range(msg[2]):
+                t0 = time.perf_counter()
+                run(model, b)
+                times.append(time.perf_counter() - t0)
+            conn.send(times)
     conn.send(_hwm_mb() if reset else None)
 
 
@@ -101,12 +103,17 @@ def _ask(proc, conn, msg: str | None = None):
 
 
 def isolated_latency(factories: dict[str, Factory], repeats: int, warmup: int = 2,
-                     pause: float = 0.05, batches: int = 1) -> dict[str, dict[str, Any]]:
+                     pause: float = 0.05, batches: int = 1,
+                     bursts: tuple[int, ...] | None = None) -> dict[str, dict[str, Any]]:
     """``{name: {"latency_s", "rounds_s", "peak_rss_mb", "info"}}``, or ``{"error"}`` for a variant whose
     build failed or whose worker died (the others go on). ``rounds_s[i]`` of every variant that lived to
     the end was timed in the same round ``i``, so per-round ratios pair runs made under the same load.
     With ``batches`` > 1 (factories return that many batches) the first batch's figures are as above and
     ``by_batch[j]`` holds ``{"latency_s", "rounds_s"}`` of batch ``j``.
+
+    ``bursts[j]`` > 1 runs batch ``j`` that many times back to back in each round: ``rounds_s`` keeps the
+    first call (after the pause: a sporadic request, which on an idle VM also pays the CPU's wake-up), and
+    ``warm_rounds_s`` / ``warm_latency_s`` the median of the others (a stream of requests).
 
     Workers are built one after the other (a later factory may read files an earlier one wrote), then
     every worker runs once per round, ``pause`` seconds apart; the latency is the median of ``repeats``
@@ -130,25 +137,31 @@ def isolated_latency(factories: dict[str, Factory], repeats: int, warmup: int = 
                 continue
             workers[name] = (proc, here)
             out[name] = {"info": info}
+        bursts = tuple(bursts or ()) + (1,) * (batches - len(bursts or ()))
         times: dict[str, list[list[float]]] = {k: [[] for _ in range(batches)] for k in workers}
+        warm: dict[str, list[list[float]]] = {k: [[] for _ in range(batches)] for k in workers}
         for r in range(warmup + repeats):
             for j in range(batches):
                 for name, (proc, conn) in list(workers.items()):
                     time.sleep(pause)
                     try:
-                        t = _ask(proc, conn, ("run", j))
+                        t = _ask(proc, conn, ("run", j, bursts[j]))
                     except _Died as e:
                         out[name] = {"error": str(e)}
                         del workers[name]
                         continue
                     if r >= warmup:
-                        times[name][j].append(t)
+                        times[name][j].append(t[0])
+                        if len(t) > 1:
+                            warm[name][j].append(statistics.median(t[1:]))
         for name, (proc, conn) in list(workers.items()):
             try:
                 peak = _ask(proc, conn, "stop")
             except _Died:
                 peak = None
-            by = [{"latency_s": statistics.median(t), "rounds_s": t} for t in times[name]]
+            by = [{"latency_s": statistics.median(t), "rounds_s": t}
+                  | ({"warm_latency_s": statistics.median(w), "warm_rounds_s": w} if w else {})
+                  for t, w in zip(times[name], warm[name])]
             out[name].update(**by[0], peak_rss_mb=peak, by_batch=by)
     finally:
         for proc, _ in workers.values():

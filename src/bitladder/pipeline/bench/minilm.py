@@ -289,6 +289,10 @@ def one_by_one(batches: list[dict]) -> list[dict]:
 
 
 BATCHES = (32, 1)
+#: calls per round: one sentence also runs five more back to back (``warm_latency_ms``): on the bench's VM the
+#: first call after the harness's pause paid ~3 ms of CPU wake-up, fp32's and every rung's alike, which
+#: compresses one-sentence ratios (docs/results/notes.md, 'One sentence, sporadic or streamed')
+BURSTS = (1, 6)
 
 
 def serve_variant(name: str, folder: str):
@@ -320,7 +324,7 @@ def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
         names = [n for n in variants(spec, Path(tmp))  # the fp32 baselines: what every ratio needs
                  if n in ("fp32 torch", FP32_ONEDNN, "onnxruntime fp32") or not only or any(o in n for o in only)]
         got = isolated_latency({n: (f"{__name__}:serve_variant", (n, tmp)) for n in names}, repeats,
-                               batches=len(BATCHES))
+                               batches=len(BATCHES), bursts=BURSTS)
     rows = []
     for j, batch in enumerate(BATCHES):
         rows += _rows(spec, ref, names, {n: {**g, **g["by_batch"][j]} if "by_batch" in g else g
@@ -348,6 +352,10 @@ def _rows(spec, ref, names: list[str], got: dict, batch: int) -> list[dict]:
                    cos_min=fid["cos_min"], knn10=fid["knn10"], fidelity_batch=per_call,
                    onnx_bytes=g["info"]["onnx_bytes"])
         row["ratio_vs_fp32_iqr"] = round_spread(base, g["rounds_s"])
+        if g.get("warm_latency_s") and got["fp32 torch"].get("warm_latency_s"):
+            row.update(warm_latency_ms=round(g["warm_latency_s"] * 1e3, 2),
+                       warm_ratio_vs_fp32=round(got["fp32 torch"]["warm_latency_s"] / g["warm_latency_s"], 3),
+                       warm_ratio_vs_fp32_iqr=round_spread(got["fp32 torch"]["warm_rounds_s"], g["warm_rounds_s"]))
         if got.get(FP32_ONEDNN, {}).get("latency_s"):
             row["ratio_vs_fp32_onednn"] = round(got[FP32_ONEDNN]["latency_s"] / s, 3)
         if row["onnx_bytes"] and fp32_onnx:
