@@ -89,3 +89,29 @@ def test_per_token_codes_are_the_reference_grid_and_codes(simd, log_b, blocks, r
     # dequantised, each row is its rotated input within half a step of its own scale
     y = H.butterflies(x, b)
     assert ((q.float() - zp) * scale * r - y).abs().max() <= 0.5001 * scale * float(r.max())
+
+
+@needs_c
+@pytest.mark.parametrize("simd", [True, False])
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(0, 7), st.integers(1, 5), st.integers(0, 300), st.floats(0.0, 50), st.booleans())
+def test_rotated_rows_divided_by_their_largest_magnitude_have_the_reference_bits(simd, log_b, blocks, rows, spread,
+                                                                                 odd):
+    b = 2**log_b
+    k = b * blocks + (0 if b > 1 or not odd else 3)  # widths that leave a scalar tail (b = 1 takes any width)
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows + k)) * spread
+    if rows:
+        x[0] = 0  # an all-zero row divides by the floor, 1e-30
+    y, r = H.fwht_rows(x, b, simd=simd)
+    ry, rr = H.rows_reference(x, b)
+    assert torch.equal(y, ry) and torch.equal(r, rr) and r.shape == (rows, 1)
+    if rows:
+        assert float(r[0]) == pytest.approx(1e-30) and y.abs().max() <= 1.0
+
+
+def test_fwht_rows_refuses_short_buffers():
+    if not H.installed():
+        pytest.skip("the C kernels were not built")
+    with pytest.raises(ValueError, match="fwht_rows: b must be a power of two dividing k, buffers"):
+        H._hadamard.fwht_rows(torch.randn(2, 8).numpy(), torch.empty(2, 8).numpy(), torch.empty(1).numpy(),
+                              2, 8, 1, 1.0, 1, 1)

@@ -157,6 +157,21 @@ def test_fbgemm_per_token_close_to_reference():
         _check(FbgemmW8A8TokenKernel.from_qtensor(qt), qt, x, reference_linear(qt, x), 3e-2)
 
 
+@pytest.mark.skipif(not FbgemmW8A8Kernel.available(), reason="no fbgemm engine")
+@pytest.mark.parametrize("in_scale", [False, True])
+def test_per_token_rows_in_c_are_the_tensor_operations_bits(in_scale, monkeypatch):
+    from bitladder.kernels import hadamard
+
+    qt = _qt("int8", Layout("channel"), 24, 96)
+    kern, x = FbgemmW8A8TokenKernel.from_qtensor(qt), _x(18, 96) * 5
+    s = torch.rand(96) + 0.5 if in_scale else None
+    fast = kern.prepare(x.clone(), s)
+    monkeypatch.setattr(hadamard, "fast_path", lambda t: False)  # as under tracing or autograd
+    slow = kern.prepare(x.clone(), s)
+    assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+    assert torch.equal(kern.finish(fast, None), kern.finish(slow, None))
+
+
 @pytest.mark.parametrize("token, tensor", [(FbgemmW8A8TokenKernel, FbgemmW8A8Kernel),
                                            (OnednnW8A8TokenKernel, OnednnW8A8Kernel)], ids=["fbgemm", "onednn"])
 def test_per_token_keeps_small_rows_and_zero_rows(token, tensor):

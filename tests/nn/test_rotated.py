@@ -123,3 +123,16 @@ def test_per_token_layers_take_rotated_codes_from_one_c_call(cpu, monkeypatch):
     want = torch.nn.functional.linear(x, q.a.layer.weight().mm(hadamard(64).float()), q.a.layer.bias)
     assert float((y - want).norm() / want.norm()) < 0.02  # int8 weights, 7-8-bit activations per token
     assert float((y - unfused).norm() / unfused.norm()) < 2e-3  # same grid; rounding of y / r differs
+
+
+@pytest.mark.skipif(not fast.installed(), reason="the C kernels were not built (no compiler at install)")
+def test_per_token_layers_below_the_onednn_rows_take_rotated_rows_from_one_c_call():
+    torch.manual_seed(5)
+    q = bitladder.quantize(_TwoReaders(), bitladder.Int(8, act=Act(dynamic="token"), rotate=64))
+    x = torch.randn(18, 64) * torch.linspace(0.1, 10, 18)[:, None]  # one sentence's tokens
+    with torch.no_grad():
+        y = q.a(x)
+        unfused = q.a.layer(fast.fwht(x, 64))
+    assert q.a.layer.kernel == "int8-w8a8-fbgemm-token" and x._bitladder_prep[0][-1] == 64
+    assert not hasattr(x, "_bitladder_rotated")  # no float copy kept on the tensor
+    assert torch.equal(y, unfused)  # rotation then division, in C or in tensor operations: the same bits

@@ -32,6 +32,7 @@ from bitladder.io.onnx_attention import plain_attention
 from bitladder.io.onnx_blocked import blocked_eligible, rewrite_blocked
 from bitladder.io.onnx_dynamic import dynamic_int8_eligible, int8_gemm_eligible, qdq_input, rewrite, static_grid
 from bitladder.io.onnx_nbits import nbits_eligible, rewrite_nbits
+from bitladder.io.onnx_outliers import recompute_outlier_inputs
 from bitladder.io.onnx_ranges import gemm_problems
 from bitladder.io.onnx_weights import WEIGHT_RULES, weight_nodes
 from bitladder.io.onnx_gather import gather_eligible, rewrite_gather
@@ -182,6 +183,7 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
         nodes = list(proto.graph.node)
         del proto.graph.node[:]
         proto.graph.node.extend(new_nodes + nodes)  # weights first: a valid topological order
+        recompute_outlier_inputs(proto)
         onnx.checker.check_model(proto)
         problems = gemm_problems(proto)
         if problems:  # a graph that is right on this CPU and wrong on another is never written

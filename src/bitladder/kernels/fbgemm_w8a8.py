@@ -11,6 +11,7 @@ import warnings
 
 import torch
 
+from bitladder.kernels import hadamard
 from bitladder.kernels.base import KernelUnsupported, LinearKernel, rows_times_plus, weight_parts
 from bitladder.kernels.cpu import current
 from bitladder.kernels.registry import register
@@ -96,9 +97,20 @@ class FbgemmW8A8TokenKernel(FbgemmW8A8Kernel):
     def _fused(self, x, bias, in_scale):
         return self.finish(self.prepare(x, in_scale), bias)
 
+    @property
+    def rotates(self) -> bool:
+        """Whether :meth:`prepare_rotated` runs here (the C transform was built)."""
+        return hadamard.installed()
+
+    def prepare_rotated(self, x: torch.Tensor, block: int) -> tuple:
+        """:meth:`prepare` of ``x @ H`` (block-Hadamard): rotation and row division in one C call."""
+        return hadamard.fwht_rows(x, block)
+
     def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
         """(rows divided by their absmax, the absmax): what layers reading one tensor can share."""
         xs = x if in_scale is None else x * in_scale
+        if hadamard.fast_path(xs):  # the same bits in one C call: six tensor operations cost more on a few rows
+            return hadamard.fwht_rows(xs, 1)
         # max(max, -min): faster than abs().amax() (docs/DESIGN.md, 'Per-token W8A8 on a per-tensor GEMM')
         r = torch.maximum(xs.amax(dim=1, keepdim=True), xs.amin(dim=1, keepdim=True).neg_()).clamp_(min=1e-30)
         return (xs.div_(r) if xs is not x else xs / r), r

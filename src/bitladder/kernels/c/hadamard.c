@@ -10,7 +10,8 @@
  * while it is still in registers: one pass, one byte written per element instead of four read back.
  * fwht_token does the per-token grid of kernels/onednn_w8a8.py on rotated rows: a first pass finds each row's
  * extremes, the shared grid follows, and a second pass rotates again (cheaper than storing the float rows) and
- * quantises (y / r) on it.
+ * quantises (y / r) on it. fwht_rows leaves the rotated rows divided by their largest magnitude, as floats (the
+ * input fbgemm's per-call GEMM quantises itself).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -125,6 +126,14 @@ AVX2 static void codes_avx2(const float *y, uint8_t *q, int64_t k, Grid g) {
         _mm256_storeu_si256((__m256i *)(q + j), _mm256_permutevar8x32_epi32(p, order));
     }
     codes_portable(y + j, q + j, k - j, g);
+}
+
+/* y[j] / a for whole vectors; returns where the scalar tail starts */
+AVX2 static int64_t divide_avx2(float *y, int64_t k, float a) {
+    const __m256 av = _mm256_set1_ps(a);
+    int64_t j = 0;
+    for (; j + 8 <= k; j += 8) _mm256_storeu_ps(y + j, _mm256_div_ps(_mm256_loadu_ps(y + j), av));
+    return j;
 }
 
 AVX2 static void extremes_avx2(const float *y, int64_t k, float *hi, float *lo) {
@@ -368,7 +377,60 @@ done:
     return ret;
 }
 
+static void divide_row(float *y, int64_t k, float a, int vec) {
+    int64_t j = 0;
+#ifdef BL_X86
+    if (vec) j = divide_avx2(y, k, a);
+#else
+    (void)vec;
+#endif
+    for (; j < k; j++) y[j] = y[j] / a;
+}
+
+/* fwht_rows(x, y, r, m, k, b, norm, simd, threads): per row, y = x @ H_b (b = 1: x itself) divided by
+ * r = max(max y, -min y), at least 1e-30: the rows of the per-token grid on fbgemm's per-call GEMM
+ * (kernels/fbgemm_w8a8.py), in one call instead of six tensor operations. IEEE division, as torch's. */
+static PyObject *fwht_rows(PyObject *self, PyObject *args) {
+    Py_buffer x, y, rb;
+    Py_ssize_t m, k, b;
+    float norm;
+    int simd, threads;
+    if (!PyArg_ParseTuple(args, "y*w*w*nnnfii", &x, &y, &rb, &m, &k, &b, &norm, &simd, &threads)) return NULL;
+    PyObject *ret = NULL;
+    if (b < 1 || (b & (b - 1)) || k % b || k < 1 || m < 0 || x.len < (Py_ssize_t)(m * k * 4)
+        || y.len < (Py_ssize_t)(m * k * 4) || rb.len < (Py_ssize_t)(m * 4)) {
+        PyErr_SetString(PyExc_ValueError, "hadamard.fwht_rows: b must be a power of two dividing k, buffers "
+                                          "(m, k), (m, k) and (m,)");
+        goto done;
+    }
+    const int avx2 = simd && cpu_avx2();
+    const int vrot = avx2 && b >= 8, vrow = avx2 && k % 8 == 0;
+    const float *xs = x.buf;
+    float *ys = y.buf, *rs = rb.buf;
+    const int parts = threads < 1 ? 1 : threads;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel for num_threads(parts) schedule(static) if (parts > 1 && m * k >= 65536)
+    for (int64_t r = 0; r < m; r++) {
+        float hi, lo, *row = ys + r * k;
+        rotate_row(xs + r * k, row, k, b, norm, vrot);
+        row_extremes(row, k, &hi, &lo, vrow);
+        float a = hi > -lo ? hi : -lo;
+        a = a > 1e-30f ? a : 1e-30f;
+        rs[r] = a;
+        divide_row(row, k, a, vrow);
+    }
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
+    PyBuffer_Release(&rb);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
+    {"fwht_rows", fwht_rows, METH_VARARGS, "Rotated rows, each divided by its largest magnitude."},
     {"fwht", fwht, METH_VARARGS, "Block Walsh-Hadamard transform of float32 rows, rows split over threads."},
     {"fwht_codes", fwht_codes, METH_VARARGS, "The same, quantised on a static uint8 grid in the same pass."},
     {"fwht_token", fwht_token, METH_VARARGS, "Rotated rows quantised on the per-token grid, two passes."},
