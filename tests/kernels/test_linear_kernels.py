@@ -158,18 +158,18 @@ def test_fbgemm_per_token_close_to_reference():
 
 
 @pytest.mark.skipif(not FbgemmW8A8Kernel.available(), reason="no fbgemm engine")
-@pytest.mark.parametrize("in_scale", [False, True])
-def test_per_token_rows_in_c_are_the_tensor_operations_bits(in_scale, monkeypatch):
+@pytest.mark.parametrize("block", [1, 8, 32])
+def test_per_token_rotated_rows_in_c_are_the_tensor_operations_bits(block):
     from bitladder.kernels import hadamard
 
+    if not hadamard.installed():
+        pytest.skip("the C kernels were not built")
     qt = _qt("int8", Layout("channel"), 24, 96)
     kern, x = FbgemmW8A8TokenKernel.from_qtensor(qt), _x(18, 96) * 5
-    s = torch.rand(96) + 0.5 if in_scale else None
-    fast = kern.prepare(x.clone(), s)
-    monkeypatch.setattr(hadamard, "fast_path", lambda t: False)  # as under tracing or autograd
-    slow = kern.prepare(x.clone(), s)
-    assert all(torch.equal(a, b) for a, b in zip(fast, slow))
-    assert torch.equal(kern.finish(fast, None), kern.finish(slow, None))
+    fused = kern.prepare_rotated(x, block)
+    apart = kern.prepare(hadamard.butterflies(x, block), None)  # rotate, then the kernel's own tensor operations
+    assert kern.rotates and all(torch.equal(a, b) for a, b in zip(fused, apart))
+    assert torch.equal(kern.finish(fused, None), kern.finish(apart, None))
 
 
 @pytest.mark.parametrize("token, tensor", [(FbgemmW8A8TokenKernel, FbgemmW8A8Kernel),

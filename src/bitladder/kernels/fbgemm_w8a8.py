@@ -103,14 +103,13 @@ class FbgemmW8A8TokenKernel(FbgemmW8A8Kernel):
         return hadamard.installed()
 
     def prepare_rotated(self, x: torch.Tensor, block: int) -> tuple:
-        """:meth:`prepare` of ``x @ H`` (block-Hadamard): rotation and row division in one C call."""
+        """:meth:`prepare` of ``x @ H`` (block-Hadamard): rotation and row division in one C call (unrotated, the
+        tensor operations were as fast as the C call's four passes)."""
         return hadamard.fwht_rows(x, block)
 
     def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
         """(rows divided by their absmax, the absmax): what layers reading one tensor can share."""
         xs = x if in_scale is None else x * in_scale
-        if hadamard.fast_path(xs):  # the same bits in one C call: six tensor operations cost more on a few rows
-            return hadamard.fwht_rows(xs, 1)
         # max(max, -min): faster than abs().amax() (docs/DESIGN.md, 'Per-token W8A8 on a per-tensor GEMM')
         r = torch.maximum(xs.amax(dim=1, keepdim=True), xs.amin(dim=1, keepdim=True).neg_()).clamp_(min=1e-30)
         return (xs.div_(r) if xs is not x else xs / r), r

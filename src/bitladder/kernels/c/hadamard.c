@@ -388,8 +388,8 @@ static void divide_row(float *y, int64_t k, float a, int vec) {
 }
 
 /* fwht_rows(x, y, r, m, k, b, norm, simd, threads): per row, y = x @ H_b (b = 1: x itself) divided by
- * r = max(max y, -min y), at least 1e-30: the rows of the per-token grid on fbgemm's per-call GEMM
- * (kernels/fbgemm_w8a8.py), in one call instead of six tensor operations. IEEE division, as torch's. */
+ * r = max(max y, -min y), at least 1e-30: the rotated rows of the per-token grid on fbgemm's per-call GEMM
+ * (kernels/fbgemm_w8a8.py), rotated and divided while each row sits in L1. IEEE division, as torch's. */
 static PyObject *fwht_rows(PyObject *self, PyObject *args) {
     Py_buffer x, y, rb;
     Py_ssize_t m, k, b;
