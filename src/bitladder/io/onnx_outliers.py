@@ -6,8 +6,8 @@ output), the Gather makes the activation's output feed two nodes, and OpenVINO t
 the main path as a pass of its own instead of fusing it into the activation. :func:`recompute_outlier_inputs`
 computes the ``k`` channels a second time from the producer's input instead: the producer's weight rows
 and bias entries for those channels (the same stored codes and scales), its activation, no Gather. The
-values are the same products; on MiniLM in OpenVINO it took the 0.999 file from ~5 % behind NNCF's int8
-model to level at 32 sentences (docs/results/notes.md, 'Outlier channels recomputed').
+values are the same products, and the activation's output has one reader again (measured on MiniLM in
+OpenVINO: docs/results/notes.md, 'Outlier channels recomputed').
 """
 
 from __future__ import annotations

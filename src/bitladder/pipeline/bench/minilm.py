@@ -290,8 +290,8 @@ def one_by_one(batches: list[dict]) -> list[dict]:
 
 BATCHES = (32, 1)
 #: calls per round: one sentence also runs five more back to back (``warm_latency_ms``): on the bench's VM the
-#: first call after the harness's pause paid ~3 ms of CPU wake-up, fp32's and every rung's alike, which
-#: compresses one-sentence ratios (docs/results/notes.md, 'One sentence, sporadic or streamed')
+#: first call after the harness's pause pays a CPU wake-up, fp32's and every rung's alike, which compresses
+#: one-sentence ratios (docs/results/notes.md, 'One sentence, sporadic or streamed')
 BURSTS = (1, 6)
 
 
