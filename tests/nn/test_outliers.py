@@ -106,3 +106,21 @@ def test_an_input_scale_that_only_zeroes_outliers_moves_into_the_weight(sq):
     with torch.inference_mode():
         ref = q(x)
         assert torch.allclose(free(x), ref, atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("weights", [dict(granularity="tensor"), dict(group=16, symmetric=False)],
+                         ids=["per-tensor", "group-asym"])
+def test_only_weights_with_a_scale_per_row_or_group_have_their_columns_zeroed(weights):
+    from bitladder.nn.outliers import mask_free
+
+    torch.manual_seed(0)
+    q = bitladder.quantize(nn.Linear(64, 48), Int(8, act=Act(outliers=3), kernel="dequant-fp32", **weights),
+                           calib=[_wide(64, [1, 2, 7])])
+    free = mask_free(q)
+    if "granularity" in weights:  # one scale for the whole tensor: its row layout is not (out, in); left alone
+        assert free is q
+        return
+    assert torch.equal(free.qweight.dequantize()[:, q.act_outliers], torch.zeros(48, 3))
+    x = _wide(64, [1, 2, 7], seed=5)[:30]
+    with torch.inference_mode():
+        assert torch.allclose(free(x), q(x), atol=1e-5 * float(q(x).abs().max()))

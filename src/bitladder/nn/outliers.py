@@ -68,7 +68,8 @@ def mask_free(layer):
         return layer
     qt, idx = layer.qweight, layer.act_outliers
     rest = torch.ones_like(layer.in_scale, dtype=torch.bool).index_fill_(0, idx, False)
-    if (qt.layout.axis != layer.weight_axis or len(qt.shape) != 2 or layer.in_axis != 1
+    if (qt.layout.granularity not in ("channel", "group") or qt.layout.axis != layer.weight_axis
+            or len(qt.shape) != 2 or layer.in_axis != 1
             or bool(layer.in_scale[idx].any()) or not bool((layer.in_scale[rest] == 1).all())):
         return layer
     try:
