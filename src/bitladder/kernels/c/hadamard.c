@@ -174,6 +174,12 @@ static inline void extremes(const float *y, int64_t k, float *hi, float *lo) {
     *lo = l;
 }
 
+/* a row's scale on the per-token grids: max(max y, -min y), at least 1e-30 (as the PyTorch paths clamp it) */
+static inline float magnitude(float hi, float lo) {
+    const float a = hi > -lo ? hi : -lo;
+    return a > 1e-30f ? a : 1e-30f;
+}
+
 /* the vector or the portable path of each step, as `vec` says (both give the same bits) */
 static void rotate_row(const float *x, float *row, int64_t k, int64_t b, float norm, int vec) {
 #ifdef BL_X86
@@ -334,8 +340,7 @@ static PyObject *fwht_token(PyObject *self, PyObject *args) {
             float hi, lo;
             rotate_row(xs + r * k, row, k, b, norm, vec);
             row_extremes(row, k, &hi, &lo, vec);
-            float a = hi > -lo ? hi : -lo;
-            a = a > 1e-30f ? a : 1e-30f;
+            const float a = magnitude(hi, lo);
             rs[r] = a;
             nhi[r] = hi / a;
             nlo[r] = lo / a;
@@ -414,8 +419,7 @@ static PyObject *fwht_rows(PyObject *self, PyObject *args) {
         float hi, lo, *row = ys + r * k;
         rotate_row(xs + r * k, row, k, b, norm, vrot);
         row_extremes(row, k, &hi, &lo, vrow);
-        float a = hi > -lo ? hi : -lo;
-        a = a > 1e-30f ? a : 1e-30f;
+        const float a = magnitude(hi, lo);
         rs[r] = a;
         divide_row(row, k, a, vrow);
     }
