@@ -109,9 +109,8 @@ def test_rotated_rows_divided_by_their_largest_magnitude_have_the_reference_bits
         assert float(r[0]) == pytest.approx(1e-30) and y.abs().max() <= 1.0
 
 
+@needs_c
 def test_fwht_rows_refuses_short_buffers():
-    if not H.installed():
-        pytest.skip("the C kernels were not built")
     with pytest.raises(ValueError, match="fwht_rows: b must be a power of two dividing k, buffers"):
         H._hadamard.fwht_rows(torch.randn(2, 8).numpy(), torch.empty(2, 8).numpy(), torch.empty(1).numpy(),
                               2, 8, 1, 1.0, 1, 1)
