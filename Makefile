@@ -26,12 +26,15 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 # The kernel, layer and export tests again as on lesser CPUs: BITLADDER_CPU caps bitladder's selection and
-# activation grids, ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA cap torch's and oneDNN's own dispatch.
+# activation grids; ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA and FBGEMM_ENABLE_INSTRUCTIONS cap torch's, oneDNN's
+# and fbgemm's own dispatch, so their 16-bit pair-sum GEMMs run on any host. Profiles: AVX2 (Zen 3), AVX-512
+# without VNNI (Skylake-SP), AVX2 + AVX-VNNI (Alder Lake: oneDNN uses AVX-VNNI there, fbgemm does not).
+CPU_TESTS := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not slow" tests/kernels tests/nn tests/io
 test-cpus: $(STAMP)
-	BITLADDER_CPU=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 \
-		$(BIN)/python -m pytest -q -n 2 -m "not slow" tests/kernels tests/nn tests/io
-	BITLADDER_CPU=avx512 ONEDNN_MAX_CPU_ISA=AVX512_CORE OMP_NUM_THREADS=1 \
-		$(BIN)/python -m pytest -q -n 2 -m "not slow" tests/kernels tests/nn tests/io
+	BITLADDER_CPU=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 $(CPU_TESTS)
+	BITLADDER_CPU=avx512 ONEDNN_MAX_CPU_ISA=AVX512_CORE FBGEMM_ENABLE_INSTRUCTIONS=AVX512 $(CPU_TESTS)
+	BITLADDER_CPU=avx2-vnni ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2_VNNI FBGEMM_ENABLE_INSTRUCTIONS=AVX2 \
+		$(CPU_TESTS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2

@@ -6,7 +6,7 @@ from bitladder.errors import BitladderError
 from bitladder.kernels import cpu
 
 
-@pytest.mark.parametrize("level", ["default", "avx2", "avx512", "avx512-vnni", "avx512-bf16", "amx"])
+@pytest.mark.parametrize("level", ["default", "avx2", "avx2-vnni", "avx512", "avx512-vnni", "avx512-bf16", "amx"])
 def test_a_level_caps_the_host_features(level):
     got = cpu.current({"BITLADDER_CPU": level})
     assert got.flags == got.host_flags & cpu.LEVELS[level] and got.level == level
@@ -25,7 +25,7 @@ def test_a_bad_level_is_one_line_naming_the_accepted_ones():
 
 
 def test_levels_only_grow():
-    names = ["default", "avx2", "avx512", "avx512-vnni", "avx512-bf16", "amx"]
+    names = ["default", "avx2", "avx512", "avx512-vnni", "avx512-bf16", "amx"]  # avx2-vnni: a side branch
     for lower, higher in zip(names, names[1:]):
         assert cpu.LEVELS[lower] < cpu.LEVELS[higher]
 
@@ -50,3 +50,28 @@ def test_a_onednn_value_that_caps_nothing_leaves_the_host(isa):
 def test_the_vendor_is_read_and_kept_under_a_level():
     host = cpu.current({})
     assert cpu.current({"BITLADDER_CPU": "avx2"}).vendor == host.vendor == host.describe()["vendor"]
+
+
+def test_avx_vnni_alone_is_vnni_to_onednn_but_not_to_fbgemm():
+    got = cpu.current({"BITLADDER_CPU": "avx2-vnni"})
+    assert not got.has("avx512f") and got.vnni == ("avx_vnni" in got.host_flags)
+    assert got.dot32("onednn") == got.vnni and not got.dot32("fbgemm")  # fbgemm has no AVX-VNNI kernel
+    assert cpu.LEVELS["avx2"] < cpu.LEVELS["avx2-vnni"]
+
+
+@pytest.mark.parametrize("value,vnni", [("AVX2", False), ("avx512", False), ("AVX512_256", False),
+                                        ("AVX512_E1", True), ("AVX512_E1_256", True), ("", True), ("junk", True)])
+def test_fbgemms_own_cap_reaches_only_fbgemm(value, vnni):
+    host = cpu.current({})
+    got = cpu.current({"FBGEMM_ENABLE_INSTRUCTIONS": value})
+    assert got.flags == host.flags and got.dot32("onednn") == host.dot32("onednn")
+    assert got.dot32("fbgemm") == (vnni and host.dot32("fbgemm"))
+    assert ("fbgemm_flags" in got.describe()) == (got.fbgemm_cap is not None)
+
+
+def test_the_fbgemm_grid_follows_its_cap(monkeypatch):
+    from bitladder.kernels.fbgemm_w8a8 import act_levels
+
+    monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "AVX2")
+    assert act_levels(127) == 127 and act_levels(64) == 255  # 7-bit weights cannot saturate a pair sum
+    assert act_levels(127, "onednn") == (255 if cpu.current().dot32("onednn") else 127)

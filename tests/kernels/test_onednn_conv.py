@@ -33,7 +33,7 @@ def _weights(o: int, c: int, k: int, layout: Layout, seed: int = 0) -> Quantized
 
 def _emulate(qt: QuantizedTensor, x: torch.Tensor, bias, stride, padding, dilation) -> torch.Tensor:
     """What the kernel computes: x on its uint8 grid, then the convolution with the dequantised weight."""
-    scale, zp = _grid(float(x.min()), float(x.max()), act_levels())
+    scale, zp = _grid(float(x.min()), float(x.max()), act_levels(library="onednn"))
     xq = (torch.quantize_per_tensor(x, scale, zp, torch.quint8).int_repr().float() - zp) * scale
     return F.conv2d(xq, qt.dequantize(torch.float32), bias, stride, padding, dilation)
 

@@ -37,11 +37,11 @@ def _fake(x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
 def _emulate(qt: QuantizedTensor, x: torch.Tensor, bias: torch.Tensor | None, per_token: bool) -> torch.Tensor:
     w = qt.dequantize(torch.float32)
     if not per_token:
-        return F.linear(_fake(x, *_grid(float(x.min()), float(x.max()), act_levels())), w, bias)
+        return F.linear(_fake(x, *_grid(float(x.min()), float(x.max()), act_levels(library="onednn"))), w, bias)
     hi, lo = x.amax(1, keepdim=True), x.amin(1, keepdim=True)
     r = torch.maximum(hi, -lo).clamp(min=1e-30)
     xn = x / r
-    y = F.linear(_fake(xn, *_grid(float((lo / r).min()), float((hi / r).max()), act_levels())), w) * r
+    y = F.linear(_fake(xn, *_grid(float((lo / r).min()), float((hi / r).max()), act_levels(library="onednn"))), w) * r
     return y if bias is None else y + bias
 
 

@@ -174,3 +174,20 @@ def test_float_formats_take_the_cpus_fp32_gemm_and_the_reference_path_stays_torc
         assert kern.gemm == fp32_gemm.engine(current())
         layer.set_kernel_policy("dequant-fp32")  # the reference path: what a fake-quantised twin computes, exactly
         assert torch.equal(q(x), want)
+
+
+def test_readers_on_grids_of_different_steps_do_not_share(monkeypatch):
+    from bitladder.formats.layout import Layout
+    from bitladder.kernels import OnednnW8A8TokenKernel
+    from bitladder.nn.layers import _shared_input
+    from bitladder.tensor.quantized import QuantizedTensor
+
+    monkeypatch.setenv("BITLADDER_CPU", "avx2")  # no VNNI: 7-bit weights take 255 steps, 8-bit ones 127
+    torch.manual_seed(0)
+    w = torch.randn(16, 32)
+    k7, k8 = (OnednnW8A8TokenKernel.from_qtensor(QuantizedTensor.from_float(w, q, Layout("channel")))
+              for q in ("int7", "int8"))
+    assert (k7.levels, k8.levels) == (255, 127)
+    x = torch.randn(40, 32)
+    _shared_input(x, k7, x, None)
+    assert torch.equal(k8.finish(_shared_input(x, k8, x, None), None), k8(x))  # its own 127-step codes

@@ -6,6 +6,7 @@ environment variable makes a VNNI host choose and round as an AVX2 or AVX-512-wi
 * ``native`` (or unset): the host's own features;
 * ``default``: no vector extension at all (only portable paths);
 * ``avx2``: AVX2 + FMA, no AVX-512 (Haswell .. Zen 3);
+* ``avx2-vnni``: + AVX-VNNI, still no AVX-512 (Alder Lake .. Arrow Lake, Sierra Forest);
 * ``avx512``: AVX-512 F/BW/VL without VNNI (Skylake-SP);
 * ``avx512-vnni``: + VNNI (Cascade Lake, Ice Lake, Zen 4);
 * ``avx512-bf16``: + AVX512-BF16 (Cooper Lake, Zen 4);
@@ -32,6 +33,7 @@ LEVELS: dict[str, frozenset[str] | None] = {
     "native": None,
     "default": frozenset(),
     "avx2": frozenset({"avx2"}),
+    "avx2-vnni": frozenset({"avx2", "avx_vnni"}),
     "avx512": _AVX512,
     "avx512-vnni": _AVX512 | {"avx512_vnni", "vpopcntdq"},
     "avx512-bf16": _AVX512 | {"avx512_vnni", "vpopcntdq", "avx512_bf16"},
@@ -47,6 +49,17 @@ ONEDNN_CAPS: dict[str, frozenset[str] | None] = {
     "avx512_core_bf16": LEVELS["avx512-bf16"], "avx512_core_fp16": LEVELS["avx512-bf16"],
 }
 
+#: ``FBGEMM_ENABLE_INSTRUCTIONS`` (fbgemm's own cap; its names) -> the features it leaves fbgemm
+FBGEMM_CAPS: dict[str, frozenset[str]] = {
+    "AVX2": frozenset({"avx2"}), "AVX512": _AVX512, "AVX512_256": _AVX512,
+    "AVX512_E1": LEVELS["avx512-vnni"], "AVX512_E1_256": LEVELS["avx512-vnni"],
+}
+
+#: the instructions with which each integer-GEMM library adds every u8 x s8 product into 32 bits; without one
+#: it sums pairs in 16 bits (vpmaddubsw), which saturates. fbgemm has no AVX-VNNI kernel: on a CPU with
+#: AVX-VNNI but no AVX-512 it takes the 16-bit path, while oneDNN uses AVX-VNNI there
+DOT32: dict[str, tuple[str, ...]] = {"fbgemm": ("avx512_vnni",), "onednn": ("avx512_vnni", "avx_vnni")}
+
 # /proc/cpuinfo spells some features differently from the names above
 _ALIASES = {"amx_int8": "amx", "amx_tile": "amx", "amx_bf16": "amx", "avx512_vpopcntdq": "vpopcntdq"}
 
@@ -60,6 +73,7 @@ class Cpu:
     host_flags: frozenset[str]
     level: str = "native"
     vendor: str = ""  # /proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD): MKL tunes for Intel's only
+    fbgemm_cap: frozenset[str] | None = None  # FBGEMM_ENABLE_INSTRUCTIONS's ceiling for fbgemm alone; None: none
 
     def has(self, *features: str) -> bool:
         """Whether every one of ``features`` is among the flags in force."""
@@ -69,6 +83,12 @@ class Cpu:
     def vnni(self) -> bool:
         """u8 x s8 dot products into 32 bits (no 16-bit pairwise sum that can saturate)."""
         return self.has("avx512_vnni") or self.has("avx_vnni")
+
+    def dot32(self, library: str) -> bool:
+        """Whether ``library``'s (a key of :data:`DOT32`) u8 x s8 GEMM adds each product into 32 bits here, so
+        a full 255-step activation grid cannot saturate it whatever the weights."""
+        flags = self.flags if library != "fbgemm" or self.fbgemm_cap is None else self.flags & self.fbgemm_cap
+        return any(f in flags for f in DOT32[library])
 
     @property
     def bf16_dot(self) -> bool:
@@ -82,6 +102,8 @@ class Cpu:
             d["bitladder_cpu"] = self.level
         if self.level != "native" or self.flags != self.host_flags:  # capped (BITLADDER_CPU, ONEDNN_MAX_CPU_ISA)
             d["host_flags"] = {f: f in self.host_flags for f in FEATURES}
+        if self.fbgemm_cap is not None:
+            d["fbgemm_flags"] = {f: f in self.flags & self.fbgemm_cap for f in FEATURES}
         return d
 
 
@@ -116,10 +138,12 @@ def parse_level(value: str | None) -> str:
 
 def current(env: dict | None = None) -> Cpu:
     """The CPU as kernels must see it: the host, capped at ``BITLADDER_CPU`` when that is set, and at
-    ``ONEDNN_MAX_CPU_ISA`` when that is (an unknown value caps nothing, as in oneDNN)."""
+    ``ONEDNN_MAX_CPU_ISA`` when that is (an unknown value caps nothing, as in oneDNN); fbgemm's own cap
+    ``FBGEMM_ENABLE_INSTRUCTIONS`` is kept apart, for the choices that depend on fbgemm alone."""
     env = os.environ if env is None else env
     model, vendor, host = _host()
     level = parse_level(env.get("BITLADDER_CPU"))
     flags = host if LEVELS[level] is None else host & LEVELS[level]
     onednn = ONEDNN_CAPS.get((env.get("ONEDNN_MAX_CPU_ISA") or "").strip().lower())
-    return Cpu(model, flags if onednn is None else flags & onednn, host, level, vendor)
+    fbgemm = FBGEMM_CAPS.get((env.get("FBGEMM_ENABLE_INSTRUCTIONS") or "").strip().upper())
+    return Cpu(model, flags if onednn is None else flags & onednn, host, level, vendor, fbgemm)

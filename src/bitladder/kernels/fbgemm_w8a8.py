@@ -1,8 +1,9 @@
 """int8 W8A8 on torch's fbgemm dynamic linear (``quantized.linear_dynamic``), per call or per token.
 
-fbgemm takes one activation scale per call. Without VNNI its u8 x s8 multiply-adds sum pairs in 16 bits
-and can saturate, so activations keep 7 bits there (``reduce_range``); the kernel reads that from the
-CPU as :func:`bitladder.kernels.cpu.current` presents it when it is built.
+fbgemm takes one activation scale per call. Without AVX-512 VNNI its u8 x s8 multiply-adds sum pairs in 16
+bits and can saturate (AVX-VNNI alone does not help: fbgemm has no kernel for it), so activations keep 7 bits
+there (``reduce_range``); the kernel reads that from the CPU as :func:`bitladder.kernels.cpu.current`
+presents it when it is built.
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ from bitladder.tensor.quantized import QuantizedTensor
 I16_MAX = 32767
 
 
-def act_levels(weight_max: int = 127) -> int:
-    """Steps of the uint8 activation grid against weight codes of magnitude <= ``weight_max``: all 255
-    where the CPU has VNNI or where no u8 x s8 pair sum can leave 16 bits (2 * 255 * 64 = 32640: weights of
-    7 bits or fewer), else 127 (2 * 127 * 127 = 32258)."""
-    return 255 if current().vnni or 2 * 255 * weight_max <= I16_MAX else 127
+def act_levels(weight_max: int = 127, library: str = "fbgemm") -> int:
+    """Steps of the uint8 activation grid against weight codes of magnitude <= ``weight_max`` on
+    ``library``'s GEMM: all 255 where it adds products in 32 bits on this CPU (:meth:`Cpu.dot32`) or where no
+    u8 x s8 pair sum can leave 16 bits (2 * 255 * 64 = 32640: weights of 7 bits or fewer), else 127
+    (2 * 127 * 127 = 32258). fbgemm is the default: its condition is the stricter one."""
+    return 255 if current().dot32(library) or 2 * 255 * weight_max <= I16_MAX else 127
 
 
-def levels_for(codes: torch.Tensor) -> int:
+def levels_for(codes: torch.Tensor, library: str = "fbgemm") -> int:
     """:func:`act_levels` against these weight codes."""
-    return act_levels(int(codes.abs().max()) if codes.numel() else 0)
+    return act_levels(int(codes.abs().max()) if codes.numel() else 0, library)
 
 
 def int8_per_row(qt: QuantizedTensor) -> bool:

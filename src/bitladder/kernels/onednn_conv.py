@@ -63,7 +63,7 @@ class OnednnConv2dW8A8:
         codes = qt.codes().reshape(qt.shape).to(torch.int8)
         self._scale = qt.scale.float().reshape(-1).expand(o).contiguous()
         self._zp = torch.zeros(o, dtype=torch.int32)
-        self.levels = levels_for(codes)
+        self.levels = levels_for(codes, "onednn")
         self.args = [list(stride), list(padding), list(dilation), groups]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

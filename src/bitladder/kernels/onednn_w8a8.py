@@ -11,8 +11,8 @@ bias in the GEMM's epilogue. From a few hundred rows on it is faster than fbgemm
   asymmetric grid in those units (the call's extreme normalised values), and each output row is
   multiplied back by its absmax: a scale per token with the zero point the GEMM needs to be one.
 
-Without VNNI the u8 x s8 multiply-adds can saturate 16 bits, so activations keep 7 bits there
-(fbgemm's ``reduce_range``).
+Without VNNI (oneDNN uses AVX-512 VNNI and AVX-VNNI alike) the u8 x s8 multiply-adds can saturate 16 bits,
+so activations keep 7 bits there (fbgemm's ``reduce_range``).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class OnednnW8A8Kernel(LinearKernel):
             self._packed = torch.ops.onednn.qlinear_prepack(codes.to(torch.int8).contiguous(), None)
         self._scale = scale[:, 0].float().contiguous()
         self._zp = torch.zeros(self.n, dtype=torch.int32)
-        self.levels = levels_for(codes)
+        self.levels = levels_for(codes, "onednn")
         self._bytes = self.n * self.k + self.n * 4
         return self
 

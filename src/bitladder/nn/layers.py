@@ -82,7 +82,9 @@ def _shared_input(x: torch.Tensor, kern, x2: torch.Tensor, in_scale: torch.Tenso
     Inference tensors have no version counter, so under ``torch.inference_mode`` an in-place change
     between two such reads would go unseen; a model that works with autograd cannot make one (the first
     layer saved that input for its backward)."""
-    key = (-1 if x.is_inference() else x._version, kern.name, x2.shape, getattr(kern, "_grid", None), block)
+    # levels: two layers on one kernel can differ in grid steps (7-bit weights take 255 where 8-bit take 127)
+    key = (-1 if x.is_inference() else x._version, kern.name, x2.shape, getattr(kern, "_grid", None),
+           getattr(kern, "levels", None), block)
     cached = getattr(x, "_bitladder_prep", None)
     if cached is not None and cached[0] == key and (
             (cached[1] is None and in_scale is None)
