@@ -51,7 +51,9 @@ def choose(qt, m: int, policy: str = "auto", binary_activations: bool = False, c
         return ONE_ROW
     if policy in ("int8-w8a8", "int8-w8a8-token", "int8-w8a8-static"):
         onednn = registry.get("int8-w8a8-onednn")
-        backend = "onednn" if m >= ONEDNN_MIN_ROWS and onednn.available(cpu) else "fbgemm"
+        # a static grid fbgemm cannot take whole (its pair sums saturate): oneDNN, which splits it, at every size
+        rows = m >= ONEDNN_MIN_ROWS or (policy == "int8-w8a8-static" and not static_whole_on_fbgemm(qt, cpu))
+        backend = "onednn" if rows and onednn.available(cpu) else "fbgemm"
         return policy.replace("w8a8", f"w8a8-{backend}")
     if policy != "auto":
         return policy
@@ -60,6 +62,12 @@ def choose(qt, m: int, policy: str = "auto", binary_activations: bool = False, c
         if xnor.available(cpu) and xnor.applies(qt):
             return xnor.name
     return candidates(qt, m, cpu)[0]
+
+
+def static_whole_on_fbgemm(qt, cpu: Cpu) -> bool:
+    """Whether fbgemm's static GEMM takes a 256-code activation grid against this weight's codes: with AVX-512
+    VNNI, or weights of at most 7 bits (2 * 255 * 64 fits a 16-bit pair sum)."""
+    return cpu.dot32("fbgemm") or max(abs(qt.qtype.qmin), qt.qtype.qmax) <= 64
 
 
 def build_kernel(qt, m: int = 1, binary_activations: bool = False):

@@ -6,6 +6,9 @@ of the layer's fake quantisation, ``clamp(round(x / s) + z, qmin, qmax)`` moved 
 can take all 256 of them (VNNI, or weights of 7 bits); elsewhere the same range is cut into 127 steps
 (:func:`bitladder.kernels.fbgemm_w8a8.act_levels`: a u8 x s8 pair sum then stays within 16 bits). A grid
 of fewer than 256 codes clamps the input to its range first: the GEMM's quantiser clamps to 0..255 only.
+oneDNN's kernel keeps the layer's 256 codes even there (``split``): each code is 128 * hi + lo, and one GEMM
+over the rows [lo; hi] (0..127 and 0..1, without a zero point) stays within 16-bit pair sums (2 * 127 * 127);
+lo + 128 * hi gives the layer's product, the zero point's term (zp * sum_k w) goes with the bias.
 
 Below ``ONEDNN_MIN_ROWS`` rows fbgemm's static linear (fp32 in, fp32 out) runs, from there oneDNN's. oneDNN's
 takes codes, so a Hadamard-rotated layer's input is rotated and quantised in one C pass there
@@ -18,6 +21,7 @@ import torch
 
 from bitladder.formats.qtypes import get_qtype
 from bitladder.kernels import hadamard
+from bitladder.kernels.base import weight_parts
 from bitladder.kernels.fbgemm_w8a8 import FbgemmW8A8Kernel
 from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel
 from bitladder.kernels.registry import register
@@ -37,15 +41,20 @@ class _Static:
     """The calibrated grid a static kernel quantises with (set by :meth:`bind` before the first call)."""
 
     levels: int
+    splits = False  # whether a grid finer than ``levels`` runs as two GEMMs (the layer's own codes) here
+    split = False  # whether this binding does
     _grid: tuple[float, int, float, float]
     _clamp: bool
     _codes: tuple[int, int]  # the uint8 codes the grid spans: clamping x to [lo, hi] before rounding keeps these
 
     def bind(self, scale: float, zero_point: float, qtype: str):
         """Use the layer's calibrated activation grid; returns the kernel."""
-        self._grid = static_grid(scale, zero_point, qtype, self.levels)
+        codes = get_qtype(qtype).qmax - get_qtype(qtype).qmin
+        self.split = self.splits and codes > self.levels
+        levels = 255 if self.split else self.levels
+        self._grid = static_grid(scale, zero_point, qtype, levels)
         # the GEMM's quantiser clamps to the uint8 range only: a shorter grid (4-bit, or 127 steps) clamps first
-        self._clamp = get_qtype(qtype).qmax - get_qtype(qtype).qmin != 255 or self.levels != 255
+        self._clamp = codes != 255 or levels != 255
         step, zp, lo, hi = self._grid
         self._codes = (0, 255) if not self._clamp else tuple(
             min(max(round(v / step) + zp, 0), 255) for v in (lo, hi))
@@ -64,6 +73,14 @@ class OnednnStaticKernel(_Static, OnednnW8A8Kernel):
     """int8 per-channel weights x uint8 activations on a calibrated grid, oneDNN's GEMM."""
 
     name = "int8-w8a8-onednn-static"
+    splits = True
+
+    @classmethod
+    def from_qtensor(cls, qt) -> "OnednnStaticKernel":
+        self = super().from_qtensor(qt)
+        codes, scale, _, _ = weight_parts(qt)
+        self._wsum = (codes.double().sum(1) * scale[:, 0].double()).float()  # each output's sum_k w (split)
+        return self
 
     @property
     def rotates(self) -> bool:
@@ -72,12 +89,32 @@ class OnednnStaticKernel(_Static, OnednnW8A8Kernel):
 
     def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
         step, zp, _, _ = self._grid
-        return self._quantize(self._input(x, in_scale), step, zp), step, zp, None
+        return self._parts(self._quantize(self._input(x, in_scale), step, zp))
 
     def prepare_rotated(self, x: torch.Tensor, block: int) -> tuple:
         """:meth:`prepare` of ``x @ H`` (block-Hadamard), rotated and quantised in one pass."""
         step, zp, _, _ = self._grid
-        return hadamard.fwht_codes(x, block, step, zp, *self._codes), step, zp, None
+        return self._parts(hadamard.fwht_codes(x, block, step, zp, *self._codes))
+
+    def _parts(self, q: torch.Tensor) -> tuple:
+        """(codes, step, zero point, None), or split: ([codes & 127; codes >> 7], step, zero point, rows)."""
+        step, zp, _, _ = self._grid
+        if not self.split:
+            return q, step, zp, None
+        m = q.shape[0]
+        both = torch.empty((2 * m, q.shape[1]), dtype=torch.uint8)
+        torch.bitwise_and(q, 127, out=both[:m])
+        torch.bitwise_right_shift(q, 7, out=both[m:])
+        return both, step, zp, m
+
+    def finish(self, prep: tuple, bias: torch.Tensor | None) -> torch.Tensor:
+        if not self.split:
+            return super().finish(prep, bias)
+        both, step, zp, m = prep
+        # one GEMM for both halves (one call runs faster than two at every size measured)
+        y2 = super().finish((both, step, 0, None), None)
+        y = y2[:m].add_(y2[m:], alpha=128).sub_(self._wsum, alpha=step * zp)
+        return y if bias is None else y.add_(bias)
 
 
 @register

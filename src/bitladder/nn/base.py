@@ -123,6 +123,7 @@ class QuantModule(nn.Module):
 
     def _static_int(self, act: dict) -> bool:
         """Static activations an integer GEMM can take: a calibrated grid of at most 256 codes, int8 weights."""
+        from bitladder.kernels import KERNELS
         from bitladder.kernels.fbgemm_w8a8 import int8_per_row, levels_for
 
         if act.get("dynamic") or act["qtype"] == "binary" or self.kernel_policy not in ("auto", "int8-w8a8-static"):
@@ -130,9 +131,10 @@ class QuantModule(nn.Module):
         qt = get_qtype(act["qtype"])
         if not (qt.rules.integer_codes and qt.qmax - qt.qmin <= 255 and int8_per_row(self.qweight)):
             return False
-        # auto takes the integer GEMM only where it computes the layer's own codes (VNNI, or weights of 7 bits);
-        # naming the policy accepts a 127-step grid over the same range elsewhere
-        return self.kernel_policy != "auto" or qt.qmax - qt.qmin <= levels_for(self.qweight.codes())
+        # auto takes the integer GEMM only where it computes the layer's own codes (VNNI, weights of 7 bits, or
+        # oneDNN's two-GEMM split); naming fbgemm's kernel accepts a 127-step grid over the same range elsewhere
+        return (self.kernel_policy != "auto" or qt.qmax - qt.qmin <= levels_for(self.qweight.codes())
+                or KERNELS["int8-w8a8-onednn-static"].available())
 
     def _static_kernel(self, rows: int, cache: KernelCache):
         from bitladder.kernels import KERNELS

@@ -5,13 +5,15 @@ import pytest
 from bitladder.errors import BitladderError
 from bitladder.kernels import fp32_gemm
 from bitladder.kernels.cpu import FEATURES, LEVELS
-from bitladder.pipeline.measure.machine import machine, one_line
+from bitladder.pipeline.measure.machine import LIBRARY_CAPS, machine, one_line
 
 AVX512 = ("avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "vpopcntdq", "amx")
 
 
 def test_every_key_with_its_type(monkeypatch):
     monkeypatch.delenv("BITLADDER_CPU", raising=False)
+    for name in LIBRARY_CAPS:
+        monkeypatch.delenv(name, raising=False)
     m = machine()
     assert isinstance(m["cpu"], str) and m["cpu"]
     assert set(m["flags"]) == set(FEATURES) and all(isinstance(v, bool) for v in m["flags"].values())
@@ -20,6 +22,7 @@ def test_every_key_with_its_type(monkeypatch):
     assert {"python", "torch", "numpy"} <= set(m["versions"])
     assert all(isinstance(v, str) for v in m["versions"].values())
     assert "read_gbps" not in m and "bitladder_cpu" not in m  # measured limits only when given
+    assert "library_caps" not in m
     assert isinstance(m["vendor"], str) and m["fp32_gemm"] in ("torch", "onednn")
 
 
@@ -44,3 +47,12 @@ def test_bogus_override_lists_the_accepted_values(monkeypatch):
     with pytest.raises(BitladderError, match="bogus") as e:
         machine()
     assert all(level in str(e.value) for level in LEVELS)
+
+
+def test_library_caps_are_named_with_the_run(monkeypatch):
+    monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "AVX512")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    m = machine()
+    assert m["library_caps"] == {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}
+    assert not m["fbgemm_flags"]["avx512_vnni"] and not m["flags"]["avx512_vnni"]

@@ -2,7 +2,8 @@
 dequantising kernels take there (``fp32_gemm``), cores, threads, versions.
 
 The CPU part is :meth:`bitladder.kernels.cpu.Cpu.describe`, so a ``BITLADDER_CPU`` override shows as the
-flags in force plus ``bitladder_cpu`` and ``host_flags``. The bench adds what it measured
+flags in force plus ``bitladder_cpu`` and ``host_flags``; the libraries' own ISA caps, where set, show as
+``library_caps`` (a run on a lesser CPU's paths names every cap it ran under). The bench adds what it measured
 (:mod:`bitladder.pipeline.bench.limits`): ``read_gbps``, ``fp32_gflops``, ``int8_gops``, and ``llc_bytes``.
 """
 
@@ -16,6 +17,9 @@ import torch
 
 from bitladder.kernels import fp32_gemm
 from bitladder.kernels.cpu import current
+
+#: environment variables that cap a library's own instruction choice (ATen, oneDNN, fbgemm, MKL)
+LIBRARY_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "FBGEMM_ENABLE_INSTRUCTIONS", "MKL_ENABLE_INSTRUCTIONS")
 
 #: distributions whose versions change the figures (read from metadata: nothing is imported for it)
 PACKAGES = ("bitladder", "torch", "numpy", "onnxruntime", "onnx", "numba")
@@ -39,6 +43,9 @@ def machine(read_gbps: float | None = None, fp32_gflops: float | None = None,
     cpu = current()
     out = {**cpu.describe(), "fp32_gemm": fp32_gemm.engine(cpu), "cores": cores, "threads": torch.get_num_threads(),
            "versions": versions()}
+    caps = {name: os.environ[name] for name in LIBRARY_CAPS if os.environ.get(name)}
+    if caps:
+        out["library_caps"] = caps
     for key, value in (("read_gbps", read_gbps), ("fp32_gflops", fp32_gflops), ("int8_gops", int8_gops)):
         if value is not None:
             out[key] = round(float(value), 2)
