@@ -54,9 +54,9 @@ class QuantLinear(QuantModule):
             y = kern.finish(_shared_input(xin, kern, x2, in_scale), self.bias)
         else:
             y = kern(x2, self.bias, in_scale)
-        y = y.reshape(*xin.shape[:-1], y.shape[-1])  # -1 is ambiguous for an empty batch
         if "outliers" in self._qmeta:
-            y = add_side(self, xin, y)
+            y = add_side(self, x2, y, inplace=True)  # the kernel's fresh (M, N) output
+        y = y.reshape(*xin.shape[:-1], y.shape[-1])  # -1 is ambiguous for an empty batch
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
 

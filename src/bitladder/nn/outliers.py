@@ -35,10 +35,14 @@ def side_weight(layer) -> torch.Tensor:
     return cache["outlier-side"]
 
 
-def add_side(layer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``y`` plus the float product of the input's outlier channels (last axis) with their weight columns."""
+def add_side(layer, x: torch.Tensor, y: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``y`` plus the float product of the input's outlier channels (last axis) with their weight columns;
+    ``inplace``: into ``y`` itself, (M, N) and the caller's own (one fused call instead of a product and a sum)."""
     w = side_weight(layer)  # checks the indices first
-    return y + F.linear(x.index_select(-1, layer.act_outliers).to(y.dtype), w.to(y.dtype))
+    xs = x.index_select(-1, layer.act_outliers).to(y.dtype)
+    if inplace:
+        return y.addmm_(xs, w.to(y.dtype).T)
+    return y + F.linear(xs, w.to(y.dtype))
 
 
 class OutlierLinear(nn.Linear):
