@@ -10,7 +10,8 @@ oneDNN's kernel keeps the layer's 256 codes even there (``split``): each code is
 over the rows [lo; hi] (0..127 and 0..1, without a zero point) stays within 16-bit pair sums (2 * 127 * 127);
 lo + 128 * hi gives the layer's product, the zero point's term (zp * sum_k w) goes with the bias.
 
-Below ``ONEDNN_MIN_ROWS`` rows fbgemm's static linear (fp32 in, fp32 out) runs, from there oneDNN's. oneDNN's
+Below ``ONEDNN_MIN_ROWS`` rows fbgemm's static linear (fp32 in, fp32 out) runs, from there oneDNN's (at every
+size where fbgemm cannot take the grid whole: :func:`bitladder.kernels.select.static_whole_on_fbgemm`). oneDNN's
 takes codes, so a Hadamard-rotated layer's input is rotated and quantised in one C pass there
 (:func:`bitladder.kernels.hadamard.fwht_codes`, ``rotates``).
 """
@@ -41,7 +42,7 @@ class _Static:
     """The calibrated grid a static kernel quantises with (set by :meth:`bind` before the first call)."""
 
     levels: int
-    splits = False  # whether a grid finer than ``levels`` runs as two GEMMs (the layer's own codes) here
+    splits = False  # whether a grid finer than ``levels`` runs split into lo and hi rows (its own codes) here
     split = False  # whether this binding does
     _grid: tuple[float, int, float, float]
     _clamp: bool

@@ -132,7 +132,7 @@ class QuantModule(nn.Module):
         if not (qt.rules.integer_codes and qt.qmax - qt.qmin <= 255 and int8_per_row(self.qweight)):
             return False
         # auto takes the integer GEMM only where it computes the layer's own codes (VNNI, weights of 7 bits, or
-        # oneDNN's two-GEMM split); naming fbgemm's kernel accepts a 127-step grid over the same range elsewhere
+        # oneDNN's [lo; hi] split); naming the family accepts fbgemm's 127-step grid where oneDNN is missing
         return (self.kernel_policy != "auto" or qt.qmax - qt.qmin <= levels_for(self.qweight.codes())
                 or KERNELS["int8-w8a8-onednn-static"].available())
 
