@@ -9,7 +9,8 @@ import pytest
 
 from bitladder.kernels import cpu
 
-# saturation bait (every other weight at the extreme) through the raw kernel at 255 steps and as built
+# saturation bait (every other weight at the extreme) through the raw kernel at 255 steps and as built (the
+# convolution's weight is the same rows, reshaped to 2 x 4 kernels)
 SCRIPT = r"""
 import json, torch
 from bitladder.formats.layout import Layout
@@ -26,6 +27,14 @@ out = {}
 for name in ("int8-w8a8-fbgemm", "int8-w8a8-fbgemm-token", "int8-w8a8-onednn", "int8-w8a8-onednn-token"):
     k = KERNELS[name].from_qtensor(qt)
     out[name] = {"levels": getattr(k, "levels", 127 if getattr(k, "reduce_range", False) else 255), "err": err(k(x))}
+import torch.nn.functional as F
+from bitladder.kernels.onednn_conv import OnednnConv2dW8A8
+if OnednnConv2dW8A8.available():  # the same bait through oneDNN's int8 convolution
+    cq = QuantizedTensor.from_float(w[:32].reshape(32, 64, 2, 4), "int8", Layout("channel"))
+    cx = torch.rand(2, 64, 6, 9) * 4
+    conv = OnednnConv2dW8A8.from_layer(cq, (1, 1), (0, 0), (1, 1), 1)
+    cref = F.conv2d(cx, cq.dequantize(), None, 1, 0, 1)
+    out["onednn-conv"] = {"levels": conv.levels, "err": float((conv(cx, None) - cref).norm() / cref.norm())}
 raw = KERNELS["int8-w8a8-fbgemm"].from_qtensor(qt)
 raw.reduce_range = False
 out["fbgemm-255"] = err(raw(x))
@@ -62,5 +71,6 @@ def test_fbgemm_without_its_vnni_kernels_gets_7_bit_activations_and_never_satura
         assert got[name]["levels"] == 127 and got[name]["err"] < 1.5e-2, (name, got)
     # oneDNN is exact with the grid it takes: 255 steps on AVX-VNNI where the host has it
     host_dot = cpu.current({k: v for k, v in env.items() if k != "FBGEMM_ENABLE_INSTRUCTIONS"}).dot32("onednn")
-    for name in ("int8-w8a8-onednn", "int8-w8a8-onednn-token"):
-        assert got[name]["levels"] == (255 if host_dot else 127) and got[name]["err"] < 1.5e-2, (name, got)
+    for name in ("int8-w8a8-onednn", "int8-w8a8-onednn-token", "onednn-conv"):
+        if name in got:
+            assert got[name]["levels"] == (255 if host_dot else 127) and got[name]["err"] < 1.5e-2, (name, got)
