@@ -61,7 +61,7 @@ def test_a_lesser_level_rounds_activations_to_7_bits(monkeypatch):
     monkeypatch.setenv("BITLADDER_CPU", "avx512")
     assert OnednnW8A8Kernel.from_qtensor(qt).levels == 127 and FbgemmW8A8Kernel.from_qtensor(qt).reduce_range
     monkeypatch.setenv("BITLADDER_CPU", "native")
-    assert OnednnW8A8Kernel.from_qtensor(qt).levels == (255 if current().vnni else 127)
+    assert OnednnW8A8Kernel.from_qtensor(qt).levels == (255 if current().dot32("onednn") else 127)
 
 
 def test_seven_bit_weights_keep_8_bit_activations_on_any_cpu(monkeypatch):

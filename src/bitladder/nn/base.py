@@ -133,8 +133,8 @@ class QuantModule(nn.Module):
             return False
         # auto takes the integer GEMM only where it computes the layer's own codes (VNNI, weights of 7 bits, or
         # oneDNN's [lo; hi] split); naming the family accepts fbgemm's 127-step grid where oneDNN is missing
-        return (self.kernel_policy != "auto" or qt.qmax - qt.qmin <= levels_for(self.qweight.codes())
-                or KERNELS["int8-w8a8-onednn-static"].available())
+        return (self.kernel_policy != "auto" or KERNELS["int8-w8a8-onednn-static"].available()
+                or qt.qmax - qt.qmin <= levels_for(self.qweight.codes()))  # the cheap test first
 
     def _static_kernel(self, rows: int, cache: KernelCache):
         from bitladder.kernels import KERNELS
