@@ -13,6 +13,7 @@ from bitladder.pipeline.bench.limits import (
     integer_compute,
     llc_bytes,
     read_gbps,
+    read_probe,
 )
 
 LIMITS = {"read_gbps": 20.0, "fp32_gflops": 100.0, "int8_gops": 400.0}
@@ -71,6 +72,20 @@ def test_streamed_latency_is_what_the_bandwidth_fraction_divides():
     row = {"case": "linear", "batch": 1, "variant": "v", "latency_ms": 0.25, "stream_latency_ms": 1.0,
            "weight_bytes": 20_000_000}
     assert annotate([row], LIMITS)[0]["limit_fraction"] == pytest.approx(1.0)
+
+
+def test_streamed_rows_divide_by_the_bandwidth_of_their_own_rounds():
+    # the probe timed in the streamed rounds (40 GB/s) is the denominator there; read_gbps elsewhere
+    row = {"case": "linear", "batch": 1, "variant": "v", "latency_ms": 0.25, "stream_latency_ms": 1.0,
+           "stream_read_gbps": 40.0, "weight_bytes": 20_000_000}
+    assert annotate([dict(row)], LIMITS)[0]["limit_fraction"] == pytest.approx(0.5)
+    warm_only = {k: v for k, v in row.items() if k != "stream_latency_ms"}  # no streamed time: no probe either
+    assert annotate([warm_only], LIMITS)[0]["limit_fraction"] == pytest.approx(20e6 / 0.25e-3 / 20e9)
+
+
+def test_read_probe_reads_the_buffer_it_was_given():
+    probe = read_probe(8 << 20)
+    assert float(probe()) == (8 << 20) // 4  # a sum of ones: every float of the buffer read once
 
 
 def test_llc_bytes_reads_the_largest_cache_level(tmp_path):

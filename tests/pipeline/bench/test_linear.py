@@ -28,7 +28,29 @@ def test_batch_one_rows_carry_the_streamed_latency(monkeypatch):
     assert fp32["stream_ratio_vs_fp32"] == 1.0 and fp32["stream_latency_ms"] > 0
     assert all(r["stream_latency_ms"] > 0 for r in rows)
     assert any(r["selected"] for r in rows)
-    assert all("stream_latency_ms" not in r for r in bench_linear.run_case(128, 128, 4, rounds=3))
+    # the bandwidth probe timed in the same rounds: one figure for the case, on every row, and not a row itself
+    assert len({r["stream_read_gbps"] for r in rows}) == 1 and fp32["stream_read_gbps"] > 0
+    assert bench_linear.READ_PROBE not in {r["variant"] for r in rows}
+    assert all("stream_latency_ms" not in r and "stream_read_gbps" not in r
+               for r in bench_linear.run_case(128, 128, 4, rounds=3))
+
+
+def test_the_probe_of_the_rounds_reads_its_bytes(monkeypatch):
+    from bitladder.pipeline.bench import limits
+
+    sizes = []
+
+    def probe(nbytes):
+        sizes.append(nbytes)
+        return limits.read_probe(nbytes)
+
+    monkeypatch.setattr(bench_linear, "read_probe", probe)
+    monkeypatch.setattr(bench_linear, "llc_bytes", lambda: 40 << 20)
+    bench_linear.run_case(64, 64, 1, rounds=1)
+    assert sizes == [80 << 20]  # twice the cache
+    monkeypatch.setattr(bench_linear, "llc_bytes", lambda: 1 << 20)
+    bench_linear.run_case(64, 64, 1, rounds=1)
+    assert sizes[-1] == bench_linear.PROBE_MIN_BYTES  # never less than the floor, whatever sysfs says
 
 
 def test_rows_carry_the_ratio_to_fp32_on_onednn():

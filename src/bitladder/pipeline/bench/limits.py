@@ -15,10 +15,16 @@ fraction of its limit.
 * ``llc_bytes``: the last-level cache's size (Linux sysfs; 64 MiB where it cannot be read), which the
   Linear bench's streamed batch-1 timing must exceed.
 
+* ``read_probe``: the same float32 sum over a buffer of twice the last-level cache, as a callable the Linear
+  bench times in its streamed rounds beside the kernels (``stream_read_gbps``): this VM's read bandwidth
+  moved from 39 to 65 GB/s within seconds, so a bandwidth taken once before the rows is not the bandwidth
+  the rows saw.
+
 ``limit_fraction`` of a row (see :func:`limit_fraction`): at batch 1, a row with ``weight_bytes`` (a
 Linear kernel: codes and scales it must read) gets weight bytes / latency / read bandwidth, the latency
 being ``stream_latency_ms`` where the row has it (weights streamed from memory, not re-read from the
-cache: :mod:`bitladder.pipeline.bench.linear`); at batch >= 2,
+cache: :mod:`bitladder.pipeline.bench.linear`) and the bandwidth then ``stream_read_gbps`` (the probe's
+median in the same rounds: a median against a median, side by side), else ``read_gbps``; at batch >= 2,
 and for rows with only ``ops`` (convolutions, whose weights are reused across positions, so compute
 bounds them even at batch 1), ``ops`` (2 x MACs) / latency / peak: the int8 peak where the variant's dot
 products are integer (:func:`integer_compute`: W8A8 and ort-wNa8 kernels, torch.ao / onnxruntime dynamic
@@ -62,6 +68,13 @@ def read_gbps(nbytes: int = READ_BYTES, repeats: int = 5) -> float:
     x = torch.ones(nbytes // 4, dtype=torch.float32)  # written, so every page is real memory
     x.sum()
     return nbytes / _best(x.sum, repeats) / 1e9
+
+
+def read_probe(nbytes: int) -> Callable[[], object]:
+    """A call that reads ``nbytes`` once (the :func:`read_gbps` sum over a written buffer), to time among
+    other calls."""
+    x = torch.ones(max(nbytes, 4) // 4, dtype=torch.float32)
+    return x.sum
 
 
 def llc_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
@@ -136,9 +149,11 @@ def limit_fraction(row: dict, limits: dict) -> float | None:
     if not ms or row.get("error"):
         return None
     if row.get("batch") == 1 and "weight_bytes" in row:  # weight-bound: bytes over bandwidth
-        ok = row["weight_bytes"] and limits.get("read_gbps")
-        ms = row.get("stream_latency_ms") or ms
-        return round(fraction(row["weight_bytes"], ms, limits["read_gbps"]), 4) if ok else None
+        streamed = row.get("stream_latency_ms")
+        gbps = row.get("stream_read_gbps") if streamed else None
+        gbps = gbps or limits.get("read_gbps")
+        ok = row["weight_bytes"] and gbps
+        return round(fraction(row["weight_bytes"], streamed or ms, gbps), 4) if ok else None
     peak = limits.get("int8_gops") if integer_compute(row.get("variant", "")) else limits.get("fp32_gflops")
     if row.get("ops") and peak:
         return round(fraction(row["ops"], ms, peak), 4)

@@ -15,7 +15,8 @@ At batch 1 a weight smaller than the last-level cache is read from the cache aft
 ``latency_ms`` there is not bound by memory. Batch-1 rows also carry ``stream_latency_ms``: the latency per
 call while calling, round-robin, enough copies of the variant that their weights together exceed twice the
 last-level cache (a model whose layers do not fit in the cache), and ``stream_ratio_vs_fp32``; the
-bandwidth limit fraction is computed from it.
+bandwidth limit fraction is computed from it, against ``stream_read_gbps``: a read of twice the cache timed
+as one more variant of the same rounds (:func:`bitladder.pipeline.bench.limits.read_probe`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from bitladder.kernels import (
     fp32_gemm,
 )
 from bitladder.kernels.select import choose
-from bitladder.pipeline.bench.limits import llc_bytes
+from bitladder.pipeline.bench.limits import llc_bytes, read_probe
 from bitladder.tensor.quantized import QuantizedTensor
 
 LOWBIT = [CLowbitKernel, OrtNBitsKernel, OrtNBitsFp32Kernel, Int4PackBf16Kernel, NumbaLowbitKernel]
@@ -164,9 +165,13 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
     if m == 1:
         cache = llc_bytes()
         copies = {v: [built[v]] + [makers[v]() for _ in range(copies_for(wbytes[v], cache) - 1)] for v in makers}
+        calls = {v: [lambda f=f: f(x) for f in fs] for v, fs in copies.items()}
+        probe_bytes = max(2 * cache, PROBE_MIN_BYTES)
+        calls[READ_PROBE] = [read_probe(probe_bytes)]
         with torch.no_grad():
-            stream = streamed({v: [lambda f=f: f(x) for f in fs] for v, fs in copies.items()}, max(5, rounds // 3))
-        del copies
+            stream = streamed(calls, max(5, rounds // 3))
+        del copies, calls
+        stream_gbps = probe_bytes / (stream.pop(READ_PROBE) * 1e-3) / 1e9
     base = lat["fp32 F.linear"]
     rows = []
     for variant, ms in lat.items():
@@ -177,10 +182,14 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
         if variant in stream:
             row["stream_latency_ms"] = round(stream[variant], 4)
             row["stream_ratio_vs_fp32"] = round(stream["fp32 F.linear"] / stream[variant], 3)
+            row["stream_read_gbps"] = round(stream_gbps, 2)
         rows.append(row)
     return rows
 
 
+#: the streamed rounds' read-bandwidth probe (not a row)
+READ_PROBE = "read probe"
+PROBE_MIN_BYTES = 64 << 20  # past any cache sysfs might under-report
 #: fp32 on oneDNN's GEMM, the engine dequantising kernels take off Intel (kernels.fp32_gemm)
 FP32_ONEDNN = "fp32 F.linear on oneDNN"
 
