@@ -33,6 +33,26 @@ def test_both_paths_equal_the_reference_bit_for_bit_and_track_the_float_product(
     assert float((ref - exact).norm() / exact.norm()) < 0.02  # int8 activations per block cost ~1 %
 
 
+@pytest.mark.parametrize("fmt,layout", [("int2", Layout("group", group=128)), ("int2", Layout("group", group=64)),
+                                        ("binary", Layout("channel")), ("int4", Layout("group", group=32)),
+                                        ("int4", Layout("group", group=64)), ("int4", Layout("group", group=128)),
+                                        ("int8", Layout("channel"))])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_largest_codes_times_largest_activations_stay_exact(fmt, layout, sign):
+    # every code at its largest and every activation at +-127: the largest sums the AVX2 path adds in 16 bits
+    # (four chunks of pair sums per block) and the largest 8-bit pair sums
+    qt = QuantizedTensor.from_float(torch.randn(24, 512), fmt, layout)
+    x = torch.full((1, 512), sign)
+    portable = CLowbitKernel.from_qtensor(qt, simd=False)
+    portable.w[:] = 0x7F if fmt == "int8" else 0xFF  # int8 codes are stored signed: 127 is the largest
+    ref = portable.reference(x)
+    assert torch.equal(portable(x), ref)
+    for simd in (True, 2):
+        kern = CLowbitKernel.from_qtensor(qt, simd=simd)
+        kern.w[:] = portable.w
+        assert torch.equal(kern(x), ref), simd
+
+
 @pytest.mark.parametrize("fmt", ["int4", "int8", "int2", "binary"])
 def test_packing_in_row_steps_gives_the_whole_packing(fmt, monkeypatch):
     from bitladder.kernels import c_lowbit
