@@ -2,7 +2,7 @@
 :mod:`bitladder.kernels.select` chooses among them by the weight, the row count and the CPU."""
 
 from bitladder.kernels.base import DequantKernel, KernelUnsupported, LinearKernel, reference_linear
-from bitladder.kernels.c_binlut import CBinaryLutKernel
+from bitladder.kernels.c_binlut import CBinaryLutKernel, CTwoBitLutKernel
 from bitladder.kernels.c_lowbit import CLowbitKernel
 from bitladder.kernels.fbgemm_w8a8 import FbgemmW8A8Kernel, FbgemmW8A8TokenKernel
 from bitladder.kernels.fp16_codes import Fp16CodesKernel
@@ -19,6 +19,7 @@ from bitladder.kernels.select import build_kernel, choose
 __all__ = [
     "KERNELS",
     "CBinaryLutKernel",
+    "CTwoBitLutKernel",
     "CLowbitKernel",
     "DequantKernel",
     "FbgemmStaticKernel",

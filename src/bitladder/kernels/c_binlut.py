@@ -5,6 +5,10 @@ so no bit plane is expanded: the bit-plane GEMV is compute-bound on binary weigh
 read bandwidth, this one reaches about two thirds (docs/results/bench-linear-vnni.json). The integer dots are
 exact on any AVX2 CPU; AVX-512 BW CPUs run two tiles of rows per register.
 
+Two-bit codes without zero points (int2, ternary: :class:`CTwoBitLutKernel`) are two bit planes looked up in
+the same tables, u = b0 + 2 b1: the expanding GEMV spends four instructions per 32 two-bit codes and is
+compute-bound at one row; two lookups per plane replace them.
+
 Built by pip at install (``setup.py``) where a compiler exists; :meth:`CBinaryLutKernel.reference` is the
 same arithmetic in PyTorch, and the portable C path gives the same bits.
 """
@@ -18,7 +22,7 @@ import numpy as np
 import torch
 
 from bitladder.kernels.base import KernelUnsupported, LinearKernel, group_of, nbytes_of, weight_parts
-from bitladder.kernels.c_lowbit import int8_blocks, simd_path
+from bitladder.kernels.c_lowbit import CLowbitKernel, int8_blocks, simd_path
 from bitladder.kernels.cpu import Cpu
 from bitladder.kernels.onnx_nbits import integer_codes
 from bitladder.kernels.registry import register
@@ -41,6 +45,7 @@ class CBinaryLutKernel(LinearKernel):
     # (docs/results/bench-linear-vnni.json, docs/DESIGN.md)
     auto_rows = (1, 16)
     rank = 4  # ahead of the bit-plane GEMV (c-lowbit-a8, rank 5) for the weights it takes
+    planes = 1  # bits per code
 
     @classmethod
     def installed(cls) -> bool:
@@ -53,7 +58,7 @@ class CBinaryLutKernel(LinearKernel):
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
         g = group_of(qt)
-        return (integer_codes(qt) and qt.qtype.rules.width(qt.qtype) == 1 and qt.zero_point is None
+        return (integer_codes(qt) and qt.qtype.rules.width(qt.qtype) == cls.planes and qt.zero_point is None
                 and (g is None or g % 32 == 0))
 
     @classmethod
@@ -63,8 +68,8 @@ class CBinaryLutKernel(LinearKernel):
         if not cls.installed():
             raise KernelUnsupported("the C kernels were not built (no compiler when bitladder was installed)")
         if not cls.applies(qt):
-            raise KernelUnsupported(f"{qt.qtype.name} {qt.layout.granularity}: needs 1-bit codes without zero "
-                                    "points and groups that are multiples of 32")
+            raise KernelUnsupported(f"{qt.qtype.name} {qt.layout.granularity}: needs {cls.planes}-bit codes without "
+                                    "zero points and groups that are multiples of 32")
         _, scale, _, g = weight_parts(qt, None)
         n, k = qt.shape
         if scale.shape[1] == 1:
@@ -78,8 +83,11 @@ class CBinaryLutKernel(LinearKernel):
         npad = self.tiles * TILE
         u = np.zeros((npad, kp), np.uint8)
         u[:n, :k] = qt.unsigned_codes().reshape(n, k).numpy()
-        bytes_ = np.packbits(u.reshape(npad, kp // 8, 8), axis=-1, bitorder="little")[..., 0]
-        self.w = np.ascontiguousarray(bytes_.reshape(self.tiles, TILE, kp // 8).transpose(0, 2, 1))
+        # per tile, column of eight codes and bit plane: one byte a row (kernels/c/binlut.c)
+        planes = [np.packbits(((u >> p) & 1).reshape(npad, kp // 8, 8), axis=-1, bitorder="little")[..., 0]
+                  for p in range(self.planes)]
+        bytes_ = np.stack(planes, axis=-1).reshape(self.tiles, TILE, kp // 8, self.planes)
+        self.w = np.ascontiguousarray(bytes_.transpose(0, 2, 3, 1))
         nbw = kp // g
         ws = np.zeros((npad, nbw), np.float16)
         ws[:n, : scale.shape[1]] = scale.numpy()
@@ -96,15 +104,18 @@ class CBinaryLutKernel(LinearKernel):
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.empty(x.shape[0], self.tiles * TILE)
         _binlut.gemv(self.w, self.ws, x.numpy(), y.numpy(), x.shape[0], self.tiles, self.k, self.kp, self.g,
-                     self.xb, self.mult, self.off, self.simd, torch.get_num_threads())
+                     self.xb, self.mult, self.off, self.simd, torch.get_num_threads(), self.planes)
         return y if y.shape[1] == self.n else y[:, : self.n].contiguous()
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The kernel's arithmetic in PyTorch, step for step (the C paths must give these bits)."""
         xq, s = int8_blocks(x, self.kp, self.xb)
         npad = self.tiles * TILE
-        bits = np.unpackbits(self.w.transpose(0, 2, 1).reshape(npad, -1), axis=-1, bitorder="little")
-        u = torch.from_numpy(bits.astype(np.int64)).view(npad, -1, self.xb)
+        u = 0
+        for p in range(self.planes):  # (tiles, columns, planes, rows) -> plane p's bits of every row
+            bits = np.unpackbits(self.w[:, :, p].transpose(0, 2, 1).reshape(npad, -1), axis=-1, bitorder="little")
+            u = u + (torch.from_numpy(bits.astype(np.int64)) << p)
+        u = u.view(npad, -1, self.xb)
         d = self.mult * torch.einsum("nbk,mbk->mnb", u, xq) - self.off * xq.sum(-1)[:, None, :]
         nbw = self.kp // self.g
         ws = torch.from_numpy(self.ws.transpose(0, 2, 1).reshape(npad, nbw).astype(np.float32))
@@ -113,3 +124,14 @@ class CBinaryLutKernel(LinearKernel):
         for b in range(d.shape[-1]):  # block by block, in order, as both C paths add them
             y = y + d[..., b].to(torch.float32) * (ws[:, gw[b]][None] * s[:, b])
         return y[:, : self.n]
+
+
+@register
+class CTwoBitLutKernel(CBinaryLutKernel):
+    """Two-bit codes without zero points (int2, ternary) x int8 activations: both bit planes by table lookup."""
+
+    name = "c-2bit-lut"
+    planes = 2
+    # the rows the bit-plane GEMV takes these codes at (the same int8 activation grid): 1.05-2.25x its speed at
+    # every count from 1 to 32, 1024^2 and 4096^2, AVX2 + VNNI and AVX-512 without VNNI (docs/DESIGN.md)
+    auto_rows = CLowbitKernel.small_rows

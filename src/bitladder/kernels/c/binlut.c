@@ -12,8 +12,13 @@
  * AVX-512 BW one 512-bit register holds two tiles, half the instructions again.
  *
  * Weight layout (made once in Python): tiles of 32 rows; per tile, per column of eight codes, 32 bytes (one a
- * row), bit i of a byte holding code 8c + i. Scales are fp16 bits, 32 per (tile, group) in row order. The
- * portable path does the same integer and float operations in the same order, so both give the same bits.
+ * row) per bit plane, bit i of a byte holding bit p of code 8c + i. Scales are fp16 bits, 32 per (tile, group)
+ * in row order. The portable path does the same integer and float operations in the same order, so both give
+ * the same bits.
+ *
+ * Two-bit codes (planes = 2: u = b0 + 2 b1) look both planes up in the same tables; the planes' byte sums are
+ * widened with plane 1 doubled. 16-bit words wrap, so only the result must fit: eight columns' weighted dot,
+ * at most 3 * 64 * 127 = 24384; a block of sixteen columns is summed as two halves in 32 bits.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -30,7 +35,7 @@ typedef struct {
     const int32_t *gw;   /* (nbx) the weight group of each activation block */
     float *y;            /* (tiles * 32) */
     int64_t kp, xb, nbw;
-    int mult, off;
+    int mult, off, planes;
 } LJob;
 
 #define BIAS 512 /* added to every subset sum so both 5-bit halves are unsigned */
@@ -71,18 +76,20 @@ __attribute__((target("avx2"))) static void build_tables_avx2(const int8_t *xq, 
 #endif
 
 static void tiles_portable(const LJob *J, int64_t t0, int64_t t1) {
-    const int64_t cols = J->kp / 8, nbx = J->kp / J->xb, cpb = J->xb / 8;
+    const int64_t cols = J->kp / 8, nbx = J->kp / J->xb, cpb = J->xb / 8, np = J->planes;
     for (int64_t t = t0; t < t1; t++) {
-        const uint8_t *wt = J->w + t * cols * 32;
+        const uint8_t *wt = J->w + t * cols * 32 * np;
         const uint16_t *wst = J->ws + t * J->nbw * 32;
         for (int r = 0; r < 32; r++) {
             float acc = 0.0f;
             for (int64_t b = 0; b < nbx; b++) {
                 int32_t dot = 0;
                 for (int64_t c = b * cpb; c < (b + 1) * cpb; c++) {
-                    const uint8_t byte = wt[c * 32 + r];
-                    for (int i = 0; i < 8; i++)
-                        if (byte >> i & 1) dot += J->xq[c * 8 + i];
+                    for (int64_t p = 0; p < np; p++) {
+                        const uint8_t byte = wt[(c * np + p) * 32 + r];
+                        for (int i = 0; i < 8; i++)
+                            if (byte >> i & 1) dot += J->xq[c * 8 + i] * (1 << p);
+                    }
                 }
                 int32_t d = J->mult * dot - J->off * J->xsum[b];
                 acc = acc + (float)d * (half_to_float(wst[J->gw[b] * 32 + r]) * J->xs[b]);
@@ -158,7 +165,81 @@ AVX2 static inline __attribute__((always_inline)) void tiles_avx2_kernel(const L
     }
 }
 
+/* two bit planes (module comment): cpb columns per block, summed in halves of at most eight */
+AVX2 static inline __attribute__((always_inline)) void tiles2_avx2_kernel(const LJob *J, int64_t t0, int64_t t1,
+                                                                          const int cpb) {
+    const int64_t cols = J->kp / 8, nbx = J->kp / J->xb;
+    const int half = cpb < 8 ? cpb : 8;
+    const __m256i low4 = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
+    const __m256i bias = _mm256_set1_epi16((int16_t)(BIAS * 2 * half * 3)), multv = _mm256_set1_epi32(J->mult);
+    for (int64_t t = t0; t < t1; t++) {
+        const uint8_t *wt = J->w + t * cols * 64;
+        const uint16_t *wst = J->ws + t * J->nbw * 32;
+        __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0; /* rows 0-7, 16-23, 8-15, 24-31 */
+        for (int64_t b = 0; b < nbx; b++) {
+            __m256i d0 = zero, d1 = zero, d2 = zero, d3 = zero;
+            for (int h = 0; h < cpb; h += half) {
+                __m256i l0 = zero, l1 = zero, h0 = zero, h1 = zero;
+                for (int c0 = h; c0 < h + half; c0 += 4) {
+                    __m256i al0 = zero, ah0 = zero, al1 = zero, ah1 = zero; /* per plane: eight lookups a byte */
+                    for (int c = c0; c < c0 + 4; c++) {
+                        const int64_t col = b * cpb + c;
+                        const uint8_t *src = wt + col * 64;
+                        _mm_prefetch((const char *)(src + BL_PF), _MM_HINT_T0);
+                        const uint8_t *tq = J->tab + col * 64;
+                        __m256i tl0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tq));
+                        __m256i th0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tq + 16)));
+                        __m256i tl1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tq + 32)));
+                        __m256i th1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tq + 48)));
+                        __m256i v = _mm256_loadu_si256((const __m256i *)src);
+                        __m256i il = _mm256_and_si256(v, low4), ih = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+                        al0 = _mm256_add_epi8(al0, _mm256_add_epi8(_mm256_shuffle_epi8(tl0, il), _mm256_shuffle_epi8(tl1, ih)));
+                        ah0 = _mm256_add_epi8(ah0, _mm256_add_epi8(_mm256_shuffle_epi8(th0, il), _mm256_shuffle_epi8(th1, ih)));
+                        v = _mm256_loadu_si256((const __m256i *)(src + 32));
+                        il = _mm256_and_si256(v, low4), ih = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+                        al1 = _mm256_add_epi8(al1, _mm256_add_epi8(_mm256_shuffle_epi8(tl0, il), _mm256_shuffle_epi8(tl1, ih)));
+                        ah1 = _mm256_add_epi8(ah1, _mm256_add_epi8(_mm256_shuffle_epi8(th0, il), _mm256_shuffle_epi8(th1, ih)));
+                    }
+                    l0 = _mm256_add_epi16(l0, _mm256_add_epi16(_mm256_unpacklo_epi8(al0, zero),
+                                                               _mm256_slli_epi16(_mm256_unpacklo_epi8(al1, zero), 1)));
+                    l1 = _mm256_add_epi16(l1, _mm256_add_epi16(_mm256_unpackhi_epi8(al0, zero),
+                                                               _mm256_slli_epi16(_mm256_unpackhi_epi8(al1, zero), 1)));
+                    h0 = _mm256_add_epi16(h0, _mm256_add_epi16(_mm256_unpacklo_epi8(ah0, zero),
+                                                               _mm256_slli_epi16(_mm256_unpacklo_epi8(ah1, zero), 1)));
+                    h1 = _mm256_add_epi16(h1, _mm256_add_epi16(_mm256_unpackhi_epi8(ah0, zero),
+                                                               _mm256_slli_epi16(_mm256_unpackhi_epi8(ah1, zero), 1)));
+                }
+                __m256i s0 = _mm256_sub_epi16(_mm256_add_epi16(_mm256_slli_epi16(h0, 5), l0), bias);
+                __m256i s1 = _mm256_sub_epi16(_mm256_add_epi16(_mm256_slli_epi16(h1, 5), l1), bias);
+                d0 = _mm256_add_epi32(d0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(s0)));
+                d1 = _mm256_add_epi32(d1, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s0, 1)));
+                d2 = _mm256_add_epi32(d2, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(s1)));
+                d3 = _mm256_add_epi32(d3, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s1, 1)));
+            }
+            const uint16_t *wsb = wst + J->gw[b] * 32;
+            const __m256i offx = _mm256_set1_epi32(J->off * J->xsum[b]);
+            const __m256 xsv = _mm256_set1_ps(J->xs[b]);
+            f0 = block_add(f0, d0, wsb, multv, offx, xsv);
+            f1 = block_add(f1, d1, wsb + 16, multv, offx, xsv);
+            f2 = block_add(f2, d2, wsb + 8, multv, offx, xsv);
+            f3 = block_add(f3, d3, wsb + 24, multv, offx, xsv);
+        }
+        float *y = J->y + t * 32;
+        _mm256_storeu_ps(y, f0);
+        _mm256_storeu_ps(y + 8, f2);
+        _mm256_storeu_ps(y + 16, f1);
+        _mm256_storeu_ps(y + 24, f3);
+    }
+}
+
 AVX2 static void tiles_avx2(const LJob *J, int64_t t0, int64_t t1) {
+    if (J->planes == 2) {
+        switch (J->xb / 8) {
+        case 4: tiles2_avx2_kernel(J, t0, t1, 4); return;
+        case 8: tiles2_avx2_kernel(J, t0, t1, 8); return;
+        default: tiles2_avx2_kernel(J, t0, t1, 16); return;
+        }
+    }
     switch (J->xb / 8) {
     case 4: tiles_avx2_kernel(J, t0, t1, 4); return;
     case 8: tiles_avx2_kernel(J, t0, t1, 8); return;
@@ -235,9 +316,86 @@ AVX512 static inline __attribute__((always_inline)) void pair_avx512_kernel(cons
     store16(yb + 8, fb1);
 }
 
+/* one plane's lookups of column col for both tiles into the byte sums al, ah */
+AVX512 static inline __attribute__((always_inline)) void lookup2(const uint8_t *a, const uint8_t *b, __m512i tl0,
+                                                                __m512i th0, __m512i tl1, __m512i th1, __m512i low4,
+                                                                __m512i *al, __m512i *ah) {
+    __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
+                                   _mm256_loadu_si256((const __m256i *)b), 1);
+    __m512i il = _mm512_and_si512(v, low4), ih = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+    *al = _mm512_add_epi8(*al, _mm512_add_epi8(_mm512_shuffle_epi8(tl0, il), _mm512_shuffle_epi8(tl1, ih)));
+    *ah = _mm512_add_epi8(*ah, _mm512_add_epi8(_mm512_shuffle_epi8(th0, il), _mm512_shuffle_epi8(th1, ih)));
+}
+
+/* the two-plane form of pair_avx512_kernel (as tiles2_avx2_kernel: halves of at most eight columns) */
+AVX512 static inline __attribute__((always_inline)) void pair2_avx512_kernel(const LJob *J, int64_t t, const int cpb) {
+    const int64_t cols = J->kp / 8, nbx = J->kp / J->xb;
+    const int half = cpb < 8 ? cpb : 8;
+    const __m512i low4 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
+    const __m512i bias = _mm512_set1_epi16((int16_t)(BIAS * 2 * half * 3)), multv = _mm512_set1_epi32(J->mult);
+    const uint8_t *wa = J->w + t * cols * 64, *wb = wa + cols * 64;
+    const uint16_t *sa = J->ws + t * J->nbw * 32, *sb = sa + J->nbw * 32;
+    __m512 fa0 = _mm512_setzero_ps(), fa1 = fa0, fb0 = fa0, fb1 = fa0;
+    for (int64_t b = 0; b < nbx; b++) {
+        __m512i da0 = zero, da1 = zero, db0 = zero, db1 = zero;
+        for (int h = 0; h < cpb; h += half) {
+            __m512i l0 = zero, l1 = zero, h0 = zero, h1 = zero;
+            for (int c0 = h; c0 < h + half; c0 += 4) {
+                __m512i al0 = zero, ah0 = zero, al1 = zero, ah1 = zero;
+                for (int c = c0; c < c0 + 4; c++) {
+                    const int64_t col = b * cpb + c;
+                    _mm_prefetch((const char *)(wa + col * 64 + BL_PF), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(wb + col * 64 + BL_PF), _MM_HINT_T0);
+                    const uint8_t *tq = J->tab + col * 64;
+                    __m512i tl0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)tq));
+                    __m512i th0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(tq + 16)));
+                    __m512i tl1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(tq + 32)));
+                    __m512i th1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(tq + 48)));
+                    lookup2(wa + col * 64, wb + col * 64, tl0, th0, tl1, th1, low4, &al0, &ah0);
+                    lookup2(wa + col * 64 + 32, wb + col * 64 + 32, tl0, th0, tl1, th1, low4, &al1, &ah1);
+                }
+                l0 = _mm512_add_epi16(l0, _mm512_add_epi16(_mm512_unpacklo_epi8(al0, zero),
+                                                           _mm512_slli_epi16(_mm512_unpacklo_epi8(al1, zero), 1)));
+                l1 = _mm512_add_epi16(l1, _mm512_add_epi16(_mm512_unpackhi_epi8(al0, zero),
+                                                           _mm512_slli_epi16(_mm512_unpackhi_epi8(al1, zero), 1)));
+                h0 = _mm512_add_epi16(h0, _mm512_add_epi16(_mm512_unpacklo_epi8(ah0, zero),
+                                                           _mm512_slli_epi16(_mm512_unpacklo_epi8(ah1, zero), 1)));
+                h1 = _mm512_add_epi16(h1, _mm512_add_epi16(_mm512_unpackhi_epi8(ah0, zero),
+                                                           _mm512_slli_epi16(_mm512_unpackhi_epi8(ah1, zero), 1)));
+            }
+            __m512i s0 = _mm512_sub_epi16(_mm512_add_epi16(_mm512_slli_epi16(h0, 5), l0), bias);
+            __m512i s1 = _mm512_sub_epi16(_mm512_add_epi16(_mm512_slli_epi16(h1, 5), l1), bias);
+            da0 = _mm512_add_epi32(da0, _mm512_cvtepi16_epi32(_mm512_castsi512_si256(s0)));
+            db0 = _mm512_add_epi32(db0, _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(s0, 1)));
+            da1 = _mm512_add_epi32(da1, _mm512_cvtepi16_epi32(_mm512_castsi512_si256(s1)));
+            db1 = _mm512_add_epi32(db1, _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(s1, 1)));
+        }
+        const int64_t gofs = J->gw[b] * 32;
+        const __m512i offx = _mm512_set1_epi32(J->off * J->xsum[b]);
+        const __m512 xsv = _mm512_set1_ps(J->xs[b]);
+        fa0 = block_add16(fa0, da0, sa + gofs, multv, offx, xsv);
+        fb0 = block_add16(fb0, db0, sb + gofs, multv, offx, xsv);
+        fa1 = block_add16(fa1, da1, sa + gofs + 8, multv, offx, xsv);
+        fb1 = block_add16(fb1, db1, sb + gofs + 8, multv, offx, xsv);
+    }
+    float *ya = J->y + t * 32, *yb = ya + 32;
+    store16(ya, fa0);
+    store16(ya + 8, fa1);
+    store16(yb, fb0);
+    store16(yb + 8, fb1);
+}
+
 AVX512 static void tiles_avx512(const LJob *J, int64_t t0, int64_t t1) {
     int64_t t = t0;
     for (; t + 2 <= t1; t += 2) {
+        if (J->planes == 2) {
+            switch (J->xb / 8) {
+            case 4: pair2_avx512_kernel(J, t, 4); break;
+            case 8: pair2_avx512_kernel(J, t, 8); break;
+            default: pair2_avx512_kernel(J, t, 16); break;
+            }
+            continue;
+        }
         switch (J->xb / 8) {
         case 4: pair_avx512_kernel(J, t, 4); break;
         case 8: pair_avx512_kernel(J, t, 8); break;
@@ -257,18 +415,20 @@ static void run_part(const LJob *J, int64_t tiles, int simd, int part, int parts
     tiles_portable(J, t0, t1);
 }
 
-/* gemv(w, ws, x, y, m, tiles, k, kp, g, xb, mult, off, simd, threads): y is (m, tiles * 32); simd: 0 portable,
- * 1 AVX2, 2 AVX-512 BW (each falls back to the one below where the CPU lacks it) */
+/* gemv(w, ws, x, y, m, tiles, k, kp, g, xb, mult, off, simd, threads, planes): y is (m, tiles * 32); simd:
+ * 0 portable, 1 AVX2, 2 AVX-512 BW (each falls back to the one below where the CPU lacks it); planes: bits
+ * per code, 1 or 2 */
 static PyObject *gemv(PyObject *self, PyObject *args) {
     Py_buffer w, ws, x, y;
     Py_ssize_t m, tiles, k, kp, g, xb;
-    int mult, off, simd, threads;
-    if (!PyArg_ParseTuple(args, "y*y*y*w*nnnnnniiii", &w, &ws, &x, &y, &m, &tiles, &k, &kp, &g, &xb, &mult, &off,
-                          &simd, &threads))
+    int mult, off, simd, threads, planes;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*nnnnnniiiii", &w, &ws, &x, &y, &m, &tiles, &k, &kp, &g, &xb, &mult, &off,
+                          &simd, &threads, &planes))
         return NULL;
     PyObject *ret = NULL;
     int64_t nbw = g > 0 ? kp / g : 0, nbx = xb > 0 ? kp / xb : 0, n = tiles * 32;
-    if (!(xb == 32 || xb == 64 || xb == 128) || g % xb || kp % g || k > kp || w.len < n * kp / 8
+    if (!(planes == 1 || planes == 2) || !(xb == 32 || xb == 64 || xb == 128) || g % xb || kp % g || k > kp
+        || w.len < n * kp / 8 * planes
         || ws.len < (Py_ssize_t)(n * nbw * 2) || x.len < (Py_ssize_t)(m * k * 4) || y.len < (Py_ssize_t)(m * n * 4)) {
         PyErr_SetString(PyExc_ValueError, "binlut.gemv: buffer sizes or block sizes do not fit");
         goto done;
@@ -294,7 +454,7 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
         if (simd) build_tables_avx2(xq, kp, tab); else
 #endif
         build_tables(xq, kp, tab);
-        LJob J = {w.buf, ws.buf, tab, xq, xs, xsum, gw, (float *)y.buf + r * n, kp, xb, nbw, mult, off};
+        LJob J = {w.buf, ws.buf, tab, xq, xs, xsum, gw, (float *)y.buf + r * n, kp, xb, nbw, mult, off, planes};
         if (parts == 1) {
             run_part(&J, tiles, simd, 0, 1);
         } else {
@@ -312,7 +472,7 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"gemv", gemv, METH_VARARGS, "Binary codes x int8 activations by table lookup, tiles split over threads."},
+    {"gemv", gemv, METH_VARARGS, "1- or 2-bit codes x int8 activations by table lookup, tiles split over threads."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_binlut", "Binary-weight GEMV by table lookup.", -1,
