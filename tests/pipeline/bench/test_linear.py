@@ -1,5 +1,7 @@
 """The Linear bench's streamed batch-1 timing: enough copies to leave the cache, one call per copy per round."""
 
+import pytest
+
 from bitladder.pipeline.bench import linear as bench_linear
 from bitladder.pipeline.bench.linear import copies_for, streamed
 
@@ -19,6 +21,15 @@ def test_streamed_calls_every_copy_each_round():
     ms = streamed(fns, rounds=4)
     assert calls == {"a": [5, 5, 5], "b": [5]}  # one warm-up pass, then four rounds
     assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
+
+
+def test_streamed_gives_the_fastest_round_where_asked(monkeypatch):
+    ticks = iter(range(1000))
+    monkeypatch.setattr(bench_linear.time, "perf_counter", lambda: next(ticks) ** 2 / 1e3)  # each round slower
+    ms = streamed({"a": [lambda: None], "probe": [lambda: None]}, rounds=5, best=("probe",))
+    rounds = [((2 * i + 1) ** 2 - (2 * i) ** 2) for i in range(10)]  # the tick pairs of a, probe, a, probe, ...
+    assert ms["probe"] == pytest.approx(rounds[1])  # the fastest (first) of the probe's rounds
+    assert ms["a"] == pytest.approx(sorted(rounds[0::2])[2])  # the median of a's
 
 
 def test_batch_one_rows_carry_the_streamed_latency(monkeypatch):

@@ -24,7 +24,8 @@ fraction of its limit.
 Linear kernel: codes and scales it must read) gets weight bytes / latency / read bandwidth, the latency
 being ``stream_latency_ms`` where the row has it (weights streamed from memory, not re-read from the
 cache: :mod:`bitladder.pipeline.bench.linear`) and the bandwidth then ``stream_read_gbps`` (the probe's
-median in the same rounds: a median against a median, side by side), else ``read_gbps``; at batch >= 2,
+fastest of the same rounds, as ``read_gbps`` is the best of five: its median fell to 20 GB/s in one run
+whose kernels streamed 35), else ``read_gbps``; at batch >= 2,
 and for rows with only ``ops`` (convolutions, whose weights are reused across positions, so compute
 bounds them even at batch 1), ``ops`` (2 x MACs) / latency / peak: the int8 peak where the variant's dot
 products are integer (:func:`integer_compute`: W8A8 and ort-wNa8 kernels, torch.ao / onnxruntime dynamic
