@@ -128,3 +128,35 @@ def test_zeroed_columns_refuse_formats_without_codes():
     qt = QuantizedTensor.from_float(torch.randn(4, 32), "fp16")
     with pytest.raises(ValueError, match="no exact zero"):
         qt.with_zero_columns(torch.tensor([1]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(["ternary", "int3", "int5", "int2", "uint3", "binary"]), rows=st.integers(1, 30),
+       cols=st.integers(1, 70), gran=st.sampled_from(["channel", "group"]), sym=st.booleans(),
+       picks=st.lists(st.integers(0, 10_000), min_size=1, max_size=12), seed=st.integers(0, 2**31 - 1))
+def test_rows_looked_up_are_the_rows_of_the_whole_dequantisation(name, rows, cols, gran, sym, picks, seed):
+    # rows that start inside a byte (ternary: five codes a byte; 3 and 5 bits) are unpacked from the units around
+    # them, not from the whole table; duplicates and the last row (its window runs past the stream) included
+    gen = torch.Generator().manual_seed(seed)
+    layout = Layout("channel") if gran == "channel" else Layout("group", group=8)
+    sym = sym or name == "ternary" or name == "binary"
+    qt = QuantizedTensor.from_float(torch.randn(rows, cols, generator=gen), name, layout,
+                                    symmetric=sym if not name.startswith("u") else False)
+    index = torch.tensor([p % rows for p in picks] + [rows - 1]).view(-1, 1)
+    assert torch.equal(qt.dequantize_rows(index), qt.dequantize()[index])
+
+
+def test_ternary_rows_of_384_are_not_dequantised_whole(monkeypatch):
+    qt = QuantizedTensor.from_float(torch.randn(3000, 384), "ternary", Layout("channel"))
+    assert qt._row_bytes(384) is None  # 384 codes end inside a byte: 76.8 bytes a row
+    idx = torch.tensor([[0, 2999], [1234, 7]])
+    whole = qt.dequantize()[idx]
+    shapes, real = [], QuantizedTensor.dequantize
+
+    def spy(self, *a, **k):
+        shapes.append(tuple(self.shape))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(QuantizedTensor, "dequantize", spy)
+    assert torch.equal(qt.dequantize_rows(idx), whole)
+    assert shapes == [(4, 384)]  # only the four rows asked for

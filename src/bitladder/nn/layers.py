@@ -179,7 +179,8 @@ class QuantConv2d(_QuantConvNd):
 class QuantEmbedding(QuantModule):
     """Rows are the channels (one scale per token vector, or per group within it).
 
-    Lookups unpack only the rows they touch (``gather-dequant`` when rows are byte-aligned).
+    Lookups unpack only the rows they touch (``gather-dequant``: rows on byte boundaries, or read from the
+    packing units around them).
     """
 
     @classmethod
@@ -188,7 +189,8 @@ class QuantEmbedding(QuantModule):
             return None  # max_norm renormalises weights in place; not meaningful for packed storage
         qm = cls(qweight)
         qm.padding_idx = module.padding_idx
-        aligned = qweight.layout.granularity != "tensor" and qweight._row_bytes(qweight.shape[1]) is not None
+        aligned = qweight.layout.granularity != "tensor" and (qweight._row_bytes(qweight.shape[1]) is not None
+                                                               or qweight.qtype.rules.pack_unit(qweight.qtype) is not None)
         if aligned and qm.kernel != "fp64":
             qm.kernel = "gather-dequant-fp32"
         return qm

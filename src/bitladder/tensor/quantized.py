@@ -209,14 +209,17 @@ class QuantizedTensor:
     def dequantize_rows(self, index: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``dequantize()[index]`` for channel axis 0, unpacking only the rows asked for.
 
-        Used by embeddings: a lookup touches a few rows of a large table. Falls back to the full
-        dequantisation when rows do not start on byte boundaries.
+        Used by embeddings: a lookup touches a few rows of a large table. Rows that do not start on byte
+        boundaries (ternary rows of 384 codes: five codes a byte) are unpacked from the whole packing units
+        around them (:meth:`_row_codes`); the full dequantisation is the fallback of packings without units.
         """
         c, k, nb, b = self.layout.dims(self.shape)
         rb = self._row_bytes(k)
+        unit = self.qtype.rules.pack_unit(self.qtype) if rb is None else None
         zfloat = self.zero_point is not None and self.zero_point.is_floating_point()
         zb = self._row_bytes(nb) if self.zero_point is not None and not zfloat else 0
-        if self.layout.axis != 0 or self.layout.granularity == "tensor" or rb is None or self.mask is not None:
+        if self.layout.axis != 0 or self.layout.granularity == "tensor" or (rb is None and unit is None) \
+                or self.mask is not None:
             return self.dequantize(dtype)[index]
         rows = index.reshape(-1)
         if self.byte_rows:
@@ -228,11 +231,25 @@ class QuantizedTensor:
             zp = self.zero_points()[rows].to(torch.float16)
         else:
             zp = None if self.zero_point is None else self.zero_point.view(c, zb)[rows].reshape(-1)
-        packed = self.packed.view(c, rb)[rows].reshape(-1)
+        packed = self.packed.view(c, rb)[rows].reshape(-1) if rb is not None else self._row_codes(rows, k, unit)
         sub = QuantizedTensor(packed, None if self.scale is None else self.scale[rows], zp,
                               self.qtype, (rows.numel(), *self.shape[1:]), self.layout,
                               table=None if self.table is None else self.table[rows])
         return sub.dequantize(dtype).reshape(*index.shape, *self.shape[1:])
+
+    def _row_codes(self, rows: torch.Tensor, k: int, unit: tuple[int, int]) -> torch.Tensor:
+        """Rows ``rows`` of ``k`` codes packed on their own, read from the packing units (``unit``: codes, bytes)
+        that hold them: each row's window of whole units is unpacked, its codes cut out, and repacked."""
+        cu, bu = unit
+        start = rows.long() * k
+        first = start // cu  # the unit a row's first code is in
+        width = -(-k // cu) + 1  # units that hold any row, wherever in a unit it starts
+        at = (first * bu)[:, None] + torch.arange(width * bu)[None]
+        win = self.packed[at.clamp_(max=self.packed.numel() - 1)]  # past the end: unused codes of a valid byte
+        u = self.qtype.rules.unpack_unsigned(win.reshape(-1), self.qtype, rows.numel() * width * cu)
+        u = u.view(rows.numel(), width * cu).gather(1, (start - first * cu)[:, None] + torch.arange(k)[None])
+        rules = self.qtype.rules
+        return rules.pack(rules.from_unsigned(u, self.qtype), self.qtype)
 
     @property
     def byte_rows(self) -> bool:

@@ -8,6 +8,8 @@ A new kind is one file here with a :class:`Kind` subclass under ``@kind("name")`
 
 from __future__ import annotations
 
+import math
+
 from abc import ABC, abstractmethod
 import torch
 
@@ -133,6 +135,15 @@ class Kind(ABC):
         """Bytes per row of ``n`` codes where rows start on byte boundaries (else None)."""
         bits = n * self.code_bits(qtype)
         return bits // 8 if bits % 8 == 0 else None
+
+    def pack_unit(self, qtype: QType) -> tuple[int, int] | None:
+        """(codes, bytes) of the smallest run of codes that fills whole bytes, packed on its own as in the stream
+        (a row can then be unpacked from the units around it), or None where the kind packs otherwise."""
+        bits = self.code_bits(qtype)
+        if bits <= 0:
+            return None
+        g = math.gcd(bits, 8)
+        return 8 // g, bits // g
 
     def byte_codes(self, qtype: QType) -> bool:
         """One integer code per byte, offset by ``qmin`` (rows dequantise straight from their bytes)."""

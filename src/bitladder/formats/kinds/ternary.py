@@ -30,3 +30,6 @@ class Ternary(Kind):
 
     def row_bytes(self, qtype, n):
         return n // 5 if n % 5 == 0 else None
+
+    def pack_unit(self, qtype):
+        return 5, 1
