@@ -1,5 +1,5 @@
-"""The two-bit lookup GEMV (int2, ternary): the AVX2, AVX-512 BW and portable paths and the PyTorch reference give
-the same bits on any host, and its integer dots equal the bit-plane GEMV's."""
+"""The two-bit lookup GEMV (int2, uint2 with zero points, ternary): the AVX2, AVX-512 BW and portable paths and the
+PyTorch reference give the same bits on any host, and its integer dots equal the bit-plane GEMV's."""
 
 import pytest
 import torch
@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(not CTwoBitLutKernel.installed(), reason="C kern
 CASES = [("int2", Layout("channel"), 40, 96), ("int2", Layout("group", group=32), 70, 256),
          ("int2", Layout("group", group=64), 64, 320), ("int2", Layout("group", group=128), 33, 512),
          ("int2", Layout("group", group=256), 32, 1024), ("ternary", Layout("channel"), 37, 1000),
-         ("int2", Layout("tensor"), 5, 77)]
+         ("int2", Layout("tensor"), 5, 77), ("uint2", Layout("group", group=64), 70, 320),
+         ("uint2", Layout("channel"), 33, 200)]
 
 
 def _paths(qt, x):
@@ -29,7 +30,7 @@ def _paths(qt, x):
 
 @pytest.mark.parametrize("fmt,layout,n,k", CASES)
 def test_every_path_equals_the_reference_bit_for_bit_and_tracks_the_float_product(fmt, layout, n, k):
-    qt = QuantizedTensor.from_float(torch.randn(n, k), fmt, layout)
+    qt = QuantizedTensor.from_float(torch.randn(n, k), fmt, layout, symmetric=not fmt.startswith("u"))
     x = torch.randn(3, k)
     ref, portable, simd = _paths(qt, x)
     assert ref.shape == (3, n)
@@ -40,12 +41,13 @@ def test_every_path_equals_the_reference_bit_for_bit_and_tracks_the_float_produc
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 80), cols=st.integers(1, 12), group=st.sampled_from([32, 64, 128, 256, None]),
-       m=st.integers(1, 3), seed=st.integers(0, 2**31 - 1), extreme=st.booleans())
-def test_any_shape_and_activation_range_is_exact(n, cols, group, m, seed, extreme):
+       m=st.integers(1, 3), seed=st.integers(0, 2**31 - 1), extreme=st.booleans(), asym=st.booleans())
+def test_any_shape_and_activation_range_is_exact(n, cols, group, m, seed, extreme, asym):
     k = 32 * cols - (seed % 31)  # K need not be a multiple of anything: padding codes and inputs are zero
     gen = torch.Generator().manual_seed(seed)
     layout = Layout("channel") if group is None else Layout("group", group=group)
-    qt = QuantizedTensor.from_float(torch.randn(n, k, generator=gen), "int2", layout)
+    w = torch.randn(n, k, generator=gen) + (0.5 if asym else 0.0)  # a shifted range: zero points away from the middle
+    qt = QuantizedTensor.from_float(w, "uint2" if asym else "int2", layout, symmetric=not asym)
     x = torch.randn(m, k, generator=gen)
     if extreme:  # every input at +-absmax: subset sums at the ends of the 10-bit table entries
         x = torch.where(x >= 0, 3.0, -3.0)
@@ -87,7 +89,9 @@ def test_storage_and_refused_formats():
     assert torch.equal(kern(torch.zeros(2, 256)), torch.zeros(2, 40))
     # two bits a weight (rows padded to a tile of 32) plus one fp16 scale per group
     assert kern.nbytes == 64 * 256 // 4 + 64 * 4 * 2
-    for fmt, layout, sym in (("uint2", Layout("group", group=64), False), ("binary", Layout("channel"), True),
+    asym = QuantizedTensor.from_float(torch.randn(40, 256) + 1, "uint2", Layout("group", group=64), symmetric=False)
+    assert CTwoBitLutKernel.from_qtensor(asym).nbytes == 64 * 256 // 4 + 64 * 4 * 3  # + a one-byte offset per group
+    for fmt, layout, sym in (("binary", Layout("channel"), True),
                              ("int4", Layout("group", group=64), True), ("int2", Layout("group", group=16), True)):
         bad = QuantizedTensor.from_float(torch.randn(8, 64), fmt, layout, symmetric=sym)
         assert not CTwoBitLutKernel.applies(bad)
@@ -108,4 +112,4 @@ def test_auto_takes_it_where_the_bit_plane_gemv_would_run(fmt, layout):
         assert choose(qt, 33, cpu=cpu) not in ("c-2bit-lut", "c-lowbit-a8")  # float activations from there
     assert choose(qt, 1, cpu=current({"BITLADDER_CPU": "default"})) != "c-2bit-lut"  # the portable path is slow
     asym = QuantizedTensor.from_float(torch.randn(64, 256), "uint2", Layout("group", group=64), symmetric=False)
-    assert choose(asym, 1, cpu=current({"BITLADDER_CPU": "avx2"})) != "c-2bit-lut"  # zero points: bit planes
+    assert choose(asym, 1, cpu=current({"BITLADDER_CPU": "avx2"})) == "c-2bit-lut"  # zero points too

@@ -23,7 +23,7 @@ def rel(a, b):
 @needs_ort
 @pytest.mark.parametrize("cfg, c_kernel", [(Int(8), None), (Int(4, group=64), "c-lowbit-a8"),
                                            (Int(2, group=32), "c-2bit-lut"), (bitladder.Ternary(), "c-2bit-lut"),
-                                           (Int(2, group=32, symmetric=False), "c-lowbit-a8"),
+                                           (Int(2, group=32, symmetric=False), "c-2bit-lut"),
                                            (bitladder.Binary(), "c-binary-lut")])
 def test_auto_uses_a_low_bit_kernel_for_few_rows_and_matches_reference(cfg, c_kernel):
     torch.manual_seed(0)
@@ -32,9 +32,8 @@ def test_auto_uses_a_low_bit_kernel_for_few_rows_and_matches_reference(cfg, c_ke
     ref = bitladder.quantize(lin, type(cfg)(**{**cfg.__dict__, "kernel": "dequant-fp32"}))
     x = torch.randn(3, 256)
     y = q(x)
-    # at three rows: a C kernel where they are built and the CPU has AVX2 (the lookup GEMV for binary codes and
-    # 2-bit ones without zero points, the bit-plane one for the others of 2-4 bits), else MatMulNBits; 8-bit
-    # codes take MatMulNBits from three rows
+    # at three rows: a C kernel where they are built and the CPU has AVX2 (the lookup GEMV for 1- and 2-bit
+    # codes, the bit-plane one for 3-4 bits), else MatMulNBits; 8-bit codes take MatMulNBits from three rows
     c_built = CLowbitKernel.available() and CLowbitKernel.rows(current()) is not None
     assert q.kernel == c_kernel if c_kernel and c_built else q.kernel.startswith("ort-w")
     assert ref.kernel == "dequant-fp32"

@@ -5,7 +5,7 @@ so no bit plane is expanded: the bit-plane GEMV is compute-bound on binary weigh
 read bandwidth, this one reaches about two thirds (docs/results/bench-linear-vnni.json). The integer dots are
 exact on any AVX2 CPU; AVX-512 BW CPUs run two tiles of rows per register.
 
-Two-bit codes without zero points (int2, ternary: :class:`CTwoBitLutKernel`) are two bit planes looked up in
+Two-bit codes (int2, uint2 with zero points, ternary: :class:`CTwoBitLutKernel`) are two bit planes looked up in
 the same tables, u = b0 + 2 b1: the expanding GEMV spends four instructions per 32 two-bit codes and is
 compute-bound at one row; two lookups per plane replace them.
 
@@ -58,8 +58,8 @@ class CBinaryLutKernel(LinearKernel):
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
         g = group_of(qt)
-        return (integer_codes(qt) and qt.qtype.rules.width(qt.qtype) == cls.planes and qt.zero_point is None
-                and (g is None or g % 32 == 0))
+        return (integer_codes(qt) and qt.qtype.rules.width(qt.qtype) == cls.planes
+                and (qt.zero_point is None or cls.planes == 2) and (g is None or g % 32 == 0))
 
     @classmethod
     def from_qtensor(cls, qt: QuantizedTensor, simd: int | None = None) -> "CBinaryLutKernel":
@@ -68,9 +68,10 @@ class CBinaryLutKernel(LinearKernel):
         if not cls.installed():
             raise KernelUnsupported("the C kernels were not built (no compiler when bitladder was installed)")
         if not cls.applies(qt):
-            raise KernelUnsupported(f"{qt.qtype.name} {qt.layout.granularity}: needs {cls.planes}-bit codes without "
-                                    "zero points and groups that are multiples of 32")
-        _, scale, _, g = weight_parts(qt, None)
+            raise KernelUnsupported(f"{qt.qtype.name} {qt.layout.granularity}: needs {cls.planes}-bit codes"
+                                    f"{'' if cls.planes == 2 else ' without zero points'} and groups that are "
+                                    "multiples of 32")
+        _, scale, zp, g = weight_parts(qt, None)
         n, k = qt.shape
         if scale.shape[1] == 1:
             kp = g = -(-k // 32) * 32
@@ -93,18 +94,22 @@ class CBinaryLutKernel(LinearKernel):
         ws[:n, : scale.shape[1]] = scale.numpy()
         self.ws = np.ascontiguousarray(ws.reshape(self.tiles, TILE, nbw).transpose(0, 2, 1))
         mult, off = qt.qtype.rules.affine(qt.qtype)
-        self.mult, self.off = int(mult), int(off)
+        self.mult, self.off, self.zo = int(mult), int(off), None
+        if zp is not None:  # an offset per row and group, laid out as the scales: zero point + off
+            zo = np.zeros((npad, nbw), np.uint8)
+            zo[:n, : zp.shape[1]] = (zp + self.off).numpy()
+            self.zo, self.off = np.ascontiguousarray(zo.reshape(self.tiles, TILE, nbw).transpose(0, 2, 1)), 0
         self.simd = simd_path(simd, "avx512bw")
         return self
 
     @property
     def nbytes(self) -> int:
-        return nbytes_of(self.w, self.ws)
+        return nbytes_of(self.w, self.ws, self.zo)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.empty(x.shape[0], self.tiles * TILE)
         _binlut.gemv(self.w, self.ws, x.numpy(), y.numpy(), x.shape[0], self.tiles, self.k, self.kp, self.g,
-                     self.xb, self.mult, self.off, self.simd, torch.get_num_threads(), self.planes)
+                     self.xb, self.mult, self.off, self.simd, torch.get_num_threads(), self.planes, self.zo)
         return y if y.shape[1] == self.n else y[:, : self.n].contiguous()
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,10 +121,13 @@ class CBinaryLutKernel(LinearKernel):
             bits = np.unpackbits(self.w[:, :, p].transpose(0, 2, 1).reshape(npad, -1), axis=-1, bitorder="little")
             u = u + (torch.from_numpy(bits.astype(np.int64)) << p)
         u = u.view(npad, -1, self.xb)
-        d = self.mult * torch.einsum("nbk,mbk->mnb", u, xq) - self.off * xq.sum(-1)[:, None, :]
         nbw = self.kp // self.g
-        ws = torch.from_numpy(self.ws.transpose(0, 2, 1).reshape(npad, nbw).astype(np.float32))
         gw = torch.arange(self.kp // self.xb) * self.xb // self.g
+        off = self.off
+        if self.zo is not None:  # (tiles, groups, rows) -> each row's offset for each activation block
+            off = torch.from_numpy(self.zo.transpose(0, 2, 1).reshape(npad, nbw).astype(np.int64))[:, gw][None]
+        d = self.mult * torch.einsum("nbk,mbk->mnb", u, xq) - off * xq.sum(-1)[:, None, :]
+        ws = torch.from_numpy(self.ws.transpose(0, 2, 1).reshape(npad, nbw).astype(np.float32))
         y = torch.zeros(x.shape[0], npad)
         for b in range(d.shape[-1]):  # block by block, in order, as both C paths add them
             y = y + d[..., b].to(torch.float32) * (ws[:, gw[b]][None] * s[:, b])
@@ -128,7 +136,8 @@ class CBinaryLutKernel(LinearKernel):
 
 @register
 class CTwoBitLutKernel(CBinaryLutKernel):
-    """Two-bit codes without zero points (int2, ternary) x int8 activations: both bit planes by table lookup."""
+    """Two-bit codes (int2, uint2 with integer zero points, ternary) x int8 activations: both bit planes by table
+    lookup."""
 
     name = "c-2bit-lut"
     planes = 2

@@ -18,7 +18,8 @@
  *
  * Two-bit codes (planes = 2: u = b0 + 2 b1) look both planes up in the same tables; the planes' byte sums are
  * widened with plane 1 doubled. 16-bit words wrap, so only the result must fit: eight columns' weighted dot,
- * at most 3 * 64 * 127 = 24384; a block of sixteen columns is summed as two halves in 32 bits.
+ * at most 3 * 64 * 127 = 24384; a block of sixteen columns is summed as two halves in 32 bits. They may carry
+ * an offset per row and weight group (zo: zero point + off, one byte, laid out as the scales) in place of off.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -28,6 +29,7 @@
 typedef struct {
     const uint8_t *w;    /* (tiles, kp / 8, 32) */
     const uint16_t *ws;  /* (tiles, nbw, 32) fp16 bits */
+    const uint8_t *zo;   /* (tiles, nbw, 32) offsets per row and group (two planes only), or NULL: off for all */
     const uint8_t *tab;  /* (kp / 4, 32): the low 5 bits of the 16 subset sums + 512, then the high 5 bits */
     const int8_t *xq;    /* (kp) */
     const float *xs;     /* (nbx) */
@@ -91,7 +93,8 @@ static void tiles_portable(const LJob *J, int64_t t0, int64_t t1) {
                             if (byte >> i & 1) dot += J->xq[c * 8 + i] * (1 << p);
                     }
                 }
-                int32_t d = J->mult * dot - J->off * J->xsum[b];
+                const int32_t off = J->zo ? (int32_t)J->zo[(t * J->nbw + J->gw[b]) * 32 + r] : J->off;
+                int32_t d = J->mult * dot - off * J->xsum[b];
                 acc = acc + (float)d * (half_to_float(wst[J->gw[b] * 32 + r]) * J->xs[b]);
             }
             J->y[t * 32 + r] = acc;
@@ -217,12 +220,23 @@ AVX2 static inline __attribute__((always_inline)) void tiles2_avx2_kernel(const 
                 d3 = _mm256_add_epi32(d3, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s1, 1)));
             }
             const uint16_t *wsb = wst + J->gw[b] * 32;
-            const __m256i offx = _mm256_set1_epi32(J->off * J->xsum[b]);
             const __m256 xsv = _mm256_set1_ps(J->xs[b]);
-            f0 = block_add(f0, d0, wsb, multv, offx, xsv);
-            f1 = block_add(f1, d1, wsb + 16, multv, offx, xsv);
-            f2 = block_add(f2, d2, wsb + 8, multv, offx, xsv);
-            f3 = block_add(f3, d3, wsb + 24, multv, offx, xsv);
+            if (J->zo) { /* each row's offset times the block's code sum */
+                const uint8_t *zb = J->zo + (t * J->nbw + J->gw[b]) * 32;
+                const __m256i xsum = _mm256_set1_epi32(J->xsum[b]);
+#define OFFX(o) _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(zb + (o)))), xsum)
+                f0 = block_add(f0, d0, wsb, multv, OFFX(0), xsv);
+                f1 = block_add(f1, d1, wsb + 16, multv, OFFX(16), xsv);
+                f2 = block_add(f2, d2, wsb + 8, multv, OFFX(8), xsv);
+                f3 = block_add(f3, d3, wsb + 24, multv, OFFX(24), xsv);
+#undef OFFX
+            } else {
+                const __m256i offx = _mm256_set1_epi32(J->off * J->xsum[b]);
+                f0 = block_add(f0, d0, wsb, multv, offx, xsv);
+                f1 = block_add(f1, d1, wsb + 16, multv, offx, xsv);
+                f2 = block_add(f2, d2, wsb + 8, multv, offx, xsv);
+                f3 = block_add(f3, d3, wsb + 24, multv, offx, xsv);
+            }
         }
         float *y = J->y + t * 32;
         _mm256_storeu_ps(y, f0);
@@ -371,12 +385,24 @@ AVX512 static inline __attribute__((always_inline)) void pair2_avx512_kernel(con
             db1 = _mm512_add_epi32(db1, _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(s1, 1)));
         }
         const int64_t gofs = J->gw[b] * 32;
-        const __m512i offx = _mm512_set1_epi32(J->off * J->xsum[b]);
         const __m512 xsv = _mm512_set1_ps(J->xs[b]);
-        fa0 = block_add16(fa0, da0, sa + gofs, multv, offx, xsv);
-        fb0 = block_add16(fb0, db0, sb + gofs, multv, offx, xsv);
-        fa1 = block_add16(fa1, da1, sa + gofs + 8, multv, offx, xsv);
-        fb1 = block_add16(fb1, db1, sb + gofs + 8, multv, offx, xsv);
+        if (J->zo) { /* rows o..o+7 and o+16..o+23 of a tile: their offsets times the block's code sum */
+            const uint8_t *za = J->zo + (t * J->nbw + J->gw[b]) * 32, *zb = za + J->nbw * 32;
+            const __m512i xsum = _mm512_set1_epi32(J->xsum[b]);
+#define OFFX16(z) _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(z)), \
+                                                          _mm_loadl_epi64((const __m128i *)((z) + 16)))), xsum)
+            fa0 = block_add16(fa0, da0, sa + gofs, multv, OFFX16(za), xsv);
+            fb0 = block_add16(fb0, db0, sb + gofs, multv, OFFX16(zb), xsv);
+            fa1 = block_add16(fa1, da1, sa + gofs + 8, multv, OFFX16(za + 8), xsv);
+            fb1 = block_add16(fb1, db1, sb + gofs + 8, multv, OFFX16(zb + 8), xsv);
+#undef OFFX16
+        } else {
+            const __m512i offx = _mm512_set1_epi32(J->off * J->xsum[b]);
+            fa0 = block_add16(fa0, da0, sa + gofs, multv, offx, xsv);
+            fb0 = block_add16(fb0, db0, sb + gofs, multv, offx, xsv);
+            fa1 = block_add16(fa1, da1, sa + gofs + 8, multv, offx, xsv);
+            fb1 = block_add16(fb1, db1, sb + gofs + 8, multv, offx, xsv);
+        }
     }
     float *ya = J->y + t * 32, *yb = ya + 32;
     store16(ya, fa0);
@@ -415,19 +441,23 @@ static void run_part(const LJob *J, int64_t tiles, int simd, int part, int parts
     tiles_portable(J, t0, t1);
 }
 
-/* gemv(w, ws, x, y, m, tiles, k, kp, g, xb, mult, off, simd, threads, planes): y is (m, tiles * 32); simd:
- * 0 portable, 1 AVX2, 2 AVX-512 BW (each falls back to the one below where the CPU lacks it); planes: bits
- * per code, 1 or 2 */
+/* gemv(w, ws, x, y, m, tiles, k, kp, g, xb, mult, off, simd, threads, planes, zo_or_None): y is
+ * (m, tiles * 32); simd: 0 portable, 1 AVX2, 2 AVX-512 BW (each falls back to the one below where the CPU
+ * lacks it); planes: bits per code, 1 or 2; zo: offsets per row and group (two planes only) */
 static PyObject *gemv(PyObject *self, PyObject *args) {
-    Py_buffer w, ws, x, y;
+    Py_buffer w, ws, x, y, zo = {0};
+    PyObject *zobj = Py_None;
     Py_ssize_t m, tiles, k, kp, g, xb;
     int mult, off, simd, threads, planes;
-    if (!PyArg_ParseTuple(args, "y*y*y*w*nnnnnniiiii", &w, &ws, &x, &y, &m, &tiles, &k, &kp, &g, &xb, &mult, &off,
-                          &simd, &threads, &planes))
+    if (!PyArg_ParseTuple(args, "y*y*y*w*nnnnnniiiii|O", &w, &ws, &x, &y, &m, &tiles, &k, &kp, &g, &xb, &mult,
+                          &off, &simd, &threads, &planes, &zobj))
         return NULL;
     PyObject *ret = NULL;
+    const int has_zo = zobj != Py_None;
+    if (has_zo && PyObject_GetBuffer(zobj, &zo, PyBUF_SIMPLE) != 0) goto done;
     int64_t nbw = g > 0 ? kp / g : 0, nbx = xb > 0 ? kp / xb : 0, n = tiles * 32;
-    if (!(planes == 1 || planes == 2) || !(xb == 32 || xb == 64 || xb == 128) || g % xb || kp % g || k > kp
+    if (!(planes == 1 || planes == 2) || (has_zo && (planes != 2 || zo.len < n * nbw))
+        || !(xb == 32 || xb == 64 || xb == 128) || g % xb || kp % g || k > kp
         || w.len < n * kp / 8 * planes
         || ws.len < (Py_ssize_t)(n * nbw * 2) || x.len < (Py_ssize_t)(m * k * 4) || y.len < (Py_ssize_t)(m * n * 4)) {
         PyErr_SetString(PyExc_ValueError, "binlut.gemv: buffer sizes or block sizes do not fit");
@@ -454,7 +484,8 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
         if (simd) build_tables_avx2(xq, kp, tab); else
 #endif
         build_tables(xq, kp, tab);
-        LJob J = {w.buf, ws.buf, tab, xq, xs, xsum, gw, (float *)y.buf + r * n, kp, xb, nbw, mult, off, planes};
+        LJob J = {w.buf, ws.buf, has_zo ? zo.buf : NULL, tab, xq, xs, xsum, gw, (float *)y.buf + r * n, kp, xb, nbw,
+                  mult, off, planes};
         if (parts == 1) {
             run_part(&J, tiles, simd, 0, 1);
         } else {
@@ -468,6 +499,7 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
     Py_INCREF(ret);
 done:
     PyBuffer_Release(&w); PyBuffer_Release(&ws); PyBuffer_Release(&x); PyBuffer_Release(&y);
+    if (has_zo && zo.obj) PyBuffer_Release(&zo);
     return ret;
 }
 
