@@ -96,8 +96,11 @@ class CBinaryLutKernel(LinearKernel):
         mult, off = qt.qtype.rules.affine(qt.qtype)
         self.mult, self.off, self.zo = int(mult), int(off), None
         if zp is not None:  # an offset per row and group, laid out as the scales: zero point + off
+            offsets = zp + self.off
+            if int(offsets.min()) < 0 or int(offsets.max()) > 255:
+                raise KernelUnsupported(f"{qt.qtype.name}: zero points outside one unsigned byte")
             zo = np.zeros((npad, nbw), np.uint8)
-            zo[:n, : zp.shape[1]] = (zp + self.off).numpy()
+            zo[:n, : zp.shape[1]] = offsets.numpy()
             self.zo, self.off = np.ascontiguousarray(zo.reshape(self.tiles, TILE, nbw).transpose(0, 2, 1)), 0
         self.simd = simd_path(simd, "avx512bw")
         return self

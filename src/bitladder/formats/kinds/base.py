@@ -9,7 +9,6 @@ A new kind is one file here with a :class:`Kind` subclass under ``@kind("name")`
 from __future__ import annotations
 
 import math
-
 from abc import ABC, abstractmethod
 import torch
 
