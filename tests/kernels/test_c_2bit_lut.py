@@ -113,3 +113,16 @@ def test_auto_takes_it_where_the_bit_plane_gemv_would_run(fmt, layout):
     assert choose(qt, 1, cpu=current({"BITLADDER_CPU": "default"})) != "c-2bit-lut"  # the portable path is slow
     asym = QuantizedTensor.from_float(torch.randn(64, 256), "uint2", Layout("group", group=64), symmetric=False)
     assert choose(asym, 1, cpu=current({"BITLADDER_CPU": "avx2"})) == "c-2bit-lut"  # zero points too
+
+
+@pytest.mark.parametrize("fmt", ["int2", "binary"])
+def test_more_rows_than_one_pass_takes(fmt):
+    # 70 rows: passes of 32, 32 and 6 rows over the weights, each row's tables made before its pass
+    from bitladder.kernels.c_binlut import CBinaryLutKernel
+
+    cls = CTwoBitLutKernel if fmt == "int2" else CBinaryLutKernel
+    qt = QuantizedTensor.from_float(torch.randn(70, 256), fmt, Layout("group", group=64))
+    x = torch.randn(70, 256)
+    ref = cls.from_qtensor(qt, simd=False).reference(x)
+    for s in (0, 1, 2):
+        assert torch.equal(cls.from_qtensor(qt, simd=s)(x), ref), s

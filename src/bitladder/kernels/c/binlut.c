@@ -432,14 +432,42 @@ AVX512 static void tiles_avx512(const LJob *J, int64_t t0, int64_t t1) {
 }
 #endif
 
-static void run_part(const LJob *J, int64_t tiles, int simd, int part, int parts) {
-    int64_t t0 = tiles * part / parts, t1 = tiles * (part + 1) / parts;
+static void run_tiles(const LJob *J, int64_t t0, int64_t t1, int simd) {
 #ifdef BL_X86
     if (simd == 2) { tiles_avx512(J, t0, t1); return; }
     if (simd) { tiles_avx2(J, t0, t1); return; }
 #endif
     tiles_portable(J, t0, t1);
 }
+
+/* rows' quantised activations and tables, made before the pass over the weights */
+typedef struct {
+    LJob base;     /* the weights; its row pointers are set per row */
+    int64_t rows, n;
+    const uint8_t *tab; const int8_t *xq; const float *xs; const int32_t *xsum;
+    float *y;
+} Rows;
+
+/* a part's tiles, each (a pair with AVX-512 BW) against every row while its weights are in the cache: one
+ * parallel region and one pass over the weights for all rows, where a region per row re-read them */
+static void run_part(const Rows *R, int64_t tiles, int simd, int part, int parts) {
+    const int64_t t0 = tiles * part / parts, t1 = tiles * (part + 1) / parts, step = simd == 2 ? 2 : 1;
+    const int64_t kp = R->base.kp, nbx = kp / R->base.xb;
+    for (int64_t t = t0; t < t1; t += step) {
+        const int64_t te = t + step < t1 ? t + step : t1;
+        for (int64_t r = 0; r < R->rows; r++) {
+            LJob J = R->base;
+            J.tab = R->tab + r * kp * 8;
+            J.xq = R->xq + r * kp;
+            J.xs = R->xs + r * nbx;
+            J.xsum = R->xsum + r * nbx;
+            J.y = R->y + r * R->n;
+            run_tiles(&J, t, te, simd);
+        }
+    }
+}
+
+#define ROWS_PER_PASS 32 /* rows whose tables (8 bytes per input each) are made before one pass */
 
 /* gemv(w, ws, x, y, m, tiles, k, kp, g, xb, mult, off, simd, threads, planes, zo_or_None): y is
  * (m, tiles * 32); simd: 0 portable, 1 AVX2, 2 AVX-512 BW (each falls back to the one below where the CPU
@@ -465,10 +493,11 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
     }
     if (simd == 2 && !cpu_avx512bw()) simd = 1;
     if (simd && !cpu_avx2()) simd = 0;
-    int8_t *xq = malloc((size_t)kp);
-    uint8_t *tab = malloc((size_t)(kp / 4 * 32));
-    float *xs = malloc((size_t)nbx * sizeof(float));
-    int32_t *xsum = malloc((size_t)nbx * sizeof(int32_t)), *gw = malloc((size_t)nbx * sizeof(int32_t));
+    const int64_t chunk = m < ROWS_PER_PASS ? (m > 0 ? m : 1) : ROWS_PER_PASS;
+    int8_t *xq = malloc((size_t)(chunk * kp));
+    uint8_t *tab = malloc((size_t)(chunk * kp * 8));
+    float *xs = malloc((size_t)(chunk * nbx) * sizeof(float));
+    int32_t *xsum = malloc((size_t)(chunk * nbx) * sizeof(int32_t)), *gw = malloc((size_t)nbx * sizeof(int32_t));
     if (!xq || !tab || !xs || !xsum || !gw) {
         free(xq); free(tab); free(xs); free(xsum); free(gw);
         PyErr_NoMemory();
@@ -478,19 +507,24 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
     int parts = threads < 1 ? 1 : threads;
     if ((int64_t)parts > tiles) parts = (int)(tiles > 0 ? tiles : 1);
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < m; r++) {
-        quant_x((const float *)x.buf + r * k, k, kp, xb, xq, xs, xsum, simd);
+    for (int64_t r0 = 0; r0 < m; r0 += chunk) {
+        const int64_t rows = m - r0 < chunk ? m - r0 : chunk;
+        for (int64_t r = 0; r < rows; r++) {
+            int8_t *q = xq + r * kp;
+            quant_x((const float *)x.buf + (r0 + r) * k, k, kp, xb, q, xs + r * nbx, xsum + r * nbx, simd);
 #ifdef BL_X86
-        if (simd) build_tables_avx2(xq, kp, tab); else
+            if (simd) build_tables_avx2(q, kp, tab + r * kp * 8); else
 #endif
-        build_tables(xq, kp, tab);
-        LJob J = {w.buf, ws.buf, has_zo ? zo.buf : NULL, tab, xq, xs, xsum, gw, (float *)y.buf + r * n, kp, xb, nbw,
-                  mult, off, planes};
+            build_tables(q, kp, tab + r * kp * 8);
+        }
+        Rows R = {{w.buf, ws.buf, has_zo ? zo.buf : NULL, NULL, NULL, NULL, NULL, gw, NULL, kp, xb, nbw, mult, off,
+                   planes},
+                  rows, n, tab, xq, xs, xsum, (float *)y.buf + r0 * n};
         if (parts == 1) {
-            run_part(&J, tiles, simd, 0, 1);
+            run_part(&R, tiles, simd, 0, 1);
         } else {
 #pragma omp parallel for num_threads(parts) schedule(static)
-            for (int part = 0; part < parts; part++) run_part(&J, tiles, simd, part, parts);
+            for (int part = 0; part < parts; part++) run_part(&R, tiles, simd, part, parts);
         }
     }
     Py_END_ALLOW_THREADS
