@@ -27,7 +27,7 @@
 #include "common.h"
 
 typedef struct {
-    const uint8_t *w;    /* (tiles, kp / 8, 32) */
+    const uint8_t *w;    /* (tiles, kp / 8, planes, 32) */
     const uint16_t *ws;  /* (tiles, nbw, 32) fp16 bits */
     const uint8_t *zo;   /* (tiles, nbw, 32) offsets per row and group (two planes only), or NULL: off for all */
     const uint8_t *tab;  /* (kp / 4, 32): the low 5 bits of the 16 subset sums + 512, then the high 5 bits */
