@@ -221,22 +221,20 @@ AVX2 static inline __attribute__((always_inline)) void tiles2_avx2_kernel(const 
             }
             const uint16_t *wsb = wst + J->gw[b] * 32;
             const __m256 xsv = _mm256_set1_ps(J->xs[b]);
-            if (J->zo) { /* each row's offset times the block's code sum */
+            __m256i o0, o1, o2, o3; /* each row's offset times the block's code sum */
+            if (J->zo) {
                 const uint8_t *zb = J->zo + (t * J->nbw + J->gw[b]) * 32;
                 const __m256i xsum = _mm256_set1_epi32(J->xsum[b]);
 #define OFFX(o) _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(zb + (o)))), xsum)
-                f0 = block_add(f0, d0, wsb, multv, OFFX(0), xsv);
-                f1 = block_add(f1, d1, wsb + 16, multv, OFFX(16), xsv);
-                f2 = block_add(f2, d2, wsb + 8, multv, OFFX(8), xsv);
-                f3 = block_add(f3, d3, wsb + 24, multv, OFFX(24), xsv);
+                o0 = OFFX(0), o1 = OFFX(16), o2 = OFFX(8), o3 = OFFX(24);
 #undef OFFX
             } else {
-                const __m256i offx = _mm256_set1_epi32(J->off * J->xsum[b]);
-                f0 = block_add(f0, d0, wsb, multv, offx, xsv);
-                f1 = block_add(f1, d1, wsb + 16, multv, offx, xsv);
-                f2 = block_add(f2, d2, wsb + 8, multv, offx, xsv);
-                f3 = block_add(f3, d3, wsb + 24, multv, offx, xsv);
+                o0 = o1 = o2 = o3 = _mm256_set1_epi32(J->off * J->xsum[b]);
             }
+            f0 = block_add(f0, d0, wsb, multv, o0, xsv);
+            f1 = block_add(f1, d1, wsb + 16, multv, o1, xsv);
+            f2 = block_add(f2, d2, wsb + 8, multv, o2, xsv);
+            f3 = block_add(f3, d3, wsb + 24, multv, o3, xsv);
         }
         float *y = J->y + t * 32;
         _mm256_storeu_ps(y, f0);
@@ -386,23 +384,21 @@ AVX512 static inline __attribute__((always_inline)) void pair2_avx512_kernel(con
         }
         const int64_t gofs = J->gw[b] * 32;
         const __m512 xsv = _mm512_set1_ps(J->xs[b]);
-        if (J->zo) { /* rows o..o+7 and o+16..o+23 of a tile: their offsets times the block's code sum */
+        __m512i oa0, ob0, oa1, ob1; /* rows o..o+7 and o+16..o+23 of a tile: offsets times the block's code sum */
+        if (J->zo) {
             const uint8_t *za = J->zo + (t * J->nbw + J->gw[b]) * 32, *zb = za + J->nbw * 32;
             const __m512i xsum = _mm512_set1_epi32(J->xsum[b]);
 #define OFFX16(z) _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(z)), \
                                                           _mm_loadl_epi64((const __m128i *)((z) + 16)))), xsum)
-            fa0 = block_add16(fa0, da0, sa + gofs, multv, OFFX16(za), xsv);
-            fb0 = block_add16(fb0, db0, sb + gofs, multv, OFFX16(zb), xsv);
-            fa1 = block_add16(fa1, da1, sa + gofs + 8, multv, OFFX16(za + 8), xsv);
-            fb1 = block_add16(fb1, db1, sb + gofs + 8, multv, OFFX16(zb + 8), xsv);
+            oa0 = OFFX16(za), ob0 = OFFX16(zb), oa1 = OFFX16(za + 8), ob1 = OFFX16(zb + 8);
 #undef OFFX16
         } else {
-            const __m512i offx = _mm512_set1_epi32(J->off * J->xsum[b]);
-            fa0 = block_add16(fa0, da0, sa + gofs, multv, offx, xsv);
-            fb0 = block_add16(fb0, db0, sb + gofs, multv, offx, xsv);
-            fa1 = block_add16(fa1, da1, sa + gofs + 8, multv, offx, xsv);
-            fb1 = block_add16(fb1, db1, sb + gofs + 8, multv, offx, xsv);
+            oa0 = ob0 = oa1 = ob1 = _mm512_set1_epi32(J->off * J->xsum[b]);
         }
+        fa0 = block_add16(fa0, da0, sa + gofs, multv, oa0, xsv);
+        fb0 = block_add16(fb0, db0, sb + gofs, multv, ob0, xsv);
+        fa1 = block_add16(fa1, da1, sa + gofs + 8, multv, oa1, xsv);
+        fb1 = block_add16(fb1, db1, sb + gofs + 8, multv, ob1, xsv);
     }
     float *ya = J->y + t * 32, *yb = ya + 32;
     store16(ya, fa0);
