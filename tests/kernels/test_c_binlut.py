@@ -78,11 +78,11 @@ def test_zero_activations_bias_storage_and_refused_formats():
             CBinaryLutKernel.from_qtensor(bad)
 
 
-def test_auto_picks_it_up_to_16_rows_where_the_cpu_has_avx2():
+def test_auto_picks_it_up_to_32_rows_where_the_cpu_has_avx2():
     qt = QuantizedTensor.from_float(torch.randn(64, 256), "binary", Layout("group", group=64))
     avx2 = current({"BITLADDER_CPU": "avx2"})
     assert (choose(qt, 1, cpu=avx2) == "c-binary-lut") == avx2.has("avx2")
-    assert (choose(qt, 16, cpu=avx2) == "c-binary-lut") == avx2.has("avx2")  # as far as int8 activations go
-    assert choose(qt, 17, cpu=avx2) != "c-binary-lut"  # above, auto keeps float activations
+    assert (choose(qt, 32, cpu=avx2) == "c-binary-lut") == avx2.has("avx2")  # as far as int8 activations go
+    assert choose(qt, 33, cpu=avx2) != "c-binary-lut"  # above, auto keeps float activations
     assert choose(qt, 1, cpu=current({"BITLADDER_CPU": "default"})) != "c-binary-lut"  # the portable path is slow
     assert choose(qt, 1, binary_activations=True, cpu=avx2) == "binary-xnor"  # XNOR stays an explicit choice

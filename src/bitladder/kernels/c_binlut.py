@@ -41,9 +41,9 @@ class CBinaryLutKernel(LinearKernel):
     """Binary (1-bit) codes x int8 activations per block of up to 128 inputs, by 16-entry table lookups."""
 
     name = "c-binary-lut"
-    # as far as int8 activations go in auto (MatMulNBits' rows): ahead of it at every count from 1 to 16
-    # (docs/results/bench-linear-vnni.json, docs/DESIGN.md)
-    auto_rows = (1, 16)
+    # as far as int8 activations go in auto (a sentence of tokens, as for 2-4-bit codes): ahead of MatMulNBits
+    # W2A8 at 1-16 rows and of the exact fp16-codes GEMM at 16-32 on every shape timed (docs/DESIGN.md)
+    auto_rows = (1, 32)
     rank = 4  # ahead of the bit-plane GEMV (c-lowbit-a8, rank 5) for the weights it takes
     planes = 1  # bits per code
 
