@@ -21,6 +21,9 @@ def test_a_folder_causal_lm_gets_agreement_perplexity_and_a_ratio_per_batch(tmp_
     for r in q:
         assert r["agreement"] > 0.9 and abs(r["perplexity"] / r["fp32_perplexity"] - 1) < 0.01
         assert r["latency_ms"] > 0 and r["peak_rss_mb"] > 0
+    # one sample is also timed in bursts: calls back to back beside the first one after the pause
+    assert all(r["warm_latency_ms"] > 0 and r["warm_ratio_vs_fp32"] > 0 for r in rows if r["batch"] == 1)
+    assert all("warm_latency_ms" not in r for r in rows if r["batch"] != 1)
 
 
 def test_first_sample_of_each_batch_form():

@@ -307,6 +307,15 @@ def serve_variant(name: str, folder: str):
                           "onnx_bytes": getattr(model, "file_bytes", None)}
 
 
+def warm_fields(g: dict, fp32: dict) -> dict:
+    """A variant's warm columns (the back-to-back calls of a burst) beside fp32's, where both were timed."""
+    if not (g.get("warm_latency_s") and fp32.get("warm_latency_s")):
+        return {}
+    return {"warm_latency_ms": round(g["warm_latency_s"] * 1e3, 2),
+            "warm_ratio_vs_fp32": round(fp32["warm_latency_s"] / g["warm_latency_s"], 3),
+            "warm_ratio_vs_fp32_iqr": round_spread(fp32["warm_rounds_s"], g["warm_rounds_s"])}
+
+
 def round_spread(base: list[float] | None, times: list[float]) -> list[float] | None:
     """[first, third] quartile of the per-round ratios ``base[i] / times[i]`` (runs of the same round saw the
     same load): how far the ratio moved from round to round. None without the baseline's rounds."""
@@ -352,10 +361,7 @@ def _rows(spec, ref, names: list[str], got: dict, batch: int) -> list[dict]:
                    cos_min=fid["cos_min"], knn10=fid["knn10"], fidelity_batch=per_call,
                    onnx_bytes=g["info"]["onnx_bytes"])
         row["ratio_vs_fp32_iqr"] = round_spread(base, g["rounds_s"])
-        if g.get("warm_latency_s") and got["fp32 torch"].get("warm_latency_s"):
-            row.update(warm_latency_ms=round(g["warm_latency_s"] * 1e3, 2),
-                       warm_ratio_vs_fp32=round(got["fp32 torch"]["warm_latency_s"] / g["warm_latency_s"], 3),
-                       warm_ratio_vs_fp32_iqr=round_spread(got["fp32 torch"]["warm_rounds_s"], g["warm_rounds_s"]))
+        row.update(warm_fields(g, got["fp32 torch"]))
         if got.get(FP32_ONEDNN, {}).get("latency_s"):
             row["ratio_vs_fp32_onednn"] = round(got[FP32_ONEDNN]["latency_s"] / s, 3)
         if row["onnx_bytes"] and fp32_onnx:

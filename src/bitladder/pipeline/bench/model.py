@@ -3,7 +3,8 @@ rungs asked for, side by side in one run.
 
 Every variant runs in its own process (:mod:`bitladder.pipeline.bench.isolated`), resolving the model and
 quantising it there (calibrated rungs on the model's calibration data), and all are timed in the same
-interleaved rounds on the model's latency batch and on its first sample alone (the one-request edge case).
+interleaved rounds on the model's latency batch and on its first sample alone (the one-request edge case:
+first call after a pause, and five more back to back, ``warm_*``, as in the MiniLM suite).
 Fidelity is the model's own metric on its evaluation data against fp32, with the metric's extra figures
 (cosine minimum and kNN@10, perplexity) where it has them.
 """
@@ -15,7 +16,7 @@ import torch
 from bitladder.errors import BitladderError
 from bitladder.methods.quantize.api import quantize
 from bitladder.pipeline.bench.isolated import isolated_latency
-from bitladder.pipeline.bench.minilm import round_spread
+from bitladder.pipeline.bench.minilm import BURSTS, round_spread, warm_fields
 from bitladder.pipeline.measure.evaluate import fidelity, outputs
 from bitladder.zoo.registry import resolve
 
@@ -66,7 +67,7 @@ def model_rows(model: str, rungs: list[str], repeats: int = 10, data: str | None
     ref = outputs(spec.model, spec.eval_batches)
     names = ["fp32", *rungs]
     got = isolated_latency({n: ("bitladder.pipeline.bench.model:serve_variant", (model, data, n)) for n in names},
-                           repeats, batches=2)
+                           repeats, batches=2, bursts=BURSTS)
     rows = []
     for j, batch in enumerate((rows_of(spec.latency_batch), 1)):
         per = {n: {**g, **g["by_batch"][j]} if "by_batch" in g else g for n, g in got.items()}
@@ -86,5 +87,5 @@ def model_rows(model: str, rungs: list[str], repeats: int = 10, data: str | None
                          "ratio_vs_fp32": round(fp32["latency_s"] / g["latency_s"], 3),
                          "ratio_vs_fp32_iqr": round_spread(fp32.get("rounds_s"), g["rounds_s"]),
                          "peak_rss_mb": g["peak_rss_mb"], "metric": spec.metric, **named,
-                         **{k: v for k, v in fid.items() if v is not None}})
+                         **{k: v for k, v in fid.items() if v is not None}, **warm_fields(g, fp32)})
     return rows
