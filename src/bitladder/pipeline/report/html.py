@@ -58,8 +58,10 @@ def sqnr_table(results: dict) -> str:
 def _points(results: dict) -> list[dict]:
     """Points for the Pareto fronts: tune trials if any, else the rungs (plus fp32 as the reference)."""
     if results.get("trials"):  # size of a trial: bytes of its compressed layers (no artifact is written per trial)
+        # finished trials only: a worker killed mid-trial leaves the figures it had written (one at a time)
         return [{**t, "label": f"#{t['number']}", "size": t["model_bytes"]} for t in results["trials"]
-                if t.get("fidelity") is not None]
+                if t.get("state", "COMPLETE") == "COMPLETE"
+                and all(t.get(k) is not None for k in ("fidelity", "model_bytes", "latency_ms"))]
     pts = [{"label": r["rung"], "fidelity": r["fidelity"], "size": r["bytes_on_disk"],
             "latency_ms": r["latency_ms"]} for r in results["rungs"] if r.get("latency_ms")]
     first = next((r for r in results["rungs"] if r.get("fp32_latency_ms")), None)
