@@ -56,10 +56,13 @@ def test_any_shape_and_activation_range_is_exact(n, cols, group, m, seed, extrem
     assert torch.equal(portable, ref) and all(torch.equal(y, ref) for y in simd)
 
 
-def test_the_same_integer_dots_as_the_bit_plane_gemv():
-    qt = QuantizedTensor.from_float(torch.randn(64, 512), "binary", Layout("group", group=64))
+@pytest.mark.parametrize("fmt,layout,cls", [("binary", Layout("group", group=64), CBinaryLutKernel),
+                                            ("int2", Layout("group", group=64), CTwoBitLutKernel),
+                                            ("ternary", Layout("channel"), CTwoBitLutKernel)])
+def test_the_same_integer_dots_as_the_bit_plane_gemv(fmt, layout, cls):
+    qt = QuantizedTensor.from_float(torch.randn(64, 512), fmt, layout)
     x = torch.randn(2, 512)
-    lut, planes = CBinaryLutKernel.from_qtensor(qt)(x), CLowbitKernel.from_qtensor(qt)(x)
+    lut, planes = cls.from_qtensor(qt)(x), CLowbitKernel.from_qtensor(qt)(x)
     # only the order of the float sums over blocks differs
     assert torch.allclose(lut, planes, rtol=1e-5, atol=1e-5 * float(planes.abs().max()))
 
@@ -141,16 +144,6 @@ def test_two_bit_largest_codes_times_largest_activations_stay_exact(group, sign)
         kern = CTwoBitLutKernel.from_qtensor(qt, simd=s)
         kern.w[:] = 0xFF
         assert torch.equal(kern(x), ref), s
-
-
-@pytest.mark.parametrize("fmt", ["int2", "ternary"])
-def test_two_bit_same_integer_dots_as_the_bit_plane_gemv(fmt):
-    qt = QuantizedTensor.from_float(torch.randn(64, 512), fmt, Layout("group", group=64) if fmt == "int2"
-                                    else Layout("channel"))
-    x = torch.randn(2, 512)
-    lut, planes = CTwoBitLutKernel.from_qtensor(qt)(x), CLowbitKernel.from_qtensor(qt)(x)
-    # only the order of the float sums over blocks differs
-    assert torch.allclose(lut, planes, rtol=1e-5, atol=1e-5 * float(planes.abs().max()))
 
 
 def test_two_bit_storage_and_refused_formats():
