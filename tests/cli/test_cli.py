@@ -31,6 +31,12 @@ def test_ladder_and_inspect(tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert names == ["digits-binary.safetensors", "digits-fp32.safetensors", "digits-int4-g32.safetensors",
                      "report.html", "results.json"]
+    if sys.platform.startswith("linux"):  # the command times under pinned malloc thresholds and says so
+        import json
+
+        alloc = json.loads((out / "results.json").read_text())["allocator"]
+        assert alloc["allocator"] in ("glibc", "default") and (alloc["allocator"] == "default"
+                                                               or alloc["mmap_threshold"] >= 32 << 20)
     res = cli("inspect", str(out / "digits-int4-g32.safetensors"))
     assert res.returncode == 0, res.stderr
     assert "classifier.1" in res.stdout and "int4" in res.stdout and "group 32" in res.stdout

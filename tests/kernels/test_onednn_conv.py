@@ -81,3 +81,32 @@ def test_dynamic_w8a8_runs_convolutions_in_int8_and_falls_back_where_it_cannot(t
     weight_only = bitladder.quantize(model, Int(8))
     weight_only(x)
     assert weight_only[0].kernel.startswith("dequant-fp32")  # no activation format asked for: float compute
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+def test_output_comes_in_the_layout_f_conv2d_gives(channels_last):
+    """oneDNN's int8 convolution computes channels-last; its output must still come in the layout the float
+    convolution gives, or a model that views it (``y.view(n, -1)``) fails once quantised."""
+    qt = _weights(6, 4, 3, Layout("channel"))
+    x = torch.randn(2, 4, 5, 5)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = OnednnConv2dW8A8.from_layer(qt, (1, 1), (1, 1), (1, 1), 1)(x, None)
+    ref = F.conv2d(x, qt.dequantize(torch.float32), None, 1, 1)
+    assert y.stride() == ref.stride()
+
+
+def test_a_model_that_views_its_convolution_output_runs_quantised():
+    class Viewing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8 * 6 * 6, 4)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x))
+            return self.fc(y.view(y.size(0), -1))
+
+    torch.manual_seed(0)
+    model, x = Viewing().eval(), torch.randn(3, 3, 6, 6)
+    q = bitladder.quantize(model, Int(8, act=Act(dynamic="tensor")))
+    assert _rel(q(x), model(x)) < 3e-2 and q.conv.kernel == "int8-w8a8-onednn-conv"

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from bitladder.cli import bench, info, stream
 from bitladder.cli.options import DATA_HELP, TASK_HELP
 from bitladder.errors import BitladderError
+from bitladder.pipeline.measure.allocator import steady_allocator
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Take a PyTorch model down the precision ladder and measure every rung.")
@@ -68,7 +69,8 @@ def ladder(
             else:
                 bar.advance(step)
 
-        results = run_ladder(spec, configs, out, repeats=repeats, on_rung=on_rung, pipeline=pipe)
+        results = run_ladder(spec, configs, out, repeats=repeats, on_rung=on_rung, pipeline=pipe,
+                             allocator=steady_allocator())
     if results is None:  # a pipeline stage other than the first: rank 0 reports
         return
     report = write_report(results, out / "report.html")
@@ -127,7 +129,7 @@ def compress(
                 plain(f"  {kind:9s} {rec['seconds']:7.1f} s  fidelity {rec['fidelity']:.4f}  "
                               f"params {rec['params']:,}  nonzero {rec['nonzero']:,}")
 
-        res = run_recipe(parsed, spec, out, on_step=on_step)
+        res = run_recipe(parsed, spec, out, on_step=on_step, allocator=steady_allocator())
     if res is None:  # a pipeline stage other than the first: rank 0 reports
         return
     report = write_report(res, out / "report.html")
@@ -172,7 +174,7 @@ def tune(
     with console.status(f"tuning {model}: {trials} trials, {workers} worker(s)"):
         try:
             res = run_tune(model, config, out, storage=storage, study_name=study, workers=workers, timeout=timeout,
-                           data=None if data is None else str(data))
+                           data=None if data is None else str(data), allocator=steady_allocator())
         finally:
             import json
 

@@ -4,7 +4,8 @@ The weight is int8 symmetric per output channel (or per tensor), prepacked once.
 input to uint8 on one asymmetric grid over ``[min(x, 0), max(x, 0)]``: one scale per call, since a
 convolution mixes the positions of an image and the rows of a Linear's trick (a scale per row) do not
 exist here. The codes are laid out channels-last, the layout oneDNN's int8 convolution runs in; scales
-and bias are applied in its epilogue and the fp32 output stays channels-last (later ops accept either).
+and bias are applied in its epilogue. The fp32 output comes in the input's memory format, as ``F.conv2d``'s
+does: a channels-last output after an NCHW input broke models that ``view`` it (``y.view(n, -1)``).
 
 Dense convolutions run faster than fp32 ``nn.Conv2d`` (``bitladder bench --suite conv``, measured:
 docs/results/bench-conv.json); depthwise ones ran slower in int8, so grouped convolutions keep the float
@@ -22,6 +23,14 @@ from bitladder.kernels.fbgemm_w8a8 import levels_for
 from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel, _grid, _raw
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
+
+
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout ``F.conv2d`` gives its output for input ``x``: channels-last when ``x`` is stored so (and not also
+    plainly contiguous, as a tensor of one channel or one pixel is), else contiguous."""
+    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return torch.contiguous_format
+    return torch.channels_last
 
 
 @register
@@ -73,16 +82,17 @@ class OnednnConv2dW8A8:
         return self
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """(N, C, H, W) float32 with N > 0 -> (N, O, H', W') float32, channels-last."""
+        """(N, C, H, W) float32 with N > 0 -> (N, O, H', W') float32, in ``x``'s memory format."""
         lo, hi = torch.aminmax(x)
         scale, zp = _grid(float(lo), float(hi), self.levels)
         with warnings.catch_warnings():  # quantized tensor creation is deprecated; here it is only a fast cast
             warnings.simplefilter("ignore")
             q = _raw(torch.quantize_per_tensor(x, scale, zp, torch.quint8)).contiguous(
                 memory_format=torch.channels_last)
-        return torch.ops.onednn.qconv2d_pointwise(q, scale, zp, self._packed, self._scale, self._zp,
-                                                  None if bias is None else bias.float(), *self.args, 1.0, 0,
-                                                  torch.float32, "none", [], "")
+        y = torch.ops.onednn.qconv2d_pointwise(q, scale, zp, self._packed, self._scale, self._zp,
+                                               None if bias is None else bias.float(), *self.args, 1.0, 0,
+                                               torch.float32, "none", [], "")
+        return y.contiguous(memory_format=memory_format(x))
 
     def __repr__(self) -> str:
         return f"OnednnConv2dW8A8(stride/padding/dilation/groups={self.args}, nbytes={self.nbytes})"

@@ -22,6 +22,7 @@ def test_schema(digits_results):
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["schema"] == "bitladder.ladder/1" and on_disk["metric"] == "accuracy"
     assert {"cpu", "flags", "cores", "threads", "versions"} <= set(on_disk["machine"])
+    assert on_disk["allocator"] == {"allocator": "default"}  # a library call pins nothing (the command does)
     assert [r["rung"] for r in on_disk["rungs"]] == [r["rung"] for r in res["rungs"]]
     for r in on_disk["rungs"]:
         assert KEYS <= set(r)

@@ -31,3 +31,23 @@ def test_layer_latency_times_each_quantised_layer_on_its_own_input():
     assert ratios["2"] < 0.5 and ratios["0"] > 2 * ratios["2"], ratios
     assert _calls_per_sample(lambda: None, 1e-3, cap=50) == 50  # a fast call is repeated, up to the cap
     assert _calls_per_sample(lambda: time.sleep(2e-3), 1e-3) == 1
+
+
+def test_paired_latency_times_both_models_without_autograd():
+    """The float model's parameters require grad: timed with autograd on, it recorded a graph the quantised
+    model (buffers) did not, and paid for it."""
+    from torch import nn
+
+    from bitladder.pipeline.measure.evaluate import paired_latency
+
+    seen = []
+
+    class Spy(nn.Linear):
+        def forward(self, x):
+            seen.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+            return super().forward(x)
+
+    ref, model = Spy(4, 4), Spy(4, 4).requires_grad_(False)
+    fp32_s, model_s = paired_latency(ref, model, torch.randn(2, 4), repeats=3, warmup=1)
+    assert fp32_s > 0 and model_s > 0 and len(seen) == 8
+    assert all(inference and not grad for inference, grad in seen)

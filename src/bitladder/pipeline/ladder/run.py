@@ -18,6 +18,7 @@ from bitladder.io.artifact import load, read_header, save
 from bitladder.methods.quantize.api import plan, quantize
 from bitladder.nn.base import QuantModule
 from bitladder.pipeline.measure.evaluate import fidelity, layer_latency, layer_stats, outputs, paired_latency
+from bitladder.pipeline.measure.allocator import allocated
 from bitladder.pipeline.measure.machine import machine
 from bitladder.methods.quantize.configs import QuantConfig
 from bitladder.pipeline.ladder.rungs import parse_rungs
@@ -126,11 +127,12 @@ def run_rung(spec: ModelSpec, rung: str, cfg: QuantConfig, out: Path, ref: torch
 
 def run_ladder(spec: ModelSpec, rungs: Iterable[str] | Mapping[str, QuantConfig], out: Path, repeats: int = 10,
                on_rung: Callable[[str, dict | None], None] | None = None,
-               pipeline: Pipeline | None = None) -> dict | None:
+               pipeline: Pipeline | None = None, allocator: dict | None = None) -> dict | None:
     """Sweep ``rungs`` (names, or names already parsed to configs) on ``spec``; writes artifacts and
     ``results.json`` into ``out``. With ``pipeline`` (under torchrun): rank 0 quantises each rung and every
     rank runs its stage of the artifact (the wait for rank 0 is bounded by ``pipeline.timeout_s``); only rank 0
-    returns the results (others None)."""
+    returns the results (others None). ``allocator``: what the command pinned
+    (:func:`~bitladder.pipeline.measure.allocator.steady_allocator`), recorded beside the machine."""
     rungs = parse_rungs(rungs)  # every rung name is checked before any work starts
     if pipeline is not None and staged.start(pipeline, spec.model, []).rank:
         for rung in rungs:
@@ -143,7 +145,8 @@ def run_ladder(spec: ModelSpec, rungs: Iterable[str] | Mapping[str, QuantConfig]
     base = fidelity(spec, ref, ref)["fidelity"]
     unseen_ref = outputs(spec.model, spec.unseen_batches) if spec.unseen_batches else None
     results = {"schema": SCHEMA, "model": spec.name, "metric": spec.metric, "fp32_fidelity": base,
-               "torch_threads": torch.get_num_threads(), "machine": mach, "rungs": [],
+               "torch_threads": torch.get_num_threads(), "machine": mach, "allocator": allocated(allocator),
+               "rungs": [],
                "unseen_corpus": spec.unseen_corpus, "unseen_missing": spec.unseen_missing}
     for rung, cfg in rungs.items():
         if on_rung:

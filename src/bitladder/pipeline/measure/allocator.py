@@ -4,8 +4,8 @@ allocation history.
 glibc serves large blocks with mmap and moves that threshold as blocks are freed, and it returns freed heap
 to the system above a trim threshold: the same forward pass then page-faults on fresh memory in one phase of a
 run and reuses heap in another, and a latency ratio moves with it (measured: docs/DESIGN.md, 'Benchmarks pin
-glibc's malloc thresholds'). Benchmarks call :func:`steady_allocator` first and record what it returns; the
-library itself never does.
+glibc's malloc thresholds'). Benchmarks and the commands that time models (ladder, compress, tune) call
+:func:`steady_allocator` first and record what it returns (:func:`allocated`); the library itself never does.
 """
 
 from __future__ import annotations
@@ -29,3 +29,9 @@ def steady_allocator(threshold: int = 1 << 30) -> dict:
         if libc.mallopt(_M_MMAP_THRESHOLD, size) and libc.mallopt(_M_TRIM_THRESHOLD, size):
             return {"allocator": "glibc", "mmap_threshold": size, "trim_threshold": size}
     return {"allocator": "default"}
+
+
+def allocated(pinned: dict | None) -> dict:
+    """A result file's ``allocator`` entry: what :func:`steady_allocator` set, or ``{"allocator": "default"}``
+    where nothing was pinned (a library call times under whatever its process set)."""
+    return dict(pinned) if pinned else {"allocator": "default"}

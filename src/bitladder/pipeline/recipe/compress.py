@@ -17,6 +17,7 @@ import torch
 
 from bitladder.io.artifact import load, save
 from bitladder.nn.base import QuantModule
+from bitladder.pipeline.measure.allocator import allocated
 from bitladder.pipeline.measure.evaluate import fidelity, outputs, paired_latency
 from bitladder.pipeline.ladder.run import SCHEMA, check_out_dir, write_json
 from bitladder.pipeline.parallel import staged
@@ -56,10 +57,11 @@ def _sensitivity(spec: ModelSpec, configs: dict) -> dict:
 
 
 def run_recipe(recipe, spec: ModelSpec, out: Path,
-               on_step: Callable[[str, dict | None], None] | None = None) -> dict | None:
+               on_step: Callable[[str, dict | None], None] | None = None, allocator: dict | None = None) -> dict | None:
     """Run ``recipe`` (from :func:`bitladder.pipeline.recipe.parse.load_recipe`) on ``spec``; writes into ``out``.
     With ``recipe.pipeline`` (under torchrun), every rank runs the steps, rank 0 writes the artifact, all
-    evaluate it in pipeline stages, and only rank 0 returns the results (others None)."""
+    evaluate it in pipeline stages, and only rank 0 returns the results (others None). ``allocator``: what the
+    command pinned, recorded beside the machine."""
     pipe = None if recipe.pipeline is None else Pipeline(recipe.pipeline.stages, recipe.pipeline.microbatches,
                                                          recipe.pipeline.timeout_s)
     reshaping = [s.kind for s in recipe.steps if s.body.stage == 1]  # prune, lowrank: stages load the float shapes
@@ -109,7 +111,8 @@ def run_recipe(recipe, spec: ModelSpec, out: Path,
         latency_ratio=row["latency_ratio"], bytes_on_disk=row["bytes_on_disk"], fp32_bytes=fp32_bytes,
         kernels=row["kernels"], samples=sample_count(spec.eval_batches)))
     results = {"schema": SCHEMA, "model": spec.name, "metric": spec.metric, "fp32_fidelity": base,
-               "torch_threads": torch.get_num_threads(), "machine": mach, "recipe": recipe.to_dict(), "rungs": [row],
+               "torch_threads": torch.get_num_threads(), "machine": mach, "allocator": allocated(allocator),
+               "recipe": recipe.to_dict(), "rungs": [row],
                "steps": history, "summary": summarize(spec.model, back)}
     if ev.robustness:
         results["robustness"] = robustness(spec, back, ev.noise)

@@ -15,6 +15,7 @@ import torch
 from bitladder.errors import BitladderError
 from bitladder.io.artifact import load, save
 from bitladder.pipeline.tune import study as T
+from bitladder.pipeline.measure.allocator import allocated, steady_allocator
 from bitladder.pipeline.measure.evaluate import fidelity, outputs
 from bitladder.pipeline.ladder.run import SCHEMA, check_out_dir, write_json
 from bitladder.pipeline.measure.machine import machine
@@ -120,11 +121,12 @@ class _Stop:
 
 
 def run_worker(model: str, storage: str, name: str, config: T.TuneConfig, threads: int, timeout: float | None,
-               seed_offset: int = 0, ready=None, data: str | None = None) -> None:
+               seed_offset: int = 0, ready=None, data: str | None = None, pin: bool = False) -> None:
     """One worker: optimise until the study holds ``config.trials`` complete trials (or ``timeout``).
 
     ``ready`` (a barrier shared by local workers) holds each one after its set-up until all are set up,
     so the queued first trials are shared out instead of going to whichever process started first.
+    ``pin``: a worker process of its own pins glibc's malloc thresholds, as the command did for itself.
     """
     import threading
 
@@ -132,6 +134,8 @@ def run_worker(model: str, storage: str, name: str, config: T.TuneConfig, thread
 
     from bitladder.zoo.registry import resolve
 
+    if pin:
+        steady_allocator()
     torch.set_num_threads(threads)
     spec = resolve(model, data)
     search, _ = T.split_eval(spec)
@@ -180,9 +184,11 @@ def run_worker(model: str, storage: str, name: str, config: T.TuneConfig, thread
 
 
 def run_tune(model: str, config: T.TuneConfig, out: Path, storage: str | None = None, study_name: str | None = None,
-             workers: int = 1, timeout: float | None = None, data: str | None = None) -> dict:
+             workers: int = 1, timeout: float | None = None, data: str | None = None,
+             allocator: dict | None = None) -> dict:
     """Run the search for ``model`` (on ``data``, a text file, where given) in ``workers`` processes and
-    summarise it into ``out``; returns the results."""
+    summarise it into ``out``; returns the results. ``allocator``: what the command pinned in this process
+    (:func:`~bitladder.pipeline.measure.allocator.steady_allocator`); worker processes then pin theirs too."""
     check_out_dir(out)
     machine()  # a bad BITLADDER_CPU fails before the study starts
     if workers < 1:
@@ -208,7 +214,8 @@ def run_tune(model: str, config: T.TuneConfig, out: Path, storage: str | None = 
     else:
         ctx = mp.get_context("spawn")
         ready = ctx.Barrier(workers)
-        procs = [ctx.Process(target=run_worker, args=(model, storage, name, config, threads, timeout, i, ready, data))
+        procs = [ctx.Process(target=run_worker, args=(model, storage, name, config, threads, timeout, i, ready, data,
+                                                          bool(allocator)))
                  for i in range(workers)]
         for p in procs:
             p.start()
@@ -216,7 +223,7 @@ def run_tune(model: str, config: T.TuneConfig, out: Path, storage: str | None = 
             p.join()
         if all(p.exitcode != 0 for p in procs):
             raise BitladderError(f"all {workers} tune workers failed (exit codes {[p.exitcode for p in procs]})")
-    return summarize(model, config, storage, name, out, time.perf_counter() - t0, data)
+    return summarize(model, config, storage, name, out, time.perf_counter() - t0, data, allocator)
 
 
 def trial_rows(study) -> list[dict]:
@@ -273,7 +280,7 @@ def _measure_best(model: str, params: dict, out: Path, name: str, data: str | No
 
 
 def summarize(model: str, config: T.TuneConfig, storage: str, name: str, out: Path, wall: float,
-              data: str | None = None) -> dict:
+              data: str | None = None, allocator: dict | None = None) -> dict:
     """Rebuild and measure the best feasible trial, write ``results.json``; BitladderError (after it) if none."""
     import optuna
 
@@ -285,7 +292,8 @@ def summarize(model: str, config: T.TuneConfig, storage: str, name: str, out: Pa
     results = {"schema": SCHEMA, "model": model, "data": None if data is None else str(data),
                "metric": study.user_attrs.get("metric"),
                "fp32_fidelity": study.user_attrs.get("fp32_fidelity"),
-               "torch_threads": torch.get_num_threads(), "machine": machine(), "wall_s": wall,
+               "torch_threads": torch.get_num_threads(), "machine": machine(),
+               "allocator": allocated(allocator), "wall_s": wall,
                "objective": config.objective,
                "max_drop_pt": config.max_drop, "study": {"name": name, "storage": redact(storage)},
                "trials": rows, "rungs": [], "workers": sorted({r["worker"] for r in done if r["worker"]})}
