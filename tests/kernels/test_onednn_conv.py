@@ -80,7 +80,8 @@ def test_dynamic_w8a8_runs_convolutions_in_int8_and_falls_back_where_it_cannot(t
     assert torch.allclose(back(x), y, atol=1e-5) and back[0].kernel == "int8-w8a8-onednn-conv"
     weight_only = bitladder.quantize(model, Int(8))
     weight_only(x)
-    assert weight_only[0].kernel.startswith("dequant-fp32")  # no activation format asked for: float compute
+    # no activation format asked for: float compute (the weight dequantised in one pass where numba is installed)
+    assert weight_only[0].kernel in ("c-dequant-conv", "dequant-fp32")
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])

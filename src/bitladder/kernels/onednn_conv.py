@@ -42,6 +42,7 @@ class OnednnConv2dW8A8:
     requires: tuple[str, ...] = ()
     auto_rows = None
     rank = 10
+    needs_batch = True  # a non-empty 4-D input (an unbatched or empty one takes the layer's float path)
 
     @classmethod
     def installed(cls) -> bool:
@@ -54,12 +55,22 @@ class OnednnConv2dW8A8:
         return cls.installed()
 
     @classmethod
+    def takes(cls, policy: str, weight_only: bool) -> bool:
+        """The dynamic W8A8 policies (what ``Act(dynamic=...)`` sets); auto keeps a convolution's activations float."""
+        return policy.startswith("int8-w8a8")
+
+    @classmethod
+    def applies(cls, qt: QuantizedTensor) -> bool:
+        """int8 symmetric 4-D weights, one scale per output channel or per tensor."""
+        return (qt.qtype.name == "int8" and qt.zero_point is None and qt.layout.granularity != "group"
+                and len(qt.shape) == 4 and not (qt.layout.granularity == "channel" and qt.layout.axis != 0))
+
+    @classmethod
     def from_layer(cls, qt: QuantizedTensor, stride, padding, dilation, groups: int) -> "OnednnConv2dW8A8":
         """Prepack a symmetric int8 4-D weight for these conv arguments; KernelUnsupported if it cannot."""
         if not cls.installed():
             raise KernelUnsupported("torch has no oneDNN quantized convolution (torch.ops.onednn.qconv2d_pointwise)")
-        if qt.qtype.name != "int8" or qt.zero_point is not None or qt.layout.granularity == "group" \
-                or len(qt.shape) != 4 or (qt.layout.granularity == "channel" and qt.layout.axis != 0):
+        if not cls.applies(qt):
             raise KernelUnsupported("oneDNN W8A8 convolution needs int8 symmetric 4-D weights per output channel "
                                     "or per tensor")
         if groups != 1:

@@ -64,6 +64,17 @@ def choose(qt, m: int, policy: str = "auto", binary_activations: bool = False, c
     return candidates(qt, m, cpu)[0]
 
 
+def choose_conv(qt, policy: str, weight_only: bool, cpu: Cpu | None = None) -> str | None:
+    """The registered convolution kernel for this weight under ``policy`` (the first, in rank order, that takes the
+    policy, is available and takes the weight), or None for the layer's own path: dequantise, float convolution.
+    ``weight_only``: the layer has no activation format of its own."""
+    cpu = cpu or current()
+    for k in registry.for_op("conv2d"):
+        if k.takes(policy, weight_only) and k.available(cpu) and k.applies(qt):
+            return k.name
+    return None
+
+
 def static_whole_on_fbgemm(qt, cpu: Cpu) -> bool:
     """Whether fbgemm's static GEMM takes a 256-code activation grid against this weight's codes: with AVX-512
     VNNI, or weights of at most 7 bits (2 * 255 * 64 fits a 16-bit pair sum)."""

@@ -127,7 +127,7 @@ class _QuantConvNd(QuantModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xin = self.prepare_input(x.to(self.compute_dtype))
-        kern = self._int8_conv(xin)
+        kern = self._conv_kernel(xin)
         if kern is not None:
             self.__dict__["kernel"] = kern.name
             return kern(xin, self.bias).to(x.dtype)
@@ -135,7 +135,7 @@ class _QuantConvNd(QuantModule):
         y = self._conv(xin, self.weight(), self._bias(), self.stride, self.padding, self.dilation, self.groups)
         return y.to(x.dtype)
 
-    def _int8_conv(self, x: torch.Tensor):
+    def _conv_kernel(self, x: torch.Tensor):
         return None
 
 
@@ -148,31 +148,37 @@ class QuantConv1d(_QuantConvNd):
 
 @HANDLERS.register(nn.Conv2d)
 class QuantConv2d(_QuantConvNd):
-    """Conv2d. Under a dynamic W8A8 policy (``Act(dynamic=...)`` sets it) calls run on oneDNN's integer
-    convolution with one activation scale per call (:mod:`bitladder.kernels.onednn_conv`); where it cannot
-    run (grouped, string padding, no oneDNN) the layer computes in float on the dequantised weight, and
-    ``kernel`` says which."""
+    """Conv2d on a registered convolution kernel (:func:`bitladder.kernels.select.choose_conv`): under a dynamic
+    W8A8 policy (``Act(dynamic=...)`` sets it) oneDNN's integer convolution with one activation scale per call
+    (:mod:`bitladder.kernels.onednn_conv`); weight-only under auto, the float convolution on a weight dequantised
+    in one pass from bit planes (:mod:`bitladder.kernels.dequant_conv`). Where neither runs (grouped or string
+    padding in int8, float formats, no oneDNN or numba, an empty batch in int8) the layer dequantises through
+    torch itself, and ``kernel`` says which."""
 
     _conv = staticmethod(F.conv2d)
     float_cls = nn.Conv2d
-    kernel_policy = "dequant-fp32"
+    kernel_policy = "auto"
 
-    def _int8_conv(self, x: torch.Tensor):
-        if not self.kernel_policy.startswith("int8-w8a8") or x.dim() != 4 or x.shape[0] == 0 \
-                or x.dtype != torch.float32:
+    def _conv_kernel(self, x: torch.Tensor):
+        if x.dtype != torch.float32:
             return None
         cache = self.__dict__.setdefault("_kernels", KernelCache())
         if "conv" not in cache:
             from bitladder.kernels import registry
+            from bitladder.kernels.select import choose_conv
 
-            conv = registry.for_op("conv2d")[0]  # the one registered integer convolution
+            qt = self.qweight
+            name = choose_conv(qt, self.kernel_policy, "act" not in self._qmeta)
             try:
-                cache["conv"] = conv.from_layer(self.qweight, self.stride, self.padding, self.dilation,
-                                                            self.groups)
+                cache["conv"] = None if name is None else registry.get(name).from_layer(
+                    qt, self.stride, self.padding, self.dilation, self.groups)
             except KernelUnsupported as e:
                 log.info("%s: float convolution (%s)", type(self).__name__, e)
                 cache["conv"] = None
-        return cache["conv"]
+        kern = cache["conv"]
+        if kern is not None and kern.needs_batch and (x.dim() != 4 or x.shape[0] == 0):
+            return None  # oneDNN's integer convolution takes a non-empty 4-D batch only
+        return kern
 
 
 @HANDLERS.register(nn.Embedding)

@@ -1,0 +1,91 @@
+"""Weight-only Conv2d: the weight dequantised in one pass per call from its packed bit planes, then torch's
+float convolution on exactly the weight the layer's own path computes.
+
+A weight-only convolution computes in float, so the most it can save is the dequantisation: the layer's own
+path runs a dozen torch operations per call (unpack, pad, scale, zero point, reshape), a fixed cost that is
+larger than some small convolutions themselves. This kernel keeps the weight as the weight-only GEMV's bit
+planes (:class:`~bitladder.kernels.numba_dequant.NumbaDequantKernel`: the codes at their stored width, C where
+it was built, numba otherwise) and writes the fp32 weight in one pass; it lives for the call only, so the
+memory held stays the packed weight's. Integer codes only: float formats (fp16, fp8) keep the layer's path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bitladder.kernels.base import KernelUnsupported
+from bitladder.kernels.numba_dequant import NumbaDequantKernel
+from bitladder.kernels.registry import register
+from bitladder.tensor.quantized import QuantizedTensor
+
+
+def as_matrix(qt: QuantizedTensor) -> QuantizedTensor:
+    """The (O, I * kh * kw) view of a convolution weight quantised along output channels (the same parts)."""
+    o = qt.shape[0]
+    return QuantizedTensor(qt.packed, qt.scale, qt.zero_point, qt.qtype, (o, qt.numel // max(o, 1)), qt.layout,
+                           qt.n_clipped, qt.table, qt.mask)
+
+
+@register
+class DequantConv2d:
+    """``F.conv2d(x, W, bias, ...)`` with ``W`` dequantised from bit planes at each call (any stride, padding,
+    dilation and groups: the convolution is torch's)."""
+
+    name = "c-dequant-conv"
+    op = "conv2d"
+    requires: tuple[str, ...] = ()
+    auto_rows = None
+    rank = 20
+    needs_batch = False  # torch's convolution takes unbatched and empty inputs too
+
+    @classmethod
+    def installed(cls) -> bool:
+        """Whether the planes' dequantisation can run (numba, with the C pass where it was built)."""
+        return NumbaDequantKernel.installed()
+
+    @classmethod
+    def available(cls, cpu=None) -> bool:
+        """Same as :meth:`installed`: every path of the dequantisation gives the same bits on any CPU."""
+        return cls.installed()
+
+    @classmethod
+    def takes(cls, policy: str, weight_only: bool) -> bool:
+        """Auto's choice for a weight-only layer (activation formats keep the layer's simulated path)."""
+        return weight_only and policy == "auto"
+
+    @classmethod
+    def applies(cls, qt: QuantizedTensor) -> bool:
+        """Integer codes along output channels (one scale per channel, per group or per tensor) in groups
+        of whole bytes of every bit plane."""
+        return (qt.table is None and qt.mask is None and qt.layout.axis == 0 and len(qt.shape) >= 3
+                and NumbaDequantKernel.applies(as_matrix(qt)))
+
+    @classmethod
+    def from_layer(cls, qt: QuantizedTensor, stride, padding, dilation, groups: int) -> "DequantConv2d":
+        """Repack the codes into bit planes once; KernelUnsupported where :meth:`applies` does not hold."""
+        if not cls.installed():
+            raise KernelUnsupported("numba is not installed")
+        if not cls.applies(qt):
+            raise KernelUnsupported(f"{qt.qtype.name} {qt.layout}: needs integer codes along output channels")
+        self = cls()
+        self.shape = tuple(qt.shape)
+        self._planes = NumbaDequantKernel.from_qtensor(as_matrix(qt))
+        self.args = (stride, padding, dilation, groups)
+        return self
+
+    def weight(self) -> torch.Tensor:
+        """The dequantised fp32 weight, (O, I, kh, kw)."""
+        return self._planes.weight().reshape(self.shape)
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The layer's float convolution of ``x`` with this call's dequantised weight."""
+        return F.conv2d(x, self.weight(), None if bias is None else bias.float(), *self.args)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the bit planes and scales hold."""
+        return self._planes.nbytes
+
+    def __repr__(self) -> str:
+        return f"DequantConv2d(shape={self.shape}, nbytes={self.nbytes})"
