@@ -101,12 +101,16 @@ def test_embedding_row_gather_equals_full_dequantisation(cfg):
     assert torch.equal(q(idx), nn.functional.embedding(idx, q.weight().float()))
 
 
-@pytest.mark.parametrize("bits", [2, 3, 6])
-def test_a_lookup_never_dequantises_the_whole_table(bits, monkeypatch):
-    # 5 groups of zero points end inside a byte at these widths: only the rows looked up are dequantised
+@pytest.mark.parametrize("cfg", [bitladder.Int(2, group=8, symmetric=False), bitladder.Int(3, group=8, symmetric=False),
+                                 bitladder.Int(6, group=8, symmetric=False), bitladder.Float("fp16"),
+                                 bitladder.Float("bf16")], ids=["int2", "int3", "int6", "fp16", "bf16"])
+def test_a_lookup_never_dequantises_the_whole_table(cfg, monkeypatch):
+    # 5 groups of zero points end inside a byte at 2, 3 and 6 bits; fp16 and bf16 tables have one (no) scale for
+    # the whole table: in each only the rows looked up are dequantised
     from bitladder.tensor.quantized import QuantizedTensor
 
-    q = bitladder.quantize(nn.Embedding(37, 40), bitladder.Int(bits, group=8, symmetric=False))
+    q = bitladder.quantize(nn.Embedding(37, 40), cfg)
+    assert q.kernel == "gather-dequant-fp32"
     full = nn.functional.embedding(torch.tensor([3, 9]), q.weight().float())
     seen, plain = [], QuantizedTensor.dequantize
     monkeypatch.setattr(QuantizedTensor, "dequantize", lambda self, *a: seen.append(self.shape) or plain(self, *a))

@@ -160,3 +160,33 @@ def test_ternary_rows_of_384_are_not_dequantised_whole(monkeypatch):
     monkeypatch.setattr(QuantizedTensor, "dequantize", spy)
     assert torch.equal(qt.dequantize_rows(idx), whole)
     assert shapes == [(4, 384)]  # only the four rows asked for
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(["fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8", "int4", "uint8", "ternary", "int3"]),
+       rows=st.integers(1, 30), cols=st.integers(1, 40), sym=st.booleans(),
+       picks=st.lists(st.integers(0, 10_000), min_size=1, max_size=12), seed=st.integers(0, 2**31 - 1))
+def test_rows_under_one_scale_for_the_tensor_are_the_rows_of_the_whole(name, rows, cols, sym, picks, seed):
+    gen = torch.Generator().manual_seed(seed)
+    integer = not name.startswith(("fp", "bf"))
+    kw = {"symmetric": sym and not name.startswith("u") or name == "ternary"} if integer else {}
+    qt = QuantizedTensor.from_float(torch.randn(rows, cols, generator=gen), name, Layout("tensor"), **kw)
+    index = torch.tensor([p % rows for p in picks] + [rows - 1]).view(-1, 1)
+    assert torch.equal(qt.dequantize_rows(index), qt.dequantize()[index])
+
+
+def test_fp16_rows_are_not_dequantised_whole(monkeypatch):
+    """An fp16 (or bf16) embedding has one 'scale' for the whole table, none: its rows are read from their
+    bytes, not from the whole table's dequantisation (19 ms a lookup at MiniLM's 30522 x 384)."""
+    qt = QuantizedTensor.from_float(torch.randn(3000, 384), "fp16", Layout("tensor"))
+    idx = torch.tensor([[0, 2999], [1234, 7]])
+    whole = qt.dequantize()[idx]
+    shapes, real = [], QuantizedTensor.dequantize
+
+    def spy(self, *a, **k):
+        shapes.append(tuple(self.shape))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(QuantizedTensor, "dequantize", spy)
+    assert torch.equal(qt.dequantize_rows(idx), whole)
+    assert shapes == [(4, 384)]

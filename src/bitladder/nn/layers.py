@@ -195,9 +195,12 @@ class QuantEmbedding(QuantModule):
             return None  # max_norm renormalises weights in place; not meaningful for packed storage
         qm = cls(qweight)
         qm.padding_idx = module.padding_idx
-        aligned = qweight.layout.granularity != "tensor" and (qweight._row_bytes(qweight.shape[1]) is not None
-                                                               or qweight.qtype.rules.pack_unit(qweight.qtype) is not None)
-        if aligned and qm.kernel != "fp64":
+        if qweight.layout.granularity == "tensor":  # one scale, or none (fp16): rows read from their own bytes
+            aligned = qweight._row_bytes(qweight.shape[1]) is not None and qweight.mask is None
+        else:
+            aligned = (qweight._row_bytes(qweight.shape[1]) is not None
+                       or qweight.qtype.rules.pack_unit(qweight.qtype) is not None)
+        if aligned and qm.kernel not in ("fp64", "fp32"):  # those two are read as stored
             qm.kernel = "gather-dequant-fp32"
         return qm
 

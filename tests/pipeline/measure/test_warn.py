@@ -32,6 +32,16 @@ def test_each_bad_fact_is_one_sentence():
     assert len(got) == 8
 
 
+def test_kernels_auto_chose_are_no_fallback():
+    """A weight dequantised by a kernel auto picked for being fastest (large batches, convolutions, embedding
+    rows) is a choice, not a missing kernel; the layer's own dequant path, with or without an activation
+    format, is."""
+    kernels = {"fc": "numba-dequant-int4", "conv": "c-dequant-conv", "emb": "gather-dequant-fp32",
+               "head": "dequant-fp32", "static": "dequant-fp32+act-uint8-fakequant"}
+    text = "\n".join(warnings_for(Facts(kernels=kernels)))
+    assert "2 of 5 quantised layers on a fallback kernel (dequantised every call): head, static" in text
+
+
 def test_a_registered_check_runs_for_every_command():
     @check
     def huge(f: Facts) -> list[str]:

@@ -81,10 +81,18 @@ def no_smaller(f: Facts) -> list[str]:
     return out
 
 
+def on_fallback(kernel: str) -> bool:
+    """Whether a layer ran the last resort, ``dequant-fp32`` (its whole weight dequantised through torch every
+    call, then the float op), possibly under an activation format's suffix. Kernels that auto chose for being the
+    fastest here (``numba-dequant-*`` at hundreds of rows, ``c-dequant-conv``, ``gather-dequant-fp32`` for
+    embedding rows) also compute in float, but by choice, not for want of a kernel."""
+    return kernel.startswith("dequant-fp32")
+
+
 @check
 def fallback_kernels(f: Facts) -> list[str]:
-    """Layers that dequantise their whole weight on every call instead of running a low-bit kernel."""
-    deq = sorted(n for n, k in f.kernels.items() if "dequant" in k)
+    """Layers that dequantise their whole weight on every call for want of any other kernel."""
+    deq = sorted(n for n, k in f.kernels.items() if on_fallback(k))
     if not deq:
         return []
     return [f"{len(deq)} of {len(f.kernels)} quantised layers on a fallback kernel (dequantised every call): "
