@@ -244,8 +244,26 @@ def test_fp16_codes_are_exact_weight_only(qname):
             qt = _qt(qname, layout, n, k)
             _check(Fp16CodesKernel.from_qtensor(qt), qt, _x(m, k), reference_linear(qt, _x(m, k)), 1e-5)
     assert not Fp16CodesKernel.applies(_qt(qname, Layout("group", group=32), 8, 64))  # group scales: no
-    with pytest.raises(KernelUnsupported, match="one scale per output channel"):
-        Fp16CodesKernel.from_qtensor(_qt("fp8_e4m3", Layout("channel"), 8, 64))
+    with pytest.raises(KernelUnsupported, match="float codes fp16 holds exactly"):
+        Fp16CodesKernel.from_qtensor(_qt("bf16", Layout("tensor"), 8, 64))  # bf16's exponents reach below fp16's
+
+
+@pytest.mark.parametrize("qname", ["fp16", "fp8_e4m3", "fp8_e5m2"])
+def test_float_codes_fp16_holds_run_exact_on_the_fp16_gemm(qname):
+    """fp16 and both fp8 formats are exact in fp16: the weight is not dequantised per call, auto takes the fp16 GEMM
+    at every row count (fp8's dequantisation ran MiniLM at one sentence at 0.56x fp32), and it holds 2 bytes a
+    weight."""
+    if not Fp16CodesKernel.available():
+        pytest.skip("torch has no fbgemm fp16 linear")
+    for layout in (Layout("channel"), Layout("tensor")):
+        for n, k, m in SHAPES:
+            qt = _qt(qname, layout, n, k)
+            kern = Fp16CodesKernel.from_qtensor(qt)
+            _check(kern, qt, _x(m, k), reference_linear(qt, _x(m, k)), 1e-5)
+            assert kern.nbytes <= n * k * 2 + n * 4
+    qt = _qt(qname, Layout("channel"), 32, 256)
+    assert all(choose(qt, m) == "fbgemm-fp16-codes" for m in (1, 18, 64))
+    assert candidates(_qt("bf16", Layout("tensor"), 32, 256), 1) == ["dequant-fp32"]
 
 
 def test_auto_keeps_exact_numerics_above_small_requests():
@@ -301,5 +319,5 @@ def test_selected_kernel_builds_and_is_close(qname, m):
 
 
 def test_selection_falls_back_when_unsupported():
-    assert choose(_qt("fp16", Layout("channel"), 64, 64), 1) == "dequant-fp32"
+    assert choose(_qt("bf16", Layout("tensor"), 64, 64), 1) == "dequant-fp32"  # no kernel takes bf16 codes
     assert choose(_qt("int4", Layout("group", group=12), 64, 60), 1) == "dequant-fp32"

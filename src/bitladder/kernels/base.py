@@ -126,6 +126,7 @@ class LinearKernel(abc.ABC):
     groups: tuple[int, ...] | None = None  # accepted group lengths; None: any (or one scale per row)
     auto_rows: tuple[int, int] | None = None
     rank = 100
+    float_codes = False  # whether it takes float formats (fp16, fp8) besides integer codes
 
     n: int
     k: int
@@ -195,6 +196,7 @@ class DequantKernel(LinearKernel):
     name = "dequant-fp32"
     auto_rows = ANY_ROWS
     rank = 1000
+    float_codes = True
 
     def __init__(self, qt: QuantizedTensor) -> None:
         self.qt = qt

@@ -2,7 +2,10 @@
 
 Integer codes (minus their zero point) of 8 bits or fewer are exact in fp16, and fbgemm's fp16-weight
 GEMM converts the weights to fp32 inside its kernel (fp32 activations, fp32 accumulation), so
-``(x @ codes^T) * scale`` equals the dequantised layer to fp32 rounding. It reads 2 bytes per weight
+``(x @ codes^T) * scale`` equals the dequantised layer to fp32 rounding. So are float codes fp16 holds
+exactly: fp16 itself and both fp8 formats (3 and 2 mantissa bits, exponents within fp16's). Those rungs
+dequantised their whole weight every call before: fp8's conversion ran MiniLM at one sentence at 0.56x fp32.
+bf16 is not among them: its exponents reach far below fp16's. It reads 2 bytes per weight
 instead of 4, needs no dequantisation per call, and runs on torch's own thread pool. It applies when
 each output channel has one scale (channel or tensor granularity); group scales cannot be taken out
 of the sum. Faster than fp32 ``F.linear`` and than dequantise + fp32 at the shapes measured
@@ -18,13 +21,20 @@ from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
 
+#: float formats every value of which fp16 holds exactly (fp8 e4m3: exponents -6..8, 3 mantissa bits; e5m2: the
+#: exponents of fp16, 2 mantissa bits)
+FP16_HOLDS = ("fp16", "fp8_e4m3", "fp8_e5m2")
+
+
 @register
 class Fp16CodesKernel(LinearKernel):
-    """Integer codes packed as fp16 for fbgemm, the per-channel scale applied to the output."""
+    """Integer codes (or float codes fp16 holds exactly) packed as fp16 for fbgemm, the per-channel scale applied
+    to the output."""
 
     name = "fbgemm-fp16-codes"
     auto_rows = ANY_ROWS
     rank = 30
+    float_codes = True
 
     @classmethod
     def rows(cls, cpu, qt=None):
@@ -39,28 +49,38 @@ class Fp16CodesKernel(LinearKernel):
 
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
-        """Whether this weight can run here: integer-like codes with one scale per output channel."""
-        lay, zp = qt.layout, qt.zero_point
-        return (qt.qtype.rules.integer_codes and qt.qtype.bits <= 8
-                and len(qt.shape) == 2 and qt.scale is not None and (zp is None or not zp.is_floating_point())
-                and (lay.granularity == "tensor" or lay.granularity == "channel" and lay.axis % 2 == 0))
+        """Whether this weight can run here: integer-like codes of 8 bits or fewer, or float codes fp16 holds
+        (:data:`FP16_HOLDS`), with one scale per output channel (or per tensor, or none for float codes)."""
+        lay, zp, q = qt.layout, qt.zero_point, qt.qtype
+        per_row = lay.granularity == "tensor" or lay.granularity == "channel" and lay.axis % 2 == 0
+        if len(qt.shape) != 2 or not per_row or qt.table is not None:
+            return False
+        if q.rules.integer_codes:
+            return q.bits <= 8 and qt.scale is not None and (zp is None or not zp.is_floating_point())
+        return zp is None and q.name in FP16_HOLDS
 
     @classmethod
     def from_qtensor(cls, qt: QuantizedTensor) -> "Fp16CodesKernel":
         if not (cls.installed() and cls.applies(qt)):
             raise KernelUnsupported(f"{qt.qtype.name} with {qt.layout.granularity} scales: needs integer codes "
-                                    "(8 bits or fewer) and one scale per output channel")
-        codes, scale, zp, _ = weight_parts(qt)
-        values = codes if zp is None else codes - zp[:, :1]
+                                    "(8 bits or fewer) or float codes fp16 holds exactly, and one scale per "
+                                    "output channel")
         self = cls()
         self.n, self.k = qt.shape
+        if qt.qtype.rules.integer_codes:
+            codes, scale, zp, _ = weight_parts(qt)
+            values, scale = (codes if zp is None else codes - zp[:, :1]), scale[:, 0]
+        else:
+            values = qt.codes().reshape(self.n, self.k)
+            scale = None if qt.scale is None else qt.scale.float().reshape(-1).expand(self.n)
         self._packed = torch.ops.quantized.linear_prepack_fp16(values.float(), None)
-        self._scale = scale[:, 0].float().contiguous()
-        self._bytes = self.n * self.k * 2 + self.n * 4
+        self._scale = None if scale is None else scale.float().contiguous()
+        self._bytes = self.n * self.k * 2 + (0 if scale is None else self.n * 4)
         return self
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic_fp16(x, self._packed).mul_(self._scale)
+        y = torch.ops.quantized.linear_dynamic_fp16(x, self._packed)
+        return y if self._scale is None else y.mul_(self._scale)
 
     @property
     def nbytes(self) -> int:

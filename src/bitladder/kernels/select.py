@@ -34,10 +34,9 @@ def policies() -> tuple[str, ...]:
 def candidates(qt, m: int, cpu: Cpu | None = None) -> list[str]:
     """Every kernel auto may use for this weight at ``m`` rows, best first (``dequant-fp32`` last)."""
     cpu = cpu or current()
-    if not qt.qtype.rules.integer_codes:
-        return ["dequant-fp32"]
+    floats = not qt.qtype.rules.integer_codes  # only kernels that declare float formats see those
     return [k.name for k in registry.for_op("linear")
-            if (r := k.rows(cpu, qt)) is not None and r[0] <= max(m, 1) <= r[1] and k.available(cpu) and k.applies(qt)]
+            if (k.float_codes or not floats) and (r := k.rows(cpu, qt)) is not None and r[0] <= max(m, 1) <= r[1] and k.available(cpu) and k.applies(qt)]
 
 
 def choose(qt, m: int, policy: str = "auto", binary_activations: bool = False, cpu: Cpu | None = None) -> str:
