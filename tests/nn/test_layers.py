@@ -116,3 +116,25 @@ def test_a_lookup_never_dequantises_the_whole_table(cfg, monkeypatch):
     monkeypatch.setattr(QuantizedTensor, "dequantize", lambda self, *a: seen.append(self.shape) or plain(self, *a))
     assert torch.equal(q(torch.tensor([3, 9])), full)
     assert seen and all(shape[0] <= 2 for shape in seen)
+
+
+@pytest.mark.parametrize("rung", ["fp32", "int8", "int4-g32", "int8-a8d"])
+def test_a_channels_last_model_stays_channels_last_once_quantised(rung, tmp_path):
+    """``F.conv2d`` gives channels-last outputs where the weight is channels-last; the packed weight has no layout,
+    so the layer records the float layer's and follows it, saved and loaded too (a channels-last CNN quantised
+    back to NCHW ran its pooling in NCHW, half the speed on the digits CNN)."""
+    import copy
+
+    from bitladder.pipeline.ladder.rungs import parse_rung
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()
+    cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 8, 8)
+    for float_model in (model, cl):
+        q = bitladder.quantize(copy.deepcopy(float_model), parse_rung(rung))
+        want = float_model(x)
+        got = q(x)
+        assert got.stride() == want.stride()
+        back = bitladder.load(bitladder.save(q, tmp_path / f"{rung}.safetensors"), model=copy.deepcopy(model))
+        assert back(x).stride() == want.stride() and torch.allclose(back(x), got, atol=1e-6)

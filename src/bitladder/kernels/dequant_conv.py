@@ -62,8 +62,10 @@ class DequantConv2d:
                 and NumbaDequantKernel.applies(as_matrix(qt)))
 
     @classmethod
-    def from_layer(cls, qt: QuantizedTensor, stride, padding, dilation, groups: int) -> "DequantConv2d":
-        """Repack the codes into bit planes once; KernelUnsupported where :meth:`applies` does not hold."""
+    def from_layer(cls, qt: QuantizedTensor, stride, padding, dilation, groups: int,
+                   channels_last: bool = False) -> "DequantConv2d":
+        """Repack the codes into bit planes once; KernelUnsupported where :meth:`applies` does not hold.
+        ``channels_last``: the weight is laid out so, as the float layer's was (its outputs follow)."""
         if not cls.installed():
             raise KernelUnsupported("numba is not installed")
         if not cls.applies(qt):
@@ -72,11 +74,12 @@ class DequantConv2d:
         self.shape = tuple(qt.shape)
         self._planes = NumbaDequantKernel.from_qtensor(as_matrix(qt))
         self.args = (stride, padding, dilation, groups)
+        self.format = torch.channels_last if channels_last else torch.contiguous_format
         return self
 
     def weight(self) -> torch.Tensor:
-        """The dequantised fp32 weight, (O, I, kh, kw)."""
-        return self._planes.weight().reshape(self.shape)
+        """The dequantised fp32 weight, (O, I, kh, kw), in the layer's memory format."""
+        return self._planes.weight().reshape(self.shape).contiguous(memory_format=self.format)
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The layer's float convolution of ``x`` with this call's dequantised weight."""

@@ -4,8 +4,9 @@ The weight is int8 symmetric per output channel (or per tensor), prepacked once.
 input to uint8 on one asymmetric grid over ``[min(x, 0), max(x, 0)]``: one scale per call, since a
 convolution mixes the positions of an image and the rows of a Linear's trick (a scale per row) do not
 exist here. The codes are laid out channels-last, the layout oneDNN's int8 convolution runs in; scales
-and bias are applied in its epilogue. The fp32 output comes in the input's memory format, as ``F.conv2d``'s
-does: a channels-last output after an NCHW input broke models that ``view`` it (``y.view(n, -1)``).
+and bias are applied in its epilogue. The fp32 output comes in the memory format ``F.conv2d``'s would (the
+input's, or channels-last where the float layer's weight was): a channels-last output after an NCHW input broke
+models that ``view`` it (``y.view(n, -1)``).
 
 Dense convolutions run faster than fp32 ``nn.Conv2d`` (``bitladder bench --suite conv``, measured:
 docs/results/bench-conv.json); depthwise ones ran slower in int8, so grouped convolutions keep the float
@@ -25,12 +26,13 @@ from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
 
-def memory_format(x: torch.Tensor) -> torch.memory_format:
-    """The layout ``F.conv2d`` gives its output for input ``x``: channels-last when ``x`` is stored so (and not also
-    plainly contiguous, as a tensor of one channel or one pixel is), else contiguous."""
-    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
-        return torch.contiguous_format
-    return torch.channels_last
+def memory_format(x: torch.Tensor, channels_last: bool = False) -> torch.memory_format:
+    """The layout ``F.conv2d`` gives its output for input ``x`` (and a weight stored channels-last where
+    ``channels_last``): channels-last when either is stored so (``x`` not also plainly contiguous, as a tensor of
+    one channel or one pixel is), else contiguous."""
+    if channels_last or (not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 @register
@@ -66,8 +68,10 @@ class OnednnConv2dW8A8:
                 and len(qt.shape) == 4 and not (qt.layout.granularity == "channel" and qt.layout.axis != 0))
 
     @classmethod
-    def from_layer(cls, qt: QuantizedTensor, stride, padding, dilation, groups: int) -> "OnednnConv2dW8A8":
-        """Prepack a symmetric int8 4-D weight for these conv arguments; KernelUnsupported if it cannot."""
+    def from_layer(cls, qt: QuantizedTensor, stride, padding, dilation, groups: int,
+                   channels_last: bool = False) -> "OnednnConv2dW8A8":
+        """Prepack a symmetric int8 4-D weight for these conv arguments; KernelUnsupported if it cannot.
+        ``channels_last``: the float layer's weight was, so its outputs are channels-last whatever the input."""
         if not cls.installed():
             raise KernelUnsupported("torch has no oneDNN quantized convolution (torch.ops.onednn.qconv2d_pointwise)")
         if not cls.applies(qt):
@@ -85,6 +89,7 @@ class OnednnConv2dW8A8:
         self._zp = torch.zeros(o, dtype=torch.int32)
         self.levels = levels_for(codes, "onednn")
         self.args = [list(stride), list(padding), list(dilation), groups]
+        self.channels_last = channels_last
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._packed = torch.ops.onednn.qconv_prepack(codes.contiguous(memory_format=torch.channels_last),
@@ -103,7 +108,7 @@ class OnednnConv2dW8A8:
         y = torch.ops.onednn.qconv2d_pointwise(q, scale, zp, self._packed, self._scale, self._zp,
                                                None if bias is None else bias.float(), *self.args, 1.0, 0,
                                                torch.float32, "none", [], "")
-        return y.contiguous(memory_format=memory_format(x))
+        return y.contiguous(memory_format=memory_format(x, self.channels_last))
 
     def __repr__(self) -> str:
         return f"OnednnConv2dW8A8(stride/padding/dilation/groups={self.args}, nbytes={self.nbytes})"

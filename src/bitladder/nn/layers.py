@@ -118,7 +118,27 @@ class _QuantConvNd(QuantModule):
         qm = super().from_float(module, qweight)
         qm.stride, qm.padding, qm.dilation, qm.groups = module.stride, module.padding, module.dilation, module.groups
         qm.kernel_size = module.kernel_size
+        w = module.weight
+        if w.dim() == 4 and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last):
+            qm._qmeta["memory_format"] = "channels_last"  # the float model ran channels-last: so does this layer
         return qm
+
+    @classmethod
+    def skeleton(cls, module: nn.Module, meta: dict, tensors: dict[str, torch.Tensor]) -> "_QuantConvNd":
+        qm = super().skeleton(module, meta, tensors)
+        if meta.get("memory_format") == "channels_last":
+            qm._qmeta["memory_format"] = "channels_last"
+        return qm
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the float layer's weight was channels-last: ``F.conv2d`` then gives channels-last outputs, and
+        so does this layer (a channels-last CNN runs its pooling and activations in that layout, 2x on the digits CNN)."""
+        return self._qmeta.get("memory_format") == "channels_last"
+
+    def weight(self) -> torch.Tensor:
+        w = super().weight()
+        return w.contiguous(memory_format=torch.channels_last) if self.channels_last else w
 
     def to_float(self) -> nn.Module:
         shape = self.qweight.shape
@@ -171,7 +191,7 @@ class QuantConv2d(_QuantConvNd):
             name = choose_conv(qt, self.kernel_policy, "act" not in self._qmeta)
             try:
                 cache["conv"] = None if name is None else registry.get(name).from_layer(
-                    qt, self.stride, self.padding, self.dilation, self.groups)
+                    qt, self.stride, self.padding, self.dilation, self.groups, channels_last=self.channels_last)
             except KernelUnsupported as e:
                 log.info("%s: float convolution (%s)", type(self).__name__, e)
                 cache["conv"] = None
