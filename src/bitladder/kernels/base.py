@@ -202,13 +202,25 @@ class DequantKernel(LinearKernel):
         self.qt = qt
         self.n, self.k = qt.shape
         self.gemm = fp32_gemm.engine(current())
+        self._w = None
+        if qt.qtype.name == "fp32":  # nothing to dequantise: the stored weight on the CPU's fp32 GEMM, as a conv says
+            self.name = "fp32"
+            w = qt.dequantize(torch.float32)
+            self._w = w if w.data_ptr() == qt.packed.data_ptr() else None  # a view of the stored bytes: no copy held
 
     @classmethod
     def from_qtensor(cls, qt: QuantizedTensor) -> "DequantKernel":
         return cls(qt)
 
+    def _weight(self) -> torch.Tensor:
+        return self._w if self._w is not None else self.qt.dequantize(torch.float32)
+
     def _run(self, x):
-        return fp32_gemm.linear(x.float(), self.qt.dequantize(torch.float32), None, self.gemm)
+        return fp32_gemm.linear(x.float(), self._weight(), None, self.gemm)
+
+    def _fused(self, x, bias, in_scale):
+        # bias inside the GEMM (its epilogue), as the float layer's F.linear has it
+        return fp32_gemm.linear((x if in_scale is None else x * in_scale).float(), self._weight(), bias, self.gemm)
 
     @property
     def nbytes(self) -> int:
