@@ -138,3 +138,19 @@ def test_a_channels_last_model_stays_channels_last_once_quantised(rung, tmp_path
         assert got.stride() == want.stride()
         back = bitladder.load(bitladder.save(q, tmp_path / f"{rung}.safetensors"), model=copy.deepcopy(model))
         assert back(x).stride() == want.stride() and torch.allclose(back(x), got, atol=1e-6)
+
+
+def test_an_fp32_layer_reads_its_stored_bytes_and_follows_new_ones():
+    """The fp32 format's weight is its stored bytes viewed as fp32, kept between calls: loaded weights are what the
+    next call uses, and a buffer put in place is what ``weight()`` reads (built kernels, of every format, are
+    dropped by ``load_state_dict`` and the layer's own setters, not by a bare assignment)."""
+    torch.manual_seed(0)
+    a, b = nn.Linear(8, 4), nn.Linear(8, 4)
+    qa, qb = bitladder.quantize(a, bitladder.Float("fp32")), bitladder.quantize(b, bitladder.Float("fp32"))
+    x = torch.randn(3, 8)
+    assert torch.allclose(qa(x), a(x), atol=1e-6) and qa.weight().data_ptr() == qa.weight_packed.data_ptr()
+    qa.load_state_dict(qb.state_dict())
+    assert torch.allclose(qa(x), b(x), atol=1e-6)
+    qa.weight_packed = qb.weight_packed.clone()  # a buffer swapped in, not loaded
+    qa.weight_packed.view(torch.float32).mul_(2)
+    assert torch.allclose(qa.weight(), 2 * b.weight, atol=1e-6)
