@@ -28,7 +28,7 @@ from bitladder.pipeline.measure.allocator import steady_allocator
 from bitladder.pipeline.measure.machine import machine
 from bitladder.zoo import digits
 
-RUNGS = ("fp32", "int8", "int4-g32", "int2-g32-asym", "binary", "int8-a8d")
+RUNGS = ("fp32", "int8", "int4-g32", "int2-g32-asym", "binary", "int8-a8", "int8-a8d")
 NCHW, CL = "fp32 NCHW (the shipped model, eager)", "fp32 channels-last (the same model converted)"
 
 

@@ -14,6 +14,7 @@ from bitladder.kernels.onednn_conv import OnednnConv2dW8A8
 from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel, OnednnW8A8TokenKernel
 from bitladder.kernels.onnx_nbits import OrtNBitsFp32Kernel, OrtNBitsKernel
 from bitladder.kernels.registry import KERNELS
+from bitladder.kernels.static_conv import OnednnConv2dStatic
 from bitladder.kernels.static_w8a8 import FbgemmStaticKernel, OnednnStaticKernel
 from bitladder.kernels.select import build_kernel, choose
 
@@ -33,6 +34,7 @@ __all__ = [
     "LinearKernel",
     "NumbaDequantKernel",
     "NumbaLowbitKernel",
+    "OnednnConv2dStatic",
     "OnednnConv2dW8A8",
     "OnednnStaticKernel",
     "OnednnW8A8Kernel",

@@ -50,9 +50,9 @@ class DequantConv2d:
         return cls.installed()
 
     @classmethod
-    def takes(cls, policy: str, weight_only: bool) -> bool:
-        """Auto's choice for a weight-only layer (activation formats keep the layer's simulated path)."""
-        return weight_only and policy == "auto"
+    def takes(cls, policy: str, act: dict | None) -> bool:
+        """Auto's choice for a weight-only layer (``act``: the layer's activation format, None here)."""
+        return act is None and policy == "auto"
 
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:

@@ -26,6 +26,11 @@ from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
 
+#: fewer input channels run slower in int8 than in fp32: the digits CNN's first convolution (1 -> 16, 3x3) ran
+#: 0.27-0.33x its float layer inside the model (docs/results/notes.md, 'The digits demo')
+MIN_IN_CHANNELS = 4
+
+
 def memory_format(x: torch.Tensor, channels_last: bool = False) -> torch.memory_format:
     """The layout ``F.conv2d`` gives its output for input ``x`` (and a weight stored channels-last where
     ``channels_last``): channels-last when either is stored so (``x`` not also plainly contiguous, as a tensor of
@@ -57,7 +62,7 @@ class OnednnConv2dW8A8:
         return cls.installed()
 
     @classmethod
-    def takes(cls, policy: str, weight_only: bool) -> bool:
+    def takes(cls, policy: str, act: dict | None) -> bool:
         """The dynamic W8A8 policies (what ``Act(dynamic=...)`` sets); auto keeps a convolution's activations float."""
         return policy.startswith("int8-w8a8")
 
@@ -80,6 +85,9 @@ class OnednnConv2dW8A8:
         if groups != 1:
             raise KernelUnsupported("grouped and depthwise convolutions run slower in int8 than in fp32 "
                                     "(docs/DESIGN.md): kept in float")
+        if qt.shape[1] < MIN_IN_CHANNELS:
+            raise KernelUnsupported(f"{qt.shape[1]} input channel(s): too short a reduction for the integer "
+                                    "convolution (docs/DESIGN.md): kept in float")
         if isinstance(padding, str):
             raise KernelUnsupported(f"padding={padding!r}: the int8 convolution takes explicit padding")
         self = cls()
@@ -100,7 +108,10 @@ class OnednnConv2dW8A8:
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """(N, C, H, W) float32 with N > 0 -> (N, O, H', W') float32, in ``x``'s memory format."""
         lo, hi = torch.aminmax(x)
-        scale, zp = _grid(float(lo), float(hi), self.levels)
+        return self._conv(x, *_grid(float(lo), float(hi), self.levels), bias)
+
+    def _conv(self, x: torch.Tensor, scale: float, zp: int, bias: torch.Tensor | None) -> torch.Tensor:
+        """The integer convolution of ``x`` quantised to uint8 on the grid (``scale``, ``zp``)."""
         with warnings.catch_warnings():  # quantized tensor creation is deprecated; here it is only a fast cast
             warnings.simplefilter("ignore")
             q = _raw(torch.quantize_per_tensor(x, scale, zp, torch.quint8)).contiguous(

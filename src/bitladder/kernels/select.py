@@ -63,13 +63,13 @@ def choose(qt, m: int, policy: str = "auto", binary_activations: bool = False, c
     return candidates(qt, m, cpu)[0]
 
 
-def choose_conv(qt, policy: str, weight_only: bool, cpu: Cpu | None = None) -> str | None:
+def choose_conv(qt, policy: str, act: dict | None, cpu: Cpu | None = None) -> str | None:
     """The registered convolution kernel for this weight under ``policy`` (the first, in rank order, that takes the
-    policy, is available and takes the weight), or None for the layer's own path: dequantise, float convolution.
-    ``weight_only``: the layer has no activation format of its own."""
+    policy and the layer's activation format ``act``, is available and takes the weight), or None for the layer's
+    own path: dequantise, float convolution (with its activation format simulated)."""
     cpu = cpu or current()
     for k in registry.for_op("conv2d"):
-        if k.takes(policy, weight_only) and k.available(cpu) and k.applies(qt):
+        if k.takes(policy, act) and k.available(cpu) and k.applies(qt):
             return k.name
     return None
 

@@ -270,12 +270,17 @@ class QuantModule(nn.Module):
         self._forget_picks()
         self.kernel = self._dequant_label = f"{self._dequant_label}+act-int{bits}-per-token-fakequant"
 
+    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input times the per-channel input scale, where the layer has one (AWQ, SmoothQuant)."""
+        if "in_scale" not in self._qmeta:
+            return x
+        shape = [1] * x.dim()
+        shape[self.in_channel_dim] = -1
+        return x * self.in_scale.reshape(shape)
+
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """The input after the input scale and the recorded activation quantisation (binary, per-token or static)."""
-        if "in_scale" in self._qmeta:
-            shape = [1] * x.dim()
-            shape[self.in_channel_dim] = -1
-            x = x * self.in_scale.reshape(shape)
+        x = self.scale_input(x)
         if "act" in self._qmeta and self._qmeta["act"]["qtype"] == "binary":
             shape = [1] * x.dim()
             shape[self.in_channel_dim] = -1

@@ -146,11 +146,14 @@ class _QuantConvNd(QuantModule):
                                            self.padding, self.dilation, self.groups, bias=self.bias is not None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xin = self.prepare_input(x.to(self.compute_dtype))
-        kern = self._conv_kernel(xin)
+        xc = x.to(self.compute_dtype)
+        kern = self._conv_kernel(xc)
         if kern is not None:
             self.__dict__["kernel"] = kern.name
+            # a static integer kernel quantises on the layer's own grid: the simulated rounding would be done twice
+            xin = self.scale_input(xc) if getattr(kern, "quantises_input", False) else self.prepare_input(xc)
             return kern(xin, self.bias).to(x.dtype)
+        xin = self.prepare_input(xc)
         self.__dict__["kernel"] = self._dequant_label
         y = self._conv(xin, self.weight(), self._bias(), self.stride, self.padding, self.dilation, self.groups)
         return y.to(x.dtype)
@@ -170,10 +173,12 @@ class QuantConv1d(_QuantConvNd):
 class QuantConv2d(_QuantConvNd):
     """Conv2d on a registered convolution kernel (:func:`bitladder.kernels.select.choose_conv`): under a dynamic
     W8A8 policy (``Act(dynamic=...)`` sets it) oneDNN's integer convolution with one activation scale per call
-    (:mod:`bitladder.kernels.onednn_conv`); weight-only under auto, the float convolution on a weight dequantised
-    in one pass from bit planes (:mod:`bitladder.kernels.dequant_conv`). Where neither runs (grouped or string
-    padding in int8, float formats, no oneDNN or numba, an empty batch in int8) the layer dequantises through
-    torch itself, and ``kernel`` says which."""
+    (:mod:`bitladder.kernels.onednn_conv`); with a static activation grid, the same convolution on the layer's
+    calibrated grid where the CPU takes all its codes (:mod:`bitladder.kernels.static_conv`); weight-only under
+    auto, the float convolution on a weight dequantised in one pass from bit planes
+    (:mod:`bitladder.kernels.dequant_conv`). Where none runs (grouped or string padding in int8, float formats, no
+    oneDNN or numba, an empty batch in int8, a static grid the CPU's pair sums cannot take) the layer dequantises
+    through torch itself, its activation format simulated, and ``kernel`` says which."""
 
     _conv = staticmethod(F.conv2d)
     float_cls = nn.Conv2d
@@ -187,14 +192,25 @@ class QuantConv2d(_QuantConvNd):
             from bitladder.kernels import registry
             from bitladder.kernels.select import choose_conv
 
-            qt = self.qweight
-            name = choose_conv(qt, self.kernel_policy, "act" not in self._qmeta)
-            try:
-                cache["conv"] = None if name is None else registry.get(name).from_layer(
-                    qt, self.stride, self.padding, self.dilation, self.groups, channels_last=self.channels_last)
-            except KernelUnsupported as e:
-                log.info("%s: float convolution (%s)", type(self).__name__, e)
-                cache["conv"] = None
+            qt, act = self.qweight, self._qmeta.get("act")
+            # where the policy's kernel cannot take the layer, a layer without an activation format of its own
+            # computes in float: on the weight-only kernel (the same values as dequantising through torch); the
+            # dequant-fp32 policy names no kernel, and stays the torch reference
+            names = [choose_conv(qt, self.kernel_policy, act)]
+            if names[0] is not None and act is None:
+                names.append(choose_conv(qt, "auto", None))
+            cache["conv"] = None
+            for name in dict.fromkeys(n for n in names if n is not None):
+                try:
+                    kern = registry.get(name).from_layer(qt, self.stride, self.padding, self.dilation, self.groups,
+                                                         channels_last=self.channels_last)
+                    if getattr(kern, "quantises_input", False):
+                        kern = kern.bind(float(self.act_scale), float(self.act_zero_point), act["qtype"])
+                except KernelUnsupported as e:
+                    log.info("%s: %s cannot run here (%s)", type(self).__name__, name, e)
+                    continue
+                cache["conv"] = kern
+                break
         kern = cache["conv"]
         if kern is not None and kern.needs_batch and (x.dim() != 4 or x.shape[0] == 0):
             return None  # oneDNN's integer convolution takes a non-empty 4-D batch only
