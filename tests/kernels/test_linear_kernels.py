@@ -251,8 +251,8 @@ def test_fp16_codes_are_exact_weight_only(qname):
 @pytest.mark.parametrize("qname", ["fp16", "fp8_e4m3", "fp8_e5m2"])
 def test_float_codes_fp16_holds_run_exact_on_the_fp16_gemm(qname):
     """fp16 and both fp8 formats are exact in fp16: the weight is not dequantised per call, auto takes the fp16 GEMM
-    at every row count (fp8's dequantisation ran MiniLM at one sentence at 0.56x fp32), and it holds 2 bytes a
-    weight."""
+    at every row count (fp8's dequantisation every call ran MiniLM at one sentence below fp32), and it holds 2
+    bytes a weight."""
     if not Fp16CodesKernel.available():
         pytest.skip("torch has no fbgemm fp16 linear")
     for layout in (Layout("channel"), Layout("tensor")):

@@ -122,7 +122,7 @@ def test_a_lookup_never_dequantises_the_whole_table(cfg, monkeypatch):
 def test_a_channels_last_model_stays_channels_last_once_quantised(rung, tmp_path):
     """``F.conv2d`` gives channels-last outputs where the weight is channels-last; the packed weight has no layout,
     so the layer records the float layer's and follows it, saved and loaded too (a channels-last CNN quantised
-    back to NCHW ran its pooling in NCHW, half the speed on the digits CNN)."""
+    came back NCHW and ran its pooling there, at half its float source's speed on the digits CNN)."""
     import copy
 
     from bitladder.pipeline.ladder.rungs import parse_rung

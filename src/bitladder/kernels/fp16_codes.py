@@ -2,14 +2,15 @@
 
 Integer codes (minus their zero point) of 8 bits or fewer are exact in fp16, and fbgemm's fp16-weight
 GEMM converts the weights to fp32 inside its kernel (fp32 activations, fp32 accumulation), so
-``(x @ codes^T) * scale`` equals the dequantised layer to fp32 rounding. So are float codes fp16 holds
-exactly: fp16 itself and both fp8 formats (3 and 2 mantissa bits, exponents within fp16's). Those rungs
-dequantised their whole weight every call before: fp8's conversion ran MiniLM at one sentence at 0.56x fp32.
-bf16 is not among them: its exponents reach far below fp16's. It reads 2 bytes per weight
+``(x @ codes^T) * scale`` equals the dequantised layer to fp32 rounding. It reads 2 bytes per weight
 instead of 4, needs no dequantisation per call, and runs on torch's own thread pool. It applies when
 each output channel has one scale (channel or tensor granularity); group scales cannot be taken out
 of the sum. Faster than fp32 ``F.linear`` and than dequantise + fp32 at the shapes measured
 (docs/DESIGN.md, 'Exact weight-only at batch'; docs/results/bench-linear.json).
+
+Float codes fp16 holds exactly take it too: fp16 itself and both fp8 formats (3 and 2 mantissa bits,
+exponents within fp16's). Those rungs dequantised their whole weight every call before, which ran MiniLM at
+one sentence below fp32 for fp8 (same heading). bf16 is not among them: its exponents reach far below fp16's.
 """
 
 from __future__ import annotations

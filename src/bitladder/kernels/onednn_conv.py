@@ -26,8 +26,8 @@ from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
 
-#: fewer input channels run slower in int8 than in fp32: the digits CNN's first convolution (1 -> 16, 3x3) ran
-#: 0.27-0.33x its float layer inside the model (docs/results/notes.md, 'The digits demo')
+#: fewer input channels run slower in int8 than in fp32 (the digits CNN's first convolution, RGB stems: figures in
+#: docs/DESIGN.md, 'Conv2d W8A8')
 MIN_IN_CHANNELS = 4
 
 

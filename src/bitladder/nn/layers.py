@@ -133,7 +133,7 @@ class _QuantConvNd(QuantModule):
     @property
     def channels_last(self) -> bool:
         """Whether the float layer's weight was channels-last: ``F.conv2d`` then gives channels-last outputs, and
-        so does this layer (a channels-last CNN runs its pooling and activations in that layout, 2x on the digits CNN)."""
+        so does this layer (a channels-last CNN runs its pooling and activations in that layout: docs/DESIGN.md)."""
         return self._qmeta.get("memory_format") == "channels_last"
 
     def weight(self) -> torch.Tensor:

@@ -241,7 +241,7 @@ class QuantizedTensor:
     def _tensor_rows(self, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """:meth:`dequantize_rows` under one scale (or none: fp16, bf16) for the whole tensor: the rows' bytes, where
         rows start on byte boundaries, dequantised on their own with that scale (the same float operations, so the
-        same values); an fp16 embedding dequantised its whole table, 19 ms, to look up one sentence."""
+        same values); an fp16 embedding dequantised its whole table to look up one sentence (docs/DESIGN.md)."""
         n = math.prod(self.shape[1:])
         rb = self._row_bytes(n)
         if rb is None or self.mask is not None or self.table is not None or (
