@@ -58,7 +58,7 @@ class DequantConv2d:
     def applies(cls, qt: QuantizedTensor) -> bool:
         """Integer codes along output channels (one scale per channel, per group or per tensor) in groups
         of whole bytes of every bit plane."""
-        return (qt.table is None and qt.mask is None and qt.layout.axis == 0 and len(qt.shape) >= 3
+        return (qt.table is None and qt.mask is None and qt.layout.axis == 0 and len(qt.shape) == 4
                 and NumbaDequantKernel.applies(as_matrix(qt)))
 
     @classmethod

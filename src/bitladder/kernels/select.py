@@ -36,7 +36,8 @@ def candidates(qt, m: int, cpu: Cpu | None = None) -> list[str]:
     cpu = cpu or current()
     floats = not qt.qtype.rules.integer_codes  # only kernels that declare float formats see those
     return [k.name for k in registry.for_op("linear")
-            if (k.float_codes or not floats) and (r := k.rows(cpu, qt)) is not None and r[0] <= max(m, 1) <= r[1] and k.available(cpu) and k.applies(qt)]
+            if (k.float_codes or not floats) and (r := k.rows(cpu, qt)) is not None and r[0] <= max(m, 1) <= r[1]
+            and k.available(cpu) and k.applies(qt)]
 
 
 def choose(qt, m: int, policy: str = "auto", binary_activations: bool = False, cpu: Cpu | None = None) -> str:
