@@ -114,3 +114,45 @@ def test_fwht_rows_refuses_short_buffers():
     with pytest.raises(ValueError, match="fwht_rows: b must be a power of two dividing k, buffers"):
         H._hadamard.fwht_rows(torch.randn(2, 8).numpy(), torch.empty(2, 8).numpy(), torch.empty(1).numpy(),
                               2, 8, 1, 1.0, 1, 1)
+
+
+def _per_tensor_codes(x: torch.Tensor, step: float, zp: int) -> torch.Tensor:
+    """torch's own quantiser: the codes the static kernels' PyTorch path computes."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.quantize_per_tensor(x, step, zp, torch.quint8).int_repr()
+
+
+@needs_c
+@pytest.mark.parametrize("simd", [True, False])
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.integers(0, 40), st.integers(1, 200), st.floats(1e-3, 0.3), st.integers(0, 255), st.booleans(),
+       st.booleans(), st.booleans(), st.booleans())
+def test_static_codes_are_torch_quantisers_codes_scaled_clamped_and_split(simd, rows, k, step, zp, scaled, clamp,
+                                                                          split, ties):
+    g = torch.Generator().manual_seed(rows * 1000 + k)
+    x = torch.randn(rows, k, generator=g) * 4
+    if ties:  # values whose product with the reciprocal lands on (or next to) .5: the rounding is tested
+        x = (torch.randint(-300, 300, (rows, k), generator=g).float() + 0.5) * torch.tensor(step).float()
+    s = torch.rand(k, generator=g) + 0.5 if scaled else None
+    bounds = (-1.5, 2.0) if clamp else None
+    want = x if s is None else x * s
+    want = _per_tensor_codes(want.clamp(*bounds) if clamp else want, step, zp)
+    got = H.static_codes(x, s, bounds, H.reciprocal(step), zp, split, simd)
+    if split:
+        assert got.shape == (2 * rows, k) and bool((got[:rows] <= 127).all()) and bool((got[rows:] <= 1).all())
+        got = got[:rows].int() + 128 * got[rows:].int()
+    assert torch.equal(got.int(), want.int())
+
+
+@needs_c
+def test_static_codes_refuse_short_buffers_and_bad_zero_points():
+    x, q = torch.randn(2, 8).numpy(), torch.empty(2, 8, dtype=torch.uint8).numpy()
+    with pytest.raises(ValueError, match="static_codes: buffers"):  # split needs (2m, k)
+        H._hadamard.static_codes(x, torch.empty(0).numpy(), q, 2, 8, 0.0, 0.0, 0, 1.0, 0.0, 1, 1, 1)
+    with pytest.raises(ValueError, match="0 <= zp <= 255"):
+        H._hadamard.static_codes(x, torch.empty(0).numpy(), q, 2, 8, 0.0, 0.0, 0, 1.0, 300.0, 0, 1, 1)
+    with pytest.raises(ValueError, match="static_codes: buffers"):  # an input scale shorter than k
+        H._hadamard.static_codes(x, torch.ones(3).numpy(), q, 2, 8, 0.0, 0.0, 0, 1.0, 0.0, 0, 1, 1)

@@ -116,3 +116,20 @@ def test_recalibrating_rebinds_the_kernel():
     after = lin(x)
     ref = torch.nn.functional.linear(lin.prepare_input(x), lin.weight(), lin.bias)
     assert not torch.allclose(before, after) and torch.allclose(after, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("qtype,zp", [("uint8", 117), ("uint4", 6)])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_the_c_pass_gives_the_pytorch_paths_codes(qtype, zp, scaled, monkeypatch):
+    if not hadamard.installed():
+        pytest.skip("the C kernels were not built")
+    monkeypatch.setenv("BITLADDER_CPU", "avx2")  # the [lo; hi] split
+    qt = QuantizedTensor.from_float(torch.randn(32, 256), "int8", Layout("channel"))
+    g = get_qtype(qtype)
+    k = KERNELS["int8-w8a8-onednn-static"].from_qtensor(qt).bind(4.0 / (g.qmax - g.qmin), zp, qtype)
+    x, s = torch.randn(20, 256) * 3, (torch.rand(256) + 0.5 if scaled else None)
+    fast = k.prepare(x, s)
+    monkeypatch.setattr(hadamard, "fast_path", lambda _x: False)
+    slow = k.prepare(x, s)
+    assert torch.equal(fast[0], slow[0]) and fast[1:] == slow[1:]
+    assert torch.equal(k.finish(fast, None), k.finish(slow, None))

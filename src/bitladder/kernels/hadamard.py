@@ -104,6 +104,29 @@ def fwht_codes(x: torch.Tensor, block: int, step: float, zp: int, cmin: int, cma
     return q
 
 
+def static_codes(x: torch.Tensor, in_scale: torch.Tensor | None, bounds: tuple[float, float] | None, inv: float,
+                 zp: int, split: bool, simd: bool) -> torch.Tensor:
+    """uint8 codes of ``x`` (M, K) float32 on a static grid in one C pass: ``x * in_scale``, clamped to
+    ``bounds`` (lo, hi) where given, then ``quantize_per_tensor(., step, zp)``'s codes (``inv``:
+    :func:`reciprocal` of ``step``); ``split``: (2M, K), the codes' low seven bits in the first M rows and their
+    top bit in the others (``kernels/static_w8a8.py``). ``simd``: the AVX2 path (where the CPU has it)."""
+    m, k = x.shape
+    q = torch.empty((2 * m if split else m, k), dtype=torch.uint8)
+    s = _NO_SCALE if in_scale is None else in_scale.float().contiguous().numpy()
+    lo, hi = bounds if bounds is not None else (0.0, 0.0)
+    _hadamard.static_codes(x.contiguous().numpy(), s, q.numpy(), m, k, lo, hi, bounds is not None, inv, zp, split,
+                           simd, torch.get_num_threads())
+    return q
+
+
+def reciprocal(step: float) -> float:
+    """``quantize_per_tensor``'s multiplier for a grid step: the float32 reciprocal of the float32 step."""
+    return float(np.float32(1.0) / np.float32(step))
+
+
+_NO_SCALE = np.empty(0, np.float32)
+
+
 def token_reference(x: torch.Tensor, block: int, levels: int) -> tuple[torch.Tensor, float, int, torch.Tensor]:
     """(codes, scale, zero point, row scales (M, 1)) of the per-token grid (``kernels/onednn_w8a8.py``) on the
     rotated rows ``butterflies(x)``, in the operations :func:`fwht_token` performs."""

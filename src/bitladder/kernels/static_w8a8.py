@@ -23,6 +23,7 @@ import torch
 from bitladder.formats.qtypes import get_qtype
 from bitladder.kernels import hadamard
 from bitladder.kernels.base import weight_parts
+from bitladder.kernels.cpu import current
 from bitladder.kernels.fbgemm_w8a8 import FbgemmW8A8Kernel
 from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel
 from bitladder.kernels.registry import register
@@ -59,6 +60,7 @@ class _Static:
         step, zp, lo, hi = self._grid
         self._codes = (0, 255) if not self._clamp else tuple(
             min(max(round(v / step) + zp, 0), 255) for v in (lo, hi))
+        self._inv, self._simd = hadamard.reciprocal(step), current().has("avx2")  # once, not per call
         return self
 
     def _input(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> torch.Tensor:
@@ -89,7 +91,11 @@ class OnednnStaticKernel(_Static, OnednnW8A8Kernel):
         return hadamard.installed()
 
     def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
-        step, zp, _, _ = self._grid
+        step, zp, lo, hi = self._grid
+        if hadamard.fast_path(x) and x.dim() == 2:  # scale, clamp, quantise and split in one C pass, same codes
+            q = hadamard.static_codes(x, in_scale, (lo, hi) if self._clamp else None, self._inv, zp, self.split,
+                                      self._simd)
+            return (q, step, zp, x.shape[0]) if self.split else (q, step, zp, None)
         return self._parts(self._quantize(self._input(x, in_scale), step, zp))
 
     def prepare_rotated(self, x: torch.Tensor, block: int) -> tuple:

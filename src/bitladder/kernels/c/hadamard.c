@@ -11,7 +11,9 @@
  * fwht_token does the per-token grid of kernels/onednn_w8a8.py on rotated rows: a first pass finds each row's
  * extremes, the shared grid follows, and a second pass rotates again (cheaper than storing the float rows) and
  * quantises (y / r) on it. fwht_rows leaves the rotated rows divided by their largest magnitude, as floats (the
- * input fbgemm's per-call GEMM quantises itself).
+ * input fbgemm's per-call GEMM quantises itself). static_codes is the static grid without a rotation, the input
+ * scale and the clamp of kernels/static_w8a8.py applied in the same pass, and the codes split into the [lo; hi]
+ * rows of oneDNN's GEMM on CPUs without VNNI where asked.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -41,6 +43,13 @@ static void row_portable(const float *x, float *y, int64_t k, int64_t b, float n
 typedef struct {
     float inv, zp, cmin, cmax, div;
 } Grid;
+
+/* static_codes' grid: v = x * s, clamped to [lo, hi] if clamp; code = clamp(nearbyint(fma(v, inv, zp)), 0, 255),
+ * the single rounding of quantize_per_tensor on x86 (fbgemm's fused multiply-add) */
+typedef struct {
+    float lo, hi, inv, zp;
+    int clamp;
+} Static;
 
 static void codes_portable(const float *y, uint8_t *q, int64_t k, Grid g) {
     for (int64_t j = 0; j < k; j++) {
@@ -153,12 +162,49 @@ AVX2 static void extremes_avx2(const float *y, int64_t k, float *hi, float *lo) 
         *lo = ls[t] < *lo ? ls[t] : *lo;
     }
 }
+
+/* static_row for whole groups of 32; returns where the scalar tail starts */
+__attribute__((target("avx2,fma"))) static int64_t static_row_avx2(const float *x, const float *s, uint8_t *q,
+                                                                  uint8_t *top, int64_t k, const Static *p) {
+    const __m256 lv = _mm256_set1_ps(p->lo), hv = _mm256_set1_ps(p->hi), inv = _mm256_set1_ps(p->inv),
+                 zp = _mm256_set1_ps(p->zp), c0 = _mm256_setzero_ps(), c1 = _mm256_set1_ps(255.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7), low7 = _mm256_set1_epi8(127),
+                  one = _mm256_set1_epi8(1);
+    int64_t j = 0;
+    for (; j + 32 <= k; j += 32) {
+        __m256i a[4];
+        for (int t = 0; t < 4; t++) {
+            __m256 v = _mm256_loadu_ps(x + j + 8 * t);
+            if (s) v = _mm256_mul_ps(v, _mm256_loadu_ps(s + j + 8 * t));
+            if (p->clamp) v = _mm256_min_ps(_mm256_max_ps(v, lv), hv);
+            __m256 c = _mm256_round_ps(_mm256_fmadd_ps(v, inv, zp), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            a[t] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(c, c0), c1));
+        }
+        __m256i w = _mm256_packus_epi16(_mm256_packs_epi32(a[0], a[1]), _mm256_packs_epi32(a[2], a[3]));
+        w = _mm256_permutevar8x32_epi32(w, order);
+        if (top) { /* the [lo; hi] split: bit 7 of each byte, shifted in 16-bit lanes and masked to one bit */
+            _mm256_storeu_si256((__m256i *)(top + j), _mm256_and_si256(_mm256_srli_epi16(w, 7), one));
+            w = _mm256_and_si256(w, low7);
+        }
+        _mm256_storeu_si256((__m256i *)(q + j), w);
+    }
+    return j;
+}
 #endif
 
 static int cpu_avx2(void) {
 #ifdef BL_X86
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2");
+#else
+    return 0;
+#endif
+}
+
+static int cpu_fma(void) {
+#ifdef BL_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("fma");
 #else
     return 0;
 #endif
@@ -433,11 +479,73 @@ done:
     return ret;
 }
 
+/* one row of static_codes: the vector path for whole groups of 32, then the same operations one by one */
+static void static_row(const float *x, const float *s, uint8_t *q, uint8_t *top, int64_t k, const Static *p,
+                       int vec) {
+    int64_t j = 0;
+#ifdef BL_X86
+    if (vec) j = static_row_avx2(x, s, q, top, k, p);
+#else
+    (void)vec;
+#endif
+    for (; j < k; j++) {
+        float v = s ? x[j] * s[j] : x[j];
+        if (p->clamp) v = v < p->lo ? p->lo : (v > p->hi ? p->hi : v);
+        const float c = nearbyintf(fmaf(v, p->inv, p->zp));
+        const uint8_t code = (uint8_t)(c < 0.0f ? 0.0f : (c > 255.0f ? 255.0f : c));
+        if (top) {
+            top[j] = code >> 7;
+            q[j] = code & 127;
+        } else {
+            q[j] = code;
+        }
+    }
+}
+
+/* static_codes(x, s, q, m, k, lo, hi, clamp, inv, zp, split, simd, threads): x (m, k) float32, s (k,) float32 or
+ * empty (no input scale); q (m, k) uint8, or (2m, k) with split: rows 0..m-1 the codes' low seven bits, rows
+ * m..2m-1 their top bit (oneDNN's [lo; hi] GEMM, kernels/static_w8a8.py). Codes are
+ * clamp(nearbyint(fma(v, inv, zp)), 0, 255) of v = x * s clamped to [lo, hi]: one pass instead of four */
+static PyObject *static_codes(PyObject *self, PyObject *args) {
+    Py_buffer x, sb, q;
+    Py_ssize_t m, k;
+    Static p;
+    int split, simd, threads;
+    if (!PyArg_ParseTuple(args, "y*y*w*nnffiffiii", &x, &sb, &q, &m, &k, &p.lo, &p.hi, &p.clamp, &p.inv, &p.zp,
+                          &split, &simd, &threads))
+        return NULL;
+    PyObject *ret = NULL;
+    if (m < 0 || k < 1 || x.len < (Py_ssize_t)(m * k * 4) || q.len < (Py_ssize_t)((split ? 2 : 1) * m * k)
+        || (sb.len != 0 && sb.len < (Py_ssize_t)(k * 4)) || !(p.zp >= 0.0f && p.zp <= 255.0f)) {
+        PyErr_SetString(PyExc_ValueError, "hadamard.static_codes: buffers (m, k), (k,) or empty, and (m, k) or "
+                                          "(2m, k) with split; 0 <= zp <= 255");
+        goto done;
+    }
+    const int vec = simd && cpu_avx2() && cpu_fma();
+    const float *xs = x.buf, *s = sb.len ? (const float *)sb.buf : NULL;
+    uint8_t *qs = q.buf;
+    const int parts = threads < 1 ? 1 : threads;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel for num_threads(parts) schedule(static) if (parts > 1 && m * k >= 65536)
+    for (int64_t r = 0; r < m; r++) {
+        static_row(xs + r * k, s, qs + r * k, split ? qs + (m + r) * k : NULL, k, &p, vec);
+    }
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&sb);
+    PyBuffer_Release(&q);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"fwht_rows", fwht_rows, METH_VARARGS, "Rotated rows, each divided by its largest magnitude."},
     {"fwht", fwht, METH_VARARGS, "Block Walsh-Hadamard transform of float32 rows, rows split over threads."},
     {"fwht_codes", fwht_codes, METH_VARARGS, "The same, quantised on a static uint8 grid in the same pass."},
     {"fwht_token", fwht_token, METH_VARARGS, "Rotated rows quantised on the per-token grid, two passes."},
+    {"static_codes", static_codes, METH_VARARGS, "Rows scaled, clamped and quantised on a static grid, split."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hadamard", "Block Walsh-Hadamard transform.", -1,
