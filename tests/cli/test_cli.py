@@ -172,13 +172,17 @@ def test_bench_json_carries_the_machine_and_limit_fractions(tmp_path, monkeypatc
     from bitladder.cli.app import main
     from bitladder.pipeline.bench import limits
     from bitladder.pipeline.bench import linear as bench_linear
+    from bitladder.pipeline.measure import allocator
 
     row = {"case": "linear", "shape": [1024, 1024], "batch": 1, "variant": "fp32 F.linear", "latency_ms": 0.5,
            "ratio_vs_fp32": 1.0, "weight_bytes": 4 << 20, "ops": 2 << 20}
     monkeypatch.setattr(bench_linear, "linear_rows", lambda: [dict(row)])
     monkeypatch.setattr(limits, "measure", lambda: {"read_gbps": 16.0, "fp32_gflops": 80.0, "int8_gops": 160.0})
+    pinned = {"allocator": "glibc", "mmap_threshold": 1 << 30, "trim_threshold": 1 << 30}
+    monkeypatch.setattr(allocator, "steady_allocator", lambda: dict(pinned))  # not this test process's own malloc
     main(["bench", "--suite", "linear", "--json", str(tmp_path / "b.json")])
     data = json.loads((tmp_path / "b.json").read_text())
+    assert data["allocator"] == pinned  # what the command pinned before timing, as the ladder records it
     assert data["schema"] == "bitladder.bench/1" and data["machine"]["read_gbps"] == 16.0
     assert data["command"] == f"bitladder bench --suite linear --json {tmp_path / 'b.json'}"
     assert {"cpu", "flags", "cores", "threads", "versions", "fp32_gflops", "int8_gops"} <= set(data["machine"])

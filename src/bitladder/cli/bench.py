@@ -57,6 +57,9 @@ def register(app: typer.Typer, console: Console) -> None:
             if not json_out.parent.is_dir():  # fail before the timing, not after it
                 raise BitladderError(f"cannot write {json_out}: folder {json_out.parent} does not exist")
         machine()  # a bad BITLADDER_CPU fails here, before any timing
+        from bitladder.pipeline.measure.allocator import allocated, steady_allocator
+
+        pinned = steady_allocator()  # the in-process suites (linear, conv); the model workers pin their own
         with console.status("measuring read bandwidth and GEMM peaks"):
             limits = measure()
         mach = machine(**limits)
@@ -91,5 +94,6 @@ def register(app: typer.Typer, console: Console) -> None:
             cmd = ["bitladder", "bench", *picked, *(["--repeats", str(repeats)] if suite not in ("linear", "conv")
                                                     else []), *(["--only", only] if only else []), "--json", str(json_out)]
             write_json(json_out, {"schema": "bitladder.bench/1", "command": shlex.join(cmd),
-                                  "torch_threads": __import__("torch").get_num_threads(), "machine": mach, "rows": rows})
+                                  "torch_threads": __import__("torch").get_num_threads(), "machine": mach,
+                                  "allocator": allocated(pinned), "rows": rows})
             plain(f"rows: {json_out}")
