@@ -85,6 +85,32 @@ def test_numba_dequant_weight_bias_and_input_scale(qname, layout):
             assert _relerr(y, reference_linear(qt, x * in_scale) + bias) <= 1e-5
 
 
+def _hqq(bits: int, group: int | None):
+    """An HQQ weight: unsigned codes, fp16 scales and fractional fp16 zero points."""
+    import bitladder
+
+    torch.manual_seed(3)
+    cfg = bitladder.Int(bits, group=group, granularity="group" if group else "channel", symmetric=False,
+                        method=bitladder.HQQ())
+    return bitladder.quantize(torch.nn.Linear(192, 40), cfg).qweight
+
+
+@pytest.mark.skipif(not NumbaDequantKernel.available(), reason="numba not installed")
+@pytest.mark.parametrize("bits,group", [(4, 32), (3, 64), (8, None), (2, 32)])
+def test_fractional_zero_points_run_on_the_numba_kernels(bits, group):
+    qt = _hqq(bits, group)
+    assert qt.zero_point.is_floating_point() and bool((qt.zero_points() != qt.zero_points().round()).any())
+    torch.testing.assert_close(NumbaDequantKernel.from_qtensor(qt).weight(), qt.dequantize(), rtol=1e-6, atol=1e-6)
+    for m in (1, 5):
+        x = _x(m, 192)
+        _check(NumbaLowbitKernel.from_qtensor(qt), qt, x, reference_linear(qt, x), 1e-5)
+    # kernels whose offsets are integer codes refuse them; auto takes the numba ones instead of dequant-fp32
+    assert not OrtNBitsKernel.applies(qt) and not Fp16CodesKernel.applies(qt)
+    if c_module() is not None:
+        assert not KERNELS["c-lowbit-a8"].applies(qt)
+    assert choose(qt, 1, "auto").startswith("numba") and choose(qt, 300, "auto").startswith("numba-dequant")
+
+
 @pytest.mark.skipif(not NumbaLowbitKernel.available(), reason="numba not installed")
 def test_numba_gemv_and_tile_paths_agree():
     qt = _qt("int3", Layout("group", group=64), 70, 192)

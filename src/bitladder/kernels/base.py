@@ -41,7 +41,8 @@ def reference_linear(qt: QuantizedTensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def weight_parts(qt: QuantizedTensor, dtype: torch.dtype = torch.int32):
-    """(codes (N, K) ``dtype``, scale (N, nb) fp32, zero point (N, nb) int32 or None, group G).
+    """(codes (N, K) ``dtype``, scale (N, nb) fp32, zero point (N, nb) int32 (float32 where stored fractional,
+    HQQ's) or None, group G).
 
     Tensor and channel granularities become one group per row of length K. The codes are a fresh tensor (a
     caller may change them in place); ``torch.int16`` holds every integer format at half int32's transient
@@ -60,7 +61,9 @@ def weight_parts(qt: QuantizedTensor, dtype: torch.dtype = torch.int32):
     codes = None if dtype is None else qt.codes().reshape(n, k).to(dtype)
     scale = qt.scale.float().reshape(c, nb)
     zp = None
-    if qt.zero_point is not None:
+    if qt.zero_point is not None and qt.zero_point.is_floating_point():
+        zp = qt.zero_point.float().reshape(c, nb)
+    elif qt.zero_point is not None:
         zp = _unpack(qt.zero_point, qt.qtype, c * nb).reshape(c, nb).to(torch.int32)
     if lay.granularity == "tensor":
         scale = scale.expand(n, 1)

@@ -87,7 +87,9 @@ class NumbaLowbitKernel(_NumbaKernel):
 
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
-        return integer_codes(qt) and cls.group_ok(qt)
+        # a fractional zero point z (HQQ) is a float offset like any other: w = s * u - s * z, the reference's
+        # (u - z) * s up to float rounding
+        return integer_codes(qt, fractional_zero_points=True) and cls.group_ok(qt)
     tile_from_batch = 4  # M at and above which row tiles are dequantised and handed to BLAS
     tile_floats = 1 << 20  # 4 MiB fp32 tiles
 

@@ -127,12 +127,13 @@ def nbits_parts(qt: QuantizedTensor, bits: int, groups: tuple[int, ...]):
     return u, scale.numpy(), None, block
 
 
-def integer_codes(qt: QuantizedTensor) -> bool:
-    """Integer-like codes (int, uint, ternary, binary) with integer zero points, output channel on axis 0."""
+def integer_codes(qt: QuantizedTensor, fractional_zero_points: bool = False) -> bool:
+    """Integer-like codes (int, uint, ternary, binary) with integer zero points (or fractional ones, HQQ's, where
+    the caller takes them), output channel on axis 0."""
     zp = qt.zero_point
     return (qt.qtype.rules.integer_codes and len(qt.shape) == 2
             and (qt.layout.granularity == "tensor" or qt.layout.axis % 2 == 0)
-            and (zp is None or not zp.is_floating_point()))
+            and (zp is None or fractional_zero_points or not zp.is_floating_point()))
 
 
 @register
