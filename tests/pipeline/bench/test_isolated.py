@@ -115,32 +115,3 @@ def test_a_burst_times_the_first_call_and_the_warm_ones_apart():
     assert len(burst["rounds_s"]) == len(burst["warm_rounds_s"]) == 3
     assert burst["latency_s"] >= 0.02 > 0.01 > burst["warm_latency_s"] >= 0.001
 
-
-def heap_kept():
-    """A worker's factory: whether a freed 48 MiB block stays in the heap (pinned thresholds) rather than being
-    unmapped (glibc's default for a block that size), read from the process's resident memory."""
-    import resource
-
-    def rss_kb():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * (resource.getpagesize() // 1024)
-
-    before = rss_kb()
-    block = torch.ones(48 << 20, dtype=torch.uint8)
-    del block
-    return _Sleepy(0.0), torch.zeros(2), {"kept_kb": rss_kb() - before}
-
-
-def test_workers_time_under_pinned_malloc_thresholds():
-    import subprocess
-    import sys
-
-    import pytest
-
-    if not sys.platform.startswith("linux"):
-        pytest.skip("glibc's malloc tunables are Linux-only")
-    code = "from bitladder.pipeline.measure.allocator import steady_allocator; print(steady_allocator()['allocator'])"
-    if subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() != "glibc":
-        pytest.skip("not glibc: nothing to pin")
-    got = isolated_latency({"w": (f"{__name__}:heap_kept", ())}, repeats=1, warmup=0, pause=0.0)
-    assert got["w"]["info"]["kept_kb"] > 40 << 10  # the freed block stayed resident: the worker pinned

@@ -8,9 +8,11 @@ each variant gets one: a worker builds it, then runs it on the batch each time t
 asks every worker in turn, round after round, so a noisy moment of the machine still hits all of them
 alike; idle workers wait on a pipe and take no CPU. Each worker also reports the peak resident memory of
 its process while serving (once the model is built, the heap its build freed is returned to the OS and the
-high-water mark is reset, where glibc and Linux allow it). Workers pin glibc's malloc thresholds
-(:func:`~bitladder.pipeline.measure.allocator.steady_allocator`): unpinned, MiniLM's fp32 forward on one sentence
-took 16.8 ms where pinned it took 13.3, the page faults of fresh mappings included.
+high-water mark is reset, where glibc and Linux allow it). Workers keep glibc's
+default malloc thresholds: pinned (:func:`~bitladder.pipeline.measure.allocator.steady_allocator`), each would
+hold its peak resident at once, about 28 GB for MiniLM's 40 variants, and the kernel killed one on a 24 GB VM
+(unpinned, MiniLM's fp32 forward on one sentence took 16.8 ms where pinned it took 13.3: every variant pays
+that page-faulting alike).
 """
 
 from __future__ import annotations
@@ -61,9 +63,7 @@ def _serve(conn, factory: Factory) -> None:
     import torch
 
     from bitladder.nn.select import run
-    from bitladder.pipeline.measure.allocator import steady_allocator
 
-    steady_allocator()  # a process made only to time one model: pinned, as the command that started it is
     path, args = factory
     module, _, fn = path.partition(":")
     try:
