@@ -9,10 +9,8 @@ asks every worker in turn, round after round, so a noisy moment of the machine s
 alike; idle workers wait on a pipe and take no CPU. Each worker also reports the peak resident memory of
 its process while serving (once the model is built, the heap its build freed is returned to the OS and the
 high-water mark is reset, where glibc and Linux allow it). Workers keep glibc's
-default malloc thresholds: pinned (:func:`~bitladder.pipeline.measure.allocator.steady_allocator`), each would
-hold its peak resident at once, about 28 GB for MiniLM's 40 variants, and the kernel killed one on a 24 GB VM
-(unpinned, MiniLM's fp32 forward on one sentence took 16.8 ms where pinned it took 13.3: every variant pays
-that page-faulting alike).
+default malloc thresholds: pinned (:func:`~bitladder.pipeline.measure.allocator.steady_allocator`), every worker
+would hold its peak resident at once, more than a whole suite's machine may have (docs/DESIGN.md, 'Latency').
 """
 
 from __future__ import annotations
