@@ -148,6 +148,14 @@ def test_static_codes_are_torch_quantisers_codes_scaled_clamped_and_split(simd, 
 
 
 @needs_c
+@pytest.mark.parametrize("clamp", [None, (-1.0, 1.0)])
+def test_static_codes_of_nan_and_infinities_are_the_same_on_both_paths(clamp):
+    x = torch.tensor([[float("nan"), float("inf"), -float("inf"), 0.3] * 10])
+    got = [H.static_codes(x, None, clamp, 10.0, 100, False, simd) for simd in (True, False)]
+    assert torch.equal(got[0], got[1]) and got[0][0, 1] == (110 if clamp else 255) and got[0][0, 2] == (90 if clamp else 0)
+
+
+@needs_c
 def test_static_codes_refuse_short_buffers_and_bad_zero_points():
     x, q = torch.randn(2, 8).numpy(), torch.empty(2, 8, dtype=torch.uint8).numpy()
     with pytest.raises(ValueError, match="static_codes: buffers"):  # split needs (2m, k)

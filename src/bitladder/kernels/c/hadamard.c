@@ -176,7 +176,7 @@ __attribute__((target("avx2,fma"))) static int64_t static_row_avx2(const float *
         for (int t = 0; t < 4; t++) {
             __m256 v = _mm256_loadu_ps(x + j + 8 * t);
             if (s) v = _mm256_mul_ps(v, _mm256_loadu_ps(s + j + 8 * t));
-            if (p->clamp) v = _mm256_min_ps(_mm256_max_ps(v, lv), hv);
+            if (p->clamp) v = _mm256_min_ps(hv, _mm256_max_ps(lv, v)); /* a NaN passes, as in the scalar path */
             __m256 c = _mm256_round_ps(_mm256_fmadd_ps(v, inv, zp), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             a[t] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(c, c0), c1));
         }
@@ -492,7 +492,7 @@ static void static_row(const float *x, const float *s, uint8_t *q, uint8_t *top,
         float v = s ? x[j] * s[j] : x[j];
         if (p->clamp) v = v < p->lo ? p->lo : (v > p->hi ? p->hi : v);
         const float c = nearbyintf(fmaf(v, p->inv, p->zp));
-        const uint8_t code = (uint8_t)(c < 0.0f ? 0.0f : (c > 255.0f ? 255.0f : c));
+        const uint8_t code = (uint8_t)(c > 0.0f ? (c < 255.0f ? c : 255.0f) : 0.0f); /* NaN: 0, as vmaxps gives */
         if (top) {
             top[j] = code >> 7;
             q[j] = code & 127;
