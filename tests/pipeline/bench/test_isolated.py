@@ -114,4 +114,3 @@ def test_a_burst_times_the_first_call_and_the_warm_ones_apart():
     assert "warm_latency_s" not in once  # one call a round: nothing to call warm
     assert len(burst["rounds_s"]) == len(burst["warm_rounds_s"]) == 3
     assert burst["latency_s"] >= 0.02 > 0.01 > burst["warm_latency_s"] >= 0.001
-

@@ -8,9 +8,9 @@ each variant gets one: a worker builds it, then runs it on the batch each time t
 asks every worker in turn, round after round, so a noisy moment of the machine still hits all of them
 alike; idle workers wait on a pipe and take no CPU. Each worker also reports the peak resident memory of
 its process while serving (once the model is built, the heap its build freed is returned to the OS and the
-high-water mark is reset, where glibc and Linux allow it). Workers keep glibc's
-default malloc thresholds: pinned (:func:`~bitladder.pipeline.measure.allocator.steady_allocator`), every worker
-would hold its peak resident at once, more than a whole suite's machine may have (docs/DESIGN.md, 'Latency').
+high-water mark is reset, where glibc and Linux allow it). Workers keep glibc's default malloc thresholds:
+pinned (:func:`~bitladder.pipeline.measure.allocator.steady_allocator`), every worker would hold its peak
+resident at once, more than a whole suite's machine may have (docs/DESIGN.md, 'Latency').
 """
 
 from __future__ import annotations
