@@ -115,7 +115,8 @@ def test_a_lookup_never_dequantises_the_whole_table(cfg, monkeypatch):
     seen, plain = [], QuantizedTensor.dequantize
     monkeypatch.setattr(QuantizedTensor, "dequantize", lambda self, *a: seen.append(self.shape) or plain(self, *a))
     assert torch.equal(q(torch.tensor([3, 9])), full)
-    assert seen and all(shape[0] <= 2 for shape in seen)
+    # the torch path dequantises the two rows alone; the C gather (1-8-bit codes) dequantises nothing in torch
+    assert (seen or q._kernels["rows"][1] is not None) and all(shape[0] <= 2 for shape in seen)
 
 
 @pytest.mark.parametrize("rung", ["fp32", "int8", "int4-g32", "int8-a8d"])

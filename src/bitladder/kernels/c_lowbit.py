@@ -180,3 +180,60 @@ def _superblocks(u: np.ndarray, bits: int, sb: int) -> np.ndarray:
             packed = (packed.astype(np.int16) - 128).astype(np.int8).view(np.uint8)
         w[r: r + len(rows)] = packed
     return w
+
+
+_SCALE_DTYPES = {torch.float16: 0, torch.float32: 1, torch.bfloat16: 2}
+
+
+class RowGather:
+    """``qt.dequantize()[rows]`` in one C call (``gather_rows`` in ``kernels/c/lowbit.c``) for a weight whose rows
+    of 1-, 2-, 4- or 8-bit integer codes start on byte boundaries, one scale per row or group: an embedding
+    lookup. The same float operations as :meth:`QuantizedTensor.dequantize`, so the same bits; on MiniLM a
+    sentence's torch path took more than ten small operations per lookup. :meth:`plan` says where it applies."""
+
+    def __init__(self, qt: QuantizedTensor, bits: int, zkind: int):
+        c, k, nb, b = qt.layout.dims(qt.shape)
+        self.qt, self.c, self.k, self.nb, self.b, self.bits, self.zkind = qt, c, k, nb, b, bits, zkind
+        self.mult, self.off = (int(v) for v in qt.qtype.rules.affine(qt.qtype))
+        # views of the weight's own buffers (no copies: the layer's buffers are contiguous), made once
+        self._w, self._s = _raw(qt.packed), _raw(qt.scale)
+        self._z = None if qt.zero_point is None else _raw(qt.zero_point)
+        self._sdt = _SCALE_DTYPES[qt.scale.dtype]
+
+    @classmethod
+    def plan(cls, qt: QuantizedTensor) -> "RowGather | None":
+        """The gatherer for ``qt``, or None where the C module was not built or the format does not fit."""
+        from bitladder.formats.kinds.base import Kind
+
+        rules, lay = qt.qtype.rules, qt.layout
+        if (_lowbit is None or len(qt.shape) != 2 or lay.axis != 0 or lay.granularity not in ("channel", "group")
+                or not rules.integer_codes or qt.table is not None or qt.mask is not None or qt.scale is None
+                or qt.scale.dtype not in _SCALE_DTYPES or any(getattr(type(rules), f) is not getattr(Kind, f)
+                                                              for f in ("decode", "unpack", "unpack_unsigned"))):
+            return None
+        bits = rules.code_bits(qt.qtype)
+        c, k, nb, _ = lay.dims(qt.shape)
+        if bits not in (1, 2, 4, 8) or rules.row_bytes(qt.qtype, k) is None or qt.scale.numel() != c * nb:
+            return None
+        zp = qt.zero_point
+        if zp is None:
+            return cls(qt, bits, 0)
+        if zp.is_floating_point():
+            return cls(qt, bits, 2 + _SCALE_DTYPES[zp.dtype]) if zp.dtype in _SCALE_DTYPES else None
+        return cls(qt, bits, 1)
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` (any shape of integer indices) as float32, shape ``(*idx.shape, K)``."""
+        rows = idx.reshape(-1)
+        if rows.dtype != torch.int64 or not rows.is_contiguous():
+            rows = rows.to(torch.int64).contiguous()
+        out = torch.empty(*idx.shape, self.k)
+        _lowbit.gather_rows(self._w, rows.numpy(), out.numpy(), self.c, self.k, self.bits, self.mult, self.off,
+                            self._s, self._sdt, self.nb, self.b, self._z, self.zkind)
+        return out
+
+
+def _raw(t: torch.Tensor) -> np.ndarray:
+    """A tensor's bytes as numpy (16-bit floats as int16: numpy has no bf16), a view where it is contiguous."""
+    t = t.detach().contiguous()
+    return (t.view(torch.int16) if t.dtype in (torch.float16, torch.bfloat16) else t).numpy()

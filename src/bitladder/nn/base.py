@@ -78,7 +78,7 @@ class QuantModule(nn.Module):
 
     def _kernel_for(self, rows: int, binary_rows: bool = False):
         """The kernel object for a call with ``rows`` input rows, or None for the dequant path (memoised)."""
-        cache = self.__dict__.setdefault("_kernels", KernelCache())
+        cache = self._cache()  # not setdefault: that would build a KernelCache on every call
         key = (rows, binary_rows)
         if key not in cache.picks:
             if len(cache.picks) >= cache.MAX_PICKS:
@@ -146,13 +146,28 @@ class QuantModule(nn.Module):
                 float(self.act_scale), float(self.act_zero_point), self._qmeta["act"]["qtype"])
         return cache[name]
 
+    def _cache(self) -> KernelCache:
+        cache = self.__dict__.get("_kernels")
+        if cache is None:
+            cache = self.__dict__["_kernels"] = KernelCache()
+        return cache
+
     @property
     def qweight(self) -> QuantizedTensor:
-        """The stored weight as a QuantizedTensor (a view of the layer's buffers)."""
-        t = {p: getattr(self, f"weight_{p}") for p in _PARTS if hasattr(self, f"weight_{p}")}
-        return QuantizedTensor(t["packed"], t.get("scale"), t.get("zero_point"), get_qtype(self._qmeta["qtype"]),
-                               tuple(self._qmeta["shape"]), Layout(**self._qmeta["layout"]), self.n_clipped,
-                               t.get("table"), t.get("mask"))
+        """The stored weight as a QuantizedTensor (a view of the layer's buffers). Kept while the buffers and the
+        metadata it reads stay the same objects and values: building it was most of an embedding lookup."""
+        bufs, meta = self._buffers, self._qmeta
+        parts = tuple(bufs.get(f"weight_{p}") for p in _PARTS)
+        key = (meta["qtype"], tuple(meta["shape"]), tuple(meta["layout"].items()), self.n_clipped)
+        cache = self._cache()
+        hit = cache.get("qweight")
+        if hit is not None and hit[1] == key and all(a is b for a, b in zip(hit[0], parts)):
+            return hit[2]
+        t = dict(zip(_PARTS, parts))
+        qt = QuantizedTensor(t["packed"], t["scale"], t["zero_point"], get_qtype(meta["qtype"]), key[1],
+                             Layout(**meta["layout"]), self.n_clipped, t["table"], t["mask"])
+        cache["qweight"] = (parts, key, qt)
+        return qt
 
     @property
     def qmeta(self) -> dict:

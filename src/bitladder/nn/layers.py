@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitladder.kernels.base import KernelUnsupported, as_x
+from bitladder.kernels.c_lowbit import RowGather
 from bitladder.nn.base import KernelCache, QuantModule
 from bitladder.nn.outliers import OutlierLinear, add_side, side_weight
 from bitladder.nn.registry import HANDLERS
@@ -245,6 +246,12 @@ class QuantEmbedding(QuantModule):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         qt = self.qweight
+        cache = self._cache()  # rows of 1- to 8-bit codes in one C call where the format fits
+        plan = cache.get("rows")
+        if plan is None or plan[0] is not qt:
+            plan = cache["rows"] = (qt, RowGather.plan(qt))
+        if plan[1] is not None and not idx.is_floating_point():
+            return plan[1](idx)
         if qt.byte_rows:  # dequantising every row looked up is then cheaper than sorting out the distinct ones
             return qt.dequantize_rows(idx, torch.float32)
         # unpack only the distinct rows looked up, then gather: the table is never dequantised whole

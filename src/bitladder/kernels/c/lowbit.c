@@ -319,12 +319,102 @@ done:
     return ret;
 }
 
+/* ---- rows of a packed weight, dequantised (embedding lookups): out[r, j] = value of code j of row rows[r].
+ * Codes of 1, 2, 4 or 8 bits, rows on byte boundaries (bit plane order of formats/packing.py: code i of a byte
+ * at bits * (i % (8 / bits))); signed code q = mult * u - off. As QuantizedTensor.dequantize: with integer zero
+ * points (packed as the codes) float(q - z) * s, with float ones (float(q) - z) * s,
+ * else float(q) * s: every integer is exact in float, so the bits are those of the torch path. Scales and float
+ * zero points are fp16 (0), fp32 (1) or bf16 (2). Scalar C: a lookup reads a few rows. ---- */
+static inline float stored_float(const void *p, int dt, int64_t i) {
+    if (dt == 0) return half_to_float(((const uint16_t *)p)[i]);
+    if (dt == 1) return ((const float *)p)[i];
+    uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline int32_t packed_code(const uint8_t *row, int64_t j, int bits) {
+    if (bits == 8) return row[j];
+    const int per = 8 / bits;
+    return (row[j / per] >> (bits * (j % per))) & ((1 << bits) - 1);
+}
+
+/* a row's n signed codes mult * u - off into q: one loop per width, so the shifts are constants */
+static void signed_codes(const uint8_t *row, int64_t n, int bits, int32_t mult, int32_t off, int32_t *q) {
+    switch (bits) {
+    case 1: for (int64_t j = 0; j < n; j++) q[j] = mult * ((row[j >> 3] >> (j & 7)) & 1) - off; break;
+    case 2: for (int64_t j = 0; j < n; j++) q[j] = mult * ((row[j >> 2] >> (2 * (j & 3))) & 3) - off; break;
+    case 4: for (int64_t j = 0; j < n; j++) q[j] = mult * ((row[j >> 1] >> (4 * (j & 1))) & 15) - off; break;
+    default: for (int64_t j = 0; j < n; j++) q[j] = mult * row[j] - off;
+    }
+}
+
+/* gather_rows(packed, rows, out, c, k, bits, mult, off, scale, sdt, nb, b, zp_or_None, zkind);
+ * zkind: 0 none, 1 integer (packed), 2 float (stored as sdt says: zdt = zkind - 2) */
+static PyObject *gather_rows(PyObject *self, PyObject *args) {
+    Py_buffer w, rows, out, sc, zp = {0};
+    PyObject *zobj;
+    Py_ssize_t c, k, nb, b;
+    int bits, mult, off, sdt, zkind;
+    if (!PyArg_ParseTuple(args, "y*y*w*nniiiy*innOi", &w, &rows, &out, &c, &k, &bits, &mult, &off, &sc, &sdt, &nb,
+                          &b, &zobj, &zkind))
+        return NULL;
+    PyObject *ret = NULL;
+    const int has_z = zobj != Py_None;
+    if (has_z && PyObject_GetBuffer(zobj, &zp, PyBUF_SIMPLE) != 0) goto done;
+    const int64_t nr = rows.len / 8, rb = k * bits / 8;
+    const int ssz = sdt == 1 ? 4 : 2, zdt = zkind - 2, zsz = zdt == 1 ? 4 : 2;
+    if (!(bits == 1 || bits == 2 || bits == 4 || bits == 8) || (k * bits) % 8 || sdt < 0 || sdt > 2 || b < 1
+        || nb != (k + b - 1) / b || zkind < 0 || zkind > 4 || has_z != (zkind > 0)
+        || w.len < c * rb || sc.len < c * nb * ssz || out.len < nr * k * 4
+        || (zkind == 1 && zp.len < (c * nb * bits + 7) / 8) || (zkind > 1 && zp.len < c * nb * zsz)) {
+        PyErr_SetString(PyExc_ValueError, "lowbit.gather_rows: buffer sizes or formats do not fit");
+        goto done;
+    }
+    const int64_t *ix = rows.buf;
+    for (int64_t r = 0; r < nr; r++)
+        if (ix[r] < 0 || ix[r] >= c) {
+            PyErr_Format(PyExc_IndexError, "index %lld is out of range for %lld rows", (long long)ix[r], (long long)c);
+            goto done;
+        }
+    int32_t *q = malloc((size_t)(k > 0 ? k : 1) * sizeof(int32_t));
+    if (!q) { PyErr_NoMemory(); goto done; }
+    const uint8_t *wb = w.buf;
+    float *o = out.buf;
+    for (int64_t r = 0; r < nr; r++, o += k) {
+        const int64_t i = ix[r];
+        signed_codes(wb + i * rb, k, bits, mult, off, q);
+        for (int64_t g = 0; g < nb; g++) {
+            const float s = stored_float(sc.buf, sdt, i * nb + g);
+            const int64_t j1 = (g + 1) * b < k ? (g + 1) * b : k;
+            if (zkind == 1) {
+                const int32_t z = mult * packed_code(zp.buf, i * nb + g, bits) - off;
+                for (int64_t j = g * b; j < j1; j++) o[j] = (float)(q[j] - z) * s;
+            } else if (zkind > 1) {
+                const float z = stored_float(zp.buf, zdt, i * nb + g);
+                for (int64_t j = g * b; j < j1; j++) o[j] = ((float)q[j] - z) * s;
+            } else {
+                for (int64_t j = g * b; j < j1; j++) o[j] = (float)q[j] * s;
+            }
+        }
+    }
+    free(q);
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&w); PyBuffer_Release(&rows); PyBuffer_Release(&out); PyBuffer_Release(&sc);
+    if (has_z && zp.obj) PyBuffer_Release(&zp);
+    return ret;
+}
+
 static PyObject *has_avx2(PyObject *self, PyObject *noargs) { return PyBool_FromLong(cpu_avx2()); }
 
 static PyMethodDef methods[] = {
     {"gemv", gemv, METH_VARARGS, "Low-bit codes x int8 activations, rows split over threads."},
     {"xnor", xnor, METH_VARARGS, "Binary weights x sign activations (XNOR-popcount), rows split over threads."},
     {"dequant", dequant, METH_VARARGS, "One 4- or 8-bit plane to scaled fp32, rows split over threads."},
+    {"gather_rows", gather_rows, METH_VARARGS, "Rows of packed 1-, 2-, 4- or 8-bit codes, dequantised (lookups)."},
     {"has_avx2", has_avx2, METH_NOARGS, "Whether this CPU runs the AVX2 path."},
     {NULL, NULL, 0, NULL}};
 
