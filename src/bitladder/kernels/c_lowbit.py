@@ -16,6 +16,7 @@ import math
 import numpy as np
 import torch
 
+from bitladder.formats.kinds.base import Kind
 from bitladder.kernels.base import KernelUnsupported, LinearKernel, group_of, nbytes_of, weight_parts
 from bitladder.kernels.cpu import Cpu, current
 from bitladder.kernels.onnx_nbits import integer_codes
@@ -203,8 +204,6 @@ class RowGather:
     @classmethod
     def plan(cls, qt: QuantizedTensor) -> "RowGather | None":
         """The gatherer for ``qt``, or None where the C module was not built or the format does not fit."""
-        from bitladder.formats.kinds.base import Kind
-
         rules, lay = qt.qtype.rules, qt.layout
         if (_lowbit is None or len(qt.shape) != 2 or lay.axis != 0 or lay.granularity not in ("channel", "group")
                 or not rules.integer_codes or qt.table is not None or qt.mask is not None or qt.scale is None

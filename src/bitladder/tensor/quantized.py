@@ -281,8 +281,7 @@ class QuantizedTensor:
         labelled'); the same float operations, so the same values."""
         c, k, nb, b = self.layout.dims(self.shape)
         v = self.packed.view(c, k).index_select(0, rows).view(-1, nb, b).to(torch.float32)
-        # the rows' scales and zero points are gathered before they are converted: the whole table per lookup was
-        # most of a MiniLM sentence's embedding time
+        # the rows' scales and zero points are gathered first, then converted: not the whole table's every lookup
         scale = self.scale.view(c, nb, 1).index_select(0, rows).float()
         if self.zero_point is None:
             return v.add_(float(self.qtype.qmin)).mul_(scale).to(dtype)
