@@ -163,13 +163,15 @@ def test_two_bit_storage_and_refused_formats():
 
 
 @pytest.mark.parametrize("fmt,layout", [("int2", Layout("group", group=64)), ("ternary", Layout("channel"))])
-def test_two_bit_auto_takes_it_where_the_bit_plane_gemv_would_run(fmt, layout):
+def test_two_bit_auto_takes_it_for_a_few_rows_then_the_tiles_on_the_same_grid(fmt, layout):
     qt = QuantizedTensor.from_float(torch.randn(64, 256), fmt, layout)
+    last = CTwoBitLutKernel.auto_rows[1]
     for level in ("avx2", "avx512", "avx512-vnni"):
         cpu = current({"BITLADDER_CPU": level})
-        for m in (1, 32):  # one row to a sentence of tokens: int8 activations per block, as the bit planes had
+        for m in (1, last):  # a few rows: the table lookups
             assert (choose(qt, m, cpu=cpu) == "c-2bit-lut") == cpu.has("avx2"), (level, m)
-        assert choose(qt, 33, cpu=cpu) not in ("c-2bit-lut", "c-lowbit-a8")  # float activations from there
+        for m in (last + 1, 33, 600):  # then the batch GEMM, int8 activations per block as before
+            assert choose(qt, m, cpu=cpu) == "c-lowbit-tiles", (level, m)
     assert choose(qt, 1, cpu=current({"BITLADDER_CPU": "default"})) != "c-2bit-lut"  # the portable path is slow
     asym = QuantizedTensor.from_float(torch.randn(64, 256), "uint2", Layout("group", group=64), symmetric=False)
     assert choose(asym, 1, cpu=current({"BITLADDER_CPU": "avx2"})) == "c-2bit-lut"  # zero points too

@@ -74,8 +74,7 @@ def test_zero_activations_and_bias_and_refused_formats():
     assert not CLowbitKernel.applies(QuantizedTensor.from_float(torch.randn(8, 64), "int4", Layout("group", group=16)))
 
 
-def test_auto_takes_it_for_small_requests_where_the_cpu_has_avx2():
-    small = CLowbitKernel.small_rows[1]
+def test_auto_takes_it_for_8_bit_codes_where_the_cpu_has_avx2():
     int4 = QuantizedTensor.from_float(torch.randn(64, 256), "int4", Layout("group", group=64))
     int8 = QuantizedTensor.from_float(torch.randn(64, 256), "int8", Layout("channel"))
     binary = QuantizedTensor.from_float(torch.randn(64, 256), "binary", Layout("channel"))
@@ -83,9 +82,8 @@ def test_auto_takes_it_for_small_requests_where_the_cpu_has_avx2():
         cpu = current({"BITLADDER_CPU": name})
         if not cpu.has("avx2"):
             continue
-        # codes of 2-4 bits: every row count of a sentence, then exact float activations again
-        assert all(choose(int4, m, cpu=cpu) == "c-lowbit-a8" for m in (1, 2, 18, small))
-        assert choose(int4, small + 1, cpu=cpu) == "ort-nbits-fp32"
+        # codes of 1-4 bits: the batch GEMM on the same grid at every row count (test_c_tiles.py)
+        assert all(choose(int4, m, cpu=cpu) == "c-lowbit-tiles" for m in (1, 2, 18, 33, 1504))
         # 8-bit codes: one row (two with vpdpbusd), then the exact fp16 codes, which are as fast
         assert choose(int8, 3, cpu=cpu) != "c-lowbit-a8"
         assert (choose(int8, 2, cpu=cpu) == "c-lowbit-a8") == cpu.has("avx512_vnni")

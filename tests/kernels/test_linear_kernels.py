@@ -292,33 +292,47 @@ def test_float_codes_fp16_holds_run_exact_on_the_fp16_gemm(qname):
     assert candidates(_qt("bf16", Layout("tensor"), 32, 256), 1) == ["dequant-fp32"]
 
 
-def test_auto_keeps_exact_numerics_above_small_requests():
-    from bitladder.kernels.c_lowbit import CLowbitKernel
-
-    # the C kernel (int8 activations) takes 2-4-bit codes to its small_rows where it is built and the CPU has AVX2
-    cpu = current()
-    c_rows = CLowbitKernel.small_rows[1] if CLowbitKernel.available() and CLowbitKernel.rows(cpu) else 0
-    ORT_MAX_ROWS, ORT_FP32_MAX_ROWS = max(OrtNBitsKernel.auto_rows[1], c_rows), OrtNBitsFp32Kernel.auto_rows[1]
+def test_without_the_c_kernels_auto_keeps_exact_numerics_above_small_requests():
+    # a CPU without AVX2 runs no C kernel: int8 activations (MatMulNBits) to 16 rows, then exact float ones
+    cpu = current({"BITLADDER_CPU": "default"})
+    ORT_MAX_ROWS, ORT_FP32_MAX_ROWS = OrtNBitsKernel.auto_rows[1], OrtNBitsFp32Kernel.auto_rows[1]
 
     if not OrtNBitsKernel.available():
         pytest.skip("onnxruntime not installed")
     # 40 rows: not the packed-int4 GEMM's multiple of 16, so MatMulNBits' fp32 path, then dequantisation
     int4, int8 = _qt("int4", Layout("group", group=64), 40, 256), _qt("int8", Layout("channel"), 32, 256)
-    assert choose(int4, ORT_MAX_ROWS) in ("ort-nbits", "c-lowbit-a8")
-    assert choose(int4, ORT_MAX_ROWS + 1) == "ort-nbits-fp32"
+    assert choose(int4, ORT_MAX_ROWS, cpu=cpu) == "ort-nbits"
+    assert choose(int4, ORT_MAX_ROWS + 1, cpu=cpu) == "ort-nbits-fp32"
     # large batches: the dequantisation amortises (one numba pass where numba is installed)
-    assert choose(int4, ORT_FP32_MAX_ROWS + 1) == ("numba-dequant-fp32" if NumbaLowbitKernel.available()
-                                                   else "dequant-fp32")
+    assert choose(int4, ORT_FP32_MAX_ROWS + 1, cpu=cpu) == ("numba-dequant-fp32" if NumbaLowbitKernel.available()
+                                                            else "dequant-fp32")
     packable = _qt("int4", Layout("group", group=64), 32, 256)
     # the packed-int4 GEMM rounds activations, scales and output to bf16: never auto, on any CPU
-    assert choose(packable, ORT_MAX_ROWS + 1) == "ort-nbits-fp32"
-    assert all("torch-int4pack-bf16" not in candidates(packable, m) for m in (1, ORT_MAX_ROWS + 1, 5000))
+    assert choose(packable, ORT_MAX_ROWS + 1, cpu=cpu) == "ort-nbits-fp32"
+    for level in ("default", "avx2", "native"):
+        assert all("torch-int4pack-bf16" not in candidates(packable, m, current({"BITLADDER_CPU": level}))
+                   for m in (1, ORT_MAX_ROWS + 1, 5000))
     if Int4PackBf16Kernel.available():
         assert choose(packable, 64, "torch-int4pack-bf16") == "torch-int4pack-bf16"  # named, it runs
     # one scale per output channel: the codes themselves as fp16 weights, at any batch above 16 rows
-    assert choose(_qt("binary", Layout("channel"), 32, 256), 64) == "fbgemm-fp16-codes"
-    assert choose(int8, 64) == "fbgemm-fp16-codes"  # above 512 rows too where the CPU has AVX-512
-    assert choose(int4, 64, "ort-nbits") == "ort-nbits"  # the W4A8 path stays an explicit choice
+    assert choose(_qt("binary", Layout("channel"), 32, 256), 64, cpu=cpu) == "fbgemm-fp16-codes"
+    assert choose(int8, 64) == "fbgemm-fp16-codes"  # 8-bit codes on every CPU (above 512 rows with AVX-512)
+
+
+def test_with_the_c_kernels_codes_of_4_bits_or_fewer_keep_one_activation_grid():
+    from bitladder.kernels.c_tiles import CTilesKernel
+
+    cpu = current({"BITLADDER_CPU": "avx2"})
+    if not (CTilesKernel.installed() and cpu.has("avx2")):
+        pytest.skip("the C kernels are not built, or the host lacks AVX2")
+    for fmt, layout in (("int4", Layout("group", group=64)), ("int3", Layout("group", group=128)),
+                        ("uint4", Layout("group", group=32)), ("ternary", Layout("channel")),
+                        ("binary", Layout("channel"))):
+        qt = _qt(fmt, layout, 40, 256)
+        # every kernel auto picks here quantises activations to int8 per block of gcd(group, 128)
+        assert all(choose(qt, m, cpu=cpu) in ("c-lowbit-tiles", "c-2bit-lut", "c-binary-lut")
+                   for m in (1, 2, 17, 33, 513, 5000)), fmt
+    assert choose(_qt("int4", Layout("group", group=64), 40, 256), 64, "ort-nbits") == "ort-nbits"  # named, it runs
 
 
 def test_unsupported_inputs():

@@ -9,6 +9,7 @@ import bitladder
 from bitladder import BitladderError, Int
 from bitladder.kernels import Int4PackBf16Kernel, OnednnW8A8Kernel, OrtNBitsKernel
 from bitladder.kernels.c_lowbit import CLowbitKernel
+from bitladder.kernels.c_tiles import CTilesKernel
 from bitladder.kernels.cpu import current
 from bitladder.kernels.select import ONEDNN_MIN_ROWS
 from bitladder.methods.quantize.methods import Act
@@ -21,7 +22,7 @@ def rel(a, b):
 
 
 @needs_ort
-@pytest.mark.parametrize("cfg, c_kernel", [(Int(8), None), (Int(4, group=64), "c-lowbit-a8"),
+@pytest.mark.parametrize("cfg, c_kernel", [(Int(8), None), (Int(4, group=64), "c-lowbit-tiles"),
                                            (Int(2, group=32), "c-2bit-lut"), (bitladder.Ternary(), "c-2bit-lut"),
                                            (Int(2, group=32, symmetric=False), "c-2bit-lut"),
                                            (bitladder.Binary(), "c-binary-lut")])
@@ -33,19 +34,35 @@ def test_auto_uses_a_low_bit_kernel_for_few_rows_and_matches_reference(cfg, c_ke
     x = torch.randn(3, 256)
     y = q(x)
     # at three rows: a C kernel where they are built and the CPU has AVX2 (the lookup GEMV for 1- and 2-bit
-    # codes, the bit-plane one for 3-4 bits), else MatMulNBits; 8-bit codes take MatMulNBits from three rows
+    # codes, the batch GEMM for 3-4 bits), else MatMulNBits; 8-bit codes take MatMulNBits from three rows
     c_built = CLowbitKernel.available() and CLowbitKernel.rows(current()) is not None
     assert q.kernel == c_kernel if c_kernel and c_built else q.kernel.startswith("ort-w")
     assert ref.kernel == "dequant-fp32"
     assert rel(y, ref(x)) < 0.02  # the kernel quantises activations per row and block to 8 bits
 
 
-@needs_ort
-def test_many_rows_keep_exact_numerics_and_kernel_is_reported():
+def test_many_rows_keep_one_activation_grid_where_the_c_kernels_run():
     torch.manual_seed(0)
+    if not (CTilesKernel.available() and CTilesKernel.rows(current())):
+        pytest.skip("the C kernels are not built, or this CPU (as BITLADDER_CPU presents it) lacks AVX2")
+    q = bitladder.quantize(nn.Linear(64, 40), Int(4, group=32))
+    x = torch.randn(600, 64)
+    with torch.no_grad():
+        for rows in (1, 4, 300, 600):
+            y = q(x[:rows])
+            assert q.kernel == "c-lowbit-tiles"
+            # a row's result does not depend on the request it came in: the same bits alone or in a batch
+            assert torch.equal(y[:1], q(x[:1]))
+        assert rel(q(x), F.linear(x, q.weight(), q.bias)) < 0.02  # int8 activations per block of 32
+
+
+@needs_ort
+def test_many_rows_keep_exact_numerics_and_kernel_is_reported(monkeypatch):
+    torch.manual_seed(0)
+    monkeypatch.setenv("BITLADDER_CPU", "default")  # no AVX2: no C kernels, exact float activations from 17 rows
     q = bitladder.quantize(nn.Linear(64, 40), Int(4, group=32))  # 40 outputs: not for the packed-int4 GEMM
     q(torch.randn(4, 64))
-    assert q.kernel in ("ort-w4a8", "c-lowbit-a8")  # few rows: int8 activations per block
+    assert q.kernel == "ort-w4a8"  # few rows: int8 activations per block
     x = torch.randn(300, 64)
     y = q(x)  # more rows: exact weight-only numerics, fp32 activations
     assert q.kernel == "ort-w4-fp32"

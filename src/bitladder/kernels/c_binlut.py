@@ -144,6 +144,5 @@ class CTwoBitLutKernel(CBinaryLutKernel):
 
     name = "c-2bit-lut"
     planes = 2
-    # the rows the bit-plane GEMV takes these codes at (the same int8 activation grid): 1.05-2.25x its speed at
-    # every count from 1 to 32, 1024^2 and 4096^2, AVX2 + VNNI and AVX-512 without VNNI (docs/DESIGN.md)
-    auto_rows = CLowbitKernel.small_rows
+    # the same int8 activation grid as c-lowbit-tiles, which is faster from four rows (docs/DESIGN.md, 'One grid')
+    auto_rows = (1, 3)

@@ -43,9 +43,6 @@ class CLowbitKernel(LinearKernel):
     name = "c-lowbit-a8"
     auto_rows = (1, 1)  # 8-bit codes: ahead of MatMulNBits at one row; exact fp16 codes win from two rows on
     vnni_rows = (1, 2)  # with vpdpbusd it stays ahead at two rows too (docs/DESIGN.md, 'The C GEMV on VNNI CPUs')
-    # codes of 2-4 bits: the register-tiled rows beat every other auto kernel inside a model up to a sentence
-    # of tokens, AVX2 or VNNI; level with MatMulNBits W4A8 at 64 (docs/DESIGN.md, 'Small requests')
-    small_rows = (1, 32)
     rank = 5
 
     @classmethod
@@ -56,8 +53,8 @@ class CLowbitKernel(LinearKernel):
     def rows(cls, cpu: Cpu, qt: QuantizedTensor | None = None):
         if not cpu.has("avx2"):
             return None  # the portable path is for correctness, not speed
-        if qt is not None and 2 <= qt.qtype.rules.width(qt.qtype) <= 4:
-            return cls.small_rows
+        if qt is not None and _STORE[qt.qtype.rules.width(qt.qtype)] <= 4:
+            return None  # c-lowbit-tiles: the same grid, faster at every row count (docs/DESIGN.md, 'One grid')
         return cls.vnni_rows if cpu.has("avx512_vnni") else cls.auto_rows
 
     @classmethod

@@ -76,6 +76,24 @@ static void rows_portable(const Job *J, int64_t r0, int64_t r1) {
     }
 }
 
+/* ---- the batch GEMM (`tiles`): the same sum as `gemv` over the same int8 activation grid, vectorised across
+ * outputs (lowbit_tiles.h). Weights are columns of eight outputs; per column, 32-byte vectors of four codes per
+ * output and bit plane. Each output's float sum adds block terms in block order, so every path gives the same
+ * bits: y = (((0 + t_0) + t_1) + ...), t_b = float(mult * dot - off * xsum) * (weight scale * activation scale). ---- */
+typedef struct {
+    const uint8_t *w;      /* (nc, kp * bits) bytes: column c, then vectors along K */
+    const uint16_t *ws;    /* (nc, nbw, 8) fp16 bits */
+    const uint8_t *zo;     /* (nc, nbw, 8) offsets, or NULL: `off` for all */
+    const int8_t *xq;      /* (m, kp) */
+    const float *xs;       /* (m, nbx) */
+    const int32_t *xsum;   /* (m, nbx) */
+    float *y;              /* (m, n) */
+    int64_t m, n, nc, kp, g, xb, nbw, nbx;
+    int bits, mult, off;
+} TJob;
+
+#define TILE_ROWS 64 /* activation rows per chunk: 64 x kp int8 stays in L2 while the columns pass */
+
 #ifdef BL_X86
 /* a register tile's per-row vectors (lowbit_rows.h): named fields, so they stay in registers */
 typedef struct { __m256i r0, r1, r2, r3; } Rows4;
@@ -90,6 +108,11 @@ typedef struct { __m256 r0, r1, r2, r3; } Lanes4;
 #define BL_VNNI 0
 #define BL_R 2 /* sixteen ymm registers */
 #include "lowbit_rows.h"
+#define BL_TM 2
+#define BL_TN 2
+#include "lowbit_tiles.h"
+#undef BL_TM
+#undef BL_TN
 #undef BL_ATTR
 #undef BL_FN
 #undef BL_VNNI
@@ -100,7 +123,36 @@ typedef struct { __m256 r0, r1, r2, r3; } Lanes4;
 #define BL_VNNI 1
 #define BL_R 4 /* thirty-two with AVX-512 VL */
 #include "lowbit_rows.h"
+#define BL_TM 4
+#define BL_TN 2
+#include "lowbit_tiles.h"
 #endif
+
+static void tiles_portable(const TJob *J, int64_t c0, int64_t c1) {
+    const int per = 8 / J->bits, mask = (1 << J->bits) - 1;
+    const int64_t cbytes = J->kp * J->bits;
+    for (int64_t c = c0; c < c1; c++)
+        for (int lane = 0; lane < 8 && c * 8 + lane < J->n; lane++) {
+            const int64_t n = c * 8 + lane;
+            for (int64_t r = 0; r < J->m; r++) {
+                const int8_t *xv = J->xq + r * J->kp;
+                float acc = 0.0f;
+                for (int64_t b = 0; b < J->nbx; b++) {
+                    int32_t dot = 0;
+                    for (int64_t k = b * J->xb; k < (b + 1) * J->xb; k++) {
+                        const int64_t kv = k / (4 * per), p = (k % (4 * per)) / 4, j = k % 4;
+                        const uint8_t byte = J->w[c * cbytes + kv * 32 + 4 * lane + j];
+                        dot += ((byte >> (J->bits * p)) & mask) * xv[k];
+                    }
+                    const int64_t at = (c * J->nbw + b * J->xb / J->g) * 8 + lane;
+                    const int32_t off = J->zo ? (int32_t)J->zo[at] : J->off;
+                    const int32_t d = J->mult * dot - off * J->xsum[r * J->nbx + b];
+                    acc = acc + (float)d * (half_to_float(J->ws[at]) * J->xs[r * J->nbx + b]);
+                }
+                J->y[r * J->n + n] = acc;
+            }
+        }
+}
 
 /* ---- rows split over OpenMP threads. Imported after torch, this module binds to the libgomp torch loaded
  * (same soname), so it runs on torch's own pool: a separate pool's threads fought torch's spinning ones for
@@ -160,6 +212,74 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
     if (m > 0) run_parallel(&J, simd, threads);
     Py_END_ALLOW_THREADS
     free(xq); free(xs); free(xsum); free(gw);
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&w); PyBuffer_Release(&ws); PyBuffer_Release(&x); PyBuffer_Release(&y);
+    if (has_zo && zo.obj) PyBuffer_Release(&zo);
+    return ret;
+}
+
+/* columns c0..c1 of the batch GEMM on one thread */
+static void tiles_part(const TJob *J, int simd, int part, int parts) {
+    const int64_t units = (J->nc + 1) / 2; /* pairs of columns: both SIMD tiles are two columns wide */
+    int64_t c0 = units * part / parts * 2, c1 = units * (part + 1) / parts * 2;
+    if (c1 > J->nc) c1 = J->nc;
+    if (c0 >= c1) return;
+#ifdef BL_X86
+    if (simd == 2) { tiles_vnni(J, c0, c1); return; }
+    if (simd) { tiles_avx2(J, c0, c1); return; }
+#endif
+    tiles_portable(J, c0, c1);
+}
+
+/* tiles(w, ws, zo_or_None, x, y, m, n, k, kp, g, xb, bits, mult, off, simd, threads): codes of 1, 2 or 4 bits in
+ * the column layout above; simd as for gemv */
+static PyObject *tiles(PyObject *self, PyObject *args) {
+    Py_buffer w, ws, x, y, zo = {0};
+    PyObject *zobj;
+    Py_ssize_t m, n, k, kp, g, xb;
+    int bits, mult, off, simd, threads;
+    if (!PyArg_ParseTuple(args, "y*y*Oy*w*nnnnnniiiii", &w, &ws, &zobj, &x, &y, &m, &n, &k, &kp, &g, &xb, &bits,
+                          &mult, &off, &simd, &threads))
+        return NULL;
+    int has_zo = zobj != Py_None;
+    PyObject *ret = NULL;
+    if (has_zo && PyObject_GetBuffer(zobj, &zo, PyBUF_SIMPLE) != 0) goto done;
+    const int64_t nc = (n + 7) / 8, nbw = g > 0 ? kp / g : 0, nbx = xb > 0 ? kp / xb : 0;
+    if (!(bits == 1 || bits == 2 || bits == 4) || xb < 32 || xb % 32 || g % xb || kp % g || k > kp || m < 0
+        || w.len < nc * kp * bits || ws.len < (Py_ssize_t)(nc * nbw * 16) || x.len < (Py_ssize_t)(m * k * 4)
+        || y.len < (Py_ssize_t)(m * n * 4) || (has_zo && zo.len < nc * nbw * 8)) {
+        PyErr_SetString(PyExc_ValueError, "lowbit.tiles: buffer sizes or block sizes do not fit");
+        goto done;
+    }
+    if (simd == 2 && !cpu_vnni()) simd = 1;
+    if (simd && !cpu_avx2()) simd = 0;
+    if (threads < 1) threads = 1;
+    int8_t *xq = m > 0 ? aligned_alloc(32, (size_t)(m * kp)) : NULL;
+    float *xs = calloc((size_t)(m > 0 ? m : 1) * nbx, sizeof(float));
+    int32_t *xsum = calloc((size_t)(m > 0 ? m : 1) * nbx, sizeof(int32_t));
+    if ((m > 0 && !xq) || !xs || !xsum) { free(xq); free(xs); free(xsum); PyErr_NoMemory(); goto done; }
+    TJob J = {w.buf, ws.buf, has_zo ? zo.buf : NULL, xq, xs, xsum, (float *)y.buf, m, n, nc, kp, g, xb, nbw, nbx,
+              bits, mult, off};
+    const int parts = (int64_t)threads > (nc + 1) / 2 ? (int)((nc + 1) / 2) : threads;
+    Py_BEGIN_ALLOW_THREADS
+    if (parts <= 1) {
+        for (Py_ssize_t r = 0; r < m; r++)
+            quant_x((const float *)x.buf + r * k, k, kp, xb, xq + r * kp, xs + r * nbx, xsum + r * nbx, simd);
+        tiles_part(&J, simd, 0, 1);
+    } else {
+#pragma omp parallel num_threads(parts)
+        {
+#pragma omp for schedule(static)
+            for (Py_ssize_t r = 0; r < m; r++)
+                quant_x((const float *)x.buf + r * k, k, kp, xb, xq + r * kp, xs + r * nbx, xsum + r * nbx, simd);
+#pragma omp for schedule(static)
+            for (int part = 0; part < parts; part++) tiles_part(&J, simd, part, parts);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    free(xq); free(xs); free(xsum);
     ret = Py_None;
     Py_INCREF(ret);
 done:
@@ -412,6 +532,7 @@ static PyObject *has_avx2(PyObject *self, PyObject *noargs) { return PyBool_From
 
 static PyMethodDef methods[] = {
     {"gemv", gemv, METH_VARARGS, "Low-bit codes x int8 activations, rows split over threads."},
+    {"tiles", tiles, METH_VARARGS, "1-, 2- or 4-bit codes x int8 activations at batch, outputs across lanes."},
     {"xnor", xnor, METH_VARARGS, "Binary weights x sign activations (XNOR-popcount), rows split over threads."},
     {"dequant", dequant, METH_VARARGS, "One 4- or 8-bit plane to scaled fp32, rows split over threads."},
     {"gather_rows", gather_rows, METH_VARARGS, "Rows of packed 1-, 2-, 4- or 8-bit codes, dequantised (lookups)."},

@@ -1,0 +1,122 @@
+"""The C batch GEMM for codes of 1 to 4 bits (``tiles`` in ``kernels/c/lowbit.c``): the activation grid of
+:class:`~bitladder.kernels.c_lowbit.CLowbitKernel` (int8 per block of up to 128 inputs) at any row count.
+
+The GEMV sums each block's products along K and reduces them across SIMD lanes, which is cheap at a few rows
+and the bound at hundreds (1504 rows of MiniLM ran below fp32). Here a vector lane is an output: weights are
+repacked as columns of eight outputs, four codes per output and bit plane in each 32-bit lane, and four
+activation codes are broadcast, so a block's dots land in the lanes of the outputs they belong to and the
+block's scaling is one vector multiply per eight outputs (ggml's CPU path quantises activations to 8 bits per
+block for every quantised matmul too). :meth:`CTilesKernel.reference` is the arithmetic in PyTorch; the AVX-512
+VNNI, AVX2 and portable C paths give its bits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from bitladder.kernels.base import ANY_ROWS, KernelUnsupported, LinearKernel, nbytes_of, weight_parts
+from bitladder.kernels.c_lowbit import _STORE, CLowbitKernel, c_module, int8_blocks, simd_path
+from bitladder.kernels.cpu import Cpu
+from bitladder.kernels.registry import register
+from bitladder.tensor.quantized import QuantizedTensor
+
+
+@register
+class CTilesKernel(LinearKernel):
+    """Codes of 1, 2 or 4 stored bits x int8 activations per block, vectorised across outputs."""
+
+    name = "c-lowbit-tiles"
+    # every row count: one activation grid whatever the request's size, and ahead of the GEMV from one row on
+    # (docs/DESIGN.md, 'One grid for 1- to 4-bit codes at every batch')
+    auto_rows = ANY_ROWS
+    rank = 6
+
+    @classmethod
+    def installed(cls) -> bool:
+        return c_module() is not None and hasattr(c_module(), "tiles")
+
+    @classmethod
+    def rows(cls, cpu: Cpu, qt: QuantizedTensor | None = None):
+        return cls.auto_rows if cpu.has("avx2") else None  # the portable path is for correctness, not speed
+
+    @classmethod
+    def applies(cls, qt: QuantizedTensor) -> bool:
+        """The GEMV's weights whose codes are stored in 1, 2 or 4 bits (binary to int4)."""
+        return CLowbitKernel.applies(qt) and _STORE[qt.qtype.rules.width(qt.qtype)] <= 4
+
+    @classmethod
+    def from_qtensor(cls, qt: QuantizedTensor, simd: int | None = None) -> "CTilesKernel":
+        """Repack once into columns of eight outputs; ``simd`` forces a path as in :class:`CLowbitKernel`."""
+        if not cls.installed():
+            raise KernelUnsupported("the C kernels were not built (no compiler when bitladder was installed)")
+        if not cls.applies(qt):
+            raise KernelUnsupported(f"{qt.qtype.name} {qt.layout.granularity}: needs codes of at most 4 bits and "
+                                    "groups that are multiples of 32")
+        _, scale, zp, g = weight_parts(qt, None)
+        q = qt.qtype
+        n, k = qt.shape
+        bits = _STORE[q.rules.width(q)]
+        per = 8 // bits
+        sb = 32 * per  # K padded as the GEMV pads it, so both quantise the same activation blocks
+        if scale.shape[1] == 1:
+            kp = g = -(-k // sb) * sb
+        else:
+            step = math.lcm(g, sb)
+            kp = -(-k // step) * step
+        self = cls()
+        self.n, self.k, self.kp, self.g, self.bits = n, k, kp, g, bits
+        self.xb = math.gcd(g, 128)
+        nc, nbw = -(-n // 8), kp // g
+        u = np.zeros((nc * 8, kp), np.uint8)
+        u[:n, :k] = qt.unsigned_codes().reshape(n, k).numpy()
+        # (column, lane, vector, plane, j) -> (column, vector, lane, j) bytes with plane p at bits * p
+        planes = u.reshape(nc, 8, kp // (4 * per), per, 4).transpose(0, 2, 1, 4, 3).astype(np.uint16)
+        self.w = np.ascontiguousarray((planes << (bits * np.arange(per, dtype=np.uint16))).sum(-1, dtype=np.uint16)
+                                      .astype(np.uint8).reshape(nc, -1))
+        ws = np.zeros((nc * 8, nbw), np.float16)
+        ws[:n, : scale.shape[1]] = scale.numpy()
+        self.ws = np.ascontiguousarray(ws.reshape(nc, 8, nbw).transpose(0, 2, 1))
+        mult, off = q.rules.affine(q)
+        self.mult, self.off, self.zo = int(mult), int(off), None
+        if zp is not None:
+            zo = np.zeros((nc * 8, nbw), np.uint8)
+            zo[:n, : zp.shape[1]] = (zp + off).numpy()
+            self.zo, self.off = np.ascontiguousarray(zo.reshape(nc, 8, nbw).transpose(0, 2, 1)), 0
+        self.simd = simd_path(simd, "avx512_vnni")
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes_of(self.w, self.ws, self.zo)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.empty(x.shape[0], self.n)
+        c_module().tiles(self.w, self.ws, self.zo, x.numpy(), y.numpy(), x.shape[0], self.n, self.k, self.kp,
+                         self.g, self.xb, self.bits, self.mult, self.off, self.simd, torch.get_num_threads())
+        return y
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernel's arithmetic in PyTorch, step for step (the C paths must give these bits)."""
+        m, n, bits, per = x.shape[0], self.n, self.bits, 8 // self.bits
+        xq, s = int8_blocks(x, self.kp, self.xb)
+        nc = self.w.shape[0]
+        w = torch.from_numpy(self.w.astype(np.int64)).view(nc, -1, 8, 1, 4)
+        u = (w >> (bits * torch.arange(per)).view(1, 1, 1, per, 1)) & ((1 << bits) - 1)
+        u = u.permute(0, 2, 1, 3, 4).reshape(nc * 8, -1)[:n].reshape(n, -1, self.xb)
+        dots = torch.einsum("nbk,mbk->mnb", u, xq)
+        nbw = self.kp // self.g
+        gw = torch.arange(self.kp // self.xb) * self.xb // self.g
+
+        def per_output(a: np.ndarray) -> torch.Tensor:  # (nc, nbw, 8) -> (n, blocks)
+            return torch.from_numpy(a.astype(np.float32)).permute(0, 2, 1).reshape(nc * 8, nbw)[:n][:, gw]
+
+        off = per_output(self.zo).to(torch.int64) if self.zo is not None else self.off
+        d = self.mult * dots - off * xq.sum(-1)[:, None, :]
+        ws, xs = per_output(self.ws), s.squeeze(-1)
+        y = torch.zeros(m, n)
+        for b in range(d.shape[-1]):  # block terms in block order, as every C path adds them
+            y = y + d[..., b].to(torch.float32) * (ws[None, :, b] * xs[:, None, b])
+        return y

@@ -1,0 +1,102 @@
+"""The C batch GEMM for 1- to 4-bit codes: every path gives the reference's bits, a row's result does not depend on
+the batch it came in, and it shares the GEMV's activation grid."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bitladder.errors import BitladderError
+from bitladder.formats.layout import Layout
+from bitladder.kernels.base import KernelUnsupported
+from bitladder.kernels.c_lowbit import CLowbitKernel, c_module
+from bitladder.kernels.c_tiles import CTilesKernel
+from bitladder.tensor.quantized import QuantizedTensor
+
+pytestmark = pytest.mark.skipif(not CTilesKernel.installed(), reason="C kernels not built (no compiler)")
+
+FORMATS = [("int4", "group", True), ("uint4", "group", False), ("int3", "group", True), ("int2", "group", True),
+           ("uint2", "group", False), ("ternary", "channel", True), ("binary", "channel", True),
+           ("int4", "tensor", True)]
+
+
+def _qt(fmt, gran, sym, n, k, group=64, seed=0):
+    torch.manual_seed(seed)
+    layout = Layout("group", group=group) if gran == "group" else Layout(gran)
+    return QuantizedTensor.from_float(torch.randn(n, k) + (0 if sym else 0.5), fmt, layout, symmetric=sym)
+
+
+@settings(max_examples=40, deadline=None)
+@given(fmt=st.sampled_from(FORMATS), n=st.integers(1, 40), kg=st.integers(1, 5), group=st.sampled_from([32, 64, 128]),
+       m=st.integers(1, 70), seed=st.integers(0, 2**16))
+def test_every_path_gives_the_reference_bits(fmt, n, kg, group, m, seed):
+    name, gran, sym = fmt
+    k = kg * group - (seed % 7 if gran != "group" else 0)  # K off the block size where one scale covers a row
+    qt = _qt(name, gran, sym, n, k, group, seed)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed))
+    ref = CTilesKernel.from_qtensor(qt, simd=0).reference(x)
+    for simd in (0, 1, 2):  # portable, AVX2, AVX-512 VNNI (each falls back to the one below on a lesser host)
+        assert torch.equal(CTilesKernel.from_qtensor(qt, simd=simd)(x), ref), simd
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_row_is_the_same_alone_or_in_a_batch_and_tracks_the_float_product(fmt):
+    name, gran, sym = fmt
+    qt = _qt(name, gran, sym, 52, 384)
+    kern = CTilesKernel.from_qtensor(qt)
+    x = torch.randn(131, 384)  # 131 rows: chunks of 64, tiles of four (or two) and single rows
+    y = kern(x)
+    for r in (0, 63, 64, 130):
+        assert torch.equal(kern(x[r: r + 1]), y[r: r + 1])
+    exact = x @ qt.dequantize().T
+    assert float((y - exact).norm() / exact.norm()) < 0.02  # int8 activations per block cost ~1 %
+    # the GEMV's activation grid: the same integer dots, only the float sum's order differs
+    gemv = CLowbitKernel.from_qtensor(qt)(x)
+    assert torch.allclose(y, gemv, rtol=1e-5, atol=1e-4 * float(gemv.abs().max()))
+
+
+@pytest.mark.parametrize("fmt", ["int4", "uint4", "int2", "binary"])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_largest_codes_times_largest_activations_stay_exact(fmt, sign):
+    # every code at its largest and every activation at +-127: the sums AVX2 adds in 16 bits before widening
+    gran, sym = ("channel", True) if fmt == "binary" else ("group", not fmt.startswith("u"))
+    qt = _qt(fmt, gran, sym, 24, 512, group=128)
+    x = torch.full((5, 512), sign)
+    portable = CTilesKernel.from_qtensor(qt, simd=0)
+    portable.w[:] = 0xFF
+    ref = portable.reference(x)
+    assert torch.equal(portable(x), ref)
+    codes = torch.from_numpy(portable.w.astype(np.int64))
+    assert int(codes.min()) == 255
+    for simd in (1, 2):
+        kern = CTilesKernel.from_qtensor(qt, simd=simd)
+        kern.w[:] = portable.w
+        assert torch.equal(kern(x), ref), simd
+
+
+def test_stored_in_its_bits_with_zero_rows_bias_and_input_scale():
+    qt = _qt("int4", "group", True, 44, 256)
+    kern = CTilesKernel.from_qtensor(qt)
+    # 4 bits a weight (44 outputs padded to 48: columns of eight), one fp16 scale per output and group
+    assert kern.nbytes == 48 * 256 // 2 + 48 * 4 * 2
+    assert torch.equal(kern(torch.zeros(3, 256)), torch.zeros(3, 44))
+    assert kern(torch.zeros(0, 256)).shape == (0, 44)
+    x, bias, s = torch.randn(6, 256), torch.randn(44), torch.rand(256) + 0.5
+    assert torch.equal(kern(x, bias, s), kern(x * s) + bias)
+    with pytest.raises(ValueError, match="expected x of shape"):
+        kern(torch.randn(2, 255))
+
+
+def test_refuses_what_it_cannot_take():
+    for fmt, layout in (("int8", Layout("channel")), ("int4", Layout("group", group=16)), ("fp16", Layout("tensor"))):
+        qt = QuantizedTensor.from_float(torch.randn(8, 64), fmt, layout)
+        assert not CTilesKernel.applies(qt)
+        with pytest.raises(KernelUnsupported):
+            CTilesKernel.from_qtensor(qt)
+    kern = CTilesKernel.from_qtensor(_qt("int4", "group", True, 8, 64))
+    y = np.empty((1, 8), np.float32)
+    with pytest.raises(ValueError, match="lowbit.tiles"):  # a weight buffer shorter than its shape needs
+        c_module().tiles(kern.w[:, :4], kern.ws, None, np.zeros((1, 64), np.float32), y, 1, 8, 64, kern.kp,
+                         kern.g, kern.xb, kern.bits, kern.mult, kern.off, 1, 1)
+    assert issubclass(KernelUnsupported, BitladderError)
