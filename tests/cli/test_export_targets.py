@@ -8,6 +8,7 @@ import bitladder
 from bitladder import Int
 from bitladder.zoo import causal_lm
 from tests.cli.test_cli import cli, one_line_error
+from tests.io.exact import exact
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_hf_folder_from_the_command_line_loads_in_transformers(tmp_path, tinylm_
     x = causal_lm.spec().eval_batches[0][:2]
     with torch.no_grad():
         got = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")(input_ids=x).logits
-        assert torch.allclose(got, q(x), atol=1e-5, rtol=1e-5)
+        assert torch.allclose(got, exact(q)(x), atol=1e-5, rtol=1e-5)  # the folder holds dequantised weights
 
 
 def test_wrong_target_and_onnx_only_options_are_one_line_errors(tmp_path, tinylm_int4):
@@ -79,7 +80,7 @@ def test_a_model_from_a_local_folder_exports_from_the_command_line(tmp_path):
     assert cli("export", str(tmp_path / "q.safetensors"), "--to", "hf", "--out", str(tmp_path / "ckpt")).returncode == 0
     x = spec.eval_batches[0][:2]
     with torch.no_grad():
-        ref = q(x)
+        ref = exact(q)(x)  # both files hold the dequantised weights: compared with fp32 activations
         got = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")(input_ids=x).logits
         from_gguf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q.gguf")(input_ids=x).logits
     assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5)

@@ -1,8 +1,8 @@
 """The weight-only reference a float export holds: a copy of the model on the dequantise + fp32 kernel.
 
-Auto may quantise activations to int8 per block on small requests (up to 32 rows for 2-4-bit codes), so a
-file that stores the dequantised weights (HF, GGUF, ONNX DequantizeLinear) is compared with this, not with
-whatever kernel auto picked for the test's row count."""
+Where the C kernels run, auto quantises activations of 1- to 4-bit layers to int8 per block at every row count,
+so a file that stores the dequantised weights (HF, GGUF, ONNX DequantizeLinear) is compared with this, not with
+whatever kernel auto picked."""
 
 import copy
 
