@@ -35,6 +35,8 @@ def test_integer_rule_on_the_bench_variant_names():
     assert integer_compute("bitladder int4 g64 [ort-w4a8]")
     assert integer_compute("torch.ao quantize_dynamic int8")
     assert integer_compute("bitladder binary [binary-xnor]")
+    for kernel in ("c-lowbit-tiles", "c-lowbit-a8", "c-2bit-lut", "c-binary-lut"):  # int8 activations per block
+        assert integer_compute(f"bitladder int4 g64 [{kernel}]")
     assert not integer_compute("fp32 F.linear")
     assert not integer_compute("bitladder int4 g64 [torch-int4pack-bf16]")
     assert not integer_compute("bitladder int8 W8 [fbgemm-fp16-codes]")

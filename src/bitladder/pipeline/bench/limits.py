@@ -28,8 +28,8 @@ fastest of the same rounds, as ``read_gbps`` is the best of five: its median fel
 whose kernels streamed 35), else ``read_gbps``; at batch >= 2,
 and for rows with only ``ops`` (convolutions, whose weights are reused across positions, so compute
 bounds them even at batch 1), ``ops`` (2 x MACs) / latency / peak: the int8 peak where the variant's dot
-products are integer (:func:`integer_compute`: W8A8 and ort-wNa8 kernels, torch.ao / onnxruntime dynamic
-int8, XNOR), the fp32 peak otherwise (weight-only kernels, which widen codes to float). Whole-model rows
+products are integer (:func:`integer_compute`: W8A8 and ort-wNa8 kernels, bitladder's C kernels, torch.ao /
+onnxruntime dynamic int8, XNOR), the fp32 peak otherwise (kernels that widen codes to float). Whole-model rows
 (MiniLM, digits) get None.
 """
 
@@ -50,8 +50,9 @@ READ_BYTES = 512 << 20
 GEMM_N = 2048
 LLC_FALLBACK = 64 << 20
 
-# activations quantised to integers: W8A8 / ort-wNa8 kernels, torch.ao or onnxruntime dynamic int8, XNOR
-_INTEGER = re.compile(r"w\d+a8|xnor|quantize_dynamic|dynamic int8")
+# activations quantised to integers: W8A8 / ort-wNa8 kernels, bitladder's C kernels (int8 per block), torch.ao or
+# onnxruntime dynamic int8, XNOR
+_INTEGER = re.compile(r"w\d+a8|\[c-(lowbit|2bit|binary)|xnor|quantize_dynamic|dynamic int8")
 
 
 def _best(fn: Callable[[], object], repeats: int) -> float:

@@ -34,6 +34,7 @@ from bitladder.kernels import (
     KERNELS,
     CBinaryLutKernel,
     CLowbitKernel,
+    CTilesKernel,
     CTwoBitLutKernel,
     FbgemmW8A8Kernel,
     FbgemmW8A8TokenKernel,
@@ -52,7 +53,7 @@ from bitladder.kernels.select import choose
 from bitladder.pipeline.bench.limits import llc_bytes, read_probe
 from bitladder.tensor.quantized import QuantizedTensor
 
-LOWBIT = [CLowbitKernel, OrtNBitsKernel, OrtNBitsFp32Kernel, Int4PackBf16Kernel, NumbaLowbitKernel]
+LOWBIT = [CTilesKernel, CLowbitKernel, OrtNBitsKernel, OrtNBitsFp32Kernel, Int4PackBf16Kernel, NumbaLowbitKernel]
 RUNGS = [  # (label, qtype, layout, kernel classes to try, the policy a quantised layer of this rung has)
     ("int8 W8A8", "int8", Layout("channel"), [FbgemmW8A8TokenKernel, OnednnW8A8TokenKernel, FbgemmW8A8Kernel,
                                                OnednnW8A8Kernel, OrtNBitsKernel, CLowbitKernel], "int8-w8a8-token"),
@@ -61,10 +62,10 @@ RUNGS = [  # (label, qtype, layout, kernel classes to try, the policy a quantise
     ("int4 g64", "int4", Layout("group", group=64), LOWBIT, "auto"),
     ("int3 g64", "int3", Layout("group", group=64), LOWBIT, "auto"),
     ("int2 g64", "int2", Layout("group", group=64), [CTwoBitLutKernel, *LOWBIT], "auto"),
-    ("ternary", "ternary", Layout("channel"), [CTwoBitLutKernel, CLowbitKernel, OrtNBitsKernel, Fp16CodesKernel,
-                                               NumbaLowbitKernel], "auto"),
-    ("binary", "binary", Layout("channel"), [XnorKernel, CBinaryLutKernel, CLowbitKernel, OrtNBitsKernel,
-                                             Fp16CodesKernel, NumbaLowbitKernel], "auto"),
+    ("ternary", "ternary", Layout("channel"), [CTwoBitLutKernel, CTilesKernel, CLowbitKernel, OrtNBitsKernel,
+                                               Fp16CodesKernel, NumbaLowbitKernel], "auto"),
+    ("binary", "binary", Layout("channel"), [XnorKernel, CBinaryLutKernel, CTilesKernel, CLowbitKernel,
+                                             OrtNBitsKernel, Fp16CodesKernel, NumbaLowbitKernel], "auto"),
 ]
 
 
