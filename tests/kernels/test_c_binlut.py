@@ -82,12 +82,15 @@ def test_zero_activations_bias_storage_and_refused_formats():
             CBinaryLutKernel.from_qtensor(bad)
 
 
-def test_auto_picks_it_up_to_32_rows_where_the_cpu_has_avx2():
+def test_auto_picks_it_at_every_batch_without_vnni_and_to_32_rows_with():
     qt = QuantizedTensor.from_float(torch.randn(64, 256), "binary", Layout("group", group=64))
     avx2 = current({"BITLADDER_CPU": "avx2"})
-    assert (choose(qt, 1, cpu=avx2) == "c-binary-lut") == avx2.has("avx2")
-    assert (choose(qt, 32, cpu=avx2) == "c-binary-lut") == avx2.has("avx2")  # as far as int8 activations go
-    assert choose(qt, 33, cpu=avx2) != "c-binary-lut"  # above, auto keeps float activations
+    for m in (1, 32, 33, 1504):  # without VNNI the lookups stay ahead of the batch GEMM's binary path
+        assert (choose(qt, m, cpu=avx2) == "c-binary-lut") == avx2.has("avx2"), m
+    vnni = current({"BITLADDER_CPU": "avx512-vnni"})
+    if vnni.has("avx2", "avx512_vnni"):
+        assert choose(qt, 32, cpu=vnni) == "c-binary-lut"
+        assert choose(qt, 33, cpu=vnni) == "c-lowbit-tiles"  # the same int8 grid, vpdpbusd
     assert choose(qt, 1, cpu=current({"BITLADDER_CPU": "default"})) != "c-binary-lut"  # the portable path is slow
     assert choose(qt, 1, binary_activations=True, cpu=avx2) == "binary-xnor"  # XNOR stays an explicit choice
 

@@ -21,7 +21,7 @@ import math
 import numpy as np
 import torch
 
-from bitladder.kernels.base import KernelUnsupported, LinearKernel, group_of, nbytes_of, weight_parts
+from bitladder.kernels.base import ANY_ROWS, KernelUnsupported, LinearKernel, group_of, nbytes_of, weight_parts
 from bitladder.kernels.c_lowbit import CLowbitKernel, int8_blocks, simd_path
 from bitladder.kernels.cpu import Cpu
 from bitladder.kernels.onnx_nbits import integer_codes
@@ -41,9 +41,11 @@ class CBinaryLutKernel(LinearKernel):
     """Binary (1-bit) codes x int8 activations per block of up to 128 inputs, by 16-entry table lookups."""
 
     name = "c-binary-lut"
-    # as far as int8 activations go in auto (a sentence of tokens, as for 2-4-bit codes): ahead of MatMulNBits
-    # W2A8 at 1-16 rows and of the exact fp16-codes GEMM at 16-32 on every shape timed (docs/DESIGN.md)
+    # with VNNI, a sentence of tokens; the batch GEMM (c-lowbit-tiles, same grid) is ahead above on most shapes.
+    # Without VNNI the tiles' binary path (eight u8 x s8 multiplies per 32 codes) stays behind the lookups at
+    # every batch timed, so they keep every row count there (docs/results/notes.md, 'One activation grid')
     auto_rows = (1, 32)
+    no_vnni_rows = ANY_ROWS
     rank = 4  # ahead of the bit-plane GEMV (c-lowbit-a8, rank 5) for the weights it takes
     planes = 1  # bits per code
 
@@ -53,7 +55,9 @@ class CBinaryLutKernel(LinearKernel):
 
     @classmethod
     def rows(cls, cpu: Cpu, qt=None):
-        return cls.auto_rows if cpu.has("avx2") else None  # the portable path is for correctness, not speed
+        if not cpu.has("avx2"):
+            return None  # the portable path is for correctness, not speed
+        return cls.auto_rows if cpu.has("avx512_vnni") else cls.no_vnni_rows
 
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
@@ -145,4 +149,4 @@ class CTwoBitLutKernel(CBinaryLutKernel):
     name = "c-2bit-lut"
     planes = 2
     # the same int8 activation grid as c-lowbit-tiles, which is faster from four rows (docs/DESIGN.md, 'One grid')
-    auto_rows = (1, 3)
+    auto_rows = no_vnni_rows = (1, 3)
