@@ -115,6 +115,9 @@ def test_the_per_token_family_takes_it_at_one_row():
     assert one == ("c-lowbit-a8" if avx2.has("avx2") else "int8-w8a8-fbgemm-token")
     assert choose(qt, 2, "int8-w8a8-token", cpu=avx2) == "int8-w8a8-fbgemm-token"
     assert choose(qt, 1, "int8-w8a8", cpu=avx2) == "int8-w8a8-fbgemm"  # per tensor keeps its own grid
+    int4 = QuantizedTensor.from_float(torch.randn(64, 256), "int4", Layout("group", group=64))  # W4A8 per token
+    assert choose(int4, 1, "int8-w8a8-token", cpu=avx2) == ("c-lowbit-tiles" if avx2.has("avx2")
+                                                             else "int8-w8a8-fbgemm-token")
     x = torch.randn(1, 256)
     exact = x @ qt.dequantize().T
     assert float((CLowbitKernel.from_qtensor(qt)(x) - exact).norm() / exact.norm()) < 0.01

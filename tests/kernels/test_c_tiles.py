@@ -100,3 +100,12 @@ def test_refuses_what_it_cannot_take():
         c_module().tiles(kern.w[:, :4], kern.ws, None, np.zeros((1, 64), np.float32), y, 1, 8, 64, kern.kp,
                          kern.g, kern.xb, kern.bits, kern.mult, kern.off, 1, 1)
     assert issubclass(KernelUnsupported, BitladderError)
+
+
+def test_packing_in_column_steps_gives_the_whole_packing(monkeypatch):
+    from bitladder.kernels import c_tiles
+
+    qt = _qt("int4", "group", True, 77, 128)  # ten columns of eight outputs, the last one part padding
+    whole = CTilesKernel.from_qtensor(qt).w
+    monkeypatch.setattr(c_tiles, "_COLUMNS_PER_STEP", 3)  # steps of 3, 3, 3 and 1 columns
+    assert np.array_equal(CTilesKernel.from_qtensor(qt).w, whole)

@@ -24,6 +24,10 @@ from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
 
+#: columns of eight outputs packed per step (the uint16 planes of a step stay a few MB, as the GEMV's rows do)
+_COLUMNS_PER_STEP = 32
+
+
 @register
 class CTilesKernel(LinearKernel):
     """Codes of 1, 2 or 4 stored bits x int8 activations per block, vectorised across outputs."""
@@ -70,12 +74,17 @@ class CTilesKernel(LinearKernel):
         self.n, self.k, self.kp, self.g, self.bits = n, k, kp, g, bits
         self.xb = math.gcd(g, 128)
         nc, nbw = -(-n // 8), kp // g
-        u = np.zeros((nc * 8, kp), np.uint8)
-        u[:n, :k] = qt.unsigned_codes().reshape(n, k).numpy()
-        # (column, lane, vector, plane, j) -> (column, vector, lane, j) bytes with plane p at bits * p
-        planes = u.reshape(nc, 8, kp // (4 * per), per, 4).transpose(0, 2, 1, 4, 3).astype(np.uint16)
-        self.w = np.ascontiguousarray((planes << (bits * np.arange(per, dtype=np.uint16))).sum(-1, dtype=np.uint16)
-                                      .astype(np.uint8).reshape(nc, -1))
+        codes = qt.unsigned_codes().reshape(n, k).numpy()
+        shifts = bits * np.arange(per, dtype=np.uint16)
+        self.w = np.empty((nc, kp * bits), np.uint8)
+        for c0 in range(0, nc, _COLUMNS_PER_STEP):  # in steps: a whole LM head's uint16 planes would be GBs
+            c1 = min(c0 + _COLUMNS_PER_STEP, nc)
+            u = np.zeros(((c1 - c0) * 8, kp), np.uint16)
+            rows = codes[c0 * 8: c1 * 8]
+            u[: len(rows), :k] = rows
+            # (column, lane, vector, plane, j) -> (column, vector, lane, j) bytes with plane p at bits * p
+            planes = u.reshape(c1 - c0, 8, kp // (4 * per), per, 4).transpose(0, 2, 1, 4, 3)
+            self.w[c0:c1] = (planes << shifts).sum(-1, dtype=np.uint16).astype(np.uint8).reshape(c1 - c0, -1)
         ws = np.zeros((nc * 8, nbw), np.float16)
         ws[:n, : scale.shape[1]] = scale.numpy()
         self.ws = np.ascontiguousarray(ws.reshape(nc, 8, nbw).transpose(0, 2, 1))

@@ -21,9 +21,10 @@ ONEDNN_MIN_ROWS = 256
 FAMILIES = ("auto", "int8-w8a8", "int8-w8a8-token", "int8-w8a8-static")
 
 
-#: at one row the per-token family runs the C GEMV: int8 activations per block of up to 128 inputs, a finer grid
-#: than one scale for the row, and 2-3x fbgemm's speed at 1024² (docs/results/bench-linear-avx2*.json)
-ONE_ROW = "c-lowbit-a8"
+#: at one row the per-token family runs a C kernel where auto would (the batch GEMM for 1- to 4-bit codes, the
+#: GEMV for 8-bit ones): int8 activations per block of up to 128 inputs, a finer grid than one scale for the row,
+#: and 2-3x fbgemm's speed at 1024² (docs/results/bench-linear-avx2*.json)
+ONE_ROW = ("c-lowbit-tiles", "c-lowbit-a8")
 
 
 def policies() -> tuple[str, ...]:
@@ -47,8 +48,10 @@ def choose(qt, m: int, policy: str = "auto", binary_activations: bool = False, c
     (XNOR-Net); without it every kernel keeps the weight-only meaning up to activation rounding.
     """
     cpu = cpu or current()
-    if policy == "int8-w8a8-token" and m == 1 and ONE_ROW in candidates(qt, 1, cpu):
-        return ONE_ROW
+    if policy == "int8-w8a8-token" and m == 1:
+        one = [k for k in candidates(qt, 1, cpu) if k in ONE_ROW]
+        if one:
+            return one[0]
     if policy in ("int8-w8a8", "int8-w8a8-token", "int8-w8a8-static"):
         onednn = registry.get("int8-w8a8-onednn")
         # a static grid fbgemm cannot take whole (its pair sums saturate): oneDNN, which splits it, at every size
