@@ -72,19 +72,12 @@ class CLowbitKernel(LinearKernel):
         if not cls.applies(qt):
             raise KernelUnsupported(f"{qt.qtype.name} {qt.layout.granularity}: needs codes of at most 4 bits (8 "
                                     "without zero points) and groups that are multiples of 32")
-        _, scale, zp, g = weight_parts(qt, None)
+        scale, zp, g, bits, kp, xb = grid(qt)
         q = qt.qtype
         n, k = qt.shape
-        bits = _STORE[q.rules.width(q)]
         sb = 32 * (8 // bits)  # codes per 32-byte superblock
-        if scale.shape[1] == 1:
-            kp = g = -(-k // sb) * sb
-        else:
-            step = math.lcm(g, sb)
-            kp = -(-k // step) * step
         self = cls()
-        self.n, self.k, self.kp, self.g, self.bits = n, k, kp, g, bits
-        self.xb = math.gcd(g, 128)
+        self.n, self.k, self.kp, self.g, self.bits, self.xb = n, k, kp, g, bits, xb
         mult, off = q.rules.affine(q)
         u = np.zeros((n, kp), np.uint8)
         u[:, :k] = qt.unsigned_codes().reshape(n, k).numpy()
@@ -135,6 +128,21 @@ class CLowbitKernel(LinearKernel):
             lanes[..., b % 8] = lanes[..., b % 8] + d[..., b].to(torch.float32) * scale[..., b]
         s = lanes[..., :4] + lanes[..., 4:]
         return (s[..., 0] + s[..., 2]) + (s[..., 1] + s[..., 3])
+
+
+def grid(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor | None, int, int, int, int]:
+    """(scale, zero point, group, stored bits, padded K, activation block) of a weight the C kernels take: K padded
+    to whole 32-byte superblocks and groups, activations quantised per block of gcd(group, 128). Every C kernel
+    on int8 activations uses it, so they all quantise the same blocks."""
+    _, scale, zp, g = weight_parts(qt, None)
+    bits = _STORE[qt.qtype.rules.width(qt.qtype)]
+    k, sb = qt.shape[1], 32 * (8 // bits)  # codes per 32-byte superblock
+    if scale.shape[1] == 1:
+        kp = g = -(-k // sb) * sb
+    else:
+        step = math.lcm(g, sb)
+        kp = -(-k // step) * step
+    return scale, zp, g, bits, kp, math.gcd(g, 128)
 
 
 def simd_path(simd: int | None, wide: str) -> int:

@@ -12,13 +12,11 @@ VNNI, AVX2 and portable C paths give its bits.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-from bitladder.kernels.base import ANY_ROWS, KernelUnsupported, LinearKernel, nbytes_of, weight_parts
-from bitladder.kernels.c_lowbit import _STORE, CLowbitKernel, c_module, int8_blocks, simd_path
+from bitladder.kernels.base import ANY_ROWS, KernelUnsupported, LinearKernel, nbytes_of
+from bitladder.kernels.c_lowbit import _STORE, CLowbitKernel, c_module, grid, int8_blocks, simd_path
 from bitladder.kernels.cpu import Cpu
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
@@ -59,20 +57,12 @@ class CTilesKernel(LinearKernel):
         if not cls.applies(qt):
             raise KernelUnsupported(f"{qt.qtype.name} {qt.layout.granularity}: needs codes of at most 4 bits and "
                                     "groups that are multiples of 32")
-        _, scale, zp, g = weight_parts(qt, None)
+        scale, zp, g, bits, kp, xb = grid(qt)  # the GEMV's padding and activation blocks
         q = qt.qtype
         n, k = qt.shape
-        bits = _STORE[q.rules.width(q)]
         per = 8 // bits
-        sb = 32 * per  # K padded as the GEMV pads it, so both quantise the same activation blocks
-        if scale.shape[1] == 1:
-            kp = g = -(-k // sb) * sb
-        else:
-            step = math.lcm(g, sb)
-            kp = -(-k // step) * step
         self = cls()
-        self.n, self.k, self.kp, self.g, self.bits = n, k, kp, g, bits
-        self.xb = math.gcd(g, 128)
+        self.n, self.k, self.kp, self.g, self.bits, self.xb = n, k, kp, g, bits, xb
         nc, nbw = -(-n // 8), kp // g
         codes = qt.unsigned_codes().reshape(n, k).numpy()
         shifts = bits * np.arange(per, dtype=np.uint16)
