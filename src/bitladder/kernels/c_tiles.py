@@ -57,10 +57,14 @@ class CTilesKernel(LinearKernel):
         if not cls.applies(qt):
             raise KernelUnsupported(f"{qt.qtype.name} {qt.layout.granularity}: needs codes of at most 4 bits and "
                                     "groups that are multiples of 32")
-        scale, zp, g, bits, kp, xb = grid(qt)  # the GEMV's padding and activation blocks
+        scale, zp, g, bits, kp, xb = grid(qt)  # the GEMV's activation blocks
         q = qt.qtype
         n, k = qt.shape
         per = 8 // bits
+        # K padded to whole blocks (and groups) only: the GEMV pads to 32-byte superblocks of 32 * per codes, which
+        # quadruples a 64-input binary layer's work; its blocks past this K hold only zeros, so the grid is the same
+        kp = -(-k // g) * g if scale.shape[1] > 1 else -(-k // xb) * xb
+        g = g if scale.shape[1] > 1 else kp
         self = cls()
         self.n, self.k, self.kp, self.g, self.bits, self.xb = n, k, kp, g, bits, xb
         nc, nbw = -(-n // 8), kp // g

@@ -94,6 +94,12 @@ static void quant_x(const float *x, int64_t k, int64_t kp, int64_t xb, int8_t *x
             quant_block_avx2(x + lo, xb, xq + lo, xs + b, xsum + b);
             continue;
         }
+        if (simd && xb <= 128) { /* the row's last, short block: zero-padded, the same codes (zeros round to 0) */
+            float tail[128] = {0};
+            memcpy(tail, x + lo, (size_t)(hi > lo ? hi - lo : 0) * sizeof(float));
+            quant_block_avx2(tail, xb, xq + lo, xs + b, xsum + b);
+            continue;
+        }
 #endif
         (void)simd;
         quant_block(x, lo, hi, lo + xb, xq, xs + b, xsum + b);

@@ -126,12 +126,12 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(tiles_kernel)(co
             if (rn == BL_TN) {
                 for (; r + BL_TM <= m1; r += BL_TM) BL_FN(ctile)(J, c, r, bits, BL_TM, BL_TN);
                 for (; r < m1; r++) BL_FN(ctile)(J, c, r, bits, 1, BL_TN);
+            } else if (rn == 2) { /* the last columns of a three-wide tiling: unpacked once for both */
+                for (; r + BL_TM <= m1; r += BL_TM) BL_FN(ctile)(J, c, r, bits, BL_TM, 2);
+                for (; r < m1; r++) BL_FN(ctile)(J, c, r, bits, 1, 2);
             } else {
-                for (int64_t cc = c; cc < c1; cc++) {
-                    int64_t rr = m0;
-                    for (; rr + BL_TM <= m1; rr += BL_TM) BL_FN(ctile)(J, cc, rr, bits, BL_TM, 1);
-                    for (; rr < m1; rr++) BL_FN(ctile)(J, cc, rr, bits, 1, 1);
-                }
+                for (; r + BL_TM <= m1; r += BL_TM) BL_FN(ctile)(J, c, r, bits, BL_TM, 1);
+                for (; r < m1; r++) BL_FN(ctile)(J, c, r, bits, 1, 1);
             }
         }
     }
