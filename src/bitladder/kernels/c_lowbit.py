@@ -41,6 +41,7 @@ class CLowbitKernel(LinearKernel):
     """Codes of up to 8 bits x int8 activations (one scale per block of up to 128 inputs), exact integer dots."""
 
     name = "c-lowbit-a8"
+    entry = "gemv"  # the C function (c_tiles.CTilesKernel calls `tiles`, same arguments, its own weight layout)
     auto_rows = (1, 1)  # 8-bit codes: ahead of MatMulNBits at one row; exact fp16 codes win from two rows on
     vnni_rows = (1, 2)  # with vpdpbusd it stays ahead at two rows too (docs/DESIGN.md, 'The C GEMV on VNNI CPUs')
     rank = 5
@@ -103,8 +104,9 @@ class CLowbitKernel(LinearKernel):
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.empty(x.shape[0], self.n)
-        _lowbit.gemv(self.w, self.ws, self.zo, x.numpy(), y.numpy(), x.shape[0], self.n, self.k, self.kp, self.g,
-                     self.xb, self.bits, self.mult, self.off, self.simd, torch.get_num_threads())
+        getattr(_lowbit, self.entry)(self.w, self.ws, self.zo, x.numpy(), y.numpy(), x.shape[0], self.n, self.k,
+                                     self.kp, self.g, self.xb, self.bits, self.mult, self.off, self.simd,
+                                     torch.get_num_threads())
         return y
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:

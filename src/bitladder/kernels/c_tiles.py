@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bitladder.kernels.base import ANY_ROWS, KernelUnsupported, LinearKernel, nbytes_of
+from bitladder.kernels.base import ANY_ROWS, KernelUnsupported
 from bitladder.kernels.c_lowbit import _STORE, CLowbitKernel, c_module, grid, int8_blocks, simd_path
 from bitladder.kernels.cpu import Cpu
 from bitladder.kernels.registry import register
@@ -27,10 +27,12 @@ _COLUMNS_PER_STEP = 32
 
 
 @register
-class CTilesKernel(LinearKernel):
-    """Codes of 1, 2 or 4 stored bits x int8 activations per block, vectorised across outputs."""
+class CTilesKernel(CLowbitKernel):
+    """Codes of 1, 2 or 4 stored bits x int8 activations per block, vectorised across outputs (the GEMV's
+    arguments and `nbytes`, its own layout, rules and reference)."""
 
     name = "c-lowbit-tiles"
+    entry = "tiles"
     # every row count: one activation grid whatever the request's size, and ahead of the GEMV from one row on
     # (docs/DESIGN.md, 'One grid for 1- to 4-bit codes at every batch')
     auto_rows = ANY_ROWS
@@ -90,16 +92,6 @@ class CTilesKernel(LinearKernel):
             self.zo, self.off = np.ascontiguousarray(zo.reshape(nc, 8, nbw).transpose(0, 2, 1)), 0
         self.simd = simd_path(simd, "avx512_vnni")
         return self
-
-    @property
-    def nbytes(self) -> int:
-        return nbytes_of(self.w, self.ws, self.zo)
-
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.empty(x.shape[0], self.n)
-        c_module().tiles(self.w, self.ws, self.zo, x.numpy(), y.numpy(), x.shape[0], self.n, self.k, self.kp,
-                         self.g, self.xb, self.bits, self.mult, self.off, self.simd, torch.get_num_threads())
-        return y
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """The kernel's arithmetic in PyTorch, step for step (the C paths must give these bits)."""
