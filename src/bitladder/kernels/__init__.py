@@ -4,6 +4,7 @@
 from bitladder.kernels.base import DequantKernel, KernelUnsupported, LinearKernel, reference_linear
 from bitladder.kernels.c_binlut import CBinaryLutKernel, CTwoBitLutKernel
 from bitladder.kernels.c_lowbit import CLowbitKernel
+from bitladder.kernels.c_static import CStaticKernel
 from bitladder.kernels.c_tiles import CTilesKernel
 from bitladder.kernels.dequant_conv import DequantConv2d
 from bitladder.kernels.fbgemm_w8a8 import FbgemmW8A8Kernel, FbgemmW8A8TokenKernel
@@ -24,6 +25,7 @@ __all__ = [
     "CBinaryLutKernel",
     "CTwoBitLutKernel",
     "CLowbitKernel",
+    "CStaticKernel",
     "CTilesKernel",
     "DequantConv2d",
     "DequantKernel",

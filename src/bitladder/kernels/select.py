@@ -7,9 +7,11 @@ count. ``dequant-fp32`` applies to everything and comes last. Measured figures b
 ranges live in ``docs/results/`` (bench-linear*.json) and ``docs/DESIGN.md``, not here.
 
 A policy other than "auto" names a kernel; three names are families rather than kernels: "int8-w8a8" and
-"int8-w8a8-token" (what ``Act(dynamic=...)`` sets) and "int8-w8a8-static" (static activation scales) take oneDNN's integer GEMM from ``ONEDNN_MIN_ROWS``
-rows on and fbgemm's below (oneDNN measured faster from ~256 rows, fbgemm below); at one row "int8-w8a8-token"
-takes the C GEMV where auto would (a per-block activation grid, finer than per token).
+"int8-w8a8-token" (what ``Act(dynamic=...)`` sets) and "int8-w8a8-static" (static activation scales) take
+oneDNN's integer GEMM from ``ONEDNN_MIN_ROWS`` rows on and fbgemm's below (oneDNN measured faster from ~256 rows,
+fbgemm below); at one row "int8-w8a8-token" takes the C GEMV where auto would (a per-block activation grid, finer
+than per token); a static 8-bit grid against 8-bit weights that neither GEMM takes whole (no VNNI) takes the C
+kernel of 16-bit pair products (``STATIC_C``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ FAMILIES = ("auto", "int8-w8a8", "int8-w8a8-token", "int8-w8a8-static")
 #: GEMV for 8-bit ones): int8 activations per block of up to 128 inputs, a finer grid than one scale for the row,
 #: and 2-3x fbgemm's speed at 1024² (docs/results/bench-linear-avx2*.json)
 ONE_ROW = ("c-lowbit-tiles", "c-lowbit-a8")
+#: the static family's kernel where neither integer GEMM takes an 8-bit grid against 8-bit weights whole (no
+#: VNNI): exact 16-bit pair products in one GEMM instead of oneDNN's two (kernels/c_static.py)
+STATIC_C = "int8-w8a8-c-static"
 
 
 def policies() -> tuple[str, ...]:
@@ -54,8 +59,14 @@ def choose(qt, m: int, policy: str = "auto", binary_activations: bool = False, c
             return one[0]
     if policy in ("int8-w8a8", "int8-w8a8-token", "int8-w8a8-static"):
         onednn = registry.get("int8-w8a8-onednn")
-        # a static grid fbgemm cannot take whole (its pair sums saturate): oneDNN, which splits it, at every size
-        rows = m >= ONEDNN_MIN_ROWS or (policy == "int8-w8a8-static" and not static_whole_on_fbgemm(qt, cpu))
+        whole = policy != "int8-w8a8-static" or static_whole_on_fbgemm(qt, cpu)
+        if not (whole or cpu.dot32("onednn")):  # oneDNN would run the grid split in two GEMMs: one exact in C
+            c16 = registry.get(STATIC_C)
+            if c16.available(cpu) and c16.applies(qt):
+                return STATIC_C
+        # a static grid fbgemm cannot take whole (its pair sums saturate): oneDNN at every size (whole with its
+        # VNNI, else split)
+        rows = m >= ONEDNN_MIN_ROWS or not whole
         backend = "onednn" if rows and onednn.available(cpu) else "fbgemm"
         return policy.replace("w8a8", f"w8a8-{backend}")
     if policy != "auto":

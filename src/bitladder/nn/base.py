@@ -131,9 +131,11 @@ class QuantModule(nn.Module):
         qt = get_qtype(act["qtype"])
         if not (qt.rules.integer_codes and qt.qmax - qt.qmin <= 255 and int8_per_row(self.qweight)):
             return False
-        # auto takes the integer GEMM only where it computes the layer's own codes (VNNI, weights of 7 bits, or
-        # oneDNN's [lo; hi] split); naming the family accepts fbgemm's 127-step grid where oneDNN is missing
+        # auto takes the integer GEMM only where it computes the layer's own codes (VNNI, weights of 7 bits, the C
+        # kernel's 16-bit pairs or oneDNN's [lo; hi] split); naming the family accepts fbgemm's 127-step grid where
+        # neither is there
         return (self.kernel_policy != "auto" or KERNELS["int8-w8a8-onednn-static"].available()
+                or KERNELS["int8-w8a8-c-static"].available()
                 or qt.qmax - qt.qmin <= levels_for(self.qweight.codes()))  # the cheap test first
 
     def _static_kernel(self, rows: int, cache: KernelCache):

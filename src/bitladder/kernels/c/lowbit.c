@@ -542,11 +542,14 @@ done:
     return ret;
 }
 
+#include "static16.h"
+
 static PyObject *has_avx2(PyObject *self, PyObject *noargs) { return PyBool_FromLong(cpu_avx2()); }
 
 static PyMethodDef methods[] = {
     {"gemv", gemv, METH_VARARGS, "Low-bit codes x int8 activations, rows split over threads."},
     {"tiles", tiles, METH_VARARGS, "1-, 2- or 4-bit codes x int8 activations at batch, outputs across lanes."},
+    {"static16", static16, METH_VARARGS, "8-bit codes x a static uint8 grid, exact in 16-bit pairs (no VNNI)."},
     {"xnor", xnor, METH_VARARGS, "Binary weights x sign activations (XNOR-popcount), rows split over threads."},
     {"dequant", dequant, METH_VARARGS, "One 4- or 8-bit plane to scaled fp32, rows split over threads."},
     {"gather_rows", gather_rows, METH_VARARGS, "Rows of packed 1-, 2-, 4- or 8-bit codes, dequantised (lookups)."},

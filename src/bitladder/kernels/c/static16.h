@@ -1,0 +1,189 @@
+/* W8A8 on a static (calibrated) activation grid, exact on CPUs without VNNI (`static16` in lowbit.c).
+ *
+ * y[m, n] = float(sum_k (q[m, k] - zp) * w[n, k]) * sc[n] (+ bias[n])
+ *
+ * q are the uint8 codes of the layer's grid (all 256 of them), w signed 8-bit weight codes, sc[n] the activation
+ * step times the weight's scale. Without VNNI the u8 x s8 pair sums of vpmaddubsw saturate 16 bits on such
+ * operands (2 * 255 * 127), so oneDNN runs them split in two GEMMs. Here both operands are widened to 16 bits and
+ * vpmaddwd adds each pair of products into 32 bits: two multiply instructions per 32 products, as many as the
+ * u8 x s8 path needs (vpmaddubsw, then vpmaddwd against ones), and nothing saturates (|q - zp| <= 255,
+ * |w| <= 128). Vectorised across outputs as the tiles are: a 32-bit lane is an output, weights are columns of
+ * eight outputs holding two consecutive codes per output, and a pair of activations is broadcast.
+ *
+ * The integer sums are exact, so the AVX2 and the portable path give the same bits (and those of the reference in
+ * kernels/c_static.py): one conversion, one multiply, one add per output. */
+
+typedef struct {
+    const int8_t *w;       /* (nc, kp / 2, 16): column c, pair p, lane l, code j = w[8 c + l, 2 p + j] */
+    const float *sc;       /* (nc * 8) */
+    const float *bias;     /* (nc * 8) or NULL */
+    const uint8_t *q;      /* (m, k) codes */
+    int16_t *xw;           /* (m, kp) q - zp, zero past k */
+    float *y;              /* (m, n) */
+    int64_t m, n, nc, k, kp;
+    int zp;
+} SJob;
+
+#ifndef S16_ROWS
+#define S16_ROWS 64 /* rows per chunk: 64 x kp 16-bit codes stay in L2 while the columns pass over them */
+#endif
+#ifndef S16_TM /* register tile: activation rows x columns of eight outputs (sixteen ymm registers) */
+#define S16_TM 4
+#define S16_TN 2
+#endif
+
+/* one output: the reference's arithmetic */
+static inline float s16_out(const SJob *J, int64_t n, int32_t acc) {
+    const float v = (float)acc * J->sc[n];
+    return J->bias ? v + J->bias[n] : v;
+}
+
+static void s16_portable(const SJob *J, int64_t c0, int64_t c1, int64_t r0, int64_t r1) {
+    for (int64_t c = c0; c < c1; c++)
+        for (int lane = 0; lane < 8 && c * 8 + lane < J->n; lane++)
+            for (int64_t r = r0; r < r1; r++) {
+                const int16_t *x = J->xw + r * J->kp;
+                const int8_t *w = J->w + c * J->kp * 8 + 2 * lane;
+                int32_t acc = 0;
+                for (int64_t p = 0; p < J->kp / 2; p++) acc += w[16 * p] * x[2 * p] + w[16 * p + 1] * x[2 * p + 1];
+                J->y[r * J->n + c * 8 + lane] = s16_out(J, c * 8 + lane, acc);
+            }
+}
+
+#ifdef BL_X86
+/* rows r0 .. r0 + RM - 1 against columns c0 .. c0 + RN - 1 over all of K */
+AVX2 static inline __attribute__((always_inline)) void s16_tile(const SJob *J, int64_t c0, int64_t r0, const int RM,
+                                                                const int RN) {
+    __m256i a[S16_TM][S16_TN];
+    const int16_t *xr[S16_TM];
+    const int8_t *wc[S16_TN];
+#pragma GCC unroll 8
+    for (int i = 0; i < RM; i++) {
+        xr[i] = J->xw + (r0 + i) * J->kp;
+#pragma GCC unroll 8
+        for (int t = 0; t < RN; t++) a[i][t] = _mm256_setzero_si256();
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < RN; t++) wc[t] = J->w + (c0 + t) * J->kp * 8;
+#pragma GCC unroll 4
+    for (int64_t p = 0; p < J->kp / 2; p++) {
+        __m256i wv[S16_TN];
+#pragma GCC unroll 8
+        for (int t = 0; t < RN; t++) wv[t] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(wc[t] + 16 * p)));
+#pragma GCC unroll 8
+        for (int i = 0; i < RM; i++) {
+            int32_t two;
+            memcpy(&two, xr[i] + 2 * p, 4);
+            const __m256i x2 = _mm256_set1_epi32(two);
+#pragma GCC unroll 8
+            for (int t = 0; t < RN; t++) a[i][t] = _mm256_add_epi32(_mm256_madd_epi16(wv[t], x2), a[i][t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < RN; t++) {
+        const int64_t n0 = (c0 + t) * 8, left = J->n - n0;
+        const __m256 scv = _mm256_loadu_ps(J->sc + n0);
+        const __m256 bv = J->bias ? _mm256_loadu_ps(J->bias + n0) : _mm256_setzero_ps();
+#pragma GCC unroll 8
+        for (int i = 0; i < RM; i++) {
+            __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(a[i][t]), scv);
+            if (J->bias) f = _mm256_add_ps(f, bv);
+            float *yo = J->y + (r0 + i) * J->n + n0;
+            if (left >= 8) {
+                _mm256_storeu_ps(yo, f);
+            } else {
+                float tmp[8];
+                _mm256_storeu_ps(tmp, f);
+                memcpy(yo, tmp, (size_t)left * sizeof(float));
+            }
+        }
+    }
+}
+
+/* columns c0 .. c1 (a multiple of S16_TN apart but for the last) against rows r0 .. r1 */
+AVX2 static void s16_avx2(const SJob *J, int64_t c0, int64_t c1, int64_t r0, int64_t r1) {
+    for (int64_t m0 = r0; m0 < r1; m0 += S16_ROWS) {
+        const int64_t m1 = m0 + S16_ROWS < r1 ? m0 + S16_ROWS : r1;
+        for (int64_t c = c0; c < c1; c += S16_TN) {
+            int64_t r = m0;
+            if (c1 - c >= S16_TN) {
+                for (; r + S16_TM <= m1; r += S16_TM) s16_tile(J, c, r, S16_TM, S16_TN);
+                for (; r < m1; r++) s16_tile(J, c, r, 1, S16_TN);
+            } else {
+                for (; r + S16_TM <= m1; r += S16_TM) s16_tile(J, c, r, S16_TM, 1);
+                for (; r < m1; r++) s16_tile(J, c, r, 1, 1);
+            }
+        }
+    }
+}
+#endif
+
+/* one thread's share: whole tiles of columns where there are enough for every thread, else rows */
+static void s16_part(const SJob *J, int simd, int part, int parts) {
+    const int64_t tn = simd ? S16_TN : 1, units = (J->nc + tn - 1) / tn;
+    int64_t c0 = 0, c1 = J->nc, r0 = 0, r1 = J->m;
+    if (units >= parts) {
+        c0 = units * part / parts * tn;
+        c1 = units * (part + 1) / parts * tn;
+        if (c1 > J->nc) c1 = J->nc;
+    } else {
+        r0 = J->m * part / parts;
+        r1 = J->m * (part + 1) / parts;
+    }
+    if (c0 >= c1 || r0 >= r1) return;
+#ifdef BL_X86
+    if (simd) { s16_avx2(J, c0, c1, r0, r1); return; }
+#endif
+    s16_portable(J, c0, c1, r0, r1);
+}
+
+/* static16(w, sc, bias_or_None, q, y, m, n, k, kp, zp, simd, threads): simd 1 takes the AVX2 path where the CPU
+ * has it, 0 the portable one */
+static PyObject *static16(PyObject *self, PyObject *args) {
+    Py_buffer w, sc, q, y, bias = {0};
+    PyObject *bobj;
+    Py_ssize_t m, n, k, kp;
+    int zp, simd, threads;
+    if (!PyArg_ParseTuple(args, "y*y*Oy*w*nnnniii", &w, &sc, &bobj, &q, &y, &m, &n, &k, &kp, &zp, &simd, &threads))
+        return NULL;
+    const int has_bias = bobj != Py_None;
+    PyObject *ret = NULL;
+    if (has_bias && PyObject_GetBuffer(bobj, &bias, PyBUF_SIMPLE) != 0) goto done;
+    const int64_t nc = (n + 7) / 8;
+    /* |sum| <= 255 * 128 * kp must stay below 2^31 */
+    if (m < 0 || n < 0 || k < 0 || kp < k || kp % 2 || kp > 65536 || zp < 0 || zp > 255
+        || w.len < nc * kp * 8 || sc.len < (Py_ssize_t)(nc * 8 * 4) || q.len < m * k
+        || y.len < (Py_ssize_t)(m * n * 4) || (has_bias && bias.len < (Py_ssize_t)(nc * 8 * 4))) {
+        PyErr_SetString(PyExc_ValueError, "lowbit.static16: buffer sizes do not fit");
+        goto done;
+    }
+    if (simd && !cpu_avx2()) simd = 0;
+    if (threads < 1) threads = 1;
+    int16_t *xw = m > 0 ? aligned_alloc(32, (size_t)(m * kp * 2 + 32) / 32 * 32) : NULL;
+    if (m > 0 && !xw) { PyErr_NoMemory(); goto done; }
+    SJob J = {w.buf, sc.buf, has_bias ? bias.buf : NULL, q.buf, xw, (float *)y.buf, m, n, nc, k, kp, zp};
+    const int64_t tn = simd ? S16_TN : 1, units = (nc + tn - 1) / tn;
+    int parts = (int64_t)threads > (units > m ? units : m) ? (int)(units > m ? units : m) : threads;
+    if (m * n * kp < 262144) parts = 1; /* small work: one thread beats waking the pool */
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(parts > 1 ? parts : 1)
+    {
+#pragma omp for schedule(static)
+        for (Py_ssize_t r = 0; r < m; r++) {
+            const uint8_t *src = J.q + r * k;
+            int16_t *dst = xw + r * kp;
+            for (int64_t i = 0; i < k; i++) dst[i] = (int16_t)((int)src[i] - zp);
+            for (int64_t i = k; i < kp; i++) dst[i] = 0;
+        }
+#pragma omp for schedule(static)
+        for (int part = 0; part < (parts > 1 ? parts : 1); part++) s16_part(&J, simd, part, parts > 1 ? parts : 1);
+    }
+    Py_END_ALLOW_THREADS
+    free(xw);
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&w); PyBuffer_Release(&sc); PyBuffer_Release(&q); PyBuffer_Release(&y);
+    if (has_bias && bias.obj) PyBuffer_Release(&bias);
+    return ret;
+}

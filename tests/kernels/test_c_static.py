@@ -1,0 +1,109 @@
+"""Static W8A8 in 16-bit pair products: both C paths give the reference's bits (the exact integer sum), the
+largest codes against the largest weights do not saturate, the layer's own codes reach the GEMM whole, and the
+static family takes it exactly where the integer GEMMs would split the grid."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bitladder.formats.layout import Layout
+from bitladder.formats.qtypes import get_qtype
+from bitladder.kernels import KERNELS
+from bitladder.kernels.base import KernelUnsupported, reference_linear
+from bitladder.kernels.c_lowbit import c_module
+from bitladder.kernels.c_static import CStaticKernel
+from bitladder.kernels.cpu import current
+from bitladder.kernels.select import STATIC_C, choose
+from bitladder.tensor.quantized import QuantizedTensor
+
+pytestmark = pytest.mark.skipif(not CStaticKernel.installed(), reason="C kernels not built (no compiler)")
+
+
+def _qt(n, k, seed=0, fmt="int8", layout="channel"):
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
+    return QuantizedTensor.from_float(w, fmt, Layout(layout))
+
+
+def fake(x, scale, zp, qtype):
+    qt = get_qtype(qtype)
+    return (torch.clamp(torch.round(x / scale) + zp, qt.qmin, qt.qmax) - zp) * scale
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 40), k=st.integers(1, 300), m=st.integers(1, 150), zp=st.integers(0, 255),
+       bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_both_paths_give_the_reference_bits(n, k, m, zp, bias, seed):
+    g = torch.Generator().manual_seed(seed)
+    qt = _qt(n, k, seed)
+    q = torch.randint(0, 256, (m, k), dtype=torch.uint8, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    ref = CStaticKernel.from_qtensor(qt, simd=0).bind(0.02, zp, "uint8").reference(q, zp, b)
+    for simd in (0, 1):  # portable, AVX2 (the portable one again on a host without AVX2)
+        kern = CStaticKernel.from_qtensor(qt, simd=simd).bind(0.02, zp, "uint8")
+        assert torch.equal(kern.finish((q, zp), b), ref), simd
+    exact = (q.double() - zp) @ qt.codes().reshape(n, k).double().T  # the integer sum, in float64
+    scales = torch.from_numpy(kern._sc[:n]).double()
+    assert torch.allclose(ref.double() - (0 if b is None else b.double()), exact * scales, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("zp", [0, 255])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_largest_codes_against_largest_weights_stay_exact(zp, sign):
+    # every pair of products at 255 * 128 (vpmaddubsw would saturate at 2 * 255 * 127): vpmaddwd adds into 32 bits
+    n, k = 24, 4097  # an odd K: the padded last pair
+    qt = _qt(n, k)
+    kern = CStaticKernel.from_qtensor(qt, simd=1).bind(0.01, zp, "uint8")
+    kern.w[:] = -128 if sign > 0 else 127
+    q = torch.full((9, k), 255 if zp == 0 else 0, dtype=torch.uint8)
+    y = kern.finish((q, zp), None)
+    assert torch.equal(y, kern.reference(q, zp))
+    w = -128 if sign > 0 else 127
+    expect = (float(q[0, 0]) - zp) * w * k * kern._sc[:n]
+    assert torch.allclose(y[0], torch.from_numpy(expect.astype(np.float32)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("qtype,zp", [("uint8", 117), ("uint8", 0), ("int8", 0)])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_the_layers_own_codes_give_the_fake_quantised_layer(qtype, zp, scaled):
+    torch.manual_seed(1)
+    w = torch.randn(40, 256)
+    w[:, ::2] = w[:, ::2].sign() * w.abs().amax()  # every pair of products near the extreme
+    qt = QuantizedTensor.from_float(w, "int8", Layout("channel"))
+    g = get_qtype(qtype)
+    scale = 4.0 / (g.qmax - g.qmin)
+    kern = KERNELS[STATIC_C].from_qtensor(qt).bind(scale, zp, qtype)
+    assert kern.levels == 255 and not kern.split
+    x, s = torch.randn(70, 256) * 3, (torch.rand(256) + 0.5 if scaled else None)  # beyond the grid on both sides
+    bias = torch.randn(40)
+    ref = reference_linear(qt, fake(x if s is None else x * s, scale, zp, qtype)) + bias
+    assert torch.allclose(kern(x, bias, s), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    assert torch.equal(kern(x[:0]), torch.zeros(0, 40))
+
+
+def test_the_static_family_takes_it_exactly_where_the_grid_would_be_split():
+    host = current()
+    no_vnni = dataclasses.replace(host, flags=frozenset({"avx2", "avx512f", "avx512bw"}), fbgemm_cap=None)
+    vnni = dataclasses.replace(no_vnni, flags=no_vnni.flags | {"avx512_vnni"})
+    bare = dataclasses.replace(no_vnni, flags=frozenset())
+    w8, w7 = _qt(32, 256), _qt(32, 256, fmt="int7")
+    for m in (1, 16, 1500):
+        assert choose(w8, m, "int8-w8a8-static", cpu=no_vnni) == STATIC_C
+        assert choose(w8, m, "int8-w8a8-static", cpu=vnni) != STATIC_C  # oneDNN or fbgemm take the grid whole
+        assert choose(w7, m, "int8-w8a8-static", cpu=no_vnni) != STATIC_C  # 7-bit weights cannot saturate
+        assert choose(w8, m, "int8-w8a8-static", cpu=bare) == "int8-w8a8-onednn-static"  # no AVX2: the split
+        assert choose(w8, m, "int8-w8a8-token", cpu=no_vnni) != STATIC_C  # dynamic grids are not its job
+
+
+def test_bad_weights_and_buffers_are_refused():
+    with pytest.raises(KernelUnsupported, match="per-channel"):
+        CStaticKernel.from_qtensor(_qt(8, 64, fmt="int4", layout="channel"))
+    kern = CStaticKernel.from_qtensor(_qt(8, 64)).bind(0.1, 3, "uint8")
+    q = np.zeros((4, 64), np.uint8)
+    with pytest.raises(ValueError, match="static16"):
+        c_module().static16(kern.w, kern._sc, None, q, np.zeros((4, 7), np.float32), 4, 8, 64, 64, 3, 1, 1)
+    with pytest.raises(ValueError, match="static16"):  # a zero point outside the uint8 codes
+        c_module().static16(kern.w, kern._sc, None, q, np.zeros((4, 8), np.float32), 4, 8, 64, 64, 300, 1, 1)
