@@ -35,19 +35,25 @@ def fake(x, scale, zp, qtype):
 
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 40), k=st.integers(1, 300), m=st.integers(1, 150), zp=st.integers(0, 255),
-       bias=st.booleans(), seed=st.integers(0, 2**16))
-def test_both_paths_give_the_reference_bits(n, k, m, zp, bias, seed):
+       bias=st.booleans(), outliers=st.integers(0, 5), seed=st.integers(0, 2**16))
+def test_both_paths_give_the_reference_bits(n, k, m, zp, bias, outliers, seed):
     g = torch.Generator().manual_seed(seed)
     qt = _qt(n, k, seed)
     q = torch.randint(0, 256, (m, k), dtype=torch.uint8, generator=g)
     b = torch.randn(n, generator=g) if bias else None
-    ref = CStaticKernel.from_qtensor(qt, simd=0).bind(0.02, zp, "uint8").reference(q, zp, b)
+    x = torch.randn(m, k, generator=g) * 10
+    side = (torch.randperm(k, generator=g)[: min(outliers, k)], torch.randn(n, min(outliers, k), generator=g))
+    side = side if outliers else None
+    ref = CStaticKernel.from_qtensor(qt, simd=0).bind(0.02, zp, "uint8").reference(q, zp, b, x, side)
     for simd in (0, 1):  # portable, AVX2 (the portable one again on a host without AVX2)
         kern = CStaticKernel.from_qtensor(qt, simd=simd).bind(0.02, zp, "uint8")
-        assert torch.equal(kern.finish((q, zp), b), ref), simd
+        assert torch.equal(kern.finish((q, zp, x), b, side), ref), simd
+    base = kern.reference(q, zp)
     exact = (q.double() - zp) @ qt.codes().reshape(n, k).double().T  # the integer sum, in float64
-    scales = torch.from_numpy(kern._sc[:n]).double()
-    assert torch.allclose(ref.double() - (0 if b is None else b.double()), exact * scales, rtol=1e-6, atol=1e-5)
+    assert torch.allclose(base.double(), exact * torch.from_numpy(kern._sc[:n]).double(), rtol=1e-6, atol=1e-5)
+    if side is not None:  # the channels' float product, added in the epilogue
+        extra = x[:, side[0]].double() @ side[1].double().T + (0 if b is None else b.double())
+        assert torch.allclose(ref.double(), base.double() + extra, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("zp", [0, 255])
@@ -59,7 +65,7 @@ def test_largest_codes_against_largest_weights_stay_exact(zp, sign):
     kern = CStaticKernel.from_qtensor(qt, simd=1).bind(0.01, zp, "uint8")
     kern.w[:] = -128 if sign > 0 else 127
     q = torch.full((9, k), 255 if zp == 0 else 0, dtype=torch.uint8)
-    y = kern.finish((q, zp), None)
+    y = kern.finish((q, zp, None), None)
     assert torch.equal(y, kern.reference(q, zp))
     w = -128 if sign > 0 else 127
     expect = (float(q[0, 0]) - zp) * w * k * kern._sc[:n]
@@ -107,3 +113,31 @@ def test_bad_weights_and_buffers_are_refused():
         c_module().static16(kern.w, kern._sc, None, q, np.zeros((4, 7), np.float32), 4, 8, 64, 64, 3, 1, 1)
     with pytest.raises(ValueError, match="static16"):  # a zero point outside the uint8 codes
         c_module().static16(kern.w, kern._sc, None, q, np.zeros((4, 8), np.float32), 4, 8, 64, 64, 300, 1, 1)
+    x, y = np.zeros((4, 64), np.float32), np.zeros((4, 8), np.float32)
+    with pytest.raises(IndexError, match="outlier channel 64 is out of range for 64 inputs"):
+        c_module().static16(kern.w, kern._sc, None, q, y, 4, 8, 64, 64, 3, 1, 1, x, np.array([3, 64]),
+                            np.zeros((1, 2, 8), np.float32))
+    with pytest.raises(ValueError, match="side product"):  # weights for fewer channels than indices
+        c_module().static16(kern.w, kern._sc, None, q, y, 4, 8, 64, 64, 3, 1, 1, x, np.array([3, 5]),
+                            np.zeros((1, 1, 8), np.float32))
+
+
+def test_a_layer_with_outlier_channels_adds_them_in_the_epilogue(monkeypatch):
+    import bitladder
+    from bitladder.methods.quantize.methods import Act
+
+    monkeypatch.setenv("BITLADDER_CPU", "avx2")
+    torch.manual_seed(3)
+    x = torch.randn(16, 30, 96)
+    x[..., 7] *= 40  # a wide channel, as transformers have
+    lin = bitladder.quantize(torch.nn.Linear(96, 40), bitladder.Int(8, act=Act(outliers=2)), calib=[x])
+    assert "outliers" in lin.qmeta
+    y = lin(x)
+    assert lin.kernel == STATIC_C
+    monkeypatch.setattr(CStaticKernel, "adds_side", False)  # the same codes, the side product added by torch after
+    after = lin(x)
+    assert lin.kernel == STATIC_C and not torch.equal(y, after)
+    assert torch.allclose(y, after, rtol=1e-5, atol=1e-5 * float(after.abs().max()))
+    lin.set_kernel_policy("dequant-fp32")  # the fake-quantised layer plus the float side product, in torch
+    ref = lin(x)  # torch's quantiser and the fake quantisation may round a tie apart: a code step at most
+    assert float((y - ref).abs().max()) < 2 * float(lin.act_scale) * float(lin.qweight.dequantize().abs().max())

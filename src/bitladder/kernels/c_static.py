@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from bitladder.kernels import hadamard
-from bitladder.kernels.base import KernelUnsupported, LinearKernel, nbytes_of, weight_parts
+from bitladder.kernels.base import KernelUnsupported, LinearKernel, as_x, nbytes_of, weight_parts
 from bitladder.kernels.c_lowbit import c_module, simd_path
 from bitladder.kernels.cpu import Cpu
 from bitladder.kernels.fbgemm_w8a8 import int8_per_row
@@ -34,6 +34,7 @@ class CStaticKernel(_Static, LinearKernel):
     name = "int8-w8a8-c-static"
     requires = ("avx2",)
     levels = 255  # the whole grid on every CPU
+    adds_side = True  # :meth:`finish` takes a layer's outlier channels (nn/outliers.py) into its epilogue
 
     @classmethod
     def installed(cls) -> bool:
@@ -76,23 +77,38 @@ class CStaticKernel(_Static, LinearKernel):
         return self
 
     def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
-        """(uint8 codes, zero point): the layer's grid, quantised as the oneDNN path does."""
+        """(uint8 codes, zero point, ``x``): the layer's grid, quantised as the oneDNN path does, and the float
+        input its outlier channels are read from."""
         step, zp, lo, hi = self._grid
         if hadamard.fast_path(x) and x.dim() == 2:
             return hadamard.static_codes(x, in_scale, (lo, hi) if self._clamp else None, self._inv, zp, False,
-                                         self._simd), zp
+                                         self._simd), zp, x
         from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel
 
-        return OnednnW8A8Kernel._quantize(self._input(x, in_scale), step, zp).contiguous(), zp
+        return OnednnW8A8Kernel._quantize(self._input(x, in_scale), step, zp).contiguous(), zp, x
 
-    def finish(self, prep: tuple, bias: torch.Tensor | None) -> torch.Tensor:
-        q, zp = prep
+    def finish(self, prep: tuple, bias: torch.Tensor | None, side: tuple | None = None) -> torch.Tensor:
+        """(M, N) float32 of :meth:`prepare`'s codes; ``side``: (channels (k,) int64, weights (N, k) float32),
+        each channel of the float input times its weight column added to every output, in channel order."""
+        q, zp, x = prep
         m = q.shape[0]
         y = torch.empty((m, self.n), dtype=torch.float32)
         b = None if bias is None else self._padded(bias)
+        extra = ()
+        if side is not None and side[0].numel():
+            extra = (as_x(x, self.k).numpy(), side[0].to(torch.int64).contiguous().numpy(), self._columns(side[1]))
         c_module().static16(self.w, self._sc, b, q.numpy(), y.numpy(), m, self.n, self.k, self.kp, zp, self.simd,
-                            torch.get_num_threads())
+                            torch.get_num_threads(), *extra)
         return y
+
+    def _columns(self, side: torch.Tensor) -> np.ndarray:
+        """Outlier weights (N, k) as (columns of eight outputs, k, 8), kept while it is the same tensor."""
+        if getattr(self, "_side", (None,))[0] is not side:
+            nc = self.w.shape[0]
+            s = np.zeros((nc * 8, side.shape[1]), np.float32)
+            s[: self.n] = side.detach().float().numpy()
+            self._side = (side, np.ascontiguousarray(s.reshape(nc, 8, -1).transpose(0, 2, 1)))
+        return self._side[1]
 
     def _padded(self, bias: torch.Tensor) -> np.ndarray:
         """The bias padded to whole columns of eight outputs (kept while it is the same, unchanged tensor)."""
@@ -109,13 +125,18 @@ class CStaticKernel(_Static, LinearKernel):
     def _fused(self, x, bias, in_scale):
         return self.finish(self.prepare(x, in_scale), bias)
 
-    def reference(self, q: torch.Tensor, zp: int, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """The kernel's arithmetic on codes ``q`` in PyTorch (the C paths must give these bits)."""
+    def reference(self, q: torch.Tensor, zp: int, bias: torch.Tensor | None = None, x: torch.Tensor | None = None,
+                  side: tuple | None = None) -> torch.Tensor:
+        """The kernel's arithmetic on codes ``q`` (and ``side`` on ``x``) in PyTorch (the C paths give these bits)."""
         nc = self.w.shape[0]
         w = torch.from_numpy(self.w.astype(np.int64)).permute(0, 2, 1, 3).reshape(nc * 8, self.kp)[: self.n, : self.k]
         acc = (q.to(torch.int64) - zp) @ w.T
         y = acc.to(torch.float32) * torch.from_numpy(self._sc[: self.n])
-        return y if bias is None else y + bias.float()
+        y = y if bias is None else y + bias.float()
+        if side is not None:
+            for j, c in enumerate(side[0].tolist()):  # channel by channel, a multiply and an add each
+                y = y + x[:, c: c + 1].float() * side[1][:, j].float()
+        return y
 
     @property
     def nbytes(self) -> int:

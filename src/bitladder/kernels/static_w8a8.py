@@ -8,7 +8,9 @@ can take all 256 of them (VNNI, or weights of 7 bits); elsewhere the same range 
 of fewer than 256 codes clamps the input to its range first: the GEMM's quantiser clamps to 0..255 only.
 oneDNN's kernel keeps the layer's 256 codes even there (``split``): each code is 128 * hi + lo, and one GEMM
 over the rows [lo; hi] (0..127 and 0..1, without a zero point) stays within 16-bit pair sums (2 * 127 * 127);
-lo + 128 * hi gives the layer's product, the zero point's term (zp * sum_k w) goes with the bias.
+lo + 128 * hi gives the layer's product, the zero point's term (zp * sum_k w) goes with the bias. Where the C
+kernels were built (and the CPU has AVX2) the static family takes one exact GEMM of 16-bit pair products
+instead (:mod:`bitladder.kernels.c_static`); the split is what remains without them.
 
 Below ``ONEDNN_MIN_ROWS`` rows fbgemm's static linear (fp32 in, fp32 out) runs, from there oneDNN's (at every
 size where fbgemm cannot take the grid whole: :func:`bitladder.kernels.select.static_whole_on_fbgemm`). oneDNN's

@@ -51,11 +51,16 @@ class QuantLinear(QuantModule):
             return kern((xin - self.act_shift).contiguous(), self.bias).to(x.dtype)
         in_scale = self.in_scale if "in_scale" in self._qmeta else None  # no activation quantisation here
         x2 = xin.reshape(-1, xin.shape[-1])
+        side = "outliers" in self._qmeta
         if hasattr(kern, "prepare") and x2.shape[0] > 0:
-            y = kern.finish(_shared_input(xin, kern, x2, in_scale), self.bias)
+            prep = _shared_input(xin, kern, x2, in_scale)
+            if side and getattr(kern, "adds_side", False):  # the float channels in the GEMM's epilogue
+                y, side = kern.finish(prep, self.bias, (self.act_outliers, side_weight(self))), False
+            else:
+                y = kern.finish(prep, self.bias)
         else:
             y = kern(x2, self.bias, in_scale)
-        if "outliers" in self._qmeta:
+        if side:
             y = add_side(self, x2, y, inplace=True)  # the kernel's fresh (M, N) output
         y = y.reshape(*xin.shape[:-1], y.shape[-1])  # -1 is ambiguous for an empty batch
         return y if y.dtype == x.dtype else y.to(x.dtype)

@@ -1,6 +1,6 @@
 /* W8A8 on a static (calibrated) activation grid, exact on CPUs without VNNI (`static16` in lowbit.c).
  *
- * y[m, n] = float(sum_k (q[m, k] - zp) * w[n, k]) * sc[n] (+ bias[n])
+ * y[m, n] = float(sum_k (q[m, k] - zp) * w[n, k]) * sc[n] (+ bias[n]) (+ x[m, idx[j]] * side[n, j] for j in order)
  *
  * q are the uint8 codes of the layer's grid (all 256 of them), w signed 8-bit weight codes, sc[n] the activation
  * step times the weight's scale. Without VNNI the u8 x s8 pair sums of vpmaddubsw saturate 16 bits on such
@@ -11,16 +11,21 @@
  * eight outputs holding two consecutive codes per output, and a pair of activations is broadcast.
  *
  * The integer sums are exact, so the AVX2 and the portable path give the same bits (and those of the reference in
- * kernels/c_static.py): one conversion, one multiply, one add per output. */
+ * kernels/c_static.py): one conversion, one multiply, one add per output, then the outlier channels' float
+ * products (nn/outliers.py) one multiply and one add each, while the output is still in a register: added to the
+ * finished output by a separate GEMM they cost more than the channels' share of the work (a read and write of
+ * the whole output, made by other threads). */
 
 typedef struct {
     const int8_t *w;       /* (nc, kp / 2, 16): column c, pair p, lane l, code j = w[8 c + l, 2 p + j] */
     const float *sc;       /* (nc * 8) */
     const float *bias;     /* (nc * 8) or NULL */
+    const float *side;     /* (nc, ko, 8) the outlier channels' float weights, or NULL */
+    const float *xo;       /* (m, ko) those channels of the float input */
     const uint8_t *q;      /* (m, k) codes */
     int16_t *xw;           /* (m, kp) q - zp, zero past k */
     float *y;              /* (m, n) */
-    int64_t m, n, nc, k, kp;
+    int64_t m, n, nc, k, kp, ko;
     int zp;
 } SJob;
 
@@ -33,9 +38,11 @@ typedef struct {
 #endif
 
 /* one output: the reference's arithmetic */
-static inline float s16_out(const SJob *J, int64_t n, int32_t acc) {
-    const float v = (float)acc * J->sc[n];
-    return J->bias ? v + J->bias[n] : v;
+static inline float s16_out(const SJob *J, int64_t r, int64_t n, int32_t acc) {
+    float v = (float)acc * J->sc[n];
+    if (J->bias) v = v + J->bias[n];
+    for (int64_t j = 0; j < J->ko; j++) v = v + J->xo[r * J->ko + j] * J->side[((n / 8) * J->ko + j) * 8 + n % 8];
+    return v;
 }
 
 static void s16_portable(const SJob *J, int64_t c0, int64_t c1, int64_t r0, int64_t r1) {
@@ -46,7 +53,7 @@ static void s16_portable(const SJob *J, int64_t c0, int64_t c1, int64_t r0, int6
                 const int8_t *w = J->w + c * J->kp * 8 + 2 * lane;
                 int32_t acc = 0;
                 for (int64_t p = 0; p < J->kp / 2; p++) acc += w[16 * p] * x[2 * p] + w[16 * p + 1] * x[2 * p + 1];
-                J->y[r * J->n + c * 8 + lane] = s16_out(J, c * 8 + lane, acc);
+                J->y[r * J->n + c * 8 + lane] = s16_out(J, r, c * 8 + lane, acc);
             }
 }
 
@@ -88,6 +95,9 @@ AVX2 static inline __attribute__((always_inline)) void s16_tile(const SJob *J, i
         for (int i = 0; i < RM; i++) {
             __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(a[i][t]), scv);
             if (J->bias) f = _mm256_add_ps(f, bv);
+            for (int64_t j = 0; j < J->ko; j++)
+                f = _mm256_add_ps(f, _mm256_mul_ps(_mm256_set1_ps(J->xo[(r0 + i) * J->ko + j]),
+                                                   _mm256_loadu_ps(J->side + ((c0 + t) * J->ko + j) * 8)));
             float *yo = J->y + (r0 + i) * J->n + n0;
             if (left >= 8) {
                 _mm256_storeu_ps(yo, f);
@@ -137,19 +147,33 @@ static void s16_part(const SJob *J, int simd, int part, int parts) {
     s16_portable(J, c0, c1, r0, r1);
 }
 
-/* static16(w, sc, bias_or_None, q, y, m, n, k, kp, zp, simd, threads): simd 1 takes the AVX2 path where the CPU
- * has it, 0 the portable one */
+/* static16(w, sc, bias_or_None, q, y, m, n, k, kp, zp, simd, threads[, x, idx, side]): simd 1 takes the AVX2 path
+ * where the CPU has it, 0 the portable one; x (m, k) float32, idx (ko,) int64 and side (nc, ko, 8) float32 add
+ * the outlier channels' products */
 static PyObject *static16(PyObject *self, PyObject *args) {
-    Py_buffer w, sc, q, y, bias = {0};
+    Py_buffer w, sc, q, y, bias = {0}, x = {0}, idx = {0}, side = {0};
     PyObject *bobj;
     Py_ssize_t m, n, k, kp;
     int zp, simd, threads;
-    if (!PyArg_ParseTuple(args, "y*y*Oy*w*nnnniii", &w, &sc, &bobj, &q, &y, &m, &n, &k, &kp, &zp, &simd, &threads))
+    if (!PyArg_ParseTuple(args, "y*y*Oy*w*nnnniii|y*y*y*", &w, &sc, &bobj, &q, &y, &m, &n, &k, &kp, &zp, &simd,
+                          &threads, &x, &idx, &side))
         return NULL;
     const int has_bias = bobj != Py_None;
     PyObject *ret = NULL;
+    float *xo = NULL;
     if (has_bias && PyObject_GetBuffer(bobj, &bias, PyBUF_SIMPLE) != 0) goto done;
-    const int64_t nc = (n + 7) / 8;
+    const int64_t nc = (n + 7) / 8, ko = idx.obj ? idx.len / 8 : 0;
+    const int64_t *ix = idx.obj ? idx.buf : NULL;
+    if (idx.obj && (!side.obj || side.len < (Py_ssize_t)(nc * ko * 8 * 4) || x.len < (Py_ssize_t)(m * k * 4))) {
+        PyErr_SetString(PyExc_ValueError, "lowbit.static16: the side product needs x (m, k) and side (nc, ko, 8)");
+        goto done;
+    }
+    for (int64_t j = 0; j < ko; j++)
+        if (ix[j] < 0 || ix[j] >= k) {
+            PyErr_Format(PyExc_IndexError, "outlier channel %lld is out of range for %lld inputs", (long long)ix[j],
+                         (long long)k);
+            goto done;
+        }
     /* |sum| <= 255 * 128 * kp must stay below 2^31 */
     if (m < 0 || n < 0 || k < 0 || kp < k || kp % 2 || kp > 65536 || zp < 0 || zp > 255
         || w.len < nc * kp * 8 || sc.len < (Py_ssize_t)(nc * 8 * 4) || q.len < m * k
@@ -160,8 +184,10 @@ static PyObject *static16(PyObject *self, PyObject *args) {
     if (simd && !cpu_avx2()) simd = 0;
     if (threads < 1) threads = 1;
     int16_t *xw = m > 0 ? aligned_alloc(32, (size_t)(m * kp * 2 + 32) / 32 * 32) : NULL;
-    if (m > 0 && !xw) { PyErr_NoMemory(); goto done; }
-    SJob J = {w.buf, sc.buf, has_bias ? bias.buf : NULL, q.buf, xw, (float *)y.buf, m, n, nc, k, kp, zp};
+    xo = m > 0 && ko > 0 ? malloc((size_t)(m * ko) * sizeof(float)) : NULL;
+    if (m > 0 && (!xw || (ko > 0 && !xo))) { free(xw); PyErr_NoMemory(); goto done; }
+    SJob J = {w.buf, sc.buf, has_bias ? bias.buf : NULL, ko ? side.buf : NULL, xo, q.buf, xw, (float *)y.buf,
+              m, n, nc, k, kp, ko, zp};
     const int64_t tn = simd ? S16_TN : 1, units = (nc + tn - 1) / tn;
     int parts = (int64_t)threads > (units > m ? units : m) ? (int)(units > m ? units : m) : threads;
     if (m * n * kp < 262144) parts = 1; /* small work: one thread beats waking the pool */
@@ -174,6 +200,7 @@ static PyObject *static16(PyObject *self, PyObject *args) {
             int16_t *dst = xw + r * kp;
             for (int64_t i = 0; i < k; i++) dst[i] = (int16_t)((int)src[i] - zp);
             for (int64_t i = k; i < kp; i++) dst[i] = 0;
+            for (int64_t j = 0; j < ko; j++) xo[r * ko + j] = ((const float *)x.buf)[r * k + ix[j]];
         }
 #pragma omp for schedule(static)
         for (int part = 0; part < (parts > 1 ? parts : 1); part++) s16_part(&J, simd, part, parts > 1 ? parts : 1);
@@ -183,7 +210,11 @@ static PyObject *static16(PyObject *self, PyObject *args) {
     ret = Py_None;
     Py_INCREF(ret);
 done:
+    free(xo);
     PyBuffer_Release(&w); PyBuffer_Release(&sc); PyBuffer_Release(&q); PyBuffer_Release(&y);
     if (has_bias && bias.obj) PyBuffer_Release(&bias);
+    if (x.obj) PyBuffer_Release(&x);
+    if (idx.obj) PyBuffer_Release(&idx);
+    if (side.obj) PyBuffer_Release(&side);
     return ret;
 }
