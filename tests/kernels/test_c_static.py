@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from bitladder.formats.layout import Layout
 from bitladder.formats.qtypes import get_qtype
-from bitladder.kernels import KERNELS
+from bitladder.kernels import KERNELS, hadamard
 from bitladder.kernels.base import KernelUnsupported, reference_linear
 from bitladder.kernels.c_lowbit import c_module
 from bitladder.kernels.c_static import CStaticKernel
@@ -88,6 +88,21 @@ def test_the_layers_own_codes_give_the_fake_quantised_layer(qtype, zp, scaled):
     ref = reference_linear(qt, fake(x if s is None else x * s, scale, zp, qtype)) + bias
     assert torch.allclose(kern(x, bias, s), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
     assert torch.equal(kern(x[:0]), torch.zeros(0, 40))
+
+
+@pytest.mark.parametrize("qtype,zp", [("uint8", 117), ("int8", 0)])
+def test_a_rotated_input_is_rotated_and_quantised_in_one_pass(qtype, zp):
+    if not CStaticKernel.from_qtensor(_qt(8, 64)).rotates:
+        pytest.skip("the C transform was not built")
+    torch.manual_seed(4)
+    qt = _qt(24, 256, 4)
+    g = get_qtype(qtype)
+    scale = 4.0 / (g.qmax - g.qmin)
+    kern = CStaticKernel.from_qtensor(qt).bind(scale, zp, qtype)
+    x = torch.randn(33, 256) * 3
+    ref = reference_linear(qt, fake(hadamard.butterflies(x, 64), scale, zp, qtype))
+    y = kern.finish(kern.prepare_rotated(x, 64), None)
+    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
 def test_the_static_family_takes_it_exactly_where_the_grid_would_be_split():

@@ -87,6 +87,16 @@ class CStaticKernel(_Static, LinearKernel):
 
         return OnednnW8A8Kernel._quantize(self._input(x, in_scale), step, zp).contiguous(), zp, x
 
+    @property
+    def rotates(self) -> bool:
+        """Whether :meth:`prepare_rotated` runs here (the C transform was built)."""
+        return hadamard.installed()
+
+    def prepare_rotated(self, x: torch.Tensor, block: int) -> tuple:
+        """:meth:`prepare` of ``x @ H`` (block-Hadamard), rotated and quantised in one pass."""
+        step, zp, _, _ = self._grid
+        return hadamard.fwht_codes(x, block, step, zp, *self._codes), zp, None
+
     def finish(self, prep: tuple, bias: torch.Tensor | None, side: tuple | None = None) -> torch.Tensor:
         """(M, N) float32 of :meth:`prepare`'s codes; ``side``: (channels (k,) int64, weights (N, k) float32),
         each channel of the float input times its weight column added to every output, in channel order."""

@@ -86,24 +86,45 @@ AVX2 static inline __attribute__((always_inline)) void s16_tile(const SJob *J, i
             for (int t = 0; t < RN; t++) a[i][t] = _mm256_add_epi32(_mm256_madd_epi16(wv[t], x2), a[i][t]);
         }
     }
+    __m256 f[S16_TM][S16_TN];
+#pragma GCC unroll 8
+    for (int t = 0; t < RN; t++) {
+        const __m256 scv = _mm256_loadu_ps(J->sc + (c0 + t) * 8);
+        const __m256 bv = J->bias ? _mm256_loadu_ps(J->bias + (c0 + t) * 8) : _mm256_setzero_ps();
+#pragma GCC unroll 8
+        for (int i = 0; i < RM; i++) {
+            f[i][t] = _mm256_mul_ps(_mm256_cvtepi32_ps(a[i][t]), scv);
+            if (J->bias) f[i][t] = _mm256_add_ps(f[i][t], bv);
+        }
+    }
+    /* the outlier channels one at a time over the whole tile (each output still adds them in channel order) */
+    const float *xo[S16_TM], *so[S16_TN];
+#pragma GCC unroll 8
+    for (int i = 0; i < RM; i++) xo[i] = J->xo + (r0 + i) * J->ko;
+#pragma GCC unroll 8
+    for (int t = 0; t < RN; t++) so[t] = J->side + (c0 + t) * J->ko * 8;
+    for (int64_t j = 0; j < J->ko; j++) {
+        __m256 sv[S16_TN];
+#pragma GCC unroll 8
+        for (int t = 0; t < RN; t++) sv[t] = _mm256_loadu_ps(so[t] + 8 * j);
+#pragma GCC unroll 8
+        for (int i = 0; i < RM; i++) {
+            const __m256 xv = _mm256_set1_ps(xo[i][j]);
+#pragma GCC unroll 8
+            for (int t = 0; t < RN; t++) f[i][t] = _mm256_add_ps(f[i][t], _mm256_mul_ps(xv, sv[t]));
+        }
+    }
 #pragma GCC unroll 8
     for (int t = 0; t < RN; t++) {
         const int64_t n0 = (c0 + t) * 8, left = J->n - n0;
-        const __m256 scv = _mm256_loadu_ps(J->sc + n0);
-        const __m256 bv = J->bias ? _mm256_loadu_ps(J->bias + n0) : _mm256_setzero_ps();
 #pragma GCC unroll 8
         for (int i = 0; i < RM; i++) {
-            __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(a[i][t]), scv);
-            if (J->bias) f = _mm256_add_ps(f, bv);
-            for (int64_t j = 0; j < J->ko; j++)
-                f = _mm256_add_ps(f, _mm256_mul_ps(_mm256_set1_ps(J->xo[(r0 + i) * J->ko + j]),
-                                                   _mm256_loadu_ps(J->side + ((c0 + t) * J->ko + j) * 8)));
             float *yo = J->y + (r0 + i) * J->n + n0;
             if (left >= 8) {
-                _mm256_storeu_ps(yo, f);
+                _mm256_storeu_ps(yo, f[i][t]);
             } else {
                 float tmp[8];
-                _mm256_storeu_ps(tmp, f);
+                _mm256_storeu_ps(tmp, f[i][t]);
                 memcpy(yo, tmp, (size_t)left * sizeof(float));
             }
         }
