@@ -156,3 +156,20 @@ def test_a_layer_with_outlier_channels_adds_them_in_the_epilogue(monkeypatch):
     lin.set_kernel_policy("dequant-fp32")  # the fake-quantised layer plus the float side product, in torch
     ref = lin(x)  # torch's quantiser and the fake quantisation may round a tie apart: a code step at most
     assert float((y - ref).abs().max()) < 2 * float(lin.act_scale) * float(lin.qweight.dequantize().abs().max())
+
+
+@pytest.mark.parametrize("n,threads", [(40, 2), (40, 3), (8, 2), (300, 7)])
+def test_threads_split_columns_or_rows_and_give_the_same_bits(n, threads):
+    # columns of eight outputs go to the threads where there are enough of them, rows where there are not (n = 8)
+    m, k, zp = 211, 520, 77
+    qt = _qt(n, k, 5)
+    kern = CStaticKernel.from_qtensor(qt, simd=1).bind(0.03, zp, "uint8")
+    q = torch.randint(0, 256, (m, k), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    x = torch.randn(m, k)
+    side = (torch.tensor([3, 500]), torch.randn(n, 2))
+    ref = kern.reference(q, zp, None, x, side)
+    for simd in (0, 1):
+        y = np.zeros((m, n), np.float32)
+        c_module().static16(kern.w, kern._sc, None, q.numpy(), y, m, n, k, kern.kp, zp, simd, threads, x.numpy(),
+                            side[0].numpy(), kern._columns(side[1]))
+        assert torch.equal(torch.from_numpy(y), ref), (simd, threads)
