@@ -17,8 +17,8 @@ import torch
 from bitladder.kernels import hadamard
 from bitladder.kernels.base import KernelUnsupported, LinearKernel, as_x, nbytes_of, weight_parts
 from bitladder.kernels.c_lowbit import c_module, simd_path
-from bitladder.kernels.cpu import Cpu
 from bitladder.kernels.fbgemm_w8a8 import int8_per_row
+from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel
 from bitladder.kernels.registry import register
 from bitladder.kernels.static_w8a8 import _Static
 from bitladder.tensor.quantized import QuantizedTensor
@@ -34,15 +34,12 @@ class CStaticKernel(_Static, LinearKernel):
     name = "int8-w8a8-c-static"
     requires = ("avx2",)
     levels = 255  # the whole grid on every CPU
+    auto_rows = None  # named by the static family (kernels.select.choose), never auto on its own
     adds_side = True  # :meth:`finish` takes a layer's outlier channels (nn/outliers.py) into its epilogue
 
     @classmethod
     def installed(cls) -> bool:
         return c_module() is not None and hasattr(c_module(), "static16")
-
-    @classmethod
-    def rows(cls, cpu: Cpu, qt: QuantizedTensor | None = None):
-        return None  # named by the static family (kernels.select.choose), never auto on its own
 
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
@@ -83,8 +80,6 @@ class CStaticKernel(_Static, LinearKernel):
         if hadamard.fast_path(x) and x.dim() == 2:
             return hadamard.static_codes(x, in_scale, (lo, hi) if self._clamp else None, self._inv, zp, False,
                                          self._simd), zp, x
-        from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel
-
         return OnednnW8A8Kernel._quantize(self._input(x, in_scale), step, zp).contiguous(), zp, x
 
     @property
