@@ -48,11 +48,11 @@ def test_static_w8a8_tracks_float_and_is_saved(tmp_path, cpu, monkeypatch):
     q = bitladder.quantize(model, Int(8, act=Act(observer="minmax")), calib=[x[:256]])
     assert q[0].qmeta["act"] == {"qtype": "uint8", "observer": "minmax"}
     q(x[256:])
-    if cpu == "avx2":  # 8-bit weights x uint8 inputs would saturate a 16-bit pair sum: oneDNN splits the codes
-        from bitladder.kernels import KERNELS
+    if cpu == "avx2":  # 8-bit weights x uint8 inputs would saturate a 16-bit pair sum: the C kernel's 16-bit
+        from bitladder.kernels import KERNELS  # pairs, else oneDNN's split codes, else the fake-quantised path
 
-        split = KERNELS["int8-w8a8-onednn-static"].available()
-        assert q[0].kernel == "int8-w8a8-onednn-static" if split else "act-uint8" in q[0].kernel
+        exact = [k for k in ("int8-w8a8-c-static", "int8-w8a8-onednn-static") if KERNELS[k].available()]
+        assert q[0].kernel == exact[0] if exact else "act-uint8" in q[0].kernel
     else:  # with VNNI the integer GEMM takes them
         assert "act-uint8" in q[0].kernel or q[0].kernel.endswith("-static")
     rel = float((q(x[256:]) - model(x[256:])).norm() / model(x[256:]).norm())
