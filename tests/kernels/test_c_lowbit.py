@@ -6,6 +6,7 @@ import torch
 from bitladder.formats.layout import Layout
 from bitladder.kernels.c_lowbit import CLowbitKernel, c_module
 from bitladder.kernels.cpu import current
+from bitladder.kernels.onnx_nbits import OrtNBitsKernel
 from bitladder.kernels.select import choose
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -84,9 +85,14 @@ def test_auto_takes_it_for_8_bit_codes_where_the_cpu_has_avx2():
             continue
         # codes of 1-4 bits: the batch GEMM on the same grid at every row count (test_c_tiles.py)
         assert all(choose(int4, m, cpu=cpu) == "c-lowbit-tiles" for m in (1, 2, 18, 33, 1504))
-        # 8-bit codes: one row (two with vpdpbusd), then the exact fp16 codes, which are as fast
-        assert choose(int8, 3, cpu=cpu) != "c-lowbit-a8"
-        assert (choose(int8, 2, cpu=cpu) == "c-lowbit-a8") == cpu.has("avx512_vnni")
+        # 8-bit codes: two rows (four with vpdpbusd), then on a small layer the exact fp16 codes, which are faster
+        # than MatMulNBits' int8 path there; a large one keeps MatMulNBits to 16 rows
+        last = 4 if cpu.has("avx512_vnni") else 2
+        assert all(choose(int8, m, cpu=cpu) == "c-lowbit-a8" for m in range(1, last + 1))
+        assert all(choose(int8, m, cpu=cpu) == "fbgemm-fp16-codes" for m in (last + 1, 16, 17))
+        if OrtNBitsKernel.available(cpu):
+            big = QuantizedTensor.from_float(torch.randn(1024, 1024), "int8", Layout("channel"))
+            assert choose(big, last + 1, cpu=cpu) == choose(big, 16, cpu=cpu) == "ort-nbits"
         assert choose(binary, 18, cpu=cpu) != "c-lowbit-a8"  # binary: table lookups to 16 rows, then fp16 codes
     assert choose(int4, 1, cpu=current({"BITLADDER_CPU": "default"})) != "c-lowbit-a8"  # the portable path is slow
 

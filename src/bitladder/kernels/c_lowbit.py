@@ -42,8 +42,10 @@ class CLowbitKernel(LinearKernel):
 
     name = "c-lowbit-a8"
     entry = "gemv"  # the C function (c_tiles.CTilesKernel calls `tiles`, same arguments, its own weight layout)
-    auto_rows = (1, 1)  # 8-bit codes: ahead of MatMulNBits at one row; exact fp16 codes win from two rows on
-    vnni_rows = (1, 2)  # with vpdpbusd it stays ahead at two rows too (docs/DESIGN.md, 'The C GEMV on VNNI CPUs')
+    # 8-bit codes: ahead of MatMulNBits and fp16 codes to two rows, to four with vpdpbusd (docs/DESIGN.md, 'The C
+    # GEMV on VNNI CPUs'; notes.md, 'Eight-bit codes at a few rows')
+    auto_rows = (1, 2)
+    vnni_rows = (1, 4)
     rank = 5
 
     @classmethod

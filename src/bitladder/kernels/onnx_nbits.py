@@ -22,6 +22,8 @@ from bitladder.kernels.packrows import pack_rows as _pack
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
+#: weights below this many 8-bit codes leave 3-16 rows to fbgemm's fp16 codes (OrtNBitsKernel.rows)
+SMALL_8BIT = 1 << 20
 # onnx and onnxruntime load at first use (about 1.3 s and 40 MB at import)
 HAVE_ORT = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
@@ -149,6 +151,16 @@ class OrtNBitsKernel(LinearKernel):
     @staticmethod
     def _bits(q) -> int | None:
         return _ORT_BITS.get(q.rules.width(q))
+
+    @classmethod
+    def rows(cls, cpu, qt: QuantizedTensor | None = None):
+        """``auto_rows``, but for a small layer of 8-bit codes with one scale per output (below a 1024² weight)
+        on an AVX2 CPU: there fbgemm's fp16 codes ran faster at 3-16 rows, with exact float activations (notes.md,
+        'Eight-bit codes at a few rows')."""
+        if (qt is not None and cpu.has("avx2") and qt.qtype.rules.width(qt.qtype) > 4 and qt.numel < SMALL_8BIT
+                and qt.layout.granularity in ("channel", "tensor")):
+            return None
+        return cls.auto_rows
 
     @classmethod
     def installed(cls) -> bool:
