@@ -84,6 +84,19 @@ __attribute__((target("avx2"))) static void quant_block_avx2(const float *x, int
 }
 #endif
 
+#ifdef BL_X86
+/* eight float outputs to y, or only the first `left` of them at the end of a row (the batch GEMMs' tiles) */
+__attribute__((target("avx"))) static inline void store8(float *y, __m256 v, int64_t left) {
+    if (left >= 8) {
+        _mm256_storeu_ps(y, v);
+    } else {
+        float tmp[8];
+        _mm256_storeu_ps(tmp, v);
+        memcpy(y, tmp, (size_t)left * sizeof(float));
+    }
+}
+#endif
+
 /* x (k) -> xq (kp), one scale and code sum per block of xb (a multiple of 8); simd: AVX2 for full blocks */
 static void quant_x(const float *x, int64_t k, int64_t kp, int64_t xb, int8_t *xq, float *xs, int32_t *xsum,
                     int simd) {

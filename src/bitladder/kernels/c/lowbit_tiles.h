@@ -102,15 +102,7 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(ctile)(const TJo
     for (int i = 0; i < RM; i++)
 #pragma GCC unroll 8
         for (int t = 0; t < RN; t++) {
-            float *yo = J->y + (r0 + i) * J->n + (c0 + t) * 8;
-            const int64_t left = J->n - (c0 + t) * 8;
-            if (left >= 8) {
-                _mm256_storeu_ps(yo, f[i][t]);
-            } else {
-                float tmp[8];
-                _mm256_storeu_ps(tmp, f[i][t]);
-                memcpy(yo, tmp, (size_t)left * sizeof(float));
-            }
+            store8(J->y + (r0 + i) * J->n + (c0 + t) * 8, f[i][t], J->n - (c0 + t) * 8);
         }
 }
 

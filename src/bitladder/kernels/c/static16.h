@@ -115,20 +115,9 @@ AVX2 static inline __attribute__((always_inline)) void s16_tile(const SJob *J, i
         }
     }
 #pragma GCC unroll 8
-    for (int t = 0; t < RN; t++) {
-        const int64_t n0 = (c0 + t) * 8, left = J->n - n0;
+    for (int t = 0; t < RN; t++)
 #pragma GCC unroll 8
-        for (int i = 0; i < RM; i++) {
-            float *yo = J->y + (r0 + i) * J->n + n0;
-            if (left >= 8) {
-                _mm256_storeu_ps(yo, f[i][t]);
-            } else {
-                float tmp[8];
-                _mm256_storeu_ps(tmp, f[i][t]);
-                memcpy(yo, tmp, (size_t)left * sizeof(float));
-            }
-        }
-    }
+        for (int i = 0; i < RM; i++) store8(J->y + (r0 + i) * J->n + (c0 + t) * 8, f[i][t], J->n - (c0 + t) * 8);
 }
 
 /* columns c0 .. c1 (a multiple of S16_TN apart but for the last) against rows r0 .. r1 */
