@@ -26,6 +26,26 @@ from bitladder.tensor.quantized import QuantizedTensor
 _COLUMNS_PER_STEP = 32
 
 
+def panels(cols: np.ndarray, tn: int) -> np.ndarray:
+    """(columns, bytes) of column-major 32-byte vectors -> the same bytes, flat, in panels of ``tn`` columns: vector
+    kv of a panel's column t at (kv * width + t) * 32 (the last panel's width is what is left), so a register tile
+    reads one stream (kernels/c/lowbit.c)."""
+    c, cb = cols.shape
+    full = c // tn * tn
+    v = cols.reshape(c, cb // 32, 32)
+    head = v[:full].reshape(full // tn, tn, cb // 32, 32).transpose(0, 2, 1, 3).reshape(-1)
+    return np.concatenate([head, v[full:].transpose(1, 0, 2).reshape(-1)])
+
+
+def columns(w: np.ndarray, tn: int) -> np.ndarray:
+    """The inverse of :func:`panels` for an (nc, bytes) array: one row a column again."""
+    nc, cb = w.shape
+    full, flat = nc // tn * tn, w.reshape(-1)
+    head = flat[: full * cb].reshape(full // tn, cb // 32, tn, 32).transpose(0, 2, 1, 3).reshape(full, cb)
+    tail = flat[full * cb:].reshape(cb // 32, nc - full, 32).transpose(1, 0, 2).reshape(nc - full, cb)
+    return np.concatenate([head, tail])
+
+
 @register
 class CTilesKernel(CLowbitKernel):
     """Codes of 1, 2 or 4 stored bits x int8 activations per block, vectorised across outputs (the GEMV's
@@ -53,7 +73,8 @@ class CTilesKernel(CLowbitKernel):
 
     @classmethod
     def from_qtensor(cls, qt: QuantizedTensor, simd: int | None = None) -> "CTilesKernel":
-        """Repack once into columns of eight outputs; ``simd`` forces a path as in :class:`CLowbitKernel`."""
+        """Repack once into columns of eight outputs, in panels of the path's tile width; ``simd`` forces a path as
+        in :class:`CLowbitKernel`."""
         if not cls.installed():
             raise KernelUnsupported("the C kernels were not built (no compiler when bitladder was installed)")
         if not cls.applies(qt):
@@ -72,15 +93,20 @@ class CTilesKernel(CLowbitKernel):
         nc, nbw = -(-n // 8), kp // g
         codes = qt.unsigned_codes().reshape(n, k).numpy()
         shifts = bits * np.arange(per, dtype=np.uint16)
+        self.simd = simd_path(simd, "avx512_vnni")
+        self.tn = c_module().panel_cols(self.simd)  # the path C runs for it here, and that path's tile width
         self.w = np.empty((nc, kp * bits), np.uint8)
-        for c0 in range(0, nc, _COLUMNS_PER_STEP):  # in steps: a whole LM head's uint16 planes would be GBs
-            c1 = min(c0 + _COLUMNS_PER_STEP, nc)
+        flat = self.w.reshape(-1)
+        step = max(self.tn, _COLUMNS_PER_STEP // self.tn * self.tn)  # whole panels per step
+        for c0 in range(0, nc, step):  # in steps: a whole LM head's uint16 planes would be GBs
+            c1 = min(c0 + step, nc)
             u = np.zeros(((c1 - c0) * 8, kp), np.uint16)
             rows = codes[c0 * 8: c1 * 8]
             u[: len(rows), :k] = rows
             # (column, lane, vector, plane, j) -> (column, vector, lane, j) bytes with plane p at bits * p
             planes = u.reshape(c1 - c0, 8, kp // (4 * per), per, 4).transpose(0, 2, 1, 4, 3)
-            self.w[c0:c1] = (planes << shifts).sum(-1, dtype=np.uint16).astype(np.uint8).reshape(c1 - c0, -1)
+            cols = (planes << shifts).sum(-1, dtype=np.uint16).astype(np.uint8).reshape(c1 - c0, -1)
+            flat[c0 * kp * bits: c1 * kp * bits] = panels(cols, self.tn)
         ws = np.zeros((nc * 8, nbw), np.float16)
         ws[:n, : scale.shape[1]] = scale.numpy()
         self.ws = np.ascontiguousarray(ws.reshape(nc, 8, nbw).transpose(0, 2, 1))
@@ -90,7 +116,6 @@ class CTilesKernel(CLowbitKernel):
             zo = np.zeros((nc * 8, nbw), np.uint8)
             zo[:n, : zp.shape[1]] = (zp + off).numpy()
             self.zo, self.off = np.ascontiguousarray(zo.reshape(nc, 8, nbw).transpose(0, 2, 1)), 0
-        self.simd = simd_path(simd, "avx512_vnni")
         return self
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +123,7 @@ class CTilesKernel(CLowbitKernel):
         m, n, bits, per = x.shape[0], self.n, self.bits, 8 // self.bits
         xq, s = int8_blocks(x, self.kp, self.xb)
         nc = self.w.shape[0]
-        w = torch.from_numpy(self.w.astype(np.int64)).view(nc, -1, 8, 1, 4)
+        w = torch.from_numpy(columns(self.w, self.tn).astype(np.int64)).view(nc, -1, 8, 1, 4)
         u = (w >> (bits * torch.arange(per)).view(1, 1, 1, per, 1)) & ((1 << bits) - 1)
         u = u.permute(0, 2, 1, 3, 4).reshape(nc * 8, -1)[:n].reshape(n, -1, self.xb)
         dots = torch.einsum("nbk,mbk->mnb", u, xq)

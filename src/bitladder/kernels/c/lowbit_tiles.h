@@ -18,7 +18,8 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(ctile)(const TJo
     const __m256i maskv = _mm256_set1_epi8((char)((1 << bits) - 1)), ones = _mm256_set1_epi16(1);
     const __m256i multv = _mm256_set1_epi32(J->mult);
     const int8_t *xr[BL_TM];
-    const uint8_t *wc[BL_TN];
+    /* the tile's panel (c0 starts one, RN is its width): vector kv of column t at (kv * RN + t) * 32, one stream */
+    const uint8_t *wp = J->w + c0 * cbytes;
     __m256 f[BL_TM][BL_TN];
 #pragma GCC unroll 8
     for (int i = 0; i < RM; i++) {
@@ -26,8 +27,6 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(ctile)(const TJo
 #pragma GCC unroll 8
         for (int t = 0; t < RN; t++) f[i][t] = _mm256_setzero_ps();
     }
-#pragma GCC unroll 8
-    for (int t = 0; t < RN; t++) wc[t] = J->w + (c0 + t) * cbytes;
     for (int64_t b = 0; b < J->nbx; b++) {
         __m256i a[BL_TM][BL_TN];
 #pragma GCC unroll 8
@@ -46,7 +45,7 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(ctile)(const TJo
                 const int64_t kv = b * vpb + v;
                 __m256i wv[BL_TN];
 #pragma GCC unroll 8
-                for (int t = 0; t < RN; t++) wv[t] = _mm256_loadu_si256((const __m256i *)(wc[t] + kv * 32));
+                for (int t = 0; t < RN; t++) wv[t] = _mm256_loadu_si256((const __m256i *)(wp + (kv * RN + t) * 32));
 #pragma GCC unroll 8
                 for (int p = 0; p < per; p++) {
                     __m256i u[BL_TN];
