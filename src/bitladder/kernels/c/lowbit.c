@@ -188,23 +188,47 @@ static void run_parallel(const Job *J, int simd, int threads) {
     for (int part = 0; part < threads; part++) run_part(J, simd, part, threads);
 }
 
-/* gemv(w, ws, zo_or_None, x, y, m, n, k, kp, g, xb, bits, mult, off, simd, threads); simd: 0 portable, 1 AVX2,
- * 2 AVX-512 VNNI (each falls back to the one below where the CPU lacks it) */
-static PyObject *gemv(PyObject *self, PyObject *args) {
-    Py_buffer w, ws, x, y, zo = {0};
-    PyObject *zobj;
+/* the arguments gemv and tiles share: (w, ws, zo_or_None, x, y, m, n, k, kp, g, xb, bits, mult, off, simd,
+ * threads); simd: 0 portable, 1 AVX2, 2 AVX-512 VNNI (each falls back to the one below where the CPU lacks it) */
+typedef struct {
+    Py_buffer w, ws, x, y, zo;
+    int has_zo;
     Py_ssize_t m, n, k, kp, g, xb;
     int bits, mult, off, simd, threads;
-    if (!PyArg_ParseTuple(args, "y*y*Oy*w*nnnnnniiiii", &w, &ws, &zobj, &x, &y, &m, &n, &k, &kp, &g, &xb, &bits,
-                          &mult, &off, &simd, &threads))
-        return NULL;
-    int has_zo = zobj != Py_None;
+} Call;
+
+static void release_call(Call *c) {
+    PyBuffer_Release(&c->w); PyBuffer_Release(&c->ws); PyBuffer_Release(&c->x); PyBuffer_Release(&c->y);
+    if (c->has_zo) PyBuffer_Release(&c->zo);
+}
+
+/* 1, or 0 with a Python error set and nothing held */
+static int parse_call(PyObject *args, Call *c) {
+    PyObject *zobj;
+    memset(c, 0, sizeof *c);
+    if (!PyArg_ParseTuple(args, "y*y*Oy*w*nnnnnniiiii", &c->w, &c->ws, &zobj, &c->x, &c->y, &c->m, &c->n, &c->k,
+                          &c->kp, &c->g, &c->xb, &c->bits, &c->mult, &c->off, &c->simd, &c->threads))
+        return 0;
+    if (zobj != Py_None && PyObject_GetBuffer(zobj, &c->zo, PyBUF_SIMPLE) != 0) {
+        release_call(c);
+        return 0;
+    }
+    c->has_zo = zobj != Py_None;
+    return 1;
+}
+
+/* gemv(...): the Call arguments; codes of 1, 2, 4 or 8 bits in rows */
+static PyObject *gemv(PyObject *self, PyObject *args) {
+    Call c;
+    if (!parse_call(args, &c)) return NULL;
     PyObject *ret = NULL;
-    if (has_zo && PyObject_GetBuffer(zobj, &zo, PyBUF_SIMPLE) != 0) goto done;
+    const Py_ssize_t m = c.m, n = c.n, k = c.k, kp = c.kp, g = c.g, xb = c.xb;
+    const int bits = c.bits;
+    int simd = c.simd;
     int64_t nbw = kp / g, nbx = kp / xb, row_bytes = kp * bits / 8;
     if (!(bits == 1 || bits == 2 || bits == 4 || bits == 8) || xb % 32 || g % xb || kp % (32 * (8 / bits)) || kp % g || k > kp
-        || w.len < n * row_bytes || ws.len < (Py_ssize_t)(n * nbw * 2) || x.len < (Py_ssize_t)(m * k * 4)
-        || y.len < (Py_ssize_t)(m * n * 4) || (has_zo && zo.len < n * nbw)) {
+        || c.w.len < n * row_bytes || c.ws.len < (Py_ssize_t)(n * nbw * 2) || c.x.len < (Py_ssize_t)(m * k * 4)
+        || c.y.len < (Py_ssize_t)(m * n * 4) || (c.has_zo && c.zo.len < n * nbw)) {
         PyErr_SetString(PyExc_ValueError, "lowbit.gemv: buffer sizes or block sizes do not fit");
         goto done;
     }
@@ -220,17 +244,16 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
     for (int64_t b = 0; b < nbx; b++) gw[b] = (int32_t)(b * xb / g);
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < m; r++)
-        quant_x((const float *)x.buf + r * k, k, kp, xb, xq + r * kp, xs + r * nb8, xsum + r * nb8, simd);
-    Job J = {w.buf, ws.buf, has_zo ? zo.buf : NULL, xq, xs, xsum, gw, (float *)y.buf,
-             m, n, kp, row_bytes, g, xb, nbw, nb8, bits, mult, off};
-    if (m > 0) run_parallel(&J, simd, threads);
+        quant_x((const float *)c.x.buf + r * k, k, kp, xb, xq + r * kp, xs + r * nb8, xsum + r * nb8, simd);
+    Job J = {c.w.buf, c.ws.buf, c.has_zo ? c.zo.buf : NULL, xq, xs, xsum, gw, (float *)c.y.buf,
+             m, n, kp, row_bytes, g, xb, nbw, nb8, bits, c.mult, c.off};
+    if (m > 0) run_parallel(&J, simd, c.threads);
     Py_END_ALLOW_THREADS
     free(xq); free(xs); free(xsum); free(gw);
     ret = Py_None;
     Py_INCREF(ret);
 done:
-    PyBuffer_Release(&w); PyBuffer_Release(&ws); PyBuffer_Release(&x); PyBuffer_Release(&y);
-    if (has_zo && zo.obj) PyBuffer_Release(&zo);
+    release_call(&c);
     return ret;
 }
 
@@ -264,47 +287,42 @@ static void tiles_part(const TJob *J, int simd, int part, int parts) {
     tiles_portable(J, c0, c1);
 }
 
-/* tiles(w, ws, zo_or_None, x, y, m, n, k, kp, g, xb, bits, mult, off, simd, threads): codes of 1, 2 or 4 bits in
- * the column layout above, in panels of panel_cols(simd) columns; simd as for gemv */
+/* tiles(...): the Call arguments; codes of 1, 2 or 4 bits in the column layout above, in panels of
+ * panel_cols(simd) columns */
 static PyObject *tiles(PyObject *self, PyObject *args) {
-    Py_buffer w, ws, x, y, zo = {0};
-    PyObject *zobj;
-    Py_ssize_t m, n, k, kp, g, xb;
-    int bits, mult, off, simd, threads;
-    if (!PyArg_ParseTuple(args, "y*y*Oy*w*nnnnnniiiii", &w, &ws, &zobj, &x, &y, &m, &n, &k, &kp, &g, &xb, &bits,
-                          &mult, &off, &simd, &threads))
-        return NULL;
-    int has_zo = zobj != Py_None;
+    Call c;
+    if (!parse_call(args, &c)) return NULL;
     PyObject *ret = NULL;
-    if (has_zo && PyObject_GetBuffer(zobj, &zo, PyBUF_SIMPLE) != 0) goto done;
+    const Py_ssize_t m = c.m, n = c.n, k = c.k, kp = c.kp, g = c.g, xb = c.xb;
+    const int bits = c.bits;
     const int64_t nc = (n + 7) / 8, nbw = g > 0 ? kp / g : 0, nbx = xb > 0 ? kp / xb : 0;
     if (!(bits == 1 || bits == 2 || bits == 4) || xb < 32 || xb % 32 || g % xb || kp % g || k > kp || m < 0
-        || w.len < nc * kp * bits || ws.len < (Py_ssize_t)(nc * nbw * 16) || x.len < (Py_ssize_t)(m * k * 4)
-        || y.len < (Py_ssize_t)(m * n * 4) || (has_zo && zo.len < nc * nbw * 8)) {
+        || c.w.len < nc * kp * bits || c.ws.len < (Py_ssize_t)(nc * nbw * 16) || c.x.len < (Py_ssize_t)(m * k * 4)
+        || c.y.len < (Py_ssize_t)(m * n * 4) || (c.has_zo && c.zo.len < nc * nbw * 8)) {
         PyErr_SetString(PyExc_ValueError, "lowbit.tiles: buffer sizes or block sizes do not fit");
         goto done;
     }
-    simd = tiles_path(simd);
-    if (threads < 1) threads = 1;
+    const int simd = tiles_path(c.simd), threads = c.threads < 1 ? 1 : c.threads;
     int8_t *xq = m > 0 ? aligned_alloc(32, (size_t)(m * kp)) : NULL;
     float *xs = calloc((size_t)(m > 0 ? m : 1) * nbx, sizeof(float));
     int32_t *xsum = calloc((size_t)(m > 0 ? m : 1) * nbx, sizeof(int32_t));
     if ((m > 0 && !xq) || !xs || !xsum) { free(xq); free(xs); free(xsum); PyErr_NoMemory(); goto done; }
-    TJob J = {w.buf, ws.buf, has_zo ? zo.buf : NULL, xq, xs, xsum, (float *)y.buf, m, n, nc, kp, g, xb, nbw, nbx,
-              bits, mult, off, tile_cols(simd)};
+    TJob J = {c.w.buf, c.ws.buf, c.has_zo ? c.zo.buf : NULL, xq, xs, xsum, (float *)c.y.buf, m, n, nc, kp, g, xb, nbw,
+              nbx, bits, c.mult, c.off, tile_cols(simd)};
     const int64_t units = (nc + tile_cols(simd) - 1) / tile_cols(simd);
     const int parts = (int64_t)threads > units ? (int)units : threads;
+    const float *x = (const float *)c.x.buf;
     Py_BEGIN_ALLOW_THREADS
     if (parts <= 1) {
         for (Py_ssize_t r = 0; r < m; r++)
-            quant_x((const float *)x.buf + r * k, k, kp, xb, xq + r * kp, xs + r * nbx, xsum + r * nbx, simd);
+            quant_x(x + r * k, k, kp, xb, xq + r * kp, xs + r * nbx, xsum + r * nbx, simd);
         tiles_part(&J, simd, 0, 1);
     } else {
 #pragma omp parallel num_threads(parts)
         {
 #pragma omp for schedule(static)
             for (Py_ssize_t r = 0; r < m; r++)
-                quant_x((const float *)x.buf + r * k, k, kp, xb, xq + r * kp, xs + r * nbx, xsum + r * nbx, simd);
+                quant_x(x + r * k, k, kp, xb, xq + r * kp, xs + r * nbx, xsum + r * nbx, simd);
 #pragma omp for schedule(static)
             for (int part = 0; part < parts; part++) tiles_part(&J, simd, part, parts);
         }
@@ -314,8 +332,7 @@ static PyObject *tiles(PyObject *self, PyObject *args) {
     ret = Py_None;
     Py_INCREF(ret);
 done:
-    PyBuffer_Release(&w); PyBuffer_Release(&ws); PyBuffer_Release(&x); PyBuffer_Release(&y);
-    if (has_zo && zo.obj) PyBuffer_Release(&zo);
+    release_call(&c);
     return ret;
 }
 
