@@ -1,5 +1,7 @@
 """The fp32 GEMM engine: chosen by vendor and ISA as BITLADDER_CPU presents them, exact fp32 on every engine."""
 
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -43,10 +45,11 @@ def test_every_engine_is_exact_fp32(m, k, n, bias, batch):
     want = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
     # fp32 summation in any order: at most k + 1 roundings of relative 2^-24, each of a partial sum of |x||w|
     size = torch.nn.functional.linear(x.double().abs(), w.double().abs(), None if b is None else b.double().abs())
-    for name in fp32_gemm.ENGINES:
-        got = fp32_gemm.linear(x, w, b, name)
-        assert got.shape == want.shape and got.dtype == torch.float32
-        assert ((got.double() - want).abs() <= (k + 2) * 2.0 ** -24 * size).all()
+    with mock.patch.object(fp32_gemm, "ONEDNN_MIN_MACS", 0):  # oneDNN's primitive even for these small products
+        for name in fp32_gemm.ENGINES:
+            got = fp32_gemm.linear(x, w, b, name)
+            assert got.shape == want.shape and got.dtype == torch.float32
+            assert ((got.double() - want).abs() <= (k + 2) * 2.0 ** -24 * size).all()
 
 
 @ONEDNN
@@ -65,7 +68,7 @@ def test_onednn_switched_off_by_the_user_is_not_called(monkeypatch):
         raise AssertionError("oneDNN called while switched off")
 
     monkeypatch.setattr(fp32_gemm, "_primitive", refuse)
-    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    x, w = torch.randn(64, 512), torch.randn(1024, 512)  # large enough for oneDNN (ONEDNN_MIN_WEIGHT)
     with torch.backends.mkldnn.flags(enabled=False):
         torch.testing.assert_close(fp32_gemm.linear(x, w, None, "onednn"), torch.nn.functional.linear(x, w))
     with pytest.raises(AssertionError, match="switched off"):
@@ -81,3 +84,20 @@ def test_installed_engines_start_with_torchs_own():
     names = fp32_gemm.installed()
     assert names[0] == "torch" and set(names) <= set(fp32_gemm.ENGINES)
     assert ("onednn" in names) == fp32_gemm.onednn_installed()
+
+
+@ONEDNN
+def test_small_products_keep_torchs_path_where_onednns_call_costs_more(monkeypatch):
+    calls = []
+
+    def primitive(x, w, b):
+        calls.append(x.shape)
+        return torch.nn.functional.linear(x, w, b)
+
+    monkeypatch.setattr(fp32_gemm, "_primitive", primitive)
+    small = (torch.randn(16, 384), torch.randn(384, 384))  # 2.4M multiply-adds on a 147K-element weight
+    fp32_gemm.linear(*small, None, "onednn")
+    assert calls == []
+    fp32_gemm.linear(torch.randn(64, 384), small[1], None, "onednn")  # 9.4M multiply-adds: oneDNN
+    fp32_gemm.linear(torch.randn(1, 1024), torch.randn(768, 1024), None, "onednn")  # a large weight at one row
+    assert calls == [(64, 384), (1, 1024)]

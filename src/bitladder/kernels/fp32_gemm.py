@@ -21,10 +21,19 @@ def _primitive(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> t
     return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
 
 
+#: small products keep torch's path: oneDNN's primitive costs ~15 us a call before any arithmetic, more than MKL's
+#: whole product on a small weight at a few rows (Zen 4, two threads: 64² at 1-256 rows 1.7-7.3x slower, 256² at 64
+#: rows 1.2x, level at 256 rows; from 768² MKL's generic path is the slower at every row count; docs/DESIGN.md,
+#: 'The fp32 GEMM follows the CPU'). Either bound reached takes oneDNN.
+ONEDNN_MIN_MACS = 1 << 23
+ONEDNN_MIN_WEIGHT = 1 << 19
+
+
 def _onednn(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     # oneDNN's primitive has no autograd formula and takes fp32 only, and a user may switch oneDNN off
     # (torch.backends.mkldnn.flags): anything else keeps torch's path
-    if x.dtype is not torch.float32 or w.dtype is not torch.float32 or not torch.backends.mkldnn.enabled or (
+    if (w.numel() < ONEDNN_MIN_WEIGHT and x.numel() * w.shape[0] < ONEDNN_MIN_MACS) or (
+            x.dtype is not torch.float32 or w.dtype is not torch.float32 or not torch.backends.mkldnn.enabled) or (
             torch.is_grad_enabled() and (x.requires_grad or w.requires_grad
                                          or (bias is not None and bias.requires_grad))):
         return F.linear(x, w, bias)
