@@ -56,8 +56,9 @@ class _EngineLinear(nn.Module):
 
 
 def _fp32_onednn(spec) -> nn.Module:
-    """fp32 MiniLM with every Linear on oneDNN's GEMM: where that is the engine bitladder's dequantising kernels
-    take, it separates their gain from the engine's (torch's eager Linear is MKL's, generic off Intel)."""
+    """fp32 MiniLM with every Linear on the "onednn" engine (oneDNN's GEMM; products too small for its call cost on
+    ``F.linear``, as the kernels have them): where that is the engine bitladder's dequantising kernels take, it
+    separates their gain from the engine's (torch's eager Linear is MKL's, generic off Intel)."""
     if not fp32_gemm.onednn_installed():
         raise BitladderError("this torch has no oneDNN fp32 linear (torch.ops.mkldnn._linear_pointwise)")
     model = copy.deepcopy(spec.model)
