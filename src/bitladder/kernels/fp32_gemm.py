@@ -21,10 +21,9 @@ def _primitive(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> t
     return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
 
 
-#: small products keep torch's path: oneDNN's primitive costs ~15 us a call before any arithmetic, more than MKL's
-#: whole product on a small weight at a few rows (Zen 4, two threads: 64² at 1-256 rows 1.7-7.3x slower, 256² at 64
-#: rows 1.2x, level at 256 rows; from 768² MKL's generic path is the slower at every row count; docs/DESIGN.md,
-#: 'The fp32 GEMM follows the CPU'). Either bound reached takes oneDNN.
+#: small products keep torch's path: oneDNN's primitive has a fixed cost per call that exceeds MKL's whole product on
+#: a small weight at a few rows (measured: docs/DESIGN.md, 'The fp32 GEMM follows the CPU'). Either bound reached takes
+#: oneDNN.
 ONEDNN_MIN_MACS = 1 << 23
 ONEDNN_MIN_WEIGHT = 1 << 19
 

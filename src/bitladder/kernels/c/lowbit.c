@@ -80,8 +80,9 @@ static void rows_portable(const Job *J, int64_t r0, int64_t r1) {
  * outputs (lowbit_tiles.h). Weights are columns of eight outputs; per column, 32-byte vectors of four codes per
  * output and bit plane, stored in panels of the path's register tile width (tn columns: vector kv of a panel's
  * column t at (kv * width + t) * 32 from the panel's start; the last panel may be narrower), so a tile reads one
- * stream from memory where separate columns were tn streams (int4 4096^2 at one row, streamed: 13-20 % faster). Each output's float sum adds block terms in block order, so every path gives the same
- * bits: y = (((0 + t_0) + t_1) + ...), t_b = float(mult * dot - off * xsum) * (weight scale * activation scale). ---- */
+ * stream from memory where separate columns were tn streams (docs/DESIGN.md, 'One grid'). Each output's float
+ * sum adds block terms in block order, so every path gives the same bits: y = (((0 + t_0) + t_1) + ...),
+ * t_b = float(mult * dot - off * xsum) * (weight scale * activation scale). ---- */
 typedef struct {
     const uint8_t *w;      /* (nc, kp * bits) bytes in panels of tn columns (above) */
     const uint16_t *ws;    /* (nc, nbw, 8) fp16 bits */
