@@ -189,6 +189,13 @@ static void run_parallel(const Job *J, int simd, int threads) {
     for (int part = 0; part < threads; part++) run_part(J, simd, part, threads);
 }
 
+/* the path gemv and tiles run for a requested simd on this CPU (each falls back to the one below) */
+static int run_path(int simd) {
+    if (simd == 2 && !cpu_vnni()) simd = 1;
+    if (simd && !cpu_avx2()) simd = 0;
+    return simd;
+}
+
 /* the arguments gemv and tiles share: (w, ws, zo_or_None, x, y, m, n, k, kp, g, xb, bits, mult, off, simd,
  * threads); simd: 0 portable, 1 AVX2, 2 AVX-512 VNNI (each falls back to the one below where the CPU lacks it) */
 typedef struct {
@@ -225,7 +232,6 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
     PyObject *ret = NULL;
     const Py_ssize_t m = c.m, n = c.n, k = c.k, kp = c.kp, g = c.g, xb = c.xb;
     const int bits = c.bits;
-    int simd = c.simd;
     int64_t nbw = kp / g, nbx = kp / xb, row_bytes = kp * bits / 8;
     if (!(bits == 1 || bits == 2 || bits == 4 || bits == 8) || xb % 32 || g % xb || kp % (32 * (8 / bits)) || kp % g || k > kp
         || c.w.len < n * row_bytes || c.ws.len < (Py_ssize_t)(n * nbw * 2) || c.x.len < (Py_ssize_t)(m * k * 4)
@@ -233,8 +239,7 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "lowbit.gemv: buffer sizes or block sizes do not fit");
         goto done;
     }
-    if (simd == 2 && !cpu_vnni()) simd = 1;
-    if (simd && !cpu_avx2()) simd = 0;
+    const int simd = run_path(c.simd);
     /* every row's activations quantised first, then one pass over the weights serves all rows (kp is a
      * multiple of 32, so each row's codes stay 32-byte aligned) */
     int8_t *xq = m > 0 ? aligned_alloc(32, (size_t)(m * kp)) : NULL;
@@ -261,18 +266,11 @@ done:
 /* columns per register tile of a path (a thread's share is a whole number of tiles) */
 static int tile_cols(int simd) { return simd == 2 ? TILES_VNNI_TN : simd ? TILES_AVX2_TN : 1; }
 
-/* the path `tiles` runs for a requested simd on this CPU (each falls back to the one below) */
-static int tiles_path(int simd) {
-    if (simd == 2 && !cpu_vnni()) simd = 1;
-    if (simd && !cpu_avx2()) simd = 0;
-    return simd;
-}
-
 /* panel_cols(simd): the panel width `tiles` expects its weights in for a requested simd on this CPU */
 static PyObject *panel_cols(PyObject *self, PyObject *args) {
     int simd;
     if (!PyArg_ParseTuple(args, "i", &simd)) return NULL;
-    return PyLong_FromLong(tile_cols(tiles_path(simd)));
+    return PyLong_FromLong(tile_cols(run_path(simd)));
 }
 
 /* columns c0..c1 of the batch GEMM on one thread */
@@ -303,7 +301,7 @@ static PyObject *tiles(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "lowbit.tiles: buffer sizes or block sizes do not fit");
         goto done;
     }
-    const int simd = tiles_path(c.simd), threads = c.threads < 1 ? 1 : c.threads;
+    const int simd = run_path(c.simd), threads = c.threads < 1 ? 1 : c.threads;
     int8_t *xq = m > 0 ? aligned_alloc(32, (size_t)(m * kp)) : NULL;
     float *xs = calloc((size_t)(m > 0 ? m : 1) * nbx, sizeof(float));
     int32_t *xsum = calloc((size_t)(m > 0 ? m : 1) * nbx, sizeof(int32_t));
