@@ -22,13 +22,13 @@ COLUMNS = (
     "params", "macs", "rank_bytes", "bytes_vs_one_process", "bytes_on_disk", "quantized_bytes", "bytes_fp32", "bytes_int4", "bits_per_weight",
     "stored_bytes", "build_peak_bytes", "resident_bytes", "resident_vs_stored", "resident_vs_fp32",
     "latency_ms", "ratio_vs_fp32", "ratio_vs_fp32_iqr", "ratio_vs_fp32_onnx", "stream_latency_ms",
-    "stream_ratio_vs_fp32", "latency_ratio", "limit_fraction", "stage_bytes", "peak_rss_mb", "rss_ratio",
+    "stream_ratio_vs_fp32", "latency_ratio", "limit_fraction", "paired_limit_fraction", "stage_bytes", "peak_rss_mb", "rss_ratio",
     "max_abs_diff",
     "fidelity", "fidelity_drop_pt", "heldout_fidelity_drop_pt", "accuracy", "int4_drop_pt",
     "cos_mean", "cos_min", "knn10", "target_met", "quantize_s", "time_s", "train_s", "train_seconds", "error",
 )
 FIDELITY = {"fidelity", "accuracy", "cos_mean", "cos_min", "knn10"}
-RATIOS = ("ratio", "latency_ratio", "limit_fraction", "stream_ratio")
+RATIOS = ("ratio", "latency_ratio", "limit_fraction", "paired_limit_fraction", "stream_ratio")
 ROW_LISTS = ("rungs", "rows")
 SKIP_TOP = {"schema", "command", "machine", *ROW_LISTS}
 

@@ -23,3 +23,9 @@ def test_bench_table_has_the_limit_fraction_column():
     text = _text([{"case": "linear", "shape": [4096, 4096], "batch": 1, "variant": "int4", "latency_ms": 1.5,
                    "ratio_vs_fp32": 13.3, "limit_fraction": 0.734}])
     assert "limit" in text and "0.73" in text
+
+
+def test_bench_table_shows_the_paired_fraction_beside_the_limit_fraction():
+    text = _text([{"case": "linear", "shape": [4096, 4096], "batch": 1, "variant": "int4", "latency_ms": 1.5,
+                   "ratio_vs_fp32": 13.3, "limit_fraction": 0.612, "paired_limit_fraction": 0.781}])
+    assert "0.61 [0.78]" in text

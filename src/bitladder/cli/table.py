@@ -62,7 +62,8 @@ def bench_table(rows: list[dict]) -> Table:
     t = Table(title="bitladder bench (ratio = fp32 latency / variant latency, same run; MiniLM: (quartiles of "
                     "the per-round ratios); warm = calls back to back, not after a pause; stream = weights streamed from "
                     "memory, not the cache; limit = fraction of read "
-                    "bandwidth at batch 1 (streamed), of the GEMM peak above)")
+                    "bandwidth at batch 1 (streamed; [paired with the read probe round by round]), of the GEMM peak "
+                    "above)")
     for c in ("case", "shape", "batch", "variant", "ms", "stream ms", "x fp32", "x fp32 warm", "x fp32 ONNX", "limit",
               "cos mean", "cos min",
               "kNN@10", "next-token", "ppl", "accuracy", "peak MB"):
@@ -75,12 +76,16 @@ def bench_table(rows: list[dict]) -> Table:
         spread = r.get(f"{key}_iqr")
         return f(r.get(key), ".2f") + ("" if not spread else f" ({spread[0]:.2f}-{spread[1]:.2f})")
 
+    def limit(r):  # "0.70 [0.78]": the fraction, and paired round by round where the bench has it
+        paired = r.get("paired_limit_fraction")
+        return f(r.get("limit_fraction"), ".2f") + ("" if paired is None else f" [{paired:.2f}]")
+
     for r in rows:
         shape = "x".join(map(str, r["shape"])) if r.get("shape") else ""
         variant = r["variant"] + (" *" if r.get("selected") else "") + (f" ({r['error']})" if r.get("error") else "")
         t.add_row(r["case"], shape, str(r.get("batch", "")), escape(variant), f(r.get("latency_ms"), ".3f"),
                   f(r.get("stream_latency_ms"), ".3f"), ratio(r, "ratio_vs_fp32"), ratio(r, "warm_ratio_vs_fp32"),
-                  ratio(r, "ratio_vs_fp32_onnx"), f(r.get("limit_fraction"), ".2f"),
+                  ratio(r, "ratio_vs_fp32_onnx"), limit(r),
                   f(r.get("cos_mean"), ".4f"),
                   f(r.get("cos_min"), ".4f"), f(r.get("knn10"), ".3f"), f(r.get("agreement"), ".4f"),
                   f(r.get("perplexity"), ".3f"), f(r.get("accuracy"), ".4f"), f(r.get("peak_rss_mb"), ".0f"))

@@ -3,7 +3,7 @@
 import pytest
 
 from bitladder.pipeline.bench import linear as bench_linear
-from bitladder.pipeline.bench.linear import copies_for, streamed
+from bitladder.pipeline.bench.linear import copies_for, paired_fraction, streamed_rounds
 
 
 def test_copies_exceed_twice_the_cache_within_the_cap():
@@ -18,18 +18,31 @@ def test_streamed_calls_every_copy_each_round():
     calls = {"a": [0, 0, 0], "b": [0]}
     fns = {name: [lambda name=name, i=i: calls[name].__setitem__(i, calls[name][i] + 1) for i in range(len(c))]
            for name, c in calls.items()}
-    ms = streamed(fns, rounds=4)
+    samples = streamed_rounds(fns, rounds=4)
     assert calls == {"a": [5, 5, 5], "b": [5]}  # one warm-up pass, then four rounds
-    assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
+    assert set(samples) == {"a", "b"} and all(len(v) == 4 and min(v) >= 0 for v in samples.values())
 
 
-def test_streamed_gives_the_fastest_round_where_asked(monkeypatch):
+def test_streamed_rounds_time_each_variant_in_its_round(monkeypatch):
     ticks = iter(range(1000))
-    monkeypatch.setattr(bench_linear.time, "perf_counter", lambda: next(ticks) ** 2 / 1e3)  # each round slower
-    ms = streamed({"a": [lambda: None], "probe": [lambda: None]}, rounds=5, best=("probe",))
-    rounds = [((2 * i + 1) ** 2 - (2 * i) ** 2) for i in range(10)]  # the tick pairs of a, probe, a, probe, ...
-    assert ms["probe"] == pytest.approx(rounds[1])  # the fastest (first) of the probe's rounds
-    assert ms["a"] == pytest.approx(sorted(rounds[0::2])[2])  # the median of a's
+    monkeypatch.setattr(bench_linear.time, "perf_counter", lambda: next(ticks) ** 2 / 1e3)  # each call slower
+    samples = streamed_rounds({"a": [lambda: None, lambda: None], "probe": [lambda: None]}, rounds=3)
+    spans = [((2 * i + 1) ** 2 - (2 * i) ** 2) / 1e3 for i in range(6)]  # the tick pairs of a, probe, a, ...
+    assert samples["a"] == pytest.approx([s / 2 for s in spans[0::2]])  # per call: two copies a round
+    assert samples["probe"] == pytest.approx(spans[1::2])
+
+
+def test_the_paired_fraction_cancels_the_machine_slowing_down_between_rounds():
+    # a kernel reading at half the probe's rate in every round, while the whole machine runs 1x, 3x, 2x, 2x, 1x
+    # slower: paired round by round it is 0.5, where its median over the probe's fastest round gives 0.25
+    slow = [1, 3, 2, 2, 1]
+    probe = [1e-3 * f for f in slow]  # 1 MB per 1 ms at full speed
+    kernel = list(probe)  # 0.5 MB per call in the probe's time for 1 MB: half its rate
+    assert paired_fraction(500_000, kernel, 1_000_000, probe) == pytest.approx(0.5)
+    median, fastest = sorted(kernel)[2], min(probe)
+    assert (500_000 / median) / (1_000_000 / fastest) == pytest.approx(0.5 / 2)
+    with pytest.raises(ValueError):  # rounds are paired one to one
+        paired_fraction(1, [1.0, 2.0], 1, [1.0])
 
 
 def test_batch_one_rows_carry_the_streamed_latency(monkeypatch):
@@ -41,8 +54,9 @@ def test_batch_one_rows_carry_the_streamed_latency(monkeypatch):
     assert any(r["selected"] for r in rows)
     # the bandwidth probe timed in the same rounds: one figure for the case, on every row, and not a row itself
     assert len({r["stream_read_gbps"] for r in rows}) == 1 and fp32["stream_read_gbps"] > 0
+    assert all(r["paired_limit_fraction"] > 0 for r in rows if r["weight_bytes"])
     assert bench_linear.READ_PROBE not in {r["variant"] for r in rows}
-    assert all("stream_latency_ms" not in r and "stream_read_gbps" not in r
+    assert all("stream_latency_ms" not in r and "stream_read_gbps" not in r and "paired_limit_fraction" not in r
                for r in bench_linear.run_case(128, 128, 4, rounds=3))
 
 

@@ -442,12 +442,14 @@ typedef struct {
     int64_t rows, n;
     const uint8_t *tab; const int8_t *xq; const float *xs; const int32_t *xsum;
     float *y;
+    int64_t tiles;
 } Rows;
 
 /* a part's tiles, each (a pair with AVX-512 BW) against every row while its weights are in the cache: one
  * parallel region and one pass over the weights for all rows, where a region per row re-read them */
-static void run_part(const Rows *R, int64_t tiles, int simd, int part, int parts) {
-    const int64_t t0 = tiles * part / parts, t1 = tiles * (part + 1) / parts, step = simd == 2 ? 2 : 1;
+static void run_part(const void *job, int simd, int part, int parts) {
+    const Rows *R = job;
+    const int64_t tiles = R->tiles, t0 = tiles * part / parts, t1 = tiles * (part + 1) / parts, step = simd == 2 ? 2 : 1;
     const int64_t kp = R->base.kp, nbx = kp / R->base.xb;
     for (int64_t t = t0; t < t1; t += step) {
         const int64_t te = t + step < t1 ? t + step : t1;
@@ -460,6 +462,30 @@ static void run_part(const Rows *R, int64_t tiles, int simd, int part, int parts
             J.y = R->y + r * R->n;
             run_tiles(&J, t, te, simd);
         }
+    }
+}
+
+/* the rows' activations to quantise and the tables to make from them */
+typedef struct {
+    QuantRows q;
+    uint8_t *tab;
+} Prep;
+
+/* a part of the rows' quantisation and tables, split as quant_part splits (one row's blocks shared by the threads
+ * too); block b's tables are those of its xb / 4 groups of four */
+static void prepare_part(const void *job, int simd, int part, int parts) {
+    const Prep *P = job;
+    const QuantRows *Q = &P->q;
+    quant_part(Q, simd, part, parts);
+    const int64_t nbx = Q->kp / Q->xb, total = Q->m * nbx;
+    for (int64_t i = total * part / parts; i < total * (part + 1) / parts; i++) {
+        const int64_t r = i / nbx, lo = (i % nbx) * Q->xb;
+        const int8_t *q = Q->xq + r * Q->kp + lo;
+        uint8_t *t = P->tab + (r * Q->kp + lo) * 8;
+#ifdef BL_X86
+        if (simd) { build_tables_avx2(q, Q->xb, t); continue; }
+#endif
+        build_tables(q, Q->xb, t);
     }
 }
 
@@ -505,23 +531,11 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     for (int64_t r0 = 0; r0 < m; r0 += chunk) {
         const int64_t rows = m - r0 < chunk ? m - r0 : chunk;
-        for (int64_t r = 0; r < rows; r++) {
-            int8_t *q = xq + r * kp;
-            quant_x((const float *)x.buf + (r0 + r) * k, k, kp, xb, q, xs + r * nbx, xsum + r * nbx, simd);
-#ifdef BL_X86
-            if (simd) build_tables_avx2(q, kp, tab + r * kp * 8); else
-#endif
-            build_tables(q, kp, tab + r * kp * 8);
-        }
-        Rows R = {{w.buf, ws.buf, has_zo ? zo.buf : NULL, NULL, NULL, NULL, NULL, gw, NULL, kp, xb, nbw, mult, off,
-                   planes},
-                  rows, n, tab, xq, xs, xsum, (float *)y.buf + r0 * n};
-        if (parts == 1) {
-            run_part(&R, tiles, simd, 0, 1);
-        } else {
-#pragma omp parallel for num_threads(parts) schedule(static)
-            for (int part = 0; part < parts; part++) run_part(&R, tiles, simd, part, parts);
-        }
+        const Prep P = {{(const float *)x.buf + r0 * k, xq, xs, xsum, rows, k, kp, xb, nbx}, tab};
+        const Rows R = {{w.buf, ws.buf, has_zo ? zo.buf : NULL, NULL, NULL, NULL, NULL, gw, NULL, kp, xb, nbw, mult,
+                         off, planes},
+                        rows, n, tab, xq, xs, xsum, (float *)y.buf + r0 * n, tiles};
+        prep_then_run(prepare_part, &P, rows * kp, run_part, &R, simd, parts);
     }
     Py_END_ALLOW_THREADS
     free(xq); free(tab); free(xs); free(xsum); free(gw);

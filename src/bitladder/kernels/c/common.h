@@ -97,25 +97,71 @@ __attribute__((target("avx"))) static inline void store8(float *y, __m256 v, int
 }
 #endif
 
-/* x (k) -> xq (kp), one scale and code sum per block of xb (a multiple of 8); simd: AVX2 for full blocks */
-static void quant_x(const float *x, int64_t k, int64_t kp, int64_t xb, int8_t *xq, float *xs, int32_t *xsum,
-                    int simd) {
-    for (int64_t b = 0; b < kp / xb; b++) {
-        int64_t lo = b * xb, hi = lo + xb < k ? lo + xb : k;
+/* block b of x (k valid floats) -> xq[b * xb ..], its scale xs[b] and code sum xsum[b]; simd: AVX2 */
+static void quant_block_at(const float *x, int64_t k, int64_t xb, int64_t b, int8_t *xq, float *xs, int32_t *xsum,
+                           int simd) {
+    const int64_t lo = b * xb, hi = lo + xb < k ? lo + xb : k;
 #ifdef BL_X86
-        if (simd && hi == lo + xb) {
-            quant_block_avx2(x + lo, xb, xq + lo, xs + b, xsum + b);
-            continue;
-        }
-        if (simd && xb <= 128) { /* the row's last, short block: zero-padded, the same codes (zeros round to 0) */
-            float tail[128] = {0};
-            memcpy(tail, x + lo, (size_t)(hi > lo ? hi - lo : 0) * sizeof(float));
-            quant_block_avx2(tail, xb, xq + lo, xs + b, xsum + b);
-            continue;
-        }
+    if (simd && hi == lo + xb) {
+        quant_block_avx2(x + lo, xb, xq + lo, xs + b, xsum + b);
+        return;
+    }
+    if (simd && xb <= 128) { /* the row's last, short block: zero-padded, the same codes (zeros round to 0) */
+        float tail[128] = {0};
+        memcpy(tail, x + lo, (size_t)(hi > lo ? hi - lo : 0) * sizeof(float));
+        quant_block_avx2(tail, xb, xq + lo, xs + b, xsum + b);
+        return;
+    }
 #endif
-        (void)simd;
-        quant_block(x, lo, hi, lo + xb, xq, xs + b, xsum + b);
+    (void)simd;
+    quant_block(x, lo, hi, lo + xb, xq, xs + b, xsum + b);
+}
+
+/* m rows of x (k floats each, rows k apart) -> int8 codes (rows kp apart), one scale and code sum per block of xb
+ * (a multiple of 8; rows xstride apart). quant_part does part `part` of `parts` of them, split by blocks in
+ * (row, block) order: threads share one row's blocks as well as many rows, so a single row's quantisation is not
+ * left to one thread. A block's codes do not depend on the split. */
+typedef struct {
+    const float *x;
+    int8_t *xq;
+    float *xs;
+    int32_t *xsum;
+    int64_t m, k, kp, xb, xstride;
+} QuantRows;
+
+static void quant_part(const void *job, int simd, int part, int parts) {
+    const QuantRows *Q = job;
+    const int64_t nbx = Q->kp / Q->xb, total = Q->m * nbx;
+    for (int64_t i = total * part / parts; i < total * (part + 1) / parts; i++) {
+        const int64_t r = i / nbx;
+        quant_block_at(Q->x + r * Q->k, Q->k, Q->xb, i % nbx, Q->xq + r * Q->kp, Q->xs + r * Q->xstride,
+                       Q->xsum + r * Q->xstride, simd);
+    }
+}
+
+/* a share of a call's work: part `part` of `parts` */
+typedef void (*PartFn)(const void *job, int simd, int part, int parts);
+
+#define SHARED_PREP_MIN 8192 /* activations (rows x kp) from which the threads share their quantisation */
+
+/* prep's parts (the activations' quantisation), then run's, in one parallel region. Under SHARED_PREP_MIN
+ * activations prep runs on one thread first: there the barrier between the two costs more than sharing saves. */
+static void prep_then_run(PartFn prep, const void *pjob, int64_t size, PartFn run, const void *job, int simd,
+                          int parts) {
+    const int shared = parts > 1 && size >= SHARED_PREP_MIN;
+    if (!shared) prep(pjob, simd, 0, 1);
+    if (parts <= 1) {
+        run(job, simd, 0, 1);
+        return;
+    }
+#pragma omp parallel num_threads(parts)
+    {
+        if (shared) {
+#pragma omp for schedule(static)
+            for (int part = 0; part < parts; part++) prep(pjob, simd, part, parts);
+        }
+#pragma omp for schedule(static) nowait /* the region's end is the barrier */
+        for (int part = 0; part < parts; part++) run(job, simd, part, parts);
     }
 }
 

@@ -172,21 +172,14 @@ static void tiles_portable(const TJob *J, int64_t c0, int64_t c1) {
 /* ---- rows split over OpenMP threads. Imported after torch, this module binds to the libgomp torch loaded
  * (same soname), so it runs on torch's own pool: a separate pool's threads fought torch's spinning ones for
  * the cores (int8 4096^2 at one row: 1.9 ms against 0.8 ms alone) ---- */
-static void run_part(const Job *J, int simd, int part, int parts) {
+static void run_part(const void *job, int simd, int part, int parts) {
+    const Job *J = job;
     int64_t r0 = J->n * part / parts, r1 = J->n * (part + 1) / parts;
 #ifdef BL_X86
     if (simd == 2) { rows_vnni(J, r0, r1); return; }
     if (simd) { rows_avx2(J, r0, r1); return; }
 #endif
     rows_portable(J, r0, r1);
-}
-
-static void run_parallel(const Job *J, int simd, int threads) {
-    if (threads < 1) threads = 1;
-    if ((int64_t)threads > J->n) threads = (int)(J->n > 0 ? J->n : 1);
-    if (threads == 1) { run_part(J, simd, 0, 1); return; }
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int part = 0; part < threads; part++) run_part(J, simd, part, threads);
 }
 
 /* the path gemv and tiles run for a requested simd on this CPU (each falls back to the one below) */
@@ -248,12 +241,13 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
     int32_t *xsum = calloc((size_t)(m > 0 ? m : 1) * nb8, sizeof(int32_t)), *gw = calloc(nb8, sizeof(int32_t));
     if ((m > 0 && !xq) || !xs || !xsum || !gw) { free(xq); free(xs); free(xsum); free(gw); PyErr_NoMemory(); goto done; }
     for (int64_t b = 0; b < nbx; b++) gw[b] = (int32_t)(b * xb / g);
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < m; r++)
-        quant_x((const float *)c.x.buf + r * k, k, kp, xb, xq + r * kp, xs + r * nb8, xsum + r * nb8, simd);
     Job J = {c.w.buf, c.ws.buf, c.has_zo ? c.zo.buf : NULL, xq, xs, xsum, gw, (float *)c.y.buf,
              m, n, kp, row_bytes, g, xb, nbw, nb8, bits, c.mult, c.off};
-    if (m > 0) run_parallel(&J, simd, c.threads);
+    const QuantRows Q = {(const float *)c.x.buf, xq, xs, xsum, m, k, kp, xb, nb8};
+    int parts = c.threads < 1 ? 1 : c.threads;
+    if ((int64_t)parts > n) parts = (int)(n > 0 ? n : 1);
+    Py_BEGIN_ALLOW_THREADS
+    if (m > 0) prep_then_run(quant_part, &Q, m * kp, run_part, &J, simd, parts);
     Py_END_ALLOW_THREADS
     free(xq); free(xs); free(xsum); free(gw);
     ret = Py_None;
@@ -274,7 +268,8 @@ static PyObject *panel_cols(PyObject *self, PyObject *args) {
 }
 
 /* columns c0..c1 of the batch GEMM on one thread */
-static void tiles_part(const TJob *J, int simd, int part, int parts) {
+static void tiles_part(const void *job, int simd, int part, int parts) {
+    const TJob *J = job;
     const int64_t tn = tile_cols(simd), units = (J->nc + tn - 1) / tn;
     int64_t c0 = units * part / parts * tn, c1 = units * (part + 1) / parts * tn;
     if (c1 > J->nc) c1 = J->nc;
@@ -310,22 +305,9 @@ static PyObject *tiles(PyObject *self, PyObject *args) {
               nbx, bits, c.mult, c.off, tile_cols(simd)};
     const int64_t units = (nc + tile_cols(simd) - 1) / tile_cols(simd);
     const int parts = (int64_t)threads > units ? (int)units : threads;
-    const float *x = (const float *)c.x.buf;
+    const QuantRows Q = {(const float *)c.x.buf, xq, xs, xsum, m, k, kp, xb, nbx};
     Py_BEGIN_ALLOW_THREADS
-    if (parts <= 1) {
-        for (Py_ssize_t r = 0; r < m; r++)
-            quant_x(x + r * k, k, kp, xb, xq + r * kp, xs + r * nbx, xsum + r * nbx, simd);
-        tiles_part(&J, simd, 0, 1);
-    } else {
-#pragma omp parallel num_threads(parts)
-        {
-#pragma omp for schedule(static)
-            for (Py_ssize_t r = 0; r < m; r++)
-                quant_x(x + r * k, k, kp, xb, xq + r * kp, xs + r * nbx, xsum + r * nbx, simd);
-#pragma omp for schedule(static)
-            for (int part = 0; part < parts; part++) tiles_part(&J, simd, part, parts);
-        }
-    }
+    prep_then_run(quant_part, &Q, m * kp, tiles_part, &J, simd, parts);
     Py_END_ALLOW_THREADS
     free(xq); free(xs); free(xsum);
     ret = Py_None;

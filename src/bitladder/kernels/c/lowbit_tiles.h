@@ -27,6 +27,8 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(ctile)(const TJo
 #pragma GCC unroll 8
         for (int t = 0; t < RN; t++) f[i][t] = _mm256_setzero_ps();
     }
+    const int64_t bpg = J->g / J->xb; /* activation blocks per weight group: gw counts, no division per block */
+    int64_t gw = 0, bi = 0;
     for (int64_t b = 0; b < J->nbx; b++) {
         __m256i a[BL_TM][BL_TN];
 #pragma GCC unroll 8
@@ -40,6 +42,9 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(ctile)(const TJo
             for (int i = 0; i < RM; i++)
 #pragma GCC unroll 8
                 for (int t = 0; t < RN; t++) s[i][t] = _mm256_setzero_si256();
+#endif
+#if !BL_VNNI /* sixteen registers: unrolled, GCC spilled the pair sums of a 4-bit run */
+#pragma GCC unroll 1
 #endif
             for (int64_t v = v0; v < v0 + wide; v++) {
                 const int64_t kv = b * vpb + v;
@@ -74,7 +79,6 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(ctile)(const TJo
 #endif
         }
         /* block b: float(mult * dot - off * xsum) * (weight scale * activation scale), added in block order */
-        const int64_t gw = b * J->xb / J->g;
         __m256 wsc[BL_TN];
         __m256i offv[BL_TN];
 #pragma GCC unroll 8
@@ -95,6 +99,7 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(ctile)(const TJo
                 f[i][t] = _mm256_add_ps(f[i][t], _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(wsc[t], sx)));
             }
         }
+        if (++bi == bpg) { bi = 0; gw++; }
     }
     (void)ones;
 #pragma GCC unroll 8

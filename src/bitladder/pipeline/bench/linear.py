@@ -17,6 +17,8 @@ call while calling, round-robin, enough copies of the variant that their weights
 last-level cache (a model whose layers do not fit in the cache), and ``stream_ratio_vs_fp32``; the
 bandwidth limit fraction is computed from it, against ``stream_read_gbps``: a read of twice the cache timed
 as one more variant of the same rounds, its fastest round (:func:`bitladder.pipeline.bench.limits.read_probe`).
+``paired_limit_fraction`` pairs the two round by round instead (:func:`paired_fraction`): the median of the
+variant's read rate over the probe's in the same round.
 """
 
 from __future__ import annotations
@@ -135,10 +137,9 @@ def copies_for(weight_bytes: int | None, cache_bytes: int, cap: int = 64) -> int
     return max(1, min(cap, math.ceil(2 * cache_bytes / weight_bytes)))
 
 
-def streamed(fns: dict[str, list[Callable]], rounds: int, best: tuple[str, ...] = ()) -> dict[str, float]:
-    """Median latency in ms per call of each variant while it cycles through its copies, in interleaved rounds
-    (one round calls every copy of every variant once) after one warm-up pass; the fastest round for the
-    names in ``best``."""
+def streamed_rounds(fns: dict[str, list[Callable]], rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each variant while it cycles through its copies, one sample per interleaved round (one
+    round calls every copy of every variant once), after one warm-up pass."""
     for copies in fns.values():
         for f in copies:
             f()
@@ -149,7 +150,14 @@ def streamed(fns: dict[str, list[Callable]], rounds: int, best: tuple[str, ...] 
             for f in copies:
                 f()
             samples[name].append((time.perf_counter() - t) / len(copies))
-    return {k: (min(v) if k in best else sorted(v)[len(v) // 2]) * 1e3 for k, v in samples.items()}
+    return samples
+
+
+def paired_fraction(nbytes: int, seconds: list[float], probe_bytes: int, probe_seconds: list[float]) -> float:
+    """Median over rounds of a variant's read rate (``nbytes`` per call) over the probe's rate in the same round:
+    the bandwidth each round's calls saw, so a slower or faster spell of the machine cancels out."""
+    per_round = sorted(nbytes / t / (probe_bytes / p) for t, p in zip(seconds, probe_seconds, strict=True))
+    return per_round[len(per_round) // 2]
 
 
 def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
@@ -172,9 +180,13 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
         probe_bytes = max(2 * cache, PROBE_MIN_BYTES)
         calls[READ_PROBE] = [read_probe(probe_bytes)]
         with torch.no_grad():
-            stream = streamed(calls, max(5, rounds // 3), best=(READ_PROBE,))
+            samples = streamed_rounds(calls, max(5, rounds // 3))
         del copies, calls
-        stream_gbps = probe_bytes / (stream.pop(READ_PROBE) * 1e-3) / 1e9
+        probe_s = samples.pop(READ_PROBE)
+        stream = {v: sorted(t)[len(t) // 2] * 1e3 for v, t in samples.items()}
+        stream_gbps = probe_bytes / min(probe_s) / 1e9  # the probe's fastest round, as read_gbps is a best of five
+        paired = {v: round(paired_fraction(wbytes[v], t, probe_bytes, probe_s), 4) for v, t in samples.items()
+                  if wbytes[v]}
     base = lat["fp32 F.linear"]
     rows = []
     for variant, ms in lat.items():
@@ -186,6 +198,8 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
             row["stream_latency_ms"] = round(stream[variant], 4)
             row["stream_ratio_vs_fp32"] = round(stream["fp32 F.linear"] / stream[variant], 3)
             row["stream_read_gbps"] = round(stream_gbps, 2)
+            if variant in paired:
+                row["paired_limit_fraction"] = paired[variant]
         rows.append(row)
     return rows
 
