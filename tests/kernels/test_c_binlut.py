@@ -202,3 +202,21 @@ def test_threads_sharing_the_activations_and_tables_give_the_same_bits(fmt, m, k
         kern = cls.from_qtensor(qt, simd=s)
         for threads in (1, 2, 3):
             assert torch.equal(under_threads(threads, lambda: kern(x)), ref), (s, threads)
+
+
+@pytest.mark.parametrize("fmt,cls", [("binary", CBinaryLutKernel), ("int2", CTwoBitLutKernel)])
+def test_the_tiles_are_packed_in_panels_for_the_path_that_runs_them(fmt, cls):
+    from bitladder.kernels import c_binlut
+    from bitladder.kernels.packrows import columns
+
+    qt = QuantizedTensor.from_float(torch.randn(100, 256), fmt, Layout("group", group=64))  # four tiles of 32 rows
+    plain = cls.from_qtensor(qt, simd=0)
+    assert plain.tn == 1  # the portable path: one tile a panel, the plain tile layout
+    x = torch.randn(2, 256)
+    for s in (1, 2):
+        kern = cls.from_qtensor(qt, simd=s)
+        assert kern.tn == c_binlut._binlut.panel_tiles(s)  # the C entry's own choice on this host
+        assert kern.tn in (1, 2) and (kern.tn == 1 or s == 2)
+        # the same bytes, interleaved tile by tile within a panel; unpacked they are the plain layout
+        assert np.array_equal(columns(kern.w.reshape(kern.tiles, -1), kern.tn), plain.w.reshape(plain.tiles, -1))
+        assert torch.equal(kern(x), plain(x))

@@ -123,19 +123,6 @@ def test_packing_in_column_steps_gives_the_whole_packing(monkeypatch):
     assert np.array_equal(CTilesKernel.from_qtensor(qt).w, whole)
 
 
-@settings(max_examples=40, deadline=None)
-@given(nc=st.integers(1, 11), vectors=st.integers(1, 6), tn=st.integers(1, 4), seed=st.integers(0, 2**16))
-def test_panels_interleave_a_tiles_columns_and_unpack_again(nc, vectors, tn, seed):
-    from bitladder.kernels.c_tiles import columns, panels
-
-    cols = np.random.default_rng(seed).integers(0, 256, (nc, vectors * 32), dtype=np.uint8)
-    flat = panels(cols, tn)
-    assert flat.size == cols.size
-    width = min(tn, nc)  # the first panel: vector 0 of each of its columns, then vector 1 of each, ...
-    assert np.array_equal(flat[: width * 32].reshape(width, 32), cols[:width, :32])
-    assert np.array_equal(columns(flat.reshape(nc, -1), tn), cols)
-
-
 def test_the_weights_are_packed_for_the_path_that_runs_them():
     qt = _qt("int4", "group", True, 77, 128)
     for simd in (0, 1, 2):

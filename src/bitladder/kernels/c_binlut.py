@@ -25,6 +25,7 @@ from bitladder.kernels.base import ANY_ROWS, KernelUnsupported, LinearKernel, gr
 from bitladder.kernels.c_lowbit import CLowbitKernel, int8_blocks, simd_path
 from bitladder.kernels.cpu import Cpu
 from bitladder.kernels.onnx_nbits import integer_codes
+from bitladder.kernels.packrows import columns, panels
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -92,7 +93,10 @@ class CBinaryLutKernel(LinearKernel):
         planes = [np.packbits(((u >> p) & 1).reshape(npad, kp // 8, 8), axis=-1, bitorder="little")[..., 0]
                   for p in range(self.planes)]
         bytes_ = np.stack(planes, axis=-1).reshape(self.tiles, TILE, kp // 8, self.planes)
-        self.w = np.ascontiguousarray(bytes_.transpose(0, 2, 3, 1))
+        self.simd = simd_path(simd, "avx512bw")
+        # tiles in panels of the width of the path C runs for it here (two with AVX-512 BW: one stream a pair)
+        self.tn = _binlut.panel_tiles(self.simd)
+        self.w = panels(np.ascontiguousarray(bytes_.transpose(0, 2, 3, 1)).reshape(self.tiles, -1), self.tn)
         nbw = kp // g
         ws = np.zeros((npad, nbw), np.float16)
         ws[:n, : scale.shape[1]] = scale.numpy()
@@ -106,7 +110,6 @@ class CBinaryLutKernel(LinearKernel):
             zo = np.zeros((npad, nbw), np.uint8)
             zo[:n, : zp.shape[1]] = offsets.numpy()
             self.zo, self.off = np.ascontiguousarray(zo.reshape(self.tiles, TILE, nbw).transpose(0, 2, 1)), 0
-        self.simd = simd_path(simd, "avx512bw")
         return self
 
     @property
@@ -123,9 +126,10 @@ class CBinaryLutKernel(LinearKernel):
         """The kernel's arithmetic in PyTorch, step for step (the C paths must give these bits)."""
         xq, s = int8_blocks(x, self.kp, self.xb)
         npad = self.tiles * TILE
+        w = columns(self.w.reshape(self.tiles, -1), self.tn).reshape(self.tiles, self.kp // 8, self.planes, TILE)
         u = 0
         for p in range(self.planes):  # (tiles, columns, planes, rows) -> plane p's bits of every row
-            bits = np.unpackbits(self.w[:, :, p].transpose(0, 2, 1).reshape(npad, -1), axis=-1, bitorder="little")
+            bits = np.unpackbits(w[:, :, p].transpose(0, 2, 1).reshape(npad, -1), axis=-1, bitorder="little")
             u = u + (torch.from_numpy(bits.astype(np.int64)) << p)
         u = u.view(npad, -1, self.xb)
         nbw = self.kp // self.g

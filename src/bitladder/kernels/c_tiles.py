@@ -7,7 +7,7 @@ repacked as columns of eight outputs, four codes per output and bit plane in eac
 activation codes are broadcast, so a block's dots land in the lanes of the outputs they belong to and the
 block's scaling is one vector multiply per eight outputs (ggml's CPU path quantises activations to 8 bits per
 block for every quantised matmul too). The columns a register tile reads together are stored interleaved
-(:func:`panels`), one stream from memory per tile. :meth:`CTilesKernel.reference` is the arithmetic in
+(:func:`~bitladder.kernels.packrows.panels`), one stream from memory per tile. :meth:`CTilesKernel.reference` is the arithmetic in
 PyTorch; the AVX-512 VNNI, AVX2 and portable C paths give its bits.
 """
 
@@ -19,32 +19,13 @@ import torch
 from bitladder.kernels.base import ANY_ROWS, KernelUnsupported
 from bitladder.kernels.c_lowbit import _STORE, CLowbitKernel, c_module, grid, int8_blocks, simd_path
 from bitladder.kernels.cpu import Cpu
+from bitladder.kernels.packrows import columns, panels
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
 
 #: columns of eight outputs packed per step (the uint16 planes of a step stay a few MB, as the GEMV's rows do)
 _COLUMNS_PER_STEP = 32
-
-
-def panels(cols: np.ndarray, tn: int) -> np.ndarray:
-    """(columns, bytes) of column-major 32-byte vectors -> the same bytes, flat, in panels of ``tn`` columns: vector
-    kv of a panel's column t at (kv * width + t) * 32 (the last panel's width is what is left), so a register tile
-    reads one stream (kernels/c/lowbit.c)."""
-    c, cb = cols.shape
-    full = c // tn * tn
-    v = cols.reshape(c, cb // 32, 32)
-    head = v[:full].reshape(full // tn, tn, cb // 32, 32).transpose(0, 2, 1, 3).reshape(-1)
-    return np.concatenate([head, v[full:].transpose(1, 0, 2).reshape(-1)])
-
-
-def columns(w: np.ndarray, tn: int) -> np.ndarray:
-    """The inverse of :func:`panels` for an (nc, bytes) array: one row a column again."""
-    nc, cb = w.shape
-    full, flat = nc // tn * tn, w.reshape(-1)
-    head = flat[: full * cb].reshape(full // tn, cb // 32, tn, 32).transpose(0, 2, 1, 3).reshape(full, cb)
-    tail = flat[full * cb:].reshape(cb // 32, nc - full, 32).transpose(1, 0, 2).reshape(nc - full, cb)
-    return np.concatenate([head, tail])
 
 
 @register

@@ -12,8 +12,10 @@
  * AVX-512 BW one 512-bit register holds two tiles, half the instructions again.
  *
  * Weight layout (made once in Python): tiles of 32 rows; per tile, per column of eight codes, 32 bytes (one a
- * row) per bit plane, bit i of a byte holding bit p of code 8c + i. Scales are fp16 bits, 32 per (tile, group)
- * in row order. The portable path does the same integer and float operations in the same order, so both give
+ * row) per bit plane, bit i of a byte holding bit p of code 8c + i: vector kv = column * planes + plane. Tiles are
+ * stored in panels of the path's width (panel_tiles: two for AVX-512 BW, whose register holds two tiles; the
+ * last panel holds what is left): vector kv of a panel's tile i at (kv * width + i) * 32, so a pair of tiles is
+ * one 64-byte load and one stream from memory. Scales are fp16 bits, 32 per (tile, group) in row order. The portable path does the same integer and float operations in the same order, so both give
  * the same bits.
  *
  * Two-bit codes (planes = 2: u = b0 + 2 b1) look both planes up in the same tables; the planes' byte sums are
@@ -36,9 +38,17 @@ typedef struct {
     const int32_t *xsum; /* (nbx) */
     const int32_t *gw;   /* (nbx) the weight group of each activation block */
     float *y;            /* (tiles * 32) */
-    int64_t kp, xb, nbw;
+    int64_t kp, xb, nbw, tiles, tn; /* tn: tiles per panel of w */
     int mult, off, planes;
 } LJob;
+
+/* tile t's first 32-byte vector; *stride: the distance between its vectors (its panel's width times 32) */
+static inline const uint8_t *tile_at(const LJob *J, int64_t t, int64_t *stride) {
+    const int64_t tile_bytes = J->kp / 8 * J->planes * 32, full = J->tiles / J->tn * J->tn;
+    const int64_t first = t < full ? t / J->tn * J->tn : full;
+    *stride = (t < full ? J->tn : J->tiles - full) * 32;
+    return J->w + first * tile_bytes + (t - first) * 32;
+}
 
 #define BIAS 512 /* added to every subset sum so both 5-bit halves are unsigned */
 
@@ -78,9 +88,10 @@ __attribute__((target("avx2"))) static void build_tables_avx2(const int8_t *xq, 
 #endif
 
 static void tiles_portable(const LJob *J, int64_t t0, int64_t t1) {
-    const int64_t cols = J->kp / 8, nbx = J->kp / J->xb, cpb = J->xb / 8, np = J->planes;
+    const int64_t nbx = J->kp / J->xb, cpb = J->xb / 8, np = J->planes;
     for (int64_t t = t0; t < t1; t++) {
-        const uint8_t *wt = J->w + t * cols * 32 * np;
+        int64_t st;
+        const uint8_t *wt = tile_at(J, t, &st);
         const uint16_t *wst = J->ws + t * J->nbw * 32;
         for (int r = 0; r < 32; r++) {
             float acc = 0.0f;
@@ -88,7 +99,7 @@ static void tiles_portable(const LJob *J, int64_t t0, int64_t t1) {
                 int32_t dot = 0;
                 for (int64_t c = b * cpb; c < (b + 1) * cpb; c++) {
                     for (int64_t p = 0; p < np; p++) {
-                        const uint8_t byte = wt[(c * np + p) * 32 + r];
+                        const uint8_t byte = wt[(c * np + p) * st + r];
                         for (int i = 0; i < 8; i++)
                             if (byte >> i & 1) dot += J->xq[c * 8 + i] * (1 << p);
                     }
@@ -117,11 +128,12 @@ AVX2 static inline __m256 block_add(__m256 acc, __m256i d, const uint16_t *ws, _
 /* cpb columns of eight codes per activation block (4, 8 or 16), a constant once inlined */
 AVX2 static inline __attribute__((always_inline)) void tiles_avx2_kernel(const LJob *J, int64_t t0, int64_t t1,
                                                                          const int cpb) {
-    const int64_t cols = J->kp / 8, nbx = J->kp / J->xb;
+    const int64_t nbx = J->kp / J->xb;
     const __m256i low4 = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
     const __m256i bias = _mm256_set1_epi16((int16_t)(BIAS * 2 * cpb)), multv = _mm256_set1_epi32(J->mult);
     for (int64_t t = t0; t < t1; t++) {
-        const uint8_t *wt = J->w + t * cols * 32;
+        int64_t st;
+        const uint8_t *wt = tile_at(J, t, &st);
         const uint16_t *wst = J->ws + t * J->nbw * 32;
         /* unpacking bytes to 16 bits interleaves within 128-bit lanes: f0 holds rows 0-7, f1 16-23, f2 8-15,
          * f3 24-31 */
@@ -132,8 +144,8 @@ AVX2 static inline __attribute__((always_inline)) void tiles_avx2_kernel(const L
                 __m256i al = zero, ah = zero;
                 for (int c = c0; c < c0 + 4; c++) {
                     const int64_t col = b * cpb + c;
-                    const uint8_t *src = wt + col * 32;
-                    if (!(c & 1)) _mm_prefetch((const char *)(src + BL_PF), _MM_HINT_T0);
+                    const uint8_t *src = wt + col * st;
+                    if (st > 32 || !(c & 1)) _mm_prefetch((const char *)(src + BL_PF), _MM_HINT_T0); /* a line each */
                     __m256i v = _mm256_loadu_si256((const __m256i *)src);
                     __m256i il = _mm256_and_si256(v, low4), ih = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
                     const uint8_t *tq = J->tab + col * 64;
@@ -171,12 +183,13 @@ AVX2 static inline __attribute__((always_inline)) void tiles_avx2_kernel(const L
 /* two bit planes (module comment): cpb columns per block, summed in halves of at most eight */
 AVX2 static inline __attribute__((always_inline)) void tiles2_avx2_kernel(const LJob *J, int64_t t0, int64_t t1,
                                                                           const int cpb) {
-    const int64_t cols = J->kp / 8, nbx = J->kp / J->xb;
+    const int64_t nbx = J->kp / J->xb;
     const int half = cpb < 8 ? cpb : 8;
     const __m256i low4 = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
     const __m256i bias = _mm256_set1_epi16((int16_t)(BIAS * 2 * half * 3)), multv = _mm256_set1_epi32(J->mult);
     for (int64_t t = t0; t < t1; t++) {
-        const uint8_t *wt = J->w + t * cols * 64;
+        int64_t st;
+        const uint8_t *wt = tile_at(J, t, &st);
         const uint16_t *wst = J->ws + t * J->nbw * 32;
         __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0; /* rows 0-7, 16-23, 8-15, 24-31 */
         for (int64_t b = 0; b < nbx; b++) {
@@ -187,8 +200,9 @@ AVX2 static inline __attribute__((always_inline)) void tiles2_avx2_kernel(const 
                     __m256i al0 = zero, ah0 = zero, al1 = zero, ah1 = zero; /* per plane: eight lookups a byte */
                     for (int c = c0; c < c0 + 4; c++) {
                         const int64_t col = b * cpb + c;
-                        const uint8_t *src = wt + col * 64;
+                        const uint8_t *src = wt + 2 * col * st; /* plane 0, then plane 1 at src + st */
                         _mm_prefetch((const char *)(src + BL_PF), _MM_HINT_T0);
+                        if (st > 32) _mm_prefetch((const char *)(src + st + BL_PF), _MM_HINT_T0);
                         const uint8_t *tq = J->tab + col * 64;
                         __m256i tl0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tq));
                         __m256i th0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tq + 16)));
@@ -198,7 +212,7 @@ AVX2 static inline __attribute__((always_inline)) void tiles2_avx2_kernel(const 
                         __m256i il = _mm256_and_si256(v, low4), ih = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
                         al0 = _mm256_add_epi8(al0, _mm256_add_epi8(_mm256_shuffle_epi8(tl0, il), _mm256_shuffle_epi8(tl1, ih)));
                         ah0 = _mm256_add_epi8(ah0, _mm256_add_epi8(_mm256_shuffle_epi8(th0, il), _mm256_shuffle_epi8(th1, ih)));
-                        v = _mm256_loadu_si256((const __m256i *)(src + 32));
+                        v = _mm256_loadu_si256((const __m256i *)(src + st));
                         il = _mm256_and_si256(v, low4), ih = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
                         al1 = _mm256_add_epi8(al1, _mm256_add_epi8(_mm256_shuffle_epi8(tl0, il), _mm256_shuffle_epi8(tl1, ih)));
                         ah1 = _mm256_add_epi8(ah1, _mm256_add_epi8(_mm256_shuffle_epi8(th0, il), _mm256_shuffle_epi8(th1, ih)));
@@ -281,7 +295,7 @@ AVX512 static inline __attribute__((always_inline)) void pair_avx512_kernel(cons
     const int64_t cols = J->kp / 8, nbx = J->kp / J->xb;
     const __m512i low4 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
     const __m512i bias = _mm512_set1_epi16((int16_t)(BIAS * 2 * cpb)), multv = _mm512_set1_epi32(J->mult);
-    const uint8_t *wa = J->w + t * cols * 32, *wb = wa + cols * 32;
+    const uint8_t *wp = J->w + t * cols * 32; /* the pair's panel: column col of both tiles at col * 64 */
     const uint16_t *sa = J->ws + t * J->nbw * 32, *sb = sa + J->nbw * 32;
     /* after unpacking to 16 bits: fa0 rows A 0-7 and 16-23, fa1 A 8-15 and 24-31, fb0 / fb1 the same of B */
     __m512 fa0 = _mm512_setzero_ps(), fa1 = fa0, fb0 = fa0, fb1 = fa0;
@@ -291,12 +305,8 @@ AVX512 static inline __attribute__((always_inline)) void pair_avx512_kernel(cons
             __m512i al = zero, ah = zero;
             for (int c = c0; c < c0 + 4; c++) {
                 const int64_t col = b * cpb + c;
-                if (!(c & 1)) {
-                    _mm_prefetch((const char *)(wa + col * 32 + BL_PF), _MM_HINT_T0);
-                    _mm_prefetch((const char *)(wb + col * 32 + BL_PF), _MM_HINT_T0);
-                }
-                __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(wa + col * 32))),
-                                               _mm256_loadu_si256((const __m256i *)(wb + col * 32)), 1);
+                _mm_prefetch((const char *)(wp + col * 64 + BL_PF), _MM_HINT_T0);
+                __m512i v = _mm512_loadu_si512((const void *)(wp + col * 64));
                 __m512i il = _mm512_and_si512(v, low4), ih = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
                 const uint8_t *tq = J->tab + col * 64;
                 __m512i tl0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)tq));
@@ -328,12 +338,11 @@ AVX512 static inline __attribute__((always_inline)) void pair_avx512_kernel(cons
     store16(yb + 8, fb1);
 }
 
-/* one plane's lookups of column col for both tiles into the byte sums al, ah */
-AVX512 static inline __attribute__((always_inline)) void lookup2(const uint8_t *a, const uint8_t *b, __m512i tl0,
-                                                                __m512i th0, __m512i tl1, __m512i th1, __m512i low4,
+/* one plane's lookups of a column for both tiles (their 64 bytes at src) into the byte sums al, ah */
+AVX512 static inline __attribute__((always_inline)) void lookup2(const uint8_t *src, __m512i tl0, __m512i th0,
+                                                                __m512i tl1, __m512i th1, __m512i low4,
                                                                 __m512i *al, __m512i *ah) {
-    __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
-                                   _mm256_loadu_si256((const __m256i *)b), 1);
+    __m512i v = _mm512_loadu_si512((const void *)src);
     __m512i il = _mm512_and_si512(v, low4), ih = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
     *al = _mm512_add_epi8(*al, _mm512_add_epi8(_mm512_shuffle_epi8(tl0, il), _mm512_shuffle_epi8(tl1, ih)));
     *ah = _mm512_add_epi8(*ah, _mm512_add_epi8(_mm512_shuffle_epi8(th0, il), _mm512_shuffle_epi8(th1, ih)));
@@ -345,7 +354,7 @@ AVX512 static inline __attribute__((always_inline)) void pair2_avx512_kernel(con
     const int half = cpb < 8 ? cpb : 8;
     const __m512i low4 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
     const __m512i bias = _mm512_set1_epi16((int16_t)(BIAS * 2 * half * 3)), multv = _mm512_set1_epi32(J->mult);
-    const uint8_t *wa = J->w + t * cols * 64, *wb = wa + cols * 64;
+    const uint8_t *wp = J->w + t * cols * 64; /* the pair's panel: plane p of column col of both tiles at (2 col + p) * 64 */
     const uint16_t *sa = J->ws + t * J->nbw * 32, *sb = sa + J->nbw * 32;
     __m512 fa0 = _mm512_setzero_ps(), fa1 = fa0, fb0 = fa0, fb1 = fa0;
     for (int64_t b = 0; b < nbx; b++) {
@@ -356,15 +365,15 @@ AVX512 static inline __attribute__((always_inline)) void pair2_avx512_kernel(con
                 __m512i al0 = zero, ah0 = zero, al1 = zero, ah1 = zero;
                 for (int c = c0; c < c0 + 4; c++) {
                     const int64_t col = b * cpb + c;
-                    _mm_prefetch((const char *)(wa + col * 64 + BL_PF), _MM_HINT_T0);
-                    _mm_prefetch((const char *)(wb + col * 64 + BL_PF), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(wp + col * 128 + BL_PF), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(wp + col * 128 + 64 + BL_PF), _MM_HINT_T0);
                     const uint8_t *tq = J->tab + col * 64;
                     __m512i tl0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)tq));
                     __m512i th0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(tq + 16)));
                     __m512i tl1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(tq + 32)));
                     __m512i th1 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(tq + 48)));
-                    lookup2(wa + col * 64, wb + col * 64, tl0, th0, tl1, th1, low4, &al0, &ah0);
-                    lookup2(wa + col * 64 + 32, wb + col * 64 + 32, tl0, th0, tl1, th1, low4, &al1, &ah1);
+                    lookup2(wp + col * 128, tl0, th0, tl1, th1, low4, &al0, &ah0);
+                    lookup2(wp + col * 128 + 64, tl0, th0, tl1, th1, low4, &al1, &ah1);
                 }
                 l0 = _mm512_add_epi16(l0, _mm512_add_epi16(_mm512_unpacklo_epi8(al0, zero),
                                                            _mm512_slli_epi16(_mm512_unpacklo_epi8(al1, zero), 1)));
@@ -449,7 +458,10 @@ typedef struct {
  * parallel region and one pass over the weights for all rows, where a region per row re-read them */
 static void run_part(const void *job, int simd, int part, int parts) {
     const Rows *R = job;
-    const int64_t tiles = R->tiles, t0 = tiles * part / parts, t1 = tiles * (part + 1) / parts, step = simd == 2 ? 2 : 1;
+    /* whole panels per part, so a pair never straddles two */
+    const int64_t tiles = R->tiles, tn = R->base.tn, units = (tiles + tn - 1) / tn, step = simd == 2 ? 2 : 1;
+    const int64_t t0 = units * part / parts * tn, t1 = units * (part + 1) / parts * tn < tiles
+                                                      ? units * (part + 1) / parts * tn : tiles;
     const int64_t kp = R->base.kp, nbx = kp / R->base.xb;
     for (int64_t t = t0; t < t1; t += step) {
         const int64_t te = t + step < t1 ? t + step : t1;
@@ -489,6 +501,23 @@ static void prepare_part(const void *job, int simd, int part, int parts) {
     }
 }
 
+/* the path gemv runs for a requested simd on this CPU (each falls back to the one below) */
+static int run_path(int simd) {
+    if (simd == 2 && !cpu_avx512bw()) simd = 1;
+    if (simd && !cpu_avx2()) simd = 0;
+    return simd;
+}
+
+/* tiles per panel of the weights for a path: AVX-512 BW holds two tiles in a register */
+static int64_t panel_width(int simd) { return simd == 2 ? 2 : 1; }
+
+/* panel_tiles(simd): the panel width gemv expects its weights in for a requested simd on this CPU */
+static PyObject *panel_tiles(PyObject *self, PyObject *args) {
+    int simd;
+    if (!PyArg_ParseTuple(args, "i", &simd)) return NULL;
+    return PyLong_FromLongLong(panel_width(run_path(simd)));
+}
+
 #define ROWS_PER_PASS 32 /* rows whose tables (8 bytes per input each) are made before one pass */
 
 /* gemv(w, ws, x, y, m, tiles, k, kp, g, xb, mult, off, simd, threads, planes, zo_or_None): y is
@@ -513,8 +542,7 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "binlut.gemv: buffer sizes or block sizes do not fit");
         goto done;
     }
-    if (simd == 2 && !cpu_avx512bw()) simd = 1;
-    if (simd && !cpu_avx2()) simd = 0;
+    simd = run_path(simd);
     const int64_t chunk = m < ROWS_PER_PASS ? (m > 0 ? m : 1) : ROWS_PER_PASS;
     int8_t *xq = malloc((size_t)(chunk * kp));
     uint8_t *tab = malloc((size_t)(chunk * kp * 8));
@@ -526,14 +554,15 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
         goto done;
     }
     for (int64_t b = 0; b < nbx; b++) gw[b] = (int32_t)(b * xb / g);
+    const int64_t tn = panel_width(simd), units = (tiles + tn - 1) / tn;
     int parts = threads < 1 ? 1 : threads;
-    if ((int64_t)parts > tiles) parts = (int)(tiles > 0 ? tiles : 1);
+    if ((int64_t)parts > units) parts = (int)(units > 0 ? units : 1);
     Py_BEGIN_ALLOW_THREADS
     for (int64_t r0 = 0; r0 < m; r0 += chunk) {
         const int64_t rows = m - r0 < chunk ? m - r0 : chunk;
         const Prep P = {{(const float *)x.buf + r0 * k, xq, xs, xsum, rows, k, kp, xb, nbx}, tab};
-        const Rows R = {{w.buf, ws.buf, has_zo ? zo.buf : NULL, NULL, NULL, NULL, NULL, gw, NULL, kp, xb, nbw, mult,
-                         off, planes},
+        const Rows R = {{w.buf, ws.buf, has_zo ? zo.buf : NULL, NULL, NULL, NULL, NULL, gw, NULL, kp, xb, nbw, tiles,
+                         tn, mult, off, planes},
                         rows, n, tab, xq, xs, xsum, (float *)y.buf + r0 * n, tiles};
         prep_then_run(prepare_part, &P, rows * kp, run_part, &R, simd, parts);
     }
@@ -549,6 +578,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"gemv", gemv, METH_VARARGS, "1- or 2-bit codes x int8 activations by table lookup, tiles split over threads."},
+    {"panel_tiles", panel_tiles, METH_VARARGS, "Tiles per panel of the weights gemv expects for a requested simd."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_binlut", "Binary-weight GEMV by table lookup.", -1,
