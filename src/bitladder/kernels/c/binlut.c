@@ -15,8 +15,8 @@
  * row) per bit plane, bit i of a byte holding bit p of code 8c + i: vector kv = column * planes + plane. Tiles are
  * stored in panels of the path's width (panel_tiles: two for AVX-512 BW, whose register holds two tiles; the
  * last panel holds what is left): vector kv of a panel's tile i at (kv * width + i) * 32, so a pair of tiles is
- * one 64-byte load and one stream from memory. Scales are fp16 bits, 32 per (tile, group) in row order. The portable path does the same integer and float operations in the same order, so both give
- * the same bits.
+ * one 64-byte load and one stream from memory. Scales are fp16 bits, 32 per (tile, group) in row order. The
+ * portable path does the same integer and float operations in the same order, so both give the same bits.
  *
  * Two-bit codes (planes = 2: u = b0 + 2 b1) look both planes up in the same tables; the planes' byte sums are
  * widened with plane 1 doubled. 16-bit words wrap, so only the result must fit: eight columns' weighted dot,
@@ -354,7 +354,8 @@ AVX512 static inline __attribute__((always_inline)) void pair2_avx512_kernel(con
     const int half = cpb < 8 ? cpb : 8;
     const __m512i low4 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
     const __m512i bias = _mm512_set1_epi16((int16_t)(BIAS * 2 * half * 3)), multv = _mm512_set1_epi32(J->mult);
-    const uint8_t *wp = J->w + t * cols * 64; /* the pair's panel: plane p of column col of both tiles at (2 col + p) * 64 */
+    /* the pair's panel: plane p of column col of both tiles at (2 col + p) * 64 */
+    const uint8_t *wp = J->w + t * cols * 64;
     const uint16_t *sa = J->ws + t * J->nbw * 32, *sb = sa + J->nbw * 32;
     __m512 fa0 = _mm512_setzero_ps(), fa1 = fa0, fb0 = fa0, fb1 = fa0;
     for (int64_t b = 0; b < nbx; b++) {
