@@ -35,15 +35,11 @@ def test_both_paths_equal_the_reference_bit_for_bit_and_track_the_float_product(
 
 
 @pytest.mark.parametrize("fmt,m,k", [("int4", 1, 9000), ("int8", 5, 2000), ("int2", 3, 4000)])
-def test_threads_sharing_the_quantisation_of_the_activations_give_the_same_bits(fmt, m, k, under_threads):
+def test_threads_sharing_the_quantisation_of_the_activations_give_the_same_bits(fmt, m, k,
+                                                                              same_bits_on_every_thread_count):
     # from 8192 activations the threads share their quantisation, a single row's blocks too (kernels/c/common.h)
     qt = QuantizedTensor.from_float(torch.randn(24, k), fmt, Layout("group", group=64))
-    x = torch.randn(m, k)
-    ref = CLowbitKernel.from_qtensor(qt, simd=False).reference(x)
-    for simd in (0, 1, 2):
-        kern = CLowbitKernel.from_qtensor(qt, simd=simd)
-        for threads in (1, 2, 3):
-            assert torch.equal(under_threads(threads, lambda: kern(x)), ref), (simd, threads)
+    same_bits_on_every_thread_count(CLowbitKernel, qt, torch.randn(m, k))
 
 
 @pytest.mark.parametrize("fmt,layout", [("int2", Layout("group", group=128)), ("int2", Layout("group", group=64)),

@@ -57,15 +57,9 @@ def test_a_row_is_the_same_alone_or_in_a_batch_and_tracks_the_float_product(fmt)
 
 
 @pytest.mark.parametrize("m,k", [(1, 9000), (5, 2000)])
-def test_threads_sharing_the_quantisation_of_the_activations_give_the_same_bits(m, k, under_threads):
+def test_threads_sharing_the_quantisation_of_the_activations_give_the_same_bits(m, k, same_bits_on_every_thread_count):
     # from 8192 activations the threads share their quantisation, a single row's blocks too (kernels/c/common.h)
-    qt = _qt("int4", "group", True, 60, k)
-    x = torch.randn(m, k)
-    ref = CTilesKernel.from_qtensor(qt, simd=0).reference(x)
-    for simd in (0, 1, 2):
-        kern = CTilesKernel.from_qtensor(qt, simd=simd)
-        for threads in (1, 2, 3):
-            assert torch.equal(under_threads(threads, lambda: kern(x)), ref), (simd, threads)
+    same_bits_on_every_thread_count(CTilesKernel, _qt("int4", "group", True, 60, k), torch.randn(m, k))
 
 
 @pytest.mark.parametrize("fmt", ["int4", "uint4", "int2", "binary"])
