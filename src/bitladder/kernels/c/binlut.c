@@ -519,6 +519,10 @@ static PyObject *panel_tiles(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(panel_width(run_path(simd)));
 }
 
+/* activations from which the threads share their quantisation and tables (prep_then_run): lower than the GEMV's,
+ * as the tables are most of the work (docs/DESIGN.md, 'A C GEMV for one row') */
+#define SHARED_PREP_MIN 2048
+
 #define ROWS_PER_PASS 32 /* rows whose tables (8 bytes per input each) are made before one pass */
 
 /* gemv(w, ws, x, y, m, tiles, k, kp, g, xb, mult, off, simd, threads, planes, zo_or_None): y is
@@ -565,7 +569,7 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
         const Rows R = {{w.buf, ws.buf, has_zo ? zo.buf : NULL, NULL, NULL, NULL, NULL, gw, NULL, kp, xb, nbw, tiles,
                          tn, mult, off, planes},
                         rows, n, tab, xq, xs, xsum, (float *)y.buf + r0 * n, tiles};
-        prep_then_run(prepare_part, &P, rows * kp, run_part, &R, simd, parts);
+        prep_then_run(prepare_part, &P, rows * kp, SHARED_PREP_MIN, run_part, &R, simd, parts);
     }
     Py_END_ALLOW_THREADS
     free(xq); free(tab); free(xs); free(xsum); free(gw);

@@ -142,13 +142,11 @@ static void quant_part(const void *job, int simd, int part, int parts) {
 /* a share of a call's work: part `part` of `parts` */
 typedef void (*PartFn)(const void *job, int simd, int part, int parts);
 
-#define SHARED_PREP_MIN 8192 /* activations (rows x kp) from which the threads share their quantisation */
-
-/* prep's parts (the activations' quantisation), then run's, in one parallel region. Under SHARED_PREP_MIN
- * activations prep runs on one thread first: there the barrier between the two costs more than sharing saves. */
-static void prep_then_run(PartFn prep, const void *pjob, int64_t size, PartFn run, const void *job, int simd,
-                          int parts) {
-    const int shared = parts > 1 && size >= SHARED_PREP_MIN;
+/* prep's parts (the activations' quantisation), then run's, in one parallel region. Under shared_min activations
+ * (rows x kp) prep runs on one thread first: there the barrier between the two costs more than sharing saves. */
+static void prep_then_run(PartFn prep, const void *pjob, int64_t size, int64_t shared_min, PartFn run,
+                          const void *job, int simd, int parts) {
+    const int shared = parts > 1 && size >= shared_min;
     if (!shared) prep(pjob, simd, 0, 1);
     if (parts <= 1) {
         run(job, simd, 0, 1);

@@ -182,6 +182,8 @@ static void run_part(const void *job, int simd, int part, int parts) {
     rows_portable(J, r0, r1);
 }
 
+#define SHARED_QUANT_MIN 8192 /* activations from which the threads share their quantisation (prep_then_run) */
+
 /* the path gemv and tiles run for a requested simd on this CPU (each falls back to the one below) */
 static int run_path(int simd) {
     if (simd == 2 && !cpu_vnni()) simd = 1;
@@ -247,7 +249,7 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
     int parts = c.threads < 1 ? 1 : c.threads;
     if ((int64_t)parts > n) parts = (int)(n > 0 ? n : 1);
     Py_BEGIN_ALLOW_THREADS
-    if (m > 0) prep_then_run(quant_part, &Q, m * kp, run_part, &J, simd, parts);
+    if (m > 0) prep_then_run(quant_part, &Q, m * kp, SHARED_QUANT_MIN, run_part, &J, simd, parts);
     Py_END_ALLOW_THREADS
     free(xq); free(xs); free(xsum); free(gw);
     ret = Py_None;
@@ -307,7 +309,7 @@ static PyObject *tiles(PyObject *self, PyObject *args) {
     const int parts = (int64_t)threads > units ? (int)units : threads;
     const QuantRows Q = {(const float *)c.x.buf, xq, xs, xsum, m, k, kp, xb, nbx};
     Py_BEGIN_ALLOW_THREADS
-    prep_then_run(quant_part, &Q, m * kp, tiles_part, &J, simd, parts);
+    prep_then_run(quant_part, &Q, m * kp, SHARED_QUANT_MIN, tiles_part, &J, simd, parts);
     Py_END_ALLOW_THREADS
     free(xq); free(xs); free(xsum);
     ret = Py_None;
