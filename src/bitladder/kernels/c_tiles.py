@@ -7,8 +7,8 @@ repacked as columns of eight outputs, four codes per output and bit plane in eac
 activation codes are broadcast, so a block's dots land in the lanes of the outputs they belong to and the
 block's scaling is one vector multiply per eight outputs (ggml's CPU path quantises activations to 8 bits per
 block for every quantised matmul too). The columns a register tile reads together are stored interleaved
-(:func:`~bitladder.kernels.packrows.panels`), one stream from memory per tile. :meth:`CTilesKernel.reference` is the arithmetic in
-PyTorch; the AVX-512 VNNI, AVX2 and portable C paths give its bits.
+(:func:`~bitladder.kernels.packrows.panels`), one stream from memory per tile. :meth:`CTilesKernel.reference` is
+the arithmetic in PyTorch; the AVX-512 VNNI, AVX2 and portable C paths give its bits.
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
     inner = max(1, min(20, int(2e8 / flops)))
     with torch.no_grad():
         lat = timed(fns, rounds, inner)
-    stream = {}
+    stream, paired = {}, {}
     if m == 1:
         cache = llc_bytes()
         copies = {v: [built[v]] + [makers[v]() for _ in range(copies_for(wbytes[v], cache) - 1)] for v in makers}
