@@ -93,6 +93,28 @@ def test_per_token_codes_are_the_reference_grid_and_codes(simd, log_b, blocks, r
 
 @needs_c
 @pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("signs", ["mixed", "positive", "negative"])
+@pytest.mark.parametrize("rows", [1, 7, 600])
+def test_per_token_codes_when_the_rows_extremes_share_a_sign(simd, signs, rows):
+    # the first pass quantises on the grid of [-1, 1] and keeps those codes only if every row's extremes make
+    # that grid; rows whose largest magnitudes are all positive (or all negative) make another, and need the second
+    b, k = 64, 384
+    g = torch.Generator().manual_seed(rows)
+    y = torch.randn(rows, k, generator=g) * 0.1
+    sign = {"mixed": (-1.0) ** torch.arange(rows), "positive": torch.ones(rows), "negative": -torch.ones(rows)}[signs]
+    y[:, 5] = 4.0 * sign
+    x = H.butterflies(y, b)  # the rotation is its own inverse: rotated again, x is y (to rounding)
+    q, scale, zp, r = H.fwht_token(x, b, 255, simd=simd)
+    rq, rscale, rzp, rr = H.token_reference(x, b, 255)
+    assert torch.equal(q, rq) and (scale, zp) == (rscale, rzp) and torch.equal(r, rr)
+    if signs == "mixed" and rows > 1:  # the first pass's grid
+        assert (scale, zp) == (2 / 255, 128)
+    else:  # one side reaches 1 and the other stays near 0: a narrower grid, its zero point near an end
+        assert scale < 0.7 * 2 / 255 and (zp < 64 if sign[0] > 0 else zp > 191)
+
+
+@needs_c
+@pytest.mark.parametrize("simd", [True, False])
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(st.integers(0, 7), st.integers(1, 5), st.integers(0, 300), st.floats(0.0, 50), st.booleans())
 def test_rotated_rows_divided_by_their_largest_magnitude_have_the_reference_bits(simd, log_b, blocks, rows, spread,

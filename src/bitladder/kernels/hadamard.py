@@ -140,8 +140,9 @@ def token_reference(x: torch.Tensor, block: int, levels: int) -> tuple[torch.Ten
 
 def fwht_token(x: torch.Tensor, block: int, levels: int,
                simd: bool | None = None) -> tuple[torch.Tensor, float, int, torch.Tensor]:
-    """:func:`token_reference` in C: one pass for the rows' extremes, one that rotates again and quantises
-    (no float copy of the rotated input is kept). ``x``: (M, K) float32."""
+    """:func:`token_reference` in C: one pass finds the rows' extremes and quantises on the grid of [-1, 1]; a
+    second rotates again and quantises only where the rows' extremes make another grid (no float copy of the
+    rotated input is kept). ``x``: (M, K) float32."""
     k = x.shape[-1]
     _check(block, k)
     xc = x.contiguous()

@@ -8,9 +8,11 @@
  *
  * fwht_codes also quantises the rotated row on a static uint8 grid, clamp(nearbyint(y * inv) + zp, cmin, cmax),
  * while it is still in registers: one pass, one byte written per element instead of four read back.
- * fwht_token does the per-token grid of kernels/onednn_w8a8.py on rotated rows: a first pass finds each row's
- * extremes, the shared grid follows, and a second pass rotates again (cheaper than storing the float rows) and
- * quantises (y / r) on it. fwht_rows leaves the rotated rows divided by their largest magnitude, as floats (the
+ * fwht_token does the per-token grid of kernels/onednn_w8a8.py on rotated rows. The grid is shared by all rows and
+ * known only after every row's extremes, but it is the grid of [-1, 1] whenever some row's largest magnitude is
+ * positive and another's negative (each row is divided by its own): the first pass quantises (y / r) on that grid
+ * while the row is in L1, and a second pass, which rotates again (cheaper than storing the float rows), runs only
+ * when the grid turns out otherwise. fwht_rows leaves the rotated rows divided by their largest magnitude, as floats (the
  * input fbgemm's per-call GEMM quantises itself). static_codes is the static grid without a rotation, the input
  * scale and the clamp of kernels/static_w8a8.py applied in the same pass, and the codes split into the [lo; hi]
  * rows of oneDNN's GEMM on CPUs without VNNI where asked.
@@ -76,10 +78,10 @@ AVX2 static inline __m256 inlane(__m256 v) {
 #define BL_BLOCK(NV)                                                                                   \
     AVX2 static inline void block##NV(const float *x, float *y, __m256 nv) {                           \
         __m256 v[NV];                                                                                  \
-        for (int i = 0; i < NV; i++) v[i] = inlane(_mm256_loadu_ps(x + 8 * i));                       \
-        for (int h = 1; h < NV; h <<= 1)                                                               \
-            for (int i = 0; i < NV; i += 2 * h)                                                        \
-                for (int j = i; j < i + h; j++) {                                                      \
+        _Pragma("GCC unroll 8") for (int i = 0; i < NV; i++) v[i] = inlane(_mm256_loadu_ps(x + 8 * i));  \
+        _Pragma("GCC unroll 8") for (int h = 1; h < NV; h <<= 1)                                       \
+            _Pragma("GCC unroll 8") for (int i = 0; i < NV; i += 2 * h)                                \
+                _Pragma("GCC unroll 8") for (int j = i; j < i + h; j++) {                              \
                     const __m256 a = v[j], c = v[j + h];                                               \
                     v[j] = _mm256_add_ps(a, c);                                                        \
                     v[j + h] = _mm256_sub_ps(a, c);                                                    \
@@ -338,6 +340,14 @@ done:
     return ret;
 }
 
+/* the shared grid of `levels` steps over [min(L, 0), max(H, 0)], in double as onednn_w8a8._grid computes it */
+static void token_grid(float L, float H, int levels, double *scale, int *zp) {
+    const double lo = L < 0.0f ? (double)L : 0.0, hi = H > 0.0f ? (double)H : 0.0;
+    *scale = (hi - lo) / levels > 1e-30 ? (hi - lo) / levels : 1e-30;
+    const double z = nearbyint(-lo / *scale);
+    *zp = (int)(z < 0 ? 0 : (z > levels ? levels : z));
+}
+
 /* fwht_token(x, q, r, m, k, b, norm, levels, simd, threads) -> (scale, zp): per row r = max(max y, -min y), the rows
  * share one grid of `levels` steps over [min(min_rows lo / r, 0), max(max_rows hi / r, 0)] (as
  * onednn_w8a8._grid computes it, in double), q = clamp(nearbyintf((y / r) * (1.0f / (float)scale)) + zp, 0, 255):
@@ -370,8 +380,10 @@ static PyObject *fwht_token(PyObject *self, PyObject *args) {
     }
     const int parts = threads < 1 ? 1 : threads;
     int failed = 0;
-    double scale = 0.0;
-    int zp = 0;
+    double scale = 0.0, guess = 0.0;
+    int zp = 0, gzp = 0, again = 1;
+    token_grid(-1.0f, 1.0f, levels, &guess, &gzp);
+    const float ginv = 1.0f / (float)guess;
     Py_BEGIN_ALLOW_THREADS
 #pragma omp parallel num_threads(parts) if (parts > 1 && m * k >= 65536)
     {
@@ -390,6 +402,8 @@ static PyObject *fwht_token(PyObject *self, PyObject *args) {
             rs[r] = a;
             nhi[r] = hi / a;
             nlo[r] = lo / a;
+            const Grid g = {ginv, (float)gzp, 0.0f, 255.0f, a};
+            row_codes(row, qs + r * k, k, g, vec);
         }
 #pragma omp single
         {
@@ -398,15 +412,13 @@ static PyObject *fwht_token(PyObject *self, PyObject *args) {
                 L = nlo[r] < L ? nlo[r] : L;
                 H = nhi[r] > H ? nhi[r] : H;
             }
-            const double lo = L < 0.0f ? (double)L : 0.0, hi = H > 0.0f ? (double)H : 0.0;
-            scale = (hi - lo) / levels > 1e-30 ? (hi - lo) / levels : 1e-30;
-            const double z = nearbyint(-lo / scale);
-            zp = (int)(z < 0 ? 0 : (z > levels ? levels : z));
+            token_grid(L, H, levels, &scale, &zp);
+            again = scale != guess || zp != gzp;
         }
         const float inv = 1.0f / (float)scale;
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < m; r++) {
-            if (!row) continue;
+            if (!row || !again) continue;
             const Grid g = {inv, (float)zp, 0.0f, 255.0f, rs[r]};
             rotate_row(xs + r * k, row, k, b, norm, vec);
             row_codes(row, qs + r * k, k, g, vec);
@@ -544,7 +556,7 @@ static PyMethodDef methods[] = {
     {"fwht_rows", fwht_rows, METH_VARARGS, "Rotated rows, each divided by its largest magnitude."},
     {"fwht", fwht, METH_VARARGS, "Block Walsh-Hadamard transform of float32 rows, rows split over threads."},
     {"fwht_codes", fwht_codes, METH_VARARGS, "The same, quantised on a static uint8 grid in the same pass."},
-    {"fwht_token", fwht_token, METH_VARARGS, "Rotated rows quantised on the per-token grid, two passes."},
+    {"fwht_token", fwht_token, METH_VARARGS, "Rotated rows quantised on the per-token grid, one pass when the grid is [-1, 1]."},
     {"static_codes", static_codes, METH_VARARGS, "Rows scaled, clamped and quantised on a static grid, split."},
     {NULL, NULL, 0, NULL}};
 
