@@ -82,13 +82,37 @@ def test_per_token_codes_are_the_reference_grid_and_codes(simd, log_b, blocks, r
     b = 2**log_b
     x = torch.randn(rows, 8 * b * blocks, generator=torch.Generator().manual_seed(rows)) * spread
     x[:, 0] += spread  # an outlier channel, spread over its block by the rotation
-    q, scale, zp, r = H.fwht_token(x, b, levels, simd=simd)
+    q, scale, zp, r = H.token_codes(x, b, levels, simd=simd)
     rq, rscale, rzp, rr = H.token_reference(x, b, levels)
     assert torch.equal(q, rq) and (scale, zp) == (rscale, rzp) and torch.equal(r, rr)
     assert 0 <= zp <= levels and int(q.max()) <= levels + 1  # codes span the grid (one step of rounding slack)
     # dequantised, each row is its rotated input within half a step of its own scale
     y = H.butterflies(x, b)
     assert ((q.float() - zp) * scale * r - y).abs().max() <= 0.5001 * scale * float(r.max())
+
+
+@needs_c
+@pytest.mark.parametrize("simd", [True, False])
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(1, 200), st.integers(1, 300), st.sampled_from([127, 255]), st.booleans(), st.booleans())
+def test_per_token_codes_of_scaled_rows_are_the_tensor_operations_bits(simd, rows, k, levels, scaled, ties):
+    # no rotation (block 1), SmoothQuant's input scale or none, widths that leave a scalar tail
+    g = torch.Generator().manual_seed(rows * 1000 + k)
+    x = torch.randn(rows, k, generator=g) * 3
+    if ties:  # a row of equal magnitudes: every code is an end of the grid, and zeros sit on the zero point
+        x[0] = torch.sign(x[0]) * 2.0
+    s = torch.rand(k, generator=g) + 0.5 if scaled else None
+    x0 = x.clone()
+    q, scale, zp, r = H.token_codes(x, 1, levels, s, simd=simd)
+    assert torch.equal(x, x0)  # the caller's rows are read, not overwritten
+    rq, rscale, rzp, rr = H.token_reference(x, 1, levels, s)
+    assert torch.equal(q, rq) and (scale, zp) == (rscale, rzp) and torch.equal(r, rr)
+
+
+@needs_c
+def test_per_token_codes_refuse_an_input_scale_of_another_width():
+    with pytest.raises(BitladderError, match="one value per input"):
+        H.token_codes(torch.randn(3, 16), 1, 255, torch.ones(15))
 
 
 @needs_c
@@ -104,7 +128,7 @@ def test_per_token_codes_when_the_rows_extremes_share_a_sign(simd, signs, rows):
     sign = {"mixed": (-1.0) ** torch.arange(rows), "positive": torch.ones(rows), "negative": -torch.ones(rows)}[signs]
     y[:, 5] = 4.0 * sign
     x = H.butterflies(y, b)  # the rotation is its own inverse: rotated again, x is y (to rounding)
-    q, scale, zp, r = H.fwht_token(x, b, 255, simd=simd)
+    q, scale, zp, r = H.token_codes(x, b, 255, simd=simd)
     rq, rscale, rzp, rr = H.token_reference(x, b, 255)
     assert torch.equal(q, rq) and (scale, zp) == (rscale, rzp) and torch.equal(r, rr)
     if signs == "mixed" and rows > 1:  # the first pass's grid

@@ -198,6 +198,26 @@ def test_per_token_rotated_rows_in_c_are_the_tensor_operations_bits(block):
     assert torch.equal(kern.finish(fused, None), kern.finish(apart, None))
 
 
+@pytest.mark.skipif(not OnednnW8A8Kernel.available(), reason="no oneDNN quantized linear in this torch")
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("block", [1, 8, 64])
+def test_onednn_per_token_codes_in_c_are_the_tensor_operations_bits(scaled, block):
+    from bitladder.kernels import hadamard
+
+    if not hadamard.installed():
+        pytest.skip("the C kernels were not built")
+    qt = _qt("int8", Layout("channel"), 24, 192)
+    kern, x = OnednnW8A8TokenKernel.from_qtensor(qt), _x(40, 192) * 5
+    s = torch.rand(192, generator=torch.Generator().manual_seed(2)) + 0.5 if scaled else None
+    if block == 1:  # the C prepare against the kernel's tensor operations (its path without the C build)
+        fused, apart = kern.prepare(x, s), hadamard.token_reference(x, 1, kern.levels, s)
+    else:  # rotated in C against rotate-then-prepare
+        fused, apart = kern.prepare_rotated(x * s if scaled else x, block), kern.prepare(
+            hadamard.butterflies(x * s if scaled else x, block), None)
+    assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(fused, apart))
+    assert torch.equal(kern.finish(fused, None), kern.finish(apart, None))
+
+
 @pytest.mark.parametrize("token, tensor", [(FbgemmW8A8TokenKernel, FbgemmW8A8Kernel),
                                            (OnednnW8A8TokenKernel, OnednnW8A8Kernel)], ids=["fbgemm", "onednn"])
 def test_per_token_keeps_small_rows_and_zero_rows(token, tensor):

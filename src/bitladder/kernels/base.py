@@ -18,6 +18,7 @@ Each kernel class declares what it needs, and :mod:`bitladder.kernels.select` re
 from __future__ import annotations
 
 import abc
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +104,15 @@ def as_x(x: torch.Tensor, k: int) -> torch.Tensor:
     if x.dtype is torch.float32 and not x.requires_grad and x.is_contiguous():
         return x  # as it is: three no-op calls cost a small layer's call a few microseconds
     return x.detach().float().contiguous()
+
+
+def uint8_codes(x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
+    """``x`` quantised by ``torch.quantize_per_tensor`` to uint8 (one vectorised pass), as a plain uint8 tensor: a
+    view of the quint8 result's bytes, no copy."""
+    with warnings.catch_warnings():  # quantized tensor creation is deprecated; here it is only a fast cast
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_tensor(x, scale, zp, torch.quint8)
+    return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
 
 
 def uint8_grid(lo: float, hi: float, levels: int) -> tuple[float, int]:

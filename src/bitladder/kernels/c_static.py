@@ -15,10 +15,9 @@ import numpy as np
 import torch
 
 from bitladder.kernels import hadamard
-from bitladder.kernels.base import KernelUnsupported, LinearKernel, as_x, nbytes_of, weight_parts
+from bitladder.kernels.base import KernelUnsupported, LinearKernel, as_x, nbytes_of, uint8_codes, weight_parts
 from bitladder.kernels.c_lowbit import c_module, simd_path
 from bitladder.kernels.fbgemm_w8a8 import int8_per_row
-from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel
 from bitladder.kernels.registry import register
 from bitladder.kernels.static_w8a8 import _Static
 from bitladder.tensor.quantized import QuantizedTensor
@@ -80,7 +79,7 @@ class CStaticKernel(_Static, LinearKernel):
         if hadamard.fast_path(x) and x.dim() == 2:
             return hadamard.static_codes(x, in_scale, (lo, hi) if self._clamp else None, self._inv, zp, False,
                                          self._simd), zp, x
-        return OnednnW8A8Kernel._quantize(self._input(x, in_scale), step, zp).contiguous(), zp, x
+        return uint8_codes(self._input(x, in_scale), step, zp).contiguous(), zp, x
 
     @property
     def rotates(self) -> bool:

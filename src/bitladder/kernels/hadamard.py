@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from bitladder.errors import BitladderError
-from bitladder.kernels.base import uint8_grid
+from bitladder.kernels.base import uint8_codes, uint8_grid
 from bitladder.kernels.cpu import current
 
 try:  # by its full name: the compiled module, not the package that imports this file
@@ -127,31 +127,39 @@ def reciprocal(step: float) -> float:
 _NO_SCALE = np.empty(0, np.float32)
 
 
-def token_reference(x: torch.Tensor, block: int, levels: int) -> tuple[torch.Tensor, float, int, torch.Tensor]:
-    """(codes, scale, zero point, row scales (M, 1)) of the per-token grid (``kernels/onednn_w8a8.py``) on the
-    rotated rows ``butterflies(x)``, in the operations :func:`fwht_token` performs."""
-    y = butterflies(x.float(), block)
-    hi, lo = y.amax(dim=-1, keepdim=True), y.amin(dim=-1, keepdim=True)
-    r = torch.maximum(hi, lo.neg()).clamp(min=1e-30)
+def token_reference(x: torch.Tensor, block: int, levels: int,
+                    in_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, float, int, torch.Tensor]:
+    """(codes, scale, zero point, row scales (M, 1)) of the per-token grid (``kernels/onednn_w8a8.py``) on
+    ``v = x * in_scale`` (or ``x``), rotated by ``butterflies(v, block)`` unless ``block`` is 1: each row divided
+    by its largest magnitude ``r``, the rows' shared uint8 grid of ``levels`` steps, ``quantize_per_tensor``'s
+    codes. The per-token kernel's tensor operations, which :func:`token_codes` does in C."""
+    v = x if in_scale is None else x * in_scale
+    if block > 1:
+        v = butterflies(v.float(), block)
+    hi, lo = v.amax(dim=-1, keepdim=True), v.amin(dim=-1, keepdim=True)
+    r = torch.maximum(hi, lo.neg()).clamp_(min=1e-30)
+    vn = v.div_(r) if v is not x else v / r  # x * in_scale and the rotation are ours to overwrite
     scale, zp = uint8_grid(float((lo / r).min()), float((hi / r).max()), levels)
-    inv = torch.tensor(float(np.float32(1.0) / np.float32(scale)))
-    return (torch.round((y / r) * inv) + float(zp)).clamp_(0, 255).to(torch.uint8), scale, zp, r
+    return uint8_codes(vn, scale, zp), scale, zp, r
 
 
-def fwht_token(x: torch.Tensor, block: int, levels: int,
-               simd: bool | None = None) -> tuple[torch.Tensor, float, int, torch.Tensor]:
-    """:func:`token_reference` in C: one pass finds the rows' extremes and quantises on the grid of [-1, 1]; a
-    second rotates again and quantises only where the rows' extremes make another grid (no float copy of the
-    rotated input is kept). ``x``: (M, K) float32."""
+def token_codes(x: torch.Tensor, block: int, levels: int, in_scale: torch.Tensor | None = None,
+                simd: bool | None = None) -> tuple[torch.Tensor, float, int, torch.Tensor]:
+    """:func:`token_reference` in C with the same bits, for float32 ``x`` (M, K): one pass makes each row (scaled,
+    rotated) in L1, finds its extremes and quantises it on the grid of [-1, 1]; a second makes the rows again
+    only where their extremes make another grid (no float copy of the input is kept)."""
     k = x.shape[-1]
     _check(block, k)
     xc = x.contiguous()
     m = xc.numel() // max(k, 1)
     q = torch.empty(xc.shape, dtype=torch.uint8)
     r = torch.empty(m, 1)
+    s = _NO_SCALE if in_scale is None else in_scale.detach().float().contiguous().reshape(-1).numpy()
+    if s.size not in (0, k):
+        raise BitladderError(f"an input scale has one value per input ({k}); got {s.size}")
     use_simd = current().has("avx2") if simd is None else bool(simd)
-    scale, zp = _hadamard.fwht_token(xc.numpy(), q.numpy(), r.numpy(), m, k, block, _f32(1.0 / math.sqrt(block)),
-                                     levels, int(use_simd), torch.get_num_threads())
+    scale, zp = _hadamard.token_codes(xc.numpy(), s, q.numpy(), r.numpy(), m, k, block,
+                                      _f32(1.0 / math.sqrt(block)), levels, int(use_simd), torch.get_num_threads())
     return q, scale, zp, r
 
 

@@ -21,7 +21,8 @@ import torch
 
 from bitladder.kernels.base import KernelUnsupported
 from bitladder.kernels.fbgemm_w8a8 import levels_for
-from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel, _grid, _raw
+from bitladder.kernels.base import uint8_codes
+from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel, _grid
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -112,10 +113,7 @@ class OnednnConv2dW8A8:
 
     def _conv(self, x: torch.Tensor, scale: float, zp: int, bias: torch.Tensor | None) -> torch.Tensor:
         """The integer convolution of ``x`` quantised to uint8 on the grid (``scale``, ``zp``)."""
-        with warnings.catch_warnings():  # quantized tensor creation is deprecated; here it is only a fast cast
-            warnings.simplefilter("ignore")
-            q = _raw(torch.quantize_per_tensor(x, scale, zp, torch.quint8)).contiguous(
-                memory_format=torch.channels_last)
+        q = uint8_codes(x, scale, zp).contiguous(memory_format=torch.channels_last)
         y = torch.ops.onednn.qconv2d_pointwise(q, scale, zp, self._packed, self._scale, self._zp,
                                                None if bias is None else bias.float(), *self.args, 1.0, 0,
                                                torch.float32, "none", [], "")

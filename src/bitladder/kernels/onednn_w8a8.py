@@ -22,16 +22,11 @@ import warnings
 import torch
 
 from bitladder.kernels import hadamard
-from bitladder.kernels.base import KernelUnsupported, LinearKernel, rows_times_plus, weight_parts
+from bitladder.kernels.base import KernelUnsupported, LinearKernel, rows_times_plus, uint8_codes, weight_parts
 from bitladder.kernels.base import uint8_grid as _grid
 from bitladder.kernels.fbgemm_w8a8 import int8_per_row, levels_for
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
-
-
-def _raw(q: torch.Tensor) -> torch.Tensor:
-    """The uint8 storage of a quint8 tensor as a plain tensor (a view, no copy)."""
-    return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
 
 
 @register
@@ -67,12 +62,6 @@ class OnednnW8A8Kernel(LinearKernel):
     def applies(cls, qt: QuantizedTensor) -> bool:
         return int8_per_row(qt)
 
-    @staticmethod
-    def _quantize(x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
-        with warnings.catch_warnings():  # quantized tensor creation is deprecated; here it is only a fast cast
-            warnings.simplefilter("ignore")
-            return _raw(torch.quantize_per_tensor(x, scale, zp, torch.quint8))
-
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         return self._fused(x, None, None)
 
@@ -84,7 +73,7 @@ class OnednnW8A8Kernel(LinearKernel):
         Layers that read one tensor with one input scale (q, k, v) can share it (``QuantLinear`` does)."""
         xs = x if in_scale is None else x * in_scale
         scale, zp = _grid(float(xs.amin()), float(xs.amax()), self.levels)
-        return self._quantize(xs, scale, zp), scale, zp, None
+        return uint8_codes(xs, scale, zp), scale, zp, None
 
     def finish(self, prep: tuple, bias: torch.Tensor | None) -> torch.Tensor:
         """(M, N) float32: the integer GEMM on :meth:`prepare`'s output, row scales and ``bias`` applied."""
@@ -113,12 +102,9 @@ class OnednnW8A8TokenKernel(OnednnW8A8Kernel):
 
     def prepare_rotated(self, x: torch.Tensor, block: int) -> tuple:
         """:meth:`prepare` of ``x @ H`` (block-Hadamard) in C, without a float copy of the rotated input."""
-        return hadamard.fwht_token(x, block, self.levels)
+        return hadamard.token_codes(x, block, self.levels)
 
     def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
-        xs = x if in_scale is None else x * in_scale
-        hi, lo = xs.amax(dim=1, keepdim=True), xs.amin(dim=1, keepdim=True)
-        r = torch.maximum(hi, lo.neg()).clamp_(min=1e-30)
-        xn = xs.div_(r) if xs is not x else xs / r  # x * in_scale is ours to overwrite
-        scale, zp = _grid(float((lo / r).min()), float((hi / r).max()), self.levels)
-        return self._quantize(xn, scale, zp), scale, zp, r
+        if hadamard.fast_path(x):  # the same bits in C, mostly in one pass over x
+            return hadamard.token_codes(x, 1, self.levels, in_scale)
+        return hadamard.token_reference(x, 1, self.levels, in_scale)

@@ -24,7 +24,7 @@ import torch
 
 from bitladder.formats.qtypes import get_qtype
 from bitladder.kernels import hadamard
-from bitladder.kernels.base import weight_parts
+from bitladder.kernels.base import uint8_codes, weight_parts
 from bitladder.kernels.cpu import current
 from bitladder.kernels.fbgemm_w8a8 import FbgemmW8A8Kernel
 from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel
@@ -98,7 +98,7 @@ class OnednnStaticKernel(_Static, OnednnW8A8Kernel):
             q = hadamard.static_codes(x, in_scale, (lo, hi) if self._clamp else None, self._inv, zp, self.split,
                                       self._simd)
             return (q, step, zp, x.shape[0]) if self.split else (q, step, zp, None)
-        return self._parts(self._quantize(self._input(x, in_scale), step, zp))
+        return self._parts(uint8_codes(self._input(x, in_scale), step, zp))
 
     def prepare_rotated(self, x: torch.Tensor, block: int) -> tuple:
         """:meth:`prepare` of ``x @ H`` (block-Hadamard), rotated and quantised in one pass."""

@@ -8,12 +8,9 @@
  *
  * fwht_codes also quantises the rotated row on a static uint8 grid, clamp(nearbyint(y * inv) + zp, cmin, cmax),
  * while it is still in registers: one pass, one byte written per element instead of four read back.
- * fwht_token does the per-token grid of kernels/onednn_w8a8.py on rotated rows. The grid is shared by all rows and
- * known only after every row's extremes, but it is the grid of [-1, 1] whenever some row's largest magnitude is
- * positive and another's negative (each row is divided by its own): the first pass quantises (y / r) on that grid
- * while the row is in L1, and a second pass, which rotates again (cheaper than storing the float rows), runs only
- * when the grid turns out otherwise. fwht_rows leaves the rotated rows divided by their largest magnitude, as floats (the
- * input fbgemm's per-call GEMM quantises itself). static_codes is the static grid without a rotation, the input
+ * token_codes does the per-token grid of kernels/onednn_w8a8.py on rows rotated or not (and scaled by
+ * SmoothQuant's input scale where it has one), mostly in one pass (see there). fwht_rows leaves the rotated rows
+ * divided by their largest magnitude, as floats (the input fbgemm's per-call GEMM quantises itself). static_codes is the static grid without a rotation, the input
  * scale and the clamp of kernels/static_w8a8.py applied in the same pass, and the codes split into the [lo; hi]
  * rows of oneDNN's GEMM on CPUs without VNNI where asked.
  */
@@ -29,7 +26,7 @@
 #endif
 
 static void row_portable(const float *x, float *y, int64_t k, int64_t b, float norm) {
-    memcpy(y, x, (size_t)k * sizeof(float));
+    if (y != x) memcpy(y, x, (size_t)k * sizeof(float)); /* token_row rotates x * s in place */
     for (int64_t base = 0; base < k; base += b)
         for (int64_t h = 1; h < b; h <<= 1)
             for (int64_t i = base; i < base + b; i += 2 * h)
@@ -41,21 +38,22 @@ static void row_portable(const float *x, float *y, int64_t k, int64_t b, float n
     for (int64_t j = 0; j < k; j++) y[j] = y[j] * norm;
 }
 
-/* code = clamp(nearbyint((y / div) * inv) + zp, cmin, cmax); div = 1 skips the division (y / 1 is y) */
+/* code = clamp(nearbyint(y * inv) + zp, cmin, cmax) */
 typedef struct {
-    float inv, zp, cmin, cmax, div;
+    float inv, zp, cmin, cmax;
 } Grid;
 
-/* static_codes' grid: v = x * s, clamped to [lo, hi] if clamp; code = clamp(nearbyint(fma(v, inv, zp)), 0, 255),
- * the single rounding of quantize_per_tensor on x86 (fbgemm's fused multiply-add) */
+/* static_codes' grid: v = x * s, divided by div unless it is 1 (token_codes: the row's absmax), clamped to
+ * [lo, hi] if clamp; code = clamp(nearbyint(fma(v, inv, zp)), 0, 255), the single rounding of
+ * quantize_per_tensor on x86 (fbgemm's fused multiply-add) */
 typedef struct {
-    float lo, hi, inv, zp;
+    float lo, hi, inv, zp, div;
     int clamp;
 } Static;
 
 static void codes_portable(const float *y, uint8_t *q, int64_t k, Grid g) {
     for (int64_t j = 0; j < k; j++) {
-        float c = nearbyintf((g.div == 1.0f ? y[j] : y[j] / g.div) * g.inv) + g.zp;
+        float c = nearbyintf(y[j] * g.inv) + g.zp;
         q[j] = (uint8_t)(c < g.cmin ? g.cmin : (c > g.cmax ? g.cmax : c));
     }
 }
@@ -121,16 +119,13 @@ AVX2 static void row_avx2(const float *x, float *y, int64_t k, int64_t b, float 
  * the packs interleave 128-bit lanes, which the final permute undoes */
 AVX2 static void codes_avx2(const float *y, uint8_t *q, int64_t k, Grid g) {
     const __m256 inv = _mm256_set1_ps(g.inv), zp = _mm256_set1_ps(g.zp), lo = _mm256_set1_ps(g.cmin),
-                 hi = _mm256_set1_ps(g.cmax), dv = _mm256_set1_ps(g.div);
-    const int divide = g.div != 1.0f;
+                 hi = _mm256_set1_ps(g.cmax);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     int64_t j = 0;
     for (; j + 32 <= k; j += 32) {
         __m256i a[4];
         for (int t = 0; t < 4; t++) {
-            __m256 v = _mm256_loadu_ps(y + j + 8 * t);
-            if (divide) v = _mm256_div_ps(v, dv);
-            __m256 c = _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            __m256 c = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(y + j + 8 * t), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             a[t] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(c, zp), lo), hi));
         }
         __m256i p = _mm256_packus_epi16(_mm256_packs_epi32(a[0], a[1]), _mm256_packs_epi32(a[2], a[3]));
@@ -169,7 +164,9 @@ AVX2 static void extremes_avx2(const float *y, int64_t k, float *hi, float *lo) 
 __attribute__((target("avx2,fma"))) static int64_t static_row_avx2(const float *x, const float *s, uint8_t *q,
                                                                   uint8_t *top, int64_t k, const Static *p) {
     const __m256 lv = _mm256_set1_ps(p->lo), hv = _mm256_set1_ps(p->hi), inv = _mm256_set1_ps(p->inv),
-                 zp = _mm256_set1_ps(p->zp), c0 = _mm256_setzero_ps(), c1 = _mm256_set1_ps(255.0f);
+                 zp = _mm256_set1_ps(p->zp), c0 = _mm256_setzero_ps(), c1 = _mm256_set1_ps(255.0f),
+                 dv = _mm256_set1_ps(p->div);
+    const int divide = p->div != 1.0f;
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7), low7 = _mm256_set1_epi8(127),
                   one = _mm256_set1_epi8(1);
     int64_t j = 0;
@@ -178,6 +175,7 @@ __attribute__((target("avx2,fma"))) static int64_t static_row_avx2(const float *
         for (int t = 0; t < 4; t++) {
             __m256 v = _mm256_loadu_ps(x + j + 8 * t);
             if (s) v = _mm256_mul_ps(v, _mm256_loadu_ps(s + j + 8 * t));
+            if (divide) v = _mm256_div_ps(v, dv);
             if (p->clamp) v = _mm256_min_ps(hv, _mm256_max_ps(lv, v)); /* a NaN passes, as in the scalar path */
             __m256 c = _mm256_round_ps(_mm256_fmadd_ps(v, inv, zp), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             a[t] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(c, c0), c1));
@@ -298,7 +296,6 @@ static PyObject *fwht_codes(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*w*nnnfffffii", &x, &q, &m, &k, &b, &norm, &g.inv, &g.zp, &g.cmin, &g.cmax, &simd,
                           &threads))
         return NULL;
-    g.div = 1.0f;
     PyObject *ret = NULL;
     if (b < 1 || (b & (b - 1)) || k % b || x.len < (Py_ssize_t)(m * k * 4) || q.len < (Py_ssize_t)(m * k)
         || !(g.cmin >= 0.0f && g.cmin <= g.cmax && g.cmax <= 255.0f)) {
@@ -337,106 +334,6 @@ static PyObject *fwht_codes(PyObject *self, PyObject *args) {
 done:
     PyBuffer_Release(&x);
     PyBuffer_Release(&q);
-    return ret;
-}
-
-/* the shared grid of `levels` steps over [min(L, 0), max(H, 0)], in double as onednn_w8a8._grid computes it */
-static void token_grid(float L, float H, int levels, double *scale, int *zp) {
-    const double lo = L < 0.0f ? (double)L : 0.0, hi = H > 0.0f ? (double)H : 0.0;
-    *scale = (hi - lo) / levels > 1e-30 ? (hi - lo) / levels : 1e-30;
-    const double z = nearbyint(-lo / *scale);
-    *zp = (int)(z < 0 ? 0 : (z > levels ? levels : z));
-}
-
-/* fwht_token(x, q, r, m, k, b, norm, levels, simd, threads) -> (scale, zp): per row r = max(max y, -min y), the rows
- * share one grid of `levels` steps over [min(min_rows lo / r, 0), max(max_rows hi / r, 0)] (as
- * onednn_w8a8._grid computes it, in double), q = clamp(nearbyintf((y / r) * (1.0f / (float)scale)) + zp, 0, 255):
- * a row's extreme is exactly +-1 before it meets the grid, as in the PyTorch path. The vector path needs whole
- * vectors (k a multiple of 8). */
-static PyObject *fwht_token(PyObject *self, PyObject *args) {
-    Py_buffer x, q, rb;
-    Py_ssize_t m, k, b;
-    float norm;
-    int levels, simd, threads;
-    if (!PyArg_ParseTuple(args, "y*w*w*nnnfiii", &x, &q, &rb, &m, &k, &b, &norm, &levels, &simd, &threads))
-        return NULL;
-    PyObject *ret = NULL;
-    if (b < 1 || (b & (b - 1)) || k % b || k < 1 || m < 1 || levels < 1 || levels > 255
-        || x.len < (Py_ssize_t)(m * k * 4) || q.len < (Py_ssize_t)(m * k) || rb.len < (Py_ssize_t)(m * 4)) {
-        PyErr_SetString(PyExc_ValueError, "hadamard.fwht_token: b must be a power of two dividing k, buffers "
-                                          "(m, k) and (m,), 1 <= levels <= 255");
-        goto done;
-    }
-    const int vec = simd && b >= 8 && k % 8 == 0 && cpu_avx2();
-    const float *xs = x.buf;
-    uint8_t *qs = q.buf;
-    float *rs = rb.buf;
-    float *nlo = malloc((size_t)m * sizeof(float)), *nhi = malloc((size_t)m * sizeof(float));
-    if (!nlo || !nhi) {
-        free(nlo);
-        free(nhi);
-        PyErr_NoMemory();
-        goto done;
-    }
-    const int parts = threads < 1 ? 1 : threads;
-    int failed = 0;
-    double scale = 0.0, guess = 0.0;
-    int zp = 0, gzp = 0, again = 1;
-    token_grid(-1.0f, 1.0f, levels, &guess, &gzp);
-    const float ginv = 1.0f / (float)guess;
-    Py_BEGIN_ALLOW_THREADS
-#pragma omp parallel num_threads(parts) if (parts > 1 && m * k >= 65536)
-    {
-        float *row = malloc((size_t)k * sizeof(float));
-        if (!row) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < m; r++) {
-            if (!row) continue;
-            float hi, lo;
-            rotate_row(xs + r * k, row, k, b, norm, vec);
-            row_extremes(row, k, &hi, &lo, vec);
-            const float a = magnitude(hi, lo);
-            rs[r] = a;
-            nhi[r] = hi / a;
-            nlo[r] = lo / a;
-            const Grid g = {ginv, (float)gzp, 0.0f, 255.0f, a};
-            row_codes(row, qs + r * k, k, g, vec);
-        }
-#pragma omp single
-        {
-            float L = nlo[0], H = nhi[0];
-            for (int64_t r = 1; r < m; r++) {
-                L = nlo[r] < L ? nlo[r] : L;
-                H = nhi[r] > H ? nhi[r] : H;
-            }
-            token_grid(L, H, levels, &scale, &zp);
-            again = scale != guess || zp != gzp;
-        }
-        const float inv = 1.0f / (float)scale;
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < m; r++) {
-            if (!row || !again) continue;
-            const Grid g = {inv, (float)zp, 0.0f, 255.0f, rs[r]};
-            rotate_row(xs + r * k, row, k, b, norm, vec);
-            row_codes(row, qs + r * k, k, g, vec);
-        }
-        free(row);
-    }
-    Py_END_ALLOW_THREADS
-    free(nlo);
-    free(nhi);
-    if (failed) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    ret = Py_BuildValue("di", scale, zp);
-done:
-    PyBuffer_Release(&x);
-    PyBuffer_Release(&q);
-    PyBuffer_Release(&rb);
     return ret;
 }
 
@@ -502,6 +399,7 @@ static void static_row(const float *x, const float *s, uint8_t *q, uint8_t *top,
 #endif
     for (; j < k; j++) {
         float v = s ? x[j] * s[j] : x[j];
+        if (p->div != 1.0f) v = v / p->div;
         if (p->clamp) v = v < p->lo ? p->lo : (v > p->hi ? p->hi : v);
         const float c = nearbyintf(fmaf(v, p->inv, p->zp));
         const uint8_t code = (uint8_t)(c > 0.0f ? (c < 255.0f ? c : 255.0f) : 0.0f); /* NaN: 0, as vmaxps gives */
@@ -512,6 +410,127 @@ static void static_row(const float *x, const float *s, uint8_t *q, uint8_t *top,
             q[j] = code;
         }
     }
+}
+
+/* the shared grid of `levels` steps over [min(L, 0), max(H, 0)], in double as kernels/base.uint8_grid computes it */
+static void token_grid(float L, float H, int levels, double *scale, int *zp) {
+    const double lo = L < 0.0f ? (double)L : 0.0, hi = H > 0.0f ? (double)H : 0.0;
+    *scale = (hi - lo) / levels > 1e-30 ? (hi - lo) / levels : 1e-30;
+    const double z = nearbyint(-lo / *scale);
+    *zp = (int)(z < 0 ? 0 : (z > levels ? levels : z));
+}
+
+/* the row the per-token grid quantises: x itself, or x * s, then rotated if b > 1 (in row) */
+static const float *token_row(const float *x, const float *s, float *row, int64_t k, int64_t b, float norm,
+                              int vrot) {
+    const float *v = x;
+    if (s) {
+        for (int64_t j = 0; j < k; j++) row[j] = x[j] * s[j];
+        v = row;
+    }
+    if (b > 1) {
+        rotate_row(v, row, k, b, norm, vrot);
+        v = row;
+    }
+    return v;
+}
+
+/* token_codes(x, s, q, r, m, k, b, norm, levels, simd, threads) -> (scale, zp): the per-token grid of
+ * kernels/onednn_w8a8.py on v = x * s (s empty: x), rotated by blocks of b unless b is 1. Per row
+ * r = max(max v, -min v) (at least 1e-30); the rows share one grid of `levels` steps over
+ * [min(min_rows lo / r, 0), max(max_rows hi / r, 0)] (token_grid); q = clamp(nearbyint(fma(v / r, 1 / scale, zp)),
+ * 0, 255), quantize_per_tensor's rounding: the codes of the tensor operations (hadamard.token_reference).
+ * The grid is known only after every row, but each row divided by its own r reaches +1 or -1, so when one row's
+ * extreme is positive and another's negative it is the grid of [-1, 1]: the first pass quantises on that one while
+ * the row is in L1, and a second pass (which makes the row again: cheaper than keeping it as floats) runs only
+ * when the rows' grid is another. */
+static PyObject *token_codes(PyObject *self, PyObject *args) {
+    Py_buffer x, sb, q, rb;
+    Py_ssize_t m, k, b;
+    float norm;
+    int levels, simd, threads;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*nnnfiii", &x, &sb, &q, &rb, &m, &k, &b, &norm, &levels, &simd, &threads))
+        return NULL;
+    PyObject *ret = NULL;
+    if (b < 1 || (b & (b - 1)) || k % b || k < 1 || m < 1 || levels < 1 || levels > 255
+        || x.len < (Py_ssize_t)(m * k * 4) || (sb.len != 0 && sb.len < (Py_ssize_t)(k * 4))
+        || q.len < (Py_ssize_t)(m * k) || rb.len < (Py_ssize_t)(m * 4)) {
+        PyErr_SetString(PyExc_ValueError, "hadamard.token_codes: b must be a power of two dividing k, buffers "
+                                          "(m, k), (k,) or empty, (m, k) and (m,), 1 <= levels <= 255");
+        goto done;
+    }
+    const int avx2 = simd && cpu_avx2();
+    const int vrot = avx2 && b >= 8, vext = avx2 && k % 8 == 0, vq = avx2 && cpu_fma();
+    const float *xs = x.buf, *s = sb.len ? (const float *)sb.buf : NULL;
+    uint8_t *qs = q.buf;
+    float *rs = rb.buf;
+    float *nlo = malloc((size_t)m * sizeof(float)), *nhi = malloc((size_t)m * sizeof(float));
+    if (!nlo || !nhi) {
+        free(nlo);
+        free(nhi);
+        PyErr_NoMemory();
+        goto done;
+    }
+    const int parts = threads < 1 ? 1 : threads, own = s || b > 1;
+    int failed = 0;
+    double scale = 0.0, guess = 0.0;
+    int zp = 0, gzp = 0, again = 1;
+    token_grid(-1.0f, 1.0f, levels, &guess, &gzp);
+    const float ginv = 1.0f / (float)guess;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(parts) if (parts > 1 && m * k >= 65536)
+    {
+        float *row = own ? malloc((size_t)k * sizeof(float)) : NULL;
+        if (own && !row) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < m; r++) {
+            if (own && !row) continue;
+            float hi, lo;
+            const float *v = token_row(xs + r * k, s, row, k, b, norm, vrot);
+            row_extremes(v, k, &hi, &lo, vext);
+            const float a = magnitude(hi, lo);
+            rs[r] = a;
+            nhi[r] = hi / a;
+            nlo[r] = lo / a;
+            const Static g = {0.0f, 0.0f, ginv, (float)gzp, a, 0};
+            static_row(v, NULL, qs + r * k, NULL, k, &g, vq);
+        }
+#pragma omp single
+        {
+            float L = nlo[0], H = nhi[0];
+            for (int64_t r = 1; r < m; r++) {
+                L = nlo[r] < L ? nlo[r] : L;
+                H = nhi[r] > H ? nhi[r] : H;
+            }
+            token_grid(L, H, levels, &scale, &zp);
+            again = scale != guess || zp != gzp;
+        }
+        const float inv = 1.0f / (float)scale;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < m; r++) {
+            if ((own && !row) || !again) continue;
+            const Static g = {0.0f, 0.0f, inv, (float)zp, rs[r], 0};
+            static_row(token_row(xs + r * k, s, row, k, b, norm, vrot), NULL, qs + r * k, NULL, k, &g, vq);
+        }
+        free(row);
+    }
+    Py_END_ALLOW_THREADS
+    free(nlo);
+    free(nhi);
+    if (failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    ret = Py_BuildValue("di", scale, zp);
+done:
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&sb);
+    PyBuffer_Release(&q);
+    PyBuffer_Release(&rb);
+    return ret;
 }
 
 /* static_codes(x, s, q, m, k, lo, hi, clamp, inv, zp, split, simd, threads): x (m, k) float32, s (k,) float32 or
@@ -526,6 +545,7 @@ static PyObject *static_codes(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*w*nnffiffiii", &x, &sb, &q, &m, &k, &p.lo, &p.hi, &p.clamp, &p.inv, &p.zp,
                           &split, &simd, &threads))
         return NULL;
+    p.div = 1.0f;
     PyObject *ret = NULL;
     if (m < 0 || k < 1 || x.len < (Py_ssize_t)(m * k * 4) || q.len < (Py_ssize_t)((split ? 2 : 1) * m * k)
         || (sb.len != 0 && sb.len < (Py_ssize_t)(k * 4)) || !(p.zp >= 0.0f && p.zp <= 255.0f)) {
@@ -556,7 +576,7 @@ static PyMethodDef methods[] = {
     {"fwht_rows", fwht_rows, METH_VARARGS, "Rotated rows, each divided by its largest magnitude."},
     {"fwht", fwht, METH_VARARGS, "Block Walsh-Hadamard transform of float32 rows, rows split over threads."},
     {"fwht_codes", fwht_codes, METH_VARARGS, "The same, quantised on a static uint8 grid in the same pass."},
-    {"fwht_token", fwht_token, METH_VARARGS, "Rotated rows quantised on the per-token grid, one pass when the grid is [-1, 1]."},
+    {"token_codes", token_codes, METH_VARARGS, "Rows (rotated or not) quantised on the per-token grid."},
     {"static_codes", static_codes, METH_VARARGS, "Rows scaled, clamped and quantised on a static grid, split."},
     {NULL, NULL, 0, NULL}};
 

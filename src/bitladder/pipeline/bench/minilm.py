@@ -262,8 +262,13 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
                                                 static_gemm="qdq", ffn_down=W8A8_OUTLIERS),
         "bitladder ONNX W8A8 static + SmoothQuant 0.8 (QDQ) on OpenVINO": lambda: _bitladder_onnx(
             spec, W8A8_SQ80, "float", folder, calib, bench_peers.openvino_onnx, static_gemm="qdq"),
-        "bitladder ONNX W8 on OpenVINO": lambda: _bitladder_onnx(
+        "bitladder ONNX W8 on OpenVINO": lambda: _bitladder_onnx(  # OpenVINO's default: activations per 32
             spec, Int(8), "float", folder, runtime=bench_peers.openvino_onnx),
+        "bitladder ONNX W8 on OpenVINO, weight-only (its dynamic quantisation off)": lambda: _bitladder_onnx(
+            spec, Int(8), "float", folder, runtime=lambda p: bench_peers.openvino_onnx(p, dq_group=0)),
+        "bitladder ONNX W8 on OpenVINO, activations int8 per 64 inputs (its dynamic quantisation)":
+            lambda: _bitladder_onnx(spec, Int(8), "float", folder,
+                                    runtime=lambda p: bench_peers.openvino_onnx(p, dq_group=64)),
         "bitladder ONNX W4 g64 gptq on OpenVINO": lambda: _bitladder_onnx(
             spec, Int(4, group=64, method=GPTQ()), "float", folder, calib, bench_peers.openvino_onnx),
         "openvino fp32": lambda: bench_peers.openvino_fp32(spec, folder),

@@ -74,21 +74,26 @@ def _ov_compile(model, folder: Path, stem: str, compress_to_fp16: bool, snippets
     return _ov_load(xml, snippets)
 
 
-def _ov_config(snippets: bool) -> dict:
+def _ov_config(snippets: bool, dq_group: int | None = None) -> dict:
     """f32 inference precision (no bf16 even where the CPU has it), the ``LATENCY`` hint, torch's thread
-    count; ``snippets=False`` turns off OpenVINO's fused subgraphs (its attention kernel among them)."""
+    count; ``snippets=False`` turns off OpenVINO's fused subgraphs (its attention kernel among them).
+    ``dq_group``: OpenVINO's dynamic quantisation of the activations of MatMuls whose weights are stored
+    compressed (int8 / int4 DequantizeLinear), int8 per group of that many inputs; 0 turns it off. None leaves
+    OpenVINO's default, which is on, in groups of 32 (2026.4): a weight-only file then runs W8A8 there."""
     config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32",
               "PERFORMANCE_HINT": "LATENCY"}
+    if dq_group is not None:
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(dq_group)
     return config if snippets else config | {"SNIPPETS_MODE": "DISABLE"}
 
 
-def _ov_load(path: Path, snippets: bool = True) -> _OpenVINO:
+def _ov_load(path: Path, snippets: bool = True, dq_group: int | None = None) -> _OpenVINO:
     """An IR (``.xml``) or ONNX file compiled for CPU with :func:`_ov_config`."""
     import openvino as ov
 
     path = Path(path)
     size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
-    return _OpenVINO(ov.Core().compile_model(str(path), "CPU", _ov_config(snippets)), size)
+    return _OpenVINO(ov.Core().compile_model(str(path), "CPU", _ov_config(snippets, dq_group)), size)
 
 
 def openvino_fp32(spec, folder: Path) -> nn.Module:
@@ -118,10 +123,10 @@ def openvino_nncf_int8(spec, folder: Path, snippets: bool = True) -> nn.Module:
     return _ov_compile(q, folder, "minilm-openvino-nncf-int8", compress_to_fp16=False, snippets=snippets)
 
 
-def openvino_onnx(path: Path, snippets: bool = True) -> nn.Module:
+def openvino_onnx(path: Path, snippets: bool = True, dq_group: int | None = None) -> nn.Module:
     """An ONNX file (bitladder's export) read and compiled by OpenVINO for CPU, as :func:`openvino_fp32` is:
-    the integer MatMuls of the file become OpenVINO's own int8 GEMMs."""
-    return _ov_load(path, snippets)
+    the integer MatMuls of the file become OpenVINO's own int8 GEMMs (``dq_group``: :func:`_ov_config`)."""
+    return _ov_load(path, snippets, dq_group)
 
 
 def torchao_int8_dynamic(spec) -> nn.Module:
