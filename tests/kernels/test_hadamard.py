@@ -34,23 +34,25 @@ def test_c_transform_has_the_butterflies_bits(simd, log_b, blocks, rows, seed):
 @needs_c
 @pytest.mark.parametrize("simd", [True, False])
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(st.integers(0, 7), st.integers(1, 5), st.integers(1, 300), st.integers(0, 255), st.data())
-def test_fused_codes_are_the_reference_codes(simd, log_b, blocks, rows, zp, data):
+@given(st.integers(1, 7), st.integers(1, 5), st.integers(1, 300), st.integers(0, 255), st.floats(1e-3, 1.0),
+       st.booleans(), st.booleans())
+def test_static_codes_of_rotated_rows_are_the_quantiser_codes_of_the_butterflies(simd, log_b, blocks, rows, zp, step,
+                                                                                 clamp, split):
     b = 2**log_b
-    cmin = data.draw(st.integers(0, 255))
-    cmax = data.draw(st.integers(cmin, 255))
-    step = data.draw(st.floats(1e-3, 1.0))
     x = torch.randn(rows, b * blocks, generator=torch.Generator().manual_seed(rows)) * 3
-    got = H.fwht_codes(x, b, step, zp, cmin, cmax, simd=simd)
-    want = H.codes_reference(x, b, step, zp, cmin, cmax)
-    assert got.dtype == torch.uint8 and torch.equal(got, want)
-    assert int(got.min()) >= cmin and int(got.max()) <= cmax
+    bounds = (-1.5, 2.0) if clamp else None
+    got = H.static_codes(x, None, bounds, H.reciprocal(step), zp, split, simd, block=b)
+    y = H.butterflies(x, b)
+    assert torch.equal(got, H.static_codes(y, None, bounds, H.reciprocal(step), zp, split, simd))
+    if split:
+        got = got[:rows].int() + 128 * got[rows:].int()
+    assert torch.equal(got.int(), _per_tensor_codes(y.clamp(*bounds) if clamp else y, step, zp).int())
 
 
 @needs_c
-def test_codes_match_quantising_the_rotated_input_except_at_ties():
+def test_static_codes_of_rotated_rows_match_the_matrix_rotation_but_for_its_rounding():
     x = torch.randn(512, 384, generator=torch.Generator().manual_seed(0))
-    got = H.fwht_codes(x, 64, 0.02, 128, 0, 255).int()
+    got = H.static_codes(x, None, None, H.reciprocal(0.02), 128, False, True, block=64).int()
     want = torch.clamp(torch.round(rotate_input(x, hadamard(64).float()) / 0.02) + 128, 0, 255).int()
     assert (got - want).abs().max() <= 1 and float((got != want).float().mean()) < 1e-3
 
@@ -61,7 +63,7 @@ def test_bad_blocks_are_refused(b, k):
     with pytest.raises(BitladderError, match="power of two dividing k"):
         H.fwht(torch.randn(2, k), b)
     with pytest.raises(BitladderError, match="power of two dividing k"):
-        H.fwht_codes(torch.randn(2, k), b, 0.1, 0, 0, 255)
+        H.static_codes(torch.randn(2, k), None, None, 10.0, 0, False, True, block=b)
     with pytest.raises(ValueError, match="power of two dividing k"):  # the C entry checks for itself
         H._hadamard.fwht(torch.randn(2, k).numpy(), torch.empty(2, k).numpy(), 2, k, b, 1.0, 1, 1)
 
@@ -205,9 +207,12 @@ def test_static_codes_of_nan_and_infinities_are_the_same_on_both_paths(clamp):
 @needs_c
 def test_static_codes_refuse_short_buffers_and_bad_zero_points():
     x, q = torch.randn(2, 8).numpy(), torch.empty(2, 8, dtype=torch.uint8).numpy()
-    with pytest.raises(ValueError, match="static_codes: buffers"):  # split needs (2m, k)
-        H._hadamard.static_codes(x, torch.empty(0).numpy(), q, 2, 8, 0.0, 0.0, 0, 1.0, 0.0, 1, 1, 1)
+    none = torch.empty(0).numpy()
+    with pytest.raises(ValueError, match="static_codes: b must be .* buffers"):  # split needs (2m, k)
+        H._hadamard.static_codes(x, none, q, 2, 8, 1, 1.0, 0.0, 0.0, 0, 1.0, 0.0, 1, 1, 1)
     with pytest.raises(ValueError, match="0 <= zp <= 255"):
-        H._hadamard.static_codes(x, torch.empty(0).numpy(), q, 2, 8, 0.0, 0.0, 0, 1.0, 300.0, 0, 1, 1)
-    with pytest.raises(ValueError, match="static_codes: buffers"):  # an input scale shorter than k
-        H._hadamard.static_codes(x, torch.ones(3).numpy(), q, 2, 8, 0.0, 0.0, 0, 1.0, 0.0, 0, 1, 1)
+        H._hadamard.static_codes(x, none, q, 2, 8, 1, 1.0, 0.0, 0.0, 0, 1.0, 300.0, 0, 1, 1)
+    with pytest.raises(ValueError, match="static_codes: b must be .* buffers"):  # an input scale shorter than k
+        H._hadamard.static_codes(x, torch.ones(3).numpy(), q, 2, 8, 1, 1.0, 0.0, 0.0, 0, 1.0, 0.0, 0, 1, 1)
+    with pytest.raises(ValueError, match="power of two dividing k"):  # a block that does not divide k
+        H._hadamard.static_codes(x, none, q, 2, 8, 16, 1.0, 0.0, 0.0, 0, 1.0, 0.0, 0, 1, 1)

@@ -88,8 +88,9 @@ class CStaticKernel(_Static, LinearKernel):
 
     def prepare_rotated(self, x: torch.Tensor, block: int) -> tuple:
         """:meth:`prepare` of ``x @ H`` (block-Hadamard), rotated and quantised in one pass."""
-        step, zp, _, _ = self._grid
-        return hadamard.fwht_codes(x, block, step, zp, *self._codes), zp, None
+        step, zp, lo, hi = self._grid
+        return hadamard.static_codes(x, None, (lo, hi) if self._clamp else None, self._inv, zp, False, self._simd,
+                                     block), zp, None
 
     def finish(self, prep: tuple, bias: torch.Tensor | None, side: tuple | None = None) -> torch.Tensor:
         """(M, N) float32 of :meth:`prepare`'s codes; ``side``: (channels (k,) int64, weights (N, k) float32),

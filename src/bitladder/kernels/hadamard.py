@@ -82,40 +82,20 @@ def fwht(x: torch.Tensor, block: int, simd: bool | None = None) -> torch.Tensor:
     return y
 
 
-def codes_reference(x: torch.Tensor, block: int, step: float, zp: int, cmin: int, cmax: int) -> torch.Tensor:
-    """uint8 ``clamp(round(y * (1/step)) + zp, cmin, cmax)`` of ``y = butterflies(x)``, all in float32: what
-    :func:`fwht_codes` computes, bit for bit."""
-    y = butterflies(x.float(), block)
-    inv = torch.tensor(_f32(1.0 / step))
-    return (torch.round(y * inv) + float(zp)).clamp_(float(cmin), float(cmax)).to(torch.uint8)
-
-
-def fwht_codes(x: torch.Tensor, block: int, step: float, zp: int, cmin: int, cmax: int,
-               simd: bool | None = None) -> torch.Tensor:
-    """:func:`codes_reference` in one C pass over float32 ``x`` (rotated and quantised in registers)."""
-    k = x.shape[-1]
-    _check(block, k)
-    xc = x.contiguous()
-    q = torch.empty(xc.shape, dtype=torch.uint8)
-    use_simd = current().has("avx2") if simd is None else bool(simd)
-    _hadamard.fwht_codes(xc.numpy(), q.numpy(), xc.numel() // max(k, 1), k, block,
-                         _f32(1.0 / math.sqrt(block)), _f32(1.0 / step), float(zp),
-                         float(cmin), float(cmax), int(use_simd), torch.get_num_threads())
-    return q
-
-
 def static_codes(x: torch.Tensor, in_scale: torch.Tensor | None, bounds: tuple[float, float] | None, inv: float,
-                 zp: int, split: bool, simd: bool) -> torch.Tensor:
-    """uint8 codes of ``x`` (M, K) float32 on a static grid in one C pass: ``x * in_scale``, clamped to
-    ``bounds`` (lo, hi) where given, then ``quantize_per_tensor(., step, zp)``'s codes (``inv``:
-    :func:`reciprocal` of ``step``); ``split``: (2M, K), the codes' low seven bits in the first M rows and their
-    top bit in the others (``kernels/static_w8a8.py``). ``simd``: the AVX2 path (where the CPU has it)."""
+                 zp: int, split: bool, simd: bool, block: int = 1) -> torch.Tensor:
+    """uint8 codes of ``x`` (M, K) float32 on a static grid in one C pass: ``x * in_scale``, rotated by
+    :func:`butterflies` (``block`` > 1), clamped to ``bounds`` (lo, hi) where given, then
+    ``quantize_per_tensor(., step, zp)``'s codes (``inv``: :func:`reciprocal` of ``step``); ``split``: (2M, K),
+    the codes' low seven bits in the first M rows and their top bit in the others (``kernels/static_w8a8.py``).
+    ``simd``: the AVX2 path (where the CPU has it)."""
     m, k = x.shape
+    _check(block, k)
     q = torch.empty((2 * m if split else m, k), dtype=torch.uint8)
     s = _NO_SCALE if in_scale is None else in_scale.float().contiguous().numpy()
     lo, hi = bounds if bounds is not None else (0.0, 0.0)
-    _hadamard.static_codes(x.contiguous().numpy(), s, q.numpy(), m, k, lo, hi, bounds is not None, inv, zp, split,
-                           simd, torch.get_num_threads())
+    _hadamard.static_codes(x.contiguous().numpy(), s, q.numpy(), m, k, block, _f32(1.0 / math.sqrt(block)), lo, hi,
+                           bounds is not None, inv, zp, split, simd, torch.get_num_threads())
     return q
 
 

@@ -15,7 +15,7 @@ instead (:mod:`bitladder.kernels.c_static`); the split is what remains without t
 Below ``ONEDNN_MIN_ROWS`` rows fbgemm's static linear (fp32 in, fp32 out) runs, from there oneDNN's (at every
 size where fbgemm cannot take the grid whole: :func:`bitladder.kernels.select.static_whole_on_fbgemm`). oneDNN's
 takes codes, so a Hadamard-rotated layer's input is rotated and quantised in one C pass there
-(:func:`bitladder.kernels.hadamard.fwht_codes`, ``rotates``).
+(:func:`bitladder.kernels.hadamard.static_codes` with a block, ``rotates``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ class _Static:
     split = False  # whether this binding does
     _grid: tuple[float, int, float, float]
     _clamp: bool
-    _codes: tuple[int, int]  # the uint8 codes the grid spans: clamping x to [lo, hi] before rounding keeps these
 
     def bind(self, scale: float, zero_point: float, qtype: str):
         """Use the layer's calibrated activation grid; returns the kernel."""
@@ -59,9 +58,7 @@ class _Static:
         self._grid = static_grid(scale, zero_point, qtype, levels)
         # the GEMM's quantiser clamps to the uint8 range only: a shorter grid (4-bit, or 127 steps) clamps first
         self._clamp = codes != 255 or levels != 255
-        step, zp, lo, hi = self._grid
-        self._codes = (0, 255) if not self._clamp else tuple(
-            min(max(round(v / step) + zp, 0), 255) for v in (lo, hi))
+        step, _, _, _ = self._grid
         self._inv, self._simd = hadamard.reciprocal(step), current().has("avx2")  # once, not per call
         return self
 
@@ -101,9 +98,11 @@ class OnednnStaticKernel(_Static, OnednnW8A8Kernel):
         return self._parts(uint8_codes(self._input(x, in_scale), step, zp))
 
     def prepare_rotated(self, x: torch.Tensor, block: int) -> tuple:
-        """:meth:`prepare` of ``x @ H`` (block-Hadamard), rotated and quantised in one pass."""
-        step, zp, _, _ = self._grid
-        return self._parts(hadamard.fwht_codes(x, block, step, zp, *self._codes))
+        """:meth:`prepare` of ``x @ H`` (block-Hadamard), rotated, quantised and split in one C pass."""
+        step, zp, lo, hi = self._grid
+        q = hadamard.static_codes(x, None, (lo, hi) if self._clamp else None, self._inv, zp, self.split,
+                                  self._simd, block)
+        return (q, step, zp, x.shape[0]) if self.split else (q, step, zp, None)
 
     def _parts(self, q: torch.Tensor) -> tuple:
         """(codes, step, zero point, None), or split: ([codes & 127; codes >> 7], step, zero point, rows)."""

@@ -6,13 +6,12 @@
  * exactly as written, then one multiplication by the float32 1/sqrt(b): the AVX2 path, the portable path and
  * the PyTorch reference (kernels/hadamard.py) give the same bits.
  *
- * fwht_codes also quantises the rotated row on a static uint8 grid, clamp(nearbyint(y * inv) + zp, cmin, cmax),
- * while it is still in registers: one pass, one byte written per element instead of four read back.
- * token_codes does the per-token grid of kernels/onednn_w8a8.py on rows rotated or not (and scaled by
- * SmoothQuant's input scale where it has one), mostly in one pass (see there). fwht_rows leaves the rotated rows
- * divided by their largest magnitude, as floats (the input fbgemm's per-call GEMM quantises itself). static_codes is the static grid without a rotation, the input
- * scale and the clamp of kernels/static_w8a8.py applied in the same pass, and the codes split into the [lo; hi]
- * rows of oneDNN's GEMM on CPUs without VNNI where asked.
+ * Both grids quantise with quantize_per_tensor's single rounding on x86, nearbyint(fma(v, 1 / step, zp)), so their
+ * codes are the kernels' tensor operations' bits. static_codes is the static grid of kernels/static_w8a8.py on rows
+ * scaled by the input scale, rotated or not, and clamped, in one pass (only one byte per element written), the codes
+ * split into the [lo; hi] rows of oneDNN's GEMM on CPUs without VNNI where asked. token_codes does the per-token
+ * grid of kernels/onednn_w8a8.py on the same rows, mostly in one pass (see there). fwht_rows leaves the rotated
+ * rows divided by their largest magnitude, as floats (the input fbgemm's per-call GEMM quantises itself).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -38,11 +37,6 @@ static void row_portable(const float *x, float *y, int64_t k, int64_t b, float n
     for (int64_t j = 0; j < k; j++) y[j] = y[j] * norm;
 }
 
-/* code = clamp(nearbyint(y * inv) + zp, cmin, cmax) */
-typedef struct {
-    float inv, zp, cmin, cmax;
-} Grid;
-
 /* static_codes' grid: v = x * s, divided by div unless it is 1 (token_codes: the row's absmax), clamped to
  * [lo, hi] if clamp; code = clamp(nearbyint(fma(v, inv, zp)), 0, 255), the single rounding of
  * quantize_per_tensor on x86 (fbgemm's fused multiply-add) */
@@ -50,13 +44,6 @@ typedef struct {
     float lo, hi, inv, zp, div;
     int clamp;
 } Static;
-
-static void codes_portable(const float *y, uint8_t *q, int64_t k, Grid g) {
-    for (int64_t j = 0; j < k; j++) {
-        float c = nearbyintf(y[j] * g.inv) + g.zp;
-        q[j] = (uint8_t)(c < g.cmin ? g.cmin : (c > g.cmax ? g.cmax : c));
-    }
-}
 
 #ifdef BL_X86
 #define AVX2 __attribute__((target("avx2")))
@@ -72,19 +59,21 @@ AVX2 static inline __m256 inlane(__m256 v) {
     return _mm256_blend_ps(_mm256_add_ps(v, s), _mm256_sub_ps(s, v), 0xF0);
 }
 
-/* a block of 8 * NV floats in registers: one load, the stages, the norm, one store */
+/* a block of 8 * NV floats in registers: one load, the stages, the norm, one store. Each stage is NV / 2 pairs
+ * (j, j + h), a constant count, so GCC unrolls every loop: left rolled, it kept v[] on the stack */
 #define BL_BLOCK(NV)                                                                                   \
     AVX2 static inline void block##NV(const float *x, float *y, __m256 nv) {                           \
         __m256 v[NV];                                                                                  \
         _Pragma("GCC unroll 8") for (int i = 0; i < NV; i++) v[i] = inlane(_mm256_loadu_ps(x + 8 * i));  \
         _Pragma("GCC unroll 8") for (int h = 1; h < NV; h <<= 1)                                       \
-            _Pragma("GCC unroll 8") for (int i = 0; i < NV; i += 2 * h)                                \
-                _Pragma("GCC unroll 8") for (int j = i; j < i + h; j++) {                              \
-                    const __m256 a = v[j], c = v[j + h];                                               \
-                    v[j] = _mm256_add_ps(a, c);                                                        \
-                    v[j + h] = _mm256_sub_ps(a, c);                                                    \
-                }                                                                                      \
-        for (int i = 0; i < NV; i++) _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(v[i], nv));             \
+            _Pragma("GCC unroll 8") for (int p = 0; p < NV / 2; p++) {                                 \
+                const int j = p / h * 2 * h + p % h;                                                   \
+                const __m256 a = v[j], c = v[j + h];                                                   \
+                v[j] = _mm256_add_ps(a, c);                                                            \
+                v[j + h] = _mm256_sub_ps(a, c);                                                        \
+            }                                                                                          \
+        _Pragma("GCC unroll 8") for (int i = 0; i < NV; i++)                                           \
+            _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(v[i], nv));                                      \
     }
 BL_BLOCK(1)
 BL_BLOCK(2)
@@ -113,25 +102,6 @@ AVX2 static void row_avx2(const float *x, float *y, int64_t k, int64_t b, float 
                 }
         for (int64_t j = base; j < base + b; j += 8) _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(y + j), nv));
     }
-}
-
-/* 32 codes at a time: round, add the zero point and clamp in float (exact for these integers), then narrow;
- * the packs interleave 128-bit lanes, which the final permute undoes */
-AVX2 static void codes_avx2(const float *y, uint8_t *q, int64_t k, Grid g) {
-    const __m256 inv = _mm256_set1_ps(g.inv), zp = _mm256_set1_ps(g.zp), lo = _mm256_set1_ps(g.cmin),
-                 hi = _mm256_set1_ps(g.cmax);
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    int64_t j = 0;
-    for (; j + 32 <= k; j += 32) {
-        __m256i a[4];
-        for (int t = 0; t < 4; t++) {
-            __m256 c = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(y + j + 8 * t), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            a[t] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(c, zp), lo), hi));
-        }
-        __m256i p = _mm256_packus_epi16(_mm256_packs_epi32(a[0], a[1]), _mm256_packs_epi32(a[2], a[3]));
-        _mm256_storeu_si256((__m256i *)(q + j), _mm256_permutevar8x32_epi32(p, order));
-    }
-    codes_portable(y + j, q + j, k - j, g);
 }
 
 /* y[j] / a for whole vectors; returns where the scalar tail starts */
@@ -247,16 +217,6 @@ static void row_extremes(const float *y, int64_t k, float *hi, float *lo, int ve
     extremes(y, k, hi, lo);
 }
 
-static void row_codes(const float *y, uint8_t *q, int64_t k, Grid g, int vec) {
-#ifdef BL_X86
-    if (vec) {
-        codes_avx2(y, q, k, g);
-        return;
-    }
-#endif
-    codes_portable(y, q, k, g);
-}
-
 /* fwht(x, y, m, k, b, norm, simd, threads): x and y (m, k) float32, b a power of two dividing k */
 static PyObject *fwht(PyObject *self, PyObject *args) {
     Py_buffer x, y;
@@ -283,57 +243,6 @@ static PyObject *fwht(PyObject *self, PyObject *args) {
 done:
     PyBuffer_Release(&x);
     PyBuffer_Release(&y);
-    return ret;
-}
-
-/* fwht_codes(x, q, m, k, b, norm, inv, zp, cmin, cmax, simd, threads): x (m, k) float32, q (m, k) uint8 */
-static PyObject *fwht_codes(PyObject *self, PyObject *args) {
-    Py_buffer x, q;
-    Py_ssize_t m, k, b;
-    float norm;
-    Grid g;
-    int simd, threads;
-    if (!PyArg_ParseTuple(args, "y*w*nnnfffffii", &x, &q, &m, &k, &b, &norm, &g.inv, &g.zp, &g.cmin, &g.cmax, &simd,
-                          &threads))
-        return NULL;
-    PyObject *ret = NULL;
-    if (b < 1 || (b & (b - 1)) || k % b || x.len < (Py_ssize_t)(m * k * 4) || q.len < (Py_ssize_t)(m * k)
-        || !(g.cmin >= 0.0f && g.cmin <= g.cmax && g.cmax <= 255.0f)) {
-        PyErr_SetString(PyExc_ValueError, "hadamard.fwht_codes: b must be a power of two dividing k, buffers "
-                                          "(m, k), 0 <= cmin <= cmax <= 255");
-        goto done;
-    }
-    const int vec = simd && b >= 8 && cpu_avx2();
-    const float *xs = x.buf;
-    uint8_t *qs = q.buf;
-    const int parts = threads < 1 ? 1 : threads;
-    int failed = 0;
-    Py_BEGIN_ALLOW_THREADS
-#pragma omp parallel num_threads(parts) if (parts > 1 && m * k >= 65536)
-    {
-        float *row = malloc((size_t)k * sizeof(float)); /* the rotated row, in L1 or L2 until it is quantised */
-        if (!row) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < m; r++) {
-            if (!row) continue;
-            rotate_row(xs + r * k, row, k, b, norm, vec);
-            row_codes(row, qs + r * k, k, g, vec);
-        }
-        free(row);
-    }
-    Py_END_ALLOW_THREADS
-    if (failed) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    ret = Py_None;
-    Py_INCREF(ret);
-done:
-    PyBuffer_Release(&x);
-    PyBuffer_Release(&q);
     return ret;
 }
 
@@ -420,8 +329,8 @@ static void token_grid(float L, float H, int levels, double *scale, int *zp) {
     *zp = (int)(z < 0 ? 0 : (z > levels ? levels : z));
 }
 
-/* the row the per-token grid quantises: x itself, or x * s, then rotated if b > 1 (in row) */
-static const float *token_row(const float *x, const float *s, float *row, int64_t k, int64_t b, float norm,
+/* the row a grid quantises: x itself, or x * s, then rotated if b > 1 (in row) */
+static const float *made_row(const float *x, const float *s, float *row, int64_t k, int64_t b, float norm,
                               int vrot) {
     const float *v = x;
     if (s) {
@@ -489,7 +398,7 @@ static PyObject *token_codes(PyObject *self, PyObject *args) {
         for (int64_t r = 0; r < m; r++) {
             if (own && !row) continue;
             float hi, lo;
-            const float *v = token_row(xs + r * k, s, row, k, b, norm, vrot);
+            const float *v = made_row(xs + r * k, s, row, k, b, norm, vrot);
             row_extremes(v, k, &hi, &lo, vext);
             const float a = magnitude(hi, lo);
             rs[r] = a;
@@ -513,7 +422,7 @@ static PyObject *token_codes(PyObject *self, PyObject *args) {
         for (int64_t r = 0; r < m; r++) {
             if ((own && !row) || !again) continue;
             const Static g = {0.0f, 0.0f, inv, (float)zp, rs[r], 0};
-            static_row(token_row(xs + r * k, s, row, k, b, norm, vrot), NULL, qs + r * k, NULL, k, &g, vq);
+            static_row(made_row(xs + r * k, s, row, k, b, norm, vrot), NULL, qs + r * k, NULL, k, &g, vq);
         }
         free(row);
     }
@@ -533,36 +442,55 @@ done:
     return ret;
 }
 
-/* static_codes(x, s, q, m, k, lo, hi, clamp, inv, zp, split, simd, threads): x (m, k) float32, s (k,) float32 or
- * empty (no input scale); q (m, k) uint8, or (2m, k) with split: rows 0..m-1 the codes' low seven bits, rows
- * m..2m-1 their top bit (oneDNN's [lo; hi] GEMM, kernels/static_w8a8.py). Codes are
- * clamp(nearbyint(fma(v, inv, zp)), 0, 255) of v = x * s clamped to [lo, hi]: one pass instead of four */
+/* static_codes(x, s, q, m, k, b, norm, lo, hi, clamp, inv, zp, split, simd, threads): x (m, k) float32, s (k,)
+ * float32 or empty (no input scale); q (m, k) uint8, or (2m, k) with split: rows 0..m-1 the codes' low seven bits,
+ * rows m..2m-1 their top bit (oneDNN's [lo; hi] GEMM, kernels/static_w8a8.py). Codes are
+ * clamp(nearbyint(fma(v, inv, zp)), 0, 255) of v = x * s, rotated by blocks of b (b = 1: not), clamped to [lo, hi]:
+ * one pass instead of four, the rotated row made in L1 */
 static PyObject *static_codes(PyObject *self, PyObject *args) {
     Py_buffer x, sb, q;
-    Py_ssize_t m, k;
+    Py_ssize_t m, k, b;
+    float norm;
     Static p;
     int split, simd, threads;
-    if (!PyArg_ParseTuple(args, "y*y*w*nnffiffiii", &x, &sb, &q, &m, &k, &p.lo, &p.hi, &p.clamp, &p.inv, &p.zp,
-                          &split, &simd, &threads))
+    if (!PyArg_ParseTuple(args, "y*y*w*nnnfffiffiii", &x, &sb, &q, &m, &k, &b, &norm, &p.lo, &p.hi, &p.clamp,
+                          &p.inv, &p.zp, &split, &simd, &threads))
         return NULL;
     p.div = 1.0f;
     PyObject *ret = NULL;
-    if (m < 0 || k < 1 || x.len < (Py_ssize_t)(m * k * 4) || q.len < (Py_ssize_t)((split ? 2 : 1) * m * k)
-        || (sb.len != 0 && sb.len < (Py_ssize_t)(k * 4)) || !(p.zp >= 0.0f && p.zp <= 255.0f)) {
-        PyErr_SetString(PyExc_ValueError, "hadamard.static_codes: buffers (m, k), (k,) or empty, and (m, k) or "
-                                          "(2m, k) with split; 0 <= zp <= 255");
+    if (m < 0 || k < 1 || b < 1 || (b & (b - 1)) || k % b || x.len < (Py_ssize_t)(m * k * 4)
+        || q.len < (Py_ssize_t)((split ? 2 : 1) * m * k) || (sb.len != 0 && sb.len < (Py_ssize_t)(k * 4))
+        || !(p.zp >= 0.0f && p.zp <= 255.0f)) {
+        PyErr_SetString(PyExc_ValueError, "hadamard.static_codes: b must be a power of two dividing k, buffers "
+                                          "(m, k), (k,) or empty, and (m, k) or (2m, k) with split; 0 <= zp <= 255");
         goto done;
     }
-    const int vec = simd && cpu_avx2() && cpu_fma();
+    const int vec = simd && cpu_avx2() && cpu_fma(), vrot = simd && cpu_avx2() && b >= 8;
     const float *xs = x.buf, *s = sb.len ? (const float *)sb.buf : NULL;
     uint8_t *qs = q.buf;
     const int parts = threads < 1 ? 1 : threads;
+    int failed = 0;
     Py_BEGIN_ALLOW_THREADS
-#pragma omp parallel for num_threads(parts) schedule(static) if (parts > 1 && m * k >= 65536)
-    for (int64_t r = 0; r < m; r++) {
-        static_row(xs + r * k, s, qs + r * k, split ? qs + (m + r) * k : NULL, k, &p, vec);
+#pragma omp parallel num_threads(parts) if (parts > 1 && m * k >= 65536)
+    {
+        float *row = b > 1 ? malloc((size_t)k * sizeof(float)) : NULL;
+        if (b > 1 && !row) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < m; r++) {
+            uint8_t *top = split ? qs + (m + r) * k : NULL;
+            if (b == 1) static_row(xs + r * k, s, qs + r * k, top, k, &p, vec);
+            else if (row) static_row(made_row(xs + r * k, s, row, k, b, norm, vrot), NULL, qs + r * k, top, k, &p, vec);
+        }
+        free(row);
     }
     Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
     ret = Py_None;
     Py_INCREF(ret);
 done:
@@ -575,7 +503,6 @@ done:
 static PyMethodDef methods[] = {
     {"fwht_rows", fwht_rows, METH_VARARGS, "Rotated rows, each divided by its largest magnitude."},
     {"fwht", fwht, METH_VARARGS, "Block Walsh-Hadamard transform of float32 rows, rows split over threads."},
-    {"fwht_codes", fwht_codes, METH_VARARGS, "The same, quantised on a static uint8 grid in the same pass."},
     {"token_codes", token_codes, METH_VARARGS, "Rows (rotated or not) quantised on the per-token grid."},
     {"static_codes", static_codes, METH_VARARGS, "Rows scaled, clamped and quantised on a static grid, split."},
     {NULL, NULL, 0, NULL}};
