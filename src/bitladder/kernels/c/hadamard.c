@@ -112,10 +112,11 @@ AVX2 static int64_t divide_avx2(float *y, int64_t k, float a) {
     return j;
 }
 
-AVX2 static void extremes_avx2(const float *y, int64_t k, float *hi, float *lo) {
-    __m256 h = _mm256_loadu_ps(y), l = h;
+/* of y, or of y * s where s is given (the products static_row makes again) */
+AVX2 static void extremes_avx2(const float *y, const float *s, int64_t k, float *hi, float *lo) {
+    __m256 h = s ? _mm256_mul_ps(_mm256_loadu_ps(y), _mm256_loadu_ps(s)) : _mm256_loadu_ps(y), l = h;
     for (int64_t j = 8; j < k; j += 8) {
-        const __m256 v = _mm256_loadu_ps(y + j);
+        const __m256 v = s ? _mm256_mul_ps(_mm256_loadu_ps(y + j), _mm256_loadu_ps(s + j)) : _mm256_loadu_ps(y + j);
         h = _mm256_max_ps(h, v);
         l = _mm256_min_ps(l, v);
     }
@@ -180,11 +181,12 @@ static int cpu_fma(void) {
 #endif
 }
 
-static inline void extremes(const float *y, int64_t k, float *hi, float *lo) {
-    float h = y[0], l = y[0];
+static inline void extremes(const float *y, const float *s, int64_t k, float *hi, float *lo) {
+    float h = s ? y[0] * s[0] : y[0], l = h;
     for (int64_t j = 1; j < k; j++) {
-        h = y[j] > h ? y[j] : h;
-        l = y[j] < l ? y[j] : l;
+        const float v = s ? y[j] * s[j] : y[j];
+        h = v > h ? v : h;
+        l = v < l ? v : l;
     }
     *hi = h;
     *lo = l;
@@ -207,14 +209,14 @@ static void rotate_row(const float *x, float *row, int64_t k, int64_t b, float n
     row_portable(x, row, k, b, norm);
 }
 
-static void row_extremes(const float *y, int64_t k, float *hi, float *lo, int vec) {
+static void row_extremes(const float *y, const float *s, int64_t k, float *hi, float *lo, int vec) {
 #ifdef BL_X86
     if (vec) {
-        extremes_avx2(y, k, hi, lo);
+        extremes_avx2(y, s, k, hi, lo);
         return;
     }
 #endif
-    extremes(y, k, hi, lo);
+    extremes(y, s, k, hi, lo);
 }
 
 /* fwht(x, y, m, k, b, norm, simd, threads): x and y (m, k) float32, b a power of two dividing k */
@@ -282,7 +284,7 @@ static PyObject *fwht_rows(PyObject *self, PyObject *args) {
     for (int64_t r = 0; r < m; r++) {
         float hi, lo, *row = ys + r * k;
         rotate_row(xs + r * k, row, k, b, norm, vrot);
-        row_extremes(row, k, &hi, &lo, vrow);
+        row_extremes(row, NULL, k, &hi, &lo, vrow);
         const float a = magnitude(hi, lo);
         rs[r] = a;
         divide_row(row, k, a, vrow);
@@ -380,7 +382,9 @@ static PyObject *token_codes(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    const int parts = threads < 1 ? 1 : threads, own = s || b > 1;
+    /* a row buffer only to rotate in: unrotated rows are read in place, their products with s made twice */
+    const int parts = threads < 1 ? 1 : threads, own = b > 1;
+    const float *ps = own ? NULL : s; /* the scale static_row applies */
     int failed = 0;
     double scale = 0.0, guess = 0.0;
     int zp = 0, gzp = 0, again = 1;
@@ -398,14 +402,14 @@ static PyObject *token_codes(PyObject *self, PyObject *args) {
         for (int64_t r = 0; r < m; r++) {
             if (own && !row) continue;
             float hi, lo;
-            const float *v = made_row(xs + r * k, s, row, k, b, norm, vrot);
-            row_extremes(v, k, &hi, &lo, vext);
+            const float *v = own ? made_row(xs + r * k, s, row, k, b, norm, vrot) : xs + r * k;
+            row_extremes(v, ps, k, &hi, &lo, vext);
             const float a = magnitude(hi, lo);
             rs[r] = a;
             nhi[r] = hi / a;
             nlo[r] = lo / a;
             const Static g = {0.0f, 0.0f, ginv, (float)gzp, a, 0};
-            static_row(v, NULL, qs + r * k, NULL, k, &g, vq);
+            static_row(v, ps, qs + r * k, NULL, k, &g, vq);
         }
 #pragma omp single
         {
@@ -422,7 +426,8 @@ static PyObject *token_codes(PyObject *self, PyObject *args) {
         for (int64_t r = 0; r < m; r++) {
             if ((own && !row) || !again) continue;
             const Static g = {0.0f, 0.0f, inv, (float)zp, rs[r], 0};
-            static_row(made_row(xs + r * k, s, row, k, b, norm, vrot), NULL, qs + r * k, NULL, k, &g, vq);
+            const float *v = own ? made_row(xs + r * k, s, row, k, b, norm, vrot) : xs + r * k;
+            static_row(v, ps, qs + r * k, NULL, k, &g, vq);
         }
         free(row);
     }
