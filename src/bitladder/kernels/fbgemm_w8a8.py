@@ -71,6 +71,7 @@ class FbgemmW8A8Kernel(LinearKernel):
                                                           0)
             self._packed = torch.ops.quantized.linear_prepack(wq, None)
         self._bytes = self.n * self.k + self.n * 8
+        self._simd = current().has("avx2")  # the C row passes' path, read once (a lookup is ~4 us a call)
         return self
 
     def _run(self, x):
@@ -107,7 +108,7 @@ class FbgemmW8A8TokenKernel(FbgemmW8A8Kernel):
     def prepare_rotated(self, x: torch.Tensor, block: int) -> tuple:
         """:meth:`prepare` of ``x @ H`` (block-Hadamard): rotation and row division in one C call (unrotated, the
         tensor operations were as fast as the C call's four passes)."""
-        return hadamard.fwht_rows(x, block)
+        return hadamard.fwht_rows(x, block, self._simd)
 
     def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
         """(rows divided by their absmax, the absmax): what layers reading one tensor can share."""

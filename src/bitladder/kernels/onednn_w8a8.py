@@ -24,6 +24,7 @@ import torch
 from bitladder.kernels import hadamard
 from bitladder.kernels.base import KernelUnsupported, LinearKernel, rows_times_plus, uint8_codes, weight_parts
 from bitladder.kernels.base import uint8_grid as _grid
+from bitladder.kernels.cpu import current
 from bitladder.kernels.fbgemm_w8a8 import int8_per_row, levels_for
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
@@ -56,6 +57,7 @@ class OnednnW8A8Kernel(LinearKernel):
         self._zp = torch.zeros(self.n, dtype=torch.int32)
         self.levels = levels_for(codes, "onednn")
         self._bytes = self.n * self.k + self.n * 4
+        self._simd = current().has("avx2")  # the C token pass's path, read once (a lookup is ~4 us a call)
         return self
 
     @classmethod
@@ -102,9 +104,9 @@ class OnednnW8A8TokenKernel(OnednnW8A8Kernel):
 
     def prepare_rotated(self, x: torch.Tensor, block: int) -> tuple:
         """:meth:`prepare` of ``x @ H`` (block-Hadamard) in C, without a float copy of the rotated input."""
-        return hadamard.token_codes(x, block, self.levels)
+        return hadamard.token_codes(x, block, self.levels, simd=self._simd)
 
     def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
         if hadamard.fast_path(x):  # the same bits in C, mostly in one pass over x
-            return hadamard.token_codes(x, 1, self.levels, in_scale)
+            return hadamard.token_codes(x, 1, self.levels, in_scale, self._simd)
         return hadamard.token_reference(x, 1, self.levels, in_scale)
