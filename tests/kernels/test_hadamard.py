@@ -142,17 +142,20 @@ def test_per_token_codes_when_the_rows_extremes_share_a_sign(simd, signs, rows):
 @needs_c
 @pytest.mark.parametrize("simd", [True, False])
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(st.integers(0, 7), st.integers(1, 5), st.integers(0, 300), st.floats(0.0, 50), st.booleans())
+@given(st.integers(0, 7), st.integers(1, 5), st.integers(0, 300), st.floats(0.0, 50), st.booleans(), st.booleans())
 def test_rotated_rows_divided_by_their_largest_magnitude_have_the_reference_bits(simd, log_b, blocks, rows, spread,
-                                                                                 odd):
+                                                                                 odd, scaled):
     b = 2**log_b
     k = b * blocks + (0 if b > 1 or not odd else 3)  # widths that leave a scalar tail (b = 1 takes any width)
-    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows + k)) * spread
+    g = torch.Generator().manual_seed(rows + k)
+    x = torch.randn(rows, k, generator=g) * spread
+    s = torch.rand(k, generator=g) + 0.5 if scaled else None  # SmoothQuant's input scale, applied first
     if rows:
         x[0] = 0  # an all-zero row divides by the floor, 1e-30
-    y, r = H.fwht_rows(x, b, simd=simd)
-    ry, rr = H.rows_reference(x, b)
-    assert torch.equal(y, ry) and torch.equal(r, rr) and r.shape == (rows, 1)
+    x0 = x.clone()
+    y, r = H.fwht_rows(x, b, simd=simd, in_scale=s)
+    ry, rr = H.rows_reference(x, b, s)
+    assert torch.equal(y, ry) and torch.equal(r, rr) and r.shape == (rows, 1) and torch.equal(x, x0)
     if rows:
         assert float(r[0]) == pytest.approx(1e-30) and y.abs().max() <= 1.0
 
@@ -160,8 +163,11 @@ def test_rotated_rows_divided_by_their_largest_magnitude_have_the_reference_bits
 @needs_c
 def test_fwht_rows_refuses_short_buffers():
     with pytest.raises(ValueError, match="fwht_rows: b must be a power of two dividing k, buffers"):
-        H._hadamard.fwht_rows(torch.randn(2, 8).numpy(), torch.empty(2, 8).numpy(), torch.empty(1).numpy(),
-                              2, 8, 1, 1.0, 1, 1)
+        H._hadamard.fwht_rows(torch.randn(2, 8).numpy(), torch.empty(0).numpy(), torch.empty(2, 8).numpy(),
+                              torch.empty(1).numpy(), 2, 8, 1, 1.0, 1, 1)
+    with pytest.raises(ValueError, match="fwht_rows: b must be a power of two dividing k, buffers"):
+        H._hadamard.fwht_rows(torch.randn(2, 8).numpy(), torch.ones(7).numpy(), torch.empty(2, 8).numpy(),
+                              torch.empty(2).numpy(), 2, 8, 1, 1.0, 1, 1)  # an input scale shorter than k
 
 
 def _per_tensor_codes(x: torch.Tensor, step: float, zp: int) -> torch.Tensor:

@@ -198,6 +198,21 @@ def test_per_token_rotated_rows_in_c_are_the_tensor_operations_bits(block):
     assert torch.equal(kern.finish(fused, None), kern.finish(apart, None))
 
 
+@pytest.mark.skipif(not FbgemmW8A8Kernel.available(), reason="no fbgemm engine")
+@pytest.mark.parametrize("scaled", [False, True])
+def test_fbgemm_per_token_rows_in_c_are_the_tensor_operations_bits(scaled):
+    from bitladder.kernels import hadamard
+
+    if not hadamard.installed():
+        pytest.skip("the C kernels were not built")
+    qt = _qt("int8", Layout("channel"), 24, 96)
+    kern, x = FbgemmW8A8TokenKernel.from_qtensor(qt), _x(18, 96) * 5
+    s = torch.rand(96, generator=torch.Generator().manual_seed(2)) + 0.5 if scaled else None
+    fused, apart = kern.prepare(x, s), hadamard.rows_reference(x, 1, s)  # the C call, the path without it
+    assert all(torch.equal(a, b) for a, b in zip(fused, apart))
+    assert torch.equal(kern.finish(fused, None), kern.finish(apart, None))
+
+
 @pytest.mark.skipif(not OnednnW8A8Kernel.available(), reason="no oneDNN quantized linear in this torch")
 @pytest.mark.parametrize("scaled", [False, True])
 @pytest.mark.parametrize("block", [1, 8, 64])

@@ -106,16 +106,15 @@ class FbgemmW8A8TokenKernel(FbgemmW8A8Kernel):
         return hadamard.installed()
 
     def prepare_rotated(self, x: torch.Tensor, block: int) -> tuple:
-        """:meth:`prepare` of ``x @ H`` (block-Hadamard): rotation and row division in one C call (unrotated, the
-        tensor operations were as fast as the C call's four passes)."""
+        """:meth:`prepare` of ``x @ H`` (block-Hadamard): rotation and row division in one C call."""
         return hadamard.fwht_rows(x, block, self._simd)
 
     def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
-        """(rows divided by their absmax, the absmax): what layers reading one tensor can share."""
-        xs = x if in_scale is None else x * in_scale
-        # max(max, -min): faster than abs().amax() (docs/DESIGN.md, 'Per-token W8A8 on a per-tensor GEMM')
-        r = torch.maximum(xs.amax(dim=1, keepdim=True), xs.amin(dim=1, keepdim=True).neg_()).clamp_(min=1e-30)
-        return (xs.div_(r) if xs is not x else xs / r), r
+        """(rows divided by their absmax, the absmax): what layers reading one tensor can share. One C call where
+        it was built (same bits; at a sentence's few rows five tensor operations' call costs were most of it)."""
+        if hadamard.fast_path(x):
+            return hadamard.fwht_rows(x, 1, self._simd, in_scale)
+        return hadamard.rows_reference(x, 1, in_scale)
 
     def finish(self, prep: tuple, bias: torch.Tensor | None) -> torch.Tensor:
         """Integer GEMM on :meth:`prepare`'s output, rows multiplied back by their absmax, plus ``bias``."""

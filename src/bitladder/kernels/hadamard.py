@@ -143,24 +143,32 @@ def token_codes(x: torch.Tensor, block: int, levels: int, in_scale: torch.Tensor
     return q, scale, zp, r
 
 
-def rows_reference(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(``y / r``, ``r`` (M, 1)) with ``y = butterflies(x)`` (``block`` 1: ``x`` itself) and ``r`` each row's
-    largest magnitude, at least 1e-30: the per-token rows of ``kernels/fbgemm_w8a8.py``, in the operations
-    :func:`fwht_rows` performs."""
-    y = butterflies(x.float(), block)
-    r = torch.maximum(y.amax(dim=-1, keepdim=True), y.amin(dim=-1, keepdim=True).neg()).clamp_(min=1e-30)
-    return y / r, r
+def rows_reference(x: torch.Tensor, block: int,
+                   in_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``y / r``, ``r`` (M, 1)) with ``y = x * in_scale`` (or ``x``), rotated by ``butterflies(y, block)`` unless
+    ``block`` is 1, and ``r`` each row's largest magnitude, at least 1e-30: the per-token rows of
+    ``kernels/fbgemm_w8a8.py``, in the operations :func:`fwht_rows` performs."""
+    y = x if in_scale is None else x * in_scale
+    if block > 1:
+        y = butterflies(y.float(), block)
+    # max(max, -min): faster than abs().amax() (docs/DESIGN.md, 'Per-token W8A8 on a per-tensor GEMM')
+    r = torch.maximum(y.amax(dim=-1, keepdim=True), y.amin(dim=-1, keepdim=True).neg_()).clamp_(min=1e-30)
+    return (y.div_(r) if y is not x else y / r), r
 
 
-def fwht_rows(x: torch.Tensor, block: int, simd: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`rows_reference` in one C call over float32 ``x`` (M, K): rotation, extremes and division per row
-    while it sits in L1."""
+def fwht_rows(x: torch.Tensor, block: int, simd: bool | None = None,
+              in_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rows_reference` in one C call over float32 ``x`` (M, K): scale, rotation, extremes and division per
+    row while it sits in L1."""
     k = x.shape[-1]
     _check(block, k)
     xc = x.contiguous()
     m = xc.numel() // max(k, 1)
     y, r = torch.empty_like(xc), torch.empty(m, 1)
+    s = _NO_SCALE if in_scale is None else in_scale.detach().float().contiguous().reshape(-1).numpy()
+    if s.size not in (0, k):
+        raise BitladderError(f"an input scale has one value per input ({k}); got {s.size}")
     use_simd = current().has("avx2") if simd is None else bool(simd)
-    _hadamard.fwht_rows(xc.numpy(), y.numpy(), r.numpy(), m, k, block, _f32(1.0 / math.sqrt(block)),
+    _hadamard.fwht_rows(xc.numpy(), s, y.numpy(), r.numpy(), m, k, block, _f32(1.0 / math.sqrt(block)),
                         int(use_simd), torch.get_num_threads())
     return y, r

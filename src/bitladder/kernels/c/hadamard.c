@@ -258,32 +258,50 @@ static void divide_row(float *y, int64_t k, float a, int vec) {
     for (; j < k; j++) y[j] = y[j] / a;
 }
 
-/* fwht_rows(x, y, r, m, k, b, norm, simd, threads): per row, y = x @ H_b (b = 1: x itself) divided by
- * r = max(max y, -min y), at least 1e-30: the rotated rows of the per-token grid on fbgemm's per-call GEMM
- * (kernels/fbgemm_w8a8.py), rotated and divided while each row sits in L1. IEEE division, as torch's. */
+/* the row a grid quantises: x itself, or x * s, then rotated if b > 1 (in row) */
+static const float *made_row(const float *x, const float *s, float *row, int64_t k, int64_t b, float norm,
+                              int vrot) {
+    const float *v = x;
+    if (s) {
+        for (int64_t j = 0; j < k; j++) row[j] = x[j] * s[j];
+        v = row;
+    }
+    if (b > 1) {
+        rotate_row(v, row, k, b, norm, vrot);
+        v = row;
+    }
+    return v;
+}
+
+/* fwht_rows(x, s, y, r, m, k, b, norm, simd, threads): per row, y = (x * s) @ H_b (s empty: x; b = 1: no H)
+ * divided by r = max(max y, -min y), at least 1e-30: the rows of the per-token grid on fbgemm's per-call GEMM
+ * (kernels/fbgemm_w8a8.py), made and divided while each row sits in L1. IEEE division, as torch's. */
 static PyObject *fwht_rows(PyObject *self, PyObject *args) {
-    Py_buffer x, y, rb;
+    Py_buffer x, sb, y, rb;
     Py_ssize_t m, k, b;
     float norm;
     int simd, threads;
-    if (!PyArg_ParseTuple(args, "y*w*w*nnnfii", &x, &y, &rb, &m, &k, &b, &norm, &simd, &threads)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*nnnfii", &x, &sb, &y, &rb, &m, &k, &b, &norm, &simd, &threads))
+        return NULL;
     PyObject *ret = NULL;
     if (b < 1 || (b & (b - 1)) || k % b || k < 1 || m < 0 || x.len < (Py_ssize_t)(m * k * 4)
-        || y.len < (Py_ssize_t)(m * k * 4) || rb.len < (Py_ssize_t)(m * 4)) {
+        || (sb.len != 0 && sb.len < (Py_ssize_t)(k * 4)) || y.len < (Py_ssize_t)(m * k * 4)
+        || rb.len < (Py_ssize_t)(m * 4)) {
         PyErr_SetString(PyExc_ValueError, "hadamard.fwht_rows: b must be a power of two dividing k, buffers "
-                                          "(m, k), (m, k) and (m,)");
+                                          "(m, k), (k,) or empty, (m, k) and (m,)");
         goto done;
     }
     const int avx2 = simd && cpu_avx2();
     const int vrot = avx2 && b >= 8, vrow = avx2 && k % 8 == 0;
-    const float *xs = x.buf;
+    const float *xs = x.buf, *s = sb.len ? (const float *)sb.buf : NULL;
     float *ys = y.buf, *rs = rb.buf;
     const int parts = threads < 1 ? 1 : threads;
     Py_BEGIN_ALLOW_THREADS
 #pragma omp parallel for num_threads(parts) schedule(static) if (parts > 1 && m * k >= 65536)
     for (int64_t r = 0; r < m; r++) {
         float hi, lo, *row = ys + r * k;
-        rotate_row(xs + r * k, row, k, b, norm, vrot);
+        const float *v = made_row(xs + r * k, s, row, k, b, norm, vrot);
+        if (v != row) memcpy(row, v, (size_t)k * sizeof(float)); /* neither scaled nor rotated */
         row_extremes(row, NULL, k, &hi, &lo, vrow);
         const float a = magnitude(hi, lo);
         rs[r] = a;
@@ -294,6 +312,7 @@ static PyObject *fwht_rows(PyObject *self, PyObject *args) {
     Py_INCREF(ret);
 done:
     PyBuffer_Release(&x);
+    PyBuffer_Release(&sb);
     PyBuffer_Release(&y);
     PyBuffer_Release(&rb);
     return ret;
@@ -329,21 +348,6 @@ static void token_grid(float L, float H, int levels, double *scale, int *zp) {
     *scale = (hi - lo) / levels > 1e-30 ? (hi - lo) / levels : 1e-30;
     const double z = nearbyint(-lo / *scale);
     *zp = (int)(z < 0 ? 0 : (z > levels ? levels : z));
-}
-
-/* the row a grid quantises: x itself, or x * s, then rotated if b > 1 (in row) */
-static const float *made_row(const float *x, const float *s, float *row, int64_t k, int64_t b, float norm,
-                              int vrot) {
-    const float *v = x;
-    if (s) {
-        for (int64_t j = 0; j < k; j++) row[j] = x[j] * s[j];
-        v = row;
-    }
-    if (b > 1) {
-        rotate_row(v, row, k, b, norm, vrot);
-        v = row;
-    }
-    return v;
 }
 
 /* token_codes(x, s, q, r, m, k, b, norm, levels, simd, threads) -> (scale, zp): the per-token grid of
