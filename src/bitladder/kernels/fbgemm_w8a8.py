@@ -71,7 +71,7 @@ class FbgemmW8A8Kernel(LinearKernel):
                                                           0)
             self._packed = torch.ops.quantized.linear_prepack(wq, None)
         self._bytes = self.n * self.k + self.n * 8
-        self._simd = current().has("avx2")  # the C row passes' path, read once (a lookup is ~4 us a call)
+        self._simd = current().has("avx2")  # the C row passes' path, read once: the lookup costs a small call
         return self
 
     def _run(self, x):

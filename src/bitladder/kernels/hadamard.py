@@ -92,7 +92,7 @@ def static_codes(x: torch.Tensor, in_scale: torch.Tensor | None, bounds: tuple[f
     m, k = x.shape
     _check(block, k)
     q = torch.empty((2 * m if split else m, k), dtype=torch.uint8)
-    s = _NO_SCALE if in_scale is None else in_scale.float().contiguous().numpy()
+    s = _scale_array(in_scale, k)
     lo, hi = bounds if bounds is not None else (0.0, 0.0)
     _hadamard.static_codes(x.contiguous().numpy(), s, q.numpy(), m, k, block, _f32(1.0 / math.sqrt(block)), lo, hi,
                            bounds is not None, inv, zp, split, simd, torch.get_num_threads())
@@ -105,6 +105,16 @@ def reciprocal(step: float) -> float:
 
 
 _NO_SCALE = np.empty(0, np.float32)
+
+
+def _scale_array(in_scale: torch.Tensor | None, k: int) -> np.ndarray:
+    """An input scale as the C calls take it: K float32 values, or none (an empty array)."""
+    if in_scale is None:
+        return _NO_SCALE
+    s = in_scale.detach().float().contiguous().reshape(-1).numpy()
+    if s.size != k:
+        raise BitladderError(f"an input scale has one value per input ({k}); got {s.size}")
+    return s
 
 
 def token_reference(x: torch.Tensor, block: int, levels: int,
@@ -134,9 +144,7 @@ def token_codes(x: torch.Tensor, block: int, levels: int, in_scale: torch.Tensor
     m = xc.numel() // max(k, 1)
     q = torch.empty(xc.shape, dtype=torch.uint8)
     r = torch.empty(m, 1)
-    s = _NO_SCALE if in_scale is None else in_scale.detach().float().contiguous().reshape(-1).numpy()
-    if s.size not in (0, k):
-        raise BitladderError(f"an input scale has one value per input ({k}); got {s.size}")
+    s = _scale_array(in_scale, k)
     use_simd = current().has("avx2") if simd is None else bool(simd)
     scale, zp = _hadamard.token_codes(xc.numpy(), s, q.numpy(), r.numpy(), m, k, block,
                                       _f32(1.0 / math.sqrt(block)), levels, int(use_simd), torch.get_num_threads())
@@ -165,9 +173,7 @@ def fwht_rows(x: torch.Tensor, block: int, simd: bool | None = None,
     xc = x.contiguous()
     m = xc.numel() // max(k, 1)
     y, r = torch.empty_like(xc), torch.empty(m, 1)
-    s = _NO_SCALE if in_scale is None else in_scale.detach().float().contiguous().reshape(-1).numpy()
-    if s.size not in (0, k):
-        raise BitladderError(f"an input scale has one value per input ({k}); got {s.size}")
+    s = _scale_array(in_scale, k)
     use_simd = current().has("avx2") if simd is None else bool(simd)
     _hadamard.fwht_rows(xc.numpy(), s, y.numpy(), r.numpy(), m, k, block, _f32(1.0 / math.sqrt(block)),
                         int(use_simd), torch.get_num_threads())

@@ -57,7 +57,7 @@ class OnednnW8A8Kernel(LinearKernel):
         self._zp = torch.zeros(self.n, dtype=torch.int32)
         self.levels = levels_for(codes, "onednn")
         self._bytes = self.n * self.k + self.n * 4
-        self._simd = current().has("avx2")  # the C token pass's path, read once (a lookup is ~4 us a call)
+        self._simd = current().has("avx2")  # the C token pass's path, read once: the lookup costs a small call
         return self
 
     @classmethod

@@ -25,7 +25,7 @@
 #endif
 
 static void row_portable(const float *x, float *y, int64_t k, int64_t b, float norm) {
-    if (y != x) memcpy(y, x, (size_t)k * sizeof(float)); /* token_row rotates x * s in place */
+    if (y != x) memcpy(y, x, (size_t)k * sizeof(float)); /* made_row rotates x * s in place */
     for (int64_t base = 0; base < k; base += b)
         for (int64_t h = 1; h < b; h <<= 1)
             for (int64_t i = base; i < base + b; i += 2 * h)
@@ -491,7 +491,8 @@ static PyObject *static_codes(PyObject *self, PyObject *args) {
         for (int64_t r = 0; r < m; r++) {
             uint8_t *top = split ? qs + (m + r) * k : NULL;
             if (b == 1) static_row(xs + r * k, s, qs + r * k, top, k, &p, vec);
-            else if (row) static_row(made_row(xs + r * k, s, row, k, b, norm, vrot), NULL, qs + r * k, top, k, &p, vec);
+            else if (row)
+                static_row(made_row(xs + r * k, s, row, k, b, norm, vrot), NULL, qs + r * k, top, k, &p, vec);
         }
         free(row);
     }
