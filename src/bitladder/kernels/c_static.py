@@ -75,10 +75,9 @@ class CStaticKernel(_Static, LinearKernel):
     def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
         """(uint8 codes, zero point, ``x``): the layer's grid, quantised as the oneDNN path does, and the float
         input its outlier channels are read from."""
-        step, zp, lo, hi = self._grid
+        step, zp, _, _ = self._grid
         if hadamard.fast_path(x) and x.dim() == 2:
-            return hadamard.static_codes(x, in_scale, (lo, hi) if self._clamp else None, self._inv, zp, False,
-                                         self._simd), zp, x
+            return self._c_codes(x, in_scale, False), zp, x
         return uint8_codes(self._input(x, in_scale), step, zp).contiguous(), zp, x
 
     @property
@@ -88,9 +87,7 @@ class CStaticKernel(_Static, LinearKernel):
 
     def prepare_rotated(self, x: torch.Tensor, block: int) -> tuple:
         """:meth:`prepare` of ``x @ H`` (block-Hadamard), rotated and quantised in one pass."""
-        step, zp, lo, hi = self._grid
-        return hadamard.static_codes(x, None, (lo, hi) if self._clamp else None, self._inv, zp, False, self._simd,
-                                     block), zp, None
+        return self._c_codes(x, None, False, block), self._grid[1], None
 
     def finish(self, prep: tuple, bias: torch.Tensor | None, side: tuple | None = None) -> torch.Tensor:
         """(M, N) float32 of :meth:`prepare`'s codes; ``side``: (channels (k,) int64, weights (N, k) float32),

@@ -123,13 +123,9 @@ def token_reference(x: torch.Tensor, block: int, levels: int,
     ``v = x * in_scale`` (or ``x``), rotated by ``butterflies(v, block)`` unless ``block`` is 1: each row divided
     by its largest magnitude ``r``, the rows' shared uint8 grid of ``levels`` steps, ``quantize_per_tensor``'s
     codes. The per-token kernel's tensor operations, which :func:`token_codes` does in C."""
-    v = x if in_scale is None else x * in_scale
-    if block > 1:
-        v = butterflies(v.float(), block)
-    hi, lo = v.amax(dim=-1, keepdim=True), v.amin(dim=-1, keepdim=True)
-    r = torch.maximum(hi, lo.neg()).clamp_(min=1e-30)
-    vn = v.div_(r) if v is not x else v / r  # x * in_scale and the rotation are ours to overwrite
-    scale, zp = uint8_grid(float((lo / r).min()), float((hi / r).max()), levels)
+    vn, r = rows_reference(x, block, in_scale)
+    lo, hi = torch.aminmax(vn)  # each row's extremes over r: division by r > 0 keeps the order, rounding too
+    scale, zp = uint8_grid(float(lo), float(hi), levels)
     return uint8_codes(vn, scale, zp), scale, zp, r
 
 

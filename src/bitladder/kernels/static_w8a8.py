@@ -69,6 +69,12 @@ class _Static:
         _, _, lo, hi = self._grid
         return xs.clamp_(lo, hi) if xs is not x else xs.clamp(lo, hi)
 
+    def _c_codes(self, x: torch.Tensor, in_scale: torch.Tensor | None, split: bool, block: int = 1) -> torch.Tensor:
+        """The C pass's codes of ``x`` on the grid: scaled, rotated by ``block``, clamped and split as asked."""
+        _, zp, lo, hi = self._grid
+        return hadamard.static_codes(x, in_scale, (lo, hi) if self._clamp else None, self._inv, zp, split,
+                                     self._simd, block)
+
 
 @register
 class OnednnStaticKernel(_Static, OnednnW8A8Kernel):
@@ -90,19 +96,19 @@ class OnednnStaticKernel(_Static, OnednnW8A8Kernel):
         return hadamard.installed()
 
     def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
-        step, zp, lo, hi = self._grid
+        step, zp, _, _ = self._grid
         if hadamard.fast_path(x) and x.dim() == 2:  # scale, clamp, quantise and split in one C pass, same codes
-            q = hadamard.static_codes(x, in_scale, (lo, hi) if self._clamp else None, self._inv, zp, self.split,
-                                      self._simd)
-            return (q, step, zp, x.shape[0]) if self.split else (q, step, zp, None)
+            return self._split_parts(self._c_codes(x, in_scale, self.split), x.shape[0])
         return self._parts(uint8_codes(self._input(x, in_scale), step, zp))
 
     def prepare_rotated(self, x: torch.Tensor, block: int) -> tuple:
         """:meth:`prepare` of ``x @ H`` (block-Hadamard), rotated, quantised and split in one C pass."""
-        step, zp, lo, hi = self._grid
-        q = hadamard.static_codes(x, None, (lo, hi) if self._clamp else None, self._inv, zp, self.split,
-                                  self._simd, block)
-        return (q, step, zp, x.shape[0]) if self.split else (q, step, zp, None)
+        return self._split_parts(self._c_codes(x, None, self.split, block), x.shape[0])
+
+    def _split_parts(self, q: torch.Tensor, m: int) -> tuple:
+        """:meth:`_parts` of codes the C pass has already split (when the kernel splits)."""
+        step, zp, _, _ = self._grid
+        return (q, step, zp, m) if self.split else (q, step, zp, None)
 
     def _parts(self, q: torch.Tensor) -> tuple:
         """(codes, step, zero point, None), or split: ([codes & 127; codes >> 7], step, zero point, rows)."""
