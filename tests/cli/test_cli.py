@@ -187,6 +187,31 @@ def test_bench_json_carries_the_machine_and_limit_fractions(tmp_path, monkeypatc
     assert data["command"] == f"bitladder bench --suite linear --json {tmp_path / 'b.json'}"
     assert {"cpu", "flags", "cores", "threads", "versions", "fp32_gflops", "int8_gops"} <= set(data["machine"])
     assert data["rows"][0]["limit_fraction"] == pytest.approx((4 << 20) / 0.5e-3 / 16e9, rel=1e-3)
+    assert data["complete"] is True
+
+
+def test_bench_stopped_part_way_keeps_the_rows_it_measured(tmp_path, monkeypatch):
+    """A suite that dies after its first row (a timeout, a crash) leaves that row, marked incomplete."""
+    import json
+
+    from bitladder.cli.app import main
+    from bitladder.pipeline.bench import limits
+    from bitladder.pipeline.bench import linear as bench_linear
+
+    def rows():
+        yield {"case": "linear", "shape": [8, 8], "batch": 1, "variant": "fp32 F.linear", "latency_ms": 0.5,
+               "ratio_vs_fp32": 1.0, "weight_bytes": 4 << 20}
+        raise KeyboardInterrupt  # what a user's Ctrl-C raises mid-suite
+
+    monkeypatch.setattr(bench_linear, "linear_rows", rows)
+    monkeypatch.setattr(limits, "measure", lambda: {"read_gbps": 16.0, "fp32_gflops": 80.0, "int8_gops": 160.0})
+    with pytest.raises(SystemExit) as stopped:
+        main(["bench", "--suite", "linear", "--json", str(tmp_path / "b.json")])
+    assert stopped.value.code == 130
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["complete"] is False and [r["variant"] for r in data["rows"]] == ["fp32 F.linear"]
+    assert data["rows"][0]["limit_fraction"] == pytest.approx((4 << 20) / 0.5e-3 / 16e9, rel=1e-3)
+    assert [p.name for p in tmp_path.iterdir()] == ["b.json"]  # no temporary file left beside it
 
 
 @pytest.mark.parametrize("command", [["ladder"], ["mixed"]])

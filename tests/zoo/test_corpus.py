@@ -23,3 +23,12 @@ def test_training_sentences_larger_disjoint_and_deterministic():
     assert all(x[0].isupper() and x[-1] in ".!?" and 6 <= len(x.split()) <= 40 for x in train)
     with pytest.raises(ValueError):
         corpus.training_sentences(len(train) + 1)
+
+
+def test_calibration_up_to_what_this_pythons_docstrings_give(monkeypatch):
+    # the pool's size follows the Python version: MiniLM's distillation set takes what there is
+    monkeypatch.setattr(corpus, "all_sentences", lambda: tuple(f"Sentence number {i} is here." for i in range(10)))
+    assert corpus.calibration_sentences(3) == [f"Sentence number {i} is here." for i in (5, 6, 7)]
+    assert corpus.calibration_sentences(8, up_to=True) == corpus.calibration_sentences(5)
+    with pytest.raises(ValueError, match="at most 5 calibration sentences exist, asked for 6"):
+        corpus.calibration_sentences(6)

@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         argv.remove("--debug")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        app(argv, standalone_mode=False)
+        code = app(argv, standalone_mode=False)
     except BitladderError as e:
         if debug:
             raise
@@ -325,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(getattr(e, "exit_code", 2))
     except ABORTS:
         sys.exit(130)
+    if isinstance(code, int) and code:  # in this mode typer returns an exit's code (Ctrl-C: 130), never exits
+        sys.exit(code)
 
 
 if __name__ == "__main__":

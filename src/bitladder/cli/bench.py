@@ -64,6 +64,21 @@ def register(app: typer.Typer, console: Console) -> None:
             limits = measure()
         mach = machine(**limits)
         rows: list[dict] = []
+        import shlex
+
+        picked = ["--model", model, *(["--rungs", rungs] if rungs else []), *(["--data", str(data)] if data else [])] \
+            if model is not None else ["--suite", suite]
+        cmd = ["bitladder", "bench", *picked, *(["--repeats", str(repeats)] if suite not in ("linear", "conv")
+                                                else []), *(["--only", only] if only else []), "--json", str(json_out)]
+
+        def save(complete: bool) -> None:
+            """The rows so far, rewritten whole after each one: a bench stopped part way keeps what it measured."""
+            if json_out is not None:
+                write_json(json_out, {"schema": "bitladder.bench/1", "command": shlex.join(cmd),
+                                      "torch_threads": __import__("torch").get_num_threads(), "machine": mach,
+                                      "allocator": allocated(pinned), "complete": complete,
+                                      "rows": annotate(rows, limits)})
+
         import importlib
 
         if model is not None:
@@ -72,13 +87,16 @@ def register(app: typer.Typer, console: Console) -> None:
             with console.status(f"timing {model}: fp32 and its rungs, one process each"):
                 rows += model_rows(model, [r.strip() for r in rungs.split(",") if r.strip()], repeats,
                                    None if data is None else str(data))
+                save(False)
         for name, (where, status, whole_model) in BENCH_SUITES.items():
             if suite not in (name, "all"):
                 continue
             module, fn = where.split(":")
             rows_of = getattr(importlib.import_module(module), fn)
             with console.status(status):
-                rows += rows_of(repeats, [o for o in only.split(",") if o] or None) if whole_model else rows_of()
+                for row in rows_of(repeats, [o for o in only.split(",") if o] or None) if whole_model else rows_of():
+                    rows.append(row)
+                    save(False)
         from bitladder.cli.table import bench_table
 
         annotate(rows, limits)
@@ -87,13 +105,5 @@ def register(app: typer.Typer, console: Console) -> None:
         plain(f"machine: {one_line(mach)}; read {limits['read_gbps']:.1f} GB/s, fp32 "
                       f"{limits['fp32_gflops']:.0f} GFLOP/s, int8 {int8} GOP/s (limit = that fraction of these)")
         if json_out is not None:
-            import shlex
-
-            picked = ["--model", model, *(["--rungs", rungs] if rungs else []), *(["--data", str(data)] if data else [])] \
-                if model is not None else ["--suite", suite]
-            cmd = ["bitladder", "bench", *picked, *(["--repeats", str(repeats)] if suite not in ("linear", "conv")
-                                                    else []), *(["--only", only] if only else []), "--json", str(json_out)]
-            write_json(json_out, {"schema": "bitladder.bench/1", "command": shlex.join(cmd),
-                                  "torch_threads": __import__("torch").get_num_threads(), "machine": mach,
-                                  "allocator": allocated(pinned), "rows": rows})
+            save(True)
             plain(f"rows: {json_out}")

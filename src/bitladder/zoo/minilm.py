@@ -20,7 +20,7 @@ from bitladder.zoo.text import Text
 
 EVAL_SENTENCES = 256
 CALIB_SENTENCES = 512
-TRAIN_SENTENCES = 1024  # distillation data: the calibration half of the corpus, never the eval slice
+TRAIN_SENTENCES = 1024  # distillation data: up to this many of the calibration half, never the eval slice
 BATCH = 64
 MAX_LENGTH = 128
 
@@ -86,7 +86,7 @@ def spec(folder: str | None = None, source: str = "minilm", text: Text | None = 
     from the built-in corpus, or from ``text`` (a user's file)."""
     ev = text.eval[:EVAL_SENTENCES] if text else corpus.eval_sentences(EVAL_SENTENCES)
     cal = text.calib[:CALIB_SENTENCES] if text else corpus.calibration_sentences(CALIB_SENTENCES)
-    train = text.calib[:TRAIN_SENTENCES] if text else corpus.calibration_sentences(TRAIN_SENTENCES)
+    train = text.calib[:TRAIN_SENTENCES] if text else corpus.calibration_sentences(TRAIN_SENTENCES, up_to=True)
     evals = tokenize(ev, folder=folder)
     why = unseen.missing()
     return ModelSpec(

@@ -163,7 +163,7 @@ static void prep_then_run(PartFn prep, const void *pjob, int64_t size, int64_t s
     }
 }
 
-static int cpu_vnni(void) { /* vpdpbusd on 256-bit registers: AVX512-VNNI with VL */
+static inline int cpu_vnni(void) { /* vpdpbusd on 256-bit registers: AVX512-VNNI with VL */
 #ifdef BL_X86
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
@@ -172,7 +172,7 @@ static int cpu_vnni(void) { /* vpdpbusd on 256-bit registers: AVX512-VNNI with V
 #endif
 }
 
-static int cpu_avx512bw(void) {
+static inline int cpu_avx512bw(void) {
 #ifdef BL_X86
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
@@ -181,7 +181,7 @@ static int cpu_avx512bw(void) {
 #endif
 }
 
-static int cpu_avx2(void) {
+static inline int cpu_avx2(void) {
 #ifdef BL_X86
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");

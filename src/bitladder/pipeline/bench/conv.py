@@ -10,6 +10,8 @@ the quantised layer actually ran; a grouped convolution keeps the float path and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -33,9 +35,8 @@ def _rows(case: str, shape: list, batch: int, fns: dict, rounds: int, inner: int
     return [{**latency_row(case, shape, batch, v, ms, base), **extra} for v, ms in lat.items()]
 
 
-def conv_rows(rounds: int = 15) -> list[dict]:
+def conv_rows(rounds: int = 15) -> Iterator[dict]:
     """Bench rows: fp32 ``nn.Conv2d`` against dynamic W8A8 for each of ``CASES``, then the digits CNN whole."""
-    rows = []
     for n, c, o, size, k, stride, groups in CASES:
         torch.manual_seed(0)
         conv = nn.Conv2d(c, o, k, stride, k // 2, groups=groups).eval()
@@ -44,7 +45,7 @@ def conv_rows(rounds: int = 15) -> list[dict]:
         with torch.inference_mode():
             q(x)
         flops = n * o * (c // groups) * k * k * (size // stride) ** 2
-        rows += _rows("conv", [o, c // groups, k, k], n, {"fp32 nn.Conv2d": lambda: conv(x),
+        yield from _rows("conv", [o, c // groups, k, k], n, {"fp32 nn.Conv2d": lambda: conv(x),
                                                           f"bitladder int8 W8A8 [{q.kernel}]": lambda: q(x)},
                       rounds, max(1, min(20, int(2e8 / flops))), macs=flops)
     from bitladder.zoo import digits
@@ -55,6 +56,5 @@ def conv_rows(rounds: int = 15) -> list[dict]:
     with torch.inference_mode():
         q(x)  # the kernels are picked on the first call
     kernels = sorted({m.kernel for m in q.modules() if hasattr(m, "qweight")})
-    rows += _rows("digits", [], len(x), {"fp32": lambda: spec.model(x),
+    yield from _rows("digits", [], len(x), {"fp32": lambda: spec.model(x),
                                          f"bitladder W8A8 dynamic [{', '.join(kernels)}]": lambda: q(x)}, rounds, 5)
-    return rows

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -218,6 +218,8 @@ def latency_row(case: str, shape: list, batch: int, variant: str, ms: float, bas
             "knn10": None}
 
 
-def linear_rows(sizes=(1024, 4096), batches=(1, 64), rounds: int = 25) -> list[dict]:
-    """Bench rows of :func:`run_case` for a square weight of each size at each batch."""
-    return [r for n in sizes for m in batches for r in run_case(n, n, m, rounds)]
+def linear_rows(sizes=(1024, 4096), batches=(1, 64), rounds: int = 25) -> Iterator[dict]:
+    """Bench rows of :func:`run_case` for a square weight of each size at each batch, case by case."""
+    for n in sizes:
+        for m in batches:
+            yield from run_case(n, n, m, rounds)
