@@ -50,6 +50,16 @@ class SentenceEncoder(nn.Module):
         return nn.functional.normalize(pooled, dim=-1)
 
 
+def without_padding(model: SentenceEncoder) -> SentenceEncoder:
+    """``model`` (float or quantised) run on each batch's real tokens only (:class:`bitladder.nn.unpad.Unpadded`):
+    the same embeddings up to float rounding; its modules are shared, not copied."""
+    from bitladder.nn.unpad import Unpadded
+
+    if not isinstance(model, SentenceEncoder):
+        raise BitladderError(f"without_padding takes a sentence encoder; got {type(model).__name__}")
+    return SentenceEncoder(Unpadded(model.encoder)).eval()
+
+
 def build(folder: str | None = None) -> SentenceEncoder:
     """The sentence encoder (mean-pooled, L2-normalised) of ``folder`` (default: MiniLM's local weights),
     from safetensors, in eval mode."""

@@ -219,6 +219,10 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
             _bitladder(spec, W8A8_SQ, calib), "fbgemm"),
         "bitladder W8A8 dynamic per-token (oneDNN)": lambda: _bitladder(spec, Int(8, act=Act(dynamic="token"))),
         "bitladder W8A8 dynamic per-token + Hadamard 64": lambda: _bitladder(spec, W8A8_ROT64),
+        # the same two on each batch's real tokens only (zoo.minilm.without_padding): what padding costs
+        "fp32 torch, padding removed": lambda: minilm.without_padding(spec.model),
+        "bitladder W8A8 dynamic per-token + Hadamard 64, padding removed": lambda: minilm.without_padding(
+            _bitladder(spec, W8A8_ROT64)),
         "bitladder W8A8 dynamic per-tensor (oneDNN)": lambda: _bitladder(spec, Int(8, act=Act(dynamic="tensor"))),
         "bitladder W8A8 static + SmoothQuant 0.65": lambda: _bitladder(spec, W8A8_STATIC, calib),
         "bitladder W7A8 static + SmoothQuant 0.65": lambda: _bitladder(spec, W7A8_STATIC, calib),
