@@ -1,14 +1,14 @@
 """A BERT-family encoder run on its batch's real tokens only.
 
 A batch of sentences is padded to its longest one; the encoder then spends every Linear layer, LayerNorm,
-activation and residual add on padding rows whose outputs nobody reads (the pooling masks them). On MiniLM's
-32-sentence latency batch of the built-in corpus 537 of 1,504 rows are real. :class:`Unpadded` packs the real
-tokens into one (tokens, width) matrix after the embeddings and runs every token-wise layer on it; only
+activation and residual add on padding rows whose outputs nobody reads (the pooling masks them); on the built-in
+corpus most of MiniLM's rows are padding (docs/results/notes.md, 'Padding removed'). :class:`Unpadded` packs the
+real tokens into one (tokens, width) matrix after the embeddings and runs every token-wise layer on it; only
 attention scatters them back into the padded (batch, length) layout, where the mask keeps padding out of the
 softmax, and gathers its output again. The result at the real tokens is the wrapped encoder's, up to float
 rounding; padding rows come back as zeros. The layers themselves are called as they are (float, quantised,
-rotated), so it composes with any rung. Per-token kernels whose rows share one grid per call then see only
-real rows.
+rotated), so it composes with any rung. Per-token kernels whose rows share one grid per call then see only real
+rows.
 
 It is a run-time wrapper: it holds no weights of its own and is not stored in an artifact. Inference only
 (dropout is left out, so training mode is refused); absolute position embeddings and self-attention only.

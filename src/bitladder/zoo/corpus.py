@@ -80,8 +80,8 @@ def eval_sentences(n: int = 256) -> list[str]:
 
 def calibration_sentences(n: int = 128, *, up_to: bool = False) -> list[str]:
     """Sentences from the second half of the hash order: disjoint from any evaluation slice. ``up_to``: all
-    of that half when it holds fewer than ``n`` (its size follows the Python version's docstrings: 1,050 on
-    3.11, 983 on 3.12), else ValueError."""
+    of that half when it holds fewer than ``n`` (its size follows the Python version's docstrings), else
+    ValueError."""
     s = all_sentences()
     half = len(s) // 2
     if n > len(s) - half and not up_to:
