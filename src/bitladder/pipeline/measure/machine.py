@@ -1,5 +1,5 @@
-"""The ``machine`` object every result file carries: CPU model, vendor and ISA flags, the fp32 GEMM engine
-dequantising kernels take there (``fp32_gemm``), cores, threads, versions.
+"""The ``machine`` object every result file carries: CPU model (and family / model numbers), vendor and ISA
+flags, the fp32 GEMM engine dequantising kernels take there (``fp32_gemm``), cores, threads, versions.
 
 The CPU part is :meth:`bitladder.kernels.cpu.Cpu.describe`, so a ``BITLADDER_CPU`` override shows as the
 flags in force plus ``bitladder_cpu`` and ``host_flags``; the libraries' own ISA caps, where set, show as
@@ -36,6 +36,26 @@ def versions() -> dict[str, str]:
     return out
 
 
+def cpu_id(path: str = "/proc/cpuinfo") -> dict[str, int] | None:
+    """The first CPU's family, model and stepping numbers, which name its generation where a hypervisor masks
+    the model name ("AMD EPYC", "Intel(R) Xeon(R) Processor"); None where the file does not give them."""
+    found: dict[str, int] = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key in ("cpu family", "model", "stepping") and key not in found and value.isdigit():
+                    found[key] = int(value)
+                if not line.strip() and found:  # the first processor's block ends
+                    break
+    except OSError:
+        return None
+    if len(found) < 3:
+        return None
+    return {"family": found["cpu family"], "model": found["model"], "stepping": found["stepping"]}
+
+
 def machine(read_gbps: float | None = None, fp32_gflops: float | None = None,
             int8_gops: float | None = None, llc_bytes: int | None = None) -> dict:
     """This machine as a result file names it; measured limits are added only when given."""
@@ -43,6 +63,9 @@ def machine(read_gbps: float | None = None, fp32_gflops: float | None = None,
     cpu = current()
     out = {**cpu.describe(), "fp32_gemm": fp32_gemm.engine(cpu), "cores": cores, "threads": torch.get_num_threads(),
            "versions": versions()}
+    ident = cpu_id()
+    if ident is not None:
+        out["cpu_id"] = ident
     caps = {name: os.environ[name] for name in LIBRARY_CAPS if os.environ.get(name)}
     if caps:
         out["library_caps"] = caps
@@ -55,7 +78,10 @@ def machine(read_gbps: float | None = None, fp32_gflops: float | None = None,
 
 
 def one_line(m: dict) -> str:
-    """'AMD EPYC (avx2; 2 cores, 2 threads)': the CPU and the flags in force, for reports and tables."""
+    """'AMD EPYC family 25 model 17 (avx2; 2 cores, 2 threads)': the CPU and the flags in force, for reports and
+    tables."""
     flags = ", ".join(f for f, on in m.get("flags", {}).items() if on) or "no vector extensions"
     cap = f", BITLADDER_CPU={m['bitladder_cpu']}" if m.get("bitladder_cpu") else ""
-    return f"{m.get('cpu', '?')} ({flags}{cap}; {m.get('cores')} cores, {m.get('threads')} threads)"
+    ident = m.get("cpu_id")
+    gen = f" family {ident['family']} model {ident['model']}" if ident else ""
+    return f"{m.get('cpu', '?')}{gen} ({flags}{cap}; {m.get('cores')} cores, {m.get('threads')} threads)"
