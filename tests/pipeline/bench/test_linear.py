@@ -56,6 +56,10 @@ def test_batch_one_rows_carry_the_streamed_latency(monkeypatch):
     assert len({r["stream_read_gbps"] for r in rows}) == 1 and fp32["stream_read_gbps"] > 0
     assert all(r["paired_limit_fraction"] > 0 for r in rows if r["weight_bytes"])
     assert bench_linear.READ_PROBE not in {r["variant"] for r in rows}
+    # the bytes each variant cycled through: twice the cache, or fewer where the copy cap stopped it
+    for r in (r for r in rows if r["weight_bytes"]):
+        want = bench_linear.copies_for(r["weight_bytes"], 1 << 20) * r["weight_bytes"]
+        assert r["stream_working_set_bytes"] == want and (want >= 2 << 20 or want == 64 * r["weight_bytes"])
     assert all("stream_latency_ms" not in r and "stream_read_gbps" not in r and "paired_limit_fraction" not in r
                for r in bench_linear.run_case(128, 128, 4, rounds=3))
 

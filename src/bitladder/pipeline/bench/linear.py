@@ -172,11 +172,12 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
     inner = max(1, min(20, int(2e8 / flops)))
     with torch.no_grad():
         lat = timed(fns, rounds, inner)
-    stream, paired = {}, {}
+    stream, paired, working = {}, {}, {}
     if m == 1:
         cache = llc_bytes()
         copies = {v: [built[v]] + [makers[v]() for _ in range(copies_for(wbytes[v], cache) - 1)] for v in makers}
         calls = {v: [lambda f=f: f(x) for f in fs] for v, fs in copies.items()}
+        working = {v: len(fs) * wbytes[v] for v, fs in copies.items() if wbytes[v]}  # < 2x the cache: capped
         probe_bytes = max(2 * cache, PROBE_MIN_BYTES)
         calls[READ_PROBE] = [read_probe(probe_bytes)]
         with torch.no_grad():
@@ -200,6 +201,8 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
             row["stream_read_gbps"] = round(stream_gbps, 2)
             if variant in paired:
                 row["paired_limit_fraction"] = paired[variant]
+            if variant in working:
+                row["stream_working_set_bytes"] = working[variant]
         rows.append(row)
     return rows
 
