@@ -3,15 +3,32 @@
 import pytest
 
 from bitladder.pipeline.bench import linear as bench_linear
-from bitladder.pipeline.bench.linear import copies_for, paired_fraction, streamed_rounds
+from bitladder.pipeline.bench.linear import copies_for, paired_fraction, streamed_rounds, working_set
 
 
 def test_copies_exceed_twice_the_cache_within_the_cap():
-    assert copies_for(1 << 20, 32 << 20) == 64  # 1 MiB weights: 64 copies = 2 x 32 MiB
-    assert copies_for(9 << 20, 32 << 20) == 8  # 8 x 9 MiB = 72 MiB >= 64 MiB, 7 copies would not be
-    assert copies_for(100 << 20, 32 << 20) == 1  # one weight already past the cache
-    assert copies_for(1000, 32 << 20) == 64  # capped
-    assert copies_for(None, 32 << 20) == 1  # a kernel that does not count its bytes
+    assert copies_for(1 << 20, 64 << 20) == 64  # 1 MiB weights: 64 copies = 2 x a 32 MiB cache
+    assert copies_for(9 << 20, 64 << 20) == 8  # 8 x 9 MiB = 72 MiB >= 64 MiB, 7 copies would not be
+    assert copies_for(100 << 20, 64 << 20) == 1  # one weight already past the cache
+    assert copies_for(1000, 64 << 20) == 64  # capped
+    assert copies_for(None, 64 << 20) == 1  # a kernel that does not count its bytes
+
+
+def test_the_working_set_is_twice_the_cache_within_a_quarter_of_the_memory():
+    assert working_set(32 << 20, 24 << 30, 45) == 64 << 20  # a 32 MiB L3 on a 24 GiB machine: twice the cache
+    # a 300 MiB L3: 45 variants of 600 MiB would take 26 GiB of a 24 GiB machine; each gets 1/180 of it
+    assert working_set(300 << 20, 24 << 30, 45) == (24 << 30) // 4 // 45 < 600 << 20
+    assert working_set(300 << 20, 128 << 30, 45) == 600 << 20
+    assert working_set(32 << 20, 0, 45) == 1  # nothing available: one copy each (copies_for's floor)
+
+
+def test_available_memory_is_read_from_meminfo(tmp_path):
+    from bitladder.pipeline.bench.limits import available_bytes
+
+    info = tmp_path / "meminfo"
+    info.write_text("MemTotal:       24000000 kB\nMemFree:         1000 kB\nMemAvailable:   20000000 kB\n")
+    assert available_bytes(str(info)) == 20000000 * 1024
+    assert available_bytes(str(tmp_path / "missing")) > 0  # the free pages, where there is no meminfo
 
 
 def test_streamed_calls_every_copy_each_round():
@@ -47,6 +64,7 @@ def test_the_paired_fraction_cancels_the_machine_slowing_down_between_rounds():
 
 def test_batch_one_rows_carry_the_streamed_latency(monkeypatch):
     monkeypatch.setattr(bench_linear, "llc_bytes", lambda: 1 << 20)  # a small cache keeps the copies few
+    monkeypatch.setattr(bench_linear, "available_bytes", lambda: 64 << 30)  # not the memory: the cache decides
     rows = bench_linear.run_case(128, 128, 1, rounds=3)
     fp32 = next(r for r in rows if r["variant"] == "fp32 F.linear")
     assert fp32["stream_ratio_vs_fp32"] == 1.0 and fp32["stream_latency_ms"] > 0
@@ -58,7 +76,7 @@ def test_batch_one_rows_carry_the_streamed_latency(monkeypatch):
     assert bench_linear.READ_PROBE not in {r["variant"] for r in rows}
     # the bytes each variant cycled through: twice the cache, or fewer where the copy cap stopped it
     for r in (r for r in rows if r["weight_bytes"]):
-        want = bench_linear.copies_for(r["weight_bytes"], 1 << 20) * r["weight_bytes"]
+        want = bench_linear.copies_for(r["weight_bytes"], 2 << 20) * r["weight_bytes"]
         assert r["stream_working_set_bytes"] == want and (want >= 2 << 20 or want == 64 * r["weight_bytes"])
     assert all("stream_latency_ms" not in r and "stream_read_gbps" not in r and "paired_limit_fraction" not in r
                for r in bench_linear.run_case(128, 128, 4, rounds=3))
@@ -93,3 +111,14 @@ def test_rows_carry_the_ratio_to_fp32_on_onednn():
     ref = next(r for r in rows if r["variant"] == bench_linear.FP32_ONEDNN)
     assert ref["ratio_vs_fp32_onednn"] == 1.0 and ref["weight_bytes"] == 128 * 128 * 4
     assert all(r["ratio_vs_fp32_onednn"] > 0 for r in rows)
+
+
+def test_little_memory_shrinks_the_copies_and_the_rows_say_so(monkeypatch):
+    monkeypatch.setattr(bench_linear, "llc_bytes", lambda: 1 << 20)
+    monkeypatch.setattr(bench_linear, "available_bytes", lambda: 8 << 20)  # 8 MiB: a quarter shared by all
+    every = bench_linear.run_case(128, 128, 1, rounds=3)
+    reach = (8 << 20) // 4 // len(every)  # one share per variant, counted or not
+    rows = [r for r in every if r["weight_bytes"]]
+    assert all(r["stream_working_set_bytes"] < 2 << 20 for r in rows)
+    assert all(r["stream_working_set_bytes"] == copies_for(r["weight_bytes"], reach) * r["weight_bytes"]
+               for r in rows)

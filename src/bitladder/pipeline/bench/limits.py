@@ -13,7 +13,7 @@ fraction of its limit.
   CPU path is a slow reference loop: docs/DESIGN.md, 'Results schema').
 
 * ``llc_bytes``: the last-level cache's size (Linux sysfs; 64 MiB where it cannot be read), which the
-  Linear bench's streamed batch-1 timing must exceed.
+  Linear bench's streamed batch-1 timing must exceed; ``available_bytes``: the memory its copies may take.
 
 * ``read_probe``: the same float32 sum over a buffer of twice the last-level cache, as a callable the Linear
   bench times in its streamed rounds beside the kernels (``stream_read_gbps``): this VM's read bandwidth
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import glob
 import math
+import os
 import re
 import time
 import warnings
@@ -93,6 +94,21 @@ def llc_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
         if digits.isdigit():
             best = max(best, int(digits) * unit)
     return best or LLC_FALLBACK
+
+
+def available_bytes(path: str = "/proc/meminfo") -> int:
+    """Memory available to new allocations: ``MemAvailable`` (Linux), else the free physical pages."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return LLC_FALLBACK * 64
 
 
 def fp32_gflops(n: int = GEMM_N, repeats: int = 3) -> float:

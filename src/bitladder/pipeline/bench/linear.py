@@ -52,7 +52,7 @@ from bitladder.kernels import (
     fp32_gemm,
 )
 from bitladder.kernels.select import choose
-from bitladder.pipeline.bench.limits import llc_bytes, read_probe
+from bitladder.pipeline.bench.limits import available_bytes, llc_bytes, read_probe
 from bitladder.tensor.quantized import QuantizedTensor
 
 LOWBIT = [CTilesKernel, CLowbitKernel, OrtNBitsKernel, OrtNBitsFp32Kernel, Int4PackBf16Kernel, NumbaLowbitKernel]
@@ -130,11 +130,18 @@ def _variants(w: torch.Tensor, m: int) -> tuple[dict[str, Callable], dict[str, C
     return built, makers, wbytes, selected
 
 
-def copies_for(weight_bytes: int | None, cache_bytes: int, cap: int = 64) -> int:
-    """How many copies of a weight make a working set of at least twice ``cache_bytes`` (1 to ``cap``)."""
+def copies_for(weight_bytes: int | None, working_set: int, cap: int = 64) -> int:
+    """How many copies of a weight make a working set of at least ``working_set`` bytes (1 to ``cap``)."""
     if not weight_bytes:
         return 1
-    return max(1, min(cap, math.ceil(2 * cache_bytes / weight_bytes)))
+    return max(1, min(cap, math.ceil(working_set / weight_bytes)))
+
+
+def working_set(cache: int, available: int, variants: int) -> int:
+    """Bytes each of ``variants`` cycles through: twice the ``cache``, unless all their copies (alive at once)
+    would then take more than a quarter of the ``available`` memory (a server's L3 of hundreds of MiB would ask
+    tens of GiB of them)."""
+    return max(1, min(2 * cache, available // 4 // max(variants, 1)))
 
 
 def streamed_rounds(fns: dict[str, list[Callable]], rounds: int) -> dict[str, list[float]]:
@@ -175,7 +182,8 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
     stream, paired, working = {}, {}, {}
     if m == 1:
         cache = llc_bytes()
-        copies = {v: [built[v]] + [makers[v]() for _ in range(copies_for(wbytes[v], cache) - 1)] for v in makers}
+        reach = working_set(cache, available_bytes(), len(makers))
+        copies = {v: [built[v]] + [makers[v]() for _ in range(copies_for(wbytes[v], reach) - 1)] for v in makers}
         calls = {v: [lambda f=f: f(x) for f in fs] for v, fs in copies.items()}
         working = {v: len(fs) * wbytes[v] for v, fs in copies.items() if wbytes[v]}  # < 2x the cache: capped
         probe_bytes = max(2 * cache, PROBE_MIN_BYTES)
