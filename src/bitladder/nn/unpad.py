@@ -22,7 +22,8 @@ from torch import nn
 
 from bitladder.errors import BitladderError
 
-_PARTS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+_PARTS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.self.num_attention_heads",
+          "attention.self.attention_head_size", "attention.output.dense",
           "attention.output.LayerNorm", "intermediate.dense", "intermediate.intermediate_act_fn", "output.dense",
           "output.LayerNorm")
 

@@ -57,7 +57,9 @@ def without_padding(model: SentenceEncoder) -> SentenceEncoder:
 
     if not isinstance(model, SentenceEncoder):
         raise BitladderError(f"without_padding takes a sentence encoder; got {type(model).__name__}")
-    return SentenceEncoder(Unpadded(model.encoder)).eval()
+    out = SentenceEncoder(Unpadded(model.encoder))
+    out.training = model.training  # the shared modules keep their mode: no .eval() behind the caller's back
+    return out
 
 
 def build(folder: str | None = None) -> SentenceEncoder:

@@ -46,8 +46,8 @@ def conv_rows(rounds: int = 15) -> Iterator[dict]:
             q(x)
         flops = n * o * (c // groups) * k * k * (size // stride) ** 2
         yield from _rows("conv", [o, c // groups, k, k], n, {"fp32 nn.Conv2d": lambda: conv(x),
-                                                          f"bitladder int8 W8A8 [{q.kernel}]": lambda: q(x)},
-                      rounds, max(1, min(20, int(2e8 / flops))), macs=flops)
+                                                              f"bitladder int8 W8A8 [{q.kernel}]": lambda: q(x)},
+                         rounds, max(1, min(20, int(2e8 / flops))), macs=flops)
     from bitladder.zoo import digits
 
     spec = digits.spec()
@@ -57,4 +57,4 @@ def conv_rows(rounds: int = 15) -> Iterator[dict]:
         q(x)  # the kernels are picked on the first call
     kernels = sorted({m.kernel for m in q.modules() if hasattr(m, "qweight")})
     yield from _rows("digits", [], len(x), {"fp32": lambda: spec.model(x),
-                                         f"bitladder W8A8 dynamic [{', '.join(kernels)}]": lambda: q(x)}, rounds, 5)
+                                            f"bitladder W8A8 dynamic [{', '.join(kernels)}]": lambda: q(x)}, rounds, 5)

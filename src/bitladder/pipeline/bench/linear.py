@@ -185,7 +185,7 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
         reach = working_set(cache, available_bytes(), len(makers))
         copies = {v: [built[v]] + [makers[v]() for _ in range(copies_for(wbytes[v], reach) - 1)] for v in makers}
         calls = {v: [lambda f=f: f(x) for f in fs] for v, fs in copies.items()}
-        working = {v: len(fs) * wbytes[v] for v, fs in copies.items() if wbytes[v]}  # < 2x the cache: capped
+        working = {v: len(fs) * wbytes[v] for v, fs in copies.items() if wbytes[v]}  # under 2x the cache if capped
         probe_bytes = max(2 * cache, PROBE_MIN_BYTES)
         calls[READ_PROBE] = [read_probe(probe_bytes)]
         with torch.no_grad():
