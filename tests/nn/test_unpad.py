@@ -40,6 +40,16 @@ def test_real_tokens_are_the_padded_models_and_padding_rows_are_zero(lengths, ex
     assert not got[~real].any()
 
 
+def test_a_batch_without_padding_runs_as_it_is():
+    bert = tiny_bert()
+    ids = torch.randint(1, 64, (3, 7))
+    with torch.inference_mode():
+        want = bert(input_ids=ids).last_hidden_state
+        for mask in (None, torch.ones_like(ids)):  # no mask, or one that keeps every token
+            got = Unpadded(bert)(input_ids=ids, attention_mask=mask).last_hidden_state
+            torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
 def test_minilm_embeddings_unchanged_and_rows_cut_to_the_real_tokens(minilm_spec):
     from bitladder.zoo.minilm import without_padding
 

@@ -72,29 +72,36 @@ class Unpadded(nn.Module):
             raise BitladderError(f"a model without padding takes input_ids, attention_mask and token_type_ids; "
                                  f"got {', '.join(extra)}")
         b, n = input_ids.shape
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        h = self.encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        idx = mask.reshape(-1).nonzero().squeeze(1)
-        x = h.reshape(b * n, -1).index_select(0, idx)
-        keep = mask.bool()[:, None, None, :]  # (batch, 1, 1, length): the keys each query may attend to
+        h = self.encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids).reshape(b * n, -1)
+        if attention_mask is None or bool(attention_mask.all()):  # no padding (one sentence): nothing to move
+            idx = keep = None
+            x = h
+        else:
+            idx = attention_mask.reshape(-1).nonzero().squeeze(1)
+            x = h.index_select(0, idx)
+            keep = attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, length): the keys a query may see
         for layer in self.encoder.encoder.layer:
-            x = _layer(layer, x, idx, keep)
-        out = x.new_zeros(b * n, x.shape[1]).index_copy(0, idx, x).view(b, n, -1)
-        return BaseModelOutput(last_hidden_state=out)
+            x = _layer(layer, x, idx, keep, b, n)
+        out = x if idx is None else x.new_zeros(b * n, x.shape[1]).index_copy(0, idx, x)
+        return BaseModelOutput(last_hidden_state=out.view(b, n, -1))
 
 
-def _layer(layer: nn.Module, x: torch.Tensor, idx: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """One BERT layer on packed tokens ``x`` (tokens, width); ``idx``: their rows in the padded batch."""
+def _layer(layer: nn.Module, x: torch.Tensor, idx: torch.Tensor | None, keep: torch.Tensor | None, b: int,
+           n: int) -> torch.Tensor:
+    """One BERT layer on packed tokens ``x`` (tokens, width); ``idx``: their rows in the (``b``, ``n``) padded
+    batch, None where there is no padding."""
     sa = layer.attention.self
-    b, n = keep.shape[0], keep.shape[-1]
     heads, d = sa.num_attention_heads, sa.attention_head_size
 
     def padded(t: torch.Tensor) -> torch.Tensor:  # (tokens, heads * d) -> (batch, heads, length, d)
-        return t.new_zeros(b * n, t.shape[1]).index_copy(0, idx, t).view(b, n, heads, d).transpose(1, 2)
+        if idx is not None:
+            t = t.new_zeros(b * n, t.shape[1]).index_copy(0, idx, t)
+        return t.view(b, n, heads, d).transpose(1, 2)
 
     ctx = F.scaled_dot_product_attention(padded(sa.query(x)), padded(sa.key(x)), padded(sa.value(x)),
                                          attn_mask=keep, scale=getattr(sa, "scaling", d**-0.5))
-    ctx = ctx.transpose(1, 2).reshape(b * n, heads * d).index_select(0, idx)
+    ctx = ctx.transpose(1, 2).reshape(b * n, heads * d)
+    ctx = ctx if idx is None else ctx.index_select(0, idx)
     so = layer.attention.output
     a = so.LayerNorm(so.dense(ctx) + x)
     return layer.output.LayerNorm(layer.output.dense(layer.intermediate.intermediate_act_fn(
