@@ -1,12 +1,12 @@
 """A BERT-family encoder run on its batch's real tokens only.
 
 A batch of sentences is padded to its longest one; the encoder then spends every Linear layer, LayerNorm,
-activation and residual add on padding rows whose outputs nobody reads (the pooling masks them); on the built-in
-corpus most of MiniLM's rows are padding (docs/results/notes.md, 'Padding removed'). :class:`Unpadded` packs the
-real tokens into one (tokens, width) matrix after the embeddings and runs every token-wise layer on it; only
-attention scatters them back into the padded (batch, length) layout, where the mask keeps padding out of the
-softmax, and gathers its output again. The result at the real tokens is the wrapped encoder's, up to float
-rounding; padding rows come back as zeros. The layers themselves are called as they are (float, quantised,
+activation and residual add on padding rows whose outputs nobody reads (the pooling masks them), and attention on
+padding keys and queries; on the built-in corpus most of MiniLM's rows are padding (docs/results/notes.md,
+'Padding removed'). :class:`Unpadded` packs the real tokens into one (tokens, width) matrix after the embeddings
+and runs every token-wise layer on it; attention runs sentence by sentence on each one's own tokens (no mask is
+left to apply), or in one call where the batch has no padding. The result at the real tokens is the wrapped
+encoder's, up to float rounding; padding rows come back as zeros. The layers themselves are called as they are (float, quantised,
 rotated), so it composes with any rung. Per-token kernels whose rows share one grid per call then see only real
 rows.
 
@@ -74,34 +74,44 @@ class Unpadded(nn.Module):
         b, n = input_ids.shape
         h = self.encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids).reshape(b * n, -1)
         if attention_mask is None or bool(attention_mask.all()):  # no padding (one sentence): nothing to move
-            idx = keep = None
+            idx, lengths = None, [n] * b
             x = h
         else:
-            idx = attention_mask.reshape(-1).nonzero().squeeze(1)
+            idx = attention_mask.reshape(-1).nonzero().squeeze(1)  # row by row: each sentence's tokens together
+            lengths = attention_mask.sum(1).tolist()
             x = h.index_select(0, idx)
-            keep = attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, length): the keys a query may see
+            if not len(x):  # no sentence has a token
+                return BaseModelOutput(last_hidden_state=h.new_zeros(b, n, h.shape[1]))
         for layer in self.encoder.encoder.layer:
-            x = _layer(layer, x, idx, keep, b, n)
+            x = _layer(layer, x, lengths, idx is None)
         out = x if idx is None else x.new_zeros(b * n, x.shape[1]).index_copy(0, idx, x)
         return BaseModelOutput(last_hidden_state=out.view(b, n, -1))
 
 
-def _layer(layer: nn.Module, x: torch.Tensor, idx: torch.Tensor | None, keep: torch.Tensor | None, b: int,
-           n: int) -> torch.Tensor:
-    """One BERT layer on packed tokens ``x`` (tokens, width); ``idx``: their rows in the (``b``, ``n``) padded
-    batch, None where there is no padding."""
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+    """Attention of one sentence's packed (tokens, heads * d) projections, or of a (sentences, tokens, ...) batch
+    of equal lengths: no mask, since no padding is left."""
+    lead, width = q.shape[:-1], q.shape[-1]
+
+    def split(t: torch.Tensor) -> torch.Tensor:  # (..., tokens, heads * d) -> (..., heads, tokens, d)
+        return t.reshape(*lead, heads, width // heads).transpose(-3, -2)
+
+    out = F.scaled_dot_product_attention(split(q), split(k), split(v), scale=scale)
+    return out.transpose(-3, -2).reshape(*lead, width)
+
+
+def _layer(layer: nn.Module, x: torch.Tensor, lengths: list[int], uniform: bool) -> torch.Tensor:
+    """One BERT layer on packed tokens ``x`` (tokens, width), sentence after sentence of ``lengths`` tokens
+    (``uniform``: all of one length, the batch unpadded)."""
     sa = layer.attention.self
-    heads, d = sa.num_attention_heads, sa.attention_head_size
-
-    def padded(t: torch.Tensor) -> torch.Tensor:  # (tokens, heads * d) -> (batch, heads, length, d)
-        if idx is not None:
-            t = t.new_zeros(b * n, t.shape[1]).index_copy(0, idx, t)
-        return t.view(b, n, heads, d).transpose(1, 2)
-
-    ctx = F.scaled_dot_product_attention(padded(sa.query(x)), padded(sa.key(x)), padded(sa.value(x)),
-                                         attn_mask=keep, scale=getattr(sa, "scaling", d**-0.5))
-    ctx = ctx.transpose(1, 2).reshape(b * n, heads * d)
-    ctx = ctx if idx is None else ctx.index_select(0, idx)
+    heads, scale = sa.num_attention_heads, getattr(sa, "scaling", sa.attention_head_size**-0.5)
+    q, k, v = sa.query(x), sa.key(x), sa.value(x)
+    if uniform:  # one batched call
+        n = lengths[0]
+        ctx = _attend(*(t.reshape(len(lengths), n, -1) for t in (q, k, v)), heads, scale).reshape(x.shape[0], -1)
+    else:  # each sentence on its own tokens: a padded batch's attention is mostly padding
+        ctx = torch.cat([_attend(qi, ki, vi, heads, scale) for qi, ki, vi in
+                         zip(q.split(lengths), k.split(lengths), v.split(lengths)) if len(qi)])
     so = layer.attention.output
     a = so.LayerNorm(so.dense(ctx) + x)
     return layer.output.LayerNorm(layer.output.dense(layer.intermediate.intermediate_act_fn(
