@@ -40,6 +40,15 @@ def test_real_tokens_are_the_padded_models_and_padding_rows_are_zero(lengths, ex
     assert not got[~real].any()
 
 
+def test_bool_and_float_masks_are_read_as_the_integer_one():
+    bert = tiny_bert()
+    ids, mask = batch([4, 2, 5])
+    with torch.inference_mode():
+        want = Unpadded(bert)(input_ids=ids, attention_mask=mask).last_hidden_state
+        for other in (mask.bool(), mask.float()):
+            torch.testing.assert_close(Unpadded(bert)(input_ids=ids, attention_mask=other).last_hidden_state, want)
+
+
 def test_a_batch_without_any_token_gives_zeros():
     ids, mask = batch([0, 0], 5)
     with torch.inference_mode():

@@ -78,7 +78,7 @@ class Unpadded(nn.Module):
             x = h
         else:
             idx = attention_mask.reshape(-1).nonzero().squeeze(1)  # row by row: each sentence's tokens together
-            lengths = attention_mask.sum(1).tolist()
+            lengths = attention_mask.bool().sum(1).tolist()  # a float or bool mask too
             x = h.index_select(0, idx)
             if not len(x):  # no sentence has a token
                 return BaseModelOutput(last_hidden_state=h.new_zeros(b, n, h.shape[1]))
