@@ -75,3 +75,19 @@ def test_the_fbgemm_grid_follows_its_cap(monkeypatch):
     monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "AVX2")
     assert act_levels(127) == 127 and act_levels(64) == 255  # 7-bit weights cannot saturate a pair sum
     assert act_levels(127, "onednn") == (255 if cpu.current().dot32("onednn") else 127)
+
+
+def test_cpuinfo_gives_the_first_cpus_generation_behind_a_masked_model_name(tmp_path):
+    from bitladder.kernels.cpu import Cpu, read_cpuinfo
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\nstepping\t: 1\nflags\t\t: avx2 avx512f avx512_vpopcntdq\n\n"
+                    "processor\t: 1\ncpu family\t: 6\nmodel\t\t: 143\nstepping\t: 8\n")
+    model, vendor, flags, ident = read_cpuinfo(str(info))
+    assert (model, vendor, ident) == ("AMD EPYC", "AuthenticAMD", (25, 17, 1))  # the first CPU's numbers only
+    assert {"avx2", "avx512f", "vpopcntdq"} <= flags
+    assert Cpu(model, flags, flags, ident=ident).describe()["cpu_id"] == {"family": 25, "model": 17, "stepping": 1}
+    info.write_text("processor\t: 0\nmodel name\t: Apple M2\n")  # no numbers: left out, not guessed
+    assert read_cpuinfo(str(info))[3] is None and "cpu_id" not in Cpu("Apple M2", frozenset(), frozenset()).describe()
+    assert read_cpuinfo(str(tmp_path / "missing"))[1:] == ("", frozenset(), None)

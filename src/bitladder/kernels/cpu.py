@@ -74,6 +74,7 @@ class Cpu:
     level: str = "native"
     vendor: str = ""  # /proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD): MKL tunes for Intel's only
     fbgemm_cap: frozenset[str] | None = None  # FBGEMM_ENABLE_INSTRUCTIONS's ceiling for fbgemm alone; None: none
+    ident: tuple[int, int, int] | None = None  # /proc/cpuinfo's (family, model, stepping), where it gives them
 
     def has(self, *features: str) -> bool:
         """Whether every one of ``features`` is among the flags in force."""
@@ -98,6 +99,8 @@ class Cpu:
     def describe(self) -> dict:
         """The ``machine``-object part a result file carries for the CPU."""
         d = {"cpu": self.model, "vendor": self.vendor, "flags": {f: f in self.flags for f in FEATURES}}
+        if self.ident is not None:
+            d["cpu_id"] = dict(zip(("family", "model", "stepping"), self.ident, strict=True))
         if self.level != "native":
             d["bitladder_cpu"] = self.level
         if self.level != "native" or self.flags != self.host_flags:  # capped (BITLADDER_CPU, ONEDNN_MAX_CPU_ISA)
@@ -107,25 +110,34 @@ class Cpu:
         return d
 
 
-@functools.lru_cache(maxsize=1)
-def _host() -> tuple[str, str, frozenset[str]]:
-    """(model name, vendor, features) of this machine, read once: the hardware does not change under a process."""
-    model, vendor, raw = platform.processor() or platform.machine(), "", set()
+def read_cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, str, frozenset[str], tuple[int, int, int] | None]:
+    """(model name, vendor, features, (family, model, stepping) or None) of the first CPU in ``path``. The
+    numbers name the generation where a hypervisor masks the model name ("AMD EPYC", "Intel(R) Xeon(R) Processor")."""
+    model, vendor, raw, ids = platform.processor() or platform.machine(), "", set(), {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
                 key, _, value = line.partition(":")
-                key = key.strip()
+                key, value = key.strip(), value.strip()
                 if key == "model name" and model in ("", platform.processor() or platform.machine()):
-                    model = value.strip()
+                    model = value
                 elif key == "vendor_id" and not vendor:
-                    vendor = value.strip()
+                    vendor = value
                 elif key == "flags" and not raw:
                     raw = set(value.split())
+                elif key in ("cpu family", "model", "stepping") and key not in ids and value.isdigit():
+                    ids[key] = int(value)
     except OSError:  # not Linux: every feature test says no and only portable kernels are chosen
         pass
     flags = {_ALIASES.get(f, f) for f in raw}
-    return model, vendor, frozenset(f for f in FEATURES if f in flags)
+    ident = tuple(ids[k] for k in ("cpu family", "model", "stepping")) if len(ids) == 3 else None
+    return model, vendor, frozenset(f for f in FEATURES if f in flags), ident
+
+
+@functools.lru_cache(maxsize=1)
+def _host() -> tuple[str, str, frozenset[str], tuple[int, int, int] | None]:
+    """:func:`read_cpuinfo` of this machine, read once: the hardware does not change under a process."""
+    return read_cpuinfo()
 
 
 def parse_level(value: str | None) -> str:
@@ -141,9 +153,9 @@ def current(env: dict | None = None) -> Cpu:
     ``ONEDNN_MAX_CPU_ISA`` when that is (an unknown value caps nothing, as in oneDNN); fbgemm's own cap
     ``FBGEMM_ENABLE_INSTRUCTIONS`` is kept apart, for the choices that depend on fbgemm alone."""
     env = os.environ if env is None else env
-    model, vendor, host = _host()
+    model, vendor, host, ident = _host()
     level = parse_level(env.get("BITLADDER_CPU"))
     flags = host if LEVELS[level] is None else host & LEVELS[level]
     onednn = ONEDNN_CAPS.get((env.get("ONEDNN_MAX_CPU_ISA") or "").strip().lower())
     fbgemm = FBGEMM_CAPS.get((env.get("FBGEMM_ENABLE_INSTRUCTIONS") or "").strip().upper())
-    return Cpu(model, flags if onednn is None else flags & onednn, host, level, vendor, fbgemm)
+    return Cpu(model, flags if onednn is None else flags & onednn, host, level, vendor, fbgemm, ident)

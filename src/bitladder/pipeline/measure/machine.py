@@ -36,26 +36,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def cpu_id(path: str = "/proc/cpuinfo") -> dict[str, int] | None:
-    """The first CPU's family, model and stepping numbers, which name its generation where a hypervisor masks
-    the model name ("AMD EPYC", "Intel(R) Xeon(R) Processor"); None where the file does not give them."""
-    found: dict[str, int] = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key, value = key.strip(), value.strip()
-                if key in ("cpu family", "model", "stepping") and key not in found and value.isdigit():
-                    found[key] = int(value)
-                if not line.strip() and found:  # the first processor's block ends
-                    break
-    except OSError:
-        return None
-    if len(found) < 3:
-        return None
-    return {"family": found["cpu family"], "model": found["model"], "stepping": found["stepping"]}
-
-
 def machine(read_gbps: float | None = None, fp32_gflops: float | None = None,
             int8_gops: float | None = None, llc_bytes: int | None = None) -> dict:
     """This machine as a result file names it; measured limits are added only when given."""
@@ -63,9 +43,6 @@ def machine(read_gbps: float | None = None, fp32_gflops: float | None = None,
     cpu = current()
     out = {**cpu.describe(), "fp32_gemm": fp32_gemm.engine(cpu), "cores": cores, "threads": torch.get_num_threads(),
            "versions": versions()}
-    ident = cpu_id()
-    if ident is not None:
-        out["cpu_id"] = ident
     caps = {name: os.environ[name] for name in LIBRARY_CAPS if os.environ.get(name)}
     if caps:
         out["library_caps"] = caps
