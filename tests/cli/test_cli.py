@@ -116,6 +116,9 @@ def test_export_and_run_a_fresh_process(tmp_path):
     one_line_error(cli("export", str(art), "--out", str(tmp_path / "e.onnx"), "--static-gemm", "int8"),
                    "static_gemm must be one of integer, qdq")
     assert not (tmp_path / "e.onnx").exists()
+    one_line_error(cli("export", str(art), "--out", str(tmp_path / "e.onnx"), "--remove-padding"),
+                   "removing padding needs a BERT-style encoder")
+    assert not (tmp_path / "e.onnx").exists()
 
 
 def test_compress_runs_the_digits_example(tmp_path):

@@ -51,6 +51,8 @@ def test_wrong_target_and_onnx_only_options_are_one_line_errors(tmp_path, tinylm
                    "unknown export target 'tflite'", "onnx, gguf, hf, executorch")
     one_line_error(cli("export", str(art), "--to", "gguf", "--opset", "17", "--out", str(tmp_path / "m.gguf")),
                    "opset", "--to onnx only")
+    one_line_error(cli("export", str(art), "--to", "gguf", "--remove-padding", "--out", str(tmp_path / "m.gguf")),
+                   "remove_padding", "--to onnx only")
     one_line_error(cli("export", str(art), "--to", "gguf", "--out", str(tmp_path / "nowhere" / "m.gguf")),
                    "does not exist")
     assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -7,7 +7,7 @@ from torch import nn
 import bitladder
 from bitladder import Act, Int
 from bitladder.errors import BitladderError
-from bitladder.nn.unpad import Unpadded
+from bitladder.nn.unpad import Unpadded, without_padding
 
 
 def tiny_bert(**kw):
@@ -38,6 +38,44 @@ def test_real_tokens_are_the_padded_models_and_padding_rows_are_zero(lengths, ex
     real = mask.bool()
     torch.testing.assert_close(got[real], want[real], atol=2e-5, rtol=1e-5)
     assert not got[~real].any()
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.integers(0, 12), min_size=1, max_size=6), st.integers(0, 4))
+def test_the_graph_form_computes_what_the_padded_model_does(lengths, extra):
+    # the form that ONNX export traces: real tokens gathered once, attention re-padded per layer
+    bert = tiny_bert()
+    ids, mask = batch(lengths, max(lengths) + extra or 1)
+    types = torch.randint(0, 2, ids.shape)
+    with torch.inference_mode():
+        want = bert(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        got = Unpadded(bert)._graph(ids, mask, types)
+    real = mask.bool()
+    torch.testing.assert_close(got[real], want[real], atol=2e-5, rtol=1e-5)
+    assert not got[~real].any()
+
+
+def test_without_padding_wraps_the_encoder_or_the_model_holding_it():
+    bert = tiny_bert()
+    assert isinstance(without_padding(bert), Unpadded)
+
+    class Pooled(nn.Module):
+        def __init__(self, enc):
+            super().__init__()
+            self.head, self.enc = nn.Linear(32, 2), enc
+
+        def forward(self, input_ids, attention_mask):
+            return self.head(self.enc(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0])
+
+    model = Pooled(bert)
+    wrapped = without_padding(model)
+    assert isinstance(wrapped.enc, Unpadded) and wrapped.head is model.head
+    assert model.enc is bert  # the caller's model keeps its own encoder
+    ids, mask = batch([5, 2, 4])
+    with torch.inference_mode():
+        torch.testing.assert_close(wrapped(ids, mask), model(ids, mask), atol=2e-5, rtol=1e-5)
+    with pytest.raises(BitladderError, match="BERT-style encoder .* Sequential is neither"):
+        without_padding(nn.Sequential(nn.Linear(4, 4)))
 
 
 def test_bool_and_float_masks_are_read_as_the_integer_one():

@@ -245,13 +245,16 @@ def export(
                                     "(QuantizeLinear/DequantizeLinear around a float MatMul; OpenVINO, TensorRT)"),
     weights: str = typer.Option(None, help="onnx: standard (DequantizeLinear, default) or matmulnbits "
                                 "(onnxruntime's MatMulNBits for Linear layers of 4 bits or fewer)"),
+    remove_padding: bool = typer.Option(False, "--remove-padding", help="onnx: a BERT-style encoder runs its "
+                                        "token-wise layers on each batch's real tokens only (same outputs)"),
 ) -> None:
     """Export an artifact to a deployment format, carrying bitladder's own quantised weights."""
     from bitladder.io.artifact import load, read_header
     from bitladder.io.targets import check, export as write
     from bitladder.zoo.registry import resolve
 
-    tgt = check(to, out, opset=opset, activations=activations, weights=weights, static_gemm=static_gemm)
+    tgt = check(to, out, opset=opset, activations=activations, weights=weights, static_gemm=static_gemm,
+                remove_padding=remove_padding or None)
     meta, _ = read_header(artifact)
     if not (model or meta.get("source")):
         raise BitladderError(f"{artifact} does not say which model it is; pass its factory: --model package.module:function")
@@ -260,7 +263,7 @@ def export(
     batch = spec.latency_batch
     example = {k: v[:2] for k, v in batch.items()} if isinstance(batch, dict) else batch[:2]
     path = write(tgt.name, loaded, example, out, opset=opset, activations=activations, weights=weights,
-                 static_gemm=static_gemm)
+                 static_gemm=static_gemm, remove_padding=remove_padding or None)
     size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     plain(f"wrote {path} ({size:,} bytes, {tgt.name})")
 

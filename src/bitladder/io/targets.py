@@ -38,7 +38,8 @@ def _onnx(model, example, out, opts):
     from bitladder.io.onnx_export import export_onnx
 
     return export_onnx(model, example, out, opts.get("opset", 21), opts.get("activations", "float"),
-                       opts.get("weights", "standard"), opts.get("static_gemm", "integer"))
+                       opts.get("weights", "standard"), opts.get("static_gemm", "integer"),
+                       opts.get("remove_padding", False))
 
 
 def _gguf(model, example, out, opts):

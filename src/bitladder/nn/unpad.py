@@ -16,6 +16,8 @@ It is a run-time wrapper: it holds no weights of its own and is not stored in an
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,6 +73,8 @@ class Unpadded(nn.Module):
         if extra:
             raise BitladderError(f"a model without padding takes input_ids, attention_mask and token_type_ids; "
                                  f"got {', '.join(extra)}")
+        if torch.jit.is_tracing():  # an exported graph: its shapes are symbolic, so no loop over sentences
+            return BaseModelOutput(last_hidden_state=self._graph(input_ids, attention_mask, token_type_ids))
         b, n = input_ids.shape
         h = self.encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids).reshape(b * n, -1)
         if attention_mask is None or bool(attention_mask.all()):  # no padding (one sentence): nothing to move
@@ -82,37 +86,111 @@ class Unpadded(nn.Module):
             x = h.index_select(0, idx)
             if not len(x):  # no sentence has a token
                 return BaseModelOutput(last_hidden_state=h.new_zeros(b, n, h.shape[1]))
+        attend = _uniform(lengths[0], len(lengths)) if idx is None else _by_sentence(lengths)
         for layer in self.encoder.encoder.layer:
-            x = _layer(layer, x, lengths, idx is None)
+            x = _layer(layer, x, attend)
         out = x if idx is None else x.new_zeros(b * n, x.shape[1]).index_copy(0, idx, x)
         return BaseModelOutput(last_hidden_state=out.view(b, n, -1))
 
+    def _graph(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+               token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        """The same computation in a form that traces into a graph for any batch and sequence length (ONNX
+        export): the real tokens are gathered once (NonZero, Gather), every token-wise layer runs on them, and
+        each layer's queries, keys and values are scattered back into the padded layout for one masked
+        attention product (ScatterND), whose output is gathered again; runtimes have no per-sentence loop."""
+        b, n = input_ids.shape
+        h = self.encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (batch, seq, width)
+        sa = self.encoder.encoder.layer[0].attention.self
+        heads, d = sa.num_attention_heads, sa.attention_head_size
+        # widths as constants and each shape derived once: a graph with few shape nodes per layer
+        flat = h.reshape(-1, heads * d)
+        layout = torch.cat([flat, flat, flat], -1).view(b, n, 3, heads, d)  # only its shape is read
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        keep = attention_mask.reshape(-1) != 0
+        idx = keep.nonzero().squeeze(1)
+        # each padded position's row in [the packed tokens; one zero row]: its own token, or the zero row
+        count = keep.long()
+        src = torch.where(keep, count.cumsum(0) - 1, count.sum())
+        zero = torch.zeros(1, 3 * heads * d, dtype=h.dtype)  # one row of q, k and v side by side
+        # finite additive mask on the padding keys: no row turns NaN, so no guard node per Softmax
+        bias = (attention_mask == 0).to(h.dtype)[:, None, None, :] * torch.finfo(h.dtype).min
+        x = flat.index_select(0, idx).unsqueeze(0)  # (1, tokens, width): Linear layers export as MatMul, as padded
+        for layer in self.encoder.encoder.layer:
+            x = _layer(layer, x, _repadded(idx, src, zero, bias, layout))
+        return torch.cat([x.reshape(-1, heads * d), zero[:, : heads * d]]).index_select(0, src).view_as(h)
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
-    """Attention of one sentence's packed (tokens, heads * d) projections, or of a (sentences, tokens, ...) batch
-    of equal lengths: no mask, since no padding is left."""
-    lead, width = q.shape[:-1], q.shape[-1]
 
-    def split(t: torch.Tensor) -> torch.Tensor:  # (..., tokens, heads * d) -> (..., heads, tokens, d)
-        return t.reshape(*lead, heads, width // heads).transpose(-3, -2)
-
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v), scale=scale)
-    return out.transpose(-3, -2).reshape(*lead, width)
+def _split(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(..., tokens, heads * d) -> (..., heads, tokens, d)."""
+    return t.reshape(*t.shape[:-1], heads, t.shape[-1] // heads).transpose(-3, -2)
 
 
-def _layer(layer: nn.Module, x: torch.Tensor, lengths: list[int], uniform: bool) -> torch.Tensor:
-    """One BERT layer on packed tokens ``x`` (tokens, width), sentence after sentence of ``lengths`` tokens
-    (``uniform``: all of one length, the batch unpadded)."""
+def _merge(t: torch.Tensor) -> torch.Tensor:
+    """(..., heads, tokens, d) -> (..., tokens, heads * d)."""
+    t = t.transpose(-3, -2)
+    return t.reshape(*t.shape[:-2], -1)
+
+
+def _by_sentence(lengths: list[int]):
+    """Attention of packed (tokens, width) projections, each sentence of ``lengths`` on its own tokens: no mask,
+    since no padding is left (a padded batch's attention is mostly padding)."""
+    def attend(q, k, v, heads, scale):
+        return torch.cat([_merge(F.scaled_dot_product_attention(_split(qi, heads), _split(ki, heads),
+                                                                _split(vi, heads), scale=scale))
+                          for qi, ki, vi in zip(q.split(lengths), k.split(lengths), v.split(lengths)) if len(qi)])
+    return attend
+
+
+def _uniform(n: int, sentences: int):
+    """Attention of ``sentences`` unpadded sentences of ``n`` tokens each, packed: one batched call."""
+    def attend(q, k, v, heads, scale):
+        q, k, v = (_split(t.reshape(sentences, n, -1), heads) for t in (q, k, v))
+        return _merge(F.scaled_dot_product_attention(q, k, v, scale=scale)).reshape(sentences * n, -1)
+    return attend
+
+
+def _repadded(idx: torch.Tensor, src: torch.Tensor, zero: torch.Tensor, bias: torch.Tensor, layout: torch.Tensor):
+    """Attention of (1, tokens, width) projections in the padded layout: q, k and v side by side, with a ``zero``
+    row, gathered by ``src`` in one Gather (not a scatter) and viewed as ``layout`` (batch, seq, 3, heads, d),
+    masked by the additive ``bias``; the real tokens (``idx``) are gathered back."""
+    width = zero.shape[1] // 3
+
+    def attend(q, k, v, heads, scale):
+        qkv = torch.cat([torch.cat([q * scale, k, v], -1).reshape(-1, 3 * width), zero]).index_select(0, src)
+        q, k, v = (t.transpose(1, 2) for t in qkv.view_as(layout).unbind(2))  # each (batch, heads, seq, d)
+        scores = torch.matmul(q, k.transpose(-2, -1)) + bias
+        ctx = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2)
+        return ctx.reshape(-1, width).index_select(0, idx).unsqueeze(0)
+    return attend
+
+
+def _layer(layer: nn.Module, x: torch.Tensor, attend) -> torch.Tensor:
+    """One BERT layer on packed tokens ``x``; ``attend(q, k, v, heads, scale)`` mixes them."""
     sa = layer.attention.self
     heads, scale = sa.num_attention_heads, getattr(sa, "scaling", sa.attention_head_size**-0.5)
-    q, k, v = sa.query(x), sa.key(x), sa.value(x)
-    if uniform:  # one batched call
-        n = lengths[0]
-        ctx = _attend(*(t.reshape(len(lengths), n, -1) for t in (q, k, v)), heads, scale).reshape(x.shape[0], -1)
-    else:  # each sentence on its own tokens: a padded batch's attention is mostly padding
-        ctx = torch.cat([_attend(qi, ki, vi, heads, scale) for qi, ki, vi in
-                         zip(q.split(lengths), k.split(lengths), v.split(lengths)) if len(qi)])
+    ctx = attend(sa.query(x), sa.key(x), sa.value(x), heads, scale)
     so = layer.attention.output
     a = so.LayerNorm(so.dense(ctx) + x)
     return layer.output.LayerNorm(layer.output.dense(layer.intermediate.intermediate_act_fn(
         layer.intermediate.dense(a))) + a)
+
+
+def _bert_like(m: nn.Module) -> bool:
+    return hasattr(m, "embeddings") and bool(getattr(getattr(m, "encoder", None), "layer", None))
+
+
+def without_padding(model: nn.Module) -> nn.Module:
+    """``model`` with its BERT-style encoder wrapped in :class:`Unpadded`: the encoder itself, or a model that
+    holds one as a direct child (a sentence encoder's pooling around it). The modules are shared, not copied;
+    the wrapper is a shallow copy of ``model``, which is left as it is."""
+    if _bert_like(model):
+        return Unpadded(model)
+    for name, child in model.named_children():
+        if _bert_like(child):
+            out = copy.copy(model)
+            out._modules = dict(model._modules)  # the copy's own child table: the caller's model keeps its encoder
+            setattr(out, name, Unpadded(child))
+            return out
+    raise BitladderError(f"removing padding needs a BERT-style encoder (embeddings, encoder.layer) or a model "
+                         f"holding one; {type(model).__name__} is neither")

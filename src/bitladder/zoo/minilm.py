@@ -53,13 +53,11 @@ class SentenceEncoder(nn.Module):
 def without_padding(model: SentenceEncoder) -> SentenceEncoder:
     """``model`` (float or quantised) run on each batch's real tokens only (:class:`bitladder.nn.unpad.Unpadded`):
     the same embeddings up to float rounding; its modules are shared, not copied."""
-    from bitladder.nn.unpad import Unpadded
+    from bitladder.nn import unpad
 
     if not isinstance(model, SentenceEncoder):
         raise BitladderError(f"without_padding takes a sentence encoder; got {type(model).__name__}")
-    out = SentenceEncoder(Unpadded(model.encoder))
-    out.training = model.training  # the shared modules keep their mode: no .eval() behind the caller's back
-    return out
+    return unpad.without_padding(model)
 
 
 def build(folder: str | None = None) -> SentenceEncoder:

@@ -109,16 +109,17 @@ def _session(path: Path) -> nn.Module:
 
 def _bitladder_onnx(spec, cfg, activations: str, folder: Path, calib=None, runtime=_session,
                     opset: int = 21, weights: str = "standard", static_gemm: str = "integer",
-                    ffn_down=None) -> nn.Module:
+                    ffn_down=None, remove_padding: bool = False) -> nn.Module:
     """A bitladder model exported with standard operators (DequantizeLinear / MatMulInteger, or Q/DQ around
     float MatMuls: ``static_gemm``), or with onnxruntime's MatMulNBits (``weights``), run in ORT (or in
-    ``runtime``, a function of the file's path)."""
+    ``runtime``, a function of the file's path); ``cfg`` None: the fp32 model through bitladder's exporter."""
     from bitladder.io.onnx_export import export_onnx
 
     b = spec.latency_batch
-    path = folder / f"bitladder-{cfg.qtype}-{activations}-{len(list(folder.iterdir()))}.onnx"
-    export_onnx(_bitladder(spec, cfg, calib, ffn_down), {k: v[:2] for k, v in b.items()}, path, opset, activations,
-                weights, static_gemm)
+    model = spec.model if cfg is None else _bitladder(spec, cfg, calib, ffn_down)
+    path = folder / f"bitladder-{cfg and cfg.qtype}-{activations}-{len(list(folder.iterdir()))}.onnx"
+    export_onnx(model, {k: v[:2] for k, v in b.items()}, path, opset, activations, weights, static_gemm,
+                remove_padding)
     return runtime(path)
 
 
@@ -264,6 +265,20 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
         "bitladder ONNX W8A8 static, SmoothQuant 0.8; FFN down 0.5 + 16 outlier channels (QDQ) on OpenVINO, "
         "snippets off": lambda: _bitladder_onnx(spec, W8A8_SQ80, "float", folder, calib, _ov_no_snippets,
                                                 static_gemm="qdq", ffn_down=W8A8_OUTLIERS),
+        # bitladder's files that run every token-wise layer on the batch's real tokens (export remove_padding)
+        "bitladder ONNX fp32, padding removed": lambda: _bitladder_onnx(spec, None, "float", folder,
+                                                                       remove_padding=True),
+        "bitladder ONNX fp32, padding removed, on OpenVINO": lambda: _bitladder_onnx(
+            spec, None, "float", folder, runtime=bench_peers.openvino_onnx, remove_padding=True),
+        "bitladder ONNX W8A8 static, SmoothQuant 0.8; FFN down 0.5 + 16 outlier channels (MatMulInteger)":
+            lambda: _bitladder_onnx(spec, W8A8_SQ80, "float", folder, calib, ffn_down=W8A8_OUTLIERS),
+        "bitladder ONNX W8A8 static, SmoothQuant 0.8; FFN down 0.5 + 16 outlier channels (MatMulInteger), "
+        "padding removed": lambda: _bitladder_onnx(spec, W8A8_SQ80, "float", folder, calib, ffn_down=W8A8_OUTLIERS,
+                                                   remove_padding=True),
+        "bitladder ONNX W8A8 static, SmoothQuant 0.8; FFN down 0.5 + 16 outlier channels (QDQ) on OpenVINO, "
+        "padding removed": lambda: _bitladder_onnx(spec, W8A8_SQ80, "float", folder, calib,
+                                                   bench_peers.openvino_onnx, static_gemm="qdq",
+                                                   ffn_down=W8A8_OUTLIERS, remove_padding=True),
         "bitladder ONNX W8A8 static + SmoothQuant 0.8 (QDQ) on OpenVINO": lambda: _bitladder_onnx(
             spec, W8A8_SQ80, "float", folder, calib, bench_peers.openvino_onnx, static_gemm="qdq"),
         "bitladder ONNX W8 on OpenVINO": lambda: _bitladder_onnx(  # OpenVINO's default: activations per 32
