@@ -38,3 +38,23 @@ def test_minilm_w8a8_per_token_onnx_keeps_cosine_0999(tmp_path):
     assert fid["fidelity"] >= tq["fidelity"] - 5e-4  # without VNNI the kernel keeps 7 bits (0.998), the file 8
     if act_levels() == 255:
         assert abs(tq["fidelity"] - fid["fidelity"]) < 5e-4
+
+
+@pytest.mark.slow
+def test_minilm_static_file_without_padding_matches_the_padded_file(tmp_path):
+    from bitladder.pipeline.bench.minilm import W8A8_OUTLIERS, W8A8_SQ80
+    from bitladder.zoo import minilm
+
+    spec = minilm.spec()
+    ref = outputs(spec.model, spec.eval_batches)
+    q = _bitladder(spec, W8A8_SQ80, spec.calib_batches, ffn_down=W8A8_OUTLIERS)
+    ex = {k: v[:2] for k, v in spec.latency_batch.items()}
+    padded, unpadded = (export_onnx(q, ex, tmp_path / f"{r}.onnx", 21, static_gemm="qdq", remove_padding=r)
+                        for r in (False, True))
+    got = {p: outputs(_session(p), spec.eval_batches) for p in (padded, unpadded)}
+    fid, fid_padded = (fidelity(spec, got[p], ref)["fidelity"] for p in (unpadded, padded))
+    assert fid >= 0.999 and abs(fid - fid_padded) < 1e-4  # measured 0.99910 both
+    # float rounding moves a few codes of the static grids, as it does between torch and either file
+    # (cosine down to 0.9993 a sentence there): the same model, not the same bits
+    agree = (got[unpadded] * got[padded]).sum(-1)
+    assert agree.mean() >= 0.9999 and agree.min() >= 0.999
