@@ -70,12 +70,14 @@ def _tied(proto, inits: dict, weights: set[str]) -> dict[str, str]:
             if n.op_type == "Identity" and n.input[0] in inits and n.input[0] in weights and n.output[0] in weights}
 
 
-def _weight_only(proto, init, wname: str, m: QuantModule, opset: int, new_nodes: list, in_scale: bool = True) -> None:
-    """Replace the float initializer ``wname`` by packed codes + DequantizeLinear (and the input scale)."""
+def _weight_only(proto, init, wname: str, m: QuantModule, opset: int, new_nodes: list, in_scale: bool = True,
+                 gemm: bool = False) -> None:
+    """Replace the float initializer ``wname`` by packed codes + DequantizeLinear (and the input scale);
+    ``gemm``: a static layer's Q/DQ weight, which runtimes multiply as integers (:func:`weight_nodes`)."""
     from onnx import helper, numpy_helper
 
     proto.graph.initializer.remove(init)
-    extra, nodes, out = weight_nodes(wname, m, opset, in_scale)
+    extra, nodes, out = weight_nodes(wname, m, opset, in_scale, gemm)
     proto.graph.initializer.extend(extra)
     new_nodes += nodes
     if "in_scale" in m.qmeta and in_scale:  # (a static layer's input got the scale before its grid)
@@ -190,7 +192,7 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
             if blocked_eligible(m) and rewrite_blocked(proto, wname, m, opset):
                 proto.graph.initializer.remove(inits[wname])
                 continue
-            _weight_only(proto, inits[wname], wname, m, opset, new_nodes, in_scale=not static)
+            _weight_only(proto, inits[wname], wname, m, opset, new_nodes, in_scale=not static, gemm=static)
         nodes = list(proto.graph.node)
         del proto.graph.node[:]
         proto.graph.node.extend(new_nodes + nodes)  # weights first: a valid topological order

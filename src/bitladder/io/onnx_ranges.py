@@ -49,35 +49,65 @@ def _range(proto, name: str, types: dict[str, int], inits: dict) -> tuple[int, i
     return full
 
 
+#: float ops that runtimes turn into integer GEMMs when both inputs are dequantised integers (Q/DQ form)
+QDQ_GEMMS = ("MatMul", "Gemm", "Conv")
+#: ops between a DequantizeLinear and the GEMM that move values without changing them
+_MOVES = ("Transpose", "Reshape")
+
+
+def _dequantized(proto, name: str) -> str | None:
+    """The integer tensor a DequantizeLinear turns into ``name`` (through Transpose / Reshape), or None."""
+    while True:
+        made = [n for n in proto.graph.node if name in n.output]
+        if len(made) != 1:
+            return None
+        if made[0].op_type == "DequantizeLinear":
+            return made[0].input[0]
+        if made[0].op_type not in _MOVES:
+            return None
+        name = made[0].input[0]
+
+
+def _operands(proto):
+    """(op label, A, B, A from a float quantiser) for each integer GEMM: explicit integer ops, and float
+    MatMul / Gemm / Conv whose inputs are both dequantised integers (OpenVINO, TensorRT and onnxruntime's
+    Q/DQ fusion run those as integer GEMMs on the codes)."""
+    for node in proto.graph.node:
+        label = f"{node.op_type} {node.name or node.output[0]!r}"
+        if node.op_type in GEMMS:
+            ia, ib = GEMMS[node.op_type]
+            # DynamicQuantizeMatMul quantises its float A to uint8 over the whole range itself
+            yield label, None if ia is None else node.input[ia], node.input[ib]
+        elif node.op_type in QDQ_GEMMS and len(node.input) >= 2:
+            a, b = (_dequantized(proto, i) for i in node.input[:2])
+            if a is not None and b is not None:
+                yield f"Q/DQ {label}", a, b
+
+
 def gemm_problems(proto) -> list[str]:
     """One sentence per integer GEMM whose u8 x s8 pairs can exceed a signed 16-bit sum."""
     types = _elem_types(proto)
     inits = {i.name: i for i in proto.graph.initializer}
     problems = []
-    for node in proto.graph.node:
-        if node.op_type not in GEMMS:
-            continue
-        ia, ib = GEMMS[node.op_type]
-        # DynamicQuantizeMatMul quantises its float A to uint8 over the whole range itself
-        ra = (0, 255) if ia is None else _range(proto, node.input[ia], types, inits)
-        rb = _range(proto, node.input[ib], types, inits)
+    for label, a, b in _operands(proto):
+        ra = (0, 255) if a is None else _range(proto, a, types, inits)
+        rb = _range(proto, b, types, inits)
         if ra is None or rb is None:
             continue
-        a_signed, b_signed = ra[0] < 0 or (ia is not None and types.get(node.input[ia]) == 3), \
-            rb[0] < 0 or types.get(node.input[ib]) == 3
+        a_signed, b_signed = ra[0] < 0 or (a is not None and types.get(a) == 3), rb[0] < 0 or types.get(b) == 3
         if a_signed == b_signed:
             continue  # u8 x u8 / s8 x s8: widened to 16 bits, no pairwise 16-bit sum
         amax, bmax = max(abs(ra[0]), abs(ra[1])), max(abs(rb[0]), abs(rb[1]))
         if 2 * amax * bmax > I16_MAX:
-            problems.append(f"{node.op_type} {node.name or node.output[0]!r}: operands in [{ra[0]}, {ra[1]}] x "
+            problems.append(f"{label}: operands in [{ra[0]}, {ra[1]}] x "
                             f"[{rb[0]}, {rb[1]}] reach 2*{amax}*{bmax} = {2 * amax * bmax} > {I16_MAX} in one "
                             "16-bit pair sum on CPUs without VNNI (vpmaddubsw saturates)")
     return problems
 
 
 def integer_gemms(proto) -> int:
-    """How many integer GEMMs the graph holds (what :func:`gemm_problems` looked at)."""
-    return sum(n.op_type in GEMMS for n in proto.graph.node)
+    """How many integer GEMMs the graph holds, explicit or Q/DQ (what :func:`gemm_problems` looked at)."""
+    return sum(1 for _ in _operands(proto))
 
 
 def as_uint8_weights(codes: np.ndarray) -> tuple[np.ndarray, np.uint8]:

@@ -28,16 +28,18 @@ def _unsigned_nibbles(u: np.ndarray) -> bytes:
     return (u[0::2] | (u[1::2] << 4)).tobytes()
 
 
-def weight_nodes(name: str, m: QuantModule, opset: int, in_scale: bool = True):
+def weight_nodes(name: str, m: QuantModule, opset: int, in_scale: bool = True, gemm: bool = False):
     """(initializers, nodes, output) computing the float weight ``name`` from its packed storage, by the
     export rule its number kind names (:attr:`bitladder.formats.kinds.Kind.onnx`). The output is ``name``
-    itself unless the layer's input scale is still to be multiplied in (``in_scale``)."""
+    itself unless the layer's input scale is still to be multiplied in (``in_scale``). ``gemm``: the weight
+    meets uint8 activations in an integer GEMM the runtime forms (Q/DQ), so codes wider than 7 bits are
+    written as uint8 around 128 (:func:`bitladder.io.onnx_ranges.safe_weights`)."""
     qt: QuantizedTensor = m.qweight
     out = f"{name}__dq" if in_scale and "in_scale" in m.qmeta else name
     rule = WEIGHT_RULES.get(qt.qtype.rules.onnx)
     if rule is None:
         raise BitladderError(f"layer {name.removesuffix('.weight')!r}: {qt.qtype.kind} weights have no ONNX rule")
-    inits, nodes = rule(name, qt, out, opset)
+    inits, nodes = rule(name, qt, out, opset, gemm=gemm) if gemm else rule(name, qt, out, opset)
     return inits, nodes, out
 
 
@@ -61,7 +63,7 @@ def _float(name: str, qt: QuantizedTensor, out: str, opset: int):
     return inits, nodes
 
 
-def _integer(name: str, qt: QuantizedTensor, out: str, opset: int, k_major: bool = False):
+def _integer(name: str, qt: QuantizedTensor, out: str, opset: int, k_major: bool = False, gemm: bool = False):
     """Integer codes (int, ternary, binary) as INT8/INT4 (UINT with zero points) + DequantizeLinear, per
     tensor, channel or block, reshaped back for convolutions. ``k_major`` (blocked 2-D weights): codes,
     scales and zero points stored transposed, so the output is the (in, out) matrix a MatMul reads."""
@@ -80,6 +82,12 @@ def _integer(name: str, qt: QuantizedTensor, out: str, opset: int, k_major: bool
         if qt.zero_point.is_floating_point():
             raise BitladderError(f"layer {layer!r}: fractional zero points (HQQ) have no ONNX export rule")
         zp = turn(_unpack(qt.zero_point, q, c * nb).reshape(c, nb).numpy().astype(np.int32))
+    if gemm and zp is None and bits == 8:  # u8 x s8 pairs could saturate without VNNI: u8 x u8 instead
+        from bitladder.io.onnx_ranges import safe_weights
+
+        codes, z = safe_weights(codes)
+        if z:
+            zp = turn(np.full((c, nb), int(z), np.int32))
     signed = zp is None
     if signed:
         dt = TensorProto.INT8 if bits == 8 else TensorProto.INT4
