@@ -69,7 +69,7 @@ def _dequantized(proto, name: str) -> str | None:
 
 
 def _operands(proto):
-    """(op label, A, B, A from a float quantiser) for each integer GEMM: explicit integer ops, and float
+    """(op label, A, B) for each integer GEMM (A None: quantised by the op itself): explicit integer ops, and float
     MatMul / Gemm / Conv whose inputs are both dequantised integers (OpenVINO, TensorRT and onnxruntime's
     Q/DQ fusion run those as integer GEMMs on the codes)."""
     for node in proto.graph.node:

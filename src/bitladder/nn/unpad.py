@@ -10,6 +10,9 @@ encoder's, up to float rounding; padding rows come back as zeros. The layers the
 rotated), so it composes with any rung. Per-token kernels whose rows share one grid per call then see only real
 rows.
 
+Traced (ONNX export: ``export_onnx(remove_padding=True)``), it takes a form with no per-sentence loop: the real
+tokens are gathered once, and each layer's attention runs on q, k and v gathered back into the padded layout.
+
 It is a run-time wrapper: it holds no weights of its own and is not stored in an artifact. Inference only
 (dropout is left out, so training mode is refused); absolute position embeddings and self-attention only.
 """
@@ -47,7 +50,7 @@ class Unpadded(nn.Module):
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         layers = getattr(getattr(encoder, "encoder", None), "layer", None)
-        if not hasattr(encoder, "embeddings") or not layers:
+        if not _bert_like(encoder):
             raise BitladderError(f"removing padding needs a BERT-style encoder (embeddings, encoder.layer); got "
                                  f"{type(encoder).__name__}")
         config = getattr(encoder, "config", None)
@@ -96,15 +99,13 @@ class Unpadded(nn.Module):
                token_type_ids: torch.Tensor | None) -> torch.Tensor:
         """The same computation in a form that traces into a graph for any batch and sequence length (ONNX
         export): the real tokens are gathered once (NonZero, Gather), every token-wise layer runs on them, and
-        each layer's queries, keys and values are scattered back into the padded layout for one masked
-        attention product (ScatterND), whose output is gathered again; runtimes have no per-sentence loop."""
+        each layer's queries, keys and values are gathered back into the padded layout for one masked attention
+        product, whose real rows are gathered again; runtimes have no per-sentence loop."""
         b, n = input_ids.shape
         h = self.encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (batch, seq, width)
         sa = self.encoder.encoder.layer[0].attention.self
         heads, d = sa.num_attention_heads, sa.attention_head_size
-        # widths as constants and each shape derived once: a graph with few shape nodes per layer
-        flat = h.reshape(-1, heads * d)
-        layout = torch.cat([flat, flat, flat], -1).view(b, n, 3, heads, d)  # only its shape is read
+        flat = h.reshape(-1, heads * d)  # widths as constants: few shape nodes per layer in the graph
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         keep = attention_mask.reshape(-1) != 0
@@ -117,7 +118,7 @@ class Unpadded(nn.Module):
         bias = (attention_mask == 0).to(h.dtype)[:, None, None, :] * torch.finfo(h.dtype).min
         x = flat.index_select(0, idx).unsqueeze(0)  # (1, tokens, width): Linear layers export as MatMul, as padded
         for layer in self.encoder.encoder.layer:
-            x = _layer(layer, x, _repadded(idx, src, zero, bias, layout))
+            x = _layer(layer, x, _repadded(idx, src, zero, bias, b, n))
         return torch.cat([x.reshape(-1, heads * d), zero[:, : heads * d]]).index_select(0, src).view_as(h)
 
 
@@ -150,15 +151,16 @@ def _uniform(n: int, sentences: int):
     return attend
 
 
-def _repadded(idx: torch.Tensor, src: torch.Tensor, zero: torch.Tensor, bias: torch.Tensor, layout: torch.Tensor):
-    """Attention of (1, tokens, width) projections in the padded layout: q, k and v side by side, with a ``zero``
-    row, gathered by ``src`` in one Gather (not a scatter) and viewed as ``layout`` (batch, seq, 3, heads, d),
-    masked by the additive ``bias``; the real tokens (``idx``) are gathered back."""
+def _repadded(idx: torch.Tensor, src: torch.Tensor, zero: torch.Tensor, bias: torch.Tensor, b: int, n: int):
+    """Attention of (1, tokens, width) projections in the padded (``b`` sentences, ``n`` positions) layout: q, k
+    and v side by side, with a ``zero`` row, gathered by ``src`` in one Gather (not a scatter), masked by the
+    additive ``bias``; the real tokens (``idx``) are gathered back."""
     width = zero.shape[1] // 3
 
     def attend(q, k, v, heads, scale):
         qkv = torch.cat([torch.cat([q * scale, k, v], -1).reshape(-1, 3 * width), zero]).index_select(0, src)
-        q, k, v = (t.transpose(1, 2) for t in qkv.view_as(layout).unbind(2))  # each (batch, heads, seq, d)
+        qkv = qkv.view(b, n, 3, heads, width // heads)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # each (batch, heads, seq, d)
         scores = torch.matmul(q, k.transpose(-2, -1)) + bias
         ctx = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2)
         return ctx.reshape(-1, width).index_select(0, idx).unsqueeze(0)
