@@ -88,3 +88,18 @@ def test_a_model_from_a_local_folder_exports_from_the_command_line(tmp_path):
     assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5)
     assert torch.allclose(from_gguf, ref, atol=1e-4, rtol=1e-4)
     assert {t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "q.gguf")).tensors} >= {"Q4_0", "F32"}
+
+
+def test_remove_padding_writes_a_minilm_file_with_the_padded_ones_outputs(tmp_path, minilm_spec):
+    from tests.io.exact import exact_session
+
+    q = bitladder.quantize(minilm_spec.model, Int(8), exclude=["*embeddings*"])
+    art = bitladder.save(q, tmp_path / "m.safetensors", source="minilm")
+    for name, extra in (("padded.onnx", []), ("unpadded.onnx", ["--remove-padding"])):
+        res = cli("export", str(art), "--out", str(tmp_path / name), *extra)
+        assert res.returncode == 0, res.stderr
+    batch = minilm_spec.eval_batches[0]
+    feeds = {k: v.numpy() for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    # fp32 activations (onnxruntime would round them to int8 per block in its MatMulNBits fusion)
+    padded, unpadded = (exact_session(tmp_path / n).run(None, feeds)[0] for n in ("padded.onnx", "unpadded.onnx"))
+    assert float((padded * unpadded).sum(-1).min()) > 0.99999  # weight-only: the same embeddings, float rounding
