@@ -104,8 +104,10 @@ def export_onnx(model: nn.Module, example: Any, path: str | Path, opset: int = 2
     ``weights="matmulnbits"``: Linear layers of 4 bits or fewer as onnxruntime's MatMulNBits (fp32
     activations, same numerics, onnxruntime only); "standard": DequantizeLinear, any runtime.
     ``static_gemm``: layers with calibrated int8 activations as MatMulInteger ("integer", what onnxruntime
-    fuses) or as QuantizeLinear -> DequantizeLinear on the input and DequantizeLinear on the int8 weight around
-    the float MatMul ("qdq", the form OpenVINO and TensorRT turn into their own int8 GEMMs); the same numbers.
+    fuses) or as QuantizeLinear -> DequantizeLinear on the input and DequantizeLinear on the weight around the
+    float MatMul ("qdq", the form OpenVINO and TensorRT turn into their own int8 GEMMs); the same numbers. Either
+    way the integer GEMM is proven unable to saturate on CPUs without VNNI: 8-bit weight codes are stored as
+    uint8 around 128, 7-bit ones as int8.
     ``remove_padding``: a BERT-style encoder (or a model holding one) runs its token-wise layers on the batch's
     real tokens only (:func:`bitladder.nn.unpad.without_padding`): the same outputs, a faster file on padded
     batches of sentences.
