@@ -55,23 +55,24 @@ QDQ_GEMMS = ("MatMul", "Gemm", "Conv")
 _MOVES = ("Transpose", "Reshape")
 
 
-def _dequantized(proto, name: str) -> str | None:
-    """The integer tensor a DequantizeLinear turns into ``name`` (through Transpose / Reshape), or None."""
-    while True:
-        made = [n for n in proto.graph.node if name in n.output]
-        if len(made) != 1:
+def _dequantized(made: dict, name: str) -> str | None:
+    """The integer tensor a DequantizeLinear turns into ``name`` (through Transpose / Reshape), or None;
+    ``made``: each tensor's producing node."""
+    while name in made:
+        node = made[name]
+        if node.op_type == "DequantizeLinear":
+            return node.input[0]
+        if node.op_type not in _MOVES:
             return None
-        if made[0].op_type == "DequantizeLinear":
-            return made[0].input[0]
-        if made[0].op_type not in _MOVES:
-            return None
-        name = made[0].input[0]
+        name = node.input[0]
+    return None
 
 
 def _operands(proto):
     """(op label, A, B) for each integer GEMM (A None: quantised by the op itself): explicit integer ops, and float
     MatMul / Gemm / Conv whose inputs are both dequantised integers (OpenVINO, TensorRT and onnxruntime's
     Q/DQ fusion run those as integer GEMMs on the codes)."""
+    made = {out: n for n in proto.graph.node for out in n.output}  # one pass, not one per GEMM input
     for node in proto.graph.node:
         label = f"{node.op_type} {node.name or node.output[0]!r}"
         if node.op_type in GEMMS:
@@ -79,7 +80,7 @@ def _operands(proto):
             # DynamicQuantizeMatMul quantises its float A to uint8 over the whole range itself
             yield label, None if ia is None else node.input[ia], node.input[ib]
         elif node.op_type in QDQ_GEMMS and len(node.input) >= 2:
-            a, b = (_dequantized(proto, i) for i in node.input[:2])
+            a, b = (_dequantized(made, i) for i in node.input[:2])
             if a is not None and b is not None:
                 yield f"Q/DQ {label}", a, b
 

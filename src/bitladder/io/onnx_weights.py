@@ -39,12 +39,13 @@ def weight_nodes(name: str, m: QuantModule, opset: int, in_scale: bool = True, g
     rule = WEIGHT_RULES.get(qt.qtype.rules.onnx)
     if rule is None:
         raise BitladderError(f"layer {name.removesuffix('.weight')!r}: {qt.qtype.kind} weights have no ONNX rule")
-    inits, nodes = rule(name, qt, out, opset, gemm=gemm) if gemm else rule(name, qt, out, opset)
+    inits, nodes = rule(name, qt, out, opset, gemm=gemm)
     return inits, nodes, out
 
 
-def _float(name: str, qt: QuantizedTensor, out: str, opset: int):
-    """Scaled floats (fp8) as DequantizeLinear from FLOAT8 storage; unscaled ones as a Cast."""
+def _float(name: str, qt: QuantizedTensor, out: str, opset: int, gemm: bool = False):
+    """Scaled floats (fp8) as DequantizeLinear from FLOAT8 storage; unscaled ones as a Cast (``gemm``: no
+    integer GEMM reads float codes, so nothing changes)."""
     from onnx import TensorProto, helper, numpy_helper
 
     q, layer, shape = qt.qtype, name.removesuffix(".weight"), list(qt.shape)
