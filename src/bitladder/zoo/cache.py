@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: the environment that reproduces a built-in model's shipped weights from its ``train`` on an x86 CPU with
-#: AVX2: float training sums in another order on an AVX-512 host (sgemm, ATen's kernels) and ends elsewhere
+#: the environment a built-in model's shipped weights were trained under: float training sums in another
+#: order on an AVX-512 host (sgemm, ATen's kernels) and ends elsewhere. It reproduced the bits on AMD EPYC
+#: Zen 3, 4 and 5; on an Intel Xeon (AMX) MKL and oneDNN still sum in another order, and training ends beside
+#: the shipped model, not on it (tests/zoo/pinned.py)
 PINNED = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
           "OMP_NUM_THREADS": "1"}
 

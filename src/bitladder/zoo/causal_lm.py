@@ -8,8 +8,9 @@ library's docstring sentences (:func:`bitladder.zoo.corpus.training_sentences`, 
 half). The trained weights ship beside this file (``tinylm-v1.safetensors``, 2 MB): float training is
 not bit-reproducible across CPUs (an AVX-512 host's sgemm sums in another order, and 250 steps turn that
 into another model, whose int4 agreement differed by 3 points), so every host evaluates these weights.
-They are what :func:`train` gives with torch's and MKL's dispatch pinned to AVX2 on one thread
-(:data:`bitladder.zoo.cache.PINNED`); without the shipped file, training runs on first use and is cached.
+They are what :func:`train` gave on an AMD EPYC with torch's and MKL's dispatch pinned to AVX2 on one
+thread (:data:`bitladder.zoo.cache.PINNED`; an Intel Xeon under the same pin trains a model as good, not the
+same bits); without the shipped file, training runs on first use and is cached.
 Evaluation text is :func:`~bitladder.zoo.corpus.eval_sentences`, calibration and distillation text the
 disjoint :func:`~bitladder.zoo.corpus.calibration_sentences`.
 """

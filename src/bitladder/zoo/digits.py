@@ -20,7 +20,7 @@ from bitladder.zoo.spec import ModelSpec
 
 TRAIN = {"epochs": 60, "lr": 2e-3, "batch": 64, "seed": 0, "weight_decay": 1e-4}
 VERSION = "v1"
-#: what :func:`train` gives under :data:`bitladder.zoo.cache.PINNED` (every host evaluates the same weights)
+#: what :func:`train` gave under :data:`bitladder.zoo.cache.PINNED` on an AMD EPYC (every host evaluates these)
 SHIPPED = Path(__file__).with_name(f"digits-cnn-{VERSION}.safetensors")
 
 
