@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,9 +12,10 @@ from hypothesis import strategies as st
 
 from bitladder.formats.layout import Layout
 from bitladder.kernels import KernelUnsupported, OnednnW8A8Kernel, OnednnW8A8TokenKernel, reference_linear
+from bitladder.kernels.cpu import current
 from bitladder.kernels.fbgemm_w8a8 import act_levels
 from bitladder.kernels.onednn_w8a8 import _grid
-from bitladder.kernels.select import ONEDNN_MIN_ROWS, choose
+from bitladder.kernels.select import ONEDNN_MIN_ROWS, ONEDNN_MIN_ROWS_BY_VENDOR, choose, onednn_min_rows
 from bitladder.tensor.quantized import QuantizedTensor
 
 pytestmark = pytest.mark.skipif(not OnednnW8A8Kernel.available(), reason="torch has no oneDNN quantized linear")
@@ -93,10 +96,20 @@ def test_rejects_weights_it_cannot_run():
             OnednnW8A8Kernel.from_qtensor(qt)
 
 
+@pytest.mark.parametrize("vendor", ["AuthenticAMD", "GenuineIntel", ""])
+def test_dynamic_policy_picks_the_backend_by_rows_and_vendor(vendor):
+    qt = _qt(8, 64)
+    cpu = dataclasses.replace(current(), vendor=vendor)
+    at = ONEDNN_MIN_ROWS_BY_VENDOR.get(vendor, ONEDNN_MIN_ROWS)
+    assert onednn_min_rows(cpu) == at and (at < ONEDNN_MIN_ROWS) == (vendor == "GenuineIntel")
+    assert choose(qt, at - 1, "int8-w8a8-token", cpu=cpu) == "int8-w8a8-fbgemm-token"
+    assert choose(qt, at, "int8-w8a8-token", cpu=cpu) == "int8-w8a8-onednn-token"
+
+
 def test_dynamic_policy_picks_the_backend_by_rows():
     qt = _qt(8, 64)
-    assert choose(qt, ONEDNN_MIN_ROWS - 1, "int8-w8a8-token") == "int8-w8a8-fbgemm-token"
-    assert choose(qt, ONEDNN_MIN_ROWS, "int8-w8a8-token") == "int8-w8a8-onednn-token"
+    assert choose(qt, onednn_min_rows() - 1, "int8-w8a8-token") == "int8-w8a8-fbgemm-token"
+    assert choose(qt, onednn_min_rows(), "int8-w8a8-token") == "int8-w8a8-onednn-token"
     assert choose(qt, 1, "int8-w8a8") == "int8-w8a8-fbgemm"
     assert choose(qt, 4096, "int8-w8a8") == "int8-w8a8-onednn"
     assert choose(qt, 4096, "int8-w8a8-fbgemm") == "int8-w8a8-fbgemm"  # a named backend is kept

@@ -11,7 +11,7 @@ from bitladder.kernels import Int4PackBf16Kernel, OnednnW8A8Kernel, OrtNBitsKern
 from bitladder.kernels.c_lowbit import CLowbitKernel
 from bitladder.kernels.c_tiles import CTilesKernel
 from bitladder.kernels.cpu import current
-from bitladder.kernels.select import ONEDNN_MIN_ROWS
+from bitladder.kernels.select import onednn_min_rows
 from bitladder.methods.quantize.methods import Act
 
 needs_ort = pytest.mark.skipif(not OrtNBitsKernel.available(), reason="onnxruntime not installed")
@@ -100,7 +100,7 @@ def test_named_kernel_and_dynamic_w8a8():
     q = bitladder.quantize(lin, Int(8, act=Act(dynamic=True)))
     x = torch.randn(20, 128)
     assert rel(q(x), lin(x)) < 0.03 and q.kernel == "int8-w8a8-fbgemm-token"
-    many = torch.randn(ONEDNN_MIN_ROWS, 128)  # from here on oneDNN's GEMM, where torch has it
+    many = torch.randn(onednn_min_rows(), 128)  # from here on oneDNN's GEMM, where torch has it
     backend = "onednn" if OnednnW8A8Kernel.available() else "fbgemm"
     assert rel(q(many), lin(many)) < 0.03 and q.kernel == f"int8-w8a8-{backend}-token"
     q = bitladder.quantize(lin, Int(8, act=Act(dynamic="tensor")))
@@ -135,7 +135,7 @@ def test_kernel_policy_survives_save_load_and_deepcopy(tmp_path):
     assert torch.allclose(clone(x), auto(x))
 
 
-@pytest.mark.parametrize("rows", [8, ONEDNN_MIN_ROWS])
+@pytest.mark.parametrize("rows", [8, onednn_min_rows()])
 def test_siblings_share_one_quantised_input(rows, monkeypatch):
     from bitladder.kernels import FbgemmW8A8TokenKernel, OnednnW8A8TokenKernel
 

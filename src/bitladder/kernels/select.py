@@ -8,8 +8,8 @@ ranges live in ``docs/results/`` (bench-linear*.json) and ``docs/DESIGN.md``, no
 
 A policy other than "auto" names a kernel; three names are families rather than kernels: "int8-w8a8" and
 "int8-w8a8-token" (what ``Act(dynamic=...)`` sets) and "int8-w8a8-static" (static activation scales) take
-oneDNN's integer GEMM from ``ONEDNN_MIN_ROWS`` rows on and fbgemm's below (oneDNN measured faster from ~256 rows,
-fbgemm below); at one row "int8-w8a8-token" takes the C GEMV where auto would (a per-block activation grid, finer
+oneDNN's integer GEMM from :func:`onednn_min_rows` rows on and fbgemm's below (oneDNN measured faster from ~256
+rows on AMD EPYCs, from 16-32 on an Intel Xeon, where oneDNN is tuned, with or without VNNI); at one row "int8-w8a8-token" takes the C GEMV where auto would (a per-block activation grid, finer
 than per token); a static 8-bit grid against 8-bit weights that neither GEMM takes whole (no VNNI) takes the C
 kernel of 16-bit pair products (``STATIC_C``).
 """
@@ -20,6 +20,10 @@ from bitladder.kernels import registry
 from bitladder.kernels.cpu import Cpu, current
 
 ONEDNN_MIN_ROWS = 256
+#: where oneDNN's integer GEMM overtakes fbgemm's on a vendor's CPUs (else ONEDNN_MIN_ROWS): on an Intel Xeon
+#: (AMX) at 16-32 rows on MiniLM's and 4096² shapes, natively and capped to AVX-512 without VNNI (notes.md,
+#: 'An Intel Xeon')
+ONEDNN_MIN_ROWS_BY_VENDOR = {"GenuineIntel": 32}
 FAMILIES = ("auto", "int8-w8a8", "int8-w8a8-token", "int8-w8a8-static")
 
 
@@ -30,6 +34,11 @@ ONE_ROW = ("c-lowbit-tiles", "c-lowbit-a8")
 #: the static family's kernel where neither integer GEMM takes an 8-bit grid against 8-bit weights whole (no
 #: VNNI): exact 16-bit pair products in one GEMM instead of oneDNN's two (kernels/c_static.py)
 STATIC_C = "int8-w8a8-c-static"
+
+
+def onednn_min_rows(cpu: Cpu | None = None) -> int:
+    """The row count from which the W8A8 families take oneDNN's GEMM on this CPU."""
+    return ONEDNN_MIN_ROWS_BY_VENDOR.get((cpu or current()).vendor, ONEDNN_MIN_ROWS)
 
 
 def policies() -> tuple[str, ...]:
@@ -66,7 +75,7 @@ def choose(qt, m: int, policy: str = "auto", binary_activations: bool = False, c
                 return STATIC_C
         # a static grid fbgemm cannot take whole (its pair sums saturate): oneDNN at every size (whole with its
         # VNNI, else split)
-        rows = m >= ONEDNN_MIN_ROWS or not whole
+        rows = m >= onednn_min_rows(cpu) or not whole
         backend = "onednn" if rows and onednn.available(cpu) else "fbgemm"
         return policy.replace("w8a8", f"w8a8-{backend}")
     if policy != "auto":

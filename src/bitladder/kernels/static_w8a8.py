@@ -12,8 +12,9 @@ lo + 128 * hi gives the layer's product, the zero point's term (zp * sum_k w) go
 kernels were built (and the CPU has AVX2) the static family takes one exact GEMM of 16-bit pair products
 instead (:mod:`bitladder.kernels.c_static`); the split is what remains without them.
 
-Below ``ONEDNN_MIN_ROWS`` rows fbgemm's static linear (fp32 in, fp32 out) runs, from there oneDNN's (at every
-size where fbgemm cannot take the grid whole: :func:`bitladder.kernels.select.static_whole_on_fbgemm`). oneDNN's
+Below :func:`~bitladder.kernels.select.onednn_min_rows` rows fbgemm's static linear (fp32 in, fp32 out) runs,
+from there oneDNN's (at every size where fbgemm cannot take the grid whole:
+:func:`bitladder.kernels.select.static_whole_on_fbgemm`). oneDNN's
 takes codes, so a Hadamard-rotated layer's input is rotated and quantised in one C pass there
 (:func:`bitladder.kernels.hadamard.static_codes` with a block, ``rotates``).
 """

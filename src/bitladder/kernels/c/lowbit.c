@@ -115,6 +115,13 @@ typedef struct { __m256 r0, r1, r2, r3; } Lanes4;
 /* software prefetch distance in bytes of weights: 4 KiB measured 15 % faster than none for int4 streamed from
  * memory (2048 to 8192 alike), 7 % for int2, nothing for binary, which is compute-bound */
 #define BL_PF 4096
+#ifndef BL_PF8 /* 8-bit rows prefetch too (1): on an Intel Xeon 12 % slower streamed, as on Zen 4 */
+#define BL_PF8 0
+#endif
+#ifndef BL_TPF /* bytes a one-row tile prefetches ahead (0: none): on an Intel Xeon int4 streamed +16 % (VNNI path),
+                * +2 % (AVX2), int2 +37 / +49 %, in cache no slower (docs/results/notes.md, 'An Intel Xeon') */
+#define BL_TPF 2048
+#endif
 
 #define BL_ATTR AVX2
 #define BL_FN(name) name##_avx2

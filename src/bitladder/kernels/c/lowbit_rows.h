@@ -84,7 +84,7 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(one_row)(const J
             /* ask for the weights BL_PF bytes ahead: the hardware prefetcher alone leaves the loads of packed codes
              * waiting; one byte a code has too little work per line for the hints to pay (docs/DESIGN.md,
              * 'A C GEMV for one row') */
-            if (bits != 8)
+            if (bits != 8 || BL_PF8)
                 for (int c = 0; c < 8 * cpb * 32 / per; c += 64) _mm_prefetch((const char *)(src + BL_PF + c), _MM_HINT_T0);
             const int8_t *xv = J->xq + b0 * cpb * 32;
             const int64_t left = nbx - b0;
