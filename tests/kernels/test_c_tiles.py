@@ -36,7 +36,9 @@ def test_every_path_gives_the_reference_bits(fmt, n, kg, group, m, seed):
     qt = _qt(name, gran, sym, n, k, group, seed)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed))
     ref = CTilesKernel.from_qtensor(qt, simd=0).reference(x)
-    for simd in (0, 1, 2):  # portable, AVX2, AVX-512 VNNI (each falls back to the one below on a lesser host)
+    # portable, AVX2, AVX-512 VNNI, 512-bit registers without and with VNNI (each falls back to a lesser path on a
+    # lesser host)
+    for simd in (0, 1, 2, 3, 4):
         assert torch.equal(CTilesKernel.from_qtensor(qt, simd=simd)(x), ref), simd
 
 
@@ -75,7 +77,7 @@ def test_largest_codes_times_largest_activations_stay_exact(fmt, sign):
     assert torch.equal(portable(x), ref)
     codes = torch.from_numpy(portable.w.astype(np.int64))
     assert int(codes.min()) == 255
-    for simd in (1, 2):
+    for simd in (1, 2, 3, 4):
         kern = CTilesKernel.from_qtensor(qt, simd=simd)
         kern.w[:] = portable.w
         assert torch.equal(kern(x), ref), simd
@@ -119,8 +121,32 @@ def test_packing_in_column_steps_gives_the_whole_packing(monkeypatch):
 
 def test_the_weights_are_packed_for_the_path_that_runs_them():
     qt = _qt("int4", "group", True, 77, 128)
-    for simd in (0, 1, 2):
+    for simd in (0, 1, 2, 3, 4):
         kern = CTilesKernel.from_qtensor(qt, simd=simd)
         assert kern.tn == c_module().panel_cols(simd)  # the C entry's own choice on this host
         assert kern.tn == 1 or simd > 0
     assert c_module().panel_cols(0) == 1  # the portable path: one column a panel, the plain column layout
+
+
+@pytest.mark.parametrize("n", [8, 16, 24, 40, 72])  # one to nine columns: every width of a panel's last tile
+@pytest.mark.parametrize("m", [1, 3, 4, 9])
+@pytest.mark.parametrize("simd", [3, 4])
+def test_512_bit_tiles_cover_odd_panels_and_rows(n, m, simd):
+    # two columns a zmm register: a panel of odd width ends in a masked half (that path's own layout)
+    qt = _qt("int4", "group", True, n - 3, 192, group=64, seed=n + m)
+    x = torch.randn(m, 192)
+    kern = CTilesKernel.from_qtensor(qt, simd=simd)
+    assert torch.equal(kern(x), CTilesKernel.from_qtensor(qt, simd=0).reference(x))
+
+
+def test_the_tiles_take_512_bit_registers_where_avx512bw_is(monkeypatch):
+    from bitladder.kernels.c_tiles import current, tiles_path
+
+    for level, wide, narrow in (("avx512", 3, 1), ("avx512-vnni", 4, 2)):
+        monkeypatch.setenv("BITLADDER_CPU", level)
+        cpu = current()
+        want = wide if cpu.has("avx2", "avx512f", "avx512bw") and (wide == 3 or cpu.has("avx512_vnni")) else None
+        assert want is None or tiles_path(None) == want
+        assert tiles_path(narrow) == narrow  # a forced path is kept
+    monkeypatch.setenv("BITLADDER_CPU", "avx2")
+    assert tiles_path(None) == int(current().has("avx2"))

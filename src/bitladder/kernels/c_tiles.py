@@ -8,7 +8,8 @@ activation codes are broadcast, so a block's dots land in the lanes of the outpu
 block's scaling is one vector multiply per eight outputs (ggml's CPU path quantises activations to 8 bits per
 block for every quantised matmul too). The columns a register tile reads together are stored interleaved
 (:func:`~bitladder.kernels.packrows.panels`), one stream from memory per tile. :meth:`CTilesKernel.reference` is
-the arithmetic in PyTorch; the AVX-512 VNNI, AVX2 and portable C paths give its bits.
+the arithmetic in PyTorch; the AVX-512 VNNI, AVX-512 BW (512-bit registers without VNNI), AVX2 and portable C
+paths give its bits.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from bitladder.kernels.base import ANY_ROWS, KernelUnsupported
 from bitladder.kernels.c_lowbit import _STORE, CLowbitKernel, c_module, grid, int8_blocks, simd_path
-from bitladder.kernels.cpu import Cpu
+from bitladder.kernels.cpu import Cpu, current
 from bitladder.kernels.packrows import columns, panels
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
@@ -26,6 +27,16 @@ from bitladder.tensor.quantized import QuantizedTensor
 
 #: columns of eight outputs packed per step (the uint16 planes of a step stay a few MB, as the GEMV's rows do)
 _COLUMNS_PER_STEP = 32
+
+
+def tiles_path(simd: int | None) -> int:
+    """The tiles' C path: ``simd`` when forced, else 512-bit registers where the CPU, as ``BITLADDER_CPU``
+    presents it, has AVX-512 BW: 4 with VNNI, 3 without (on an Intel Xeon 1.4-1.6x the 256-bit paths at 64-1504
+    rows); else the GEMV's (2 with AVX-512 VNNI, 1 with AVX2, 0 without)."""
+    path = simd_path(simd, "avx512_vnni")
+    if simd is None and path and current().has("avx2", "avx512f", "avx512bw"):
+        return {1: 3, 2: 4}[path]
+    return path
 
 
 @register
@@ -75,7 +86,7 @@ class CTilesKernel(CLowbitKernel):
         nc, nbw = -(-n // 8), kp // g
         codes = qt.unsigned_codes().reshape(n, k).numpy()
         shifts = bits * np.arange(per, dtype=np.uint16)
-        self.simd = simd_path(simd, "avx512_vnni")
+        self.simd = tiles_path(simd)
         self.tn = c_module().panel_cols(self.simd)  # the path C runs for it here, and that path's tile width
         self.w = np.empty((nc, kp * bits), np.uint8)
         flat = self.w.reshape(-1)

@@ -146,6 +146,22 @@ typedef struct { __m256 r0, r1, r2, r3; } Lanes4;
 #define BL_TM TILES_VNNI_TM
 #define BL_TN TILES_VNNI_TN
 #include "lowbit_tiles.h"
+#undef BL_TM
+#undef BL_TN
+#undef BL_ATTR
+#undef BL_FN
+#undef BL_VNNI
+#define BL_ATTR __attribute__((target("avx2,fma,f16c,popcnt,avx512f,avx512bw,avx512vl")))
+#define BL_FN(name) name##_bw
+#define BL_VNNI 0
+#include "lowbit_tiles512.h"
+#undef BL_ATTR
+#undef BL_FN
+#undef BL_VNNI
+#define BL_ATTR __attribute__((target("avx2,fma,f16c,popcnt,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define BL_FN(name) name##_zvnni
+#define BL_VNNI 1
+#include "lowbit_tiles512.h"
 #endif
 
 static void tiles_portable(const TJob *J, int64_t c0, int64_t c1) {
@@ -199,7 +215,8 @@ static int run_path(int simd) {
 }
 
 /* the arguments gemv and tiles share: (w, ws, zo_or_None, x, y, m, n, k, kp, g, xb, bits, mult, off, simd,
- * threads); simd: 0 portable, 1 AVX2, 2 AVX-512 VNNI (each falls back to the one below where the CPU lacks it) */
+ * threads); simd: 0 portable, 1 AVX2, 2 AVX-512 VNNI (each falls back to the one below where the CPU lacks it);
+ * tiles also 3 and 4, 512-bit registers without and with VNNI (lowbit_tiles512.h; fall back to 1 and 2) */
 typedef struct {
     Py_buffer w, ws, x, y, zo;
     int has_zo;
@@ -266,14 +283,27 @@ done:
     return ret;
 }
 
+/* the path tiles runs for a requested simd on this CPU: 3 (512-bit without VNNI) falls back to AVX2, the others as
+ * run_path */
+static int tiles_path(int simd) {
+    if (simd == 4) return cpu_avx512bw() && cpu_vnni() ? 4 : run_path(2);
+    if (simd == 3) return cpu_avx512bw() && cpu_avx2() ? 3 : run_path(1);
+    return run_path(simd);
+}
+
 /* columns per register tile of a path (a thread's share is a whole number of tiles) */
-static int tile_cols(int simd) { return simd == 2 ? TILES_VNNI_TN : simd ? TILES_AVX2_TN : 1; }
+static int tile_cols(int simd) {
+#ifdef BL_X86
+    if (simd >= 3) return 2 * TILES_BW_RZ;
+#endif
+    return simd == 2 ? TILES_VNNI_TN : simd ? TILES_AVX2_TN : 1;
+}
 
 /* panel_cols(simd): the panel width `tiles` expects its weights in for a requested simd on this CPU */
 static PyObject *panel_cols(PyObject *self, PyObject *args) {
     int simd;
     if (!PyArg_ParseTuple(args, "i", &simd)) return NULL;
-    return PyLong_FromLong(tile_cols(run_path(simd)));
+    return PyLong_FromLong(tile_cols(tiles_path(simd)));
 }
 
 /* columns c0..c1 of the batch GEMM on one thread */
@@ -284,6 +314,8 @@ static void tiles_part(const void *job, int simd, int part, int parts) {
     if (c1 > J->nc) c1 = J->nc;
     if (c0 >= c1) return;
 #ifdef BL_X86
+    if (simd == 4) { tiles512_zvnni(J, c0, c1); return; }
+    if (simd == 3) { tiles512_bw(J, c0, c1); return; }
     if (simd == 2) { tiles_vnni(J, c0, c1); return; }
     if (simd) { tiles_avx2(J, c0, c1); return; }
 #endif
@@ -305,7 +337,7 @@ static PyObject *tiles(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "lowbit.tiles: buffer sizes or block sizes do not fit");
         goto done;
     }
-    const int simd = run_path(c.simd), threads = c.threads < 1 ? 1 : c.threads;
+    const int simd = tiles_path(c.simd), threads = c.threads < 1 ? 1 : c.threads;
     int8_t *xq = m > 0 ? aligned_alloc(32, (size_t)(m * kp)) : NULL;
     float *xs = calloc((size_t)(m > 0 ? m : 1) * nbx, sizeof(float));
     int32_t *xsum = calloc((size_t)(m > 0 ? m : 1) * nbx, sizeof(int32_t));
