@@ -28,13 +28,15 @@ test: $(STAMP)
 # The kernel, layer and export tests again as on lesser CPUs: BITLADDER_CPU caps bitladder's selection and
 # activation grids; ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA and FBGEMM_ENABLE_INSTRUCTIONS cap torch's, oneDNN's
 # and fbgemm's own dispatch, so their 16-bit pair-sum GEMMs run on any host. Profiles: AVX2 (Zen 3), AVX-512
-# without VNNI (Skylake-SP), AVX2 + AVX-VNNI (Alder Lake: oneDNN uses AVX-VNNI there, fbgemm does not).
+# without VNNI (Skylake-SP), AVX2 + AVX-VNNI (Alder Lake: oneDNN uses AVX-VNNI there, fbgemm does not), AVX-512 VNNI
+# + BF16 without AMX (Cooper Lake, Zen 4: on an AMX host oneDNN's VNNI kernels run only under this cap).
 CPU_TESTS := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not slow" tests/kernels tests/nn tests/io
 test-cpus: $(STAMP)
 	BITLADDER_CPU=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 $(CPU_TESTS)
 	BITLADDER_CPU=avx512 ONEDNN_MAX_CPU_ISA=AVX512_CORE FBGEMM_ENABLE_INSTRUCTIONS=AVX512 $(CPU_TESTS)
 	BITLADDER_CPU=avx2-vnni ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2_VNNI FBGEMM_ENABLE_INSTRUCTIONS=AVX2 \
 		$(CPU_TESTS)
+	BITLADDER_CPU=avx512-bf16 ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 FBGEMM_ENABLE_INSTRUCTIONS=AVX512_E1 $(CPU_TESTS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
