@@ -283,8 +283,8 @@ done:
     return ret;
 }
 
-/* the path tiles runs for a requested simd on this CPU: 3 (512-bit without VNNI) falls back to AVX2, the others as
- * run_path */
+/* the path tiles runs for a requested simd on this CPU: the 512-bit paths 4 (VNNI) and 3 fall back to 2 and 1, the
+ * others as run_path */
 static int tiles_path(int simd) {
     if (simd == 4) return cpu_avx512bw() && cpu_vnni() ? 4 : run_path(2);
     if (simd == 3) return cpu_avx512bw() && cpu_avx2() ? 3 : run_path(1);
