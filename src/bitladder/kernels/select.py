@@ -10,8 +10,8 @@ A policy other than "auto" names a kernel; three names are families rather than 
 "int8-w8a8-token" (what ``Act(dynamic=...)`` sets) and "int8-w8a8-static" (static activation scales) take
 oneDNN's integer GEMM from :func:`onednn_min_rows` rows on and fbgemm's below (oneDNN measured faster from ~256
 rows on AMD EPYCs, from 16-32 on an Intel Xeon, with or without VNNI); at one row "int8-w8a8-token" takes the C
-GEMV where auto would (a per-block activation grid, finer than per token); a static 8-bit grid against 8-bit weights that neither GEMM takes whole (no VNNI) takes the C
-kernel of 16-bit pair products (``STATIC_C``).
+GEMV where auto would (a per-block activation grid, finer than per token); a static 8-bit grid against 8-bit
+weights that neither GEMM takes whole (no VNNI) takes the C kernel of 16-bit pair products (``STATIC_C``).
 """
 
 from __future__ import annotations
