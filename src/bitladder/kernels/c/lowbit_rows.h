@@ -78,6 +78,9 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(one_row)(const J
         const uint8_t *row = J->w + n * J->row_bytes;
         const uint16_t *ws = J->ws + n * J->nbw;
         const uint8_t *zo = J->zo ? J->zo + n * J->nbw : NULL;
+        if (BL_ROWPF && n + BL_ROWPF_AHEAD < r1)
+            for (int c = 0; c < BL_ROWPF * 64; c += 64)
+                _mm_prefetch((const char *)(row + BL_ROWPF_AHEAD * J->row_bytes + c), _MM_HINT_T0);
         __m256 lanes = _mm256_setzero_ps();
         for (int64_t b0 = 0; b0 < nbx; b0 += 8) {
             const uint8_t *src = row + (b0 * cpb / per) * 32;
