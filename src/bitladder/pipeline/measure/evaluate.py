@@ -30,7 +30,6 @@ def fidelity(spec: ModelSpec, out: torch.Tensor, ref: torch.Tensor) -> dict:
 
 
 @torch.inference_mode()
-@torch.inference_mode()
 def paired_latency(ref: nn.Module, model: nn.Module, batch: Any, repeats: int, warmup: int = 2) -> tuple[float, float]:
     """Median seconds of ``ref`` and ``model`` on the same batch, runs interleaved to share noise, both in
     inference mode: with autograd on, the float model (whose parameters require grad) recorded a graph a
