@@ -2,7 +2,8 @@
 or without zero points) and symmetric 5- to 8-bit ones against int8 activations quantised per block at each
 call, as llama.cpp's Q4 x Q8 dot products do. Every product fits the 16-bit pair sums of AVX2's u8 x s8
 instruction (8-bit codes are multiplied as magnitude times a signed activation), so no VNNI is needed and
-nothing saturates; CPUs without AVX2 run the portable C path, which gives the same bits.
+nothing saturates; with VNNI a single row's 8-bit codes go in as w + 128 (sums in 32 bits) and the block's
+128 * sum(x) comes back out with the offset term, one instruction fewer per 32 codes; CPUs without AVX2 run the portable C path, which gives the same bits.
 
 Built by pip at install (``setup.py``) where a compiler exists; without one the kernel reports itself not
 installed and selection uses the others. :meth:`CLowbitKernel.reference` is the same arithmetic in PyTorch.
