@@ -142,11 +142,11 @@ def test_512_bit_tiles_cover_odd_panels_and_rows(n, m, simd):
 def test_the_tiles_take_512_bit_registers_where_avx512bw_is(monkeypatch):
     from bitladder.kernels.c_tiles import current, tiles_path
 
-    for level, wide, narrow in (("avx512", 3, 1), ("avx512-vnni", 4, 2)):
+    for level in ("avx512", "avx512-vnni", "avx2", "default"):
         monkeypatch.setenv("BITLADDER_CPU", level)
         cpu = current()
-        want = wide if cpu.has("avx2", "avx512f", "avx512bw") and (wide == 3 or cpu.has("avx512_vnni")) else None
-        assert want is None or tiles_path(None) == want
-        assert tiles_path(narrow) == narrow  # a forced path is kept
-    monkeypatch.setenv("BITLADDER_CPU", "avx2")
-    assert tiles_path(None) == int(current().has("avx2"))
+        if cpu.has("avx2", "avx512f", "avx512bw"):
+            assert tiles_path(None) == (4 if cpu.has("avx512_vnni") else 3), level
+        else:
+            assert tiles_path(None) == int(cpu.has("avx2")), level
+        assert tiles_path(1) == 1 and tiles_path(2) == 2  # a forced path is kept

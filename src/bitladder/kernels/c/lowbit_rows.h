@@ -6,7 +6,8 @@
 /* the i32x8 partial dot of activation block i of a group of eight (chunk j = i * cpb + t of the group). The
  * chunks' 16-bit pair sums are added in 16 bits first (at most 4 * 2 * 15 * 127 = 15240: no overflow), then
  * widened once per block. 8-bit codes are signed: |w| times x with w's sign (2 * 128 * 127 = 32512 fits a
- * 16-bit pair sum, without VNNI), widened per chunk. */
+ * 16-bit pair sum, without VNNI), widened per chunk; with VNNI (BL_XOR8) w + 128 times x, summed in 32 bits,
+ * and one_row takes 128 * sum(x) back out with the offset term. */
 BL_ATTR static inline __attribute__((always_inline)) __m256i BL_FN(block_dot)(const uint8_t *src, const int8_t *xv, const int i,
                                                                    const int bits, const int cpb) {
     const int per = 8 / bits;
@@ -76,6 +77,8 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(one_row)(const J
     const int64_t nbx = J->kp / J->xb;
     const int direct = J->xb == J->g; /* block b uses weight group b: its scales load as one vector */
     const __m256i multv = _mm256_set1_epi32(J->mult);
+    /* the offset term's share of w + 128 (BL_XOR8's dots on VNNI), else nothing */
+    const __m256i off8 = _mm256_set1_epi32(BL_VNNI && BL_XOR8 && bits == 8 ? 128 * J->mult : 0);
     for (int64_t n = r0; n < r1; n++) {
         const uint8_t *row = J->w + n * J->row_bytes;
         const uint16_t *ws = J->ws + n * J->nbw;
@@ -104,8 +107,7 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(one_row)(const J
             __m256 wsc;
             __m256i off;
             BL_FN(group_scales)(J, ws, zo, b0, direct, &wsc, &off);
-            if (BL_VNNI && BL_XOR8 && bits == 8) /* the dots above are of w + 128 */
-                off = _mm256_add_epi32(off, _mm256_mullo_epi32(multv, _mm256_set1_epi32(128)));
+            if (BL_VNNI && BL_XOR8 && bits == 8) off = _mm256_add_epi32(off, off8); /* dots of w + 128 */
             __m256i d = _mm256_sub_epi32(_mm256_mullo_epi32(multv, dots),
                                          _mm256_mullo_epi32(off, _mm256_loadu_si256((const __m256i *)(J->xsum + b0))));
             __m256 scale = _mm256_mul_ps(wsc, _mm256_loadu_ps(J->xs + b0));
