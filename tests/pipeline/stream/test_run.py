@@ -106,7 +106,10 @@ def test_refusals_are_one_line(folder, calib, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-CAP_MB = 100  # private data the run may add to its imports
+# Private data the run may add to its imports. RLIMIT_DATA counts address space: the heap's freed middle stays
+# counted after malloc_trim, so the streamed run's data grows by 60-105 MB here (varying run to run with where
+# glibc places the block's temporaries; one CI host crossed a 100 MB cap). 200 MB leaves that twice over.
+CAP_MB = 200
 
 
 def _capped(mode, folder, out):
@@ -120,16 +123,16 @@ def _capped(mode, folder, out):
 
 
 def test_streamed_gptq_fits_a_cap_a_third_of_the_model(tmp_path):
-    # 32 blocks of hidden 512 (MLP 1024, vocabulary 4096): 0.35 GB fp32 in 9 shards, 3.3x the cap
+    # 72 blocks of hidden 512 (MLP 1024, vocabulary 4096): 0.70 GB fp32 in 18 shards, 3.3x the cap
     import json
 
-    folder = llama_folder(tmp_path / "m", layers=32, hidden=512, tied=False, shard="40MB", vocab=4096, heads=8)
+    folder = llama_folder(tmp_path / "m", layers=72, hidden=512, tied=False, shard="40MB", vocab=4096, heads=8)
     size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     assert size >= 3 * CAP_MB * 2**20 and len(Shards(folder).files()) >= 4
     run = _capped("stream", folder, tmp_path / "s.safetensors")
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(run.stdout.strip().splitlines()[-1])["peak_rss_mb"] > 0
-    assert bitladder.load(tmp_path / "s.safetensors").lm.model.layers[31].mlp.down_proj.qweight.qtype.name == "int4"
+    assert bitladder.load(tmp_path / "s.safetensors").lm.model.layers[71].mlp.down_proj.qweight.qtype.name == "int4"
     # the cap is real: the in-memory path, which holds the float model, cannot run under it
     whole = _capped("memory", folder, tmp_path / "m.safetensors")
     assert whole.returncode != 0 and "allocate" in whole.stderr, whole.stderr[-2000:]
