@@ -13,6 +13,7 @@ from bitladder.kernels.int4pack import Int4PackBf16Kernel
 from bitladder.kernels.numba_dequant import NumbaDequantKernel
 from bitladder.kernels.numba_kernels import NumbaLowbitKernel, XnorKernel
 from bitladder.kernels.onednn_conv import OnednnConv2dW8A8
+from bitladder.kernels.onednn_split import OnednnSplitKernel
 from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel, OnednnW8A8TokenKernel
 from bitladder.kernels.onnx_nbits import OrtNBitsFp32Kernel, OrtNBitsKernel
 from bitladder.kernels.registry import KERNELS
@@ -40,6 +41,7 @@ __all__ = [
     "NumbaLowbitKernel",
     "OnednnConv2dStatic",
     "OnednnConv2dW8A8",
+    "OnednnSplitKernel",
     "OnednnStaticKernel",
     "OnednnW8A8Kernel",
     "OnednnW8A8TokenKernel",

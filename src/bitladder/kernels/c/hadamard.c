@@ -510,11 +510,92 @@ done:
     return ret;
 }
 
+/* split_codes' rows: piece p of element j is nearbyint(u) + 128, then u = (u - nearbyint(u)) * 254, from
+ * u = x / d; pieces at stride qs (the weight-only split of kernels/onednn_split.py, split_reference's bits) */
+static void split_portable(const float *x, uint8_t *q, int64_t qs, int64_t j, int64_t k, float d, int pieces) {
+    for (; j < k; j++) {
+        float u = x[j] / d;
+        for (int p = 0; p < pieces; p++) {
+            const float a = nearbyintf(u);
+            q[p * qs + j] = (uint8_t)(int)(a + 128.0f);
+            u = (u - a) * 254.0f;
+        }
+    }
+}
+
+#ifdef BL_X86
+/* 32 elements a step: four vectors carried through the pieces, each piece's 32 codes packed into one store */
+AVX2 static int64_t split_avx2(const float *x, uint8_t *q, int64_t qs, int64_t k, float d, int pieces) {
+    const __m256 dv = _mm256_set1_ps(d), off = _mm256_set1_ps(128.0f), sub = _mm256_set1_ps(254.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    int64_t j = 0;
+    for (; j + 32 <= k; j += 32) {
+        __m256 u[4];
+        for (int i = 0; i < 4; i++) u[i] = _mm256_div_ps(_mm256_loadu_ps(x + j + 8 * i), dv);
+        for (int p = 0; p < pieces; p++) {
+            __m256i c[4];
+            for (int i = 0; i < 4; i++) {
+                const __m256 a = _mm256_round_ps(u[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                c[i] = _mm256_cvtps_epi32(_mm256_add_ps(a, off));
+                u[i] = _mm256_mul_ps(_mm256_sub_ps(u[i], a), sub);
+            }
+            const __m256i w = _mm256_packus_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
+            _mm256_storeu_si256((__m256i *)(q + p * qs + j), _mm256_permutevar8x32_epi32(w, perm));
+        }
+    }
+    return j;
+}
+#endif
+
+/* split_codes(x, q, r, m, k, pieces, simd, threads): x (m, k) float32, q (pieces * m, k) uint8, r (m,) float32.
+ * Per row r = magnitude / 127 and u = x / r; rows p * m .. p * m + m - 1 of q hold piece p (split_portable) */
+static PyObject *split_codes(PyObject *self, PyObject *args) {
+    Py_buffer x, q, rb;
+    Py_ssize_t m, k;
+    int pieces, simd, threads;
+    if (!PyArg_ParseTuple(args, "y*w*w*nniii", &x, &q, &rb, &m, &k, &pieces, &simd, &threads)) return NULL;
+    PyObject *ret = NULL;
+    if (m < 1 || k < 1 || pieces < 1 || pieces > 4 || x.len < (Py_ssize_t)(m * k * 4)
+        || q.len < (Py_ssize_t)(pieces * m * k) || rb.len < (Py_ssize_t)(m * 4)) {
+        PyErr_SetString(PyExc_ValueError, "hadamard.split_codes: buffers (m, k), (pieces * m, k) and (m,), "
+                                          "1 <= pieces <= 4");
+        goto done;
+    }
+    const int avx2 = simd && cpu_avx2(), vext = avx2 && k % 8 == 0;
+    const float *xs = x.buf;
+    uint8_t *qs = q.buf;
+    float *rs = rb.buf;
+    const int parts = threads < 1 ? 1 : threads;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel for num_threads(parts) schedule(static) if (parts > 1 && m * k >= 65536)
+    for (int64_t r = 0; r < m; r++) {
+        float hi, lo;
+        const float *v = xs + r * k;
+        row_extremes(v, NULL, k, &hi, &lo, vext);
+        const float d = magnitude(hi, lo) / 127.0f;
+        rs[r] = d;
+        int64_t j = 0;
+#ifdef BL_X86
+        if (avx2) j = split_avx2(v, qs + r * k, m * k, k, d, pieces);
+#endif
+        split_portable(v, qs + r * k, m * k, j, k, d, pieces);
+    }
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&q);
+    PyBuffer_Release(&rb);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"fwht_rows", fwht_rows, METH_VARARGS, "Rotated rows, each divided by its largest magnitude."},
     {"fwht", fwht, METH_VARARGS, "Block Walsh-Hadamard transform of float32 rows, rows split over threads."},
     {"token_codes", token_codes, METH_VARARGS, "Rows (rotated or not) quantised on the per-token grid."},
     {"static_codes", static_codes, METH_VARARGS, "Rows scaled, clamped and quantised on a static grid, split."},
+    {"split_codes", split_codes, METH_VARARGS, "Rows as integer pieces of 8 bits for the weight-only split GEMM."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hadamard", "Block Walsh-Hadamard transform.", -1,

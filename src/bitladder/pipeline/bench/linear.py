@@ -44,6 +44,7 @@ from bitladder.kernels import (
     Int4PackBf16Kernel,
     KernelUnsupported,
     NumbaLowbitKernel,
+    OnednnSplitKernel,
     OnednnW8A8Kernel,
     OnednnW8A8TokenKernel,
     OrtNBitsFp32Kernel,
@@ -59,7 +60,8 @@ LOWBIT = [CTilesKernel, CLowbitKernel, OrtNBitsKernel, OrtNBitsFp32Kernel, Int4P
 RUNGS = [  # (label, qtype, layout, kernel classes to try, the policy a quantised layer of this rung has)
     ("int8 W8A8", "int8", Layout("channel"), [FbgemmW8A8TokenKernel, OnednnW8A8TokenKernel, FbgemmW8A8Kernel,
                                                OnednnW8A8Kernel, OrtNBitsKernel, CLowbitKernel], "int8-w8a8-token"),
-    ("int8 W8", "int8", Layout("channel"), [CLowbitKernel, OrtNBitsKernel, Fp16CodesKernel, NumbaLowbitKernel],
+    ("int8 W8", "int8", Layout("channel"), [CLowbitKernel, OrtNBitsKernel, OnednnSplitKernel, Fp16CodesKernel,
+                                            NumbaLowbitKernel],
      "auto"),
     ("int4 g64", "int4", Layout("group", group=64), LOWBIT, "auto"),
     ("int3 g64", "int3", Layout("group", group=64), LOWBIT, "auto"),
