@@ -66,7 +66,7 @@ def test_c_pass_refuses_bad_buffers():
                                        torch.empty(4).numpy(), 4, 8, 5, 1, 1)
 
 
-needs_vnni = pytest.mark.skipif(not OnednnSplitKernel.available(),
+needs_vnni = pytest.mark.skipif(not (OnednnSplitKernel.installed() and current().dot32("onednn")),
                                 reason="oneDNN's u8 x s8 GEMM adds into 32 bits only with VNNI or AMX")
 
 
@@ -107,12 +107,20 @@ def test_refuses_what_it_cannot_take():
                 OnednnSplitKernel.from_qtensor(qt)
 
 
-@pytest.mark.parametrize("level,offered", [("avx2", False), ("avx512", False), ("avx2-vnni", True),
-                                           ("avx512-vnni", True)])
-def test_auto_takes_it_at_batch_only_where_products_add_into_32_bits(level, offered):
+def test_refuses_a_gemm_that_would_saturate(monkeypatch):
+    if not OnednnSplitKernel.installed():
+        pytest.skip("torch has no oneDNN quantized linear")
+    monkeypatch.setenv("BITLADDER_CPU", "avx512")  # as on a CPU without VNNI: 16-bit pair sums
+    with pytest.raises(KernelUnsupported, match="needs VNNI or AMX"):
+        OnednnSplitKernel.from_qtensor(_qt(8, 64))
+
+
+@pytest.mark.parametrize("level,offered", [("avx2", False), ("avx512", False), ("avx2-vnni", False),
+                                           ("avx512-vnni", False), ("avx512-bf16", False), ("native", True)])
+def test_auto_takes_it_at_batch_only_with_amx(level, offered):
     cpu = current({"BITLADDER_CPU": level})
-    if not OnednnSplitKernel.installed() or offered and not cpu.dot32("onednn"):
-        pytest.skip(f"this host has no {level} (or torch no oneDNN)")
+    if not OnednnSplitKernel.installed() or offered and not cpu.has("amx"):
+        pytest.skip(f"this host has no AMX (or torch no oneDNN)")
     qt = _qt(384, 384)
     assert ("int8-onednn-split" in candidates(qt, 1504, cpu)) == offered
     assert (choose(qt, 1504, cpu=cpu) == "int8-onednn-split") == offered
@@ -121,5 +129,5 @@ def test_auto_takes_it_at_batch_only_where_products_add_into_32_bits(level, offe
     assert OnednnSplitKernel.rows(cpu, qt)[0] == 228 and OnednnSplitKernel.rows(cpu, _qt(4096, 384))[0] == 22
     assert OnednnSplitKernel.rows(cpu, _qt(1024, 1024))[0] == 8 and OnednnSplitKernel.rows(cpu, _qt(2048, 4096))[0] == 3
     assert "int8-onednn-split" not in candidates(qt, 227, cpu)
-    capped = current({"BITLADDER_CPU": level, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"})
-    assert "int8-onednn-split" not in candidates(qt, 1504, capped)  # oneDNN held below VNNI: it would saturate
+    capped = current({"BITLADDER_CPU": level, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"})
+    assert "int8-onednn-split" not in candidates(qt, 1504, capped)  # oneDNN held below AMX

@@ -5,9 +5,9 @@ with integer pieces in [-127, 127] and ``|e| <= 0.5 / 254^2``: every element wit
 fp32's own step at that magnitude. The pieces run as one u8 x s8 GEMM of 3M rows against the int8 codes (zero
 point 128, exact 32-bit sums), and ``y = r * (Y1 + (Y2 + Y3 / 254) / 254) * scale + bias``. Against the float64
 product it is closer than fp32 ``F.linear`` itself (3-7x on MiniLM's shapes at 1504 rows), so the rung stays
-weight-only; and where the products add into 32 bits (VNNI, AMX) the three integer GEMMs outrun one fp32 GEMM
-(docs/DESIGN.md, 'Weight-only int8 on the integer GEMM'). Without VNNI a full 255-step grid could saturate the
-16-bit pair sums, and the integer GEMM is not fast enough to pay three times: auto does not offer it there.
+weight-only. It needs the products added into 32 bits (VNNI or AMX: else a 255-step piece could saturate the
+16-bit pair sums), and auto takes it only with AMX, whose integer GEMM outruns one fp32 GEMM three times over
+(docs/DESIGN.md, 'Weight-only int8 on the integer GEMM').
 """
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ class OnednnSplitKernel(LinearKernel):
     """int8 symmetric per-channel (or per-tensor) weights; float activations to fp32's step at each row's absmax."""
 
     name = "int8-onednn-split"
+    # auto: with AMX only. With AVX-512 VNNI alone three integer GEMMs merely tie fbgemm's fp16 one (0.76-1.04x
+    # fp32 against 0.80-0.94x on MiniLM's shapes at 1504 rows, oneDNN capped at AVX512_CORE_VNNI on the Xeon)
+    requires = ("amx",)
     auto_rows = (3, 1 << 62)
     rank = 8  # ahead of MatMulNBits' int8 activations: faster where its rows hold, and no coarser than fp32
     pieces = 3
@@ -86,10 +89,6 @@ class OnednnSplitKernel(LinearKernel):
         return OnednnW8A8Kernel.installed()
 
     @classmethod
-    def available(cls, cpu: Cpu | None = None) -> bool:
-        return cls.installed() and (cpu or current()).dot32("onednn")
-
-    @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
         return int8_per_row(qt)
 
@@ -99,6 +98,9 @@ class OnednnSplitKernel(LinearKernel):
             raise KernelUnsupported("torch has no oneDNN quantized linear (torch.ops.onednn.qlinear_pointwise)")
         if not cls.applies(qt):
             raise KernelUnsupported("the split int8 GEMM needs int8 symmetric per-channel or per-tensor weights")
+        if not current().dot32("onednn"):
+            raise KernelUnsupported("the split int8 GEMM needs VNNI or AMX: without them oneDNN adds u8 x s8 "
+                                    "products in 16-bit pairs, which its 255-step pieces would saturate")
         codes, scale, _, _ = weight_parts(qt)
         self = cls()
         self.n, self.k = qt.shape
