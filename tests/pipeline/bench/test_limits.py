@@ -1,6 +1,7 @@
 """Measured limits (read bandwidth, GEMM peaks) and each bench row's fraction of its limit."""
 
 import math
+import time
 
 import pytest
 
@@ -40,6 +41,26 @@ def test_integer_rule_on_the_bench_variant_names():
     assert not integer_compute("fp32 F.linear")
     assert not integer_compute("bitladder int4 g64 [torch-int4pack-bf16]")
     assert not integer_compute("bitladder int8 W8 [fbgemm-fp16-codes]")
+    assert integer_compute("bitladder int8 W8 [int8-onednn-split]")  # float activations as integer pieces
+
+
+def test_the_split_kernel_is_judged_on_the_integer_work_it_does():
+    # three pieces of each input row: three times the layer's operations against the int8 peak
+    row = {"case": "linear", "batch": 64, "variant": "bitladder int8 W8 [int8-onednn-split]", "latency_ms": 1.0,
+           "ops": 2 * 64 * 4096 * 4096}
+    assert annotate([row], LIMITS)[0]["limit_fraction"] == pytest.approx(3 * 2 * 64 * 4096**2 / 1e-3 / 400e9, rel=1e-3)
+
+
+def test_int8_peak_takes_the_fastest_engine(monkeypatch):
+    from bitladder.pipeline.bench import limits
+
+    calls = []
+    monkeypatch.setattr(limits, "_int8_engines", lambda n: [lambda: calls.append("slow") or time.sleep(0.02),
+                                                            lambda: calls.append("fast")])
+    assert int8_gops(64, repeats=2) > 2 * 64**3 / 0.02 / 1e9 * 5  # the fast one's rate, not the slow one's
+    assert "slow" in calls and "fast" in calls
+    monkeypatch.setattr(limits, "_int8_engines", lambda n: [])
+    assert int8_gops(64) is None  # no integer GEMM in this torch
 
 
 def test_limit_fraction_of_synthetic_rows():

@@ -8,9 +8,10 @@ fraction of its limit.
 * ``fp32_gflops``: a 2048 x 2048 product, best of three after a warm-up, 2 N^3 operations, on every installed
   fp32 GEMM engine (:mod:`bitladder.kernels.fp32_gemm`), the fastest kept: off Intel, torch's own (MKL)
   runs a generic path that is not the machine's limit.
-* ``int8_gops``: fbgemm's int8 GEMM (``quantized.linear`` on a uint8 input and prepacked int8 weight, the
-  GEMM the W8A8 kernels call), 2048^3, best of three; ``torch._int_mm`` only where that is missing (its
-  CPU path is a slow reference loop: docs/DESIGN.md, 'Results schema').
+* ``int8_gops``: the faster of fbgemm's and oneDNN's int8 GEMMs (on a uint8 input and prepacked int8 weight,
+  the GEMMs the W8A8 kernels call; oneDNN's runs AMX where the CPU has it), 2048^3, best of three;
+  ``torch._int_mm`` only where both are missing (its CPU path is a slow reference loop: docs/DESIGN.md,
+  'Results schema').
 
 * ``llc_bytes``: the last-level cache's size (Linux sysfs; 64 MiB where it cannot be read), which the
   Linear bench's streamed batch-1 timing must exceed; ``available_bytes``: the memory its copies may take.
@@ -29,8 +30,9 @@ whose kernels streamed 35), else ``read_gbps``; at batch >= 2,
 and for rows with only ``ops`` (convolutions, whose weights are reused across positions, so compute
 bounds them even at batch 1), ``ops`` (2 x MACs) / latency / peak: the int8 peak where the variant's dot
 products are integer (:func:`integer_compute`: W8A8 and ort-wNa8 kernels, bitladder's C kernels, torch.ao /
-onnxruntime dynamic int8, XNOR), the fp32 peak otherwise (kernels that widen codes to float). Whole-model rows
-(MiniLM, digits) get None.
+onnxruntime dynamic int8, XNOR, and ``int8-onednn-split``, whose three activation pieces count three times the
+layer's operations), the fp32 peak otherwise (kernels that widen codes to float). Whole-model rows (MiniLM, digits)
+get None.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ GEMM_N = 2048
 LLC_FALLBACK = 64 << 20
 
 # activations quantised to integers: W8A8 / ort-wNa8 kernels, bitladder's C kernels (int8 per block), torch.ao or
-# onnxruntime dynamic int8, XNOR
-_INTEGER = re.compile(r"w\d+a8|\[c-(lowbit|2bit|binary)|xnor|quantize_dynamic|dynamic int8")
+# onnxruntime dynamic int8, XNOR; and float activations as integer pieces (int8-onednn-split)
+_INTEGER = re.compile(r"w\d+a8|\[c-(lowbit|2bit|binary)|xnor|quantize_dynamic|dynamic int8|onednn-split")
+# integer operations per operation of the layer: the split kernel multiplies three pieces of each input row
+_WORK = {"[int8-onednn-split]": 3}
 
 
 def _best(fn: Callable[[], object], repeats: int) -> float:
@@ -122,26 +126,41 @@ def fp32_gflops(n: int = GEMM_N, repeats: int = 3) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def int8_gops(n: int = GEMM_N, repeats: int = 3) -> float | None:
-    """int8 x int8 -> int32 GEMM operations per second / 1e9; None where torch has no integer GEMM."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            w = torch.quantize_per_tensor(torch.randn(n, n), 0.02, 0, torch.qint8)
+def _int8_engines(n: int) -> list[Callable[[], object]]:
+    """One ``n`` x ``n`` u8 x s8 GEMM per installed integer engine: fbgemm's (``quantized.linear``) and oneDNN's
+    (``onednn.qlinear_pointwise``, which runs AMX where the CPU has it); ``torch._int_mm`` only where neither is."""
+    fns = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w = torch.quantize_per_tensor(torch.randn(n, n), 0.02, 0, torch.qint8)
+        x = torch.quantize_per_tensor(torch.randn(n, n), 0.02, 128, torch.quint8)
+        try:
             packed = torch.ops.quantized.linear_prepack(w, None)
-            x = torch.quantize_per_tensor(torch.randn(n, n), 0.02, 128, torch.quint8)
-
-        def fn():
-            return torch.ops.quantized.linear(x, packed, 1.0, 0)
-    except (RuntimeError, AttributeError):
-        if not hasattr(torch, "_int_mm"):
-            return None
+            fns.append(lambda: torch.ops.quantized.linear(x, packed, 1.0, 0))
+        except (RuntimeError, AttributeError):
+            pass
+        try:
+            codes, ones = w.int_repr(), torch.ones(n)
+            dnn = torch.ops.onednn.qlinear_prepack(codes, None)
+            zeros, u8 = torch.zeros(n, dtype=torch.int32), x.int_repr()
+            fns.append(lambda: torch.ops.onednn.qlinear_pointwise(u8, 1.0, 128, dnn, ones, zeros, None, 1.0, 0,
+                                                                  torch.float32, "none", [], ""))
+        except (RuntimeError, AttributeError):
+            pass
+    if not fns and hasattr(torch, "_int_mm"):
         a = torch.randint(-127, 128, (n, n), dtype=torch.int8)
+        fns.append(lambda: torch._int_mm(a, a))
+    return fns
 
-        def fn():
-            return torch._int_mm(a, a)
-    fn()
-    return 2 * n**3 / _best(fn, repeats) / 1e9
+
+def int8_gops(n: int = GEMM_N, repeats: int = 3) -> float | None:
+    """int8 x int8 -> int32 GEMM operations per second / 1e9 on the fastest integer engine (as ``fp32_gflops``
+    takes the fastest float one: with AMX oneDNN's is several times fbgemm's); None where torch has none."""
+    best = math.inf
+    for fn in _int8_engines(n):
+        fn()
+        best = min(best, _best(fn, repeats))
+    return None if best == math.inf else 2 * n**3 / best / 1e9
 
 
 def measure() -> dict[str, float | None]:
@@ -174,7 +193,8 @@ def limit_fraction(row: dict, limits: dict) -> float | None:
         return round(fraction(row["weight_bytes"], streamed or ms, gbps), 4) if ok else None
     peak = limits.get("int8_gops") if integer_compute(row.get("variant", "")) else limits.get("fp32_gflops")
     if row.get("ops") and peak:
-        return round(fraction(row["ops"], ms, peak), 4)
+        work = next((w for tag, w in _WORK.items() if tag in row.get("variant", "")), 1)
+        return round(fraction(row["ops"] * work, ms, peak), 4)
     return None
 
 
