@@ -12,15 +12,13 @@ weight-only. It needs the products added into 32 bits (VNNI or AMX: else a 255-s
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from bitladder.kernels import hadamard
-from bitladder.kernels.base import KernelUnsupported, LinearKernel, rows_times_plus, weight_parts
+from bitladder.kernels.base import KernelUnsupported, LinearKernel, rows_times_plus
 from bitladder.kernels.cpu import Cpu, current
 from bitladder.kernels.fbgemm_w8a8 import int8_per_row
-from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel
+from bitladder.kernels.onednn_w8a8 import OnednnW8A8Kernel, prepacked
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -101,14 +99,9 @@ class OnednnSplitKernel(LinearKernel):
         if not current().dot32("onednn"):
             raise KernelUnsupported("the split int8 GEMM needs VNNI or AMX: without them oneDNN adds u8 x s8 "
                                     "products in 16-bit pairs, which its 255-step pieces would saturate")
-        codes, scale, _, _ = weight_parts(qt)
         self = cls()
         self.n, self.k = qt.shape
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._packed = torch.ops.onednn.qlinear_prepack(codes.to(torch.int8).contiguous(), None)
-        self._scale = scale[:, 0].float().contiguous()
-        self._zp = torch.zeros(self.n, dtype=torch.int32)
+        _, self._packed, self._scale, self._zp = prepacked(qt)
         self._bytes = self.n * self.k + self.n * 4
         return self
 

@@ -30,6 +30,16 @@ from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
 
+def prepacked(qt: QuantizedTensor) -> tuple[torch.Tensor, object, torch.Tensor, torch.Tensor]:
+    """(codes (N, K) int32, oneDNN's prepacked int8 weight, per-channel scales (N,), zero points (N,) of 0) of an
+    int8 symmetric weight with one scale per output channel or per tensor."""
+    codes, scale, _, _ = weight_parts(qt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        packed = torch.ops.onednn.qlinear_prepack(codes.to(torch.int8).contiguous(), None)
+    return codes, packed, scale[:, 0].float().contiguous(), torch.zeros(qt.shape[0], dtype=torch.int32)
+
+
 @register
 class OnednnW8A8Kernel(LinearKernel):
     """int8 symmetric per-channel (or per-tensor) weights, activations quantised per call."""
@@ -47,14 +57,9 @@ class OnednnW8A8Kernel(LinearKernel):
             raise KernelUnsupported("torch has no oneDNN quantized linear (torch.ops.onednn.qlinear_pointwise)")
         if not cls.applies(qt):
             raise KernelUnsupported("oneDNN W8A8 needs int8 symmetric per-channel or per-tensor weights")
-        codes, scale, _, _ = weight_parts(qt)
         self = cls()
         self.n, self.k = qt.shape
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._packed = torch.ops.onednn.qlinear_prepack(codes.to(torch.int8).contiguous(), None)
-        self._scale = scale[:, 0].float().contiguous()
-        self._zp = torch.zeros(self.n, dtype=torch.int32)
+        codes, self._packed, self._scale, self._zp = prepacked(qt)
         self.levels = levels_for(codes, "onednn")
         self._bytes = self.n * self.k + self.n * 4
         self._simd = current().has("avx2")  # the C token pass's path, read once: the lookup costs a small call
