@@ -517,7 +517,7 @@ static void split_portable(const float *x, uint8_t *q, int64_t qs, int64_t j, in
         float u = x[j] / d;
         for (int p = 0; p < pieces; p++) {
             const float a = nearbyintf(u);
-            q[p * qs + j] = (uint8_t)(int)(a + 128.0f);
+            q[p * qs + j] = (uint8_t)(int)fminf(fmaxf(a + 128.0f, 0.0f), 255.0f); /* NaN: 0, as the vector path */
             u = (u - a) * 254.0f;
         }
     }
