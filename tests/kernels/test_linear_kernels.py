@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -25,8 +27,10 @@ from bitladder.kernels import (
     reference_linear,
     choose,
 )
+from bitladder.kernels.base import ANY_ROWS
 from bitladder.kernels.c_lowbit import c_module
 from bitladder.kernels.cpu import current
+from bitladder.kernels.fp16_codes import MKL_AHEAD
 from bitladder.kernels.select import candidates
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -325,6 +329,22 @@ def test_float_codes_fp16_holds_run_exact_on_the_fp16_gemm(qname):
     qt = _qt(qname, Layout("channel"), 32, 256)
     assert all(choose(qt, m) == "fbgemm-fp16-codes" for m in (1, 18, 64))
     assert candidates(_qt("bf16", Layout("tensor"), 32, 256), 1) == ["dequant-fp32"]
+
+
+@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])
+def test_fp16_codes_stop_at_512_rows_for_integer_codes_where_mkl_is_ahead(vendor):
+    """On an Intel core MKL's sgemm outruns fbgemm's fp16 GEMM at batch, so past 512 rows integer codes go to the
+    C dequantisation + fp32 GEMM; float codes (fp8's dequantisation is slow) and other vendors keep fbgemm's."""
+    cpu = dataclasses.replace(current({"BITLADDER_CPU": "avx512"}), vendor=vendor)
+    if not cpu.has("avx512f"):
+        pytest.skip("this host has no AVX-512 (without it every vendor stops at 512 rows)")
+    ahead = vendor in MKL_AHEAD
+    assert Fp16CodesKernel.rows(cpu, _qt("uint8", Layout("channel"), 32, 256)) == ((1, 512) if ahead else ANY_ROWS)
+    assert Fp16CodesKernel.rows(cpu, _qt("fp8_e4m3", Layout("channel"), 32, 256)) == ANY_ROWS
+    assert Fp16CodesKernel.rows(cpu) == ANY_ROWS  # no weight given: the declared range
+    int8 = _qt("int8", Layout("channel"), 32, 256)
+    assert choose(int8, 512, cpu=cpu) == "fbgemm-fp16-codes"
+    assert choose(int8, 513, cpu=cpu) == ("numba-dequant-fp32" if ahead else "fbgemm-fp16-codes")
 
 
 def test_without_the_c_kernels_auto_keeps_exact_numerics_above_small_requests():

@@ -27,6 +27,13 @@ from bitladder.tensor.quantized import QuantizedTensor
 FP16_HOLDS = ("fp16", "fp8_e4m3", "fp8_e5m2")
 
 
+#: vendors on whose AVX-512 cores MKL's sgemm outruns fbgemm's fp16-weight GEMM at batch: past 512 rows integer
+#: codes take the C dequantisation + the fp32 GEMM (``numba-dequant-fp32``). Intel Xeon, MiniLM's shapes at 1504
+#: rows: 0.90-1.00x fp32 against 0.82-0.85x under the AVX-512 caps, 0.92-1.02x against 0.84-0.90x natively; at 256
+#: rows fbgemm's was level or ahead. Float codes keep fbgemm's at every batch (fp8's dequantisation costs more)
+MKL_AHEAD = ("GenuineIntel",)
+
+
 @register
 class Fp16CodesKernel(LinearKernel):
     """Integer codes (or float codes fp16 holds exactly) packed as fp16 for fbgemm, the per-channel scale applied
@@ -39,9 +46,14 @@ class Fp16CodesKernel(LinearKernel):
 
     @classmethod
     def rows(cls, cpu, qt=None):
-        """At every batch with AVX-512; without it up to 512 rows (fbgemm's fp16 GEMM falls behind the fp32
-        one at hundreds of rows there: docs/DESIGN.md, "Every CPU")."""
-        return cls.auto_rows if cpu.has("avx512f") else (1, 512)
+        """At every batch with AVX-512; up to 512 rows without it, and for integer codes on the vendors of
+        :data:`MKL_AHEAD` (fbgemm's fp16 GEMM falls behind the fp32 one at hundreds of rows there, and integer
+        codes dequantise in C for it: docs/DESIGN.md, "Every CPU")."""
+        if not cpu.has("avx512f"):
+            return (1, 512)
+        if cpu.vendor in MKL_AHEAD and qt is not None and qt.qtype.rules.integer_codes:
+            return (1, 512)
+        return cls.auto_rows
 
     @classmethod
     def installed(cls) -> bool:
