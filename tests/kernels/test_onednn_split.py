@@ -14,7 +14,7 @@ from bitladder.formats.layout import Layout
 from bitladder.kernels import KernelUnsupported, hadamard
 from bitladder.kernels.base import weight_parts
 from bitladder.kernels.cpu import current
-from bitladder.kernels.onednn_split import SUB, OnednnSplitKernel, split_codes, split_reference
+from bitladder.kernels.onednn_split import SUB, OnednnSplitKernel, split_codes, split_reference, split_sum
 from bitladder.kernels.select import candidates, choose
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -54,6 +54,27 @@ def test_c_pieces_have_the_reference_bits_and_rebuild_the_row(m, k, pieces, simd
     assert float(err.max()) <= bound
 
 
+@given(m=st.integers(1, 7), n=st.integers(1, 70), pieces=st.integers(1, 4), simd=st.booleans(), bias=st.booleans(),
+       seed=st.integers(0, 2**16))
+@settings(max_examples=40, deadline=None)
+def test_c_sum_of_the_pieces_equals_horner_in_pytorch(m, n, pieces, simd, bias, seed):
+    g = torch.Generator().manual_seed(seed)
+    y, r = torch.randn(pieces * m, n, generator=g) * 1000, torch.rand(m, 1, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    want = y[(pieces - 1) * m:].double()
+    for p in range(pieces - 2, -1, -1):
+        want = y[p * m: (p + 1) * m].double() + want / SUB
+    want = want * r.double() + (0 if b is None else b.double())
+    got = split_sum(y.clone(), r, b, pieces, simd)
+    assert got.shape == (m, n)
+    assert float((got.double() - want).abs().max()) <= 4e-7 * float(want.abs().max()) + 1e-30
+    if hadamard.installed():  # the C pass and the PyTorch one it replaces agree to fp32 rounding
+        with torch.enable_grad():
+            b2 = None if b is None else b.clone().requires_grad_()
+            torch_path = split_sum(y.clone(), r, b2, pieces)  # a bias with a gradient takes the PyTorch ops
+        assert torch.allclose(got, torch_path.detach(), rtol=1e-6, atol=1e-6 * float(want.abs().max()))
+
+
 def test_c_pass_refuses_bad_buffers():
     if not hadamard.installed():
         pytest.skip("the C extension was not built")
@@ -64,6 +85,9 @@ def test_c_pass_refuses_bad_buffers():
     with pytest.raises(ValueError, match="pieces"):
         hadamard._hadamard.split_codes(x.numpy(), torch.empty(40, 8, dtype=torch.uint8).numpy(),
                                        torch.empty(4).numpy(), 4, 8, 5, 1, 1)
+    with pytest.raises(ValueError, match="pieces"):  # the GEMM output of two pieces, summed as three
+        hadamard._hadamard.split_sum(torch.empty(8, 8).numpy(), torch.empty(4).numpy(), torch.empty(0).numpy(),
+                                     4, 8, 3, 1, 1)
 
 
 needs_vnni = pytest.mark.skipif(not (OnednnSplitKernel.installed() and current().dot32("onednn")),

@@ -3,11 +3,11 @@
 Each row of ``x`` is divided by ``r`` = its absmax / 127 and written as ``u = a1 + a2 / 254 + a3 / 254^2 + e``
 with integer pieces in [-127, 127] and ``|e| <= 0.5 / 254^2``: every element within 2^-24 of the row's absmax,
 fp32's own step at that magnitude. The pieces run as one u8 x s8 GEMM of 3M rows against the int8 codes (zero
-point 128, exact 32-bit sums), and ``y = r * (Y1 + (Y2 + Y3 / 254) / 254) * scale + bias``. Against the float64
-product it is closer than fp32 ``F.linear`` itself (3-7x on MiniLM's shapes at 1504 rows), so the rung stays
-weight-only. It needs the products added into 32 bits (VNNI or AMX: else a 255-step piece could saturate the
-16-bit pair sums), and auto takes it only with AMX, whose integer GEMM outruns one fp32 GEMM three times over
-(docs/DESIGN.md, 'Weight-only int8 on the integer GEMM').
+point 128, exact 32-bit sums); one more pass (:func:`split_sum`) makes ``y = r * (Y1 + (Y2 + Y3 / 254) / 254) *
+scale + bias``. Against the float64 product it is closer than fp32 ``F.linear`` itself (3-7x on MiniLM's shapes
+at 1504 rows), so the rung stays weight-only. It needs the products added into 32 bits (VNNI or AMX: else a
+255-step piece could saturate the 16-bit pair sums), and auto takes it only with AMX, whose integer GEMM outruns
+one fp32 GEMM three times over (docs/DESIGN.md, 'Weight-only int8 on the integer GEMM').
 """
 
 from __future__ import annotations
@@ -57,6 +57,25 @@ def split_codes(x: torch.Tensor, pieces: int, simd: bool | None = None) -> tuple
     hadamard._hadamard.split_codes(xc.numpy(), q.numpy(), r.numpy(), m, k, pieces, int(use_simd),
                                    torch.get_num_threads())
     return q, r
+
+
+def split_sum(y: torch.Tensor, r: torch.Tensor, bias: torch.Tensor | None, pieces: int,
+              simd: bool | None = None) -> torch.Tensor:
+    """(M, N): the split GEMM's output ``y`` (pieces * M, N) summed in Horner's form (the smallest piece first),
+    times the row scales ``r`` (M, 1), plus ``bias``; in one C pass over ``y``'s first M rows where the extension
+    was built, else in PyTorch (and where a trained bias needs its gradient)."""
+    m = r.shape[0]
+    grad = bias is not None and bias.requires_grad and torch.is_grad_enabled()
+    if hadamard.installed() and not grad and y.is_contiguous():
+        b = torch.empty(0) if bias is None else bias.detach().float().contiguous()
+        use_simd = current().has("avx2") if simd is None else bool(simd)
+        hadamard._hadamard.split_sum(y.numpy(), r.numpy(), b.numpy(), m, y.shape[1], pieces, int(use_simd),
+                                     torch.get_num_threads())
+        return y[:m]
+    out = y[(pieces - 1) * m:]
+    for p in range(pieces - 2, -1, -1):
+        out = y[p * m: (p + 1) * m].add_(out, alpha=1.0 / SUB)
+    return rows_times_plus(out, r, bias)
 
 
 @register
@@ -109,14 +128,10 @@ class OnednnSplitKernel(LinearKernel):
         return self._fused(x, None, None)
 
     def _fused(self, x, bias, in_scale):
-        m = x.shape[0]
         q, r = split_codes(x if in_scale is None else x * in_scale, self.pieces)
         y = torch.ops.onednn.qlinear_pointwise(q, 1.0, 128, self._packed, self._scale, self._zp, None, 1.0, 0,
                                                torch.float32, "none", [], "")
-        out = y[(self.pieces - 1) * m:]
-        for p in range(self.pieces - 2, -1, -1):  # the smallest piece first (Horner's form): one pass each
-            out = y[p * m: (p + 1) * m].add_(out, alpha=1.0 / SUB)
-        return rows_times_plus(out, r, bias)
+        return split_sum(y, r, bias, self.pieces)
 
     @property
     def nbytes(self) -> int:

@@ -590,12 +590,76 @@ done:
     return ret;
 }
 
+/* one output row of split_sum: piece p - 1 += piece p * inv from the top down (the row's pieces stay in L1/L2),
+ * then row 0 = row 0 * rr + b; plain loops over restrict pointers that the compiler vectorises (for AVX2 in the
+ * AVX2 copy) */
+#define BL_SPLIT_SUM_ROW(NAME, ATTR)                                                                       \
+    ATTR static void NAME(float *y, int64_t mn, int64_t n, int pieces, float rr, const float *b) {       \
+        const float inv = 1.0f / 254.0f;                                                                 \
+        for (int p = pieces - 1; p > 0; p--) {                                                           \
+            float *restrict lo = y + (int64_t)(p - 1) * mn;                                              \
+            const float *restrict hi = y + (int64_t)p * mn;                                              \
+            for (int64_t j = 0; j < n; j++) lo[j] = lo[j] + hi[j] * inv;                                 \
+        }                                                                                                \
+        float *restrict o = y;                                                                           \
+        if (b) {                                                                                         \
+            const float *restrict bb = b;                                                                \
+            for (int64_t j = 0; j < n; j++) o[j] = o[j] * rr + bb[j];                                    \
+        } else {                                                                                         \
+            for (int64_t j = 0; j < n; j++) o[j] = o[j] * rr;                                            \
+        }                                                                                                \
+    }
+BL_SPLIT_SUM_ROW(split_sum_portable, )
+#ifdef BL_X86
+BL_SPLIT_SUM_ROW(split_sum_avx2, AVX2)
+#endif
+
+/* split_sum(y, r, b, m, n, pieces, simd, threads): y (pieces * m, n) float32, the split GEMM's output, r (m,),
+ * b (n,) or empty; rows 0..m-1 of y become the pieces' sum in Horner's form times r, plus b (one pass) */
+static PyObject *split_sum(PyObject *self, PyObject *args) {
+    Py_buffer y, rb, bb;
+    Py_ssize_t m, n;
+    int pieces, simd, threads;
+    if (!PyArg_ParseTuple(args, "w*y*y*nniii", &y, &rb, &bb, &m, &n, &pieces, &simd, &threads)) return NULL;
+    PyObject *ret = NULL;
+    if (m < 1 || n < 1 || pieces < 1 || pieces > 4 || y.len < (Py_ssize_t)(pieces * m * n * 4)
+        || rb.len < (Py_ssize_t)(m * 4) || (bb.len != 0 && bb.len < (Py_ssize_t)(n * 4))) {
+        PyErr_SetString(PyExc_ValueError, "hadamard.split_sum: buffers (pieces * m, n), (m,) and (n,) or empty, "
+                                          "1 <= pieces <= 4");
+        goto done;
+    }
+    const int avx2 = simd && cpu_avx2();
+    float *ys = y.buf;
+    const float *rs = rb.buf, *b = bb.len ? (const float *)bb.buf : NULL;
+    const int parts = threads < 1 ? 1 : threads;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel for num_threads(parts) schedule(static) if (parts > 1 && m * n >= 65536)
+    for (int64_t i = 0; i < m; i++) {
+#ifdef BL_X86
+        if (avx2) {
+            split_sum_avx2(ys + i * n, m * n, n, pieces, rs[i], b);
+            continue;
+        }
+#endif
+        split_sum_portable(ys + i * n, m * n, n, pieces, rs[i], b);
+    }
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&y);
+    PyBuffer_Release(&rb);
+    PyBuffer_Release(&bb);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"fwht_rows", fwht_rows, METH_VARARGS, "Rotated rows, each divided by its largest magnitude."},
     {"fwht", fwht, METH_VARARGS, "Block Walsh-Hadamard transform of float32 rows, rows split over threads."},
     {"token_codes", token_codes, METH_VARARGS, "Rows (rotated or not) quantised on the per-token grid."},
     {"static_codes", static_codes, METH_VARARGS, "Rows scaled, clamped and quantised on a static grid, split."},
     {"split_codes", split_codes, METH_VARARGS, "Rows as integer pieces of 8 bits for the weight-only split GEMM."},
+    {"split_sum", split_sum, METH_VARARGS, "The split GEMM's pieces summed, times the row scales, plus the bias."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hadamard", "Block Walsh-Hadamard transform.", -1,
