@@ -83,8 +83,8 @@ class OnednnSplitKernel(LinearKernel):
     """int8 symmetric per-channel (or per-tensor) weights; float activations to fp32's step at each row's absmax."""
 
     name = "int8-onednn-split"
-    # auto: with AMX only. With AVX-512 VNNI alone three integer GEMMs merely tie fbgemm's fp16 one (0.76-1.04x
-    # fp32 against 0.80-0.94x on MiniLM's shapes at 1504 rows, oneDNN capped at AVX512_CORE_VNNI on the Xeon)
+    # auto: with AMX only. With AVX-512 VNNI alone three integer GEMMs merely tie fbgemm's fp16 one (0.86-1.05x
+    # fp32 against 0.79-0.92x on MiniLM's shapes at 1504 rows, oneDNN capped at AVX512_CORE_VNNI on the Xeon)
     requires = ("amx",)
     auto_rows = (3, 1 << 62)
     rank = 8  # ahead of MatMulNBits' int8 activations: faster where its rows hold, and no coarser than fp32
@@ -122,16 +122,17 @@ class OnednnSplitKernel(LinearKernel):
         self.n, self.k = qt.shape
         _, self._packed, self._scale, self._zp = prepacked(qt)
         self._bytes = self.n * self.k + self.n * 4
+        self._simd = current().has("avx2")  # the C passes' path, read once: the lookup costs a call per layer call
         return self
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         return self._fused(x, None, None)
 
     def _fused(self, x, bias, in_scale):
-        q, r = split_codes(x if in_scale is None else x * in_scale, self.pieces)
+        q, r = split_codes(x if in_scale is None else x * in_scale, self.pieces, self._simd)
         y = torch.ops.onednn.qlinear_pointwise(q, 1.0, 128, self._packed, self._scale, self._zp, None, 1.0, 0,
                                                torch.float32, "none", [], "")
-        return split_sum(y, r, bias, self.pieces)
+        return split_sum(y, r, bias, self.pieces, self._simd)
 
     @property
     def nbytes(self) -> int:
