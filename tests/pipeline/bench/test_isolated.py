@@ -114,3 +114,31 @@ def test_a_burst_times_the_first_call_and_the_warm_ones_apart():
     assert "warm_latency_s" not in once  # one call a round: nothing to call warm
     assert len(burst["rounds_s"]) == len(burst["warm_rounds_s"]) == 3
     assert burst["latency_s"] >= 0.02 > 0.01 > burst["warm_latency_s"] >= 0.001
+
+
+def test_past_the_memory_reserve_workers_are_timed_in_groups_beside_the_anchors():
+    me = f"{__name__}:"
+    factories = {"base": (me + "sleepy", (0.001,)), "a": (me + "sleepy", (0.002,)), "b": (me + "sleepy", (0.003,)),
+                 "c": (me + "sleepy", (0.004,))}
+    tight = isolated_latency(factories, repeats=3, warmup=0, pause=0.0, anchors=("base",), room=lambda: 0)
+    assert [tight[n]["group"] for n in "abc"] == [0, 1, 2]  # no room: the group is timed before the next build
+    base = tight["base"]
+    assert "group" not in base and len(base["rounds_s"]) == 9  # the anchor runs in all three groups
+    for n in "abc":
+        paired = tight[n]["paired"]["base"]
+        assert len(paired["rounds_s"]) == len(tight[n]["rounds_s"]) == 3  # the anchor's rounds of its own group
+        assert set(paired["rounds_s"]) <= set(base["rounds_s"]) and paired["by_batch"][0]["rounds_s"] == paired[
+            "rounds_s"]
+    roomy = isolated_latency(factories, repeats=2, warmup=0, pause=0.0, anchors=("base",), room=lambda: 1 << 50)
+    assert {roomy[n]["group"] for n in "abc"} == {0} and len(roomy["base"]["rounds_s"]) == 2
+
+
+def test_a_group_keeps_going_when_one_of_its_workers_fails():
+    me = f"{__name__}:"
+    got = isolated_latency({"base": (me + "sleepy", (0.001,)), "bad": (me + "broken", ()),
+                            "crash": (me + "dies", ()), "ok": (me + "sleepy", (0.002,))},
+                           repeats=2, warmup=0, pause=0.0, anchors=("base",), room=lambda: 0)
+    assert got["bad"] == {"error": "ValueError: cannot build this one"}
+    assert got["crash"] == {"error": "the worker exited (code 3)"}
+    assert got["ok"]["group"] == 1 and len(got["ok"]["paired"]["base"]["rounds_s"]) == 2
+    assert len(got["base"]["rounds_s"]) == 4

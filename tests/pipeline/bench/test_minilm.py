@@ -77,3 +77,27 @@ def test_one_sentence_rows_carry_the_warm_ratio_beside_the_first_call(minilm_spe
     assert rung["ratio_vs_fp32"] == 1.4 and rung["warm_ratio_vs_fp32"] == 2.0 and rung["warm_latency_ms"] == 5.0
     assert rung["warm_ratio_vs_fp32_iqr"] == [2.0, 2.0] and rung["cos_mean"] == pytest.approx(1.0)
     assert "warm_ratio_vs_fp32" not in rows["no burst"]
+
+
+def test_rows_set_each_variant_against_the_baseline_of_its_own_timing_group(minilm_spec):
+    import dataclasses
+
+    from bitladder.pipeline.bench.isolated import at_batch
+    from bitladder.pipeline.bench.minilm import _rows
+    from bitladder.pipeline.measure.evaluate import outputs
+
+    few = dataclasses.replace(minilm_spec, eval_batches=[{k: v[:4] for k, v in minilm_spec.eval_batches[0].items()}])
+    ref = outputs(minilm_spec.model, few.eval_batches)
+    info = {"outputs": ref.numpy(), "onnx_bytes": None}
+
+    def figures(s: float) -> dict:
+        return {"latency_s": s, "rounds_s": [s] * 4}
+
+    fp32 = {**figures(0.020), "peak_rss_mb": 1.0, "info": info, "by_batch": [figures(0.020)]}
+    rung = {**figures(0.010), "peak_rss_mb": 1.0, "info": info, "by_batch": [figures(0.010)], "group": 1,
+            "paired": {"fp32 torch": {**figures(0.030), "by_batch": [figures(0.030)]}}}
+    rows = {r["variant"]: r for r in _rows(few, ref, ["fp32 torch", "rung"],
+                                           at_batch({"fp32 torch": fp32, "rung": rung}, 0), 32)}
+    assert rows["rung"]["ratio_vs_fp32"] == 3.0 and rows["rung"]["fp32_latency_ms"] == 30.0  # its group's fp32
+    assert rows["rung"]["timing_group"] == 1 and rows["rung"]["ratio_vs_fp32_iqr"] == [3.0, 3.0]
+    assert rows["fp32 torch"]["ratio_vs_fp32"] == 1.0 and "timing_group" not in rows["fp32 torch"]

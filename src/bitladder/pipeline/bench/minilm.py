@@ -29,7 +29,7 @@ from bitladder.errors import BitladderError
 from bitladder.kernels import fp32_gemm
 from bitladder.pipeline.bench import peers as bench_peers
 from bitladder.pipeline.measure.evaluate import fidelity, outputs
-from bitladder.pipeline.bench.isolated import isolated_latency
+from bitladder.pipeline.bench.isolated import at_batch, baseline, isolated_latency
 from bitladder.zoo import minilm
 
 
@@ -350,27 +350,30 @@ def round_spread(base: list[float] | None, times: list[float]) -> list[float] | 
     return [round(q[0], 3), round(q[2], 3)]
 
 
+#: the baselines every ratio needs: built first, timed in every group of workers (pipeline/bench/isolated.py)
+ANCHORS = ("fp32 torch", FP32_ONEDNN, "onnxruntime fp32")
+
+
 def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
     """Bench rows of every variant (or those matching ``only``, plus the fp32 baselines) at each batch size."""
     spec = minilm.spec()
     ref = outputs(spec.model, spec.eval_batches)
     with tempfile.TemporaryDirectory() as tmp:
-        names = [n for n in variants(spec, Path(tmp))  # the fp32 baselines: what every ratio needs
-                 if n in ("fp32 torch", FP32_ONEDNN, "onnxruntime fp32") or not only or any(o in n for o in only)]
+        every = variants(spec, Path(tmp))
+        names = [*ANCHORS, *(n for n in every if n not in ANCHORS and (not only or any(o in n for o in only)))]
         got = isolated_latency({n: (f"{__name__}:serve_variant", (n, tmp)) for n in names}, repeats,
-                               batches=len(BATCHES), bursts=BURSTS)
+                               batches=len(BATCHES), bursts=BURSTS, anchors=ANCHORS)
     rows = []
     for j, batch in enumerate(BATCHES):
-        rows += _rows(spec, ref, names, {n: {**g, **g["by_batch"][j]} if "by_batch" in g else g
-                                         for n, g in got.items()}, batch)
+        rows += _rows(spec, ref, names, at_batch(got, j), batch)
     return rows
 
 
 def _rows(spec, ref, names: list[str], got: dict, batch: int) -> list[dict]:
-    """The rows of one timed batch size. Fidelity is measured on the evaluation sentences against fp32's, in
-    the evaluation batches for the batch-32 rows and one at a time for the batch-1 rows (``fidelity_batch``)."""
-    fp32, fp32_onnx = got["fp32 torch"].get("latency_s"), got.get("onnxruntime fp32", {}).get("latency_s")
-    base, base_onnx = got["fp32 torch"].get("rounds_s"), got.get("onnxruntime fp32", {}).get("rounds_s")
+    """The rows of one timed batch size (``got``: :func:`~bitladder.pipeline.bench.isolated.at_batch`'s), each
+    against the baselines of its own timing group. Fidelity is measured on the evaluation sentences against
+    fp32's, in the evaluation batches for the batch-32 rows and one at a time for the batch-1 rows
+    (``fidelity_batch``)."""
     rows = []
     for name in names:
         g, row = got[name], {"case": "minilm", "batch": batch, "variant": name}
@@ -378,19 +381,22 @@ def _rows(spec, ref, names: list[str], got: dict, batch: int) -> list[dict]:
             rows.append({**row, "latency_ms": None, "ratio_vs_fp32": None, "peak_rss_mb": None, "cos_mean": None,
                          "cos_min": None, "knn10": None, "error": g["error"]})
             continue
+        fp32, onednn, onnx = (baseline(got, name, a) for a in ANCHORS)
         out = g["info"]["outputs" if batch > 1 else "outputs_single"]
         per_call = len(spec.eval_batches[0]["input_ids"]) if batch > 1 else 1
         fid, s = fidelity(spec, torch.from_numpy(out), ref), g["latency_s"]
-        row.update(latency_ms=round(s * 1e3, 2), fp32_latency_ms=round(fp32 * 1e3, 2),
-                   ratio_vs_fp32=round(fp32 / s, 3), peak_rss_mb=g["peak_rss_mb"], cos_mean=fid["fidelity"],
-                   cos_min=fid["cos_min"], knn10=fid["knn10"], fidelity_batch=per_call,
+        row.update(latency_ms=round(s * 1e3, 2), fp32_latency_ms=round(fp32["latency_s"] * 1e3, 2),
+                   ratio_vs_fp32=round(fp32["latency_s"] / s, 3), peak_rss_mb=g["peak_rss_mb"],
+                   cos_mean=fid["fidelity"], cos_min=fid["cos_min"], knn10=fid["knn10"], fidelity_batch=per_call,
                    onnx_bytes=g["info"]["onnx_bytes"])
-        row["ratio_vs_fp32_iqr"] = round_spread(base, g["rounds_s"])
-        row.update(warm_fields(g, got["fp32 torch"]))
-        if got.get(FP32_ONEDNN, {}).get("latency_s"):
-            row["ratio_vs_fp32_onednn"] = round(got[FP32_ONEDNN]["latency_s"] / s, 3)
-        if row["onnx_bytes"] and fp32_onnx:
-            row["ratio_vs_fp32_onnx"] = round(fp32_onnx / s, 3)
-            row["ratio_vs_fp32_onnx_iqr"] = round_spread(base_onnx, g["rounds_s"])
+        if "group" in g:
+            row["timing_group"] = g["group"]
+        row["ratio_vs_fp32_iqr"] = round_spread(fp32.get("rounds_s"), g["rounds_s"])
+        row.update(warm_fields(g, fp32))
+        if onednn.get("latency_s"):
+            row["ratio_vs_fp32_onednn"] = round(onednn["latency_s"] / s, 3)
+        if row["onnx_bytes"] and onnx.get("latency_s"):
+            row["ratio_vs_fp32_onnx"] = round(onnx["latency_s"] / s, 3)
+            row["ratio_vs_fp32_onnx_iqr"] = round_spread(onnx.get("rounds_s"), g["rounds_s"])
         rows.append(row)
     return rows

@@ -15,7 +15,7 @@ import torch
 
 from bitladder.errors import BitladderError
 from bitladder.methods.quantize.api import quantize
-from bitladder.pipeline.bench.isolated import isolated_latency
+from bitladder.pipeline.bench.isolated import at_batch, baseline, isolated_latency
 from bitladder.pipeline.bench.minilm import BURSTS, round_spread, warm_fields
 from bitladder.pipeline.measure.evaluate import fidelity, outputs
 from bitladder.zoo.registry import resolve
@@ -67,19 +67,19 @@ def model_rows(model: str, rungs: list[str], repeats: int = 10, data: str | None
     ref = outputs(spec.model, spec.eval_batches)
     names = ["fp32", *rungs]
     got = isolated_latency({n: ("bitladder.pipeline.bench.model:serve_variant", (model, data, n)) for n in names},
-                           repeats, batches=2, bursts=BURSTS)
+                           repeats, batches=2, bursts=BURSTS, anchors=("fp32",))
     rows = []
     for j, batch in enumerate((rows_of(spec.latency_batch), 1)):
-        per = {n: {**g, **g["by_batch"][j]} if "by_batch" in g else g for n, g in got.items()}
-        fp32 = per["fp32"]
-        if "error" in fp32:
-            raise BitladderError(f"{spec.name}: the fp32 worker failed: {fp32['error']}")
+        per = at_batch(got, j)
+        if "error" in per["fp32"]:
+            raise BitladderError(f"{spec.name}: the fp32 worker failed: {per['fp32']['error']}")
         for name in names:
             g, row = per[name], {"case": spec.name, "batch": batch, "variant": name if name == "fp32" else
                                  f"bitladder {name}"}
             if "error" in g:
                 rows.append({**row, "latency_ms": None, "ratio_vs_fp32": None, "error": g["error"]})
                 continue
+            fp32 = baseline(per, name, "fp32")
             fid = fidelity(spec, torch.from_numpy(g["info"]["outputs"]), ref)
             named = {NAMED[spec.metric]: fid.pop("fidelity")} if spec.metric in NAMED else {}
             rows.append({**row, "latency_ms": round(g["latency_s"] * 1e3, 3),
@@ -87,5 +87,6 @@ def model_rows(model: str, rungs: list[str], repeats: int = 10, data: str | None
                          "ratio_vs_fp32": round(fp32["latency_s"] / g["latency_s"], 3),
                          "ratio_vs_fp32_iqr": round_spread(fp32.get("rounds_s"), g["rounds_s"]),
                          "peak_rss_mb": g["peak_rss_mb"], "metric": spec.metric, **named,
+                         **({"timing_group": g["group"]} if "group" in g else {}),
                          **{k: v for k, v in fid.items() if v is not None}, **warm_fields(g, fp32)})
     return rows

@@ -16,7 +16,7 @@ from torch import nn
 
 import bitladder
 from bitladder import AWQ, GPTQ, HQQ, Int
-from bitladder.pipeline.bench.isolated import isolated_latency
+from bitladder.pipeline.bench.isolated import at_batch, baseline, isolated_latency
 from bitladder.pipeline.bench.minilm import W8A8_SQ, _hqq, _quanto, round_spread
 from bitladder.pipeline.measure.evaluate import fidelity, outputs
 from bitladder.zoo import causal_lm
@@ -58,22 +58,25 @@ def tinylm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
     """Bench rows of every variant (or those matching ``only``, plus fp32) at each batch size."""
     spec = causal_lm.spec()
     ref = outputs(spec.model, spec.eval_batches)
-    names = [n for n in variants(spec) if n == "fp32 torch" or not only or any(o in n for o in only)]
-    got = isolated_latency({n: (f"{__name__}:serve_variant", (n,)) for n in names}, repeats, batches=len(BATCHES))
+    names = ["fp32 torch", *(n for n in variants(spec)
+                             if n != "fp32 torch" and (not only or any(o in n for o in only)))]
+    got = isolated_latency({n: (f"{__name__}:serve_variant", (n,)) for n in names}, repeats, batches=len(BATCHES),
+                           anchors=("fp32 torch",))
     rows = []
     for j, batch in enumerate(BATCHES):
-        per = {n: {**g, **g["by_batch"][j]} if "by_batch" in g else g for n, g in got.items()}
-        fp32 = per["fp32 torch"]
+        per = at_batch(got, j)
         for name in names:
             g, row = per[name], {"case": "tinylm", "batch": batch, "variant": name}
             if "error" in g:  # a peer that is missing or fails here is reported, not fatal
                 rows.append({**row, "latency_ms": None, "ratio_vs_fp32": None, "error": g["error"]})
                 continue
+            fp32 = baseline(per, name, "fp32 torch")
             fid = fidelity(spec, torch.from_numpy(g["info"]["outputs"]), ref)
             rows.append({**row, "latency_ms": round(g["latency_s"] * 1e3, 2),
                          "fp32_latency_ms": round(fp32["latency_s"] * 1e3, 2),
                          "ratio_vs_fp32": round(fp32["latency_s"] / g["latency_s"], 3),
                          "ratio_vs_fp32_iqr": round_spread(fp32.get("rounds_s"), g["rounds_s"]),
                          "peak_rss_mb": g["peak_rss_mb"], "agreement": fid["fidelity"],
+                         **({"timing_group": g["group"]} if "group" in g else {}),
                          "perplexity": fid["perplexity"], "fp32_perplexity": fid["fp32_perplexity"]})
     return rows
