@@ -1,5 +1,5 @@
-"""int8 embedding tables export as a lookup in the int8 codes: only the looked-up rows are
-dequantised, the whole table never is, and the result equals the torch layer."""
+"""8-bit embedding tables export as a lookup in the byte codes: only the looked-up rows are
+dequantised (zero points too), the whole table never is, and the result equals the torch layer."""
 
 import numpy as np
 import onnx
@@ -23,18 +23,29 @@ class Bag(nn.Module):
         return self.head(self.emb(ids) + self.pos(torch.arange(ids.shape[1])))
 
 
+class Lookup(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(300, 16)
+
+    def forward(self, ids):
+        return self.emb(ids)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("granularity", ["channel", "tensor"])
-def test_int8_embeddings_gather_codes_then_dequantise_rows(tmp_path, granularity):
+def test_int8_embeddings_gather_codes_then_dequantise_rows(tmp_path, granularity, symmetric):
     torch.manual_seed(0)
     model = Bag().eval()
-    q = bitladder.quantize(model, bitladder.Int(8, granularity=granularity, kernel="dequant-fp32"))
+    cfg = bitladder.Int(8, granularity=granularity, symmetric=symmetric, kernel="dequant-fp32")
+    q = bitladder.quantize(model, cfg)
     ids = torch.randint(0, 300, (5, 8))
     path = export_onnx(q, ids[:2], tmp_path / "emb.onnx")
     graph = onnx.load(str(path)).graph
     tables = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[0] in tables
-               and tables[n.input[0]].dtype == np.int8]
-    assert len(gathers) == 2  # both tables are looked up in int8
+               and tables[n.input[0]].dtype in (np.int8, np.uint8)]
+    assert len(gathers) == 2  # both tables are looked up in their bytes
     dq_inputs = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     assert not any(tables[t].shape[0] == 300 for t in dq_inputs if t in tables)  # never the whole table
     # basic optimisations only: at ORT_ENABLE_ALL onnxruntime turns DequantizeLinear -> MatMul (the head)
@@ -45,3 +56,19 @@ def test_int8_embeddings_gather_codes_then_dequantise_rows(tmp_path, granularity
     y = torch.from_numpy(sess.run(None, {"input": ids.numpy()})[0])
     with torch.no_grad():
         assert torch.allclose(y, q(ids), atol=1e-5)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gathered_rows_are_the_torch_layers_to_the_bit(tmp_path, symmetric):
+    torch.manual_seed(1)
+    emb = Lookup().eval()
+    with torch.no_grad():
+        emb.emb.weight[7] += 3.0  # rows of their own range: each row's zero point differs
+    q = bitladder.quantize(emb, bitladder.Int(8, symmetric=symmetric))
+    ids = torch.randint(0, 300, (4, 9))
+    path = export_onnx(q, ids[:2], tmp_path / "lookup.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "DequantizeLinear" not in ops and ("Sub" in ops) == (not symmetric)
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": ids.numpy()})[0]
+    with torch.no_grad():
+        assert torch.equal(torch.from_numpy(y), q(ids))
