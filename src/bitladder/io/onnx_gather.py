@@ -1,8 +1,9 @@
 """Quantised embedding tables in an exported graph: look rows up in the int8 codes, then dequantise
 only those rows (``Gather(codes) -> Cast [-> Sub(Gather(row zero points))] -> Mul(Gather(row scales))``),
-instead of dequantising the whole table on every call: a DequantizeLinear of MiniLM's asymmetric int8 word
-table took 1.9 ms of a 15 ms sentence on onnxruntime. The float subtraction of two integer codes is exact, so
-the rows are those of ``(code - zero point) * scale``, as in torch. Standard operators only.
+instead of dequantising the whole table on every call (for MiniLM's asymmetric word table, a third of a
+sentence's time on onnxruntime: docs/results/notes.md, 'A whole suite in 24 GB'). The float subtraction of two
+integer codes is exact, so the rows are those of ``(code - zero point) * scale``, as in torch. Standard
+operators only.
 """
 
 from __future__ import annotations

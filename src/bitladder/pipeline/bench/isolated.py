@@ -12,8 +12,8 @@ high-water mark is reset, where glibc and Linux allow it). Workers keep glibc's 
 pinned (:func:`~bitladder.pipeline.measure.allocator.steady_allocator`), every worker would hold its peak
 resident at once, more than a whole suite's machine may have (docs/DESIGN.md, 'Latency').
 
-Even unpinned, a whole MiniLM suite's workers (~46, 0.5-0.8 GB each) outgrew a 24 GB machine, which then thrashed
-instead of timing. So workers are built while memory allows and timed in groups: when what is left falls under
+Even unpinned, a whole MiniLM suite's workers outgrew a 24 GB machine, which then thrashed instead of timing
+(docs/results/notes.md, 'A whole suite in 24 GB'). So workers are built while memory allows and timed in groups: when what is left falls under
 a reserve (twice the largest build peak so far, at least ``RESERVE_MIN``), the group built so far is timed and
 stopped before the next worker starts. The ``anchors`` (the baselines) stay up and run in every group's rounds,
 and each other variant carries the anchors' figures from its own group (``paired``), so a ratio never pairs
