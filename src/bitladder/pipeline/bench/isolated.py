@@ -228,7 +228,7 @@ def isolated_latency(factories: dict[str, Factory], repeats: int, warmup: int = 
         for a in list(live):  # the anchors: every group's rounds
             joined = [[sum((t[j] for t, _ in kept[a]), []), sum((w[j] for _, w in kept[a]), [])]
                       for j in range(batches)]
-            _stop(a, live, out, _figures(*zip(*joined)) if joined else [])
+            _stop(a, live, out, _figures(*zip(*joined)))
     finally:
         for proc, _ in live.values():
             proc.join(10)
@@ -242,7 +242,7 @@ def at_batch(got: dict[str, dict[str, Any]], j: int) -> dict[str, dict[str, Any]
     anchors in ``paired``."""
     per = {}
     for name, g in got.items():
-        per[name] = g if "by_batch" not in g else {**g, **g["by_batch"][j]}
+        per[name] = {**g, **(g["by_batch"][j] if "by_batch" in g else {})}  # a new dict: ``got`` stays as it was
         if "paired" in g:
             per[name]["paired"] = {a: p["by_batch"][j] for a, p in g["paired"].items()}
     return per

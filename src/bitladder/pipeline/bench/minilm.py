@@ -370,10 +370,9 @@ def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
 
 
 def _rows(spec, ref, names: list[str], got: dict, batch: int) -> list[dict]:
-    """The rows of one timed batch size (``got``: :func:`~bitladder.pipeline.bench.isolated.at_batch`'s), each
-    against the baselines of its own timing group. Fidelity is measured on the evaluation sentences against
-    fp32's, in the evaluation batches for the batch-32 rows and one at a time for the batch-1 rows
-    (``fidelity_batch``)."""
+    """The rows of one timed batch size (``got``: ``isolated.at_batch``'s), each against its own timing group's
+    baselines. Fidelity is measured on the evaluation sentences against fp32's, in the evaluation batches for the
+    batch-32 rows and one at a time for the batch-1 rows (``fidelity_batch``)."""
     rows = []
     for name in names:
         g, row = got[name], {"case": "minilm", "batch": batch, "variant": name}
@@ -389,8 +388,7 @@ def _rows(spec, ref, names: list[str], got: dict, batch: int) -> list[dict]:
                    ratio_vs_fp32=round(fp32["latency_s"] / s, 3), peak_rss_mb=g["peak_rss_mb"],
                    cos_mean=fid["fidelity"], cos_min=fid["cos_min"], knn10=fid["knn10"], fidelity_batch=per_call,
                    onnx_bytes=g["info"]["onnx_bytes"])
-        if "group" in g:
-            row["timing_group"] = g["group"]
+        row.update({"timing_group": g["group"]} if "group" in g else {})
         row["ratio_vs_fp32_iqr"] = round_spread(fp32.get("rounds_s"), g["rounds_s"])
         row.update(warm_fields(g, fp32))
         if onednn.get("latency_s"):
