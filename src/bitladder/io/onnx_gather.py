@@ -24,7 +24,8 @@ def gather_eligible(m: QuantModule) -> bool:
 
 
 def rewrite_gather(proto, wname: str, m: QuantModule) -> bool:
-    """Make every ``Gather(wname, ids)`` read int8 rows; False if the table has another use."""
+    """Make every ``Gather(wname, ids)`` read the 8-bit rows (int8, or uint8 for codes above 127); False if the
+    table has another use."""
     from onnx import TensorProto, helper, numpy_helper
 
     users = [n for n in proto.graph.node if wname in n.input]
