@@ -172,6 +172,15 @@ static inline int cpu_vnni(void) { /* vpdpbusd on 256-bit registers: AVX512-VNNI
 #endif
 }
 
+static inline int cpu_intel(void) { /* the vendor, for memory hints measured on one vendor's cores only */
+#ifdef BL_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel");
+#else
+    return 0;
+#endif
+}
+
 static inline int cpu_avx512bw(void) {
 #ifdef BL_X86
     __builtin_cpu_init();

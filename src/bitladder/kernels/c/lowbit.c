@@ -34,6 +34,7 @@ typedef struct {
     float *y;              /* (m, n) */
     int64_t m, n, kp, row_bytes, g, xb, nbw, nb8;
     int bits, mult, off;
+    int pf8;               /* 8-bit one-row GEMVs prefetch their weights into L2 (BL_PF8 on an Intel CPU) */
 } Job;
 
 /* block b's term for activation row r: float(mult * dot - off * xsum) * (weight scale * activation scale) */
@@ -115,8 +116,9 @@ typedef struct { __m256 r0, r1, r2, r3; } Lanes4;
 /* software prefetch distance in bytes of weights: 4 KiB measured 15 % faster than none for int4 streamed from
  * memory (2048 to 8192 alike), 7 % for int2, nothing for binary, which is compute-bound */
 #define BL_PF 4096
-#ifndef BL_PF8 /* 8-bit rows prefetch too (1): on an Intel Xeon 12 % slower streamed, as on Zen 4 */
-#define BL_PF8 0
+#ifndef BL_PF8 /* 8-bit one-row GEMVs ask for their weights into L2 on Intel CPUs (1; 0: the hardware prefetcher
+                * alone, as on AMD, where asking into L1 had been slower: docs/DESIGN.md, 'A C GEMV for one row') */
+#define BL_PF8 1
 #endif
 #ifndef BL_XOR8 /* one-row 8-bit codes on VNNI as (w + 128) x x less 128 * sum(x) (1) or |w| x sign(x, w) (0): one
                  * instruction fewer per 32 codes; on an Intel Xeon int8 4096² streamed +12 %, in cache +4 % */
@@ -278,7 +280,7 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
     if ((m > 0 && !xq) || !xs || !xsum || !gw) { free(xq); free(xs); free(xsum); free(gw); PyErr_NoMemory(); goto done; }
     for (int64_t b = 0; b < nbx; b++) gw[b] = (int32_t)(b * xb / g);
     Job J = {c.w.buf, c.ws.buf, c.has_zo ? c.zo.buf : NULL, xq, xs, xsum, gw, (float *)c.y.buf,
-             m, n, kp, row_bytes, g, xb, nbw, nb8, bits, c.mult, c.off};
+             m, n, kp, row_bytes, g, xb, nbw, nb8, bits, c.mult, c.off, BL_PF8 && cpu_intel()};
     const QuantRows Q = {(const float *)c.x.buf, xq, xs, xsum, m, k, kp, xb, nb8};
     int parts = c.threads < 1 ? 1 : c.threads;
     if ((int64_t)parts > n) parts = (int)(n > 0 ? n : 1);

@@ -90,12 +90,14 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(one_row)(const J
         for (int64_t b0 = 0; b0 < nbx; b0 += 8) {
             const uint8_t *src = row + (b0 * cpb / per) * 32;
             /* ask for the weights BL_PF bytes ahead: the hardware prefetcher alone leaves the loads of packed codes
-             * waiting; one byte a code has too little work per line for the hints to pay (docs/DESIGN.md,
-             * 'A C GEMV for one row') */
-            if (bits != 8 || BL_PF8)
+             * waiting (docs/DESIGN.md, 'A C GEMV for one row') */
+            if (bits != 8)
                 for (int c = 0; c < 8 * cpb * 32 / per; c += 64) _mm_prefetch((const char *)(src + BL_PF + c), _MM_HINT_T0);
-            const int8_t *xv = J->xq + b0 * cpb * 32;
             const int64_t left = nbx - b0;
+            if (bits == 8 && J->pf8) /* into L2 only (into L1 too they ran slower than no hint), the lines read */
+                for (int c = 0; c < (left < 8 ? left : 8) * cpb * 32; c += 64)
+                    _mm_prefetch((const char *)(src + BL_PF + c), _MM_HINT_T1);
+            const int8_t *xv = J->xq + b0 * cpb * 32;
 #define BD(i) ((i) < left ? BL_FN(block_dot)(src, xv, i, bits, cpb) : _mm256_setzero_si256())
             __m256i h01 = _mm256_hadd_epi32(BD(0), BD(1)), h23 = _mm256_hadd_epi32(BD(2), BD(3));
             __m256i h0 = _mm256_hadd_epi32(h01, h23);
