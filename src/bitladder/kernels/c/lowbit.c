@@ -116,10 +116,12 @@ typedef struct { __m256 r0, r1, r2, r3; } Lanes4;
 /* software prefetch distance in bytes of weights: 4 KiB measured 15 % faster than none for int4 streamed from
  * memory (2048 to 8192 alike), 7 % for int2, nothing for binary, which is compute-bound */
 #define BL_PF 4096
-#ifndef BL_PF8 /* 8-bit one-row GEMVs ask for their weights into L2 on Intel CPUs (1; 0: the hardware prefetcher
-                * alone, as on AMD, where asking into L1 had been slower: docs/DESIGN.md, 'A C GEMV for one row') */
+#ifndef BL_PF8 /* 8-bit one-row GEMVs on Intel CPUs ask for their weights into L2 far ahead, into L1 near (1; 0: the
+                * hardware prefetcher alone, as on AMD, where 4 KiB ahead into L1 was slower: docs/DESIGN.md,
+                * 'A C GEMV for one row') */
 #define BL_PF8 1
 #endif
+#define BL_PF8_L1 512 /* bytes ahead the 8-bit one-row lines are asked into L1 (256 to 1024 alike) */
 #ifndef BL_XOR8 /* one-row 8-bit codes on VNNI as (w + 128) x x less 128 * sum(x) (1) or |w| x sign(x, w) (0): one
                  * instruction fewer per 32 codes; on an Intel Xeon int8 4096² streamed +12 %, in cache +4 % */
 #define BL_XOR8 1
