@@ -203,6 +203,9 @@ W8A8_OUTLIERS = Int(8, act=Act(smoothquant=0.5, outliers=16))
 #: the same on the FFN's second layers only (GELU outputs: most of static W8A8's error on MiniLM), SmoothQuant
 #: 0.8 alone elsewhere: fewer float products for the runtime to add
 W8A8_SQ80 = Int(8, act=Act(smoothquant=0.8))
+#: the same two with 7-bit weights: their files keep signed weight codes (u8 x s8 pairs cannot saturate), which
+#: OpenVINO runs as int8 GEMMs; 8-bit codes are written u8 with zero point 128 and run in f32 there
+W7A8_SQ80, W7A8_OUTLIERS = Int(7, act=Act(smoothquant=0.8)), Int(7, act=Act(smoothquant=0.5, outliers=16))
 
 
 #: the engine reference: each row also carries its ratio to it (``ratio_vs_fp32_onednn``)
@@ -279,6 +282,9 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
         "padding removed": lambda: _bitladder_onnx(spec, W8A8_SQ80, "float", folder, calib,
                                                    bench_peers.openvino_onnx, static_gemm="qdq",
                                                    ffn_down=W8A8_OUTLIERS, remove_padding=True),
+        "bitladder ONNX W7A8 static, SmoothQuant 0.8; FFN down 0.5 + 16 outlier channels (QDQ) on OpenVINO":
+            lambda: _bitladder_onnx(spec, W7A8_SQ80, "float", folder, calib, _ov_no_snippets, static_gemm="qdq",
+                                    ffn_down=W7A8_OUTLIERS),
         "bitladder ONNX W8A8 static + SmoothQuant 0.8 (QDQ) on OpenVINO": lambda: _bitladder_onnx(
             spec, W8A8_SQ80, "float", folder, calib, bench_peers.openvino_onnx, static_gemm="qdq"),
         "bitladder ONNX W8 on OpenVINO": lambda: _bitladder_onnx(  # OpenVINO's default: activations per 32
