@@ -94,6 +94,7 @@ typedef struct {
     float *y;              /* (m, n) */
     int64_t m, n, nc, kp, g, xb, nbw, nbx;
     int bits, mult, off, tn;
+    int pf2;               /* one-row tiles prefetch into L2, then L1 (an Intel CPU), else into L1 alone */
 } TJob;
 
 #ifndef TILE_ROWS
@@ -136,6 +137,7 @@ typedef struct { __m256 r0, r1, r2, r3; } Lanes4;
                 * +2 % (AVX2), int2 +37 / +49 %, in cache no slower (docs/results/notes.md, 'An Intel Xeon') */
 #define BL_TPF 2048
 #endif
+#define BL_TPF_L1 1024 /* on Intel CPUs (TJob.pf2) one-row tiles ask BL_PF ahead into L2, this far ahead into L1 */
 
 #define BL_ATTR AVX2
 #define BL_FN(name) name##_avx2
@@ -357,7 +359,7 @@ static PyObject *tiles(PyObject *self, PyObject *args) {
     int32_t *xsum = calloc((size_t)(m > 0 ? m : 1) * nbx, sizeof(int32_t));
     if ((m > 0 && !xq) || !xs || !xsum) { free(xq); free(xs); free(xsum); PyErr_NoMemory(); goto done; }
     TJob J = {c.w.buf, c.ws.buf, c.has_zo ? c.zo.buf : NULL, xq, xs, xsum, (float *)c.y.buf, m, n, nc, kp, g, xb, nbw,
-              nbx, bits, c.mult, c.off, tile_cols(simd)};
+              nbx, bits, c.mult, c.off, tile_cols(simd), cpu_intel()};
     const int64_t units = (nc + tile_cols(simd) - 1) / tile_cols(simd);
     const int parts = (int64_t)threads > units ? (int)units : threads;
     const QuantRows Q = {(const float *)c.x.buf, xq, xs, xsum, m, k, kp, xb, nbx};
