@@ -40,6 +40,7 @@ typedef struct {
     float *y;            /* (tiles * 32) */
     int64_t kp, xb, nbw, tiles, tn; /* tn: tiles per panel of w */
     int mult, off, planes;
+    int pf2;             /* the AVX-512 pairs ask BL_PF ahead into L2, BL_PF_L1 into L1 (an Intel CPU), else L1 */
 } LJob;
 
 /* tile t's first 32-byte vector; *stride: the distance between its vectors (its panel's width times 32) */
@@ -116,6 +117,17 @@ static void tiles_portable(const LJob *J, int64_t t0, int64_t t1) {
 #ifdef BL_X86
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define BL_PF 4096 /* bytes of weights prefetched ahead, as in lowbit.c */
+#define BL_PF_L1 512 /* an Intel CPU's AVX-512 pairs: into L2 far, into L1 near, more misses in flight */
+
+/* one line of weights asked for ahead of the AVX-512 pairs (see pf2) */
+static inline __attribute__((always_inline)) void lut_prefetch(const LJob *J, const uint8_t *at) {
+    if (J->pf2) {
+        _mm_prefetch((const char *)(at + BL_PF), _MM_HINT_T1);
+        _mm_prefetch((const char *)(at + BL_PF_L1), _MM_HINT_T0);
+    } else {
+        _mm_prefetch((const char *)(at + BL_PF), _MM_HINT_T0);
+    }
+}
 
 /* rows d (i32x8) of one block into the float accumulator: float(mult * d - off * xsum) * (ws * xs) */
 AVX2 static inline __m256 block_add(__m256 acc, __m256i d, const uint16_t *ws, __m256i multv, __m256i offx,
@@ -305,7 +317,7 @@ AVX512 static inline __attribute__((always_inline)) void pair_avx512_kernel(cons
             __m512i al = zero, ah = zero;
             for (int c = c0; c < c0 + 4; c++) {
                 const int64_t col = b * cpb + c;
-                _mm_prefetch((const char *)(wp + col * 64 + BL_PF), _MM_HINT_T0);
+                lut_prefetch(J, wp + col * 64);
                 __m512i v = _mm512_loadu_si512((const void *)(wp + col * 64));
                 __m512i il = _mm512_and_si512(v, low4), ih = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
                 const uint8_t *tq = J->tab + col * 64;
@@ -366,8 +378,8 @@ AVX512 static inline __attribute__((always_inline)) void pair2_avx512_kernel(con
                 __m512i al0 = zero, ah0 = zero, al1 = zero, ah1 = zero;
                 for (int c = c0; c < c0 + 4; c++) {
                     const int64_t col = b * cpb + c;
-                    _mm_prefetch((const char *)(wp + col * 128 + BL_PF), _MM_HINT_T0);
-                    _mm_prefetch((const char *)(wp + col * 128 + 64 + BL_PF), _MM_HINT_T0);
+                    lut_prefetch(J, wp + col * 128);
+                    lut_prefetch(J, wp + col * 128 + 64);
                     const uint8_t *tq = J->tab + col * 64;
                     __m512i tl0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)tq));
                     __m512i th0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(tq + 16)));
@@ -567,7 +579,7 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
         const int64_t rows = m - r0 < chunk ? m - r0 : chunk;
         const Prep P = {{(const float *)x.buf + r0 * k, xq, xs, xsum, rows, k, kp, xb, nbx}, tab};
         const Rows R = {{w.buf, ws.buf, has_zo ? zo.buf : NULL, NULL, NULL, NULL, NULL, gw, NULL, kp, xb, nbw, tiles,
-                         tn, mult, off, planes},
+                         tn, mult, off, planes, cpu_intel()},
                         rows, n, tab, xq, xs, xsum, (float *)y.buf + r0 * n, tiles};
         prep_then_run(prepare_part, &P, rows * kp, SHARED_PREP_MIN, run_part, &R, simd, parts);
     }
