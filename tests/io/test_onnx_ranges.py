@@ -134,3 +134,24 @@ def test_static_qdq_export_writes_8_bit_weights_as_uint8_and_7_bit_as_int8(tmp_p
               for f in files]
         # the same model as the integer form: float rounding before the second layer's grid moves a code at a tie
         assert float(np.linalg.norm(ys[1] - ys[0]) / np.linalg.norm(ys[0])) < 2e-3  # measured 3.4e-4
+
+
+def test_openvino_runs_a_7_bit_static_qdq_file_as_integer_gemms_with_its_numbers(tmp_path):
+    """The int8 weights a 7-bit static file keeps are what OpenVINO turns into its own u8 x s8 GEMMs (the bench's
+    W7A8 Q/DQ row); they cannot saturate, so OpenVINO gives onnxruntime's numbers for the file."""
+    ov = pytest.importorskip("openvino")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    x = torch.randn(64, 48)
+    q = bitladder.quantize(model, bitladder.Int(7, act=bitladder.Act()), calib=[x])
+    path = export_onnx(q, x[:2], tmp_path / "w7.onnx", 21, static_gemm="qdq")
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    gemms = []
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if "layerType" in info and info["layerType"].astype(str).startswith("FullyConnected"):
+            gemms.append(info["runtimePrecision"].astype(str))
+    assert gemms == ["u8", "u8"]  # both layers on OpenVINO's integer GEMM, not a float one
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    got = compiled({"input": x.numpy()})[0]
+    assert float(np.linalg.norm(got - want) / np.linalg.norm(want)) < 1e-5  # measured 8.5e-8
