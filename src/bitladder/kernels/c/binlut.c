@@ -119,15 +119,8 @@ static void tiles_portable(const LJob *J, int64_t t0, int64_t t1) {
 #define BL_PF 4096 /* bytes of weights prefetched ahead, as in lowbit.c */
 #define BL_PF_L1 512 /* an Intel CPU's AVX-512 pairs: into L2 far, into L1 near, more misses in flight */
 
-/* one line of weights asked for ahead of the AVX-512 pairs (see pf2) */
-static inline __attribute__((always_inline)) void lut_prefetch(const LJob *J, const uint8_t *at) {
-    if (J->pf2) {
-        _mm_prefetch((const char *)(at + BL_PF), _MM_HINT_T1);
-        _mm_prefetch((const char *)(at + BL_PF_L1), _MM_HINT_T0);
-    } else {
-        _mm_prefetch((const char *)(at + BL_PF), _MM_HINT_T0);
-    }
-}
+/* one line of weights asked for ahead of the AVX-512 pairs (see pf2; prefetch_ahead, common.h) */
+#define LUT_PREFETCH(J, at) prefetch_ahead((at), (J)->pf2, BL_PF, BL_PF_L1, BL_PF)
 
 /* rows d (i32x8) of one block into the float accumulator: float(mult * d - off * xsum) * (ws * xs) */
 AVX2 static inline __m256 block_add(__m256 acc, __m256i d, const uint16_t *ws, __m256i multv, __m256i offx,
@@ -317,7 +310,7 @@ AVX512 static inline __attribute__((always_inline)) void pair_avx512_kernel(cons
             __m512i al = zero, ah = zero;
             for (int c = c0; c < c0 + 4; c++) {
                 const int64_t col = b * cpb + c;
-                lut_prefetch(J, wp + col * 64);
+                LUT_PREFETCH(J, wp + col * 64);
                 __m512i v = _mm512_loadu_si512((const void *)(wp + col * 64));
                 __m512i il = _mm512_and_si512(v, low4), ih = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
                 const uint8_t *tq = J->tab + col * 64;
@@ -378,8 +371,8 @@ AVX512 static inline __attribute__((always_inline)) void pair2_avx512_kernel(con
                 __m512i al0 = zero, ah0 = zero, al1 = zero, ah1 = zero;
                 for (int c = c0; c < c0 + 4; c++) {
                     const int64_t col = b * cpb + c;
-                    lut_prefetch(J, wp + col * 128);
-                    lut_prefetch(J, wp + col * 128 + 64);
+                    LUT_PREFETCH(J, wp + col * 128);
+                    LUT_PREFETCH(J, wp + col * 128 + 64);
                     const uint8_t *tq = J->tab + col * 64;
                     __m512i tl0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)tq));
                     __m512i th0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(tq + 16)));

@@ -181,6 +181,21 @@ static inline int cpu_intel(void) { /* the vendor, for memory hints measured on 
 #endif
 }
 
+#ifdef BL_X86
+/* a weight line's software prefetch: with `two` (an Intel CPU) into L2 `far` bytes ahead and into L1 `near` bytes
+ * ahead, which keeps more misses in flight per core there (docs/DESIGN.md, 'A C GEMV for one row'), else into L1
+ * `alone` bytes ahead */
+static inline __attribute__((always_inline)) void prefetch_ahead(const uint8_t *at, int two, int far, int near,
+                                                                 int alone) {
+    if (two) {
+        _mm_prefetch((const char *)(at + far), _MM_HINT_T1);
+        _mm_prefetch((const char *)(at + near), _MM_HINT_T0);
+    } else {
+        _mm_prefetch((const char *)(at + alone), _MM_HINT_T0);
+    }
+}
+#endif
+
 static inline int cpu_avx512bw(void) {
 #ifdef BL_X86
     __builtin_cpu_init();

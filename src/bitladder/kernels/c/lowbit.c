@@ -139,16 +139,8 @@ typedef struct { __m256 r0, r1, r2, r3; } Lanes4;
 #endif
 #define BL_TPF_L1 1024 /* on Intel CPUs (TJob.pf2) one-row tiles ask BL_PF ahead into L2, this far ahead into L1 */
 
-/* the one-row tiles' hint for the line at `at`: into L2 far ahead and into L1 near on Intel, more misses in
- * flight (as one_row in lowbit_rows.h), else into L1 BL_TPF ahead */
-static inline __attribute__((always_inline)) void tile_prefetch(const TJob *J, const uint8_t *at) {
-    if (J->pf2) {
-        _mm_prefetch((const char *)(at + BL_PF), _MM_HINT_T1);
-        _mm_prefetch((const char *)(at + BL_TPF_L1), _MM_HINT_T0);
-    } else {
-        _mm_prefetch((const char *)(at + BL_TPF), _MM_HINT_T0);
-    }
-}
+/* the one-row tiles' hint for the line at `at` (prefetch_ahead, common.h) */
+#define TILE_PREFETCH(J, at) prefetch_ahead((at), (J)->pf2, BL_PF, BL_TPF_L1, BL_TPF)
 
 #define BL_ATTR AVX2
 #define BL_FN(name) name##_avx2

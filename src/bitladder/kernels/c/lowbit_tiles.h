@@ -36,7 +36,7 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(ctile)(const TJo
 #pragma GCC unroll 8
             for (int t = 0; t < RN; t++) a[i][t] = _mm256_setzero_si256();
         if (BL_TPF && RM == 1)
-            for (int64_t c = 0; c < vpb * RN * 32; c += 64) tile_prefetch(J, wp + b * vpb * RN * 32 + c);
+            for (int64_t c = 0; c < vpb * RN * 32; c += 64) TILE_PREFETCH(J, wp + b * vpb * RN * 32 + c);
         for (int64_t v0 = 0; v0 < vpb; v0 += wide) {
 #if !BL_VNNI
             __m256i s[BL_TM][BL_TN];

@@ -57,7 +57,7 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(bw_ctile)(const 
 #pragma GCC unroll 8
             for (int z = 0; z < RZ; z++) a[i][z] = _mm512_setzero_si512();
         if (BL_TPF && RM == 1)
-            for (int64_t c = 0; c < vpb * RN * 32; c += 64) tile_prefetch(J, wp + b * vpb * RN * 32 + c);
+            for (int64_t c = 0; c < vpb * RN * 32; c += 64) TILE_PREFETCH(J, wp + b * vpb * RN * 32 + c);
         for (int64_t v0 = 0; v0 < vpb; v0 += wide) {
 #if !BL_VNNI
             __m512i s[TILES_BW_TM][TILES_BW_RZ];
