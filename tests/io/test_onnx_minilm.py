@@ -8,7 +8,8 @@ import torch
 
 from bitladder.io.onnx_export import export_onnx
 from bitladder.kernels.fbgemm_w8a8 import act_levels
-from bitladder.pipeline.bench.minilm import W8A8_SQ, _bitladder, _session
+from bitladder.pipeline.bench.minilm import _bitladder, _session
+from bitladder.pipeline.bench.minilm_rungs import W8A8_SQ
 from bitladder.pipeline.measure.evaluate import fidelity, outputs
 
 pytest.importorskip("onnxruntime")
@@ -42,7 +43,7 @@ def test_minilm_w8a8_per_token_onnx_keeps_cosine_0999(tmp_path):
 
 @pytest.mark.slow
 def test_minilm_static_file_without_padding_matches_the_padded_file(tmp_path):
-    from bitladder.pipeline.bench.minilm import W8A8_OUTLIERS, W8A8_SQ80
+    from bitladder.pipeline.bench.minilm_rungs import W8A8_OUTLIERS, W8A8_SQ80
     from bitladder.zoo import minilm
 
     spec = minilm.spec()

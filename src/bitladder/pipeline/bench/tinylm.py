@@ -17,7 +17,8 @@ from torch import nn
 import bitladder
 from bitladder import AWQ, GPTQ, HQQ, Int
 from bitladder.pipeline.bench.isolated import at_batch, baseline, isolated_latency
-from bitladder.pipeline.bench.minilm import W8A8_SQ, _hqq, _quanto, round_spread
+from bitladder.pipeline.bench.minilm import _hqq, _quanto, round_spread
+from bitladder.pipeline.bench.minilm_rungs import W8A8_SQ
 from bitladder.pipeline.measure.evaluate import fidelity, outputs
 from bitladder.zoo import causal_lm
 
