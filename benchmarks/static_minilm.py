@@ -36,7 +36,8 @@ from bitladder.atomic import atomic_path
 from bitladder.errors import BitladderError
 from bitladder.methods.quantize.configs import Int
 from bitladder.methods.quantize.methods import Act
-from bitladder.pipeline.bench.minilm import W7A8_MIXED, W7A8_STATIC, W8A8_SQ, _bitladder, _session, single_sentence
+from bitladder.pipeline.bench.minilm import _bitladder, _session, single_sentence
+from bitladder.pipeline.bench.minilm_rungs import W7A8_MIXED, W7A8_STATIC, W8A8_SQ
 from bitladder.pipeline.measure.allocator import steady_allocator
 from bitladder.pipeline.measure.evaluate import fidelity, outputs, paired_latency
 from bitladder.pipeline.measure.machine import machine
