@@ -95,10 +95,8 @@ BL_ATTR static inline __attribute__((always_inline)) void BL_FN(one_row)(const J
                 for (int c = 0; c < 8 * cpb * 32 / per; c += 64) _mm_prefetch((const char *)(src + BL_PF + c), _MM_HINT_T0);
             const int64_t left = nbx - b0;
             if (bits == 8 && J->pf8) /* the lines read, into L2 BL_PF ahead, then into L1 BL_PF8_L1 ahead */
-                for (int c = 0; c < (left < 8 ? left : 8) * cpb * 32; c += 64) {
-                    _mm_prefetch((const char *)(src + BL_PF + c), _MM_HINT_T1);
-                    _mm_prefetch((const char *)(src + BL_PF8_L1 + c), _MM_HINT_T0);
-                }
+                for (int c = 0; c < (left < 8 ? left : 8) * cpb * 32; c += 64)
+                    prefetch_ahead(src + c, 1, BL_PF, BL_PF8_L1, 0);
             const int8_t *xv = J->xq + b0 * cpb * 32;
 #define BD(i) ((i) < left ? BL_FN(block_dot)(src, xv, i, bits, cpb) : _mm256_setzero_si256())
             __m256i h01 = _mm256_hadd_epi32(BD(0), BD(1)), h23 = _mm256_hadd_epi32(BD(2), BD(3));
