@@ -5,7 +5,8 @@ from torch import nn
 import bitladder
 from bitladder import BitladderError, Int
 from bitladder.formats.qtypes import QTYPES
-from bitladder.methods.quantize.methods import Act, GPTQ
+from bitladder.methods.quantize.gptq import HessianCollector
+from bitladder.methods.quantize.methods import AWQ, Act, GPTQ
 from bitladder.methods.quantize.observers import OBSERVERS, make_observer
 
 
@@ -84,6 +85,36 @@ def test_smoothquant_with_gptq_sees_smoothed_inputs(tmp_path):
     assert rel < 0.1
     back = bitladder.load(bitladder.save(q, tmp_path / "s.safetensors"), model=model)
     assert torch.equal(back(x), q(x))
+
+
+def test_smoothquant_layers_keep_their_input_scale_through_a_calibrated_pass(monkeypatch):
+    """GPTQ collects each later layer's Hessian on the partly quantised model: a layer swapped for its quantised
+    version must apply SmoothQuant's 1/s from its first call on, or the next layer sees (W s) x."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 8))
+    x = outlier_data()
+    seen = []
+    update = HessianCollector.update
+    monkeypatch.setattr(HessianCollector, "update", lambda self, rows: (seen.append((id(self), rows)),
+                                                                        update(self, rows)))
+    q = bitladder.quantize(model, Int(8, method=GPTQ(), act=Act(smoothquant=0.5, dynamic="token")),
+                           calib=[x[:256]])
+    order = list(dict.fromkeys(i for i, _ in seen))
+    assert len(order) == 2
+    second = torch.cat([r for i, r in seen if i == order[1]])
+    with torch.no_grad():
+        want = model[1](model[0](x[:256])) * q[2].in_scale  # the float model's input to layer 2, smoothed
+    assert float((second - want).norm() / want.norm()) < 0.02
+
+
+def test_awq_on_smoothquant_keeps_both_input_scales():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 8))
+    x = outlier_data()
+    q = bitladder.quantize(model, Int(8, method=AWQ(), act=Act(smoothquant=0.5, dynamic="token")), calib=[x[:256]])
+    with torch.no_grad():
+        ref = model(x[256:])
+        assert float((q(x[256:]) - ref).norm() / ref.norm()) < 0.02  # SmoothQuant's scale alone: 0.40
 
 
 @pytest.mark.parametrize("bad,msg", [

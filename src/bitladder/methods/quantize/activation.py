@@ -92,7 +92,9 @@ def smooth(model: nn.Module, names: list[str], calib: list[Any], alpha: float | 
     ``"all"`` smooths every selected layer. Layers reading the same tensor share one scale (from the
     largest weight of each input channel among them), so they can share one quantised input.
     Until the layer is swapped for its quantised version, a forward pre-hook applies ``1/s`` to its
-    input, so the float model computes the same function and later calibration sees smoothed inputs.
+    input, so the float model computes the same function and later calibration sees smoothed inputs;
+    the swap gives the quantised layer ``1/s`` as its input scale (``pending_in_scale``), so a calibrated
+    method's later layers (GPTQ's Hessians) see the same function on the partly quantised model.
     """
     names = [n for n in names if linear_like(model.get_submodule(n))]
     targets = set(names)
@@ -124,6 +126,7 @@ def smooth(model: nn.Module, names: list[str], calib: list[Any], alpha: float | 
             out[name] = inv
             x_inv = inv.to(module.weight.dtype)
             module.register_forward_pre_hook(lambda _m, args, x_inv=x_inv: (args[0] * x_inv, *args[1:]))
+            module.pending_in_scale = inv  # the hook dies with the float layer: its quantised one takes this over
 
     blockwise(model, [n for n in names if n in targets], calib, lambda n, m: SampleCollector(2048), apply, group=True)
     return out
@@ -195,8 +198,9 @@ class SmoothQuant(Transform):
 
     def after(self, p: Pass) -> None:
         for name, s in p.state.pop("in_scales").items():
-            if isinstance(p.model.get_submodule(name), QuantModule):
-                p.model.get_submodule(name).set_in_scale(s)
+            layer = p.model.get_submodule(name)
+            if isinstance(layer, QuantModule) and "in_scale" not in layer.qmeta:  # else the swap gave it already
+                layer.set_in_scale(s)
 
 
 @transform("activations")

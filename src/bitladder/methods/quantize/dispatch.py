@@ -110,8 +110,8 @@ def calibrated_apply(model: nn.Module, targets: dict[str, type], config, method)
             return
         qt, in_scale = built if isinstance(built, tuple) else (built, None)
         new = swap(module, config, targets[name], name, qt=qt, method_name=method.name)
-        if new is not None and in_scale is not None:
-            new.set_in_scale(in_scale)
+        if new is not None and in_scale is not None:  # on top of SmoothQuant's where the swap set one
+            new.set_in_scale(in_scale * new.in_scale if "in_scale" in new.qmeta else in_scale)
         place(name, new)
 
     def apply(group: list) -> None:

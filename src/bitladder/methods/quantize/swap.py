@@ -38,6 +38,8 @@ def swap(module: nn.Module, config: QuantConfig, handler: type, name: str, qt: Q
     if new is None:
         log.info("kept in float: %s (its configuration is not handled by %s)", name, handler.__name__)
     else:
+        if getattr(module, "pending_in_scale", None) is not None:  # SmoothQuant's, its hook gone with the float layer
+            new.set_in_scale(module.pending_in_scale)
         new._qmeta["method"] = method_name
         if "kernel_policy" in type(new).__dict__:  # layers with low-bit kernels (Linear)
             new.set_kernel_policy(getattr(config, "kernel", "auto"))
