@@ -28,8 +28,9 @@ from bitladder import GPTQ, Act, Int
 from bitladder.errors import BitladderError
 from bitladder.kernels import fp32_gemm
 from bitladder.pipeline.bench import peers as bench_peers
-from bitladder.pipeline.bench.minilm_rungs import (W7A8_MIXED, W7A8_OUTLIERS, W7A8_SQ80, W7A8_STATIC, W8A8_OUTLIERS,
-                                                W8A8_ROT, W8A8_ROT64, W8A8_SQ, W8A8_SQ80, W8A8_STATIC)
+from bitladder.pipeline.bench.minilm_rungs import (W7A8_GPTQ, W7A8_GPTQ_DOWN, W7A8_MIXED, W7A8_OUTLIERS, W7A8_SQ80,
+                                                W7A8_STATIC, W8A8_OUTLIERS, W8A8_ROT, W8A8_ROT64, W8A8_SQ,
+                                                W8A8_SQ80, W8A8_STATIC)
 from bitladder.pipeline.measure.evaluate import fidelity, outputs
 from bitladder.pipeline.bench.isolated import at_batch, baseline, isolated_latency
 from bitladder.zoo import minilm
@@ -260,6 +261,12 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
         "bitladder ONNX W7A8 static, SmoothQuant 0.8; FFN down 0.5 + 16 outlier channels (QDQ) on OpenVINO":
             lambda: _bitladder_onnx(spec, W7A8_SQ80, "float", folder, calib, _ov_no_snippets, static_gemm="qdq",
                                     ffn_down=W7A8_OUTLIERS),
+        "bitladder ONNX W7A8 static GPTQ, SmoothQuant auto; FFN down 0.5 + 32 outlier channels (QDQ) on OpenVINO, "
+        "snippets off": lambda: _bitladder_onnx(spec, W7A8_GPTQ, "float", folder, calib, _ov_no_snippets,
+                                                static_gemm="qdq", ffn_down=W7A8_GPTQ_DOWN),
+        "bitladder ONNX W7A8 static GPTQ, SmoothQuant auto; FFN down 0.5 + 32 outlier channels (QDQ) on OpenVINO":
+            lambda: _bitladder_onnx(spec, W7A8_GPTQ, "float", folder, calib, bench_peers.openvino_onnx,
+                                    static_gemm="qdq", ffn_down=W7A8_GPTQ_DOWN),
         "bitladder ONNX W8A8 static + SmoothQuant 0.8 (QDQ) on OpenVINO": lambda: _bitladder_onnx(
             spec, W8A8_SQ80, "float", folder, calib, bench_peers.openvino_onnx, static_gemm="qdq"),
         "bitladder ONNX W8 on OpenVINO": lambda: _bitladder_onnx(  # OpenVINO's default: activations per 32
