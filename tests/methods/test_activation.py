@@ -107,6 +107,31 @@ def test_smoothquant_layers_keep_their_input_scale_through_a_calibrated_pass(mon
     assert float((second - want).norm() / want.norm()) < 0.02
 
 
+class _Branches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(32, 16), nn.Linear(32, 16)
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x)], -1)
+
+
+def test_smoothed_siblings_still_share_one_hessian(monkeypatch):
+    """Layers reading one tensor share SmoothQuant's scale, so they get one product of it: calibration keeps them
+    one group (one GPTQ Hessian, as without smoothing)."""
+    torch.manual_seed(0)
+    model, x = _Branches(), outlier_data()
+    used = []
+    inverse = HessianCollector.inverse
+    monkeypatch.setattr(HessianCollector, "inverse", lambda self, *a: (used.append(self), inverse(self, *a))[1])
+    q = bitladder.quantize(model, Int(8, method=GPTQ(), act=Act(smoothquant=0.5, dynamic="token")),
+                           calib=[x[:128], x[128:256]])  # collectors are shared from the second batch on
+    assert len(used) == 2 and used[0] is used[1]
+    assert torch.equal(q.a.in_scale, q.b.in_scale)
+    with torch.no_grad():
+        assert float((q(x[256:]) - model(x[256:])).norm() / model(x[256:]).norm()) < 0.02
+
+
 def test_awq_on_smoothquant_keeps_both_input_scales():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 8))

@@ -118,18 +118,35 @@ def smooth(model: nn.Module, names: list[str], calib: list[Any], alpha: float | 
             wmax = w.abs().amax(dim=0).clamp(min=1e-5)
             s = (amax.clamp(min=1e-5).pow(alpha) / wmax.pow(1 - alpha)).clamp(min=1e-5)
         inv = 1.0 / s
+        hooks: dict[torch.dtype, Any] = {}  # one per dtype, shared by the group (see _smoothing)
         for (name, module, _), in_axis in zip(group, axes):
             with torch.no_grad():
                 shape = [1, 1]
                 shape[in_axis] = -1
                 module.weight.mul_(s.reshape(shape).to(module.weight.dtype))
             out[name] = inv
-            x_inv = inv.to(module.weight.dtype)
-            module.register_forward_pre_hook(lambda _m, args, x_inv=x_inv: (args[0] * x_inv, *args[1:]))
+            dt = module.weight.dtype
+            module.register_forward_pre_hook(hooks.setdefault(dt, _smoothing(inv.to(dt))))
             module.pending_in_scale = inv  # the hook dies with the float layer: its quantised one takes this over
 
     blockwise(model, [n for n in names if n in targets], calib, lambda n, m: SampleCollector(2048), apply, group=True)
     return out
+
+
+def _smoothing(x_inv: torch.Tensor):
+    """A forward pre-hook multiplying the input by ``x_inv``. The layers of a group share one, which hands them
+    one product of the same input: they still read one tensor, so calibration keeps them one group (q, k, v
+    share one GPTQ Hessian and one pass instead of three)."""
+    last: list = []
+
+    def hook(_m, args):
+        x = args[0]
+        version = None if x.is_inference() else x._version  # inference tensors keep no version: never reused
+        if version is None or not last or last[0] is not x or last[1] != version:
+            last[:] = [x, version, x * x_inv]
+        return (last[2], *args[1:])
+
+    return hook
 
 
 class ChannelRange(Collector):
