@@ -210,6 +210,8 @@ def variants(spec, folder: Path) -> dict[str, Callable[[], nn.Module]]:
             spec, W7A8_MIXED, calib),
         "bitladder W8A8 static + SmoothQuant 0.5 + 16 outlier channels": lambda: _bitladder(spec, W8A8_OUTLIERS,
                                                                                           calib),
+        "bitladder W7A8 static GPTQ, SmoothQuant auto; FFN down 0.5 + 32 outlier channels": lambda: _bitladder(
+            spec, W7A8_GPTQ, calib, ffn_down=W7A8_GPTQ_DOWN),
         "bitladder W8 weight-only": lambda: _bitladder(spec, Int(8)),
         "bitladder W4 g64 gptq": lambda: _bitladder(spec, Int(4, group=64, method=GPTQ()), calib),
         "torch.ao quantize_dynamic int8": lambda: _torch_ao(spec),
