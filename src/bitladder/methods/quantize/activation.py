@@ -126,7 +126,9 @@ def smooth(model: nn.Module, names: list[str], calib: list[Any], alpha: float | 
                 module.weight.mul_(s.reshape(shape).to(module.weight.dtype))
             out[name] = inv
             dt = module.weight.dtype
-            module.register_forward_pre_hook(hooks.setdefault(dt, _smoothing(inv.to(dt))))
+            if dt not in hooks:
+                hooks[dt] = _smoothing(inv.to(dt))
+            module.register_forward_pre_hook(hooks[dt])
             module.pending_in_scale = inv  # the hook dies with the float layer: its quantised one takes this over
 
     blockwise(model, [n for n in names if n in targets], calib, lambda n, m: SampleCollector(2048), apply, group=True)
