@@ -165,7 +165,8 @@ def groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefix
         collectors: dict[str, Any] = {}  # made on a layer's first input: only the group's layers get one
         calls: list[tuple[str, int]] = []  # the first batch's (layer, id of its input), in call order
         alive: list[torch.Tensor] = []  # the first batch's inputs: their ids stay unique while compared
-        state: dict[str, Any] = {"batch": 0, "mask": None, "left": None, "fed": set()}
+        # "fed" maps (collector id, input id) to the input, which keeps that id from being reused in the batch
+        state: dict[str, Any] = {"batch": 0, "mask": None, "left": None, "fed": {}}
 
         def hook_for(n: str, module: nn.Module):
             def hook(_m, args):
@@ -186,7 +187,7 @@ def groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefix
                 c = collectors[n]
                 if (id(c), id(x)) in state["fed"]:
                     return  # a shared collector already took this input
-                state["fed"].add((id(c), id(x)))
+                state["fed"][(id(c), id(x))] = x
                 rows = layer_rows(module, x)
                 m = state["mask"]
                 if m is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(m.shape):
@@ -204,7 +205,7 @@ def groups(root: nn.Module, names: list[str], inputs, masks, make, apply, prefix
                             break
                         siblings = _siblings(calls)
                         _share(collectors, siblings, modules)
-                    state.update(batch=i, mask=m, fed=set(), left=_last_call(calls, siblings) + 1)
+                    state.update(batch=i, mask=m, fed={}, left=_last_call(calls, siblings) + 1)
                     try:
                         root(*args, **kwargs)
                     except _Stop:
