@@ -45,7 +45,7 @@ def test_both_paths_give_the_reference_bits(n, k, m, zp, bias, outliers, seed):
     side = (torch.randperm(k, generator=g)[: min(outliers, k)], torch.randn(n, min(outliers, k), generator=g))
     side = side if outliers else None
     ref = CStaticKernel.from_qtensor(qt, simd=0).bind(0.02, zp, "uint8").reference(q, zp, b, x, side)
-    for simd in (0, 1):  # portable, AVX2 (the portable one again on a host without AVX2)
+    for simd in (0, 1, 2):  # portable, AVX2, AVX-512 BW (the portable one on a host without the path's ISA)
         kern = CStaticKernel.from_qtensor(qt, simd=simd).bind(0.02, zp, "uint8")
         assert torch.equal(kern.finish((q, zp, x), b, side), ref), simd
     base = kern.reference(q, zp)
@@ -56,13 +56,14 @@ def test_both_paths_give_the_reference_bits(n, k, m, zp, bias, outliers, seed):
         assert torch.allclose(ref.double(), base.double() + extra, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("simd", [1, 2])
 @pytest.mark.parametrize("zp", [0, 255])
 @pytest.mark.parametrize("sign", [1, -1])
-def test_largest_codes_against_largest_weights_stay_exact(zp, sign):
+def test_largest_codes_against_largest_weights_stay_exact(zp, sign, simd):
     # every pair of products at 255 * 128 (vpmaddubsw would saturate at 2 * 255 * 127): vpmaddwd adds into 32 bits
     n, k = 24, 4097  # an odd K: the padded last pair
     qt = _qt(n, k)
-    kern = CStaticKernel.from_qtensor(qt, simd=1).bind(0.01, zp, "uint8")
+    kern = CStaticKernel.from_qtensor(qt, simd=simd).bind(0.01, zp, "uint8")
     kern.w[:] = -128 if sign > 0 else 127
     q = torch.full((9, k), 255 if zp == 0 else 0, dtype=torch.uint8)
     y = kern.finish((q, zp, None), None)
@@ -125,18 +126,18 @@ def test_the_static_family_takes_it_exactly_where_the_grid_would_be_split():
 def test_bad_weights_and_buffers_are_refused():
     with pytest.raises(KernelUnsupported, match="per-channel"):
         CStaticKernel.from_qtensor(_qt(8, 64, fmt="int4", layout="channel"))
-    kern = CStaticKernel.from_qtensor(_qt(8, 64)).bind(0.1, 3, "uint8")
+    kern = CStaticKernel.from_qtensor(_qt(8, 64), simd=1).bind(0.1, 3, "uint8")
     q = np.zeros((4, 64), np.uint8)
     with pytest.raises(ValueError, match="static16"):
-        c_module().static16(kern.w, kern._sc, None, q, np.zeros((4, 7), np.float32), 4, 8, 64, 64, 3, 1, 1)
+        c_module().static16(kern.w, kern._sc, None, q, np.zeros((4, 7), np.float32), 4, 8, 64, 64, 3, 1, 8, 1)
     with pytest.raises(ValueError, match="static16"):  # a zero point outside the uint8 codes
-        c_module().static16(kern.w, kern._sc, None, q, np.zeros((4, 8), np.float32), 4, 8, 64, 64, 300, 1, 1)
+        c_module().static16(kern.w, kern._sc, None, q, np.zeros((4, 8), np.float32), 4, 8, 64, 64, 300, 1, 8, 1)
     x, y = np.zeros((4, 64), np.float32), np.zeros((4, 8), np.float32)
     with pytest.raises(IndexError, match="outlier channel 64 is out of range for 64 inputs"):
-        c_module().static16(kern.w, kern._sc, None, q, y, 4, 8, 64, 64, 3, 1, 1, x, np.array([3, 64]),
+        c_module().static16(kern.w, kern._sc, None, q, y, 4, 8, 64, 64, 3, 1, 8, 1, x, np.array([3, 64]),
                             np.zeros((1, 2, 8), np.float32))
     with pytest.raises(ValueError, match="side product"):  # weights for fewer channels than indices
-        c_module().static16(kern.w, kern._sc, None, q, y, 4, 8, 64, 64, 3, 1, 1, x, np.array([3, 5]),
+        c_module().static16(kern.w, kern._sc, None, q, y, 4, 8, 64, 64, 3, 1, 8, 1, x, np.array([3, 5]),
                             np.zeros((1, 1, 8), np.float32))
 
 
@@ -163,16 +164,24 @@ def test_a_layer_with_outlier_channels_adds_them_in_the_epilogue(monkeypatch):
 
 @pytest.mark.parametrize("n,threads", [(40, 2), (40, 3), (8, 2), (300, 7)])
 def test_threads_split_columns_or_rows_and_give_the_same_bits(n, threads):
-    # columns of eight outputs go to the threads where there are enough of them, rows where there are not (n = 8)
+    # columns of outputs go to the threads where there are enough of them, rows where there are not (n = 8)
     m, k, zp = 211, 520, 77
     qt = _qt(n, k, 5)
-    kern = CStaticKernel.from_qtensor(qt, simd=1).bind(0.03, zp, "uint8")
     q = torch.randint(0, 256, (m, k), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
     x = torch.randn(m, k)
     side = (torch.tensor([3, 500]), torch.randn(n, 2))
-    ref = kern.reference(q, zp, None, x, side)
-    for simd in (0, 1):
-        y = np.zeros((m, n), np.float32)
-        c_module().static16(kern.w, kern._sc, None, q.numpy(), y, m, n, k, kern.kp, zp, simd, threads, x.numpy(),
-                            side[0].numpy(), kern._columns(side[1]))
-        assert torch.equal(torch.from_numpy(y), ref), (simd, threads)
+    for wide in (1, 2):  # the layouts of eight and of sixteen outputs a column, each also run portable (0)
+        kern = CStaticKernel.from_qtensor(qt, simd=wide).bind(0.03, zp, "uint8")
+        ref = kern.reference(q, zp, None, x, side)
+        for simd in (0, wide):
+            y = np.zeros((m, n), np.float32)
+            c_module().static16(kern.w, kern._sc, None, q.numpy(), y, m, n, k, kern.kp, zp, simd, kern.lanes, threads,
+                                x.numpy(), side[0].numpy(), kern._columns(side[1]))
+            assert torch.equal(torch.from_numpy(y), ref), (simd, threads)
+
+
+def test_a_path_given_the_wrong_layout_is_refused():
+    kern = CStaticKernel.from_qtensor(_qt(16, 32), simd=2).bind(0.03, 0, "uint8")
+    q, y = np.zeros((3, 32), np.uint8), np.zeros((3, 16), np.float32)
+    with pytest.raises(ValueError, match="simd 2 takes 16 lanes, 1 takes 8"):
+        c_module().static16(kern.w, kern._sc, None, q, y, 3, 16, 32, kern.kp, 0, 1, 16, 1)

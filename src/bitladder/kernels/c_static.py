@@ -46,7 +46,8 @@ class CStaticKernel(_Static, LinearKernel):
 
     @classmethod
     def from_qtensor(cls, qt: QuantizedTensor, simd: int | None = None) -> "CStaticKernel":
-        """Repack once into columns of eight outputs; ``simd`` forces the AVX2 (1) or portable (0) path."""
+        """Repack once into columns of outputs (16 for the AVX-512 BW path, else 8); ``simd`` forces the
+        AVX-512 (2), AVX2 (1) or portable (0) path."""
         if not cls.installed():
             raise KernelUnsupported("the C kernels were not built (no compiler when bitladder was installed)")
         if not cls.applies(qt):
@@ -56,14 +57,15 @@ class CStaticKernel(_Static, LinearKernel):
         self = cls()
         self.n, self.k = qt.shape
         self.kp = self.k + self.k % 2
-        nc = -(-self.n // 8)
-        w = np.zeros((nc * 8, self.kp), np.int8)
+        self.simd = simd_path(simd, "avx512bw")
+        self.lanes = 16 if self.simd == 2 else 8
+        nc = -(-self.n // self.lanes)
+        w = np.zeros((nc * self.lanes, self.kp), np.int8)
         w[: self.n, : self.k] = codes.numpy()
         # (column, lane, pair, j) -> (column, pair, lane, j)
-        self.w = np.ascontiguousarray(w.reshape(nc, 8, self.kp // 2, 2).transpose(0, 2, 1, 3))
-        self._wscale = np.zeros(nc * 8, np.float32)
+        self.w = np.ascontiguousarray(w.reshape(nc, self.lanes, self.kp // 2, 2).transpose(0, 2, 1, 3))
+        self._wscale = np.zeros(nc * self.lanes, np.float32)
         self._wscale[: self.n] = scale[:, 0].numpy()
-        self.simd = min(simd_path(simd, "avx2"), 1)
         return self
 
     def bind(self, scale: float, zero_point: float, qtype: str):
@@ -100,16 +102,16 @@ class CStaticKernel(_Static, LinearKernel):
         if side is not None and side[0].numel():
             extra = (as_x(x, self.k).numpy(), side[0].to(torch.int64).contiguous().numpy(), self._columns(side[1]))
         c_module().static16(self.w, self._sc, b, q.numpy(), y.numpy(), m, self.n, self.k, self.kp, zp, self.simd,
-                            torch.get_num_threads(), *extra)
+                            self.lanes, torch.get_num_threads(), *extra)
         return y
 
     def _columns(self, side: torch.Tensor) -> np.ndarray:
-        """Outlier weights (N, k) as (columns of eight outputs, k, 8), kept while it is the same tensor."""
+        """Outlier weights (N, k) as (columns of outputs, k, lanes), kept while it is the same tensor."""
         if getattr(self, "_side", (None,))[0] is not side:
             nc = self.w.shape[0]
-            s = np.zeros((nc * 8, side.shape[1]), np.float32)
+            s = np.zeros((nc * self.lanes, side.shape[1]), np.float32)
             s[: self.n] = side.detach().float().numpy()
-            self._side = (side, np.ascontiguousarray(s.reshape(nc, 8, -1).transpose(0, 2, 1)))
+            self._side = (side, np.ascontiguousarray(s.reshape(nc, self.lanes, -1).transpose(0, 2, 1)))
         return self._side[1]
 
     def _padded(self, bias: torch.Tensor) -> np.ndarray:
@@ -131,7 +133,8 @@ class CStaticKernel(_Static, LinearKernel):
                   side: tuple | None = None) -> torch.Tensor:
         """The kernel's arithmetic on codes ``q`` (and ``side`` on ``x``) in PyTorch (the C paths give these bits)."""
         nc = self.w.shape[0]
-        w = torch.from_numpy(self.w.astype(np.int64)).permute(0, 2, 1, 3).reshape(nc * 8, self.kp)[: self.n, : self.k]
+        w = torch.from_numpy(self.w.astype(np.int64)).permute(0, 2, 1, 3).reshape(nc * self.lanes, self.kp)
+        w = w[: self.n, : self.k]
         acc = (q.to(torch.int64) - zp) @ w.T
         y = acc.to(torch.float32) * torch.from_numpy(self._sc[: self.n])
         y = y if bias is None else y + bias.float()

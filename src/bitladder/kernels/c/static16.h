@@ -17,16 +17,17 @@
  * the whole output, made by other threads). */
 
 typedef struct {
-    const int8_t *w;       /* (nc, kp / 2, 16): column c, pair p, lane l, code j = w[8 c + l, 2 p + j] */
-    const float *sc;       /* (nc * 8) */
-    const float *bias;     /* (nc * 8) or NULL */
-    const float *side;     /* (nc, ko, 8) the outlier channels' float weights, or NULL */
+    const int8_t *w;       /* (nc, kp / 2, 2 L): column c, pair p, lane l, code j = w[L c + l, 2 p + j], L lanes */
+    const float *sc;       /* (nc * L) */
+    const float *bias;     /* (nc * L) or NULL */
+    const float *side;     /* (nc, ko, L) the outlier channels' float weights, or NULL */
     const float *xo;       /* (m, ko) those channels of the float input */
     const uint8_t *q;      /* (m, k) codes */
     int16_t *xw;           /* (m, kp) q - zp, zero past k */
     float *y;              /* (m, n) */
     int64_t m, n, nc, k, kp, ko;
     int zp;
+    int lanes; /* outputs per column: 8 (the AVX2 and portable layout) or 16 (AVX-512's) */
 } SJob;
 
 #ifndef S16_ROWS
@@ -36,24 +37,30 @@ typedef struct {
 #define S16_TM 4
 #define S16_TN 2
 #endif
+#ifndef S16Z_TM /* AVX-512's register tile: activation rows x columns of sixteen outputs (static16_bw.h) */
+#define S16Z_TM 6
+#define S16Z_RZ 3
+#endif
 
 /* one output: the reference's arithmetic */
 static inline float s16_out(const SJob *J, int64_t r, int64_t n, int32_t acc) {
     float v = (float)acc * J->sc[n];
     if (J->bias) v = v + J->bias[n];
-    for (int64_t j = 0; j < J->ko; j++) v = v + J->xo[r * J->ko + j] * J->side[((n / 8) * J->ko + j) * 8 + n % 8];
+    const int L = J->lanes;
+    for (int64_t j = 0; j < J->ko; j++) v = v + J->xo[r * J->ko + j] * J->side[((n / L) * J->ko + j) * L + n % L];
     return v;
 }
 
 static void s16_portable(const SJob *J, int64_t c0, int64_t c1, int64_t r0, int64_t r1) {
     for (int64_t c = c0; c < c1; c++)
-        for (int lane = 0; lane < 8 && c * 8 + lane < J->n; lane++)
+        for (int lane = 0; lane < J->lanes && c * J->lanes + lane < J->n; lane++)
             for (int64_t r = r0; r < r1; r++) {
                 const int16_t *x = J->xw + r * J->kp;
-                const int8_t *w = J->w + c * J->kp * 8 + 2 * lane;
+                const int64_t L2 = 2 * J->lanes;
+                const int8_t *w = J->w + c * J->kp * J->lanes + 2 * lane;
                 int32_t acc = 0;
-                for (int64_t p = 0; p < J->kp / 2; p++) acc += w[16 * p] * x[2 * p] + w[16 * p + 1] * x[2 * p + 1];
-                J->y[r * J->n + c * 8 + lane] = s16_out(J, r, c * 8 + lane, acc);
+                for (int64_t p = 0; p < J->kp / 2; p++) acc += w[L2 * p] * x[2 * p] + w[L2 * p + 1] * x[2 * p + 1];
+                J->y[r * J->n + c * J->lanes + lane] = s16_out(J, r, c * J->lanes + lane, acc);
             }
 }
 
@@ -136,11 +143,13 @@ AVX2 static void s16_avx2(const SJob *J, int64_t c0, int64_t c1, int64_t r0, int
         }
     }
 }
+
+#include "static16_bw.h"
 #endif
 
 /* one thread's share: whole tiles of columns where there are enough for every thread, else rows */
 static void s16_part(const SJob *J, int simd, int part, int parts) {
-    const int64_t tn = simd ? S16_TN : 1, units = (J->nc + tn - 1) / tn;
+    const int64_t tn = simd == 2 ? S16Z_RZ : simd ? S16_TN : 1, units = (J->nc + tn - 1) / tn;
     int64_t c0 = 0, c1 = J->nc, r0 = 0, r1 = J->m;
     if (units >= parts) {
         c0 = units * part / parts * tn;
@@ -152,29 +161,34 @@ static void s16_part(const SJob *J, int simd, int part, int parts) {
     }
     if (c0 >= c1 || r0 >= r1) return;
 #ifdef BL_X86
+    if (simd == 2) { s16_bw(J, c0, c1, r0, r1); return; }
     if (simd) { s16_avx2(J, c0, c1, r0, r1); return; }
 #endif
     s16_portable(J, c0, c1, r0, r1);
 }
 
-/* static16(w, sc, bias_or_None, q, y, m, n, k, kp, zp, simd, threads[, x, idx, side]): simd 1 takes the AVX2 path
- * where the CPU has it, 0 the portable one; x (m, k) float32, idx (ko,) int64 and side (nc, ko, 8) float32 add
- * the outlier channels' products */
+/* static16(w, sc, bias_or_None, q, y, m, n, k, kp, zp, simd, lanes, threads[, x, idx, side]): simd 2 takes the
+ * AVX-512 BW path (lanes 16), 1 the AVX2 one (lanes 8) where the CPU has it, 0 the portable one (either layout);
+ * x (m, k) float32, idx (ko,) int64 and side (nc, ko, lanes) float32 add the outlier channels' products */
 static PyObject *static16(PyObject *self, PyObject *args) {
     Py_buffer w, sc, q, y, bias = {0}, x = {0}, idx = {0}, side = {0};
     PyObject *bobj;
     Py_ssize_t m, n, k, kp;
-    int zp, simd, threads;
-    if (!PyArg_ParseTuple(args, "y*y*Oy*w*nnnniii|y*y*y*", &w, &sc, &bobj, &q, &y, &m, &n, &k, &kp, &zp, &simd,
-                          &threads, &x, &idx, &side))
+    int zp, simd, lanes, threads;
+    if (!PyArg_ParseTuple(args, "y*y*Oy*w*nnnniiii|y*y*y*", &w, &sc, &bobj, &q, &y, &m, &n, &k, &kp, &zp, &simd,
+                          &lanes, &threads, &x, &idx, &side))
         return NULL;
     const int has_bias = bobj != Py_None;
     PyObject *ret = NULL;
     float *xo = NULL;
     if (has_bias && PyObject_GetBuffer(bobj, &bias, PyBUF_SIMPLE) != 0) goto done;
-    const int64_t nc = (n + 7) / 8, ko = idx.obj ? idx.len / 8 : 0;
+    if ((lanes != 8 && lanes != 16) || (simd == 2 && lanes != 16) || (simd == 1 && lanes != 8)) {
+        PyErr_SetString(PyExc_ValueError, "lowbit.static16: simd 2 takes 16 lanes, 1 takes 8, 0 either");
+        goto done;
+    }
+    const int64_t nc = (n + lanes - 1) / lanes, ko = idx.obj ? idx.len / 8 : 0;
     const int64_t *ix = idx.obj ? idx.buf : NULL;
-    if (idx.obj && (!side.obj || side.len < (Py_ssize_t)(nc * ko * 8 * 4) || x.len < (Py_ssize_t)(m * k * 4))) {
+    if (idx.obj && (!side.obj || side.len < (Py_ssize_t)(nc * ko * lanes * 4) || x.len < (Py_ssize_t)(m * k * 4))) {
         PyErr_SetString(PyExc_ValueError, "lowbit.static16: the side product needs x (m, k) and side (nc, ko, 8)");
         goto done;
     }
@@ -186,19 +200,19 @@ static PyObject *static16(PyObject *self, PyObject *args) {
         }
     /* |sum| <= 255 * 128 * kp must stay below 2^31 */
     if (m < 0 || n < 0 || k < 0 || kp < k || kp % 2 || kp > 65536 || zp < 0 || zp > 255
-        || w.len < nc * kp * 8 || sc.len < (Py_ssize_t)(nc * 8 * 4) || q.len < m * k
-        || y.len < (Py_ssize_t)(m * n * 4) || (has_bias && bias.len < (Py_ssize_t)(nc * 8 * 4))) {
+        || w.len < nc * kp * lanes || sc.len < (Py_ssize_t)(nc * lanes * 4) || q.len < m * k
+        || y.len < (Py_ssize_t)(m * n * 4) || (has_bias && bias.len < (Py_ssize_t)(nc * lanes * 4))) {
         PyErr_SetString(PyExc_ValueError, "lowbit.static16: buffer sizes do not fit");
         goto done;
     }
-    if (simd && !cpu_avx2()) simd = 0;
+    if ((simd == 2 && !cpu_avx512bw()) || (simd == 1 && !cpu_avx2())) simd = 0;
     if (threads < 1) threads = 1;
     int16_t *xw = m > 0 ? aligned_alloc(32, (size_t)(m * kp * 2 + 32) / 32 * 32) : NULL;
     xo = m > 0 && ko > 0 ? malloc((size_t)(m * ko) * sizeof(float)) : NULL;
     if (m > 0 && (!xw || (ko > 0 && !xo))) { free(xw); PyErr_NoMemory(); goto done; }
     SJob J = {w.buf, sc.buf, has_bias ? bias.buf : NULL, ko ? side.buf : NULL, xo, q.buf, xw, (float *)y.buf,
-              m, n, nc, k, kp, ko, zp};
-    const int64_t tn = simd ? S16_TN : 1, units = (nc + tn - 1) / tn;
+              m, n, nc, k, kp, ko, zp, lanes};
+    const int64_t tn = simd == 2 ? S16Z_RZ : simd ? S16_TN : 1, units = (nc + tn - 1) / tn;
     int parts = (int64_t)threads > (units > m ? units : m) ? (int)(units > m ? units : m) : threads;
     if (m * n * kp < 262144) parts = 1; /* small work: one thread beats waking the pool */
     Py_BEGIN_ALLOW_THREADS
