@@ -9,6 +9,7 @@ from rich.console import Console
 
 from bitladder.cli.options import DATA_HELP, TASK_HELP
 from bitladder.errors import BitladderError
+from bitladder.pipeline.bench.only import split_only
 
 #: bench suites: name -> (rows function, status line, whole model: takes repeats and the --only filter)
 BENCH_SUITES = {
@@ -30,7 +31,8 @@ def register(app: typer.Typer, console: Console) -> None:
         suite: str = typer.Option("linear", help="linear, conv, minilm, tinylm or all (with --model: that model)"),
         json_out: Path = typer.Option(None, "--json", help="write the rows (schema bitladder.bench/1) here"),
         repeats: int = typer.Option(10, min=1, help="MiniLM, tinylm, --model: timed runs per variant"),
-        only: str = typer.Option("", help="MiniLM, tinylm: comma-separated substrings of the variants to run"),
+        only: str = typer.Option("", help="MiniLM, tinylm: substrings of the variants to run, separated by a comma "
+                                          "without a space (names contain ', ')"),
         model: str = typer.Option(None, help="bench this model instead of a suite: a built-in, a factory "
                                              "'package.module:function' or a Hugging Face folder, fp32 beside --rungs"),
         rungs: str = typer.Option("", help="with --model: comma-separated rungs (default: the model's)"),
@@ -94,7 +96,7 @@ def register(app: typer.Typer, console: Console) -> None:
             module, fn = where.split(":")
             rows_of = getattr(importlib.import_module(module), fn)
             with console.status(status):
-                for row in rows_of(repeats, [o for o in only.split(",") if o] or None) if whole_model else rows_of():
+                for row in rows_of(repeats, split_only(only)) if whole_model else rows_of():
                     rows.append(row)
                     save(False)
         from bitladder.cli.table import bench_table

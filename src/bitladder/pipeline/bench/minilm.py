@@ -33,6 +33,7 @@ from bitladder.pipeline.bench.minilm_rungs import (W7A8_GPTQ, W7A8_GPTQ_DOWN, W7
                                                 W8A8_SQ80, W8A8_STATIC)
 from bitladder.pipeline.measure.evaluate import fidelity, outputs
 from bitladder.pipeline.bench.isolated import at_batch, baseline, isolated_latency
+from bitladder.pipeline.bench.only import pick
 from bitladder.zoo import minilm
 
 
@@ -350,7 +351,7 @@ def minilm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
     ref = outputs(spec.model, spec.eval_batches)
     with tempfile.TemporaryDirectory() as tmp:
         every = variants(spec, Path(tmp))
-        names = [*ANCHORS, *(n for n in every if n not in ANCHORS and (not only or any(o in n for o in only)))]
+        names = pick(list(every), only, ANCHORS, "minilm")
         got = isolated_latency({n: (f"{__name__}:serve_variant", (n, tmp)) for n in names}, repeats,
                                batches=len(BATCHES), bursts=BURSTS, anchors=ANCHORS)
     rows = []

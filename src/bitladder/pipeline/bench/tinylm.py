@@ -17,6 +17,7 @@ from torch import nn
 import bitladder
 from bitladder import AWQ, GPTQ, HQQ, Int
 from bitladder.pipeline.bench.isolated import at_batch, baseline, isolated_latency
+from bitladder.pipeline.bench.only import pick
 from bitladder.pipeline.bench.minilm import _hqq, _quanto, round_spread
 from bitladder.pipeline.bench.minilm_rungs import W8A8_SQ
 from bitladder.pipeline.measure.evaluate import fidelity, outputs
@@ -59,8 +60,7 @@ def tinylm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
     """Bench rows of every variant (or those matching ``only``, plus fp32) at each batch size."""
     spec = causal_lm.spec()
     ref = outputs(spec.model, spec.eval_batches)
-    names = ["fp32 torch", *(n for n in variants(spec)
-                             if n != "fp32 torch" and (not only or any(o in n for o in only)))]
+    names = pick(list(variants(spec)), only, ("fp32 torch",), "tinylm")
     got = isolated_latency({n: (f"{__name__}:serve_variant", (n,)) for n in names}, repeats, batches=len(BATCHES),
                            anchors=("fp32 torch",))
     rows = []
