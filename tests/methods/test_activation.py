@@ -251,3 +251,30 @@ def test_outlier_channels_are_the_widest_after_smoothing_and_siblings_share_them
         assert float((q(x) - ref).norm()) < float((plain(x) - ref).norm())
     with pytest.raises(BitladderError, match="has 16 input channels: Act outliers must be fewer, got 16"):
         bitladder.quantize(model, Int(8, act=Act(outliers=16)), calib=[x])
+
+
+def test_a_float_layers_smoothing_hook_keeps_no_activation_alive():
+    """A smoothed layer left in float keeps its hook: the input and its product go when the caller drops them,
+    while the same, unchanged input still gets the one product it got before."""
+    import gc
+    import weakref
+
+    from bitladder.methods.quantize.activation import _smoothing
+
+    hook = _smoothing(torch.full((4,), 0.5))
+    lin = nn.Linear(4, 2)
+    lin.register_forward_pre_hook(hook)
+    seen = []
+    lin.register_forward_pre_hook(lambda _m, args: seen.append(weakref.ref(args[0])))
+    x = torch.randn(3, 4)
+    lin(x)
+    lin(x)
+    assert seen[0]() is seen[1]() is not None  # one product of one input
+    x.mul_(2)
+    lin(x)
+    assert seen[2]() is not seen[0]()  # changed in place: a new product
+    torch.testing.assert_close(seen[2](), x * 0.5)
+    source = weakref.ref(x)
+    del x
+    gc.collect()
+    assert source() is None and seen[2]() is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -138,14 +139,19 @@ def smooth(model: nn.Module, names: list[str], calib: list[Any], alpha: float | 
 def _smoothing(x_inv: torch.Tensor):
     """A forward pre-hook multiplying the input by ``x_inv``. The layers of a group share one, which hands them
     one product of the same input: they still read one tensor, so calibration keeps them one group (q, k, v
-    share one GPTQ Hessian and one pass instead of three)."""
-    last: list = []
+    share one GPTQ Hessian and one pass instead of three). The input is held weakly and the product dropped
+    with it: a layer left in float keeps its hook, which must not keep an activation alive with the model."""
+    last: list = []  # [weak reference to the input, its version, the product]
+
+    def drop(ref) -> None:
+        if last and last[0] is ref:
+            last.clear()
 
     def hook(_m, args):
         x = args[0]
         version = None if x.is_inference() else x._version  # inference tensors keep no version: never reused
-        if version is None or not last or last[0] is not x or last[1] != version:
-            last[:] = [x, version, x * x_inv]
+        if version is None or not last or last[0]() is not x or last[1] != version:
+            last[:] = [weakref.ref(x, drop), version, x * x_inv]
         return (last[2], *args[1:])
 
     return hook
