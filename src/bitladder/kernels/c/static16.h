@@ -135,6 +135,8 @@ AVX2 static void s16_avx2(const SJob *J, int64_t c0, int64_t c1, int64_t r0, int
             int64_t r = m0;
             if (c1 - c >= S16_TN) {
                 for (; r + S16_TM <= m1; r += S16_TM) s16_tile(J, c, r, S16_TM, S16_TN);
+                if (S16_TM == 4 && m1 - r == 3) { s16_tile(J, c, r, 3, S16_TN); r = m1; } /* one tile for the last */
+                if (S16_TM == 4 && m1 - r == 2) { s16_tile(J, c, r, 2, S16_TN); r = m1; }
                 for (; r < m1; r++) s16_tile(J, c, r, 1, S16_TN);
             } else {
                 for (; r + S16_TM <= m1; r += S16_TM) s16_tile(J, c, r, S16_TM, 1);

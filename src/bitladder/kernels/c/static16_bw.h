@@ -75,7 +75,14 @@ S16Z_ATTR static void s16_bw(const SJob *J, int64_t c0, int64_t c1, int64_t r0, 
             int64_t r = m0;
             if (c1 - c >= S16Z_RZ) {
                 for (; r + S16Z_TM <= m1; r += S16Z_TM) s16z_tile(J, c, r, S16Z_TM, S16Z_RZ);
-                for (; r < m1; r++) s16z_tile(J, c, r, 1, S16Z_RZ);
+                switch (m1 - r) { /* the last rows in one tile: each tile reads the columns' weights once */
+                case 5: s16z_tile(J, c, r, 5, S16Z_RZ); break;
+                case 4: s16z_tile(J, c, r, 4, S16Z_RZ); break;
+                case 3: s16z_tile(J, c, r, 3, S16Z_RZ); break;
+                case 2: s16z_tile(J, c, r, 2, S16Z_RZ); break;
+                case 1: s16z_tile(J, c, r, 1, S16Z_RZ); break;
+                default: for (; r < m1; r++) s16z_tile(J, c, r, 1, S16Z_RZ);
+                }
             } else {
                 for (int64_t t = c; t < c1; t++) {
                     for (r = m0; r + S16Z_TM <= m1; r += S16Z_TM) s16z_tile(J, t, r, S16Z_TM, 1);
