@@ -269,12 +269,13 @@ def test_a_float_layers_smoothing_hook_keeps_no_activation_alive():
     x = torch.randn(3, 4)
     lin(x)
     lin(x)
-    assert seen[0]() is seen[1]() is not None  # one product of one input
+    first = seen[0]()
+    assert first is not None and seen[1]() is first  # one product of one input
     x.mul_(2)
     lin(x)
-    assert seen[2]() is not seen[0]()  # changed in place: a new product
+    assert seen[2]() is not first  # changed in place: a new product
     torch.testing.assert_close(seen[2](), x * 0.5)
     source = weakref.ref(x)
-    del x
+    del x, first
     gc.collect()
     assert source() is None and seen[2]() is None
