@@ -183,5 +183,6 @@ def test_threads_split_columns_or_rows_and_give_the_same_bits(n, threads):
 def test_a_path_given_the_wrong_layout_is_refused():
     kern = CStaticKernel.from_qtensor(_qt(16, 32), simd=2).bind(0.03, 0, "uint8")
     q, y = np.zeros((3, 32), np.uint8), np.zeros((3, 16), np.float32)
-    with pytest.raises(ValueError, match="simd 2 takes 16 lanes, 1 takes 8"):
-        c_module().static16(kern.w, kern._sc, None, q, y, 3, 16, 32, kern.kp, 0, 1, 16, 1)
+    for simd, lanes in ((1, 16), (2, 8), (3, 16), (0, 12)):
+        with pytest.raises(ValueError, match="simd 2 takes 16 lanes, 1 takes 8"):
+            c_module().static16(kern.w, kern._sc, None, q, y, 3, 16, 32, kern.kp, 0, simd, lanes, 1)

@@ -184,7 +184,8 @@ static PyObject *static16(PyObject *self, PyObject *args) {
     PyObject *ret = NULL;
     float *xo = NULL;
     if (has_bias && PyObject_GetBuffer(bobj, &bias, PyBUF_SIMPLE) != 0) goto done;
-    if ((lanes != 8 && lanes != 16) || (simd == 2 && lanes != 16) || (simd == 1 && lanes != 8)) {
+    if (simd < 0 || simd > 2 || (lanes != 8 && lanes != 16) || (simd == 2 && lanes != 16)
+        || (simd == 1 && lanes != 8)) {
         PyErr_SetString(PyExc_ValueError, "lowbit.static16: simd 2 takes 16 lanes, 1 takes 8, 0 either");
         goto done;
     }
