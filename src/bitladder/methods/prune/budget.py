@@ -237,4 +237,6 @@ def latency_weights(model: nn.Module, apply: Callable, groups: list, example, ca
     mean = sum(saved) / max(len(saved), 1)
     if mean <= 0:
         return [1.0] * len(groups)
-    return [max(v / mean, 0.01) for v in saved]
+    saved = [max(v, 0.01 * mean) for v in saved]  # floored before normalising, so the weights' mean stays 1
+    mean = sum(saved) / len(saved)
+    return [v / mean for v in saved]
