@@ -12,7 +12,9 @@ Each kernel class declares what it needs, and :mod:`bitladder.kernels.select` re
 * ``applies(qt)``: the formats, layouts and group sizes it takes (``groups`` lists the group lengths);
 * ``auto_rows``: the row counts where automatic selection picks it (None: only when named; ``rows(cpu, qt)``
   when the CPU or the weight's format changes them), and
-  ``rank``: among the kernels that apply, lower goes first.
+  ``rank``: among the kernels that apply, lower goes first;
+* ``advice``: a sentence for the results' warnings where a layer on it runs slower than fp32 (its known
+  ceiling on this CPU, and the rung to take instead).
 """
 
 from __future__ import annotations
@@ -142,6 +144,8 @@ class LinearKernel(abc.ABC):
     auto_rows: tuple[int, int] | None = None
     rank = 100
     float_codes = False  # whether it takes float formats (fp16, fp8) besides integer codes
+    #: what a "slower than fp32" warning adds for a layer on this kernel: why it can be, and what to take instead
+    advice: str | None = None
 
     n: int
     k: int

@@ -57,3 +57,21 @@ def test_sample_count_and_float_bytes():
     assert sample_count([torch.zeros(3, 5), torch.zeros(4, 5)]) == 7
     assert sample_count([{"input_ids": torch.zeros(8, 12, dtype=torch.long)}]) == 8
     assert float_bytes(torch.nn.Linear(10, 4)) == (40 + 4) * 4
+
+
+def test_a_slow_layer_on_a_kernel_with_advice_gets_its_sentence_once():
+    """The static C kernel ties fp32 at best without VNNI: a slow result on it says so and names the rung to take;
+    a fast one, or a slow one on other kernels, does not."""
+    from bitladder.kernels.c_static import CStaticKernel
+
+    static = {"latency_ratio": 0.9, "kernel": CStaticKernel.name}
+    slow = warnings_for(Facts(latency_ratio=0.9, kernels={"a": CStaticKernel.name, "b": CStaticKernel.name},
+                              layers={"a": static, "b": dict(static)}))
+    said = [w for w in slow if w.startswith(f"{CStaticKernel.name}: ")]
+    assert len(said) == 1 and "int7-a8" in said[0] and said[0].endswith(CStaticKernel.advice)
+    # only a layer slow: still said; the model and its layers fast, or slow elsewhere: not
+    assert any(w.startswith(CStaticKernel.name) for w in warnings_for(Facts(layers={"a": static})))
+    fast = {"latency_ratio": 1.2, "kernel": CStaticKernel.name}
+    assert not any(CStaticKernel.name in w for w in warnings_for(Facts(latency_ratio=1.1, kernels={"a": fast["kernel"]},
+                                                                       layers={"a": fast})))
+    assert not any("int7-a8" in w for w in warnings_for(Facts(latency_ratio=0.8, kernels={"a": "dequant-fp32"})))

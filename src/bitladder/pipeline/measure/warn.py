@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from bitladder.kernels import registry
+
 SLOW_MARGIN = 0.95  # latency ratios within 5 % of fp32 are timing noise on a shared 2-core machine
 CLIP_WARN_FRACTION = 1e-3
 MIN_SAMPLES = 100  # below this a fidelity difference of a few tenths of a point is noise
@@ -67,6 +69,16 @@ def slower_than_fp32(f: Facts) -> list[str]:
         out.append(f"{len(slow)} of {len(f.layers)} layers slower than fp32: "
                    + _names(slow, lambda n: f"{n} ({f.layers[n].get('kernel')}, {f.layers[n]['latency_ratio']:.2f}x)"))
     return out
+
+
+@check
+def kernel_advice(f: Facts) -> list[str]:
+    """Where the model or a layer ran slower than fp32 on a kernel that declares why it can be
+    (``LinearKernel.advice``, e.g. a path that ties fp32 at best on this CPU): that sentence, once per kernel."""
+    used = set(f.kernels.values()) if f.latency_ratio is not None and f.latency_ratio < SLOW_MARGIN else set()
+    used |= {s.get("kernel") for s in f.layers.values() if s.get("latency_ratio", 1.0) < SLOW_MARGIN}
+    advice = {n: getattr(registry.KERNELS.get(n), "advice", None) for n in used if n}
+    return [f"{n}: {a}" for n, a in sorted(advice.items()) if a]
 
 
 @check
