@@ -59,7 +59,7 @@ def test_equals_its_quantised_arithmetic_and_tracks_float(layout):
 
 
 def test_refuses_what_it_cannot_run():
-    with pytest.raises(KernelUnsupported, match="int8 symmetric"):
+    with pytest.raises(KernelUnsupported, match=r"int8 \(or int7\) symmetric"):
         OnednnConv2dW8A8.from_layer(QuantizedTensor.from_float(torch.randn(4, 3, 3, 3), "int4", Layout("channel"),
                                                                symmetric=True), (1, 1), (1, 1), (1, 1), 1)
     with pytest.raises(KernelUnsupported, match="grouped"):
@@ -88,6 +88,8 @@ def test_dynamic_w8a8_runs_convolutions_in_int8_and_falls_back_where_it_cannot(t
     weight_only(x)
     # no activation format asked for: float compute (the weight dequantised in one pass where numba is installed)
     assert weight_only[0].kernel in FLOAT
+    seven = bitladder.quantize(model, Int(7, act=Act(dynamic="tensor")))  # 7-bit codes fit the int8 convolution
+    assert _rel(seven(x), model(x)) < 5e-2 and seven[0].kernel == "int8-w8a8-onednn-conv"
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])

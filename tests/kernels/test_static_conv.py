@@ -23,11 +23,11 @@ def _model() -> nn.Module:
                          nn.ReLU(), nn.Conv2d(8, 8, 1)).eval()
 
 
-def _pair(bits: int):
+def _pair(bits: int, wbits: int = 8):
     """The static rung under auto, and the same layers on their simulated path (policy dequant-fp32)."""
     calib = [torch.randn(16, 4, 10, 10)]
-    q = bitladder.quantize(_model(), Int(8, act=Act(bits=bits)), calib=calib)
-    ref = bitladder.quantize(_model(), Int(8, act=Act(bits=bits)), calib=calib)
+    q = bitladder.quantize(_model(), Int(wbits, act=Act(bits=bits)), calib=calib)
+    ref = bitladder.quantize(_model(), Int(wbits, act=Act(bits=bits)), calib=calib)
     for m in ref.modules():
         if hasattr(m, "set_kernel_policy"):
             m.set_kernel_policy("dequant-fp32")
@@ -64,6 +64,19 @@ def test_without_32_bit_pair_sums_the_layer_keeps_its_simulated_path(monkeypatch
     qt = QuantizedTensor.from_float(torch.randn(4, 4, 3, 3), "int8", Layout("channel"), symmetric=True)
     with pytest.raises(KernelUnsupported, match="VNNI"):
         OnednnConv2dStatic.from_layer(qt, (1, 1), (1, 1), (1, 1), 1).bind(0.1, 0.0, "uint8")
+
+
+@pytest.mark.parametrize("cpu", ["native", "avx512", "avx2"])
+def test_7_bit_weights_take_the_whole_8_bit_grid_on_the_integer_convolution_on_every_cpu(monkeypatch, cpu):
+    """2 * 255 * 64 fits a u8 x s8 pair sum: with or without VNNI the rung int7-a8 convolves in integers."""
+    monkeypatch.setenv("BITLADDER_CPU", cpu)
+    q, ref = _pair(8, wbits=7)
+    x = torch.randn(2, 4, 10, 10) * 1.5
+    with torch.inference_mode():
+        y, want = q(x), ref(x)
+    assert [m.kernel for m in q.modules() if isinstance(m, bitladder.nn.layers.QuantConv2d)] == [
+        "int8-w8a8-onednn-conv-static"] * 3
+    assert float((y - want).norm() / want.norm()) < 1e-5
 
 
 def test_it_takes_only_static_integer_grids():

@@ -36,8 +36,8 @@ class CStaticKernel(_Static, LinearKernel):
     auto_rows = None  # named by the static family (kernels.select.choose), never auto on its own
     adds_side = True  # :meth:`finish` takes a layer's outlier channels (nn/outliers.py) into its epilogue
     advice = ("without VNNI, exact 8-bit weights x 8-bit activations take two instructions per 32 products, "
-              "fp32's rate, so this can at best tie fp32; 7-bit weights (rung int7-a8) keep the u8 x s8 pairs "
-              "and run faster")
+              "fp32's rate, so this can at best tie fp32; 7-bit weights (rung int7-a8) keep the u8 x s8 pairs, "
+              "which outrun fp32 where the layers are large enough for their arithmetic to dominate")
 
     @classmethod
     def installed(cls) -> bool:

@@ -69,8 +69,8 @@ class OnednnConv2dW8A8:
 
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
-        """int8 symmetric 4-D weights, one scale per output channel or per tensor."""
-        return (qt.qtype.name == "int8" and qt.zero_point is None and qt.layout.granularity != "group"
+        """int8 (or int7) symmetric 4-D weights, one scale per output channel or per tensor."""
+        return (qt.qtype.name in ("int8", "int7") and qt.zero_point is None and qt.layout.granularity != "group"
                 and len(qt.shape) == 4 and not (qt.layout.granularity == "channel" and qt.layout.axis != 0))
 
     @classmethod
@@ -81,8 +81,8 @@ class OnednnConv2dW8A8:
         if not cls.installed():
             raise KernelUnsupported("torch has no oneDNN quantized convolution (torch.ops.onednn.qconv2d_pointwise)")
         if not cls.applies(qt):
-            raise KernelUnsupported("oneDNN W8A8 convolution needs int8 symmetric 4-D weights per output channel "
-                                    "or per tensor")
+            raise KernelUnsupported("oneDNN W8A8 convolution needs int8 (or int7) symmetric 4-D weights per output "
+                                    "channel or per tensor")
         if groups != 1:
             raise KernelUnsupported("grouped and depthwise convolutions run slower in int8 than in fp32 "
                                     "(docs/DESIGN.md): kept in float")
