@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import platform
 import time
 
 import torch
 from torch import nn
 
 from bitladder.pipeline.bench.isolated import isolated_latency
+from bitladder.pipeline.measure.allocator import SETTLED
 
 
 class _Sleepy(nn.Module):
@@ -51,6 +53,10 @@ def test_each_model_runs_in_its_own_process_and_failures_are_reported():
     assert fast["info"]["seconds"] == 0.002 and slow["info"]["seconds"] == 0.03  # info comes back
     assert len({fast["info"]["pid"], slow["info"]["pid"], os.getpid()}) == 3
     assert 0.002 <= fast["latency_s"] < 0.03 <= slow["latency_s"]
+    # every worker fixes the same malloc thresholds after its build, whatever the build moved them to
+    assert fast["allocator"] == slow["allocator"]
+    if platform.libc_ver()[0] == "glibc":
+        assert fast["allocator"] == {"allocator": "glibc", "mmap_threshold": SETTLED[0], "trim_threshold": SETTLED[1]}
     for g in (fast, slow):  # one time per timed round, the median of which is the latency
         assert len(g["rounds_s"]) == 4 and sorted(g["rounds_s"])[1] <= g["latency_s"] <= sorted(g["rounds_s"])[2]
     for g in (fast, slow):

@@ -8,9 +8,12 @@ each variant gets one: a worker builds it, then runs it on the batch each time t
 asks every worker in turn, round after round, so a noisy moment of the machine still hits all of them
 alike; idle workers wait on a pipe and take no CPU. Each worker also reports the peak resident memory of
 its process while serving (once the model is built, the heap its build freed is returned to the OS and the
-high-water mark is reset, where glibc and Linux allow it). Workers keep glibc's default malloc thresholds:
-pinned (:func:`~bitladder.pipeline.measure.allocator.steady_allocator`), every worker would hold its peak
-resident at once, more than a whole suite's machine may have (docs/DESIGN.md, 'Latency').
+high-water mark is reset, where glibc and Linux allow it). Then each worker fixes glibc's malloc thresholds where
+a long-running process's moving ones end up (:data:`~bitladder.pipeline.measure.allocator.SETTLED`): left moving,
+they depended on the build (a quantising build had raised them, a float model's load had not, and its forward
+page-faulted); pinned at 1 GiB (:func:`~bitladder.pipeline.measure.allocator.steady_allocator`'s default),
+every worker would hold its peak resident at once, more than a whole suite's machine may have
+(docs/DESIGN.md, 'Latency').
 
 Even unpinned, a whole MiniLM suite's workers outgrew a 24 GB machine, which then thrashed instead of timing
 (docs/results/notes.md, 'A whole suite in 24 GB'). So workers are built while memory allows and timed in groups: when what is left falls under
@@ -32,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bitladder.pipeline.bench.limits import available_bytes
+from bitladder.pipeline.measure.allocator import SETTLED, steady_allocator
 
 #: (``"module:function"``, args): called in the worker, it returns ``(model, batch, info)``; ``info`` (any
 #: picklable value, e.g. the model's outputs for a fidelity check) is handed back to the parent. ``batch``
@@ -86,8 +90,9 @@ def _serve(conn, factory: Factory) -> None:
     built = _hwm_mb()  # the build's peak, before the reset: what the next worker's build may need
     gc.collect()
     _release_freed_memory()
+    settled = steady_allocator(*SETTLED)  # every worker alike, whatever its build allocated and freed
     reset = _reset_hwm()
-    conn.send(("ready", info, built))
+    conn.send(("ready", info, built, settled))
     batches = batch if isinstance(batch, list) else [batch]
     with torch.inference_mode():
         while (msg := conn.recv()) != "stop":
@@ -219,7 +224,7 @@ def isolated_latency(factories: dict[str, Factory], repeats: int, warmup: int = 
                 proc.join(10)
                 continue
             live[name] = (proc, here)
-            out[name] = {"info": msg[1]}
+            out[name] = {"info": msg[1], "allocator": msg[3]}
             largest = max(largest, msg[2] or 0.0)
             if name not in anchors:
                 group.append(name)

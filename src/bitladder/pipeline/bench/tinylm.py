@@ -77,7 +77,7 @@ def tinylm_rows(repeats: int = 10, only: list[str] | None = None) -> list[dict]:
                          "fp32_latency_ms": round(fp32["latency_s"] * 1e3, 2),
                          "ratio_vs_fp32": round(fp32["latency_s"] / g["latency_s"], 3),
                          "ratio_vs_fp32_iqr": round_spread(fp32.get("rounds_s"), g["rounds_s"]),
-                         "peak_rss_mb": g["peak_rss_mb"], "agreement": fid["fidelity"],
+                         "peak_rss_mb": g["peak_rss_mb"], "allocator": g.get("allocator"), "agreement": fid["fidelity"],
                          **({"timing_group": g["group"]} if "group" in g else {}),
                          "perplexity": fid["perplexity"], "fp32_perplexity": fid["fp32_perplexity"]})
     return rows

@@ -16,9 +16,16 @@ import sys
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
-def steady_allocator(threshold: int = 1 << 30) -> dict:
-    """Fix glibc's mmap and trim thresholds at ``threshold`` bytes (Linux with glibc); what was set, for the
-    result file (``{"allocator": "default"}`` where nothing could be)."""
+#: (mmap, trim) thresholds where glibc's moving ones stop in a long-running 64-bit process (DEFAULT_MMAP_THRESHOLD_MAX,
+#: and twice it): what benchmark workers fix after their build, so that a worker's speed does not depend on what
+#: its build happened to allocate and free (a MiniLM fp32 worker page-faulted 16k times a forward, a quantised
+#: one, whose build had moved the thresholds, none: docs/DESIGN.md, 'Latency')
+SETTLED = (32 << 20, 64 << 20)
+
+
+def steady_allocator(threshold: int = 1 << 30, trim: int | None = None) -> dict:
+    """Fix glibc's mmap threshold at ``threshold`` bytes and its trim threshold at ``trim`` (default: the same)
+    (Linux with glibc); what was set, for the result file (``{"allocator": "default"}`` where nothing could be)."""
     if not sys.platform.startswith("linux"):
         return {"allocator": "default"}
     try:
@@ -26,8 +33,9 @@ def steady_allocator(threshold: int = 1 << 30) -> dict:
     except OSError:  # musl and others: no glibc tunables
         return {"allocator": "default"}
     for size in (threshold, 32 << 20):  # older glibc caps the mmap threshold at 32 MiB
-        if libc.mallopt(_M_MMAP_THRESHOLD, size) and libc.mallopt(_M_TRIM_THRESHOLD, size):
-            return {"allocator": "glibc", "mmap_threshold": size, "trim_threshold": size}
+        keep = size if trim is None else trim
+        if libc.mallopt(_M_MMAP_THRESHOLD, size) and libc.mallopt(_M_TRIM_THRESHOLD, keep):
+            return {"allocator": "glibc", "mmap_threshold": size, "trim_threshold": keep}
     return {"allocator": "default"}
 
 
