@@ -42,12 +42,12 @@ def test_both_paths_give_the_reference_bits(n, k, m, zp, bias, outliers, seed):
     q = torch.randint(0, 256, (m, k), dtype=torch.uint8, generator=g)
     b = torch.randn(n, generator=g) if bias else None
     x = torch.randn(m, k, generator=g) * 10
-    side = (torch.randperm(k, generator=g)[: min(outliers, k)], torch.randn(n, min(outliers, k), generator=g))
+    side = (torch.randperm(k, generator=g)[: min(outliers, k)], torch.randn(n, min(outliers, k), generator=g), x)
     side = side if outliers else None
     ref = CStaticKernel.from_qtensor(qt, simd=0).bind(0.02, zp, "uint8").reference(q, zp, b, x, side)
     for simd in (0, 1, 2):  # portable, AVX2, AVX-512 BW (the portable one on a host without the path's ISA)
         kern = CStaticKernel.from_qtensor(qt, simd=simd).bind(0.02, zp, "uint8")
-        assert torch.equal(kern.finish((q, zp, x), b, side), ref), simd
+        assert torch.equal(kern.finish((q, zp), b, side), ref), simd
     base = kern.reference(q, zp)
     exact = (q.double() - zp) @ qt.codes().reshape(n, k).double().T  # the integer sum, in float64
     assert torch.allclose(base.double(), exact * torch.from_numpy(kern._sc[:n]).double(), rtol=1e-6, atol=1e-5)
@@ -66,7 +66,7 @@ def test_largest_codes_against_largest_weights_stay_exact(zp, sign, simd):
     kern = CStaticKernel.from_qtensor(qt, simd=simd).bind(0.01, zp, "uint8")
     kern.w[:] = -128 if sign > 0 else 127
     q = torch.full((9, k), 255 if zp == 0 else 0, dtype=torch.uint8)
-    y = kern.finish((q, zp, None), None)
+    y = kern.finish((q, zp), None)
     assert torch.equal(y, kern.reference(q, zp))
     w = -128 if sign > 0 else 127
     expect = (float(q[0, 0]) - zp) * w * k * kern._sc[:n]

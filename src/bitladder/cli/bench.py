@@ -61,7 +61,7 @@ def register(app: typer.Typer, console: Console) -> None:
         machine()  # a bad BITLADDER_CPU fails here, before any timing
         from bitladder.pipeline.measure.allocator import allocated, steady_allocator
 
-        pinned = steady_allocator()  # the in-process suites (linear, conv); model workers keep the defaults
+        pinned = steady_allocator()  # the in-process suites (linear, conv); model workers fix their own (isolated.py)
         with console.status("measuring read bandwidth and GEMM peaks"):
             limits = measure()
         mach = machine(**limits)

@@ -78,12 +78,13 @@ class CStaticKernel(_Static, LinearKernel):
         return self
 
     def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
-        """(uint8 codes, zero point, ``x``): the layer's grid, quantised as the oneDNN path does, and the float
-        input its outlier channels are read from."""
+        """(uint8 codes, zero point): the layer's grid, quantised as the oneDNN path does. Nothing of ``x`` itself:
+        layers keep this on ``x`` (``nn.layers._shared_input``), and a reference back to it was a cycle through
+        the tensor's attributes that Python's collector cannot see, so every input leaked (outside inference mode)."""
         step, zp, _, _ = self._grid
         if hadamard.fast_path(x) and x.dim() == 2:
-            return self._c_codes(x, in_scale, False), zp, x
-        return uint8_codes(self._input(x, in_scale), step, zp).contiguous(), zp, x
+            return self._c_codes(x, in_scale, False), zp
+        return uint8_codes(self._input(x, in_scale), step, zp).contiguous(), zp
 
     @property
     def rotates(self) -> bool:
@@ -92,18 +93,20 @@ class CStaticKernel(_Static, LinearKernel):
 
     def prepare_rotated(self, x: torch.Tensor, block: int) -> tuple:
         """:meth:`prepare` of ``x @ H`` (block-Hadamard), rotated and quantised in one pass."""
-        return self._c_codes(x, None, False, block), self._grid[1], None
+        return self._c_codes(x, None, False, block), self._grid[1]
 
     def finish(self, prep: tuple, bias: torch.Tensor | None, side: tuple | None = None) -> torch.Tensor:
-        """(M, N) float32 of :meth:`prepare`'s codes; ``side``: (channels (k,) int64, weights (N, k) float32),
-        each channel of the float input times its weight column added to every output, in channel order."""
-        q, zp, x = prep
+        """(M, N) float32 of :meth:`prepare`'s codes; ``side``: (channels (k,) int64, weights (N, k) float32, the
+        float input (M, K)), each channel of the input times its weight column added to every output, in channel
+        order."""
+        q, zp = prep
         m = q.shape[0]
         y = torch.empty((m, self.n), dtype=torch.float32)
         b = None if bias is None else self._padded(bias)
         extra = ()
         if side is not None and side[0].numel():
-            extra = (as_x(x, self.k).numpy(), side[0].to(torch.int64).contiguous().numpy(), self._columns(side[1]))
+            extra = (as_x(side[2], self.k).numpy(), side[0].to(torch.int64).contiguous().numpy(),
+                     self._columns(side[1]))
         c_module().static16(self.w, self._sc, b, q.numpy(), y.numpy(), m, self.n, self.k, self.kp, zp, self.simd,
                             self.lanes, torch.get_num_threads(), *extra)
         return y

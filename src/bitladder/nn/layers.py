@@ -55,7 +55,7 @@ class QuantLinear(QuantModule):
         if hasattr(kern, "prepare") and x2.shape[0] > 0:
             prep = _shared_input(xin, kern, x2, in_scale)
             if side and getattr(kern, "adds_side", False):  # the float channels in the GEMM's epilogue
-                y, side = kern.finish(prep, self.bias, (self.act_outliers, side_weight(self))), False
+                y, side = kern.finish(prep, self.bias, (self.act_outliers, side_weight(self), x2)), False
             else:
                 y = kern.finish(prep, self.bias)
         else:
