@@ -239,7 +239,7 @@ def test_a_layers_input_is_freed_with_its_last_reference(cpu, act, rotate, monke
             m.register_forward_pre_hook(lambda _, args: inputs.append(weakref.ref(args[0])))
     gc.disable()
     try:
-        for mode in (torch.no_grad, torch.inference_mode):
+        for mode in (torch.enable_grad, torch.no_grad, torch.inference_mode):
             with mode():
                 for rows in (1, 8, 300):
                     inputs.clear()
