@@ -104,8 +104,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     got = rows()
     for r in got:
-        print(f"{r['model']:12s} {r['allocator']:8s} {r['latency_ms']:8.2f} ms  x{r['ratio_vs_fp32_same_allocator']:.2f} "
-              f"fp32 (same allocator)  {r['faults_per_forward']:.0f} faults a forward")
+        print(f"{r['model']:12s} {r['allocator']:8s} {r['latency_ms']:8.2f} ms  "
+              f"x{r['ratio_vs_fp32_same_allocator']:.2f} fp32 (same allocator)  "
+              f"{r['faults_per_forward']:.0f} faults a forward")
     if args.json:
         caps = " ".join(f"{k}={os.environ[k]}" for k in ("BITLADDER_CPU", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
                                                          "FBGEMM_ENABLE_INSTRUCTIONS") if k in os.environ)

@@ -79,8 +79,8 @@ class CStaticKernel(_Static, LinearKernel):
 
     def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
         """(uint8 codes, zero point): the layer's grid, quantised as the oneDNN path does. Nothing of ``x`` itself:
-        layers keep this on ``x`` (``nn.layers._shared_input``), and a reference back to it was a cycle through
-        the tensor's attributes that Python's collector cannot see, so every input leaked (outside inference mode)."""
+        layers keep this on ``x`` (``nn.layers._shared_input``), where a reference back to it is a cycle Python's
+        collector cannot see (docs/DESIGN.md)."""
         step, zp, _, _ = self._grid
         if hadamard.fast_path(x) and x.dim() == 2:
             return self._c_codes(x, in_scale, False), zp

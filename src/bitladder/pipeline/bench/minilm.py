@@ -376,7 +376,8 @@ def _rows(spec, ref, names: list[str], got: dict, batch: int) -> list[dict]:
         per_call = len(spec.eval_batches[0]["input_ids"]) if batch > 1 else 1
         fid, s = fidelity(spec, torch.from_numpy(out), ref), g["latency_s"]
         row.update(latency_ms=round(s * 1e3, 2), fp32_latency_ms=round(fp32["latency_s"] * 1e3, 2),
-                   ratio_vs_fp32=round(fp32["latency_s"] / s, 3), peak_rss_mb=g["peak_rss_mb"], allocator=g.get("allocator"),
+                   ratio_vs_fp32=round(fp32["latency_s"] / s, 3), peak_rss_mb=g["peak_rss_mb"],
+                   allocator=g.get("allocator"),
                    cos_mean=fid["fidelity"], cos_min=fid["cos_min"], knn10=fid["knn10"], fidelity_batch=per_call,
                    onnx_bytes=g["info"]["onnx_bytes"])
         row.update({"timing_group": g["group"]} if "group" in g else {})

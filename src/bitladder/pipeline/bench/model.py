@@ -86,7 +86,8 @@ def model_rows(model: str, rungs: list[str], repeats: int = 10, data: str | None
                          "fp32_latency_ms": round(fp32["latency_s"] * 1e3, 3),
                          "ratio_vs_fp32": round(fp32["latency_s"] / g["latency_s"], 3),
                          "ratio_vs_fp32_iqr": round_spread(fp32.get("rounds_s"), g["rounds_s"]),
-                         "peak_rss_mb": g["peak_rss_mb"], "allocator": g.get("allocator"), "metric": spec.metric, **named,
+                         "peak_rss_mb": g["peak_rss_mb"], "allocator": g.get("allocator"), "metric": spec.metric,
+                         **named,
                          **({"timing_group": g["group"]} if "group" in g else {}),
                          **{k: v for k, v in fid.items() if v is not None}, **warm_fields(g, fp32)})
     return rows

@@ -18,8 +18,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 #: (mmap, trim) thresholds where glibc's moving ones stop in a long-running 64-bit process (DEFAULT_MMAP_THRESHOLD_MAX,
 #: and twice it): what benchmark workers fix after their build, so that a worker's speed does not depend on what
-#: its build happened to allocate and free (a MiniLM fp32 worker page-faulted 16k times a forward, a quantised
-#: one, whose build had moved the thresholds, none: docs/DESIGN.md, 'Latency')
+#: its build happened to allocate and free (docs/DESIGN.md, 'Latency')
 SETTLED = (32 << 20, 64 << 20)
 
 
