@@ -1,7 +1,9 @@
-"""MiniLM at 32 sentences in worker processes timed in the same rounds, each model twice: with glibc's moving malloc
-thresholds (what bench workers kept until 2026-12-05) and with the settled ones they now fix after their build.
+"""MiniLM at 32 sentences (or one: ``--sentences 1``) in worker processes timed in the same rounds, each model
+twice: with glibc's moving malloc thresholds (what bench workers kept until 2026-12-05) and with the settled ones
+they now fix after their build.
 
     OMP_NUM_THREADS=2 python benchmarks/worker_allocator.py --json docs/results/worker-allocator-xeon.json
+    OMP_NUM_THREADS=2 python benchmarks/worker_allocator.py --sentences 1 --json ...   # one sentence
 
 glibc raises its mmap threshold when a mapped block is freed, and trims the heap above twice that: a worker whose
 build allocated and freed large blocks (a quantising build) serves from a grown heap, a float model's worker does
@@ -25,18 +27,19 @@ from pathlib import Path
 MODELS = ("fp32", "W8A8_STATIC", "W7A8_STATIC")  # fp32 torch, and two rungs of the minilm suite (minilm_rungs.py)
 
 
-def _serve(conn, which: str, settle: bool) -> None:
+def _serve(conn, which: str, settle: bool, sentences: int) -> None:
     import ctypes
     import gc
     import resource
 
     import torch
 
+    from bitladder.pipeline.bench.minilm import single_sentence
     from bitladder.pipeline.measure.evaluate import run
     from bitladder.zoo import minilm
 
     spec = minilm.spec()
-    batch = spec.latency_batch
+    batch = spec.latency_batch if sentences == 32 else single_sentence(spec.latency_batch)  # the suite's two batches
     if which == "fp32":
         model = spec.model.eval()
     else:
@@ -61,13 +64,13 @@ def _serve(conn, which: str, settle: bool) -> None:
             conn.send((t, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0))
 
 
-def rows(rounds: int = 12, warmup: int = 2) -> list[dict]:
+def rows(sentences: int = 32, rounds: int = 12, warmup: int = 2) -> list[dict]:
     ctx = mp.get_context("spawn")
     workers = {}
     for which in MODELS:
         for settle in (False, True):
             here, there = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(there, which, settle), daemon=True)
+            proc = ctx.Process(target=_serve, args=(there, which, settle, sentences), daemon=True)
             proc.start()
             if here.recv() != "ready":
                 raise RuntimeError(f"worker {which} did not start")
@@ -100,9 +103,11 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--sentences", type=int, choices=(32, 1), default=32,
+                    help="the suite's batch, or its first sentence alone")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    got = rows()
+    got = rows(args.sentences)
     for r in got:
         print(f"{r['model']:12s} {r['allocator']:8s} {r['latency_ms']:8.2f} ms  "
               f"x{r['ratio_vs_fp32_same_allocator']:.2f} fp32 (same allocator)  "
@@ -114,6 +119,7 @@ def main() -> None:
                "command": " ".join(filter(None, [caps, "OMP_NUM_THREADS=2 python benchmarks/worker_allocator.py",
                                                  *sys.argv[1:]])),
                "machine": machine(), "settled": {"mmap_threshold": SETTLED[0], "trim_threshold": SETTLED[1]},
+               "sentences": args.sentences,
                "rows": got}
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps(out, indent=1))
