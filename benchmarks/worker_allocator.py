@@ -24,30 +24,24 @@ import sys
 import time
 from pathlib import Path
 
-MODELS = ("fp32", "W8A8_STATIC", "W7A8_STATIC")  # fp32 torch, and two rungs of the minilm suite (minilm_rungs.py)
+#: variants of the minilm suite, each built by its worker function (``serve_variant``)
+MODELS = ("fp32 torch", "bitladder W8A8 static + SmoothQuant 0.65", "bitladder W7A8 static + SmoothQuant 0.65")
 
 
 def _serve(conn, which: str, settle: bool, sentences: int) -> None:
     import ctypes
     import gc
     import resource
+    import tempfile
 
     import torch
 
-    from bitladder.pipeline.bench.minilm import single_sentence
+    from bitladder.pipeline.bench.minilm import serve_variant
     from bitladder.pipeline.measure.evaluate import run
-    from bitladder.zoo import minilm
 
-    spec = minilm.spec()
-    batch = spec.latency_batch if sentences == 32 else single_sentence(spec.latency_batch)  # the suite's two batches
-    if which == "fp32":
-        model = spec.model.eval()
-    else:
-        from bitladder.pipeline.bench import minilm_rungs
-        from bitladder.pipeline.bench.minilm import _bitladder
-
-        model = _bitladder(spec, getattr(minilm_rungs, which), spec.calib_batches)
-    del spec
+    with tempfile.TemporaryDirectory() as folder:  # built as the bench's worker builds it, fidelity passes included
+        model, timed, _ = serve_variant(which, folder)
+    batch = timed[0] if sentences == 32 else timed[1]
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     if settle:
@@ -89,7 +83,7 @@ def rows(sentences: int = 32, rounds: int = 12, warmup: int = 2) -> list[dict]:
     out = []
     for (which, settle), v in got.items():
         ms = statistics.median(t for t, _ in v) * 1e3
-        base = statistics.median(t for t, _ in got[("fp32", settle)]) * 1e3
+        base = statistics.median(t for t, _ in got[(MODELS[0], settle)]) * 1e3
         out.append({"model": which, "allocator": "settled" if settle else "moving", "latency_ms": round(ms, 2),
                     "ratio_vs_fp32_same_allocator": round(base / ms, 3),
                     "faults_per_forward": statistics.median(f for _, f in v)})
@@ -109,7 +103,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     got = rows(args.sentences)
     for r in got:
-        print(f"{r['model']:12s} {r['allocator']:8s} {r['latency_ms']:8.2f} ms  "
+        print(f"{r['model'][:40]:40s} {r['allocator']:8s} {r['latency_ms']:8.2f} ms  "
               f"x{r['ratio_vs_fp32_same_allocator']:.2f} fp32 (same allocator)  "
               f"{r['faults_per_forward']:.0f} faults a forward")
     if args.json:

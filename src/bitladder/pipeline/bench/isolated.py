@@ -10,9 +10,9 @@ alike; idle workers wait on a pipe and take no CPU. Each worker also reports the
 its process while serving (once the model is built, the heap its build freed is returned to the OS and the
 high-water mark is reset, where glibc and Linux allow it). Then each worker fixes glibc's malloc thresholds where
 a long-running process's moving ones end up (:data:`~bitladder.pipeline.measure.allocator.SETTLED`): left moving,
-they depended on the build (a quantising build had raised them, a float model's load had not, and its forward
-page-faulted); pinned at 1 GiB (:func:`~bitladder.pipeline.measure.allocator.steady_allocator`'s default),
-every worker would hold its peak resident at once, more than a whole suite's machine may have
+they depend on what the build allocated and freed (a process that has only loaded a model page-faults where one
+that quantised it does not); pinned at 1 GiB (:func:`~bitladder.pipeline.measure.allocator.steady_allocator`'s
+default), every worker would hold its peak resident at once, more than a whole suite's machine may have
 (docs/DESIGN.md, 'Latency').
 
 Even unpinned, a whole MiniLM suite's workers outgrew a 24 GB machine, which then thrashed instead of timing
