@@ -78,9 +78,9 @@ class CStaticKernel(_Static, LinearKernel):
         return self
 
     def prepare(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple:
-        """(uint8 codes, zero point): the layer's grid, quantised as the oneDNN path does. Nothing of ``x`` itself:
-        layers keep this on ``x`` (``nn.layers._shared_input``), where a reference back to it is a cycle Python's
-        collector cannot see (docs/DESIGN.md)."""
+        """(uint8 codes, zero point): the layer's grid, quantised as the oneDNN path does; nothing of ``x`` itself
+        (``nn.layers._shared_input`` keeps this on ``x``); :meth:`finish` reads the outlier channels' input from
+        ``side``."""
         step, zp, _, _ = self._grid
         if hadamard.fast_path(x) and x.dim() == 2:
             return self._c_codes(x, in_scale, False), zp

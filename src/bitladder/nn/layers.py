@@ -87,7 +87,11 @@ def _shared_input(x: torch.Tensor, kern, x2: torch.Tensor, in_scale: torch.Tenso
 
     Inference tensors have no version counter, so under ``torch.inference_mode`` an in-place change
     between two such reads would go unseen; a model that works with autograd cannot make one (the first
-    layer saved that input for its backward)."""
+    layer saved that input for its backward).
+
+    A kernel's ``prepare`` must hold nothing of ``x`` (nor a view of it): kept on ``x``, a reference back is a cycle
+    through a tensor's attributes that Python's collector cannot see, and every input leaks (checked for every
+    kernel, CPU profile and grad mode by tests/nn/test_kernels_in_layers.py)."""
     # levels: two layers on one kernel can differ in grid steps (7-bit weights take 255 where 8-bit take 127)
     key = (-1 if x.is_inference() else x._version, kern.name, x2.shape, getattr(kern, "_grid", None),
            getattr(kern, "levels", None), block)
