@@ -13,6 +13,13 @@ from bitladder.tensor.quantized import QuantizedTensor
 _PARTS = ("packed", "scale", "zero_point", "table", "mask")
 
 
+def eager(forward):
+    """A quantised layer's forward, run eagerly under ``torch.compile`` (one graph break per layer, the float
+    parts of the model between them compiled): its kernels are C calls on numpy views and its caches Python state,
+    which Dynamo cannot trace (it failed on guards and on uint16 fake tensors). Eager calls pay under 1 us."""
+    return torch.compiler.disable(forward)
+
+
 class KernelCache(dict):
     """Built kernels of one layer (sessions, prepacked weights): never copied, pickled or saved. ``picks``
     remembers the kernel chosen per input row count, so a call does not rebuild the weight's description

@@ -10,7 +10,7 @@ from torch import nn
 
 from bitladder.kernels.base import KernelUnsupported, as_x
 from bitladder.kernels.c_lowbit import RowGather
-from bitladder.nn.base import KernelCache, QuantModule
+from bitladder.nn.base import KernelCache, QuantModule, eager
 from bitladder.nn.outliers import OutlierLinear, add_side, side_weight
 from bitladder.nn.registry import HANDLERS
 from bitladder.tensor.quantized import QuantizedTensor
@@ -37,6 +37,7 @@ class QuantLinear(QuantModule):
             return twin
         return self._filled(nn.Linear(k, n, bias=self.bias is not None))
 
+    @eager
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # per-call Python is kept lean (no dtype casts that change nothing, no Module.__setattr__): MiniLM
         # on 8 tokens spends more in it than in the GEMMs
@@ -112,6 +113,7 @@ class QuantHFConv1D(QuantModule):
     weight_axis = 1
     in_axis = 0
 
+    @eager
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.prepare_input(x.to(self.compute_dtype)) @ self.weight()
         return (y if self.bias is None else y + self._bias()).to(x.dtype)
@@ -155,6 +157,7 @@ class _QuantConvNd(QuantModule):
         return self._filled(self.float_cls(shape[1] * self.groups, shape[0], self.kernel_size, self.stride,
                                            self.padding, self.dilation, self.groups, bias=self.bias is not None))
 
+    @eager
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xc = x.to(self.compute_dtype)
         kern = self._conv_kernel(xc)
@@ -253,6 +256,7 @@ class QuantEmbedding(QuantModule):
     def to_float(self) -> nn.Embedding:
         return self._filled(nn.Embedding(*self.qweight.shape, padding_idx=self.padding_idx))
 
+    @eager
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         qt = self.qweight
         cache = self._cache()  # rows of 1- to 8-bit codes in one C call where the format fits

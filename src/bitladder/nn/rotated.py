@@ -24,6 +24,7 @@ from torch import nn
 
 from bitladder.errors import BitladderError
 from bitladder.kernels import hadamard as fast
+from bitladder.nn.base import eager
 from bitladder.nn.records import build_layer, layer_args
 from bitladder.nn.structures import structure
 
@@ -83,6 +84,7 @@ class Rotated(nn.Module):
         the plain Linear it replaced) and the weight the inner layer approximates, ``W H``."""
         return float_self, self.rotate_weight(float_self.weight.detach())
 
+    @eager  # the C transform and the rotated input kept on the tensor, as in eager mode
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fused = getattr(self.layer, "forward_rotated", None) if fast.fast_path(x) else None
         y = fused(x, self.block) if fused is not None else None
