@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from bitladder.pipeline.measure.evaluate import knn_agreement
@@ -26,9 +27,13 @@ def test_layer_latency_times_each_quantised_layer_on_its_own_input():
     # layer "2" is made 20 ms slower than its float twin: a wall-clock gap no host load can close, so the
     # verdict does not depend on how busy the machine is (a ratio near 1 for layer "0" would)
     q[2].register_forward_hook(lambda *_: time.sleep(0.02))
-    ratios = layer_latency(model, q, torch.randn(256, 512), repeats=5)
-    assert set(ratios) == {"0", "2"}
+    timings = layer_latency(model, q, torch.randn(256, 512), repeats=5)
+    assert set(timings) == {"0", "2"}
+    ratios = {n: t["latency_ratio"] for n, t in timings.items()}
     assert ratios["2"] < 0.5 and ratios["0"] > 2 * ratios["2"], ratios
+    slow = timings["2"]  # the per-call times behind the ratio: the sleep is in the quantised layer's
+    assert slow["latency_us"] > 2e4 and slow["latency_us"] - slow["fp32_latency_us"] > 1.5e4, slow
+    assert slow["fp32_latency_us"] / slow["latency_us"] == pytest.approx(slow["latency_ratio"], rel=1e-3)
     assert _calls_per_sample(lambda: None, 1e-3, cap=50) == 50  # a fast call is repeated, up to the cap
     assert _calls_per_sample(lambda: time.sleep(2e-3), 1e-3) == 1
 

@@ -32,6 +32,14 @@ def test_each_bad_fact_is_one_sentence():
     assert len(got) == 8
 
 
+def test_a_slow_layer_says_how_many_microseconds_a_call_it_loses_where_timed():
+    layer = {"latency_ratio": 0.69, "kernel": "fp32", "latency_us": 31.3, "fp32_latency_us": 22.9}
+    text = "\n".join(warnings_for(Facts(layers={"classifier.3": layer, "fc": {**layer, "latency_ratio": 0.9,
+                                                                               "latency_us": 2000.0}})))
+    assert ("2 of 2 layers slower than fp32: classifier.3 (fp32, 0.69x, +8 us a call), "
+            "fc (fp32, 0.90x, +1977 us a call)") in text
+
+
 def test_kernels_auto_chose_are_no_fallback():
     """A weight dequantised by a kernel auto picked for being fastest (large batches, convolutions, embedding
     rows) is a choice, not a missing kernel; the layer's own dequant path, with or without an activation

@@ -96,8 +96,8 @@ def run_rung(spec: ModelSpec, rung: str, cfg: QuantConfig, out: Path, ref: torch
     unseen = None if unseen_ref is None else fidelity(spec, outputs(reloaded, spec.unseen_batches), unseen_ref)
     fp32_s, rung_s = paired_latency(spec.model, reloaded, spec.latency_batch, repeats)
     stats = layer_stats(spec.model, reloaded)
-    for name, r in layer_latency(spec.model, reloaded, spec.latency_batch).items():
-        stats[name]["latency_ratio"] = r
+    for name, timing in layer_latency(spec.model, reloaded, spec.latency_batch).items():
+        stats[name].update(timing)
     _, info = read_header(path)
     qbytes = sum(v["nbytes"] for k, v in info.items()
                  if k.rpartition(".")[0] in stats and k.rpartition(".")[2].startswith("weight_"))

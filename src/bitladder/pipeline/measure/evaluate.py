@@ -92,9 +92,10 @@ def _per_call(fn, n: int) -> float:
 
 @torch.inference_mode()
 def layer_latency(float_model: nn.Module, qmodel: nn.Module, batch: Any, repeats: int = 7,
-                  sample_s: float = 2e-3) -> dict[str, float]:
-    """Per quantised layer: fp32 layer latency / quantised layer latency, on the input it receives
-    from ``batch`` (captured once).
+                  sample_s: float = 2e-3) -> dict[str, dict[str, float]]:
+    """Per quantised layer, on the input it receives from ``batch`` (captured once): ``latency_ratio`` (fp32 layer
+    latency / quantised layer latency) and both latencies per call, ``latency_us`` and ``fp32_latency_us`` (a
+    small layer's ratio is its fixed per-call cost: the microseconds say how much that is).
 
     A layer of the digits CNN runs in about the noise of one timed call (docs/DESIGN.md, 'Latency'), and
     a layer timed right after another finds the caches the other left. So each sample times enough
@@ -108,7 +109,7 @@ def layer_latency(float_model: nn.Module, qmodel: nn.Module, batch: Any, repeats
     finally:
         for h in hooks:
             h.remove()
-    ratios = {}
+    timings = {}
     for name, x in seen.items():
         f, q = float_counterpart(float_model, qmodel, name)[0], qmodel.get_submodule(name)
         fa, fb = (lambda: f(x)), (lambda: q(x))
@@ -118,5 +119,7 @@ def layer_latency(float_model: nn.Module, qmodel: nn.Module, batch: Any, repeats
         for i in range(repeats):
             for fn, out in ((fa, tf), (fb, tq)) if i % 2 == 0 else ((fb, tq), (fa, tf)):
                 out.append(_per_call(fn, n))
-        ratios[name] = statistics.median(tf) / max(statistics.median(tq), 1e-9)
-    return ratios
+        f_s, q_s = statistics.median(tf), max(statistics.median(tq), 1e-9)
+        timings[name] = {"latency_ratio": f_s / q_s, "latency_us": round(q_s * 1e6, 2),
+                         "fp32_latency_us": round(f_s * 1e6, 2)}
+    return timings

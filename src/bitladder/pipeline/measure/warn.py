@@ -67,8 +67,15 @@ def slower_than_fp32(f: Facts) -> list[str]:
     slow = [n for n, s in f.layers.items() if s.get("latency_ratio", 1.0) < SLOW_MARGIN]
     if slow:
         out.append(f"{len(slow)} of {len(f.layers)} layers slower than fp32: "
-                   + _names(slow, lambda n: f"{n} ({f.layers[n].get('kernel')}, {f.layers[n]['latency_ratio']:.2f}x)"))
+                   + _names(slow, lambda n: _slow(f.layers[n], n)))
     return out
+
+
+def _slow(layer: dict, name: str) -> str:
+    """A slow layer as the warning names it: kernel, ratio, and the microseconds a call it loses where timed."""
+    lost = (f", +{layer['latency_us'] - layer['fp32_latency_us']:.0f} us a call"
+            if "latency_us" in layer and "fp32_latency_us" in layer else "")
+    return f"{name} ({layer.get('kernel')}, {layer['latency_ratio']:.2f}x{lost})"
 
 
 @check
