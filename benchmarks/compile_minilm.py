@@ -60,7 +60,7 @@ def rows(rungs: list[str]) -> list[dict]:
 
 def main() -> None:
     from bitladder.atomic import atomic_path
-    from bitladder.pipeline.measure.machine import machine
+    from bitladder.pipeline.measure.machine import command, machine
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--rung", action="append", help="a minilm suite variant (repeatable; default: four rungs)")
@@ -72,11 +72,8 @@ def main() -> None:
         print(f"{r['model'][:60]:60s} {r['mode']:8s} {r['latency_ms']:8.1f} ms  x{r['ratio_vs_fp32_eager']:.2f} eager "
               f"fp32  first call {r['first_call_s']:5.1f} s  cos {r['cos_mean']:.5f}")
     if args.json:
-        caps = " ".join(f"{k}={os.environ[k]}" for k in ("BITLADDER_CPU", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-                                                         "FBGEMM_ENABLE_INSTRUCTIONS") if k in os.environ)
         out = {"schema": "bitladder.compile-minilm/1",
-               "command": " ".join(filter(None, [caps, "OMP_NUM_THREADS=2 python benchmarks/compile_minilm.py",
-                                                 *sys.argv[1:]])),
+               "command": command("OMP_NUM_THREADS=2 python benchmarks/compile_minilm.py", sys.argv[1:]),
                "machine": machine(), "sentences": 32, "rows": got}
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps(out, indent=1))

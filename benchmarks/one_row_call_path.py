@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -136,7 +135,7 @@ def cold_steps(kerns, entries, x, repeats: int = 60) -> dict:
 
 def main() -> None:
     from bitladder.atomic import atomic_path
-    from bitladder.pipeline.measure.machine import machine
+    from bitladder.pipeline.measure.machine import command, machine
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--qtype", choices=sorted(FORMATS), default="int4")
@@ -151,11 +150,8 @@ def main() -> None:
     for name, c in got["cold_steps_us"].items():
         print(f"  {name:26s} after a streamed call {c['cold']:6.2f} us, warm {c['warm']:5.2f} us")
     if args.json:
-        caps = " ".join(f"{k}={os.environ[k]}" for k in ("BITLADDER_CPU", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-                                                         "FBGEMM_ENABLE_INSTRUCTIONS") if k in os.environ)
         out = {"schema": "bitladder.one-row-call-path/1",
-               "command": " ".join(filter(None, [caps, "OMP_NUM_THREADS=2 python benchmarks/one_row_call_path.py",
-                                                 *sys.argv[1:]])),
+               "command": command("OMP_NUM_THREADS=2 python benchmarks/one_row_call_path.py", sys.argv[1:]),
                "machine": machine(), **got}
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps(out, indent=1))

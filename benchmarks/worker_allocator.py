@@ -93,7 +93,7 @@ def rows(sentences: int = 32, rounds: int = 12, warmup: int = 2) -> list[dict]:
 def main() -> None:
     from bitladder.atomic import atomic_path
     from bitladder.pipeline.measure.allocator import SETTLED
-    from bitladder.pipeline.measure.machine import machine
+    from bitladder.pipeline.measure.machine import command, machine
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", type=Path, default=None)
@@ -107,11 +107,8 @@ def main() -> None:
               f"x{r['ratio_vs_fp32_same_allocator']:.2f} fp32 (same allocator)  "
               f"{r['faults_per_forward']:.0f} faults a forward")
     if args.json:
-        caps = " ".join(f"{k}={os.environ[k]}" for k in ("BITLADDER_CPU", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-                                                         "FBGEMM_ENABLE_INSTRUCTIONS") if k in os.environ)
         out = {"schema": "bitladder.worker-allocator/1",
-               "command": " ".join(filter(None, [caps, "OMP_NUM_THREADS=2 python benchmarks/worker_allocator.py",
-                                                 *sys.argv[1:]])),
+               "command": command("OMP_NUM_THREADS=2 python benchmarks/worker_allocator.py", sys.argv[1:]),
                "machine": machine(), "settled": {"mmap_threshold": SETTLED[0], "trim_threshold": SETTLED[1]},
                "sentences": args.sentences,
                "rows": got}

@@ -16,7 +16,7 @@ _PARTS = ("packed", "scale", "zero_point", "table", "mask")
 def eager(forward):
     """A quantised layer's forward, run eagerly under ``torch.compile`` (one graph break per layer, the float
     parts of the model between them compiled): its kernels are C calls on numpy views and its caches Python state,
-    which Dynamo cannot trace (it failed on guards and on uint16 fake tensors). Eager calls pay under 1 us."""
+    which Dynamo cannot trace (it failed on guards and on uint16 fake tensors): docs/DESIGN.md, 'torch.compile'."""
     return torch.compiler.disable(forward)
 
 

@@ -63,3 +63,14 @@ def test_one_line_names_the_generation_behind_a_masked_model_name():
          "cores": 2, "threads": 2}
     assert one_line(m) == "AMD EPYC family 25 model 17 (avx2; 2 cores, 2 threads)"
     assert one_line({**m, "cpu_id": None}) == "AMD EPYC (avx2; 2 cores, 2 threads)"
+
+
+def test_a_result_files_command_starts_with_the_cpu_caps_in_force(monkeypatch):
+    from bitladder.pipeline.measure.machine import LIBRARY_CAPS, command
+
+    for name in ("BITLADDER_CPU", *LIBRARY_CAPS):
+        monkeypatch.delenv(name, raising=False)
+    assert command("python b.py", ["--json", "x.json"]) == "python b.py --json x.json"
+    monkeypatch.setenv("BITLADDER_CPU", "avx512")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    assert command("python b.py", []) == "BITLADDER_CPU=avx512 ONEDNN_MAX_CPU_ISA=AVX512_CORE python b.py"

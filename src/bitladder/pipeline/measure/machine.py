@@ -54,6 +54,13 @@ def machine(read_gbps: float | None = None, fp32_gflops: float | None = None,
     return out
 
 
+def command(invocation: str, argv: list[str]) -> str:
+    """A result file's ``command``: the CPU caps set in the environment (``BITLADDER_CPU`` and
+    :data:`LIBRARY_CAPS`), then ``invocation`` and its ``argv``, so the line reruns the measurement."""
+    caps = [f"{name}={os.environ[name]}" for name in ("BITLADDER_CPU", *LIBRARY_CAPS) if os.environ.get(name)]
+    return " ".join([*caps, invocation, *argv])
+
+
 def one_line(m: dict) -> str:
     """'AMD EPYC family 25 model 17 (avx2; 2 cores, 2 threads)': the CPU and the flags in force, for reports and
     tables."""
