@@ -188,7 +188,7 @@ class QuantModule(nn.Module):
         if self._qmeta["qtype"] == "fp32":
             # the stored bytes themselves, viewed as fp32: kept (it holds no memory of its own) for the packed
             # buffer it views, so the fp32 rung's layers do not rebuild it per call
-            cache = self.__dict__.setdefault("_kernels", KernelCache())
+            cache = self._cache()
             view = cache.get("fp32-view")
             if view is None or view[0] is not self.weight_packed:
                 view = cache["fp32-view"] = (self.weight_packed, self.qweight.dequantize(torch.float32))

@@ -10,7 +10,7 @@ from torch import nn
 
 from bitladder.kernels.base import KernelUnsupported, as_x
 from bitladder.kernels.c_lowbit import RowGather
-from bitladder.nn.base import KernelCache, QuantModule, eager
+from bitladder.nn.base import QuantModule, eager
 from bitladder.nn.outliers import OutlierLinear, add_side, side_weight
 from bitladder.nn.registry import HANDLERS
 from bitladder.tensor.quantized import QuantizedTensor
@@ -200,7 +200,7 @@ class QuantConv2d(_QuantConvNd):
     def _conv_kernel(self, x: torch.Tensor):
         if x.dtype != torch.float32:
             return None
-        cache = self.__dict__.setdefault("_kernels", KernelCache())
+        cache = self._cache()
         if "conv" not in cache:
             from bitladder.kernels import registry
             from bitladder.kernels.select import choose_conv

@@ -24,7 +24,7 @@ from bitladder.nn.base import KernelCache
 
 def side_weight(layer) -> torch.Tensor:
     """(out, k) float32: the stored weight's outlier columns times their input scale (memoised per weight)."""
-    cache = layer.__dict__.setdefault("_kernels", KernelCache())
+    cache = layer._cache()
     if "outlier-side" not in cache:
         idx = layer.act_outliers
         n_in = layer.qweight.shape[layer.in_axis]
