@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -16,8 +18,23 @@ _PARTS = ("packed", "scale", "zero_point", "table", "mask")
 def eager(forward):
     """A quantised layer's forward, run eagerly under ``torch.compile`` (one graph break per layer, the float
     parts of the model between them compiled): its kernels are C calls on numpy views and its caches Python state,
-    which Dynamo cannot trace (it failed on guards and on uint16 fake tensors): docs/DESIGN.md, 'torch.compile'."""
-    return torch.compiler.disable(forward)
+    which Dynamo cannot trace (it failed on guards and on uint16 fake tensors): docs/DESIGN.md, 'torch.compile'.
+    Outside a compile it is the plain call: ``torch.compiler.disable`` is applied only while compiling, since it
+    imports ``torch._dynamo``, which importing bitladder must not (a second of start-up, another heap layout)."""
+
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return _outside_dynamo(forward)(*args, **kwargs)
+        return forward(*args, **kwargs)
+
+    return run
+
+
+@functools.lru_cache(maxsize=None)
+def _outside_dynamo(fn):
+    """``fn`` wrapped by ``torch.compiler.disable`` (once per function; only reached while compiling)."""
+    return torch.compiler.disable(fn)
 
 
 class KernelCache(dict):
