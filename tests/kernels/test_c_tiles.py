@@ -58,6 +58,22 @@ def test_a_row_is_the_same_alone_or_in_a_batch_and_tracks_the_float_product(fmt)
     assert torch.allclose(y, gemv, rtol=1e-5, atol=1e-4 * float(gemv.abs().max()))
 
 
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f[1] != "group"])
+@pytest.mark.parametrize("k", [1, 40, 64, 96])
+def test_a_layer_narrower_than_one_block_is_not_padded_to_it_and_keeps_its_bits(fmt, k):
+    # one block of the layer's width (in 32s), not of 128: the GEMV's zero padding moves no code, scale or sum
+    name, gran, sym = fmt
+    qt = _qt(name, gran, sym, 21, k, seed=k)
+    x = torch.randn(37, k)
+    gemv = CLowbitKernel.from_qtensor(qt)
+    ref = CTilesKernel.from_qtensor(qt, simd=0).reference(x)
+    assert torch.equal(ref, gemv(x))
+    for simd in (0, 1, 2, 3, 4):
+        kern = CTilesKernel.from_qtensor(qt, simd=simd)
+        assert kern.kp == kern.xb == -(-k // 32) * 32
+        assert torch.equal(kern(x), ref), simd
+
+
 @pytest.mark.parametrize("m,k", [(1, 9000), (5, 2000)])
 def test_threads_sharing_the_quantisation_of_the_activations_give_the_same_bits(m, k, same_bits_on_every_thread_count):
     # from 8192 activations the threads share their quantisation, a single row's blocks too (kernels/c/common.h)

@@ -78,7 +78,10 @@ class CTilesKernel(CLowbitKernel):
         n, k = qt.shape
         per = 8 // bits
         # K padded to whole blocks (and groups) only: the GEMV pads to 32-byte superblocks of 32 * per codes, which
-        # quadruples a 64-input binary layer's work; its blocks past this K hold only zeros, so the grid is the same
+        # quadruples a 64-input binary layer's work; its blocks past this K hold only zeros, so the grid is the same.
+        # A layer narrower than one block takes one block of its width (in 32s): zeros move neither its absmax nor sums
+        if scale.shape[1] == 1 and k < xb:
+            xb = -(-k // 32) * 32
         kp = -(-k // g) * g if scale.shape[1] > 1 else -(-k // xb) * xb
         g = g if scale.shape[1] > 1 else kp
         self = cls()
