@@ -93,11 +93,14 @@ def test_auto_takes_it_for_8_bit_codes_where_the_cpu_has_avx2():
             continue
         # codes of 1-4 bits: the batch GEMM on the same grid at every row count (test_c_tiles.py)
         assert all(choose(int4, m, cpu=cpu) == "c-lowbit-tiles" for m in (1, 2, 18, 33, 1504))
-        # 8-bit codes: two rows (four with vpdpbusd), then on a small layer the exact fp16 codes, which are faster
-        # than MatMulNBits' int8 path there; a large one keeps MatMulNBits to 16 rows
+        # 8-bit codes: two rows (four with vpdpbusd), then on a small layer exact float activations, which are faster
+        # than MatMulNBits' int8 path there (at most SMALL_WEIGHTS weights: dequantised in C every call, else the
+        # fp16 codes); a large one keeps MatMulNBits to 16 rows
         last = 4 if cpu.has("avx512_vnni") else 2
         assert all(choose(int8, m, cpu=cpu) == "c-lowbit-a8" for m in range(1, last + 1))
-        assert all(choose(int8, m, cpu=cpu) == "fbgemm-fp16-codes" for m in (last + 1, 16, 17))
+        assert all(choose(int8, m, cpu=cpu) == "numba-dequant-fp32" for m in (last + 1, 16, 17))
+        wider = QuantizedTensor.from_float(torch.randn(128, 256), "int8", Layout("channel"))
+        assert all(choose(wider, m, cpu=cpu) == "fbgemm-fp16-codes" for m in (last + 1, 16, 17))
         if OrtNBitsKernel.available(cpu):
             big = QuantizedTensor.from_float(torch.randn(1024, 1024), "int8", Layout("channel"))
             assert choose(big, last + 1, cpu=cpu) == choose(big, 16, cpu=cpu) == "ort-nbits"

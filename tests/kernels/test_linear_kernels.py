@@ -30,7 +30,7 @@ from bitladder.kernels import (
 from bitladder.kernels.base import ANY_ROWS
 from bitladder.kernels.c_lowbit import c_module
 from bitladder.kernels.cpu import current
-from bitladder.kernels.fp16_codes import MKL_AHEAD
+from bitladder.kernels.fp16_codes import MKL_AHEAD, SMALL_WEIGHTS
 from bitladder.kernels.select import candidates
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -326,9 +326,30 @@ def test_float_codes_fp16_holds_run_exact_on_the_fp16_gemm(qname):
             kern = Fp16CodesKernel.from_qtensor(qt)
             _check(kern, qt, _x(m, k), reference_linear(qt, _x(m, k)), 1e-5)
             assert kern.nbytes <= n * k * 2 + n * 4
-    qt = _qt(qname, Layout("channel"), 32, 256)
+    qt = _qt(qname, Layout("channel"), 96, 256)  # above SMALL_WEIGHTS
     assert all(choose(qt, m) == "fbgemm-fp16-codes" for m in (1, 18, 64))
     assert candidates(_qt("bf16", Layout("tensor"), 32, 256), 1) == ["dequant-fp32"]
+
+
+def test_small_weights_that_dequantise_cheaply_skip_the_fp16_gemm():
+    """fbgemm's fp16 GEMM costs 14-20 us a call whatever the size: weights of SMALL_WEIGHTS elements or fewer run
+    dequantised every call (integer codes in C, fp16 by a cast) at every batch; fp8, whose dequantisation costs
+    more, keeps it. The outputs stay the exact weights' to fp32 rounding."""
+    if not Fp16CodesKernel.available():
+        pytest.skip("torch has no fbgemm fp16 linear")
+    side = int(SMALL_WEIGHTS ** 0.5)
+    for m in (18, 450):  # above the rows the one-row GEMV takes
+        for n, k in ((10, 64), (side, side)):
+            int8, fp16, fp8 = (_qt(q, Layout("channel"), n, k) for q in ("int8", "fp16", "fp8_e4m3"))
+            if c_module() is not None:
+                assert choose(int8, m) == "numba-dequant-fp32"
+            assert choose(fp16, m) == "dequant-fp32"
+            assert choose(fp8, m) == "fbgemm-fp16-codes"
+            for qt in (int8, fp16):
+                x = _x(m, k)
+                _check(KERNELS[choose(qt, m)].from_qtensor(qt), qt, x, reference_linear(qt, x), 1e-5)
+        bigger = _qt("int8", Layout("channel"), side + 1, side)
+        assert choose(bigger, m) == "fbgemm-fp16-codes"
 
 
 @pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])
@@ -339,10 +360,10 @@ def test_fp16_codes_stop_at_512_rows_for_integer_codes_where_mkl_is_ahead(vendor
     if not cpu.has("avx512f"):
         pytest.skip("this host has no AVX-512 (without it every vendor stops at 512 rows)")
     ahead = vendor in MKL_AHEAD
-    assert Fp16CodesKernel.rows(cpu, _qt("uint8", Layout("channel"), 32, 256)) == ((1, 512) if ahead else ANY_ROWS)
-    assert Fp16CodesKernel.rows(cpu, _qt("fp8_e4m3", Layout("channel"), 32, 256)) == ANY_ROWS
+    assert Fp16CodesKernel.rows(cpu, _qt("uint8", Layout("channel"), 96, 256)) == ((1, 512) if ahead else ANY_ROWS)
+    assert Fp16CodesKernel.rows(cpu, _qt("fp8_e4m3", Layout("channel"), 96, 256)) == ANY_ROWS
     assert Fp16CodesKernel.rows(cpu) == ANY_ROWS  # no weight given: the declared range
-    int8 = _qt("int8", Layout("channel"), 32, 256)
+    int8 = _qt("int8", Layout("channel"), 96, 256)
     assert choose(int8, 512, cpu=cpu) == "fbgemm-fp16-codes"
     assert choose(int8, 513, cpu=cpu) == ("numba-dequant-fp32" if ahead else "fbgemm-fp16-codes")
 
@@ -355,7 +376,7 @@ def test_without_the_c_kernels_auto_keeps_exact_numerics_above_small_requests():
     if not OrtNBitsKernel.available():
         pytest.skip("onnxruntime not installed")
     # 40 rows: not the packed-int4 GEMM's multiple of 16, so MatMulNBits' fp32 path, then dequantisation
-    int4, int8 = _qt("int4", Layout("group", group=64), 40, 256), _qt("int8", Layout("channel"), 32, 256)
+    int4, int8 = _qt("int4", Layout("group", group=64), 40, 256), _qt("int8", Layout("channel"), 96, 256)
     assert choose(int4, ORT_MAX_ROWS, cpu=cpu) == "ort-nbits"
     assert choose(int4, ORT_MAX_ROWS + 1, cpu=cpu) == "ort-nbits-fp32"
     # large batches: the dequantisation amortises (one numba pass where numba is installed)
@@ -370,7 +391,7 @@ def test_without_the_c_kernels_auto_keeps_exact_numerics_above_small_requests():
     if Int4PackBf16Kernel.available():
         assert choose(packable, 64, "torch-int4pack-bf16") == "torch-int4pack-bf16"  # named, it runs
     # one scale per output channel: the codes themselves as fp16 weights, at any batch above 16 rows
-    assert choose(_qt("binary", Layout("channel"), 32, 256), 64, cpu=cpu) == "fbgemm-fp16-codes"
+    assert choose(_qt("binary", Layout("channel"), 96, 256), 64, cpu=cpu) == "fbgemm-fp16-codes"
     assert choose(int8, 64) == "fbgemm-fp16-codes"  # 8-bit codes on every CPU (above 512 rows with AVX-512)
 
 

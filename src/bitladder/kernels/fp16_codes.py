@@ -15,9 +15,12 @@ one sentence below fp32 for fp8 (same heading). bf16 is not among them: its expo
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from bitladder.kernels.base import ANY_ROWS, KernelUnsupported, LinearKernel, weight_parts
+from bitladder.kernels.c_lowbit import c_module
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -32,6 +35,12 @@ FP16_HOLDS = ("fp16", "fp8_e4m3", "fp8_e5m2")
 #: rows: 0.90-1.00x fp32 against 0.82-0.85x under the AVX-512 caps, 0.92-1.02x against 0.84-0.90x natively; at 256
 #: rows fbgemm's was level or ahead. Float codes keep fbgemm's at every batch (fp8's dequantisation costs more)
 MKL_AHEAD = ("GenuineIntel",)
+#: weights of at most this many elements run faster dequantised whole every call than through fbgemm's fp16 GEMM,
+#: whose fixed cost is 14-20 us a call, where the dequantisation is cheap: integer codes in C (``numba-dequant-fp32``),
+#: the formats of :data:`CAST_DEQUANT` by a cast (``dequant-fp32``); fp8's costs more. Intel Xeon, 10x64 to 64x256 at
+#: 2-450 rows, natively and under the AVX-512 caps (docs/results/notes.md, 'Small layers')
+SMALL_WEIGHTS = 16384
+CAST_DEQUANT = ("fp16",)
 
 
 @register
@@ -48,7 +57,10 @@ class Fp16CodesKernel(LinearKernel):
     def rows(cls, cpu, qt=None):
         """At every batch with AVX-512; up to 512 rows without it, and for integer codes on the vendors of
         :data:`MKL_AHEAD` (fbgemm's fp16 GEMM falls behind the fp32 one at hundreds of rows there, and integer
-        codes dequantise in C for it: docs/DESIGN.md, "Every CPU")."""
+        codes dequantise in C for it: docs/DESIGN.md, "Every CPU"); never for weights of :data:`SMALL_WEIGHTS`
+        or fewer that dequantise cheaply."""
+        if qt is not None and math.prod(qt.shape) <= SMALL_WEIGHTS and _cheap_dequantisation(qt):
+            return None
         if not cpu.has("avx512f"):
             return (1, 512)
         if cpu.vendor in MKL_AHEAD and qt is not None and qt.qtype.rules.integer_codes:
@@ -99,3 +111,8 @@ class Fp16CodesKernel(LinearKernel):
     def nbytes(self) -> int:
         """Bytes the fp16 code matrix holds."""
         return self._bytes
+
+
+def _cheap_dequantisation(qt: QuantizedTensor) -> bool:
+    """Whether a whole dequantisation per call costs less than fbgemm's fixed cost (see :data:`SMALL_WEIGHTS`)."""
+    return c_module() is not None if qt.qtype.rules.integer_codes else qt.qtype.name in CAST_DEQUANT

@@ -43,15 +43,15 @@ class NumbaDequantKernel(NumbaLowbitKernel):
     def weight(self) -> torch.Tensor:
         """The dequantised (N, K) fp32 weight (a view of a padded (N, Kp) buffer)."""
         out = np.empty((self.n, self.kp), np.float32)
-        o = ops()
         if len(self.planes) == 1 and self.planes[0][0] in (4, 8) and self.planes[0][2] == 1.0:
             bits, w, _ = self.planes[0]  # the common cases (int4, int8) in one fused pass
-            if c_module() is not None:
+            if c_module() is not None:  # numba stays unimported (a third of a second) where C does it
                 c_module().dequant(w, self.s, self._zeros, out, self.n, self.kp, self.gp, bits,
                                    int(w.dtype == np.int8), self.simd, torch.get_num_threads())
             else:
-                (o.nibbles_scaled if bits == 4 else o.bytes_scaled)(w, self.s, self._zeros, self.gp, out)
+                (ops().nibbles_scaled if bits == 4 else ops().bytes_scaled)(w, self.s, self._zeros, self.gp, out)
             return torch.from_numpy(out)[:, : self.k]
+        o = ops()
         serial = {1: o.bits_into, 2: o.crumbs_into}  # int3 (2 + 1 planes) / int2 / ternary / binary
         for i, (bits, w, mult) in enumerate(self.planes):
             if bits in serial:
