@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from bitladder.kernels.base import ANY_ROWS, KernelUnsupported, LinearKernel, weight_parts
+from bitladder.kernels.base import ANY_ROWS, DequantKernel, KernelUnsupported, LinearKernel, weight_parts
 from bitladder.kernels.c_lowbit import c_module
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
@@ -37,10 +37,15 @@ FP16_HOLDS = ("fp16", "fp8_e4m3", "fp8_e5m2")
 MKL_AHEAD = ("GenuineIntel",)
 #: weights of at most this many elements run faster dequantised whole every call than through fbgemm's fp16 GEMM,
 #: whose fixed cost is 14-20 us a call, where the dequantisation is cheap: integer codes in C (``numba-dequant-fp32``),
-#: the formats of :data:`CAST_DEQUANT` by a cast (``dequant-fp32``); fp8's costs more. Intel Xeon, 10x64 to 64x256 at
-#: 2-450 rows, natively and under the AVX-512 caps (docs/results/notes.md, 'Small layers')
+#: the formats of :data:`CAST_DEQUANT` by a cast (:class:`CastKernel`); fp8's costs more. Intel Xeon, 10x64 to
+#: 64x256 at 2-450 rows, natively and under the AVX-512 caps (docs/results/notes.md, 'Small layers')
 SMALL_WEIGHTS = 16384
 CAST_DEQUANT = ("fp16",)
+
+
+def small(qt: QuantizedTensor) -> bool:
+    """Whether a weight has at most :data:`SMALL_WEIGHTS` elements."""
+    return math.prod(qt.shape) <= SMALL_WEIGHTS
 
 
 @register
@@ -57,10 +62,10 @@ class Fp16CodesKernel(LinearKernel):
     def rows(cls, cpu, qt=None):
         """At every batch with AVX-512; up to 512 rows without it, and for integer codes on the vendors of
         :data:`MKL_AHEAD` (fbgemm's fp16 GEMM falls behind the fp32 one at hundreds of rows there, and integer
-        codes dequantise in C for it: docs/DESIGN.md, "Every CPU"); never for weights of :data:`SMALL_WEIGHTS`
-        or fewer that dequantise cheaply."""
-        if qt is not None and math.prod(qt.shape) <= SMALL_WEIGHTS and _cheap_dequantisation(qt):
-            return None
+        codes dequantise in C for it: docs/DESIGN.md, "Every CPU"); never for integer codes of
+        :data:`SMALL_WEIGHTS` or fewer where C dequantises them."""
+        if qt is not None and small(qt) and qt.qtype.rules.integer_codes and c_module() is not None:
+            return None  # the C dequantisation + fp32 GEMM (numba-dequant-fp32)
         if not cpu.has("avx512f"):
             return (1, 512)
         if cpu.vendor in MKL_AHEAD and qt is not None and qt.qtype.rules.integer_codes:
@@ -113,6 +118,18 @@ class Fp16CodesKernel(LinearKernel):
         return self._bytes
 
 
-def _cheap_dequantisation(qt: QuantizedTensor) -> bool:
-    """Whether a whole dequantisation per call costs less than fbgemm's fixed cost (see :data:`SMALL_WEIGHTS`)."""
-    return c_module() is not None if qt.qtype.rules.integer_codes else qt.qtype.name in CAST_DEQUANT
+@register
+class CastKernel(DequantKernel):
+    """A small weight in a format :data:`CAST_DEQUANT` names: cast to fp32 every call, then the fp32 GEMM, ahead of
+    fbgemm's fp16 GEMM and its fixed cost there (the float layer's arithmetic on the stored values)."""
+
+    name = "cast-fp32"
+    rank = 25  # ahead of fbgemm-fp16-codes (30) where its rows hold
+
+    @classmethod
+    def rows(cls, cpu, qt=None):
+        return cls.auto_rows if qt is None or small(qt) else None
+
+    @classmethod
+    def applies(cls, qt: QuantizedTensor) -> bool:
+        return len(qt.shape) == 2 and qt.qtype.name in CAST_DEQUANT and qt.table is None and qt.mask is None
