@@ -351,6 +351,8 @@ def test_small_weights_that_dequantise_cheaply_skip_the_fp16_gemm():
                 _check(KERNELS[choose(qt, m)].from_qtensor(qt), qt, x, reference_linear(qt, x), 1e-5)
         for q in ("int8", "fp16"):
             assert choose(_qt(q, Layout("channel"), side + 1, side), m) == "fbgemm-fp16-codes"
+        # 7-bit codes dequantise plane by plane in numba (a compile on first use): they keep the fp16 GEMM
+        assert choose(_qt("int7", Layout("channel"), 10, 64), m) == "fbgemm-fp16-codes"
 
 
 @pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])

@@ -20,7 +20,7 @@ import math
 import torch
 
 from bitladder.kernels.base import ANY_ROWS, DequantKernel, KernelUnsupported, LinearKernel, weight_parts
-from bitladder.kernels.c_lowbit import c_module
+from bitladder.kernels.numba_dequant import NumbaDequantKernel
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -36,9 +36,9 @@ FP16_HOLDS = ("fp16", "fp8_e4m3", "fp8_e5m2")
 #: rows fbgemm's was level or ahead. Float codes keep fbgemm's at every batch (fp8's dequantisation costs more)
 MKL_AHEAD = ("GenuineIntel",)
 #: weights of at most this many elements run faster dequantised whole every call than through fbgemm's fp16 GEMM,
-#: whose fixed cost is 14-20 us a call, where the dequantisation is cheap: integer codes in C (``numba-dequant-fp32``),
-#: the formats of :data:`CAST_DEQUANT` by a cast (:class:`CastKernel`); fp8's costs more. Intel Xeon, 10x64 to
-#: 64x256 at 2-450 rows, natively and under the AVX-512 caps (docs/results/notes.md, 'Small layers')
+#: whose cost per call is fixed, where the dequantisation is cheap: integer codes in one C pass
+#: (``numba-dequant-fp32``), the formats of :data:`CAST_DEQUANT` by a cast (:class:`CastKernel`); fp8's costs more
+#: (docs/results/notes.md, 'Small layers')
 SMALL_WEIGHTS = 16384
 CAST_DEQUANT = ("fp16",)
 
@@ -63,8 +63,8 @@ class Fp16CodesKernel(LinearKernel):
         """At every batch with AVX-512; up to 512 rows without it, and for integer codes on the vendors of
         :data:`MKL_AHEAD` (fbgemm's fp16 GEMM falls behind the fp32 one at hundreds of rows there, and integer
         codes dequantise in C for it: docs/DESIGN.md, "Every CPU"); never for integer codes of
-        :data:`SMALL_WEIGHTS` or fewer where C dequantises them."""
-        if qt is not None and small(qt) and qt.qtype.rules.integer_codes and c_module() is not None:
+        :data:`SMALL_WEIGHTS` or fewer that one C pass dequantises."""
+        if qt is not None and small(qt) and NumbaDequantKernel.in_c(qt):
             return None  # the C dequantisation + fp32 GEMM (numba-dequant-fp32)
         if not cpu.has("avx512f"):
             return (1, 512)

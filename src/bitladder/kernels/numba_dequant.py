@@ -40,6 +40,11 @@ class NumbaDequantKernel(NumbaLowbitKernel):
         self.simd = int(cpu.has("avx2"))  # the C dequantisation's path: AVX2 (1) or portable (0)
         return self
 
+    @classmethod
+    def in_c(cls, qt) -> bool:
+        """Whether this weight dequantises in one C pass (a single plane of 4 or 8 bits, the extension built)."""
+        return c_module() is not None and qt.qtype.rules.integer_codes and qt.qtype.rules.width(qt.qtype) in (4, 8)
+
     def weight(self) -> torch.Tensor:
         """The dequantised (N, K) fp32 weight (a view of a padded (N, Kp) buffer)."""
         out = np.empty((self.n, self.kp), np.float32)
