@@ -38,6 +38,9 @@ class DequantConv2d:
     auto_rows = None
     rank = 20
     needs_batch = False  # torch's convolution takes unbatched and empty inputs too
+    advice = ("a weight-only convolution computes in float (the float convolution plus one dequantisation a call), "
+              "so it can at best tie fp32; only activations quantised as well (rungs ending -a8) run an integer "
+              "convolution, faster where a layer's arithmetic outweighs its per-call costs")
 
     @classmethod
     def installed(cls) -> bool:

@@ -83,3 +83,11 @@ def test_a_slow_layer_on_a_kernel_with_advice_gets_its_sentence_once():
     assert not any(CStaticKernel.name in w for w in warnings_for(Facts(latency_ratio=1.1, kernels={"a": fast["kernel"]},
                                                                        layers={"a": fast})))
     assert not any("int7-a8" in w for w in warnings_for(Facts(latency_ratio=0.8, kernels={"a": "dequant-fp32"})))
+
+
+def test_a_slow_weight_only_convolution_says_it_computes_in_float():
+    from bitladder.kernels.dequant_conv import DequantConv2d
+
+    conv = {"latency_ratio": 0.8, "kernel": DequantConv2d.name}
+    said = [w for w in warnings_for(Facts(layers={"features.0": conv})) if w.startswith(f"{DequantConv2d.name}: ")]
+    assert len(said) == 1 and "-a8" in said[0] and "tie fp32" in said[0]
