@@ -333,7 +333,7 @@ def test_float_codes_fp16_holds_run_exact_on_the_fp16_gemm(qname):
 
 
 def test_small_weights_that_dequantise_cheaply_skip_the_fp16_gemm():
-    """fbgemm's fp16 GEMM costs 14-20 us a call whatever the size: weights of SMALL_WEIGHTS elements or fewer run
+    """fbgemm's fp16 GEMM has a fixed cost a call whatever the size: weights of SMALL_WEIGHTS elements or fewer run
     dequantised every call (integer codes in C, fp16 by a cast) at every batch, by choice, not as the fallback;
     fp8, whose dequantisation costs more, keeps it. The outputs stay the exact weights' to fp32 rounding."""
     if not Fp16CodesKernel.available():
