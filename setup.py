@@ -10,5 +10,5 @@ setup(ext_modules=[Extension(f"bitladder.kernels._{name}", [f"src/bitladder/kern
                              depends=["src/bitladder/kernels/c/common.h", "src/bitladder/kernels/c/lowbit_rows.h",
                                       "src/bitladder/kernels/c/lowbit_tiles.h", "src/bitladder/kernels/c/static16.h",
                                       "src/bitladder/kernels/c/static16_bw.h", "src/bitladder/kernels/c/lowbit_tiles512.h",
-                                      "src/bitladder/kernels/c/dequant.h"], **_FLAGS)
+                                      "src/bitladder/kernels/c/dequant.h", "src/bitladder/kernels/c/xnor.h"], **_FLAGS)
                    for name in ("lowbit", "binlut", "hadamard")])

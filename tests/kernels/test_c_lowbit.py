@@ -113,16 +113,28 @@ def test_xnor_paths_agree_bit_for_bit():
 
     from bitladder.kernels import XnorKernel
 
-    for layout, k in ((Layout("channel"), 1000), (Layout("group", group=256), 4096), (Layout("group", group=64), 320)):
+    cases = ((Layout("channel"), 1000), (Layout("channel"), 1001), (Layout("group", group=256), 4096),
+             (Layout("group", group=64), 320), (Layout("group", group=576), 1152))  # 576: a vector and a word
+    for layout, k in cases:
         kern = XnorKernel.from_qtensor(QuantizedTensor.from_float(torch.randn(37, k), "binary", layout), "c")
-        x = torch.randn(5, k).numpy()
+        x = torch.randn(5, k)
+        x[0, :7] = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e30, -1e30, 0.5])  # signs of edge values
+        x = x.numpy()
         got = []
-        for hw in (0, 1):  # portable popcount, then AVX2 where the host has it
+        for hw in (0, 1, 2):  # portable popcount, then AVX2's lookup and AVX-512 VPOPCNTDQ where the host has them
             y = np.empty((5, 37), np.float32)
             c_module().xnor(kern.wb, kern.s, x, y, 5, 37, k, kern.gwords, kern.nb, hw, 2)
             got.append(y)
-        assert np.array_equal(got[0], got[1])
+        assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
         assert np.array_equal(got[0], kern(torch.from_numpy(x)).numpy())
+
+
+def test_xnor_takes_the_popcount_the_cpu_level_has():
+    from bitladder.kernels.numba_kernels import xnor_path
+
+    levels = {"default": 0, "avx2": 1, "avx512": 1, "avx512-vnni": 2}  # Skylake-SP: no VPOPCNTDQ, the AVX2 lookup
+    for level, path in levels.items():
+        assert xnor_path(current({"BITLADDER_CPU": level})) == min(path, xnor_path(current({})))
 
 
 def test_the_per_token_family_takes_it_at_one_row():

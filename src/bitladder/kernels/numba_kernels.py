@@ -14,7 +14,7 @@ import torch
 
 from bitladder.kernels.base import KernelUnsupported, LinearKernel, group_of, nbytes_of, weight_parts
 from bitladder.kernels.c_lowbit import c_module
-from bitladder.kernels.cpu import current
+from bitladder.kernels.cpu import Cpu, current
 from bitladder.kernels.onnx_nbits import integer_codes
 from bitladder.kernels.packrows import pack_rows
 from bitladder.kernels.registry import register
@@ -187,6 +187,14 @@ class NumbaLowbitKernel(_NumbaKernel):
 XNOR_PARALLEL_WORDS = 1 << 22  # word operations (rows x weight words) from which threads pay off
 
 
+def xnor_path(cpu: Cpu) -> int:
+    """The C popcount for the CPU as ``BITLADDER_CPU`` presents it: 2 AVX-512 VPOPCNTDQ, 1 AVX2 (a nibble lookup, also
+    on AVX-512 CPUs without VPOPCNTDQ such as Skylake-SP), 0 portable; C falls back from whichever the host lacks."""
+    if cpu.has("avx2", "avx512f", "avx512bw", "vpopcntdq"):
+        return 2
+    return int(cpu.has("avx2"))
+
+
 @register
 class XnorKernel(_NumbaKernel):
     """Binary weights x binary activations: ``beta[m] * s[n] * (K - 2 popcount(w ^ sign(x)))``.
@@ -222,7 +230,7 @@ class XnorKernel(_NumbaKernel):
         self.wb = pack_rows(up, 1).view(np.uint64)
         self.s = np.ascontiguousarray(scale.numpy(), dtype=np.float32)
         self.backend = backend or ("c" if c_module() is not None else "numba")
-        self.hw = int(current().has("avx2"))  # read when built, as the other kernels do, not per call
+        self.hw = xnor_path(current())  # read when built, as the other kernels do, not per call
         if self.backend not in ("c", "numba") or (self.backend == "c" and c_module() is None):
             raise KernelUnsupported(f"XNOR backend {self.backend!r}: accepted numba, or c where the C kernels are built")
         return self

@@ -205,6 +205,15 @@ static inline int cpu_avx512bw(void) {
 #endif
 }
 
+static inline int cpu_vpopcntdq(void) { /* vpopcntq on 512-bit registers (Ice Lake on; not Skylake-SP) */
+#ifdef BL_X86
+    __builtin_cpu_init();
+    return cpu_avx512bw() && __builtin_cpu_supports("avx512vpopcntdq");
+#else
+    return 0;
+#endif
+}
+
 static inline int cpu_avx2(void) {
 #ifdef BL_X86
     __builtin_cpu_init();
