@@ -113,8 +113,10 @@ def test_xnor_paths_agree_bit_for_bit():
 
     from bitladder.kernels import XnorKernel
 
+    # 576: a vector and a word; groups of 64 and 128 past eight: whole groups eight at a time, a short last one
     cases = ((Layout("channel"), 1000), (Layout("channel"), 1001), (Layout("group", group=256), 4096),
-             (Layout("group", group=64), 320), (Layout("group", group=576), 1152))  # 576: a vector and a word
+             (Layout("group", group=64), 320), (Layout("group", group=576), 1152), (Layout("group", group=64), 1000),
+             (Layout("group", group=128), 2048), (Layout("group", group=64), 1088))
     for layout, k in cases:
         kern = XnorKernel.from_qtensor(QuantizedTensor.from_float(torch.randn(37, k), "binary", layout), "c")
         x = torch.randn(5, k)

@@ -18,24 +18,29 @@ typedef struct {
 #define BL_XPF_L1 1024 /* bytes ahead an Intel CPU asks the weight rows into L1 (into L2 BL_PF ahead) */
 #endif
 
-/* popcount(w ^ x) over words [j0, j1) with COUNT, every activation row against weight rows r0 .. r1 - 1 */
-#define XNOR_ROWS(NAME, ATTR, COUNT, PREFETCH)                                                             \
-    ATTR static void NAME(const XJob *J, int64_t r0, int64_t r1) {                                         \
-        for (int64_t n = r0; n < r1; n++) {                                                                \
-            const uint64_t *wr = J->wb + n * J->nwords;                                                    \
-            PREFETCH(J, wr);                                                                               \
-            for (int64_t m = 0; m < J->m; m++) {                                                           \
-                const uint64_t *xr = J->xb + m * J->nwords;                                                \
-                float tot = 0.0f;                                                                          \
-                for (int64_t g = 0; g < J->nb; g++) {                                                      \
-                    int64_t kg = J->k - 64 * J->gwords * g;                                                \
-                    if (kg > 64 * J->gwords) kg = 64 * J->gwords;                                          \
-                    int64_t pc = COUNT(wr, xr, g * J->gwords, (g + 1) * J->gwords);                        \
-                    tot += J->s[n * J->nb + g] * (float)(kg - 2 * pc);                                     \
-                }                                                                                          \
-                J->y[m * J->n + n] = J->beta[m] * tot;                                                     \
-            }                                                                                              \
-        }                                                                                                  \
+/* every activation row against weight rows r0 .. r1 - 1: one scale per row takes COUNT over the whole row, groups
+ * take GROUPS (below), whose terms add up in eight lanes */
+#define XNOR_ROWS(NAME, ATTR, COUNT, GROUPS, PREFETCH)                                                         \
+    ATTR static void NAME(const XJob *J, int64_t r0, int64_t r1) {                                             \
+        for (int64_t n = r0; n < r1; n++) {                                                                    \
+            const uint64_t *wr = J->wb + n * J->nwords;                                                        \
+            PREFETCH(J, wr);                                                                                   \
+            for (int64_t m = 0; m < J->m; m++) {                                                               \
+                const uint64_t *xr = J->xb + m * J->nwords;                                                    \
+                const float tot = J->nb == 1 ? 0.0f + J->s[n] * (float)(J->k - 2 * COUNT(wr, xr, 0, J->gwords)) \
+                                             : GROUPS(J, n, wr, xr);                                           \
+                J->y[m * J->n + n] = J->beta[m] * tot;                                                         \
+            }                                                                                                  \
+        }                                                                                                      \
+    }
+
+/* groups g0 .. nb - 1 of row n one at a time: the term s[n, g] * (k_g - 2 popcount) into lane g % 8 */
+#define XNOR_GROUP_TAIL(J, n, wr, xr, g0, lanes, COUNT)                                                        \
+    for (int64_t gt = (g0); gt < (J)->nb; gt++) {                                                              \
+        int64_t kg = (J)->k - 64 * (J)->gwords * gt;                                                           \
+        if (kg > 64 * (J)->gwords) kg = 64 * (J)->gwords;                                                      \
+        const int64_t pc = COUNT(wr, xr, gt * (J)->gwords, (gt + 1) * (J)->gwords);                            \
+        lanes[gt % 8] = lanes[gt % 8] + (J)->s[(n) * (J)->nb + gt] * (float)(kg - 2 * pc);                     \
     }
 
 static inline int64_t count_words(const uint64_t *w, const uint64_t *x, int64_t j0, int64_t j1) {
@@ -43,8 +48,15 @@ static inline int64_t count_words(const uint64_t *w, const uint64_t *x, int64_t 
     for (int64_t j = j0; j < j1; j++) pc += __builtin_popcountll(w[j] ^ x[j]);
     return pc;
 }
+/* a row's group terms in eight lanes (lane g % 8, in group order), then lanes_sum's tree: the SIMD paths add the
+ * same terms in the same lanes eight groups at a time, so the float chain does not wait on one sum per group */
+static float groups_portable(const XJob *J, int64_t n, const uint64_t *wr, const uint64_t *xr) {
+    float lanes[8] = {0};
+    XNOR_GROUP_TAIL(J, n, wr, xr, 0, lanes, count_words)
+    return lanes_sum(lanes);
+}
 #define NO_PREFETCH(J, w)
-XNOR_ROWS(xnor_rows_portable, , count_words, NO_PREFETCH)
+XNOR_ROWS(xnor_rows_portable, , count_words, groups_portable, NO_PREFETCH)
 
 /* row r's sign bits (1 where x >= 0) and mean |x|: |x| summed in eight lanes (lane i % 8 in order, then lanes_sum's
  * tree), so the AVX2 packing below gives the same bits */
@@ -105,10 +117,68 @@ AVX2 static inline int64_t count_avx2(const uint64_t *w, const uint64_t *x, int6
     return pc;
 }
 /* the row's lines: on an Intel CPU into L2 BL_PF bytes ahead and into L1 BL_XPF_L1 ahead, else into L1 BL_PF ahead */
-#define ROW_PREFETCH2(J, w)                                                                                 \
-    for (int64_t c = 0; BL_XPF && c < (J)->nwords * 8; c += 64)                                             \
+#define ROW_PREFETCH2(J, w)                                                                                    \
+    for (int64_t c = 0; BL_XPF && c < (J)->nwords * 8; c += 64)                                                \
     prefetch_ahead((const uint8_t *)(w) + c, (J)->pf2, BL_PF, BL_XPF_L1, BL_PF)
-XNOR_ROWS(xnor_rows_avx2, AVX2, count_avx2, ROW_PREFETCH2)
+/* eight whole groups a step: their popcounts (PC8 gives them as eight int32), then one multiply and add of the lanes */
+#define XNOR_GROUPS8(NAME, ATTR, COUNT, PC8)                                                                   \
+    ATTR static float NAME(const XJob *J, int64_t n, const uint64_t *wr, const uint64_t *xr) {                 \
+        const int64_t gb = 64 * J->gwords, whole = J->k / gb;                                                  \
+        const __m256i kgv = _mm256_set1_epi32((int32_t)gb);                                                    \
+        __m256 acc = _mm256_setzero_ps();                                                                      \
+        int64_t g = 0;                                                                                         \
+        for (; g + 8 <= whole; g += 8) {                                                                       \
+            const __m256i pc = PC8(J, wr, xr, g, COUNT);                                                       \
+            const __m256 t = _mm256_cvtepi32_ps(_mm256_sub_epi32(kgv, _mm256_slli_epi32(pc, 1)));              \
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(J->s + n * J->nb + g), t));                 \
+        }                                                                                                      \
+        float lanes[8];                                                                                        \
+        _mm256_storeu_ps(lanes, acc);                                                                          \
+        XNOR_GROUP_TAIL(J, n, wr, xr, g, lanes, COUNT)                                                         \
+        return lanes_sum(lanes);                                                                               \
+    }
+
+/* eight groups' popcounts by COUNT, one group at a time */
+#define PC8_EACH(J, wr, xr, g, COUNT) _mm256_setr_epi32(                                                       \
+    (int32_t)COUNT(wr, xr, ((g) + 0) * (J)->gwords, ((g) + 1) * (J)->gwords),                                  \
+    (int32_t)COUNT(wr, xr, ((g) + 1) * (J)->gwords, ((g) + 2) * (J)->gwords),                                  \
+    (int32_t)COUNT(wr, xr, ((g) + 2) * (J)->gwords, ((g) + 3) * (J)->gwords),                                  \
+    (int32_t)COUNT(wr, xr, ((g) + 3) * (J)->gwords, ((g) + 4) * (J)->gwords),                                  \
+    (int32_t)COUNT(wr, xr, ((g) + 4) * (J)->gwords, ((g) + 5) * (J)->gwords),                                  \
+    (int32_t)COUNT(wr, xr, ((g) + 5) * (J)->gwords, ((g) + 6) * (J)->gwords),                                  \
+    (int32_t)COUNT(wr, xr, ((g) + 6) * (J)->gwords, ((g) + 7) * (J)->gwords),                                  \
+    (int32_t)COUNT(wr, xr, ((g) + 7) * (J)->gwords, ((g) + 8) * (J)->gwords))
+/* the popcounts of the eight words from word j, as eight int32: nibble lookups, each word's byte counts summed by
+ * vpsadbw into its own 64-bit lane */
+AVX2 static inline __m256i words8_avx2(const uint64_t *wr, const uint64_t *xr, int64_t j) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    __m256i c[2];
+    for (int h = 0; h < 2; h++) {
+        const __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(wr + j + 4 * h)),
+                                           _mm256_loadu_si256((const __m256i *)(xr + j + 4 * h)));
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        c[h] = _mm256_sad_epu8(_mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v, low)),
+                                               _mm256_shuffle_epi8(lut, hi)),
+                               _mm256_setzero_si256());
+    }
+    /* words 0-3 in the even int32 slots, 4-7 in the odd ones, then in order */
+    const __m256i both = _mm256_blend_epi32(c[0], _mm256_slli_epi64(c[1], 32), 0xAA);
+    return _mm256_permutevar8x32_epi32(both, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+}
+
+/* groups of one or two words as the AVX-512 path takes them (pc8_vpop), from the lookups' word counts */
+AVX2 static inline __m256i pc8_avx2(const XJob *J, const uint64_t *wr, const uint64_t *xr, int64_t g) {
+    if (J->gwords == 1) return words8_avx2(wr, xr, g);
+    if (J->gwords == 2)
+        return _mm256_permute4x64_epi64(_mm256_hadd_epi32(words8_avx2(wr, xr, 2 * g), words8_avx2(wr, xr, 2 * g + 8)),
+                                        0xD8);
+    return PC8_EACH(J, wr, xr, g, count_avx2);
+}
+#define PC8_AVX2(J, wr, xr, g, COUNT) pc8_avx2(J, wr, xr, g)
+XNOR_GROUPS8(groups_avx2, AVX2, count_avx2, PC8_AVX2)
+XNOR_ROWS(xnor_rows_avx2, AVX2, count_avx2, groups_avx2, ROW_PREFETCH2)
 
 #define AVX512P __attribute__((target("avx2,fma,f16c,popcnt,avx512f,avx512bw,avx512vpopcntdq")))
 
@@ -134,7 +204,23 @@ AVX512P static inline int64_t count_vpop(const uint64_t *w, const uint64_t *x, i
     return _mm512_reduce_add_epi64(total);
 }
 
-XNOR_ROWS(xnor_rows_vpop, AVX512P, count_vpop, ROW_PREFETCH2)
+/* the popcounts of the eight words from word j, as eight int32 */
+AVX512P static inline __m256i words8_vpop(const uint64_t *wr, const uint64_t *xr, int64_t j) {
+    return _mm512_cvtepi64_epi32(_mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(wr + j),
+                                                                      _mm512_loadu_si512(xr + j))));
+}
+
+/* groups of one word (64 inputs): eight groups in one vpopcntq; of two: two, their words summed in pairs */
+AVX512P static inline __m256i pc8_vpop(const XJob *J, const uint64_t *wr, const uint64_t *xr, int64_t g) {
+    if (J->gwords == 1) return words8_vpop(wr, xr, g);
+    if (J->gwords == 2) /* hadd pairs within 128-bit lanes: groups 0 1 4 5 | 2 3 6 7, put back in order */
+        return _mm256_permute4x64_epi64(_mm256_hadd_epi32(words8_vpop(wr, xr, 2 * g), words8_vpop(wr, xr, 2 * g + 8)),
+                                        0xD8);
+    return PC8_EACH(J, wr, xr, g, count_vpop);
+}
+#define PC8_VPOP(J, wr, xr, g, COUNT) pc8_vpop(J, wr, xr, g)
+XNOR_GROUPS8(groups_vpop, AVX512P, count_vpop, PC8_VPOP)
+XNOR_ROWS(xnor_rows_vpop, AVX512P, count_vpop, groups_vpop, ROW_PREFETCH2)
 #endif
 
 static void xnor_part(const XJob *J, int hw, int part, int parts) {
