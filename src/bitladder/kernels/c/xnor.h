@@ -12,7 +12,7 @@ typedef struct {
 } XJob;
 
 #ifndef BL_XPF
-#define BL_XPF 1 /* the AVX-512 rows ask for their lines ahead (0: the hardware prefetcher alone) */
+#define BL_XPF 1 /* the SIMD rows ask for their lines ahead (0: the hardware prefetcher alone) */
 #endif
 #ifndef BL_XPF_L1
 #define BL_XPF_L1 1024 /* bytes ahead an Intel CPU asks the weight rows into L1 (into L2 BL_PF ahead) */
