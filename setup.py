@@ -6,9 +6,9 @@ from setuptools import Extension, setup
 _FLAGS = {"extra_compile_args": ["-O3", "-ffp-contract=off", "-std=c11", "-fopenmp"],
           "extra_link_args": ["-fopenmp"], "optional": True}
 
+_HEADERS = ("common.h", "lowbit_rows.h", "lowbit_tiles.h", "static16.h", "static16_bw.h", "lowbit_tiles512.h",
+            "dequant.h", "xnor.h", "bf16.h")
+
 setup(ext_modules=[Extension(f"bitladder.kernels._{name}", [f"src/bitladder/kernels/c/{name}.c"],
-                             depends=["src/bitladder/kernels/c/common.h", "src/bitladder/kernels/c/lowbit_rows.h",
-                                      "src/bitladder/kernels/c/lowbit_tiles.h", "src/bitladder/kernels/c/static16.h",
-                                      "src/bitladder/kernels/c/static16_bw.h", "src/bitladder/kernels/c/lowbit_tiles512.h",
-                                      "src/bitladder/kernels/c/dequant.h", "src/bitladder/kernels/c/xnor.h"], **_FLAGS)
+                             depends=[f"src/bitladder/kernels/c/{h}" for h in _HEADERS], **_FLAGS)
                    for name in ("lowbit", "binlut", "hadamard")])

@@ -329,7 +329,7 @@ def test_float_codes_fp16_holds_run_exact_on_the_fp16_gemm(qname):
             assert kern.nbytes <= n * k * 2 + n * 4
     qt = _qt(qname, Layout("channel"), 96, 256)  # above SMALL_WEIGHTS
     assert all(choose(qt, m) == "fbgemm-fp16-codes" for m in (1, 18, 64))
-    assert candidates(_qt("bf16", Layout("tensor"), 32, 256), 1) == ["dequant-fp32"]
+    assert candidates(_qt("bf16", Layout("tensor"), 32, 256), 1) == ["bf16-fp32", "dequant-fp32"]
 
 
 def test_small_weights_that_dequantise_cheaply_skip_the_fp16_gemm():
@@ -438,5 +438,5 @@ def test_selected_kernel_builds_and_is_close(qname, m):
 
 
 def test_selection_falls_back_when_unsupported():
-    assert choose(_qt("bf16", Layout("tensor"), 64, 64), 1) == "dequant-fp32"  # no kernel takes bf16 codes
+    assert choose(_qt("bf16", Layout("tensor"), 64, 64), 1) == "bf16-fp32"  # widened in registers, never whole
     assert choose(_qt("int4", Layout("group", group=12), 64, 60), 1) == "dequant-fp32"

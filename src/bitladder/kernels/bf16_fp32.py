@@ -1,0 +1,76 @@
+"""bf16 weights with fp32 arithmetic, the weight never materialised as fp32 whole.
+
+Dequantising a bf16 weight per call (the fallback) writes a fresh fp32 copy twice its size: on a 4096² layer a
+fresh 64 MiB tensor, page-faulted on every call, made one row 15x slower than the fp32 layer. Here, up to
+:data:`GEMV_ROWS` rows, a C GEMV widens each weight in registers (a bf16 is a float's high half, exactly) and reads
+half the fp32 layer's bytes; from there the weight goes through the CPU's fp32 GEMM in panels of rows converted
+into one small buffer. Both compute the float layer's products on the stored values; only the order of the sums
+differs from it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bitladder.kernels import fp32_gemm
+from bitladder.kernels.base import ANY_ROWS, KernelUnsupported, LinearKernel
+from bitladder.kernels.c_lowbit import c_module
+from bitladder.kernels.cpu import Cpu, current
+from bitladder.kernels.registry import register
+from bitladder.tensor.quantized import QuantizedTensor
+
+GEMV_ROWS = 4  # the C GEMV's rows (BF16_ROWS in kernels/c/bf16.h)
+PANEL_FLOATS = 1 << 19  # a converted panel of rows: 2 MiB of fp32, about an L2 (notes.md, 'bf16 weights')
+
+
+def bf16_path(cpu: Cpu) -> int:
+    """The C GEMV's path for the CPU as ``BITLADDER_CPU`` presents it: 2 AVX-512, 1 AVX2, 0 portable."""
+    return 2 if cpu.has("avx2", "avx512f", "avx512bw") else int(cpu.has("avx2"))
+
+
+@register
+class Bf16Kernel(LinearKernel):
+    """bf16 weights x fp32 activations: the C GEMV to :data:`GEMV_ROWS` rows (where built), else panels of rows
+    converted to fp32 for the CPU's fp32 GEMM."""
+
+    name = "bf16-fp32"
+    auto_rows = ANY_ROWS
+    rank = 40  # ahead of the fallback (dequant-fp32): the same arithmetic without the whole fp32 copy
+    float_codes = True
+
+    @classmethod
+    def applies(cls, qt: QuantizedTensor) -> bool:
+        return len(qt.shape) == 2 and qt.qtype.name == "bf16" and qt.table is None and qt.mask is None
+
+    @classmethod
+    def from_qtensor(cls, qt: QuantizedTensor) -> "Bf16Kernel":
+        if not cls.applies(qt):
+            raise KernelUnsupported(f"{qt.qtype.name} {tuple(qt.shape)}: needs a 2-D bf16 weight")
+        self = cls()
+        self.n, self.k = qt.shape
+        self.wt = qt.codes().reshape(self.n, self.k).contiguous()  # the stored bf16 values, a view where they are
+        self.w = self.wt.view(torch.int16).numpy()
+        cpu = current()
+        self.simd, self.gemm = bf16_path(cpu), fp32_gemm.engine(cpu)
+        return self
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.shape[0]
+        if m <= GEMV_ROWS and c_module() is not None:
+            y = torch.empty(m, self.n)
+            c_module().bf16(self.w, x.numpy(), y.numpy(), m, self.n, self.k, self.simd, torch.get_num_threads())
+            return y
+        rows = max(16, min(self.n, PANEL_FLOATS // max(self.k, 1)))
+        panel, y = torch.empty(rows, self.k), torch.empty(m, self.n)
+        for n0 in range(0, self.n, rows):
+            n1 = min(self.n, n0 + rows)
+            p = panel[: n1 - n0]
+            p.copy_(self.wt[n0:n1])
+            y[:, n0:n1] = fp32_gemm.linear(x, p, None, self.gemm)
+        return y
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the bf16 weight."""
+        return self.n * self.k * 2

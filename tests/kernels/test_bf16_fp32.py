@@ -1,0 +1,70 @@
+"""bf16 weights x fp32 activations: the C GEMV's paths agree bit for bit, and the kernel computes the float layer's
+products on the stored values at every row count."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bitladder.kernels import Bf16Kernel, KernelUnsupported
+from bitladder.kernels.bf16_fp32 import GEMV_ROWS, bf16_path
+from bitladder.kernels.c_lowbit import c_module
+from bitladder.kernels.cpu import current
+from bitladder.kernels.select import choose
+from bitladder.tensor.quantized import QuantizedTensor
+
+needs_c = pytest.mark.skipif(c_module() is None, reason="C kernels not built (no compiler)")
+
+
+def _qt(n: int, k: int, seed: int = 0) -> QuantizedTensor:
+    torch.manual_seed(seed)
+    return QuantizedTensor.from_float(torch.randn(n, k), "bf16")
+
+
+@needs_c
+@pytest.mark.parametrize("n,k", [(37, 1003), (64, 4096), (5, 16), (9, 7)])
+def test_gemv_paths_agree_bit_for_bit(n, k):
+    kern = Bf16Kernel.from_qtensor(_qt(n, k))
+    for m in range(1, GEMV_ROWS + 1):
+        x = torch.randn(m, k).numpy()
+        got = []
+        for simd in (0, 1, 2):  # portable (fmaf), AVX2, AVX-512 where the host has them
+            for threads in (1, 2):
+                y = np.empty((m, n), np.float32)
+                c_module().bf16(kern.w, x, y, m, n, k, simd, threads)
+                got.append(y)
+        assert all(np.array_equal(got[0], g) for g in got[1:]), m
+
+
+@pytest.mark.parametrize("m", [1, 3, GEMV_ROWS, GEMV_ROWS + 1, 70])  # past the GEMV: panels for the fp32 GEMM
+def test_the_float_layers_products_on_the_stored_values(m):
+    qt = _qt(300, 1000, seed=1)
+    kern = Bf16Kernel.from_qtensor(qt)
+    w = qt.dequantize(torch.float32)
+    x, bias = torch.randn(m, 1000), torch.randn(300)
+    want = F.linear(x.double(), w.double(), bias.double())
+    got = kern(x, bias)
+    assert got.shape == (m, 300) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+    assert kern.nbytes == 300 * 1000 * 2
+    assert kern(torch.randn(0, 1000)).shape == (0, 300)
+
+
+def test_auto_takes_it_for_bf16_at_every_row_count_and_nothing_else():
+    assert all(choose(_qt(64, 256), m) == "bf16-fp32" for m in (1, 4, 5, 64, 1024))
+    with pytest.raises(KernelUnsupported, match="2-D bf16"):
+        Bf16Kernel.from_qtensor(QuantizedTensor.from_float(torch.randn(8, 64), "fp16"))
+
+
+@needs_c
+def test_the_c_entry_refuses_more_rows_than_it_takes():
+    kern = Bf16Kernel.from_qtensor(_qt(8, 64))
+    x, y = np.zeros((GEMV_ROWS + 1, 64), np.float32), np.zeros((GEMV_ROWS + 1, 8), np.float32)
+    with pytest.raises(ValueError, match="more than 4 rows"):
+        c_module().bf16(kern.w, x, y, GEMV_ROWS + 1, 8, 64, 2, 1)
+
+
+def test_the_path_follows_the_cpu_level():
+    host = bf16_path(current({}))
+    for level, path in {"default": 0, "avx2": 1, "avx512": 2}.items():
+        assert bf16_path(current({"BITLADDER_CPU": level})) == min(path, host)
