@@ -62,6 +62,8 @@ class Bf16Kernel(LinearKernel):
             c_module().bf16(self.w, x.numpy(), y.numpy(), m, self.n, self.k, self.simd, torch.get_num_threads())
             return y
         rows = max(16, min(self.n, PANEL_FLOATS // max(self.k, 1)))
+        if rows >= self.n:  # one panel: the whole (small) weight converted, the GEMM's output returned as it is
+            return fp32_gemm.linear(x, self.wt.float(), None, self.gemm)
         panel, y = torch.empty(rows, self.k), torch.empty(m, self.n)
         for n0 in range(0, self.n, rows):
             n1 = min(self.n, n0 + rows)
