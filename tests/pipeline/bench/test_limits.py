@@ -41,6 +41,7 @@ def test_integer_rule_on_the_bench_variant_names():
     assert not integer_compute("fp32 F.linear")
     assert not integer_compute("bitladder int4 g64 [torch-int4pack-bf16]")
     assert not integer_compute("bitladder int8 W8 [fbgemm-fp16-codes]")
+    assert not integer_compute("bitladder bf16 [bf16-fp32]")  # float arithmetic: judged on the fp32 peak
     assert integer_compute("bitladder int8 W8 [int8-onednn-split]")  # float activations as integer pieces
 
 
