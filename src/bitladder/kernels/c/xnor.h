@@ -120,7 +120,7 @@ AVX2 static inline int64_t count_avx2(const uint64_t *w, const uint64_t *x, int6
 #define ROW_PREFETCH2(J, w)                                                                                    \
     for (int64_t c = 0; BL_XPF && c < (J)->nwords * 8; c += 64)                                                \
     prefetch_ahead((const uint8_t *)(w) + c, (J)->pf2, BL_PF, BL_XPF_L1, BL_PF)
-/* eight whole groups a step: their popcounts (PC8 gives them as eight int32), then one multiply and add of the lanes */
+/* eight whole groups a step: their popcounts (PC8, below), then one multiply and add of the lanes */
 #define XNOR_GROUPS8(NAME, ATTR, COUNT, PC8)                                                                   \
     ATTR static float NAME(const XJob *J, int64_t n, const uint64_t *wr, const uint64_t *xr) {                 \
         const int64_t gb = 64 * J->gwords, whole = J->k / gb;                                                  \
@@ -128,7 +128,7 @@ AVX2 static inline int64_t count_avx2(const uint64_t *w, const uint64_t *x, int6
         __m256 acc = _mm256_setzero_ps();                                                                      \
         int64_t g = 0;                                                                                         \
         for (; g + 8 <= whole; g += 8) {                                                                       \
-            const __m256i pc = PC8(J, wr, xr, g, COUNT);                                                       \
+            const __m256i pc = PC8(J, wr, xr, g);                                                              \
             const __m256 t = _mm256_cvtepi32_ps(_mm256_sub_epi32(kgv, _mm256_slli_epi32(pc, 1)));              \
             acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(J->s + n * J->nb + g), t));                 \
         }                                                                                                      \
@@ -168,16 +168,19 @@ AVX2 static inline __m256i words8_avx2(const uint64_t *wr, const uint64_t *xr, i
     return _mm256_permutevar8x32_epi32(both, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
 }
 
-/* groups of one or two words as the AVX-512 path takes them (pc8_vpop), from the lookups' word counts */
-AVX2 static inline __m256i pc8_avx2(const XJob *J, const uint64_t *wr, const uint64_t *xr, int64_t g) {
-    if (J->gwords == 1) return words8_avx2(wr, xr, g);
-    if (J->gwords == 2)
-        return _mm256_permute4x64_epi64(_mm256_hadd_epi32(words8_avx2(wr, xr, 2 * g), words8_avx2(wr, xr, 2 * g + 8)),
-                                        0xD8);
-    return PC8_EACH(J, wr, xr, g, count_avx2);
-}
-#define PC8_AVX2(J, wr, xr, g, COUNT) pc8_avx2(J, wr, xr, g)
-XNOR_GROUPS8(groups_avx2, AVX2, count_avx2, PC8_AVX2)
+/* eight groups' popcounts as eight int32: groups of one word from one WORDS8 (eight words' counts), of two from
+ * sixteen words summed in pairs (hadd within 128-bit lanes gives groups 0 1 4 5 | 2 3 6 7, put back in order),
+ * others by COUNT one group at a time */
+#define PC8_FROM_WORDS(NAME, ATTR, WORDS8, COUNT)                                                              \
+    ATTR static inline __m256i NAME(const XJob *J, const uint64_t *wr, const uint64_t *xr, int64_t g) {         \
+        if (J->gwords == 1) return WORDS8(wr, xr, g);                                                          \
+        if (J->gwords == 2)                                                                                    \
+            return _mm256_permute4x64_epi64(_mm256_hadd_epi32(WORDS8(wr, xr, 2 * g), WORDS8(wr, xr, 2 * g + 8)), \
+                                            0xD8);                                                             \
+        return PC8_EACH(J, wr, xr, g, COUNT);                                                                  \
+    }
+PC8_FROM_WORDS(pc8_avx2, AVX2, words8_avx2, count_avx2)
+XNOR_GROUPS8(groups_avx2, AVX2, count_avx2, pc8_avx2)
 XNOR_ROWS(xnor_rows_avx2, AVX2, count_avx2, groups_avx2, ROW_PREFETCH2)
 
 #define AVX512P __attribute__((target("avx2,fma,f16c,popcnt,avx512f,avx512bw,avx512vpopcntdq")))
@@ -210,16 +213,8 @@ AVX512P static inline __m256i words8_vpop(const uint64_t *wr, const uint64_t *xr
                                                                       _mm512_loadu_si512(xr + j))));
 }
 
-/* groups of one word (64 inputs): eight groups in one vpopcntq; of two: two, their words summed in pairs */
-AVX512P static inline __m256i pc8_vpop(const XJob *J, const uint64_t *wr, const uint64_t *xr, int64_t g) {
-    if (J->gwords == 1) return words8_vpop(wr, xr, g);
-    if (J->gwords == 2) /* hadd pairs within 128-bit lanes: groups 0 1 4 5 | 2 3 6 7, put back in order */
-        return _mm256_permute4x64_epi64(_mm256_hadd_epi32(words8_vpop(wr, xr, 2 * g), words8_vpop(wr, xr, 2 * g + 8)),
-                                        0xD8);
-    return PC8_EACH(J, wr, xr, g, count_vpop);
-}
-#define PC8_VPOP(J, wr, xr, g, COUNT) pc8_vpop(J, wr, xr, g)
-XNOR_GROUPS8(groups_vpop, AVX512P, count_vpop, PC8_VPOP)
+PC8_FROM_WORDS(pc8_vpop, AVX512P, words8_vpop, count_vpop)
+XNOR_GROUPS8(groups_vpop, AVX512P, count_vpop, pc8_vpop)
 XNOR_ROWS(xnor_rows_vpop, AVX512P, count_vpop, groups_vpop, ROW_PREFETCH2)
 #endif
 
