@@ -10,7 +10,6 @@ differs from it.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from bitladder.kernels import fp32_gemm
