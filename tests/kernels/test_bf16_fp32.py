@@ -1,12 +1,12 @@
-"""bf16 weights x fp32 activations: the C GEMV's paths agree bit for bit, and the kernel computes the float layer's
-products on the stored values at every row count."""
+"""bf16 and fp16 weights x fp32 activations: the C GEMV's paths agree bit for bit, and the kernels compute the float
+layer's products on the stored values at every row count."""
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bitladder.kernels import Bf16Kernel, KernelUnsupported
+from bitladder.kernels import Bf16Kernel, Fp16GemvKernel, KernelUnsupported
 from bitladder.kernels.bf16_fp32 import GEMV_ROWS, bf16_path
 from bitladder.kernels.c_lowbit import c_module
 from bitladder.kernels.cpu import current
@@ -16,30 +16,35 @@ from bitladder.tensor.quantized import QuantizedTensor
 needs_c = pytest.mark.skipif(c_module() is None, reason="C kernels not built (no compiler)")
 
 
-def _qt(n: int, k: int, seed: int = 0) -> QuantizedTensor:
+KERNELS16 = {"bf16": Bf16Kernel, "fp16": Fp16GemvKernel}
+
+
+def _qt(n: int, k: int, seed: int = 0, fmt: str = "bf16") -> QuantizedTensor:
     torch.manual_seed(seed)
-    return QuantizedTensor.from_float(torch.randn(n, k), "bf16")
+    return QuantizedTensor.from_float(torch.randn(n, k), fmt)
 
 
 @needs_c
+@pytest.mark.parametrize("fmt", sorted(KERNELS16))
 @pytest.mark.parametrize("n,k", [(37, 1003), (64, 4096), (5, 16), (9, 7)])
-def test_gemv_paths_agree_bit_for_bit(n, k):
-    kern = Bf16Kernel.from_qtensor(_qt(n, k))
+def test_gemv_paths_agree_bit_for_bit(n, k, fmt):
+    kern = KERNELS16[fmt].from_qtensor(_qt(n, k, fmt=fmt))
     for m in range(1, GEMV_ROWS + 1):
         x = torch.randn(m, k).numpy()
         got = []
         for simd in (0, 1, 2):  # portable (fmaf), AVX2, AVX-512 where the host has them
             for threads in (1, 2):
                 y = np.empty((m, n), np.float32)
-                c_module().bf16(kern.w, x, y, m, n, k, simd, threads)
+                c_module().wide16(kern.w, x, y, m, n, k, kern.fp16, simd, threads)
                 got.append(y)
         assert all(np.array_equal(got[0], g) for g in got[1:]), m
 
 
+@pytest.mark.parametrize("fmt", sorted(KERNELS16))
 @pytest.mark.parametrize("m", [1, 3, GEMV_ROWS, GEMV_ROWS + 1, 70])  # past the GEMV: panels for the fp32 GEMM
-def test_the_float_layers_products_on_the_stored_values(m):
-    qt = _qt(300, 1000, seed=1)
-    kern = Bf16Kernel.from_qtensor(qt)
+def test_the_float_layers_products_on_the_stored_values(m, fmt):
+    qt = _qt(300, 1000, seed=1, fmt=fmt)
+    kern = KERNELS16[fmt].from_qtensor(qt)
     w = qt.dequantize(torch.float32)
     x, bias = torch.randn(m, 1000), torch.randn(300)
     want = F.linear(x.double(), w.double(), bias.double())
@@ -50,10 +55,16 @@ def test_the_float_layers_products_on_the_stored_values(m):
     assert kern(torch.randn(0, 1000)).shape == (0, 300)
 
 
-def test_auto_takes_it_for_bf16_at_every_row_count_and_nothing_else():
+def test_auto_takes_bf16s_at_every_row_count_and_fp16s_at_a_few():
     assert all(choose(_qt(64, 256), m) == "bf16-fp32" for m in (1, 4, 5, 64, 1024))
     with pytest.raises(KernelUnsupported, match="2-D bf16"):
         Bf16Kernel.from_qtensor(QuantizedTensor.from_float(torch.randn(8, 64), "fp16"))
+    fp16 = _qt(256, 256, fmt="fp16")
+    for level in ("avx2", "avx512", "default"):
+        cpu = current({"BITLADDER_CPU": level})
+        few = Fp16GemvKernel.installed() and cpu.has("avx2")  # the portable path is for correctness only
+        assert all((choose(fp16, m, cpu=cpu) == "c-fp16-gemv") == few for m in (1, GEMV_ROWS))
+        assert choose(fp16, GEMV_ROWS + 1, cpu=cpu) != "c-fp16-gemv"
 
 
 @needs_c
@@ -61,7 +72,7 @@ def test_the_c_entry_refuses_more_rows_than_it_takes():
     kern = Bf16Kernel.from_qtensor(_qt(8, 64))
     x, y = np.zeros((GEMV_ROWS + 1, 64), np.float32), np.zeros((GEMV_ROWS + 1, 8), np.float32)
     with pytest.raises(ValueError, match="more than 4 rows"):
-        c_module().bf16(kern.w, x, y, GEMV_ROWS + 1, 8, 64, 2, 1)
+        c_module().wide16(kern.w, x, y, GEMV_ROWS + 1, 8, 64, 0, 2, 1)
 
 
 def test_the_path_follows_the_cpu_level():

@@ -1,4 +1,4 @@
-"""bf16 weights with fp32 arithmetic, the weight never materialised as fp32 whole.
+"""bf16 (and, at a few rows, fp16) weights with fp32 arithmetic, the weight never materialised as fp32 whole.
 
 Dequantising a bf16 weight per call (the fallback) writes a fresh fp32 copy twice its size: on a 4096² layer a
 fresh 64 MiB tensor, page-faulted on every call, made one row 15x slower than the fp32 layer. Here, up to
@@ -34,18 +34,21 @@ class Bf16Kernel(LinearKernel):
     converted to fp32 for the CPU's fp32 GEMM."""
 
     name = "bf16-fp32"
+    fmt = "bf16"
+    fp16 = 0  # the C GEMV's format flag
     auto_rows = ANY_ROWS
     rank = 40  # ahead of the fallback (dequant-fp32): the same arithmetic without the whole fp32 copy
     float_codes = True
 
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
-        return len(qt.shape) == 2 and qt.qtype.name == "bf16" and qt.table is None and qt.mask is None
+        return (len(qt.shape) == 2 and qt.qtype.name == cls.fmt and qt.scale is None and qt.table is None
+                and qt.mask is None)
 
     @classmethod
     def from_qtensor(cls, qt: QuantizedTensor) -> "Bf16Kernel":
         if not cls.applies(qt):
-            raise KernelUnsupported(f"{qt.qtype.name} {tuple(qt.shape)}: needs a 2-D bf16 weight")
+            raise KernelUnsupported(f"{qt.qtype.name} {tuple(qt.shape)}: needs a 2-D {cls.fmt} weight without scales")
         self = cls()
         self.n, self.k = qt.shape
         self.wt = qt.codes().reshape(self.n, self.k).contiguous()  # the stored bf16 values, a view where they are
@@ -58,7 +61,8 @@ class Bf16Kernel(LinearKernel):
         m = x.shape[0]
         if m <= GEMV_ROWS and c_module() is not None:
             y = torch.empty(m, self.n)
-            c_module().bf16(self.w, x.numpy(), y.numpy(), m, self.n, self.k, self.simd, torch.get_num_threads())
+            c_module().wide16(self.w, x.numpy(), y.numpy(), m, self.n, self.k, self.fp16, self.simd,
+                              torch.get_num_threads())
             return y
         rows = max(16, min(self.n, PANEL_FLOATS // max(self.k, 1)))
         if rows >= self.n:  # one panel: the whole (small) weight converted, the GEMM's output returned as it is
@@ -75,3 +79,23 @@ class Bf16Kernel(LinearKernel):
     def nbytes(self) -> int:
         """Bytes of the bf16 weight."""
         return self.n * self.k * 2
+
+
+@register
+class Fp16GemvKernel(Bf16Kernel):
+    """fp16 weights at a few rows: the same C GEMV, each weight widened by ``vcvtph2ps``. From ``GEMV_ROWS + 1`` rows
+    fbgemm's fp16 GEMM (``fbgemm-fp16-codes``), which widens in registers too, is the better GEMM."""
+
+    name = "c-fp16-gemv"
+    fmt = "fp16"
+    fp16 = 1
+    auto_rows = (1, GEMV_ROWS)
+    rank = 20  # ahead of cast-fp32 (25) and fbgemm-fp16-codes (30) at the rows it takes
+
+    @classmethod
+    def installed(cls) -> bool:
+        return c_module() is not None
+
+    @classmethod
+    def rows(cls, cpu: Cpu, qt: QuantizedTensor | None = None):
+        return cls.auto_rows if cpu.has("avx2") else None  # the portable path is for correctness, not speed

@@ -378,7 +378,7 @@ done:
 }
 
 #include "xnor.h" /* XNOR-popcount: binary weights x sign(x) */
-#include "bf16.h" /* bf16 weights x fp32 activations at a few rows */
+#include "bf16.h" /* bf16 or fp16 weights x fp32 activations at a few rows */
 
 /* dequant(w, s, so, out, n, kp, gsz, bits, sign, simd, threads): see dequant.h; simd 0 portable, 1 AVX2 */
 static PyObject *dequant(PyObject *self, PyObject *args) {
@@ -506,7 +506,7 @@ static PyMethodDef methods[] = {
     {"panel_cols", panel_cols, METH_VARARGS, "Columns per weight panel `tiles` expects for a requested simd."},
     {"static16", static16, METH_VARARGS, "8-bit codes x a static uint8 grid, exact in 16-bit pairs (no VNNI)."},
     {"xnor", xnor, METH_VARARGS, "Binary weights x sign activations (XNOR-popcount), rows split over threads."},
-    {"bf16", bf16, METH_VARARGS, "bf16 weights x fp32 activations at up to 4 rows, widened in registers."},
+    {"wide16", wide16, METH_VARARGS, "bf16 or fp16 weights x fp32 activations at up to 4 rows, widened in registers."},
     {"dequant", dequant, METH_VARARGS, "One 4- or 8-bit plane to scaled fp32, rows split over threads."},
     {"gather_rows", gather_rows, METH_VARARGS, "Rows of packed 1-, 2-, 4- or 8-bit codes, dequantised (lookups)."},
     {"has_avx2", has_avx2, METH_NOARGS, "Whether this CPU runs the AVX2 path."},
