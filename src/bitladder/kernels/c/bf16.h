@@ -1,9 +1,9 @@
 /* 16-bit float weights (bf16 or fp16) x fp32 activations at a few rows, included by lowbit.c:
  * y[m, n] = sum_k x[m, k] * float(w[n, k]), each weight widened in registers, exactly (a bf16's 16 bits become a
- * float's high half; fp16 by vcvtph2ps, F16C), never stored as fp32. The
- * products of a row add up in sixteen lanes (lane k % 16, fused multiply-add in k order), then a fixed tree (lanes
- * i and i + 8, then i + 4, i + 2, i + 1), on every path: AVX-512, AVX2 (two registers of eight lanes) and portable
- * (`fmaf`) give the same bits. A row of weights is read once for all the activation rows. */
+ * float's high half; fp16 by vcvtph2ps, F16C), never stored as fp32. The products of a row add up in sixteen lanes
+ * (lane k % 16, fused multiply-add in k order), then a fixed tree (lanes i and i + 8, then i + 4, i + 2, i + 1), on
+ * every path: AVX-512, AVX2 (two registers of eight lanes) and portable (`fmaf`) give the same bits. A row of
+ * weights is read once for all the activation rows. */
 
 #define BF16_ROWS 4 /* activation rows a call takes (more: the caller converts panels and runs the fp32 GEMM) */
 
