@@ -1,12 +1,12 @@
-"""bf16 and fp16 weights x fp32 activations: the C GEMV's paths agree bit for bit, and the kernels compute the float
-layer's products on the stored values at every row count."""
+"""bf16, fp16 and fp8 weights x fp32 activations: the C GEMV's paths agree bit for bit, and the kernels compute the
+float layer's products on the stored values at every row count."""
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bitladder.kernels import Bf16Kernel, Fp16GemvKernel, KernelUnsupported
+from bitladder.kernels import Bf16Kernel, Fp8GemvKernel, Fp16GemvKernel, KernelUnsupported
 from bitladder.kernels.bf16_fp32 import GEMV_ROWS, bf16_path
 from bitladder.kernels.c_lowbit import c_module
 from bitladder.kernels.cpu import current
@@ -16,7 +16,7 @@ from bitladder.tensor.quantized import QuantizedTensor
 needs_c = pytest.mark.skipif(c_module() is None, reason="C kernels not built (no compiler)")
 
 
-KERNELS16 = {"bf16": Bf16Kernel, "fp16": Fp16GemvKernel}
+KERNELS16 = {"bf16": Bf16Kernel, "fp16": Fp16GemvKernel, "fp8_e4m3": Fp8GemvKernel, "fp8_e5m2": Fp8GemvKernel}
 
 
 def _qt(n: int, k: int, seed: int = 0, fmt: str = "bf16") -> QuantizedTensor:
@@ -35,7 +35,7 @@ def test_gemv_paths_agree_bit_for_bit(n, k, fmt):
         for simd in (0, 1, 2):  # portable (fmaf), AVX2, AVX-512 where the host has them
             for threads in (1, 2):
                 y = np.empty((m, n), np.float32)
-                c_module().wide16(kern.w, x, y, m, n, k, kern.fp16, simd, threads)
+                c_module().wide16(kern.w, x, y, m, n, k, kern.code, simd, threads)
                 got.append(y)
         assert all(np.array_equal(got[0], g) for g in got[1:]), m
 
@@ -51,7 +51,7 @@ def test_the_float_layers_products_on_the_stored_values(m, fmt):
     got = kern(x, bias)
     assert got.shape == (m, 300) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
-    assert kern.nbytes == 300 * 1000 * 2
+    assert kern.nbytes == 300 * 1000 * (1 if fmt.startswith("fp8") else 2) + (300 * 4 if fmt.startswith("fp8") else 0)
     assert kern(torch.randn(0, 1000)).shape == (0, 300)
 
 
@@ -79,3 +79,21 @@ def test_the_path_follows_the_cpu_level():
     host = bf16_path(current({}))
     for level, path in {"default": 0, "avx2": 1, "avx512": 2}.items():
         assert bf16_path(current({"BITLADDER_CPU": level})) == min(path, host)
+
+
+@pytest.mark.parametrize("fmt,dtype", [("fp8_e4m3", torch.float8_e4m3fn), ("fp8_e5m2", torch.float8_e5m2)])
+def test_every_fp8_code_widens_to_its_value(fmt, dtype):
+    """Each byte (subnormals, zeros of both signs, the largest values; not NaN) in a weight row, read out one at a
+    time by one-hot activations: the GEMV (e4m3 read at 2^-8 and scaled back) gives each code's exact value."""
+    codes = torch.arange(256, dtype=torch.uint8)
+    values = codes.view(dtype).float()
+    keep = torch.isfinite(values)
+    qt = QuantizedTensor.from_float(torch.randn(1, int(keep.sum())), fmt)  # its codes and scale replaced below
+    kern = Fp8GemvKernel.from_qtensor(qt)
+    kern.wt = codes[keep].view(dtype).reshape(1, -1).contiguous()
+    kern.w = kern.wt.view(torch.uint8).numpy()
+    kern._scale = torch.ones(1)
+    kern._c_scale = kern._scale * (256 if fmt == "fp8_e4m3" else 1)
+    eye = torch.eye(kern.k)
+    got = torch.cat([kern(eye[i: i + GEMV_ROWS]) for i in range(0, kern.k, GEMV_ROWS)]).reshape(-1)
+    assert torch.equal(got, values[keep])

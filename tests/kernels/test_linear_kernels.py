@@ -329,8 +329,9 @@ def test_float_codes_fp16_holds_run_exact_on_the_fp16_gemm(qname):
             _check(kern, qt, _x(m, k), reference_linear(qt, _x(m, k)), 1e-5)
             assert kern.nbytes <= n * k * 2 + n * 4
     qt = _qt(qname, Layout("channel"), 96, 256)  # above SMALL_WEIGHTS
-    # fp16 to four rows: the C GEMV widening in registers (where built, with AVX2); fbgemm's GEMM from there
-    few = "c-fp16-gemv" if qname == "fp16" and Fp16GemvKernel.available() and current().has("avx2") else None
+    # to four rows the C GEMV widening in registers (where built, with AVX2); fbgemm's GEMM from there
+    few = ("c-fp16-gemv" if qname == "fp16" else "c-fp8-gemv") if Fp16GemvKernel.available() and current().has(
+        "avx2") else None
     assert choose(qt, 1) == (few or "fbgemm-fp16-codes")
     assert all(choose(qt, m) == "fbgemm-fp16-codes" for m in (5, 18, 64))
     assert candidates(_qt("bf16", Layout("tensor"), 32, 256), 1) == ["bf16-fp32", "dequant-fp32"]

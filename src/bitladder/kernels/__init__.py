@@ -2,7 +2,7 @@
 :mod:`bitladder.kernels.select` chooses among them by the weight, the row count and the CPU."""
 
 from bitladder.kernels.base import DequantKernel, KernelUnsupported, LinearKernel, reference_linear
-from bitladder.kernels.bf16_fp32 import Bf16Kernel, Fp16GemvKernel
+from bitladder.kernels.bf16_fp32 import Bf16Kernel, Fp8GemvKernel, Fp16GemvKernel
 from bitladder.kernels.c_binlut import CBinaryLutKernel, CTwoBitLutKernel
 from bitladder.kernels.c_lowbit import CLowbitKernel
 from bitladder.kernels.c_static import CStaticKernel
@@ -35,6 +35,7 @@ __all__ = [
     "FbgemmStaticKernel",
     "FbgemmW8A8Kernel",
     "FbgemmW8A8TokenKernel",
+    "Fp8GemvKernel",
     "Fp16CodesKernel",
     "Fp16GemvKernel",
     "Int4PackBf16Kernel",

@@ -35,7 +35,7 @@ class Bf16Kernel(LinearKernel):
 
     name = "bf16-fp32"
     fmt = "bf16"
-    fp16 = 0  # the C GEMV's format flag
+    code = 0  # the C GEMV's format (WIDE_BF16 in kernels/c/bf16.h)
     auto_rows = ANY_ROWS
     rank = 40  # ahead of the fallback (dequant-fp32): the same arithmetic without the whole fp32 copy
     float_codes = True
@@ -61,7 +61,7 @@ class Bf16Kernel(LinearKernel):
         m = x.shape[0]
         if m <= GEMV_ROWS and c_module() is not None:
             y = torch.empty(m, self.n)
-            c_module().wide16(self.w, x.numpy(), y.numpy(), m, self.n, self.k, self.fp16, self.simd,
+            c_module().wide16(self.w, x.numpy(), y.numpy(), m, self.n, self.k, self.code, self.simd,
                               torch.get_num_threads())
             return y
         rows = max(16, min(self.n, PANEL_FLOATS // max(self.k, 1)))
@@ -88,7 +88,7 @@ class Fp16GemvKernel(Bf16Kernel):
 
     name = "c-fp16-gemv"
     fmt = "fp16"
-    fp16 = 1
+    code = 1  # WIDE_FP16
     auto_rows = (1, GEMV_ROWS)
     rank = 20  # ahead of cast-fp32 (25) and fbgemm-fp16-codes (30) at the rows it takes
 
@@ -99,3 +99,45 @@ class Fp16GemvKernel(Bf16Kernel):
     @classmethod
     def rows(cls, cpu: Cpu, qt: QuantizedTensor | None = None):
         return cls.auto_rows if cpu.has("avx2") else None  # the portable path is for correctness, not speed
+
+
+@register
+class Fp8GemvKernel(Fp16GemvKernel):
+    """fp8 weights (e4m3, e5m2) with one scale per output channel or none, at a few rows: the same C GEMV reading one
+    byte a weight where fbgemm's fp16 GEMM reads two; the scale applied to the output, as ``fbgemm-fp16-codes`` does."""
+
+    name = "c-fp8-gemv"
+    CODES = {"fp8_e4m3": 2, "fp8_e5m2": 3}  # WIDE_E4M3, WIDE_E5M2 in kernels/c/bf16.h
+
+    @classmethod
+    def applies(cls, qt: QuantizedTensor) -> bool:
+        lay = qt.layout
+        per_row = lay.granularity == "tensor" or lay.granularity == "channel" and lay.axis % 2 == 0
+        return (len(qt.shape) == 2 and qt.qtype.name in cls.CODES and per_row and qt.zero_point is None
+                and qt.table is None and qt.mask is None)
+
+    @classmethod
+    def from_qtensor(cls, qt: QuantizedTensor) -> "Fp8GemvKernel":
+        if not cls.applies(qt):
+            raise KernelUnsupported(f"{qt.qtype.name} {tuple(qt.shape)}: needs a 2-D fp8 weight with one scale per "
+                                    "output channel or none")
+        self = cls()
+        self.n, self.k = qt.shape
+        self.wt = qt.codes().reshape(self.n, self.k).contiguous()
+        self.w = self.wt.view(torch.uint8).numpy()
+        self.code = cls.CODES[qt.qtype.name]
+        scale = torch.ones(1) if qt.scale is None else qt.scale.float().reshape(-1)
+        self._scale = scale.expand(self.n).contiguous()
+        self._c_scale = self._scale * 256 if self.code == 2 else self._scale  # the GEMV reads e4m3 at 2^-8
+        cpu = current()
+        self.simd, self.gemm = bf16_path(cpu), fp32_gemm.engine(cpu)
+        return self
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        in_c = x.shape[0] <= GEMV_ROWS and c_module() is not None
+        return super()._run(x).mul_(self._c_scale if in_c else self._scale)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the fp8 weight and its scales."""
+        return self.n * self.k + self.n * 4
