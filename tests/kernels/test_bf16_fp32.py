@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from bitladder.kernels import Bf16Kernel, Fp8GemvKernel, Fp16GemvKernel, KernelUnsupported
-from bitladder.kernels.bf16_fp32 import GEMV_ROWS, bf16_path
+from bitladder.kernels.bf16_fp32 import GEMV_ROWS
 from bitladder.kernels.c_lowbit import c_module
 from bitladder.kernels.cpu import current
 from bitladder.kernels.select import choose
@@ -75,10 +75,12 @@ def test_the_c_entry_refuses_more_rows_than_it_takes():
         c_module().wide16(kern.w, x, y, GEMV_ROWS + 1, 8, 64, 0, 2, 1)
 
 
-def test_the_path_follows_the_cpu_level():
-    host = bf16_path(current({}))
+def test_the_path_follows_the_cpu_level(monkeypatch):
+    monkeypatch.setenv("BITLADDER_CPU", "native")
+    host = Bf16Kernel.from_qtensor(_qt(8, 64)).simd
     for level, path in {"default": 0, "avx2": 1, "avx512": 2}.items():
-        assert bf16_path(current({"BITLADDER_CPU": level})) == min(path, host)
+        monkeypatch.setenv("BITLADDER_CPU", level)
+        assert Bf16Kernel.from_qtensor(_qt(8, 64)).simd == min(path, host)
 
 
 @pytest.mark.parametrize("fmt,dtype", [("fp8_e4m3", torch.float8_e4m3fn), ("fp8_e5m2", torch.float8_e5m2)])

@@ -1,4 +1,4 @@
-"""bf16 (and, at a few rows, fp16) weights with fp32 arithmetic, the weight never materialised as fp32 whole.
+"""bf16 (and, at a few rows, fp16 and fp8) weights with fp32 arithmetic, the weight never materialised as fp32 whole.
 
 Dequantising a bf16 weight per call (the fallback) writes a fresh fp32 copy twice its size: on a 4096² layer a
 fresh 64 MiB tensor, page-faulted on every call, made one row 15x slower than the fp32 layer. Here, up to
@@ -14,18 +14,13 @@ import torch
 
 from bitladder.kernels import fp32_gemm
 from bitladder.kernels.base import ANY_ROWS, KernelUnsupported, LinearKernel
-from bitladder.kernels.c_lowbit import c_module
+from bitladder.kernels.c_lowbit import c_module, simd_path
 from bitladder.kernels.cpu import Cpu, current
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
 GEMV_ROWS = 4  # the C GEMV's rows (BF16_ROWS in kernels/c/bf16.h)
 PANEL_FLOATS = 1 << 19  # a converted panel of rows: 2 MiB of fp32, about an L2 (notes.md, 'bf16 weights')
-
-
-def bf16_path(cpu: Cpu) -> int:
-    """The C GEMV's path for the CPU as ``BITLADDER_CPU`` presents it: 2 AVX-512, 1 AVX2, 0 portable."""
-    return 2 if cpu.has("avx2", "avx512f", "avx512bw") else int(cpu.has("avx2"))
 
 
 @register
@@ -53,13 +48,16 @@ class Bf16Kernel(LinearKernel):
         self.n, self.k = qt.shape
         self.wt = qt.codes().reshape(self.n, self.k).contiguous()  # the stored bf16 values, a view where they are
         self.w = self.wt.view(torch.int16).numpy()
-        cpu = current()
-        self.simd, self.gemm = bf16_path(cpu), fp32_gemm.engine(cpu)
+        self.simd, self.gemm = simd_path(None, "avx512bw"), fp32_gemm.engine(current())
         return self
+
+    def _in_c(self, m: int) -> bool:
+        """Whether a call of ``m`` rows runs the C GEMV (else panels for the fp32 GEMM)."""
+        return m <= GEMV_ROWS and c_module() is not None
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         m = x.shape[0]
-        if m <= GEMV_ROWS and c_module() is not None:
+        if self._in_c(m):
             y = torch.empty(m, self.n)
             c_module().wide16(self.w, x.numpy(), y.numpy(), m, self.n, self.k, self.code, self.simd,
                               torch.get_num_threads())
@@ -129,13 +127,11 @@ class Fp8GemvKernel(Fp16GemvKernel):
         scale = torch.ones(1) if qt.scale is None else qt.scale.float().reshape(-1)
         self._scale = scale.expand(self.n).contiguous()
         self._c_scale = self._scale * 256 if self.code == 2 else self._scale  # the GEMV reads e4m3 at 2^-8
-        cpu = current()
-        self.simd, self.gemm = bf16_path(cpu), fp32_gemm.engine(cpu)
+        self.simd, self.gemm = simd_path(None, "avx512bw"), fp32_gemm.engine(current())
         return self
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        in_c = x.shape[0] <= GEMV_ROWS and c_module() is not None
-        return super()._run(x).mul_(self._c_scale if in_c else self._scale)
+        return super()._run(x).mul_(self._c_scale if self._in_c(x.shape[0]) else self._scale)
 
     @property
     def nbytes(self) -> int:
