@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bitladder.kernels import Bf16Kernel, Fp8GemvKernel, Fp16GemvKernel, KernelUnsupported
+from bitladder.kernels import Bf16Fp16Kernel, Bf16Kernel, Fp8GemvKernel, Fp16GemvKernel, KernelUnsupported
 from bitladder.kernels.bf16_fp32 import GEMV_ROWS
 from bitladder.kernels.c_lowbit import c_module
 from bitladder.kernels.cpu import current
@@ -55,8 +55,13 @@ def test_the_float_layers_products_on_the_stored_values(m, fmt):
     assert kern(torch.randn(0, 1000)).shape == (0, 300)
 
 
-def test_auto_takes_bf16s_at_every_row_count_and_fp16s_at_a_few():
-    assert all(choose(_qt(64, 256), m) == "bf16-fp32" for m in (1, 4, 5, 64, 1024))
+def test_auto_takes_the_gemv_for_bf16s_at_a_few_rows_fbgemm_past_them_and_fp16s_gemv_at_a_few():
+    c = c_module() is not None
+    assert all((choose(_qt(128, 256), m) == "bf16-fp32") == c for m in (1, GEMV_ROWS))
+    past = "fbgemm-bf16-scaled" if Bf16Fp16Kernel.installed() else "bf16-fp32"
+    assert all(choose(_qt(128, 256), m) == past for m in (GEMV_ROWS + 1, 64, 512))
+    assert choose(_qt(128, 256), 1024) == (past if current().has("avx512f") else "bf16-fp32")  # as fp16's rows
+    assert choose(_qt(64, 256), 64) == "bf16-fp32"  # a small weight: one cast, then the fp32 GEMM
     with pytest.raises(KernelUnsupported, match="2-D bf16"):
         Bf16Kernel.from_qtensor(QuantizedTensor.from_float(torch.randn(8, 64), "fp16"))
     fp16 = _qt(256, 256, fmt="fp16")

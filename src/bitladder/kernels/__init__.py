@@ -2,7 +2,7 @@
 :mod:`bitladder.kernels.select` chooses among them by the weight, the row count and the CPU."""
 
 from bitladder.kernels.base import DequantKernel, KernelUnsupported, LinearKernel, reference_linear
-from bitladder.kernels.bf16_fp32 import Bf16Kernel, Fp8GemvKernel, Fp16GemvKernel
+from bitladder.kernels.bf16_fp32 import Bf16Fp16Kernel, Bf16Kernel, Fp8GemvKernel, Fp16GemvKernel
 from bitladder.kernels.c_binlut import CBinaryLutKernel, CTwoBitLutKernel
 from bitladder.kernels.c_lowbit import CLowbitKernel
 from bitladder.kernels.c_static import CStaticKernel
@@ -24,6 +24,7 @@ from bitladder.kernels.select import build_kernel, choose
 
 __all__ = [
     "KERNELS",
+    "Bf16Fp16Kernel",
     "Bf16Kernel",
     "CBinaryLutKernel",
     "CTwoBitLutKernel",

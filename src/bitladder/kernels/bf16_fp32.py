@@ -16,11 +16,14 @@ from bitladder.kernels import fp32_gemm
 from bitladder.kernels.base import ANY_ROWS, KernelUnsupported, LinearKernel
 from bitladder.kernels.c_lowbit import c_module, simd_path
 from bitladder.kernels.cpu import Cpu, current
+from bitladder.kernels.fp16_codes import Fp16CodesKernel, small
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
 GEMV_ROWS = 4  # the C GEMV's rows (BF16_ROWS in kernels/c/bf16.h)
 PANEL_FLOATS = 1 << 19  # a converted panel of rows: 2 MiB of fp32, about an L2 (notes.md, 'bf16 weights')
+FP16_TOP = 16  # a row scaled by a power of two to a largest magnitude in [2^15, 2^16): fp16's top binade
+CHECK_FLOATS = 1 << 22  # rows checked at a time for the fp16 round trip (16 MiB of fp32 transients)
 
 
 @register
@@ -137,3 +140,73 @@ class Fp8GemvKernel(Fp16GemvKernel):
     def nbytes(self) -> int:
         """Bytes of the fp8 weight and its scales."""
         return self.n * self.k + self.n * 4
+
+
+
+def fp16_shifts(wt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of a bf16 weight, a power of two ``s`` (float32) and whether fp16 holds every ``w * 2**s`` exactly
+    (bool): not for a row whose values lie more than 33 binades apart, or with a NaN.
+
+    bf16 keeps 8 significant bits; fp16 11, over exponents -24..15 with subnormals: a row whose largest magnitude
+    is moved into [2^15, 2^16) keeps every value whose lowest bit is 2^-24 or above. Checked by the round trip back
+    to the stored value."""
+    n, k = wt.shape
+    e = torch.frexp(wt.float().abs().amax(1) if n and k else torch.zeros(n))[1]  # |max| < 2^e
+    shifts = (FP16_TOP - e).clamp(-126, 126).float()  # the multiplier and its inverse stay normal floats
+    ok = torch.empty(n, dtype=torch.bool)
+    step = max(1, CHECK_FLOATS // max(k, 1))
+    for r0 in range(0, n, step):
+        w = wt[r0: r0 + step].float()
+        p = torch.exp2(shifts[r0: r0 + step])[:, None]
+        ok[r0: r0 + step] = (w.mul(p).half().float().div_(p) == w).all(1)  # back to the value: an underflow fails
+    return shifts, ok
+
+
+@register
+class Bf16Fp16Kernel(Fp16CodesKernel):
+    """bf16 weights at batch on fbgemm's fp16 GEMM, exactly: each row times a power of two is a row of fp16s
+    (:func:`fp16_shifts`), the inverse power applied to the output. fbgemm widens in registers and multiplies in
+    fp32 FMAs, so the products are the float layer's on the stored values, without :class:`Bf16Kernel`'s panel
+    conversion per call. A row fp16 cannot hold (none in the weights measured) is computed apart, converted."""
+
+    name = "fbgemm-bf16-scaled"
+    rank = 35  # ahead of bf16-fp32 (40) from the rows where the C GEMV stops
+
+    @classmethod
+    def rows(cls, cpu, qt=None):
+        """Past the C GEMV's rows (where it is built); at every batch with AVX-512, to 512 rows without it, as
+        fbgemm's fp16 GEMM runs float codes (:meth:`Fp16CodesKernel.rows`); never for a small weight, which one
+        cast per call and the fp32 GEMM run faster than fbgemm's fixed cost (``cast-fp32``'s rule)."""
+        if qt is not None and small(qt):
+            return None
+        lo = GEMV_ROWS + 1 if c_module() is not None else 1
+        return (lo, ANY_ROWS[1] if cpu.has("avx512f") else 512)
+
+    @classmethod
+    def applies(cls, qt: QuantizedTensor) -> bool:
+        return Bf16Kernel.applies(qt)
+
+    @classmethod
+    def from_qtensor(cls, qt: QuantizedTensor) -> "Bf16Fp16Kernel":
+        if not (cls.installed() and cls.applies(qt)):
+            raise KernelUnsupported(f"{qt.qtype.name} {tuple(qt.shape)}: needs a 2-D bf16 weight without scales, "
+                                    "and fbgemm")
+        self = cls()
+        self.n, self.k = qt.shape
+        wt = qt.codes().reshape(self.n, self.k)
+        shifts, ok = fp16_shifts(wt)
+        scaled = wt.float().mul_(torch.exp2(shifts)[:, None])
+        self._apart = None if bool(ok.all()) else (~ok).nonzero().reshape(-1)
+        if self._apart is not None:
+            scaled[self._apart] = 0
+            self._w_apart = wt[self._apart].contiguous()  # bf16, converted per call
+        self._packed = torch.ops.quantized.linear_prepack_fp16(scaled, None)
+        self._scale = torch.exp2(-shifts).contiguous()
+        self._bytes = self.n * self.k * 2 + self.n * 4
+        return self
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        y = super()._run(x)
+        if self._apart is not None:
+            y[:, self._apart] = x @ self._w_apart.float().T
+        return y

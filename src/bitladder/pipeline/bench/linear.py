@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from bitladder.formats.layout import Layout
 from bitladder.kernels import (
     KERNELS,
+    Bf16Fp16Kernel,
     Bf16Kernel,
     CBinaryLutKernel,
     CLowbitKernel,
@@ -71,7 +72,7 @@ RUNGS = [  # (label, qtype, layout, kernel classes to try, the policy a quantise
                                                Fp16CodesKernel, NumbaLowbitKernel], "auto"),
     ("binary", "binary", Layout("channel"), [XnorKernel, CBinaryLutKernel, CTilesKernel, CLowbitKernel,
                                              OrtNBitsKernel, Fp16CodesKernel, NumbaLowbitKernel], "auto"),
-    ("bf16", "bf16", Layout("tensor"), [Bf16Kernel], "auto"),  # half fp32's bytes, fp32's arithmetic
+    ("bf16", "bf16", Layout("tensor"), [Bf16Kernel, Bf16Fp16Kernel], "auto"),  # half fp32's bytes, fp32's arithmetic
 ]
 
 
