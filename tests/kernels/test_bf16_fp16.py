@@ -71,9 +71,11 @@ def test_one_hot_activations_read_every_weight_back_exactly_rows_apart_included(
 def test_the_float_layers_products_on_the_stored_values(m):
     torch.manual_seed(1)
     w = torch.randn(300, 1000)
-    w[17, :3] = torch.tensor([1e-15, 1e4, float("nan")])  # a row apart (NaN: not fp16-exact after any shift)
+    w[17, :3] = torch.tensor([1e-15, 1e4, float("nan")])  # rows apart (NaN: not fp16-exact after any shift)
+    w[40, :2] = torch.tensor([1e-15, 1e4])
     qt = _bf16(w)
     kern = Bf16Fp16Kernel.from_qtensor(qt)
+    assert kern._apart.tolist() == [17, 40]
     x, bias = torch.randn(m, 1000), torch.randn(300)
     want = F.linear(x.double(), qt.dequantize(torch.float32).double(), bias.double())
     got = kern(x, bias)

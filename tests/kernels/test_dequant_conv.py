@@ -73,10 +73,10 @@ def test_the_layers_own_path_where_it_does_not_apply():
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 8, 3).eval()
     x = torch.randn(8, 4, 6, 6)
-    for rung in ("fp16", "fp8_e4m3", "bf16"):  # float codes: no bit planes
+    for rung in ("fp16", "fp8_e4m3", "bf16"):  # float codes: no bit planes, a cast (kernels/cast_conv.py)
         q = bitladder.quantize(nn.Sequential(conv), parse_rung(rung))[0]
         q(x)
-        assert q.kernel == "dequant-fp32"
+        assert q.kernel == "cast-conv"
     static = bitladder.quantize(nn.Sequential(conv), parse_rung("int8-a8"), calib=[x])[0]
     static(x)
     # an activation format takes the integer convolution (where the CPU takes its grid) or its simulated path

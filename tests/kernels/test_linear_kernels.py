@@ -31,7 +31,7 @@ from bitladder.kernels import (
 from bitladder.kernels.base import ANY_ROWS
 from bitladder.kernels.c_lowbit import c_module
 from bitladder.kernels.cpu import current
-from bitladder.kernels.fp16_codes import MKL_AHEAD, SMALL_WEIGHTS
+from bitladder.kernels.fp16_codes import CAST_MAX, MKL_AHEAD, SMALL_WEIGHTS, CastKernel
 from bitladder.kernels.select import candidates
 from bitladder.pipeline.measure.warn import on_fallback
 from bitladder.tensor.quantized import QuantizedTensor
@@ -374,6 +374,25 @@ def test_fp16_codes_stop_at_512_rows_for_integer_codes_where_mkl_is_ahead(vendor
     int8 = _qt("int8", Layout("channel"), 96, 256)
     assert choose(int8, 512, cpu=cpu) == "fbgemm-fp16-codes"
     assert choose(int8, 513, cpu=cpu) == ("numba-dequant-fp32" if ahead else "fbgemm-fp16-codes")
+
+
+@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])
+@pytest.mark.parametrize("fmt", ["fp16", "bf16"])
+def test_16_bit_floats_past_512_rows_cast_for_mkl_where_it_is_ahead_unless_the_weight_is_large(vendor, fmt):
+    """Past 512 rows on an Intel core a cast per call and MKL's GEMM outrun fbgemm's fp16 GEMM, for weights whose
+    fp32 copy is moderate (CAST_MAX); a larger weight and other vendors keep fbgemm's."""
+    cpu = dataclasses.replace(current({"BITLADDER_CPU": "avx512"}), vendor=vendor)
+    if not (cpu.has("avx512f") and Fp16CodesKernel.installed()):
+        pytest.skip("this host has no AVX-512 or no fbgemm (without AVX-512 every vendor stops at 512 rows)")
+    ahead = vendor in MKL_AHEAD
+    fbgemm = "fbgemm-fp16-codes" if fmt == "fp16" else "fbgemm-bf16-scaled"
+    qt = _qt(fmt, Layout("tensor"), 256, 384)
+    assert choose(qt, 512, cpu=cpu) == fbgemm
+    assert choose(qt, 513, cpu=cpu) == ("cast-fp32" if ahead else fbgemm)
+    big = QuantizedTensor.from_float(torch.zeros(CAST_MAX // 1024 + 1, 1024), fmt, Layout("tensor"), sparse=False)
+    assert CastKernel.rows(cpu, big) is None
+    x = _x(600, 384)
+    torch.testing.assert_close(CastKernel.from_qtensor(qt)(x), reference_linear(qt, x), rtol=0, atol=0)
 
 
 def test_without_the_c_kernels_auto_keeps_exact_numerics_above_small_requests():

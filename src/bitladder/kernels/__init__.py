@@ -3,6 +3,7 @@
 
 from bitladder.kernels.base import DequantKernel, KernelUnsupported, LinearKernel, reference_linear
 from bitladder.kernels.bf16_fp32 import Bf16Fp16Kernel, Bf16Kernel, Fp8GemvKernel, Fp16GemvKernel
+from bitladder.kernels.cast_conv import CastConv2d
 from bitladder.kernels.c_binlut import CBinaryLutKernel, CTwoBitLutKernel
 from bitladder.kernels.c_lowbit import CLowbitKernel
 from bitladder.kernels.c_static import CStaticKernel
@@ -27,6 +28,7 @@ __all__ = [
     "Bf16Fp16Kernel",
     "Bf16Kernel",
     "CBinaryLutKernel",
+    "CastConv2d",
     "CTwoBitLutKernel",
     "CLowbitKernel",
     "CStaticKernel",

@@ -16,7 +16,7 @@ from bitladder.kernels import fp32_gemm
 from bitladder.kernels.base import ANY_ROWS, KernelUnsupported, LinearKernel
 from bitladder.kernels.c_lowbit import c_module, simd_path
 from bitladder.kernels.cpu import Cpu, current
-from bitladder.kernels.fp16_codes import Fp16CodesKernel, small
+from bitladder.kernels.fp16_codes import MKL_ROWS, Fp16CodesKernel, small
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -175,12 +175,13 @@ class Bf16Fp16Kernel(Fp16CodesKernel):
     @classmethod
     def rows(cls, cpu, qt=None):
         """Past the C GEMV's rows (where it is built); at every batch with AVX-512, to 512 rows without it, as
-        fbgemm's fp16 GEMM runs float codes (:meth:`Fp16CodesKernel.rows`); never for a small weight, which one
-        cast per call and the fp32 GEMM run faster than fbgemm's fixed cost (``cast-fp32``'s rule)."""
+        fbgemm's fp16 GEMM runs float codes (:meth:`Fp16CodesKernel.rows`; ``cast-fp32`` goes first past 512 rows
+        on Intel); never for a small weight, which one cast per call and the fp32 GEMM run faster than fbgemm's
+        fixed cost (``cast-fp32``'s rule)."""
         if qt is not None and small(qt):
             return None
         lo = GEMV_ROWS + 1 if c_module() is not None else 1
-        return (lo, ANY_ROWS[1] if cpu.has("avx512f") else 512)
+        return (lo, ANY_ROWS[1] if cpu.has("avx512f") else MKL_ROWS)
 
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
@@ -205,8 +206,9 @@ class Bf16Fp16Kernel(Fp16CodesKernel):
         self._bytes = self.n * self.k * 2 + self.n * 4
         return self
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        y = super()._run(x)
-        if self._apart is not None:
-            y[:, self._apart] = x @ self._w_apart.float().T
+    def _fused(self, x: torch.Tensor, bias: torch.Tensor | None, in_scale: torch.Tensor | None) -> torch.Tensor:
+        y = super()._fused(x, bias, in_scale)
+        if self._apart is not None:  # their packed rows are zeros: their outputs overwritten
+            part = (x if in_scale is None else x * in_scale) @ self._w_apart.float().T
+            y[:, self._apart] = part if bias is None else part + bias[self._apart]
         return y

@@ -6,7 +6,7 @@ path runs a dozen torch operations per call (unpack, pad, scale, zero point, res
 larger than some small convolutions themselves. This kernel keeps the weight as the weight-only GEMV's bit
 planes (:class:`~bitladder.kernels.numba_dequant.NumbaDequantKernel`: the codes at their stored width, C where
 it was built, numba otherwise) and writes the fp32 weight in one pass; it lives for the call only, so the
-memory held stays the packed weight's. Integer codes only: float formats (fp16, fp8) keep the layer's path.
+memory held stays the packed weight's. Integer codes only: float formats take `cast-conv` (kernels/cast_conv.py).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ of the sum. Faster than fp32 ``F.linear`` and than dequantise + fp32 at the shap
 
 Float codes fp16 holds exactly take it too: fp16 itself and both fp8 formats (3 and 2 mantissa bits,
 exponents within fp16's). Those rungs dequantised their whole weight every call before, which ran MiniLM at
-one sentence below fp32 for fp8 (same heading). bf16 is not among them: its exponents reach far below fp16's.
+one sentence below fp32 for fp8 (same heading). bf16 is not among them: its exponents reach far below fp16's; a
+bf16 row times a power of two usually is an fp16 row, which ``fbgemm-bf16-scaled`` (kernels/bf16_fp32.py) uses.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import math
 
 import torch
 
-from bitladder.kernels.base import ANY_ROWS, DequantKernel, KernelUnsupported, LinearKernel, weight_parts
+from bitladder.kernels.base import (ANY_ROWS, DequantKernel, KernelUnsupported, LinearKernel, rows_times_plus,
+                                   weight_parts)
 from bitladder.kernels.numba_dequant import NumbaDequantKernel
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
@@ -40,7 +42,14 @@ MKL_AHEAD = ("GenuineIntel",)
 #: (``numba-dequant-fp32``), the formats of :data:`CAST_DEQUANT` by a cast (:class:`CastKernel`); fp8's costs more
 #: (docs/results/notes.md, 'Small layers')
 SMALL_WEIGHTS = 16384
-CAST_DEQUANT = ("fp16",)
+CAST_DEQUANT = ("fp16", "bf16")
+#: the rows from which MKL's sgemm outruns fbgemm's fp16 GEMM on the vendors of :data:`MKL_AHEAD` (and where fbgemm
+#: stops without AVX-512)
+MKL_ROWS = 512
+#: the largest fp16 or bf16 weight (elements) cast whole per call past :data:`MKL_ROWS` there: MiniLM's shapes at
+#: 1504 rows ran 0.95-0.97x fp32 so against fbgemm's 0.82-0.88x; a 4096² weight's fresh 64 MiB copy page-faults
+#: (0.77x against 0.83x at 512 rows; notes.md, 'bf16 weights at batch')
+CAST_MAX = 1 << 22
 
 
 def small(qt: QuantizedTensor) -> bool:
@@ -67,9 +76,9 @@ class Fp16CodesKernel(LinearKernel):
         if qt is not None and small(qt) and NumbaDequantKernel.in_c(qt):
             return None  # the C dequantisation + fp32 GEMM (numba-dequant-fp32)
         if not cpu.has("avx512f"):
-            return (1, 512)
+            return (1, MKL_ROWS)
         if cpu.vendor in MKL_AHEAD and qt is not None and qt.qtype.rules.integer_codes:
-            return (1, 512)
+            return (1, MKL_ROWS)
         return cls.auto_rows
 
     @classmethod
@@ -112,6 +121,14 @@ class Fp16CodesKernel(LinearKernel):
         y = torch.ops.quantized.linear_dynamic_fp16(x, self._packed)
         return y if self._scale is None else y.mul_(self._scale)
 
+    def _fused(self, x: torch.Tensor, bias: torch.Tensor | None, in_scale: torch.Tensor | None) -> torch.Tensor:
+        """The channel scales and the bias in one pass over the output (two passes cost 5-10 % at MiniLM's
+        shapes and a thousand rows)."""
+        if self._scale is None or bias is None:
+            return super()._fused(x, bias, in_scale)
+        y = torch.ops.quantized.linear_dynamic_fp16(x if in_scale is None else x * in_scale, self._packed)
+        return rows_times_plus(y, self._scale, bias)
+
     @property
     def nbytes(self) -> int:
         """Bytes the fp16 code matrix holds."""
@@ -120,16 +137,30 @@ class Fp16CodesKernel(LinearKernel):
 
 @register
 class CastKernel(DequantKernel):
-    """A small weight in a format :data:`CAST_DEQUANT` names: cast to fp32 every call, then the fp32 GEMM, ahead of
-    fbgemm's fp16 GEMM and its fixed cost there (the float layer's arithmetic on the stored values)."""
+    """A weight in a format :data:`CAST_DEQUANT` names, cast to fp32 every call, then the fp32 GEMM (the float
+    layer's arithmetic on the stored values): a small fp16 weight at every batch, ahead of fbgemm's fixed cost;
+    a weight of up to :data:`CAST_MAX` elements past :data:`MKL_ROWS` rows where MKL's GEMM outruns fbgemm's fp16
+    one (:data:`MKL_AHEAD`) or fbgemm stops (no AVX-512)."""
 
     name = "cast-fp32"
-    rank = 25  # ahead of fbgemm-fp16-codes (30) where its rows hold
+    rank = 25  # ahead of fbgemm-fp16-codes (30) and the bf16 kernels (35, 40) where its rows hold
+
+    def __init__(self, qt: QuantizedTensor) -> None:
+        super().__init__(qt)
+        self._values = qt.codes().reshape(self.n, self.k)  # a view of the stored bytes in their dtype
 
     @classmethod
     def rows(cls, cpu, qt=None):
-        return cls.auto_rows if qt is None or small(qt) else None
+        if qt is None or small(qt) and qt.qtype.name == "fp16":  # a small bf16: bf16-fp32 casts it whole too
+            return cls.auto_rows
+        if math.prod(qt.shape) <= CAST_MAX and (cpu.vendor in MKL_AHEAD or not cpu.has("avx512f")):
+            return (MKL_ROWS + 1, ANY_ROWS[1])
+        return None
 
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
-        return len(qt.shape) == 2 and qt.qtype.name in CAST_DEQUANT and qt.table is None and qt.mask is None
+        return (len(qt.shape) == 2 and qt.qtype.name in CAST_DEQUANT and qt.scale is None and qt.table is None
+                and qt.mask is None)
+
+    def _weight(self) -> torch.Tensor:
+        return self._values.float()

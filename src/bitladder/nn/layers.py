@@ -189,7 +189,8 @@ class QuantConv2d(_QuantConvNd):
     (:mod:`bitladder.kernels.onednn_conv`); with a static activation grid, the same convolution on the layer's
     calibrated grid where the CPU takes all its codes (:mod:`bitladder.kernels.static_conv`); weight-only under
     auto, the float convolution on a weight dequantised in one pass from bit planes
-    (:mod:`bitladder.kernels.dequant_conv`). Where none runs (grouped or string padding in int8, float formats, no
+    (:mod:`bitladder.kernels.dequant_conv`), or cast from a float format (:mod:`bitladder.kernels.cast_conv`).
+    Where none runs (grouped or string padding in int8, no
     oneDNN or numba, an empty batch in int8, a static grid the CPU's pair sums cannot take) the layer dequantises
     through torch itself, its activation format simulated, and ``kernel`` says which."""
 
