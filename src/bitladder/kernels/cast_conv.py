@@ -4,7 +4,7 @@ in one pass per call, then torch's float convolution, on exactly the weight the 
 The layer's own path dequantises through the generic route (codes, blocks, scale, layout), a fixed cost per call
 that small convolutions felt: the digits demo's float rungs ran their convolutions on that fallback. Here the
 stored bytes are viewed in their dtype once, at build, and each call is one cast (and a multiply by the channel
-scales for fp8); the fp32 weight lives for the call only.
+scales for fp8: :func:`bitladder.kernels.widen.widened`, in C where built); the fp32 weight lives for the call only.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from bitladder.kernels.base import KernelUnsupported
 from bitladder.kernels.registry import register
+from bitladder.kernels.widen import widened
 from bitladder.tensor.quantized import QuantizedTensor
 
 #: the float formats it takes (fp64 and fp32 compute as stored: nothing to cast)
@@ -67,9 +68,9 @@ class CastConv2d:
                                     "with one scale per output channel or none")
         self = cls()
         self.shape = tuple(qt.shape)
-        self._values = qt.codes().reshape(self.shape)  # a view of the stored bytes in their dtype
         o = self.shape[0]
-        self._scale = None if qt.scale is None else qt.scale.float().reshape(-1).expand(o).reshape(o, 1, 1, 1)
+        self._values = qt.codes().reshape(o, -1).contiguous()  # a view of the stored bytes in their dtype
+        self._scale = None if qt.scale is None else qt.scale.float().reshape(-1).expand(o).contiguous()
         self.args = (stride, padding, dilation, groups)
         self.format = torch.channels_last if channels_last else torch.contiguous_format
         self._bytes = qt.nbytes
@@ -77,8 +78,8 @@ class CastConv2d:
 
     def weight(self) -> torch.Tensor:
         """The fp32 weight, (O, I, kh, kw), in the layer's memory format."""
-        w = self._values.to(torch.float32, memory_format=self.format)
-        return w if self._scale is None else w.mul_(self._scale)
+        w = widened(self._values, self._scale).reshape(self.shape)
+        return w if self.format is torch.contiguous_format else w.contiguous(memory_format=self.format)
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The layer's float convolution of ``x`` with this call's fp32 weight."""

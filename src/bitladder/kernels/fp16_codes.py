@@ -24,6 +24,7 @@ from bitladder.kernels.base import (ANY_ROWS, DequantKernel, KernelUnsupported, 
                                    weight_parts)
 from bitladder.kernels.numba_dequant import NumbaDequantKernel
 from bitladder.kernels.registry import register
+from bitladder.kernels.widen import FP8, fast, widened
 from bitladder.tensor.quantized import QuantizedTensor
 
 
@@ -35,18 +36,18 @@ FP16_HOLDS = ("fp16", "fp8_e4m3", "fp8_e5m2")
 #: vendors on whose AVX-512 cores MKL's sgemm outruns fbgemm's fp16-weight GEMM at batch: past 512 rows integer
 #: codes take the C dequantisation + the fp32 GEMM (``numba-dequant-fp32``). Intel Xeon, MiniLM's shapes at 1504
 #: rows: 0.90-1.00x fp32 against 0.82-0.85x under the AVX-512 caps, 0.92-1.02x against 0.84-0.90x natively; at 256
-#: rows fbgemm's was level or ahead. Float codes keep fbgemm's at every batch (fp8's dequantisation costs more)
+#: rows fbgemm's was level or ahead. Float codes of up to :data:`CAST_MAX` elements are cast per call there
 MKL_AHEAD = ("GenuineIntel",)
 #: weights of at most this many elements run faster dequantised whole every call than through fbgemm's fp16 GEMM,
 #: whose cost per call is fixed, where the dequantisation is cheap: integer codes in one C pass
-#: (``numba-dequant-fp32``), the formats of :data:`CAST_DEQUANT` by a cast (:class:`CastKernel`); fp8's costs more
-#: (docs/results/notes.md, 'Small layers')
+#: (``numba-dequant-fp32``), float formats by a cast (:class:`CastKernel`; fp8 where its C pass is built: torch's
+#: fp8 cast is slow) (docs/results/notes.md, 'Small layers')
 SMALL_WEIGHTS = 16384
 CAST_DEQUANT = ("fp16", "bf16")
 #: the rows from which MKL's sgemm outruns fbgemm's fp16 GEMM on the vendors of :data:`MKL_AHEAD` (and where fbgemm
 #: stops without AVX-512)
 MKL_ROWS = 512
-#: the largest fp16 or bf16 weight (elements) cast whole per call past :data:`MKL_ROWS` there: MiniLM's shapes at
+#: the largest float weight (elements) cast whole per call past :data:`MKL_ROWS` there: MiniLM's shapes at
 #: 1504 rows ran 0.95-0.97x fp32 so against fbgemm's 0.82-0.88x; a 4096² weight's fresh 64 MiB copy page-faults
 #: (0.77x against 0.83x at 512 rows; notes.md, 'bf16 weights at batch')
 CAST_MAX = 1 << 22
@@ -137,8 +138,9 @@ class Fp16CodesKernel(LinearKernel):
 
 @register
 class CastKernel(DequantKernel):
-    """A weight in a format :data:`CAST_DEQUANT` names, cast to fp32 every call, then the fp32 GEMM (the float
-    layer's arithmetic on the stored values): a small fp16 weight at every batch, ahead of fbgemm's fixed cost;
+    """A float weight (a format :data:`CAST_DEQUANT` names, or fp8 with channel scales where the C pass casts it)
+    cast to fp32 every call, then the fp32 GEMM (the float layer's arithmetic on the stored values): a small
+    weight other than bf16 at every batch, ahead of fbgemm's fixed cost;
     a weight of up to :data:`CAST_MAX` elements past :data:`MKL_ROWS` rows where MKL's GEMM outruns fbgemm's fp16
     one (:data:`MKL_AHEAD`) or fbgemm stops (no AVX-512)."""
 
@@ -147,11 +149,12 @@ class CastKernel(DequantKernel):
 
     def __init__(self, qt: QuantizedTensor) -> None:
         super().__init__(qt)
-        self._values = qt.codes().reshape(self.n, self.k)  # a view of the stored bytes in their dtype
+        self._values = qt.codes().reshape(self.n, self.k).contiguous()  # a view of the stored bytes where it can be
+        self._scale = None if qt.scale is None else qt.scale.float().reshape(-1).expand(self.n).contiguous()
 
     @classmethod
     def rows(cls, cpu, qt=None):
-        if qt is None or small(qt) and qt.qtype.name == "fp16":  # a small bf16: bf16-fp32 casts it whole too
+        if qt is None or small(qt) and qt.qtype.name != "bf16":  # a small bf16: bf16-fp32 casts it whole too
             return cls.auto_rows
         if math.prod(qt.shape) <= CAST_MAX and (cpu.vendor in MKL_AHEAD or not cpu.has("avx512f")):
             return (MKL_ROWS + 1, ANY_ROWS[1])
@@ -159,8 +162,13 @@ class CastKernel(DequantKernel):
 
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
-        return (len(qt.shape) == 2 and qt.qtype.name in CAST_DEQUANT and qt.scale is None and qt.table is None
-                and qt.mask is None)
+        """fp16 or bf16, or fp8 with one scale per output channel (or none) where its cast is fast
+        (:func:`bitladder.kernels.widen.fast`: the C pass)."""
+        lay = qt.layout
+        per_row = lay.granularity == "tensor" or lay.granularity == "channel" and lay.axis % 2 == 0
+        fmt = qt.qtype.name in CAST_DEQUANT and qt.scale is None or qt.qtype.name in FP8 and per_row and fast(
+            torch.float8_e4m3fn)
+        return len(qt.shape) == 2 and fmt and qt.zero_point is None and qt.table is None and qt.mask is None
 
     def _weight(self) -> torch.Tensor:
-        return self._values.float()
+        return widened(self._values, self._scale)

@@ -187,6 +187,21 @@ AVX512F16 static void bf16_avx512(const BJob *J, int64_t n0, int64_t n1) {
         default: bf16_avx512_fmt(J, n0, n1, WIDE_BF16);
     }
 }
+
+/* a row widened and scaled sixteen (eight) at a time; returns where the scalar tail starts */
+AVX512F16 static int64_t widen_avx512(const uint8_t *wr, float *o, int64_t k, const int fmt, float s) {
+    const __m512 vs = _mm512_set1_ps(s);
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) _mm512_storeu_ps(o + i, _mm512_mul_ps(wide16v(wr, i, fmt), vs));
+    return i;
+}
+
+AVX2 static int64_t widen_avx2(const uint8_t *wr, float *o, int64_t k, const int fmt, float s) {
+    const __m256 vs = _mm256_set1_ps(s);
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) _mm256_storeu_ps(o + i, _mm256_mul_ps(wide8(wr, i, fmt), vs));
+    return i;
+}
 #endif
 
 static void bf16_part(const BJob *J, int simd, int part, int parts) {
@@ -230,5 +245,57 @@ static PyObject *wide16(PyObject *self, PyObject *args) {
     Py_INCREF(ret);
 done:
     PyBuffer_Release(&w); PyBuffer_Release(&x); PyBuffer_Release(&y);
+    return ret;
+}
+
+/* Whole float weights to fp32 (a cast per call for the fp32 GEMM or convolution): row r of w (n, k) in format fmt,
+ * times scale[r] where a scale is given, into out (n, k). Each value is widened exactly (e4m3 at 2^-8, its 256 folded
+ * into the row's multiplier: a power of two), then one rounding: every path gives torch's `float(w) * scale`. */
+static void widen_rows(const uint8_t *w, float *out, int64_t r0, int64_t r1, int64_t k, int fmt, const float *scale,
+                       int simd) {
+    const int es = wide_bytes(fmt);
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *wr = w + r * k * es;
+        float *o = out + r * k;
+        const float s = (scale ? scale[r] : 1.0f) * (fmt == WIDE_E4M3 ? 256.0f : 1.0f);
+        int64_t i = 0;
+#ifdef BL_X86
+        if (simd == 2) i = widen_avx512(wr, o, k, fmt, s);
+        else if (simd == 1) i = widen_avx2(wr, o, k, fmt, s);
+#endif
+        for (; i < k; i++) o[i] = wide_float(wr, i, fmt) * s;
+    }
+}
+
+/* widen(w, out, n, k, fmt, scale, simd, threads): the formats and paths of `wide16`; scale holds n floats, or is
+ * empty for none */
+static PyObject *widen(PyObject *self, PyObject *args) {
+    Py_buffer w, out, sc;
+    Py_ssize_t n, k;
+    int fmt, simd, threads;
+    if (!PyArg_ParseTuple(args, "y*w*nniy*ii", &w, &out, &n, &k, &fmt, &sc, &simd, &threads)) return NULL;
+    PyObject *ret = NULL;
+    if (fmt < WIDE_BF16 || fmt > WIDE_E5M2 || n < 0 || k < 0 || w.len < (Py_ssize_t)(n * k * wide_bytes(fmt))
+        || out.len < (Py_ssize_t)(n * k * 4) || (sc.len != 0 && sc.len < (Py_ssize_t)(n * 4))) {
+        PyErr_SetString(PyExc_ValueError, "lowbit.widen: buffer sizes or format do not fit");
+        goto done;
+    }
+    if (simd >= 2 && !cpu_avx512bw()) simd = 1;
+    if (simd && !cpu_avx2()) simd = 0;
+    Py_BEGIN_ALLOW_THREADS
+    const float *scale = sc.len ? (const float *)sc.buf : NULL;
+    int parts = threads < 1 ? 1 : threads;
+    if (parts == 1 || n * k < 65536) {
+        widen_rows(w.buf, out.buf, 0, n, k, fmt, scale, simd);
+    } else {
+#pragma omp parallel for num_threads(parts) schedule(static)
+        for (int part = 0; part < parts; part++)
+            widen_rows(w.buf, out.buf, n * part / parts, n * (part + 1) / parts, k, fmt, scale, simd);
+    }
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&w); PyBuffer_Release(&out); PyBuffer_Release(&sc);
     return ret;
 }

@@ -507,6 +507,7 @@ static PyMethodDef methods[] = {
     {"static16", static16, METH_VARARGS, "8-bit codes x a static uint8 grid, exact in 16-bit pairs (no VNNI)."},
     {"xnor", xnor, METH_VARARGS, "Binary weights x sign activations (XNOR-popcount), rows split over threads."},
     {"wide16", wide16, METH_VARARGS, "bf16 or fp16 weights x fp32 activations at up to 4 rows, widened in registers."},
+    {"widen", widen, METH_VARARGS, "bf16, fp16 or fp8 weights to fp32 (times a scale per row), rows split over threads."},
     {"dequant", dequant, METH_VARARGS, "One 4- or 8-bit plane to scaled fp32, rows split over threads."},
     {"gather_rows", gather_rows, METH_VARARGS, "Rows of packed 1-, 2-, 4- or 8-bit codes, dequantised (lookups)."},
     {"has_avx2", has_avx2, METH_NOARGS, "Whether this CPU runs the AVX2 path."},
