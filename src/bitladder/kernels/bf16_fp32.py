@@ -16,7 +16,7 @@ from bitladder.kernels import fp32_gemm
 from bitladder.kernels.base import ANY_ROWS, KernelUnsupported, LinearKernel
 from bitladder.kernels.c_lowbit import c_module, simd_path
 from bitladder.kernels.cpu import Cpu, current
-from bitladder.kernels.fp16_codes import MKL_ROWS, Fp16CodesKernel, small
+from bitladder.kernels.fp16_codes import MKL_ROWS, Fp16CodesKernel, per_row, small
 from bitladder.kernels.registry import register
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -112,9 +112,7 @@ class Fp8GemvKernel(Fp16GemvKernel):
 
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
-        lay = qt.layout
-        per_row = lay.granularity == "tensor" or lay.granularity == "channel" and lay.axis % 2 == 0
-        return (len(qt.shape) == 2 and qt.qtype.name in cls.CODES and per_row and qt.zero_point is None
+        return (len(qt.shape) == 2 and qt.qtype.name in cls.CODES and per_row(qt) and qt.zero_point is None
                 and qt.table is None and qt.mask is None)
 
     @classmethod
@@ -142,10 +140,10 @@ class Fp8GemvKernel(Fp16GemvKernel):
         return self.n * self.k + self.n * 4
 
 
-
 def fp16_shifts(wt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of a bf16 weight, a power of two ``s`` (float32) and whether fp16 holds every ``w * 2**s`` exactly
-    (bool): not for a row whose values lie more than 33 binades apart, or with a NaN.
+    (bool): not for a row with a value whose lowest set bit lies more than 39 binades below the row's largest
+    value, or with a NaN.
 
     bf16 keeps 8 significant bits; fp16 11, over exponents -24..15 with subnormals: a row whose largest magnitude
     is moved into [2^15, 2^16) keeps every value whose lowest bit is 2^-24 or above. Checked by the round trip back

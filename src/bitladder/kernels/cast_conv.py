@@ -37,6 +37,7 @@ class CastConv2d:
 
     @classmethod
     def installed(cls) -> bool:
+        """Always: torch's cast, or the C pass where built."""
         return True
 
     @classmethod

@@ -53,6 +53,12 @@ MKL_ROWS = 512
 CAST_MAX = 1 << 22
 
 
+def per_row(qt: QuantizedTensor) -> bool:
+    """Whether a weight has one scale per output channel (axis 0), one for the tensor, or none."""
+    lay = qt.layout
+    return lay.granularity == "tensor" or lay.granularity == "channel" and lay.axis % 2 == 0
+
+
 def small(qt: QuantizedTensor) -> bool:
     """Whether a weight has at most :data:`SMALL_WEIGHTS` elements."""
     return math.prod(qt.shape) <= SMALL_WEIGHTS
@@ -91,9 +97,8 @@ class Fp16CodesKernel(LinearKernel):
     def applies(cls, qt: QuantizedTensor) -> bool:
         """Whether this weight can run here: integer-like codes of 8 bits or fewer, or float codes fp16 holds
         (:data:`FP16_HOLDS`), with one scale per output channel (or per tensor, or none for float codes)."""
-        lay, zp, q = qt.layout, qt.zero_point, qt.qtype
-        per_row = lay.granularity == "tensor" or lay.granularity == "channel" and lay.axis % 2 == 0
-        if len(qt.shape) != 2 or not per_row or qt.table is not None:
+        zp, q = qt.zero_point, qt.qtype
+        if len(qt.shape) != 2 or not per_row(qt) or qt.table is not None:
             return False
         if q.rules.integer_codes:
             return q.bits <= 8 and qt.scale is not None and (zp is None or not zp.is_floating_point())
@@ -164,10 +169,8 @@ class CastKernel(DequantKernel):
     def applies(cls, qt: QuantizedTensor) -> bool:
         """fp16 or bf16, or fp8 with one scale per output channel (or none) where its cast is fast
         (:func:`bitladder.kernels.widen.fast`: the C pass)."""
-        lay = qt.layout
-        per_row = lay.granularity == "tensor" or lay.granularity == "channel" and lay.axis % 2 == 0
-        fmt = qt.qtype.name in CAST_DEQUANT and qt.scale is None or qt.qtype.name in FP8 and per_row and fast(
-            torch.float8_e4m3fn)
+        name = qt.qtype.name
+        fmt = name in CAST_DEQUANT and qt.scale is None or name in FP8 and per_row(qt) and fast(name)
         return len(qt.shape) == 2 and fmt and qt.zero_point is None and qt.table is None and qt.mask is None
 
     def _weight(self) -> torch.Tensor:

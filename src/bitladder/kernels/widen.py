@@ -17,9 +17,9 @@ CODES = {torch.bfloat16: 0, torch.float16: 1, torch.float8_e4m3fn: 2, torch.floa
 FP8 = ("fp8_e4m3", "fp8_e5m2")
 
 
-def fast(dtype: torch.dtype) -> bool:
-    """Whether a cast of ``dtype`` is cheap here: the C pass is built, or torch's own cast is fast (16-bit)."""
-    return c_module() is not None or dtype in (torch.bfloat16, torch.float16)
+def fast(fmt: str) -> bool:
+    """Whether a cast of format ``fmt`` is cheap here: the C pass is built, or torch's own cast is fast (16-bit)."""
+    return c_module() is not None or fmt in ("bf16", "fp16")
 
 
 def widened(values: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
