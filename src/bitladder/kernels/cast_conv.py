@@ -10,9 +10,9 @@ scales for fp8: :func:`bitladder.kernels.widen.widened`, in C where built); the 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from bitladder.kernels.base import KernelUnsupported
+from bitladder.kernels.dequant_conv import DequantConv2d
 from bitladder.kernels.registry import register
 from bitladder.kernels.widen import widened
 from bitladder.tensor.quantized import QuantizedTensor
@@ -22,16 +22,13 @@ FORMATS = ("fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
 
 
 @register
-class CastConv2d:
+class CastConv2d(DequantConv2d):
     """``F.conv2d(x, W, bias, ...)`` with ``W`` cast from the stored float values at each call (any stride,
-    padding, dilation and groups: the convolution is torch's)."""
+    padding, dilation and groups: the convolution is torch's). Auto's choice for a weight-only layer, as
+    :class:`DequantConv2d` is for integer codes (its ``takes`` and call)."""
 
     name = "cast-conv"
-    op = "conv2d"
-    requires: tuple[str, ...] = ()
-    auto_rows = None
     rank = 25
-    needs_batch = False  # torch's convolution takes unbatched and empty inputs too
     advice = ("a float-format convolution computes in fp32 (one cast of the weight a call, then the float "
               "convolution), so it can at best tie fp32")
 
@@ -44,11 +41,6 @@ class CastConv2d:
     def available(cls, cpu=None) -> bool:
         """Always: a cast and torch's convolution, the same values on any CPU."""
         return True
-
-    @classmethod
-    def takes(cls, policy: str, act: dict | None) -> bool:
-        """Auto's choice for a weight-only layer (``act``: the layer's activation format, None here)."""
-        return act is None and policy == "auto"
 
     @classmethod
     def applies(cls, qt: QuantizedTensor) -> bool:
@@ -81,10 +73,6 @@ class CastConv2d:
         """The fp32 weight, (O, I, kh, kw), in the layer's memory format."""
         w = widened(self._values, self._scale).reshape(self.shape)
         return w if self.format is torch.contiguous_format else w.contiguous(memory_format=self.format)
-
-    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """The layer's float convolution of ``x`` with this call's fp32 weight."""
-        return F.conv2d(x, self.weight(), None if bias is None else bias.float(), *self.args)
 
     @property
     def nbytes(self) -> int:

@@ -47,9 +47,8 @@ CAST_DEQUANT = ("fp16", "bf16")
 #: the rows from which MKL's sgemm outruns fbgemm's fp16 GEMM on the vendors of :data:`MKL_AHEAD` (and where fbgemm
 #: stops without AVX-512)
 MKL_ROWS = 512
-#: the largest float weight (elements) cast whole per call past :data:`MKL_ROWS` there: MiniLM's shapes at
-#: 1504 rows ran 0.95-0.97x fp32 so against fbgemm's 0.82-0.88x; a 4096² weight's fresh 64 MiB copy page-faults
-#: (0.77x against 0.83x at 512 rows; notes.md, 'bf16 weights at batch')
+#: the largest float weight (elements) cast whole per call past :data:`MKL_ROWS` there: a larger weight's fresh
+#: fp32 copy each call page-faults, and fbgemm's GEMM is the faster (notes.md, 'bf16 weights at batch')
 CAST_MAX = 1 << 22
 
 
@@ -128,8 +127,8 @@ class Fp16CodesKernel(LinearKernel):
         return y if self._scale is None else y.mul_(self._scale)
 
     def _fused(self, x: torch.Tensor, bias: torch.Tensor | None, in_scale: torch.Tensor | None) -> torch.Tensor:
-        """The channel scales and the bias in one pass over the output (two passes cost 5-10 % at MiniLM's
-        shapes and a thousand rows)."""
+        """The channel scales and the bias in one pass over the output: at a thousand rows a second pass is a
+        visible share of the call."""
         if self._scale is None or bias is None:
             return super()._fused(x, bias, in_scale)
         y = torch.ops.quantized.linear_dynamic_fp16(x if in_scale is None else x * in_scale, self._packed)

@@ -2,8 +2,8 @@
 
 ``float(w) * scale`` in one C pass where the C kernels are built (``widen`` in ``kernels/c/bf16.h``: each value
 widened exactly in registers, then one rounding, the same bits as torch on every path); torch's own cast
-otherwise. Torch's fp8 -> fp32 cast runs about 4 ns a weight on a CPU (e4m3: 1.2 ms for MiniLM's 1536 x 384,
-against 33 us in C; notes.md, 'bf16 weights at batch'), which made a cast per call too slow for fp8 weights.
+otherwise. Torch's fp8 -> fp32 cast is scalar on a CPU, too slow for a cast per call (notes.md, 'bf16 weights at
+batch; float-format convolutions').
 """
 
 from __future__ import annotations
