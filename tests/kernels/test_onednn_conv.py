@@ -15,7 +15,7 @@ from bitladder import Act, Int
 from bitladder.formats.layout import Layout
 from bitladder.kernels import KernelUnsupported
 from bitladder.kernels.onednn_conv import OnednnConv2dW8A8
-from bitladder.kernels.fbgemm_w8a8 import act_levels
+from bitladder.kernels.fbgemm_w8a8 import levels_for
 from bitladder.kernels.onednn_w8a8 import _grid
 from bitladder.tensor.quantized import QuantizedTensor
 
@@ -36,7 +36,7 @@ def _weights(o: int, c: int, k: int, layout: Layout, seed: int = 0) -> Quantized
 
 def _emulate(qt: QuantizedTensor, x: torch.Tensor, bias, stride, padding, dilation) -> torch.Tensor:
     """What the kernel computes: x on its uint8 grid, then the convolution with the dequantised weight."""
-    scale, zp = _grid(float(x.min()), float(x.max()), act_levels(library="onednn"))
+    scale, zp = _grid(float(x.min()), float(x.max()), levels_for(qt.codes(), "onednn"))  # the kernel's grid
     xq = (torch.quantize_per_tensor(x, scale, zp, torch.quint8).int_repr().float() - zp) * scale
     return F.conv2d(xq, qt.dequantize(torch.float32), bias, stride, padding, dilation)
 
