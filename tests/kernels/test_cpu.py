@@ -1,6 +1,9 @@
 """BITLADDER_CPU caps the features kernels see: a level is a ceiling, never more than the host has."""
 
+import os
+
 import pytest
+import torch
 
 from bitladder.errors import BitladderError
 from bitladder.kernels import cpu
@@ -91,3 +94,41 @@ def test_cpuinfo_gives_the_first_cpus_generation_behind_a_masked_model_name(tmp_
     info.write_text("processor\t: 0\nmodel name\t: Apple M2\n")  # no numbers: left out, not guessed
     assert read_cpuinfo(str(info))[3] is None and "cpu_id" not in Cpu("Apple M2", frozenset(), frozenset()).describe()
     assert read_cpuinfo(str(tmp_path / "missing"))[1:] == ("", frozenset(), None)
+
+
+def test_the_host_is_what_cpuid_reports_within_cpuinfo(monkeypatch):
+    every = frozenset(cpu.FEATURES)  # an emulator passes the host's /proc/cpuinfo through; its cpuid says AVX2
+    monkeypatch.setattr(cpu, "read_cpuinfo", lambda: ("Xeon", "GenuineIntel", every, (6, 167, 1)))
+    monkeypatch.setattr(cpu, "cpuid_flags", lambda: frozenset({"avx2"}))
+    cpu._host.cache_clear()
+    try:
+        got = cpu.current({})
+        assert got.host_flags == {"avx2"} and not got.dot32("onednn") and not got.dot32("fbgemm")
+        assert got.describe()["cpu_id"] == {"family": 6, "model": 167, "stepping": 1}
+        monkeypatch.setattr(cpu, "read_cpuinfo", lambda: ("", "", frozenset(), None))  # not Linux: cpuid alone
+        cpu._host.cache_clear()
+        assert cpu.current({}).host_flags == {"avx2"}
+        monkeypatch.setattr(cpu, "read_cpuinfo", lambda: ("Xeon", "GenuineIntel", every, None))
+        monkeypatch.setattr(cpu, "cpuid_flags", lambda: None)  # no C extension: /proc/cpuinfo alone
+        cpu._host.cache_clear()
+        assert cpu.current({}).host_flags == every
+    finally:
+        cpu._host.cache_clear()  # the next caller reads this machine again
+
+
+@pytest.mark.skipif(cpu.cpuid_flags() is None, reason="needs the C extension on x86-64")
+def test_cpuid_agrees_with_the_c_kernels_own_dispatch():
+    from bitladder.kernels import _lowbit
+
+    probed = cpu.cpuid_flags()
+    assert probed <= set(cpu.FEATURES) and ("avx2" in probed) == _lowbit.has_avx2()
+    assert cpu.current({}).host_flags <= probed
+    if "avx512f" not in probed:  # the 512-bit extensions only with AVX-512 F itself
+        assert not probed & {"avx512bw", "avx512_vnni", "avx512_bf16", "vpopcntdq"}
+
+
+@pytest.mark.skipif("BITLADDER_EMULATED" not in os.environ, reason="make test-emulated's workers only")
+def test_the_emulated_cpu_is_the_one_named():
+    level = os.environ["BITLADDER_EMULATED"]  # qemu's CPU: every library must see it, not the host's
+    assert cpu.current({}).host_flags == cpu.LEVELS[level]
+    assert torch.backends.cpu.get_cpu_capability() == {"avx2": "AVX2", "default": "DEFAULT"}[level]

@@ -13,12 +13,16 @@ environment variable makes a VNNI host choose and round as an AVX2 or AVX-512-wi
 * ``amx``: + AMX tiles (Sapphire Rapids and later).
 
 A level is a ceiling, not a claim: the features in force are the host's within the level, since an
-instruction the host lacks cannot run whatever the variable says.
+instruction the host lacks cannot run whatever the variable says. The host's features are those cpuid reports
+with the OS saving their registers (read by the C extension, as oneDNN, fbgemm and onnxruntime read them), within
+``/proc/cpuinfo``'s: under an emulator (qemu's user mode) ``/proc/cpuinfo`` is the host's, and a grid chosen
+from it would saturate the emulated CPU's GEMMs.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import platform
 from dataclasses import dataclass
@@ -134,10 +138,25 @@ def read_cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, str, frozenset[str],
     return model, vendor, frozenset(f for f in FEATURES if f in flags), ident
 
 
+def cpuid_flags() -> frozenset[str] | None:
+    """The features (names of :data:`FEATURES`) cpuid reports and the OS saves state for, or None where the C
+    extension is not built or the CPU is not x86-64."""
+    try:  # by its full name: the compiled module
+        bits = importlib.import_module("bitladder.kernels._lowbit").feature_bits()
+    except (ImportError, AttributeError):  # no compiler at install time, or an extension built before this entry
+        return None
+    return None if bits is None else frozenset(f for i, f in enumerate(FEATURES) if bits >> i & 1)
+
+
 @functools.lru_cache(maxsize=1)
 def _host() -> tuple[str, str, frozenset[str], tuple[int, int, int] | None]:
-    """:func:`read_cpuinfo` of this machine, read once: the hardware does not change under a process."""
-    return read_cpuinfo()
+    """:func:`read_cpuinfo` of this machine within :func:`cpuid_flags`, read once: the hardware does not change
+    under a process. Without ``/proc/cpuinfo``'s flags (not Linux) cpuid's alone."""
+    model, vendor, flags, ident = read_cpuinfo()
+    probed = cpuid_flags()
+    if probed is not None:
+        flags = flags & probed if flags else probed
+    return model, vendor, flags, ident
 
 
 def parse_level(value: str | None) -> str:

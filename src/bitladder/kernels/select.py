@@ -74,8 +74,8 @@ def choose(qt, m: int, policy: str = "auto", binary_activations: bool = False, c
             if c16.available(cpu) and c16.applies(qt):
                 return STATIC_C
         # a static grid fbgemm cannot take whole (its pair sums saturate): oneDNN at every size (whole with its
-        # VNNI, else split)
-        rows = m >= onednn_min_rows(cpu) or not whole
+        # VNNI, else split); so too where torch has no fbgemm (a CPU without AVX2)
+        rows = m >= onednn_min_rows(cpu) or not whole or not registry.get("int8-w8a8-fbgemm").available(cpu)
         backend = "onednn" if rows and onednn.available(cpu) else "fbgemm"
         return policy.replace("w8a8", f"w8a8-{backend}")
     if policy != "auto":

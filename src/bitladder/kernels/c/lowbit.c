@@ -496,9 +496,18 @@ done:
     return ret;
 }
 
+#include "features.h"
 #include "static16.h"
 
 static PyObject *has_avx2(PyObject *self, PyObject *noargs) { return PyBool_FromLong(cpu_avx2()); }
+
+static PyObject *feature_bits(PyObject *self, PyObject *noargs) {
+#ifdef BL_CPUID
+    return PyLong_FromUnsignedLong(cpu_feature_bits());
+#else
+    Py_RETURN_NONE;
+#endif
+}
 
 static PyMethodDef methods[] = {
     {"gemv", gemv, METH_VARARGS, "Low-bit codes x int8 activations, rows split over threads."},
@@ -511,6 +520,7 @@ static PyMethodDef methods[] = {
     {"dequant", dequant, METH_VARARGS, "One 4- or 8-bit plane to scaled fp32, rows split over threads."},
     {"gather_rows", gather_rows, METH_VARARGS, "Rows of packed 1-, 2-, 4- or 8-bit codes, dequantised (lookups)."},
     {"has_avx2", has_avx2, METH_NOARGS, "Whether this CPU runs the AVX2 path."},
+    {"feature_bits", feature_bits, METH_NOARGS, "cpuid's features (cpu.FEATURES order, one bit each), or None."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lowbit", "Low-bit GEMV (AVX2 and portable C).", -1,
