@@ -141,6 +141,8 @@ def test_bad_weights_and_buffers_are_refused():
                             np.zeros((1, 1, 8), np.float32))
 
 
+@pytest.mark.skipif(not CStaticKernel.available(current({"BITLADDER_CPU": "avx2"})),
+                    reason="the C kernel's 16-bit pair products need AVX2 on the host")
 def test_a_layer_with_outlier_channels_adds_them_in_the_epilogue(monkeypatch):
     import bitladder
     from bitladder.methods.quantize.methods import Act

@@ -181,6 +181,10 @@ static int cpu_fma(void) {
 #endif
 }
 
+/* quantize_per_tensor's rounding on this CPU, fbgemm's: one (its fused multiply-add) with AVX2 and FMA, else two
+ * (its scalar v * inv + zp; -ffp-contract=off keeps them two); measured on an emulated Nehalem, notes.md */
+static int torch_fuses(void) { return cpu_avx2() && cpu_fma(); }
+
 static inline void extremes(const float *y, const float *s, int64_t k, float *hi, float *lo) {
     float h = s ? y[0] * s[0] : y[0], l = h;
     for (int64_t j = 1; j < k; j++) {
@@ -327,11 +331,12 @@ static void static_row(const float *x, const float *s, uint8_t *q, uint8_t *top,
 #else
     (void)vec;
 #endif
+    const int fused = torch_fuses();
     for (; j < k; j++) {
         float v = s ? x[j] * s[j] : x[j];
         if (p->div != 1.0f) v = v / p->div;
         if (p->clamp) v = v < p->lo ? p->lo : (v > p->hi ? p->hi : v);
-        const float c = nearbyintf(fmaf(v, p->inv, p->zp));
+        const float c = nearbyintf(fused ? fmaf(v, p->inv, p->zp) : v * p->inv + p->zp);
         const uint8_t code = (uint8_t)(c > 0.0f ? (c < 255.0f ? c : 255.0f) : 0.0f); /* NaN: 0, as vmaxps gives */
         if (top) {
             top[j] = code >> 7;
@@ -354,7 +359,8 @@ static void token_grid(float L, float H, int levels, double *scale, int *zp) {
  * kernels/onednn_w8a8.py on v = x * s (s empty: x), rotated by blocks of b unless b is 1. Per row
  * r = max(max v, -min v) (at least 1e-30); the rows share one grid of `levels` steps over
  * [min(min_rows lo / r, 0), max(max_rows hi / r, 0)] (token_grid); q = clamp(nearbyint(fma(v / r, 1 / scale, zp)),
- * 0, 255), quantize_per_tensor's rounding: the codes of the tensor operations (hadamard.token_reference).
+ * 0, 255), quantize_per_tensor's rounding (torch_fuses): the codes of the tensor operations
+ * (hadamard.token_reference).
  * The grid is known only after every row, but each row divided by its own r reaches +1 or -1, so when one row's
  * extreme is positive and another's negative it is the grid of [-1, 1]: the first pass quantises on that one while
  * the row is in L1, and a second pass (which makes the row again: cheaper than keeping it as floats) runs only
