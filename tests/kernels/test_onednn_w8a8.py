@@ -10,12 +10,20 @@ import torch.nn.functional as F
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+import bitladder
 from bitladder.formats.layout import Layout
-from bitladder.kernels import KernelUnsupported, OnednnW8A8Kernel, OnednnW8A8TokenKernel, reference_linear
+from bitladder.kernels import (
+    FbgemmW8A8Kernel,
+    KernelUnsupported,
+    OnednnW8A8Kernel,
+    OnednnW8A8TokenKernel,
+    reference_linear,
+)
 from bitladder.kernels.cpu import current
 from bitladder.kernels.fbgemm_w8a8 import levels_for
 from bitladder.kernels.onednn_w8a8 import _grid
 from bitladder.kernels.select import ONEDNN_MIN_ROWS, ONEDNN_MIN_ROWS_BY_VENDOR, choose, onednn_min_rows
+from bitladder.methods.quantize.methods import Act
 from bitladder.tensor.quantized import QuantizedTensor
 
 pytestmark = pytest.mark.skipif(not OnednnW8A8Kernel.available(), reason="torch has no oneDNN quantized linear")
@@ -105,14 +113,31 @@ def test_dynamic_policy_picks_the_backend_by_rows_and_vendor(vendor):
     cpu = dataclasses.replace(current(), vendor=vendor)
     at = ONEDNN_MIN_ROWS_BY_VENDOR.get(vendor, ONEDNN_MIN_ROWS)
     assert onednn_min_rows(cpu) == at and (at < ONEDNN_MIN_ROWS) == (vendor == "GenuineIntel")
-    assert choose(qt, at - 1, "int8-w8a8-token", cpu=cpu) == "int8-w8a8-fbgemm-token"
+    assert choose(qt, at - 1, "int8-w8a8-token", cpu=cpu) == f"int8-w8a8-{_few()}-token"
     assert choose(qt, at, "int8-w8a8-token", cpu=cpu) == "int8-w8a8-onednn-token"
+
+
+def _few() -> str:
+    """The W8A8 families' backend below oneDNN's rows: fbgemm where torch has it (not on CPUs without AVX2)."""
+    return "fbgemm" if FbgemmW8A8Kernel.available() else "onednn"
 
 
 def test_dynamic_policy_picks_the_backend_by_rows():
     qt = _qt(8, 64)
-    assert choose(qt, onednn_min_rows() - 1, "int8-w8a8-token") == "int8-w8a8-fbgemm-token"
+    assert choose(qt, onednn_min_rows() - 1, "int8-w8a8-token") == f"int8-w8a8-{_few()}-token"
     assert choose(qt, onednn_min_rows(), "int8-w8a8-token") == "int8-w8a8-onednn-token"
-    assert choose(qt, 1, "int8-w8a8") == "int8-w8a8-fbgemm"
+    assert choose(qt, 1, "int8-w8a8") == f"int8-w8a8-{_few()}"
     assert choose(qt, 4096, "int8-w8a8") == "int8-w8a8-onednn"
     assert choose(qt, 4096, "int8-w8a8-fbgemm") == "int8-w8a8-fbgemm"  # a named backend is kept
+
+
+def test_without_fbgemm_the_families_take_onednn_at_every_size(monkeypatch):
+    # torch builds no fbgemm engine for a CPU without AVX2 (an emulated Nehalem): a few rows raised there
+    monkeypatch.setattr(FbgemmW8A8Kernel, "installed", classmethod(lambda cls: False))
+    qt = _qt(8, 64)
+    for policy in ("int8-w8a8", "int8-w8a8-token"):
+        assert {choose(qt, m, policy) for m in (2, 31, 4096)} == {policy.replace("w8a8", "w8a8-onednn")}
+    layer = torch.nn.Linear(64, 16)
+    q = bitladder.quantize(layer, bitladder.Int(8, act=Act(dynamic="tensor")))
+    x = torch.randn(3, 64)
+    assert float((q(x) - layer(x)).norm() / layer(x).norm()) < 0.03 and q.kernel == "int8-w8a8-onednn"
