@@ -125,6 +125,9 @@ def test_cpuid_agrees_with_the_c_kernels_own_dispatch():
     assert cpu.current({}).host_flags <= probed
     if "avx512f" not in probed:  # the 512-bit extensions only with AVX-512 F itself
         assert not probed & {"avx512bw", "avx512_vnni", "avx512_bf16", "vpopcntdq"}
+    aten = torch.backends.cpu.get_cpu_capability()  # torch's own cpuid reading (ATEN_CPU_CAPABILITY can only lower it)
+    assert aten not in ("AVX2", "AVX512") or "avx2" in probed
+    assert aten != "AVX512" or {"avx512f", "avx512bw"} <= probed
 
 
 @pytest.mark.skipif("BITLADDER_EMULATED" not in os.environ, reason="make test-emulated's workers only")
