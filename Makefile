@@ -51,7 +51,7 @@ EMULATED_TESTS := tests/kernels/test_cpu.py tests/kernels/test_onednn_w8a8.py te
 	tests/io/test_onnx_dynamic.py tests/io/test_onnx_ranges.py \
 	tests/io/test_onnx_export.py::test_dynamic_int8_uses_integer_matmul_and_stays_close
 test-emulated: $(STAMP)
-	@command -v qemu-x86_64 >/dev/null || { echo "test-emulated needs qemu-x86_64 (Debian: apt-get install qemu-user)"; exit 1; }
+	@command -v qemu-x86_64 >/dev/null || { echo "test-emulated needs qemu-x86_64 (Debian: qemu-user)"; exit 1; }
 	$(call EMULATED,avx2,Haswell-v4$(QEMU_QUIET),$(EMULATED_TESTS))
 	$(call EMULATED,default,Nehalem-v2$(QEMU_QUIET),$(EMULATED_TESTS))
 
