@@ -100,11 +100,16 @@ def test_the_host_is_what_cpuid_reports_within_cpuinfo(monkeypatch):
     every = frozenset(cpu.FEATURES)  # an emulator passes the host's /proc/cpuinfo through; its cpuid says AVX2
     monkeypatch.setattr(cpu, "read_cpuinfo", lambda: ("Xeon", "GenuineIntel", every, (6, 167, 1)))
     monkeypatch.setattr(cpu, "cpuid_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(cpu, "cpuid_identity", lambda: ("Haswell", "GenuineIntel", (6, 60, 1)))
     cpu._host.cache_clear()
     try:
         got = cpu.current({})
         assert got.host_flags == {"avx2"} and not got.dot32("onednn") and not got.dot32("fbgemm")
-        assert got.describe()["cpu_id"] == {"family": 6, "model": 167, "stepping": 1}
+        assert got.describe()["cpu"] == "Haswell"  # the CPU the flags come from names the result
+        assert got.describe()["cpu_id"] == {"family": 6, "model": 60, "stepping": 1}
+        monkeypatch.setattr(cpu, "cpuid_identity", lambda: None)  # no C extension: the file names it
+        cpu._host.cache_clear()
+        assert cpu.current({}).describe()["cpu_id"] == {"family": 6, "model": 167, "stepping": 1}
         monkeypatch.setattr(cpu, "read_cpuinfo", lambda: ("", "", frozenset(), None))  # not Linux: cpuid alone
         cpu._host.cache_clear()
         assert cpu.current({}).host_flags == {"avx2"}
@@ -130,8 +135,18 @@ def test_cpuid_agrees_with_the_c_kernels_own_dispatch():
     assert aten != "AVX512" or {"avx512f", "avx512bw"} <= probed
 
 
+@pytest.mark.skipif(cpu.cpuid_identity() is None or "BITLADDER_EMULATED" in os.environ
+                    or not os.path.exists("/proc/cpuinfo"), reason="needs the C extension and Linux, not emulated")
+def test_cpuid_names_the_cpu_as_linux_does():
+    model, vendor, _, ident = cpu.read_cpuinfo()
+    name, probed_vendor, probed_ident = cpu.cpuid_identity()
+    assert (probed_vendor, probed_ident) == (vendor, ident)
+    assert " ".join(name.split()) == " ".join(model.split()) or not name  # Linux strips the padding
+
+
 @pytest.mark.skipif("BITLADDER_EMULATED" not in os.environ, reason="make test-emulated's workers only")
 def test_the_emulated_cpu_is_the_one_named():
     level = os.environ["BITLADDER_EMULATED"]  # qemu's CPU: every library must see it, not the host's
     assert cpu.current({}).host_flags == cpu.LEVELS[level]
     assert torch.backends.cpu.get_cpu_capability() == {"avx2": "AVX2", "default": "DEFAULT"}[level]
+    assert {"avx2": "Haswell", "default": "Nehalem"}[level] in cpu.current({}).model  # not the host's name

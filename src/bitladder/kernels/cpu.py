@@ -148,14 +148,29 @@ def cpuid_flags() -> frozenset[str] | None:
     return None if bits is None else frozenset(f for i, f in enumerate(FEATURES) if bits >> i & 1)
 
 
+def cpuid_identity() -> tuple[str, str, tuple[int, int, int]] | None:
+    """(model name, vendor, (family, model, stepping)) as cpuid reports them, or None where the C extension is not
+    built or the CPU is not x86-64. On hardware it is what Linux writes in ``/proc/cpuinfo``; under an emulator's
+    user mode it is the emulated CPU, where ``/proc/cpuinfo`` is the host's."""
+    try:
+        got = importlib.import_module("bitladder.kernels._lowbit").identity()
+    except (ImportError, AttributeError):
+        return None
+    return None if got is None else (got[0].strip(), got[1], tuple(got[2:]))
+
+
 @functools.lru_cache(maxsize=1)
 def _host() -> tuple[str, str, frozenset[str], tuple[int, int, int] | None]:
     """:func:`read_cpuinfo` of this machine within :func:`cpuid_flags`, read once: the hardware does not change
-    under a process. Without ``/proc/cpuinfo``'s flags (not Linux) cpuid's alone."""
+    under a process. Without ``/proc/cpuinfo``'s flags (not Linux) cpuid's alone; the CPU's name and numbers are
+    cpuid's where it gives them (:func:`cpuid_identity`)."""
     model, vendor, flags, ident = read_cpuinfo()
     probed = cpuid_flags()
     if probed is not None:
         flags = flags & probed if flags else probed
+    named = cpuid_identity()
+    if named is not None:
+        model, vendor, ident = named[0] or model, named[1] or vendor, named[2]
     return model, vendor, flags, ident
 
 

@@ -509,6 +509,15 @@ static PyObject *feature_bits(PyObject *self, PyObject *noargs) {
 #endif
 }
 
+static PyObject *identity(PyObject *self, PyObject *noargs) {
+#ifdef BL_CPUID
+    char brand[49], vendor[13];
+    unsigned fms[3];
+    if (cpu_identity(brand, vendor, fms)) return Py_BuildValue("(ssIII)", brand, vendor, fms[0], fms[1], fms[2]);
+#endif
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"gemv", gemv, METH_VARARGS, "Low-bit codes x int8 activations, rows split over threads."},
     {"tiles", tiles, METH_VARARGS, "1-, 2- or 4-bit codes x int8 activations at batch, outputs across lanes."},
@@ -521,6 +530,7 @@ static PyMethodDef methods[] = {
     {"gather_rows", gather_rows, METH_VARARGS, "Rows of packed 1-, 2-, 4- or 8-bit codes, dequantised (lookups)."},
     {"has_avx2", has_avx2, METH_NOARGS, "Whether this CPU runs the AVX2 path."},
     {"feature_bits", feature_bits, METH_NOARGS, "cpuid's features (cpu.FEATURES order, one bit each), or None."},
+    {"identity", identity, METH_NOARGS, "cpuid's (name, vendor, family, model, stepping), or None."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lowbit", "Low-bit GEMV (AVX2 and portable C).", -1,
