@@ -13,7 +13,7 @@ from bitladder.nn.rotated import hadamard, rotate_input
 needs_c = pytest.mark.skipif(not H.installed(), reason="the C kernels were not built (no compiler at install)")
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=40, deadline=None)
 @given(st.integers(0, 8), st.integers(1, 4), st.integers(1, 40), st.integers(0, 2**16))
 def test_butterflies_are_the_matrix_rotation(log_b, blocks, rows, seed):
     b = 2**log_b
@@ -23,7 +23,7 @@ def test_butterflies_are_the_matrix_rotation(log_b, blocks, rows, seed):
 
 @needs_c
 @pytest.mark.parametrize("simd", [True, False])
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=40, deadline=None)
 @given(st.integers(0, 8), st.integers(1, 4), st.integers(1, 40), st.integers(0, 2**16))
 def test_c_transform_has_the_butterflies_bits(simd, log_b, blocks, rows, seed):
     b = 2**log_b
@@ -33,7 +33,7 @@ def test_c_transform_has_the_butterflies_bits(simd, log_b, blocks, rows, seed):
 
 @needs_c
 @pytest.mark.parametrize("simd", [True, False])
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=40, deadline=None)
 @given(st.integers(1, 7), st.integers(1, 5), st.integers(1, 300), st.integers(0, 255), st.floats(1e-3, 1.0),
        st.booleans(), st.booleans())
 def test_static_codes_of_rotated_rows_are_the_quantiser_codes_of_the_butterflies(simd, log_b, blocks, rows, zp, step,
@@ -78,7 +78,7 @@ def test_autograd_tracing_and_other_dtypes_take_the_matrix_form():
 
 @needs_c
 @pytest.mark.parametrize("simd", [True, False])
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=40, deadline=None)
 @given(st.integers(0, 7), st.integers(1, 5), st.integers(1, 300), st.sampled_from([127, 255]), st.floats(0.1, 50))
 def test_per_token_codes_are_the_reference_grid_and_codes(simd, log_b, blocks, rows, levels, spread):
     b = 2**log_b
@@ -95,7 +95,7 @@ def test_per_token_codes_are_the_reference_grid_and_codes(simd, log_b, blocks, r
 
 @needs_c
 @pytest.mark.parametrize("simd", [True, False])
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=40, deadline=None)
 @given(st.integers(1, 200), st.integers(1, 300), st.sampled_from([127, 255]), st.booleans(), st.booleans())
 def test_per_token_codes_of_scaled_rows_are_the_tensor_operations_bits(simd, rows, k, levels, scaled, ties):
     # no rotation (block 1), SmoothQuant's input scale or none, widths that leave a scalar tail
@@ -141,7 +141,7 @@ def test_per_token_codes_when_the_rows_extremes_share_a_sign(simd, signs, rows):
 
 @needs_c
 @pytest.mark.parametrize("simd", [True, False])
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=40, deadline=None)
 @given(st.integers(0, 7), st.integers(1, 5), st.integers(0, 300), st.floats(0.0, 50), st.booleans(), st.booleans())
 def test_rotated_rows_divided_by_their_largest_magnitude_have_the_reference_bits(simd, log_b, blocks, rows, spread,
                                                                                  odd, scaled):
@@ -181,7 +181,7 @@ def _per_tensor_codes(x: torch.Tensor, step: float, zp: int) -> torch.Tensor:
 
 @needs_c
 @pytest.mark.parametrize("simd", [True, False])
-@settings(max_examples=60, deadline=None, derandomize=True)
+@settings(max_examples=60, deadline=None)
 @given(st.integers(0, 40), st.integers(1, 200), st.floats(1e-3, 0.3), st.integers(0, 255), st.booleans(),
        st.booleans(), st.booleans(), st.booleans())
 def test_static_codes_are_torch_quantisers_codes_scaled_clamped_and_split(simd, rows, k, step, zp, scaled, clamp,
