@@ -183,11 +183,16 @@ def test_bench_json_carries_the_machine_and_limit_fractions(tmp_path, monkeypatc
     monkeypatch.setattr(limits, "measure", lambda: {"read_gbps": 16.0, "fp32_gflops": 80.0, "int8_gops": 160.0})
     pinned = {"allocator": "glibc", "mmap_threshold": 1 << 30, "trim_threshold": 1 << 30}
     monkeypatch.setattr(allocator, "steady_allocator", lambda: dict(pinned))  # not this test process's own malloc
+    from bitladder.pipeline.measure.machine import LIBRARY_CAPS
+
+    for name in ("BITLADDER_CPU", *LIBRARY_CAPS):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "AVX2")  # a cap the run was under heads its command line
     main(["bench", "--suite", "linear", "--json", str(tmp_path / "b.json")])
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["allocator"] == pinned  # what the command pinned before timing, as the ladder records it
     assert data["schema"] == "bitladder.bench/1" and data["machine"]["read_gbps"] == 16.0
-    assert data["command"] == f"bitladder bench --suite linear --json {tmp_path / 'b.json'}"
+    assert data["command"] == f"FBGEMM_ENABLE_INSTRUCTIONS=AVX2 bitladder bench --suite linear --json {tmp_path}/b.json"
     assert {"cpu", "flags", "cores", "threads", "versions", "fp32_gflops", "int8_gops"} <= set(data["machine"])
     assert data["rows"][0]["limit_fraction"] == pytest.approx((4 << 20) / 0.5e-3 / 16e9, rel=1e-3)
     assert data["complete"] is True

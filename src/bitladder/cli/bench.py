@@ -42,7 +42,7 @@ def register(app: typer.Typer, console: Console) -> None:
         """Latency (and fidelity) of every kernel and rung against fp32 and the peers, one run."""
         from bitladder.pipeline.ladder.run import write_json
         from bitladder.pipeline.bench.limits import annotate, measure
-        from bitladder.pipeline.measure.machine import machine, one_line
+        from bitladder.pipeline.measure.machine import command, machine, one_line
 
         if model is None and (rungs or data is not None or task is not None):
             raise BitladderError("--rungs, --data and --task go with --model (the suites bench their own variants)")
@@ -66,8 +66,6 @@ def register(app: typer.Typer, console: Console) -> None:
             limits = measure()
         mach = machine(**limits)
         rows: list[dict] = []
-        import shlex
-
         picked = ["--model", model, *(["--rungs", rungs] if rungs else []), *(["--data", str(data)] if data else [])] \
             if model is not None else ["--suite", suite]
         cmd = ["bitladder", "bench", *picked, *(["--repeats", str(repeats)] if suite not in ("linear", "conv")
@@ -76,7 +74,7 @@ def register(app: typer.Typer, console: Console) -> None:
         def save(complete: bool) -> None:
             """The rows so far, rewritten whole after each one: a bench stopped part way keeps what it measured."""
             if json_out is not None:
-                write_json(json_out, {"schema": "bitladder.bench/1", "command": shlex.join(cmd),
+                write_json(json_out, {"schema": "bitladder.bench/1", "command": command("bitladder bench", cmd[2:]),
                                       "torch_threads": __import__("torch").get_num_threads(), "machine": mach,
                                       "allocator": allocated(pinned), "complete": complete,
                                       "rows": annotate(rows, limits)})

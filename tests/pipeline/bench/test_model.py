@@ -51,12 +51,15 @@ def test_the_cli_writes_the_rows_and_the_command(tmp_path, monkeypatch):
     """The wiring only (in process, rows and limits stubbed): the rows are measured above."""
     from bitladder.pipeline.bench import limits
     from bitladder.pipeline.measure import allocator
+    from bitladder.pipeline.measure.machine import LIBRARY_CAPS
 
     got = {}
     monkeypatch.setattr(bench_model, "model_rows", lambda m, r, rep, d: got.update(m=m, r=r, rep=rep) or [
         {"case": "digits", "batch": 1, "variant": "fp32", "latency_ms": 1.0, "ratio_vs_fp32": 1.0}])
     monkeypatch.setattr(limits, "measure", lambda: {"read_gbps": 16.0, "fp32_gflops": 80.0, "int8_gops": 160.0})
     monkeypatch.setattr(allocator, "steady_allocator", lambda: {"allocator": "default"})  # this process stays as is
+    for name in ("BITLADDER_CPU", *LIBRARY_CAPS):  # a shell's caps would head the command line
+        monkeypatch.delenv(name, raising=False)
     main(["bench", "--model", "digits", "--rungs", "int8,int4-g32", "--repeats", "3", "--json", str(tmp_path / "b.json")])
     data = json.loads((tmp_path / "b.json").read_text())
     assert got == {"m": "digits", "r": ["int8", "int4-g32"], "rep": 3}

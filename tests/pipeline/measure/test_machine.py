@@ -74,3 +74,5 @@ def test_a_result_files_command_starts_with_the_cpu_caps_in_force(monkeypatch):
     monkeypatch.setenv("BITLADDER_CPU", "avx512")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
     assert command("python b.py", []) == "BITLADDER_CPU=avx512 ONEDNN_MAX_CPU_ISA=AVX512_CORE python b.py"
+    assert command("bitladder bench", ["--only", "W8, W4"]) == (  # a line a shell reruns as it ran
+        "BITLADDER_CPU=avx512 ONEDNN_MAX_CPU_ISA=AVX512_CORE bitladder bench --only 'W8, W4'")

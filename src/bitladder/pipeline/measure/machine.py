@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
@@ -56,9 +57,11 @@ def machine(read_gbps: float | None = None, fp32_gflops: float | None = None,
 
 def command(invocation: str, argv: list[str]) -> str:
     """A result file's ``command``: the CPU caps set in the environment (``BITLADDER_CPU`` and
-    :data:`LIBRARY_CAPS`), then ``invocation`` and its ``argv``, so the line reruns the measurement."""
-    caps = [f"{name}={os.environ[name]}" for name in ("BITLADDER_CPU", *LIBRARY_CAPS) if os.environ.get(name)]
-    return " ".join([*caps, invocation, *argv])
+    :data:`LIBRARY_CAPS`), then ``invocation`` and its ``argv`` (quoted for a shell), so the line reruns the
+    measurement."""
+    caps = [f"{name}={shlex.quote(os.environ[name])}" for name in ("BITLADDER_CPU", *LIBRARY_CAPS)
+            if os.environ.get(name)]
+    return " ".join([*caps, invocation, *map(shlex.quote, argv)])
 
 
 def one_line(m: dict) -> str:
