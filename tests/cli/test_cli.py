@@ -176,6 +176,7 @@ def test_bench_json_carries_the_machine_and_limit_fractions(tmp_path, monkeypatc
     from bitladder.pipeline.bench import limits
     from bitladder.pipeline.bench import linear as bench_linear
     from bitladder.pipeline.measure import allocator
+    from bitladder.pipeline.measure.machine import LIBRARY_CAPS
 
     row = {"case": "linear", "shape": [1024, 1024], "batch": 1, "variant": "fp32 F.linear", "latency_ms": 0.5,
            "ratio_vs_fp32": 1.0, "weight_bytes": 4 << 20, "ops": 2 << 20}
@@ -183,8 +184,6 @@ def test_bench_json_carries_the_machine_and_limit_fractions(tmp_path, monkeypatc
     monkeypatch.setattr(limits, "measure", lambda: {"read_gbps": 16.0, "fp32_gflops": 80.0, "int8_gops": 160.0})
     pinned = {"allocator": "glibc", "mmap_threshold": 1 << 30, "trim_threshold": 1 << 30}
     monkeypatch.setattr(allocator, "steady_allocator", lambda: dict(pinned))  # not this test process's own malloc
-    from bitladder.pipeline.measure.machine import LIBRARY_CAPS
-
     for name in ("BITLADDER_CPU", *LIBRARY_CAPS):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "AVX2")  # a cap the run was under heads its command line
