@@ -1,6 +1,7 @@
 """The Linear bench's streamed batch-1 timing: enough copies to leave the cache, one call per copy per round."""
 
 import pytest
+import torch
 
 from bitladder.pipeline.bench import linear as bench_linear
 from bitladder.pipeline.bench.linear import copies_for, paired_fraction, streamed_rounds, working_set
@@ -122,3 +123,23 @@ def test_little_memory_shrinks_the_copies_and_the_rows_say_so(monkeypatch):
     assert all(r["stream_working_set_bytes"] < 2 << 20 for r in rows)
     assert all(r["stream_working_set_bytes"] == copies_for(r["weight_bytes"], reach) * r["weight_bytes"]
                for r in rows)
+
+
+def test_without_avx2_torch_ao_is_a_row_that_says_why_not_a_crash(monkeypatch):
+    from bitladder.kernels import cpu
+    from bitladder.pipeline.bench import peers
+
+    nehalem = cpu.Cpu("Nehalem", frozenset(), frozenset(), vendor="GenuineIntel")
+    monkeypatch.setattr(peers, "current", lambda env=None: nehalem)  # torch's oneDNN dynamic Linear: SIGILL there
+    why = peers.torch_ao_unavailable()
+    assert "AVX2" in why and "FindMinMax" in why
+    monkeypatch.setattr(bench_linear, "run_case", lambda n, k, m, rounds: [{"variant": "fp32 F.linear", "batch": m}])
+    rows = list(bench_linear.linear_rows(sizes=(64,), batches=(1, 4), rounds=1))
+    assert [(r["variant"], r["batch"]) for r in rows] == [
+        ("fp32 F.linear", 1), (bench_linear.TORCH_AO, 1), ("fp32 F.linear", 4), (bench_linear.TORCH_AO, 4)]
+    assert all(r["error"] == why and r["latency_ms"] is None for r in rows[1::2])
+    assert bench_linear.TORCH_AO not in bench_linear._variants(torch.randn(64, 64), 1)[0]  # never built, never called
+    haswell = cpu.Cpu("Haswell", frozenset({"avx2"}), frozenset({"avx2"}), vendor="GenuineIntel")
+    monkeypatch.setattr(peers, "current", lambda env=None: haswell)
+    assert peers.torch_ao_unavailable() is None
+    assert bench_linear.TORCH_AO in bench_linear._variants(torch.randn(64, 64), 1)[0]

@@ -101,3 +101,14 @@ def test_rows_set_each_variant_against_the_baseline_of_its_own_timing_group(mini
     assert rows["rung"]["ratio_vs_fp32"] == 3.0 and rows["rung"]["fp32_latency_ms"] == 30.0  # its group's fp32
     assert rows["rung"]["timing_group"] == 1 and rows["rung"]["ratio_vs_fp32_iqr"] == [3.0, 3.0]
     assert rows["fp32 torch"]["ratio_vs_fp32"] == 1.0 and "timing_group" not in rows["fp32 torch"]
+
+
+def test_without_avx2_the_torch_ao_worker_says_why_instead_of_dying(monkeypatch):
+    from bitladder.errors import BitladderError
+    from bitladder.kernels import cpu
+    from bitladder.pipeline.bench import minilm, peers
+
+    nehalem = cpu.Cpu("Nehalem", frozenset(), frozenset(), vendor="GenuineIntel")
+    monkeypatch.setattr(peers, "current", lambda env=None: nehalem)
+    with pytest.raises(BitladderError, match="AVX2"):  # before torch's dynamic Linear is ever built or called
+        minilm._torch_ao(None)

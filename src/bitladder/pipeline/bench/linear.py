@@ -56,6 +56,7 @@ from bitladder.kernels import (
 )
 from bitladder.kernels.select import choose
 from bitladder.pipeline.bench.limits import available_bytes, llc_bytes, read_probe
+from bitladder.pipeline.bench.peers import torch_ao_unavailable
 from bitladder.tensor.quantized import QuantizedTensor
 
 LOWBIT = [CTilesKernel, CLowbitKernel, OrtNBitsKernel, OrtNBitsFp32Kernel, Int4PackBf16Kernel, NumbaLowbitKernel]
@@ -104,8 +105,10 @@ def _variants(w: torch.Tensor, m: int) -> tuple[dict[str, Callable], dict[str, C
             return torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
                                                           dtype=torch.qint8)
 
-    makers = {"fp32 F.linear": lambda: (lambda x, w=w.clone(): F.linear(x, w)), "torch.ao quantize_dynamic int8": ao}
-    wbytes = {"fp32 F.linear": n * k * 4, "torch.ao quantize_dynamic int8": n * k + 8}  # + one scale, zero point
+    makers = {"fp32 F.linear": lambda: (lambda x, w=w.clone(): F.linear(x, w))}
+    wbytes = {"fp32 F.linear": n * k * 4}
+    if torch_ao_unavailable() is None:
+        makers[TORCH_AO], wbytes[TORCH_AO] = ao, n * k + 8  # + one scale, zero point
     if fp32_gemm.onednn_installed():  # the engine reference: off Intel, torch's F.linear is MKL's generic path
         makers[FP32_ONEDNN] = lambda: (lambda x, w=w.clone(): fp32_gemm.linear(x, w, None, "onednn"))
         wbytes[FP32_ONEDNN] = n * k * 4
@@ -220,6 +223,7 @@ def run_case(n: int, k: int, m: int, rounds: int) -> list[dict]:
     return rows
 
 
+TORCH_AO = "torch.ao quantize_dynamic int8"
 #: the streamed rounds' read-bandwidth probe (not a row)
 READ_PROBE = "read probe"
 PROBE_MIN_BYTES = 64 << 20  # past any cache sysfs might under-report
@@ -235,7 +239,13 @@ def latency_row(case: str, shape: list, batch: int, variant: str, ms: float, bas
 
 
 def linear_rows(sizes=(1024, 4096), batches=(1, 64), rounds: int = 25) -> Iterator[dict]:
-    """Bench rows of :func:`run_case` for a square weight of each size at each batch, case by case."""
+    """Bench rows of :func:`run_case` for a square weight of each size at each batch, case by case; where torch.ao's
+    dynamic int8 Linear cannot run, a row that says why in its place, as the suites list a missing peer."""
+    why = torch_ao_unavailable()
     for n in sizes:
         for m in batches:
             yield from run_case(n, n, m, rounds)
+            if why is not None:
+                yield {"case": "linear", "shape": [n, n], "batch": m, "variant": TORCH_AO, "latency_ms": None,
+                       "ratio_vs_fp32": None, "peak_rss_mb": None, "cos_mean": None, "cos_min": None, "knn10": None,
+                       "selected": False, "error": why}

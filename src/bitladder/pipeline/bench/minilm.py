@@ -94,6 +94,8 @@ def _backend(model: nn.Module, backend: str) -> nn.Module:
 
 
 def _torch_ao(spec):
+    if (why := bench_peers.torch_ao_unavailable()) is not None:
+        raise BitladderError(why)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(spec.model), {nn.Linear}, dtype=torch.qint8)

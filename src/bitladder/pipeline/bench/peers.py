@@ -16,6 +16,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from bitladder.kernels.cpu import current
+
+
+def torch_ao_unavailable() -> str | None:
+    """Why torch.ao's dynamic int8 Linear (``quantize_dynamic``) cannot run on this CPU, or None where it can.
+    Without AVX2 torch has no fbgemm, and its oneDNN engine's dynamic Linear still calls fbgemm's AVX2
+    ``FindMinMax``: an illegal instruction that ends the process (torch 2.13; found under an emulated Nehalem).
+    The host's own features decide, whatever ``BITLADDER_CPU`` presents to bitladder's kernels."""
+    if "avx2" in current({}).host_flags:
+        return None
+    return ("not run: torch's dynamic int8 Linear executes AVX2 code (fbgemm's FindMinMax, on its oneDNN engine) "
+            "and would end the process on this CPU without AVX2")
+
 
 class _OpenVINO(nn.Module):
     """A compiled OpenVINO model called like a torch model: ``module(**batch)`` -> float tensor.
