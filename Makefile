@@ -42,14 +42,16 @@ test-cpus: $(STAMP)
 # xdist's workers on Haswell's instructions (AVX2; TCG has no AVX-512) and Nehalem's (SSE4.2), so every library
 # dispatches by the emulated cpuid, onnxruntime's MLAS too, which no variable caps: its 16-bit pair sums are the
 # saturation exported graphs are proven safe from. A subset (TCG runs ~25x slower); scripts a test starts run
-# natively. tests/kernels/test_cpu.py checks that the workers saw the CPU named (BITLADDER_EMULATED).
+# natively. tests/kernels/test_cpu.py checks that the workers saw the CPU named (BITLADDER_EMULATED); the Linear
+# bench's case runs every kernel and peer it times (torch.ao's died there once).
 QEMU_QUIET := ,-pcid,-x2apic,-tsc-deadline,-invpcid,-spec-ctrl
 EMULATED = BITLADDER_EMULATED=$(1) OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" \
 	-d --tx "2*popen//python=qemu-x86_64 -cpu $(2) $(BIN)/python" $(3)
 EMULATED_TESTS := tests/kernels/test_cpu.py tests/kernels/test_onednn_w8a8.py tests/kernels/test_onednn_conv.py \
 	tests/kernels/test_static_w8a8.py tests/kernels/test_c_lowbit.py tests/kernels/test_select.py \
 	tests/io/test_onnx_dynamic.py tests/io/test_onnx_ranges.py \
-	tests/io/test_onnx_export.py::test_dynamic_int8_uses_integer_matmul_and_stays_close
+	tests/io/test_onnx_export.py::test_dynamic_int8_uses_integer_matmul_and_stays_close \
+	tests/pipeline/bench/test_linear.py::test_rows_carry_the_ratio_to_fp32_on_onednn
 test-emulated: $(STAMP)
 	@command -v qemu-x86_64 >/dev/null || { echo "test-emulated needs qemu-x86_64 (Debian: qemu-user)"; exit 1; }
 	$(call EMULATED,avx2,Haswell-v4$(QEMU_QUIET),$(EMULATED_TESTS))
