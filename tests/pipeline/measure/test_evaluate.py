@@ -22,12 +22,14 @@ def test_layer_latency_times_each_quantised_layer_on_its_own_input():
     from bitladder.pipeline.measure.evaluate import _calls_per_sample, layer_latency
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512)).eval()
+    # small layers: the gap below must dwarf a layer's own time on any CPU (512 wide at 256 rows took tens of ms
+    # on an emulated one, and the 20 ms no longer decided the ratio)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64)).eval()
     q = bitladder.quantize(model, Float("fp32"))  # the same arithmetic: only the wrapper differs
     # layer "2" is made 20 ms slower than its float twin: a wall-clock gap no host load can close, so the
     # verdict does not depend on how busy the machine is (a ratio near 1 for layer "0" would)
     q[2].register_forward_hook(lambda *_: time.sleep(0.02))
-    timings = layer_latency(model, q, torch.randn(256, 512), repeats=5)
+    timings = layer_latency(model, q, torch.randn(32, 64), repeats=5)
     assert set(timings) == {"0", "2"}
     ratios = {n: t["latency_ratio"] for n, t in timings.items()}
     assert ratios["2"] < 0.5 and ratios["0"] > 2 * ratios["2"], ratios
